@@ -1,0 +1,49 @@
+//! Authorization by SPIFFE ID: the client's certificate was already verified
+//! against the CA by TLS; here its SPIFFE ID is checked against the config's
+//! allow-list. Anyone else gets PERMISSION_DENIED.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
+use tonic::{Request, Status};
+
+#[derive(Clone)]
+pub struct SpiffeAuthz {
+    allowed: Arc<BTreeSet<String>>,
+}
+
+impl SpiffeAuthz {
+    pub fn new(allowed: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            allowed: Arc::new(allowed.into_iter().collect()),
+        }
+    }
+
+    fn check(&self, certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>) -> Result<String, Status> {
+        let certs = certs.ok_or_else(|| Status::permission_denied("no client certificate was presented"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::permission_denied("no client certificate was presented"))?;
+        let id = crate::pki::spiffe_id_of(leaf)
+            .map_err(|e| Status::permission_denied(format!("client certificate is not an X.509-SVID: {e}")))?;
+        if self.allowed.contains(&id) {
+            Ok(id)
+        } else {
+            Err(Status::permission_denied(format!("{id} is not allowed to use this auraed")))
+        }
+    }
+}
+
+impl tonic::service::Interceptor for SpiffeAuthz {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let ext = request.extensions();
+        let certs = ext
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .or_else(|| ext.get::<TlsConnectInfo<UdsConnectInfo>>().and_then(|i| i.peer_certs()));
+        let id = self.check(certs)?;
+        tracing::debug!(client = %id, "authorized");
+        Ok(request)
+    }
+}

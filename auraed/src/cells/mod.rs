@@ -1,0 +1,400 @@
+//! Cells: a cgroup v2 with deny-by-default namespaces, optionally rooted in
+//! an OCI image, shared by every process of the cell.
+//!
+//! A cell is anchored by its init process ([`init`]), which holds the new
+//! namespaces. Executables join them (and the cell's cgroup) at start.
+
+pub mod init;
+
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::cgroup::{CellCgroup, Hierarchy, Limits};
+use crate::error::ApiError;
+use crate::oci::ImageDefaults;
+use crate::sys::{self, pidfd, NamespaceMode, SpawnSpec};
+use init::InitConfig;
+
+/// Host namespaces a cell shares instead of getting its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostShare {
+    pub mount: bool,
+    pub pid: bool,
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    pub cgroup: bool,
+}
+
+/// A validated cell request.
+#[derive(Debug, Clone, Default)]
+pub struct CellSpec {
+    pub name: String,
+    pub limits: Limits,
+    pub share: HostShare,
+    pub jailed: bool,
+    pub image: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellState {
+    Running,
+    Frozen,
+    Stopped,
+}
+
+pub struct Cell {
+    pub name: String,
+    pub cgroup: CellCgroup,
+    pub jailed: bool,
+    /// The image's defaults, for cells with an image.
+    pub image: Option<ImageDefaults>,
+    pub state_dir: PathBuf,
+    pub init_pid: i32,
+    pub created_at: SystemTime,
+    pub executables: Mutex<Vec<String>>,
+    leaf: OwnedFd,
+    namespaces: Vec<(OwnedFd, libc::c_int)>,
+    init_exit: watch::Receiver<bool>,
+    stopped: AtomicBool,
+}
+
+/// What cell creation needs from the daemon.
+#[derive(Debug, Clone)]
+pub struct CellContext {
+    pub hierarchy: Hierarchy,
+    pub state_dir: PathBuf,
+    /// auraed's own binary, re-executed as the cell's init.
+    pub exe: PathBuf,
+}
+
+/// Namespaces in the order they are joined, with their /proc/<pid>/ns name.
+const NAMESPACES: [(libc::c_int, &str); 6] = [
+    (libc::CLONE_NEWCGROUP, "cgroup"),
+    (libc::CLONE_NEWIPC, "ipc"),
+    (libc::CLONE_NEWUTS, "uts"),
+    (libc::CLONE_NEWNET, "net"),
+    (libc::CLONE_NEWPID, "pid"),
+    (libc::CLONE_NEWNS, "mnt"),
+];
+
+impl HostShare {
+    fn new_namespace_flags(&self) -> libc::c_int {
+        let shared = [
+            (libc::CLONE_NEWCGROUP, self.cgroup),
+            (libc::CLONE_NEWIPC, self.ipc),
+            (libc::CLONE_NEWUTS, self.uts),
+            (libc::CLONE_NEWNET, self.net),
+            (libc::CLONE_NEWPID, self.pid),
+            (libc::CLONE_NEWNS, self.mount),
+        ];
+        shared.iter().filter(|(_, s)| !s).fold(0, |acc, (f, _)| acc | f)
+    }
+}
+
+/// Undoes a half-built cell when dropped before `disarm`.
+struct Undo {
+    state_dir: Option<PathBuf>,
+    cgroup: Option<CellCgroup>,
+    init: Option<OwnedFd>,
+}
+
+impl Undo {
+    fn disarm(&mut self) {
+        self.state_dir = None;
+        self.cgroup = None;
+        self.init = None;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.kill();
+        }
+        if let Some(init) = &self.init {
+            let _ = pidfd::reap_blocking(init);
+        }
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.remove(Duration::from_secs(10)) {
+                tracing::error!("cleaning up cgroup {}: {e}", cg.dir().display());
+            }
+        }
+        if let Some(dir) = &self.state_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
+    move |e| ApiError::Internal(format!("{what}: {e}"))
+}
+
+/// Waits up to `timeout` for cell-init's report on the status pipe.
+fn read_status(fd: OwnedFd, timeout: Duration) -> Result<String, ApiError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(timeout.as_millis().min(u16::MAX as u128) as u16).unwrap_or(PollTimeout::MAX);
+    match poll(&mut pfd, ms) {
+        Ok(0) => return Err(ApiError::Internal(format!("the cell's init did not report within {timeout:?}"))),
+        Ok(_) => {}
+        Err(e) => return Err(ApiError::Internal(format!("waiting for the cell's init: {e}"))),
+    }
+    let mut text = String::new();
+    let _ = std::fs::File::from(fd).read_to_string(&mut text);
+    Ok(text)
+}
+
+struct Parts {
+    cgroup: CellCgroup,
+    leaf: OwnedFd,
+    namespaces: Vec<(OwnedFd, libc::c_int)>,
+    init_pid: i32,
+    init_pidfd: OwnedFd,
+    image: Option<ImageDefaults>,
+    state_dir: PathBuf,
+}
+
+fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError> {
+    ctx.hierarchy.check(&spec.limits)?;
+    let state_dir = ctx.state_dir.join("cells").join(&spec.name);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    std::fs::create_dir_all(&state_dir).map_err(internal("creating the cell's state directory"))?;
+    let mut undo = Undo {
+        state_dir: Some(state_dir.clone()),
+        cgroup: None,
+        init: None,
+    };
+    let rootfs = state_dir.join("rootfs");
+    let image = match &spec.image {
+        Some(src) => Some(
+            crate::oci::unpack(src, &rootfs, &state_dir.join("archive"))
+                .map_err(|e| ApiError::invalid("image", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let cgroup = ctx.hierarchy.create_cell(&spec.name, &spec.limits)?;
+    undo.cgroup = Some(cgroup.clone());
+    let leaf = cgroup.open_leaf()?;
+
+    let flags = spec.share.new_namespace_flags();
+    let config = InitConfig {
+        name: spec.name.clone(),
+        new_uts: flags & libc::CLONE_NEWUTS != 0,
+        new_net: flags & libc::CLONE_NEWNET != 0,
+        new_mount: flags & libc::CLONE_NEWNS != 0,
+        new_pid: flags & libc::CLONE_NEWPID != 0,
+        rootfs: image.as_ref().map(|_| rootfs.clone()),
+    };
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ApiError::Internal(format!("pipe: {e}")));
+    let (cfg_r, cfg_w) = pipe()?;
+    let json = serde_json::to_vec(&config).map_err(|e| ApiError::Internal(e.to_string()))?;
+    std::io::Write::write_all(&mut std::fs::File::from(cfg_w), &json).map_err(internal("writing the init config"))?;
+    let (st_r, st_w) = pipe()?;
+    let devnull = || -> Result<OwnedFd, ApiError> {
+        Ok(std::fs::File::open("/dev/null").map_err(internal("/dev/null"))?.into())
+    };
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned().map_err(internal("stderr"))?;
+    let exe = crate::validation::c_string("exe", &ctx.exe.to_string_lossy())?;
+    let spawned = sys::spawn(SpawnSpec {
+        candidates: vec![exe.clone()],
+        argv: vec![exe, c"cell-init".to_owned()],
+        envp: vec![],
+        cwd: None,
+        uid: None,
+        gid: None,
+        cgroup: Some(leaf.as_fd()),
+        namespaces: NamespaceMode::New(flags),
+        fds: vec![(devnull()?, 0), (devnull()?, 1), (stderr, 2), (cfg_r, 3), (st_w, 4)],
+        caps_keep: None,
+        no_new_privs: false,
+        seccomp: vec![],
+    })
+    .map_err(|e| ApiError::Internal(format!("starting the cell's init: {e}")))?;
+    let init_pid = spawned.pid;
+    undo.init = Some(spawned.pidfd);
+    let status = read_status(st_r, Duration::from_secs(30))?;
+    if status != "ok" {
+        return Err(ApiError::FailedPrecondition(format!("setting up cell {}: {status}", spec.name)));
+    }
+    let mut namespaces = Vec::new();
+    for (flag, name) in NAMESPACES {
+        if flags & flag != 0 {
+            let path = format!("/proc/{init_pid}/ns/{name}");
+            let file = std::fs::File::open(&path).map_err(internal(&path))?;
+            namespaces.push((OwnedFd::from(file), flag));
+        }
+    }
+    let init_pidfd = undo.init.take().ok_or_else(|| ApiError::Internal("init pidfd lost".into()))?;
+    undo.disarm();
+    Ok(Parts {
+        cgroup,
+        leaf,
+        namespaces,
+        init_pid,
+        init_pidfd,
+        image,
+        state_dir,
+    })
+}
+
+impl Cell {
+    /// Creates the cell. On error nothing is left behind: no cgroup,
+    /// process, mount or directory.
+    pub async fn create(spec: CellSpec, ctx: CellContext) -> Result<Arc<Cell>, ApiError> {
+        let spec2 = spec.clone();
+        let parts = tokio::task::spawn_blocking(move || create_blocking(&spec2, &ctx))
+            .await
+            .map_err(|e| ApiError::Internal(format!("cell task: {e}")))??;
+        let (exit_tx, exit_rx) = watch::channel(false);
+        let init = pidfd::watch(parts.init_pidfd)
+            .map_err(|e| ApiError::Internal(format!("watching the cell's init: {e}")))?;
+        tokio::spawn(async move {
+            loop {
+                match init.readable().await {
+                    Ok(mut guard) => match pidfd::try_reap(guard.get_inner()) {
+                        Ok(None) => guard.clear_ready(),
+                        _ => break,
+                    },
+                    Err(_) => {
+                        let _ = pidfd::reap_blocking(init.get_ref());
+                        break;
+                    }
+                }
+            }
+            let _ = exit_tx.send(true);
+        });
+        Ok(Arc::new(Cell {
+            name: spec.name,
+            cgroup: parts.cgroup,
+            jailed: spec.jailed,
+            image: parts.image,
+            state_dir: parts.state_dir,
+            init_pid: parts.init_pid,
+            created_at: SystemTime::now(),
+            executables: Mutex::new(Vec::new()),
+            leaf: parts.leaf,
+            namespaces: parts.namespaces,
+            init_exit: exit_rx,
+            stopped: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn leaf_fd(&self) -> BorrowedFd<'_> {
+        self.leaf.as_fd()
+    }
+
+    pub fn namespace_fds(&self) -> Vec<(BorrowedFd<'_>, libc::c_int)> {
+        self.namespaces.iter().map(|(fd, t)| (fd.as_fd(), *t)).collect()
+    }
+
+    pub fn rootfs(&self) -> Option<PathBuf> {
+        self.image.as_ref().map(|_| self.state_dir.join("rootfs"))
+    }
+
+    pub fn state(&self) -> CellState {
+        if self.stopped.load(Ordering::SeqCst) || *self.init_exit.borrow() {
+            CellState::Stopped
+        } else if self.cgroup.is_frozen() {
+            CellState::Frozen
+        } else {
+            CellState::Running
+        }
+    }
+
+    async fn wait_init_exit(&self, timeout: Duration) -> bool {
+        let mut rx = self.init_exit.clone();
+        let exited = tokio::time::timeout(timeout, rx.wait_for(|exited| *exited)).await.is_ok();
+        exited
+    }
+
+    /// Sends `signal` to every process of the cell (but its init), waits up
+    /// to `grace` for them to exit, then kills whatever is left.
+    pub async fn stop(&self, signal: nix::sys::signal::Signal, grace: Duration) -> Result<(), ApiError> {
+        self.stopped.store(true, Ordering::SeqCst);
+        let procs_file = self.cgroup.dir().join(crate::cgroup::LEAF).join("cgroup.procs");
+        let others = |path: &Path| -> Vec<i32> {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .filter(|p| *p != self.init_pid)
+                .collect()
+        };
+        if self.cgroup.is_frozen() {
+            let cg = self.cgroup.clone();
+            let _ = tokio::task::spawn_blocking(move || cg.set_frozen(false)).await;
+        }
+        for pid in others(&procs_file) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && !others(&procs_file).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.cgroup.kill()?;
+        if !self.wait_init_exit(Duration::from_secs(10)).await {
+            return Err(ApiError::Internal(format!("cell {}: init did not exit after cgroup.kill", self.name)));
+        }
+        Ok(())
+    }
+
+    /// Kills everything and removes the cgroup and the cell's files
+    /// (including the unpacked root filesystem).
+    pub async fn destroy(&self) -> Result<(), ApiError> {
+        self.stopped.store(true, Ordering::SeqCst);
+        let cg = self.cgroup.clone();
+        let _ = self.cgroup.kill();
+        self.wait_init_exit(Duration::from_secs(10)).await;
+        tokio::task::spawn_blocking(move || cg.remove(Duration::from_secs(10)))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let dir = self.state_dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .map_err(|e| ApiError::Internal(format!("removing {}: {e}", self.state_dir.display())))?;
+        Ok(())
+    }
+
+    pub async fn set_frozen(&self, frozen: bool) -> Result<(), ApiError> {
+        if self.state() == CellState::Stopped {
+            return Err(ApiError::FailedPrecondition(format!("cell {} is stopped", self.name)));
+        }
+        let cg = self.cgroup.clone();
+        tokio::task::spawn_blocking(move || cg.set_frozen(frozen))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        Ok(())
+    }
+}
+
+/// Removes cells left behind by a previous run: their processes, cgroups
+/// and files. Returns what was removed, for the log.
+pub fn clean_leftovers(hierarchy: Option<&Hierarchy>, state_dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    if let Some(h) = hierarchy {
+        for cell in h.cells() {
+            match cell.remove(Duration::from_secs(10)) {
+                Ok(()) => removed.push(format!("cgroup {}", cell.dir().display())),
+                Err(e) => tracing::error!("could not remove leftover cell cgroup: {e}"),
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(state_dir.join("cells")) {
+        for e in entries.filter_map(Result::ok) {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => removed.push(format!("directory {}", e.path().display())),
+                Err(err) => tracing::error!("could not remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+    removed
+}

@@ -1,0 +1,178 @@
+//! auraed's TOML configuration.
+//!
+//! ```toml
+//! [server]
+//! socket = "/run/aurae/aurae.sock"   # always served
+//! tcp = "[::1]:7443"                 # optional; always mTLS
+//! insecure_socket = false            # serve the socket without TLS
+//!
+//! [auth]
+//! ca_crt = "/etc/aurae/pki/ca.crt"
+//! server_crt = "/etc/aurae/pki/server.crt"
+//! server_key = "/etc/aurae/pki/server.key"
+//! allowed_spiffe_ids = ["spiffe://aurae.local/aer"]
+//!
+//! [runtime]
+//! state_dir = "/var/lib/aurae"
+//! cgroup_root = "aurae"
+//! log_buffer_bytes = 1048576
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/aurae/auraed.toml";
+pub const DEFAULT_SOCKET: &str = "/run/aurae/aurae.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    pub tcp: Option<SocketAddr>,
+    #[serde(default)]
+    pub insecure_socket: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub ca_crt: PathBuf,
+    pub server_crt: PathBuf,
+    pub server_key: PathBuf,
+    #[serde(default)]
+    pub allowed_spiffe_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_cgroup_root")]
+    pub cgroup_root: String,
+    #[serde(default = "default_log_buffer")]
+    pub log_buffer_bytes: usize,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/aurae")
+}
+fn default_cgroup_root() -> String {
+    "aurae".into()
+}
+fn default_log_buffer() -> usize {
+    1 << 20
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            tcp: None,
+            insecure_socket: false,
+        }
+    }
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+            cgroup_root: default_cgroup_root(),
+            log_buffer_bytes: default_log_buffer(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, path) in [
+            ("auth.ca_crt", &self.auth.ca_crt),
+            ("auth.server_crt", &self.auth.server_crt),
+            ("auth.server_key", &self.auth.server_key),
+        ] {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{} does not exist", path.display()),
+                });
+            }
+        }
+        for id in &self.auth.allowed_spiffe_ids {
+            crate::pki::validate_spiffe_id(id).map_err(|e| ConfigError::Invalid {
+                field: "auth.allowed_spiffe_ids",
+                reason: e.to_string(),
+            })?;
+        }
+        let root = &self.runtime.cgroup_root;
+        if root.is_empty() || root.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            return Err(ConfigError::Invalid {
+                field: "runtime.cgroup_root",
+                reason: format!("{root:?} must be a relative path without '.' or '..'"),
+            });
+        }
+        if self.runtime.log_buffer_bytes < 1024 || self.runtime.log_buffer_bytes > 1 << 30 {
+            return Err(ConfigError::Invalid {
+                field: "runtime.log_buffer_bytes",
+                reason: "must be between 1 KiB and 1 GiB".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("auraed.toml");
+        std::fs::write(&path, "[auth]\nca_crt='/nope'\nserver_crt='/nope'\nserver_key='/nope'\n").expect("write");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.starts_with("auth.ca_crt:"), "{err}");
+        std::fs::write(&path, "[auth]\nca_crt='/x'\nserver_crt='/x'\nserver_key='/x'\nbogus=1\n").expect("write");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

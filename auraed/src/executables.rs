@@ -1,0 +1,235 @@
+//! Executables: supervised processes with captured output and a recorded
+//! exit, running in auraed's own context or inside a cell.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::cells::Cell;
+use crate::error::ApiError;
+use crate::logs::{capture, LogBuffer, Stream};
+use crate::sys::{self, pidfd, NamespaceMode, SpawnError, SpawnSpec, SpawnStage};
+
+/// A validated request for one process.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessSpec {
+    /// The command as the user gave it, for display.
+    pub command: Vec<String>,
+    /// Paths to try for the program.
+    pub candidates: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: Option<CString>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// How a finished process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub exit: pidfd::Exit,
+    pub at: SystemTime,
+    pub oom_killed: bool,
+}
+
+pub struct Executable {
+    pub id: String,
+    pub cell: Option<String>,
+    pub command: Vec<String>,
+    pub pid: i32,
+    pub started_at: SystemTime,
+    pub logs: Arc<LogBuffer>,
+    pidfd: Arc<AsyncFd<OwnedFd>>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+}
+
+/// Where a process runs.
+pub enum Placement {
+    Host,
+    Cell(Arc<Cell>),
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ApiError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ApiError::Internal(format!("pipe: {e}")))
+}
+
+/// Turns a spawn failure into an error that names the request field.
+fn spawn_error(e: SpawnError, spec: &ProcessSpec, field: &str) -> ApiError {
+    let cmd = spec.command.first().cloned().unwrap_or_default();
+    match (e.stage(), e.errno()) {
+        (Some(SpawnStage::Exec), Some(libc::ENOENT)) => {
+            ApiError::NotFound(format!("{field}.command: {cmd:?} was not found"))
+        }
+        (Some(SpawnStage::Exec), Some(libc::EACCES)) => {
+            ApiError::FailedPrecondition(format!("{field}.command: {cmd:?} is not executable (permission denied)"))
+        }
+        (Some(SpawnStage::Exec), Some(libc::ENOEXEC)) => {
+            ApiError::FailedPrecondition(format!("{field}.command: {cmd:?} is not a valid executable format"))
+        }
+        (Some(SpawnStage::Chdir), _) => ApiError::NotFound(format!("{field}.cwd: {e}")),
+        (Some(SpawnStage::Uid), _) => ApiError::invalid(format!("{field}.uid"), e.to_string()),
+        (Some(SpawnStage::Gid), _) => ApiError::invalid(format!("{field}.gid"), e.to_string()),
+        _ => ApiError::Internal(e.to_string()),
+    }
+}
+
+impl Executable {
+    /// Starts `spec` and supervises it. `field` names the request field the
+    /// spec came from, for error messages.
+    pub async fn start(
+        id: String,
+        spec: ProcessSpec,
+        placement: Placement,
+        log_bytes: usize,
+        field: &str,
+    ) -> Result<Arc<Executable>, ApiError> {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let devnull: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| ApiError::Internal(format!("/dev/null: {e}")))?
+            .into();
+        let cell = match &placement {
+            Placement::Cell(c) => Some(c.clone()),
+            Placement::Host => None,
+        };
+        let jail = match &cell {
+            Some(c) if c.jailed => Some(crate::jail::seccomp_filters().map_err(|e| ApiError::Internal(e.to_string()))?),
+            _ => None,
+        };
+        let oom_baseline = cell.as_ref().map(|c| c.cgroup.oom_kills()).unwrap_or(0);
+        let spec_for_spawn = spec.clone();
+        let cell_for_spawn = cell.clone();
+        let spawned = tokio::task::spawn_blocking(move || {
+            let leaf;
+            let (cgroup, namespaces) = match &cell_for_spawn {
+                Some(c) => {
+                    leaf = c.leaf_fd();
+                    (Some(leaf), NamespaceMode::Join(c.namespace_fds()))
+                }
+                None => (None, NamespaceMode::Host),
+            };
+            sys::spawn(SpawnSpec {
+                candidates: spec_for_spawn.candidates,
+                argv: spec_for_spawn.argv,
+                envp: spec_for_spawn.envp,
+                cwd: spec_for_spawn.cwd,
+                uid: spec_for_spawn.uid,
+                gid: spec_for_spawn.gid,
+                cgroup,
+                namespaces,
+                fds: vec![(devnull, 0), (out_w, 1), (err_w, 2)],
+                caps_keep: jail.as_ref().map(|_| crate::jail::kept_caps()),
+                no_new_privs: jail.is_some(),
+                seccomp: jail.unwrap_or_default(),
+            })
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("spawn task: {e}")))?
+        .map_err(|e| spawn_error(e, &spec, field))?;
+
+        let pidfd = Arc::new(
+            pidfd::watch(spawned.pidfd)
+                .map_err(|e| ApiError::Internal(format!("watching pidfd: {e}")))?,
+        );
+        let logs = Arc::new(LogBuffer::new(log_bytes));
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let out = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
+            .map_err(|e| ApiError::Internal(format!("stdout pipe: {e}")))?;
+        let err = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
+            .map_err(|e| ApiError::Internal(format!("stderr pipe: {e}")))?;
+        let exe = Arc::new(Executable {
+            id,
+            cell: cell.as_ref().map(|c| c.name.clone()),
+            command: spec.command,
+            pid: spawned.pid,
+            started_at: SystemTime::now(),
+            logs: logs.clone(),
+            pidfd: pidfd.clone(),
+            exit: exit_rx,
+        });
+        tokio::spawn(async move {
+            let out_task = tokio::spawn(capture(out, Stream::Stdout, logs.clone()));
+            let err_task = tokio::spawn(capture(err, Stream::Stderr, logs.clone()));
+            let exit = wait_exit(&pidfd).await;
+            let oom_killed = exit == pidfd::Exit::Signal(libc::SIGKILL)
+                && cell.as_ref().map(|c| c.cgroup.oom_kills() > oom_baseline).unwrap_or(false);
+            // Output still in the pipes belongs to the process; descendants
+            // that keep the pipes open don't hold the log open forever.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                let _ = out_task.await;
+                let _ = err_task.await;
+            })
+            .await;
+            logs.close();
+            let _ = exit_tx.send(Some(ExitInfo {
+                exit,
+                at: SystemTime::now(),
+                oom_killed,
+            }));
+        });
+        Ok(exe)
+    }
+
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        *self.exit.borrow()
+    }
+
+    /// Waits until the process has exited and its output is complete.
+    pub async fn wait(&self) -> ExitInfo {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(info) = *rx.borrow_and_update() {
+                return info;
+            }
+            if rx.changed().await.is_err() {
+                // The supervisor is gone without a result; report what the
+                // kernel says.
+                return ExitInfo {
+                    exit: pidfd::Exit::Signal(0),
+                    at: SystemTime::now(),
+                    oom_killed: false,
+                };
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) -> Result<(), ApiError> {
+        pidfd::send_signal(self.pidfd.get_ref(), signal)
+            .map_err(|e| ApiError::Internal(format!("signalling {}: {e}", self.id)))
+    }
+
+    /// Sends `signal`, waits up to `grace`, then kills.
+    pub async fn stop(&self, signal: Signal, grace: Duration) -> Result<ExitInfo, ApiError> {
+        if let Some(info) = self.exit_info() {
+            return Ok(info);
+        }
+        self.signal(signal)?;
+        if let Ok(info) = tokio::time::timeout(grace, self.wait()).await {
+            return Ok(info);
+        }
+        self.signal(Signal::SIGKILL)?;
+        tokio::time::timeout(Duration::from_secs(10), self.wait())
+            .await
+            .map_err(|_| ApiError::Internal(format!("{} did not exit after SIGKILL", self.id)))
+    }
+}
+
+async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> pidfd::Exit {
+    loop {
+        match pidfd.readable().await {
+            Ok(mut guard) => match pidfd::try_reap(guard.get_inner()) {
+                Ok(Some(exit)) => return exit,
+                Ok(None) => guard.clear_ready(),
+                Err(_) => return pidfd::Exit::Signal(0),
+            },
+            Err(_) => {
+                return pidfd::reap_blocking(pidfd.get_ref()).unwrap_or(pidfd::Exit::Signal(0));
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! auraed: the Aurae runtime daemon.
+//!
+//! It serves the `aurae.runtime.v0.Runtime` gRPC API over mTLS and runs
+//! workloads: executables (supervised processes) and cells (cgroup v2 plus
+//! namespaces, optionally from an OCI image, optionally jailed).
+
+pub mod auth;
+pub mod cells;
+pub mod cgroup;
+pub mod config;
+pub mod error;
+pub mod executables;
+pub mod jail;
+pub mod logs;
+pub mod net;
+pub mod oci;
+pub mod pki;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod service;
+pub mod sys;
+pub mod validation;

@@ -1,0 +1,118 @@
+//! The auraed binary: the daemon, `pki` helpers, and the hidden
+//! `cell-init` mode that runs as PID 1 of a cell.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "auraed", about = "The Aurae runtime daemon", version)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, default_value = auraed::config::DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Certificates: a CA and SPIFFE X.509-SVIDs.
+    #[command(subcommand)]
+    Pki(Pki),
+}
+
+#[derive(Subcommand)]
+enum Pki {
+    /// Create a CA, a server and a client SVID, and configs that use them.
+    Init {
+        #[arg(long, default_value = "aurae.local")]
+        trust_domain: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// The socket the generated configs point at.
+        #[arg(long, default_value = auraed::config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Issue another SVID from an existing CA.
+    Issue {
+        /// Directory with ca.crt and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// File name stem: writes <name>.crt and <name>.key.
+        #[arg(long)]
+        name: String,
+        /// DNS names to add (for server certificates).
+        #[arg(long)]
+        dns: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    // The cell's init must stay single-threaded: dispatch before anything
+    // else (no runtime, no logging threads).
+    if std::env::args().nth(1).as_deref() == Some("cell-init") {
+        auraed::cells::init::main();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::Pki(Pki::Init { trust_domain, out, socket }) => {
+            let o = auraed::pki::init(&trust_domain, &out, &socket)?;
+            println!("wrote CA, server ({}) and client ({}) certificates to {}", o.server_id, o.client_id, o.dir.display());
+            println!("daemon config: {}", o.dir.join("auraed.toml").display());
+            println!("client config: {}", o.dir.join("config").display());
+            Ok(())
+        }
+        Command::Pki(Pki::Issue { ca_dir, spiffe_id, out, name, dns }) => {
+            let ca = auraed::pki::Authority::load(&ca_dir)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let (crt, key) = ca.issue(&spiffe_id, &dns, &[])?.save(&out, &name)?;
+            println!("wrote {} and {}", crt.display(), key.display());
+            Ok(())
+        }
+    }
+}
+
+fn run(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = auraed::config::Config::load(&config)?;
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let runtime = Arc::new(
+            auraed::runtime::Runtime::new(auraed::runtime::RuntimeConfig {
+                state_dir: cfg.runtime.state_dir.clone(),
+                cgroup_root: cfg.runtime.cgroup_root.clone(),
+                log_buffer_bytes: cfg.runtime.log_buffer_bytes,
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        let served = auraed::server::serve(&cfg, runtime.clone(), shutdown).await;
+        runtime.shutdown().await;
+        let _ = std::fs::remove_file(&cfg.server.socket);
+        served.map_err(anyhow::Error::from)
+    })
+}

@@ -1,0 +1,145 @@
+//! Serving the API: the Runtime service, gRPC health and reflection, on a
+//! Unix socket and optionally TCP, with mTLS and SPIFFE authorization.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use aurae_proto::runtime::runtime_server::RuntimeServer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::InterceptorLayer;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::auth::SpiffeAuthz;
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::service::RuntimeService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn tls_config(cfg: &Config) -> Result<ServerTlsConfig, ServeError> {
+    let identity = Identity::from_pem(read(&cfg.auth.server_crt)?, read(&cfg.auth.server_key)?);
+    Ok(ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(Certificate::from_pem(read(&cfg.auth.ca_crt)?)))
+}
+
+/// Binds the Unix socket, replacing a stale one.
+pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+    let io = |source| ServeError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(cfg: &Config, runtime: Arc<Runtime>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RuntimeServer<RuntimeService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aurae_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aurae_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let runtime_service = RuntimeServer::new(RuntimeService::new(runtime));
+    let authz = SpiffeAuthz::new(cfg.auth.allowed_spiffe_ids.clone());
+    let tls = tls_config(cfg)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let uds = UnixListenerStream::new(bind_socket(&cfg.server.socket)?);
+    type ServeFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let uds_server: ServeFuture = if cfg.server.insecure_socket {
+        tracing::warn!("serving {} without TLS (insecure_socket = true)", cfg.server.socket.display());
+        Box::pin(
+            Server::builder()
+                .add_service(health_service.clone())
+                .add_service(reflection_v1.clone())
+                .add_service(reflection_v1alpha.clone())
+                .add_service(runtime_service.clone())
+                .serve_with_incoming_shutdown(uds, stopped(stop_rx.clone())),
+        )
+    } else {
+        Box::pin(
+            Server::builder()
+                .tls_config(tls.clone())?
+                .layer(InterceptorLayer::new(authz.clone()))
+                .add_service(health_service.clone())
+                .add_service(reflection_v1.clone())
+                .add_service(reflection_v1alpha.clone())
+                .add_service(runtime_service.clone())
+                .serve_with_incoming_shutdown(uds, stopped(stop_rx.clone())),
+        )
+    };
+    tracing::info!("serving on unix:{}", cfg.server.socket.display());
+    let tcp_server = match cfg.server.tcp {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Io {
+                path: addr.to_string(),
+                source,
+            })?;
+            tracing::info!("serving on tcp:{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+            Some(
+                Server::builder()
+                    .tls_config(tls)?
+                    .layer(InterceptorLayer::new(authz))
+                    .add_service(health_service)
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
+                    .add_service(runtime_service)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx)),
+            )
+        }
+        None => None,
+    };
+    match tcp_server {
+        Some(tcp) => {
+            let (a, b) = tokio::join!(uds_server, tcp);
+            a?;
+            b?;
+        }
+        None => uds_server.await?,
+    }
+    Ok(())
+}

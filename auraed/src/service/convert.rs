@@ -1,0 +1,205 @@
+//! Validation of API messages into internal specs, and internal state into
+//! API messages.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use aurae_proto::runtime as pb;
+
+use crate::cells::{Cell, CellSpec, CellState, HostShare};
+use crate::cgroup::{cpuset, Limits};
+use crate::error::ApiError;
+use crate::executables::Executable;
+use crate::registry::Workload;
+use crate::runtime::ExecRequest;
+use crate::sys::pidfd::Exit;
+use crate::validation as v;
+
+/// Smallest memory limit accepted: below this a cell can't even start.
+pub const MIN_MEMORY: u64 = 1 << 20;
+pub const MAX_PIDS: u64 = 4_194_304;
+
+pub fn exec_request(field: &str, e: &pb::Executable, command_required: bool) -> Result<ExecRequest, ApiError> {
+    if command_required && e.command.is_empty() {
+        return Err(ApiError::invalid(format!("{field}.command"), "is required"));
+    }
+    v::c_string(&format!("{field}.command"), &e.command)?;
+    v::list_len(&format!("{field}.args"), e.args.len())?;
+    for (i, a) in e.args.iter().enumerate() {
+        v::c_string(&format!("{field}.args[{i}]"), a)?;
+    }
+    v::list_len(&format!("{field}.env"), e.env.len())?;
+    for (i, kv) in e.env.iter().enumerate() {
+        v::env_name(&format!("{field}.env[{i}].name"), &kv.name)?;
+        v::c_string(&format!("{field}.env[{i}].value"), &kv.value)?;
+    }
+    if !e.cwd.is_empty() {
+        v::absolute_path(&format!("{field}.cwd"), &e.cwd)?;
+    }
+    for (name, id) in [("uid", e.uid), ("gid", e.gid)] {
+        if let Some(id) = id {
+            if id == u32::MAX {
+                return Err(ApiError::invalid(format!("{field}.{name}"), "4294967295 is not a valid id"));
+            }
+        }
+    }
+    Ok(ExecRequest {
+        command: e.command.clone(),
+        args: e.args.clone(),
+        env: e.env.iter().map(|kv| (kv.name.clone(), kv.value.clone())).collect(),
+        cwd: (!e.cwd.is_empty()).then(|| e.cwd.clone()),
+        uid: e.uid,
+        gid: e.gid,
+    })
+}
+
+pub fn limits(l: &pb::CellLimits) -> Result<Limits, ApiError> {
+    let mut out = Limits::default();
+    match (l.cpu_quota_us, l.cpu_period_us) {
+        (Some(q), p) => {
+            let period = p.unwrap_or(100_000);
+            v::range("limits.cpu_period_us", period, 1_000, 1_000_000)?;
+            v::range("limits.cpu_quota_us", q, 1_000, 1_000_000u64 * 1024)?;
+            out.cpu_max = Some((q, period));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid("limits.cpu_period_us", "needs limits.cpu_quota_us"));
+        }
+        (None, None) => {}
+    }
+    if let Some(w) = l.cpu_weight {
+        v::range("limits.cpu_weight", w.into(), 1, 10_000)?;
+        out.cpu_weight = Some(w);
+    }
+    let total = total_memory();
+    if let Some(m) = l.memory_max_bytes {
+        v::range("limits.memory_max_bytes", m, MIN_MEMORY, total)?;
+        out.memory_max = Some(m);
+    }
+    if let Some(m) = l.memory_high_bytes {
+        v::range("limits.memory_high_bytes", m, MIN_MEMORY, total)?;
+        out.memory_high = Some(m);
+    }
+    if let Some(p) = l.pids_max {
+        v::range("limits.pids_max", p, 1, MAX_PIDS)?;
+        out.pids_max = Some(p);
+    }
+    let online = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    if !l.cpuset_cpus.is_empty() {
+        let cpus = cpuset::parse_list(&l.cpuset_cpus)
+            .ok_or_else(|| ApiError::invalid("limits.cpuset_cpus", format!("{:?} is not a cpu list like \"0-1,3\"", l.cpuset_cpus)))?;
+        if let Some(bad) = cpus.iter().find(|c| **c >= online) {
+            return Err(ApiError::invalid("limits.cpuset_cpus", format!("cpu {bad} does not exist (this host has {online})")));
+        }
+        out.cpuset_cpus = Some(l.cpuset_cpus.clone());
+    }
+    if !l.cpuset_mems.is_empty() {
+        cpuset::parse_list(&l.cpuset_mems)
+            .ok_or_else(|| ApiError::invalid("limits.cpuset_mems", format!("{:?} is not a node list like \"0\"", l.cpuset_mems)))?;
+        out.cpuset_mems = Some(l.cpuset_mems.clone());
+    }
+    Ok(out)
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(u64::MAX)
+}
+
+pub fn cell_spec(r: &pb::RunCellRequest) -> Result<CellSpec, ApiError> {
+    v::name("name", &r.name)?;
+    if r.user_namespace {
+        return Err(ApiError::Unimplemented(
+            "user_namespace: cells in a user namespace are not implemented yet".into(),
+        ));
+    }
+    let share = r.share_host.as_ref().map(|s| HostShare {
+        mount: s.mount,
+        pid: s.pid,
+        net: s.net,
+        ipc: s.ipc,
+        uts: s.uts,
+        cgroup: s.cgroup,
+    });
+    let share = share.unwrap_or_default();
+    let image = if r.image.is_empty() {
+        None
+    } else {
+        v::absolute_path("image", &r.image)?;
+        let path = PathBuf::from(&r.image);
+        if !path.exists() {
+            return Err(ApiError::NotFound(format!("image: {} does not exist", r.image)));
+        }
+        if share.mount {
+            return Err(ApiError::invalid("share_host.mount", "an image cell needs its own mount namespace"));
+        }
+        Some(path)
+    };
+    Ok(CellSpec {
+        name: r.name.clone(),
+        limits: r.limits.as_ref().map(limits).transpose()?.unwrap_or_default(),
+        share,
+        jailed: r.jailed,
+        image,
+    })
+}
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+pub fn executable_status(e: &Executable) -> pb::WorkloadStatus {
+    let exit = e.exit_info();
+    let (code, signal) = match exit.map(|x| x.exit) {
+        Some(Exit::Code(c)) => (Some(c), None),
+        Some(Exit::Signal(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    pb::WorkloadStatus {
+        id: e.id.clone(),
+        kind: pb::WorkloadKind::Executable as i32,
+        state: if exit.is_some() { pb::WorkloadState::Exited } else { pb::WorkloadState::Running } as i32,
+        cell: e.cell.clone().unwrap_or_default(),
+        pid: e.pid as u32,
+        started_at: Some(timestamp(e.started_at)),
+        exited_at: exit.map(|x| timestamp(x.at)),
+        exit_code: code,
+        signal,
+        oom_killed: exit.map(|x| x.oom_killed).unwrap_or(false),
+        command: e.command.clone(),
+        executables: vec![],
+        cgroup: String::new(),
+    }
+}
+
+pub fn cell_status(c: &Cell) -> pb::WorkloadStatus {
+    let state = match c.state() {
+        CellState::Running => pb::WorkloadState::Running,
+        CellState::Frozen => pb::WorkloadState::Frozen,
+        CellState::Stopped => pb::WorkloadState::Stopped,
+    };
+    pb::WorkloadStatus {
+        id: c.name.clone(),
+        kind: pb::WorkloadKind::Cell as i32,
+        state: state as i32,
+        pid: c.init_pid as u32,
+        started_at: Some(timestamp(c.created_at)),
+        executables: c.executables.lock().map(|e| e.clone()).unwrap_or_default(),
+        cgroup: c.cgroup.dir().display().to_string(),
+        ..Default::default()
+    }
+}
+
+pub fn status(w: &Workload) -> pb::WorkloadStatus {
+    match w {
+        Workload::Executable(e) => executable_status(e),
+        Workload::Cell(c) => cell_status(c),
+    }
+}

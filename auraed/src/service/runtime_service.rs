@@ -1,0 +1,251 @@
+//! `aurae.runtime.v0.Runtime`: validates requests, calls [`Runtime`], and
+//! converts the results.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aurae_proto::runtime as pb;
+use nix::sys::signal::Signal;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::error::ApiError;
+use crate::logs::{Stream as LogStream, Subscription};
+use crate::registry::Workload;
+use crate::runtime::Runtime;
+use crate::validation as v;
+
+pub struct RuntimeService {
+    runtime: Arc<Runtime>,
+}
+
+impl RuntimeService {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+
+fn id_field(id: &str) -> Result<(), ApiError> {
+    v::name("id", id)
+}
+
+fn entry(line: &crate::logs::LogLine, dropped_before: u64) -> pb::LogEntry {
+    pb::LogEntry {
+        seq: line.seq,
+        stream: match line.stream {
+            LogStream::Stdout => pb::LogStream::Stdout,
+            LogStream::Stderr => pb::LogStream::Stderr,
+        } as i32,
+        time: Some(convert::timestamp(line.time)),
+        line: line.data.clone(),
+        dropped_before,
+    }
+}
+
+/// Streams the history, then live lines, marking gaps with `dropped_before`.
+fn log_stream(sub: Subscription) -> LogsStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        // Sequence numbers start at 0, so a gap before a line counts the
+        // lines lost to eviction or to this follower lagging behind.
+        let mut next = 0u64;
+        let emit = |line: &crate::logs::LogLine, next: &mut u64| {
+            let dropped = line.seq.saturating_sub(*next);
+            *next = line.seq + 1;
+            entry(line, dropped)
+        };
+        for line in &sub.history {
+            if tx.send(Ok(emit(line, &mut next))).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut live) = sub.live else { return };
+        loop {
+            match live.recv().await {
+                Ok(line) => {
+                    if line.seq < next {
+                        continue;
+                    }
+                    if tx.send(Ok(emit(&line, &mut next))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl pb::runtime_server::Runtime for RuntimeService {
+    async fn run_executable(
+        &self,
+        request: Request<pb::RunExecutableRequest>,
+    ) -> Result<Response<pb::RunExecutableResponse>, Status> {
+        let r = request.into_inner();
+        let name = if r.name.is_empty() {
+            None
+        } else {
+            v::name("name", &r.name)?;
+            Some(r.name.clone())
+        };
+        let cell = if r.cell.is_empty() {
+            None
+        } else {
+            v::name("cell", &r.cell)?;
+            Some(r.cell.clone())
+        };
+        let exe = r
+            .executable
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid("executable", "is required"))?;
+        let req = convert::exec_request("executable", exe, true)?;
+        let exe = self.runtime.run_executable(name, cell, req).await?;
+        Ok(Response::new(pb::RunExecutableResponse {
+            id: exe.id.clone(),
+            pid: exe.pid as u32,
+        }))
+    }
+
+    async fn run_cell(&self, request: Request<pb::RunCellRequest>) -> Result<Response<pb::RunCellResponse>, Status> {
+        let r = request.into_inner();
+        let spec = convert::cell_spec(&r)?;
+        let first_name = if r.executable_name.is_empty() {
+            None
+        } else {
+            v::name("executable_name", &r.executable_name)?;
+            Some(r.executable_name.clone())
+        };
+        let first = r
+            .executable
+            .as_ref()
+            .map(|e| convert::exec_request("executable", e, spec.image.is_none()))
+            .transpose()?;
+        let (cell, exe) = self.runtime.run_cell(spec, first, first_name).await?;
+        Ok(Response::new(pb::RunCellResponse {
+            name: cell.name.clone(),
+            executable_id: exe.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
+            pid: exe.as_ref().map(|e| e.pid as u32).unwrap_or(0),
+        }))
+    }
+
+    async fn run_virtual_machine(
+        &self,
+        _: Request<pb::RunVirtualMachineRequest>,
+    ) -> Result<Response<pb::RunVirtualMachineResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "RunVirtualMachine is not implemented yet: it needs the aurae VMM (vmm/) to boot a user-supplied kernel and disk".into(),
+        )
+        .into())
+    }
+
+    async fn spawn(&self, _: Request<pb::SpawnRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "Spawn is not implemented yet: it needs the guest image (cargo xtask image) and the aurae VMM to boot a nested auraed".into(),
+        )
+        .into())
+    }
+
+    async fn run_pod(&self, _: Request<pb::RunPodRequest>) -> Result<Response<pb::RunPodResponse>, Status> {
+        Err(ApiError::Unimplemented(
+            "RunPod is not implemented yet: it runs a cell inside a spawned instance, and Spawn is not implemented".into(),
+        )
+        .into())
+    }
+
+    async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
+        let r = request.into_inner();
+        id_field(&r.id)?;
+        let signal = match r.signal {
+            0 => Signal::SIGTERM,
+            n => Signal::try_from(n).map_err(|_| ApiError::invalid("signal", format!("{n} is not a signal number")))?,
+        };
+        let grace = r.grace_period_ms.unwrap_or(10_000);
+        v::range("grace_period_ms", grace.into(), 0, 3_600_000)?;
+        let w = self.runtime.stop(&r.id, signal, Duration::from_millis(grace.into())).await?;
+        Ok(Response::new(pb::StopResponse {
+            status: Some(convert::status(&w)),
+        }))
+    }
+
+    async fn free(&self, request: Request<pb::FreeRequest>) -> Result<Response<pb::FreeResponse>, Status> {
+        let r = request.into_inner();
+        id_field(&r.id)?;
+        self.runtime.free(&r.id).await?;
+        Ok(Response::new(pb::FreeResponse {}))
+    }
+
+    async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        Ok(Response::new(pb::ListResponse {
+            workloads: self.runtime.list().iter().map(convert::status).collect(),
+        }))
+    }
+
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let r = request.into_inner();
+        id_field(&r.id)?;
+        Ok(Response::new(convert::status(&self.runtime.get(&r.id, "id")?)))
+    }
+
+    type LogsStream = LogsStream;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let r = request.into_inner();
+        id_field(&r.id)?;
+        match self.runtime.get(&r.id, "id")? {
+            Workload::Executable(e) => Ok(Response::new(log_stream(e.logs.subscribe(r.follow)))),
+            Workload::Cell(_) => Err(ApiError::invalid(
+                "id",
+                format!("{:?} is a cell; ask for the logs of one of its executables", r.id),
+            )
+            .into()),
+        }
+    }
+
+    async fn wait(&self, request: Request<pb::WaitRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let r = request.into_inner();
+        id_field(&r.id)?;
+        let w = self.runtime.get(&r.id, "id")?;
+        let timeout = r.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(Duration::MAX);
+        let waited = async {
+            match &w {
+                Workload::Executable(e) => {
+                    e.wait().await;
+                }
+                Workload::Cell(c) => {
+                    while c.state() != crate::cells::CellState::Stopped {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, waited).await.is_err() {
+            return Err(ApiError::DeadlineExceeded(format!("{} is still running after timeout_ms", r.id)).into());
+        }
+        Ok(Response::new(convert::status(&w)))
+    }
+
+    async fn freeze(&self, request: Request<pb::FreezeRequest>) -> Result<Response<pb::FreezeResponse>, Status> {
+        let r = request.into_inner();
+        id_field(&r.id)?;
+        let cell = self.runtime.set_frozen(&r.id, true).await?;
+        Ok(Response::new(pb::FreezeResponse {
+            status: Some(convert::cell_status(&cell)),
+        }))
+    }
+
+    async fn thaw(&self, request: Request<pb::FreezeRequest>) -> Result<Response<pb::FreezeResponse>, Status> {
+        let r = request.into_inner();
+        id_field(&r.id)?;
+        let cell = self.runtime.set_frozen(&r.id, false).await?;
+        Ok(Response::new(pb::FreezeResponse {
+            status: Some(convert::cell_status(&cell)),
+        }))
+    }
+}

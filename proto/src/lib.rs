@@ -1,0 +1,15 @@
+//! Generated types and service stubs for the Aurae Runtime API.
+//!
+//! The schema lives in `proto/aurae/runtime/v0/runtime.proto`.
+
+#![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+
+pub mod runtime {
+    tonic::include_proto!("aurae.runtime.v0");
+}
+
+/// Encoded `FileDescriptorSet` of the API, served by gRPC reflection so that
+/// generic clients (grpcurl, grpcio) can discover the service.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("aurae_descriptor");
+
+pub use prost_types::Timestamp;
