@@ -1,1 +1,420 @@
-fn main() {}
+//! aer: run and inspect workloads on an auraed.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use aer::client::ClientConfig;
+use aer::output;
+use aer::units::{parse_bytes, parse_millis};
+use aurae_proto::runtime as pb;
+use aurae_proto::runtime::runtime_client::RuntimeClient;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "aer", about = "Run and inspect workloads on auraed", version)]
+struct Cli {
+    /// Client config (default: ~/.aurae/config, then /etc/aurae/config).
+    #[arg(long, global = true, env = "AURAE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Connect over TCP to host:port instead of the Unix socket.
+    #[arg(long, global = true)]
+    tcp: Option<String>,
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an executable, in auraed's context or in a cell.
+    Exec(ExecArgs),
+    /// Cells: run, freeze, thaw.
+    #[command(subcommand)]
+    Cell(CellCmd),
+    /// List workloads.
+    Ls,
+    /// Show one workload.
+    Status { id: String },
+    /// Print an executable's output (-f to follow until it exits).
+    Logs {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop a workload: signal, wait out the grace period, then kill.
+    Stop {
+        id: String,
+        /// Signal name or number.
+        #[arg(long, default_value = "TERM")]
+        signal: String,
+        /// Grace period before SIGKILL, like 10s or 500ms.
+        #[arg(long, default_value = "10s")]
+        grace: String,
+    },
+    /// Release an exited executable, or destroy a cell.
+    Free { id: String },
+    /// Wait for a workload to exit; exits with its exit code.
+    Wait {
+        id: String,
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// Check that auraed is serving.
+    Health,
+}
+
+#[derive(Args)]
+struct ProcessArgs {
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    #[arg(long)]
+    cwd: Option<String>,
+    #[arg(long)]
+    uid: Option<u32>,
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Stream the output and exit with the workload's exit code.
+    #[arg(long, short)]
+    wait: bool,
+    /// The command and its arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    #[arg(long)]
+    cell: Option<String>,
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
+#[derive(Subcommand)]
+enum CellCmd {
+    /// Create a cell and run a command (or the image's entrypoint) in it.
+    Run(CellRunArgs),
+    Freeze { name: String },
+    Thaw { name: String },
+}
+
+#[derive(Args)]
+struct CellRunArgs {
+    #[arg(long)]
+    name: String,
+    /// OCI image layout directory or OCI / docker-save archive.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// memory.max, like 64M.
+    #[arg(long)]
+    memory: Option<String>,
+    /// memory.high, like 48M.
+    #[arg(long)]
+    memory_high: Option<String>,
+    /// CPU limit in cores (cpu.max), like 0.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(long)]
+    cpu_weight: Option<u32>,
+    #[arg(long)]
+    pids: Option<u64>,
+    #[arg(long)]
+    cpuset_cpus: Option<String>,
+    #[arg(long)]
+    cpuset_mems: Option<String>,
+    /// Seal the cell: no new or joined namespaces, no mounts, no ptrace.
+    #[arg(long)]
+    jailed: bool,
+    /// Host namespaces to share: mount,pid,net,ipc,uts,cgroup.
+    #[arg(long, value_delimiter = ',')]
+    share: Vec<String>,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("aer: {msg}");
+    std::process::exit(1)
+}
+
+fn status_error(s: tonic::Status) -> ! {
+    eprintln!("aer: {:?}: {}", s.code(), s.message());
+    std::process::exit(match s.code() {
+        tonic::Code::NotFound => 3,
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => 4,
+        tonic::Code::Unavailable => 5,
+        _ => 1,
+    })
+}
+
+trait OrExit<T> {
+    fn or_exit(self) -> T;
+}
+
+impl<T> OrExit<T> for Result<tonic::Response<T>, tonic::Status> {
+    fn or_exit(self) -> T {
+        self.map(tonic::Response::into_inner).unwrap_or_else(|s| status_error(s))
+    }
+}
+
+fn executable(p: &ProcessArgs) -> pb::Executable {
+    let env = p
+        .env
+        .iter()
+        .map(|kv| {
+            let (name, value) = kv.split_once('=').unwrap_or_else(|| fail(format!("--env {kv:?}: expected KEY=VALUE")));
+            pb::EnvVar {
+                name: name.into(),
+                value: value.into(),
+            }
+        })
+        .collect();
+    let mut cmd = p.command.iter();
+    pb::Executable {
+        command: cmd.next().cloned().unwrap_or_default(),
+        args: cmd.cloned().collect(),
+        env,
+        cwd: p.cwd.clone().unwrap_or_default(),
+        uid: p.uid,
+        gid: p.gid,
+    }
+}
+
+fn print_status(out: Output, s: &pb::WorkloadStatus) {
+    match out {
+        Output::Json => println!("{}", output::status_json(s)),
+        Output::Table => print!("{}", output::details(s)),
+    }
+}
+
+/// The process exit code that mirrors a workload's exit.
+fn exit_code(s: &pb::WorkloadStatus) -> i32 {
+    match (s.exit_code, s.signal) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        _ => 0,
+    }
+}
+
+/// Streams the output of `id` to our stdout/stderr, then waits for its exit
+/// and exits with its code.
+async fn follow_and_exit(client: &mut RuntimeClient<Channel>, id: &str) -> ! {
+    stream_logs(client, id, true).await;
+    let status = client
+        .wait(pb::WaitRequest {
+            id: id.into(),
+            timeout_ms: None,
+        })
+        .await
+        .or_exit();
+    std::process::exit(exit_code(&status))
+}
+
+async fn stream_logs(client: &mut RuntimeClient<Channel>, id: &str, follow: bool) {
+    let mut stream = client
+        .logs(pb::LogsRequest {
+            id: id.into(),
+            follow,
+        })
+        .await
+        .or_exit();
+    while let Some(entry) = stream.next().await {
+        let entry = entry.unwrap_or_else(|s| status_error(s));
+        if entry.dropped_before > 0 {
+            eprintln!("aer: [{} lines dropped]", entry.dropped_before);
+        }
+        let mut line = entry.line;
+        line.push(b'\n');
+        let _ = if entry.stream == pb::LogStream::Stderr as i32 {
+            std::io::stderr().write_all(&line)
+        } else {
+            std::io::stdout().write_all(&line)
+        };
+    }
+    let _ = std::io::stdout().flush();
+}
+
+fn limits(a: &CellRunArgs) -> pb::CellLimits {
+    let bytes = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| parse_bytes(s).unwrap_or_else(|e| fail(format!("--{flag}: {e}"))))
+    };
+    pb::CellLimits {
+        cpu_quota_us: a.cpus.map(|c| {
+            if !(c.is_finite() && c > 0.0) {
+                fail("--cpus: must be a positive number of cores");
+            }
+            (c * 100_000.0).round() as u64
+        }),
+        cpu_period_us: a.cpus.map(|_| 100_000),
+        cpu_weight: a.cpu_weight,
+        memory_max_bytes: bytes("memory", &a.memory),
+        memory_high_bytes: bytes("memory-high", &a.memory_high),
+        pids_max: a.pids,
+        cpuset_cpus: a.cpuset_cpus.clone().unwrap_or_default(),
+        cpuset_mems: a.cpuset_mems.clone().unwrap_or_default(),
+    }
+}
+
+fn share(list: &[String]) -> pb::HostNamespaces {
+    let mut s = pb::HostNamespaces::default();
+    for ns in list {
+        match ns.as_str() {
+            "mount" | "mnt" => s.mount = true,
+            "pid" => s.pid = true,
+            "net" => s.net = true,
+            "ipc" => s.ipc = true,
+            "uts" => s.uts = true,
+            "cgroup" => s.cgroup = true,
+            other => fail(format!("--share: unknown namespace {other:?} (use mount,pid,net,ipc,uts,cgroup)")),
+        }
+    }
+    s
+}
+
+fn signal_number(s: &str) -> i32 {
+    if let Ok(n) = s.parse() {
+        return n;
+    }
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    match name.as_str() {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        _ => fail(format!("--signal: unknown signal {s:?}")),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    let cfg = ClientConfig::find(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
+    let mut client = cfg.runtime(cli.tcp.as_deref()).await.unwrap_or_else(|e| fail(e));
+    let out = cli.output;
+    match cli.command {
+        Command::Exec(a) => {
+            if a.process.command.is_empty() {
+                fail("exec: give the command after --, like: aer exec -- echo hi");
+            }
+            let r = client
+                .run_executable(pb::RunExecutableRequest {
+                    name: a.name.unwrap_or_default(),
+                    cell: a.cell.unwrap_or_default(),
+                    executable: Some(executable(&a.process)),
+                })
+                .await
+                .or_exit();
+            if a.process.wait {
+                follow_and_exit(&mut client, &r.id).await;
+            }
+            match out {
+                Output::Json => println!("{}", serde_json::json!({"id": r.id, "pid": r.pid})),
+                Output::Table => println!("{}  pid {}", r.id, r.pid),
+            }
+        }
+        Command::Cell(CellCmd::Run(a)) => {
+            let has_command = !a.process.command.is_empty();
+            let r = client
+                .run_cell(pb::RunCellRequest {
+                    name: a.name.clone(),
+                    limits: Some(limits(&a)),
+                    share_host: Some(share(&a.share)),
+                    user_namespace: false,
+                    jailed: a.jailed,
+                    image: a.image.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    executable: has_command.then(|| executable(&a.process)),
+                    executable_name: String::new(),
+                })
+                .await
+                .or_exit();
+            if a.process.wait && !r.executable_id.is_empty() {
+                follow_and_exit(&mut client, &r.executable_id).await;
+            }
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"name": r.name, "executable_id": r.executable_id, "pid": r.pid})
+                ),
+                Output::Table if r.executable_id.is_empty() => println!("{}", r.name),
+                Output::Table => println!("{}  executable {}  pid {}", r.name, r.executable_id, r.pid),
+            }
+        }
+        Command::Cell(CellCmd::Freeze { name }) => {
+            let r = client.freeze(pb::FreezeRequest { id: name }).await.or_exit();
+            print_status(out, &r.status.unwrap_or_default());
+        }
+        Command::Cell(CellCmd::Thaw { name }) => {
+            let r = client.thaw(pb::FreezeRequest { id: name }).await.or_exit();
+            print_status(out, &r.status.unwrap_or_default());
+        }
+        Command::Ls => {
+            let r = client.list(pb::ListRequest {}).await.or_exit();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::Value::Array(r.workloads.iter().map(output::status_json).collect())
+                ),
+                Output::Table => print!("{}", output::table(&r.workloads)),
+            }
+        }
+        Command::Status { id } => print_status(out, &client.status(pb::StatusRequest { id }).await.or_exit()),
+        Command::Logs { id, follow } => stream_logs(&mut client, &id, follow).await,
+        Command::Stop { id, signal, grace } => {
+            let grace = parse_millis(&grace).unwrap_or_else(|e| fail(format!("--grace: {e}")));
+            let r = client
+                .stop(pb::StopRequest {
+                    id,
+                    signal: signal_number(&signal),
+                    grace_period_ms: Some(grace),
+                })
+                .await
+                .or_exit();
+            print_status(out, &r.status.unwrap_or_default());
+        }
+        Command::Free { id } => {
+            client.free(pb::FreeRequest { id: id.clone() }).await.or_exit();
+            if out == Output::Json {
+                println!("{}", serde_json::json!({"freed": id}));
+            }
+        }
+        Command::Wait { id, timeout } => {
+            let timeout_ms = timeout.map(|t| parse_millis(&t).unwrap_or_else(|e| fail(format!("--timeout: {e}"))));
+            let s = client.wait(pb::WaitRequest { id, timeout_ms }).await.or_exit();
+            print_status(out, &s);
+            std::process::exit(exit_code(&s));
+        }
+        Command::Health => {
+            let channel = cfg.connect(cli.tcp.as_deref()).await.unwrap_or_else(|e| fail(e));
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let r = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .or_exit();
+            let serving = r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            match out {
+                Output::Json => println!("{}", serde_json::json!({"serving": serving})),
+                Output::Table => println!("{}", if serving { "SERVING" } else { "NOT_SERVING" }),
+            }
+            if !serving {
+                std::process::exit(1);
+            }
+        }
+    }
+}

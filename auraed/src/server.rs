@@ -27,6 +27,9 @@ pub enum ServeError {
     Reflection(String),
 }
 
+/// How long open connections may take to finish after shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
     std::fs::read(path).map_err(|source| ServeError::Io {
         path: path.display().to_string(),
@@ -80,6 +83,7 @@ pub async fn serve(cfg: &Config, runtime: Arc<Runtime>, shutdown: impl Future<Ou
     let tls = tls_config(cfg)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_final = stop_rx.clone();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -133,13 +137,25 @@ pub async fn serve(cfg: &Config, runtime: Arc<Runtime>, shutdown: impl Future<Ou
         }
         None => None,
     };
-    match tcp_server {
-        Some(tcp) => {
-            let (a, b) = tokio::join!(uds_server, tcp);
-            a?;
-            b?;
+    let servers = async move {
+        match tcp_server {
+            Some(tcp) => {
+                let (a, b) = tokio::join!(uds_server, tcp);
+                a.and(b)
+            }
+            None => uds_server.await,
         }
-        None => uds_server.await?,
+    };
+    // After the shutdown signal, open connections get a short grace period
+    // to finish their calls; followers of long log streams don't hold the
+    // daemon up.
+    let drained = async {
+        stopped(stop_rx_final).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = servers => r?,
+        _ = drained => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them"),
     }
     Ok(())
 }

@@ -1,0 +1,96 @@
+//! Test harness: starts the real `auraed` binary with real certificates on a
+//! temporary socket, drives it through the generated client and through
+//! `aer`, and builds small OCI images from Debian's busybox-static.
+
+pub mod daemon;
+pub mod image;
+
+pub use daemon::{Daemon, DaemonOptions};
+
+/// Whether the current process runs as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Reports a skipped test: on stderr, and in the file named by
+/// `AURAE_SKIP_LOG` (which `cargo xtask test` prints as a summary), so a
+/// skip never looks like a pass.
+pub fn report_skip(test: &str, reason: &str) {
+    let line = format!("SKIP {test}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("AURAE_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// The name of the enclosing function, for skip reports.
+#[macro_export]
+macro_rules! function_name {
+    () => {{
+        fn f() {}
+        let name = std::any::type_name_of_val(&f);
+        name.strip_suffix("::f").unwrap_or(name).trim_end_matches("::{{closure}}")
+    }};
+}
+
+/// Skips the calling test (with a printed reason) unless running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            $crate::report_skip($crate::function_name!(), "needs root (cells use cgroups and namespaces)");
+            return;
+        }
+    };
+}
+
+/// Controllers that cgroup v2 offers on this host.
+pub fn v2_controllers() -> Vec<String> {
+    let mount = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|m| std::path::Path::new(m).join("cgroup.controllers").exists());
+    mount
+        .and_then(|m| std::fs::read_to_string(format!("{m}/cgroup.controllers")).ok())
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Skips the calling test unless cgroup v2 has `controller`.
+#[macro_export]
+macro_rules! require_controller {
+    ($c:expr) => {
+        if !$crate::v2_controllers().iter().any(|c| c == $c) {
+            $crate::report_skip(
+                $crate::function_name!(),
+                &format!(
+                    "cgroup v2 has no '{}' controller on this host (available: {:?}); limits are proven in the QEMU test host",
+                    $c,
+                    $crate::v2_controllers()
+                ),
+            );
+            return;
+        }
+    };
+}
+
+/// Path of a workspace binary (built by `cargo build --workspace` first; the
+/// xtask test runner does that).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(&var) {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo xtask test`) first, or set {var}",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,166 @@
+//! Client config (`~/.aurae/config`, then `/etc/aurae/config`) and the mTLS
+//! connection to auraed over its Unix socket or TCP.
+
+use std::path::{Path, PathBuf};
+
+use aurae_proto::runtime::runtime_client::RuntimeClient;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no client config: looked for {0}")]
+    NoConfig(String),
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("connecting to {target}: {reason}")]
+    Connect { target: String, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientConfig {
+    pub auth: Auth,
+    #[serde(default)]
+    pub system: System,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Auth {
+    pub ca_crt: PathBuf,
+    pub client_crt: PathBuf,
+    pub client_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct System {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Server name to verify in the server's certificate.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/aurae/aurae.sock")
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+
+impl Default for System {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            server_name: default_server_name(),
+        }
+    }
+}
+
+/// Where the config is looked for, in order.
+pub fn default_paths() -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let Some(home) = std::env::var_os("HOME") {
+        paths.push(Path::new(&home).join(".aurae/config"));
+    }
+    paths.push(PathBuf::from("/etc/aurae/config"));
+    paths
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self, ClientError> {
+        let err = |reason: String| ClientError::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.to_string()))
+    }
+
+    /// Loads `explicit`, or the first default path that exists.
+    pub fn find(explicit: Option<&Path>) -> Result<Self, ClientError> {
+        if let Some(p) = explicit {
+            return Self::load(p);
+        }
+        let paths = default_paths();
+        match paths.iter().find(|p| p.exists()) {
+            Some(p) => Self::load(p),
+            None => Err(ClientError::NoConfig(
+                paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            )),
+        }
+    }
+
+    fn tls(&self) -> Result<ClientTlsConfig, ClientError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| ClientError::Config {
+                path: p.to_path_buf(),
+                reason: e.to_string(),
+            })
+        };
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.auth.ca_crt)?))
+            .identity(Identity::from_pem(read(&self.auth.client_crt)?, read(&self.auth.client_key)?))
+            .domain_name(self.system.server_name.clone()))
+    }
+
+    /// Connects over the Unix socket, or over TCP to `tcp` ("host:port").
+    pub async fn connect(&self, tcp: Option<&str>) -> Result<Channel, ClientError> {
+        let tls = self.tls()?;
+        match tcp {
+            Some(addr) => {
+                let err = |reason: String| ClientError::Connect {
+                    target: addr.to_string(),
+                    reason,
+                };
+                Endpoint::from_shared(format!("https://{addr}"))
+                    .map_err(|e| err(e.to_string()))?
+                    .tls_config(tls)
+                    .map_err(|e| err(e.to_string()))?
+                    .connect()
+                    .await
+                    .map_err(|e| err(error_chain(&e)))
+            }
+            None => connect_unix(&self.system.socket, Some(tls)).await,
+        }
+    }
+
+    pub async fn runtime(&self, tcp: Option<&str>) -> Result<RuntimeClient<Channel>, ClientError> {
+        Ok(RuntimeClient::new(self.connect(tcp).await?))
+    }
+}
+
+/// Connects to a Unix socket, with TLS when `tls` is set.
+pub async fn connect_unix(socket: &Path, tls: Option<ClientTlsConfig>) -> Result<Channel, ClientError> {
+    let err = |reason: String| ClientError::Connect {
+        target: format!("unix:{}", socket.display()),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_static("https://localhost");
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| err(e.to_string()))?;
+    } else {
+        endpoint = Endpoint::from_static("http://localhost");
+    }
+    let path = socket.to_path_buf();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|e| err(error_chain(&e)))
+}
+
+/// An error with its sources, for messages a user can act on.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}

@@ -1,0 +1,7 @@
+//! aer: the command-line client of auraed. The library part holds what
+//! other clients (tests, xtask) share: the config file and the mTLS
+//! connection.
+
+pub mod client;
+pub mod output;
+pub mod units;

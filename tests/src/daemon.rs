@@ -1,0 +1,197 @@
+//! A real auraed process on a temporary socket, with its own PKI, state
+//! directory and cgroup root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aer::client::ClientConfig;
+use aurae_proto::runtime::runtime_client::RuntimeClient;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Also listen on TCP (an ephemeral port on 127.0.0.1).
+    pub tcp: bool,
+    /// Reuse this directory (and its PKI and cgroup root) instead of a new
+    /// one, e.g. to restart after a crash.
+    pub reuse: Option<PathBuf>,
+}
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub tcp: Option<String>,
+    pub cgroup_root: String,
+    pub client_config: PathBuf,
+    pub log: PathBuf,
+}
+
+fn unique_root(dir: &Path) -> String {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let clean: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    format!("aurae-test-{clean}")
+}
+
+impl Daemon {
+    pub async fn start() -> Daemon {
+        Self::start_with(DaemonOptions::default()).await
+    }
+
+    pub async fn start_with(opts: DaemonOptions) -> Daemon {
+        let (tmp, dir) = match &opts.reuse {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::Builder::new().prefix("aurae").tempdir().expect("tempdir");
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let socket = dir.join("aurae.sock");
+        let pki = dir.join("pki");
+        let cgroup_root = unique_root(&dir);
+        if opts.reuse.is_none() {
+            let out = Command::new(crate::binary("auraed"))
+                .args(["pki", "init", "--trust-domain", "test.local", "--out"])
+                .arg(&pki)
+                .arg("--socket")
+                .arg(&socket)
+                .output()
+                .expect("auraed pki init");
+            assert!(out.status.success(), "pki init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut config = std::fs::read_to_string(pki.join("auraed.toml")).expect("auraed.toml");
+        let tcp = opts.tcp.then(|| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+            l.local_addr().expect("addr").to_string()
+        });
+        if let Some(addr) = &tcp {
+            config = config.replacen("[server]\n", &format!("[server]\ntcp = \"{addr}\"\n"), 1);
+        }
+        config.push_str(&format!(
+            "\n[runtime]\nstate_dir = {:?}\ncgroup_root = {cgroup_root:?}\nlog_buffer_bytes = 65536\n",
+            dir.join("state").display().to_string()
+        ));
+        let config_path = dir.join("auraed-run.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let log = dir.join("auraed.log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let child = Command::new(crate::binary("auraed"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn auraed");
+        let d = Daemon {
+            client_config: pki.join("config"),
+            dir,
+            _tmp: tmp,
+            child: Some(child),
+            socket,
+            tcp,
+            cgroup_root,
+            log,
+        };
+        d.wait_ready().await;
+        d
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = self.channel().await {
+                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                if h.check(tonic_health::pb::HealthCheckRequest::default()).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "auraed did not come up; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn config(&self) -> ClientConfig {
+        ClientConfig::load(&self.client_config).expect("client config")
+    }
+
+    pub async fn channel(&self) -> Result<Channel, aer::client::ClientError> {
+        self.config().connect(None).await
+    }
+
+    pub async fn client(&self) -> RuntimeClient<Channel> {
+        RuntimeClient::new(self.channel().await.expect("connect"))
+    }
+
+    /// Directory of auraed's cgroup root, if cgroup v2 is mounted.
+    pub fn cgroup_dir(&self) -> Option<PathBuf> {
+        ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(|m| Path::new(m).join(&self.cgroup_root))
+            .find(|p| p.exists())
+    }
+
+    /// Runs `aer` against this daemon.
+    pub fn aer(&self, args: &[&str]) -> std::process::Output {
+        Command::new(crate::binary("aer"))
+            .env("AURAE_CONFIG", &self.client_config)
+            .args(args)
+            .output()
+            .expect("run aer")
+    }
+
+    /// Kills the daemon without letting it clean up (a crash).
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Keeps the directory (PKI, state) after this handle is dropped.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        if let Some(t) = self._tmp.take() {
+            return t.keep();
+        }
+        self.dir.clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        // Fails (harmlessly) while a crashed daemon's cells are still there
+        // for a restarted one to clean up.
+        if let Some(dir) = self.cgroup_dir() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
