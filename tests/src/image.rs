@@ -44,6 +44,8 @@ fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header
     h.set_mode(mode);
     h.set_entry_type(kind);
     h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_cksum();
     h
 }
@@ -52,9 +54,14 @@ fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header
 pub fn busybox_layer() -> Vec<u8> {
     let busybox = std::fs::read(BUSYBOX).expect("busybox-static is installed (/bin/busybox)");
     let mut b = tar::Builder::new(Vec::new());
-    for dir in ["bin", "etc", "tmp", "root", "home", "home/web", "data"] {
+    for dir in ["bin", "etc", "tmp", "root", "home", "data"] {
         b.append(&header(dir, 0, 0o755, tar::EntryType::Directory), std::io::empty()).expect("dir");
     }
+    let mut home = header("home/web", 0, 0o755, tar::EntryType::Directory);
+    home.set_uid(1000);
+    home.set_gid(1000);
+    home.set_cksum();
+    b.append(&home, std::io::empty()).expect("home");
     b.append(&header("bin/busybox", busybox.len() as u64, 0o755, tar::EntryType::Regular), &busybox[..])
         .expect("busybox");
     for applet in APPLETS {
@@ -91,6 +98,9 @@ pub fn raw_path_layer(raw_path: &str, data: &[u8]) -> Vec<u8> {
     }
     h.set_size(data.len() as u64);
     h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
     h.set_cksum();
     let mut b = tar::Builder::new(Vec::new());

@@ -1,0 +1,189 @@
+//! Cells from OCI images: layouts, OCI archives, docker-save archives, the
+//! image config, whiteouts, and corrupt or hostile input.
+
+use aurae_proto::runtime as pb;
+use aurae_tests::image::{self, ImageConfig};
+use aurae_tests::{require_root, Daemon};
+use tokio_stream::StreamExt;
+
+async fn run_image(d: &Daemon, name: &str, image: &std::path::Path, exe: Option<pb::Executable>) -> Result<pb::RunCellResponse, tonic::Status> {
+    d.client()
+        .await
+        .run_cell(pb::RunCellRequest {
+            name: name.into(),
+            image: image.display().to_string(),
+            executable: exe,
+            executable_name: format!("{name}-main"),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn output(d: &Daemon, id: &str) -> (pb::WorkloadStatus, String) {
+    let mut c = d.client().await;
+    let st = c
+        .wait(pb::WaitRequest {
+            id: id.into(),
+            timeout_ms: Some(20_000),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    let mut s = c.logs(pb::LogsRequest { id: id.into(), follow: false }).await.expect("logs").into_inner();
+    let mut text = String::new();
+    while let Some(e) = s.next().await {
+        text.push_str(&String::from_utf8_lossy(&e.expect("entry").line));
+        text.push('\n');
+    }
+    (st, text)
+}
+
+fn sh(script: &str) -> pb::Executable {
+    pb::Executable {
+        command: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_image_cell_runs_the_entrypoint_in_its_own_root() {
+    require_root!();
+    let d = Daemon::start().await;
+    let layout = image::write_layout(&d.dir.join("img"), &[image::busybox_layer()], &ImageConfig::default());
+    run_image(&d, "bb", &layout, None).await.expect("run_cell");
+    let (st, out) = output(&d, "bb-main").await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert_eq!(out, "hello from busybox\n");
+    let script = "echo $GREETING; ls /; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /dev | tr '\\n' ' '; echo; touch /tmp/x && echo tmp-ok";
+    d.client()
+        .await
+        .run_executable(pb::RunExecutableRequest {
+            name: "look".into(),
+            cell: "bb".into(),
+            executable: Some(sh(script)),
+        })
+        .await
+        .expect("exec in image cell");
+    let (st, out) = output(&d, "look").await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "from-image", "image env applies to later executables");
+    assert!(!out.contains("\nusr\n"), "the host root is not visible: {out}");
+    assert!(out.contains("cell-init"), "fresh /proc of the cell's pid namespace: {out}");
+    assert!(out.contains("null") && out.contains("urandom"), "minimal /dev: {out}");
+    assert!(out.contains("tmp-ok"));
+    let rootfs = d.dir.join("state/cells/bb/rootfs");
+    assert!(rootfs.join("bin/busybox").exists());
+    d.client().await.free(pb::FreeRequest { id: "bb".into() }).await.expect("free");
+    assert!(!rootfs.exists(), "free removes the unpacked rootfs");
+}
+
+#[tokio::test]
+async fn the_config_sets_user_workdir_env_and_entrypoint() {
+    require_root!();
+    let d = Daemon::start().await;
+    let cfg = ImageConfig {
+        entrypoint: vec!["/bin/sh".into(), "-c".into()],
+        cmd: vec!["echo default cmd".into()],
+        env: vec!["PATH=/bin".into(), "MODE=image".into()],
+        workdir: Some("/home/web".into()),
+        user: Some("web".into()),
+    };
+    let layout = image::write_layout(&d.dir.join("img"), &[image::busybox_layer()], &cfg);
+    // Args replace cmd; entrypoint stays; request env overrides image env.
+    let exe = pb::Executable {
+        args: vec!["echo $(id -u):$(id -g) $(pwd) $MODE".into()],
+        env: vec![pb::EnvVar {
+            name: "MODE".into(),
+            value: "request".into(),
+        }],
+        ..Default::default()
+    };
+    run_image(&d, "cfg", &layout, Some(exe)).await.expect("run_cell");
+    let (_, out) = output(&d, "cfg-main").await;
+    assert_eq!(out, "1000:1000 /home/web request\n");
+}
+
+#[tokio::test]
+async fn oci_archives_docker_save_archives_and_whiteouts() {
+    require_root!();
+    let d = Daemon::start().await;
+    let upper = image::files_layer(&[("etc/motd", b"upper\n"), ("bin/.wh.hostname", b"")]);
+    let layers = [image::busybox_layer(), upper];
+    let cfg = ImageConfig {
+        cmd: vec!["/bin/sh".into(), "-c".into(), "cat /etc/motd; test -e /bin/hostname && echo has-hostname || echo whited-out".into()],
+        ..Default::default()
+    };
+    let layout = image::write_layout(&d.dir.join("layout"), &layers, &cfg);
+    let oci_tar = image::tar_dir(&layout, &d.dir.join("image.oci.tar"));
+    let docker_tar = image::write_docker_save(&d.dir.join("image.docker.tar"), &layers, &cfg);
+    for (name, path) in [("ocitar", oci_tar), ("dockertar", docker_tar)] {
+        run_image(&d, name, &path, None).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (st, out) = output(&d, &format!("{name}-main")).await;
+        assert_eq!(st.exit_code, Some(0), "{name}: {out}");
+        assert_eq!(out, "upper\nwhited-out\n", "{name}");
+        assert!(!d.dir.join(format!("state/cells/{name}/archive")).exists(), "scratch space removed");
+    }
+}
+
+fn assert_clean(d: &Daemon, name: &str) {
+    assert!(!d.dir.join(format!("state/cells/{name}")).exists(), "no state left for {name}");
+    if let Some(root) = d.cgroup_dir() {
+        assert!(!root.join(name).exists(), "no cgroup left for {name}");
+    }
+}
+
+#[tokio::test]
+async fn corrupt_and_hostile_images_are_refused_without_leftovers() {
+    require_root!();
+    let d = Daemon::start().await;
+    let bb = image::busybox_layer();
+
+    let bad_digest = image::write_layout(&d.dir.join("bad-digest"), &[bb.clone()], &ImageConfig::default());
+    image::corrupt_layers(&bad_digest);
+    let e = run_image(&d, "baddigest", &bad_digest, None).await.expect_err("bad digest");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("image:") && e.message().contains("digest"), "{}", e.message());
+    assert_clean(&d, "baddigest");
+
+    let truncated = image::write_truncated_layout(&d.dir.join("truncated"), &bb);
+    let e = run_image(&d, "truncated", &truncated, None).await.expect_err("truncated");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("layer"), "{}", e.message());
+    assert_clean(&d, "truncated");
+
+    let traversal = image::write_layout(
+        &d.dir.join("traversal"),
+        &[bb.clone(), image::raw_path_layer("../../../../../../tmp/aurae-evil", b"x")],
+        &ImageConfig::default(),
+    );
+    let e = run_image(&d, "traversal", &traversal, None).await.expect_err("traversal");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("escapes the root"), "{}", e.message());
+    assert!(!std::path::Path::new("/tmp/aurae-evil").exists());
+    assert_clean(&d, "traversal");
+
+    // A symlink to a host directory, then a file "through" it: the file
+    // lands inside the rootfs, never in the host directory.
+    let host_dir = tempfile::tempdir().expect("host dir");
+    let through = image::write_layout(
+        &d.dir.join("through"),
+        &[bb, image::symlink_then_file_layer("escape", host_dir.path(), "pwned")],
+        &ImageConfig::default(),
+    );
+    run_image(&d, "through", &through, None).await.expect("symlinks resolve inside the rootfs");
+    assert!(!host_dir.path().join("pwned").exists(), "wrote through a symlink onto the host");
+    let inside = d.dir.join("state/cells/through/rootfs").join(host_dir.path().strip_prefix("/").expect("abs")).join("pwned");
+    assert!(inside.exists(), "{}", inside.display());
+
+    let e = run_image(&d, "missing", std::path::Path::new("/nonexistent/image"), None).await.expect_err("missing");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(e.message().starts_with("image:"));
+    let junk = d.dir.join("junk.tar");
+    std::fs::write(&junk, b"this is not a tar archive at all").expect("junk");
+    let e = run_image(&d, "junk", &junk, None).await.expect_err("junk");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    assert_clean(&d, "junk");
+}
