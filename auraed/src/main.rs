@@ -1,5 +1,4 @@
-//! The auraed binary: the daemon, `pki` helpers, and the hidden
-//! `cell-init` mode that runs as PID 1 of a cell.
+//! The auraed binary: the daemon and its `pki` helpers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,11 +56,6 @@ enum Pki {
 }
 
 fn main() -> anyhow::Result<()> {
-    // The cell's init must stay single-threaded: dispatch before anything
-    // else (no runtime, no logging threads).
-    if std::env::args().nth(1).as_deref() == Some("cell-init") {
-        auraed::cells::init::main();
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

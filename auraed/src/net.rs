@@ -33,13 +33,3 @@ pub async fn link_up(name: &str) -> Result<(), NetError> {
     task.abort();
     result
 }
-
-/// Sets `name` up from synchronous code, on a private single-threaded
-/// runtime (used by processes that must stay single-threaded).
-pub fn link_up_blocking(name: &str) -> Result<(), NetError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| NetError::Netlink(e.to_string()))?;
-    rt.block_on(link_up(name))
-}

@@ -54,7 +54,6 @@ impl Runtime {
         for r in &removed {
             tracing::warn!("removed leftover from a previous run: {r}");
         }
-        let exe = std::env::current_exe().map_err(|e| ApiError::Internal(format!("locating auraed: {e}")))?;
         let cells = match hierarchy {
             Ok(h) => {
                 tracing::info!(
@@ -66,7 +65,6 @@ impl Runtime {
                 Ok(CellContext {
                     hierarchy: h,
                     state_dir: cfg.state_dir.clone(),
-                    exe,
                 })
             }
             Err(e) => {

@@ -260,3 +260,12 @@ pub fn write_truncated_layout(dir: &Path, layer: &[u8]) -> PathBuf {
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("index");
     dir.to_path_buf()
 }
+
+/// Unpacks a (plain tar) layer into `dir`, e.g. to make a runc/crun bundle's
+/// rootfs from the same bytes as an image.
+pub fn unpack_into(layer: &[u8], dir: &Path) {
+    std::fs::create_dir_all(dir).expect("rootfs");
+    let mut a = tar::Archive::new(layer);
+    a.set_preserve_permissions(true);
+    a.unpack(dir).expect("unpack layer");
+}

@@ -39,6 +39,19 @@ async fn output(d: &Daemon, id: &str) -> (pb::WorkloadStatus, String) {
     (st, text)
 }
 
+/// Paths of `rel` inside every cached image rootfs.
+fn cached_rootfs(d: &Daemon, rel: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(d.dir.join("state/images"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("rootfs").join(rel))
+                .filter(|p| p.exists() || p.is_symlink())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn sh(script: &str) -> pb::Executable {
     pb::Executable {
         command: "sh".into(),
@@ -56,7 +69,7 @@ async fn an_image_cell_runs_the_entrypoint_in_its_own_root() {
     let (st, out) = output(&d, "bb-main").await;
     assert_eq!(st.exit_code, Some(0), "{out}");
     assert_eq!(out, "hello from busybox\n");
-    let script = "echo $GREETING; ls /; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /dev | tr '\\n' ' '; echo; touch /tmp/x && echo tmp-ok";
+    let script = "echo $GREETING; ls /; cat /proc/1/comm; ls /dev | tr '\\n' ' '; echo; touch /tmp/x && echo tmp-ok";
     d.client()
         .await
         .run_executable(pb::RunExecutableRequest {
@@ -71,13 +84,18 @@ async fn an_image_cell_runs_the_entrypoint_in_its_own_root() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "from-image", "image env applies to later executables");
     assert!(!out.contains("\nusr\n"), "the host root is not visible: {out}");
-    assert!(out.contains("cell-init"), "fresh /proc of the cell's pid namespace: {out}");
+    assert!(out.contains("\ncell-init\n"), "a fresh /proc of the cell's pid namespace: {out}");
     assert!(out.contains("null") && out.contains("urandom"), "minimal /dev: {out}");
     assert!(out.contains("tmp-ok"));
-    let rootfs = d.dir.join("state/cells/bb/rootfs");
-    assert!(rootfs.join("bin/busybox").exists());
+    // The image was unpacked once into the cache; the cell's root is an
+    // overlay mounted only inside its mount namespace.
+    assert_eq!(cached_rootfs(&d, "bin/busybox").len(), 1);
+    let cell_dir = d.dir.join("state/cells/bb");
+    assert!(cell_dir.join("upper/tmp").exists() || cell_dir.join("upper").exists());
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!host_mounts.contains("state/cells/bb"), "no host-visible mount");
     d.client().await.free(pb::FreeRequest { id: "bb".into() }).await.expect("free");
-    assert!(!rootfs.exists(), "free removes the unpacked rootfs");
+    assert!(!cell_dir.exists(), "free removes the cell's root filesystem");
 }
 
 #[tokio::test]
@@ -124,12 +142,17 @@ async fn oci_archives_docker_save_archives_and_whiteouts() {
         let (st, out) = output(&d, &format!("{name}-main")).await;
         assert_eq!(st.exit_code, Some(0), "{name}: {out}");
         assert_eq!(out, "upper\nwhited-out\n", "{name}");
-        assert!(!d.dir.join(format!("state/cells/{name}/archive")).exists(), "scratch space removed");
+        let scratch = std::fs::read_dir(d.dir.join("state/images")).expect("cache").filter_map(Result::ok).any(|e| e.path().join("archive").exists());
+        assert!(!scratch, "archive scratch space removed");
     }
 }
 
 fn assert_clean(d: &Daemon, name: &str) {
     assert!(!d.dir.join(format!("state/cells/{name}")).exists(), "no state left for {name}");
+    let partial = std::fs::read_dir(d.dir.join("state/images"))
+        .map(|e| e.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).count())
+        .unwrap_or(0);
+    assert_eq!(partial, 0, "no partial unpack left for {name}");
     if let Some(root) = d.cgroup_dir() {
         assert!(!root.join(name).exists(), "no cgroup left for {name}");
     }
@@ -175,8 +198,8 @@ async fn corrupt_and_hostile_images_are_refused_without_leftovers() {
     );
     run_image(&d, "through", &through, None).await.expect("symlinks resolve inside the rootfs");
     assert!(!host_dir.path().join("pwned").exists(), "wrote through a symlink onto the host");
-    let inside = d.dir.join("state/cells/through/rootfs").join(host_dir.path().strip_prefix("/").expect("abs")).join("pwned");
-    assert!(inside.exists(), "{}", inside.display());
+    let inside = host_dir.path().strip_prefix("/").expect("abs").join("pwned");
+    assert_eq!(cached_rootfs(&d, &inside.to_string_lossy()).len(), 1, "the file is inside the image's rootfs");
 
     let e = run_image(&d, "missing", std::path::Path::new("/nonexistent/image"), None).await.expect_err("missing");
     assert_eq!(e.code(), tonic::Code::NotFound);

@@ -1,27 +1,17 @@
-//! The init process of a cell: PID 1 of the cell's pid namespace.
+//! The plan of a cell's init process: PID 1 of the cell's pid namespace.
 //!
-//! auraed starts it (re-executing its own binary as `auraed cell-init`) with
-//! `clone3`, already inside the cell's cgroup and new namespaces. It finishes
-//! the namespaces' setup (hostname, `lo`, mounts and root filesystem), reports
-//! readiness on fd 4, and then reaps orphans until the cell is killed. Other
+//! auraed starts it with `clone3`, already inside the cell's cgroup and new
+//! namespaces ([`crate::sys::init_process`]). It finishes the namespaces'
+//! setup (hostname, `lo`, mounts and root filesystem) by running the steps
+//! planned here, then reaps orphans until the cell is killed. Other
 //! processes of the cell join its namespaces through `/proc/<pid>/ns/*`.
-//!
-//! It reads its [`InitConfig`] as JSON from fd 3. It never starts threads:
-//! the single-threaded runtime used for netlink is dropped before readiness.
 
-use std::io::{Read, Write};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, pivot_root, sethostname};
+use crate::sys::init_process::InitOp;
 
-/// fd from which cell-init reads its config.
-pub const CONFIG_FD: i32 = 3;
-/// fd on which cell-init reports "ok" or an error message.
-pub const STATUS_FD: i32 = 4;
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct InitConfig {
     pub name: String,
     pub new_uts: bool,
@@ -30,113 +20,191 @@ pub struct InitConfig {
     pub new_pid: bool,
     /// Pivot into this root filesystem (requires `new_mount`).
     pub rootfs: Option<PathBuf>,
+    /// Mount an overlay at `rootfs` first.
+    pub overlay: Option<Overlay>,
 }
 
-/// Entry point of `auraed cell-init`. Never returns.
-pub fn main() -> ! {
-    let mut config_pipe = crate::sys::take_inherited_fd(CONFIG_FD);
-    let mut status = crate::sys::take_inherited_fd(STATUS_FD);
-    let mut text = String::new();
-    let result = config_pipe
-        .read_to_string(&mut text)
-        .map_err(|e| format!("reading the config: {e}"))
-        .and_then(|_| serde_json::from_str::<InitConfig>(&text).map_err(|e| format!("parsing the config: {e}")))
-        .and_then(|cfg| setup(&cfg));
-    drop(config_pipe);
-    match result {
-        Ok(()) => {
-            let _ = status.write_all(b"ok");
-            drop(status);
-            reap_forever()
-        }
-        Err(msg) => {
-            let _ = status.write_all(msg.as_bytes());
-            std::process::exit(1)
-        }
-    }
+/// An overlay of a cached, read-only image rootfs and the cell's own
+/// writable layer.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
 }
 
-fn setup(cfg: &InitConfig) -> Result<(), String> {
-    if cfg.new_uts {
-        sethostname(&cfg.name).map_err(|e| format!("setting the hostname: {e}"))?;
-    }
-    if cfg.new_net {
-        crate::net::link_up_blocking("lo").map_err(|e| format!("bringing up lo: {e}"))?;
-    }
-    if cfg.new_mount {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .map_err(|e| format!("making / private: {e}"))?;
-        match &cfg.rootfs {
-            Some(rootfs) => pivot_into(rootfs)?,
-            None if cfg.new_pid => {
-                mount_fs("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?
+impl Overlay {
+    /// The overlayfs mount options; paths with the option separators are
+    /// refused rather than misparsed.
+    pub fn options(&self) -> Result<String, String> {
+        let mut parts = Vec::new();
+        for (key, path) in [("lowerdir", &self.lower), ("upperdir", &self.upper), ("workdir", &self.work)] {
+            let p = path.to_str().ok_or_else(|| format!("{key} {path:?} is not UTF-8"))?;
+            if p.contains([',', ':', '\\']) {
+                return Err(format!("{key} {p:?} contains ',', ':' or a backslash"));
             }
+            parts.push(format!("{key}={p}"));
+        }
+        Ok(parts.join(","))
+    }
+}
+
+/// Setup steps with what each one does, for error messages.
+pub struct Plan {
+    pub ops: Vec<InitOp>,
+    pub descriptions: Vec<String>,
+}
+
+fn c(s: impl AsRef<str>) -> Result<CString, String> {
+    CString::new(s.as_ref()).map_err(|_| format!("{:?} contains a NUL byte", s.as_ref()))
+}
+
+fn cpath(p: &Path) -> Result<CString, String> {
+    c(p.to_str().ok_or_else(|| format!("{p:?} is not UTF-8"))?)
+}
+
+impl Plan {
+    fn push(&mut self, op: InitOp, what: impl Into<String>) {
+        self.ops.push(op);
+        self.descriptions.push(what.into());
+    }
+
+    fn mount(&mut self, source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: Option<&str>) -> Result<(), String> {
+        self.push(
+            InitOp::Mount {
+                source: Some(c(source)?),
+                target: cpath(target)?,
+                fstype: Some(c(fstype)?),
+                flags,
+                data: data.map(c).transpose()?,
+            },
+            format!("mounting {fstype} on {}", target.display()),
+        );
+        Ok(())
+    }
+
+    /// Plans the setup of a cell's namespaces.
+    pub fn new(cfg: &InitConfig) -> Result<Plan, String> {
+        let mut plan = Plan {
+            ops: Vec::new(),
+            descriptions: Vec::new(),
+        };
+        if cfg.new_uts {
+            plan.push(InitOp::Hostname(c(&cfg.name)?), "setting the hostname");
+        }
+        if cfg.new_net {
+            plan.push(InitOp::link_up("lo").ok_or("bad interface name")?, "bringing up lo");
+        }
+        if !cfg.new_mount {
+            return Ok(plan);
+        }
+        plan.push(
+            InitOp::Mount {
+                source: None,
+                target: c("/")?,
+                fstype: None,
+                flags: libc::MS_REC | libc::MS_PRIVATE,
+                data: None,
+            },
+            "making / private",
+        );
+        match &cfg.rootfs {
+            Some(rootfs) => plan.pivot_into(rootfs, cfg.overlay.as_ref())?,
+            None if cfg.new_pid => plan.mount("proc", Path::new("/proc"), "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,
             None => {}
         }
+        Ok(plan)
     }
-    Ok(())
-}
 
-fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
-    mount(Some(src), target, Some(fstype), flags, data).map_err(|e| format!("mounting {fstype} on {target}: {e}"))
-}
-
-/// Makes `rootfs` the root: a fresh /proc, a minimal /dev and a /tmp.
-fn pivot_into(rootfs: &Path) -> Result<(), String> {
-    let at = |p: &str| rootfs.join(p);
-    let s = |p: PathBuf| p.to_string_lossy().into_owned();
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| format!("bind-mounting the root filesystem: {e}"))?;
-    for dir in ["proc", "dev", "tmp", "sys"] {
-        std::fs::create_dir_all(at(dir)).map_err(|e| format!("creating /{dir}: {e}"))?;
-    }
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount_fs("proc", &s(at("proc")), "proc", nodev | MsFlags::MS_NOEXEC, None)?;
-    mount_fs("tmpfs", &s(at("dev")), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
-    mount_fs("tmpfs", &s(at("tmp")), "tmpfs", nodev, Some("mode=1777"))?;
-    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
-        mknod(
-            &at("dev").join(name),
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(major, minor),
-        )
-        .map_err(|e| format!("creating /dev/{name}: {e}"))?;
-        let _ = nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            &at("dev").join(name),
-            Mode::from_bits_truncate(0o666),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        );
-    }
-    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-        std::os::unix::fs::symlink(target, at("dev").join(link)).map_err(|e| format!("creating /dev/{link}: {e}"))?;
-    }
-    for dir in ["pts", "shm"] {
-        std::fs::create_dir_all(at("dev").join(dir)).map_err(|e| format!("creating /dev/{dir}: {e}"))?;
-    }
-    mount_fs("tmpfs", &s(at("dev/shm")), "tmpfs", nodev | MsFlags::MS_NOEXEC, Some("mode=1777"))?;
-    chdir(rootfs).map_err(|e| format!("entering the root filesystem: {e}"))?;
-    pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
-    chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-    Ok(())
-}
-
-/// PID 1 duty: reap every orphan, forever. The cell ends with `cgroup.kill`.
-fn reap_forever() -> ! {
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-    use nix::sys::wait::{waitpid, WaitPidFlag};
-    let mut chld = SigSet::empty();
-    chld.add(Signal::SIGCHLD);
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None);
-    crate::sys::install_noop_handler(Signal::SIGCHLD);
-    loop {
-        match waitpid(None::<nix::unistd::Pid>, Some(WaitPidFlag::__WALL)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            // No children right now: sleep until one exits (an orphan that
-            // was reparented to us); SIGCHLD is unblocked atomically.
-            Err(_) => SigSet::empty().suspend().unwrap_or(()),
+    /// Makes `rootfs` the root: a fresh /proc, a minimal /dev and a /tmp.
+    fn pivot_into(&mut self, rootfs: &Path, overlay: Option<&Overlay>) -> Result<(), String> {
+        let nodev = libc::MS_NOSUID | libc::MS_NODEV;
+        match overlay {
+            Some(o) => self.mount("overlay", rootfs, "overlay", 0, Some(&o.options()?))?,
+            None => self.push(
+                InitOp::Mount {
+                    source: Some(cpath(rootfs)?),
+                    target: cpath(rootfs)?,
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                },
+                "bind-mounting the root filesystem",
+            ),
         }
+        for dir in ["proc", "dev", "tmp", "sys"] {
+            self.push(InitOp::Mkdir(cpath(&rootfs.join(dir))?, 0o755), format!("creating /{dir}"));
+        }
+        self.mount("proc", &rootfs.join("proc"), "proc", nodev | libc::MS_NOEXEC, None)?;
+        self.mount("tmpfs", &rootfs.join("dev"), "tmpfs", libc::MS_NOSUID | libc::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+        self.mount("tmpfs", &rootfs.join("tmp"), "tmpfs", nodev, Some("mode=1777"))?;
+        let dev = rootfs.join("dev");
+        for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+            self.push(
+                InitOp::Mknod(cpath(&dev.join(name))?, libc::S_IFCHR | 0o666, libc::makedev(major, minor)),
+                format!("creating /dev/{name}"),
+            );
+        }
+        for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+            self.push(
+                InitOp::Symlink {
+                    target: c(target)?,
+                    link: cpath(&dev.join(link))?,
+                },
+                format!("creating /dev/{link}"),
+            );
+        }
+        for dir in ["pts", "shm"] {
+            self.push(InitOp::Mkdir(cpath(&dev.join(dir))?, 0o755), format!("creating /dev/{dir}"));
+        }
+        self.mount("tmpfs", &dev.join("shm"), "tmpfs", nodev | libc::MS_NOEXEC, Some("mode=1777"))?;
+        self.push(InitOp::Chdir(cpath(rootfs)?), "entering the root filesystem");
+        self.push(InitOp::PivotHere, "pivot_root");
+        self.push(InitOp::Chdir(c("/")?), "chdir /");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(rootfs: Option<&str>) -> InitConfig {
+        InitConfig {
+            name: "web".into(),
+            new_uts: true,
+            new_net: true,
+            new_mount: true,
+            new_pid: true,
+            rootfs: rootfs.map(PathBuf::from),
+            overlay: None,
+        }
+    }
+
+    #[test]
+    fn host_view_cells_get_a_fresh_proc_and_no_pivot() {
+        let plan = Plan::new(&cfg(None)).expect("plan");
+        assert_eq!(plan.descriptions, ["setting the hostname", "bringing up lo", "making / private", "mounting proc on /proc"]);
+    }
+
+    #[test]
+    fn image_cells_pivot_last() {
+        let plan = Plan::new(&cfg(Some("/var/lib/aurae/cells/web/rootfs"))).expect("plan");
+        assert_eq!(plan.ops.len(), plan.descriptions.len());
+        assert_eq!(plan.descriptions.last().map(String::as_str), Some("chdir /"));
+        assert!(plan.descriptions.iter().any(|d| d == "pivot_root"));
+        assert!(plan.descriptions.iter().any(|d| d == "creating /dev/null"));
+    }
+
+    #[test]
+    fn overlay_options_refuse_separators() {
+        let o = Overlay {
+            lower: "/a,b".into(),
+            upper: "/u".into(),
+            work: "/w".into(),
+        };
+        assert!(o.options().is_err());
+        let o = Overlay { lower: "/l".into(), ..o };
+        assert_eq!(o.options().expect("ok"), "lowerdir=/l,upperdir=/u,workdir=/w");
     }
 }

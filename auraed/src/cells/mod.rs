@@ -6,7 +6,6 @@
 
 pub mod init;
 
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,8 @@ use tokio::sync::watch;
 use crate::cgroup::{CellCgroup, Hierarchy, Limits};
 use crate::error::ApiError;
 use crate::oci::ImageDefaults;
-use crate::sys::{self, pidfd, NamespaceMode, SpawnSpec};
+use crate::sys::init_process::spawn_init;
+use crate::sys::pidfd;
 use init::InitConfig;
 
 /// Host namespaces a cell shares instead of getting its own.
@@ -70,8 +70,6 @@ pub struct Cell {
 pub struct CellContext {
     pub hierarchy: Hierarchy,
     pub state_dir: PathBuf,
-    /// auraed's own binary, re-executed as the cell's init.
-    pub exe: PathBuf,
 }
 
 /// Namespaces in the order they are joined, with their /proc/<pid>/ns name.
@@ -136,21 +134,6 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
     move |e| ApiError::Internal(format!("{what}: {e}"))
 }
 
-/// Waits up to `timeout` for cell-init's report on the status pipe.
-fn read_status(fd: OwnedFd, timeout: Duration) -> Result<String, ApiError> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    let ms = PollTimeout::try_from(timeout.as_millis().min(u16::MAX as u128) as u16).unwrap_or(PollTimeout::MAX);
-    match poll(&mut pfd, ms) {
-        Ok(0) => return Err(ApiError::Internal(format!("the cell's init did not report within {timeout:?}"))),
-        Ok(_) => {}
-        Err(e) => return Err(ApiError::Internal(format!("waiting for the cell's init: {e}"))),
-    }
-    let mut text = String::new();
-    let _ = std::fs::File::from(fd).read_to_string(&mut text);
-    Ok(text)
-}
-
 struct Parts {
     cgroup: CellCgroup,
     leaf: OwnedFd,
@@ -172,13 +155,19 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
         init: None,
     };
     let rootfs = state_dir.join("rootfs");
-    let image = match &spec.image {
-        Some(src) => Some(
-            crate::oci::unpack(src, &rootfs, &state_dir.join("archive"))
-                .map_err(|e| ApiError::invalid("image", e.to_string()))?,
-        ),
+    let cached = match &spec.image {
+        Some(src) => {
+            let cache = ctx.state_dir.join("images");
+            std::fs::create_dir_all(&cache).map_err(internal("creating the image cache"))?;
+            let cached = crate::oci::cache::get(src, &cache).map_err(|e| ApiError::invalid("image", e.to_string()))?;
+            for dir in ["rootfs", "upper", "work"] {
+                std::fs::create_dir(state_dir.join(dir)).map_err(internal("creating the cell's root filesystem"))?;
+            }
+            Some(cached)
+        }
         None => None,
     };
+    let image = cached.as_ref().map(|c| c.defaults.clone());
     let cgroup = ctx.hierarchy.create_cell(&spec.name, &spec.limits)?;
     undo.cgroup = Some(cgroup.clone());
     let leaf = cgroup.open_leaf()?;
@@ -191,38 +180,19 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
         new_mount: flags & libc::CLONE_NEWNS != 0,
         new_pid: flags & libc::CLONE_NEWPID != 0,
         rootfs: image.as_ref().map(|_| rootfs.clone()),
+        overlay: cached.as_ref().map(|c| init::Overlay {
+            lower: c.rootfs.clone(),
+            upper: state_dir.join("upper"),
+            work: state_dir.join("work"),
+        }),
     };
-    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ApiError::Internal(format!("pipe: {e}")));
-    let (cfg_r, cfg_w) = pipe()?;
-    let json = serde_json::to_vec(&config).map_err(|e| ApiError::Internal(e.to_string()))?;
-    std::io::Write::write_all(&mut std::fs::File::from(cfg_w), &json).map_err(internal("writing the init config"))?;
-    let (st_r, st_w) = pipe()?;
-    let devnull = || -> Result<OwnedFd, ApiError> {
-        Ok(std::fs::File::open("/dev/null").map_err(internal("/dev/null"))?.into())
-    };
-    let stderr = std::io::stderr().as_fd().try_clone_to_owned().map_err(internal("stderr"))?;
-    let exe = crate::validation::c_string("exe", &ctx.exe.to_string_lossy())?;
-    let spawned = sys::spawn(SpawnSpec {
-        candidates: vec![exe.clone()],
-        argv: vec![exe, c"cell-init".to_owned()],
-        envp: vec![],
-        cwd: None,
-        uid: None,
-        gid: None,
-        cgroup: Some(leaf.as_fd()),
-        namespaces: NamespaceMode::New(flags),
-        fds: vec![(devnull()?, 0), (devnull()?, 1), (stderr, 2), (cfg_r, 3), (st_w, 4)],
-        caps_keep: None,
-        no_new_privs: false,
-        seccomp: vec![],
-    })
-    .map_err(|e| ApiError::Internal(format!("starting the cell's init: {e}")))?;
+    let plan = init::Plan::new(&config).map_err(|e| ApiError::Internal(format!("planning cell {}: {e}", spec.name)))?;
+    let spawned = spawn_init(leaf.as_fd(), flags, &plan.ops).map_err(|e| {
+        let what = plan.descriptions.get(e.op).map(String::as_str).unwrap_or("starting the cell's init");
+        ApiError::FailedPrecondition(format!("setting up cell {}: {what}: {}", spec.name, e.source))
+    })?;
     let init_pid = spawned.pid;
     undo.init = Some(spawned.pidfd);
-    let status = read_status(st_r, Duration::from_secs(30))?;
-    if status != "ok" {
-        return Err(ApiError::FailedPrecondition(format!("setting up cell {}: {status}", spec.name)));
-    }
     let mut namespaces = Vec::new();
     for (flag, name) in NAMESPACES {
         if flags & flag != 0 {
@@ -387,6 +357,9 @@ pub fn clean_leftovers(hierarchy: Option<&Hierarchy>, state_dir: &Path) -> Vec<S
                 Err(e) => tracing::error!("could not remove leftover cell cgroup: {e}"),
             }
         }
+    }
+    for partial in crate::oci::cache::clean_partial(&state_dir.join("images")) {
+        removed.push(format!("partial image unpack {}", partial.display()));
     }
     if let Ok(entries) = std::fs::read_dir(state_dir.join("cells")) {
         for e in entries.filter_map(Result::ok) {

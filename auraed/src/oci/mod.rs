@@ -1,6 +1,7 @@
 //! OCI images from local files: parse with `oci-spec`, verify digests, and
 //! unpack the layers (with whiteouts) into a cell's root filesystem.
 
+pub mod cache;
 pub mod layer;
 pub mod safe_path;
 pub mod source;
@@ -23,7 +24,7 @@ pub enum OciError {
 }
 
 /// What the image's config asks for when a process starts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageDefaults {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,

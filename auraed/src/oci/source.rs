@@ -107,9 +107,21 @@ fn blob(dir: &Path, desc: &Descriptor) -> Result<PathBuf, OciError> {
     Ok(path)
 }
 
+/// The verified digest of the manifest an image layout's index points to,
+/// or `None` when `dir` is not an image layout.
+pub fn layout_manifest_digest(dir: &Path) -> Result<Option<String>, OciError> {
+    if !dir.join("index.json").is_file() {
+        return Ok(None);
+    }
+    let index = ImageIndex::from_file(dir.join("index.json")).map_err(|e| OciError::Source(format!("index.json: {e}")))?;
+    let desc = manifest_descriptor(dir, &index, 0)?;
+    blob(dir, &desc)?;
+    Ok(Some(desc.digest().to_string()))
+}
+
 fn open_layout(dir: &Path) -> Result<Image, OciError> {
     let index = ImageIndex::from_file(dir.join("index.json")).map_err(|e| OciError::Source(format!("index.json: {e}")))?;
-    let manifest = find_manifest(dir, &index, 0)?;
+    let manifest = find_manifest(dir, &index)?;
     let config_path = blob(dir, manifest.config())?;
     let config = ImageConfiguration::from_file(&config_path).map_err(|e| OciError::Source(format!("image config: {e}")))?;
     let mut layers = Vec::new();
@@ -134,9 +146,9 @@ fn open_layout(dir: &Path) -> Result<Image, OciError> {
     Ok(Image { config, layers })
 }
 
-/// The image manifest an index points to (the first linux/amd64 one, or the
-/// first one), following nested indexes.
-fn find_manifest(dir: &Path, index: &ImageIndex, depth: u32) -> Result<ImageManifest, OciError> {
+/// The descriptor of the image manifest an index points to (the first
+/// linux/amd64 one, or the first one), following nested indexes.
+fn manifest_descriptor(dir: &Path, index: &ImageIndex, depth: u32) -> Result<Descriptor, OciError> {
     if depth > 4 {
         return Err(OciError::Source("image indexes nest more than 4 levels".into()));
     }
@@ -152,14 +164,20 @@ fn find_manifest(dir: &Path, index: &ImageIndex, depth: u32) -> Result<ImageMani
         .find(amd64)
         .or_else(|| index.manifests().first())
         .ok_or_else(|| OciError::Source("index.json lists no manifest".into()))?;
-    let path = blob(dir, desc)?;
     match desc.media_type() {
         MediaType::ImageIndex => {
+            let path = blob(dir, desc)?;
             let nested = ImageIndex::from_file(&path).map_err(|e| OciError::Source(format!("nested index: {e}")))?;
-            find_manifest(dir, &nested, depth + 1)
+            manifest_descriptor(dir, &nested, depth + 1)
         }
-        _ => ImageManifest::from_file(&path).map_err(|e| OciError::Source(format!("manifest {}: {e}", desc.digest()))),
+        _ => Ok(desc.clone()),
     }
+}
+
+fn find_manifest(dir: &Path, index: &ImageIndex) -> Result<ImageManifest, OciError> {
+    let desc = manifest_descriptor(dir, index, 0)?;
+    let path = blob(dir, &desc)?;
+    ImageManifest::from_file(&path).map_err(|e| OciError::Source(format!("manifest {}: {e}", desc.digest())))
 }
 
 #[derive(serde::Deserialize)]

@@ -127,24 +127,24 @@ impl SpawnError {
 /// `struct clone_args` of `<linux/sched.h>` (version 2, with `cgroup`).
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(super) struct CloneArgs {
+    pub(super) flags: u64,
+    pub(super) pidfd: u64,
+    pub(super) child_tid: u64,
+    pub(super) parent_tid: u64,
+    pub(super) exit_signal: u64,
+    pub(super) stack: u64,
+    pub(super) stack_size: u64,
+    pub(super) tls: u64,
+    pub(super) set_tid: u64,
+    pub(super) set_tid_size: u64,
+    pub(super) cgroup: u64,
 }
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7), which needs a 64-bit flags word.
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const MSG_PID: u32 = 1;
-const MSG_ERROR: u32 = 2;
+pub(super) const MSG_ERROR: u32 = 2;
 const CAPS_VERSION_3: u32 = 0x2008_0522;
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 
@@ -192,7 +192,7 @@ fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-fn clone3(args: &mut CloneArgs) -> libc::c_long {
+pub(super) fn clone3(args: &mut CloneArgs) -> libc::c_long {
     // SAFETY: clone3 reads `args`, which lives on our stack and has the size
     // we pass. With a zero stack the child continues on a copy of this stack,
     // like fork(); the child only runs `child_exec`/`intermediate`, which never
@@ -278,6 +278,10 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     drop(report_w);
     drop(owned_fds);
     let (reported_pid, error) = read_reports(report_r);
+    let error = error.map(|(stage, errno)| SpawnError::Child {
+        stage: SpawnStage::from_u32(stage),
+        source: io::Error::from_raw_os_error(errno as i32),
+    });
 
     if !joining {
         if let Some(err) = error {
@@ -307,8 +311,9 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
 }
 
 /// Reads `[kind, a, b]` messages until every writer has closed the pipe
-/// (which happens when the children exec or exit).
-fn read_reports(report_r: OwnedFd) -> (Option<i32>, Option<SpawnError>) {
+/// (which happens when the children exec or exit). Returns the reported pid
+/// and the first reported error as (stage, errno).
+pub(super) fn read_reports(report_r: OwnedFd) -> (Option<i32>, Option<(u32, u32)>) {
     let mut file = std::fs::File::from(report_r);
     let mut pid = None;
     let mut error = None;
@@ -319,12 +324,7 @@ fn read_reports(report_r: OwnedFd) -> (Option<i32>, Option<SpawnError>) {
                 let word = |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
                 match word(0) {
                     MSG_PID => pid = Some(word(4) as i32),
-                    MSG_ERROR => {
-                        error = Some(SpawnError::Child {
-                            stage: SpawnStage::from_u32(word(4)),
-                            source: io::Error::from_raw_os_error(word(8) as i32),
-                        })
-                    }
+                    MSG_ERROR if error.is_none() => error = Some((word(4), word(8))),
                     _ => {}
                 }
             }
@@ -335,7 +335,7 @@ fn read_reports(report_r: OwnedFd) -> (Option<i32>, Option<SpawnError>) {
     (pid, error)
 }
 
-fn report(fd: RawFd, kind: u32, a: u32, b: u32) {
+pub(super) fn report(fd: RawFd, kind: u32, a: u32, b: u32) {
     let mut msg = [0u8; 12];
     msg[0..4].copy_from_slice(&kind.to_ne_bytes());
     msg[4..8].copy_from_slice(&a.to_ne_bytes());

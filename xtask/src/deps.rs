@@ -1,0 +1,68 @@
+//! Installing what the tiers and benchmarks need, with apt, when missing.
+
+use std::process::Command;
+use std::sync::Once;
+
+use anyhow::{bail, Context};
+
+static APT_UPDATE: Once = Once::new();
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the Debian `packages` that are not installed yet.
+pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("missing packages {missing:?}, and installing them needs root");
+    }
+    println!("==> installing {}", missing.join(" "));
+    let mut update_ok = true;
+    APT_UPDATE.call_once(|| {
+        update_ok = Command::new("apt-get")
+            .args(["update", "-q"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    });
+    if !update_ok {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {missing:?} failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo` with `args` in the workspace, failing on a non-zero exit.
+pub fn cargo(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<bool> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    Ok(status.success())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
