@@ -87,7 +87,11 @@ impl ClientConfig {
         match paths.iter().find(|p| p.exists()) {
             Some(p) => Self::load(p),
             None => Err(ClientError::NoConfig(
-                paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             )),
         }
     }
@@ -101,7 +105,10 @@ impl ClientConfig {
         };
         Ok(ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&self.auth.ca_crt)?))
-            .identity(Identity::from_pem(read(&self.auth.client_crt)?, read(&self.auth.client_key)?))
+            .identity(Identity::from_pem(
+                read(&self.auth.client_crt)?,
+                read(&self.auth.client_key)?,
+            ))
             .domain_name(self.system.server_name.clone()))
     }
 
@@ -132,7 +139,10 @@ impl ClientConfig {
 }
 
 /// Connects to a Unix socket, with TLS when `tls` is set.
-pub async fn connect_unix(socket: &Path, tls: Option<ClientTlsConfig>) -> Result<Channel, ClientError> {
+pub async fn connect_unix(
+    socket: &Path,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, ClientError> {
     let err = |reason: String| ClientError::Connect {
         target: format!("unix:{}", socket.display()),
         reason,
@@ -147,7 +157,9 @@ pub async fn connect_unix(socket: &Path, tls: Option<ClientTlsConfig>) -> Result
     endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
         .map_err(|e| err(error_chain(&e)))

@@ -104,9 +104,13 @@ struct ExecArgs {
 #[derive(Subcommand)]
 enum CellCmd {
     /// Create a cell and run a command (or the image's entrypoint) in it.
-    Run(CellRunArgs),
-    Freeze { name: String },
-    Thaw { name: String },
+    Run(Box<CellRunArgs>),
+    Freeze {
+        name: String,
+    },
+    Thaw {
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -164,7 +168,8 @@ trait OrExit<T> {
 
 impl<T> OrExit<T> for Result<tonic::Response<T>, tonic::Status> {
     fn or_exit(self) -> T {
-        self.map(tonic::Response::into_inner).unwrap_or_else(|s| status_error(s))
+        self.map(tonic::Response::into_inner)
+            .unwrap_or_else(|s| status_error(s))
     }
 }
 
@@ -173,7 +178,9 @@ fn executable(p: &ProcessArgs) -> pb::Executable {
         .env
         .iter()
         .map(|kv| {
-            let (name, value) = kv.split_once('=').unwrap_or_else(|| fail(format!("--env {kv:?}: expected KEY=VALUE")));
+            let (name, value) = kv
+                .split_once('=')
+                .unwrap_or_else(|| fail(format!("--env {kv:?}: expected KEY=VALUE")));
             pb::EnvVar {
                 name: name.into(),
                 value: value.into(),
@@ -277,7 +284,9 @@ fn share(list: &[String]) -> pb::HostNamespaces {
             "ipc" => s.ipc = true,
             "uts" => s.uts = true,
             "cgroup" => s.cgroup = true,
-            other => fail(format!("--share: unknown namespace {other:?} (use mount,pid,net,ipc,uts,cgroup)")),
+            other => fail(format!(
+                "--share: unknown namespace {other:?} (use mount,pid,net,ipc,uts,cgroup)"
+            )),
         }
     }
     s
@@ -304,7 +313,10 @@ fn signal_number(s: &str) -> i32 {
 async fn main() {
     let cli = Cli::parse();
     let cfg = ClientConfig::find(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
-    let mut client = cfg.runtime(cli.tcp.as_deref()).await.unwrap_or_else(|e| fail(e));
+    let mut client = cfg
+        .runtime(cli.tcp.as_deref())
+        .await
+        .unwrap_or_else(|e| fail(e));
     let out = cli.output;
     match cli.command {
         Command::Exec(a) => {
@@ -336,7 +348,11 @@ async fn main() {
                     share_host: Some(share(&a.share)),
                     user_namespace: false,
                     jailed: a.jailed,
-                    image: a.image.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    image: a
+                        .image
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
                     executable: has_command.then(|| executable(&a.process)),
                     executable_name: String::new(),
                 })
@@ -351,11 +367,16 @@ async fn main() {
                     serde_json::json!({"name": r.name, "executable_id": r.executable_id, "pid": r.pid})
                 ),
                 Output::Table if r.executable_id.is_empty() => println!("{}", r.name),
-                Output::Table => println!("{}  executable {}  pid {}", r.name, r.executable_id, r.pid),
+                Output::Table => {
+                    println!("{}  executable {}  pid {}", r.name, r.executable_id, r.pid)
+                }
             }
         }
         Command::Cell(CellCmd::Freeze { name }) => {
-            let r = client.freeze(pb::FreezeRequest { id: name }).await.or_exit();
+            let r = client
+                .freeze(pb::FreezeRequest { id: name })
+                .await
+                .or_exit();
             print_status(out, &r.status.unwrap_or_default());
         }
         Command::Cell(CellCmd::Thaw { name }) => {
@@ -372,7 +393,10 @@ async fn main() {
                 Output::Table => print!("{}", output::table(&r.workloads)),
             }
         }
-        Command::Status { id } => print_status(out, &client.status(pb::StatusRequest { id }).await.or_exit()),
+        Command::Status { id } => print_status(
+            out,
+            &client.status(pb::StatusRequest { id }).await.or_exit(),
+        ),
         Command::Logs { id, follow } => stream_logs(&mut client, &id, follow).await,
         Command::Stop { id, signal, grace } => {
             let grace = parse_millis(&grace).unwrap_or_else(|e| fail(format!("--grace: {e}")));
@@ -387,19 +411,29 @@ async fn main() {
             print_status(out, &r.status.unwrap_or_default());
         }
         Command::Free { id } => {
-            client.free(pb::FreeRequest { id: id.clone() }).await.or_exit();
+            client
+                .free(pb::FreeRequest { id: id.clone() })
+                .await
+                .or_exit();
             if out == Output::Json {
                 println!("{}", serde_json::json!({"freed": id}));
             }
         }
         Command::Wait { id, timeout } => {
-            let timeout_ms = timeout.map(|t| parse_millis(&t).unwrap_or_else(|e| fail(format!("--timeout: {e}"))));
-            let s = client.wait(pb::WaitRequest { id, timeout_ms }).await.or_exit();
+            let timeout_ms = timeout
+                .map(|t| parse_millis(&t).unwrap_or_else(|e| fail(format!("--timeout: {e}"))));
+            let s = client
+                .wait(pb::WaitRequest { id, timeout_ms })
+                .await
+                .or_exit();
             print_status(out, &s);
             std::process::exit(exit_code(&s));
         }
         Command::Health => {
-            let channel = cfg.connect(cli.tcp.as_deref()).await.unwrap_or_else(|e| fail(e));
+            let channel = cfg
+                .connect(cli.tcp.as_deref())
+                .await
+                .unwrap_or_else(|e| fail(e));
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
             let r = health
                 .check(tonic_health::pb::HealthCheckRequest {
@@ -407,7 +441,8 @@ async fn main() {
                 })
                 .await
                 .or_exit();
-            let serving = r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            let serving =
+                r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
             match out {
                 Output::Json => println!("{}", serde_json::json!({"serving": serving})),
                 Output::Table => println!("{}", if serving { "SERVING" } else { "NOT_SERVING" }),

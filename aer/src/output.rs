@@ -72,7 +72,11 @@ pub fn table(rows: &[pb::WorkloadStatus]) -> String {
                 s.cell.clone(),
                 s.pid.to_string(),
                 exit_text(s),
-                if s.command.is_empty() { s.executables.join(",") } else { s.command.join(" ") },
+                if s.command.is_empty() {
+                    s.executables.join(",")
+                } else {
+                    s.command.join(" ")
+                },
             ]
         })
         .collect();
@@ -84,7 +88,11 @@ pub fn table(rows: &[pb::WorkloadStatus]) -> String {
     }
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(text.join("  ").trim_end());
         out.push('\n');
     };
@@ -131,7 +139,7 @@ mod tests {
             command: vec!["sleep".into(), "1".into()],
             ..Default::default()
         };
-        let t = table(&[s.clone()]);
+        let t = table(std::slice::from_ref(&s));
         assert!(t.starts_with("ID "));
         assert!(t.contains("signal 9 (oom-killed)"));
         assert_eq!(status_json(&s)["state"], "exited");

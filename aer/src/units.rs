@@ -16,7 +16,9 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         }
         _ => (s, 1),
     };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64M"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64M"))?;
     if !(n.is_finite() && n >= 0.0) {
         return Err(format!("{s:?} is not a size like 64M"));
     }
@@ -35,7 +37,9 @@ pub fn parse_millis(s: &str) -> Result<u32, String> {
     } else {
         (s, 1000.0)
     };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))?;
     if !(n.is_finite() && n >= 0.0) || n * mult > u32::MAX as f64 {
         return Err(format!("{s:?} is out of range"));
     }

@@ -20,17 +20,24 @@ impl SpiffeAuthz {
         }
     }
 
-    fn check(&self, certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>) -> Result<String, Status> {
-        let certs = certs.ok_or_else(|| Status::permission_denied("no client certificate was presented"))?;
+    fn check(
+        &self,
+        certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+    ) -> Result<String, Status> {
+        let certs = certs
+            .ok_or_else(|| Status::permission_denied("no client certificate was presented"))?;
         let leaf = certs
             .first()
             .ok_or_else(|| Status::permission_denied("no client certificate was presented"))?;
-        let id = crate::pki::spiffe_id_of(leaf)
-            .map_err(|e| Status::permission_denied(format!("client certificate is not an X.509-SVID: {e}")))?;
+        let id = crate::pki::spiffe_id_of(leaf).map_err(|e| {
+            Status::permission_denied(format!("client certificate is not an X.509-SVID: {e}"))
+        })?;
         if self.allowed.contains(&id) {
             Ok(id)
         } else {
-            Err(Status::permission_denied(format!("{id} is not allowed to use this auraed")))
+            Err(Status::permission_denied(format!(
+                "{id} is not allowed to use this auraed"
+            )))
         }
     }
 }
@@ -41,7 +48,10 @@ impl tonic::service::Interceptor for SpiffeAuthz {
         let certs = ext
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs())
-            .or_else(|| ext.get::<TlsConnectInfo<UdsConnectInfo>>().and_then(|i| i.peer_certs()));
+            .or_else(|| {
+                ext.get::<TlsConnectInfo<UdsConnectInfo>>()
+                    .and_then(|i| i.peer_certs())
+            });
         let id = self.check(certs)?;
         tracing::debug!(client = %id, "authorized");
         Ok(request)

@@ -29,9 +29,15 @@ pub const DEFAULT_SOCKET: &str = "/run/aurae/aurae.sock";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -144,7 +150,11 @@ impl Config {
             })?;
         }
         let root = &self.runtime.cgroup_root;
-        if root.is_empty() || root.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        if root.is_empty()
+            || root
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..")
+        {
             return Err(ConfigError::Invalid {
                 field: "runtime.cgroup_root",
                 reason: format!("{root:?} must be a relative path without '.' or '..'"),
@@ -168,10 +178,18 @@ mod tests {
     fn missing_files_and_unknown_keys_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("auraed.toml");
-        std::fs::write(&path, "[auth]\nca_crt='/nope'\nserver_crt='/nope'\nserver_key='/nope'\n").expect("write");
+        std::fs::write(
+            &path,
+            "[auth]\nca_crt='/nope'\nserver_crt='/nope'\nserver_key='/nope'\n",
+        )
+        .expect("write");
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.starts_with("auth.ca_crt:"), "{err}");
-        std::fs::write(&path, "[auth]\nca_crt='/x'\nserver_crt='/x'\nserver_key='/x'\nbogus=1\n").expect("write");
+        std::fs::write(
+            &path,
+            "[auth]\nca_crt='/x'\nserver_crt='/x'\nserver_key='/x'\nbogus=1\n",
+        )
+        .expect("write");
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
     }

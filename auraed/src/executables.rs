@@ -55,7 +55,8 @@ pub enum Placement {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ApiError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ApiError::Internal(format!("pipe: {e}")))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ApiError::Internal(format!("pipe: {e}")))
 }
 
 /// Turns a spawn failure into an error that names the request field.
@@ -65,12 +66,12 @@ fn spawn_error(e: SpawnError, spec: &ProcessSpec, field: &str) -> ApiError {
         (Some(SpawnStage::Exec), Some(libc::ENOENT)) => {
             ApiError::NotFound(format!("{field}.command: {cmd:?} was not found"))
         }
-        (Some(SpawnStage::Exec), Some(libc::EACCES)) => {
-            ApiError::FailedPrecondition(format!("{field}.command: {cmd:?} is not executable (permission denied)"))
-        }
-        (Some(SpawnStage::Exec), Some(libc::ENOEXEC)) => {
-            ApiError::FailedPrecondition(format!("{field}.command: {cmd:?} is not a valid executable format"))
-        }
+        (Some(SpawnStage::Exec), Some(libc::EACCES)) => ApiError::FailedPrecondition(format!(
+            "{field}.command: {cmd:?} is not executable (permission denied)"
+        )),
+        (Some(SpawnStage::Exec), Some(libc::ENOEXEC)) => ApiError::FailedPrecondition(format!(
+            "{field}.command: {cmd:?} is not a valid executable format"
+        )),
         (Some(SpawnStage::Chdir), _) => ApiError::NotFound(format!("{field}.cwd: {e}")),
         (Some(SpawnStage::Uid), _) => ApiError::invalid(format!("{field}.uid"), e.to_string()),
         (Some(SpawnStage::Gid), _) => ApiError::invalid(format!("{field}.gid"), e.to_string()),
@@ -98,7 +99,9 @@ impl Executable {
             Placement::Host => None,
         };
         let jail = match &cell {
-            Some(c) if c.jailed => Some(crate::jail::seccomp_filters().map_err(|e| ApiError::Internal(e.to_string()))?),
+            Some(c) if c.jailed => Some(
+                crate::jail::seccomp_filters().map_err(|e| ApiError::Internal(e.to_string()))?,
+            ),
             _ => None,
         };
         let oom_baseline = cell.as_ref().map(|c| c.cgroup.oom_kills()).unwrap_or(0);
@@ -157,7 +160,10 @@ impl Executable {
             let err_task = tokio::spawn(capture(err, Stream::Stderr, logs.clone()));
             let exit = wait_exit(&pidfd).await;
             let oom_killed = exit == pidfd::Exit::Signal(libc::SIGKILL)
-                && cell.as_ref().map(|c| c.cgroup.oom_kills() > oom_baseline).unwrap_or(false);
+                && cell
+                    .as_ref()
+                    .map(|c| c.cgroup.oom_kills() > oom_baseline)
+                    .unwrap_or(false);
             // Output still in the pipes belongs to the process; descendants
             // that keep the pipes open don't hold the log open forever.
             let _ = tokio::time::timeout(Duration::from_millis(500), async {

@@ -117,7 +117,9 @@ pub fn seccomp_filters() -> Result<Vec<Vec<libc::sock_filter>>, JailError> {
     [eperm, enosys]
         .into_iter()
         .map(|f| {
-            let prog: seccompiler::BpfProgram = f.try_into().map_err(|e: seccompiler::BackendError| JailError(e.to_string()))?;
+            let prog: seccompiler::BpfProgram = f
+                .try_into()
+                .map_err(|e: seccompiler::BackendError| JailError(e.to_string()))?;
             Ok(prog
                 .into_iter()
                 .map(|i| libc::sock_filter {

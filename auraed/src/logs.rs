@@ -113,7 +113,11 @@ impl LogBuffer {
 }
 
 /// Reads `reader` into `buffer` line by line until EOF.
-pub async fn capture<R: tokio::io::AsyncRead + Unpin>(mut reader: R, stream: Stream, buffer: Arc<LogBuffer>) {
+pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: R,
+    stream: Stream,
+    buffer: Arc<LogBuffer>,
+) {
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 8192];
     loop {
@@ -177,7 +181,12 @@ mod tests {
         let mut input = b"a\nbb\n".to_vec();
         input.extend(vec![b'x'; MAX_LINE + 3]);
         capture(&input[..], Stream::Stdout, buf.clone()).await;
-        let lines: Vec<usize> = buf.subscribe(false).history.iter().map(|l| l.data.len()).collect();
+        let lines: Vec<usize> = buf
+            .subscribe(false)
+            .history
+            .iter()
+            .map(|l| l.data.len())
+            .collect();
         assert_eq!(lines, vec![1, 2, MAX_LINE, 3]);
     }
 }

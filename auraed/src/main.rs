@@ -65,14 +65,29 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
-        Command::Pki(Pki::Init { trust_domain, out, socket }) => {
+        Command::Pki(Pki::Init {
+            trust_domain,
+            out,
+            socket,
+        }) => {
             let o = auraed::pki::init(&trust_domain, &out, &socket)?;
-            println!("wrote CA, server ({}) and client ({}) certificates to {}", o.server_id, o.client_id, o.dir.display());
+            println!(
+                "wrote CA, server ({}) and client ({}) certificates to {}",
+                o.server_id,
+                o.client_id,
+                o.dir.display()
+            );
             println!("daemon config: {}", o.dir.join("auraed.toml").display());
             println!("client config: {}", o.dir.join("config").display());
             Ok(())
         }
-        Command::Pki(Pki::Issue { ca_dir, spiffe_id, out, name, dns }) => {
+        Command::Pki(Pki::Issue {
+            ca_dir,
+            spiffe_id,
+            out,
+            name,
+            dns,
+        }) => {
             let ca = auraed::pki::Authority::load(&ca_dir)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let (crt, key) = ca.issue(&spiffe_id, &dns, &[])?.save(&out, &name)?;

@@ -13,7 +13,8 @@ pub enum NetError {
 
 /// Sets the link `name` up in the caller's network namespace.
 pub async fn link_up(name: &str) -> Result<(), NetError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::Netlink(e.to_string()))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| NetError::Netlink(e.to_string()))?;
     let task = tokio::spawn(conn);
     let result = async {
         let mut links = handle.link().get().match_name(name.to_string()).execute();

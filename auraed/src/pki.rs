@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,10 @@ pub enum PkiError {
     #[error("certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -29,7 +32,9 @@ pub enum PkiError {
 pub fn validate_trust_domain(td: &str) -> Result<(), PkiError> {
     let ok = !td.is_empty()
         && td.len() <= 255
-        && td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -44,7 +49,11 @@ pub fn validate_spiffe_id(id: &str) -> Result<&str, PkiError> {
     let (td, path) = rest.split_once('/').ok_or_else(bad)?;
     validate_trust_domain(td).map_err(|_| bad())?;
     let segment_ok = |s: &str| {
-        !s.is_empty() && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     };
     if path.split('/').all(segment_ok) {
         Ok(td)
@@ -91,14 +100,17 @@ impl Authority {
         validate_trust_domain(trust_domain)?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, format!("aurae CA {trust_domain}"));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("aurae CA {trust_domain}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
         ];
-        params.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         let cert_pem = params.self_signed(&key)?.pem();
         let key_pem = key.serialize_pem();
         Ok(Self {
@@ -136,10 +148,15 @@ impl Authority {
         validate_spiffe_id(spiffe_id)?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, spiffe_id);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, spiffe_id);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let mut sans = vec![SanType::URI(spiffe_id.try_into()?)];
         for d in dns {
             sans.push(SanType::DnsName(d.as_str().try_into()?));
@@ -168,7 +185,8 @@ impl Svid {
 /// The SPIFFE ID of a DER certificate: its single `spiffe://` URI SAN.
 pub fn spiffe_id_of(der: &[u8]) -> Result<String, PkiError> {
     use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Invalid(format!("bad certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::Invalid(format!("bad certificate: {e}")))?;
     let sans = cert
         .subject_alternative_name()
         .map_err(|e| PkiError::Invalid(format!("bad subjectAltName: {e}")))?
@@ -212,8 +230,12 @@ pub fn init(trust_domain: &str, out: &Path, socket: &Path) -> Result<InitOutput,
     ca.save(out)?;
     let server_id = format!("spiffe://{trust_domain}/auraed");
     let client_id = format!("spiffe://{trust_domain}/aer");
-    let localhost = [IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)];
-    ca.issue(&server_id, &["localhost".to_string()], &localhost)?.save(out, "server")?;
+    let localhost = [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    ca.issue(&server_id, &["localhost".to_string()], &localhost)?
+        .save(out, "server")?;
     ca.issue(&client_id, &[], &[])?.save(out, "client")?;
     let p = |n: &str| out.join(n).display().to_string();
     let server_cfg = format!(
@@ -245,10 +267,15 @@ mod tests {
     #[test]
     fn svids_have_one_spiffe_uri_critical_key_usage_and_both_ekus() {
         let ca = Authority::new("example.org").expect("ca");
-        let svid = ca.issue("spiffe://example.org/aer", &[], &[]).expect("svid");
+        let svid = ca
+            .issue("spiffe://example.org/aer", &[], &[])
+            .expect("svid");
         let (_, pem) = x509_parser::pem::parse_x509_pem(svid.cert_pem.as_bytes()).expect("pem");
         let (_, cert) = parse_x509_certificate(&pem.contents).expect("parse");
-        assert_eq!(spiffe_id_of(&pem.contents).expect("id"), "spiffe://example.org/aer");
+        assert_eq!(
+            spiffe_id_of(&pem.contents).expect("id"),
+            "spiffe://example.org/aer"
+        );
         let ku = cert.key_usage().expect("ku").expect("present");
         assert!(ku.critical);
         assert!(ku.value.digital_signature());
@@ -259,7 +286,13 @@ mod tests {
     #[test]
     fn rejects_bad_ids() {
         assert!(validate_spiffe_id("spiffe://td/ok/path").is_ok());
-        for bad in ["http://td/x", "spiffe://td", "spiffe://TD/x", "spiffe://td//x", "spiffe://td/../x"] {
+        for bad in [
+            "http://td/x",
+            "spiffe://td",
+            "spiffe://TD/x",
+            "spiffe://td//x",
+            "spiffe://td/../x",
+        ] {
             assert!(validate_spiffe_id(bad).is_err(), "{bad}");
         }
         assert!(validate_trust_domain("Bad Domain").is_err());

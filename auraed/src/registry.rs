@@ -38,7 +38,9 @@ impl Reservation<'_> {
     }
 
     pub fn commit(mut self, workload: Workload) {
-        self.registry.lock().insert(self.id.clone(), Slot::Ready(workload));
+        self.registry
+            .lock()
+            .insert(self.id.clone(), Slot::Ready(workload));
         self.committed = true;
     }
 }
@@ -60,7 +62,9 @@ impl Registry {
     pub fn reserve(&self, id: &str, field: &str) -> Result<Reservation<'_>, ApiError> {
         let mut slots = self.lock();
         if slots.contains_key(id) {
-            return Err(ApiError::AlreadyExists(format!("{field}: a workload named {id:?} already exists")));
+            return Err(ApiError::AlreadyExists(format!(
+                "{field}: a workload named {id:?} already exists"
+            )));
         }
         slots.insert(id.to_string(), Slot::Reserved);
         Ok(Reservation {

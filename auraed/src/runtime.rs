@@ -47,8 +47,9 @@ impl Runtime {
     /// Sets up auraed's cgroup root and state directory and removes cells
     /// left behind by a previous run.
     pub fn new(cfg: RuntimeConfig) -> Result<Self, ApiError> {
-        std::fs::create_dir_all(cfg.state_dir.join("cells"))
-            .map_err(|e| ApiError::Internal(format!("state directory {}: {e}", cfg.state_dir.display())))?;
+        std::fs::create_dir_all(cfg.state_dir.join("cells")).map_err(|e| {
+            ApiError::Internal(format!("state directory {}: {e}", cfg.state_dir.display()))
+        })?;
         let hierarchy = Hierarchy::open(&cfg.cgroup_root);
         let removed = crate::cells::clean_leftovers(hierarchy.as_ref().ok(), &cfg.state_dir);
         for r in &removed {
@@ -107,7 +108,10 @@ impl Runtime {
     fn cell(&self, name: &str, field: &str) -> Result<Arc<Cell>, ApiError> {
         match self.get(name, field)? {
             Workload::Cell(c) => Ok(c),
-            Workload::Executable(_) => Err(ApiError::invalid(field, format!("{name:?} is an executable, not a cell"))),
+            Workload::Executable(_) => Err(ApiError::invalid(
+                field,
+                format!("{name:?} is an executable, not a cell"),
+            )),
         }
     }
 
@@ -122,7 +126,9 @@ impl Runtime {
             Some(c) => {
                 let cell = self.cell(c, "cell")?;
                 if cell.state() == CellState::Stopped {
-                    return Err(ApiError::FailedPrecondition(format!("cell: {c:?} is stopped")));
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "cell: {c:?} is stopped"
+                    )));
                 }
                 Placement::Cell(cell)
             }
@@ -131,7 +137,14 @@ impl Runtime {
         let id = name.unwrap_or_else(|| self.generated_name("exe"));
         let reservation = self.registry.reserve(&id, "name")?;
         let spec = resolve(&req, &placement)?;
-        let exe = Executable::start(id.clone(), spec, placement_clone(&placement), self.log_bytes, "executable").await?;
+        let exe = Executable::start(
+            id.clone(),
+            spec,
+            placement_clone(&placement),
+            self.log_bytes,
+            "executable",
+        )
+        .await?;
         if let Placement::Cell(c) = &placement {
             lock(&c.executables).push(id);
         }
@@ -148,14 +161,22 @@ impl Runtime {
         first: Option<ExecRequest>,
         first_name: Option<String>,
     ) -> Result<(Arc<Cell>, Option<Arc<Executable>>), ApiError> {
-        let ctx = self.cells.clone().map_err(|e| ApiError::FailedPrecondition(format!("cells are unavailable: {e}")))?;
+        let ctx = self
+            .cells
+            .clone()
+            .map_err(|e| ApiError::FailedPrecondition(format!("cells are unavailable: {e}")))?;
         let reservation = self.registry.reserve(&spec.name, "name")?;
         let exe_reservation = match (&first, &spec.image, first_name) {
             (None, None, _) => None,
             (_, _, Some(n)) => Some(self.registry.reserve(&n, "executable_name")?),
-            (_, _, None) => Some(self.registry.reserve(&self.generated_name(&spec.name), "executable_name")?),
+            (_, _, None) => Some(
+                self.registry
+                    .reserve(&self.generated_name(&spec.name), "executable_name")?,
+            ),
         };
+        let started = std::time::Instant::now();
         let cell = Cell::create(spec, ctx).await?;
+        let created = started.elapsed();
         let first = match exe_reservation {
             None => None,
             Some(exe_reservation) => {
@@ -163,8 +184,14 @@ impl Runtime {
                 let started = match image_request(&cell, first) {
                     Ok(req) => match resolve(&req, &placement) {
                         Ok(process) => {
-                            Executable::start(exe_reservation.id().to_string(), process, placement, self.log_bytes, "executable")
-                                .await
+                            Executable::start(
+                                exe_reservation.id().to_string(),
+                                process,
+                                placement,
+                                self.log_bytes,
+                                "executable",
+                            )
+                            .await
                         }
                         Err(e) => Err(e),
                     },
@@ -185,11 +212,17 @@ impl Runtime {
                 }
             }
         };
+        tracing::debug!(cell = %cell.name, ?created, total = ?started.elapsed(), "cell started");
         reservation.commit(Workload::Cell(cell.clone()));
         Ok((cell, first))
     }
 
-    pub async fn stop(&self, id: &str, signal: Signal, grace: Duration) -> Result<Workload, ApiError> {
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: Signal,
+        grace: Duration,
+    ) -> Result<Workload, ApiError> {
         let w = self.get(id, "id")?;
         match &w {
             Workload::Executable(e) => {
@@ -215,10 +248,10 @@ impl Runtime {
                         "id: executable {id:?} is still running; stop it first"
                     )));
                 }
-                if let Some(cell) = e.cell.as_deref().and_then(|c| self.registry.get(c)) {
-                    if let Workload::Cell(c) = cell {
-                        lock(&c.executables).retain(|x| x != id);
-                    }
+                if let Some(Workload::Cell(c)) =
+                    e.cell.as_deref().and_then(|c| self.registry.get(c))
+                {
+                    lock(&c.executables).retain(|x| x != id);
                 }
                 self.registry.remove(id);
             }
@@ -277,7 +310,11 @@ fn image_request(cell: &Cell, first: Option<ExecRequest>) -> Result<ExecRequest,
     };
     let mut req = first.unwrap_or_default();
     if req.command.is_empty() {
-        let args = if req.args.is_empty() { image.cmd.clone() } else { std::mem::take(&mut req.args) };
+        let args = if req.args.is_empty() {
+            image.cmd.clone()
+        } else {
+            std::mem::take(&mut req.args)
+        };
         let mut argv: Vec<String> = image.entrypoint.iter().cloned().chain(args).collect();
         if argv.is_empty() {
             return Err(ApiError::invalid(
@@ -312,7 +349,11 @@ fn resolve(req: &ExecRequest, placement: &Placement) -> Result<ProcessSpec, ApiE
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), DEFAULT_PATH.into()));
     }
-    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let candidates: Vec<CString> = if req.command.contains('/') {
         vec![validation::c_string("executable.command", &req.command)?]
     } else {
@@ -341,11 +382,15 @@ fn resolve(req: &ExecRequest, placement: &Placement) -> Result<ProcessSpec, ApiE
         (u, g, _) => (u, g),
     };
     Ok(ProcessSpec {
-        command: std::iter::once(req.command.clone()).chain(req.args.iter().cloned()).collect(),
+        command: std::iter::once(req.command.clone())
+            .chain(req.args.iter().cloned())
+            .collect(),
         candidates,
         argv,
         envp,
-        cwd: cwd.map(|c| validation::c_string("executable.cwd", &c)).transpose()?,
+        cwd: cwd
+            .map(|c| validation::c_string("executable.cwd", &c))
+            .transpose()?,
         uid,
         gid,
     })

@@ -18,7 +18,10 @@ use crate::service::RuntimeService;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("serving: {0}")]
@@ -65,7 +68,11 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> 
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(cfg: &Config, runtime: Arc<Runtime>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn serve(
+    cfg: &Config,
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RuntimeServer<RuntimeService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -93,9 +100,13 @@ pub async fn serve(cfg: &Config, runtime: Arc<Runtime>, shutdown: impl Future<Ou
     };
 
     let uds = UnixListenerStream::new(bind_socket(&cfg.server.socket)?);
-    type ServeFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    type ServeFuture =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
     let uds_server: ServeFuture = if cfg.server.insecure_socket {
-        tracing::warn!("serving {} without TLS (insecure_socket = true)", cfg.server.socket.display());
+        tracing::warn!(
+            "serving {} without TLS (insecure_socket = true)",
+            cfg.server.socket.display()
+        );
         Box::pin(
             Server::builder()
                 .add_service(health_service.clone())
@@ -119,11 +130,19 @@ pub async fn serve(cfg: &Config, runtime: Arc<Runtime>, shutdown: impl Future<Ou
     tracing::info!("serving on unix:{}", cfg.server.socket.display());
     let tcp_server = match cfg.server.tcp {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Io {
-                path: addr.to_string(),
-                source,
-            })?;
-            tracing::info!("serving on tcp:{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Io {
+                    path: addr.to_string(),
+                    source,
+                })?;
+            tracing::info!(
+                "serving on tcp:{}",
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
             Some(
                 Server::builder()
                     .tls_config(tls)?
@@ -132,7 +151,10 @@ pub async fn serve(cfg: &Config, runtime: Arc<Runtime>, shutdown: impl Future<Ou
                     .add_service(reflection_v1)
                     .add_service(reflection_v1alpha)
                     .add_service(runtime_service)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx)),
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        stopped(stop_rx),
+                    ),
             )
         }
         None => None,

@@ -35,7 +35,10 @@ pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
 /// A string passed to the kernel: no NUL, bounded length.
 pub fn c_string(field: &str, value: &str) -> Result<CString, ApiError> {
     if value.len() > MAX_STRING {
-        return Err(ApiError::invalid(field, format!("longer than {MAX_STRING} bytes")));
+        return Err(ApiError::invalid(
+            field,
+            format!("longer than {MAX_STRING} bytes"),
+        ));
     }
     CString::new(value).map_err(|_| ApiError::invalid(field, "contains a NUL byte"))
 }
@@ -54,7 +57,10 @@ pub fn env_name(field: &str, value: &str) -> Result<(), ApiError> {
 /// A list no longer than [`MAX_LIST`].
 pub fn list_len(field: &str, len: usize) -> Result<(), ApiError> {
     if len > MAX_LIST {
-        return Err(ApiError::invalid(field, format!("more than {MAX_LIST} entries")));
+        return Err(ApiError::invalid(
+            field,
+            format!("more than {MAX_LIST} entries"),
+        ));
     }
     Ok(())
 }
@@ -62,7 +68,10 @@ pub fn list_len(field: &str, len: usize) -> Result<(), ApiError> {
 /// An integer in `lo..=hi`.
 pub fn range(field: &str, value: u64, lo: u64, hi: u64) -> Result<(), ApiError> {
     if value < lo || value > hi {
-        return Err(ApiError::invalid(field, format!("{value} is out of range {lo}..={hi}")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{value} is out of range {lo}..={hi}"),
+        ));
     }
     Ok(())
 }
@@ -71,7 +80,10 @@ pub fn range(field: &str, value: u64, lo: u64, hi: u64) -> Result<(), ApiError> 
 pub fn absolute_path(field: &str, value: &str) -> Result<(), ApiError> {
     c_string(field, value)?;
     if !value.starts_with('/') {
-        return Err(ApiError::invalid(field, format!("{value:?} is not an absolute path")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{value:?} is not an absolute path"),
+        ));
     }
     Ok(())
 }
@@ -85,7 +97,18 @@ mod tests {
         for good in ["a", "web", "a-b", "0", "cell-01", &"a".repeat(63)] {
             assert!(name("name", good).is_ok(), "{good}");
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a/b", "..", "a\0b", "a.b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a/b",
+            "..",
+            "a\0b",
+            "a.b",
+            &"a".repeat(64),
+        ] {
             let err = name("name", bad).unwrap_err().to_string();
             assert!(err.starts_with("name: "), "{err}");
         }
@@ -94,14 +117,20 @@ mod tests {
     #[test]
     fn c_strings_reject_nul_and_oversize() {
         assert!(c_string("f", "ok").is_ok());
-        assert!(c_string("f", "a\0").unwrap_err().to_string().contains("NUL"));
+        assert!(c_string("f", "a\0")
+            .unwrap_err()
+            .to_string()
+            .contains("NUL"));
         assert!(c_string("f", &"x".repeat(MAX_STRING + 1)).is_err());
     }
 
     #[test]
     fn ranges_and_paths() {
         assert!(range("x", 5, 1, 10).is_ok());
-        assert!(range("x", 0, 1, 10).unwrap_err().to_string().contains("x: 0 is out of range"));
+        assert!(range("x", 0, 1, 10)
+            .unwrap_err()
+            .to_string()
+            .contains("x: 0 is out of range"));
         assert!(absolute_path("cwd", "rel").is_err());
         assert!(env_name("env[0].name", "A=B").is_err());
     }

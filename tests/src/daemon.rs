@@ -30,7 +30,10 @@ pub struct Daemon {
 }
 
 fn unique_root(dir: &Path) -> String {
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let clean: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     format!("aurae-test-{clean}")
 }
@@ -44,7 +47,10 @@ impl Daemon {
         let (tmp, dir) = match &opts.reuse {
             Some(d) => (None, d.clone()),
             None => {
-                let t = tempfile::Builder::new().prefix("aurae").tempdir().expect("tempdir");
+                let t = tempfile::Builder::new()
+                    .prefix("aurae")
+                    .tempdir()
+                    .expect("tempdir");
                 let d = t.path().to_path_buf();
                 (Some(t), d)
             }
@@ -60,7 +66,11 @@ impl Daemon {
                 .arg(&socket)
                 .output()
                 .expect("auraed pki init");
-            assert!(out.status.success(), "pki init: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "pki init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let mut config = std::fs::read_to_string(pki.join("auraed.toml")).expect("auraed.toml");
         let tcp = opts.tcp.then(|| {
@@ -77,7 +87,11 @@ impl Daemon {
         let config_path = dir.join("auraed-run.toml");
         std::fs::write(&config_path, config).expect("config");
         let log = dir.join("auraed.log");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
         let child = Command::new(crate::binary("auraed"))
             .arg("--config")
             .arg(&config_path)
@@ -106,11 +120,18 @@ impl Daemon {
         loop {
             if let Ok(ch) = self.channel().await {
                 let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-                if h.check(tonic_health::pb::HealthCheckRequest::default()).await.is_ok() {
+                if h.check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .is_ok()
+                {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "auraed did not come up; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "auraed did not come up; log:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -163,7 +184,10 @@ impl Daemon {
     /// Stops the daemon with SIGTERM and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {

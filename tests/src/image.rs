@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256};
 pub const BUSYBOX: &str = "/bin/busybox";
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "ls", "id", "hostname", "sleep", "mount", "umount", "unshare", "nc", "ps", "pwd", "env",
-    "true", "false", "mkdir", "touch", "head", "yes", "dd", "wc", "grep", "seq", "ip", "printf", "test", "kill",
+    "sh", "echo", "cat", "ls", "id", "hostname", "sleep", "mount", "umount", "unshare", "nc", "ps",
+    "pwd", "env", "true", "false", "mkdir", "touch", "head", "yes", "dd", "wc", "grep", "seq",
+    "ip", "printf", "test", "kill",
 ];
 
 /// What goes into the image config.
@@ -29,7 +30,11 @@ impl Default for ImageConfig {
     fn default() -> Self {
         Self {
             entrypoint: vec![],
-            cmd: vec!["/bin/sh".into(), "-c".into(), "echo hello from busybox".into()],
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo hello from busybox".into(),
+            ],
             env: vec!["PATH=/bin".into(), "GREETING=from-image".into()],
             workdir: None,
             user: None,
@@ -55,15 +60,27 @@ pub fn busybox_layer() -> Vec<u8> {
     let busybox = std::fs::read(BUSYBOX).expect("busybox-static is installed (/bin/busybox)");
     let mut b = tar::Builder::new(Vec::new());
     for dir in ["bin", "etc", "tmp", "root", "home", "data"] {
-        b.append(&header(dir, 0, 0o755, tar::EntryType::Directory), std::io::empty()).expect("dir");
+        b.append(
+            &header(dir, 0, 0o755, tar::EntryType::Directory),
+            std::io::empty(),
+        )
+        .expect("dir");
     }
     let mut home = header("home/web", 0, 0o755, tar::EntryType::Directory);
     home.set_uid(1000);
     home.set_gid(1000);
     home.set_cksum();
     b.append(&home, std::io::empty()).expect("home");
-    b.append(&header("bin/busybox", busybox.len() as u64, 0o755, tar::EntryType::Regular), &busybox[..])
-        .expect("busybox");
+    b.append(
+        &header(
+            "bin/busybox",
+            busybox.len() as u64,
+            0o755,
+            tar::EntryType::Regular,
+        ),
+        &busybox[..],
+    )
+    .expect("busybox");
     for applet in APPLETS {
         let mut h = header(&format!("bin/{applet}"), 0, 0o777, tar::EntryType::Symlink);
         h.set_link_name("busybox").expect("link");
@@ -71,11 +88,27 @@ pub fn busybox_layer() -> Vec<u8> {
         b.append(&h, std::io::empty()).expect("applet");
     }
     let passwd = b"root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000:web:/home/web:/bin/sh\n";
-    b.append(&header("etc/passwd", passwd.len() as u64, 0o644, tar::EntryType::Regular), &passwd[..])
-        .expect("passwd");
+    b.append(
+        &header(
+            "etc/passwd",
+            passwd.len() as u64,
+            0o644,
+            tar::EntryType::Regular,
+        ),
+        &passwd[..],
+    )
+    .expect("passwd");
     let group = b"root:x:0:\nweb:x:1000:\n";
-    b.append(&header("etc/group", group.len() as u64, 0o644, tar::EntryType::Regular), &group[..])
-        .expect("group");
+    b.append(
+        &header(
+            "etc/group",
+            group.len() as u64,
+            0o644,
+            tar::EntryType::Regular,
+        ),
+        &group[..],
+    )
+    .expect("group");
     b.into_inner().expect("tar")
 }
 
@@ -83,7 +116,11 @@ pub fn busybox_layer() -> Vec<u8> {
 pub fn files_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in files {
-        b.append(&header(path, data.len() as u64, 0o644, tar::EntryType::Regular), *data).expect("file");
+        b.append(
+            &header(path, data.len() as u64, 0o644, tar::EntryType::Regular),
+            *data,
+        )
+        .expect("file");
     }
     b.into_inner().expect("tar")
 }
@@ -116,8 +153,16 @@ pub fn symlink_then_file_layer(name: &str, target: &Path, file: &str) -> Vec<u8>
     h.set_cksum();
     b.append(&h, std::io::empty()).expect("symlink");
     let data = b"pwned\n";
-    b.append(&header(&format!("{name}/{file}"), data.len() as u64, 0o644, tar::EntryType::Regular), &data[..])
-        .expect("file through link");
+    b.append(
+        &header(
+            &format!("{name}/{file}"),
+            data.len() as u64,
+            0o644,
+            tar::EntryType::Regular,
+        ),
+        &data[..],
+    )
+    .expect("file through link");
     b.into_inner().expect("tar")
 }
 
@@ -162,7 +207,8 @@ fn config_json(cfg: &ImageConfig, diff_ids: &[String]) -> Vec<u8> {
 /// Writes an OCI image layout with gzip layers into `dir`.
 pub fn write_layout(dir: &Path, layers: &[Vec<u8>], cfg: &ImageConfig) -> PathBuf {
     std::fs::create_dir_all(dir).expect("layout dir");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("oci-layout");
     let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
     let layer_descs: Vec<_> = layers
         .iter()
@@ -186,7 +232,11 @@ pub fn write_layout(dir: &Path, layers: &[Vec<u8>], cfg: &ImageConfig) -> PathBu
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_digest}"), "size": manifest.len()}],
     });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("index");
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("index"),
+    )
+    .expect("index");
     dir.to_path_buf()
 }
 
@@ -210,15 +260,37 @@ pub fn write_docker_save(out: &Path, layers: &[Vec<u8>], cfg: &ImageConfig) -> P
     let mut layer_paths = Vec::new();
     for (l, id) in layers.iter().zip(&diff_ids) {
         let path = format!("{id}/layer.tar");
-        b.append(&header(&path, l.len() as u64, 0o644, tar::EntryType::Regular), &l[..]).expect("layer");
+        b.append(
+            &header(&path, l.len() as u64, 0o644, tar::EntryType::Regular),
+            &l[..],
+        )
+        .expect("layer");
         layer_paths.push(path);
     }
-    b.append(&header(&config_name, config.len() as u64, 0o644, tar::EntryType::Regular), &config[..])
-        .expect("config");
-    let manifest = serde_json::to_vec(&json!([{"Config": config_name, "RepoTags": ["busybox:test"], "Layers": layer_paths}]))
-        .expect("manifest");
-    b.append(&header("manifest.json", manifest.len() as u64, 0o644, tar::EntryType::Regular), &manifest[..])
-        .expect("manifest");
+    b.append(
+        &header(
+            &config_name,
+            config.len() as u64,
+            0o644,
+            tar::EntryType::Regular,
+        ),
+        &config[..],
+    )
+    .expect("config");
+    let manifest = serde_json::to_vec(
+        &json!([{"Config": config_name, "RepoTags": ["busybox:test"], "Layers": layer_paths}]),
+    )
+    .expect("manifest");
+    b.append(
+        &header(
+            "manifest.json",
+            manifest.len() as u64,
+            0o644,
+            tar::EntryType::Regular,
+        ),
+        &manifest[..],
+    )
+    .expect("manifest");
     b.finish().expect("tar");
     out.to_path_buf()
 }
@@ -227,10 +299,18 @@ pub fn write_docker_save(out: &Path, layers: &[Vec<u8>], cfg: &ImageConfig) -> P
 /// match).
 pub fn corrupt_layers(layout: &Path) {
     let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index")).expect("json");
-    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
-    let m = index["manifests"][0]["digest"].as_str().expect("manifest digest");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(m)).expect("manifest")).expect("json");
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index"))
+            .expect("json");
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("manifest digest");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(m)).expect("manifest")).expect("json");
     for l in manifest["layers"].as_array().expect("layers") {
         let path = blob(l["digest"].as_str().expect("digest"));
         let mut data = std::fs::read(&path).expect("layer");
@@ -243,7 +323,8 @@ pub fn corrupt_layers(layout: &Path) {
 /// A layout whose (correctly digested) gzip layer is cut short.
 pub fn write_truncated_layout(dir: &Path, layer: &[u8]) -> PathBuf {
     std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("oci-layout");
     let gz = gzip(layer);
     let cut = &gz[..gz.len() / 2];
     let d = put_blob(dir, cut);
@@ -257,7 +338,11 @@ pub fn write_truncated_layout(dir: &Path, layer: &[u8]) -> PathBuf {
     .expect("manifest");
     let md = put_blob(dir, &manifest);
     let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{md}"), "size": manifest.len()}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("index");
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("index"),
+    )
+    .expect("index");
     dir.to_path_buf()
 }
 

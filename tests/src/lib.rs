@@ -20,7 +20,11 @@ pub fn report_skip(test: &str, reason: &str) {
     eprintln!("{line}");
     if let Some(path) = std::env::var_os("AURAE_SKIP_LOG") {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -32,7 +36,9 @@ macro_rules! function_name {
     () => {{
         fn f() {}
         let name = std::any::type_name_of_val(&f);
-        name.strip_suffix("::f").unwrap_or(name).trim_end_matches("::{{closure}}")
+        name.strip_suffix("::f")
+            .unwrap_or(name)
+            .trim_end_matches("::{{closure}}")
     }};
 }
 
@@ -41,7 +47,10 @@ macro_rules! function_name {
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            $crate::report_skip($crate::function_name!(), "needs root (cells use cgroups and namespaces)");
+            $crate::report_skip(
+                $crate::function_name!(),
+                "needs root (cells use cgroups and namespaces)",
+            );
             return;
         }
     };

@@ -29,7 +29,9 @@ fn limits(l: pb::CellLimits) -> pb::RunCellRequest {
 }
 
 fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn children(pid: u32) -> BTreeSet<String> {
@@ -46,7 +48,12 @@ fn children(pid: u32) -> BTreeSet<String> {
 
 fn dirs(path: Option<std::path::PathBuf>) -> BTreeSet<String> {
     path.and_then(|p| std::fs::read_dir(p).ok())
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -54,7 +61,11 @@ fn dirs(path: Option<std::path::PathBuf>) -> BTreeSet<String> {
 async fn thirty_malformed_requests_leak_nothing() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
-    let corrupt = image::write_layout(&d.dir.join("corrupt"), &[image::files_layer(&[("a", b"a")])], &Default::default());
+    let corrupt = image::write_layout(
+        &d.dir.join("corrupt"),
+        &[image::files_layer(&[("a", b"a")])],
+        &Default::default(),
+    );
     image::corrupt_layers(&corrupt);
     let not_image = d.dir.join("not-an-image");
     std::fs::create_dir_all(&not_image).expect("dir");
@@ -63,7 +74,10 @@ async fn thirty_malformed_requests_leak_nothing() {
     c.list(pb::ListRequest {}).await.expect("list");
     let pid = d.pid();
     let fds_before = fds(pid);
-    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo").lines().count();
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .count();
     let cgroups_before = dirs(d.cgroup_dir());
     let state_before = dirs(Some(d.dir.join("state/cells")));
     let children_before = children(pid);
@@ -80,49 +94,379 @@ async fn thirty_malformed_requests_leak_nothing() {
         cell: cell.into(),
         executable: e,
     };
-    case!("no executable", InvalidArgument, "executable", c.run_executable(run_exe("", "", None)));
-    case!("empty command", InvalidArgument, "executable.command", c.run_executable(run_exe("", "", Some(exe("")))));
-    case!("NUL in command", InvalidArgument, "executable.command", c.run_executable(run_exe("", "", Some(exe("/bin/tr\0ue")))));
-    case!("NUL in arg", InvalidArgument, "executable.args[0]", c.run_executable(run_exe("", "", Some(pb::Executable { args: vec!["a\0b".into()], ..exe("/bin/echo") }))));
-    case!("env name with =", InvalidArgument, "executable.env[0].name", c.run_executable(run_exe("", "", Some(pb::Executable { env: vec![pb::EnvVar { name: "A=B".into(), value: "c".into() }], ..exe("/bin/true") }))));
-    case!("empty env name", InvalidArgument, "executable.env[0].name", c.run_executable(run_exe("", "", Some(pb::Executable { env: vec![pb::EnvVar::default()], ..exe("/bin/true") }))));
-    case!("relative cwd", InvalidArgument, "executable.cwd", c.run_executable(run_exe("", "", Some(pb::Executable { cwd: "tmp".into(), ..exe("/bin/true") }))));
-    case!("missing cwd", NotFound, "executable.cwd", c.run_executable(run_exe("", "", Some(pb::Executable { cwd: "/does/not/exist".into(), ..exe("/bin/true") }))));
-    case!("missing command", NotFound, "executable.command", c.run_executable(run_exe("", "", Some(exe("/no/such/binary")))));
-    case!("invalid uid", InvalidArgument, "executable.uid", c.run_executable(run_exe("", "", Some(pb::Executable { uid: Some(u32::MAX), ..exe("/bin/true") }))));
-    case!("name with slash", InvalidArgument, "name", c.run_executable(run_exe("a/b", "", Some(exe("/bin/true")))));
-    case!("name with dotdot", InvalidArgument, "name", c.run_executable(run_exe("..", "", Some(exe("/bin/true")))));
-    case!("uppercase name", InvalidArgument, "name", c.run_executable(run_exe("Web", "", Some(exe("/bin/true")))));
-    case!("64-char name", InvalidArgument, "name", c.run_executable(run_exe(&"a".repeat(64), "", Some(exe("/bin/true")))));
-    case!("unknown cell", NotFound, "cell", c.run_executable(run_exe("", "nosuchcell", Some(exe("/bin/true")))));
-    case!("bad cell name", InvalidArgument, "cell", c.run_executable(run_exe("", "../x", Some(exe("/bin/true")))));
-    case!("empty cell name", InvalidArgument, "name", c.run_cell(cell("")));
-    case!("cell name with NUL", InvalidArgument, "name", c.run_cell(cell("a\0b")));
-    case!("cell name ending in -", InvalidArgument, "name", c.run_cell(cell("web-")));
-    case!("cell without executable", InvalidArgument, "executable", c.run_cell(pb::RunCellRequest { name: "noexe".into(), executable: Some(exe("")), ..Default::default() }));
-    case!("cpu quota too small", InvalidArgument, "limits.cpu_quota_us", c.run_cell(limits(pb::CellLimits { cpu_quota_us: Some(1), ..Default::default() })));
-    case!("cpu period without quota", InvalidArgument, "limits.cpu_period_us", c.run_cell(limits(pb::CellLimits { cpu_period_us: Some(100_000), ..Default::default() })));
-    case!("cpu weight zero", InvalidArgument, "limits.cpu_weight", c.run_cell(limits(pb::CellLimits { cpu_weight: Some(0), ..Default::default() })));
-    case!("memory too small", InvalidArgument, "limits.memory_max_bytes", c.run_cell(limits(pb::CellLimits { memory_max_bytes: Some(10), ..Default::default() })));
-    case!("memory beyond the host", InvalidArgument, "limits.memory_high_bytes", c.run_cell(limits(pb::CellLimits { memory_high_bytes: Some(u64::MAX), ..Default::default() })));
-    case!("pids zero", InvalidArgument, "limits.pids_max", c.run_cell(limits(pb::CellLimits { pids_max: Some(0), ..Default::default() })));
-    case!("cpuset garbage", InvalidArgument, "limits.cpuset_cpus", c.run_cell(limits(pb::CellLimits { cpuset_cpus: "zero".into(), ..Default::default() })));
-    case!("cpuset missing cpu", InvalidArgument, "limits.cpuset_cpus", c.run_cell(limits(pb::CellLimits { cpuset_cpus: "0-4095".into(), ..Default::default() })));
-    case!("cpuset mems garbage", InvalidArgument, "limits.cpuset_mems", c.run_cell(limits(pb::CellLimits { cpuset_mems: "1-".into(), ..Default::default() })));
-    case!("relative image", InvalidArgument, "image", c.run_cell(pb::RunCellRequest { image: "img".into(), ..cell("img") }));
-    case!("missing image", NotFound, "image", c.run_cell(pb::RunCellRequest { image: "/no/such/image".into(), ..cell("img") }));
-    case!("directory that is no image", InvalidArgument, "image", c.run_cell(pb::RunCellRequest { image: not_image.display().to_string(), ..cell("img") }));
-    case!("corrupt image", InvalidArgument, "image", c.run_cell(pb::RunCellRequest { image: corrupt.display().to_string(), ..cell("img") }));
-    case!("image with shared mount ns", InvalidArgument, "share_host.mount", c.run_cell(pb::RunCellRequest { image: corrupt.display().to_string(), share_host: Some(pb::HostNamespaces { mount: true, ..Default::default() }), ..cell("img") }));
-    case!("user namespace", Unimplemented, "user_namespace", c.run_cell(pb::RunCellRequest { user_namespace: true, ..cell("userns") }));
-    case!("stop unknown", NotFound, "id", c.stop(pb::StopRequest { id: "ghost".into(), ..Default::default() }));
-    case!("stop bad signal", InvalidArgument, "signal", c.stop(pb::StopRequest { id: "ghost".into(), signal: 999, ..Default::default() }));
-    case!("stop huge grace", InvalidArgument, "grace_period_ms", c.stop(pb::StopRequest { id: "ghost".into(), signal: 0, grace_period_ms: Some(u32::MAX) }));
-    case!("free bad id", InvalidArgument, "id", c.free(pb::FreeRequest { id: "/etc".into() }));
-    case!("status empty id", InvalidArgument, "id", c.status(pb::StatusRequest { id: String::new() }));
-    case!("logs unknown", NotFound, "id", c.logs(pb::LogsRequest { id: "ghost".into(), follow: true }));
-    case!("wait unknown", NotFound, "id", c.wait(pb::WaitRequest { id: "ghost".into(), timeout_ms: Some(10) }));
-    case!("freeze unknown", NotFound, "id", c.freeze(pb::FreezeRequest { id: "ghost".into() }));
+    case!(
+        "no executable",
+        InvalidArgument,
+        "executable",
+        c.run_executable(run_exe("", "", None))
+    );
+    case!(
+        "empty command",
+        InvalidArgument,
+        "executable.command",
+        c.run_executable(run_exe("", "", Some(exe(""))))
+    );
+    case!(
+        "NUL in command",
+        InvalidArgument,
+        "executable.command",
+        c.run_executable(run_exe("", "", Some(exe("/bin/tr\0ue"))))
+    );
+    case!(
+        "NUL in arg",
+        InvalidArgument,
+        "executable.args[0]",
+        c.run_executable(run_exe(
+            "",
+            "",
+            Some(pb::Executable {
+                args: vec!["a\0b".into()],
+                ..exe("/bin/echo")
+            })
+        ))
+    );
+    case!(
+        "env name with =",
+        InvalidArgument,
+        "executable.env[0].name",
+        c.run_executable(run_exe(
+            "",
+            "",
+            Some(pb::Executable {
+                env: vec![pb::EnvVar {
+                    name: "A=B".into(),
+                    value: "c".into()
+                }],
+                ..exe("/bin/true")
+            })
+        ))
+    );
+    case!(
+        "empty env name",
+        InvalidArgument,
+        "executable.env[0].name",
+        c.run_executable(run_exe(
+            "",
+            "",
+            Some(pb::Executable {
+                env: vec![pb::EnvVar::default()],
+                ..exe("/bin/true")
+            })
+        ))
+    );
+    case!(
+        "relative cwd",
+        InvalidArgument,
+        "executable.cwd",
+        c.run_executable(run_exe(
+            "",
+            "",
+            Some(pb::Executable {
+                cwd: "tmp".into(),
+                ..exe("/bin/true")
+            })
+        ))
+    );
+    case!(
+        "missing cwd",
+        NotFound,
+        "executable.cwd",
+        c.run_executable(run_exe(
+            "",
+            "",
+            Some(pb::Executable {
+                cwd: "/does/not/exist".into(),
+                ..exe("/bin/true")
+            })
+        ))
+    );
+    case!(
+        "missing command",
+        NotFound,
+        "executable.command",
+        c.run_executable(run_exe("", "", Some(exe("/no/such/binary"))))
+    );
+    case!(
+        "invalid uid",
+        InvalidArgument,
+        "executable.uid",
+        c.run_executable(run_exe(
+            "",
+            "",
+            Some(pb::Executable {
+                uid: Some(u32::MAX),
+                ..exe("/bin/true")
+            })
+        ))
+    );
+    case!(
+        "name with slash",
+        InvalidArgument,
+        "name",
+        c.run_executable(run_exe("a/b", "", Some(exe("/bin/true"))))
+    );
+    case!(
+        "name with dotdot",
+        InvalidArgument,
+        "name",
+        c.run_executable(run_exe("..", "", Some(exe("/bin/true"))))
+    );
+    case!(
+        "uppercase name",
+        InvalidArgument,
+        "name",
+        c.run_executable(run_exe("Web", "", Some(exe("/bin/true"))))
+    );
+    case!(
+        "64-char name",
+        InvalidArgument,
+        "name",
+        c.run_executable(run_exe(&"a".repeat(64), "", Some(exe("/bin/true"))))
+    );
+    case!(
+        "unknown cell",
+        NotFound,
+        "cell",
+        c.run_executable(run_exe("", "nosuchcell", Some(exe("/bin/true"))))
+    );
+    case!(
+        "bad cell name",
+        InvalidArgument,
+        "cell",
+        c.run_executable(run_exe("", "../x", Some(exe("/bin/true"))))
+    );
+    case!(
+        "empty cell name",
+        InvalidArgument,
+        "name",
+        c.run_cell(cell(""))
+    );
+    case!(
+        "cell name with NUL",
+        InvalidArgument,
+        "name",
+        c.run_cell(cell("a\0b"))
+    );
+    case!(
+        "cell name ending in -",
+        InvalidArgument,
+        "name",
+        c.run_cell(cell("web-"))
+    );
+    case!(
+        "cell without executable",
+        InvalidArgument,
+        "executable",
+        c.run_cell(pb::RunCellRequest {
+            name: "noexe".into(),
+            executable: Some(exe("")),
+            ..Default::default()
+        })
+    );
+    case!(
+        "cpu quota too small",
+        InvalidArgument,
+        "limits.cpu_quota_us",
+        c.run_cell(limits(pb::CellLimits {
+            cpu_quota_us: Some(1),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "cpu period without quota",
+        InvalidArgument,
+        "limits.cpu_period_us",
+        c.run_cell(limits(pb::CellLimits {
+            cpu_period_us: Some(100_000),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "cpu weight zero",
+        InvalidArgument,
+        "limits.cpu_weight",
+        c.run_cell(limits(pb::CellLimits {
+            cpu_weight: Some(0),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "memory too small",
+        InvalidArgument,
+        "limits.memory_max_bytes",
+        c.run_cell(limits(pb::CellLimits {
+            memory_max_bytes: Some(10),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "memory beyond the host",
+        InvalidArgument,
+        "limits.memory_high_bytes",
+        c.run_cell(limits(pb::CellLimits {
+            memory_high_bytes: Some(u64::MAX),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "pids zero",
+        InvalidArgument,
+        "limits.pids_max",
+        c.run_cell(limits(pb::CellLimits {
+            pids_max: Some(0),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "cpuset garbage",
+        InvalidArgument,
+        "limits.cpuset_cpus",
+        c.run_cell(limits(pb::CellLimits {
+            cpuset_cpus: "zero".into(),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "cpuset missing cpu",
+        InvalidArgument,
+        "limits.cpuset_cpus",
+        c.run_cell(limits(pb::CellLimits {
+            cpuset_cpus: "0-4095".into(),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "cpuset mems garbage",
+        InvalidArgument,
+        "limits.cpuset_mems",
+        c.run_cell(limits(pb::CellLimits {
+            cpuset_mems: "1-".into(),
+            ..Default::default()
+        }))
+    );
+    case!(
+        "relative image",
+        InvalidArgument,
+        "image",
+        c.run_cell(pb::RunCellRequest {
+            image: "img".into(),
+            ..cell("img")
+        })
+    );
+    case!(
+        "missing image",
+        NotFound,
+        "image",
+        c.run_cell(pb::RunCellRequest {
+            image: "/no/such/image".into(),
+            ..cell("img")
+        })
+    );
+    case!(
+        "directory that is no image",
+        InvalidArgument,
+        "image",
+        c.run_cell(pb::RunCellRequest {
+            image: not_image.display().to_string(),
+            ..cell("img")
+        })
+    );
+    case!(
+        "corrupt image",
+        InvalidArgument,
+        "image",
+        c.run_cell(pb::RunCellRequest {
+            image: corrupt.display().to_string(),
+            ..cell("img")
+        })
+    );
+    case!(
+        "image with shared mount ns",
+        InvalidArgument,
+        "share_host.mount",
+        c.run_cell(pb::RunCellRequest {
+            image: corrupt.display().to_string(),
+            share_host: Some(pb::HostNamespaces {
+                mount: true,
+                ..Default::default()
+            }),
+            ..cell("img")
+        })
+    );
+    case!(
+        "user namespace",
+        Unimplemented,
+        "user_namespace",
+        c.run_cell(pb::RunCellRequest {
+            user_namespace: true,
+            ..cell("userns")
+        })
+    );
+    case!(
+        "stop unknown",
+        NotFound,
+        "id",
+        c.stop(pb::StopRequest {
+            id: "ghost".into(),
+            ..Default::default()
+        })
+    );
+    case!(
+        "stop bad signal",
+        InvalidArgument,
+        "signal",
+        c.stop(pb::StopRequest {
+            id: "ghost".into(),
+            signal: 999,
+            ..Default::default()
+        })
+    );
+    case!(
+        "stop huge grace",
+        InvalidArgument,
+        "grace_period_ms",
+        c.stop(pb::StopRequest {
+            id: "ghost".into(),
+            signal: 0,
+            grace_period_ms: Some(u32::MAX)
+        })
+    );
+    case!(
+        "free bad id",
+        InvalidArgument,
+        "id",
+        c.free(pb::FreeRequest { id: "/etc".into() })
+    );
+    case!(
+        "status empty id",
+        InvalidArgument,
+        "id",
+        c.status(pb::StatusRequest { id: String::new() })
+    );
+    case!(
+        "logs unknown",
+        NotFound,
+        "id",
+        c.logs(pb::LogsRequest {
+            id: "ghost".into(),
+            follow: true
+        })
+    );
+    case!(
+        "wait unknown",
+        NotFound,
+        "id",
+        c.wait(pb::WaitRequest {
+            id: "ghost".into(),
+            timeout_ms: Some(10)
+        })
+    );
+    case!(
+        "freeze unknown",
+        NotFound,
+        "id",
+        c.freeze(pb::FreezeRequest { id: "ghost".into() })
+    );
 
     assert!(cases.len() >= 30);
     for (what, code, field, result) in &cases {
@@ -131,7 +475,11 @@ async fn thirty_malformed_requests_leak_nothing() {
             Err(e) => e,
         };
         assert_eq!(err.code(), *code, "{what}: {}", err.message());
-        assert!(err.message().contains(field), "{what}: message {:?} does not name {field}", err.message());
+        assert!(
+            err.message().contains(field),
+            "{what}: message {:?} does not name {field}",
+            err.message()
+        );
     }
 
     // Still serving, and nothing leaked.
@@ -139,9 +487,20 @@ async fn thirty_malformed_requests_leak_nothing() {
     assert!(health.status.success());
     let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();
     assert!(list.workloads.is_empty(), "{:?}", list.workloads);
-    assert_eq!(std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo").lines().count(), mounts_before, "mounts");
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .count(),
+        mounts_before,
+        "mounts"
+    );
     assert_eq!(dirs(d.cgroup_dir()), cgroups_before, "cgroups");
-    assert_eq!(dirs(Some(d.dir.join("state/cells"))), state_before, "state dirs");
+    assert_eq!(
+        dirs(Some(d.dir.join("state/cells"))),
+        state_before,
+        "state dirs"
+    );
     assert_eq!(children(pid), children_before, "processes");
     assert_eq!(fds(pid), fds_before, "fds");
 }

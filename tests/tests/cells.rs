@@ -19,7 +19,11 @@ fn sh(script: &str) -> pb::Executable {
 fn dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit(')').next().map(|rest| rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|rest| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
     }
 }
 
@@ -96,13 +100,33 @@ async fn a_cell_gets_its_own_namespaces_and_cgroup() {
     assert!(lines[1].starts_with("pid="));
     assert_ne!(lines[2], host_net.to_string_lossy(), "new net namespace");
     assert_eq!(lines[3], "lo", "only lo in the new net namespace");
-    assert_eq!(lines.last().copied(), Some("0::/"), "new cgroup namespace rooted at the cell");
-    let status = d.client().await.status(pb::StatusRequest { id: "iso".into() }).await.expect("status").into_inner();
+    assert_eq!(
+        lines.last().copied(),
+        Some("0::/"),
+        "new cgroup namespace rooted at the cell"
+    );
+    let status = d
+        .client()
+        .await
+        .status(pb::StatusRequest { id: "iso".into() })
+        .await
+        .expect("status")
+        .into_inner();
     assert_eq!(status.kind, pb::WorkloadKind::Cell as i32);
-    assert!(status.cgroup.ends_with(&format!("{}/iso", d.cgroup_root)), "{}", status.cgroup);
+    assert!(
+        status.cgroup.ends_with(&format!("{}/iso", d.cgroup_root)),
+        "{}",
+        status.cgroup
+    );
     assert!(std::path::Path::new(&status.cgroup).join("leaf").exists());
     // lo is up: loopback works inside.
-    let (st, out) = exec_in(&d, "iso", "ping", "ip -o link show lo | grep -q UP && echo lo-up").await;
+    let (st, out) = exec_in(
+        &d,
+        "iso",
+        "ping",
+        "ip -o link show lo | grep -q UP && echo lo-up",
+    )
+    .await;
     assert_eq!((st.exit_code, out.trim()), (Some(0), "lo-up"));
 }
 
@@ -111,23 +135,39 @@ async fn executables_of_a_cell_share_its_namespaces_and_talk_over_localhost() {
     require_root!();
     let d = Daemon::start().await;
     let mut c = d.client().await;
-    c.run_cell(cell("pair", "busybox nc -l -p 7070 -e sh -c 'echo served-by-$(hostname)'"))
-        .await
-        .expect("server cell");
+    c.run_cell(cell(
+        "pair",
+        "busybox nc -l -p 7070 -e sh -c 'echo served-by-$(hostname)'",
+    ))
+    .await
+    .expect("server cell");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (st, out) = exec_in(&d, "pair", "client", "busybox nc 127.0.0.1 7070 </dev/null; hostname").await;
+    let (st, out) = exec_in(
+        &d,
+        "pair",
+        "client",
+        "busybox nc 127.0.0.1 7070 </dev/null; hostname",
+    )
+    .await;
     assert_eq!(st.exit_code, Some(0), "{out}");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["served-by-pair", "pair"]);
     // The server listens in the cell's net namespace only: nothing on the
     // host's loopback.
-    assert!(std::net::TcpStream::connect_timeout(&"127.0.0.1:7070".parse().expect("addr"), Duration::from_millis(300)).is_err());
+    assert!(std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:7070".parse().expect("addr"),
+        Duration::from_millis(300)
+    )
+    .is_err());
 }
 
 #[tokio::test]
 async fn sharing_a_host_namespace_is_explicit() {
     require_root!();
     let d = Daemon::start().await;
-    let host_net = std::fs::read_link("/proc/self/ns/net").expect("netns").to_string_lossy().into_owned();
+    let host_net = std::fs::read_link("/proc/self/ns/net")
+        .expect("netns")
+        .to_string_lossy()
+        .into_owned();
     let mut req = cell("shared", "readlink /proc/self/ns/net; hostname");
     req.share_host = Some(pb::HostNamespaces {
         net: true,
@@ -136,8 +176,14 @@ async fn sharing_a_host_namespace_is_explicit() {
     });
     d.client().await.run_cell(req).await.expect("run_cell");
     let (_, out) = output(&d, "shared-main").await;
-    let host_name = nix::unistd::gethostname().expect("hostname").to_string_lossy().into_owned();
-    assert_eq!(out.lines().collect::<Vec<_>>(), [host_net.as_str(), host_name.as_str()]);
+    let host_name = nix::unistd::gethostname()
+        .expect("hostname")
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [host_net.as_str(), host_name.as_str()]
+    );
 }
 
 #[tokio::test]
@@ -146,25 +192,55 @@ async fn freeze_thaw_and_free() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
     let marker = d.dir.join("ticks");
-    let script = format!("while true; do echo x >> {}; sleep 0.02; done", marker.display());
+    let script = format!(
+        "while true; do echo x >> {}; sleep 0.02; done",
+        marker.display()
+    );
     c.run_cell(cell("ice", &script)).await.expect("run_cell");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let st = c.freeze(pb::FreezeRequest { id: "ice".into() }).await.expect("freeze").into_inner();
-    assert_eq!(st.status.expect("status").state, pb::WorkloadState::Frozen as i32);
+    let st = c
+        .freeze(pb::FreezeRequest { id: "ice".into() })
+        .await
+        .expect("freeze")
+        .into_inner();
+    assert_eq!(
+        st.status.expect("status").state,
+        pb::WorkloadState::Frozen as i32
+    );
     let before = std::fs::read(&marker).expect("ticks").len();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(std::fs::read(&marker).expect("ticks").len(), before, "no progress while frozen");
-    c.thaw(pb::FreezeRequest { id: "ice".into() }).await.expect("thaw");
+    assert_eq!(
+        std::fs::read(&marker).expect("ticks").len(),
+        before,
+        "no progress while frozen"
+    );
+    c.thaw(pb::FreezeRequest { id: "ice".into() })
+        .await
+        .expect("thaw");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(std::fs::read(&marker).expect("ticks").len() > before, "progress after thaw");
-    let status = c.status(pb::StatusRequest { id: "ice".into() }).await.expect("status").into_inner();
+    assert!(
+        std::fs::read(&marker).expect("ticks").len() > before,
+        "progress after thaw"
+    );
+    let status = c
+        .status(pb::StatusRequest { id: "ice".into() })
+        .await
+        .expect("status")
+        .into_inner();
     let cgroup = std::path::PathBuf::from(status.cgroup);
     let init_pid = status.pid;
-    c.free(pb::FreeRequest { id: "ice".into() }).await.expect("free");
+    c.free(pb::FreeRequest { id: "ice".into() })
+        .await
+        .expect("free");
     assert!(!cgroup.exists(), "cgroup removed");
     assert!(dead(init_pid), "cell init gone");
     assert!(!d.dir.join("state/cells/ice").exists(), "state removed");
-    let e = c.status(pb::StatusRequest { id: "ice-main".into() }).await.expect_err("freed with the cell");
+    let e = c
+        .status(pb::StatusRequest {
+            id: "ice-main".into(),
+        })
+        .await
+        .expect_err("freed with the cell");
     assert_eq!(e.code(), tonic::Code::NotFound);
 }
 
@@ -173,7 +249,12 @@ async fn stop_signals_the_cell_then_kills_it() {
     require_root!();
     let d = Daemon::start().await;
     let mut c = d.client().await;
-    c.run_cell(cell("stubborn", "trap '' TERM; while true; do sleep 0.05; done")).await.expect("run");
+    c.run_cell(cell(
+        "stubborn",
+        "trap '' TERM; while true; do sleep 0.05; done",
+    ))
+    .await
+    .expect("run");
     let st = c
         .stop(pb::StopRequest {
             id: "stubborn".into(),
@@ -186,7 +267,13 @@ async fn stop_signals_the_cell_then_kills_it() {
         .status
         .expect("status");
     assert_eq!(st.state, pb::WorkloadState::Stopped as i32);
-    let exe = c.status(pb::StatusRequest { id: "stubborn-main".into() }).await.expect("exe").into_inner();
+    let exe = c
+        .status(pb::StatusRequest {
+            id: "stubborn-main".into(),
+        })
+        .await
+        .expect("exe")
+        .into_inner();
     assert_eq!(exe.signal, Some(9));
     let e = c
         .run_executable(pb::RunExecutableRequest {
@@ -197,7 +284,11 @@ async fn stop_signals_the_cell_then_kills_it() {
         .await
         .expect_err("stopped cell");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-    c.free(pb::FreeRequest { id: "stubborn".into() }).await.expect("free");
+    c.free(pb::FreeRequest {
+        id: "stubborn".into(),
+    })
+    .await
+    .expect("free");
 }
 
 #[tokio::test]
@@ -216,9 +307,19 @@ async fn a_limit_without_its_v2_controller_fails_loudly_and_leaves_nothing() {
         memory_max_bytes: Some(64 << 20),
         ..Default::default()
     });
-    let e = d.client().await.run_cell(req).await.expect_err("no memory controller");
+    let e = d
+        .client()
+        .await
+        .run_cell(req)
+        .await
+        .expect_err("no memory controller");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-    assert!(e.message().contains("'memory' controller") && e.message().contains("limits.memory_max_bytes"), "{}", e.message());
+    assert!(
+        e.message().contains("'memory' controller")
+            && e.message().contains("limits.memory_max_bytes"),
+        "{}",
+        e.message()
+    );
     let root = d.cgroup_dir().expect("cgroup root");
     assert!(!root.join("limited").exists());
     assert!(!d.dir.join("state/cells/limited").exists());
@@ -229,7 +330,10 @@ async fn memory_max_oom_kills_and_the_status_says_so() {
     require_root!();
     require_controller!("memory");
     let d = Daemon::start().await;
-    let mut req = cell("oom", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived");
+    let mut req = cell(
+        "oom",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    );
     req.limits = Some(pb::CellLimits {
         memory_max_bytes: Some(32 << 20),
         ..Default::default()
@@ -245,14 +349,22 @@ async fn pids_max_refuses_a_fork() {
     require_root!();
     require_controller!("pids");
     let d = Daemon::start().await;
-    let mut req = cell("forky", "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait; echo done");
+    let mut req = cell(
+        "forky",
+        "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait; echo done",
+    );
     req.limits = Some(pb::CellLimits {
         pids_max: Some(4),
         ..Default::default()
     });
     d.client().await.run_cell(req).await.expect("run_cell");
     let (_, out) = output(&d, "forky-main").await;
-    assert!(out.to_lowercase().contains("resource temporarily unavailable") || out.contains("can't fork"), "{out}");
+    assert!(
+        out.to_lowercase()
+            .contains("resource temporarily unavailable")
+            || out.contains("can't fork"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -268,19 +380,46 @@ async fn cpu_max_throttles() {
     });
     d.client().await.run_cell(req).await.expect("run_cell");
     output(&d, "slow-main").await;
-    let status = d.client().await.status(pb::StatusRequest { id: "slow".into() }).await.expect("status").into_inner();
-    let stat = std::fs::read_to_string(std::path::Path::new(&status.cgroup).join("cpu.stat")).expect("cpu.stat");
-    let field = |k: &str| stat.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    let status = d
+        .client()
+        .await
+        .status(pb::StatusRequest { id: "slow".into() })
+        .await
+        .expect("status")
+        .into_inner();
+    let stat = std::fs::read_to_string(std::path::Path::new(&status.cgroup).join("cpu.stat"))
+        .expect("cpu.stat");
+    let field = |k: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     assert!(field("nr_throttled ") > 0, "{stat}");
-    assert!(field("usage_usec ") < 500_000, "10% of one CPU for ~1s: {stat}");
+    assert!(
+        field("usage_usec ") < 500_000,
+        "10% of one CPU for ~1s: {stat}"
+    );
 }
 
 #[tokio::test]
 async fn a_restarted_daemon_removes_cells_left_by_a_crash() {
     require_root!();
     let mut d = Daemon::start().await;
-    d.client().await.run_cell(cell("orphan", "sleep 300")).await.expect("run_cell");
-    let status = d.client().await.status(pb::StatusRequest { id: "orphan".into() }).await.expect("status").into_inner();
+    d.client()
+        .await
+        .run_cell(cell("orphan", "sleep 300"))
+        .await
+        .expect("run_cell");
+    let status = d
+        .client()
+        .await
+        .status(pb::StatusRequest {
+            id: "orphan".into(),
+        })
+        .await
+        .expect("status")
+        .into_inner();
     let cgroup = std::path::PathBuf::from(&status.cgroup);
     d.crash();
     assert!(cgroup.exists(), "the crash left the cell behind");
@@ -299,7 +438,11 @@ async fn a_restarted_daemon_removes_cells_left_by_a_crash() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(dead(status.pid), "leftover processes killed");
-    assert!(d2.log_text().contains("removed leftover"), "{}", d2.log_text());
+    assert!(
+        d2.log_text().contains("removed leftover"),
+        "{}",
+        d2.log_text()
+    );
     drop(d2);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -43,7 +43,10 @@ async fn logs(d: &Daemon, id: &str, follow: bool) -> Vec<pb::LogEntry> {
     let mut s = d
         .client()
         .await
-        .logs(pb::LogsRequest { id: id.into(), follow })
+        .logs(pb::LogsRequest {
+            id: id.into(),
+            follow,
+        })
         .await
         .expect("logs")
         .into_inner();
@@ -93,18 +96,30 @@ async fn env_cwd_and_ids_are_applied() {
     let r = run(&d, "envs", exe).await;
     assert_eq!(wait(&d, &r.id).await.exit_code, Some(0));
     let out = lines(&logs(&d, "envs", false).await, pb::LogStream::Stdout);
-    let ids = if aurae_tests::is_root() { "65534:65534".to_string() } else { format!("{}:{}", nix::unistd::getuid(), nix::unistd::getgid()) };
+    let ids = if aurae_tests::is_root() {
+        "65534:65534".to_string()
+    } else {
+        format!("{}:{}", nix::unistd::getuid(), nix::unistd::getgid())
+    };
     assert_eq!(out, [format!("bar baz /tmp {ids}")]);
 }
 
 #[tokio::test]
 async fn followers_replay_history_then_stream_until_exit() {
     let d = Daemon::start().await;
-    run(&d, "ticker", sh("echo first; sleep 0.5; for i in 1 2 3; do echo tick $i; sleep 0.1; done")).await;
+    run(
+        &d,
+        "ticker",
+        sh("echo first; sleep 0.5; for i in 1 2 3; do echo tick $i; sleep 0.1; done"),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (a, b) = tokio::join!(logs(&d, "ticker", true), logs(&d, "ticker", true));
     for follower in [a, b] {
-        assert_eq!(lines(&follower, pb::LogStream::Stdout), ["first", "tick 1", "tick 2", "tick 3"]);
+        assert_eq!(
+            lines(&follower, pb::LogStream::Stdout),
+            ["first", "tick 1", "tick 2", "tick 3"]
+        );
         let seqs: Vec<u64> = follower.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [0, 1, 2, 3]);
         assert!(follower.iter().all(|e| e.dropped_before == 0));
@@ -120,16 +135,32 @@ async fn the_ring_buffer_is_bounded_and_reports_what_it_dropped() {
     let entries = logs(&d, "flood", false).await;
     let bytes: usize = entries.iter().map(|e| e.line.len()).sum();
     assert!(bytes <= 65536, "kept {bytes} bytes");
-    assert!(entries[0].dropped_before > 0, "the first retained line reports the evicted ones");
-    assert_eq!(entries.last().map(|e| e.line.clone()), Some(b"line-4999-xxxxxxxxxxxxxxxxxxxxxxxx".to_vec()));
+    assert!(
+        entries[0].dropped_before > 0,
+        "the first retained line reports the evicted ones"
+    );
+    assert_eq!(
+        entries.last().map(|e| e.line.clone()),
+        Some(b"line-4999-xxxxxxxxxxxxxxxxxxxxxxxx".to_vec())
+    );
 }
 
 #[tokio::test]
 async fn stop_signals_then_kills_after_the_grace_period() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
-    run(&d, "polite", sh("trap 'echo bye; exit 0' TERM; while true; do sleep 0.05; done")).await;
-    run(&d, "stubborn", sh("trap '' TERM; echo ready; while true; do sleep 0.05; done")).await;
+    run(
+        &d,
+        "polite",
+        sh("trap 'echo bye; exit 0' TERM; while true; do sleep 0.05; done"),
+    )
+    .await;
+    run(
+        &d,
+        "stubborn",
+        sh("trap '' TERM; echo ready; while true; do sleep 0.05; done"),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let polite = c
         .stop(pb::StopRequest {
@@ -164,7 +195,10 @@ async fn free_releases_only_exited_executables() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
     run(&d, "long", sh("sleep 30")).await;
-    let err = c.free(pb::FreeRequest { id: "long".into() }).await.expect_err("running");
+    let err = c
+        .free(pb::FreeRequest { id: "long".into() })
+        .await
+        .expect_err("running");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     c.stop(pb::StopRequest {
         id: "long".into(),
@@ -173,8 +207,13 @@ async fn free_releases_only_exited_executables() {
     })
     .await
     .expect("stop");
-    c.free(pb::FreeRequest { id: "long".into() }).await.expect("free");
-    let err = c.status(pb::StatusRequest { id: "long".into() }).await.expect_err("gone");
+    c.free(pb::FreeRequest { id: "long".into() })
+        .await
+        .expect("free");
+    let err = c
+        .status(pb::StatusRequest { id: "long".into() })
+        .await
+        .expect_err("gone");
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
@@ -194,7 +233,11 @@ async fn missing_commands_and_duplicate_names_are_reported() {
         .await
         .expect_err("missing");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert!(err.message().contains("executable.command"), "{}", err.message());
+    assert!(
+        err.message().contains("executable.command"),
+        "{}",
+        err.message()
+    );
     // The failed name is free again.
     run(&d, "ghost", sh("true")).await;
     let err = c
@@ -212,11 +255,20 @@ async fn missing_commands_and_duplicate_names_are_reported() {
 async fn unbuilt_rpcs_say_what_is_missing() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
-    let e = c.spawn(pb::SpawnRequest::default()).await.expect_err("spawn");
+    let e = c
+        .spawn(pb::SpawnRequest::default())
+        .await
+        .expect_err("spawn");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     assert!(e.message().contains("VMM"), "{}", e.message());
-    let e = c.run_pod(pb::RunPodRequest::default()).await.expect_err("pod");
+    let e = c
+        .run_pod(pb::RunPodRequest::default())
+        .await
+        .expect_err("pod");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
-    let e = c.run_virtual_machine(pb::RunVirtualMachineRequest::default()).await.expect_err("vm");
+    let e = c
+        .run_virtual_machine(pb::RunVirtualMachineRequest::default())
+        .await
+        .expect_err("vm");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
 }

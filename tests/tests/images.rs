@@ -6,7 +6,12 @@ use aurae_tests::image::{self, ImageConfig};
 use aurae_tests::{require_root, Daemon};
 use tokio_stream::StreamExt;
 
-async fn run_image(d: &Daemon, name: &str, image: &std::path::Path, exe: Option<pb::Executable>) -> Result<pb::RunCellResponse, tonic::Status> {
+async fn run_image(
+    d: &Daemon,
+    name: &str,
+    image: &std::path::Path,
+    exe: Option<pb::Executable>,
+) -> Result<pb::RunCellResponse, tonic::Status> {
     d.client()
         .await
         .run_cell(pb::RunCellRequest {
@@ -30,7 +35,14 @@ async fn output(d: &Daemon, id: &str) -> (pb::WorkloadStatus, String) {
         .await
         .expect("wait")
         .into_inner();
-    let mut s = c.logs(pb::LogsRequest { id: id.into(), follow: false }).await.expect("logs").into_inner();
+    let mut s = c
+        .logs(pb::LogsRequest {
+            id: id.into(),
+            follow: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
     let mut text = String::new();
     while let Some(e) = s.next().await {
         text.push_str(&String::from_utf8_lossy(&e.expect("entry").line));
@@ -64,7 +76,11 @@ fn sh(script: &str) -> pb::Executable {
 async fn an_image_cell_runs_the_entrypoint_in_its_own_root() {
     require_root!();
     let d = Daemon::start().await;
-    let layout = image::write_layout(&d.dir.join("img"), &[image::busybox_layer()], &ImageConfig::default());
+    let layout = image::write_layout(
+        &d.dir.join("img"),
+        &[image::busybox_layer()],
+        &ImageConfig::default(),
+    );
     run_image(&d, "bb", &layout, None).await.expect("run_cell");
     let (st, out) = output(&d, "bb-main").await;
     assert_eq!(st.exit_code, Some(0), "{out}");
@@ -82,10 +98,22 @@ async fn an_image_cell_runs_the_entrypoint_in_its_own_root() {
     let (st, out) = output(&d, "look").await;
     assert_eq!(st.exit_code, Some(0), "{out}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "from-image", "image env applies to later executables");
-    assert!(!out.contains("\nusr\n"), "the host root is not visible: {out}");
-    assert!(out.contains("\ncell-init\n"), "a fresh /proc of the cell's pid namespace: {out}");
-    assert!(out.contains("null") && out.contains("urandom"), "minimal /dev: {out}");
+    assert_eq!(
+        lines[0], "from-image",
+        "image env applies to later executables"
+    );
+    assert!(
+        !out.contains("\nusr\n"),
+        "the host root is not visible: {out}"
+    );
+    assert!(
+        out.contains("\ncell-init\n"),
+        "a fresh /proc of the cell's pid namespace: {out}"
+    );
+    assert!(
+        out.contains("null") && out.contains("urandom"),
+        "minimal /dev: {out}"
+    );
     assert!(out.contains("tmp-ok"));
     // The image was unpacked once into the cache; the cell's root is an
     // overlay mounted only inside its mount namespace.
@@ -93,9 +121,19 @@ async fn an_image_cell_runs_the_entrypoint_in_its_own_root() {
     let cell_dir = d.dir.join("state/cells/bb");
     assert!(cell_dir.join("upper/tmp").exists() || cell_dir.join("upper").exists());
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(!host_mounts.contains("state/cells/bb"), "no host-visible mount");
-    d.client().await.free(pb::FreeRequest { id: "bb".into() }).await.expect("free");
-    assert!(!cell_dir.exists(), "free removes the cell's root filesystem");
+    assert!(
+        !host_mounts.contains("state/cells/bb"),
+        "no host-visible mount"
+    );
+    d.client()
+        .await
+        .free(pb::FreeRequest { id: "bb".into() })
+        .await
+        .expect("free");
+    assert!(
+        !cell_dir.exists(),
+        "free removes the cell's root filesystem"
+    );
 }
 
 #[tokio::test]
@@ -119,7 +157,9 @@ async fn the_config_sets_user_workdir_env_and_entrypoint() {
         }],
         ..Default::default()
     };
-    run_image(&d, "cfg", &layout, Some(exe)).await.expect("run_cell");
+    run_image(&d, "cfg", &layout, Some(exe))
+        .await
+        .expect("run_cell");
     let (_, out) = output(&d, "cfg-main").await;
     assert_eq!(out, "1000:1000 /home/web request\n");
 }
@@ -131,26 +171,42 @@ async fn oci_archives_docker_save_archives_and_whiteouts() {
     let upper = image::files_layer(&[("etc/motd", b"upper\n"), ("bin/.wh.hostname", b"")]);
     let layers = [image::busybox_layer(), upper];
     let cfg = ImageConfig {
-        cmd: vec!["/bin/sh".into(), "-c".into(), "cat /etc/motd; test -e /bin/hostname && echo has-hostname || echo whited-out".into()],
+        cmd: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "cat /etc/motd; test -e /bin/hostname && echo has-hostname || echo whited-out".into(),
+        ],
         ..Default::default()
     };
     let layout = image::write_layout(&d.dir.join("layout"), &layers, &cfg);
     let oci_tar = image::tar_dir(&layout, &d.dir.join("image.oci.tar"));
     let docker_tar = image::write_docker_save(&d.dir.join("image.docker.tar"), &layers, &cfg);
     for (name, path) in [("ocitar", oci_tar), ("dockertar", docker_tar)] {
-        run_image(&d, name, &path, None).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        run_image(&d, name, &path, None)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let (st, out) = output(&d, &format!("{name}-main")).await;
         assert_eq!(st.exit_code, Some(0), "{name}: {out}");
         assert_eq!(out, "upper\nwhited-out\n", "{name}");
-        let scratch = std::fs::read_dir(d.dir.join("state/images")).expect("cache").filter_map(Result::ok).any(|e| e.path().join("archive").exists());
+        let scratch = std::fs::read_dir(d.dir.join("state/images"))
+            .expect("cache")
+            .filter_map(Result::ok)
+            .any(|e| e.path().join("archive").exists());
         assert!(!scratch, "archive scratch space removed");
     }
 }
 
 fn assert_clean(d: &Daemon, name: &str) {
-    assert!(!d.dir.join(format!("state/cells/{name}")).exists(), "no state left for {name}");
+    assert!(
+        !d.dir.join(format!("state/cells/{name}")).exists(),
+        "no state left for {name}"
+    );
     let partial = std::fs::read_dir(d.dir.join("state/images"))
-        .map(|e| e.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).count())
+        .map(|e| {
+            e.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+                .count()
+        })
         .unwrap_or(0);
     assert_eq!(partial, 0, "no partial unpack left for {name}");
     if let Some(root) = d.cgroup_dir() {
@@ -164,25 +220,42 @@ async fn corrupt_and_hostile_images_are_refused_without_leftovers() {
     let d = Daemon::start().await;
     let bb = image::busybox_layer();
 
-    let bad_digest = image::write_layout(&d.dir.join("bad-digest"), &[bb.clone()], &ImageConfig::default());
+    let bad_digest = image::write_layout(
+        &d.dir.join("bad-digest"),
+        std::slice::from_ref(&bb),
+        &ImageConfig::default(),
+    );
     image::corrupt_layers(&bad_digest);
-    let e = run_image(&d, "baddigest", &bad_digest, None).await.expect_err("bad digest");
+    let e = run_image(&d, "baddigest", &bad_digest, None)
+        .await
+        .expect_err("bad digest");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().starts_with("image:") && e.message().contains("digest"), "{}", e.message());
+    assert!(
+        e.message().starts_with("image:") && e.message().contains("digest"),
+        "{}",
+        e.message()
+    );
     assert_clean(&d, "baddigest");
 
     let truncated = image::write_truncated_layout(&d.dir.join("truncated"), &bb);
-    let e = run_image(&d, "truncated", &truncated, None).await.expect_err("truncated");
+    let e = run_image(&d, "truncated", &truncated, None)
+        .await
+        .expect_err("truncated");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("layer"), "{}", e.message());
     assert_clean(&d, "truncated");
 
     let traversal = image::write_layout(
         &d.dir.join("traversal"),
-        &[bb.clone(), image::raw_path_layer("../../../../../../tmp/aurae-evil", b"x")],
+        &[
+            bb.clone(),
+            image::raw_path_layer("../../../../../../tmp/aurae-evil", b"x"),
+        ],
         &ImageConfig::default(),
     );
-    let e = run_image(&d, "traversal", &traversal, None).await.expect_err("traversal");
+    let e = run_image(&d, "traversal", &traversal, None)
+        .await
+        .expect_err("traversal");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("escapes the root"), "{}", e.message());
     assert!(!std::path::Path::new("/tmp/aurae-evil").exists());
@@ -193,15 +266,38 @@ async fn corrupt_and_hostile_images_are_refused_without_leftovers() {
     let host_dir = tempfile::tempdir().expect("host dir");
     let through = image::write_layout(
         &d.dir.join("through"),
-        &[bb, image::symlink_then_file_layer("escape", host_dir.path(), "pwned")],
+        &[
+            bb,
+            image::symlink_then_file_layer("escape", host_dir.path(), "pwned"),
+        ],
         &ImageConfig::default(),
     );
-    run_image(&d, "through", &through, None).await.expect("symlinks resolve inside the rootfs");
-    assert!(!host_dir.path().join("pwned").exists(), "wrote through a symlink onto the host");
-    let inside = host_dir.path().strip_prefix("/").expect("abs").join("pwned");
-    assert_eq!(cached_rootfs(&d, &inside.to_string_lossy()).len(), 1, "the file is inside the image's rootfs");
+    run_image(&d, "through", &through, None)
+        .await
+        .expect("symlinks resolve inside the rootfs");
+    assert!(
+        !host_dir.path().join("pwned").exists(),
+        "wrote through a symlink onto the host"
+    );
+    let inside = host_dir
+        .path()
+        .strip_prefix("/")
+        .expect("abs")
+        .join("pwned");
+    assert_eq!(
+        cached_rootfs(&d, &inside.to_string_lossy()).len(),
+        1,
+        "the file is inside the image's rootfs"
+    );
 
-    let e = run_image(&d, "missing", std::path::Path::new("/nonexistent/image"), None).await.expect_err("missing");
+    let e = run_image(
+        &d,
+        "missing",
+        std::path::Path::new("/nonexistent/image"),
+        None,
+    )
+    .await
+    .expect_err("missing");
     assert_eq!(e.code(), tonic::Code::NotFound);
     assert!(e.message().starts_with("image:"));
     let junk = d.dir.join("junk.tar");

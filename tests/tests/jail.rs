@@ -37,7 +37,14 @@ async fn probe(jailed: bool) -> String {
     })
     .await
     .expect("wait");
-    let mut s = c.logs(pb::LogsRequest { id: "probe".into(), follow: false }).await.expect("logs").into_inner();
+    let mut s = c
+        .logs(pb::LogsRequest {
+            id: "probe".into(),
+            follow: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
     let mut out = String::new();
     while let Some(e) = s.next().await {
         out.push_str(&String::from_utf8_lossy(&e.expect("entry").line));
@@ -54,9 +61,16 @@ async fn a_jailed_cell_cannot_unshare_mount_or_setns() {
     assert!(out.contains("mount-denied"), "{out}");
     assert!(out.contains("setns-denied"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    let bnd = out.lines().find_map(|l| l.strip_prefix("CapBnd:\t")).expect("CapBnd");
+    let bnd = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:\t"))
+        .expect("CapBnd");
     let caps = u64::from_str_radix(bnd.trim(), 16).expect("hex");
-    assert_eq!(caps & (1 << 21), 0, "CAP_SYS_ADMIN is gone from the bounding set");
+    assert_eq!(
+        caps & (1 << 21),
+        0,
+        "CAP_SYS_ADMIN is gone from the bounding set"
+    );
 }
 
 #[tokio::test]

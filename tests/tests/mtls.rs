@@ -14,7 +14,10 @@ fn tls(ca: &Path, identity: Option<(&Path, &Path)>) -> ClientTlsConfig {
         .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")))
         .domain_name("localhost");
     if let Some((crt, key)) = identity {
-        t = t.identity(Identity::from_pem(std::fs::read(crt).expect("crt"), std::fs::read(key).expect("key")));
+        t = t.identity(Identity::from_pem(
+            std::fs::read(crt).expect("crt"),
+            std::fs::read(key).expect("key"),
+        ));
     }
     t
 }
@@ -23,7 +26,10 @@ async fn list(d: &Daemon, tls: Option<ClientTlsConfig>) -> Result<(), tonic::Sta
     let ch = connect_unix(&d.socket, tls)
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    RuntimeClient::new(ch).list(pb::ListRequest {}).await.map(|_| ())
+    RuntimeClient::new(ch)
+        .list(pb::ListRequest {})
+        .await
+        .map(|_| ())
 }
 
 fn issue(d: &Daemon, ca_dir: &Path, id: &str, name: &str) {
@@ -34,7 +40,11 @@ fn issue(d: &Daemon, ca_dir: &Path, id: &str, name: &str) {
         .arg(d.dir.join("pki"))
         .output()
         .expect("pki issue");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -44,7 +54,11 @@ async fn the_listed_client_is_served_on_the_socket_and_tcp() {
         ..Default::default()
     })
     .await;
-    d.client().await.list(pb::ListRequest {}).await.expect("unix");
+    d.client()
+        .await
+        .list(pb::ListRequest {})
+        .await
+        .expect("unix");
     let tcp = d.tcp.clone().expect("tcp");
     let mut c = d.config().runtime(Some(&tcp)).await.expect("tcp connect");
     c.list(pb::ListRequest {}).await.expect("tcp list");
@@ -55,7 +69,9 @@ async fn clients_without_a_valid_certificate_are_refused() {
     let d = Daemon::start().await;
     let pki = d.dir.join("pki");
     // No client certificate at all.
-    assert!(list(&d, Some(tls(&pki.join("ca.crt"), None))).await.is_err());
+    assert!(list(&d, Some(tls(&pki.join("ca.crt"), None)))
+        .await
+        .is_err());
     // No TLS at all.
     assert!(list(&d, None).await.is_err());
     // A certificate with the allowed SPIFFE ID, from another CA.
@@ -66,9 +82,18 @@ async fn clients_without_a_valid_certificate_are_refused() {
         .output()
         .expect("pki init");
     assert!(out.status.success());
-    let err = list(&d, Some(tls(&pki.join("ca.crt"), Some((&other.path().join("client.crt"), &other.path().join("client.key"))))))
-        .await
-        .expect_err("foreign CA");
+    let err = list(
+        &d,
+        Some(tls(
+            &pki.join("ca.crt"),
+            Some((
+                &other.path().join("client.crt"),
+                &other.path().join("client.key"),
+            )),
+        )),
+    )
+    .await
+    .expect_err("foreign CA");
     assert_ne!(err.code(), tonic::Code::Ok);
 }
 
@@ -83,15 +108,27 @@ async fn an_unlisted_spiffe_id_gets_permission_denied() {
     issue(&d, &pki, "spiffe://test.local/intruder", "intruder");
     let creds = Some((pki.join("intruder.crt"), pki.join("intruder.key")));
     let creds = creds.as_ref().map(|(a, b)| (a.as_path(), b.as_path()));
-    let err = list(&d, Some(tls(&pki.join("ca.crt"), creds))).await.expect_err("unlisted");
+    let err = list(&d, Some(tls(&pki.join("ca.crt"), creds)))
+        .await
+        .expect_err("unlisted");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("spiffe://test.local/intruder"), "{}", err.message());
+    assert!(
+        err.message().contains("spiffe://test.local/intruder"),
+        "{}",
+        err.message()
+    );
     // Same over TCP.
     let mut cfg: ClientConfig = d.config();
     cfg.auth.client_crt = pki.join("intruder.crt");
     cfg.auth.client_key = pki.join("intruder.key");
     let tcp = d.tcp.clone().expect("tcp");
-    let err = cfg.runtime(Some(&tcp)).await.expect("connect").list(pb::ListRequest {}).await.expect_err("tcp");
+    let err = cfg
+        .runtime(Some(&tcp))
+        .await
+        .expect("connect")
+        .list(pb::ListRequest {})
+        .await
+        .expect_err("tcp");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 }
 
@@ -112,7 +149,10 @@ async fn health_and_reflection_let_generic_clients_discover_the_api() {
         .await
         .expect("health")
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let mut refl = ServerReflectionClient::new(ch);
     let req = ServerReflectionRequest {
         host: String::new(),
@@ -128,6 +168,12 @@ async fn health_and_reflection_let_generic_clients_discover_the_api() {
         panic!("unexpected reflection response");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"aurae.runtime.v0.Runtime".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"aurae.runtime.v0.Runtime".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }

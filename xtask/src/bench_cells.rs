@@ -30,14 +30,30 @@ fn unify_cgroups() -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     println!("(hybrid cgroups: running both runtimes in a private mount namespace with cgroup2 at /sys/fs/cgroup)");
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
-    mount(Some("cgroup2"), "/sys/fs/cgroup", Some("cgroup2"), MsFlags::empty(), None::<&str>)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    mount(
+        Some("cgroup2"),
+        "/sys/fs/cgroup",
+        Some("cgroup2"),
+        MsFlags::empty(),
+        None::<&str>,
+    )?;
     Ok(())
 }
 
 fn crun_bundle(dir: &Path, layer: &[u8]) -> anyhow::Result<()> {
     image::unpack_into(layer, &dir.join("rootfs"));
-    let out = Command::new("crun").arg("spec").current_dir(dir).output().context("crun spec")?;
+    let out = Command::new("crun")
+        .arg("spec")
+        .current_dir(dir)
+        .output()
+        .context("crun spec")?;
     if !out.status.success() {
         bail!("crun spec: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -117,7 +133,13 @@ async fn roundtrip(d: &Daemon, i: usize) -> anyhow::Result<Duration> {
         })
         .await?
         .into_inner();
-    let st = c.wait(pb::WaitRequest { id: r.id.clone(), timeout_ms: Some(10_000) }).await?.into_inner();
+    let st = c
+        .wait(pb::WaitRequest {
+            id: r.id.clone(),
+            timeout_ms: Some(10_000),
+        })
+        .await?
+        .into_inner();
     let took = t0.elapsed();
     if st.exit_code != Some(0) {
         bail!("/bin/true exited with {st:?}");
@@ -146,14 +168,19 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         cmd: vec!["/bin/echo".into(), "hello".into()],
         ..Default::default()
     };
-    let layout = image::write_layout(&dir.path().join("image"), &[layer.clone()], &cfg);
+    let layout = image::write_layout(
+        &dir.path().join("image"),
+        std::slice::from_ref(&layer),
+        &cfg,
+    );
     let bundle = dir.path().join("bundle");
     crun_bundle(&bundle, &layer)?;
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let d = Daemon::start().await;
-        let (mut image_cell, mut host_cell, mut crun, mut ours_rt, mut fork_rt) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut image_cell, mut host_cell, mut crun, mut ours_rt, mut fork_rt) =
+            (vec![], vec![], vec![], vec![], vec![]);
         // One warm-up round of each, not counted.
         for i in 0..=runs {
             let a = aurae_first_line(
@@ -198,9 +225,27 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         }
         println!("\nmedians of {runs} alternating runs (release build):");
         let crun_median = median(crun);
-        report("cell start, OCI image -> first line", median(image_cell), "crun run", crun_median, Some(0.5));
-        report("cell start, host root -> first line", median(host_cell), "crun run", crun_median, Some(0.5));
-        report("RunExecutable round trip (/bin/true)", median(ours_rt), "fork/exec", median(fork_rt), None);
+        report(
+            "cell start, OCI image -> first line",
+            median(image_cell),
+            "crun run",
+            crun_median,
+            Some(0.5),
+        );
+        report(
+            "cell start, host root -> first line",
+            median(host_cell),
+            "crun run",
+            crun_median,
+            Some(0.5),
+        );
+        report(
+            "RunExecutable round trip (/bin/true)",
+            median(ours_rt),
+            "fork/exec",
+            median(fork_rt),
+            None,
+        );
         Ok(())
     })
 }

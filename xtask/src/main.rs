@@ -1,8 +1,8 @@
 //! `cargo xtask`: the project's build, test and benchmark entry points.
 
 mod bench_cells;
-mod deps;
 mod demo;
+mod deps;
 mod stats;
 mod test_tiers;
 

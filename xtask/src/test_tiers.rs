@@ -65,7 +65,11 @@ pub fn run(selected: &[Tier]) -> anyhow::Result<()> {
             }
             Outcome::Skipped(why) => format!("SKIPPED: {why}"),
         };
-        println!("  {:<12} {:>6.1}s  {text}", format!("{tier:?}"), took.as_secs_f64());
+        println!(
+            "  {:<12} {:>6.1}s  {text}",
+            format!("{tier:?}"),
+            took.as_secs_f64()
+        );
     }
     if failed {
         anyhow::bail!("some tiers failed");

@@ -38,8 +38,14 @@ impl Overlay {
     /// refused rather than misparsed.
     pub fn options(&self) -> Result<String, String> {
         let mut parts = Vec::new();
-        for (key, path) in [("lowerdir", &self.lower), ("upperdir", &self.upper), ("workdir", &self.work)] {
-            let p = path.to_str().ok_or_else(|| format!("{key} {path:?} is not UTF-8"))?;
+        for (key, path) in [
+            ("lowerdir", &self.lower),
+            ("upperdir", &self.upper),
+            ("workdir", &self.work),
+        ] {
+            let p = path
+                .to_str()
+                .ok_or_else(|| format!("{key} {path:?} is not UTF-8"))?;
             if p.contains([',', ':', '\\']) {
                 return Err(format!("{key} {p:?} contains ',', ':' or a backslash"));
             }
@@ -69,7 +75,14 @@ impl Plan {
         self.descriptions.push(what.into());
     }
 
-    fn mount(&mut self, source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: Option<&str>) -> Result<(), String> {
+    fn mount(
+        &mut self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: libc::c_ulong,
+        data: Option<&str>,
+    ) -> Result<(), String> {
         self.push(
             InitOp::Mount {
                 source: Some(c(source)?),
@@ -93,7 +106,10 @@ impl Plan {
             plan.push(InitOp::Hostname(c(&cfg.name)?), "setting the hostname");
         }
         if cfg.new_net {
-            plan.push(InitOp::link_up("lo").ok_or("bad interface name")?, "bringing up lo");
+            plan.push(
+                InitOp::link_up("lo").ok_or("bad interface name")?,
+                "bringing up lo",
+            );
         }
         if !cfg.new_mount {
             return Ok(plan);
@@ -110,7 +126,13 @@ impl Plan {
         );
         match &cfg.rootfs {
             Some(rootfs) => plan.pivot_into(rootfs, cfg.overlay.as_ref())?,
-            None if cfg.new_pid => plan.mount("proc", Path::new("/proc"), "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,
+            None if cfg.new_pid => plan.mount(
+                "proc",
+                Path::new("/proc"),
+                "proc",
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+            )?,
             None => {}
         }
         Ok(plan)
@@ -133,19 +155,56 @@ impl Plan {
             ),
         }
         for dir in ["proc", "dev", "tmp", "sys"] {
-            self.push(InitOp::Mkdir(cpath(&rootfs.join(dir))?, 0o755), format!("creating /{dir}"));
-        }
-        self.mount("proc", &rootfs.join("proc"), "proc", nodev | libc::MS_NOEXEC, None)?;
-        self.mount("tmpfs", &rootfs.join("dev"), "tmpfs", libc::MS_NOSUID | libc::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
-        self.mount("tmpfs", &rootfs.join("tmp"), "tmpfs", nodev, Some("mode=1777"))?;
-        let dev = rootfs.join("dev");
-        for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
             self.push(
-                InitOp::Mknod(cpath(&dev.join(name))?, libc::S_IFCHR | 0o666, libc::makedev(major, minor)),
+                InitOp::Mkdir(cpath(&rootfs.join(dir))?, 0o755),
+                format!("creating /{dir}"),
+            );
+        }
+        self.mount(
+            "proc",
+            &rootfs.join("proc"),
+            "proc",
+            nodev | libc::MS_NOEXEC,
+            None,
+        )?;
+        self.mount(
+            "tmpfs",
+            &rootfs.join("dev"),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        )?;
+        self.mount(
+            "tmpfs",
+            &rootfs.join("tmp"),
+            "tmpfs",
+            nodev,
+            Some("mode=1777"),
+        )?;
+        let dev = rootfs.join("dev");
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            self.push(
+                InitOp::Mknod(
+                    cpath(&dev.join(name))?,
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(major, minor),
+                ),
                 format!("creating /dev/{name}"),
             );
         }
-        for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        for (link, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
             self.push(
                 InitOp::Symlink {
                     target: c(target)?,
@@ -155,10 +214,22 @@ impl Plan {
             );
         }
         for dir in ["pts", "shm"] {
-            self.push(InitOp::Mkdir(cpath(&dev.join(dir))?, 0o755), format!("creating /dev/{dir}"));
+            self.push(
+                InitOp::Mkdir(cpath(&dev.join(dir))?, 0o755),
+                format!("creating /dev/{dir}"),
+            );
         }
-        self.mount("tmpfs", &dev.join("shm"), "tmpfs", nodev | libc::MS_NOEXEC, Some("mode=1777"))?;
-        self.push(InitOp::Chdir(cpath(rootfs)?), "entering the root filesystem");
+        self.mount(
+            "tmpfs",
+            &dev.join("shm"),
+            "tmpfs",
+            nodev | libc::MS_NOEXEC,
+            Some("mode=1777"),
+        )?;
+        self.push(
+            InitOp::Chdir(cpath(rootfs)?),
+            "entering the root filesystem",
+        );
         self.push(InitOp::PivotHere, "pivot_root");
         self.push(InitOp::Chdir(c("/")?), "chdir /");
         Ok(())
@@ -184,14 +255,25 @@ mod tests {
     #[test]
     fn host_view_cells_get_a_fresh_proc_and_no_pivot() {
         let plan = Plan::new(&cfg(None)).expect("plan");
-        assert_eq!(plan.descriptions, ["setting the hostname", "bringing up lo", "making / private", "mounting proc on /proc"]);
+        assert_eq!(
+            plan.descriptions,
+            [
+                "setting the hostname",
+                "bringing up lo",
+                "making / private",
+                "mounting proc on /proc"
+            ]
+        );
     }
 
     #[test]
     fn image_cells_pivot_last() {
         let plan = Plan::new(&cfg(Some("/var/lib/aurae/cells/web/rootfs"))).expect("plan");
         assert_eq!(plan.ops.len(), plan.descriptions.len());
-        assert_eq!(plan.descriptions.last().map(String::as_str), Some("chdir /"));
+        assert_eq!(
+            plan.descriptions.last().map(String::as_str),
+            Some("chdir /")
+        );
         assert!(plan.descriptions.iter().any(|d| d == "pivot_root"));
         assert!(plan.descriptions.iter().any(|d| d == "creating /dev/null"));
     }
@@ -204,7 +286,13 @@ mod tests {
             work: "/w".into(),
         };
         assert!(o.options().is_err());
-        let o = Overlay { lower: "/l".into(), ..o };
-        assert_eq!(o.options().expect("ok"), "lowerdir=/l,upperdir=/u,workdir=/w");
+        let o = Overlay {
+            lower: "/l".into(),
+            ..o
+        };
+        assert_eq!(
+            o.options().expect("ok"),
+            "lowerdir=/l,upperdir=/u,workdir=/w"
+        );
     }
 }

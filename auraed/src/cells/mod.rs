@@ -92,7 +92,10 @@ impl HostShare {
             (libc::CLONE_NEWPID, self.pid),
             (libc::CLONE_NEWNS, self.mount),
         ];
-        shared.iter().filter(|(_, s)| !s).fold(0, |acc, (f, _)| acc | f)
+        shared
+            .iter()
+            .filter(|(_, s)| !s)
+            .fold(0, |acc, (f, _)| acc | f)
     }
 }
 
@@ -159,9 +162,11 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
         Some(src) => {
             let cache = ctx.state_dir.join("images");
             std::fs::create_dir_all(&cache).map_err(internal("creating the image cache"))?;
-            let cached = crate::oci::cache::get(src, &cache).map_err(|e| ApiError::invalid("image", e.to_string()))?;
+            let cached = crate::oci::cache::get(src, &cache)
+                .map_err(|e| ApiError::invalid("image", e.to_string()))?;
             for dir in ["rootfs", "upper", "work"] {
-                std::fs::create_dir(state_dir.join(dir)).map_err(internal("creating the cell's root filesystem"))?;
+                std::fs::create_dir(state_dir.join(dir))
+                    .map_err(internal("creating the cell's root filesystem"))?;
             }
             Some(cached)
         }
@@ -186,10 +191,18 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
             work: state_dir.join("work"),
         }),
     };
-    let plan = init::Plan::new(&config).map_err(|e| ApiError::Internal(format!("planning cell {}: {e}", spec.name)))?;
+    let plan = init::Plan::new(&config)
+        .map_err(|e| ApiError::Internal(format!("planning cell {}: {e}", spec.name)))?;
     let spawned = spawn_init(leaf.as_fd(), flags, &plan.ops).map_err(|e| {
-        let what = plan.descriptions.get(e.op).map(String::as_str).unwrap_or("starting the cell's init");
-        ApiError::FailedPrecondition(format!("setting up cell {}: {what}: {}", spec.name, e.source))
+        let what = plan
+            .descriptions
+            .get(e.op)
+            .map(String::as_str)
+            .unwrap_or("starting the cell's init");
+        ApiError::FailedPrecondition(format!(
+            "setting up cell {}: {what}: {}",
+            spec.name, e.source
+        ))
     })?;
     let init_pid = spawned.pid;
     undo.init = Some(spawned.pidfd);
@@ -201,7 +214,10 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
             namespaces.push((OwnedFd::from(file), flag));
         }
     }
-    let init_pidfd = undo.init.take().ok_or_else(|| ApiError::Internal("init pidfd lost".into()))?;
+    let init_pidfd = undo
+        .init
+        .take()
+        .ok_or_else(|| ApiError::Internal("init pidfd lost".into()))?;
     undo.disarm();
     Ok(Parts {
         cgroup,
@@ -261,7 +277,10 @@ impl Cell {
     }
 
     pub fn namespace_fds(&self) -> Vec<(BorrowedFd<'_>, libc::c_int)> {
-        self.namespaces.iter().map(|(fd, t)| (fd.as_fd(), *t)).collect()
+        self.namespaces
+            .iter()
+            .map(|(fd, t)| (fd.as_fd(), *t))
+            .collect()
     }
 
     pub fn rootfs(&self) -> Option<PathBuf> {
@@ -280,15 +299,25 @@ impl Cell {
 
     async fn wait_init_exit(&self, timeout: Duration) -> bool {
         let mut rx = self.init_exit.clone();
-        let exited = tokio::time::timeout(timeout, rx.wait_for(|exited| *exited)).await.is_ok();
+        let exited = tokio::time::timeout(timeout, rx.wait_for(|exited| *exited))
+            .await
+            .is_ok();
         exited
     }
 
     /// Sends `signal` to every process of the cell (but its init), waits up
     /// to `grace` for them to exit, then kills whatever is left.
-    pub async fn stop(&self, signal: nix::sys::signal::Signal, grace: Duration) -> Result<(), ApiError> {
+    pub async fn stop(
+        &self,
+        signal: nix::sys::signal::Signal,
+        grace: Duration,
+    ) -> Result<(), ApiError> {
         self.stopped.store(true, Ordering::SeqCst);
-        let procs_file = self.cgroup.dir().join(crate::cgroup::LEAF).join("cgroup.procs");
+        let procs_file = self
+            .cgroup
+            .dir()
+            .join(crate::cgroup::LEAF)
+            .join("cgroup.procs");
         let others = |path: &Path| -> Vec<i32> {
             std::fs::read_to_string(path)
                 .unwrap_or_default()
@@ -310,7 +339,10 @@ impl Cell {
         }
         self.cgroup.kill()?;
         if !self.wait_init_exit(Duration::from_secs(10)).await {
-            return Err(ApiError::Internal(format!("cell {}: init did not exit after cgroup.kill", self.name)));
+            return Err(ApiError::Internal(format!(
+                "cell {}: init did not exit after cgroup.kill",
+                self.name
+            )));
         }
         Ok(())
     }
@@ -329,14 +361,25 @@ impl Cell {
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-            .map_err(|e| ApiError::Internal(format!("removing {}: {e}", self.state_dir.display())))?;
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| {
+                ApiError::Internal(format!("removing {}: {e}", self.state_dir.display()))
+            })?;
         Ok(())
     }
 
     pub async fn set_frozen(&self, frozen: bool) -> Result<(), ApiError> {
         if self.state() == CellState::Stopped {
-            return Err(ApiError::FailedPrecondition(format!("cell {} is stopped", self.name)));
+            return Err(ApiError::FailedPrecondition(format!(
+                "cell {} is stopped",
+                self.name
+            )));
         }
         let cg = self.cgroup.clone();
         tokio::task::spawn_blocking(move || cg.set_frozen(frozen))

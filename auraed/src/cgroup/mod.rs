@@ -51,7 +51,10 @@ pub enum CgroupError {
         source: std::io::Error,
     },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cgroup {0} already exists")]
     Exists(PathBuf),
     #[error("cgroup {path} still has processes after {waited:?}")]
@@ -312,7 +315,9 @@ impl CellCgroup {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                     // The last zombie can linger for a moment after
                     // `populated 0`.
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(Duration::from_millis(2))
                     }
                     Err(e) => return Err(io_err(d)(e)),

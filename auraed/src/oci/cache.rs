@@ -24,7 +24,8 @@ pub struct CachedImage {
 
 /// The cache key of the image at `src`, without unpacking it.
 fn key(src: &Path) -> Result<String, OciError> {
-    let meta = std::fs::metadata(src).map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
+    let meta =
+        std::fs::metadata(src).map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
     if meta.is_dir() {
         if let Some(digest) = source::layout_manifest_digest(src)? {
             return Ok(digest.replace(':', "-"));
@@ -32,12 +33,18 @@ fn key(src: &Path) -> Result<String, OciError> {
         // A docker-save directory: its manifest.json names everything by
         // digest, so its hash identifies the image.
         let manifest = src.join("manifest.json");
-        let text = std::fs::read(&manifest).map_err(|e| OciError::Source(format!("{}: {e}", manifest.display())))?;
-        return Ok(format!("docker-{}", hex::encode(sha2::Sha256::digest(&text))));
+        let text = std::fs::read(&manifest)
+            .map_err(|e| OciError::Source(format!("{}: {e}", manifest.display())))?;
+        return Ok(format!(
+            "docker-{}",
+            hex::encode(sha2::Sha256::digest(&text))
+        ));
     }
-    let mut file = std::fs::File::open(src).map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
+    let mut file = std::fs::File::open(src)
+        .map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
     let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
     Ok(format!("archive-{}", hex::encode(hasher.finalize())))
 }
 
@@ -62,7 +69,8 @@ pub fn get(src: &Path, cache: &Path) -> Result<CachedImage, OciError> {
     let result = (|| {
         let defaults = super::unpack(src, &tmp.join("rootfs"), &tmp.join("archive"))?;
         let json = serde_json::to_vec(&defaults).map_err(|e| OciError::Io(e.to_string()))?;
-        std::fs::write(tmp.join("defaults.json"), json).map_err(|e| OciError::Io(format!("{}: {e}", tmp.display())))?;
+        std::fs::write(tmp.join("defaults.json"), json)
+            .map_err(|e| OciError::Io(format!("{}: {e}", tmp.display())))?;
         match std::fs::rename(&tmp, &entry) {
             Ok(()) => {}
             // Another request unpacked the same image meanwhile: use theirs.
@@ -87,7 +95,9 @@ pub fn clean_partial(cache: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     if let Ok(entries) = std::fs::read_dir(cache) {
         for e in entries.filter_map(Result::ok) {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") && std::fs::remove_dir_all(e.path()).is_ok() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-")
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
                 removed.push(e.path());
             }
         }

@@ -31,10 +31,15 @@ pub fn apply(root: &Path, name: &str, open: &Opener<'_>, whiteouts: bool) -> Res
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
-    let entries = archive.entries().map_err(|e| err(format!("reading the archive: {e}")))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| err(format!("reading the archive: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| err(format!("reading the archive: {e}")))?;
-        let path = entry.path().map_err(|e| err(format!("bad entry name: {e}")))?.into_owned();
+        let path = entry
+            .path()
+            .map_err(|e| err(format!("bad entry name: {e}")))?
+            .into_owned();
         let parts = archive_components(&path).map_err(|e| err(format!("entry {e}")))?;
         let Some((last, dirs)) = parts.split_last() else {
             continue;
@@ -43,7 +48,8 @@ pub fn apply(root: &Path, name: &str, open: &Opener<'_>, whiteouts: bool) -> Res
             continue;
         }
         let parent_rel: PathBuf = dirs.iter().collect();
-        let parent = resolve(root, &parent_rel, true).map_err(|e| err(format!("entry {path:?}: {e}")))?;
+        let parent =
+            resolve(root, &parent_rel, true).map_err(|e| err(format!("entry {path:?}: {e}")))?;
         std::fs::create_dir_all(&parent).map_err(|e| err(format!("creating {parent:?}: {e}")))?;
         let dst = parent.join(last);
         let kind = entry.header().entry_type();
@@ -65,14 +71,20 @@ pub fn apply(root: &Path, name: &str, open: &Opener<'_>, whiteouts: bool) -> Res
                     .map_err(|e| err(format!("entry {path:?}: bad link name: {e}")))?
                     .ok_or_else(|| err(format!("entry {path:?}: hard link without a target")))?
                     .into_owned();
-                let parts = archive_components(&target).map_err(|e| err(format!("hard link {path:?}: {e}")))?;
+                let parts = archive_components(&target)
+                    .map_err(|e| err(format!("hard link {path:?}: {e}")))?;
                 let src = resolve(root, &parts.iter().collect::<PathBuf>(), false)
                     .map_err(|e| err(format!("hard link {path:?}: {e}")))?;
-                std::fs::hard_link(&src, &dst).map_err(|e| err(format!("hard link {path:?} -> {target:?}: {e}")))?;
+                std::fs::hard_link(&src, &dst)
+                    .map_err(|e| err(format!("hard link {path:?} -> {target:?}: {e}")))?;
             }
             // Images don't get to create device nodes; /dev is provided.
             EntryType::Char | EntryType::Block => {}
-            EntryType::Regular | EntryType::Continuous | EntryType::Directory | EntryType::Symlink | EntryType::Fifo => {
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::Fifo => {
                 entry
                     .unpack(&dst)
                     .map_err(|e| err(format!("unpacking {path:?}: {e}")))?;
@@ -87,9 +99,15 @@ pub fn apply(root: &Path, name: &str, open: &Opener<'_>, whiteouts: bool) -> Res
 fn apply_whiteouts(root: &Path, open: &Opener<'_>) -> Result<(), String> {
     let reader = open().map_err(|e| format!("opening: {e}"))?;
     let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(|e| format!("reading the archive: {e}"))? {
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("reading the archive: {e}"))?
+    {
         let entry = entry.map_err(|e| format!("reading the archive: {e}"))?;
-        let path = entry.path().map_err(|e| format!("bad entry name: {e}"))?.into_owned();
+        let path = entry
+            .path()
+            .map_err(|e| format!("bad entry name: {e}"))?
+            .into_owned();
         let parts = archive_components(&path).map_err(|e| format!("entry {e}"))?;
         let Some((last, dirs)) = parts.split_last() else {
             continue;
@@ -98,7 +116,8 @@ fn apply_whiteouts(root: &Path, open: &Opener<'_>) -> Result<(), String> {
         let Some(hidden) = last.strip_prefix(WHITEOUT_PREFIX) else {
             continue;
         };
-        let parent = resolve(root, &dirs.iter().collect::<PathBuf>(), true).map_err(|e| format!("whiteout {path:?}: {e}"))?;
+        let parent = resolve(root, &dirs.iter().collect::<PathBuf>(), true)
+            .map_err(|e| format!("whiteout {path:?}: {e}"))?;
         if last == OPAQUE {
             if let Ok(children) = std::fs::read_dir(&parent) {
                 for child in children.filter_map(Result::ok) {

@@ -45,7 +45,8 @@ pub fn unpack(src: &Path, rootfs: &Path, scratch: &Path) -> Result<ImageDefaults
 
 fn unpack_inner(src: &Path, rootfs: &Path, scratch: &Path) -> Result<ImageDefaults, OciError> {
     let image = source::open(src, scratch)?;
-    std::fs::create_dir_all(rootfs).map_err(|e| OciError::Io(format!("{}: {e}", rootfs.display())))?;
+    std::fs::create_dir_all(rootfs)
+        .map_err(|e| OciError::Io(format!("{}: {e}", rootfs.display())))?;
     for layer in &image.layers {
         let open = || source::open_layer(layer);
         layer::apply(rootfs, &layer.name, &open, true)?;

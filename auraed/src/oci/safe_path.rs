@@ -16,7 +16,10 @@ pub enum SafePathError {
     #[error("{0:?}: too many levels of symbolic links")]
     Loop(PathBuf),
     #[error("{path:?}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The components of an archive path, with leading `/` and `.` removed.
@@ -51,7 +54,10 @@ pub fn resolve(root: &Path, rel: &Path, follow_last: bool) -> Result<PathBuf, Sa
             resolved.pop();
             continue;
         }
-        let candidate = resolved.iter().fold(root.to_path_buf(), |p, c| p.join(c)).join(&part);
+        let candidate = resolved
+            .iter()
+            .fold(root.to_path_buf(), |p, c| p.join(c))
+            .join(&part);
         let is_last = pending.is_empty();
         match std::fs::symlink_metadata(&candidate) {
             Ok(meta) if meta.file_type().is_symlink() && (follow_last || !is_last) => {
@@ -59,10 +65,11 @@ pub fn resolve(root: &Path, rel: &Path, follow_last: bool) -> Result<PathBuf, Sa
                 if links > MAX_LINKS {
                     return Err(SafePathError::Loop(rel.to_path_buf()));
                 }
-                let target = std::fs::read_link(&candidate).map_err(|source| SafePathError::Io {
-                    path: candidate.clone(),
-                    source,
-                })?;
+                let target =
+                    std::fs::read_link(&candidate).map_err(|source| SafePathError::Io {
+                        path: candidate.clone(),
+                        source,
+                    })?;
                 if target.is_absolute() {
                     resolved.clear();
                 }
@@ -95,10 +102,22 @@ mod tests {
         std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
         symlink("/usr/bin", root.join("bin")).expect("abs link");
         symlink("../../../../etc", root.join("usr/evil")).expect("climbing link");
-        assert_eq!(resolve(root, Path::new("bin/sh"), true).expect("ok"), root.join("usr/bin/sh"));
-        assert_eq!(resolve(root, Path::new("usr/evil/passwd"), true).expect("ok"), root.join("etc/passwd"));
-        assert_eq!(resolve(root, Path::new("../../x"), true).expect("ok"), root.join("x"));
-        assert_eq!(resolve(root, Path::new("bin"), false).expect("ok"), root.join("bin"));
+        assert_eq!(
+            resolve(root, Path::new("bin/sh"), true).expect("ok"),
+            root.join("usr/bin/sh")
+        );
+        assert_eq!(
+            resolve(root, Path::new("usr/evil/passwd"), true).expect("ok"),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve(root, Path::new("../../x"), true).expect("ok"),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve(root, Path::new("bin"), false).expect("ok"),
+            root.join("bin")
+        );
     }
 
     #[test]
@@ -106,12 +125,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         symlink("b", dir.path().join("a")).expect("a");
         symlink("a", dir.path().join("b")).expect("b");
-        assert!(matches!(resolve(dir.path(), Path::new("a/x"), true), Err(SafePathError::Loop(_))));
+        assert!(matches!(
+            resolve(dir.path(), Path::new("a/x"), true),
+            Err(SafePathError::Loop(_))
+        ));
     }
 
     #[test]
     fn archive_paths_must_not_climb() {
         assert!(archive_components(Path::new("../../etc/passwd")).is_err());
-        assert_eq!(archive_components(Path::new("/./a/b")).expect("ok").len(), 2);
+        assert_eq!(
+            archive_components(Path::new("/./a/b")).expect("ok").len(),
+            2
+        );
     }
 }

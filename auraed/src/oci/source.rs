@@ -6,7 +6,9 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, DigestAlgorithm, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{
+    Descriptor, DigestAlgorithm, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
+};
 use sha2::Digest as _;
 
 use super::safe_path::archive_components;
@@ -34,11 +36,13 @@ pub struct Image {
 /// Opens the image at `src`. Archives are first unpacked into `scratch`,
 /// which the caller removes afterwards.
 pub fn open(src: &Path, scratch: &Path) -> Result<Image, OciError> {
-    let meta = std::fs::metadata(src).map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
+    let meta =
+        std::fs::metadata(src).map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
     let dir = if meta.is_dir() {
         src.to_path_buf()
     } else {
-        std::fs::create_dir_all(scratch).map_err(|e| OciError::Io(format!("{}: {e}", scratch.display())))?;
+        std::fs::create_dir_all(scratch)
+            .map_err(|e| OciError::Io(format!("{}: {e}", scratch.display())))?;
         let open = || -> std::io::Result<Box<dyn Read>> { open_maybe_gzip(src) };
         super::layer::apply(scratch, &format!("archive {}", src.display()), &open, false)?;
         scratch.to_path_buf()
@@ -69,16 +73,20 @@ fn open_maybe_gzip(path: &Path) -> std::io::Result<Box<dyn Read>> {
 
 /// Hex SHA-256 of a file.
 fn sha256_file(path: &Path) -> Result<(String, u64), OciError> {
-    let mut file = File::open(path).map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
+    let mut file =
+        File::open(path).map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
     let mut hasher = sha2::Sha256::new();
-    let n = std::io::copy(&mut file, &mut hasher).map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
+    let n = std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
     Ok((hex::encode(hasher.finalize()), n))
 }
 
 fn sha512_file(path: &Path) -> Result<String, OciError> {
-    let mut file = File::open(path).map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
+    let mut file =
+        File::open(path).map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
     let mut hasher = sha2::Sha512::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -88,21 +96,36 @@ fn blob(dir: &Path, desc: &Descriptor) -> Result<PathBuf, OciError> {
     let (alg, path) = match digest.algorithm() {
         DigestAlgorithm::Sha256 => ("sha256", dir.join("blobs/sha256").join(digest.digest())),
         DigestAlgorithm::Sha512 => ("sha512", dir.join("blobs/sha512").join(digest.digest())),
-        other => return Err(OciError::Digest(format!("{digest}: unsupported digest algorithm {other}"))),
+        other => {
+            return Err(OciError::Digest(format!(
+                "{digest}: unsupported digest algorithm {other}"
+            )))
+        }
     };
     if !path.is_file() {
-        return Err(OciError::Source(format!("blob {digest} is missing ({})", path.display())));
+        return Err(OciError::Source(format!(
+            "blob {digest} is missing ({})",
+            path.display()
+        )));
     }
     let (actual, size) = if alg == "sha256" {
         sha256_file(&path)?
     } else {
-        (sha512_file(&path)?, std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0))
+        (
+            sha512_file(&path)?,
+            std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        )
     };
     if actual != digest.digest() {
-        return Err(OciError::Digest(format!("blob {digest} has digest {alg}:{actual}: the content is corrupt")));
+        return Err(OciError::Digest(format!(
+            "blob {digest} has digest {alg}:{actual}: the content is corrupt"
+        )));
     }
     if size != desc.size() {
-        return Err(OciError::Digest(format!("blob {digest} is {size} bytes, the descriptor says {}", desc.size())));
+        return Err(OciError::Digest(format!(
+            "blob {digest} is {size} bytes, the descriptor says {}",
+            desc.size()
+        )));
     }
     Ok(path)
 }
@@ -113,23 +136,30 @@ pub fn layout_manifest_digest(dir: &Path) -> Result<Option<String>, OciError> {
     if !dir.join("index.json").is_file() {
         return Ok(None);
     }
-    let index = ImageIndex::from_file(dir.join("index.json")).map_err(|e| OciError::Source(format!("index.json: {e}")))?;
+    let index = ImageIndex::from_file(dir.join("index.json"))
+        .map_err(|e| OciError::Source(format!("index.json: {e}")))?;
     let desc = manifest_descriptor(dir, &index, 0)?;
     blob(dir, &desc)?;
     Ok(Some(desc.digest().to_string()))
 }
 
 fn open_layout(dir: &Path) -> Result<Image, OciError> {
-    let index = ImageIndex::from_file(dir.join("index.json")).map_err(|e| OciError::Source(format!("index.json: {e}")))?;
+    let index = ImageIndex::from_file(dir.join("index.json"))
+        .map_err(|e| OciError::Source(format!("index.json: {e}")))?;
     let manifest = find_manifest(dir, &index)?;
     let config_path = blob(dir, manifest.config())?;
-    let config = ImageConfiguration::from_file(&config_path).map_err(|e| OciError::Source(format!("image config: {e}")))?;
+    let config = ImageConfiguration::from_file(&config_path)
+        .map_err(|e| OciError::Source(format!("image config: {e}")))?;
     let mut layers = Vec::new();
     for desc in manifest.layers() {
         let compression = match desc.media_type() {
             MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Compression::None,
-            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Compression::Gzip,
-            MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar.gzip" => Compression::Gzip,
+            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
+                Compression::Gzip
+            }
+            MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+                Compression::Gzip
+            }
             other => {
                 return Err(OciError::Source(format!(
                     "layer {}: media type {other} is not supported (plain or gzip tar only)",
@@ -150,7 +180,9 @@ fn open_layout(dir: &Path) -> Result<Image, OciError> {
 /// linux/amd64 one, or the first one), following nested indexes.
 fn manifest_descriptor(dir: &Path, index: &ImageIndex, depth: u32) -> Result<Descriptor, OciError> {
     if depth > 4 {
-        return Err(OciError::Source("image indexes nest more than 4 levels".into()));
+        return Err(OciError::Source(
+            "image indexes nest more than 4 levels".into(),
+        ));
     }
     let amd64 = |d: &&Descriptor| {
         d.platform()
@@ -167,7 +199,8 @@ fn manifest_descriptor(dir: &Path, index: &ImageIndex, depth: u32) -> Result<Des
     match desc.media_type() {
         MediaType::ImageIndex => {
             let path = blob(dir, desc)?;
-            let nested = ImageIndex::from_file(&path).map_err(|e| OciError::Source(format!("nested index: {e}")))?;
+            let nested = ImageIndex::from_file(&path)
+                .map_err(|e| OciError::Source(format!("nested index: {e}")))?;
             manifest_descriptor(dir, &nested, depth + 1)
         }
         _ => Ok(desc.clone()),
@@ -177,7 +210,8 @@ fn manifest_descriptor(dir: &Path, index: &ImageIndex, depth: u32) -> Result<Des
 fn find_manifest(dir: &Path, index: &ImageIndex) -> Result<ImageManifest, OciError> {
     let desc = manifest_descriptor(dir, index, 0)?;
     let path = blob(dir, &desc)?;
-    ImageManifest::from_file(&path).map_err(|e| OciError::Source(format!("manifest {}: {e}", desc.digest())))
+    ImageManifest::from_file(&path)
+        .map_err(|e| OciError::Source(format!("manifest {}: {e}", desc.digest())))
 }
 
 #[derive(serde::Deserialize)]
@@ -188,7 +222,8 @@ struct DockerManifest {
 }
 
 fn open_docker(dir: &Path) -> Result<Image, OciError> {
-    let text = std::fs::read_to_string(dir.join("manifest.json")).map_err(|e| OciError::Source(format!("manifest.json: {e}")))?;
+    let text = std::fs::read_to_string(dir.join("manifest.json"))
+        .map_err(|e| OciError::Source(format!("manifest.json: {e}")))?;
     let manifests: Vec<DockerManifest> =
         serde_json::from_str(&text).map_err(|e| OciError::Source(format!("manifest.json: {e}")))?;
     let manifest = manifests
@@ -196,19 +231,26 @@ fn open_docker(dir: &Path) -> Result<Image, OciError> {
         .next()
         .ok_or_else(|| OciError::Source("manifest.json lists no image".into()))?;
     let inside = |p: &str| -> Result<PathBuf, OciError> {
-        let parts = archive_components(Path::new(p)).map_err(|e| OciError::Source(format!("manifest.json: {e}")))?;
+        let parts = archive_components(Path::new(p))
+            .map_err(|e| OciError::Source(format!("manifest.json: {e}")))?;
         Ok(parts.iter().fold(dir.to_path_buf(), |acc, c| acc.join(c)))
     };
     let config_path = inside(&manifest.config)?;
     let (config_hash, _) = sha256_file(&config_path)?;
-    let stem = config_path.file_name().map(|n| n.to_string_lossy().trim_end_matches(".json").to_string());
-    if stem.as_deref().is_some_and(|s| s.len() == 64 && s != config_hash) {
+    let stem = config_path
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".json").to_string());
+    if stem
+        .as_deref()
+        .is_some_and(|s| s.len() == 64 && s != config_hash)
+    {
         return Err(OciError::Digest(format!(
             "config {} has digest sha256:{config_hash}: the content is corrupt",
             manifest.config
         )));
     }
-    let config = ImageConfiguration::from_file(&config_path).map_err(|e| OciError::Source(format!("image config: {e}")))?;
+    let config = ImageConfiguration::from_file(&config_path)
+        .map_err(|e| OciError::Source(format!("image config: {e}")))?;
     let diff_ids = config.rootfs().diff_ids().clone();
     if diff_ids.len() != manifest.layers.len() {
         return Err(OciError::Source(format!(

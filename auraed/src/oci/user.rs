@@ -6,18 +6,24 @@ use std::path::Path;
 use super::safe_path::resolve as resolve_path;
 use super::OciError;
 
-fn lookup(rootfs: &Path, file: &str, name: &str) -> Option<(u32, u32)> {
+/// Finds the entry whose field `key` (0: name, 2: id) is `value`, and
+/// returns its id and (for passwd) primary group.
+fn lookup_by(rootfs: &Path, file: &str, key: usize, value: &str) -> Option<(u32, u32)> {
     let path = resolve_path(rootfs, Path::new(file), true).ok()?;
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
-        if fields.first() != Some(&name) {
+        if fields.get(key) != Some(&value) {
             return None;
         }
         let id = fields.get(2)?.parse().ok()?;
         let gid = fields.get(3).and_then(|g| g.parse().ok()).unwrap_or(id);
         Some((id, gid))
     })
+}
+
+fn lookup(rootfs: &Path, file: &str, name: &str) -> Option<(u32, u32)> {
+    lookup_by(rootfs, file, 0, name)
 }
 
 /// Returns (uid, gid) for `user`.
@@ -27,9 +33,15 @@ pub fn resolve(rootfs: &Path, user: &str) -> Result<(u32, u32), OciError> {
         None => (user, None),
     };
     let (uid, primary_gid) = match u.parse::<u32>() {
-        Ok(uid) => (uid, lookup(rootfs, "etc/passwd", u).map(|(_, g)| g).unwrap_or(uid)),
-        Err(_) => lookup(rootfs, "etc/passwd", u)
-            .ok_or_else(|| OciError::User(format!("user {u:?} is not in the image's /etc/passwd")))?,
+        Ok(uid) => (
+            uid,
+            lookup_by(rootfs, "etc/passwd", 2, u)
+                .map(|(_, g)| g)
+                .unwrap_or(uid),
+        ),
+        Err(_) => lookup(rootfs, "etc/passwd", u).ok_or_else(|| {
+            OciError::User(format!("user {u:?} is not in the image's /etc/passwd"))
+        })?,
     };
     let gid = match g {
         None => primary_gid,
@@ -37,7 +49,9 @@ pub fn resolve(rootfs: &Path, user: &str) -> Result<(u32, u32), OciError> {
             Ok(gid) => gid,
             Err(_) => lookup(rootfs, "etc/group", g)
                 .map(|(gid, _)| gid)
-                .ok_or_else(|| OciError::User(format!("group {g:?} is not in the image's /etc/group")))?,
+                .ok_or_else(|| {
+                    OciError::User(format!("group {g:?} is not in the image's /etc/group"))
+                })?,
         },
     };
     Ok((uid, gid))
@@ -51,12 +65,22 @@ mod tests {
     fn resolves_names_and_numbers() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("etc")).expect("etc");
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/:/bin/sh\n").expect("passwd");
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/:/bin/sh\n",
+        )
+        .expect("passwd");
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").expect("group");
         assert_eq!(resolve(dir.path(), "web").expect("web"), (1000, 1001));
-        assert_eq!(resolve(dir.path(), "web:staff").expect("web:staff"), (1000, 50));
+        assert_eq!(
+            resolve(dir.path(), "web:staff").expect("web:staff"),
+            (1000, 50)
+        );
         assert_eq!(resolve(dir.path(), "7:8").expect("7:8"), (7, 8));
         assert_eq!(resolve(dir.path(), "1000").expect("1000"), (1000, 1001));
-        assert!(resolve(dir.path(), "nobody").unwrap_err().to_string().contains("nobody"));
+        assert!(resolve(dir.path(), "nobody")
+            .unwrap_err()
+            .to_string()
+            .contains("nobody"));
     }
 }

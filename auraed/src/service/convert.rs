@@ -19,7 +19,11 @@ use crate::validation as v;
 pub const MIN_MEMORY: u64 = 1 << 20;
 pub const MAX_PIDS: u64 = 4_194_304;
 
-pub fn exec_request(field: &str, e: &pb::Executable, command_required: bool) -> Result<ExecRequest, ApiError> {
+pub fn exec_request(
+    field: &str,
+    e: &pb::Executable,
+    command_required: bool,
+) -> Result<ExecRequest, ApiError> {
     if command_required && e.command.is_empty() {
         return Err(ApiError::invalid(format!("{field}.command"), "is required"));
     }
@@ -39,14 +43,21 @@ pub fn exec_request(field: &str, e: &pb::Executable, command_required: bool) -> 
     for (name, id) in [("uid", e.uid), ("gid", e.gid)] {
         if let Some(id) = id {
             if id == u32::MAX {
-                return Err(ApiError::invalid(format!("{field}.{name}"), "4294967295 is not a valid id"));
+                return Err(ApiError::invalid(
+                    format!("{field}.{name}"),
+                    "4294967295 is not a valid id",
+                ));
             }
         }
     }
     Ok(ExecRequest {
         command: e.command.clone(),
         args: e.args.clone(),
-        env: e.env.iter().map(|kv| (kv.name.clone(), kv.value.clone())).collect(),
+        env: e
+            .env
+            .iter()
+            .map(|kv| (kv.name.clone(), kv.value.clone()))
+            .collect(),
         cwd: (!e.cwd.is_empty()).then(|| e.cwd.clone()),
         uid: e.uid,
         gid: e.gid,
@@ -63,7 +74,10 @@ pub fn limits(l: &pb::CellLimits) -> Result<Limits, ApiError> {
             out.cpu_max = Some((q, period));
         }
         (None, Some(_)) => {
-            return Err(ApiError::invalid("limits.cpu_period_us", "needs limits.cpu_quota_us"));
+            return Err(ApiError::invalid(
+                "limits.cpu_period_us",
+                "needs limits.cpu_quota_us",
+            ));
         }
         (None, None) => {}
     }
@@ -84,18 +98,31 @@ pub fn limits(l: &pb::CellLimits) -> Result<Limits, ApiError> {
         v::range("limits.pids_max", p, 1, MAX_PIDS)?;
         out.pids_max = Some(p);
     }
-    let online = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     if !l.cpuset_cpus.is_empty() {
-        let cpus = cpuset::parse_list(&l.cpuset_cpus)
-            .ok_or_else(|| ApiError::invalid("limits.cpuset_cpus", format!("{:?} is not a cpu list like \"0-1,3\"", l.cpuset_cpus)))?;
+        let cpus = cpuset::parse_list(&l.cpuset_cpus).ok_or_else(|| {
+            ApiError::invalid(
+                "limits.cpuset_cpus",
+                format!("{:?} is not a cpu list like \"0-1,3\"", l.cpuset_cpus),
+            )
+        })?;
         if let Some(bad) = cpus.iter().find(|c| **c >= online) {
-            return Err(ApiError::invalid("limits.cpuset_cpus", format!("cpu {bad} does not exist (this host has {online})")));
+            return Err(ApiError::invalid(
+                "limits.cpuset_cpus",
+                format!("cpu {bad} does not exist (this host has {online})"),
+            ));
         }
         out.cpuset_cpus = Some(l.cpuset_cpus.clone());
     }
     if !l.cpuset_mems.is_empty() {
-        cpuset::parse_list(&l.cpuset_mems)
-            .ok_or_else(|| ApiError::invalid("limits.cpuset_mems", format!("{:?} is not a node list like \"0\"", l.cpuset_mems)))?;
+        cpuset::parse_list(&l.cpuset_mems).ok_or_else(|| {
+            ApiError::invalid(
+                "limits.cpuset_mems",
+                format!("{:?} is not a node list like \"0\"", l.cpuset_mems),
+            )
+        })?;
         out.cpuset_mems = Some(l.cpuset_mems.clone());
     }
     Ok(out)
@@ -135,16 +162,27 @@ pub fn cell_spec(r: &pb::RunCellRequest) -> Result<CellSpec, ApiError> {
         v::absolute_path("image", &r.image)?;
         let path = PathBuf::from(&r.image);
         if !path.exists() {
-            return Err(ApiError::NotFound(format!("image: {} does not exist", r.image)));
+            return Err(ApiError::NotFound(format!(
+                "image: {} does not exist",
+                r.image
+            )));
         }
         if share.mount {
-            return Err(ApiError::invalid("share_host.mount", "an image cell needs its own mount namespace"));
+            return Err(ApiError::invalid(
+                "share_host.mount",
+                "an image cell needs its own mount namespace",
+            ));
         }
         Some(path)
     };
     Ok(CellSpec {
         name: r.name.clone(),
-        limits: r.limits.as_ref().map(limits).transpose()?.unwrap_or_default(),
+        limits: r
+            .limits
+            .as_ref()
+            .map(limits)
+            .transpose()?
+            .unwrap_or_default(),
         share,
         jailed: r.jailed,
         image,
@@ -165,7 +203,11 @@ pub fn executable_status(e: &Executable) -> pb::WorkloadStatus {
     pb::WorkloadStatus {
         id: e.id.clone(),
         kind: pb::WorkloadKind::Executable as i32,
-        state: if exit.is_some() { pb::WorkloadState::Exited } else { pb::WorkloadState::Running } as i32,
+        state: if exit.is_some() {
+            pb::WorkloadState::Exited
+        } else {
+            pb::WorkloadState::Running
+        } as i32,
         cell: e.cell.clone().unwrap_or_default(),
         pid: e.pid as u32,
         started_at: Some(timestamp(e.started_at)),

@@ -113,7 +113,10 @@ impl pb::runtime_server::Runtime for RuntimeService {
         }))
     }
 
-    async fn run_cell(&self, request: Request<pb::RunCellRequest>) -> Result<Response<pb::RunCellResponse>, Status> {
+    async fn run_cell(
+        &self,
+        request: Request<pb::RunCellRequest>,
+    ) -> Result<Response<pb::RunCellResponse>, Status> {
         let r = request.into_inner();
         let spec = convert::cell_spec(&r)?;
         let first_name = if r.executable_name.is_empty() {
@@ -145,74 +148,110 @@ impl pb::runtime_server::Runtime for RuntimeService {
         .into())
     }
 
-    async fn spawn(&self, _: Request<pb::SpawnRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
+    async fn spawn(
+        &self,
+        _: Request<pb::SpawnRequest>,
+    ) -> Result<Response<pb::SpawnResponse>, Status> {
         Err(ApiError::Unimplemented(
             "Spawn is not implemented yet: it needs the guest image (cargo xtask image) and the aurae VMM to boot a nested auraed".into(),
         )
         .into())
     }
 
-    async fn run_pod(&self, _: Request<pb::RunPodRequest>) -> Result<Response<pb::RunPodResponse>, Status> {
+    async fn run_pod(
+        &self,
+        _: Request<pb::RunPodRequest>,
+    ) -> Result<Response<pb::RunPodResponse>, Status> {
         Err(ApiError::Unimplemented(
             "RunPod is not implemented yet: it runs a cell inside a spawned instance, and Spawn is not implemented".into(),
         )
         .into())
     }
 
-    async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
+    async fn stop(
+        &self,
+        request: Request<pb::StopRequest>,
+    ) -> Result<Response<pb::StopResponse>, Status> {
         let r = request.into_inner();
         id_field(&r.id)?;
         let signal = match r.signal {
             0 => Signal::SIGTERM,
-            n => Signal::try_from(n).map_err(|_| ApiError::invalid("signal", format!("{n} is not a signal number")))?,
+            n => Signal::try_from(n)
+                .map_err(|_| ApiError::invalid("signal", format!("{n} is not a signal number")))?,
         };
         let grace = r.grace_period_ms.unwrap_or(10_000);
         v::range("grace_period_ms", grace.into(), 0, 3_600_000)?;
-        let w = self.runtime.stop(&r.id, signal, Duration::from_millis(grace.into())).await?;
+        let w = self
+            .runtime
+            .stop(&r.id, signal, Duration::from_millis(grace.into()))
+            .await?;
         Ok(Response::new(pb::StopResponse {
             status: Some(convert::status(&w)),
         }))
     }
 
-    async fn free(&self, request: Request<pb::FreeRequest>) -> Result<Response<pb::FreeResponse>, Status> {
+    async fn free(
+        &self,
+        request: Request<pb::FreeRequest>,
+    ) -> Result<Response<pb::FreeResponse>, Status> {
         let r = request.into_inner();
         id_field(&r.id)?;
         self.runtime.free(&r.id).await?;
         Ok(Response::new(pb::FreeResponse {}))
     }
 
-    async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         Ok(Response::new(pb::ListResponse {
             workloads: self.runtime.list().iter().map(convert::status).collect(),
         }))
     }
 
-    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::WorkloadStatus>, Status> {
         let r = request.into_inner();
         id_field(&r.id)?;
-        Ok(Response::new(convert::status(&self.runtime.get(&r.id, "id")?)))
+        Ok(Response::new(convert::status(
+            &self.runtime.get(&r.id, "id")?,
+        )))
     }
 
     type LogsStream = LogsStream;
 
-    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
         let r = request.into_inner();
         id_field(&r.id)?;
         match self.runtime.get(&r.id, "id")? {
             Workload::Executable(e) => Ok(Response::new(log_stream(e.logs.subscribe(r.follow)))),
             Workload::Cell(_) => Err(ApiError::invalid(
                 "id",
-                format!("{:?} is a cell; ask for the logs of one of its executables", r.id),
+                format!(
+                    "{:?} is a cell; ask for the logs of one of its executables",
+                    r.id
+                ),
             )
             .into()),
         }
     }
 
-    async fn wait(&self, request: Request<pb::WaitRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+    async fn wait(
+        &self,
+        request: Request<pb::WaitRequest>,
+    ) -> Result<Response<pb::WorkloadStatus>, Status> {
         let r = request.into_inner();
         id_field(&r.id)?;
         let w = self.runtime.get(&r.id, "id")?;
-        let timeout = r.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(Duration::MAX);
+        let timeout = r
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(Duration::MAX);
         let waited = async {
             match &w {
                 Workload::Executable(e) => {
@@ -226,12 +265,19 @@ impl pb::runtime_server::Runtime for RuntimeService {
             }
         };
         if tokio::time::timeout(timeout, waited).await.is_err() {
-            return Err(ApiError::DeadlineExceeded(format!("{} is still running after timeout_ms", r.id)).into());
+            return Err(ApiError::DeadlineExceeded(format!(
+                "{} is still running after timeout_ms",
+                r.id
+            ))
+            .into());
         }
         Ok(Response::new(convert::status(&w)))
     }
 
-    async fn freeze(&self, request: Request<pb::FreezeRequest>) -> Result<Response<pb::FreezeResponse>, Status> {
+    async fn freeze(
+        &self,
+        request: Request<pb::FreezeRequest>,
+    ) -> Result<Response<pb::FreezeResponse>, Status> {
         let r = request.into_inner();
         id_field(&r.id)?;
         let cell = self.runtime.set_frozen(&r.id, true).await?;
@@ -240,7 +286,10 @@ impl pb::runtime_server::Runtime for RuntimeService {
         }))
     }
 
-    async fn thaw(&self, request: Request<pb::FreezeRequest>) -> Result<Response<pb::FreezeResponse>, Status> {
+    async fn thaw(
+        &self,
+        request: Request<pb::FreezeRequest>,
+    ) -> Result<Response<pb::FreezeResponse>, Status> {
         let r = request.into_inner();
         id_field(&r.id)?;
         let cell = self.runtime.set_frozen(&r.id, false).await?;

@@ -29,7 +29,10 @@ pub enum InitOp {
     /// mkdir, tolerating an existing directory.
     Mkdir(CString, libc::mode_t),
     Mknod(CString, libc::mode_t, libc::dev_t),
-    Symlink { target: CString, link: CString },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
     Chdir(CString),
     /// pivot_root(".", ".") then detach the old root.
     PivotHere,
@@ -67,7 +70,8 @@ pub fn spawn_init(
         op: usize::MAX,
         source: e,
     };
-    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| prepare(e.into()))?;
+    let (report_r, report_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| prepare(e.into()))?;
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64 | namespaces as u64 | CLONE_INTO_CGROUP,
@@ -95,7 +99,10 @@ pub fn spawn_init(
             source: io::Error::from_raw_os_error(errno as i32),
         });
     }
-    Ok(super::Spawned { pid: pid as i32, pidfd })
+    Ok(super::Spawned {
+        pid: pid as i32,
+        pidfd,
+    })
 }
 
 fn errno() -> u32 {
@@ -130,16 +137,31 @@ fn run_op(op: &InitOp) -> bool {
                 *libc::__errno_location() = saved as i32;
                 ok
             }
-            InitOp::Mount { source, target, fstype, flags, data } => {
-                libc::mount(opt_ptr(source), target.as_ptr(), opt_ptr(fstype), *flags, opt_ptr(data).cast()) == 0
+            InitOp::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => {
+                libc::mount(
+                    opt_ptr(source),
+                    target.as_ptr(),
+                    opt_ptr(fstype),
+                    *flags,
+                    opt_ptr(data).cast(),
+                ) == 0
             }
-            InitOp::Mkdir(path, mode) => libc::mkdir(path.as_ptr(), *mode) == 0 || errno() == libc::EEXIST as u32,
+            InitOp::Mkdir(path, mode) => {
+                libc::mkdir(path.as_ptr(), *mode) == 0 || errno() == libc::EEXIST as u32
+            }
             InitOp::Mknod(path, mode, dev) => libc::mknod(path.as_ptr(), *mode, *dev) == 0,
             InitOp::Symlink { target, link } => libc::symlink(target.as_ptr(), link.as_ptr()) == 0,
             InitOp::Chdir(path) => libc::chdir(path.as_ptr()) == 0,
             InitOp::PivotHere => {
                 let dot = c".".as_ptr();
-                libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 && libc::umount2(dot, libc::MNT_DETACH) == 0
+                libc::syscall(libc::SYS_pivot_root, dot, dot) == 0
+                    && libc::umount2(dot, libc::MNT_DETACH) == 0
             }
         }
     }
@@ -164,8 +186,19 @@ fn init_main(ops: &[InitOp], report_fd: RawFd) -> ! {
         if report_fd > 3 {
             libc::syscall(libc::SYS_close_range, 3u32, (report_fd - 1) as u32, 0u32);
         }
-        libc::syscall(libc::SYS_close_range, (report_fd + 1) as u32, u32::MAX, 0u32);
-        libc::prctl(libc::PR_SET_NAME, c"cell-init".as_ptr() as libc::c_ulong, 0, 0, 0);
+        libc::syscall(
+            libc::SYS_close_range,
+            (report_fd + 1) as u32,
+            u32::MAX,
+            0u32,
+        );
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"cell-init".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         libc::umask(0o022);
 
         for (i, op) in ops.iter().enumerate() {

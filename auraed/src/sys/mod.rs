@@ -9,4 +9,3 @@ pub mod pidfd;
 pub mod spawn;
 
 pub use spawn::{spawn, NamespaceMode, SpawnError, SpawnSpec, SpawnStage, Spawned};
-

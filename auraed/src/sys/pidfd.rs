@@ -51,7 +51,10 @@ pub enum Exit {
 /// Reaps the child behind `pidfd` without blocking. `Ok(None)` means it is
 /// still running.
 pub fn try_reap(pidfd: &OwnedFd) -> io::Result<Option<Exit>> {
-    match waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
+    match waitid(
+        Id::PIDFd(pidfd.as_fd()),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+    ) {
         Ok(WaitStatus::Exited(_, code)) => Ok(Some(Exit::Code(code))),
         Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(Exit::Signal(sig as i32))),
         Ok(_) => Ok(None),
@@ -77,6 +80,8 @@ pub fn reap_blocking(pidfd: &OwnedFd) -> io::Result<Exit> {
 pub fn watch(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the OwnedFd is moved into the AsyncFd, which is then its only
     // owner, so the fd can't be closed or reused while it is registered.
-    unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
 }

@@ -78,10 +78,22 @@ pub enum SpawnStage {
 impl SpawnStage {
     fn from_u32(v: u32) -> Self {
         use SpawnStage::*;
-        [Clone, Fds, Chdir, Groups, Gid, Uid, Capabilities, NoNewPrivs, Seccomp, Exec, Setns]
-            .into_iter()
-            .find(|s| *s as u32 == v)
-            .unwrap_or(Unknown)
+        [
+            Clone,
+            Fds,
+            Chdir,
+            Groups,
+            Gid,
+            Uid,
+            Capabilities,
+            NoNewPrivs,
+            Seccomp,
+            Exec,
+            Setns,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+        .unwrap_or(Unknown)
     }
 
     fn describe(self) -> &'static str {
@@ -105,7 +117,10 @@ impl SpawnStage {
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("{} failed: {source}", .stage.describe())]
-    Child { stage: SpawnStage, source: io::Error },
+    Child {
+        stage: SpawnStage,
+        source: io::Error,
+    },
     #[error("preparing the process failed: {0}")]
     Prepare(io::Error),
 }
@@ -209,8 +224,8 @@ pub(super) fn clone3(args: &mut CloneArgs) -> libc::c_long {
 /// Starts a process as described by `spec`. Blocks until it has executed its
 /// program (or failed to), so call it from a blocking context.
 pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
-    let (report_r, report_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Prepare(e.into()))?;
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SpawnError::Prepare(e.into()))?;
     let mut owned_fds = Vec::with_capacity(spec.fds.len());
     for (fd, target) in &spec.fds {
         owned_fds.push((dup_high(fd).map_err(SpawnError::Prepare)?, *target));
@@ -225,7 +240,10 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         cwd: spec.cwd,
         uid: spec.uid,
         gid: spec.gid,
-        fds: owned_fds.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect(),
+        fds: owned_fds
+            .iter()
+            .map(|(fd, t)| (fd.as_raw_fd(), *t))
+            .collect(),
         caps_keep: spec.caps_keep,
         no_new_privs: spec.no_new_privs,
         seccomp: spec
@@ -288,7 +306,10 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
             let _ = pidfd::reap_blocking(&child);
             return Err(err);
         }
-        return Ok(Spawned { pid: pid as i32, pidfd: child });
+        return Ok(Spawned {
+            pid: pid as i32,
+            pidfd: child,
+        });
     }
     // The intermediate exits right after cloning the workload.
     let _ = pidfd::reap_blocking(&child);
@@ -321,7 +342,8 @@ pub(super) fn read_reports(report_r: OwnedFd) -> (Option<i32>, Option<(u32, u32)
     loop {
         match file.read_exact(&mut buf) {
             Ok(()) => {
-                let word = |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+                let word =
+                    |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
                 match word(0) {
                     MSG_PID => pid = Some(word(4) as i32),
                     MSG_ERROR if error.is_none() => error = Some((word(4), word(8))),
@@ -418,7 +440,13 @@ fn child_exec(p: &Prepared, report_fd: RawFd) -> ! {
                     fail(report_fd, SpawnStage::Capabilities);
                 }
             }
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
         }
         if let Some(uid) = p.uid {
             if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
@@ -434,10 +462,19 @@ fn child_exec(p: &Prepared, report_fd: RawFd) -> ! {
                 let lo = keep as u32;
                 let hi = (keep >> 32) as u32;
                 let data = [
-                    CapData { effective: lo, permitted: lo, inheritable: lo },
-                    CapData { effective: hi, permitted: hi, inheritable: hi },
+                    CapData {
+                        effective: lo,
+                        permitted: lo,
+                        inheritable: lo,
+                    },
+                    CapData {
+                        effective: hi,
+                        permitted: hi,
+                        inheritable: hi,
+                    },
                 ];
-                if libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) != 0 {
+                if libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) != 0
+                {
                     fail(report_fd, SpawnStage::Capabilities);
                 }
             }
@@ -446,8 +483,12 @@ fn child_exec(p: &Prepared, report_fd: RawFd) -> ! {
             fail(report_fd, SpawnStage::NoNewPrivs);
         }
         for prog in &p.seccomp {
-            if libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, prog as *const libc::sock_fprog)
-                != 0
+            if libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                0,
+                prog as *const libc::sock_fprog,
+            ) != 0
             {
                 fail(report_fd, SpawnStage::Seccomp);
             }
