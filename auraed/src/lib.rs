@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cells;
 pub mod cgroup;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod executables;
 pub mod jail;

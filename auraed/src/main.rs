@@ -1,7 +1,6 @@
 //! The auraed binary: the daemon and its `pki` helpers.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -100,28 +99,5 @@ fn main() -> anyhow::Result<()> {
 fn run(config: PathBuf) -> anyhow::Result<()> {
     let cfg = auraed::config::Config::load(&config)?;
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    rt.block_on(async move {
-        let runtime = Arc::new(
-            auraed::runtime::Runtime::new(auraed::runtime::RuntimeConfig {
-                state_dir: cfg.runtime.state_dir.clone(),
-                cgroup_root: cfg.runtime.cgroup_root.clone(),
-                log_buffer_bytes: cfg.runtime.log_buffer_bytes,
-            })
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("shutting down");
-        };
-        let served = auraed::server::serve(&cfg, runtime.clone(), shutdown).await;
-        runtime.shutdown().await;
-        let _ = std::fs::remove_file(&cfg.server.socket);
-        served.map_err(anyhow::Error::from)
-    })
+    Ok(rt.block_on(auraed::daemon::run(cfg))?)
 }

@@ -66,3 +66,16 @@ pub fn workspace_root() -> std::path::PathBuf {
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
+
+/// The installed version of a Debian package.
+pub fn package_version(package: &str) -> anyhow::Result<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .output()
+        .context("dpkg-query")?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || v.is_empty() {
+        bail!("package {package} is not installed");
+    }
+    Ok(v)
+}

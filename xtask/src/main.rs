@@ -1,8 +1,10 @@
 //! `cargo xtask`: the project's build, test and benchmark entry points.
 
 mod bench_cells;
+mod cache;
 mod demo;
 mod deps;
+mod kernel;
 mod stats;
 mod test_tiers;
 
@@ -32,6 +34,8 @@ enum Command {
     },
     /// The main job: start auraed and run workloads through it.
     Demo,
+    /// Build the guest kernel (cached outside the clone).
+    Kernel,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,5 +52,6 @@ fn main() -> anyhow::Result<()> {
             runs,
         } => bench_cells::run(runs),
         Command::Demo => demo::run(),
+        Command::Kernel => kernel::build().map(|_| ()),
     }
 }

@@ -1,0 +1,118 @@
+//! Instance parameters from the kernel command line:
+//! `aurae.name=<hostname> aurae.ip=<addr>/<prefix> aurae.gw=<addr>
+//! aurae.port=<port> aurae.exit=reboot|poweroff`.
+
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootParams {
+    pub name: String,
+    /// eth0's address and prefix length.
+    pub ip: Option<(IpAddr, u8)>,
+    pub gateway: Option<IpAddr>,
+    /// The port the guest auraed serves on.
+    pub port: u16,
+    pub poweroff: bool,
+}
+
+pub const DEFAULT_PORT: u16 = 8443;
+
+impl BootParams {
+    pub fn parse(cmdline: &str) -> Result<Self, String> {
+        let mut p = BootParams {
+            name: "aurae-guest".into(),
+            ip: None,
+            gateway: None,
+            port: DEFAULT_PORT,
+            poweroff: false,
+        };
+        for word in cmdline.split_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "aurae.name" => {
+                    let ok = !value.is_empty()
+                        && value.len() <= 63
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    if !ok {
+                        return Err(format!("aurae.name={value:?} is not a valid hostname"));
+                    }
+                    p.name = value.into();
+                }
+                "aurae.ip" => {
+                    let (addr, prefix) = value.split_once('/').ok_or_else(|| {
+                        format!("aurae.ip={value:?}: expected <address>/<prefix>")
+                    })?;
+                    let addr: IpAddr = addr
+                        .parse()
+                        .map_err(|_| format!("aurae.ip={value:?}: bad address"))?;
+                    let max = if addr.is_ipv4() { 32 } else { 128 };
+                    let prefix: u8 = prefix
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= max)
+                        .ok_or_else(|| format!("aurae.ip={value:?}: bad prefix length"))?;
+                    p.ip = Some((addr, prefix));
+                }
+                "aurae.gw" => {
+                    p.gateway = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("aurae.gw={value:?}: bad address"))?,
+                    )
+                }
+                "aurae.port" => {
+                    p.port = value
+                        .parse()
+                        .map_err(|_| format!("aurae.port={value:?}: bad port"))?
+                }
+                "aurae.exit" => {
+                    p.poweroff = match value {
+                        "poweroff" => true,
+                        "reboot" => false,
+                        _ => return Err(format!("aurae.exit={value:?}: use reboot or poweroff")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_instance_parameters() {
+        let p = BootParams::parse("console=ttyS0 aurae.name=web-1 aurae.ip=10.0.2.15/24 aurae.gw=10.0.2.2 aurae.port=9000 quiet")
+            .expect("parse");
+        assert_eq!(p.name, "web-1");
+        assert_eq!(p.ip, Some(("10.0.2.15".parse().expect("ip"), 24)));
+        assert_eq!(p.gateway, Some("10.0.2.2".parse().expect("gw")));
+        assert_eq!(p.port, 9000);
+        let p = BootParams::parse("aurae.ip=fd00:a::2/64").expect("v6");
+        assert_eq!(p.ip.map(|(_, n)| n), Some(64));
+        assert_eq!(p.port, DEFAULT_PORT);
+    }
+
+    #[test]
+    fn rejects_bad_values_by_name() {
+        for bad in [
+            "aurae.ip=10.0.0.1",
+            "aurae.ip=10.0.0.1/33",
+            "aurae.gw=x",
+            "aurae.name=a/b",
+            "aurae.port=99999",
+            "aurae.exit=halt",
+        ] {
+            let err = BootParams::parse(bad).unwrap_err();
+            let key = bad.split('=').next().unwrap_or_default();
+            assert!(err.starts_with(key), "{err}");
+        }
+    }
+}

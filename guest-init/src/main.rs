@@ -1,0 +1,151 @@
+//! guest-init: PID 1 of an aurae guest.
+//!
+//! As PID 1 it mounts the file systems (with a pure cgroup v2 hierarchy),
+//! sets the hostname, configures `lo` and `eth0` from the kernel command
+//! line, starts the guest auraed (`guest-init serve`, the auraed library in
+//! nested mode, on eth0 with mTLS), reaps orphans, and powers off or reboots
+//! cleanly when asked (SIGTERM, SIGINT, SIGPWR) or when auraed exits,
+//! printing the reason on the console.
+
+mod bootparams;
+mod mounts;
+mod network;
+mod serve;
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+use bootparams::BootParams;
+
+fn say(msg: &str) {
+    eprintln!("aurae-guest-init: {msg}");
+}
+
+fn uptime() -> String {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        if let Err(e) = serve::run() {
+            eprintln!("auraed (guest): {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if std::process::id() != 1 {
+        eprintln!("guest-init runs as PID 1 (or as `guest-init serve`)");
+        std::process::exit(2);
+    }
+    let mut poweroff = false;
+    let reason = match boot(&mut poweroff) {
+        Ok((child, params)) => supervise(child, &params),
+        Err(e) => format!("fatal error: {e:#}"),
+    };
+    shutdown(&reason, poweroff)
+}
+
+fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
+    mounts::mount_all()?;
+    say(&format!("/init started, uptime {}s", uptime()));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let params = BootParams::parse(&cmdline).map_err(anyhow::Error::msg)?;
+    *poweroff = params.poweroff;
+    nix::unistd::sethostname(&params.name).context("setting the hostname")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(network::configure(&params))?;
+    drop(rt);
+    // Signals for PID 1 are handled synchronously with sigwait.
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+    ] {
+        set.add(s);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    let child = Command::new("/proc/self/exe")
+        .arg("serve")
+        .spawn()
+        .context("starting the guest auraed")?;
+    say(&format!(
+        "auraed started (pid {}), serving on port {}",
+        child.id(),
+        params.port
+    ));
+    Ok((child, params))
+}
+
+/// Reaps orphans until auraed exits or a shutdown is requested.
+fn supervise(child: Child, _params: &BootParams) -> String {
+    let daemon = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+    ] {
+        set.add(s);
+    }
+    loop {
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == daemon => {
+                        return format!("auraed exited with code {code}")
+                    }
+                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == daemon => {
+                        return format!("auraed was killed by {sig}")
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            },
+            Ok(sig) => {
+                stop_daemon(daemon);
+                return format!("shutdown requested ({sig})");
+            }
+            Err(e) => return format!("waiting for signals failed: {e}"),
+        }
+    }
+}
+
+fn stop_daemon(daemon: nix::unistd::Pid) {
+    let _ = nix::sys::signal::kill(daemon, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match waitpid(daemon, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
+    }
+}
+
+fn shutdown(reason: &str, poweroff: bool) -> ! {
+    say(&format!("shutting down: {reason}"));
+    // Everything else goes, then the file systems are synced.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), Signal::SIGKILL);
+    nix::unistd::sync();
+    let how = if poweroff {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    } else {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    };
+    let _ = nix::sys::reboot::reboot(how);
+    // reboot(2) only returns on error; PID 1 must not exit.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,58 @@
+//! The guest's file systems, and a pure cgroup v2 hierarchy with every
+//! controller enabled for auraed's cells.
+
+use anyhow::Context;
+use nix::mount::{mount, MsFlags};
+
+fn mount_fs(fstype: &str, target: &str, flags: MsFlags, data: Option<&str>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+    match mount(Some(fstype), target, Some(fstype), flags, data) {
+        Ok(()) => Ok(()),
+        // devtmpfs may already be mounted by the kernel.
+        Err(nix::errno::Errno::EBUSY) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("mounting {fstype} on {target}")),
+    }
+}
+
+pub fn mount_all() -> anyhow::Result<()> {
+    let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", secure, None)?;
+    mount_fs("sysfs", "/sys", secure, None)?;
+    mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/dev/shm",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/tmp",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_fs("cgroup2", "/sys/fs/cgroup", secure, None)?;
+    let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .context("reading cgroup.controllers")?;
+    let enable: Vec<String> = controllers
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
+    if !enable.is_empty() {
+        std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" "))
+            .with_context(|| format!("enabling {} in cgroup.subtree_control", enable.join(" ")))?;
+    }
+    Ok(())
+}

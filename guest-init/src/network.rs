@@ -1,0 +1,68 @@
+//! `lo` and `eth0` over rtnetlink.
+
+use anyhow::{bail, Context};
+use futures::TryStreamExt;
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+
+use crate::bootparams::BootParams;
+
+async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<Option<u32>> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up {name}")),
+    }
+}
+
+pub async fn configure(params: &BootParams) -> anyhow::Result<()> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let lo = link_index(&handle, "lo")
+            .await?
+            .context("no lo interface")?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute()
+            .await
+            .context("lo up")?;
+        let Some((ip, prefix)) = params.ip else {
+            return Ok(());
+        };
+        let Some(eth0) = link_index(&handle, "eth0").await? else {
+            bail!("aurae.ip is set but there is no eth0");
+        };
+        handle
+            .address()
+            .add(eth0, ip, prefix)
+            .execute()
+            .await
+            .with_context(|| format!("adding {ip}/{prefix} to eth0"))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(eth0).up().build())
+            .execute()
+            .await
+            .context("eth0 up")?;
+        if let Some(gw) = params.gateway {
+            let route = RouteMessageBuilder::<std::net::IpAddr>::new()
+                .gateway(gw)
+                .map_err(|e| anyhow::anyhow!("gateway {gw}: {e}"))?
+                .output_interface(eth0)
+                .build();
+            handle
+                .route()
+                .add(route)
+                .execute()
+                .await
+                .with_context(|| format!("default route via {gw}"))?;
+        }
+        Ok(())
+    }
+    .await;
+    task.abort();
+    result
+}

@@ -1,0 +1,33 @@
+//! `guest-init serve`: the guest auraed. It is the auraed library with the
+//! identity and trust bundle from the initramfs (`/etc/aurae`), serving on
+//! eth0's address (from the kernel command line) with mTLS.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use anyhow::Context;
+
+use crate::bootparams::BootParams;
+
+pub const CONFIG: &str = "/etc/aurae/auraed.toml";
+
+pub fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let params = BootParams::parse(&cmdline).map_err(anyhow::Error::msg)?;
+    let mut cfg = auraed::config::Config::load(std::path::Path::new(CONFIG))
+        .with_context(|| format!("loading the instance identity and config ({CONFIG})"))?;
+    let ip = params
+        .ip
+        .map(|(ip, _)| ip)
+        .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    cfg.server.tcp = Some(SocketAddr::new(ip, params.port));
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(auraed::daemon::run(cfg))?;
+    Ok(())
+}
