@@ -3,6 +3,7 @@
 //! `aer`, and builds small OCI images from Debian's busybox-static.
 
 pub mod daemon;
+pub mod guest;
 pub mod image;
 
 pub use daemon::{Daemon, DaemonOptions};

@@ -4,9 +4,11 @@ mod bench_cells;
 mod cache;
 mod demo;
 mod deps;
+mod image;
 mod kernel;
 mod stats;
 mod test_tiers;
+mod testhost;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -36,6 +38,14 @@ enum Command {
     Demo,
     /// Build the guest kernel (cached outside the clone).
     Kernel,
+    /// Build the guest image into target/aurae-image.
+    Image,
+    /// Boot the QEMU test host and run integration tests inside it
+    /// (default: the cell tests, whose limits need a pure cgroup v2).
+    Testvm {
+        /// Test binaries of aurae-tests to run, e.g. cells or jail.
+        tests: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,5 +63,25 @@ fn main() -> anyhow::Result<()> {
         } => bench_cells::run(runs),
         Command::Demo => demo::run(),
         Command::Kernel => kernel::build().map(|_| ()),
+        Command::Image => image::build().map(|_| ()),
+        Command::Testvm { tests } => {
+            let k = kernel::build()?;
+            let runs = if tests.is_empty() {
+                testhost::default_runs()
+            } else {
+                tests
+                    .into_iter()
+                    .map(|t| testhost::TestRun {
+                        test: t,
+                        filters: vec![],
+                    })
+                    .collect()
+            };
+            if testhost::run(&k.bzimage, &runs)? {
+                Ok(())
+            } else {
+                anyhow::bail!("tests failed inside the test host")
+            }
+        }
     }
 }

@@ -1,0 +1,132 @@
+//! `cargo xtask image`: the guest image every instance boots, in
+//! `target/aurae-image/`: the kernel (`bzImage`, `vmlinux`), the base
+//! initramfs whose `/init` is the static guest-init, and a manifest with
+//! hashes and sizes. Per-instance data goes into overlay archives
+//! ([`instance_overlay`]) appended after the base.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use initramfs::Manifest;
+use sha2::{Digest, Sha256};
+
+use crate::{cache, deps, kernel};
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub dir: PathBuf,
+    pub bzimage: PathBuf,
+    pub vmlinux: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+impl Image {
+    /// The image in `target/aurae-image`, if it has been built.
+    pub fn existing() -> Option<Image> {
+        let dir = deps::workspace_root().join("target/aurae-image");
+        let img = Image {
+            bzimage: dir.join("bzImage"),
+            vmlinux: dir.join("vmlinux"),
+            initramfs: dir.join("initramfs.cpio.gz"),
+            dir,
+        };
+        (img.bzimage.is_file() && img.initramfs.is_file()).then_some(img)
+    }
+}
+
+/// Builds guest-init as a static executable (gnu target, static CRT: nothing
+/// to download) and returns its path.
+pub fn build_guest_init() -> anyhow::Result<PathBuf> {
+    println!("[image] building guest-init (static)");
+    let triple = "x86_64-unknown-linux-gnu";
+    let ok = deps::cargo(
+        &["build", "--release", "-p", "guest-init", "--target", triple],
+        &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+    )?;
+    if !ok {
+        bail!("building guest-init failed");
+    }
+    let path = deps::workspace_root()
+        .join("target")
+        .join(triple)
+        .join("release/guest-init");
+    let out = Command::new("ldd").arg(&path).output().context("ldd")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if !text.contains("not a dynamic executable") && !text.contains("statically linked") {
+        bail!("{} is not static: {text}", path.display());
+    }
+    Ok(path)
+}
+
+/// The base initramfs: guest-init as /init and the mount points it needs.
+pub fn base_manifest(guest_init: &Path) -> anyhow::Result<Manifest> {
+    let mut m = Manifest::new();
+    m.file("init", guest_init, 0o755)?;
+    for dir in ["proc", "sys", "dev", "run", "tmp", "etc/aurae/pki", "var"] {
+        m.dir(dir, 0o755)?;
+    }
+    m.char_device("dev/console", 0o600, 5, 1)?;
+    m.char_device("dev/null", 0o666, 1, 3)?;
+    Ok(m)
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((hex::encode(Sha256::digest(&data)), data.len() as u64))
+}
+
+/// Copies `src` to `dst` through a temporary name.
+fn install(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(src, &tmp)
+        .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
+pub fn build() -> anyhow::Result<Image> {
+    let started = Instant::now();
+    let k = kernel::build()?;
+    let guest_init = build_guest_init()?;
+    let dir = deps::workspace_root().join("target/aurae-image");
+    std::fs::create_dir_all(&dir)?;
+    install(&k.bzimage, &dir.join("bzImage"))?;
+    install(&k.vmlinux, &dir.join("vmlinux"))?;
+    base_manifest(&guest_init)?.write_gzip_file(&dir.join("initramfs.cpio.gz"))?;
+    let mut files = serde_json::Map::new();
+    for name in ["bzImage", "vmlinux", "initramfs.cpio.gz"] {
+        let (sha, size) = sha256_file(&dir.join(name))?;
+        files.insert(
+            name.into(),
+            serde_json::json!({"sha256": sha, "size": size}),
+        );
+    }
+    let manifest = serde_json::json!({
+        "kernel": {"cache": k.dir, "cold_build_seconds": k.cold_build_secs},
+        "init": "guest-init (static)",
+        "files": files,
+    });
+    let tmp = dir.join("manifest.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::rename(&tmp, dir.join("manifest.json"))?;
+    println!(
+        "[image] {} in {:.1}s:",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    for name in ["bzImage", "vmlinux", "initramfs.cpio.gz", "manifest.json"] {
+        let size = std::fs::metadata(dir.join(name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        println!("  {name:<20} {}", cache::human_size(size));
+    }
+    Ok(Image {
+        bzimage: dir.join("bzImage"),
+        vmlinux: dir.join("vmlinux"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+        dir,
+    })
+}

@@ -1,0 +1,239 @@
+//! The QEMU test host: our kernel (which has KVM_AMD and every cgroup v2
+//! controller) booted under `qemu-system-x86_64 -M pc,accel=tcg -cpu max`,
+//! with an initramfs holding busybox, the chosen test binaries, auraed, aer
+//! and their shared libraries. Its `/init` mounts a pure cgroup v2
+//! hierarchy with every controller enabled, runs the tests, and prints their
+//! exit code on the console, which is how the result gets back here.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use initramfs::Manifest;
+
+use crate::deps;
+
+const RESULT_MARKER: &str = "AURAE-TESTHOST-RESULT";
+
+/// A test binary of the `aurae-tests` crate, with the filter arguments to
+/// pass it.
+#[derive(Debug, Clone)]
+pub struct TestRun {
+    pub test: String,
+    pub filters: Vec<String>,
+}
+
+/// The tests that need what only the test host has: cgroup v2 limits.
+pub fn default_runs() -> Vec<TestRun> {
+    vec![TestRun {
+        test: "cells".into(),
+        filters: vec![],
+    }]
+}
+
+/// Builds the named integration test binaries and returns their paths.
+fn test_binaries(names: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "test",
+        "-p",
+        "aurae-tests",
+        "--no-run",
+        "--message-format=json",
+    ]);
+    for n in names {
+        cmd.args(["--test", n]);
+    }
+    let out = cmd
+        .current_dir(deps::workspace_root())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str())
+        else {
+            continue;
+        };
+        if names.iter().any(|n| n == name) {
+            found.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    if found.len() != names.len() {
+        bail!("found test binaries {found:?}, wanted {names:?}");
+    }
+    Ok(found)
+}
+
+/// The shared libraries `binary` needs, from ldd.
+fn shared_libs(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output().context("ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => l.split_whitespace().next(),
+            }?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn init_script(runs: &[TestRun]) -> String {
+    let mut s = String::from(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         export PATH=/bin HOME=/root AURAED_BIN=/target/auraed AER_BIN=/target/aer RUST_BACKTRACE=1 AURAE_SKIP_LOG=/tmp/skipped\n\
+         mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
+         mkdir -p /dev/pts /dev/shm /root; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm\n\
+         mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
+         for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo +$c > /sys/fs/cgroup/cgroup.subtree_control; done\n\
+         ip link set lo up; hostname testhost\n\
+         echo \"testhost: kernel $(uname -r), cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control), kvm: $(ls /dev/kvm 2>&1)\"\n\
+         rc=0\n",
+    );
+    for r in runs {
+        s.push_str(&format!(
+            "echo \"testhost: running {0} {1}\"\n/tests/{0} --test-threads=1 {1} || rc=1\n",
+            r.test,
+            r.filters.join(" ")
+        ));
+    }
+    s.push_str("[ -f /tmp/skipped ] && sed 's/^/testhost: /' /tmp/skipped\n");
+    s.push_str(&format!("echo \"{RESULT_MARKER} $rc\"\nsync\nreboot -f\n"));
+    s
+}
+
+/// Runs `runs` inside the test host booted from `kernel`; returns whether
+/// they all passed.
+pub fn run(kernel: &Path, runs: &[TestRun]) -> anyhow::Result<bool> {
+    deps::ensure(&["qemu-system-x86", "busybox-static"])?;
+    if !deps::cargo(&["build", "-p", "auraed", "-p", "aer"], &[])? {
+        bail!("building auraed failed");
+    }
+    let names: Vec<String> = runs.iter().map(|r| r.test.clone()).collect();
+    let binaries = test_binaries(&names)?;
+    let target = deps::workspace_root().join("target/debug");
+    let mut m = Manifest::new();
+    m.file("bin/busybox", "/bin/busybox", 0o755)?;
+    m.bytes("init", init_script(runs), 0o755)?;
+    for d in ["proc", "sys", "dev", "tmp", "run", "root", "etc"] {
+        m.dir(d, 0o755)?;
+    }
+    m.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+    m.char_device("dev/console", 0o600, 5, 1)?;
+    let mut payload: Vec<(String, PathBuf)> = vec![
+        ("target/auraed".into(), target.join("auraed")),
+        ("target/aer".into(), target.join("aer")),
+    ];
+    payload.extend(binaries.into_iter().map(|(n, p)| (format!("tests/{n}"), p)));
+    let mut libs = std::collections::BTreeSet::new();
+    for (path, src) in &payload {
+        m.file(path, src, 0o755)?;
+        libs.extend(shared_libs(src)?);
+    }
+    for lib in libs {
+        let real =
+            std::fs::canonicalize(&lib).with_context(|| format!("resolving {}", lib.display()))?;
+        m.file(&lib.to_string_lossy(), real, 0o755)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let initrd = dir.path().join("testhost.cpio.gz");
+    m.write_gzip_file(&initrd)?;
+    let size = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "[testhost] initramfs {} ({}), booting {}",
+        initrd.display(),
+        crate::cache::human_size(size),
+        kernel.display()
+    );
+
+    let started = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "pc,accel=tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+        ])
+        .args([
+            "-nographic",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args([
+            "-append",
+            "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 loglevel=4",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = qemu.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = started + Duration::from_secs(30 * 60);
+    let mut result = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_secs(5))) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                println!(
+                    "[testhost {:>5.1}s] {line}",
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stdout().flush();
+                if let Some(code) = line.trim().strip_prefix(RESULT_MARKER) {
+                    result = code.trim().parse::<i32>().ok();
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() >= deadline {
+                    let _ = qemu.kill();
+                    bail!("the test host did not finish within 30 minutes");
+                }
+                if let Ok(Some(_)) = qemu.try_wait() {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = qemu.wait()?;
+    println!(
+        "[testhost] QEMU exited ({status}) after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    match result {
+        Some(code) => Ok(code == 0),
+        None => bail!("the test host stopped without reporting a result"),
+    }
+}
