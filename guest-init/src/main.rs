@@ -53,6 +53,7 @@ fn main() {
 }
 
 fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
+    mounts::switch_root_to_tmpfs()?;
     mounts::mount_all()?;
     say(&format!("/init started, uptime {}s", uptime()));
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;

@@ -48,11 +48,16 @@ pub async fn configure(params: &BootParams) -> anyhow::Result<()> {
             .await
             .context("eth0 up")?;
         if let Some(gw) = params.gateway {
-            let route = RouteMessageBuilder::<std::net::IpAddr>::new()
-                .gateway(gw)
-                .map_err(|e| anyhow::anyhow!("gateway {gw}: {e}"))?
-                .output_interface(eth0)
-                .build();
+            let route = match gw {
+                std::net::IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .gateway(v4)
+                    .output_interface(eth0)
+                    .build(),
+                std::net::IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .gateway(v6)
+                    .output_interface(eth0)
+                    .build(),
+            };
             handle
                 .route()
                 .add(route)

@@ -22,20 +22,6 @@ pub struct Image {
     pub initramfs: PathBuf,
 }
 
-impl Image {
-    /// The image in `target/aurae-image`, if it has been built.
-    pub fn existing() -> Option<Image> {
-        let dir = deps::workspace_root().join("target/aurae-image");
-        let img = Image {
-            bzimage: dir.join("bzImage"),
-            vmlinux: dir.join("vmlinux"),
-            initramfs: dir.join("initramfs.cpio.gz"),
-            dir,
-        };
-        (img.bzimage.is_file() && img.initramfs.is_file()).then_some(img)
-    }
-}
-
 /// Builds guest-init as a static executable (gnu target, static CRT: nothing
 /// to download) and returns its path.
 pub fn build_guest_init() -> anyhow::Result<PathBuf> {

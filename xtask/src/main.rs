@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build, test and benchmark entry points.
 
 mod bench_cells;
+mod bench_image;
 mod cache;
 mod demo;
 mod deps;
@@ -51,6 +52,7 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum BenchTarget {
     Cells,
+    Image,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +63,10 @@ fn main() -> anyhow::Result<()> {
             target: BenchTarget::Cells,
             runs,
         } => bench_cells::run(runs),
+        Command::Bench {
+            target: BenchTarget::Image,
+            runs,
+        } => bench_image::run(runs),
         Command::Demo => demo::run(),
         Command::Kernel => kernel::build().map(|_| ()),
         Command::Image => image::build().map(|_| ()),

@@ -48,9 +48,7 @@ pub fn run(selected: &[Tier]) -> anyhow::Result<()> {
             Tier::Vmm => Outcome::Skipped(
                 "the VMM (vmm/ crate, issue 4) is not built yet, so there are no /dev/kvm guest tests to run".into(),
             ),
-            Tier::E2e => Outcome::Skipped(
-                "the QEMU test host and the guest image (issue 3) are not built yet".into(),
-            ),
+            Tier::E2e => e2e()?,
         };
         results.push((tier, outcome, started.elapsed()));
     }
@@ -85,16 +83,50 @@ fn pass_fail(ok: bool) -> Outcome {
     }
 }
 
+/// Builds the image, runs the limit tests inside the QEMU test host, and
+/// the guest-image tests against our image booted by QEMU.
+fn e2e() -> anyhow::Result<Outcome> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(Outcome::Skipped(
+            "needs root (apt, cgroups and namespaces inside the test host)".into(),
+        ));
+    }
+    deps::ensure(&["qemu-system-x86"])?;
+    let img = crate::image::build()?;
+    println!(
+        "
+==> the QEMU test host: cell limits under a pure cgroup v2"
+    );
+    let host_ok = crate::testhost::run(&img.bzimage, &crate::testhost::default_runs())?;
+    println!(
+        "
+==> our image booted by QEMU: the guest auraed over mTLS"
+    );
+    let dir = img.dir.to_string_lossy().into_owned();
+    let guest_ok = run_tests(
+        &["test", "-p", "aurae-tests", "--test", "guest_image"],
+        &[("AURAE_E2E", "1"), ("AURAE_IMAGE_DIR", &dir)],
+    )?;
+    Ok(pass_fail(host_ok && guest_ok))
+}
+
 fn integration() -> anyhow::Result<Outcome> {
+    Ok(pass_fail(run_tests(&["test", "-p", "aurae-tests"], &[])?))
+}
+
+/// Runs cargo test and prints the tests that skipped themselves.
+fn run_tests(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<bool> {
     let skips = tempfile::NamedTempFile::new()?;
     let path = skips.path().to_string_lossy().into_owned();
-    let ok = deps::cargo(&["test", "-p", "aurae-tests"], &[("AURAE_SKIP_LOG", &path)])?;
+    let mut all: Vec<(&str, &str)> = envs.to_vec();
+    all.push(("AURAE_SKIP_LOG", &path));
+    let ok = deps::cargo(args, &all)?;
     let skipped = std::fs::read_to_string(skips.path()).unwrap_or_default();
     if !skipped.trim().is_empty() {
-        println!("\nskipped integration tests:");
+        println!("\nskipped tests:");
         for line in skipped.lines() {
             println!("  {line}");
         }
     }
-    Ok(pass_fail(ok))
+    Ok(ok)
 }
