@@ -1,0 +1,118 @@
+//! The configuration of a VM, validated before anything is created.
+
+use std::path::{Path, PathBuf};
+
+use crate::VmmError;
+
+/// Where the serial console's output goes.
+#[derive(Debug, Clone, Default)]
+pub enum Console {
+    /// Discarded.
+    #[default]
+    None,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// A bzImage, an ELF vmlinux, or (for tests) a flat binary loaded at
+    /// `flat_entry`.
+    pub kernel: PathBuf,
+    /// cpio archives loaded back to back as one initrd.
+    pub initrds: Vec<PathBuf>,
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub tap: Option<String>,
+    pub disks: Vec<DiskConfig>,
+    pub console: Console,
+    /// Pass the SVM/VMX CPUID bits through so the guest can run KVM.
+    pub nested: bool,
+    pub rng: bool,
+    /// Load `kernel` as a flat binary at this guest address and start there
+    /// in 64-bit mode (test guests).
+    pub flat_entry: Option<u64>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            kernel: PathBuf::new(),
+            initrds: vec![],
+            cmdline: "console=ttyS0 reboot=k panic=1".into(),
+            mem_mib: 256,
+            vcpus: 1,
+            tap: None,
+            disks: vec![],
+            console: Console::None,
+            nested: false,
+            rng: true,
+            flat_entry: None,
+        }
+    }
+}
+
+/// Smallest guest memory accepted.
+pub const MIN_MEM_MIB: u64 = 16;
+/// Largest guest memory accepted (below the 32-bit MMIO gap; one region).
+pub const MAX_MEM_MIB: u64 = 3 * 1024;
+
+fn bad(option: &'static str, reason: impl Into<String>) -> VmmError {
+    VmmError::Config {
+        option,
+        reason: reason.into(),
+    }
+}
+
+fn readable(option: &'static str, p: &Path) -> Result<(), VmmError> {
+    match std::fs::File::open(p) {
+        Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => Ok(()),
+        Ok(_) => Err(bad(option, format!("{} is not a regular file", p.display()))),
+        Err(e) => Err(bad(option, format!("{}: {e}", p.display()))),
+    }
+}
+
+impl VmConfig {
+    /// Checks everything that can be checked without creating the VM.
+    /// `max_vcpus` is KVM's limit.
+    pub fn validate(&self, max_vcpus: usize) -> Result<(), VmmError> {
+        readable("kernel", &self.kernel)?;
+        for i in &self.initrds {
+            readable("initrd", i)?;
+        }
+        if self.vcpus == 0 {
+            return Err(bad("vcpus", "must be at least 1"));
+        }
+        if usize::from(self.vcpus) > max_vcpus.min(crate::boot::mptable::MAX_CPUS) {
+            return Err(bad("vcpus", format!("{} is more than the maximum of {}", self.vcpus, max_vcpus.min(crate::boot::mptable::MAX_CPUS))));
+        }
+        if self.mem_mib < MIN_MEM_MIB || self.mem_mib > MAX_MEM_MIB {
+            return Err(bad("mem", format!("{} MiB is out of range {MIN_MEM_MIB}..={MAX_MEM_MIB}", self.mem_mib)));
+        }
+        if self.cmdline.len() >= crate::boot::CMDLINE_MAX {
+            return Err(bad("cmdline", format!("longer than {} bytes", crate::boot::CMDLINE_MAX - 1)));
+        }
+        for d in &self.disks {
+            let opened = std::fs::OpenOptions::new().read(true).write(!d.read_only).open(&d.path);
+            if let Err(e) = opened {
+                return Err(bad("disk", format!("{}: {e}", d.path.display())));
+            }
+        }
+        if let Some(tap) = &self.tap {
+            if tap.is_empty() || tap.len() >= libc::IFNAMSIZ {
+                return Err(bad("tap", format!("{tap:?} is not a valid interface name")));
+            }
+            if !Path::new("/sys/class/net").join(tap).exists() {
+                return Err(bad("tap", format!("{tap} does not exist")));
+            }
+        }
+        Ok(())
+    }
+}

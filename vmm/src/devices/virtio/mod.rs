@@ -1,0 +1,114 @@
+//! Virtio devices behind the [`VirtioDevice`] trait, and the MMIO transport
+//! ([`mmio::MmioTransport`]) that exposes them to the guest. A device knows
+//! nothing of the transport: it gets guest memory, its queues and an
+//! [`Interrupt`] when the driver activates it.
+
+pub mod block;
+pub mod mmio;
+pub mod net;
+pub mod rng;
+#[cfg(test)]
+pub mod test_utils;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+
+/// VIRTIO_F_VERSION_1: every device is a modern (virtio 1.x) device.
+pub const F_VERSION_1: u64 = 1 << 32;
+
+pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// The interrupt of one device: status bits the driver reads and acks, an
+/// irqfd to inject it, and the NEEDS_RESET flag.
+pub struct Interrupt {
+    status: AtomicU32,
+    needs_reset: AtomicBool,
+    evt: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(evt: EventFd) -> Arc<Self> {
+        Arc::new(Self {
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+            evt,
+        })
+    }
+
+    pub fn signal_used_queue(&self) {
+        self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+        let _ = self.evt.write(1);
+    }
+
+    /// The device met guest input it can't recover from: it stops
+    /// processing until the driver resets it.
+    pub fn set_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        let _ = self.evt.write(1);
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A virtio device, independent of the transport.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    fn avail_features(&self) -> u64;
+    fn set_acked_features(&mut self, features: u64);
+    /// Reads the device-specific config space; out-of-range reads are zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts the device with the queues the driver set up.
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Arc<Interrupt>) -> Result<(), ActivateError>;
+    /// Stops the device and returns it to its initial state.
+    fn reset(&mut self);
+    /// One event per queue, written when the driver notifies the queue.
+    fn queue_events(&self) -> &[EventFd];
+    fn is_activated(&self) -> bool;
+}
+
+/// Copies `src` (config space bytes) at `offset` into `data`, zero-filling
+/// whatever lies outside.
+pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else { return };
+    if start >= src.len() {
+        return;
+    }
+    let n = data.len().min(src.len() - start);
+    data[..n].copy_from_slice(&src[start..start + n]);
+}

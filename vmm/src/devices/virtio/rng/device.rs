@@ -1,0 +1,163 @@
+//! The rng device logic.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::metrics::RngMetrics;
+use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_RNG};
+
+/// Most bytes handed out per request, however large the buffers.
+pub const MAX_REQUEST: usize = 64 * 1024;
+const QUEUE_SIZES: [u16; 1] = [256];
+
+pub(super) struct Active {
+    pub mem: GuestMemoryMmap,
+    pub queue: Queue,
+    pub interrupt: Arc<Interrupt>,
+}
+
+pub struct Rng {
+    pub(super) queue_evts: [EventFd; 1],
+    pub(super) active: Option<Active>,
+    entropy: std::fs::File,
+    pub metrics: Arc<RngMetrics>,
+}
+
+impl Rng {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            queue_evts: [EventFd::new(EFD_NONBLOCK)?],
+            active: None,
+            entropy: std::fs::File::open("/dev/urandom")?,
+            metrics: Arc::new(RngMetrics::default()),
+        })
+    }
+
+    /// Serves every available request. Returns the number served.
+    pub fn process_queue(&mut self) -> usize {
+        let Some(active) = self.active.as_mut() else { return 0 };
+        if active.interrupt.needs_reset() {
+            return 0;
+        }
+        let mut served = 0;
+        let mut chunk = vec![0u8; MAX_REQUEST];
+        loop {
+            let chain = match active.queue.iter(&active.mem) {
+                Ok(mut iter) => iter.next(),
+                Err(_) => {
+                    // A corrupt avail ring: stop until the driver resets.
+                    active.interrupt.set_needs_reset();
+                    break;
+                }
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let mut written = 0u32;
+            match Writer::new(&active.mem, chain) {
+                Ok(mut w) => {
+                    let n = w.available_bytes().min(MAX_REQUEST);
+                    if self.entropy.read_exact(&mut chunk[..n]).is_err() {
+                        RngMetrics::inc(&self.metrics.entropy_errors, 1);
+                    } else if w.write_all(&chunk[..n]).is_ok() {
+                        written = n as u32;
+                        RngMetrics::inc(&self.metrics.bytes, n as u64);
+                    } else {
+                        RngMetrics::inc(&self.metrics.invalid_chains, 1);
+                    }
+                }
+                Err(_) => RngMetrics::inc(&self.metrics.invalid_chains, 1),
+            }
+            if active.queue.add_used(&active.mem, head, written).is_err() {
+                active.interrupt.set_needs_reset();
+                break;
+            }
+            RngMetrics::inc(&self.metrics.requests, 1);
+            served += 1;
+        }
+        if served > 0 && active.queue.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used_queue();
+        }
+        served
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+    fn avail_features(&self) -> u64 {
+        F_VERSION_1
+    }
+    fn set_acked_features(&mut self, _features: u64) {}
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>, interrupt: Arc<Interrupt>) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount { expected: 1, got: queues.len() });
+        }
+        let queue = queues.remove(0);
+        self.active = Some(Active { mem, queue, interrupt });
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.active = None;
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{TestQueue, WRITE};
+
+    #[test]
+    fn fills_writable_buffers_and_reports_the_length() {
+        let t = TestQueue::new(16);
+        t.add_chain(0, &[(0x4000, 64, WRITE), (0x5000, 32, WRITE)]);
+        let mut rng = Rng::new().expect("rng");
+        let (mem, q, irq) = t.activate_parts();
+        rng.activate(mem, vec![q], irq.clone()).expect("activate");
+        assert_eq!(rng.process_queue(), 1);
+        assert_eq!(t.used(0), (0, 96));
+        assert_ne!(t.read(0x4000, 64), vec![0u8; 64], "random bytes were written");
+        assert_eq!(irq.status() & crate::devices::virtio::INT_VRING, 1);
+    }
+
+    #[test]
+    fn read_only_and_out_of_memory_buffers_are_dropped() {
+        let t = TestQueue::new(16);
+        t.add_chain(0, &[(0x4000, 64, 0)]);
+        t.add_chain(1, &[(0xffff_0000, 64, WRITE)]);
+        let mut rng = Rng::new().expect("rng");
+        let (mem, q, irq) = t.activate_parts();
+        rng.activate(mem, vec![q], irq).expect("activate");
+        assert_eq!(rng.process_queue(), 2);
+        assert_eq!(t.used(0).1, 0);
+        assert_eq!(t.used(1).1, 0);
+        assert!(rng.metrics.invalid_chains.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    }
+
+    #[test]
+    fn huge_buffers_get_at_most_max_request() {
+        let t = TestQueue::new(16);
+        t.add_chain(0, &[(0x10000, 1 << 20, WRITE)]);
+        let mut rng = Rng::new().expect("rng");
+        let (mem, q, irq) = t.activate_parts();
+        rng.activate(mem, vec![q], irq).expect("activate");
+        rng.process_queue();
+        assert_eq!(t.used(0).1, MAX_REQUEST as u32);
+    }
+}

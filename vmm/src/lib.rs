@@ -1,0 +1,19 @@
+//! Aurae's microVM monitor, on the rust-vmm crates: KVM (kvm-ioctls),
+//! guest memory (vm-memory), kernel loading (linux-loader), virtqueues
+//! (virtio-queue), the UART (vm-superio) and the device event loop
+//! (event-manager).
+//!
+//! The guest is untrusted: guest memory, virtqueue descriptors and MMIO/PIO
+//! accesses are validated at the device edge, and never make the VMM panic
+//! or touch memory outside the guest's.
+
+pub mod boot;
+pub mod bus;
+pub mod config;
+pub mod devices;
+mod error;
+pub mod state;
+
+pub use config::{Console, DiskConfig, VmConfig};
+pub use error::VmmError;
+pub use state::ExitReason;

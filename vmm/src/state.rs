@@ -1,0 +1,80 @@
+//! What the VM's threads share: why it stopped, and when the guest's
+//! `/init` reported in (the boot timer).
+
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest triple-faulted (Linux `reboot=t`): a clean exit.
+    Shutdown,
+    /// The guest reset the machine through the i8042 controller.
+    Reset,
+    /// The guest asked KVM to power off or reset (system event).
+    PowerOff,
+    /// The host asked the VM to stop.
+    Stopped,
+    /// A test guest wrote this value to the debug exit port.
+    DebugExit(u8),
+    /// A vCPU failed.
+    Error(String),
+}
+
+pub struct VmState {
+    started: Instant,
+    exit: Mutex<Option<ExitReason>>,
+    exited: Condvar,
+    boot_time: OnceLock<Duration>,
+}
+
+impl VmState {
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+            boot_time: OnceLock::new(),
+        }
+    }
+
+    /// Records the first exit reason and wakes the waiters.
+    pub fn exit(&self, reason: ExitReason) {
+        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if exit.is_none() {
+            *exit = Some(reason);
+            self.exited.notify_all();
+        }
+    }
+
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.exit_reason().is_some()
+    }
+
+    /// Blocks until the VM stops, or `timeout` passes.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<ExitReason> {
+        let guard = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        match timeout {
+            Some(t) => match self.exited.wait_timeout_while(guard, t, |e| e.is_none()) {
+                Ok((g, _)) => g.clone(),
+                Err(e) => e.into_inner().0.clone(),
+            },
+            None => match self.exited.wait_while(guard, |e| e.is_none()) {
+                Ok(g) => g.clone(),
+                Err(e) => e.into_inner().clone(),
+            },
+        }
+    }
+
+    pub fn mark_boot(&self) {
+        let _ = self.boot_time.set(self.started.elapsed());
+    }
+
+    pub fn boot_time(&self) -> Option<Duration> {
+        self.boot_time.get().copied()
+    }
+}
