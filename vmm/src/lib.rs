@@ -13,7 +13,10 @@ pub mod config;
 pub mod devices;
 mod error;
 pub mod state;
+pub mod vcpu;
+mod vm;
 
 pub use config::{Console, DiskConfig, VmConfig};
 pub use error::VmmError;
 pub use state::ExitReason;
+pub use vm::Vm;

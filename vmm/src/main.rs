@@ -1,1 +1,97 @@
-fn main() {}
+//! aurae-vmm: boot a microVM from the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig};
+
+#[derive(Parser)]
+#[command(name = "aurae-vmm", about = "Aurae's KVM microVM monitor", version)]
+struct Cli {
+    /// bzImage or ELF vmlinux.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// cpio archive; repeat to load several back to back.
+    #[arg(long)]
+    initrd: Vec<PathBuf>,
+    #[arg(long, default_value = "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem: u64,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// An existing TAP interface for virtio-net.
+    #[arg(long)]
+    tap: Option<String>,
+    /// A raw disk image; append ":ro" for read-only. Repeatable.
+    #[arg(long)]
+    disk: Vec<String>,
+    /// Serial console output: a file path, "stdout", or "none".
+    #[arg(long, default_value = "stdout")]
+    console: String,
+    /// Let the guest run KVM itself (SVM/VMX CPUID bits).
+    #[arg(long)]
+    nested: bool,
+    /// Stop the VM after this many seconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let disks = cli
+        .disk
+        .iter()
+        .map(|d| match d.strip_suffix(":ro") {
+            Some(p) => DiskConfig { path: p.into(), read_only: true },
+            None => DiskConfig { path: d.into(), read_only: false },
+        })
+        .collect();
+    let console = match cli.console.as_str() {
+        "stdout" => Console::Stdout,
+        "none" => Console::None,
+        path => Console::File(path.into()),
+    };
+    let config = VmConfig {
+        kernel: cli.kernel,
+        initrds: cli.initrd,
+        cmdline: cli.cmdline,
+        mem_mib: cli.mem,
+        vcpus: cli.vcpus,
+        tap: cli.tap,
+        disks,
+        console,
+        nested: cli.nested,
+        rng: true,
+        flat_entry: None,
+    };
+    let mut vm = match Vm::new(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("aurae-vmm: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = vm.run() {
+        eprintln!("aurae-vmm: starting the VM: {e}");
+        std::process::exit(2);
+    }
+    let reason = match vm.wait(cli.timeout.map(Duration::from_secs)) {
+        Some(r) => r,
+        None => {
+            vm.stop();
+            vm.wait(None).unwrap_or(ExitReason::Stopped)
+        }
+    };
+    if let Some(t) = vm.boot_time() {
+        eprintln!("aurae-vmm: boot timer: /init started {:.1} ms after launch", t.as_secs_f64() * 1000.0);
+    }
+    eprintln!("aurae-vmm: VM stopped: {reason:?}");
+    std::process::exit(match reason {
+        ExitReason::Shutdown | ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => 0,
+        ExitReason::DebugExit(v) => i32::from(v),
+        ExitReason::Error(_) => 1,
+    });
+}

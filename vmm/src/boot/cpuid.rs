@@ -1,0 +1,91 @@
+//! The guest's CPUID: what KVM supports, with a coherent topology for the
+//! configured vCPUs, the hypervisor bit, and SVM/VMX hidden unless nested
+//! virtualization was asked for.
+
+use kvm_bindings::CpuId;
+
+const LEAF_FEATURES: u32 = 1;
+const LEAF_CACHE: u32 = 4;
+const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const ECX_VMX: u32 = 1 << 5;
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const EDX_HTT: u32 = 1 << 28;
+const ECX_SVM: u32 = 1 << 2;
+
+/// Adjusts `cpuid` (from KVM_GET_SUPPORTED_CPUID) for vCPU `id` of `count`.
+pub fn filter(cpuid: &mut CpuId, id: u8, count: u8, nested: bool) {
+    // Bits of the x2APIC id that number the vCPUs.
+    let shift = 32 - (u32::from(count).max(1) - 1).leading_zeros();
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            LEAF_FEATURES => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
+                e.ecx |= ECX_HYPERVISOR;
+                if !nested {
+                    e.ecx &= !ECX_VMX;
+                }
+                if count > 1 {
+                    e.edx |= EDX_HTT;
+                }
+            }
+            LEAF_CACHE => {
+                e.eax = (e.eax & 0x03ff_ffff) | ((u32::from(count).saturating_sub(1)) << 26);
+            }
+            LEAF_TOPOLOGY => {
+                e.edx = u32::from(id);
+                match e.index {
+                    0 => {
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = (1 << 8) | e.index;
+                    }
+                    1 => {
+                        e.eax = shift;
+                        e.ebx = u32::from(count);
+                        e.ecx = (2 << 8) | e.index;
+                    }
+                    _ => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = e.index;
+                    }
+                }
+            }
+            LEAF_EXT_FEATURES if !nested => e.ecx &= !ECX_SVM,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ecx: ECX_VMX | ECX_SVM,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sets_topology_and_hides_virtualization_unless_nested() {
+        let mut c = CpuId::from_entries(&[entry(1, 0), entry(0xb, 1), entry(0x8000_0001, 0)]).expect("cpuid");
+        filter(&mut c, 2, 4, false);
+        let e = c.as_slice();
+        assert_eq!(e[0].ebx >> 24, 2);
+        assert_eq!((e[0].ebx >> 16) & 0xff, 4);
+        assert_eq!(e[0].ecx & ECX_VMX, 0);
+        assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
+        assert_eq!(e[1].ebx, 4);
+        assert_eq!(e[1].edx, 2);
+        assert_eq!(e[2].ecx & ECX_SVM, 0);
+        let mut c = CpuId::from_entries(&[entry(0x8000_0001, 0)]).expect("cpuid");
+        filter(&mut c, 0, 1, true);
+        assert_ne!(c.as_slice()[0].ecx & ECX_SVM, 0, "nested keeps SVM");
+    }
+}

@@ -1,0 +1,192 @@
+//! Loading the kernel (ELF with a PVH note, ELF, bzImage, or a flat test
+//! binary), the initrd parts back to back, the command line, and the boot
+//! parameters: the Linux zero page with its e820 map, or the PVH start info.
+
+use std::fs::File;
+use std::path::Path;
+
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_params, setup_header};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::{load_cmdline, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::*;
+use crate::VmmError;
+
+/// How the first vCPU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// 64-bit Linux boot protocol: long mode, RSI = zero page.
+    Linux64(u64),
+    /// PVH: 32-bit protected mode, EBX = start info.
+    Pvh(u64),
+    /// A flat test binary, entered in 64-bit mode.
+    Flat(u64),
+}
+
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct ZeroPage(boot_params);
+// SAFETY: boot_params is plain old data (integers and arrays) with no
+// padding requirements beyond its packed layout.
+unsafe impl ByteValued for ZeroPage {}
+
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct StartInfo(hvm_start_info);
+// SAFETY: plain old data, as above.
+unsafe impl ByteValued for StartInfo {}
+
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct MemmapEntry(hvm_memmap_table_entry);
+// SAFETY: plain old data, as above.
+unsafe impl ByteValued for MemmapEntry {}
+
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct ModlistEntry(hvm_modlist_entry);
+// SAFETY: plain old data, as above.
+unsafe impl ByteValued for ModlistEntry {}
+
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+
+fn kernel_err(e: impl std::fmt::Display) -> VmmError {
+    VmmError::Kernel(e.to_string())
+}
+
+/// Loads the kernel; returns its entry and, for a bzImage, its setup header.
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path, flat_entry: Option<u64>) -> Result<(Entry, Option<setup_header>), VmmError> {
+    let open = || File::open(path).map_err(|e| VmmError::Config { option: "kernel", reason: format!("{}: {e}", path.display()) });
+    if let Some(at) = flat_entry {
+        let bytes = std::fs::read(path).map_err(|e| VmmError::Config { option: "kernel", reason: format!("{}: {e}", path.display()) })?;
+        mem.write_slice(&bytes, GuestAddress(at))
+            .map_err(|e| VmmError::Config { option: "kernel", reason: format!("{} does not fit in guest memory: {e}", path.display()) })?;
+        return Ok((Entry::Flat(at), None));
+    }
+    match Elf::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM))) {
+        Ok(r) => {
+            let entry = match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(a) => Entry::Pvh(a.0),
+                _ => Entry::Linux64(r.kernel_load.0),
+            };
+            return Ok((entry, None));
+        }
+        Err(linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::InvalidElfMagicNumber)) => {}
+        Err(e) => return Err(VmmError::Config { option: "kernel", reason: format!("{}: bad ELF kernel: {e}", path.display()) }),
+    }
+    match BzImage::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM))) {
+        Ok(r) => Ok((Entry::Linux64(r.kernel_load.0 + 0x200), r.setup_header)),
+        Err(e) => Err(VmmError::Config {
+            option: "kernel",
+            reason: format!("{} is neither an ELF vmlinux nor a bzImage ({e}), or does not fit in guest memory", path.display()),
+        }),
+    }
+}
+
+/// Loads the initrd parts back to back, as high as allowed; returns
+/// (address, size).
+pub fn load_initrd(mem: &GuestMemoryMmap, mem_size: u64, parts: &[std::path::PathBuf]) -> Result<Option<(u64, u64)>, VmmError> {
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let mut data = Vec::new();
+    for p in parts {
+        let bytes = std::fs::read(p).map_err(|e| VmmError::Config { option: "initrd", reason: format!("{}: {e}", p.display()) })?;
+        data.extend(bytes);
+        // Keep each part 4-byte aligned; the kernel skips the padding.
+        while data.len() % 4 != 0 {
+            data.push(0);
+        }
+    }
+    let top = mem_size.min(INITRD_MAX + 1);
+    let size = data.len() as u64;
+    let addr = top.checked_sub(size).map(|a| a & !0xfff).filter(|a| *a >= HIMEM).ok_or_else(|| VmmError::Config {
+        option: "mem",
+        reason: format!("the initrd ({size} bytes) does not fit in guest memory"),
+    })?;
+    mem.write_slice(&data, GuestAddress(addr)).map_err(kernel_err)?;
+    Ok(Some((addr, size)))
+}
+
+/// The usable RAM ranges of a guest with `mem_size` bytes.
+fn ram_ranges(mem_size: u64) -> [(u64, u64, u32); 3] {
+    [(0, EBDA, E820_RAM), (EBDA, HIMEM - EBDA, E820_RESERVED), (HIMEM, mem_size - HIMEM, E820_RAM)]
+}
+
+/// Writes the command line and the boot parameters for `entry`.
+pub fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    entry: Entry,
+    header: Option<setup_header>,
+    cmdline: &str,
+    initrd: Option<(u64, u64)>,
+) -> Result<(), VmmError> {
+    let mut cl = Cmdline::new(super::CMDLINE_MAX).map_err(kernel_err)?;
+    cl.insert_str(cmdline).map_err(|e| VmmError::Config { option: "cmdline", reason: e.to_string() })?;
+    load_cmdline(mem, GuestAddress(CMDLINE), &cl).map_err(kernel_err)?;
+    match entry {
+        Entry::Flat(_) => Ok(()),
+        Entry::Linux64(_) => {
+            let mut p = ZeroPage::default();
+            if let Some(h) = header {
+                p.0.hdr = h;
+            } else {
+                p.0.hdr.boot_flag = 0xaa55;
+                p.0.hdr.header = 0x5372_6448; // "HdrS"
+                p.0.hdr.kernel_alignment = 0x0100_0000;
+            }
+            p.0.hdr.type_of_loader = 0xff;
+            p.0.hdr.cmd_line_ptr = CMDLINE as u32;
+            p.0.hdr.cmdline_size = cmdline.len() as u32 + 1;
+            if let Some((addr, size)) = initrd {
+                p.0.hdr.ramdisk_image = addr as u32;
+                p.0.hdr.ramdisk_size = size as u32;
+            }
+            for (i, (addr, size, kind)) in ram_ranges(mem_size).into_iter().enumerate() {
+                p.0.e820_table[i].addr = addr;
+                p.0.e820_table[i].size = size;
+                p.0.e820_table[i].r#type = kind;
+            }
+            p.0.e820_entries = 3;
+            LinuxBootConfigurator::write_bootparams(&BootParams::new(&p, GuestAddress(ZERO_PAGE)), mem).map_err(kernel_err)
+        }
+        Entry::Pvh(_) => {
+            let mut info = StartInfo::default();
+            info.0.magic = XEN_HVM_START_MAGIC;
+            info.0.version = 1;
+            info.0.cmdline_paddr = CMDLINE;
+            info.0.memmap_paddr = PVH_MEMMAP;
+            info.0.memmap_entries = 3;
+            let memmap: Vec<MemmapEntry> = ram_ranges(mem_size)
+                .into_iter()
+                .map(|(addr, size, kind)| {
+                    let mut e = MemmapEntry::default();
+                    e.0.addr = addr;
+                    e.0.size = size;
+                    e.0.type_ = kind;
+                    e
+                })
+                .collect();
+            let mut params = BootParams::new(&info, GuestAddress(PVH_INFO));
+            params.set_sections(&memmap, GuestAddress(PVH_MEMMAP));
+            if let Some((addr, size)) = initrd {
+                info.0.nr_modules = 1;
+                info.0.modlist_paddr = PVH_MODLIST;
+                params = BootParams::new(&info, GuestAddress(PVH_INFO));
+                params.set_sections(&memmap, GuestAddress(PVH_MEMMAP));
+                let mut m = ModlistEntry::default();
+                m.0.paddr = addr;
+                m.0.size = size;
+                params.set_modules(&[m], GuestAddress(PVH_MODLIST));
+            }
+            PvhBootConfigurator::write_bootparams(&params, mem).map_err(kernel_err)
+        }
+    }
+}

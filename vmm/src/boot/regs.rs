@@ -1,0 +1,187 @@
+//! The boot state of a vCPU: identity page tables and a GDT in guest
+//! memory, segment and control registers for long or protected mode,
+//! general registers, FPU, boot MSRs and the local APIC's LINT pins.
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::kernel::Entry;
+use super::layout::*;
+use crate::VmmError;
+
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 0x10;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 0x100;
+const EFER_LMA: u64 = 0x400;
+
+/// GDT entries: null, 64-bit code, data, TSS.
+const GDT_ENTRIES: [u64; 4] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0080_8b00_0000_ffff];
+/// The same for 32-bit protected mode (PVH): 32-bit code instead.
+const GDT_ENTRIES_32: [u64; 4] = [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0080_8b00_0000_ffff];
+
+fn mem_err(e: vm_memory::GuestMemoryError) -> VmmError {
+    VmmError::Memory(e.to_string())
+}
+
+/// Identity-maps the first 4 GiB with 2 MiB pages.
+pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    mem.write_obj(PDPT | 3, GuestAddress(PML4)).map_err(mem_err)?;
+    for i in 0..PD_COUNT {
+        mem.write_obj((PD + i * 0x1000) | 3, GuestAddress(PDPT + i * 8)).map_err(mem_err)?;
+    }
+    for i in 0..512 * PD_COUNT {
+        // present, writable, 2 MiB page
+        mem.write_obj((i << 21) | 0x83, GuestAddress(PD + i * 8)).map_err(mem_err)?;
+    }
+    Ok(())
+}
+
+fn segment(entry: u64, index: u16) -> kvm_segment {
+    let flags = (entry >> 40) & 0xf0ff;
+    kvm_segment {
+        base: 0,
+        limit: 0xf_ffff,
+        selector: index * 8,
+        type_: (flags & 0xf) as u8,
+        present: ((flags >> 7) & 1) as u8,
+        dpl: ((flags >> 5) & 3) as u8,
+        db: ((flags >> 14) & 1) as u8,
+        s: ((flags >> 4) & 1) as u8,
+        l: ((flags >> 13) & 1) as u8,
+        g: ((flags >> 15) & 1) as u8,
+        avl: ((flags >> 12) & 1) as u8,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Sets the segment and control registers for `entry`.
+pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: Entry) -> Result<(), VmmError> {
+    let long = !matches!(entry, Entry::Pvh(_));
+    let gdt = if long { GDT_ENTRIES } else { GDT_ENTRIES_32 };
+    for (i, e) in gdt.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(GDT + i as u64 * 8)).map_err(mem_err)?;
+    }
+    mem.write_obj(0u64, GuestAddress(IDT)).map_err(mem_err)?;
+    let mut s = vcpu.get_sregs()?;
+    s.gdt.base = GDT;
+    s.gdt.limit = (gdt.len() * 8 - 1) as u16;
+    s.idt.base = IDT;
+    s.idt.limit = 7;
+    let code = segment(gdt[1], 1);
+    let data = segment(gdt[2], 2);
+    s.cs = code;
+    s.ds = data;
+    s.es = data;
+    s.fs = data;
+    s.gs = data;
+    s.ss = data;
+    s.tr = segment(gdt[3], 3);
+    if long {
+        write_page_tables(mem)?;
+        s.cr3 = PML4;
+        s.cr4 |= CR4_PAE;
+        s.cr0 |= CR0_PE | CR0_PG | CR0_ET;
+        s.efer |= EFER_LME | EFER_LMA;
+    } else {
+        s.cr0 = CR0_PE | CR0_ET;
+        s.cr4 = 0;
+        s.efer = 0;
+    }
+    vcpu.set_sregs(&s)?;
+    Ok(())
+}
+
+pub fn setup_regs(vcpu: &VcpuFd, entry: Entry) -> Result<(), VmmError> {
+    let mut r = kvm_regs {
+        rflags: 2,
+        rsp: BOOT_STACK,
+        rbp: BOOT_STACK,
+        ..Default::default()
+    };
+    match entry {
+        Entry::Linux64(rip) => {
+            r.rip = rip;
+            r.rsi = ZERO_PAGE;
+        }
+        Entry::Pvh(rip) => {
+            r.rip = rip;
+            r.rbx = PVH_INFO;
+        }
+        Entry::Flat(rip) => r.rip = rip,
+    }
+    vcpu.set_regs(&r)?;
+    Ok(())
+}
+
+pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), VmmError> {
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu)?;
+    Ok(())
+}
+
+/// The MSRs Linux expects zeroed (or set) at boot.
+pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
+    const SYSENTER_CS: u32 = 0x174;
+    const SYSENTER_ESP: u32 = 0x175;
+    const SYSENTER_EIP: u32 = 0x176;
+    const STAR: u32 = 0xc000_0081;
+    const LSTAR: u32 = 0xc000_0082;
+    const CSTAR: u32 = 0xc000_0083;
+    const SYSCALL_MASK: u32 = 0xc000_0084;
+    const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    const TSC: u32 = 0x10;
+    const MISC_ENABLE: u32 = 0x1a0;
+    let entries: Vec<kvm_msr_entry> = [
+        (SYSENTER_CS, 0),
+        (SYSENTER_ESP, 0),
+        (SYSENTER_EIP, 0),
+        (STAR, 0),
+        (CSTAR, 0),
+        (KERNEL_GS_BASE, 0),
+        (SYSCALL_MASK, 0),
+        (LSTAR, 0),
+        (TSC, 0),
+        (MISC_ENABLE, 1),
+    ]
+    .into_iter()
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
+    .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|e| VmmError::Kernel(format!("MSR list: {e:?}")))?;
+    let set = vcpu.set_msrs(&msrs)?;
+    if set != entries.len() {
+        // A host (PVM, for one) may refuse some; Linux copes, so say so only.
+        eprintln!("aurae-vmm: the host accepted {set} of {} boot MSRs", entries.len());
+    }
+    Ok(())
+}
+
+/// LINT0 to ExtINT and LINT1 to NMI, as a PC's BIOS leaves them.
+pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), VmmError> {
+    const LVT_LINT0: usize = 0x350;
+    const LVT_LINT1: usize = 0x360;
+    const EXTINT: u32 = 0x700;
+    const NMI: u32 = 0x400;
+    let mut lapic = vcpu.get_lapic()?;
+    for (off, mode) in [(LVT_LINT0, EXTINT), (LVT_LINT1, NMI)] {
+        let bytes: Vec<u8> = lapic.regs[off..off + 4].iter().map(|b| *b as u8).collect();
+        let v = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let v = (v & !0x700) | mode;
+        for (i, b) in v.to_le_bytes().iter().enumerate() {
+            lapic.regs[off + i] = *b as libc::c_char;
+        }
+    }
+    vcpu.set_lapic(&lapic)?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! vCPU threads: each runs KVM_RUN and dispatches port I/O and MMIO exits
+//! to the buses until the VM stops.
+
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::bus::Bus;
+use crate::state::{ExitReason, VmState};
+
+/// The signal that kicks a vCPU out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process.
+pub fn install_kick_handler() -> Result<(), crate::VmmError> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| crate::VmmError::Io(std::io::Error::from_raw_os_error(e.errno())))
+}
+
+pub struct Vcpu {
+    pub fd: VcpuFd,
+    pub id: u8,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub state: Arc<VmState>,
+}
+
+impl Vcpu {
+    /// Runs until the VM stops; records why if this vCPU stopped it.
+    pub fn run(mut self) {
+        while !self.state.stopping() {
+            match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.pio.write(u64::from(port), data);
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.pio.read(u64::from(port), data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.mmio.read(addr, data);
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                }
+                Ok(VcpuExit::Shutdown) => self.state.exit(ExitReason::Shutdown),
+                Ok(VcpuExit::Hlt) => self.state.exit(ExitReason::Shutdown),
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => self.state.exit(ExitReason::Reset),
+                    _ => self.state.exit(ExitReason::PowerOff),
+                },
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    self.state.exit(ExitReason::Error(format!("vcpu {}: entry failed (reason {reason:#x}, cpu {cpu})", self.id)))
+                }
+                Ok(VcpuExit::InternalError) => {
+                    self.state.exit(ExitReason::Error(format!("vcpu {}: KVM internal error", self.id)))
+                }
+                Ok(other) => {
+                    self.state.exit(ExitReason::Error(format!("vcpu {}: unhandled exit {other:?}", self.id)))
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => self.state.exit(ExitReason::Error(format!("vcpu {}: KVM_RUN: {e}", self.id))),
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! A VM: `Vm::new(config)` builds it (memory, irqchip, devices, kernel),
+//! `run` starts its vCPU threads and device event loop, `stop` asks it to
+//! stop, `wait` returns why it stopped, `boot_time` when `/init` reported.
+
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{cpuid, kernel, layout, mptable, regs};
+use crate::bus::Bus;
+use crate::devices::virtio::mmio::{reg, MmioTransport, MMIO_LEN};
+use crate::devices::virtio::{block::Block, net::tap::Tap, net::Net, rng::Rng, VirtioDevice};
+use crate::devices::{boot_timer, debug_exit, i8042, serial, IrqTrigger};
+use crate::state::{ExitReason, VmState};
+use crate::vcpu::{self, Vcpu};
+use crate::{Console, VmConfig, VmmError};
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+pub struct Vm {
+    config: VmConfig,
+    _kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    state: Arc<VmState>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    vcpus: Vec<VcpuFd>,
+    subscribers: Vec<Subscriber>,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    event_thread: Option<JoinHandle<()>>,
+}
+
+fn device_err(device: &'static str) -> impl Fn(std::io::Error) -> VmmError {
+    move |e| VmmError::Device {
+        device,
+        reason: e.to_string(),
+    }
+}
+
+impl Vm {
+    /// Builds the VM. Nothing is running yet; on error nothing is left.
+    pub fn new(mut config: VmConfig) -> Result<Vm, VmmError> {
+        let started = Instant::now();
+        let kvm = Kvm::new().map_err(|e| VmmError::Config {
+            option: "kvm",
+            reason: format!("opening /dev/kvm: {e}"),
+        })?;
+        config.validate(kvm.get_max_vcpus())?;
+        let vm = kvm.create_vm()?;
+        let mem_size = config.mem_mib << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).map_err(|e| VmmError::Memory(e.to_string()))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the VM
+            // keeps for as long as the VM fd exists.
+            unsafe { vm.set_user_memory_region(r)? };
+        }
+        vm.set_tss_address(0xfffb_d000)?;
+        vm.create_irq_chip()?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })?;
+        let state = Arc::new(VmState::new(started));
+
+        // Legacy devices on the port I/O bus.
+        let mut pio = Bus::default();
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("serial"))?;
+        vm.register_irqfd(&serial_irq, serial::COM1_IRQ)?;
+        let out: Box<dyn Write + Send> = match &config.console {
+            Console::None => Box::new(std::io::sink()),
+            Console::Stdout => Box::new(std::io::stdout()),
+            Console::File(p) => Box::new(std::fs::File::create(p).map_err(|e| VmmError::Config {
+                option: "console",
+                reason: format!("{}: {e}", p.display()),
+            })?),
+        };
+        let overlap = |e: crate::bus::Overlap| VmmError::Device {
+            device: "bus",
+            reason: e.to_string(),
+        };
+        pio.insert(serial::COM1, 8, Arc::new(Mutex::new(serial::SerialDevice::new(IrqTrigger(serial_irq), out))))
+            .map_err(overlap)?;
+        pio.insert(i8042::BASE, i8042::LEN, Arc::new(Mutex::new(i8042::I8042::new(state.clone()))))
+            .map_err(overlap)?;
+        pio.insert(debug_exit::PORT, 1, Arc::new(Mutex::new(debug_exit::DebugExit::new(state.clone()))))
+            .map_err(overlap)?;
+        pio.insert(boot_timer::PORT, 1, Arc::new(Mutex::new(boot_timer::BootTimer::new(state.clone()))))
+            .map_err(overlap)?;
+
+        // Virtio devices on the MMIO bus, announced on the command line.
+        let mut mmio = Bus::default();
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut devices: Vec<(Arc<Mutex<dyn VirtioDevice>>, Subscriber)> = Vec::new();
+        if config.rng {
+            let d = Arc::new(Mutex::new(Rng::new().map_err(device_err("rng"))?));
+            devices.push((d.clone(), d));
+        }
+        for disk in &config.disks {
+            let d = Arc::new(Mutex::new(Block::open(&disk.path, disk.read_only).map_err(|e| VmmError::Config {
+                option: "disk",
+                reason: format!("{}: {e}", disk.path.display()),
+            })?));
+            devices.push((d.clone(), d));
+        }
+        if let Some(tap) = &config.tap {
+            let t = Tap::open(tap).map_err(|e| VmmError::Config {
+                option: "tap",
+                reason: format!("{tap}: {e}"),
+            })?;
+            let d = Arc::new(Mutex::new(Net::new(t, [0x06, 0xaa, 0x52, 0, 0, 1]).map_err(device_err("net"))?));
+            devices.push((d.clone(), d));
+        }
+        for (i, (device, subscriber)) in devices.into_iter().enumerate() {
+            let base = layout::MMIO_BASE + i as u64 * MMIO_LEN;
+            let irq = layout::MMIO_FIRST_IRQ + i as u32;
+            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("virtio"))?;
+            vm.register_irqfd(&irq_evt, irq)?;
+            {
+                let dev = device.lock().unwrap_or_else(|e| e.into_inner());
+                for (q, evt) in dev.queue_events().iter().enumerate() {
+                    // Without ioeventfd the transport forwards the write.
+                    let _ = vm.register_ioevent(evt, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q as u32);
+                }
+            }
+            let transport = MmioTransport::new(device, mem.clone(), irq_evt);
+            mmio.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport))).map_err(overlap)?;
+            config.cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+            subscribers.push(subscriber);
+        }
+
+        // The guest's software.
+        let (entry, header) = kernel::load_kernel(&mem, &config.kernel, config.flat_entry)?;
+        let initrd = kernel::load_initrd(&mem, mem_size, &config.initrds)?;
+        kernel::write_boot_params(&mem, mem_size, entry, header, &config.cmdline, initrd)?;
+        if !matches!(entry, kernel::Entry::Flat(_)) {
+            mptable::write(&mem, config.vcpus).map_err(|e| VmmError::Memory(e.to_string()))?;
+        }
+
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+        let mut vcpus = Vec::new();
+        for id in 0..config.vcpus {
+            let fd = vm.create_vcpu(u64::from(id))?;
+            let mut c = supported.clone();
+            cpuid::filter(&mut c, id, config.vcpus, config.nested);
+            fd.set_cpuid2(&c)?;
+            regs::setup_msrs(&fd)?;
+            regs::setup_fpu(&fd)?;
+            regs::setup_lapic(&fd)?;
+            if id == 0 {
+                regs::setup_sregs(&mem, &fd, entry)?;
+                regs::setup_regs(&fd, entry)?;
+            }
+            vcpus.push(fd);
+        }
+        Ok(Vm {
+            config,
+            _kvm: kvm,
+            vm,
+            mem,
+            state,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            vcpus,
+            subscribers,
+            vcpu_threads: Vec::new(),
+            event_thread: None,
+        })
+    }
+
+    /// Starts the device event loop and one thread per vCPU.
+    pub fn run(&mut self) -> Result<(), VmmError> {
+        vcpu::install_kick_handler()?;
+        let subscribers = std::mem::take(&mut self.subscribers);
+        let state = self.state.clone();
+        let mut em: EventManager<Subscriber> = EventManager::new().map_err(|e| VmmError::Device {
+            device: "event manager",
+            reason: format!("{e:?}"),
+        })?;
+        for s in subscribers {
+            em.add_subscriber(s);
+        }
+        self.event_thread = Some(
+            std::thread::Builder::new()
+                .name("vmm-events".into())
+                .spawn(move || {
+                    while !state.stopping() {
+                        if em.run_with_timeout(100).is_err() {
+                            state.exit(ExitReason::Error("the device event loop failed".into()));
+                        }
+                    }
+                })?,
+        );
+        for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let vcpu = Vcpu {
+                fd,
+                id: id as u8,
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                state: self.state.clone(),
+            };
+            self.vcpu_threads
+                .push(std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || vcpu.run())?);
+        }
+        Ok(())
+    }
+
+    /// Asks the VM to stop; `wait` returns once it has.
+    pub fn stop(&self) {
+        self.state.exit(ExitReason::Stopped);
+    }
+
+    /// Waits (at most `timeout`) for the VM to stop, then joins its threads.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Option<ExitReason> {
+        let reason = self.state.wait(timeout)?;
+        for t in self.vcpu_threads.drain(..) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && Instant::now() < deadline {
+                // SAFETY: pthread_kill on a thread we spawned and have not
+                // joined; the kick handler does nothing.
+                unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = t.join();
+        }
+        if let Some(t) = self.event_thread.take() {
+            let _ = t.join();
+        }
+        Some(reason)
+    }
+
+    pub fn boot_time(&self) -> Option<Duration> {
+        self.state.boot_time()
+    }
+
+    /// Port I/O and MMIO accesses that hit no device: (pio, mmio), each
+    /// (reads, writes).
+    pub fn unknown_accesses(&self) -> ((u64, u64), (u64, u64)) {
+        (self.pio.unknown_accesses(), self.mmio.unknown_accesses())
+    }
+
+    pub fn read_guest(&self, addr: u64, len: usize) -> Result<Vec<u8>, VmmError> {
+        let mut buf = vec![0u8; len];
+        self.mem.read_slice(&mut buf, GuestAddress(addr)).map_err(|e| VmmError::Memory(e.to_string()))?;
+        Ok(buf)
+    }
+
+    pub fn write_guest(&self, addr: u64, data: &[u8]) -> Result<(), VmmError> {
+        self.mem.write_slice(data, GuestAddress(addr)).map_err(|e| VmmError::Memory(e.to_string()))
+    }
+
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.vcpu_threads.is_empty() || self.event_thread.is_some() {
+            self.stop();
+            self.wait(Some(Duration::from_secs(5)));
+        }
+    }
+}
