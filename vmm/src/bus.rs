@@ -52,7 +52,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => {
@@ -66,7 +68,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => {
@@ -78,7 +82,10 @@ impl Bus {
 
     /// (reads, writes) that hit no device.
     pub fn unknown_accesses(&self) -> (u64, u64) {
-        (self.unknown_reads.load(Ordering::Relaxed), self.unknown_writes.load(Ordering::Relaxed))
+        (
+            self.unknown_reads.load(Ordering::Relaxed),
+            self.unknown_writes.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -74,7 +74,10 @@ fn bad(option: &'static str, reason: impl Into<String>) -> VmmError {
 fn readable(option: &'static str, p: &Path) -> Result<(), VmmError> {
     match std::fs::File::open(p) {
         Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => Ok(()),
-        Ok(_) => Err(bad(option, format!("{} is not a regular file", p.display()))),
+        Ok(_) => Err(bad(
+            option,
+            format!("{} is not a regular file", p.display()),
+        )),
         Err(e) => Err(bad(option, format!("{}: {e}", p.display()))),
     }
 }
@@ -91,16 +94,35 @@ impl VmConfig {
             return Err(bad("vcpus", "must be at least 1"));
         }
         if usize::from(self.vcpus) > max_vcpus.min(crate::boot::mptable::MAX_CPUS) {
-            return Err(bad("vcpus", format!("{} is more than the maximum of {}", self.vcpus, max_vcpus.min(crate::boot::mptable::MAX_CPUS))));
+            return Err(bad(
+                "vcpus",
+                format!(
+                    "{} is more than the maximum of {}",
+                    self.vcpus,
+                    max_vcpus.min(crate::boot::mptable::MAX_CPUS)
+                ),
+            ));
         }
         if self.mem_mib < MIN_MEM_MIB || self.mem_mib > MAX_MEM_MIB {
-            return Err(bad("mem", format!("{} MiB is out of range {MIN_MEM_MIB}..={MAX_MEM_MIB}", self.mem_mib)));
+            return Err(bad(
+                "mem",
+                format!(
+                    "{} MiB is out of range {MIN_MEM_MIB}..={MAX_MEM_MIB}",
+                    self.mem_mib
+                ),
+            ));
         }
         if self.cmdline.len() >= crate::boot::CMDLINE_MAX {
-            return Err(bad("cmdline", format!("longer than {} bytes", crate::boot::CMDLINE_MAX - 1)));
+            return Err(bad(
+                "cmdline",
+                format!("longer than {} bytes", crate::boot::CMDLINE_MAX - 1),
+            ));
         }
         for d in &self.disks {
-            let opened = std::fs::OpenOptions::new().read(true).write(!d.read_only).open(&d.path);
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!d.read_only)
+                .open(&d.path);
             if let Err(e) = opened {
                 return Err(bad("disk", format!("{}: {e}", d.path.display())));
             }

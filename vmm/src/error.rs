@@ -3,7 +3,10 @@
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     #[error("--{option}: {reason}")]
-    Config { option: &'static str, reason: String },
+    Config {
+        option: &'static str,
+        reason: String,
+    },
     #[error("kvm: {0}")]
     Kvm(#[from] kvm_ioctls::Error),
     #[error("guest memory: {0}")]
@@ -11,7 +14,10 @@ pub enum VmmError {
     #[error("loading the kernel: {0}")]
     Kernel(String),
     #[error("device {device}: {reason}")]
-    Device { device: &'static str, reason: String },
+    Device {
+        device: &'static str,
+        reason: String,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("seccomp: {0}")]

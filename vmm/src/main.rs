@@ -15,7 +15,10 @@ struct Cli {
     /// cpio archive; repeat to load several back to back.
     #[arg(long)]
     initrd: Vec<PathBuf>,
-    #[arg(long, default_value = "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1")]
+    #[arg(
+        long,
+        default_value = "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1"
+    )]
     cmdline: String,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
@@ -45,8 +48,14 @@ fn main() {
         .disk
         .iter()
         .map(|d| match d.strip_suffix(":ro") {
-            Some(p) => DiskConfig { path: p.into(), read_only: true },
-            None => DiskConfig { path: d.into(), read_only: false },
+            Some(p) => DiskConfig {
+                path: p.into(),
+                read_only: true,
+            },
+            None => DiskConfig {
+                path: d.into(),
+                read_only: false,
+            },
         })
         .collect();
     let console = match cli.console.as_str() {
@@ -86,7 +95,10 @@ fn main() {
         }
     };
     if let Some(t) = vm.boot_time() {
-        eprintln!("aurae-vmm: boot timer: /init started {:.1} ms after launch", t.as_secs_f64() * 1000.0);
+        eprintln!(
+            "aurae-vmm: boot timer: /init started {:.1} ms after launch",
+            t.as_secs_f64() * 1000.0
+        );
     }
     eprintln!("aurae-vmm: VM stopped: {reason:?}");
     std::process::exit(match reason {

@@ -53,16 +53,23 @@ impl Vcpu {
                     _ => self.state.exit(ExitReason::PowerOff),
                 },
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    self.state.exit(ExitReason::Error(format!("vcpu {}: entry failed (reason {reason:#x}, cpu {cpu})", self.id)))
+                    self.state.exit(ExitReason::Error(format!(
+                        "vcpu {}: entry failed (reason {reason:#x}, cpu {cpu})",
+                        self.id
+                    )))
                 }
-                Ok(VcpuExit::InternalError) => {
-                    self.state.exit(ExitReason::Error(format!("vcpu {}: KVM internal error", self.id)))
-                }
-                Ok(other) => {
-                    self.state.exit(ExitReason::Error(format!("vcpu {}: unhandled exit {other:?}", self.id)))
-                }
+                Ok(VcpuExit::InternalError) => self.state.exit(ExitReason::Error(format!(
+                    "vcpu {}: KVM internal error",
+                    self.id
+                ))),
+                Ok(other) => self.state.exit(ExitReason::Error(format!(
+                    "vcpu {}: unhandled exit {other:?}",
+                    self.id
+                ))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                Err(e) => self.state.exit(ExitReason::Error(format!("vcpu {}: KVM_RUN: {e}", self.id))),
+                Err(e) => self
+                    .state
+                    .exit(ExitReason::Error(format!("vcpu {}: KVM_RUN: {e}", self.id))),
             }
         }
     }

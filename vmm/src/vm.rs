@@ -9,7 +9,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -57,7 +59,8 @@ impl Vm {
         config.validate(kvm.get_max_vcpus())?;
         let vm = kvm.create_vm()?;
         let mem_size = config.mem_mib << 20;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).map_err(|e| VmmError::Memory(e.to_string()))?;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+            .map_err(|e| VmmError::Memory(e.to_string()))?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -85,23 +88,44 @@ impl Vm {
         let out: Box<dyn Write + Send> = match &config.console {
             Console::None => Box::new(std::io::sink()),
             Console::Stdout => Box::new(std::io::stdout()),
-            Console::File(p) => Box::new(std::fs::File::create(p).map_err(|e| VmmError::Config {
-                option: "console",
-                reason: format!("{}: {e}", p.display()),
-            })?),
+            Console::File(p) => {
+                Box::new(std::fs::File::create(p).map_err(|e| VmmError::Config {
+                    option: "console",
+                    reason: format!("{}: {e}", p.display()),
+                })?)
+            }
         };
         let overlap = |e: crate::bus::Overlap| VmmError::Device {
             device: "bus",
             reason: e.to_string(),
         };
-        pio.insert(serial::COM1, 8, Arc::new(Mutex::new(serial::SerialDevice::new(IrqTrigger(serial_irq), out))))
-            .map_err(overlap)?;
-        pio.insert(i8042::BASE, i8042::LEN, Arc::new(Mutex::new(i8042::I8042::new(state.clone()))))
-            .map_err(overlap)?;
-        pio.insert(debug_exit::PORT, 1, Arc::new(Mutex::new(debug_exit::DebugExit::new(state.clone()))))
-            .map_err(overlap)?;
-        pio.insert(boot_timer::PORT, 1, Arc::new(Mutex::new(boot_timer::BootTimer::new(state.clone()))))
-            .map_err(overlap)?;
+        pio.insert(
+            serial::COM1,
+            8,
+            Arc::new(Mutex::new(serial::SerialDevice::new(
+                IrqTrigger(serial_irq),
+                out,
+            ))),
+        )
+        .map_err(overlap)?;
+        pio.insert(
+            i8042::BASE,
+            i8042::LEN,
+            Arc::new(Mutex::new(i8042::I8042::new(state.clone()))),
+        )
+        .map_err(overlap)?;
+        pio.insert(
+            debug_exit::PORT,
+            1,
+            Arc::new(Mutex::new(debug_exit::DebugExit::new(state.clone()))),
+        )
+        .map_err(overlap)?;
+        pio.insert(
+            boot_timer::PORT,
+            1,
+            Arc::new(Mutex::new(boot_timer::BootTimer::new(state.clone()))),
+        )
+        .map_err(overlap)?;
 
         // Virtio devices on the MMIO bus, announced on the command line.
         let mut mmio = Bus::default();
@@ -112,10 +136,12 @@ impl Vm {
             devices.push((d.clone(), d));
         }
         for disk in &config.disks {
-            let d = Arc::new(Mutex::new(Block::open(&disk.path, disk.read_only).map_err(|e| VmmError::Config {
-                option: "disk",
-                reason: format!("{}: {e}", disk.path.display()),
-            })?));
+            let d = Arc::new(Mutex::new(
+                Block::open(&disk.path, disk.read_only).map_err(|e| VmmError::Config {
+                    option: "disk",
+                    reason: format!("{}: {e}", disk.path.display()),
+                })?,
+            ));
             devices.push((d.clone(), d));
         }
         if let Some(tap) = &config.tap {
@@ -123,7 +149,9 @@ impl Vm {
                 option: "tap",
                 reason: format!("{tap}: {e}"),
             })?;
-            let d = Arc::new(Mutex::new(Net::new(t, [0x06, 0xaa, 0x52, 0, 0, 1]).map_err(device_err("net"))?));
+            let d = Arc::new(Mutex::new(
+                Net::new(t, [0x06, 0xaa, 0x52, 0, 0, 1]).map_err(device_err("net"))?,
+            ));
             devices.push((d.clone(), d));
         }
         for (i, (device, subscriber)) in devices.into_iter().enumerate() {
@@ -135,12 +163,19 @@ impl Vm {
                 let dev = device.lock().unwrap_or_else(|e| e.into_inner());
                 for (q, evt) in dev.queue_events().iter().enumerate() {
                     // Without ioeventfd the transport forwards the write.
-                    let _ = vm.register_ioevent(evt, &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY), q as u32);
+                    let _ = vm.register_ioevent(
+                        evt,
+                        &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
+                        q as u32,
+                    );
                 }
             }
             let transport = MmioTransport::new(device, mem.clone(), irq_evt);
-            mmio.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport))).map_err(overlap)?;
-            config.cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+            mmio.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport)))
+                .map_err(overlap)?;
+            config
+                .cmdline
+                .push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
             subscribers.push(subscriber);
         }
 
@@ -188,10 +223,11 @@ impl Vm {
         vcpu::install_kick_handler()?;
         let subscribers = std::mem::take(&mut self.subscribers);
         let state = self.state.clone();
-        let mut em: EventManager<Subscriber> = EventManager::new().map_err(|e| VmmError::Device {
-            device: "event manager",
-            reason: format!("{e:?}"),
-        })?;
+        let mut em: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| VmmError::Device {
+                device: "event manager",
+                reason: format!("{e:?}"),
+            })?;
         for s in subscribers {
             em.add_subscriber(s);
         }
@@ -214,8 +250,11 @@ impl Vm {
                 mmio: self.mmio.clone(),
                 state: self.state.clone(),
             };
-            self.vcpu_threads
-                .push(std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || vcpu.run())?);
+            self.vcpu_threads.push(
+                std::thread::Builder::new()
+                    .name(format!("vcpu{id}"))
+                    .spawn(move || vcpu.run())?,
+            );
         }
         Ok(())
     }
@@ -256,12 +295,16 @@ impl Vm {
 
     pub fn read_guest(&self, addr: u64, len: usize) -> Result<Vec<u8>, VmmError> {
         let mut buf = vec![0u8; len];
-        self.mem.read_slice(&mut buf, GuestAddress(addr)).map_err(|e| VmmError::Memory(e.to_string()))?;
+        self.mem
+            .read_slice(&mut buf, GuestAddress(addr))
+            .map_err(|e| VmmError::Memory(e.to_string()))?;
         Ok(buf)
     }
 
     pub fn write_guest(&self, addr: u64, data: &[u8]) -> Result<(), VmmError> {
-        self.mem.write_slice(data, GuestAddress(addr)).map_err(|e| VmmError::Memory(e.to_string()))
+        self.mem
+            .write_slice(data, GuestAddress(addr))
+            .map_err(|e| VmmError::Memory(e.to_string()))
     }
 
     pub fn config(&self) -> &VmConfig {

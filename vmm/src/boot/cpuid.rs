@@ -74,7 +74,8 @@ mod tests {
 
     #[test]
     fn sets_topology_and_hides_virtualization_unless_nested() {
-        let mut c = CpuId::from_entries(&[entry(1, 0), entry(0xb, 1), entry(0x8000_0001, 0)]).expect("cpuid");
+        let mut c = CpuId::from_entries(&[entry(1, 0), entry(0xb, 1), entry(0x8000_0001, 0)])
+            .expect("cpuid");
         filter(&mut c, 2, 4, false);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 2);

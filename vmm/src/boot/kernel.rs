@@ -9,7 +9,9 @@ use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_params, setup_header};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::{load_cmdline, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -61,12 +63,27 @@ fn kernel_err(e: impl std::fmt::Display) -> VmmError {
 }
 
 /// Loads the kernel; returns its entry and, for a bzImage, its setup header.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path, flat_entry: Option<u64>) -> Result<(Entry, Option<setup_header>), VmmError> {
-    let open = || File::open(path).map_err(|e| VmmError::Config { option: "kernel", reason: format!("{}: {e}", path.display()) });
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    flat_entry: Option<u64>,
+) -> Result<(Entry, Option<setup_header>), VmmError> {
+    let open = || {
+        File::open(path).map_err(|e| VmmError::Config {
+            option: "kernel",
+            reason: format!("{}: {e}", path.display()),
+        })
+    };
     if let Some(at) = flat_entry {
-        let bytes = std::fs::read(path).map_err(|e| VmmError::Config { option: "kernel", reason: format!("{}: {e}", path.display()) })?;
+        let bytes = std::fs::read(path).map_err(|e| VmmError::Config {
+            option: "kernel",
+            reason: format!("{}: {e}", path.display()),
+        })?;
         mem.write_slice(&bytes, GuestAddress(at))
-            .map_err(|e| VmmError::Config { option: "kernel", reason: format!("{} does not fit in guest memory: {e}", path.display()) })?;
+            .map_err(|e| VmmError::Config {
+                option: "kernel",
+                reason: format!("{} does not fit in guest memory: {e}", path.display()),
+            })?;
         return Ok((Entry::Flat(at), None));
     }
     match Elf::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM))) {
@@ -77,27 +94,44 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path, flat_entry: Option<u64>) 
             };
             return Ok((entry, None));
         }
-        Err(linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::InvalidElfMagicNumber)) => {}
-        Err(e) => return Err(VmmError::Config { option: "kernel", reason: format!("{}: bad ELF kernel: {e}", path.display()) }),
+        Err(linux_loader::loader::Error::Elf(
+            linux_loader::loader::elf::Error::InvalidElfMagicNumber,
+        )) => {}
+        Err(e) => {
+            return Err(VmmError::Config {
+                option: "kernel",
+                reason: format!("{}: bad ELF kernel: {e}", path.display()),
+            })
+        }
     }
     match BzImage::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM))) {
         Ok(r) => Ok((Entry::Linux64(r.kernel_load.0 + 0x200), r.setup_header)),
         Err(e) => Err(VmmError::Config {
             option: "kernel",
-            reason: format!("{} is neither an ELF vmlinux nor a bzImage ({e}), or does not fit in guest memory", path.display()),
+            reason: format!(
+                "{} is neither an ELF vmlinux nor a bzImage ({e}), or does not fit in guest memory",
+                path.display()
+            ),
         }),
     }
 }
 
 /// Loads the initrd parts back to back, as high as allowed; returns
 /// (address, size).
-pub fn load_initrd(mem: &GuestMemoryMmap, mem_size: u64, parts: &[std::path::PathBuf]) -> Result<Option<(u64, u64)>, VmmError> {
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    parts: &[std::path::PathBuf],
+) -> Result<Option<(u64, u64)>, VmmError> {
     if parts.is_empty() {
         return Ok(None);
     }
     let mut data = Vec::new();
     for p in parts {
-        let bytes = std::fs::read(p).map_err(|e| VmmError::Config { option: "initrd", reason: format!("{}: {e}", p.display()) })?;
+        let bytes = std::fs::read(p).map_err(|e| VmmError::Config {
+            option: "initrd",
+            reason: format!("{}: {e}", p.display()),
+        })?;
         data.extend(bytes);
         // Keep each part 4-byte aligned; the kernel skips the padding.
         while data.len() % 4 != 0 {
@@ -106,17 +140,26 @@ pub fn load_initrd(mem: &GuestMemoryMmap, mem_size: u64, parts: &[std::path::Pat
     }
     let top = mem_size.min(INITRD_MAX + 1);
     let size = data.len() as u64;
-    let addr = top.checked_sub(size).map(|a| a & !0xfff).filter(|a| *a >= HIMEM).ok_or_else(|| VmmError::Config {
-        option: "mem",
-        reason: format!("the initrd ({size} bytes) does not fit in guest memory"),
-    })?;
-    mem.write_slice(&data, GuestAddress(addr)).map_err(kernel_err)?;
+    let addr = top
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|a| *a >= HIMEM)
+        .ok_or_else(|| VmmError::Config {
+            option: "mem",
+            reason: format!("the initrd ({size} bytes) does not fit in guest memory"),
+        })?;
+    mem.write_slice(&data, GuestAddress(addr))
+        .map_err(kernel_err)?;
     Ok(Some((addr, size)))
 }
 
 /// The usable RAM ranges of a guest with `mem_size` bytes.
 fn ram_ranges(mem_size: u64) -> [(u64, u64, u32); 3] {
-    [(0, EBDA, E820_RAM), (EBDA, HIMEM - EBDA, E820_RESERVED), (HIMEM, mem_size - HIMEM, E820_RAM)]
+    [
+        (0, EBDA, E820_RAM),
+        (EBDA, HIMEM - EBDA, E820_RESERVED),
+        (HIMEM, mem_size - HIMEM, E820_RAM),
+    ]
 }
 
 /// Writes the command line and the boot parameters for `entry`.
@@ -129,7 +172,10 @@ pub fn write_boot_params(
     initrd: Option<(u64, u64)>,
 ) -> Result<(), VmmError> {
     let mut cl = Cmdline::new(super::CMDLINE_MAX).map_err(kernel_err)?;
-    cl.insert_str(cmdline).map_err(|e| VmmError::Config { option: "cmdline", reason: e.to_string() })?;
+    cl.insert_str(cmdline).map_err(|e| VmmError::Config {
+        option: "cmdline",
+        reason: e.to_string(),
+    })?;
     load_cmdline(mem, GuestAddress(CMDLINE), &cl).map_err(kernel_err)?;
     match entry {
         Entry::Flat(_) => Ok(()),
@@ -155,7 +201,11 @@ pub fn write_boot_params(
                 p.0.e820_table[i].r#type = kind;
             }
             p.0.e820_entries = 3;
-            LinuxBootConfigurator::write_bootparams(&BootParams::new(&p, GuestAddress(ZERO_PAGE)), mem).map_err(kernel_err)
+            LinuxBootConfigurator::write_bootparams(
+                &BootParams::new(&p, GuestAddress(ZERO_PAGE)),
+                mem,
+            )
+            .map_err(kernel_err)
         }
         Entry::Pvh(_) => {
             let mut info = StartInfo::default();

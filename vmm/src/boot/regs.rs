@@ -18,9 +18,19 @@ const EFER_LME: u64 = 0x100;
 const EFER_LMA: u64 = 0x400;
 
 /// GDT entries: null, 64-bit code, data, TSS.
-const GDT_ENTRIES: [u64; 4] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0080_8b00_0000_ffff];
+const GDT_ENTRIES: [u64; 4] = [
+    0,
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x0080_8b00_0000_ffff,
+];
 /// The same for 32-bit protected mode (PVH): 32-bit code instead.
-const GDT_ENTRIES_32: [u64; 4] = [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0080_8b00_0000_ffff];
+const GDT_ENTRIES_32: [u64; 4] = [
+    0,
+    0x00cf_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x0080_8b00_0000_ffff,
+];
 
 fn mem_err(e: vm_memory::GuestMemoryError) -> VmmError {
     VmmError::Memory(e.to_string())
@@ -28,13 +38,16 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> VmmError {
 
 /// Identity-maps the first 4 GiB with 2 MiB pages.
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
-    mem.write_obj(PDPT | 3, GuestAddress(PML4)).map_err(mem_err)?;
+    mem.write_obj(PDPT | 3, GuestAddress(PML4))
+        .map_err(mem_err)?;
     for i in 0..PD_COUNT {
-        mem.write_obj((PD + i * 0x1000) | 3, GuestAddress(PDPT + i * 8)).map_err(mem_err)?;
+        mem.write_obj((PD + i * 0x1000) | 3, GuestAddress(PDPT + i * 8))
+            .map_err(mem_err)?;
     }
     for i in 0..512 * PD_COUNT {
         // present, writable, 2 MiB page
-        mem.write_obj((i << 21) | 0x83, GuestAddress(PD + i * 8)).map_err(mem_err)?;
+        mem.write_obj((i << 21) | 0x83, GuestAddress(PD + i * 8))
+            .map_err(mem_err)?;
     }
     Ok(())
 }
@@ -63,7 +76,8 @@ pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: Entry) -> Result
     let long = !matches!(entry, Entry::Pvh(_));
     let gdt = if long { GDT_ENTRIES } else { GDT_ENTRIES_32 };
     for (i, e) in gdt.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(GDT + i as u64 * 8)).map_err(mem_err)?;
+        mem.write_obj(*e, GuestAddress(GDT + i as u64 * 8))
+            .map_err(mem_err)?;
     }
     mem.write_obj(0u64, GuestAddress(IDT)).map_err(mem_err)?;
     let mut s = vcpu.get_sregs()?;
@@ -158,11 +172,15 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
         ..Default::default()
     })
     .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|e| VmmError::Kernel(format!("MSR list: {e:?}")))?;
+    let msrs =
+        Msrs::from_entries(&entries).map_err(|e| VmmError::Kernel(format!("MSR list: {e:?}")))?;
     let set = vcpu.set_msrs(&msrs)?;
     if set != entries.len() {
         // A host (PVM, for one) may refuse some; Linux copes, so say so only.
-        eprintln!("aurae-vmm: the host accepted {set} of {} boot MSRs", entries.len());
+        eprintln!(
+            "aurae-vmm: the host accepted {set} of {} boot MSRs",
+            entries.len()
+        );
     }
     Ok(())
 }

@@ -66,8 +66,15 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemoryMmap, irq_evt: EventFd) -> Self {
-        let sizes = device.lock().map(|d| d.queue_max_sizes().to_vec()).unwrap_or_default();
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        irq_evt: EventFd,
+    ) -> Self {
+        let sizes = device
+            .lock()
+            .map(|d| d.queue_max_sizes().to_vec())
+            .unwrap_or_default();
         // Queue::new fails only for a size that is not a power of two;
         // devices declare valid sizes.
         let queues = sizes.iter().filter_map(|s| Queue::new(*s).ok()).collect();
@@ -127,7 +134,9 @@ impl MmioTransport {
             STATUS_ACKNOWLEDGE => self.status == 0,
             STATUS_DRIVER => self.status == STATUS_ACKNOWLEDGE,
             STATUS_FEATURES_OK => self.status == STATUS_ACKNOWLEDGE | STATUS_DRIVER,
-            STATUS_DRIVER_OK => self.status == STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+            STATUS_DRIVER_OK => {
+                self.status == STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK
+            }
             STATUS_FAILED => true,
             _ => false,
         };
@@ -148,10 +157,16 @@ impl MmioTransport {
     fn activate(&mut self) {
         let valid = self.queues.iter().all(|q| q.is_valid(&self.mem));
         let result = if valid {
-            let queues = self.queues.iter().filter_map(|q| Queue::try_from(q.state()).ok()).collect();
+            let queues = self
+                .queues
+                .iter()
+                .filter_map(|q| Queue::try_from(q.state()).ok())
+                .collect();
             let mem = self.mem.clone();
             let interrupt = self.interrupt.clone();
-            self.device().activate(mem, queues, interrupt).map_err(|e| e.to_string())
+            self.device()
+                .activate(mem, queues, interrupt)
+                .map_err(|e| e.to_string())
         } else {
             Err("a queue is not set up correctly".into())
         };
@@ -175,11 +190,23 @@ impl MmioTransport {
                     _ => 0,
                 }
             }
-            reg::QUEUE_NUM_MAX => self.queues.get(self.queue_select as usize).map(|q| q.max_size().into()).unwrap_or(0),
-            reg::QUEUE_READY => self.queues.get(self.queue_select as usize).map(|q| q.ready().into()).unwrap_or(0),
+            reg::QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_select as usize)
+                .map(|q| q.max_size().into())
+                .unwrap_or(0),
+            reg::QUEUE_READY => self
+                .queues
+                .get(self.queue_select as usize)
+                .map(|q| q.ready().into())
+                .unwrap_or(0),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => {
-                let needs_reset = if self.interrupt.needs_reset() { STATUS_NEEDS_RESET } else { 0 };
+                let needs_reset = if self.interrupt.needs_reset() {
+                    STATUS_NEEDS_RESET
+                } else {
+                    0
+                };
                 self.status | needs_reset
             }
             reg::CONFIG_GENERATION => self.config_generation,
@@ -203,7 +230,10 @@ impl MmioTransport {
                 let v = u64::from(v);
                 match self.driver_features_select {
                     0 => self.acked_features = (self.acked_features & !0xffff_ffff) | (v & avail),
-                    1 => self.acked_features = (self.acked_features & 0xffff_ffff) | ((v << 32) & avail),
+                    1 => {
+                        self.acked_features =
+                            (self.acked_features & 0xffff_ffff) | ((v << 32) & avail)
+                    }
                     _ => self.bad_accesses += 1,
                 }
             }
@@ -216,7 +246,11 @@ impl MmioTransport {
                 Some(q) => q.set_ready(v == 1),
                 None => self.bad_accesses += 1,
             },
-            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH | reg::QUEUE_AVAIL_LOW | reg::QUEUE_AVAIL_HIGH | reg::QUEUE_USED_LOW
+            reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_AVAIL_LOW
+            | reg::QUEUE_AVAIL_HIGH
+            | reg::QUEUE_USED_LOW
             | reg::QUEUE_USED_HIGH => {
                 let Some(q) = self.selected_queue() else {
                     self.bad_accesses += 1;
@@ -313,14 +347,22 @@ mod tests {
         w(t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         w(t, reg::DRIVER_FEATURES_SEL, 1);
         w(t, reg::DRIVER_FEATURES, 1);
-        w(t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            t,
+            reg::STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         w(t, reg::QUEUE_SEL, 0);
         w(t, reg::QUEUE_NUM, 16);
         w(t, reg::QUEUE_DESC_LOW, DESC_TABLE as u32);
         w(t, reg::QUEUE_AVAIL_LOW, AVAIL_RING as u32);
         w(t, reg::QUEUE_USED_LOW, USED_RING as u32);
         w(t, reg::QUEUE_READY, 1);
-        w(t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        w(
+            t,
+            reg::STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
     }
 
     #[test]
@@ -351,7 +393,9 @@ mod tests {
         bring_up(&mut t);
         tq.add_chain(0, &[(0x4000, 32, WRITE)]);
         w(&mut t, reg::QUEUE_NOTIFY, 0);
-        let evt = rng.lock().expect("rng").queue_events()[0].read().expect("notified");
+        let evt = rng.lock().expect("rng").queue_events()[0]
+            .read()
+            .expect("notified");
         assert_eq!(evt, 1);
         rng.lock().expect("rng").process_queue();
         assert_eq!(tq.used(0).1, 32);
@@ -364,7 +408,11 @@ mod tests {
     fn out_of_order_and_odd_accesses_are_refused_and_counted() {
         let (_tq, _rng, mut t) = transport();
         w(&mut t, reg::STATUS, STATUS_DRIVER_OK);
-        assert_eq!(r(&mut t, reg::STATUS), 0, "DRIVER_OK before ACKNOWLEDGE is refused");
+        assert_eq!(
+            r(&mut t, reg::STATUS),
+            0,
+            "DRIVER_OK before ACKNOWLEDGE is refused"
+        );
         let mut b = [0u8; 2];
         t.read(reg::MAGIC, &mut b);
         t.write(reg::QUEUE_SEL + 1, &[1, 2, 3, 4]);
@@ -378,7 +426,11 @@ mod tests {
         let (_tq, _rng, mut t) = transport();
         w(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE);
         w(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        w(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            &mut t,
+            reg::STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         w(&mut t, reg::QUEUE_NUM, 16);
         w(&mut t, reg::QUEUE_DESC_LOW, 0xffff_f000);
         w(&mut t, reg::QUEUE_DESC_HIGH, 0xffff);

@@ -93,7 +93,12 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts the device with the queues the driver set up.
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Arc<Interrupt>) -> Result<(), ActivateError>;
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError>;
     /// Stops the device and returns it to its initial state.
     fn reset(&mut self);
     /// One event per queue, written when the driver notifies the queue.
@@ -105,7 +110,9 @@ pub trait VirtioDevice: Send {
 /// whatever lies outside.
 pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
     if start >= src.len() {
         return;
     }

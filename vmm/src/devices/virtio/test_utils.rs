@@ -31,7 +31,8 @@ pub struct TestQueue {
 
 impl TestQueue {
     pub fn new(size: u16) -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("test memory");
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("test memory");
         Self::with_mem(mem, 0, size)
     }
 
@@ -50,9 +51,15 @@ impl TestQueue {
     pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let at = GuestAddress(self.base + DESC_TABLE + u64::from(index) * 16);
         self.mem.write_obj(addr, at).expect("addr");
-        self.mem.write_obj(len, GuestAddress(at.0 + 8)).expect("len");
-        self.mem.write_obj(flags, GuestAddress(at.0 + 12)).expect("flags");
-        self.mem.write_obj(next, GuestAddress(at.0 + 14)).expect("next");
+        self.mem
+            .write_obj(len, GuestAddress(at.0 + 8))
+            .expect("len");
+        self.mem
+            .write_obj(flags, GuestAddress(at.0 + 12))
+            .expect("flags");
+        self.mem
+            .write_obj(next, GuestAddress(at.0 + 14))
+            .expect("next");
     }
 
     /// Publishes descriptor `head` in the avail ring.
@@ -61,7 +68,12 @@ impl TestQueue {
         let slot = GuestAddress(self.base + AVAIL_RING + 4 + u64::from(pos % self.size) * 2);
         self.mem.write_obj(head, slot).expect("ring");
         self.next_avail.set(pos.wrapping_add(1));
-        self.mem.write_obj(self.next_avail.get(), GuestAddress(self.base + AVAIL_RING + 2)).expect("idx");
+        self.mem
+            .write_obj(
+                self.next_avail.get(),
+                GuestAddress(self.base + AVAIL_RING + 2),
+            )
+            .expect("idx");
     }
 
     /// Adds a chain of (addr, len, flags) buffers and publishes it; returns
@@ -106,16 +118,22 @@ impl TestQueue {
     }
 
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(self.base + USED_RING + 2)).expect("used idx")
+        self.mem
+            .read_obj(GuestAddress(self.base + USED_RING + 2))
+            .expect("used idx")
     }
 
     pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0u8; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).expect("read");
+        self.mem
+            .read_slice(&mut v, GuestAddress(addr))
+            .expect("read");
         v
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) {
-        self.mem.write_slice(data, GuestAddress(addr)).expect("write");
+        self.mem
+            .write_slice(data, GuestAddress(addr))
+            .expect("write");
     }
 }

@@ -12,7 +12,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::BlockMetrics;
-use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_BLOCK};
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_BLOCK,
+};
 
 pub const SECTOR: u64 = 512;
 pub const F_RO: u64 = 1 << 5;
@@ -72,10 +74,16 @@ impl Block {
 
 impl Disk {
     fn open(path: &Path, read_only: bool) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)?;
         let len = file.metadata()?.len();
         let mut id = [0u8; 20];
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for (d, s) in id.iter_mut().zip(name.bytes()) {
             *d = s;
         }
@@ -89,18 +97,29 @@ impl Disk {
     }
 
     fn in_range(&self, sector: u64, len: u64) -> bool {
-        len % SECTOR == 0 && sector.checked_add(len / SECTOR).is_some_and(|end| end <= self.sectors)
+        len % SECTOR == 0
+            && sector
+                .checked_add(len / SECTOR)
+                .is_some_and(|end| end <= self.sectors)
     }
 
     fn serve(&self, reader: &mut Reader<'_>, writer: &mut Writer<'_>) -> Outcome {
-        let Ok(kind) = reader.read_obj::<u32>() else { return Outcome::Invalid };
-        let Ok(_reserved) = reader.read_obj::<u32>() else { return Outcome::Invalid };
-        let Ok(sector) = reader.read_obj::<u64>() else { return Outcome::Invalid };
+        let Ok(kind) = reader.read_obj::<u32>() else {
+            return Outcome::Invalid;
+        };
+        let Ok(_reserved) = reader.read_obj::<u32>() else {
+            return Outcome::Invalid;
+        };
+        let Ok(sector) = reader.read_obj::<u64>() else {
+            return Outcome::Invalid;
+        };
         let avail = writer.available_bytes();
         if avail == 0 {
             return Outcome::Invalid;
         }
-        let Ok(mut status) = writer.split_at(avail - 1) else { return Outcome::Invalid };
+        let Ok(mut status) = writer.split_at(avail - 1) else {
+            return Outcome::Invalid;
+        };
         let (code, written) = match kind {
             T_IN => self.read_into(sector, writer),
             T_OUT => self.write_from(sector, reader),
@@ -140,7 +159,12 @@ impl Disk {
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(buf.len() as u64) as usize;
-            if self.file.read_exact_at(&mut buf[..n], sector * SECTOR + done).is_err() || writer.write_all(&buf[..n]).is_err() {
+            if self
+                .file
+                .read_exact_at(&mut buf[..n], sector * SECTOR + done)
+                .is_err()
+                || writer.write_all(&buf[..n]).is_err()
+            {
                 return (S_IOERR, done as u32);
             }
             done += n as u64;
@@ -159,7 +183,12 @@ impl Disk {
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(buf.len() as u64) as usize;
-            if reader.read_exact(&mut buf[..n]).is_err() || self.file.write_all_at(&buf[..n], sector * SECTOR + done).is_err() {
+            if reader.read_exact(&mut buf[..n]).is_err()
+                || self
+                    .file
+                    .write_all_at(&buf[..n], sector * SECTOR + done)
+                    .is_err()
+            {
                 return (S_IOERR, 0);
             }
             done += n as u64;
@@ -172,7 +201,9 @@ impl Disk {
 impl Block {
     /// Serves every available request. Returns the number completed.
     pub fn process_queue(&mut self) -> usize {
-        let Some(active) = self.active.as_mut() else { return 0 };
+        let Some(active) = self.active.as_mut() else {
+            return 0;
+        };
         if active.interrupt.needs_reset() {
             return 0;
         }
@@ -187,7 +218,10 @@ impl Block {
             };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            let outcome = match (Reader::new(&active.mem, chain.clone()), Writer::new(&active.mem, chain)) {
+            let outcome = match (
+                Reader::new(&active.mem, chain.clone()),
+                Writer::new(&active.mem, chain),
+            ) {
                 (Ok(mut r), Ok(mut w)) => self.disk.serve(&mut r, &mut w),
                 _ => Outcome::Invalid,
             };
@@ -226,12 +260,24 @@ impl VirtioDevice for Block {
         // struct virtio_blk_config starts with the capacity in sectors.
         read_config_bytes(&self.disk.sectors.to_le_bytes(), offset, data);
     }
-    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>, interrupt: Arc<Interrupt>) -> Result<(), ActivateError> {
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
         if queues.len() != 1 {
-            return Err(ActivateError::QueueCount { expected: 1, got: queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
         }
         let queue = queues.remove(0);
-        self.active = Some(Active { mem, queue, interrupt });
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
         Ok(())
     }
     fn reset(&mut self) {
@@ -276,7 +322,10 @@ mod tests {
         let t = TestQueue::new(16);
         let (f, mut b) = disk(false);
         header(&t, 0x4000, T_IN, 1);
-        t.add_chain(0, &[(0x4000, 16, 0), (0x5000, 512, WRITE), (0x6000, 1, WRITE)]);
+        t.add_chain(
+            0,
+            &[(0x4000, 16, 0), (0x5000, 512, WRITE), (0x6000, 1, WRITE)],
+        );
         header(&t, 0x4100, T_OUT, 3);
         t.write(0x7000, &[0x5a; 1024]);
         t.add_chain(1, &[(0x4100, 16, 0), (0x7000, 1024, 0), (0x6001, 1, WRITE)]);
@@ -296,11 +345,17 @@ mod tests {
         header(&t, 0x4000, T_OUT, 0);
         t.add_chain(0, &[(0x4000, 16, 0), (0x7000, 512, 0), (0x6000, 1, WRITE)]);
         header(&t, 0x4100, T_IN, 7);
-        t.add_chain(1, &[(0x4100, 16, 0), (0x5000, 1024, WRITE), (0x6001, 1, WRITE)]);
+        t.add_chain(
+            1,
+            &[(0x4100, 16, 0), (0x5000, 1024, WRITE), (0x6001, 1, WRITE)],
+        );
         header(&t, 0x4200, 99, 0);
         t.add_chain(2, &[(0x4200, 16, 0), (0x6002, 1, WRITE)]);
         header(&t, 0x4300, T_IN, 0);
-        t.add_chain(3, &[(0x4300, 16, 0), (0x5000, 100, WRITE), (0x6003, 1, WRITE)]);
+        t.add_chain(
+            3,
+            &[(0x4300, 16, 0), (0x5000, 100, WRITE), (0x6003, 1, WRITE)],
+        );
         assert_eq!(run(&t, &mut b), 4);
         assert_eq!(t.read(0x6000, 4), vec![S_IOERR, S_IOERR, S_UNSUPP, S_IOERR]);
         assert_eq!(b.metrics.failed.load(Ordering::Relaxed), 4);

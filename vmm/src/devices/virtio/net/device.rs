@@ -13,7 +13,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::NetMetrics;
 use super::tap::Tap;
-use crate::devices::virtio::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_NET};
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_NET,
+};
 
 pub const F_MAC: u64 = 1 << 5;
 pub const HDR_LEN: usize = 12;
@@ -68,7 +70,9 @@ impl<B: Backend> Net<B> {
 
     /// Sends every frame the driver queued. Returns how many chains were used.
     pub fn process_tx(&mut self) -> usize {
-        let Some(active) = self.active.as_mut() else { return 0 };
+        let Some(active) = self.active.as_mut() else {
+            return 0;
+        };
         if active.interrupt.needs_reset() {
             return 0;
         }
@@ -110,7 +114,11 @@ impl<B: Backend> Net<B> {
             }
             used += 1;
         }
-        if used > 0 && active.queues[TX].needs_notification(&active.mem).unwrap_or(true) {
+        if used > 0
+            && active.queues[TX]
+                .needs_notification(&active.mem)
+                .unwrap_or(true)
+        {
             active.interrupt.signal_used_queue();
         }
         used
@@ -119,7 +127,9 @@ impl<B: Backend> Net<B> {
     /// Moves frames from the backend into rx buffers until either runs out.
     /// Returns true when a frame is left waiting for rx buffers.
     pub fn process_rx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else { return false };
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
         if active.interrupt.needs_reset() {
             return false;
         }
@@ -163,19 +173,28 @@ impl<B: Backend> Net<B> {
             match written {
                 Some(_) => {
                     self.metrics.rx_frames.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.rx_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                    self.metrics
+                        .rx_bytes
+                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
                 }
                 None => {
                     self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if active.queues[RX].add_used(&active.mem, head, written.unwrap_or(0)).is_err() {
+            if active.queues[RX]
+                .add_used(&active.mem, head, written.unwrap_or(0))
+                .is_err()
+            {
                 active.interrupt.set_needs_reset();
                 break;
             }
             delivered += 1;
         }
-        if delivered > 0 && active.queues[RX].needs_notification(&active.mem).unwrap_or(true) {
+        if delivered > 0
+            && active.queues[RX]
+                .needs_notification(&active.mem)
+                .unwrap_or(true)
+        {
             active.interrupt.signal_used_queue();
         }
         self.pending.is_some()
@@ -196,11 +215,23 @@ impl<B: Backend> VirtioDevice for Net<B> {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.mac, offset, data);
     }
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Arc<Interrupt>) -> Result<(), ActivateError> {
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
         if queues.len() != 2 {
-            return Err(ActivateError::QueueCount { expected: 2, got: queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: 2,
+                got: queues.len(),
+            });
         }
-        self.active = Some(Active { mem, queues, interrupt });
+        self.active = Some(Active {
+            mem,
+            queues,
+            interrupt,
+        });
         Ok(())
     }
     fn reset(&mut self) {
@@ -257,7 +288,8 @@ mod tests {
         tx.write(0x4000, &[0u8; HDR_LEN]);
         tx.write(0x4000 + HDR_LEN as u64, b"frame-out");
         tx.add_chain(0, &[(0x4000, (HDR_LEN + 9) as u32, 0)]);
-        net.activate(rx.mem.clone(), vec![rx.queue(), tx.queue()], rx.interrupt()).expect("activate");
+        net.activate(rx.mem.clone(), vec![rx.queue(), tx.queue()], rx.interrupt())
+            .expect("activate");
         assert_eq!(net.process_tx(), 1);
         assert_eq!(net.backend.sent, vec![b"frame-out".to_vec()]);
 
@@ -274,7 +306,8 @@ mod tests {
         let (rx, tx) = rx_tx();
         let mut net = Net::new(Loop::default(), [2, 0, 0, 0, 0, 1]).expect("net");
         net.backend.inbound.push_back(vec![7u8; 100]);
-        net.activate(rx.mem.clone(), vec![rx.queue(), tx.queue()], rx.interrupt()).expect("activate");
+        net.activate(rx.mem.clone(), vec![rx.queue(), tx.queue()], rx.interrupt())
+            .expect("activate");
         assert!(net.process_rx(), "no rx buffer yet: the frame waits");
         rx.add_chain(0, &[(0x8000, 50, WRITE)]);
         assert!(!net.process_rx());
@@ -288,7 +321,8 @@ mod tests {
         let mut net = Net::new(Loop::default(), [2, 0, 0, 0, 0, 1]).expect("net");
         tx.add_chain(0, &[(0x4000, 4, 0)]);
         tx.add_chain(1, &[(0x5000, 64, WRITE)]);
-        net.activate(rx.mem.clone(), vec![rx.queue(), tx.queue()], rx.interrupt()).expect("activate");
+        net.activate(rx.mem.clone(), vec![rx.queue(), tx.queue()], rx.interrupt())
+            .expect("activate");
         assert_eq!(net.process_tx(), 2);
         assert!(net.backend.sent.is_empty());
         assert_eq!(net.metrics.dropped.load(Ordering::Relaxed), 2);

@@ -17,7 +17,10 @@ impl Tap {
     /// Attaches to the existing TAP interface `name` (or creates it).
     pub fn open(name: &str) -> std::io::Result<Tap> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name:?} is not an interface name")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name:?} is not an interface name"),
+            ));
         }
         let file = std::fs::OpenOptions::new()
             .read(true)

@@ -39,7 +39,9 @@ impl Rng {
 
     /// Serves every available request. Returns the number served.
     pub fn process_queue(&mut self) -> usize {
-        let Some(active) = self.active.as_mut() else { return 0 };
+        let Some(active) = self.active.as_mut() else {
+            return 0;
+        };
         if active.interrupt.needs_reset() {
             return 0;
         }
@@ -99,12 +101,24 @@ impl VirtioDevice for Rng {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn activate(&mut self, mem: GuestMemoryMmap, mut queues: Vec<Queue>, interrupt: Arc<Interrupt>) -> Result<(), ActivateError> {
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
         if queues.len() != 1 {
-            return Err(ActivateError::QueueCount { expected: 1, got: queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
         }
         let queue = queues.remove(0);
-        self.active = Some(Active { mem, queue, interrupt });
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
         Ok(())
     }
     fn reset(&mut self) {
@@ -132,7 +146,11 @@ mod tests {
         rng.activate(mem, vec![q], irq.clone()).expect("activate");
         assert_eq!(rng.process_queue(), 1);
         assert_eq!(t.used(0), (0, 96));
-        assert_ne!(t.read(0x4000, 64), vec![0u8; 64], "random bytes were written");
+        assert_ne!(
+            t.read(0x4000, 64),
+            vec![0u8; 64],
+            "random bytes were written"
+        );
         assert_eq!(irq.status() & crate::devices::virtio::INT_VRING, 1);
     }
 
@@ -147,7 +165,12 @@ mod tests {
         assert_eq!(rng.process_queue(), 2);
         assert_eq!(t.used(0).1, 0);
         assert_eq!(t.used(1).1, 0);
-        assert!(rng.metrics.invalid_chains.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        assert!(
+            rng.metrics
+                .invalid_chains
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
     }
 
     #[test]

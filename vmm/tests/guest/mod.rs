@@ -1,0 +1,166 @@
+//! Test guests: 64-bit code assembled with iced-x86, and the virtqueue
+//! layout a driver would set up, written into guest memory by the test.
+
+#![allow(dead_code)]
+
+use iced_x86::code_asm::*;
+use vmm::devices::virtio::mmio::reg;
+use vmm::Vm;
+
+/// Where the code is loaded and entered.
+pub const CODE: u64 = 0x10_0000;
+/// Where guests store what they read, for the test to check.
+pub const RESULTS: u64 = 0x20_0000;
+pub const MMIO: u64 = 0xd000_0000;
+pub const QUEUE_SIZE: u32 = 16;
+const DEBUG_EXIT: u32 = 0x501;
+
+/// Whether /dev/kvm can be used; prints why the test is skipped if not.
+pub fn kvm_or_skip() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIP: /dev/kvm is not usable here ({e})");
+            false
+        }
+    }
+}
+
+pub struct Program {
+    a: CodeAssembler,
+}
+
+impl Program {
+    pub fn new() -> Self {
+        Self {
+            a: CodeAssembler::new(64).expect("assembler"),
+        }
+    }
+
+    pub fn bytes(&mut self) -> Vec<u8> {
+        self.a.assemble(CODE).expect("assemble")
+    }
+
+    pub fn outb(&mut self, port: u32, value: u8) {
+        self.a.mov(dx, port).expect("mov");
+        self.a.mov(al, u32::from(value)).expect("mov");
+        self.a.out(dx, al).expect("out");
+    }
+
+    pub fn inb_to(&mut self, port: u32, dst: u64) {
+        self.a.mov(dx, port).expect("mov");
+        self.a.in_(al, dx).expect("in");
+        self.a.mov(rbx, dst).expect("mov");
+        self.a.mov(byte_ptr(rbx), al).expect("store");
+    }
+
+    pub fn read32_to(&mut self, src: u64, dst: u64) {
+        self.a.mov(rbx, src).expect("mov");
+        self.a.mov(eax, dword_ptr(rbx)).expect("load");
+        self.a.mov(rbx, dst).expect("mov");
+        self.a.mov(dword_ptr(rbx), eax).expect("store");
+    }
+
+    pub fn write32(&mut self, addr: u64, value: u32) {
+        self.a.mov(rbx, addr).expect("mov");
+        self.a.mov(eax, value).expect("mov");
+        self.a.mov(dword_ptr(rbx), eax).expect("store");
+    }
+
+    /// Spins until the 16-bit value at `addr` equals `expected`.
+    pub fn poll16(&mut self, addr: u64, expected: u32) {
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top).expect("label");
+        self.a.mov(rbx, addr).expect("mov");
+        self.a.movzx(eax, word_ptr(rbx)).expect("load");
+        self.a.cmp(eax, expected).expect("cmp");
+        self.a.jne(top).expect("jne");
+    }
+
+    pub fn spin(&mut self) {
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top).expect("label");
+        self.a.jmp(top).expect("jmp");
+    }
+
+    /// Stops the VM with `code` through the debug exit port.
+    pub fn exit(&mut self, code: u8) {
+        self.outb(DEBUG_EXIT, code);
+        self.spin();
+    }
+
+    /// The driver side of virtio-mmio, up to DRIVER_OK, for `queues`.
+    pub fn virtio_bring_up(&mut self, base: u64, queues: &[QueueLayout]) {
+        self.write32(base + reg::STATUS, 1);
+        self.write32(base + reg::STATUS, 3);
+        self.write32(base + reg::DRIVER_FEATURES_SEL, 1);
+        self.write32(base + reg::DRIVER_FEATURES, 1);
+        self.write32(base + reg::STATUS, 0xb);
+        for (i, q) in queues.iter().enumerate() {
+            self.write32(base + reg::QUEUE_SEL, i as u32);
+            self.write32(base + reg::QUEUE_NUM, QUEUE_SIZE);
+            self.write32(base + reg::QUEUE_DESC_LOW, q.desc as u32);
+            self.write32(base + reg::QUEUE_AVAIL_LOW, q.avail as u32);
+            self.write32(base + reg::QUEUE_USED_LOW, q.used as u32);
+            self.write32(base + reg::QUEUE_READY, 1);
+        }
+        self.write32(base + reg::STATUS, 0xf);
+    }
+}
+
+/// A split virtqueue of QUEUE_SIZE entries in guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLayout {
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+}
+
+impl QueueLayout {
+    pub fn at(base: u64) -> Self {
+        Self {
+            desc: base,
+            avail: base + 0x800,
+            used: base + 0x1000,
+        }
+    }
+
+    /// Writes a chain of (addr, len, device-writable) buffers from `head`.
+    pub fn write_chain(&self, vm: &Vm, head: u16, bufs: &[(u64, u32, bool)]) {
+        for (i, (addr, len, writable)) in bufs.iter().enumerate() {
+            let idx = head + i as u16;
+            let mut flags = if *writable { 2u16 } else { 0 };
+            if i + 1 < bufs.len() {
+                flags |= 1;
+            }
+            let mut d = addr.to_le_bytes().to_vec();
+            d.extend(len.to_le_bytes());
+            d.extend(flags.to_le_bytes());
+            d.extend((idx + 1).to_le_bytes());
+            vm.write_guest(self.desc + u64::from(idx) * 16, &d)
+                .expect("descriptor");
+        }
+    }
+
+    /// Puts `heads` in the avail ring and sets its index.
+    pub fn publish(&self, vm: &Vm, heads: &[u16]) {
+        for (i, h) in heads.iter().enumerate() {
+            vm.write_guest(self.avail + 4 + i as u64 * 2, &h.to_le_bytes())
+                .expect("ring");
+        }
+        vm.write_guest(self.avail + 2, &(heads.len() as u16).to_le_bytes())
+            .expect("idx");
+    }
+
+    pub fn used_elem(&self, vm: &Vm, pos: u64) -> (u32, u32) {
+        let b = vm.read_guest(self.used + 4 + pos * 8, 8).expect("used");
+        (
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        )
+    }
+}

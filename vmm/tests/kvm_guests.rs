@@ -1,0 +1,234 @@
+//! Tier 3: the VMM against the real /dev/kvm with tiny test guests,
+//! assembled here with iced-x86 and run in 64-bit mode. They exercise the
+//! serial port, the i8042 reset, the boot timer, unknown ports and MMIO,
+//! and each virtio device through its MMIO registers and a real request.
+
+mod guest;
+
+use std::time::Duration;
+
+use guest::{kvm_or_skip, Program, RESULTS};
+use vmm::devices::virtio::mmio::{reg, MAGIC, VENDOR};
+use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig};
+
+fn boot(program: &mut Program, tweak: impl FnOnce(&mut VmConfig)) -> (tempfile::TempDir, Vm) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let code = dir.path().join("guest.bin");
+    std::fs::write(&code, program.bytes()).expect("code");
+    let mut cfg = VmConfig {
+        kernel: code,
+        mem_mib: 64,
+        flat_entry: Some(guest::CODE),
+        console: Console::File(dir.path().join("console")),
+        rng: false,
+        ..VmConfig::default()
+    };
+    tweak(&mut cfg);
+    let vm = Vm::new(cfg).expect("build the VM");
+    (dir, vm)
+}
+
+fn run(vm: &mut Vm) -> ExitReason {
+    vm.run().expect("run");
+    vm.wait(Some(Duration::from_secs(20))).unwrap_or_else(|| {
+        vm.stop();
+        panic!("the guest did not stop within 20 s")
+    })
+}
+
+#[test]
+fn serial_output_reaches_the_console() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    for b in b"Hello, aurae\n" {
+        p.outb(0x3f8, *b);
+    }
+    p.exit(0x31);
+    let (dir, mut vm) = boot(&mut p, |_| {});
+    assert_eq!(run(&mut vm), ExitReason::DebugExit(0x31));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("console")).expect("console"),
+        "Hello, aurae\n"
+    );
+}
+
+#[test]
+fn an_i8042_reset_stops_the_vm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    p.outb(0x64, 0xfe);
+    p.spin();
+    let (_d, mut vm) = boot(&mut p, |_| {});
+    assert_eq!(run(&mut vm), ExitReason::Reset);
+}
+
+#[test]
+fn the_boot_timer_records_when_init_starts() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    p.outb(0x440, 123);
+    p.exit(1);
+    let (_d, mut vm) = boot(&mut p, |_| {});
+    assert!(vm.boot_time().is_none());
+    assert_eq!(run(&mut vm), ExitReason::DebugExit(1));
+    let t = vm.boot_time().expect("boot time recorded");
+    assert!(t < Duration::from_secs(20));
+}
+
+#[test]
+fn unknown_ports_and_addresses_are_ignored_and_counted() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    p.inb_to(0x1234, RESULTS);
+    p.outb(0x1235, 7);
+    p.read32_to(0xc000_0000, RESULTS + 8);
+    p.write32(0xc000_0000, 5);
+    p.exit(2);
+    let (_d, mut vm) = boot(&mut p, |_| {});
+    assert_eq!(run(&mut vm), ExitReason::DebugExit(2));
+    assert_eq!(vm.read_guest(RESULTS, 1).expect("read"), vec![0xff]);
+    assert_eq!(vm.read_guest(RESULTS + 8, 4).expect("read"), vec![0xff; 4]);
+    let ((pio_r, pio_w), (mmio_r, mmio_w)) = vm.unknown_accesses();
+    assert!(pio_r >= 1 && pio_w >= 1 && mmio_r >= 1 && mmio_w >= 1);
+}
+
+/// Reads the identification registers of the device at `base`.
+fn identify(p: &mut Program, base: u64, slot: u64) {
+    for (i, r) in [
+        reg::MAGIC,
+        reg::VERSION,
+        reg::DEVICE_ID,
+        reg::VENDOR_ID,
+        reg::QUEUE_NUM_MAX,
+    ]
+    .iter()
+    .enumerate()
+    {
+        p.read32_to(base + r, RESULTS + slot * 0x40 + i as u64 * 4);
+    }
+}
+
+#[test]
+fn every_virtio_device_answers_the_mmio_register_protocol() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let disk = tempfile::NamedTempFile::new().expect("disk");
+    std::fs::write(disk.path(), vec![0u8; 4096]).expect("disk");
+    let mut p = Program::new();
+    for slot in 0..2 {
+        identify(&mut p, guest::MMIO + slot * 0x1000, slot);
+    }
+    p.exit(3);
+    let path = disk.path().to_path_buf();
+    let (_d, mut vm) = boot(&mut p, |c| {
+        c.rng = true;
+        c.disks = vec![DiskConfig {
+            path,
+            read_only: false,
+        }];
+    });
+    assert_eq!(run(&mut vm), ExitReason::DebugExit(3));
+    for (slot, device_id) in [(0u64, 4u32), (1, 2)] {
+        let words: Vec<u32> = vm
+            .read_guest(RESULTS + slot * 0x40, 20)
+            .expect("read")
+            .chunks(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(
+            words,
+            vec![MAGIC, 2, device_id, VENDOR, 256],
+            "device {slot}"
+        );
+    }
+}
+
+#[test]
+fn an_rng_request_goes_through_the_virtqueue() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    let q = guest::QueueLayout::at(0x30_0000);
+    p.virtio_bring_up(guest::MMIO, &[q]);
+    p.write32(guest::MMIO + reg::QUEUE_NOTIFY, 0);
+    p.poll16(q.used + 2, 1);
+    p.exit(4);
+    let (_d, mut vm) = boot(&mut p, |c| c.rng = true);
+    q.write_chain(&vm, 0, &[(0x40_0000, 256, true)]);
+    q.publish(&vm, &[0]);
+    assert_eq!(run(&mut vm), ExitReason::DebugExit(4));
+    assert_eq!(q.used_elem(&vm, 0), (0, 256));
+    assert_ne!(vm.read_guest(0x40_0000, 256).expect("read"), vec![0u8; 256]);
+}
+
+#[test]
+fn block_reads_and_writes_go_through_the_virtqueue() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let disk = tempfile::NamedTempFile::new().expect("disk");
+    let mut content = vec![0u8; 8 * 512];
+    content[512..1024].fill(0x11);
+    std::fs::write(disk.path(), &content).expect("disk");
+    let mut p = Program::new();
+    let q = guest::QueueLayout::at(0x30_0000);
+    p.virtio_bring_up(guest::MMIO, &[q]);
+    p.write32(guest::MMIO + reg::QUEUE_NOTIFY, 0);
+    p.poll16(q.used + 2, 2);
+    p.exit(5);
+    let path = disk.path().to_path_buf();
+    let (_d, mut vm) = boot(&mut p, |c| {
+        c.disks = vec![DiskConfig {
+            path,
+            read_only: false,
+        }]
+    });
+    // Request 1: read sector 1. Request 2: write sector 3.
+    let header = |kind: u32, sector: u64| {
+        let mut h = kind.to_le_bytes().to_vec();
+        h.extend(0u32.to_le_bytes());
+        h.extend(sector.to_le_bytes());
+        h
+    };
+    vm.write_guest(0x40_0000, &header(0, 1)).expect("hdr");
+    vm.write_guest(0x40_1000, &header(1, 3)).expect("hdr");
+    vm.write_guest(0x42_0000, &[0x77; 512]).expect("data");
+    q.write_chain(
+        &vm,
+        0,
+        &[
+            (0x40_0000, 16, false),
+            (0x41_0000, 512, true),
+            (0x40_0100, 1, true),
+        ],
+    );
+    q.write_chain(
+        &vm,
+        3,
+        &[
+            (0x40_1000, 16, false),
+            (0x42_0000, 512, false),
+            (0x40_1100, 1, true),
+        ],
+    );
+    q.publish(&vm, &[0, 3]);
+    assert_eq!(run(&mut vm), ExitReason::DebugExit(5));
+    assert_eq!(
+        vm.read_guest(0x41_0000, 512).expect("read"),
+        vec![0x11; 512]
+    );
+    assert_eq!(vm.read_guest(0x40_0100, 1).expect("status"), vec![0]);
+    assert_eq!(vm.read_guest(0x40_1100, 1).expect("status"), vec![0]);
+    let on_disk = std::fs::read(disk.path()).expect("disk");
+    assert_eq!(&on_disk[3 * 512..4 * 512], &[0x77; 512][..]);
+}
