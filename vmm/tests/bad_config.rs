@@ -1,0 +1,68 @@
+//! Bad configuration gets an error naming the option, and leaves no TAP,
+//! thread or file descriptor behind.
+
+mod guest;
+
+use std::path::PathBuf;
+
+use vmm::{DiskConfig, Vm, VmConfig, VmmError};
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn option_of(cfg: VmConfig) -> (&'static str, String) {
+    match Vm::new(cfg) {
+        Err(VmmError::Config { option, reason }) => (option, reason),
+        Err(other) => panic!("expected a config error, got {other}"),
+        Ok(_) => panic!("accepted a bad config"),
+    }
+}
+
+#[test]
+fn each_bad_option_is_named_and_nothing_leaks() {
+    if !guest::kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, vec![0x5a; 4096]).expect("junk");
+    let tiny_kernel = dir.path().join("flat");
+    std::fs::write(&tiny_kernel, [0xf4u8]).expect("flat");
+    let big_initrd = dir.path().join("big-initrd");
+    std::fs::write(&big_initrd, vec![0u8; 40 << 20]).expect("initrd");
+    let base = VmConfig {
+        kernel: tiny_kernel.clone(),
+        mem_mib: 64,
+        flat_entry: Some(guest::CODE),
+        rng: false,
+        ..VmConfig::default()
+    };
+    // Warm up once so lazily created process state is not counted.
+    drop(Vm::new(base.clone()).expect("a good config builds"));
+    let fds = count("/proc/self/fd");
+    let threads = count("/proc/self/task");
+
+    let cases: Vec<(&str, VmConfig)> = vec![
+        ("kernel", VmConfig { kernel: PathBuf::from("/no/such/kernel"), ..base.clone() }),
+        ("kernel", VmConfig { kernel: junk.clone(), flat_entry: None, ..base.clone() }),
+        ("kernel", VmConfig { kernel: dir.path().to_path_buf(), ..base.clone() }),
+        ("vcpus", VmConfig { vcpus: 0, ..base.clone() }),
+        ("vcpus", VmConfig { vcpus: 255, ..base.clone() }),
+        ("mem", VmConfig { mem_mib: 1, ..base.clone() }),
+        ("mem", VmConfig { mem_mib: 1 << 20, ..base.clone() }),
+        ("mem", VmConfig { mem_mib: 32, initrds: vec![big_initrd.clone()], ..base.clone() }),
+        ("initrd", VmConfig { initrds: vec![PathBuf::from("/no/such/initrd")], ..base.clone() }),
+        ("tap", VmConfig { tap: Some("aurae-no-such-tap".into()), ..base.clone() }),
+        ("tap", VmConfig { tap: Some("x".repeat(40)), ..base.clone() }),
+        ("disk", VmConfig { disks: vec![DiskConfig { path: "/no/such/disk".into(), read_only: true }], ..base.clone() }),
+        ("cmdline", VmConfig { cmdline: "x".repeat(5000), ..base.clone() }),
+    ];
+    for (want, cfg) in cases {
+        let (option, reason) = option_of(cfg);
+        assert_eq!(option, want, "{reason}");
+    }
+    assert!(!std::path::Path::new("/sys/class/net/aurae-no-such-tap").exists(), "no TAP was created");
+    assert_eq!(count("/proc/self/fd"), fds, "file descriptors leaked");
+    assert_eq!(count("/proc/self/task"), threads, "threads leaked");
+}
