@@ -31,7 +31,7 @@ pub fn image_dir() -> Option<PathBuf> {
 pub struct Guest {
     qemu: Child,
     pub dir: tempfile::TempDir,
-    pub port: u16,
+    addr: String,
     pub console: PathBuf,
     config: ClientConfig,
 }
@@ -51,88 +51,141 @@ fn add_dir_tree(m: &mut Manifest, src: &Path, dst: &str) {
     }
 }
 
-impl Guest {
-    /// Boots the image with an overlay that carries a fresh identity,
-    /// busybox, and a busybox OCI image at /images/busybox.
-    pub async fn boot(image: &Path) -> Guest {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pki = dir.path().join("pki");
-        let out = Command::new(crate::binary("auraed"))
-            .args(["pki", "init", "--trust-domain", "guest.local", "--out"])
-            .arg(&pki)
-            .output()
-            .expect("pki init");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut overlay = Manifest::new();
-        for f in ["ca.crt", "server.crt", "server.key"] {
-            overlay
-                .file(&format!("etc/aurae/pki/{f}"), pki.join(f), 0o600)
-                .expect("pki");
-        }
-        overlay
-            .bytes(
-                "etc/aurae/auraed.toml",
-                "[server]\nsocket = \"/run/aurae/aurae.sock\"\n\n[auth]\nca_crt = \"/etc/aurae/pki/ca.crt\"\n\
-                 server_crt = \"/etc/aurae/pki/server.crt\"\nserver_key = \"/etc/aurae/pki/server.key\"\n\
-                 allowed_spiffe_ids = [\"spiffe://guest.local/aer\"]\n\n[runtime]\nstate_dir = \"/run/aurae/state\"\n\
-                 cgroup_root = \"aurae\"\n",
-                0o644,
-            )
-            .expect("config");
-        overlay
-            .file("bin/busybox", crate::image::BUSYBOX, 0o755)
-            .expect("busybox");
-        let layout = crate::image::write_layout(
-            &dir.path().join("oci"),
-            &[crate::image::busybox_layer()],
-            &Default::default(),
-        );
-        add_dir_tree(&mut overlay, &layout, "images/busybox");
-        let mut initrd = std::fs::read(image.join("initramfs.cpio.gz")).expect("base initramfs");
-        let overlay = overlay.write_gzip(Vec::new()).expect("overlay");
-        initrd = initramfs::concat(&[&initrd, &overlay]);
-        let initrd_path = dir.path().join("initrd");
-        std::fs::write(&initrd_path, initrd).expect("initrd");
+/// How the guest is booted.
+pub enum Launcher {
+    /// QEMU with TCG, user networking, and a loopback port forward.
+    Qemu,
+    /// Our VMM (`aurae-vmm`) with a TAP on a bridge; needs a KVM that boots
+    /// standard kernels (the QEMU test host has one).
+    AuraeVmm {
+        vmm: PathBuf,
+        tap: String,
+        guest_ip: String,
+        gateway: String,
+    },
+}
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
+/// Writes the base image plus an overlay with a fresh identity, busybox,
+/// and a busybox OCI image at /images/busybox; returns the initrd and the
+/// client config for the guest.
+pub fn instance_initrd(image: &Path, dir: &Path) -> (PathBuf, ClientConfig) {
+    let pki = dir.join("pki");
+    let out = Command::new(crate::binary("auraed"))
+        .args(["pki", "init", "--trust-domain", "guest.local", "--out"])
+        .arg(&pki)
+        .output()
+        .expect("pki init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut overlay = Manifest::new();
+    for f in ["ca.crt", "server.crt", "server.key"] {
+        overlay
+            .file(&format!("etc/aurae/pki/{f}"), pki.join(f), 0o600)
+            .expect("pki");
+    }
+    overlay
+        .bytes(
+            "etc/aurae/auraed.toml",
+            "[server]\nsocket = \"/run/aurae/aurae.sock\"\n\n[auth]\nca_crt = \"/etc/aurae/pki/ca.crt\"\n\
+             server_crt = \"/etc/aurae/pki/server.crt\"\nserver_key = \"/etc/aurae/pki/server.key\"\n\
+             allowed_spiffe_ids = [\"spiffe://guest.local/aer\"]\n\n[runtime]\nstate_dir = \"/run/aurae/state\"\n\
+             cgroup_root = \"aurae\"\n",
+            0o644,
+        )
+        .expect("config");
+    overlay
+        .file("bin/busybox", crate::image::BUSYBOX, 0o755)
+        .expect("busybox");
+    let layout = crate::image::write_layout(
+        &dir.join("oci"),
+        &[crate::image::busybox_layer()],
+        &Default::default(),
+    );
+    add_dir_tree(&mut overlay, &layout, "images/busybox");
+    let base = std::fs::read(image.join("initramfs.cpio.gz")).expect("base initramfs");
+    let overlay = overlay.write_gzip(Vec::new()).expect("overlay");
+    let initrd = dir.join("initrd");
+    std::fs::write(&initrd, initramfs::concat(&[&base, &overlay])).expect("initrd");
+    let mut config = ClientConfig::load(&pki.join("config")).expect("client config");
+    config.system.server_name = "localhost".into();
+    (initrd, config)
+}
+
+impl Guest {
+    /// Boots the image under QEMU.
+    pub async fn boot(image: &Path) -> Guest {
+        Self::boot_with(image, Launcher::Qemu).await
+    }
+
+    pub async fn boot_with(image: &Path, launcher: Launcher) -> Guest {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (initrd_path, config) = instance_initrd(image, dir.path());
         let console = dir.path().join("console.log");
-        let qemu = Command::new("qemu-system-x86_64")
-            .args(["-M", "pc,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "1024"])
-            .args(["-nographic", "-nodefaults", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-kernel")
-            .arg(image.join("bzImage"))
-            .arg("-initrd")
-            .arg(&initrd_path)
-            .arg("-append")
-            .arg(format!(
-                "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={GUEST_IP}/24 aurae.gw=10.0.2.2 aurae.port={GUEST_PORT}"
-            ))
-            // restrict=on: the guest reaches nothing outside; only the
-            // loopback forward to its auraed exists.
-            .arg("-netdev")
-            .arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_IP}:{GUEST_PORT}"))
-            .args(["-device", "virtio-net-pci,netdev=n0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64");
-        let mut config = ClientConfig::load(&pki.join("config")).expect("client config");
-        config.system.server_name = "localhost".into();
+        let (qemu, addr) = match launcher {
+            Launcher::Qemu => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .expect("port")
+                    .local_addr()
+                    .expect("addr")
+                    .port();
+                let child = Command::new("qemu-system-x86_64")
+                    .args(["-M", "pc,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "1024"])
+                    .args(["-nographic", "-nodefaults", "-no-reboot"])
+                    .arg("-serial")
+                    .arg(format!("file:{}", console.display()))
+                    .arg("-kernel")
+                    .arg(image.join("bzImage"))
+                    .arg("-initrd")
+                    .arg(&initrd_path)
+                    .arg("-append")
+                    .arg(format!(
+                        "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={GUEST_IP}/24 aurae.gw=10.0.2.2 aurae.port={GUEST_PORT}"
+                    ))
+                    // restrict=on: the guest reaches nothing outside; only
+                    // the loopback forward to its auraed exists.
+                    .arg("-netdev")
+                    .arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_IP}:{GUEST_PORT}"))
+                    .args(["-device", "virtio-net-pci,netdev=n0"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("qemu-system-x86_64");
+                (child, format!("127.0.0.1:{port}"))
+            }
+            Launcher::AuraeVmm {
+                vmm,
+                tap,
+                guest_ip,
+                gateway,
+            } => {
+                let child = Command::new(vmm)
+                    .arg("--kernel")
+                    .arg(image.join("bzImage"))
+                    .arg("--initrd")
+                    .arg(&initrd_path)
+                    .args(["--mem", "512", "--vcpus", "1", "--tap", &tap])
+                    .arg("--console")
+                    .arg(&console)
+                    .arg("--cmdline")
+                    .arg(format!(
+                        "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
+                    ))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.path().join("vmm.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+                    .spawn()
+                    .expect("aurae-vmm");
+                (child, format!("{guest_ip}:{GUEST_PORT}"))
+            }
+        };
         let mut g = Guest {
             qemu,
             dir,
-            port,
+            addr,
             console,
             config,
         };
@@ -145,7 +198,29 @@ impl Guest {
     }
 
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr.clone()
+    }
+
+    /// The VMM's own log (boot timer, exit reason), when booted by it.
+    pub fn vmm_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vmm.log")).unwrap_or_default()
+    }
+
+    /// Stops the guest process and waits for it.
+    pub fn shutdown(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.qemu.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.qemu.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.qemu.kill();
+        self.qemu.wait().ok()
     }
 
     async fn wait_healthy(&mut self) {

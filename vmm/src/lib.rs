@@ -19,4 +19,4 @@ mod vm;
 pub use config::{Console, DiskConfig, VmConfig};
 pub use error::VmmError;
 pub use state::ExitReason;
-pub use vm::Vm;
+pub use vm::{StopHandle, Vm};

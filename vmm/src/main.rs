@@ -83,6 +83,17 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // SIGTERM and SIGINT stop the VM cleanly.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    let _ = signals.thread_block();
+    let stopper = vm.stop_handle();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            stopper.stop();
+        }
+    });
     if let Err(e) = vm.run() {
         eprintln!("aurae-vmm: starting the VM: {e}");
         std::process::exit(2);

@@ -27,6 +27,16 @@ use crate::{Console, VmConfig, VmmError};
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
+/// Stops a VM from anywhere.
+#[derive(Clone)]
+pub struct StopHandle(Arc<VmState>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.exit(ExitReason::Stopped);
+    }
+}
+
 pub struct Vm {
     config: VmConfig,
     _kvm: Kvm,
@@ -262,6 +272,12 @@ impl Vm {
     /// Asks the VM to stop; `wait` returns once it has.
     pub fn stop(&self) {
         self.state.exit(ExitReason::Stopped);
+    }
+
+    /// A handle that stops the VM from another thread (a signal handler
+    /// thread, say).
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.state.clone())
     }
 
     /// Waits (at most `timeout`) for the VM to stop, then joins its threads.

@@ -44,25 +44,111 @@ fn each_bad_option_is_named_and_nothing_leaks() {
     let threads = count("/proc/self/task");
 
     let cases: Vec<(&str, VmConfig)> = vec![
-        ("kernel", VmConfig { kernel: PathBuf::from("/no/such/kernel"), ..base.clone() }),
-        ("kernel", VmConfig { kernel: junk.clone(), flat_entry: None, ..base.clone() }),
-        ("kernel", VmConfig { kernel: dir.path().to_path_buf(), ..base.clone() }),
-        ("vcpus", VmConfig { vcpus: 0, ..base.clone() }),
-        ("vcpus", VmConfig { vcpus: 255, ..base.clone() }),
-        ("mem", VmConfig { mem_mib: 1, ..base.clone() }),
-        ("mem", VmConfig { mem_mib: 1 << 20, ..base.clone() }),
-        ("mem", VmConfig { mem_mib: 32, initrds: vec![big_initrd.clone()], ..base.clone() }),
-        ("initrd", VmConfig { initrds: vec![PathBuf::from("/no/such/initrd")], ..base.clone() }),
-        ("tap", VmConfig { tap: Some("aurae-no-such-tap".into()), ..base.clone() }),
-        ("tap", VmConfig { tap: Some("x".repeat(40)), ..base.clone() }),
-        ("disk", VmConfig { disks: vec![DiskConfig { path: "/no/such/disk".into(), read_only: true }], ..base.clone() }),
-        ("cmdline", VmConfig { cmdline: "x".repeat(5000), ..base.clone() }),
+        (
+            "kernel",
+            VmConfig {
+                kernel: PathBuf::from("/no/such/kernel"),
+                ..base.clone()
+            },
+        ),
+        (
+            "kernel",
+            VmConfig {
+                kernel: junk.clone(),
+                flat_entry: None,
+                ..base.clone()
+            },
+        ),
+        (
+            "kernel",
+            VmConfig {
+                kernel: dir.path().to_path_buf(),
+                ..base.clone()
+            },
+        ),
+        (
+            "vcpus",
+            VmConfig {
+                vcpus: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "vcpus",
+            VmConfig {
+                vcpus: 255,
+                ..base.clone()
+            },
+        ),
+        (
+            "mem",
+            VmConfig {
+                mem_mib: 1,
+                ..base.clone()
+            },
+        ),
+        (
+            "mem",
+            VmConfig {
+                mem_mib: 1 << 20,
+                ..base.clone()
+            },
+        ),
+        (
+            "mem",
+            VmConfig {
+                mem_mib: 32,
+                initrds: vec![big_initrd.clone()],
+                ..base.clone()
+            },
+        ),
+        (
+            "initrd",
+            VmConfig {
+                initrds: vec![PathBuf::from("/no/such/initrd")],
+                ..base.clone()
+            },
+        ),
+        (
+            "tap",
+            VmConfig {
+                tap: Some("aurae-no-such-tap".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "tap",
+            VmConfig {
+                tap: Some("x".repeat(40)),
+                ..base.clone()
+            },
+        ),
+        (
+            "disk",
+            VmConfig {
+                disks: vec![DiskConfig {
+                    path: "/no/such/disk".into(),
+                    read_only: true,
+                }],
+                ..base.clone()
+            },
+        ),
+        (
+            "cmdline",
+            VmConfig {
+                cmdline: "x".repeat(5000),
+                ..base.clone()
+            },
+        ),
     ];
     for (want, cfg) in cases {
         let (option, reason) = option_of(cfg);
         assert_eq!(option, want, "{reason}");
     }
-    assert!(!std::path::Path::new("/sys/class/net/aurae-no-such-tap").exists(), "no TAP was created");
+    assert!(
+        !std::path::Path::new("/sys/class/net/aurae-no-such-tap").exists(),
+        "no TAP was created"
+    );
     assert_eq!(count("/proc/self/fd"), fds, "file descriptors leaked");
     assert_eq!(count("/proc/self/task"), threads, "threads leaked");
 }

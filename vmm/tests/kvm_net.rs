@@ -22,7 +22,13 @@ struct TestTap(String);
 impl TestTap {
     fn create() -> Option<TestTap> {
         let name = format!("aurvt{}", std::process::id() % 100_000);
-        let ok = |args: &[&str]| Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
+        let ok = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
         if !ok(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
             return None;
         }
@@ -47,8 +53,18 @@ fn packet_socket(ifname: &str) -> OwnedFd {
     assert_ne!(index, 0, "no interface {ifname}");
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
-    assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: fd is a fresh socket that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: sockaddr_ll is plain data.
@@ -58,13 +74,26 @@ fn packet_socket(ifname: &str) -> OwnedFd {
     addr.sll_ifindex = index as i32;
     // SAFETY: bind reads `addr` of the given size.
     let rc = unsafe {
-        libc::bind(fd.as_raw_fd(), &addr as *const libc::sockaddr_ll as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
     };
     assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-    let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
     // SAFETY: setsockopt reads a timeval of the given size.
     unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const libc::timeval as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
     };
     fd
 }
@@ -130,7 +159,11 @@ fn a_frame_goes_each_way_through_a_real_tap() {
             seen = Some(buf[..n as usize].to_vec());
         }
     }
-    assert_eq!(seen.as_deref(), Some(&outbound[..]), "the guest's frame reached the TAP");
+    assert_eq!(
+        seen.as_deref(),
+        Some(&outbound[..]),
+        "the guest's frame reached the TAP"
+    );
     // ...and a frame sent on the TAP reaches the guest.
     let inbound = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 9], b"to-guest");
     // SAFETY: send from a buffer of the given length.
@@ -142,5 +175,8 @@ fn a_frame_goes_each_way_through_a_real_tap() {
     }
     assert_eq!(reason, Some(ExitReason::DebugExit(6)));
     assert_eq!(rx.used_elem(&vm, 0).1 as usize, 12 + inbound.len());
-    assert_eq!(vm.read_guest(0x50_0000 + 12, inbound.len()).expect("rx"), inbound);
+    assert_eq!(
+        vm.read_guest(0x50_0000 + 12, inbound.len()).expect("rx"),
+        inbound
+    );
 }

@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Kernel => kernel::build().map(|_| ()),
         Command::Image => image::build().map(|_| ()),
         Command::Testvm { tests } => {
-            let k = kernel::build()?;
+            let img = image::build()?;
             let runs = if tests.is_empty() {
                 testhost::default_runs()
             } else {
@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
                     })
                     .collect()
             };
-            if testhost::run(&k.bzimage, &runs)? {
+            if testhost::run(&img.bzimage, Some(&img.dir), &runs)? {
                 Ok(())
             } else {
                 anyhow::bail!("tests failed inside the test host")

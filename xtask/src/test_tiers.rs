@@ -97,7 +97,11 @@ fn e2e() -> anyhow::Result<Outcome> {
         "
 ==> the QEMU test host: cell limits under a pure cgroup v2"
     );
-    let host_ok = crate::testhost::run(&img.bzimage, &crate::testhost::default_runs())?;
+    let host_ok = crate::testhost::run(
+        &img.bzimage,
+        Some(&img.dir),
+        &crate::testhost::default_runs(),
+    )?;
     println!(
         "
 ==> our image booted by QEMU: the guest auraed over mTLS"

@@ -25,12 +25,19 @@ pub struct TestRun {
     pub filters: Vec<String>,
 }
 
-/// The tests that need what only the test host has: cgroup v2 limits.
+/// The tests that need what only the test host has: cgroup v2 limits, and
+/// a KVM that boots standard kernels (for our VMM and our image).
 pub fn default_runs() -> Vec<TestRun> {
-    vec![TestRun {
-        test: "cells".into(),
-        filters: vec![],
-    }]
+    vec![
+        TestRun {
+            test: "cells".into(),
+            filters: vec![],
+        },
+        TestRun {
+            test: "vmm_boot".into(),
+            filters: vec![],
+        },
+    ]
 }
 
 /// Builds the named integration test binaries and returns their paths.
@@ -93,7 +100,8 @@ fn init_script(runs: &[TestRun]) -> String {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
-         export PATH=/bin HOME=/root AURAED_BIN=/target/auraed AER_BIN=/target/aer RUST_BACKTRACE=1 AURAE_SKIP_LOG=/tmp/skipped\n\
+         export PATH=/bin HOME=/root AURAED_BIN=/target/auraed AER_BIN=/target/aer AURAE_VMM_BIN=/target/aurae-vmm RUST_BACKTRACE=1 AURAE_SKIP_LOG=/tmp/skipped\n\
+         [ -d /image ] && export AURAE_E2E=1 AURAE_IMAGE_DIR=/image\n\
          mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
          mkdir -p /dev/pts /dev/shm /root; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm\n\
          mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
@@ -116,9 +124,9 @@ fn init_script(runs: &[TestRun]) -> String {
 
 /// Runs `runs` inside the test host booted from `kernel`; returns whether
 /// they all passed.
-pub fn run(kernel: &Path, runs: &[TestRun]) -> anyhow::Result<bool> {
+pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Result<bool> {
     deps::ensure(&["qemu-system-x86", "busybox-static"])?;
-    if !deps::cargo(&["build", "-p", "auraed", "-p", "aer"], &[])? {
+    if !deps::cargo(&["build", "-p", "auraed", "-p", "aer", "-p", "vmm"], &[])? {
         bail!("building auraed failed");
     }
     let names: Vec<String> = runs.iter().map(|r| r.test.clone()).collect();
@@ -135,7 +143,13 @@ pub fn run(kernel: &Path, runs: &[TestRun]) -> anyhow::Result<bool> {
     let mut payload: Vec<(String, PathBuf)> = vec![
         ("target/auraed".into(), target.join("auraed")),
         ("target/aer".into(), target.join("aer")),
+        ("target/aurae-vmm".into(), target.join("aurae-vmm")),
     ];
+    if let Some(image) = image {
+        for f in ["bzImage", "initramfs.cpio.gz"] {
+            m.file(&format!("image/{f}"), image.join(f), 0o644)?;
+        }
+    }
     payload.extend(binaries.into_iter().map(|(n, p)| (format!("tests/{n}"), p)));
     let mut libs = std::collections::BTreeSet::new();
     for (path, src) in &payload {

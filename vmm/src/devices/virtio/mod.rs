@@ -4,6 +4,8 @@
 //! [`Interrupt`] when the driver activates it.
 
 pub mod block;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod mmio;
 pub mod net;
 pub mod rng;

@@ -87,6 +87,15 @@ impl Rng {
     }
 }
 
+impl Rng {
+    /// Whether the device stopped on bad guest input.
+    pub fn active_needs_reset(&self) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| a.interrupt.needs_reset())
+    }
+}
+
 impl VirtioDevice for Rng {
     fn device_type(&self) -> u32 {
         TYPE_RNG

@@ -1,0 +1,149 @@
+//! Tier 4 (e2e), inside the QEMU test host: our VMM boots our image under
+//! KVM with a TAP on a bridge; the guest auraed answers over mTLS, runs a
+//! cell, and the boot timer shows that /init started.
+
+use std::process::Command;
+use std::time::Duration;
+
+use aurae_proto::runtime as pb;
+use aurae_tests::guest::{image_dir, Guest, Launcher};
+use tokio_stream::StreamExt;
+
+const TAP: &str = "aurtap0";
+const BRIDGE: &str = "aurbr0";
+const HOST_IP: &str = "10.77.0.1";
+const GUEST_IP: &str = "10.77.0.2";
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The test's own bridge and TAP, removed on drop.
+struct Network;
+
+impl Network {
+    fn create() -> Network {
+        let ok = (sh(&format!("ip tuntap add dev {TAP} mode tap"))
+            || sh(&format!("tunctl -t {TAP}")))
+            && (sh(&format!("ip link add name {BRIDGE} type bridge"))
+                || sh(&format!("brctl addbr {BRIDGE}")))
+            && (sh(&format!("ip link set {TAP} master {BRIDGE}"))
+                || sh(&format!("brctl addif {BRIDGE} {TAP}")))
+            && sh(&format!("ip addr add {HOST_IP}/24 dev {BRIDGE}"))
+            && sh(&format!("ip link set {BRIDGE} up && ip link set {TAP} up"));
+        assert!(ok, "setting up the test bridge and TAP failed");
+        Network
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        sh(&format!("ip link del {TAP}; ip link del {BRIDGE}"));
+    }
+}
+
+fn ready() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let name = aurae_tests::function_name!();
+    let skip = |why: &str| {
+        aurae_tests::report_skip(name, why);
+        None
+    };
+    if std::env::var_os("AURAE_E2E").is_none() {
+        return skip("runs in the e2e tier, inside the QEMU test host");
+    }
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        return skip("this host's KVM is PVM, which can't boot a standard kernel; the test runs inside the QEMU test host");
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return skip("/dev/kvm is not usable");
+    }
+    let Some(image) = image_dir() else {
+        return skip("the image is not built (cargo xtask image)");
+    };
+    Some((image, aurae_tests::binary("aurae-vmm")))
+}
+
+#[tokio::test]
+async fn our_vmm_boots_our_image_and_the_guest_runs_a_cell() {
+    let Some((image, vmm)) = ready() else { return };
+    let _net = Network::create();
+    let guest = Guest::boot_with(
+        &image,
+        Launcher::AuraeVmm {
+            vmm,
+            tap: TAP.into(),
+            guest_ip: GUEST_IP.into(),
+            gateway: HOST_IP.into(),
+        },
+    )
+    .await;
+    let mut c = guest.client().await;
+    c.run_cell(pb::RunCellRequest {
+        name: "vmcell".into(),
+        image: "/images/busybox".into(),
+        executable_name: "vmcell-main".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("RunCell in the guest booted by our VMM");
+    let st = c
+        .wait(pb::WaitRequest {
+            id: "vmcell-main".into(),
+            timeout_ms: Some(60_000),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    let mut logs = c
+        .logs(pb::LogsRequest {
+            id: "vmcell-main".into(),
+            follow: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let first = logs.next().await.expect("a line").expect("entry");
+    assert_eq!(
+        (st.exit_code, first.line.as_slice()),
+        (Some(0), &b"hello from busybox"[..])
+    );
+
+    // Shut the guest down from inside: its init powers off, the VM exits.
+    let _ = c
+        .run_executable(pb::RunExecutableRequest {
+            name: "halt".into(),
+            cell: String::new(),
+            executable: Some(pb::Executable {
+                command: "/bin/busybox".into(),
+                args: vec!["kill".into(), "-TERM".into(), "1".into()],
+                ..Default::default()
+            }),
+        })
+        .await;
+    let mut exited = false;
+    for _ in 0..200 {
+        if guest.vmm_log().contains("VM stopped") {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = guest.vmm_log();
+    assert!(
+        exited,
+        "the VMM did not exit after the guest shut down: {log}\nconsole:\n{}",
+        guest.console_text()
+    );
+    assert!(log.contains("boot timer: /init started"), "{log}");
+    assert!(log.contains("VM stopped: Shutdown"), "{log}");
+    eprintln!("{log}");
+}
