@@ -245,6 +245,9 @@ impl Vm {
             std::thread::Builder::new()
                 .name("vmm-events".into())
                 .spawn(move || {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Events) {
+                        state.exit(ExitReason::Error(e.to_string()));
+                    }
                     while !state.stopping() {
                         if em.run_with_timeout(100).is_err() {
                             state.exit(ExitReason::Error("the device event loop failed".into()));
