@@ -14,6 +14,57 @@ use tonic::transport::Channel;
 pub const GUEST_IP: &str = "10.0.2.15";
 pub const GUEST_PORT: u16 = 8443;
 
+/// The TAP, bridge and addresses of an instance network that a test (or
+/// the demo) creates for itself.
+pub const TAP: &str = "aurtap0";
+pub const BRIDGE: &str = "aurbr0";
+pub const BRIDGE_IP: &str = "10.77.0.1";
+pub const INSTANCE_IP: &str = "10.77.0.2";
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A bridge with a TAP on it, removed on drop.
+pub struct TestNetwork;
+
+impl TestNetwork {
+    pub fn create() -> TestNetwork {
+        let ok = (sh(&format!("ip tuntap add dev {TAP} mode tap"))
+            || sh(&format!("tunctl -t {TAP}")))
+            && (sh(&format!("ip link add name {BRIDGE} type bridge"))
+                || sh(&format!("brctl addbr {BRIDGE}")))
+            && (sh(&format!("ip link set {TAP} master {BRIDGE}"))
+                || sh(&format!("brctl addif {BRIDGE} {TAP}")))
+            && sh(&format!("ip addr add {BRIDGE_IP}/24 dev {BRIDGE}"))
+            && sh(&format!("ip link set {BRIDGE} up && ip link set {TAP} up"));
+        assert!(ok, "setting up the instance bridge and TAP failed");
+        TestNetwork
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        sh(&format!("ip link del {TAP}; ip link del {BRIDGE}"));
+    }
+}
+
+/// Whether this host's KVM can boot a standard Linux kernel (PVM can't).
+pub fn kvm_boots_linux() -> bool {
+    !Path::new("/sys/module/kvm_pvm").exists()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
+}
+
 /// The image directory, if the image has been built.
 pub fn image_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("AURAE_IMAGE_DIR")
@@ -59,6 +110,8 @@ pub enum Launcher {
     /// standard kernels (the QEMU test host has one).
     AuraeVmm {
         vmm: PathBuf,
+        kernel: PathBuf,
+        vcpus: u8,
         tap: String,
         guest_ip: String,
         gateway: String,
@@ -158,21 +211,23 @@ impl Guest {
             }
             Launcher::AuraeVmm {
                 vmm,
+                kernel,
+                vcpus,
                 tap,
                 guest_ip,
                 gateway,
             } => {
                 let child = Command::new(vmm)
                     .arg("--kernel")
-                    .arg(image.join("bzImage"))
+                    .arg(kernel)
                     .arg("--initrd")
                     .arg(&initrd_path)
-                    .args(["--mem", "512", "--vcpus", "1", "--tap", &tap])
+                    .args(["--mem", "512", "--vcpus", &vcpus.to_string(), "--tap", &tap])
                     .arg("--console")
                     .arg(&console)
                     .arg("--cmdline")
                     .arg(format!(
-                        "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
+                        "console=ttyS0 earlyprintk=serial,ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
                     ))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -243,7 +298,11 @@ impl Guest {
                 }
             }
             if let Ok(Some(status)) = self.qemu.try_wait() {
-                panic!("QEMU exited ({status}); console:\n{}", self.console_text());
+                panic!(
+                    "the VM exited ({status}); VMM log:\n{}\nconsole:\n{}",
+                    self.vmm_log(),
+                    self.console_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,

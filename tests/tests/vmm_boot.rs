@@ -2,49 +2,11 @@
 //! KVM with a TAP on a bridge; the guest auraed answers over mTLS, runs a
 //! cell, and the boot timer shows that /init started.
 
-use std::process::Command;
 use std::time::Duration;
 
 use aurae_proto::runtime as pb;
-use aurae_tests::guest::{image_dir, Guest, Launcher};
+use aurae_tests::guest::{image_dir, Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP};
 use tokio_stream::StreamExt;
-
-const TAP: &str = "aurtap0";
-const BRIDGE: &str = "aurbr0";
-const HOST_IP: &str = "10.77.0.1";
-const GUEST_IP: &str = "10.77.0.2";
-
-fn sh(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// The test's own bridge and TAP, removed on drop.
-struct Network;
-
-impl Network {
-    fn create() -> Network {
-        let ok = (sh(&format!("ip tuntap add dev {TAP} mode tap"))
-            || sh(&format!("tunctl -t {TAP}")))
-            && (sh(&format!("ip link add name {BRIDGE} type bridge"))
-                || sh(&format!("brctl addbr {BRIDGE}")))
-            && (sh(&format!("ip link set {TAP} master {BRIDGE}"))
-                || sh(&format!("brctl addif {BRIDGE} {TAP}")))
-            && sh(&format!("ip addr add {HOST_IP}/24 dev {BRIDGE}"))
-            && sh(&format!("ip link set {BRIDGE} up && ip link set {TAP} up"));
-        assert!(ok, "setting up the test bridge and TAP failed");
-        Network
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        sh(&format!("ip link del {TAP}; ip link del {BRIDGE}"));
-    }
-}
 
 fn ready() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let name = aurae_tests::function_name!();
@@ -75,18 +37,83 @@ fn ready() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
 #[tokio::test]
 async fn our_vmm_boots_our_image_and_the_guest_runs_a_cell() {
     let Some((image, vmm)) = ready() else { return };
-    let _net = Network::create();
+    boot_and_check(&image, vmm, image.join("bzImage"), 1).await;
+}
+
+/// The ELF vmlinux through its PVH entry, with two vCPUs (MP tables).
+#[tokio::test]
+async fn our_vmm_boots_vmlinux_through_pvh_with_two_vcpus() {
+    let Some((image, vmm)) = ready() else { return };
+    if !image.join("vmlinux").is_file() {
+        aurae_tests::report_skip(aurae_tests::function_name!(), "the image has no vmlinux");
+        return;
+    }
+    boot_and_check(&image, vmm, image.join("vmlinux"), 2).await;
+}
+
+#[tokio::test]
+async fn bisect_vmlinux_one_vcpu() {
+    let Some((image, vmm)) = ready() else { return };
+    boot_and_check(&image, vmm, image.join("vmlinux"), 1).await;
+}
+
+#[tokio::test]
+async fn bisect_bzimage_two_vcpus() {
+    let Some((image, vmm)) = ready() else { return };
+    boot_and_check(&image, vmm.clone(), image.join("bzImage"), 2).await;
+}
+
+async fn boot_and_check(
+    image: &std::path::Path,
+    vmm: std::path::PathBuf,
+    kernel: std::path::PathBuf,
+    vcpus: u8,
+) {
+    let _net = TestNetwork::create();
     let guest = Guest::boot_with(
-        &image,
+        image,
         Launcher::AuraeVmm {
             vmm,
+            kernel,
+            vcpus,
             tap: TAP.into(),
-            guest_ip: GUEST_IP.into(),
-            gateway: HOST_IP.into(),
+            guest_ip: INSTANCE_IP.into(),
+            gateway: BRIDGE_IP.into(),
         },
     )
     .await;
     let mut c = guest.client().await;
+    c.run_executable(pb::RunExecutableRequest {
+        name: "nproc".into(),
+        cell: String::new(),
+        executable: Some(pb::Executable {
+            command: "/bin/busybox".into(),
+            args: vec!["nproc".into()],
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("RunExecutable in the guest");
+    c.wait(pb::WaitRequest {
+        id: "nproc".into(),
+        timeout_ms: Some(60_000),
+    })
+    .await
+    .expect("wait");
+    let mut out = c
+        .logs(pb::LogsRequest {
+            id: "nproc".into(),
+            follow: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let line = out.next().await.expect("nproc output").expect("entry");
+    assert_eq!(
+        String::from_utf8_lossy(&line.line),
+        vcpus.to_string(),
+        "the guest sees every vCPU"
+    );
     c.run_cell(pb::RunCellRequest {
         name: "vmcell".into(),
         image: "/images/busybox".into(),

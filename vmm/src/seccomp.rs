@@ -66,9 +66,15 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, VmmError> {
     };
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         COMMON.iter().chain(extra).map(|s| (*s, vec![])).collect();
-    let f = SeccompFilter::new(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(|e| VmmError::Seccomp(e.to_string()))?;
-    f.try_into().map_err(|e: seccompiler::BackendError| VmmError::Seccomp(e.to_string()))
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| VmmError::Seccomp(e.to_string()))?;
+    f.try_into()
+        .map_err(|e: seccompiler::BackendError| VmmError::Seccomp(e.to_string()))
 }
 
 /// Installs the filter of `kind` on the calling thread.

@@ -26,6 +26,7 @@ pub struct VmState {
     exit: Mutex<Option<ExitReason>>,
     exited: Condvar,
     boot_time: OnceLock<Duration>,
+    boot_cpu: OnceLock<Duration>,
 }
 
 impl VmState {
@@ -35,6 +36,7 @@ impl VmState {
             exit: Mutex::new(None),
             exited: Condvar::new(),
             boot_time: OnceLock::new(),
+            boot_cpu: OnceLock::new(),
         }
     }
 
@@ -72,9 +74,23 @@ impl VmState {
 
     pub fn mark_boot(&self) {
         let _ = self.boot_time.set(self.started.elapsed());
+        let _ = self.boot_cpu.set(process_cpu());
+    }
+
+    /// CPU time the whole VMM process had used when the boot timer fired.
+    pub fn boot_cpu(&self) -> Option<Duration> {
+        self.boot_cpu.get().copied()
     }
 
     pub fn boot_time(&self) -> Option<Duration> {
         self.boot_time.get().copied()
     }
+}
+
+/// CPU time of this process so far, from the scheduler's precise
+/// accounting (getrusage is tick-based).
+fn process_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+        .unwrap_or_default()
 }

@@ -306,6 +306,11 @@ impl Vm {
         self.state.boot_time()
     }
 
+    /// CPU time of the VMM process when the boot timer fired.
+    pub fn boot_cpu(&self) -> Option<Duration> {
+        self.state.boot_cpu()
+    }
+
     /// Port I/O and MMIO accesses that hit no device: (pio, mmio), each
     /// (reads, writes).
     pub fn unknown_accesses(&self) -> ((u64, u64), (u64, u64)) {

@@ -18,7 +18,6 @@ use crate::{cache, deps, kernel};
 pub struct Image {
     pub dir: PathBuf,
     pub bzimage: PathBuf,
-    pub vmlinux: PathBuf,
     pub initramfs: PathBuf,
 }
 
@@ -111,7 +110,6 @@ pub fn build() -> anyhow::Result<Image> {
     }
     Ok(Image {
         bzimage: dir.join("bzImage"),
-        vmlinux: dir.join("vmlinux"),
         initramfs: dir.join("initramfs.cpio.gz"),
         dir,
     })

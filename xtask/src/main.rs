@@ -2,6 +2,7 @@
 
 mod bench_cells;
 mod bench_image;
+mod bench_vmm;
 mod cache;
 mod demo;
 mod deps;
@@ -53,6 +54,7 @@ enum Command {
 enum BenchTarget {
     Cells,
     Image,
+    Vmm,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +69,10 @@ fn main() -> anyhow::Result<()> {
             target: BenchTarget::Image,
             runs,
         } => bench_image::run(runs),
+        Command::Bench {
+            target: BenchTarget::Vmm,
+            runs,
+        } => bench_vmm::run(runs),
         Command::Demo => demo::run(),
         Command::Kernel => kernel::build().map(|_| ()),
         Command::Image => image::build().map(|_| ()),

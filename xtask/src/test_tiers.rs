@@ -43,11 +43,19 @@ pub fn run(selected: &[Tier]) -> anyhow::Result<()> {
         let started = Instant::now();
         println!("\n==> tier {tier:?}");
         let outcome = match tier {
-            Tier::Unit => pass_fail(deps::cargo(&["test", "--workspace", "--exclude", "aurae-tests", "--lib", "--bins"], &[])?),
+            Tier::Unit => pass_fail(deps::cargo(
+                &[
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "aurae-tests",
+                    "--lib",
+                    "--bins",
+                ],
+                &[],
+            )?),
             Tier::Integration => integration()?,
-            Tier::Vmm => Outcome::Skipped(
-                "the VMM (vmm/ crate, issue 4) is not built yet, so there are no /dev/kvm guest tests to run".into(),
-            ),
+            Tier::Vmm => vmm_tier()?,
             Tier::E2e => e2e()?,
         };
         results.push((tier, outcome, started.elapsed()));
@@ -81,6 +89,34 @@ fn pass_fail(ok: bool) -> Outcome {
     } else {
         Outcome::Failed
     }
+}
+
+/// The VMM against this machine's /dev/kvm with tiny guests.
+fn vmm_tier() -> anyhow::Result<Outcome> {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        return Ok(Outcome::Skipped(format!(
+            "/dev/kvm is not usable here: {e}"
+        )));
+    }
+    let ok = deps::cargo(
+        &[
+            "test",
+            "-p",
+            "vmm",
+            "--test",
+            "kvm_guests",
+            "--test",
+            "kvm_net",
+            "--test",
+            "bad_config",
+        ],
+        &[],
+    )?;
+    Ok(pass_fail(ok))
 }
 
 /// Builds the image, runs the limit tests inside the QEMU test host, and

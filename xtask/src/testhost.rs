@@ -146,7 +146,7 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         ("target/aurae-vmm".into(), target.join("aurae-vmm")),
     ];
     if let Some(image) = image {
-        for f in ["bzImage", "initramfs.cpio.gz"] {
+        for f in ["bzImage", "vmlinux", "initramfs.cpio.gz"] {
             m.file(&format!("image/{f}"), image.join(f), 0o644)?;
         }
     }

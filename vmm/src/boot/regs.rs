@@ -54,9 +54,17 @@ pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
 
 fn segment(entry: u64, index: u16) -> kvm_segment {
     let flags = (entry >> 40) & 0xf0ff;
+    let granular = (flags >> 15) & 1 == 1;
+    let raw_limit = (((entry >> 32) & 0xf_0000) | (entry & 0xffff)) as u32;
     kvm_segment {
         base: 0,
-        limit: 0xf_ffff,
+        // KVM wants the byte limit: scaled by 4 KiB when G is set. (Long
+        // mode ignores it, 32-bit protected mode does not.)
+        limit: if granular {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: index * 8,
         type_: (flags & 0xf) as u8,
         present: ((flags >> 7) & 1) as u8,
@@ -202,4 +210,22 @@ pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), VmmError> {
     }
     vcpu.set_lapic(&lapic)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_segments_span_4_gib() {
+        let cs = segment(GDT_ENTRIES_32[1], 1);
+        assert_eq!(
+            (cs.limit, cs.g, cs.db, cs.l, cs.type_, cs.selector),
+            (0xffff_ffff, 1, 1, 0, 0xb, 8)
+        );
+        let cs64 = segment(GDT_ENTRIES[1], 1);
+        assert_eq!((cs64.l, cs64.db), (1, 0));
+        let ds = segment(GDT_ENTRIES[2], 2);
+        assert_eq!((ds.type_, ds.s, ds.present), (3, 1, 1));
+    }
 }
