@@ -85,6 +85,11 @@ pub struct Guest {
     addr: String,
     pub console: PathBuf,
     config: ClientConfig,
+    launched: Instant,
+    /// Launch to the guest-init's "/init started" console line.
+    pub init_started: Option<Duration>,
+    /// Launch to the guest auraed answering health over mTLS.
+    pub healthy: Option<Duration>,
 }
 
 fn add_dir_tree(m: &mut Manifest, src: &Path, dst: &str) {
@@ -104,6 +109,13 @@ fn add_dir_tree(m: &mut Manifest, src: &Path, dst: &str) {
 
 /// How the guest is booted.
 pub enum Launcher {
+    /// QEMU `-M microvm` under KVM with a TAP on the bridge: the peer our
+    /// VMM is measured against inside the test host.
+    QemuMicrovm {
+        tap: String,
+        guest_ip: String,
+        gateway: String,
+    },
     /// QEMU with TCG, user networking, and a loopback port forward.
     Qemu,
     /// Our VMM (`aurae-vmm`) with a TAP on a bridge; needs a KVM that boots
@@ -112,6 +124,8 @@ pub enum Launcher {
         vmm: PathBuf,
         kernel: PathBuf,
         vcpus: u8,
+        /// Expose SVM/VMX so the guest can run KVM itself.
+        nested: bool,
         tap: String,
         guest_ip: String,
         gateway: String,
@@ -177,6 +191,7 @@ impl Guest {
         let dir = tempfile::tempdir().expect("tempdir");
         let (initrd_path, config) = instance_initrd(image, dir.path());
         let console = dir.path().join("console.log");
+        let launched = Instant::now();
         let (qemu, addr) = match launcher {
             Launcher::Qemu => {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -209,15 +224,48 @@ impl Guest {
                     .expect("qemu-system-x86_64");
                 (child, format!("127.0.0.1:{port}"))
             }
-            Launcher::AuraeVmm {
-                vmm,
-                kernel,
-                vcpus,
+            Launcher::QemuMicrovm {
                 tap,
                 guest_ip,
                 gateway,
             } => {
-                let child = Command::new(vmm)
+                let child = Command::new("qemu-system-x86_64")
+                    .args(["-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on", "-enable-kvm", "-cpu", "host"])
+                    .args(["-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+                    .arg("-serial")
+                    .arg(format!("file:{}", console.display()))
+                    .arg("-kernel")
+                    .arg(image.join("bzImage"))
+                    .arg("-initrd")
+                    .arg(&initrd_path)
+                    .arg("-append")
+                    .arg(format!(
+                        "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
+                    ))
+                    .arg("-netdev")
+                    .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+                    .args(["-device", "virtio-net-device,netdev=n0"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.path().join("vmm.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+                    .spawn()
+                    .expect("qemu-system-x86_64");
+                (child, format!("{guest_ip}:{GUEST_PORT}"))
+            }
+            Launcher::AuraeVmm {
+                vmm,
+                kernel,
+                vcpus,
+                nested,
+                tap,
+                guest_ip,
+                gateway,
+            } => {
+                let mut cmd = Command::new(vmm);
+                if nested {
+                    cmd.arg("--nested");
+                }
+                let child = cmd
                     .arg("--kernel")
                     .arg(kernel)
                     .arg("--initrd")
@@ -227,7 +275,7 @@ impl Guest {
                     .arg(&console)
                     .arg("--cmdline")
                     .arg(format!(
-                        "console=ttyS0 earlyprintk=serial,ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
+                        "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
                     ))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -243,6 +291,9 @@ impl Guest {
             addr,
             console,
             config,
+            launched,
+            init_started: None,
+            healthy: None,
         };
         g.wait_healthy().await;
         g
@@ -279,17 +330,29 @@ impl Guest {
     }
 
     async fn wait_healthy(&mut self) {
-        let started = Instant::now();
+        let started = self.launched;
         let deadline = started + Duration::from_secs(300);
+        let mut next_check = Instant::now();
         loop {
-            if let Ok(ch) = self.config.connect(Some(&self.addr())).await {
-                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-                let check = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    h.check(tonic_health::pb::HealthCheckRequest::default()),
-                )
+            if self.init_started.is_none()
+                && self
+                    .console_text()
+                    .contains("aurae-guest-init: /init started")
+            {
+                self.init_started = Some(started.elapsed());
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + Duration::from_millis(50);
+                let attempt = tokio::time::timeout(Duration::from_millis(500), async {
+                    let ch = self.config.connect(Some(&self.addr())).await.ok()?;
+                    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                    h.check(tonic_health::pb::HealthCheckRequest::default())
+                        .await
+                        .ok()
+                })
                 .await;
-                if let Ok(Ok(_)) = check {
+                if let Ok(Some(_)) = attempt {
+                    self.healthy = Some(started.elapsed());
                     eprintln!(
                         "guest auraed healthy after {:.1}s",
                         started.elapsed().as_secs_f64()
@@ -309,7 +372,7 @@ impl Guest {
                 "the guest did not answer health; console:\n{}",
                 self.console_text()
             );
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

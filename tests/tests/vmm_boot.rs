@@ -37,10 +37,11 @@ fn ready() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
 #[tokio::test]
 async fn our_vmm_boots_our_image_and_the_guest_runs_a_cell() {
     let Some((image, vmm)) = ready() else { return };
-    boot_and_check(&image, vmm, image.join("bzImage"), 1).await;
+    boot_and_check(&image, vmm, image.join("bzImage"), 1, false).await;
 }
 
-/// The ELF vmlinux through its PVH entry, with two vCPUs (MP tables).
+/// The ELF vmlinux through its PVH entry, with two vCPUs (MP tables), and
+/// SVM passed through so the guest can run KVM itself (nested spawn).
 #[tokio::test]
 async fn our_vmm_boots_vmlinux_through_pvh_with_two_vcpus() {
     let Some((image, vmm)) = ready() else { return };
@@ -48,19 +49,7 @@ async fn our_vmm_boots_vmlinux_through_pvh_with_two_vcpus() {
         aurae_tests::report_skip(aurae_tests::function_name!(), "the image has no vmlinux");
         return;
     }
-    boot_and_check(&image, vmm, image.join("vmlinux"), 2).await;
-}
-
-#[tokio::test]
-async fn bisect_vmlinux_one_vcpu() {
-    let Some((image, vmm)) = ready() else { return };
-    boot_and_check(&image, vmm, image.join("vmlinux"), 1).await;
-}
-
-#[tokio::test]
-async fn bisect_bzimage_two_vcpus() {
-    let Some((image, vmm)) = ready() else { return };
-    boot_and_check(&image, vmm.clone(), image.join("bzImage"), 2).await;
+    boot_and_check(&image, vmm, image.join("vmlinux"), 2, true).await;
 }
 
 async fn boot_and_check(
@@ -68,6 +57,7 @@ async fn boot_and_check(
     vmm: std::path::PathBuf,
     kernel: std::path::PathBuf,
     vcpus: u8,
+    nested: bool,
 ) {
     let _net = TestNetwork::create();
     let guest = Guest::boot_with(
@@ -76,6 +66,7 @@ async fn boot_and_check(
             vmm,
             kernel,
             vcpus,
+            nested,
             tap: TAP.into(),
             guest_ip: INSTANCE_IP.into(),
             gateway: BRIDGE_IP.into(),

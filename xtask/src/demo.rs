@@ -94,6 +94,7 @@ pub fn run() -> anyhow::Result<()> {
                     vmm: release.join("aurae-vmm"),
                     kernel: img.bzimage.clone(),
                     vcpus: 1,
+                    nested: false,
                     tap: TAP.into(),
                     guest_ip: INSTANCE_IP.into(),
                     gateway: BRIDGE_IP.into(),

@@ -85,11 +85,11 @@ fn main() -> anyhow::Result<()> {
                     .into_iter()
                     .map(|t| testhost::TestRun {
                         test: t,
-                        filters: vec![],
+                        ..Default::default()
                     })
                     .collect()
             };
-            if testhost::run(&img.bzimage, Some(&img.dir), &runs)? {
+            if testhost::run(&img.bzimage, Some(&img.dir), &runs)?.passed {
                 Ok(())
             } else {
                 anyhow::bail!("tests failed inside the test host")

@@ -137,7 +137,8 @@ fn e2e() -> anyhow::Result<Outcome> {
         &img.bzimage,
         Some(&img.dir),
         &crate::testhost::default_runs(),
-    )?;
+    )?
+    .passed;
     println!(
         "
 ==> our image booted by QEMU: the guest auraed over mTLS"

@@ -19,10 +19,22 @@ const RESULT_MARKER: &str = "AURAE-TESTHOST-RESULT";
 
 /// A test binary of the `aurae-tests` crate, with the filter arguments to
 /// pass it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TestRun {
     pub test: String,
+    /// Arguments for the test binary (filters, --nocapture).
     pub filters: Vec<String>,
+    /// Extra environment, e.g. AURAE_BENCH=1.
+    pub env: Vec<(String, String)>,
+    /// Put QEMU (and its firmware) in the test host too.
+    pub needs_qemu: bool,
+}
+
+/// What came back from the test host.
+pub struct Outcome {
+    pub passed: bool,
+    /// Console lines that start with "BENCH".
+    pub bench_lines: Vec<String>,
 }
 
 /// The tests that need what only the test host has: cgroup v2 limits, and
@@ -31,11 +43,11 @@ pub fn default_runs() -> Vec<TestRun> {
     vec![
         TestRun {
             test: "cells".into(),
-            filters: vec![],
+            ..Default::default()
         },
         TestRun {
             test: "vmm_boot".into(),
-            filters: vec![],
+            ..Default::default()
         },
     ]
 }
@@ -111,10 +123,12 @@ fn init_script(runs: &[TestRun]) -> String {
          rc=0\n",
     );
     for r in runs {
+        let env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         s.push_str(&format!(
-            "echo \"testhost: running {0} {1}\"\n/tests/{0} --test-threads=1 {1} || rc=1\n",
+            "echo \"testhost: running {0} {1}\"\nenv {2} /tests/{0} --test-threads=1 {1} || rc=1\n",
             r.test,
-            r.filters.join(" ")
+            r.filters.join(" "),
+            env.join(" ")
         ));
     }
     s.push_str("[ -f /tmp/skipped ] && sed 's/^/testhost: /' /tmp/skipped\n");
@@ -124,7 +138,7 @@ fn init_script(runs: &[TestRun]) -> String {
 
 /// Runs `runs` inside the test host booted from `kernel`; returns whether
 /// they all passed.
-pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Result<bool> {
+pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Result<Outcome> {
     deps::ensure(&["qemu-system-x86", "busybox-static"])?;
     if !deps::cargo(&["build", "-p", "auraed", "-p", "aer", "-p", "vmm"], &[])? {
         bail!("building auraed failed");
@@ -151,6 +165,21 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         }
     }
     payload.extend(binaries.into_iter().map(|(n, p)| (format!("tests/{n}"), p)));
+    if runs.iter().any(|r| r.needs_qemu) {
+        let qemu = PathBuf::from("/usr/bin/qemu-system-x86_64");
+        payload.push(("usr/bin/qemu-system-x86_64".into(), qemu));
+        for dir in ["/usr/share/qemu", "/usr/share/seabios"] {
+            for e in std::fs::read_dir(dir)
+                .with_context(|| format!("reading {dir}"))?
+                .filter_map(Result::ok)
+            {
+                let real = std::fs::canonicalize(e.path())?;
+                if real.is_file() {
+                    m.file(&e.path().to_string_lossy(), real, 0o644)?;
+                }
+            }
+        }
+    }
     let mut libs = std::collections::BTreeSet::new();
     for (path, src) in &payload {
         m.file(path, src, 0o755)?;
@@ -215,6 +244,7 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
     });
     let deadline = started + Duration::from_secs(30 * 60);
     let mut result = None;
+    let mut bench_lines = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_secs(5))) {
@@ -225,6 +255,9 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
                     started.elapsed().as_secs_f64()
                 );
                 let _ = std::io::stdout().flush();
+                if line.trim().starts_with("BENCH") {
+                    bench_lines.push(line.trim().to_string());
+                }
                 if let Some(code) = line.trim().strip_prefix(RESULT_MARKER) {
                     result = code.trim().parse::<i32>().ok();
                 }
@@ -247,7 +280,10 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         started.elapsed().as_secs_f64()
     );
     match result {
-        Some(code) => Ok(code == 0),
+        Some(code) => Ok(Outcome {
+            passed: code == 0,
+            bench_lines,
+        }),
         None => bail!("the test host stopped without reporting a result"),
     }
 }
