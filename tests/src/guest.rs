@@ -230,7 +230,7 @@ impl Guest {
                 gateway,
             } => {
                 let child = Command::new("qemu-system-x86_64")
-                    .args(["-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on", "-enable-kvm", "-cpu", "host"])
+                    .args(["-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off", "-enable-kvm", "-cpu", "host"])
                     .args(["-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
                     .arg("-serial")
                     .arg(format!("file:{}", console.display()))

@@ -112,7 +112,7 @@ fn init_script(runs: &[TestRun]) -> String {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
-         export PATH=/bin HOME=/root AURAED_BIN=/target/auraed AER_BIN=/target/aer AURAE_VMM_BIN=/target/aurae-vmm RUST_BACKTRACE=1 AURAE_SKIP_LOG=/tmp/skipped\n\
+         export PATH=/bin:/usr/bin HOME=/root AURAED_BIN=/target/auraed AER_BIN=/target/aer AURAE_VMM_BIN=/target/aurae-vmm RUST_BACKTRACE=1 AURAE_SKIP_LOG=/tmp/skipped\n\
          [ -d /image ] && export AURAE_E2E=1 AURAE_IMAGE_DIR=/image\n\
          mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
          mkdir -p /dev/pts /dev/shm /root; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm\n\
