@@ -233,6 +233,7 @@ async fn stream_logs(client: &mut RuntimeClient<Channel>, id: &str, follow: bool
         .logs(pb::LogsRequest {
             id: id.into(),
             follow,
+            wait_for_start: false,
         })
         .await
         .or_exit();

@@ -20,9 +20,19 @@ enum Slot {
     Ready(Workload),
 }
 
-#[derive(Default)]
 pub struct Registry {
     slots: Mutex<BTreeMap<String, Slot>>,
+    /// Bumped whenever a workload is committed, for waiters.
+    created: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            slots: Mutex::new(BTreeMap::new()),
+            created: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// A reserved name; released on drop unless a workload was committed.
@@ -42,6 +52,7 @@ impl Reservation<'_> {
             .lock()
             .insert(self.id.clone(), Slot::Ready(workload));
         self.committed = true;
+        self.registry.created.send_modify(|n| *n += 1);
     }
 }
 
@@ -79,6 +90,23 @@ impl Registry {
             Some(Slot::Ready(w)) => Some(w.clone()),
             _ => None,
         }
+    }
+
+    /// The workload `id`, waiting up to `timeout` for it to be created.
+    pub async fn wait_for(&self, id: &str, timeout: std::time::Duration) -> Option<Workload> {
+        let mut rx = self.created.subscribe();
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(w) = self.get(id) {
+                    return Some(w);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        found.ok().flatten()
     }
 
     pub fn remove(&self, id: &str) {

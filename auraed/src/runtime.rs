@@ -97,6 +97,15 @@ impl Runtime {
             .ok_or_else(|| ApiError::NotFound(format!("{field}: no workload named {id:?}")))
     }
 
+    /// Like [`Runtime::get`], but waits up to `timeout` for `id` to appear.
+    pub async fn get_or_wait(&self, id: &str, timeout: Duration) -> Result<Workload, ApiError> {
+        self.registry.wait_for(id, timeout).await.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "id: no workload named {id:?} appeared within {timeout:?}"
+            ))
+        })
+    }
+
     pub fn list(&self) -> Vec<Workload> {
         self.registry.list()
     }

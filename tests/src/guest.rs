@@ -210,7 +210,7 @@ impl Guest {
                     .arg(&initrd_path)
                     .arg("-append")
                     .arg(format!(
-                        "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={GUEST_IP}/24 aurae.gw=10.0.2.2 aurae.port={GUEST_PORT}"
+                        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={GUEST_IP}/24 aurae.gw=10.0.2.2 aurae.port={GUEST_PORT}"
                     ))
                     // restrict=on: the guest reaches nothing outside; only
                     // the loopback forward to its auraed exists.
@@ -240,7 +240,7 @@ impl Guest {
                     .arg(&initrd_path)
                     .arg("-append")
                     .arg(format!(
-                        "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
+                        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
                     ))
                     .arg("-netdev")
                     .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
@@ -275,7 +275,7 @@ impl Guest {
                     .arg(&console)
                     .arg("--cmdline")
                     .arg(format!(
-                        "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
+                        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
                     ))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())

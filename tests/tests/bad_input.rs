@@ -449,7 +449,8 @@ async fn thirty_malformed_requests_leak_nothing() {
         "id",
         c.logs(pb::LogsRequest {
             id: "ghost".into(),
-            follow: true
+            follow: true,
+            wait_for_start: false
         })
     );
     case!(

@@ -50,6 +50,7 @@ async fn output(d: &Daemon, id: &str) -> (pb::WorkloadStatus, String) {
         .logs(pb::LogsRequest {
             id: id.into(),
             follow: false,
+            wait_for_start: false,
         })
         .await
         .expect("logs")

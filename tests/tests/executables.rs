@@ -46,6 +46,7 @@ async fn logs(d: &Daemon, id: &str, follow: bool) -> Vec<pb::LogEntry> {
         .logs(pb::LogsRequest {
             id: id.into(),
             follow,
+            wait_for_start: false,
         })
         .await
         .expect("logs")
@@ -271,4 +272,42 @@ async fn unbuilt_rpcs_say_what_is_missing() {
         .await
         .expect_err("vm");
     assert_eq!(e.code(), tonic::Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_follower_can_attach_before_the_executable_exists() {
+    let d = Daemon::start().await;
+    let mut attach = d.client().await;
+    let follower = tokio::spawn(async move {
+        let mut s = attach
+            .logs(pb::LogsRequest {
+                id: "late".into(),
+                follow: true,
+                wait_for_start: true,
+            })
+            .await
+            .expect("attach")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(e) = s.next().await {
+            out.push(String::from_utf8_lossy(&e.expect("entry").line).into_owned());
+        }
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    run(&d, "late", sh("echo first; echo second")).await;
+    assert_eq!(follower.await.expect("follower"), ["first", "second"]);
+    // Without a creation to wait for, attaching ends with NOT_FOUND after
+    // the wait; without wait_for_start it fails at once.
+    let err = d
+        .client()
+        .await
+        .logs(pb::LogsRequest {
+            id: "never".into(),
+            follow: true,
+            wait_for_start: false,
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
 }

@@ -47,6 +47,7 @@ async fn output(
         .logs(pb::LogsRequest {
             id: id.into(),
             follow: false,
+            wait_for_start: false,
         })
         .await
         .expect("logs")

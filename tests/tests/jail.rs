@@ -41,6 +41,7 @@ async fn probe(jailed: bool) -> String {
         .logs(pb::LogsRequest {
             id: "probe".into(),
             follow: false,
+            wait_for_start: false,
         })
         .await
         .expect("logs")

@@ -95,6 +95,7 @@ async fn boot_and_check(
         .logs(pb::LogsRequest {
             id: "nproc".into(),
             follow: false,
+            wait_for_start: false,
         })
         .await
         .expect("logs")
@@ -125,6 +126,7 @@ async fn boot_and_check(
         .logs(pb::LogsRequest {
             id: "vmcell-main".into(),
             follow: false,
+            wait_for_start: false,
         })
         .await
         .expect("logs")

@@ -101,15 +101,22 @@ fn crun_first_line(bundle: &Path, id: &str) -> anyhow::Result<Duration> {
 async fn aurae_first_line(d: &Daemon, req: pb::RunCellRequest) -> anyhow::Result<Duration> {
     let mut c = d.client().await;
     let name = req.name.clone();
+    // Attach to the first executable's output before it exists, on the same
+    // connection, as `aer cell run --wait` does.
+    let mut attach = c.clone();
+    let exe = req.executable_name.clone();
     let t0 = Instant::now();
-    let r = c.run_cell(req).await?.into_inner();
-    let mut logs = c
-        .logs(pb::LogsRequest {
-            id: r.executable_id.clone(),
-            follow: true,
-        })
-        .await?
-        .into_inner();
+    let logs = tokio::spawn(async move {
+        attach
+            .logs(pb::LogsRequest {
+                id: exe,
+                follow: true,
+                wait_for_start: true,
+            })
+            .await
+    });
+    c.run_cell(req).await?;
+    let mut logs = logs.await??.into_inner();
     let first = logs.next().await.context("no output")??;
     let took = t0.elapsed();
     if first.line != b"hello" {

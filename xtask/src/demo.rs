@@ -22,6 +22,7 @@ async fn print_output(c: &mut RuntimeClient<Channel>, id: &str) -> anyhow::Resul
         .logs(pb::LogsRequest {
             id: id.into(),
             follow: true,
+            wait_for_start: false,
         })
         .await?
         .into_inner();

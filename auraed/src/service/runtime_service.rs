@@ -228,7 +228,14 @@ impl pb::runtime_server::Runtime for RuntimeService {
     ) -> Result<Response<Self::LogsStream>, Status> {
         let r = request.into_inner();
         id_field(&r.id)?;
-        match self.runtime.get(&r.id, "id")? {
+        let workload = if r.wait_for_start {
+            self.runtime
+                .get_or_wait(&r.id, Duration::from_secs(30))
+                .await?
+        } else {
+            self.runtime.get(&r.id, "id")?
+        };
+        match workload {
             Workload::Executable(e) => Ok(Response::new(log_stream(e.logs.subscribe(r.follow)))),
             Workload::Cell(_) => Err(ApiError::invalid(
                 "id",
