@@ -19,9 +19,12 @@ fn names(mut archive: &[u8]) -> Vec<(String, u32)> {
     }
 }
 
+/// One step that adds an entry to a manifest.
+type AddEntry = Box<dyn Fn(&mut Manifest)>;
+
 fn sample(order_reversed: bool) -> Manifest {
     let mut m = Manifest::new();
-    let mut ops: Vec<Box<dyn Fn(&mut Manifest)>> = vec![
+    let mut ops: Vec<AddEntry> = vec![
         Box::new(|m| {
             m.bytes("/init", b"#!/bin/sh\n".to_vec(), 0o755)
                 .expect("init");

@@ -104,3 +104,37 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// Waits (up to `timeout_ms`) for workload `id` to exit, then returns its
+/// status and its output (stdout and stderr interleaved), a line each.
+pub async fn exit_and_output(
+    c: &mut aurae_proto::runtime::runtime_client::RuntimeClient<tonic::transport::Channel>,
+    id: &str,
+    timeout_ms: u32,
+) -> (aurae_proto::runtime::WorkloadStatus, String) {
+    use aurae_proto::runtime as pb;
+    use tokio_stream::StreamExt;
+    let st = c
+        .wait(pb::WaitRequest {
+            id: id.into(),
+            timeout_ms: Some(timeout_ms),
+        })
+        .await
+        .expect("wait")
+        .into_inner();
+    let mut s = c
+        .logs(pb::LogsRequest {
+            id: id.into(),
+            follow: false,
+            wait_for_start: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut text = String::new();
+    while let Some(e) = s.next().await {
+        text.push_str(&String::from_utf8_lossy(&e.expect("entry").line));
+        text.push('\n');
+    }
+    (st, text)
+}

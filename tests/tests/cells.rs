@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use aurae_proto::runtime as pb;
 use aurae_tests::{require_controller, require_root, Daemon, DaemonOptions};
-use tokio_stream::StreamExt;
 
 fn sh(script: &str) -> pb::Executable {
     pb::Executable {
@@ -37,31 +36,7 @@ fn cell(name: &str, script: &str) -> pb::RunCellRequest {
 }
 
 async fn output(d: &Daemon, id: &str) -> (pb::WorkloadStatus, String) {
-    let mut c = d.client().await;
-    let st = c
-        .wait(pb::WaitRequest {
-            id: id.into(),
-            timeout_ms: Some(30_000),
-        })
-        .await
-        .expect("wait")
-        .into_inner();
-    let mut s = c
-        .logs(pb::LogsRequest {
-            id: id.into(),
-            follow: false,
-            wait_for_start: false,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut text = String::new();
-    while let Some(e) = s.next().await {
-        let e = e.expect("entry");
-        text.push_str(&String::from_utf8_lossy(&e.line));
-        text.push('\n');
-    }
-    (st, text)
+    aurae_tests::exit_and_output(&mut d.client().await, id, 30000).await
 }
 
 async fn exec_in(d: &Daemon, cell: &str, name: &str, script: &str) -> (pb::WorkloadStatus, String) {

@@ -4,7 +4,6 @@
 
 use aurae_proto::runtime as pb;
 use aurae_tests::guest::{image_dir, Guest};
-use tokio_stream::StreamExt;
 
 /// The image and QEMU are needed; the e2e tier sets AURAE_E2E.
 fn ready() -> Option<std::path::PathBuf> {
@@ -35,29 +34,7 @@ async fn output(
     c: &mut aurae_proto::runtime::runtime_client::RuntimeClient<tonic::transport::Channel>,
     id: &str,
 ) -> (pb::WorkloadStatus, String) {
-    let st = c
-        .wait(pb::WaitRequest {
-            id: id.into(),
-            timeout_ms: Some(120_000),
-        })
-        .await
-        .expect("wait")
-        .into_inner();
-    let mut s = c
-        .logs(pb::LogsRequest {
-            id: id.into(),
-            follow: false,
-            wait_for_start: false,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut text = String::new();
-    while let Some(e) = s.next().await {
-        text.push_str(&String::from_utf8_lossy(&e.expect("entry").line));
-        text.push('\n');
-    }
-    (st, text)
+    aurae_tests::exit_and_output(c, id, 120000).await
 }
 
 fn busybox(script: &str) -> pb::Executable {

@@ -4,7 +4,6 @@
 use aurae_proto::runtime as pb;
 use aurae_tests::image::{self, ImageConfig};
 use aurae_tests::{require_root, Daemon};
-use tokio_stream::StreamExt;
 
 async fn run_image(
     d: &Daemon,
@@ -26,30 +25,7 @@ async fn run_image(
 }
 
 async fn output(d: &Daemon, id: &str) -> (pb::WorkloadStatus, String) {
-    let mut c = d.client().await;
-    let st = c
-        .wait(pb::WaitRequest {
-            id: id.into(),
-            timeout_ms: Some(20_000),
-        })
-        .await
-        .expect("wait")
-        .into_inner();
-    let mut s = c
-        .logs(pb::LogsRequest {
-            id: id.into(),
-            follow: false,
-            wait_for_start: false,
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut text = String::new();
-    while let Some(e) = s.next().await {
-        text.push_str(&String::from_utf8_lossy(&e.expect("entry").line));
-        text.push('\n');
-    }
-    (st, text)
+    aurae_tests::exit_and_output(&mut d.client().await, id, 20000).await
 }
 
 /// Paths of `rel` inside every cached image rootfs.

@@ -291,7 +291,7 @@ impl BusDevice for MmioTransport {
             self.device().read_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             self.bad_accesses += 1;
             data.fill(0);
             return;
@@ -310,7 +310,7 @@ impl BusDevice for MmioTransport {
             self.bad_accesses += 1;
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             self.bad_accesses += 1;
             return;
         }

@@ -97,7 +97,7 @@ impl Disk {
     }
 
     fn in_range(&self, sector: u64, len: u64) -> bool {
-        len % SECTOR == 0
+        len.is_multiple_of(SECTOR)
             && sector
                 .checked_add(len / SECTOR)
                 .is_some_and(|end| end <= self.sectors)
