@@ -14,6 +14,11 @@ pub fn root() -> anyhow::Result<PathBuf> {
             PathBuf::from(home).join(".cache/aurae")
         }
     };
+    usable(dir)
+}
+
+/// Checks that `dir` can hold the cache, creating it if needed.
+pub fn usable(dir: PathBuf) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cache directory {} is not writable", dir.display()))?;
     let probe = dir.join(".write-test");
@@ -42,5 +47,26 @@ pub fn human_size(bytes: u64) -> String {
         format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
     } else {
         format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unwritable_cache_is_named() {
+        let err = usable(PathBuf::from("/proc/aurae-cache"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/proc/aurae-cache"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(usable(dir.path().join("c")).is_ok());
+    }
+
+    #[test]
+    fn keys_depend_on_every_part() {
+        assert_ne!(key(&[b"a", b"bc"]), key(&[b"ab", b"c"]));
+        assert_eq!(key(&[b"x"]), key(&[b"x"]));
     }
 }

@@ -129,6 +129,17 @@ fn e2e() -> anyhow::Result<Outcome> {
     }
     deps::ensure(&["qemu-system-x86"])?;
     let img = crate::image::build()?;
+    println!("\n==> the built kernel config has every option of the fragment");
+    let config_ok = run_tests(
+        &[
+            "test",
+            "-p",
+            "xtask",
+            "--",
+            "the_built_config_has_every_fragment_option",
+        ],
+        &[("AURAE_REQUIRE_KERNEL", "1")],
+    )?;
     println!(
         "
 ==> the QEMU test host: cell limits under a pure cgroup v2"
@@ -148,7 +159,7 @@ fn e2e() -> anyhow::Result<Outcome> {
         &["test", "-p", "aurae-tests", "--test", "guest_image"],
         &[("AURAE_E2E", "1"), ("AURAE_IMAGE_DIR", &dir)],
     )?;
-    Ok(pass_fail(host_ok && guest_ok))
+    Ok(pass_fail(config_ok && host_ok && guest_ok))
 }
 
 fn integration() -> anyhow::Result<Outcome> {

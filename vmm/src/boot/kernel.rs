@@ -240,3 +240,72 @@ pub fn write_boot_params(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem(mib: u64) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (mib << 20) as usize)]).expect("memory")
+    }
+
+    #[test]
+    fn initrd_parts_are_loaded_back_to_back_and_page_aligned_at_the_top() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("base");
+        let b = dir.path().join("overlay");
+        std::fs::write(&a, b"base-archive").expect("a");
+        std::fs::write(&b, b"overlay").expect("b");
+        let m = mem(32);
+        let (addr, size) = load_initrd(&m, 32 << 20, &[a, b])
+            .expect("load")
+            .expect("some");
+        assert_eq!(addr % 0x1000, 0);
+        assert!(addr + size <= 32 << 20);
+        let mut got = vec![0u8; size as usize];
+        m.read_slice(&mut got, GuestAddress(addr)).expect("read");
+        assert_eq!(&got[..12], b"base-archive");
+        assert_eq!(
+            &got[12..19],
+            b"overlay",
+            "the second part follows the first (4-byte aligned)"
+        );
+    }
+
+    #[test]
+    fn an_initrd_that_does_not_fit_names_mem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![0u8; 20 << 20]).expect("big");
+        match load_initrd(&mem(16), 16 << 20, &[big]) {
+            Err(VmmError::Config { option, .. }) => assert_eq!(option, "mem"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_page_carries_cmdline_initrd_and_e820() {
+        let m = mem(64);
+        write_boot_params(
+            &m,
+            64 << 20,
+            Entry::Linux64(HIMEM),
+            None,
+            "console=ttyS0",
+            Some((0x200_0000, 0x1000)),
+        )
+        .expect("params");
+        let mut zp = ZeroPage::default();
+        m.read_slice(zp.as_mut_slice(), GuestAddress(ZERO_PAGE))
+            .expect("read");
+        let hdr = zp.0.hdr;
+        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE as u32);
+        assert_eq!({ hdr.ramdisk_image }, 0x200_0000);
+        assert_eq!({ hdr.boot_flag }, 0xaa55);
+        assert_eq!(zp.0.e820_entries, 3);
+        let mut cl = [0u8; 13];
+        m.read_slice(&mut cl, GuestAddress(CMDLINE))
+            .expect("cmdline");
+        assert_eq!(&cl, b"console=ttyS0");
+    }
+}
