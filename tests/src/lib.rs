@@ -94,9 +94,15 @@ pub fn binary(name: &str) -> std::path::PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join(name);
+    // A test runs from target/<profile>/deps/, xtask from target/<profile>/.
+    let dir = exe.parent().expect("target dir");
+    let path = [
+        dir.join(name),
+        dir.parent().map(|p| p.join(name)).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| dir.join(name));
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace` (or `cargo xtask test`) first, or set {var}",

@@ -23,6 +23,9 @@ fn size_line(name: &str, bytes: u64, target: u64) {
 }
 
 pub fn run(runs: usize) -> anyhow::Result<()> {
+    if !crate::deps::cargo(&["build", "-p", "auraed"], &[])? {
+        bail!("building auraed failed");
+    }
     let t0 = Instant::now();
     let img = image::build()?;
     let warm = t0.elapsed();

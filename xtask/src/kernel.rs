@@ -159,7 +159,16 @@ fn make_with_progress(src: &Path, build: &Path) -> anyhow::Result<()> {
 
 /// The fragment, the source package, and the cache directory of the kernel
 /// they describe (built or not).
-fn inputs() -> anyhow::Result<(BTreeMap<String, String>, String, Source, PathBuf, String)> {
+struct Inputs {
+    fragment: BTreeMap<String, String>,
+    fragment_file: PathBuf,
+    source: Source,
+    /// The cache directory of the kernel these inputs describe.
+    out: PathBuf,
+    version: String,
+}
+
+fn inputs() -> anyhow::Result<Inputs> {
     let root = deps::workspace_root().join("kernel-config");
     let source_file = root.join("source.toml");
     let source: Source = toml::from_str(
@@ -189,19 +198,24 @@ fn inputs() -> anyhow::Result<(BTreeMap<String, String>, String, Source, PathBuf
         fragment_text.as_bytes(),
     ]);
     let out = cache::root()?.join("kernel").join(&key);
-    Ok((
+    Ok(Inputs {
         fragment,
-        fragment_file.display().to_string(),
+        fragment_file,
         source,
         out,
         version,
-    ))
+    })
 }
 
 /// Builds (or finds in the cache) the guest kernel.
 pub fn build() -> anyhow::Result<Kernel> {
-    let (fragment, fragment_name, source, out, version) = inputs()?;
-    let fragment_file = PathBuf::from(&fragment_name);
+    let Inputs {
+        fragment,
+        fragment_file,
+        source,
+        out,
+        version,
+    } = inputs()?;
     let cache = cache::root()?;
     let key = out
         .file_name()
@@ -369,7 +383,7 @@ mod tests {
             eprintln!("SKIP: needs root to check the kernel packages");
             return;
         }
-        let (fragment, _, _, out, _) = inputs().expect("kernel inputs");
+        let Inputs { fragment, out, .. } = inputs().expect("kernel inputs");
         let Ok(config) = std::fs::read_to_string(out.join("config")) else {
             assert!(
                 std::env::var_os("AURAE_REQUIRE_KERNEL").is_none(),
