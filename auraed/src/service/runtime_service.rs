@@ -143,7 +143,7 @@ impl pb::runtime_server::Runtime for RuntimeService {
         _: Request<pb::RunVirtualMachineRequest>,
     ) -> Result<Response<pb::RunVirtualMachineResponse>, Status> {
         Err(ApiError::Unimplemented(
-            "RunVirtualMachine is not implemented yet: it needs the aurae VMM (vmm/) to boot a user-supplied kernel and disk".into(),
+            "RunVirtualMachine is not implemented yet: auraed does not launch long-lived VMs with a user-supplied kernel and disk through the aurae VMM".into(),
         )
         .into())
     }
@@ -153,7 +153,7 @@ impl pb::runtime_server::Runtime for RuntimeService {
         _: Request<pb::SpawnRequest>,
     ) -> Result<Response<pb::SpawnResponse>, Status> {
         Err(ApiError::Unimplemented(
-            "Spawn is not implemented yet: it needs the guest image (cargo xtask image) and the aurae VMM to boot a nested auraed".into(),
+            "Spawn is not implemented yet: auraed does not launch instances itself (an aurae-vmm process in its own cell, a TAP on the instance bridge, a SPIFFE identity overlay); the image (cargo xtask image) and the VMM exist".into(),
         )
         .into())
     }
