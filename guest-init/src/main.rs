@@ -98,6 +98,20 @@ fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
     Ok((child, params))
 }
 
+/// The signals PID 1 waits for: children exiting, and shutdown requests.
+fn pid1_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
 /// Reaps orphans until auraed exits or a shutdown is requested.
 fn supervise(child: Child, _params: &BootParams) -> String {
     let daemon = nix::unistd::Pid::from_raw(child.id() as i32);

@@ -108,6 +108,44 @@ pub trait VirtioDevice: Send {
     fn is_activated(&self) -> bool;
 }
 
+/// Completes every available chain of `queue` with `serve`, which returns
+/// the number of bytes it wrote into the chain's buffers. A corrupt avail
+/// ring or used ring sets NEEDS_RESET and stops. Signals the driver when
+/// anything was used. Returns the number of chains completed.
+pub fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> usize {
+    use virtio_queue::{QueueOwnedT, QueueT};
+    if interrupt.needs_reset() {
+        return 0;
+    }
+    let mut served = 0;
+    loop {
+        let chain = match queue.iter(mem) {
+            Ok(mut iter) => iter.next(),
+            Err(_) => {
+                interrupt.set_needs_reset();
+                break;
+            }
+        };
+        let Some(chain) = chain else { break };
+        let head = chain.head_index();
+        let len = serve(chain);
+        if queue.add_used(mem, head, len).is_err() {
+            interrupt.set_needs_reset();
+            break;
+        }
+        served += 1;
+    }
+    if served > 0 && queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.signal_used_queue();
+    }
+    served
+}
+
 /// Copies `src` (config space bytes) at `offset` into `data`, zero-filling
 /// whatever lies outside.
 pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {

@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::BlockMetrics;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_BLOCK,
+    read_config_bytes, serve_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_BLOCK,
 };
 
 pub const SECTOR: u64 = 512;
@@ -204,44 +204,20 @@ impl Block {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
-        if active.interrupt.needs_reset() {
-            return 0;
-        }
-        let mut served = 0;
-        loop {
-            let chain = match active.queue.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
-                Err(_) => {
-                    active.interrupt.set_needs_reset();
-                    break;
-                }
-            };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            let outcome = match (
-                Reader::new(&active.mem, chain.clone()),
-                Writer::new(&active.mem, chain),
-            ) {
-                (Ok(mut r), Ok(mut w)) => self.disk.serve(&mut r, &mut w),
+        let (disk, mem) = (&self.disk, &active.mem);
+        serve_queue(&mut active.queue, mem, &active.interrupt, |chain| {
+            let outcome = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
+                (Ok(mut r), Ok(mut w)) => disk.serve(&mut r, &mut w),
                 _ => Outcome::Invalid,
             };
-            let len = match outcome {
+            match outcome {
                 Outcome::Done(n) => n,
                 Outcome::Invalid => {
-                    self.metrics.invalid_chains.fetch_add(1, Ordering::Relaxed);
+                    disk.metrics.invalid_chains.fetch_add(1, Ordering::Relaxed);
                     0
                 }
-            };
-            if active.queue.add_used(&active.mem, head, len).is_err() {
-                active.interrupt.set_needs_reset();
-                break;
             }
-            served += 1;
-        }
-        if served > 0 && active.queue.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used_queue();
-        }
-        served
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::metrics::NetMetrics;
 use super::tap::Tap;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_NET,
+    read_config_bytes, serve_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_NET,
 };
 
 pub const F_MAC: u64 = 1 << 5;
@@ -73,22 +73,10 @@ impl<B: Backend> Net<B> {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
-        if active.interrupt.needs_reset() {
-            return 0;
-        }
+        let (backend, metrics, mem) = (&mut self.backend, &self.metrics, &active.mem);
         let mut frame = vec![0u8; MAX_FRAME];
-        let mut used = 0;
-        loop {
-            let chain = match active.queues[TX].iter(&active.mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
-                    active.interrupt.set_needs_reset();
-                    break;
-                }
-            };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            let sent = Reader::new(&active.mem, chain).ok().and_then(|mut r| {
+        serve_queue(&mut active.queues[TX], mem, &active.interrupt, |chain| {
+            let read = Reader::new(mem, chain).ok().and_then(|mut r| {
                 let len = r.available_bytes();
                 if !(HDR_LEN..=HDR_LEN + MAX_FRAME).contains(&len) {
                     return None;
@@ -99,29 +87,17 @@ impl<B: Backend> Net<B> {
                 r.read_exact(&mut frame[..n]).ok()?;
                 Some(n)
             });
-            match sent {
-                Some(n) if self.backend.send(&frame[..n]).is_ok() => {
-                    self.metrics.tx_frames.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            match read {
+                Some(n) if backend.send(&frame[..n]).is_ok() => {
+                    metrics.tx_frames.fetch_add(1, Ordering::Relaxed);
+                    metrics.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 _ => {
-                    self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                    metrics.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if active.queues[TX].add_used(&active.mem, head, 0).is_err() {
-                active.interrupt.set_needs_reset();
-                break;
-            }
-            used += 1;
-        }
-        if used > 0
-            && active.queues[TX]
-                .needs_notification(&active.mem)
-                .unwrap_or(true)
-        {
-            active.interrupt.signal_used_queue();
-        }
-        used
+            0
+        })
     }
 
     /// Moves frames from the backend into rx buffers until either runs out.

@@ -3,12 +3,14 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use virtio_queue::{Queue, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::RngMetrics;
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_RNG};
+use crate::devices::virtio::{
+    serve_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_RNG,
+};
 
 /// Most bytes handed out per request, however large the buffers.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -42,48 +44,26 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
-        if active.interrupt.needs_reset() {
-            return 0;
-        }
-        let mut served = 0;
+        let (entropy, metrics, mem) = (&mut self.entropy, &self.metrics, &active.mem);
         let mut chunk = vec![0u8; MAX_REQUEST];
-        loop {
-            let chain = match active.queue.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
-                Err(_) => {
-                    // A corrupt avail ring: stop until the driver resets.
-                    active.interrupt.set_needs_reset();
-                    break;
-                }
+        serve_queue(&mut active.queue, mem, &active.interrupt, |chain| {
+            RngMetrics::inc(&metrics.requests, 1);
+            let Ok(mut w) = Writer::new(mem, chain) else {
+                RngMetrics::inc(&metrics.invalid_chains, 1);
+                return 0;
             };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            let mut written = 0u32;
-            match Writer::new(&active.mem, chain) {
-                Ok(mut w) => {
-                    let n = w.available_bytes().min(MAX_REQUEST);
-                    if self.entropy.read_exact(&mut chunk[..n]).is_err() {
-                        RngMetrics::inc(&self.metrics.entropy_errors, 1);
-                    } else if w.write_all(&chunk[..n]).is_ok() {
-                        written = n as u32;
-                        RngMetrics::inc(&self.metrics.bytes, n as u64);
-                    } else {
-                        RngMetrics::inc(&self.metrics.invalid_chains, 1);
-                    }
-                }
-                Err(_) => RngMetrics::inc(&self.metrics.invalid_chains, 1),
+            let n = w.available_bytes().min(MAX_REQUEST);
+            if entropy.read_exact(&mut chunk[..n]).is_err() {
+                RngMetrics::inc(&metrics.entropy_errors, 1);
+                0
+            } else if w.write_all(&chunk[..n]).is_ok() {
+                RngMetrics::inc(&metrics.bytes, n as u64);
+                n as u32
+            } else {
+                RngMetrics::inc(&metrics.invalid_chains, 1);
+                0
             }
-            if active.queue.add_used(&active.mem, head, written).is_err() {
-                active.interrupt.set_needs_reset();
-                break;
-            }
-            RngMetrics::inc(&self.metrics.requests, 1);
-            served += 1;
-        }
-        if served > 0 && active.queue.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used_queue();
-        }
-        served
+        })
     }
 }
 
