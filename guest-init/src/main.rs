@@ -76,16 +76,7 @@ fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
     rt.block_on(network::configure(&params))?;
     drop(rt);
     // Signals for PID 1 are handled synchronously with sigwait.
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGPWR,
-    ] {
-        set.add(s);
-    }
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&pid1_signals()), None)?;
     let child = Command::new("/proc/self/exe")
         .arg("serve")
         .spawn()
@@ -115,15 +106,7 @@ fn pid1_signals() -> SigSet {
 /// Reaps orphans until auraed exits or a shutdown is requested.
 fn supervise(child: Child, _params: &BootParams) -> String {
     let daemon = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGPWR,
-    ] {
-        set.add(s);
-    }
+    let set = pid1_signals();
     loop {
         match set.wait() {
             Ok(Signal::SIGCHLD) => loop {
