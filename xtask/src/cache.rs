@@ -9,10 +9,10 @@ use sha2::{Digest, Sha256};
 pub fn root() -> anyhow::Result<PathBuf> {
     let dir = match std::env::var_os("AURAE_CACHE") {
         Some(d) => PathBuf::from(d),
-        None => {
-            let home = std::env::var_os("HOME").context("neither AURAE_CACHE nor HOME is set")?;
-            PathBuf::from(home).join(".cache/aurae")
-        }
+        None => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".cache/aurae"),
+            None => PathBuf::from("/var/cache/aurae"),
+        },
     };
     usable(dir)
 }
