@@ -62,9 +62,11 @@ fn main() {
 }
 
 fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
+    // First thing: tell the VMM's boot timer that /init runs (the base
+    // initramfs carries /dev/port for this).
+    boot_timer();
     mounts::switch_root_to_tmpfs()?;
     mounts::mount_all()?;
-    boot_timer();
     say(&format!("/init started, uptime {}s", uptime()));
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let params = BootParams::parse(&cmdline).map_err(anyhow::Error::msg)?;

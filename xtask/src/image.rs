@@ -55,6 +55,8 @@ pub fn base_manifest(guest_init: &Path) -> anyhow::Result<Manifest> {
     }
     m.char_device("dev/console", 0o600, 5, 1)?;
     m.char_device("dev/null", 0o666, 1, 3)?;
+    // For the boot timer write, before devtmpfs is mounted.
+    m.char_device("dev/port", 0o600, 1, 4)?;
     Ok(m)
 }
 
