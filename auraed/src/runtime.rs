@@ -66,6 +66,7 @@ impl Runtime {
                 Ok(CellContext {
                     hierarchy: h,
                     state_dir: cfg.state_dir.clone(),
+                    netns: Some(crate::cells::netns_pool::NetnsPool::start()),
                 })
             }
             Err(e) => {

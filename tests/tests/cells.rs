@@ -422,3 +422,32 @@ async fn a_restarted_daemon_removes_cells_left_by_a_crash() {
     drop(d2);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn every_cell_gets_a_network_namespace_of_its_own() {
+    require_root!();
+    let d = Daemon::start().await;
+    let mut seen = std::collections::BTreeSet::new();
+    for name in ["neta", "netb", "netc"] {
+        d.client()
+            .await
+            .run_cell(cell(
+                name,
+                "readlink /proc/self/ns/net; ip -o link show lo | grep -c UP",
+            ))
+            .await
+            .expect("run_cell");
+        let (st, out) = output(&d, &format!("{name}-main")).await;
+        assert_eq!(st.exit_code, Some(0), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines.get(1).copied(),
+            Some("1"),
+            "lo is up in {name}: {out}"
+        );
+        assert!(
+            seen.insert(lines[0].to_string()),
+            "{name} shares a network namespace: {out}"
+        );
+    }
+}

@@ -5,8 +5,9 @@
 //! namespaces. Executables join them (and the cell's cgroup) at start.
 
 pub mod init;
+pub mod netns_pool;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,10 +67,12 @@ pub struct Cell {
 }
 
 /// What cell creation needs from the daemon.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CellContext {
     pub hierarchy: Hierarchy,
     pub state_dir: PathBuf,
+    /// Ready network namespaces, when the pool is running.
+    pub netns: Option<Arc<netns_pool::NetnsPool>>,
 }
 
 /// Namespaces in the order they are joined, with their /proc/<pid>/ns name.
@@ -178,10 +181,21 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
     let leaf = cgroup.open_leaf()?;
 
     let flags = spec.share.new_namespace_flags();
+    // A ready network namespace from the pool saves creating one now.
+    let pooled_netns = if flags & libc::CLONE_NEWNET != 0 {
+        ctx.netns.as_ref().and_then(|p| p.take())
+    } else {
+        None
+    };
+    let clone_flags = if pooled_netns.is_some() {
+        flags & !libc::CLONE_NEWNET
+    } else {
+        flags
+    };
     let config = InitConfig {
         name: spec.name.clone(),
         new_uts: flags & libc::CLONE_NEWUTS != 0,
-        new_net: flags & libc::CLONE_NEWNET != 0,
+        new_net: clone_flags & libc::CLONE_NEWNET != 0,
         new_mount: flags & libc::CLONE_NEWNS != 0,
         new_pid: flags & libc::CLONE_NEWPID != 0,
         rootfs: image.as_ref().map(|_| rootfs.clone()),
@@ -191,9 +205,17 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
             work: state_dir.join("work"),
         }),
     };
-    let plan = init::Plan::new(&config)
+    let mut plan = init::Plan::new(&config)
         .map_err(|e| ApiError::Internal(format!("planning cell {}: {e}", spec.name)))?;
-    let spawned = spawn_init(leaf.as_fd(), flags, &plan.ops).map_err(|e| {
+    if let Some(fd) = &pooled_netns {
+        plan.ops.insert(
+            0,
+            crate::sys::init_process::InitOp::JoinNetns(fd.as_raw_fd()),
+        );
+        plan.descriptions
+            .insert(0, "joining a ready network namespace".into());
+    }
+    let spawned = spawn_init(leaf.as_fd(), clone_flags, &plan.ops).map_err(|e| {
         let what = plan
             .descriptions
             .get(e.op)
@@ -206,6 +228,8 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
     })?;
     let init_pid = spawned.pid;
     undo.init = Some(spawned.pidfd);
+    // The init holds the namespace now.
+    drop(pooled_netns);
     let mut namespaces = Vec::new();
     for (flag, name) in NAMESPACES {
         if flags & flag != 0 {

@@ -16,6 +16,8 @@ use super::spawn::{clone3, read_reports, report, CloneArgs, CLONE_INTO_CGROUP, M
 /// One setup step, run in order inside the new namespaces.
 #[derive(Debug)]
 pub enum InitOp {
+    /// Join an existing network namespace (a pre-made one from the pool).
+    JoinNetns(RawFd),
     Hostname(CString),
     /// Set a network interface up (SIOCSIFFLAGS).
     LinkUp([libc::c_char; libc::IFNAMSIZ]),
@@ -119,6 +121,7 @@ fn run_op(op: &InitOp) -> bool {
     // before the clone; nothing allocates or takes a lock.
     unsafe {
         match op {
+            InitOp::JoinNetns(fd) => libc::setns(*fd, libc::CLONE_NEWNET) == 0,
             InitOp::Hostname(name) => libc::sethostname(name.as_ptr(), name.as_bytes().len()) == 0,
             InitOp::LinkUp(ifname) => {
                 let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -173,8 +176,7 @@ fn init_main(ops: &[InitOp], report_fd: RawFd) -> ! {
     // single-threaded copy of the parent and never returns to its code.
     unsafe {
         // Behave like a freshly executed process: default signal handlers
-        // (the parent's would run parent code), nothing blocked, no
-        // inherited descriptors but stdio and the report pipe.
+        // (the parent's would run parent code) and nothing blocked.
         for sig in 1..libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
@@ -183,15 +185,6 @@ fn init_main(ops: &[InitOp], report_fd: RawFd) -> ! {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        if report_fd > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, (report_fd - 1) as u32, 0u32);
-        }
-        libc::syscall(
-            libc::SYS_close_range,
-            (report_fd + 1) as u32,
-            u32::MAX,
-            0u32,
-        );
         libc::prctl(
             libc::PR_SET_NAME,
             c"cell-init".as_ptr() as libc::c_ulong,
@@ -207,6 +200,18 @@ fn init_main(ops: &[InitOp], report_fd: RawFd) -> ! {
                 libc::_exit(1);
             }
         }
+        // Only now (the ops may use inherited fds, such as a namespace to
+        // join) close everything but stdio; closing the report pipe last
+        // tells the parent the setup is done.
+        if report_fd > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (report_fd - 1) as u32, 0u32);
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            (report_fd + 1) as u32,
+            u32::MAX,
+            0u32,
+        );
         libc::close(report_fd);
 
         // PID 1 duty: reap orphans. SIGCHLD stays blocked except while

@@ -5,6 +5,7 @@
 //! `// SAFETY:` comment.
 
 pub mod init_process;
+pub mod netns;
 pub mod pidfd;
 pub mod spawn;
 
