@@ -132,6 +132,15 @@ pub enum Launcher {
     },
 }
 
+/// The kernel command line of every launcher, so that boots compare like
+/// with like: the serial console (quiet), a triple-fault reboot that ends
+/// the VM, and the instance's address.
+fn guest_cmdline(ip: &str, gateway: &str) -> String {
+    format!(
+        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
+    )
+}
+
 /// Writes the base image plus an overlay with a fresh identity, busybox,
 /// and a busybox OCI image at /images/busybox; returns the initrd and the
 /// client config for the guest.
@@ -209,9 +218,7 @@ impl Guest {
                     .arg("-initrd")
                     .arg(&initrd_path)
                     .arg("-append")
-                    .arg(format!(
-                        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={GUEST_IP}/24 aurae.gw=10.0.2.2 aurae.port={GUEST_PORT}"
-                    ))
+                    .arg(guest_cmdline(GUEST_IP, "10.0.2.2"))
                     // restrict=on: the guest reaches nothing outside; only
                     // the loopback forward to its auraed exists.
                     .arg("-netdev")
@@ -230,8 +237,23 @@ impl Guest {
                 gateway,
             } => {
                 let child = Command::new("qemu-system-x86_64")
-                    .args(["-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off", "-enable-kvm", "-cpu", "host"])
-                    .args(["-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+                    .args([
+                        "-M",
+                        "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off",
+                        "-enable-kvm",
+                        "-cpu",
+                        "host",
+                    ])
+                    .args([
+                        "-m",
+                        "512",
+                        "-smp",
+                        "1",
+                        "-nodefaults",
+                        "-no-user-config",
+                        "-nographic",
+                        "-no-reboot",
+                    ])
                     .arg("-serial")
                     .arg(format!("file:{}", console.display()))
                     .arg("-kernel")
@@ -239,15 +261,17 @@ impl Guest {
                     .arg("-initrd")
                     .arg(&initrd_path)
                     .arg("-append")
-                    .arg(format!(
-                        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
-                    ))
+                    .arg(guest_cmdline(&guest_ip, &gateway))
                     .arg("-netdev")
                     .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
                     .args(["-device", "virtio-net-device,netdev=n0"])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(dir.path().join("vmm.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+                    .stderr(
+                        std::fs::File::create(dir.path().join("vmm.log"))
+                            .map(Stdio::from)
+                            .unwrap_or(Stdio::null()),
+                    )
                     .spawn()
                     .expect("qemu-system-x86_64");
                 (child, format!("{guest_ip}:{GUEST_PORT}"))
@@ -274,12 +298,14 @@ impl Guest {
                     .arg("--console")
                     .arg(&console)
                     .arg("--cmdline")
-                    .arg(format!(
-                        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={guest_ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
-                    ))
+                    .arg(guest_cmdline(&guest_ip, &gateway))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(dir.path().join("vmm.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+                    .stderr(
+                        std::fs::File::create(dir.path().join("vmm.log"))
+                            .map(Stdio::from)
+                            .unwrap_or(Stdio::null()),
+                    )
                     .spawn()
                     .expect("aurae-vmm");
                 (child, format!("{guest_ip}:{GUEST_PORT}"))

@@ -108,6 +108,14 @@ pub trait VirtioDevice: Send {
     fn is_activated(&self) -> bool;
 }
 
+/// The one queue of a single-queue device, or the activation error.
+pub fn single_queue(mut queues: Vec<Queue>) -> Result<Queue, ActivateError> {
+    match queues.len() {
+        1 => Ok(queues.remove(0)),
+        got => Err(ActivateError::QueueCount { expected: 1, got }),
+    }
+}
+
 /// Completes every available chain of `queue` with `serve`, which returns
 /// the number of bytes it wrote into the chain's buffers. A corrupt avail
 /// ring or used ring sets NEEDS_RESET and stops. Signals the driver when

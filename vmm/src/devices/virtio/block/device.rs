@@ -13,7 +13,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::BlockMetrics;
 use crate::devices::virtio::{
-    read_config_bytes, serve_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_BLOCK,
+    read_config_bytes, serve_queue, single_queue, ActivateError, Interrupt, VirtioDevice,
+    F_VERSION_1, TYPE_BLOCK,
 };
 
 pub const SECTOR: u64 = 512;
@@ -239,16 +240,10 @@ impl VirtioDevice for Block {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
+        let queue = single_queue(queues)?;
         self.active = Some(Active {
             mem,
             queue,

@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::RngMetrics;
 use crate::devices::virtio::{
-    serve_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_RNG,
+    serve_queue, single_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_RNG,
 };
 
 /// Most bytes handed out per request, however large the buffers.
@@ -93,16 +93,10 @@ impl VirtioDevice for Rng {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
+        let queue = single_queue(queues)?;
         self.active = Some(Active {
             mem,
             queue,
