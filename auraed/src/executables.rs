@@ -107,7 +107,7 @@ impl Executable {
         let oom_baseline = cell.as_ref().map(|c| c.cgroup.oom_kills()).unwrap_or(0);
         let spec_for_spawn = spec.clone();
         let cell_for_spawn = cell.clone();
-        let spawned = tokio::task::spawn_blocking(move || {
+        let spawned = crate::blocking::run("spawn task", move || {
             let leaf;
             let (cgroup, namespaces) = match &cell_for_spawn {
                 Some(c) => {
@@ -131,8 +131,7 @@ impl Executable {
                 seccomp: jail.unwrap_or_default(),
             })
         })
-        .await
-        .map_err(|e| ApiError::Internal(format!("spawn task: {e}")))?
+        .await?
         .map_err(|e| spawn_error(e, &spec, field))?;
 
         let pidfd = Arc::new(

@@ -5,6 +5,7 @@
 //! namespaces, optionally from an OCI image, optionally jailed).
 
 pub mod auth;
+pub mod blocking;
 pub mod cells;
 pub mod cgroup;
 pub mod config;

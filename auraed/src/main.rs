@@ -98,6 +98,10 @@ fn main() -> anyhow::Result<()> {
 
 fn run(config: PathBuf) -> anyhow::Result<()> {
     let cfg = auraed::config::Config::load(&config)?;
+    // Before the runtime starts any thread.
+    if let Err(e) = auraed::sys::mount_ns::enter_own() {
+        tracing::warn!("staying in the host's mount namespace (cells start slower): {e}");
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     Ok(rt.block_on(auraed::daemon::run(cfg))?)
 }

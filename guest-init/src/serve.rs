@@ -27,6 +27,9 @@ pub fn run() -> anyhow::Result<()> {
         .map(|(ip, _)| ip)
         .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     cfg.server.tcp = Some(SocketAddr::new(ip, params.port));
+    if let Err(e) = auraed::sys::mount_ns::enter_own() {
+        tracing::warn!("staying in the root mount namespace (cells start slower): {e}");
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(auraed::daemon::run(cfg))?;
     Ok(())

@@ -244,19 +244,24 @@ impl Manifest {
         Ok(cpio::newc::trailer(out)?)
     }
 
-    /// The archive, gzip-compressed.
-    pub fn write_gzip<W: Write>(&self, out: W) -> Result<W, CpioError> {
-        let enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(6));
+    /// The archive, zstd-compressed at `level` (1 to 22). The kernel
+    /// unpacks zstd several times faster than gzip, which matters most
+    /// where the guest's own boot is slowest (nested, or emulated); the
+    /// level only changes the size, not the unpacking speed.
+    pub fn write_zstd<W: Write>(&self, out: W, level: i32) -> Result<W, CpioError> {
+        let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+        // A checksum, so that the kernel detects a corrupt archive.
+        enc.include_checksum(true)?;
         Ok(self.write(enc)?.finish()?)
     }
 
-    /// Writes the gzip archive to `path` through a temporary file and a
+    /// Writes the zstd archive to `path` through a temporary file and a
     /// rename, so a failure never leaves a half-written archive.
-    pub fn write_gzip_file(&self, path: &Path) -> Result<(), CpioError> {
+    pub fn write_zstd_file(&self, path: &Path, level: i32) -> Result<(), CpioError> {
         let tmp = path.with_extension("tmp");
         let result = (|| {
             let file = std::fs::File::create(&tmp)?;
-            let file = self.write_gzip(std::io::BufWriter::new(file))?;
+            let file = self.write_zstd(std::io::BufWriter::new(file), level)?;
             file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             std::fs::rename(&tmp, path)?;
             Ok(())

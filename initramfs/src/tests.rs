@@ -55,9 +55,11 @@ fn output_is_byte_identical_for_the_same_input() {
     let c = sample(true).write(Vec::new()).expect("c");
     assert_eq!(a, b);
     assert_eq!(a, c, "insertion order does not matter");
-    let ga = sample(false).write_gzip(Vec::new()).expect("gz");
-    let gb = sample(true).write_gzip(Vec::new()).expect("gz");
-    assert_eq!(ga, gb);
+    let za = sample(false).write_zstd(Vec::new(), 3).expect("zstd");
+    let zb = sample(true).write_zstd(Vec::new(), 3).expect("zstd");
+    assert_eq!(za, zb);
+    let unpacked = zstd::decode_all(za.as_slice()).expect("a valid zstd frame");
+    assert_eq!(unpacked, a, "the compressed archive holds the same cpio");
 }
 
 #[test]
@@ -127,21 +129,21 @@ fn overlays_follow_the_base_archive() {
 }
 
 #[test]
-fn files_come_from_disk_and_the_gzip_file_is_written_atomically() {
+fn files_come_from_disk_and_the_compressed_file_is_written_atomically() {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("payload");
     std::fs::write(&src, b"payload").expect("write");
     let mut m = Manifest::new();
     m.file("bin/payload", &src, 0o755).expect("file");
-    let out = dir.path().join("initramfs.cpio.gz");
-    m.write_gzip_file(&out).expect("gz");
+    let out = dir.path().join("initramfs.cpio.zst");
+    m.write_zstd_file(&out, 3).expect("zstd");
     assert!(out.exists());
     assert!(!out.with_extension("tmp").exists());
     let mut bad = Manifest::new();
     bad.file("x", dir.path().join("nope"), 0o644)
         .expect("added");
-    let target = dir.path().join("bad.cpio.gz");
-    assert!(bad.write_gzip_file(&target).is_err());
+    let target = dir.path().join("bad.cpio.zst");
+    assert!(bad.write_zstd_file(&target, 3).is_err());
     assert!(
         !target.exists() && !target.with_extension("tmp").exists(),
         "nothing half-written"

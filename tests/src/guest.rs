@@ -76,7 +76,7 @@ pub fn image_dir() -> Option<PathBuf> {
                 .map(|t| t.join("aurae-image"))
                 .unwrap_or_default()
         });
-    (dir.join("bzImage").is_file() && dir.join("initramfs.cpio.gz").is_file()).then_some(dir)
+    (dir.join("bzImage").is_file() && dir.join("initramfs.cpio.zst").is_file()).then_some(dir)
 }
 
 pub struct Guest {
@@ -136,9 +136,14 @@ pub enum Launcher {
 /// with like: the serial console (quiet), a triple-fault reboot that ends
 /// the VM, and the instance's address.
 fn guest_cmdline(ip: &str, gateway: &str) -> String {
-    format!(
+    let s = format!(
         "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 aurae.name=guest aurae.ip={ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
-    )
+    );
+    if std::env::var_os("AURAE_BOOT_TRACE").is_some_and(|v| !v.is_empty()) {
+        s.replace("quiet", "printk.time=1")
+    } else {
+        s
+    }
 }
 
 /// Writes the base image plus an overlay with a fresh identity, busybox,
@@ -181,8 +186,8 @@ pub fn instance_initrd(image: &Path, dir: &Path) -> (PathBuf, ClientConfig) {
         &Default::default(),
     );
     add_dir_tree(&mut overlay, &layout, "images/busybox");
-    let base = std::fs::read(image.join("initramfs.cpio.gz")).expect("base initramfs");
-    let overlay = overlay.write_gzip(Vec::new()).expect("overlay");
+    let base = std::fs::read(image.join("initramfs.cpio.zst")).expect("base initramfs");
+    let overlay = overlay.write_zstd(Vec::new(), 3).expect("overlay");
     let initrd = dir.join("initrd");
     std::fs::write(&initrd, initramfs::concat(&[&base, &overlay])).expect("initrd");
     let mut config = ClientConfig::load(&pki.join("config")).expect("client config");

@@ -86,6 +86,12 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let phases: Vec<String> = vm
+        .build_phases()
+        .iter()
+        .map(|(what, took)| format!("{what} {:.1}", took.as_secs_f64() * 1000.0))
+        .collect();
+    eprintln!("aurae-vmm: VM built (ms): {}", phases.join(", "));
     // SIGTERM and SIGINT stop the VM cleanly.
     let mut signals = nix::sys::signal::SigSet::empty();
     signals.add(nix::sys::signal::Signal::SIGTERM);

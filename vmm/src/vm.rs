@@ -49,6 +49,7 @@ pub struct Vm {
     subscribers: Vec<Subscriber>,
     vcpu_threads: Vec<JoinHandle<()>>,
     event_thread: Option<JoinHandle<()>>,
+    phases: Vec<(&'static str, Duration)>,
 }
 
 fn device_err(device: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -62,6 +63,15 @@ impl Vm {
     /// Builds the VM. Nothing is running yet; on error nothing is left.
     pub fn new(mut config: VmConfig) -> Result<Vm, VmmError> {
         let started = Instant::now();
+        let mut phases = Vec::new();
+        let mut mark = {
+            let mut last = started;
+            move |phases: &mut Vec<(&'static str, Duration)>, what: &'static str| {
+                let now = Instant::now();
+                phases.push((what, now - last));
+                last = now;
+            }
+        };
         let kvm = Kvm::new().map_err(|e| VmmError::Config {
             option: "kvm",
             reason: format!("opening /dev/kvm: {e}"),
@@ -90,6 +100,7 @@ impl Vm {
             ..Default::default()
         })?;
         let state = Arc::new(VmState::new(started));
+        mark(&mut phases, "kvm and memory");
 
         // Legacy devices on the port I/O bus.
         let mut pio = Bus::default();
@@ -189,9 +200,12 @@ impl Vm {
             subscribers.push(subscriber);
         }
 
+        mark(&mut phases, "devices");
         // The guest's software.
         let (entry, header) = kernel::load_kernel(&mem, &config.kernel, config.flat_entry)?;
+        mark(&mut phases, "kernel");
         let initrd = kernel::load_initrd(&mem, mem_size, &config.initrds)?;
+        mark(&mut phases, "initrd");
         kernel::write_boot_params(&mem, mem_size, entry, header, &config.cmdline, initrd)?;
         if !matches!(entry, kernel::Entry::Flat(_)) {
             mptable::write(&mem, config.vcpus).map_err(|e| VmmError::Memory(e.to_string()))?;
@@ -213,6 +227,7 @@ impl Vm {
             }
             vcpus.push(fd);
         }
+        mark(&mut phases, "vcpus");
         Ok(Vm {
             config,
             _kvm: kvm,
@@ -225,6 +240,7 @@ impl Vm {
             subscribers,
             vcpu_threads: Vec::new(),
             event_thread: None,
+            phases,
         })
     }
 
@@ -300,6 +316,11 @@ impl Vm {
             let _ = t.join();
         }
         Some(reason)
+    }
+
+    /// How long each step of `Vm::new` took, in order.
+    pub fn build_phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
     }
 
     pub fn boot_time(&self) -> Option<Duration> {

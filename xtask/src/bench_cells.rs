@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use aurae_proto::runtime as pb;
+use aurae_proto::runtime::runtime_client::RuntimeClient;
 use aurae_tests::image::{self, ImageConfig};
 use aurae_tests::Daemon;
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
 
 use crate::deps;
 use crate::stats::{median, report};
+
+const SETTLE: Duration = Duration::from_millis(30);
 
 /// crun refuses hybrid cgroup hosts; give this process (and the auraed it
 /// starts) a private mount namespace where /sys/fs/cgroup is cgroup2, so
@@ -98,8 +102,10 @@ fn crun_first_line(bundle: &Path, id: &str) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-async fn aurae_first_line(d: &Daemon, req: pb::RunCellRequest) -> anyhow::Result<Duration> {
-    let mut c = d.client().await;
+async fn aurae_first_line(
+    c: &mut RuntimeClient<Channel>,
+    req: pb::RunCellRequest,
+) -> anyhow::Result<Duration> {
     let name = req.name.clone();
     // Attach to the first executable's output before it exists, on the same
     // connection, as `aer cell run --wait` does.
@@ -126,8 +132,14 @@ async fn aurae_first_line(d: &Daemon, req: pb::RunCellRequest) -> anyhow::Result
     Ok(took)
 }
 
-async fn roundtrip(d: &Daemon, i: usize) -> anyhow::Result<Duration> {
-    let mut c = d.client().await;
+/// Lets the kernel finish the previous run's teardown (network namespaces
+/// are destroyed by a worker, after the last process has gone) before the
+/// next measurement, so that no runtime pays for its predecessor's cleanup.
+async fn settle() {
+    tokio::time::sleep(SETTLE).await;
+}
+
+async fn roundtrip(c: &mut RuntimeClient<Channel>, i: usize) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let r = c
         .run_executable(pb::RunExecutableRequest {
@@ -183,15 +195,22 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let bundle = dir.path().join("bundle");
     crun_bundle(&bundle, &layer)?;
 
-    let rt = tokio::runtime::Runtime::new()?;
+    // A single-threaded client, like `aer`.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let d = Daemon::start().await;
+        // One connection for every request, as a control plane keeps its
+        // channel to the node open.
+        let mut c = d.client().await;
         let (mut image_cell, mut host_cell, mut crun, mut ours_rt, mut fork_rt) =
             (vec![], vec![], vec![], vec![], vec![]);
         // One warm-up round of each, not counted.
         for i in 0..=runs {
+            settle().await;
             let a = aurae_first_line(
-                &d,
+                &mut c,
                 pb::RunCellRequest {
                     name: format!("img-{i}"),
                     image: layout.display().to_string(),
@@ -200,8 +219,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 },
             )
             .await?;
+            settle().await;
             let h = aurae_first_line(
-                &d,
+                &mut c,
                 pb::RunCellRequest {
                     name: format!("host-{i}"),
                     executable: Some(pb::Executable {
@@ -214,8 +234,11 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            let c = crun_first_line(&bundle, &format!("aurae-bench-{}-{i}", std::process::id()))?;
-            let r = roundtrip(&d, i).await?;
+            settle().await;
+            let cr = crun_first_line(&bundle, &format!("aurae-bench-{}-{i}", std::process::id()))?;
+            settle().await;
+            let r = roundtrip(&mut c, i).await?;
+            settle().await;
             let t0 = Instant::now();
             let s = Command::new("/bin/true").status()?;
             let f = t0.elapsed();
@@ -225,7 +248,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             if i > 0 {
                 image_cell.push(a);
                 host_cell.push(h);
-                crun.push(c);
+                crun.push(cr);
                 ours_rt.push(r);
                 fork_rt.push(f);
             }

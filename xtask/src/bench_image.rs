@@ -65,7 +65,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     );
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     size_line("bzImage", size(&img.bzimage), BZIMAGE_TARGET);
-    size_line("initramfs.cpio.gz", size(&img.initramfs), INITRAMFS_TARGET);
+    size_line("initramfs.cpio.zst", size(&img.initramfs), INITRAMFS_TARGET);
     let m: Duration = median(boots);
     println!(
         "{:<24} {:>9.0} ms  (median of {runs}, QEMU -M pc TCG: the reference for the VMM)",

@@ -196,8 +196,13 @@ fn in_test_host(runs: usize) -> anyhow::Result<()> {
         env: vec![
             ("AURAE_BENCH".into(), "1".into()),
             ("AURAE_BENCH_RUNS".into(), runs.to_string()),
+            (
+                "AURAE_BOOT_TRACE".into(),
+                std::env::var("AURAE_BOOT_TRACE").unwrap_or_default(),
+            ),
         ],
         needs_qemu: true,
+        release: true,
     };
     let outcome = crate::testhost::run(&img.bzimage, Some(&img.dir), &[run])?;
     println!(

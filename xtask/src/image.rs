@@ -74,6 +74,11 @@ fn install(src: &Path, dst: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// zstd level of the image's initramfs: near the best size for a fraction
+/// of the time of the top levels; the guest unpacks every level equally
+/// fast.
+const IMAGE_ZSTD_LEVEL: i32 = 12;
+
 pub fn build() -> anyhow::Result<Image> {
     let started = Instant::now();
     let k = kernel::build()?;
@@ -82,9 +87,10 @@ pub fn build() -> anyhow::Result<Image> {
     std::fs::create_dir_all(&dir)?;
     install(&k.bzimage, &dir.join("bzImage"))?;
     install(&k.vmlinux, &dir.join("vmlinux"))?;
-    base_manifest(&guest_init)?.write_gzip_file(&dir.join("initramfs.cpio.gz"))?;
+    base_manifest(&guest_init)?
+        .write_zstd_file(&dir.join("initramfs.cpio.zst"), IMAGE_ZSTD_LEVEL)?;
     let mut files = serde_json::Map::new();
-    for name in ["bzImage", "vmlinux", "initramfs.cpio.gz"] {
+    for name in ["bzImage", "vmlinux", "initramfs.cpio.zst"] {
         let (sha, size) = sha256_file(&dir.join(name))?;
         files.insert(
             name.into(),
@@ -104,7 +110,7 @@ pub fn build() -> anyhow::Result<Image> {
         dir.display(),
         started.elapsed().as_secs_f64()
     );
-    for name in ["bzImage", "vmlinux", "initramfs.cpio.gz", "manifest.json"] {
+    for name in ["bzImage", "vmlinux", "initramfs.cpio.zst", "manifest.json"] {
         let size = std::fs::metadata(dir.join(name))
             .map(|m| m.len())
             .unwrap_or(0);
@@ -112,7 +118,7 @@ pub fn build() -> anyhow::Result<Image> {
     }
     Ok(Image {
         bzimage: dir.join("bzImage"),
-        initramfs: dir.join("initramfs.cpio.gz"),
+        initramfs: dir.join("initramfs.cpio.zst"),
         dir,
     })
 }

@@ -28,6 +28,9 @@ pub struct TestRun {
     pub env: Vec<(String, String)>,
     /// Put QEMU (and its firmware) in the test host too.
     pub needs_qemu: bool,
+    /// Use release builds of auraed, aer and aurae-vmm (benchmarks compare
+    /// them with optimized peers).
+    pub release: bool,
 }
 
 /// What came back from the test host.
@@ -140,12 +143,21 @@ fn init_script(runs: &[TestRun]) -> String {
 /// they all passed.
 pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Result<Outcome> {
     deps::ensure(&["qemu-system-x86", "busybox-static"])?;
-    if !deps::cargo(&["build", "-p", "auraed", "-p", "aer", "-p", "vmm"], &[])? {
+    let release = runs.iter().any(|r| r.release);
+    let mut build = vec!["build", "-p", "auraed", "-p", "aer", "-p", "vmm"];
+    if release {
+        build.push("--release");
+    }
+    if !deps::cargo(&build, &[])? {
         bail!("building auraed failed");
     }
     let names: Vec<String> = runs.iter().map(|r| r.test.clone()).collect();
     let binaries = test_binaries(&names)?;
-    let target = deps::workspace_root().join("target/debug");
+    let target = deps::workspace_root().join(if release {
+        "target/release"
+    } else {
+        "target/debug"
+    });
     let mut m = Manifest::new();
     m.file("bin/busybox", "/bin/busybox", 0o755)?;
     m.bytes("init", init_script(runs), 0o755)?;
@@ -160,7 +172,7 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         ("target/aurae-vmm".into(), target.join("aurae-vmm")),
     ];
     if let Some(image) = image {
-        for f in ["bzImage", "vmlinux", "initramfs.cpio.gz"] {
+        for f in ["bzImage", "vmlinux", "initramfs.cpio.zst"] {
             m.file(&format!("image/{f}"), image.join(f), 0o644)?;
         }
     }
@@ -191,8 +203,8 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         m.file(&lib.to_string_lossy(), real, 0o755)?;
     }
     let dir = tempfile::tempdir()?;
-    let initrd = dir.path().join("testhost.cpio.gz");
-    m.write_gzip_file(&initrd)?;
+    let initrd = dir.path().join("testhost.cpio.zst");
+    m.write_zstd_file(&initrd, 3)?;
     let size = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
     println!(
         "[testhost] initramfs {} ({}), booting {}",

@@ -9,6 +9,7 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+use crate::oci::minimal_dev;
 use crate::sys::init_process::InitOp;
 
 #[derive(Debug, Clone)]
@@ -139,6 +140,42 @@ impl Plan {
     }
 
     /// Makes `rootfs` the root: a fresh /proc, a minimal /dev and a /tmp.
+    fn minimal_dev(&mut self, dev: &Path) -> Result<(), String> {
+        self.mount(
+            "tmpfs",
+            dev,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        )?;
+        for (name, major, minor) in minimal_dev::DEVICES {
+            self.push(
+                InitOp::Mknod(
+                    cpath(&dev.join(name))?,
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(major, minor),
+                ),
+                format!("creating /dev/{name}"),
+            );
+        }
+        for (link, target) in minimal_dev::LINKS {
+            self.push(
+                InitOp::Symlink {
+                    target: c(target)?,
+                    link: cpath(&dev.join(link))?,
+                },
+                format!("creating /dev/{link}"),
+            );
+        }
+        for dir in minimal_dev::DIRS {
+            self.push(
+                InitOp::Mkdir(cpath(&dev.join(dir))?, 0o755),
+                format!("creating /dev/{dir}"),
+            );
+        }
+        Ok(())
+    }
+
     fn pivot_into(&mut self, rootfs: &Path, overlay: Option<&Overlay>) -> Result<(), String> {
         let nodev = libc::MS_NOSUID | libc::MS_NODEV;
         match overlay {
@@ -169,55 +206,16 @@ impl Plan {
         )?;
         self.mount(
             "tmpfs",
-            &rootfs.join("dev"),
-            "tmpfs",
-            libc::MS_NOSUID | libc::MS_STRICTATIME,
-            Some("mode=755,size=65536k"),
-        )?;
-        self.mount(
-            "tmpfs",
             &rootfs.join("tmp"),
             "tmpfs",
             nodev,
             Some("mode=1777"),
         )?;
         let dev = rootfs.join("dev");
-        for (name, major, minor) in [
-            ("null", 1, 3),
-            ("zero", 1, 5),
-            ("full", 1, 7),
-            ("random", 1, 8),
-            ("urandom", 1, 9),
-            ("tty", 5, 0),
-        ] {
-            self.push(
-                InitOp::Mknod(
-                    cpath(&dev.join(name))?,
-                    libc::S_IFCHR | 0o666,
-                    libc::makedev(major, minor),
-                ),
-                format!("creating /dev/{name}"),
-            );
-        }
-        for (link, target) in [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-        ] {
-            self.push(
-                InitOp::Symlink {
-                    target: c(target)?,
-                    link: cpath(&dev.join(link))?,
-                },
-                format!("creating /dev/{link}"),
-            );
-        }
-        for dir in ["pts", "shm"] {
-            self.push(
-                InitOp::Mkdir(cpath(&dev.join(dir))?, 0o755),
-                format!("creating /dev/{dir}"),
-            );
+        // A cached image has its minimal /dev already (see
+        // oci::minimal_dev); any other root gets one on a tmpfs.
+        if overlay.is_none() {
+            self.minimal_dev(&dev)?;
         }
         self.mount(
             "tmpfs",

@@ -259,9 +259,8 @@ impl Cell {
     /// process, mount or directory.
     pub async fn create(spec: CellSpec, ctx: CellContext) -> Result<Arc<Cell>, ApiError> {
         let spec2 = spec.clone();
-        let parts = tokio::task::spawn_blocking(move || create_blocking(&spec2, &ctx))
-            .await
-            .map_err(|e| ApiError::Internal(format!("cell task: {e}")))??;
+        let parts =
+            crate::blocking::run("cell task", move || create_blocking(&spec2, &ctx)).await??;
         let (exit_tx, exit_rx) = watch::channel(false);
         let init = pidfd::watch(parts.init_pidfd)
             .map_err(|e| ApiError::Internal(format!("watching the cell's init: {e}")))?;

@@ -6,8 +6,11 @@
 //! cached rootfs as the read-only lower layer, so starting a cell from a
 //! cached image copies nothing.
 
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use sha2::Digest as _;
 
@@ -15,11 +18,57 @@ use super::{source, ImageDefaults, OciError};
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The layout of an unpacked entry (bumped when unpacking adds something,
+/// such as the minimal /dev); entries of other layouts are not used.
+const FORMAT: &str = "v2";
+
 /// An unpacked image in the cache.
 #[derive(Debug, Clone)]
 pub struct CachedImage {
     pub rootfs: PathBuf,
     pub defaults: ImageDefaults,
+}
+
+/// Which version of a file: a source whose identifying file (the index or
+/// manifest of a directory, or the archive itself) has the same identity
+/// still has the same cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+fn identity(src: &Path) -> Option<FileIdentity> {
+    let meta = std::fs::metadata(src).ok()?;
+    let file = if meta.is_dir() {
+        ["index.json", "manifest.json"]
+            .iter()
+            .find_map(|f| std::fs::metadata(src.join(f)).ok().filter(|m| m.is_file()))?
+    } else {
+        meta
+    };
+    let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+    Some(FileIdentity {
+        dev: file.dev(),
+        ino: file.ino(),
+        size: file.size(),
+        mtime_ns: ns(file.mtime(), file.mtime_nsec()),
+        ctime_ns: ns(file.ctime(), file.ctime_nsec()),
+    })
+}
+
+type Memo = HashMap<(PathBuf, PathBuf), (FileIdentity, CachedImage)>;
+
+/// Sources already resolved to a cache entry, so that a cell start does not
+/// parse the index or hash an archive again while the file is unchanged.
+fn memo() -> std::sync::MutexGuard<'static, Memo> {
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    MEMO.get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// The cache key of the image at `src`, without unpacking it.
@@ -51,7 +100,24 @@ fn key(src: &Path) -> Result<String, OciError> {
 /// Returns the unpacked image at `src`, unpacking it into `cache` first if
 /// needed. A failed unpack leaves nothing in the cache.
 pub fn get(src: &Path, cache: &Path) -> Result<CachedImage, OciError> {
-    let entry = cache.join(key(src)?);
+    let memo_key = (src.to_path_buf(), cache.to_path_buf());
+    let id = identity(src);
+    if let Some(id) = id {
+        if let Some((known, cached)) = memo().get(&memo_key) {
+            if *known == id && cached.rootfs.is_dir() {
+                return Ok(cached.clone());
+            }
+        }
+    }
+    let cached = get_uncached(src, cache)?;
+    if let Some(id) = id {
+        memo().insert(memo_key, (id, cached.clone()));
+    }
+    Ok(cached)
+}
+
+fn get_uncached(src: &Path, cache: &Path) -> Result<CachedImage, OciError> {
+    let entry = cache.join(format!("{FORMAT}-{}", key(src)?));
     let defaults_file = entry.join("defaults.json");
     if let Ok(text) = std::fs::read(&defaults_file) {
         if let Ok(defaults) = serde_json::from_slice(&text) {
@@ -90,12 +156,15 @@ pub fn get(src: &Path, cache: &Path) -> Result<CachedImage, OciError> {
     result
 }
 
-/// Removes unpacks that a crash interrupted.
+/// Removes unpacks that a crash interrupted, and entries of an older
+/// layout.
 pub fn clean_partial(cache: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
+    let current = format!("{FORMAT}-");
     if let Ok(entries) = std::fs::read_dir(cache) {
         for e in entries.filter_map(Result::ok) {
-            if e.file_name().to_string_lossy().starts_with(".tmp-")
+            let name = e.file_name().to_string_lossy().into_owned();
+            if (name.starts_with(".tmp-") || !name.starts_with(&current))
                 && std::fs::remove_dir_all(e.path()).is_ok()
             {
                 removed.push(e.path());

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod layer;
+pub mod minimal_dev;
 pub mod safe_path;
 pub mod source;
 pub mod user;
@@ -50,6 +51,18 @@ fn unpack_inner(src: &Path, rootfs: &Path, scratch: &Path) -> Result<ImageDefaul
     for layer in &image.layers {
         let open = || source::open_layer(layer);
         layer::apply(rootfs, &layer.name, &open, true)?;
+    }
+    // What every cell needs, made once here rather than by every cell
+    // start: the minimal /dev, and the mount points (an image that has
+    // something at one of those keeps it).
+    minimal_dev::populate(rootfs)
+        .map_err(|e| OciError::Io(format!("{}/dev: {e}", rootfs.display())))?;
+    for dir in ["proc", "tmp", "sys"] {
+        let path = rootfs.join(dir);
+        if std::fs::symlink_metadata(&path).is_err() {
+            std::fs::create_dir(&path)
+                .map_err(|e| OciError::Io(format!("{}: {e}", path.display())))?;
+        }
     }
     let cfg = image.config.config().clone().unwrap_or_default();
     let (uid, gid) = match cfg.user().as_deref() {

@@ -11,7 +11,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use super::spawn::{clone3, read_reports, report, CloneArgs, CLONE_INTO_CGROUP, MSG_ERROR};
+use super::clone::{clone3, CloneArgs, CLONE_INTO_CGROUP};
+use super::spawn::{read_reports, report, MSG_ERROR};
 
 /// One setup step, run in order inside the new namespaces.
 #[derive(Debug)]
@@ -93,7 +94,7 @@ pub fn spawn_init(
     // SAFETY: CLONE_PIDFD stored a new pidfd that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(report_w);
-    let (_, failure) = read_reports(report_r);
+    let failure = read_reports(report_r);
     if let Some((op, errno)) = failure {
         let _ = super::pidfd::reap_blocking(&pidfd);
         return Err(InitError {

@@ -4,7 +4,9 @@
 //! This is the only module of auraed with `unsafe` code; each block carries a
 //! `// SAFETY:` comment.
 
+mod clone;
 pub mod init_process;
+pub mod mount_ns;
 pub mod netns;
 pub mod pidfd;
 pub mod spawn;

@@ -3,9 +3,9 @@
 //! The child is placed in its cgroup by the kernel at clone time
 //! (`CLONE_INTO_CGROUP`), so it is accounted and limited before it executes a
 //! single instruction of the workload. Namespaces are either created by the
-//! same clone, or joined with `setns` in an intermediate child that then
-//! clones the workload with `CLONE_PARENT` (the pid namespace only applies to
-//! children of the caller), so the workload is a direct child of auraed.
+//! same clone, or joined with `setns` by a short-lived thread of auraed that
+//! then clones the workload (the joined pid namespace applies to the
+//! thread's children), so the workload is a direct child of auraed.
 //!
 //! auraed is multi-threaded, so between clone and exec the child may only use
 //! raw syscalls: everything it needs is prepared before the clone, and errors
@@ -15,6 +15,7 @@ use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use super::clone::{clone3_vfork, reset_signals, CloneArgs, CLONE_INTO_CGROUP};
 use super::pidfd;
 
 /// Where the workload's namespaces come from.
@@ -139,26 +140,6 @@ impl SpawnError {
     }
 }
 
-/// `struct clone_args` of `<linux/sched.h>` (version 2, with `cgroup`).
-#[repr(C)]
-#[derive(Default)]
-pub(super) struct CloneArgs {
-    pub(super) flags: u64,
-    pub(super) pidfd: u64,
-    pub(super) child_tid: u64,
-    pub(super) parent_tid: u64,
-    pub(super) exit_signal: u64,
-    pub(super) stack: u64,
-    pub(super) stack_size: u64,
-    pub(super) tls: u64,
-    pub(super) set_tid: u64,
-    pub(super) set_tid_size: u64,
-    pub(super) cgroup: u64,
-}
-
-/// `CLONE_INTO_CGROUP` (Linux 5.7), which needs a 64-bit flags word.
-pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-const MSG_PID: u32 = 1;
 pub(super) const MSG_ERROR: u32 = 2;
 const CAPS_VERSION_3: u32 = 0x2008_0522;
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
@@ -178,14 +159,14 @@ struct CapData {
 }
 
 /// The spec flattened into raw pointers, ready for the child.
-struct Prepared {
-    candidates: Vec<CString>,
+struct Prepared<'a> {
+    candidates: &'a [CString],
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
-    cwd: Option<CString>,
+    cwd: Option<&'a CString>,
     uid: Option<u32>,
     gid: Option<u32>,
-    fds: Vec<(RawFd, RawFd)>,
+    fds: &'a [(RawFd, RawFd)],
     caps_keep: Option<u64>,
     no_new_privs: bool,
     seccomp: Vec<libc::sock_fprog>,
@@ -207,20 +188,6 @@ fn dup_high(fd: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-pub(super) fn clone3(args: &mut CloneArgs) -> libc::c_long {
-    // SAFETY: clone3 reads `args`, which lives on our stack and has the size
-    // we pass. With a zero stack the child continues on a copy of this stack,
-    // like fork(); the child only runs `child_exec`/`intermediate`, which never
-    // return and use raw syscalls only.
-    unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    }
-}
-
 /// Starts a process as described by `spec`. Blocks until it has executed its
 /// program (or failed to), so call it from a blocking context.
 pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
@@ -230,20 +197,60 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     for (fd, target) in &spec.fds {
         owned_fds.push((dup_high(fd).map_err(SpawnError::Prepare)?, *target));
     }
-    drop(spec.fds);
-    let argv = null_terminated(&spec.argv);
-    let envp = null_terminated(&spec.envp);
+    let fds: Vec<(RawFd, RawFd)> = owned_fds
+        .iter()
+        .map(|(fd, t)| (fd.as_raw_fd(), *t))
+        .collect();
+    let report_raw = report_w.as_raw_fd();
+    let (pid, child_pidfd) = match &spec.namespaces {
+        NamespaceMode::Join(list) => {
+            let joins: Vec<(RawFd, libc::c_int)> =
+                list.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+            clone_joined(&spec, &fds, &joins, report_raw)?
+        }
+        NamespaceMode::Host => clone_workload(&spec, &fds, 0, report_raw),
+        NamespaceMode::New(flags) => clone_workload(&spec, &fds, *flags as u64, report_raw),
+    };
+    if pid < 0 {
+        return Err(SpawnError::Child {
+            stage: SpawnStage::Clone,
+            source: io::Error::from_raw_os_error(child_pidfd),
+        });
+    }
+    // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd that we now own.
+    let child = unsafe { OwnedFd::from_raw_fd(child_pidfd) };
+    drop(report_w);
+    drop(owned_fds);
+    let error = read_reports(report_r);
+    if let Some((stage, errno)) = error {
+        let _ = pidfd::reap_blocking(&child);
+        return Err(SpawnError::Child {
+            stage: SpawnStage::from_u32(stage),
+            source: io::Error::from_raw_os_error(errno as i32),
+        });
+    }
+    Ok(Spawned {
+        pid: pid as i32,
+        pidfd: child,
+    })
+}
+
+/// Clones the workload from the calling thread, vfork-style; the child runs
+/// `child_exec`. Returns (pid, pidfd), or (-1, errno) if the clone failed.
+fn clone_workload(
+    spec: &SpawnSpec<'_>,
+    fds: &[(RawFd, RawFd)],
+    namespace_flags: u64,
+    report_fd: RawFd,
+) -> (libc::c_long, RawFd) {
     let prep = Prepared {
-        candidates: spec.candidates,
-        argv,
-        envp,
-        cwd: spec.cwd,
+        candidates: &spec.candidates,
+        argv: null_terminated(&spec.argv),
+        envp: null_terminated(&spec.envp),
+        cwd: spec.cwd.as_ref(),
         uid: spec.uid,
         gid: spec.gid,
-        fds: owned_fds
-            .iter()
-            .map(|(fd, t)| (fd.as_raw_fd(), *t))
-            .collect(),
+        fds,
         caps_keep: spec.caps_keep,
         no_new_privs: spec.no_new_privs,
         seccomp: spec
@@ -255,10 +262,9 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
             })
             .collect(),
     };
-
     let mut child_pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
-        flags: libc::CLONE_PIDFD as u64,
+        flags: libc::CLONE_PIDFD as u64 | namespace_flags,
         pidfd: &mut child_pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
@@ -267,76 +273,78 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = cg.as_raw_fd() as u64;
     }
-    let joins: Vec<(RawFd, libc::c_int)> = match &spec.namespaces {
-        NamespaceMode::Host => Vec::new(),
-        NamespaceMode::New(flags) => {
-            args.flags |= *flags as u64;
-            Vec::new()
-        }
-        NamespaceMode::Join(list) => list.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect(),
+    let child = ChildArgs {
+        prep: &prep,
+        report_fd,
     };
-    let joining = matches!(spec.namespaces, NamespaceMode::Join(_));
-    let report_raw = report_w.as_raw_fd();
-
-    let pid = clone3(&mut args);
-    if pid == 0 {
-        if joining {
-            intermediate(&prep, &joins, report_raw)
-        }
-        child_exec(&prep, report_raw)
-    }
-    if pid < 0 {
-        return Err(SpawnError::Child {
-            stage: SpawnStage::Clone,
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd that we now own.
-    let child = unsafe { OwnedFd::from_raw_fd(child_pidfd) };
-    drop(report_w);
-    drop(owned_fds);
-    let (reported_pid, error) = read_reports(report_r);
-    let error = error.map(|(stage, errno)| SpawnError::Child {
-        stage: SpawnStage::from_u32(stage),
-        source: io::Error::from_raw_os_error(errno as i32),
-    });
-
-    if !joining {
-        if let Some(err) = error {
-            let _ = pidfd::reap_blocking(&child);
-            return Err(err);
-        }
-        return Ok(Spawned {
-            pid: pid as i32,
-            pidfd: child,
-        });
-    }
-    // The intermediate exits right after cloning the workload.
-    let _ = pidfd::reap_blocking(&child);
-    let workload = match reported_pid {
-        Some(p) => Some((p, pidfd::open(p).map_err(SpawnError::Prepare)?)),
-        None => None,
-    };
-    match (workload, error) {
-        (Some((_, fd)), Some(err)) => {
-            let _ = pidfd::reap_blocking(&fd);
-            Err(err)
-        }
-        (None, Some(err)) => Err(err),
-        (Some((pid, fd)), None) => Ok(Spawned { pid, pidfd: fd }),
-        (None, None) => Err(SpawnError::Child {
-            stage: SpawnStage::Unknown,
-            source: io::Error::other("the intermediate process exited without reporting"),
-        }),
+    match clone3_vfork(
+        &mut args,
+        workload_main,
+        &child as *const ChildArgs<'_> as *const libc::c_void,
+    ) {
+        Ok(pid) => (pid, child_pidfd),
+        Err(e) => (-1, e.raw_os_error().unwrap_or(libc::EIO)),
     }
 }
 
+/// What the vfork-style child gets.
+struct ChildArgs<'a> {
+    prep: &'a Prepared<'a>,
+    report_fd: RawFd,
+}
+
+extern "C" fn workload_main(arg: *const libc::c_void) -> ! {
+    // SAFETY: `arg` points at the ChildArgs in clone_workload's frame, which
+    // stays alive while the parent thread is suspended by CLONE_VFORK.
+    let child = unsafe { &*(arg as *const ChildArgs<'_>) };
+    child_exec(child.prep, child.report_fd)
+}
+
+/// Clones the workload from a short-lived thread that first joins the
+/// cell's namespaces. Namespaces belong to a thread, so the rest of auraed
+/// never sees them, and the thread ends with the spawn. The workload is a
+/// direct child of auraed, in the cell's pid namespace (which applies to
+/// the children of the thread that joined it), with no intermediate process.
+fn clone_joined(
+    spec: &SpawnSpec<'_>,
+    fds: &[(RawFd, RawFd)],
+    joins: &[(RawFd, libc::c_int)],
+    report_fd: RawFd,
+) -> Result<(libc::c_long, RawFd), SpawnError> {
+    let setns_failed = |source: io::Error| SpawnError::Child {
+        stage: SpawnStage::Setns,
+        source,
+    };
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("cell-spawn".into())
+            .spawn_scoped(scope, || {
+                // Joining a mount namespace needs a private fs context.
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                    .map_err(|e| setns_failed(e.into()))?;
+                for (fd, nstype) in joins {
+                    // SAFETY: setns on an fd the caller keeps open for the
+                    // spawn's duration; it changes this thread only.
+                    if unsafe { libc::setns(*fd, *nstype) } != 0 {
+                        return Err(setns_failed(io::Error::last_os_error()));
+                    }
+                }
+                Ok(clone_workload(spec, fds, 0, report_fd))
+            })
+            .map_err(SpawnError::Prepare)?;
+        worker.join().unwrap_or_else(|_| {
+            Err(SpawnError::Prepare(io::Error::other(
+                "the spawning thread panicked",
+            )))
+        })
+    })
+}
+
 /// Reads `[kind, a, b]` messages until every writer has closed the pipe
-/// (which happens when the children exec or exit). Returns the reported pid
-/// and the first reported error as (stage, errno).
-pub(super) fn read_reports(report_r: OwnedFd) -> (Option<i32>, Option<(u32, u32)>) {
+/// (which happens when the child execs or exits). Returns the first reported
+/// error as (stage, errno).
+pub(super) fn read_reports(report_r: OwnedFd) -> Option<(u32, u32)> {
     let mut file = std::fs::File::from(report_r);
-    let mut pid = None;
     let mut error = None;
     let mut buf = [0u8; 12];
     loop {
@@ -344,17 +352,15 @@ pub(super) fn read_reports(report_r: OwnedFd) -> (Option<i32>, Option<(u32, u32)
             Ok(()) => {
                 let word =
                     |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
-                match word(0) {
-                    MSG_PID => pid = Some(word(4) as i32),
-                    MSG_ERROR if error.is_none() => error = Some((word(4), word(8))),
-                    _ => {}
+                if word(0) == MSG_ERROR && error.is_none() {
+                    error = Some((word(4), word(8)));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
-    (pid, error)
+    error
 }
 
 pub(super) fn report(fd: RawFd, kind: u32, a: u32, b: u32) {
@@ -376,42 +382,17 @@ fn fail(fd: RawFd, stage: SpawnStage) -> ! {
     unsafe { libc::_exit(127) }
 }
 
-/// Joins the namespaces, then clones the workload as a sibling (a child of
-/// our parent) so that it lands in the joined pid namespace.
-fn intermediate(prep: &Prepared, joins: &[(RawFd, libc::c_int)], report_fd: RawFd) -> ! {
-    for (fd, nstype) in joins {
-        // SAFETY: setns on an fd the parent keeps open for the spawn's duration.
-        if unsafe { libc::setns(*fd, *nstype) } != 0 {
-            fail(report_fd, SpawnStage::Setns);
-        }
-    }
-    let mut args = CloneArgs {
-        flags: libc::CLONE_PARENT as u64,
-        ..Default::default()
-    };
-    let pid = clone3(&mut args);
-    if pid == 0 {
-        child_exec(prep, report_fd)
-    }
-    if pid < 0 {
-        fail(report_fd, SpawnStage::Clone);
-    }
-    report(report_fd, MSG_PID, pid as u32, 0);
-    // SAFETY: _exit never returns.
-    unsafe { libc::_exit(0) }
-}
-
 /// Runs in the child between clone and exec: raw syscalls only.
-fn child_exec(p: &Prepared, report_fd: RawFd) -> ! {
+fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
     // SAFETY: every call below is a plain syscall on memory prepared by the
     // parent before the clone; nothing allocates or takes a lock.
     unsafe {
+        reset_signals();
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
 
-        for (src, dst) in &p.fds {
+        for (src, dst) in p.fds {
             if libc::dup2(*src, *dst) < 0 {
                 fail(report_fd, SpawnStage::Fds);
             }
@@ -494,7 +475,7 @@ fn child_exec(p: &Prepared, report_fd: RawFd) -> ! {
             }
         }
         let mut last = libc::ENOENT as u32;
-        for cand in &p.candidates {
+        for cand in p.candidates {
             libc::execve(cand.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
             let e = errno();
             if e != libc::ENOENT as u32 && e != libc::ENOTDIR as u32 {

@@ -117,7 +117,8 @@ pub fn load_kernel(
 }
 
 /// Loads the initrd parts back to back, as high as allowed; returns
-/// (address, size).
+/// (address, size). Each part is read straight from its file into guest
+/// memory, with no copy in between.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -126,20 +127,20 @@ pub fn load_initrd(
     if parts.is_empty() {
         return Ok(None);
     }
-    let mut data = Vec::new();
+    let initrd_err = |p: &Path, e: &dyn std::fmt::Display| VmmError::Config {
+        option: "initrd",
+        reason: format!("{}: {e}", p.display()),
+    };
+    let mut files = Vec::with_capacity(parts.len());
+    // Each part starts 4-byte aligned; the kernel skips the zero padding.
+    let mut size = 0u64;
     for p in parts {
-        let bytes = std::fs::read(p).map_err(|e| VmmError::Config {
-            option: "initrd",
-            reason: format!("{}: {e}", p.display()),
-        })?;
-        data.extend(bytes);
-        // Keep each part 4-byte aligned; the kernel skips the padding.
-        while data.len() % 4 != 0 {
-            data.push(0);
-        }
+        let file = File::open(p).map_err(|e| initrd_err(p, &e))?;
+        let len = file.metadata().map_err(|e| initrd_err(p, &e))?.len();
+        files.push((p, file, size, len));
+        size = (size + len).next_multiple_of(4);
     }
     let top = mem_size.min(INITRD_MAX + 1);
-    let size = data.len() as u64;
     let addr = top
         .checked_sub(size)
         .map(|a| a & !0xfff)
@@ -148,8 +149,15 @@ pub fn load_initrd(
             option: "mem",
             reason: format!("the initrd ({size} bytes) does not fit in guest memory"),
         })?;
-    mem.write_slice(&data, GuestAddress(addr))
-        .map_err(kernel_err)?;
+    for (p, mut file, offset, len) in files {
+        let len = usize::try_from(len).map_err(|e| initrd_err(p, &e))?;
+        mem.read_exact_volatile_from(GuestAddress(addr + offset), &mut file, len)
+            .map_err(|e| initrd_err(p, &e))?;
+        let end = addr + offset + len as u64;
+        let pad = end.next_multiple_of(4) - end;
+        mem.write_slice(&[0u8; 3][..pad as usize], GuestAddress(end))
+            .map_err(kernel_err)?;
+    }
     Ok(Some((addr, size)))
 }
 
@@ -270,6 +278,38 @@ mod tests {
             b"overlay",
             "the second part follows the first (4-byte aligned)"
         );
+    }
+
+    #[test]
+    fn an_odd_sized_part_is_zero_padded_to_four_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"12345").expect("a");
+        std::fs::write(&b, b"next").expect("b");
+        let m = mem(32);
+        // Dirty the memory where the padding goes.
+        m.write_slice(&[0xff; 64], GuestAddress((32 << 20) - 0x1000))
+            .expect("dirty");
+        let (addr, size) = load_initrd(&m, 32 << 20, &[a, b])
+            .expect("load")
+            .expect("some");
+        assert_eq!(size, 12);
+        let mut got = vec![0u8; 12];
+        m.read_slice(&mut got, GuestAddress(addr)).expect("read");
+        assert_eq!(&got, b"12345\0\0\0next");
+    }
+
+    #[test]
+    fn a_missing_initrd_names_the_option() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match load_initrd(&mem(16), 16 << 20, &[dir.path().join("nope")]) {
+            Err(VmmError::Config { option, reason }) => {
+                assert_eq!(option, "initrd");
+                assert!(reason.contains("nope"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
