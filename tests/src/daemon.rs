@@ -140,6 +140,16 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// `rel` (under the daemon's directory) as auraed sees it: auraed runs
+    /// in a mount namespace of its own, where cell state lives on a private
+    /// tmpfs that the host does not see.
+    pub fn seen_by_auraed(&self, rel: &str) -> PathBuf {
+        let dir = self.dir.strip_prefix("/").unwrap_or(&self.dir);
+        PathBuf::from(format!("/proc/{}/root", self.pid()))
+            .join(dir)
+            .join(rel)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

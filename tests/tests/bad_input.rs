@@ -74,12 +74,14 @@ async fn thirty_malformed_requests_leak_nothing() {
     c.list(pb::ListRequest {}).await.expect("list");
     let pid = d.pid();
     let fds_before = fds(pid);
-    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
+    // auraed's own mount namespace, where a leaked mount would show.
+    let mountinfo = format!("/proc/{pid}/mountinfo");
+    let mounts_before = std::fs::read_to_string(&mountinfo)
         .expect("mountinfo")
         .lines()
         .count();
     let cgroups_before = dirs(d.cgroup_dir());
-    let state_before = dirs(Some(d.dir.join("state/cells")));
+    let state_before = dirs(Some(d.seen_by_auraed("state/cells")));
     let children_before = children(pid);
 
     use tonic::Code::*;
@@ -489,7 +491,7 @@ async fn thirty_malformed_requests_leak_nothing() {
     let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();
     assert!(list.workloads.is_empty(), "{:?}", list.workloads);
     assert_eq!(
-        std::fs::read_to_string("/proc/self/mountinfo")
+        std::fs::read_to_string(&mountinfo)
             .expect("mountinfo")
             .lines()
             .count(),
@@ -498,7 +500,7 @@ async fn thirty_malformed_requests_leak_nothing() {
     );
     assert_eq!(dirs(d.cgroup_dir()), cgroups_before, "cgroups");
     assert_eq!(
-        dirs(Some(d.dir.join("state/cells"))),
+        dirs(Some(d.seen_by_auraed("state/cells"))),
         state_before,
         "state dirs"
     );

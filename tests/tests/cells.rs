@@ -210,7 +210,10 @@ async fn freeze_thaw_and_free() {
         .expect("free");
     assert!(!cgroup.exists(), "cgroup removed");
     assert!(dead(init_pid), "cell init gone");
-    assert!(!d.dir.join("state/cells/ice").exists(), "state removed");
+    assert!(
+        !d.seen_by_auraed("state/cells/ice").exists(),
+        "state removed"
+    );
     let e = c
         .status(pb::StatusRequest {
             id: "ice-main".into(),
@@ -298,7 +301,7 @@ async fn a_limit_without_its_v2_controller_fails_loudly_and_leaves_nothing() {
     );
     let root = d.cgroup_dir().expect("cgroup root");
     assert!(!root.join("limited").exists());
-    assert!(!d.dir.join("state/cells/limited").exists());
+    assert!(!d.seen_by_auraed("state/cells/limited").exists());
 }
 
 #[tokio::test]

@@ -95,13 +95,28 @@ async fn an_image_cell_runs_the_entrypoint_in_its_own_root() {
     // The image was unpacked once into the cache; the cell's root is an
     // overlay mounted only inside its mount namespace.
     assert_eq!(cached_rootfs(&d, "bin/busybox").len(), 1);
-    let cell_dir = d.dir.join("state/cells/bb");
-    assert!(cell_dir.join("upper/tmp").exists() || cell_dir.join("upper").exists());
+    // The cell's own files (its writable layer) are on auraed's private
+    // tmpfs: auraed sees them, the host's file systems don't hold them.
+    let cell_dir = d.seen_by_auraed("state/cells/bb");
+    assert!(cell_dir.join("upper").is_dir(), "the cell's writable layer");
+    assert!(
+        !d.dir.join("state/cells/bb").exists(),
+        "nothing on the host's disk"
+    );
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
-        !host_mounts.contains("state/cells/bb"),
+        !host_mounts.contains("state/cells"),
         "no host-visible mount"
     );
+    // The minimal /dev comes with the cached image: the character devices
+    // and nothing the image had there.
+    let dev = cached_rootfs(&d, "dev/null");
+    assert_eq!(dev.len(), 1);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&dev[0])
+        .expect("dev/null")
+        .file_type()
+        .is_char_device());
     d.client()
         .await
         .free(pb::FreeRequest { id: "bb".into() })
@@ -175,7 +190,7 @@ async fn oci_archives_docker_save_archives_and_whiteouts() {
 
 fn assert_clean(d: &Daemon, name: &str) {
     assert!(
-        !d.dir.join(format!("state/cells/{name}")).exists(),
+        !d.seen_by_auraed(&format!("state/cells/{name}")).exists(),
         "no state left for {name}"
     );
     let partial = std::fs::read_dir(d.dir.join("state/images"))
