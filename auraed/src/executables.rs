@@ -112,7 +112,8 @@ impl Executable {
             let (cgroup, namespaces) = match &cell_for_spawn {
                 Some(c) => {
                     leaf = c.leaf_fd();
-                    (Some(leaf), NamespaceMode::Join(c.namespace_fds()))
+                    let (pidfd, flags) = c.namespaces();
+                    (Some(leaf), NamespaceMode::Join(pidfd, flags))
                 }
                 None => (None, NamespaceMode::Host),
             };

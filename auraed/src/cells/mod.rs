@@ -61,7 +61,9 @@ pub struct Cell {
     pub created_at: SystemTime,
     pub executables: Mutex<Vec<String>>,
     leaf: OwnedFd,
-    namespaces: Vec<(OwnedFd, libc::c_int)>,
+    /// A pidfd of the init, for joining its namespaces.
+    ns_pidfd: OwnedFd,
+    ns_flags: libc::c_int,
     init_exit: watch::Receiver<bool>,
     stopped: AtomicBool,
 }
@@ -74,16 +76,6 @@ pub struct CellContext {
     /// Ready network namespaces, when the pool is running.
     pub netns: Option<Arc<netns_pool::NetnsPool>>,
 }
-
-/// Namespaces in the order they are joined, with their /proc/<pid>/ns name.
-const NAMESPACES: [(libc::c_int, &str); 6] = [
-    (libc::CLONE_NEWCGROUP, "cgroup"),
-    (libc::CLONE_NEWIPC, "ipc"),
-    (libc::CLONE_NEWUTS, "uts"),
-    (libc::CLONE_NEWNET, "net"),
-    (libc::CLONE_NEWPID, "pid"),
-    (libc::CLONE_NEWNS, "mnt"),
-];
 
 impl HostShare {
     fn new_namespace_flags(&self) -> libc::c_int {
@@ -143,7 +135,8 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
 struct Parts {
     cgroup: CellCgroup,
     leaf: OwnedFd,
-    namespaces: Vec<(OwnedFd, libc::c_int)>,
+    ns_pidfd: OwnedFd,
+    ns_flags: libc::c_int,
     init_pid: i32,
     init_pidfd: OwnedFd,
     image: Option<ImageDefaults>,
@@ -230,23 +223,27 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
     undo.init = Some(spawned.pidfd);
     // The init holds the namespace now.
     drop(pooled_netns);
-    let mut namespaces = Vec::new();
-    for (flag, name) in NAMESPACES {
-        if flags & flag != 0 {
-            let path = format!("/proc/{init_pid}/ns/{name}");
-            let file = std::fs::File::open(&path).map_err(internal(&path))?;
-            namespaces.push((OwnedFd::from(file), flag));
-        }
-    }
     let init_pidfd = undo
         .init
         .take()
         .ok_or_else(|| ApiError::Internal("init pidfd lost".into()))?;
+    // Executables join the init's namespaces through a pidfd of it, all in
+    // one setns; the other copy watches for its exit.
+    let ns_pidfd = match init_pidfd.try_clone() {
+        Ok(fd) => fd,
+        Err(e) => {
+            undo.init = Some(init_pidfd);
+            return Err(ApiError::Internal(format!(
+                "duplicating the init's pidfd: {e}"
+            )));
+        }
+    };
     undo.disarm();
     Ok(Parts {
         cgroup,
         leaf,
-        namespaces,
+        ns_pidfd,
+        ns_flags: flags,
         init_pid,
         init_pidfd,
         image,
@@ -289,7 +286,8 @@ impl Cell {
             created_at: SystemTime::now(),
             executables: Mutex::new(Vec::new()),
             leaf: parts.leaf,
-            namespaces: parts.namespaces,
+            ns_pidfd: parts.ns_pidfd,
+            ns_flags: parts.ns_flags,
             init_exit: exit_rx,
             stopped: AtomicBool::new(false),
         }))
@@ -299,11 +297,10 @@ impl Cell {
         self.leaf.as_fd()
     }
 
-    pub fn namespace_fds(&self) -> Vec<(BorrowedFd<'_>, libc::c_int)> {
-        self.namespaces
-            .iter()
-            .map(|(fd, t)| (fd.as_fd(), *t))
-            .collect()
+    /// A pidfd of the cell's init and the `CLONE_NEW*` flags of the
+    /// namespaces the cell does not share with the host.
+    pub fn namespaces(&self) -> (BorrowedFd<'_>, libc::c_int) {
+        (self.ns_pidfd.as_fd(), self.ns_flags)
     }
 
     pub fn rootfs(&self) -> Option<PathBuf> {

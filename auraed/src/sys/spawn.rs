@@ -24,9 +24,9 @@ pub enum NamespaceMode<'a> {
     Host,
     /// Create the namespaces named by these `CLONE_NEW*` flags.
     New(libc::c_int),
-    /// Join these namespaces (an nsfs fd and its `CLONE_NEW*` type each),
-    /// in order.
-    Join(Vec<(BorrowedFd<'a>, libc::c_int)>),
+    /// Join the namespaces named by these `CLONE_NEW*` flags of the process
+    /// behind this pidfd, in one `setns`.
+    Join(BorrowedFd<'a>, libc::c_int),
 }
 
 /// Everything needed to start one process.
@@ -203,10 +203,9 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         .collect();
     let report_raw = report_w.as_raw_fd();
     let (pid, child_pidfd) = match &spec.namespaces {
-        NamespaceMode::Join(list) => {
-            let joins: Vec<(RawFd, libc::c_int)> =
-                list.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
-            clone_joined(&spec, &fds, &joins, report_raw)?
+        NamespaceMode::Join(_, 0) => clone_workload(&spec, &fds, 0, report_raw),
+        NamespaceMode::Join(pidfd, flags) => {
+            clone_joined(&spec, &fds, (pidfd.as_raw_fd(), *flags), report_raw)?
         }
         NamespaceMode::Host => clone_workload(&spec, &fds, 0, report_raw),
         NamespaceMode::New(flags) => clone_workload(&spec, &fds, *flags as u64, report_raw),
@@ -308,7 +307,7 @@ extern "C" fn workload_main(arg: *const libc::c_void) -> ! {
 fn clone_joined(
     spec: &SpawnSpec<'_>,
     fds: &[(RawFd, RawFd)],
-    joins: &[(RawFd, libc::c_int)],
+    (pidfd, flags): (RawFd, libc::c_int),
     report_fd: RawFd,
 ) -> Result<(libc::c_long, RawFd), SpawnError> {
     let setns_failed = |source: io::Error| SpawnError::Child {
@@ -322,12 +321,10 @@ fn clone_joined(
                 // Joining a mount namespace needs a private fs context.
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
                     .map_err(|e| setns_failed(e.into()))?;
-                for (fd, nstype) in joins {
-                    // SAFETY: setns on an fd the caller keeps open for the
-                    // spawn's duration; it changes this thread only.
-                    if unsafe { libc::setns(*fd, *nstype) } != 0 {
-                        return Err(setns_failed(io::Error::last_os_error()));
-                    }
+                // SAFETY: setns on a pidfd the caller keeps open for the
+                // spawn's duration; it changes this thread only.
+                if unsafe { libc::setns(pidfd, flags) } != 0 {
+                    return Err(setns_failed(io::Error::last_os_error()));
                 }
                 Ok(clone_workload(spec, fds, 0, report_fd))
             })
