@@ -2,10 +2,10 @@
 //!
 //! The child is placed in its cgroup by the kernel at clone time
 //! (`CLONE_INTO_CGROUP`), so it is accounted and limited before it executes a
-//! single instruction of the workload. Namespaces are either created by the
-//! same clone, or joined with `setns` by a short-lived thread of auraed that
-//! then clones the workload (the joined pid namespace applies to the
-//! thread's children), so the workload is a direct child of auraed.
+//! single instruction of the workload. A cell's namespaces are joined with
+//! `setns` by a short-lived thread of auraed that then clones the workload
+//! (the joined pid namespace applies to the thread's children), so the
+//! workload is a direct child of auraed.
 //!
 //! auraed is multi-threaded, so between clone and exec the child may only use
 //! raw syscalls: everything it needs is prepared before the clone, and errors
@@ -22,8 +22,6 @@ use super::pidfd;
 pub enum NamespaceMode<'a> {
     /// Keep auraed's own namespaces.
     Host,
-    /// Create the namespaces named by these `CLONE_NEW*` flags.
-    New(libc::c_int),
     /// Join the namespaces named by these `CLONE_NEW*` flags of the process
     /// behind this pidfd, in one `setns`.
     Join(BorrowedFd<'a>, libc::c_int),
@@ -203,12 +201,11 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         .collect();
     let report_raw = report_w.as_raw_fd();
     let (pid, child_pidfd) = match &spec.namespaces {
-        NamespaceMode::Join(_, 0) => clone_workload(&spec, &fds, 0, report_raw),
+        NamespaceMode::Join(_, 0) => clone_workload(&spec, &fds, report_raw),
         NamespaceMode::Join(pidfd, flags) => {
             clone_joined(&spec, &fds, (pidfd.as_raw_fd(), *flags), report_raw)?
         }
-        NamespaceMode::Host => clone_workload(&spec, &fds, 0, report_raw),
-        NamespaceMode::New(flags) => clone_workload(&spec, &fds, *flags as u64, report_raw),
+        NamespaceMode::Host => clone_workload(&spec, &fds, report_raw),
     };
     if pid < 0 {
         return Err(SpawnError::Child {
@@ -239,7 +236,6 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
 fn clone_workload(
     spec: &SpawnSpec<'_>,
     fds: &[(RawFd, RawFd)],
-    namespace_flags: u64,
     report_fd: RawFd,
 ) -> (libc::c_long, RawFd) {
     let prep = Prepared {
@@ -263,7 +259,7 @@ fn clone_workload(
     };
     let mut child_pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
-        flags: libc::CLONE_PIDFD as u64 | namespace_flags,
+        flags: libc::CLONE_PIDFD as u64,
         pidfd: &mut child_pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
@@ -326,7 +322,7 @@ fn clone_joined(
                 if unsafe { libc::setns(pidfd, flags) } != 0 {
                     return Err(setns_failed(io::Error::last_os_error()));
                 }
-                Ok(clone_workload(spec, fds, 0, report_fd))
+                Ok(clone_workload(spec, fds, report_fd))
             })
             .map_err(SpawnError::Prepare)?;
         worker.join().unwrap_or_else(|_| {
