@@ -298,3 +298,25 @@ async fn corrupt_and_hostile_images_are_refused_without_leftovers() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
     assert_clean(&d, "junk");
 }
+
+#[tokio::test]
+async fn an_image_rewritten_at_the_same_path_is_read_again() {
+    require_root!();
+    let d = Daemon::start().await;
+    let dir = d.dir.join("img");
+    let with_cmd = |cmd: &str| ImageConfig {
+        entrypoint: vec!["/bin/sh".into(), "-c".into()],
+        cmd: vec![cmd.into()],
+        ..Default::default()
+    };
+    let layout = image::write_layout(&dir, &[image::busybox_layer()], &with_cmd("echo first"));
+    run_image(&d, "one", &layout, None).await.expect("run_cell");
+    let (_, out) = output(&d, "one-main").await;
+    assert_eq!(out, "first\n");
+    // Same path, new image: the remembered cache key must not be reused.
+    std::fs::remove_dir_all(&dir).expect("remove");
+    let layout = image::write_layout(&dir, &[image::busybox_layer()], &with_cmd("echo second"));
+    run_image(&d, "two", &layout, None).await.expect("run_cell");
+    let (_, out) = output(&d, "two-main").await;
+    assert_eq!(out, "second\n");
+}
