@@ -16,6 +16,17 @@ async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<Op
     }
 }
 
+/// Makes the kernel send a gratuitous ARP for the interface's address when
+/// it comes up, so that the host (the instance's parent) learns our MAC
+/// address at once: its first packets to us then go out without waiting for
+/// its ARP retries, which are a second apart.
+fn announce_on_up(iface: &str) {
+    let knob = format!("/proc/sys/net/ipv4/conf/{iface}/arp_notify");
+    if let Err(e) = std::fs::write(&knob, "1") {
+        eprintln!("aurae-guest-init: {knob}: {e} (the host learns our address on its own ARP)");
+    }
+}
+
 pub async fn configure(params: &BootParams) -> anyhow::Result<()> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
     let task = tokio::spawn(conn);
@@ -35,6 +46,9 @@ pub async fn configure(params: &BootParams) -> anyhow::Result<()> {
         let Some(eth0) = link_index(&handle, "eth0").await? else {
             bail!("aurae.ip is set but there is no eth0");
         };
+        if ip.is_ipv4() {
+            announce_on_up("eth0");
+        }
         handle
             .address()
             .add(eth0, ip, prefix)

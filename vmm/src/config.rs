@@ -35,6 +35,10 @@ pub struct VmConfig {
     pub console: Console,
     /// Pass the SVM/VMX CPUID bits through so the guest can run KVM.
     pub nested: bool,
+    /// Ask the host to back guest memory with transparent huge pages
+    /// (see [`crate::guest_ram`]). Worth it for Linux guests, which touch
+    /// most of their memory; a tiny guest would only grow its footprint.
+    pub huge_pages: bool,
     pub rng: bool,
     /// Load `kernel` as a flat binary at this guest address and start there
     /// in 64-bit mode (test guests).
@@ -53,6 +57,7 @@ impl Default for VmConfig {
             disks: vec![],
             console: Console::None,
             nested: false,
+            huge_pages: false,
             rng: true,
             flat_entry: None,
         }

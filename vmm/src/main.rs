@@ -37,6 +37,10 @@ struct Cli {
     /// Let the guest run KVM itself (SVM/VMX CPUID bits).
     #[arg(long)]
     nested: bool,
+    /// Back guest memory with transparent huge pages where the host has
+    /// them (recommended for Linux guests).
+    #[arg(long)]
+    huge_pages: bool,
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
@@ -76,6 +80,7 @@ fn main() {
         disks,
         console,
         nested: cli.nested,
+        huge_pages: cli.huge_pages,
         rng: !cli.no_rng,
         flat_entry: None,
     };
@@ -91,7 +96,11 @@ fn main() {
         .iter()
         .map(|(what, took)| format!("{what} {:.1}", took.as_secs_f64() * 1000.0))
         .collect();
-    eprintln!("aurae-vmm: VM built (ms): {}", phases.join(", "));
+    eprintln!(
+        "aurae-vmm: VM built (ms): {}; huge pages advised: {}",
+        phases.join(", "),
+        if vm.huge_pages_advised() { "yes" } else { "no" }
+    );
     // SIGTERM and SIGINT stop the VM cleanly.
     let mut signals = nix::sys::signal::SigSet::empty();
     signals.add(nix::sys::signal::Signal::SIGTERM);

@@ -21,6 +21,7 @@ use crate::bus::Bus;
 use crate::devices::virtio::mmio::{reg, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::{block::Block, net::tap::Tap, net::Net, rng::Rng, VirtioDevice};
 use crate::devices::{boot_timer, debug_exit, i8042, serial, IrqTrigger};
+use crate::guest_ram::GuestRam;
 use crate::state::{ExitReason, VmState};
 use crate::vcpu::{self, Vcpu};
 use crate::{Console, VmConfig, VmmError};
@@ -50,6 +51,9 @@ pub struct Vm {
     vcpu_threads: Vec<JoinHandle<()>>,
     event_thread: Option<JoinHandle<()>>,
     phases: Vec<(&'static str, Duration)>,
+    /// The mapping behind `mem`: last, so that it outlives every user.
+    /// `None` once leaked (see `Drop`).
+    ram: Option<GuestRam>,
 }
 
 fn device_err(device: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -79,8 +83,8 @@ impl Vm {
         config.validate(kvm.get_max_vcpus())?;
         let vm = kvm.create_vm()?;
         let mem_size = config.mem_mib << 20;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-            .map_err(|e| VmmError::Memory(e.to_string()))?;
+        let ram = GuestRam::new(mem_size as usize, config.huge_pages)?;
+        let mem = ram.guest_memory()?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -212,11 +216,15 @@ impl Vm {
         }
 
         let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+        let features = cpuid::Features {
+            nested: config.nested,
+            tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        };
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
             let fd = vm.create_vcpu(u64::from(id))?;
             let mut c = supported.clone();
-            cpuid::filter(&mut c, id, config.vcpus, config.nested);
+            cpuid::filter(&mut c, id, config.vcpus, features);
             fd.set_cpuid2(&c)?;
             regs::setup_msrs(&fd)?;
             regs::setup_fpu(&fd)?;
@@ -241,6 +249,7 @@ impl Vm {
             vcpu_threads: Vec::new(),
             event_thread: None,
             phases,
+            ram: Some(ram),
         })
     }
 
@@ -323,6 +332,12 @@ impl Vm {
         &self.phases
     }
 
+    /// Whether the host took the advice to back guest memory with
+    /// transparent huge pages (see [`GuestRam`]).
+    pub fn huge_pages_advised(&self) -> bool {
+        self.ram.as_ref().is_some_and(GuestRam::huge_advised)
+    }
+
     pub fn boot_time(&self) -> Option<Duration> {
         self.state.boot_time()
     }
@@ -366,6 +381,12 @@ impl Drop for Vm {
         if !self.vcpu_threads.is_empty() || self.event_thread.is_some() {
             self.stop();
             self.wait(Some(Duration::from_secs(5)));
+        }
+        if !self.vcpu_threads.is_empty() || self.event_thread.is_some() {
+            // A thread that would not stop may still touch guest memory:
+            // keep the mapping rather than pull it from under it.
+            eprintln!("aurae-vmm: VM threads did not stop; guest memory is kept mapped");
+            std::mem::forget(self.ram.take());
         }
     }
 }

@@ -27,7 +27,17 @@ pub fn build_guest_init() -> anyhow::Result<PathBuf> {
     println!("[image] building guest-init (static)");
     let triple = "x86_64-unknown-linux-gnu";
     let ok = deps::cargo(
-        &["build", "--release", "-p", "guest-init", "--target", triple],
+        // The `image` profile builds for size (see Cargo.toml): every
+        // guest kernel unpacks this binary before /init.
+        &[
+            "build",
+            "--profile",
+            "image",
+            "-p",
+            "guest-init",
+            "--target",
+            triple,
+        ],
         &[("RUSTFLAGS", "-C target-feature=+crt-static")],
     )?;
     if !ok {
@@ -36,7 +46,7 @@ pub fn build_guest_init() -> anyhow::Result<PathBuf> {
     let path = deps::workspace_root()
         .join("target")
         .join(triple)
-        .join("release/guest-init");
+        .join("image/guest-init");
     let out = Command::new("ldd").arg(&path).output().context("ldd")?;
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
