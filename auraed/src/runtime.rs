@@ -80,7 +80,7 @@ impl Runtime {
                 Ok(CellContext {
                     hierarchy: h,
                     state_dir: cfg.state_dir.clone(),
-                    netns: Some(crate::cells::netns_pool::NetnsPool::start()),
+                    spare_ns: Some(crate::cells::ns_pool::NamespacePool::start()),
                 })
             }
             Err(e) => {

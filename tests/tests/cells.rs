@@ -427,16 +427,19 @@ async fn a_restarted_daemon_removes_cells_left_by_a_crash() {
 }
 
 #[tokio::test]
-async fn every_cell_gets_a_network_namespace_of_its_own() {
+async fn every_cell_gets_network_and_ipc_namespaces_of_its_own() {
+    // Cells may get them from auraed's pool of ready namespaces: each must
+    // still be new, and no two cells may share one.
     require_root!();
     let d = Daemon::start().await;
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").expect("ipc ns");
     let mut seen = std::collections::BTreeSet::new();
     for name in ["neta", "netb", "netc"] {
         d.client()
             .await
             .run_cell(cell(
                 name,
-                "readlink /proc/self/ns/net; ip -o link show lo | grep -c UP",
+                "readlink /proc/self/ns/net; ip -o link show lo | grep -c UP; readlink /proc/self/ns/ipc",
             ))
             .await
             .expect("run_cell");
@@ -452,5 +455,24 @@ async fn every_cell_gets_a_network_namespace_of_its_own() {
             seen.insert(lines[0].to_string()),
             "{name} shares a network namespace: {out}"
         );
+        let ipc = lines.get(2).copied().unwrap_or_default();
+        assert_ne!(
+            ipc,
+            host_ipc.to_string_lossy(),
+            "{name} has a new IPC namespace"
+        );
+        assert!(
+            seen.insert(ipc.to_string()),
+            "{name} shares an IPC namespace: {out}"
+        );
+        // A second executable of the cell is in the same IPC namespace.
+        let (st, again) = exec_in(
+            &d,
+            name,
+            &format!("{name}-ipc"),
+            "readlink /proc/self/ns/ipc",
+        )
+        .await;
+        assert_eq!((st.exit_code, again.trim()), (Some(0), ipc));
     }
 }

@@ -5,7 +5,7 @@
 //! namespaces. Executables join them (and the cell's cgroup) at start.
 
 pub mod init;
-pub mod netns_pool;
+pub mod ns_pool;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -73,8 +73,8 @@ pub struct Cell {
 pub struct CellContext {
     pub hierarchy: Hierarchy,
     pub state_dir: PathBuf,
-    /// Ready network namespaces, when the pool is running.
-    pub netns: Option<Arc<netns_pool::NetnsPool>>,
+    /// Ready network and IPC namespaces, when the pool is running.
+    pub spare_ns: Option<Arc<ns_pool::NamespacePool>>,
 }
 
 impl HostShare {
@@ -174,14 +174,28 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
     let leaf = cgroup.open_leaf()?;
 
     let flags = spec.share.new_namespace_flags();
-    // A ready network namespace from the pool saves creating one now.
-    let pooled_netns = if flags & libc::CLONE_NEWNET != 0 {
-        ctx.netns.as_ref().and_then(|p| p.take())
+    // Ready namespaces from the pool save creating them now: the init joins
+    // them instead of getting new ones from clone3.
+    const POOLED: [(libc::c_int, &str); 2] =
+        [(libc::CLONE_NEWNET, "network"), (libc::CLONE_NEWIPC, "IPC")];
+    let spare = if flags & (libc::CLONE_NEWNET | libc::CLONE_NEWIPC) != 0 {
+        ctx.spare_ns.as_ref().and_then(|p| p.take())
     } else {
         None
     };
-    let clone_flags = if pooled_netns.is_some() {
-        flags & !libc::CLONE_NEWNET
+    let mut joins = Vec::new();
+    if let Some(s) = &spare {
+        for ((nstype, what), fd) in POOLED.into_iter().zip([&s.net, &s.ipc]) {
+            if flags & nstype != 0 {
+                joins.push((
+                    crate::sys::init_process::InitOp::JoinNs(fd.as_raw_fd(), nstype),
+                    format!("joining a ready {what} namespace"),
+                ));
+            }
+        }
+    }
+    let clone_flags = if spare.is_some() {
+        flags & !(libc::CLONE_NEWNET | libc::CLONE_NEWIPC)
     } else {
         flags
     };
@@ -200,13 +214,9 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
     };
     let mut plan = init::Plan::new(&config)
         .map_err(|e| ApiError::Internal(format!("planning cell {}: {e}", spec.name)))?;
-    if let Some(fd) = &pooled_netns {
-        plan.ops.insert(
-            0,
-            crate::sys::init_process::InitOp::JoinNetns(fd.as_raw_fd()),
-        );
-        plan.descriptions
-            .insert(0, "joining a ready network namespace".into());
+    for (op, what) in joins.into_iter().rev() {
+        plan.ops.insert(0, op);
+        plan.descriptions.insert(0, what);
     }
     let spawned = spawn_init(leaf.as_fd(), clone_flags, &plan.ops).map_err(|e| {
         let what = plan
@@ -221,8 +231,8 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
     })?;
     let init_pid = spawned.pid;
     undo.init = Some(spawned.pidfd);
-    // The init holds the namespace now.
-    drop(pooled_netns);
+    // The init holds the namespaces now.
+    drop(spare);
     let init_pidfd = undo
         .init
         .take()

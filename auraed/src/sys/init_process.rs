@@ -17,8 +17,9 @@ use super::spawn::{read_reports, report, MSG_ERROR};
 /// One setup step, run in order inside the new namespaces.
 #[derive(Debug)]
 pub enum InitOp {
-    /// Join an existing network namespace (a pre-made one from the pool).
-    JoinNetns(RawFd),
+    /// Join an existing namespace of the given `CLONE_NEW*` type (a ready
+    /// one from the pool).
+    JoinNs(RawFd, libc::c_int),
     Hostname(CString),
     /// Set a network interface up (SIOCSIFFLAGS).
     LinkUp([libc::c_char; libc::IFNAMSIZ]),
@@ -122,7 +123,7 @@ fn run_op(op: &InitOp) -> bool {
     // before the clone; nothing allocates or takes a lock.
     unsafe {
         match op {
-            InitOp::JoinNetns(fd) => libc::setns(*fd, libc::CLONE_NEWNET) == 0,
+            InitOp::JoinNs(fd, nstype) => libc::setns(*fd, *nstype) == 0,
             InitOp::Hostname(name) => libc::sethostname(name.as_ptr(), name.as_bytes().len()) == 0,
             InitOp::LinkUp(ifname) => {
                 let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

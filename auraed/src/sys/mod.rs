@@ -7,8 +7,8 @@
 mod clone;
 pub mod init_process;
 pub mod mount_ns;
-pub mod netns;
 pub mod pidfd;
+pub mod spare_ns;
 pub mod spawn;
 
 pub use spawn::{spawn, NamespaceMode, SpawnError, SpawnSpec, SpawnStage, Spawned};

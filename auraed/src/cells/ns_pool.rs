@@ -1,5 +1,6 @@
-//! A pool of ready network namespaces for new cells, refilled in the
-//! background. When it is empty, a cell creates its own namespace as usual.
+//! A pool of ready network and IPC namespaces for new cells
+//! ([`SpareNamespaces`]), refilled in the background. When it is empty, a
+//! cell creates its own namespaces as usual.
 //!
 //! Creating a namespace keeps a CPU busy for a while, so the refill waits
 //! for a quiet moment: it starts once no namespace has been taken for
@@ -7,7 +8,6 @@
 //! sooner. A cell start is then not slowed down by the refill that the
 //! previous cell start triggered.
 
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,20 +18,22 @@ const QUIET: Duration = Duration::from_millis(10);
 /// The longest a needed refill waits for quiet.
 const MAX_DELAY: Duration = Duration::from_millis(300);
 
+use crate::sys::spare_ns::{self, SpareNamespaces};
+
 struct Spares {
-    ready: Vec<OwnedFd>,
+    ready: Vec<SpareNamespaces>,
     last_take: Option<Instant>,
 }
 
-pub struct NetnsPool {
+pub struct NamespacePool {
     spares: Mutex<Spares>,
     wanted: Condvar,
 }
 
-impl NetnsPool {
+impl NamespacePool {
     /// Starts the pool and its refill thread.
-    pub fn start() -> Arc<NetnsPool> {
-        let pool = Arc::new(NetnsPool {
+    pub fn start() -> Arc<NamespacePool> {
+        let pool = Arc::new(NamespacePool {
             spares: Mutex::new(Spares {
                 ready: Vec::new(),
                 last_take: None,
@@ -40,20 +42,20 @@ impl NetnsPool {
         });
         let weak = Arc::downgrade(&pool);
         let spawned = std::thread::Builder::new()
-            .name("netns-refill".into())
+            .name("ns-refill".into())
             .spawn(move || loop {
                 let Some(pool) = weak.upgrade() else { return };
                 pool.wait_until_refill_is_due();
-                match crate::sys::netns::create() {
+                match spare_ns::create() {
                     Ok(fd) => pool.lock().ready.push(fd),
                     Err(e) => {
-                        tracing::warn!("the network namespace pool stops: {e}");
+                        tracing::warn!("the namespace pool stops: {e}");
                         return;
                     }
                 }
             });
         if let Err(e) = spawned {
-            tracing::warn!("no network namespace pool: {e}");
+            tracing::warn!("no namespace pool: {e}");
         }
         pool
     }
@@ -86,8 +88,8 @@ impl NetnsPool {
         }
     }
 
-    /// A ready namespace, if one is there; the pool refills behind it.
-    pub fn take(&self) -> Option<OwnedFd> {
+    /// Ready namespaces, if there are some; the pool refills behind them.
+    pub fn take(&self) -> Option<SpareNamespaces> {
         let mut spares = self.lock();
         spares.last_take = Some(Instant::now());
         let fd = spares.ready.pop();
@@ -104,16 +106,16 @@ mod tests {
     #[test]
     fn fills_up_and_refills_after_a_quiet_moment() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: creating network namespaces needs root");
+            eprintln!("skipped: creating namespaces needs root");
             return;
         }
-        let pool = NetnsPool::start();
+        let pool = NamespacePool::start();
         let deadline = Instant::now() + Duration::from_secs(10);
         while pool.lock().ready.len() < SPARES {
             assert!(Instant::now() < deadline, "the pool never filled");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let taken: Vec<OwnedFd> = (0..SPARES).filter_map(|_| pool.take()).collect();
+        let taken: Vec<SpareNamespaces> = (0..SPARES).filter_map(|_| pool.take()).collect();
         assert_eq!(taken.len(), SPARES);
         assert!(pool.take().is_none(), "empty right after");
         let emptied = Instant::now();

@@ -1,6 +1,7 @@
-//! Network namespaces made ahead of time: creating one is the slowest part
-//! of starting a cell, so a pool keeps a few ready (with `lo` up) and a cell
-//! joins one instead of creating its own.
+//! Namespaces made ahead of time. Creating a network namespace is the
+//! slowest part of starting a cell, and an IPC namespace the next slowest
+//! (its mqueue instance), so a pool keeps a few pairs ready (`lo` up) and a
+//! cell joins one pair instead of creating its own.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -38,17 +39,29 @@ fn lo_up() -> io::Result<()> {
     Ok(())
 }
 
-/// Creates a network namespace with `lo` up and returns an fd that keeps it
-/// alive. A short-lived thread does the work: namespaces are per thread, so
-/// the rest of the process is untouched.
-pub fn create() -> io::Result<OwnedFd> {
+/// A fresh network namespace (`lo` up) and IPC namespace, held by fds.
+#[derive(Debug)]
+pub struct SpareNamespaces {
+    pub net: OwnedFd,
+    pub ipc: OwnedFd,
+}
+
+/// Creates a pair of spare namespaces. A short-lived thread does the work:
+/// unshare and setns act on the calling thread only, so the rest of the
+/// process is untouched.
+pub fn create() -> io::Result<SpareNamespaces> {
     std::thread::Builder::new()
-        .name("netns-pool".into())
-        .spawn(|| -> io::Result<OwnedFd> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        .name("ns-pool".into())
+        .spawn(|| -> io::Result<SpareNamespaces> {
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_NEWNET | nix::sched::CloneFlags::CLONE_NEWIPC,
+            )?;
             lo_up()?;
-            Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
+            Ok(SpareNamespaces {
+                net: std::fs::File::open("/proc/thread-self/ns/net")?.into(),
+                ipc: std::fs::File::open("/proc/thread-self/ns/ipc")?.into(),
+            })
         })?
         .join()
-        .map_err(|_| io::Error::other("the netns thread panicked"))?
+        .map_err(|_| io::Error::other("the namespace pool thread panicked"))?
 }
