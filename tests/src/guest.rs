@@ -135,20 +135,26 @@ pub enum Launcher {
 }
 
 /// The kernel command line of every launcher, so that boots compare like
-/// with like: the serial console (quiet), a triple-fault reboot that ends
-/// the VM, and the instance's address.
+/// with like: the serial console, a triple-fault reboot that ends the VM,
+/// and the instance's address.
+///
+/// Tests get the kernel's timestamped boot log, so that a guest that hangs
+/// shows where; the boot benchmark keeps the console quiet (every character
+/// is a VM exit), unless `AURAE_BOOT_TRACE` asks for the log.
 fn guest_cmdline(ip: &str, gateway: &str) -> String {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|v| !v.is_empty());
+    let console = if set("AURAE_BENCH") && !set("AURAE_BOOT_TRACE") {
+        "quiet"
+    } else {
+        // earlyprintk: a hang before the console is up still shows.
+        "printk.time=1 earlyprintk=serial"
+    };
     // percpu_alloc=page: the per-CPU areas take the pages they need, instead
     // of a zeroed 2 MiB unit per CPU; every first touch of a guest page is a
     // (costly, when nested) page fault of the host.
-    let s = format!(
-        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 percpu_alloc=page aurae.name=guest aurae.ip={ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
-    );
-    if std::env::var_os("AURAE_BOOT_TRACE").is_some_and(|v| !v.is_empty()) {
-        s.replace("quiet", "printk.time=1")
-    } else {
-        s
-    }
+    format!(
+        "console=ttyS0 {console} reboot=t panic=-1 8250.nr_uarts=1 percpu_alloc=page aurae.name=guest aurae.ip={ip}/24 aurae.gw={gateway} aurae.port={GUEST_PORT}"
+    )
 }
 
 /// Writes the base image plus an overlay with a fresh identity, busybox,
@@ -426,7 +432,8 @@ impl Guest {
             }
             assert!(
                 Instant::now() < deadline,
-                "the guest did not answer health; console:\n{}",
+                "the guest did not answer health; VMM log:\n{}\nconsole:\n{}",
+                self.vmm_log(),
                 self.console_text()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -33,6 +33,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         serde_json::from_slice(&std::fs::read(img.dir.join("manifest.json"))?)?;
     let cold = manifest["kernel"]["cold_build_seconds"].as_f64();
     std::env::set_var("AURAE_IMAGE_DIR", &img.dir);
+    // A quiet guest console, as in the boot benchmark.
+    std::env::set_var("AURAE_BENCH", "1");
     let rt = tokio::runtime::Runtime::new()?;
     let mut boots = Vec::new();
     for i in 0..runs.max(1) {

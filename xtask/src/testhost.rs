@@ -123,6 +123,7 @@ fn init_script(runs: &[TestRun]) -> String {
          for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo +$c > /sys/fs/cgroup/cgroup.subtree_control; done\n\
          ip link set lo up; hostname testhost\n\
          echo \"testhost: kernel $(uname -r), cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control), kvm: $(ls /dev/kvm 2>&1)\"\n\
+         dmesg | grep -iE 'tsc|clocksource|svm|npt' | sed 's/^/testhost: dmesg: /'\n\
          rc=0\n",
     );
     for r in runs {
@@ -135,6 +136,9 @@ fn init_script(runs: &[TestRun]) -> String {
         ));
     }
     s.push_str("[ -f /tmp/skipped ] && sed 's/^/testhost: /' /tmp/skipped\n");
+    // The test host's clock as the runs left it (a TSC found unstable under
+    // TCG changes how fast its VMs run).
+    s.push_str("dmesg | grep -iE 'unstable|clocksource' | sed 's/^/testhost: dmesg: /'\n");
     s.push_str(&format!("echo \"{RESULT_MARKER} $rc\"\nsync\nreboot -f\n"));
     s
 }
