@@ -175,15 +175,18 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
 
     let flags = spec.share.new_namespace_flags();
     // Ready namespaces from the pool save creating them now: the init joins
-    // them instead of getting new ones from clone3.
+    // them instead of getting new ones from clone3. A pair is only taken
+    // for a cell that wants its own network namespace (the dear one); its
+    // IPC namespace is used too unless the cell shares the host's.
     const POOLED: [(libc::c_int, &str); 2] =
         [(libc::CLONE_NEWNET, "network"), (libc::CLONE_NEWIPC, "IPC")];
-    let spare = if flags & (libc::CLONE_NEWNET | libc::CLONE_NEWIPC) != 0 {
+    let spare = if flags & libc::CLONE_NEWNET != 0 {
         ctx.spare_ns.as_ref().and_then(|p| p.take())
     } else {
         None
     };
     let mut joins = Vec::new();
+    let mut clone_flags = flags;
     if let Some(s) = &spare {
         for ((nstype, what), fd) in POOLED.into_iter().zip([&s.net, &s.ipc]) {
             if flags & nstype != 0 {
@@ -191,14 +194,10 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
                     crate::sys::init_process::InitOp::JoinNs(fd.as_raw_fd(), nstype),
                     format!("joining a ready {what} namespace"),
                 ));
+                clone_flags &= !nstype;
             }
         }
     }
-    let clone_flags = if spare.is_some() {
-        flags & !(libc::CLONE_NEWNET | libc::CLONE_NEWIPC)
-    } else {
-        flags
-    };
     let config = InitConfig {
         name: spec.name.clone(),
         new_uts: flags & libc::CLONE_NEWUTS != 0,
