@@ -100,18 +100,6 @@ impl GuestRam {
         })
     }
 
-    pub fn host_addr(&self) -> usize {
-        self.addr as usize
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Whether the kernel took the huge page advice.
     pub fn huge_advised(&self) -> bool {
         self.huge_advised
@@ -143,6 +131,17 @@ impl Drop for GuestRam {
         // SAFETY: the mapping is ours, and its owner outlives every user
         // (see `guest_memory`).
         unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
+#[cfg(test)]
+impl GuestRam {
+    fn host_addr(&self) -> usize {
+        self.addr as usize
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
