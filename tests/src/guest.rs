@@ -225,7 +225,10 @@ impl Guest {
                     .expect("addr")
                     .port();
                 let child = Command::new("qemu-system-x86_64")
-                    .args(["-M", "pc,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "1024"])
+                    // The test host's CPU model (see xtask's testhost.rs):
+                    // no ERMS or REP_GOOD string ops, which TCG runs slowly.
+                    .args(["-M", "pc,accel=tcg", "-cpu", "max,-erms,-fsrm,model=1"])
+                    .args(["-smp", "2", "-m", "1024"])
                     .args(["-nographic", "-nodefaults", "-no-reboot"])
                     .arg("-serial")
                     .arg(format!("file:{}", console.display()))
@@ -316,6 +319,8 @@ impl Guest {
                     .arg("--initrd")
                     .arg(&initrd_path)
                     .args(["--mem", "512", "--vcpus", &vcpus.to_string(), "--tap", &tap])
+                    // As QEMU does for its guest RAM.
+                    .arg("--huge-pages")
                     .arg("--console")
                     .arg(&console)
                     .arg("--cmdline")

@@ -17,6 +17,39 @@ use crate::deps;
 
 const RESULT_MARKER: &str = "AURAE-TESTHOST-RESULT";
 
+/// The test host's CPU: QEMU's `max` without ERMS and FSRM, and with model
+/// 1, an AMD K8 revision Linux does not mark `REP_GOOD`. QEMU 7.2's TCG runs
+/// each iteration of a `rep movs`/`rep stos` as its own trip through the
+/// translated-code loop, and Linux copies and zeroes pages with those
+/// instructions on CPUs that advertise ERMS (bytewise) or REP_GOOD (in
+/// quadwords). Zeroing and copying took a large share of a boot in the test
+/// host, and boots there slowed down as the test host aged. With neither
+/// flag, Linux (in the test host and in its guests) uses unrolled loops of
+/// plain moves. Measured: our VMM writing a kernel into huge pages, 177 ms
+/// with REP_GOOD and 67 ms without; `cargo xtask bench vmm` has the rest.
+const TEST_HOST_CPU: &str = "max,-erms,-fsrm,model=1";
+
+/// The host's TSC rate in kHz, from its BogoMIPS (Linux derives them from
+/// the TSC rate: BogoMIPS = kHz / 500). Under TCG the test host's TSC is the
+/// host's; told its rate (`tsc_early_khz`), the test host skips calibrating
+/// it against the PIT, which TCG's uneven timing can make fail. When that
+/// happened the test host marked its TSC unstable and fell back to jiffies,
+/// and its nested guests hung before printing anything.
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let bogomips: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("bogomips"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    let khz = (bogomips * 500.0).round() as u64;
+    // A sanity range: 100 MHz to 10 GHz.
+    (100_000..10_000_000).contains(&khz).then_some(khz)
+}
+
 /// A test binary of the `aurae-tests` crate, with the filter arguments to
 /// pass it.
 #[derive(Debug, Clone, Default)]
@@ -217,18 +250,17 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         kernel.display()
     );
 
+    let mut append = String::from("console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 loglevel=4");
+    match host_tsc_khz() {
+        Some(khz) => append.push_str(&format!(" tsc_early_khz={khz}")),
+        None => {
+            println!("[testhost] the host's TSC rate is unknown; the test host calibrates its own")
+        }
+    }
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "pc,accel=tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "2048",
-        ])
+        .args(["-M", "pc,accel=tcg", "-cpu", TEST_HOST_CPU])
+        .args(["-smp", "2", "-m", "2048"])
         .args([
             "-nographic",
             "-nodefaults",
@@ -240,10 +272,8 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         .arg(kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args([
-            "-append",
-            "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 loglevel=4",
-        ])
+        .arg("-append")
+        .arg(&append)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
