@@ -206,9 +206,10 @@ impl Vm {
 
         mark(&mut phases, "devices");
         // The guest's software.
-        let (entry, header) = kernel::load_kernel(&mem, &config.kernel, config.flat_entry)?;
+        let loaded = kernel::load_kernel(&mem, &config.kernel, config.flat_entry)?;
+        let (entry, header) = (loaded.entry, loaded.header);
         mark(&mut phases, "kernel");
-        let initrd = kernel::load_initrd(&mem, mem_size, &config.initrds)?;
+        let initrd = kernel::load_initrd(&mem, mem_size, loaded.end, &config.initrds)?;
         mark(&mut phases, "initrd");
         kernel::write_boot_params(&mem, mem_size, entry, header, &config.cmdline, initrd)?;
         if !matches!(entry, kernel::Entry::Flat(_)) {

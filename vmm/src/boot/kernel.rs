@@ -62,12 +62,23 @@ fn kernel_err(e: impl std::fmt::Display) -> VmmError {
     VmmError::Kernel(e.to_string())
 }
 
-/// Loads the kernel; returns its entry and, for a bzImage, its setup header.
+/// A kernel in guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedKernel {
+    pub entry: Entry,
+    /// A bzImage's setup header.
+    pub header: Option<setup_header>,
+    /// The first guest address past everything the kernel occupies
+    /// (including its bss, or a bzImage's decompression space).
+    pub end: u64,
+}
+
+/// Loads the kernel.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     path: &Path,
     flat_entry: Option<u64>,
-) -> Result<(Entry, Option<setup_header>), VmmError> {
+) -> Result<LoadedKernel, VmmError> {
     let open = || {
         File::open(path).map_err(|e| VmmError::Config {
             option: "kernel",
@@ -84,7 +95,11 @@ pub fn load_kernel(
                 option: "kernel",
                 reason: format!("{} does not fit in guest memory: {e}", path.display()),
             })?;
-        return Ok((Entry::Flat(at), None));
+        return Ok(LoadedKernel {
+            entry: Entry::Flat(at),
+            header: None,
+            end: at.saturating_add(bytes.len() as u64),
+        });
     }
     match Elf::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM))) {
         Ok(r) => {
@@ -92,7 +107,11 @@ pub fn load_kernel(
                 PvhBootCapability::PvhEntryPresent(a) => Entry::Pvh(a.0),
                 _ => Entry::Linux64(r.kernel_load.0),
             };
-            return Ok((entry, None));
+            return Ok(LoadedKernel {
+                entry,
+                header: None,
+                end: r.kernel_end,
+            });
         }
         Err(linux_loader::loader::Error::Elf(
             linux_loader::loader::elf::Error::InvalidElfMagicNumber,
@@ -105,7 +124,19 @@ pub fn load_kernel(
         }
     }
     match BzImage::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM))) {
-        Ok(r) => Ok((Entry::Linux64(r.kernel_load.0 + 0x200), r.setup_header)),
+        Ok(r) => Ok(LoadedKernel {
+            entry: Entry::Linux64(r.kernel_load.0 + 0x200),
+            header: r.setup_header,
+            // The kernel decompresses itself to its preferred address
+            // (or where it was loaded, if higher) and needs `init_size`
+            // bytes there.
+            end: r.kernel_end.max(r.setup_header.map_or(0, |h| {
+                r.kernel_load
+                    .0
+                    .max(h.pref_address)
+                    .saturating_add(u64::from(h.init_size))
+            })),
+        }),
         Err(e) => Err(VmmError::Config {
             option: "kernel",
             reason: format!(
@@ -116,12 +147,13 @@ pub fn load_kernel(
     }
 }
 
-/// Loads the initrd parts back to back, as high as allowed; returns
-/// (address, size). Each part is read straight from its file into guest
-/// memory, with no copy in between.
+/// Loads the initrd parts back to back, as high as allowed but above
+/// `floor` (the kernel's end); returns (address, size). Each part is read
+/// straight from its file into guest memory, with no copy in between.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     mem_size: u64,
+    floor: u64,
     parts: &[std::path::PathBuf],
 ) -> Result<Option<(u64, u64)>, VmmError> {
     if parts.is_empty() {
@@ -144,10 +176,12 @@ pub fn load_initrd(
     let addr = top
         .checked_sub(size)
         .map(|a| a & !0xfff)
-        .filter(|a| *a >= HIMEM)
+        .filter(|a| *a >= HIMEM.max(floor))
         .ok_or_else(|| VmmError::Config {
             option: "mem",
-            reason: format!("the initrd ({size} bytes) does not fit in guest memory"),
+            reason: format!(
+                "the initrd ({size} bytes) does not fit in guest memory above the kernel (which ends at {floor:#x})"
+            ),
         })?;
     for (p, mut file, offset, len) in files {
         let len = usize::try_from(len).map_err(|e| initrd_err(p, &e))?;
@@ -265,7 +299,7 @@ mod tests {
         std::fs::write(&a, b"base-archive").expect("a");
         std::fs::write(&b, b"overlay").expect("b");
         let m = mem(32);
-        let (addr, size) = load_initrd(&m, 32 << 20, &[a, b])
+        let (addr, size) = load_initrd(&m, 32 << 20, HIMEM, &[a, b])
             .expect("load")
             .expect("some");
         assert_eq!(addr % 0x1000, 0);
@@ -291,7 +325,7 @@ mod tests {
         // Dirty the memory where the padding goes.
         m.write_slice(&[0xff; 64], GuestAddress((32 << 20) - 0x1000))
             .expect("dirty");
-        let (addr, size) = load_initrd(&m, 32 << 20, &[a, b])
+        let (addr, size) = load_initrd(&m, 32 << 20, HIMEM, &[a, b])
             .expect("load")
             .expect("some");
         assert_eq!(size, 12);
@@ -303,7 +337,7 @@ mod tests {
     #[test]
     fn a_missing_initrd_names_the_option() {
         let dir = tempfile::tempdir().expect("tempdir");
-        match load_initrd(&mem(16), 16 << 20, &[dir.path().join("nope")]) {
+        match load_initrd(&mem(16), 16 << 20, HIMEM, &[dir.path().join("nope")]) {
             Err(VmmError::Config { option, reason }) => {
                 assert_eq!(option, "initrd");
                 assert!(reason.contains("nope"), "{reason}");
@@ -317,10 +351,31 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let big = dir.path().join("big");
         std::fs::write(&big, vec![0u8; 20 << 20]).expect("big");
-        match load_initrd(&mem(16), 16 << 20, &[big]) {
+        match load_initrd(&mem(16), 16 << 20, HIMEM, &[big]) {
             Err(VmmError::Config { option, .. }) => assert_eq!(option, "mem"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_initrd_that_would_overlap_the_kernel_names_mem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let part = dir.path().join("part");
+        std::fs::write(&part, vec![1u8; 4 << 20]).expect("part");
+        let m = mem(32);
+        // It fits in the memory, but not above a kernel ending at 30 MiB.
+        match load_initrd(&m, 32 << 20, 30 << 20, std::slice::from_ref(&part)) {
+            Err(VmmError::Config { option, reason }) => {
+                assert_eq!(option, "mem");
+                assert!(reason.contains("above the kernel"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Above a kernel ending at 20 MiB it fits, and stays above it.
+        let (addr, _) = load_initrd(&m, 32 << 20, 20 << 20, &[part])
+            .expect("load")
+            .expect("some");
+        assert!(addr >= 20 << 20);
     }
 
     #[test]
