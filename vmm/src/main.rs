@@ -49,7 +49,25 @@ struct Cli {
     timeout: Option<u64>,
 }
 
+/// How long ago this process was exec'd, from its start time in
+/// /proc/self/stat (kernel clock ticks, so to about 10 ms).
+fn since_exec() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses; start time is
+    // field 22 overall, the 20th after it.
+    let rest = stat.rsplit_once(')')?.1;
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|h| *h > 0)? as u64;
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    let now = Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32);
+    now.checked_sub(Duration::from_millis(ticks * 1000 / hz))
+}
+
 fn main() {
+    let exec_to_main = since_exec();
     let cli = Cli::parse();
     let disks = cli
         .disk
@@ -97,7 +115,8 @@ fn main() {
         .map(|(what, took)| format!("{what} {:.1}", took.as_secs_f64() * 1000.0))
         .collect();
     eprintln!(
-        "aurae-vmm: VM built (ms): {}; huge pages advised: {}",
+        "aurae-vmm: exec to main {} ms; VM built (ms): {}; huge pages advised: {}",
+        exec_to_main.map_or("?".into(), |d| d.as_millis().to_string()),
         phases.join(", "),
         if vm.huge_pages_advised() { "yes" } else { "no" }
     );
