@@ -20,6 +20,32 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// A virtio-vsock device: the guest's context id, and the Unix socket the
+/// VMM listens on for host connections (see
+/// [`crate::devices::virtio::vsock::muxer`]).
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub uds_path: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    /// `CID:PATH`, e.g. `3:/run/vm1.vsock`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (cid, path) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not CID:PATH"))?;
+        Ok(Self {
+            cid: cid
+                .parse()
+                .map_err(|e| format!("the CID {cid:?} is not a number: {e}"))?,
+            uds_path: path.into(),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// A bzImage, an ELF vmlinux, or (for tests) a flat binary loaded at
@@ -40,6 +66,7 @@ pub struct VmConfig {
     /// most of their memory; a tiny guest would only grow its footprint.
     pub huge_pages: bool,
     pub rng: bool,
+    pub vsock: Option<VsockConfig>,
     /// Load `kernel` as a flat binary at this guest address and start there
     /// in 64-bit mode (test guests).
     pub flat_entry: Option<u64>,
@@ -59,6 +86,7 @@ impl Default for VmConfig {
             nested: false,
             huge_pages: false,
             rng: true,
+            vsock: None,
             flat_entry: None,
         }
     }
@@ -138,6 +166,21 @@ impl VmConfig {
             }
             if !Path::new("/sys/class/net").join(tap).exists() {
                 return Err(bad("tap", format!("{tap} does not exist")));
+            }
+        }
+        if let Some(v) = &self.vsock {
+            // 0-2 are the hypervisor, the loopback and the host; -1 is "any".
+            if !(3..u64::from(u32::MAX)).contains(&v.cid) {
+                return Err(bad(
+                    "vsock",
+                    format!("the guest CID {} is reserved or out of range", v.cid),
+                ));
+            }
+            if v.uds_path.exists() {
+                return Err(bad(
+                    "vsock",
+                    format!("{} already exists", v.uds_path.display()),
+                ));
             }
         }
         Ok(())

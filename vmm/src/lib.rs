@@ -18,7 +18,7 @@ pub mod state;
 pub mod vcpu;
 mod vm;
 
-pub use config::{Console, DiskConfig, VmConfig};
+pub use config::{Console, DiskConfig, VmConfig, VsockConfig};
 pub use error::VmmError;
 pub use state::ExitReason;
 pub use vm::{StopHandle, Vm};

@@ -41,6 +41,10 @@ struct Cli {
     /// them (recommended for Linux guests).
     #[arg(long)]
     huge_pages: bool,
+    /// A virtio-vsock device: the guest's CID and the Unix socket for host
+    /// connections, as CID:PATH (the path must not exist).
+    #[arg(long)]
+    vsock: Option<vmm::VsockConfig>,
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
@@ -100,6 +104,7 @@ fn main() {
         nested: cli.nested,
         huge_pages: cli.huge_pages,
         rng: !cli.no_rng,
+        vsock: cli.vsock,
         flat_entry: None,
     };
     let mut vm = match Vm::new(config) {

@@ -40,8 +40,16 @@ const COMMON: &[libc::c_long] = &[
 /// A vCPU thread: KVM_RUN and the device models it calls into.
 const VCPU: &[libc::c_long] = &[libc::SYS_ioctl, libc::SYS_fsync, libc::SYS_fdatasync];
 
-/// The device event loop: epoll, eventfds, the TAP and disk files.
+/// The device event loop: epoll, eventfds, the TAP and disk files, and the
+/// vsock device's Unix sockets.
 const EVENTS: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_shutdown,
+    // std's socket reads and writes (MSG_NOSIGNAL).
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,

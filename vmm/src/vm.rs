@@ -19,7 +19,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{cpuid, kernel, layout, mptable, regs};
 use crate::bus::Bus;
 use crate::devices::virtio::mmio::{reg, MmioTransport, MMIO_LEN};
-use crate::devices::virtio::{block::Block, net::tap::Tap, net::Net, rng::Rng, VirtioDevice};
+use crate::devices::virtio::{
+    block::Block, net::tap::Tap, net::Net, rng::Rng, vsock::Vsock, VirtioDevice,
+};
 use crate::devices::{boot_timer, debug_exit, i8042, serial, IrqTrigger};
 use crate::guest_ram::GuestRam;
 use crate::state::{ExitReason, VmState};
@@ -54,6 +56,18 @@ pub struct Vm {
     /// The mapping behind `mem`: last, so that it outlives every user.
     /// `None` once leaked (see `Drop`).
     ram: Option<GuestRam>,
+    _vsock_socket: Option<SocketFile>,
+}
+
+/// A Unix socket the VM listens on; its file is removed when the VM is
+/// dropped, or when building it fails (on the thread that owns the VM, which
+/// no seccomp filter limits).
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn device_err(device: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -179,6 +193,16 @@ impl Vm {
             ));
             devices.push((d.clone(), d));
         }
+        let mut vsock_socket = None;
+        if let Some(v) = &config.vsock {
+            let d = Vsock::new(v.cid, &v.uds_path).map_err(|e| VmmError::Config {
+                option: "vsock",
+                reason: format!("{}: {e}", v.uds_path.display()),
+            })?;
+            vsock_socket = Some(SocketFile(v.uds_path.clone()));
+            let d = Arc::new(Mutex::new(d));
+            devices.push((d.clone(), d));
+        }
         for (i, (device, subscriber)) in devices.into_iter().enumerate() {
             let base = layout::MMIO_BASE + i as u64 * MMIO_LEN;
             let irq = layout::MMIO_FIRST_IRQ + i as u32;
@@ -251,6 +275,7 @@ impl Vm {
             event_thread: None,
             phases,
             ram: Some(ram),
+            _vsock_socket: vsock_socket,
         })
     }
 

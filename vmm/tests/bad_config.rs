@@ -5,7 +5,7 @@ mod guest;
 
 use std::path::PathBuf;
 
-use vmm::{DiskConfig, Vm, VmConfig, VmmError};
+use vmm::{DiskConfig, Vm, VmConfig, VmmError, VsockConfig};
 
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
@@ -140,6 +140,49 @@ fn each_bad_option_is_named_and_nothing_leaks() {
                 ..base.clone()
             },
         ),
+        (
+            "vsock",
+            VmConfig {
+                vsock: Some(VsockConfig {
+                    cid: 2,
+                    uds_path: dir.path().join("v1.sock"),
+                }),
+                ..base.clone()
+            },
+        ),
+        (
+            "vsock",
+            VmConfig {
+                vsock: Some(VsockConfig {
+                    cid: 3,
+                    uds_path: junk.clone(),
+                }),
+                ..base.clone()
+            },
+        ),
+        (
+            "vsock",
+            VmConfig {
+                vsock: Some(VsockConfig {
+                    cid: 3,
+                    uds_path: "/no/such/dir/v.sock".into(),
+                }),
+                ..base.clone()
+            },
+        ),
+        // The socket is bound before the kernel fails to load: it goes too.
+        (
+            "kernel",
+            VmConfig {
+                kernel: junk.clone(),
+                flat_entry: None,
+                vsock: Some(VsockConfig {
+                    cid: 3,
+                    uds_path: dir.path().join("v2.sock"),
+                }),
+                ..base.clone()
+            },
+        ),
     ];
     for (want, cfg) in cases {
         let (option, reason) = option_of(cfg);
@@ -148,6 +191,10 @@ fn each_bad_option_is_named_and_nothing_leaks() {
     assert!(
         !std::path::Path::new("/sys/class/net/aurae-no-such-tap").exists(),
         "no TAP was created"
+    );
+    assert!(
+        !dir.path().join("v2.sock").exists(),
+        "the vsock socket file was removed"
     );
     assert_eq!(count("/proc/self/fd"), fds, "file descriptors leaked");
     assert_eq!(count("/proc/self/task"), threads, "threads leaked");

@@ -123,21 +123,25 @@ fn every_virtio_device_answers_the_mmio_register_protocol() {
     }
     let disk = tempfile::NamedTempFile::new().expect("disk");
     std::fs::write(disk.path(), vec![0u8; 4096]).expect("disk");
+    let sockets = tempfile::tempdir().expect("tempdir");
     let mut p = Program::new();
-    for slot in 0..2 {
+    for slot in 0..3 {
         identify(&mut p, guest::MMIO + slot * 0x1000, slot);
     }
     p.exit(3);
     let path = disk.path().to_path_buf();
+    let uds_path = sockets.path().join("v.sock");
     let (_d, mut vm) = boot(&mut p, |c| {
         c.rng = true;
         c.disks = vec![DiskConfig {
             path,
             read_only: false,
         }];
+        c.vsock = Some(vmm::VsockConfig { cid: 3, uds_path });
     });
     assert_eq!(run(&mut vm), ExitReason::DebugExit(3));
-    for (slot, device_id) in [(0u64, 4u32), (1, 2)] {
+    // rng, blk, vsock (net has its own test, with a real TAP).
+    for (slot, device_id) in [(0u64, 4u32), (1, 2), (2, 19)] {
         let words: Vec<u32> = vm
             .read_guest(RESULTS + slot * 0x40, 20)
             .expect("read")

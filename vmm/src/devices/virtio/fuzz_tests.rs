@@ -9,6 +9,7 @@ use super::block::Block;
 use super::net::Net;
 use super::rng::Rng;
 use super::test_utils::{TestQueue, AVAIL_RING, DESC_TABLE, MEM_SIZE};
+use super::vsock::Vsock;
 use super::VirtioDevice;
 
 const SIZE: u16 = 16;
@@ -87,6 +88,25 @@ proptest! {
         scribble(&tx, &desc, &avail, &[], &addrs);
         let mut d = Net::new(super::net::tests_support::Sink::with_frame(frame), [2, 0, 0, 0, 0, 1]).expect("net");
         d.activate(rx.mem.clone(), vec![rx.queue(), tx.queue()], rx.interrupt()).expect("activate");
+        d.process_tx();
+        d.process_rx();
+    }
+
+    #[test]
+    fn vsock_survives_arbitrary_queues(
+        desc in proptest::collection::vec(any::<u8>(), 0..256),
+        avail in proptest::collection::vec(any::<u8>(), 0..40),
+        data in proptest::collection::vec(any::<u8>(), 0..512),
+        addrs in proptest::collection::vec(addr_strategy(), 0..16),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rx = TestQueue::new(SIZE);
+        let tx = TestQueue::with_mem(rx.mem.clone(), 0x2000, SIZE);
+        let ev = TestQueue::with_mem(rx.mem.clone(), 0x4000, SIZE);
+        scribble(&rx, &desc, &avail, &[], &addrs);
+        scribble(&tx, &desc, &avail, &data, &addrs);
+        let mut d = Vsock::new(3, &dir.path().join("v.sock")).expect("vsock");
+        d.activate(rx.mem.clone(), vec![rx.queue(), tx.queue(), ev.queue()], rx.interrupt()).expect("activate");
         d.process_tx();
         d.process_rx();
     }

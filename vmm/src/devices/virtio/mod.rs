@@ -11,6 +11,7 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
 
 /// VIRTIO_F_VERSION_1: every device is a modern (virtio 1.x) device.
 pub const F_VERSION_1: u64 = 1 << 32;

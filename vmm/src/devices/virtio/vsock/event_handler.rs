@@ -1,0 +1,131 @@
+//! Event-manager glue: queue notifications, the listening socket, and each
+//! host socket. A host socket is watched for input only while the device
+//! has not yet seen it readable (once it has, rx buffers or guest credit
+//! are what it waits for), and for output only while guest data waits for
+//! it; a socket wanted for neither is not watched at all, so that a hung-up
+//! socket can't make the loop spin.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::connection::{Sent, State};
+use super::device::{Vsock, EVENT, RX, TX};
+use super::packet::OP_CREDIT_UPDATE;
+
+impl Vsock {
+    /// Readiness of a host-side descriptor (the listener, a socket waiting
+    /// for its CONNECT line, or a connection's socket).
+    pub fn on_host_event(&mut self, fd: RawFd, set: EventSet) {
+        if fd == self.muxer.listener.as_raw_fd() {
+            self.muxer.accept();
+            return;
+        }
+        if self.muxer.awaiting.contains_key(&fd) {
+            self.muxer.read_connect_line(fd);
+            return;
+        }
+        let Some(key) = self.muxer.fd_keys.get(&fd).copied() else {
+            return;
+        };
+        let Some(conn) = self.muxer.conns.get_mut(&key) else {
+            return;
+        };
+        if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+            conn.readable = true;
+        }
+        if set.contains(EventSet::OUT) && !conn.pending.is_empty() {
+            if conn.flush() == Sent::Reset {
+                self.muxer.reset(key);
+            } else if conn.credit_update_due() {
+                self.muxer.push_control(key, OP_CREDIT_UPDATE, 0);
+            }
+        }
+    }
+
+    /// What each host socket should be watched for now.
+    fn wanted(&self) -> HashMap<RawFd, EventSet> {
+        let mut want: HashMap<RawFd, EventSet> = self
+            .muxer
+            .awaiting
+            .keys()
+            .map(|fd| (*fd, EventSet::IN))
+            .collect();
+        for c in self.muxer.conns.values() {
+            let mut set = EventSet::empty();
+            if !c.readable && c.state != State::Closing {
+                set |= EventSet::IN;
+            }
+            if !c.pending.is_empty() {
+                set |= EventSet::OUT;
+            }
+            if !set.is_empty() {
+                want.insert(c.stream.as_raw_fd(), set);
+            }
+        }
+        want
+    }
+
+    /// Brings the event loop's watches in line with [`Vsock::wanted`], and
+    /// closes the sockets the muxer let go of (after unwatching them).
+    fn sync_watches(&mut self, ops: &mut EventOps) {
+        for s in std::mem::take(&mut self.muxer.released) {
+            if let Some(set) = self.watched.remove(&s.as_raw_fd()) {
+                let _ = ops.remove(Events::new(&s, set));
+            }
+        }
+        let want = self.wanted();
+        let stale: Vec<(RawFd, EventSet)> = self
+            .watched
+            .iter()
+            .filter(|(fd, _)| !want.contains_key(fd))
+            .map(|(fd, set)| (*fd, *set))
+            .collect();
+        for (fd, set) in stale {
+            let _ = ops.remove(Events::new_raw(fd, set));
+            self.watched.remove(&fd);
+        }
+        for (fd, set) in want {
+            match self.watched.get(&fd) {
+                Some(old) if *old == set => {}
+                Some(_) => {
+                    if ops.modify(Events::new_raw(fd, set)).is_ok() {
+                        self.watched.insert(fd, set);
+                    }
+                }
+                None => {
+                    if ops.add(Events::new_raw(fd, set)).is_ok() {
+                        self.watched.insert(fd, set);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_evts {
+            let _ = ops.add(Events::new(evt, EventSet::IN));
+        }
+        let _ = ops.add(Events::new(&self.muxer.listener, EventSet::IN));
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.queue_evts[TX].as_raw_fd() {
+            let _ = self.queue_evts[TX].read();
+            self.process_tx();
+        } else if fd == self.queue_evts[RX].as_raw_fd() {
+            let _ = self.queue_evts[RX].read();
+        } else if fd == self.queue_evts[EVENT].as_raw_fd() {
+            let _ = self.queue_evts[EVENT].read();
+        } else {
+            self.on_host_event(fd, events.event_set());
+        }
+        self.process_rx();
+        self.sync_watches(ops);
+    }
+}

@@ -1,0 +1,333 @@
+//! The host side of the vsock device: guest ports meet Unix sockets, in the
+//! scheme Firecracker made common.
+//!
+//! - Host to guest: a host process connects to the device's socket
+//!   (`uds_path`) and writes `CONNECT <port>\n`; the guest's listener on
+//!   `<port>` gets the connection, and the host process reads
+//!   `OK <host port>\n` before the stream itself.
+//! - Guest to host: a guest connection to the host (CID 2) on `<port>` is
+//!   passed to the Unix socket `<uds_path>_<port>`, if something listens
+//!   there; otherwise the guest gets a reset.
+//!
+//! Guest packets are untrusted: a packet from another CID or to anything
+//! but the host is dropped, one for no known connection is answered with a
+//! reset, and a guest that sends beyond the credit it was given is reset.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+
+use super::connection::{Connection, Sent, State, BUF_ALLOC};
+use super::metrics::VsockMetrics;
+use super::packet::*;
+
+/// (host port, guest port).
+pub type Key = (u32, u32);
+
+/// Connections at once; more are refused.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Longest `CONNECT <port>\n` line.
+const MAX_LINE: usize = 32;
+/// Host ports handed to host-initiated connections start here.
+const FIRST_HOST_PORT: u32 = 1 << 30;
+
+pub struct Muxer {
+    cid: u64,
+    uds_path: PathBuf,
+    pub listener: UnixListener,
+    pub conns: HashMap<Key, Connection>,
+    /// Accepted host sockets still waiting for their CONNECT line.
+    pub awaiting: HashMap<RawFd, (UnixStream, Vec<u8>)>,
+    pub fd_keys: HashMap<RawFd, Key>,
+    /// Header-only packets for the guest, in order.
+    pub control: VecDeque<Header>,
+    next_port: u32,
+    /// Sockets let go of since the event loop last looked: it stops
+    /// watching them before they are closed.
+    pub released: Vec<UnixStream>,
+    metrics: Arc<VsockMetrics>,
+}
+
+impl Muxer {
+    /// Listens on `uds_path`, which must not exist yet.
+    pub fn new(cid: u64, uds_path: &Path, metrics: Arc<VsockMetrics>) -> std::io::Result<Self> {
+        let listener = UnixListener::bind(uds_path)?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            cid,
+            uds_path: uds_path.to_path_buf(),
+            listener,
+            conns: HashMap::new(),
+            awaiting: HashMap::new(),
+            fd_keys: HashMap::new(),
+            control: VecDeque::new(),
+            next_port: FIRST_HOST_PORT,
+            released: Vec::new(),
+            metrics,
+        })
+    }
+
+    pub fn cid(&self) -> u64 {
+        self.cid
+    }
+
+    /// A header-only packet from the host side of `key`.
+    fn header(&self, key: Key, op: u16, flags: u32) -> Header {
+        let fwd_cnt = self.conns.get(&key).map_or(0, |c| c.fwd_cnt);
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.cid,
+            src_port: key.0,
+            dst_port: key.1,
+            len: 0,
+            kind: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt,
+        }
+    }
+
+    /// Queues a header-only packet from the host side of `key`.
+    pub fn push_control(&mut self, key: Key, op: u16, flags: u32) {
+        let h = self.header(key, op, flags);
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.fwd_cnt_told = c.fwd_cnt;
+        }
+        self.control.push_back(h);
+    }
+
+    /// Drops a connection and tells the guest with a reset.
+    pub fn reset(&mut self, key: Key) {
+        self.push_control(key, OP_RST, 0);
+        self.remove(key);
+    }
+
+    fn remove(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            self.metrics.resets.fetch_add(1, Ordering::Relaxed);
+            self.fd_keys.remove(&c.stream.as_raw_fd());
+            self.released.push(c.stream);
+        }
+    }
+
+    fn insert(&mut self, conn: Connection) {
+        let key = (conn.local_port, conn.peer_port);
+        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        self.fd_keys.insert(conn.stream.as_raw_fd(), key);
+        self.conns.insert(key, conn);
+    }
+
+    /// A packet the guest sent (its payload already read).
+    pub fn handle_guest(&mut self, h: Header, payload: &[u8]) {
+        if h.src_cid != self.cid || h.dst_cid != HOST_CID {
+            self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if h.kind != TYPE_STREAM {
+            if h.op != OP_RST {
+                self.control.push_back(self.header(key, OP_RST, 0));
+            }
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            match h.op {
+                OP_REQUEST => self.connect_to_host(key, h),
+                OP_RST => {}
+                _ => self.control.push_back(self.header(key, OP_RST, 0)),
+            }
+            return;
+        };
+        conn.update_peer_credit(h.buf_alloc, h.fwd_cnt);
+        match (h.op, conn.state) {
+            (OP_RESPONSE, State::LocalInit) => {
+                conn.state = State::Established;
+                let line = format!("OK {}\n", key.0);
+                if conn.stream.write_all(line.as_bytes()).is_err() {
+                    self.reset(key);
+                }
+            }
+            (OP_RW, State::Established) => {
+                self.metrics
+                    .tx_bytes
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                if conn.peer_done_sending || conn.send(payload) == Sent::Reset {
+                    self.reset(key);
+                } else if conn.credit_update_due() {
+                    self.push_control(key, OP_CREDIT_UPDATE, 0);
+                }
+            }
+            (OP_CREDIT_UPDATE, _) => {}
+            (OP_CREDIT_REQUEST, _) => self.push_control(key, OP_CREDIT_UPDATE, 0),
+            (OP_SHUTDOWN, State::Closing) => self.reset(key),
+            (OP_SHUTDOWN, _) => {
+                if h.flags & SHUTDOWN_SEND != 0 {
+                    conn.peer_done_sending = true;
+                    if conn.flush() == Sent::Reset {
+                        self.reset(key);
+                        return;
+                    }
+                }
+                if h.flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV {
+                    // The guest closed: acknowledge with a reset.
+                    self.reset(key);
+                }
+            }
+            (OP_RST, _) => self.remove(key),
+            // A second REQUEST, a RESPONSE out of turn, data before the
+            // handshake ended.
+            _ => self.reset(key),
+        }
+    }
+
+    /// The guest connects to the host: pass it to `<uds_path>_<port>`.
+    fn connect_to_host(&mut self, key: Key, h: Header) {
+        let path = format!("{}_{}", self.uds_path.display(), key.0);
+        let stream = (self.conns.len() < MAX_CONNECTIONS)
+            .then(|| connect_nonblocking(Path::new(&path)))
+            .and_then(Result::ok);
+        let Some(stream) = stream else {
+            self.metrics.resets.fetch_add(1, Ordering::Relaxed);
+            self.control.push_back(self.header(key, OP_RST, 0));
+            return;
+        };
+        let mut conn = Connection::new(stream, State::Established, key.0, key.1);
+        conn.update_peer_credit(h.buf_alloc, h.fwd_cnt);
+        self.insert(conn);
+        self.push_control(key, OP_RESPONSE, 0);
+    }
+
+    /// Accepts every host connection waiting on the listener.
+    pub fn accept(&mut self) {
+        loop {
+            let fd = match socket::accept4(
+                self.listener.as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            ) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            // SAFETY: accept4 just returned this descriptor; nothing else
+            // owns it.
+            let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            if self.conns.len() + self.awaiting.len() >= MAX_CONNECTIONS {
+                self.metrics.resets.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.awaiting.insert(fd, (stream, Vec::new()));
+        }
+    }
+
+    /// Reads a waiting host socket's CONNECT line; once it is complete,
+    /// asks the guest to accept the connection.
+    pub fn read_connect_line(&mut self, fd: RawFd) {
+        let Some((stream, line)) = self.awaiting.get_mut(&fd) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        let port = loop {
+            match stream.read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break parse_connect(line),
+                Ok(1) if line.len() < MAX_LINE => line.push(byte[0]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // End of stream, an overlong line, an error.
+                _ => break None,
+            }
+        };
+        let Some((stream, _)) = self.awaiting.remove(&fd) else {
+            return;
+        };
+        let Some(port) = port else {
+            self.released.push(stream);
+            return;
+        };
+        let local = self.next_free_port(port);
+        self.insert(Connection::new(stream, State::LocalInit, local, port));
+        self.push_control((local, port), OP_REQUEST, 0);
+    }
+
+    fn next_free_port(&mut self, peer: u32) -> u32 {
+        loop {
+            let p = self.next_port;
+            self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_HOST_PORT);
+            if !self.conns.contains_key(&(p, peer)) {
+                return p;
+            }
+        }
+    }
+
+    /// The host side of `key` hung up: tell the guest both directions are
+    /// done, and wait for its reset.
+    pub fn host_closed(&mut self, key: Key) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.readable = false;
+            if c.state == State::LocalInit {
+                self.reset(key);
+                return;
+            }
+            c.state = State::Closing;
+            self.push_control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+        }
+    }
+
+    /// Drops every connection (device reset).
+    pub fn clear(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.remove(k);
+        }
+        let waiting: Vec<RawFd> = self.awaiting.keys().copied().collect();
+        for fd in waiting {
+            if let Some((s, _)) = self.awaiting.remove(&fd) {
+                self.released.push(s);
+            }
+        }
+        self.control.clear();
+    }
+}
+
+fn parse_connect(line: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(line).ok()?;
+    text.trim_end_matches('\r')
+        .strip_prefix("CONNECT ")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A non-blocking connect: a listener whose backlog is full refuses at
+/// once instead of stalling the device loop.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_lines_are_parsed_strictly() {
+        assert_eq!(parse_connect(b"CONNECT 52"), Some(52));
+        assert_eq!(parse_connect(b"CONNECT 52\r"), Some(52));
+        assert_eq!(parse_connect(b"connect 52"), None);
+        assert_eq!(parse_connect(b"CONNECT -1"), None);
+        assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
+        assert_eq!(parse_connect(&[0xff, 0xfe]), None);
+    }
+}

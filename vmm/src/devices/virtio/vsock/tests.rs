@@ -1,0 +1,311 @@
+//! The vsock device on test guest memory with real Unix sockets, no KVM:
+//! packets are written into the tx queue the way a driver would, and read
+//! back from rx buffers.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use vmm_sys_util::epoll::EventSet;
+
+use super::packet::*;
+use super::Vsock;
+use crate::devices::virtio::test_utils::{TestQueue, WRITE};
+use crate::devices::virtio::VirtioDevice;
+
+const CID: u64 = 3;
+const GUEST_PORT: u32 = 5000;
+
+struct Rig {
+    rx: TestQueue,
+    tx: TestQueue,
+    dev: Vsock,
+    dir: tempfile::TempDir,
+    /// Next free data address for tx packets and rx buffers.
+    next: std::cell::Cell<u64>,
+    rx_pos: std::cell::Cell<u16>,
+    /// Offered rx buffers by head index.
+    rx_bufs: std::collections::HashMap<u16, u64>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rx = TestQueue::new(64);
+        let tx = TestQueue::with_mem(rx.mem.clone(), 0x2000, 64);
+        let ev = TestQueue::with_mem(rx.mem.clone(), 0x4000, 64);
+        let mut dev = Vsock::new(CID, &dir.path().join("v.sock")).expect("vsock");
+        dev.activate(
+            rx.mem.clone(),
+            vec![rx.queue(), tx.queue(), ev.queue()],
+            rx.interrupt(),
+        )
+        .expect("activate");
+        Rig {
+            rx,
+            tx,
+            dev,
+            dir,
+            next: std::cell::Cell::new(0x10_0000),
+            rx_pos: std::cell::Cell::new(0),
+            rx_bufs: Default::default(),
+        }
+    }
+
+    fn alloc(&self, len: u64) -> u64 {
+        let at = self.next.get();
+        self.next.set(at + len.next_multiple_of(0x1000));
+        at
+    }
+
+    fn header(&self, op: u16, dst_port: u32) -> Header {
+        Header {
+            src_cid: CID,
+            dst_cid: HOST_CID,
+            src_port: GUEST_PORT,
+            dst_port,
+            kind: TYPE_STREAM,
+            op,
+            buf_alloc: 64 << 10,
+            ..Default::default()
+        }
+    }
+
+    /// The guest sends a packet; the device processes its tx queue.
+    fn send(&mut self, mut h: Header, payload: &[u8]) {
+        h.len = payload.len() as u32;
+        let at = self.alloc((HDR_LEN + payload.len()) as u64);
+        self.tx.write(at, &h.to_bytes());
+        self.tx.write(at + HDR_LEN as u64, payload);
+        self.tx
+            .add_chain(0, &[(at, (HDR_LEN + payload.len()) as u32, 0)]);
+        assert_eq!(self.dev.process_tx(), 1);
+    }
+
+    /// Offers one rx buffer of `room` payload bytes and runs rx; returns
+    /// the packet the device put there, if any.
+    fn receive(&mut self, room: u32) -> Option<(Header, Vec<u8>)> {
+        let at = self.alloc(u64::from(room) + HDR_LEN as u64);
+        let head = self.rx.add_chain(0, &[(at, room + HDR_LEN as u32, WRITE)]);
+        self.rx_bufs.insert(head, at);
+        self.dev.process_rx();
+        let pos = self.rx_pos.get();
+        if self.rx.used_idx() == pos {
+            // Unused: the device left the buffer for later.
+            return None;
+        }
+        self.rx_pos.set(pos + 1);
+        let (id, len) = self.rx.used(pos);
+        // The oldest buffer offered is used first.
+        let at = self
+            .rx_bufs
+            .remove(&(id as u16))
+            .expect("an offered buffer");
+        let mut hdr = [0u8; HDR_LEN];
+        hdr.copy_from_slice(&self.rx.read(at, HDR_LEN));
+        let h = Header::from_bytes(&hdr);
+        assert_eq!(len as usize, HDR_LEN + h.len as usize);
+        Some((h, self.rx.read(at + HDR_LEN as u64, h.len as usize)))
+    }
+
+    fn sock_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("v.sock")
+    }
+}
+
+#[test]
+fn the_guest_connects_to_a_host_socket_and_data_flows_both_ways() {
+    let mut r = Rig::new();
+    let listener =
+        UnixListener::bind(format!("{}_1234", r.sock_path().display())).expect("listener");
+    r.send(r.header(OP_REQUEST, 1234), &[]);
+    let (mut host, _) = listener.accept().expect("the host side is connected");
+    let (h, _) = r.receive(4096).expect("a response");
+    assert_eq!(
+        (h.op, h.src_cid, h.dst_cid, h.src_port, h.dst_port),
+        (OP_RESPONSE, HOST_CID, CID, 1234, GUEST_PORT)
+    );
+
+    r.send(r.header(OP_RW, 1234), b"hello");
+    let mut got = [0u8; 5];
+    host.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"hello");
+
+    host.write_all(b"world").expect("write");
+    let fd = r
+        .dev
+        .muxer
+        .conns
+        .values()
+        .next()
+        .expect("conn")
+        .stream
+        .as_raw_fd();
+    r.dev.on_host_event(fd, EventSet::IN);
+    let (h, data) = r.receive(4096).expect("data");
+    assert_eq!((h.op, h.len), (OP_RW, 5));
+    assert_eq!(data, b"world");
+
+    // The host closes: the guest hears both directions are done, and its
+    // reset ends the connection.
+    drop(host);
+    r.dev.on_host_event(fd, EventSet::IN);
+    let (h, _) = r.receive(4096).expect("shutdown");
+    assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
+    r.send(r.header(OP_RST, 1234), &[]);
+    assert!(r.dev.muxer.conns.is_empty());
+}
+
+#[test]
+fn the_host_connects_to_a_guest_port() {
+    let mut r = Rig::new();
+    let mut host = UnixStream::connect(r.sock_path()).expect("connect");
+    host.write_all(b"CONNECT 52\n").expect("line");
+    let listener_fd = r.dev.muxer.listener.as_raw_fd();
+    r.dev.on_host_event(listener_fd, EventSet::IN);
+    let fd = *r.dev.muxer.awaiting.keys().next().expect("accepted");
+    r.dev.on_host_event(fd, EventSet::IN);
+    let (h, _) = r.receive(4096).expect("a request");
+    assert_eq!((h.op, h.dst_port, h.dst_cid), (OP_REQUEST, 52, CID));
+    assert!(h.src_port >= 1 << 30);
+
+    let mut resp = r.header(OP_RESPONSE, h.src_port);
+    resp.src_port = 52;
+    r.send(resp, &[]);
+    let mut line = [0u8; 14];
+    host.read_exact(&mut line).expect("OK line");
+    assert_eq!(
+        std::str::from_utf8(&line).expect("utf8"),
+        format!("OK {}\n", h.src_port)
+    );
+}
+
+#[test]
+fn a_bad_connect_line_closes_the_host_socket() {
+    let mut r = Rig::new();
+    let mut host = UnixStream::connect(r.sock_path()).expect("connect");
+    host.write_all(b"HELLO\n").expect("line");
+    r.dev
+        .on_host_event(r.dev.muxer.listener.as_raw_fd(), EventSet::IN);
+    let fd = *r.dev.muxer.awaiting.keys().next().expect("accepted");
+    r.dev.on_host_event(fd, EventSet::IN);
+    assert!(r.dev.muxer.awaiting.is_empty());
+    r.dev.muxer.released.clear();
+    let mut buf = [0u8; 1];
+    assert_eq!(host.read(&mut buf).expect("eof"), 0);
+    assert!(r.receive(4096).is_none(), "the guest heard of nothing");
+}
+
+#[test]
+fn a_port_nobody_listens_on_and_unknown_connections_get_resets() {
+    let mut r = Rig::new();
+    r.send(r.header(OP_REQUEST, 9), &[]);
+    let (h, _) = r.receive(4096).expect("reset");
+    assert_eq!((h.op, h.src_port, h.dst_port), (OP_RST, 9, GUEST_PORT));
+    r.send(r.header(OP_RW, 9), b"data");
+    assert_eq!(r.receive(4096).expect("reset").0.op, OP_RST);
+    // A reset for nothing is not answered.
+    r.send(r.header(OP_RST, 9), &[]);
+    assert!(r.receive(4096).is_none());
+}
+
+#[test]
+fn packets_with_wrong_addresses_or_bad_lengths_are_dropped() {
+    let mut r = Rig::new();
+    let mut h = r.header(OP_REQUEST, 1);
+    h.src_cid = 7;
+    r.send(h, &[]);
+    let mut h = r.header(OP_REQUEST, 1);
+    h.dst_cid = 9;
+    r.send(h, &[]);
+    // A length beyond the chain.
+    let mut h = r.header(OP_RW, 1);
+    h.len = 1000;
+    let at = r.alloc(64);
+    r.tx.write(at, &h.to_bytes());
+    r.tx.add_chain(0, &[(at, HDR_LEN as u32 + 4, 0)]);
+    assert_eq!(r.dev.process_tx(), 1);
+    // Shorter than a header.
+    r.tx.add_chain(0, &[(at, 10, 0)]);
+    assert_eq!(r.dev.process_tx(), 1);
+    assert!(r.receive(4096).is_none());
+    assert_eq!(
+        r.dev
+            .metrics
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+}
+
+#[test]
+fn host_data_waits_for_the_guest_credit() {
+    let mut r = Rig::new();
+    let listener = UnixListener::bind(format!("{}_77", r.sock_path().display())).expect("listener");
+    let mut req = r.header(OP_REQUEST, 77);
+    req.buf_alloc = 4;
+    r.send(req, &[]);
+    let (mut host, _) = listener.accept().expect("accept");
+    assert_eq!(r.receive(4096).expect("response").0.op, OP_RESPONSE);
+    host.write_all(b"abcdefgh").expect("write");
+    let fd = r
+        .dev
+        .muxer
+        .conns
+        .values()
+        .next()
+        .expect("conn")
+        .stream
+        .as_raw_fd();
+    r.dev.on_host_event(fd, EventSet::IN);
+    let (_, data) = r.receive(4096).expect("data");
+    assert_eq!(data, b"abcd", "only as much as the guest has room for");
+    assert!(r.receive(4096).is_none(), "no credit left");
+    let mut update = r.header(OP_CREDIT_UPDATE, 77);
+    update.buf_alloc = 4;
+    update.fwd_cnt = 4;
+    r.send(update, &[]);
+    assert_eq!(r.receive(4096).expect("the rest").1, b"efgh");
+}
+
+#[test]
+fn rx_data_is_cut_to_the_buffer_it_goes_into() {
+    let mut r = Rig::new();
+    let listener = UnixListener::bind(format!("{}_78", r.sock_path().display())).expect("listener");
+    r.send(r.header(OP_REQUEST, 78), &[]);
+    let (mut host, _) = listener.accept().expect("accept");
+    r.receive(4096).expect("response");
+    host.write_all(&[7u8; 100]).expect("write");
+    let fd = r
+        .dev
+        .muxer
+        .conns
+        .values()
+        .next()
+        .expect("conn")
+        .stream
+        .as_raw_fd();
+    r.dev.on_host_event(fd, EventSet::IN);
+    assert_eq!(r.receive(60).expect("part").1.len(), 60);
+    assert_eq!(r.receive(60).expect("rest").1.len(), 40);
+}
+
+#[test]
+fn the_config_space_holds_the_guest_cid_and_reset_drops_connections() {
+    let mut r = Rig::new();
+    let mut cid = [0u8; 8];
+    r.dev.read_config(0, &mut cid);
+    assert_eq!(u64::from_le_bytes(cid), CID);
+    let listener = UnixListener::bind(format!("{}_79", r.sock_path().display())).expect("listener");
+    r.send(r.header(OP_REQUEST, 79), &[]);
+    let (mut host, _) = listener.accept().expect("accept");
+    r.dev.reset();
+    assert!(r.dev.muxer.conns.is_empty());
+    r.dev.muxer.released.clear();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        host.read(&mut buf).expect("eof"),
+        0,
+        "the host socket is closed"
+    );
+}
