@@ -128,11 +128,16 @@ pub enum Launcher {
         vcpus: u8,
         /// Expose SVM/VMX so the guest can run KVM itself.
         nested: bool,
+        /// Give the guest a virtio-vsock device (CID 3) whose host socket
+        /// is [`Guest::vsock_path`].
+        vsock: bool,
         tap: String,
         guest_ip: String,
         gateway: String,
     },
 }
+
+const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// The kernel command line of every launcher, so that boots compare like
 /// with like: the serial console, a triple-fault reboot that ends the VM,
@@ -305,6 +310,7 @@ impl Guest {
                 kernel,
                 vcpus,
                 nested,
+                vsock,
                 tap,
                 guest_ip,
                 gateway,
@@ -312,6 +318,10 @@ impl Guest {
                 let mut cmd = Command::new(vmm);
                 if nested {
                     cmd.arg("--nested");
+                }
+                if vsock {
+                    cmd.arg("--vsock")
+                        .arg(format!("3:{}", dir.path().join(VSOCK_SOCKET).display()));
                 }
                 let child = cmd
                     .arg("--kernel")
@@ -357,6 +367,12 @@ impl Guest {
 
     fn addr(&self) -> String {
         self.addr.clone()
+    }
+
+    /// The host side of the guest's vsock device (booted by our VMM with
+    /// `vsock`).
+    pub fn vsock_path(&self) -> PathBuf {
+        self.dir.path().join(VSOCK_SOCKET)
     }
 
     /// The VMM's own log (boot timer, exit reason), when booted by it.

@@ -55,6 +55,7 @@ async fn boot_times_against_qemu_microvm() {
                     kernel: image.join("vmlinux"),
                     vcpus: 1,
                     nested: false,
+                    vsock: false,
                     tap: TAP.into(),
                     guest_ip: INSTANCE_IP.into(),
                     gateway: BRIDGE_IP.into(),

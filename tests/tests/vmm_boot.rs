@@ -67,6 +67,7 @@ async fn boot_and_check(
             kernel,
             vcpus,
             nested,
+            vsock: true,
             tap: TAP.into(),
             guest_ip: INSTANCE_IP.into(),
             gateway: BRIDGE_IP.into(),
@@ -137,6 +138,8 @@ async fn boot_and_check(
         (Some(0), &b"hello from busybox"[..])
     );
 
+    check_vsock(&guest).await;
+
     // Shut the guest down from inside: its init powers off, the VM exits.
     let _ = c
         .run_executable(pb::RunExecutableRequest {
@@ -165,5 +168,42 @@ async fn boot_and_check(
     );
     assert!(log.contains("boot timer: /init started"), "{log}");
     assert!(log.contains("VM stopped: Shutdown"), "{log}");
+    // The host's request went to the guest, and the guest's reset came back.
+    assert!(
+        log.contains(
+            "vsock: 1 packets from the guest, 1 to it, 1 connections, 1 resets, 0 dropped"
+        ),
+        "{log}"
+    );
+    assert!(
+        !guest.vsock_path().exists(),
+        "the VMM removed its vsock socket"
+    );
     eprintln!("{log}");
+}
+
+/// The guest kernel's vsock driver talks to our device: a host connection
+/// to a guest port nobody listens on is refused by the guest (its reset
+/// closes the host socket, with no `OK` line); one to a port the device
+/// never hears back about would stay open.
+async fn check_vsock(guest: &Guest) {
+    use std::io::{Read, Write};
+    let path = guest.vsock_path();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(b"CONNECT 4242\n")?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map(|_| got)
+    })
+    .await
+    .expect("join");
+    match outcome {
+        Ok(got) => assert!(
+            got.is_empty(),
+            "the host expected a refusal from the guest, but read: {}",
+            String::from_utf8_lossy(&got)
+        ),
+        Err(e) => panic!("the guest never answered a vsock connection request: {e}"),
+    }
 }

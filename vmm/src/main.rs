@@ -138,6 +138,7 @@ fn main() {
     });
     if let Err(e) = vm.run() {
         eprintln!("aurae-vmm: starting the VM: {e}");
+        drop(vm);
         std::process::exit(2);
     }
     let reason = match vm.wait(cli.timeout.map(Duration::from_secs)) {
@@ -154,7 +155,21 @@ fn main() {
             vm.boot_cpu().unwrap_or_default().as_secs_f64() * 1000.0
         );
     }
+    if let Some(m) = vm.vsock_metrics() {
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "aurae-vmm: vsock: {} packets from the guest, {} to it, {} connections, {} resets, {} dropped",
+            n(&m.tx_packets),
+            n(&m.rx_packets),
+            n(&m.connections),
+            n(&m.resets),
+            n(&m.dropped)
+        );
+    }
     eprintln!("aurae-vmm: VM stopped: {reason:?}");
+    // Dropped here, as process::exit runs no destructors: the VM's files
+    // (the vsock socket) go with it.
+    drop(vm);
     std::process::exit(match reason {
         ExitReason::Shutdown | ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => 0,
         ExitReason::DebugExit(v) => i32::from(v),

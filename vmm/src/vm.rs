@@ -20,7 +20,8 @@ use crate::boot::{cpuid, kernel, layout, mptable, regs};
 use crate::bus::Bus;
 use crate::devices::virtio::mmio::{reg, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::{
-    block::Block, net::tap::Tap, net::Net, rng::Rng, vsock::Vsock, VirtioDevice,
+    block::Block, net::tap::Tap, net::Net, rng::Rng, vsock::metrics::VsockMetrics, vsock::Vsock,
+    VirtioDevice,
 };
 use crate::devices::{boot_timer, debug_exit, i8042, serial, IrqTrigger};
 use crate::guest_ram::GuestRam;
@@ -57,6 +58,7 @@ pub struct Vm {
     /// `None` once leaked (see `Drop`).
     ram: Option<GuestRam>,
     _vsock_socket: Option<SocketFile>,
+    vsock_metrics: Option<Arc<VsockMetrics>>,
 }
 
 /// A Unix socket the VM listens on; its file is removed when the VM is
@@ -194,12 +196,14 @@ impl Vm {
             devices.push((d.clone(), d));
         }
         let mut vsock_socket = None;
+        let mut vsock_metrics = None;
         if let Some(v) = &config.vsock {
             let d = Vsock::new(v.cid, &v.uds_path).map_err(|e| VmmError::Config {
                 option: "vsock",
                 reason: format!("{}: {e}", v.uds_path.display()),
             })?;
             vsock_socket = Some(SocketFile(v.uds_path.clone()));
+            vsock_metrics = Some(d.metrics.clone());
             let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
@@ -276,6 +280,7 @@ impl Vm {
             phases,
             ram: Some(ram),
             _vsock_socket: vsock_socket,
+            vsock_metrics,
         })
     }
 
@@ -362,6 +367,11 @@ impl Vm {
     /// transparent huge pages (see [`GuestRam`]).
     pub fn huge_pages_advised(&self) -> bool {
         self.ram.as_ref().is_some_and(GuestRam::huge_advised)
+    }
+
+    /// The vsock device's counters, if the VM has one.
+    pub fn vsock_metrics(&self) -> Option<&VsockMetrics> {
+        self.vsock_metrics.as_deref()
     }
 
     pub fn boot_time(&self) -> Option<Duration> {

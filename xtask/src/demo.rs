@@ -96,6 +96,7 @@ pub fn run() -> anyhow::Result<()> {
                     kernel: img.bzimage.clone(),
                     vcpus: 1,
                     nested: false,
+                    vsock: false,
                     tap: TAP.into(),
                     guest_ip: INSTANCE_IP.into(),
                     gateway: BRIDGE_IP.into(),
