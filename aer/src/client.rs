@@ -133,6 +133,16 @@ impl ClientConfig {
         }
     }
 
+    /// Connects over vsock to `port` of a VM, through the Unix socket of
+    /// its VMM's vsock device (`aurae-vmm --vsock CID:PATH`), with mTLS.
+    pub async fn connect_vsock(
+        &self,
+        vmm_socket: &Path,
+        port: u32,
+    ) -> Result<Channel, ClientError> {
+        connect_through_vsock(vmm_socket, port, self.tls()?).await
+    }
+
     pub async fn runtime(&self, tcp: Option<&str>) -> Result<RuntimeClient<Channel>, ClientError> {
         Ok(RuntimeClient::new(self.connect(tcp).await?))
     }
@@ -160,6 +170,55 @@ pub async fn connect_unix(
             async move {
                 Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
             }
+        }))
+        .await
+        .map_err(|e| err(error_chain(&e)))
+}
+
+/// Opens a stream to `port` of a VM through its VMM's vsock socket: writes
+/// `CONNECT <port>`, and expects `OK <host port>` back before the stream.
+async fn vsock_stream(socket: &Path, port: u32) -> std::io::Result<tokio::net::UnixStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    let mut line = Vec::new();
+    while line.len() < 32 {
+        let b = s.read_u8().await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("nothing listens on vsock port {port} in the VM ({e})"),
+            )
+        })?;
+        if b == b'\n' {
+            break;
+        }
+        line.push(b);
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(std::io::Error::other(format!(
+            "the VMM answered {:?} instead of OK",
+            String::from_utf8_lossy(&line)
+        )));
+    }
+    Ok(s)
+}
+
+async fn connect_through_vsock(
+    socket: &Path,
+    port: u32,
+    tls: ClientTlsConfig,
+) -> Result<Channel, ClientError> {
+    let err = |reason: String| ClientError::Connect {
+        target: format!("vsock:{port} via {}", socket.display()),
+        reason,
+    };
+    let path = socket.to_path_buf();
+    Endpoint::from_static("https://localhost")
+        .tls_config(tls)
+        .map_err(|e| err(e.to_string()))?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(vsock_stream(&path, port).await?)) }
         }))
         .await
         .map_err(|e| err(error_chain(&e)))

@@ -51,6 +51,10 @@ impl tonic::service::Interceptor for SpiffeAuthz {
             .or_else(|| {
                 ext.get::<TlsConnectInfo<UdsConnectInfo>>()
                     .and_then(|i| i.peer_certs())
+            })
+            .or_else(|| {
+                ext.get::<TlsConnectInfo<tokio_vsock::VsockConnectInfo>>()
+                    .and_then(|i| i.peer_certs())
             });
         let id = self.check(certs)?;
         tracing::debug!(client = %id, "authorized");

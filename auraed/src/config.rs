@@ -4,6 +4,7 @@
 //! [server]
 //! socket = "/run/aurae/aurae.sock"   # always served
 //! tcp = "[::1]:7443"                 # optional; always mTLS
+//! vsock_port = 7443                  # optional, in a VM; always mTLS
 //! insecure_socket = false            # serve the socket without TLS
 //!
 //! [auth]
@@ -58,6 +59,9 @@ pub struct ServerSection {
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
     pub tcp: Option<SocketAddr>,
+    /// A virtio-vsock port to serve on (any CID), as an instance does for
+    /// its parent.
+    pub vsock_port: Option<u32>,
     #[serde(default)]
     pub insecure_socket: bool,
 }
@@ -101,6 +105,7 @@ impl Default for ServerSection {
         Self {
             socket: default_socket(),
             tcp: None,
+            vsock_port: None,
             insecure_socket: false,
         }
     }

@@ -128,45 +128,52 @@ pub async fn serve(
         )
     };
     tracing::info!("serving on unix:{}", cfg.server.socket.display());
-    let tcp_server = match cfg.server.tcp {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Io {
-                    path: addr.to_string(),
-                    source,
-                })?;
-            tracing::info!(
-                "serving on tcp:{}",
-                listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default()
-            );
-            Some(
-                Server::builder()
-                    .tls_config(tls)?
-                    .layer(InterceptorLayer::new(authz))
-                    .add_service(health_service)
-                    .add_service(reflection_v1)
-                    .add_service(reflection_v1alpha)
-                    .add_service(runtime_service)
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
-                        stopped(stop_rx),
-                    ),
-            )
-        }
-        None => None,
+    let mut servers: Vec<ServeFuture> = vec![uds_server];
+    let secure = || -> Result<_, ServeError> {
+        Ok(Server::builder()
+            .tls_config(tls.clone())?
+            .layer(InterceptorLayer::new(authz.clone()))
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone())
+            .add_service(runtime_service.clone()))
     };
+    if let Some(addr) = cfg.server.tcp {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Io {
+                path: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(
+            "serving on tcp:{}",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        servers.push(Box::pin(secure()?.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stopped(stop_rx.clone()),
+        )));
+    }
+    if let Some(port) = cfg.server.vsock_port {
+        let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+        let listener = tokio_vsock::VsockListener::bind(addr).map_err(|source| ServeError::Io {
+            path: format!("vsock port {port}"),
+            source,
+        })?;
+        tracing::info!("serving on vsock port {port}");
+        servers.push(Box::pin(secure()?.serve_with_incoming_shutdown(
+            listener.incoming(),
+            stopped(stop_rx.clone()),
+        )));
+    }
     let servers = async move {
-        match tcp_server {
-            Some(tcp) => {
-                let (a, b) = tokio::join!(uds_server, tcp);
-                a.and(b)
-            }
-            None => uds_server.await,
-        }
+        futures::future::join_all(servers)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
     };
     // After the shutdown signal, open connections get a short grace period
     // to finish their calls; followers of long log streams don't hold the
@@ -176,7 +183,7 @@ pub async fn serve(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        r = servers => r?,
+        r = servers => { r?; }
         _ = drained => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them"),
     }
     Ok(())

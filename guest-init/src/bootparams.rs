@@ -1,6 +1,6 @@
 //! Instance parameters from the kernel command line:
 //! `aurae.name=<hostname> aurae.ip=<addr>/<prefix> aurae.gw=<addr>
-//! aurae.port=<port> aurae.exit=reboot|poweroff`.
+//! aurae.port=<port> aurae.vsock=<port> aurae.exit=reboot|poweroff`.
 
 use std::net::IpAddr;
 
@@ -12,6 +12,8 @@ pub struct BootParams {
     pub gateway: Option<IpAddr>,
     /// The port the guest auraed serves on.
     pub port: u16,
+    /// A virtio-vsock port the guest auraed serves on too (mTLS as well).
+    pub vsock_port: Option<u32>,
     pub poweroff: bool,
 }
 
@@ -24,6 +26,7 @@ impl BootParams {
             ip: None,
             gateway: None,
             port: DEFAULT_PORT,
+            vsock_port: None,
             poweroff: false,
         };
         for word in cmdline.split_whitespace() {
@@ -69,6 +72,13 @@ impl BootParams {
                         .parse()
                         .map_err(|_| format!("aurae.port={value:?}: bad port"))?
                 }
+                "aurae.vsock" => {
+                    p.vsock_port = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("aurae.vsock={value:?}: bad port"))?,
+                    )
+                }
                 "aurae.exit" => {
                     p.poweroff = match value {
                         "poweroff" => true,
@@ -95,6 +105,9 @@ mod tests {
         assert_eq!(p.ip, Some(("10.0.2.15".parse().expect("ip"), 24)));
         assert_eq!(p.gateway, Some("10.0.2.2".parse().expect("gw")));
         assert_eq!(p.port, 9000);
+        assert_eq!(p.vsock_port, None);
+        let p = BootParams::parse("aurae.vsock=8443").expect("vsock");
+        assert_eq!(p.vsock_port, Some(8443));
         let p = BootParams::parse("aurae.ip=fd00:a::2/64").expect("v6");
         assert_eq!(p.ip.map(|(_, n)| n), Some(64));
         assert_eq!(p.port, DEFAULT_PORT);
@@ -109,6 +122,7 @@ mod tests {
             "aurae.name=a/b",
             "aurae.port=99999",
             "aurae.exit=halt",
+            "aurae.vsock=-1",
         ] {
             let err = BootParams::parse(bad).unwrap_err();
             let key = bad.split('=').next().unwrap_or_default();

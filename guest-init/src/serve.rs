@@ -1,6 +1,7 @@
 //! `guest-init serve`: the guest auraed. It is the auraed library with the
 //! identity and trust bundle from the initramfs (`/etc/aurae`), serving on
-//! eth0's address (from the kernel command line) with mTLS.
+//! eth0's address (from the kernel command line) with mTLS, and on a vsock
+//! port if the command line names one.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -27,6 +28,7 @@ pub fn run() -> anyhow::Result<()> {
         .map(|(ip, _)| ip)
         .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     cfg.server.tcp = Some(SocketAddr::new(ip, params.port));
+    cfg.server.vsock_port = params.vsock_port;
     if let Err(e) = auraed::sys::mount_ns::enter_own() {
         tracing::warn!("staying in the root mount namespace (cells start slower): {e}");
     }

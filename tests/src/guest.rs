@@ -334,7 +334,14 @@ impl Guest {
                     .arg("--console")
                     .arg(&console)
                     .arg("--cmdline")
-                    .arg(guest_cmdline(&guest_ip, &gateway))
+                    .arg({
+                        let mut c = guest_cmdline(&guest_ip, &gateway);
+                        if vsock {
+                            // The guest auraed serves on vsock too.
+                            c.push_str(&format!(" aurae.vsock={GUEST_PORT}"));
+                        }
+                        c
+                    })
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(
@@ -459,6 +466,14 @@ impl Guest {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// A client of the guest auraed over vsock, through the VMM's socket
+    /// (booted by our VMM with `vsock`).
+    pub async fn vsock_channel(&self) -> Result<Channel, aer::client::ClientError> {
+        self.config
+            .connect_vsock(&self.vsock_path(), u32::from(GUEST_PORT))
+            .await
     }
 
     pub async fn client(&self) -> RuntimeClient<Channel> {
