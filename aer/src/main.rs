@@ -19,8 +19,13 @@ struct Cli {
     #[arg(long, global = true, env = "AURAE_CONFIG")]
     config: Option<PathBuf>,
     /// Connect over TCP to host:port instead of the Unix socket.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "vsock")]
     tcp: Option<String>,
+    /// Connect to a VM's auraed over vsock, through its VMM's vsock socket:
+    /// SOCKET:PORT (as given to `aurae-vmm --vsock`, and the guest's
+    /// `aurae.vsock=` port).
+    #[arg(long, global = true)]
+    vsock: Option<String>,
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(subcommand)]
@@ -310,14 +315,28 @@ fn signal_number(s: &str) -> i32 {
     }
 }
 
+/// The channel to auraed: over --vsock, --tcp, or the Unix socket.
+async fn connect(cfg: &ClientConfig, cli: &Cli) -> Channel {
+    let connected = match &cli.vsock {
+        Some(v) => {
+            let Some((socket, port)) = v
+                .rsplit_once(':')
+                .and_then(|(s, p)| Some((s, p.parse::<u32>().ok()?)))
+            else {
+                fail(format!("--vsock: {v:?} is not SOCKET:PORT"));
+            };
+            cfg.connect_vsock(std::path::Path::new(socket), port).await
+        }
+        None => cfg.connect(cli.tcp.as_deref()).await,
+    };
+    connected.unwrap_or_else(|e| fail(e))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
     let cfg = ClientConfig::find(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
-    let mut client = cfg
-        .runtime(cli.tcp.as_deref())
-        .await
-        .unwrap_or_else(|e| fail(e));
+    let mut client = RuntimeClient::new(connect(&cfg, &cli).await);
     let out = cli.output;
     match cli.command {
         Command::Exec(a) => {
@@ -431,10 +450,7 @@ async fn main() {
             std::process::exit(exit_code(&s));
         }
         Command::Health => {
-            let channel = cfg
-                .connect(cli.tcp.as_deref())
-                .await
-                .unwrap_or_else(|e| fail(e));
+            let channel = connect(&cfg, &cli).await;
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
             let r = health
                 .check(tonic_health::pb::HealthCheckRequest {

@@ -77,3 +77,69 @@ async fn stop_and_health_and_server_errors() {
         text(&out.stderr)
     );
 }
+
+/// Stands in for a VMM's vsock socket in front of `target` (the daemon's
+/// Unix socket): reads `CONNECT <port>`, answers `OK <n>` if the port is
+/// `open_port` (and closes otherwise), then relays bytes both ways.
+fn fake_vmm_vsock(
+    dir: &std::path::Path,
+    target: std::path::PathBuf,
+    open_port: u32,
+) -> std::path::PathBuf {
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let path = dir.join("vmm-vsock.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(4) {
+            let Ok(mut host) = conn else { return };
+            let mut line = String::new();
+            let mut reader = std::io::BufReader::new(host.try_clone().expect("clone"));
+            if reader.read_line(&mut line).is_err() || line.trim() != format!("CONNECT {open_port}")
+            {
+                continue; // dropped: the guest refused
+            }
+            let Ok(guest) = UnixStream::connect(&target) else {
+                return;
+            };
+            let _ = host.write_all(b"OK 1073741824\n");
+            let (mut g2, mut h2) = (
+                guest.try_clone().expect("clone"),
+                host.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut g2);
+            });
+            std::thread::spawn(move || {
+                let mut g = guest;
+                let _ = std::io::copy(&mut g, &mut h2);
+            });
+        }
+    });
+    path
+}
+
+#[tokio::test]
+async fn aer_reaches_an_auraed_through_a_vmm_vsock_socket() {
+    let d = Daemon::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sock = fake_vmm_vsock(tmp.path(), d.socket.clone(), 8443);
+    let target = format!("{}:8443", sock.display());
+    let out = d.aer(&["--vsock", &target, "health"]);
+    assert_eq!(text(&out.stdout), "SERVING\n", "{}", text(&out.stderr));
+    // A port nothing listens on in the guest: a clear error.
+    let out = d.aer(&["--vsock", &format!("{}:9", sock.display()), "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("nothing listens on vsock port 9"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A malformed target names the flag.
+    let out = d.aer(&["--vsock", "no-port", "ls"]);
+    assert!(
+        text(&out.stderr).contains("--vsock:"),
+        "{}",
+        text(&out.stderr)
+    );
+}
