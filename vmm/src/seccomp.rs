@@ -47,6 +47,7 @@ const EVENTS: &[libc::c_long] = &[
     libc::SYS_socket,
     libc::SYS_connect,
     libc::SYS_shutdown,
+    libc::SYS_timerfd_settime,
     // std's socket reads and writes (MSG_NOSIGNAL).
     libc::SYS_sendto,
     libc::SYS_recvfrom,

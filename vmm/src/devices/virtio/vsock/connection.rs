@@ -14,8 +14,6 @@ pub enum State {
     /// Host-initiated: REQUEST sent to the guest, waiting for RESPONSE.
     LocalInit,
     Established,
-    /// The host side closed: SHUTDOWN sent, waiting for the guest's RST.
-    Closing,
 }
 
 /// What a write of guest data to the host socket came to.
@@ -51,6 +49,14 @@ pub struct Connection {
     /// The guest will send nothing more: shut the socket's write side once
     /// `pending` is flushed.
     pub peer_done_sending: bool,
+    /// The guest will receive nothing more: stop reading the host socket.
+    pub peer_done_receiving: bool,
+    /// The host socket reached end of stream (the guest was told).
+    pub host_eof: bool,
+    /// The guest closed with data still pending: reset once it is flushed.
+    pub reset_when_flushed: bool,
+    /// When an unfinished handshake or close gives up.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Connection {
@@ -68,7 +74,21 @@ impl Connection {
             rx_cnt: 0,
             readable: false,
             peer_done_sending: false,
+            peer_done_receiving: false,
+            host_eof: false,
+            reset_when_flushed: false,
+            deadline: None,
         }
+    }
+
+    /// Whether the host socket is still worth reading (for the guest).
+    pub fn reads_host(&self) -> bool {
+        self.state == State::Established && !self.host_eof && !self.peer_done_receiving
+    }
+
+    /// Host data can go to the guest now.
+    pub fn ready_for_guest(&self) -> bool {
+        self.readable && self.reads_host() && self.peer_credit() > 0
     }
 
     /// Takes the guest's view of its receive buffer from any packet.

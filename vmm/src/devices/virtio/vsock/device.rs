@@ -3,21 +3,24 @@
 //! Queues: rx (host to guest), tx (guest to host), event (unused: the
 //! device never migrates, so it never sends a transport reset).
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::State;
 use super::metrics::VsockMetrics;
 use super::muxer::{Key, Muxer};
 use super::packet::*;
 use crate::devices::virtio::{
-    read_config_bytes, serve_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_VSOCK,
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_VSOCK,
 };
 
 pub const RX: usize = 0;
@@ -36,9 +39,26 @@ pub struct Vsock {
     pub(super) queue_evts: [EventFd; 3],
     pub(super) active: Option<Active>,
     /// Host sockets the event loop watches, and for what.
-    pub(super) watched:
-        std::collections::HashMap<std::os::fd::RawFd, vmm_sys_util::epoll::EventSet>,
+    pub(super) watched: HashMap<RawFd, EventSet>,
+    /// Whether the listening socket is watched (not while accept is out of
+    /// descriptors).
+    pub(super) listening: bool,
+    /// Ticks while a handshake or a close has a deadline.
+    pub(super) timer: TimerFd,
+    pub(super) timer_armed: bool,
+    /// tx chains were left in the ring because control packets for the
+    /// guest piled up.
+    pub(super) tx_throttled: bool,
+    /// One packet's payload.
+    scratch: Vec<u8>,
     pub metrics: Arc<VsockMetrics>,
+}
+
+/// What one rx chain got.
+enum Fill {
+    Used(u32),
+    /// Nothing after all: the chain goes back for the next packet.
+    Rewind,
 }
 
 impl Vsock {
@@ -53,21 +73,51 @@ impl Vsock {
                 EventFd::new(EFD_NONBLOCK)?,
             ],
             active: None,
-            watched: Default::default(),
+            watched: HashMap::new(),
+            listening: false,
+            timer: TimerFd::new()?,
+            timer_armed: false,
+            tx_throttled: false,
+            scratch: vec![0u8; MAX_PAYLOAD],
             metrics,
         })
     }
 
-    /// Hands every packet the guest queued to the muxer. Returns how many
-    /// chains were used.
+    /// Hands the packets the guest queued to the muxer, until the queue is
+    /// empty or the guest has too many control packets waiting for it.
+    /// Returns how many chains were used.
     pub fn process_tx(&mut self) -> usize {
-        let Some(active) = self.active.as_mut() else {
+        let Self {
+            active: Some(active),
+            muxer,
+            scratch,
+            metrics,
+            tx_throttled,
+            ..
+        } = self
+        else {
             return 0;
         };
-        let (muxer, metrics, mem) = (&mut self.muxer, &self.metrics, &active.mem);
-        let mut payload = vec![0u8; MAX_PAYLOAD];
-        serve_queue(&mut active.queues[TX], mem, &active.interrupt, |chain| {
-            let packet = Reader::new(mem, chain).ok().and_then(|mut r| {
+        *tx_throttled = false;
+        if active.interrupt.needs_reset() {
+            return 0;
+        }
+        let mut used = 0;
+        loop {
+            if muxer.control_full() {
+                *tx_throttled = true;
+                break;
+            }
+            let chain = match active.queues[TX].iter(&active.mem) {
+                Ok(mut it) => it.next(),
+                Err(_) => {
+                    active.interrupt.set_needs_reset();
+                    break;
+                }
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let packet = Reader::new(&active.mem, chain).ok().and_then(|mut r| {
                 let mut hdr = [0u8; HDR_LEN];
                 r.read_exact(&mut hdr).ok()?;
                 let h = Header::from_bytes(&hdr);
@@ -75,27 +125,46 @@ impl Vsock {
                 if len > MAX_PAYLOAD || len > r.available_bytes() {
                     return None;
                 }
-                r.read_exact(&mut payload[..len]).ok()?;
+                r.read_exact(&mut scratch[..len]).ok()?;
                 Some((h, len))
             });
             match packet {
                 Some((h, len)) => {
                     metrics.tx_packets.fetch_add(1, Ordering::Relaxed);
-                    muxer.handle_guest(h, &payload[..len]);
+                    muxer.handle_guest(h, &scratch[..len]);
                 }
                 None => {
                     metrics.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            0
-        })
+            if active.queues[TX].add_used(&active.mem, head, 0).is_err() {
+                active.interrupt.set_needs_reset();
+                break;
+            }
+            used += 1;
+        }
+        if used > 0
+            && active.queues[TX]
+                .needs_notification(&active.mem)
+                .unwrap_or(true)
+        {
+            active.interrupt.signal_used_queue();
+        }
+        used
     }
 
     /// Fills rx buffers: control packets first, then data from the host
     /// sockets that have some, within each guest socket's credit. Returns
     /// true when something is left for lack of rx buffers.
     pub fn process_rx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Self {
+            active: Some(active),
+            muxer,
+            scratch,
+            metrics,
+            ..
+        } = self
+        else {
             return false;
         };
         if active.interrupt.needs_reset() {
@@ -103,15 +172,13 @@ impl Vsock {
         }
         let mut delivered = 0;
         let mut starved = false;
-        let mut buf = vec![0u8; MAX_PAYLOAD];
         loop {
-            let ready = self
-                .muxer
+            let ready = muxer
                 .conns
                 .iter()
-                .find(|(_, c)| c.readable && c.state == State::Established && c.peer_credit() > 0)
+                .find(|(_, c)| c.ready_for_guest())
                 .map(|(k, _)| *k);
-            if self.muxer.control.is_empty() && ready.is_none() {
+            if muxer.control.is_empty() && ready.is_none() {
                 break;
             }
             let chain = match active.queues[RX].iter(&active.mem) {
@@ -126,44 +193,42 @@ impl Vsock {
                 break;
             };
             let head = chain.head_index();
-            let Ok(mut w) = Writer::new(&active.mem, chain) else {
-                // A chain the device can't write into: used, empty.
-                self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                if active.queues[RX].add_used(&active.mem, head, 0).is_err() {
-                    active.interrupt.set_needs_reset();
-                    break;
-                }
-                continue;
-            };
-            let written = if let Some(h) = self.muxer.control.pop_front() {
-                w.write_all(&h.to_bytes()).ok().map(|_| HDR_LEN as u32)
-            } else if let Some(key) = ready {
-                match read_data(&mut self.muxer, key, &mut w, &mut buf) {
-                    Some(n) => {
-                        self.metrics
-                            .rx_bytes
-                            .fetch_add(n as u64 - HDR_LEN as u64, Ordering::Relaxed);
-                        Some(n)
-                    }
-                    None => {
-                        // Nothing was read after all (or the socket
-                        // closed): the chain goes back for the next packet.
-                        active.queues[RX].go_to_previous_position();
-                        continue;
+            let fill = match Writer::new(&active.mem, chain) {
+                // Room for a header (and, for data, a byte): anything less
+                // is the guest's loss, used empty, and nothing is consumed.
+                Ok(mut w)
+                    if w.available_bytes() > HDR_LEN || {
+                        w.available_bytes() == HDR_LEN && !muxer.control.is_empty()
+                    } =>
+                {
+                    if let Some(h) = muxer.control.pop_front() {
+                        match w.write_all(&h.to_bytes()) {
+                            Ok(()) => Fill::Used(HDR_LEN as u32),
+                            Err(_) => Fill::Used(0),
+                        }
+                    } else if let Some(key) = ready {
+                        read_data(muxer, key, &mut w, scratch)
+                    } else {
+                        Fill::Rewind
                     }
                 }
-            } else {
-                None
+                _ => Fill::Used(0),
             };
-            if written.is_none() {
-                self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            let len = match fill {
+                Fill::Rewind => {
+                    // read_data changed the connection's state (not
+                    // readable, at end, or gone), so this can't repeat.
+                    active.queues[RX].go_to_previous_position();
+                    continue;
+                }
+                Fill::Used(n) => n,
+            };
+            if len == 0 {
+                metrics.dropped.fetch_add(1, Ordering::Relaxed);
             } else {
-                self.metrics.rx_packets.fetch_add(1, Ordering::Relaxed);
+                metrics.rx_packets.fetch_add(1, Ordering::Relaxed);
             }
-            if active.queues[RX]
-                .add_used(&active.mem, head, written.unwrap_or(0))
-                .is_err()
-            {
+            if active.queues[RX].add_used(&active.mem, head, len).is_err() {
                 active.interrupt.set_needs_reset();
                 break;
             }
@@ -181,28 +246,30 @@ impl Vsock {
 }
 
 /// Reads what fits (chain, credit, payload limit) from the host socket of
-/// `key` and writes it, with its header, into `w`. Returns the bytes
-/// written, or None if nothing was (no data after all, end of stream, a
-/// chain too small for a header).
-fn read_data(muxer: &mut Muxer, key: Key, w: &mut Writer<'_>, buf: &mut [u8]) -> Option<u32> {
-    let room = w
-        .available_bytes()
-        .checked_sub(HDR_LEN)
-        .filter(|r| *r > 0)?;
+/// `key` and writes it, with its header, into `w`.
+fn read_data(muxer: &mut Muxer, key: Key, w: &mut Writer<'_>, buf: &mut [u8]) -> Fill {
     let cid = muxer.cid();
-    let conn = muxer.conns.get_mut(&key)?;
+    let Some(conn) = muxer.conns.get_mut(&key) else {
+        return Fill::Rewind;
+    };
+    let room = w.available_bytes().saturating_sub(HDR_LEN);
     let max = room.min(conn.peer_credit() as usize).min(buf.len());
     match conn.read(&mut buf[..max]) {
-        Ok(Some(0)) | Err(_) => {
-            muxer.host_closed(key);
-            None
+        Ok(Some(0)) => {
+            muxer.host_closed(key, false);
+            Fill::Rewind
+        }
+        Err(_) => {
+            muxer.host_closed(key, true);
+            Fill::Rewind
         }
         Ok(None) => {
             conn.readable = false;
-            None
+            Fill::Rewind
         }
         Ok(Some(n)) => {
             conn.rx_cnt = conn.rx_cnt.wrapping_add(n as u32);
+            conn.fwd_cnt_told = conn.fwd_cnt;
             let h = Header {
                 src_cid: HOST_CID,
                 dst_cid: cid,
@@ -215,10 +282,18 @@ fn read_data(muxer: &mut Muxer, key: Key, w: &mut Writer<'_>, buf: &mut [u8]) ->
                 buf_alloc: super::connection::BUF_ALLOC,
                 fwd_cnt: conn.fwd_cnt,
             };
-            conn.fwd_cnt_told = conn.fwd_cnt;
-            w.write_all(&h.to_bytes()).ok()?;
-            w.write_all(&buf[..n]).ok()?;
-            Some((HDR_LEN + n) as u32)
+            muxer
+                .metrics()
+                .rx_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let written = w
+                .write_all(&h.to_bytes())
+                .and_then(|()| w.write_all(&buf[..n]));
+            Fill::Used(if written.is_ok() {
+                (HDR_LEN + n) as u32
+            } else {
+                0
+            })
         }
     }
 }
@@ -259,6 +334,9 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.muxer.clear();
+        // Runs on a vCPU thread: wake the device loop, which closes the
+        // host sockets (after unwatching them).
+        let _ = self.queue_evts[EVENT].write(1);
     }
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_evts

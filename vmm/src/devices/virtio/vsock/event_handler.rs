@@ -39,6 +39,9 @@ impl Vsock {
         if set.contains(EventSet::OUT) && !conn.pending.is_empty() {
             if conn.flush() == Sent::Reset {
                 self.muxer.reset(key);
+            } else if conn.pending.is_empty() && conn.reset_when_flushed {
+                // The guest closed; its last data is out now.
+                self.muxer.reset(key);
             } else if conn.credit_update_due() {
                 self.muxer.push_control(key, OP_CREDIT_UPDATE, 0);
             }
@@ -55,7 +58,7 @@ impl Vsock {
             .collect();
         for c in self.muxer.conns.values() {
             let mut set = EventSet::empty();
-            if !c.readable && c.state != State::Closing {
+            if !c.readable && (c.reads_host() || c.state == State::LocalInit) {
                 set |= EventSet::IN;
             }
             if !c.pending.is_empty() {
@@ -74,6 +77,26 @@ impl Vsock {
         for s in std::mem::take(&mut self.muxer.released) {
             if let Some(set) = self.watched.remove(&s.as_raw_fd()) {
                 let _ = ops.remove(Events::new(&s, set));
+            }
+            // A descriptor is free again: accepting may work.
+            self.muxer.accept_paused = false;
+        }
+        let listener = Events::new(&self.muxer.listener, EventSet::IN);
+        if self.muxer.accept_paused && self.listening {
+            self.listening = ops.remove(listener).is_err();
+        } else if !self.muxer.accept_paused && !self.listening {
+            self.listening = ops.add(listener).is_ok();
+        }
+        let deadlines = self.muxer.has_deadlines();
+        if deadlines != self.timer_armed {
+            let tick = std::time::Duration::from_millis(500);
+            let done = if deadlines {
+                self.timer.reset(tick, Some(tick))
+            } else {
+                self.timer.clear()
+            };
+            if done.is_ok() {
+                self.timer_armed = deadlines;
             }
         }
         let want = self.wanted();
@@ -110,7 +133,10 @@ impl MutEventSubscriber for Vsock {
         for evt in &self.queue_evts {
             let _ = ops.add(Events::new(evt, EventSet::IN));
         }
-        let _ = ops.add(Events::new(&self.muxer.listener, EventSet::IN));
+        self.listening = ops
+            .add(Events::new(&self.muxer.listener, EventSet::IN))
+            .is_ok();
+        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -122,10 +148,18 @@ impl MutEventSubscriber for Vsock {
             let _ = self.queue_evts[RX].read();
         } else if fd == self.queue_evts[EVENT].as_raw_fd() {
             let _ = self.queue_evts[EVENT].read();
+        } else if fd == self.timer.as_raw_fd() {
+            let _ = self.timer.wait();
+            self.muxer.expire(std::time::Instant::now());
         } else {
             self.on_host_event(fd, events.event_set());
         }
         self.process_rx();
+        if self.tx_throttled {
+            // Control packets went out: take the guest's packets again.
+            self.process_tx();
+            self.process_rx();
+        }
         self.sync_watches(ops);
     }
 }

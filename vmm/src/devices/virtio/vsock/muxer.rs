@@ -20,7 +20,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::connection::{Connection, Sent, State, BUF_ALLOC};
@@ -36,14 +38,27 @@ pub const MAX_CONNECTIONS: usize = 256;
 const MAX_LINE: usize = 32;
 /// Host ports handed to host-initiated connections start here.
 const FIRST_HOST_PORT: u32 = 1 << 30;
+/// Header-only packets waiting for rx buffers; beyond this the device stops
+/// taking guest packets (which would add more) until the guest takes some.
+pub const MAX_CONTROL: usize = 512;
+/// How long a guest has to answer a host connection, and a host client to
+/// send its CONNECT line.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a closed guest socket's pending data may take to reach the
+/// host (Linux gives up on a close after 8 s too).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(8);
 
 pub struct Muxer {
     cid: u64,
     uds_path: PathBuf,
     pub listener: UnixListener,
     pub conns: HashMap<Key, Connection>,
-    /// Accepted host sockets still waiting for their CONNECT line.
-    pub awaiting: HashMap<RawFd, (UnixStream, Vec<u8>)>,
+    /// Accepted host sockets still waiting for their CONNECT line, with
+    /// what they sent so far and when they give up.
+    pub awaiting: HashMap<RawFd, (UnixStream, Vec<u8>, Instant)>,
+    /// accept failed for want of resources (no descriptors): the listener
+    /// is not watched until a socket is closed.
+    pub accept_paused: bool,
     pub fd_keys: HashMap<RawFd, Key>,
     /// Header-only packets for the guest, in order.
     pub control: VecDeque<Header>,
@@ -65,6 +80,7 @@ impl Muxer {
             listener,
             conns: HashMap::new(),
             awaiting: HashMap::new(),
+            accept_paused: false,
             fd_keys: HashMap::new(),
             control: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
@@ -75,6 +91,16 @@ impl Muxer {
 
     pub fn cid(&self) -> u64 {
         self.cid
+    }
+
+    pub fn metrics(&self) -> &VsockMetrics {
+        &self.metrics
+    }
+
+    /// Whether the guest must wait for rx buffers to be taken before the
+    /// device reads more of its packets.
+    pub fn control_full(&self) -> bool {
+        self.control.len() >= MAX_CONTROL
     }
 
     /// A header-only packet from the host side of `key`.
@@ -135,6 +161,7 @@ impl Muxer {
             if h.op != OP_RST {
                 self.control.push_back(self.header(key, OP_RST, 0));
             }
+            self.remove(key);
             return;
         }
         let Some(conn) = self.conns.get_mut(&key) else {
@@ -149,6 +176,7 @@ impl Muxer {
         match (h.op, conn.state) {
             (OP_RESPONSE, State::LocalInit) => {
                 conn.state = State::Established;
+                conn.deadline = None;
                 let line = format!("OK {}\n", key.0);
                 if conn.stream.write_all(line.as_bytes()).is_err() {
                     self.reset(key);
@@ -166,8 +194,10 @@ impl Muxer {
             }
             (OP_CREDIT_UPDATE, _) => {}
             (OP_CREDIT_REQUEST, _) => self.push_control(key, OP_CREDIT_UPDATE, 0),
-            (OP_SHUTDOWN, State::Closing) => self.reset(key),
-            (OP_SHUTDOWN, _) => {
+            (OP_SHUTDOWN, State::Established) => {
+                if h.flags & SHUTDOWN_RCV != 0 {
+                    conn.peer_done_receiving = true;
+                }
                 if h.flags & SHUTDOWN_SEND != 0 {
                     conn.peer_done_sending = true;
                     if conn.flush() == Sent::Reset {
@@ -176,22 +206,29 @@ impl Muxer {
                     }
                 }
                 if h.flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV {
-                    // The guest closed: acknowledge with a reset.
-                    self.reset(key);
+                    // The guest closed. Acknowledge with a reset, once what
+                    // it sent has reached the host.
+                    if conn.pending.is_empty() {
+                        self.reset(key);
+                    } else {
+                        conn.reset_when_flushed = true;
+                        conn.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                    }
                 }
             }
             (OP_RST, _) => self.remove(key),
-            // A second REQUEST, a RESPONSE out of turn, data before the
-            // handshake ended.
+            // A second REQUEST, a RESPONSE out of turn, data or a shutdown
+            // before the handshake ended.
             _ => self.reset(key),
         }
     }
 
     /// The guest connects to the host: pass it to `<uds_path>_<port>`.
     fn connect_to_host(&mut self, key: Key, h: Header) {
-        let path = format!("{}_{}", self.uds_path.display(), key.0);
-        let stream = (self.conns.len() < MAX_CONNECTIONS)
-            .then(|| connect_nonblocking(Path::new(&path)))
+        let mut path = self.uds_path.clone().into_os_string();
+        path.push(format!("_{}", key.0));
+        let stream = (self.conns.len() + self.awaiting.len() < MAX_CONNECTIONS)
+            .then(|| connect_nonblocking(&path))
             .and_then(Result::ok);
         let Some(stream) = stream else {
             self.metrics.resets.fetch_add(1, Ordering::Relaxed);
@@ -212,8 +249,14 @@ impl Muxer {
                 SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
             ) {
                 Ok(fd) => fd,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                Err(Errno::EAGAIN) => return,
+                // Out of descriptors or memory: the listener stays readable,
+                // so stop watching it until a socket is closed.
+                Err(_) => {
+                    self.accept_paused = true;
+                    return;
+                }
             };
             // SAFETY: accept4 just returned this descriptor; nothing else
             // owns it.
@@ -222,14 +265,15 @@ impl Muxer {
                 self.metrics.resets.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            self.awaiting.insert(fd, (stream, Vec::new()));
+            self.awaiting
+                .insert(fd, (stream, Vec::new(), Instant::now() + CONNECT_TIMEOUT));
         }
     }
 
     /// Reads a waiting host socket's CONNECT line; once it is complete,
     /// asks the guest to accept the connection.
     pub fn read_connect_line(&mut self, fd: RawFd) {
-        let Some((stream, line)) = self.awaiting.get_mut(&fd) else {
+        let Some((stream, line, _)) = self.awaiting.get_mut(&fd) else {
             return;
         };
         let mut byte = [0u8; 1];
@@ -243,7 +287,7 @@ impl Muxer {
                 _ => break None,
             }
         };
-        let Some((stream, _)) = self.awaiting.remove(&fd) else {
+        let Some((stream, _, _)) = self.awaiting.remove(&fd) else {
             return;
         };
         let Some(port) = port else {
@@ -251,7 +295,9 @@ impl Muxer {
             return;
         };
         let local = self.next_free_port(port);
-        self.insert(Connection::new(stream, State::LocalInit, local, port));
+        let mut conn = Connection::new(stream, State::LocalInit, local, port);
+        conn.deadline = Some(Instant::now() + CONNECT_TIMEOUT);
+        self.insert(conn);
         self.push_control((local, port), OP_REQUEST, 0);
     }
 
@@ -265,18 +311,49 @@ impl Muxer {
         }
     }
 
-    /// The host side of `key` hung up: tell the guest both directions are
-    /// done, and wait for its reset.
-    pub fn host_closed(&mut self, key: Key) {
-        if let Some(c) = self.conns.get_mut(&key) {
-            c.readable = false;
-            if c.state == State::LocalInit {
-                self.reset(key);
-                return;
-            }
-            c.state = State::Closing;
-            self.push_control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    /// The host socket of `key` reached end of stream: the guest hears
+    /// that the host will send nothing more (it may still receive, for a
+    /// host that only shut its write side). A read error resets instead.
+    pub fn host_closed(&mut self, key: Key, failed: bool) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        c.readable = false;
+        if failed || c.state == State::LocalInit {
+            self.reset(key);
+            return;
         }
+        c.host_eof = true;
+        self.push_control(key, OP_SHUTDOWN, SHUTDOWN_SEND);
+    }
+
+    /// Gives up on handshakes and closes that passed their deadline.
+    pub fn expire(&mut self, now: Instant) {
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            self.reset(key);
+        }
+        let late: Vec<RawFd> = self
+            .awaiting
+            .iter()
+            .filter(|(_, (_, _, d))| *d <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in late {
+            if let Some((s, _, _)) = self.awaiting.remove(&fd) {
+                self.released.push(s);
+            }
+        }
+    }
+
+    /// Whether anything has a deadline (the device's timer runs only then).
+    pub fn has_deadlines(&self) -> bool {
+        !self.awaiting.is_empty() || self.conns.values().any(|c| c.deadline.is_some())
     }
 
     /// Drops every connection (device reset).
@@ -287,7 +364,7 @@ impl Muxer {
         }
         let waiting: Vec<RawFd> = self.awaiting.keys().copied().collect();
         for fd in waiting {
-            if let Some((s, _)) = self.awaiting.remove(&fd) {
+            if let Some((s, _, _)) = self.awaiting.remove(&fd) {
                 self.released.push(s);
             }
         }
@@ -297,23 +374,26 @@ impl Muxer {
 
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(line).ok()?;
-    text.trim_end_matches('\r')
+    let port: u32 = text
+        .trim_end_matches('\r')
         .strip_prefix("CONNECT ")?
         .trim()
         .parse()
-        .ok()
+        .ok()?;
+    // -1 is VMADDR_PORT_ANY, not a port.
+    (port != u32::MAX).then_some(port)
 }
 
 /// A non-blocking connect: a listener whose backlog is full refuses at
 /// once instead of stalling the device loop.
-fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+fn connect_nonblocking(path: &std::ffi::OsStr) -> std::io::Result<UnixStream> {
     let fd = socket::socket(
         AddressFamily::Unix,
         SockType::Stream,
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(Path::new(path))?)?;
     Ok(UnixStream::from(fd))
 }
 
@@ -328,6 +408,7 @@ mod tests {
         assert_eq!(parse_connect(b"connect 52"), None);
         assert_eq!(parse_connect(b"CONNECT -1"), None);
         assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
+        assert_eq!(parse_connect(b"CONNECT 4294967295"), None);
         assert_eq!(parse_connect(&[0xff, 0xfe]), None);
     }
 }

@@ -146,12 +146,12 @@ fn the_guest_connects_to_a_host_socket_and_data_flows_both_ways() {
     assert_eq!((h.op, h.len), (OP_RW, 5));
     assert_eq!(data, b"world");
 
-    // The host closes: the guest hears both directions are done, and its
+    // The host closes: the guest hears the host sends nothing more, and its
     // reset ends the connection.
     drop(host);
     r.dev.on_host_event(fd, EventSet::IN);
     let (h, _) = r.receive(4096).expect("shutdown");
-    assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
+    assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
     r.send(r.header(OP_RST, 1234), &[]);
     assert!(r.dev.muxer.conns.is_empty());
 }
@@ -308,4 +308,127 @@ fn the_config_space_holds_the_guest_cid_and_reset_drops_connections() {
         0,
         "the host socket is closed"
     );
+}
+
+/// A connection from the guest to a host listener on `port`; returns the
+/// host's end, with the device's response consumed.
+fn connected(r: &mut Rig, port: u32) -> (UnixStream, std::os::fd::RawFd) {
+    let listener =
+        UnixListener::bind(format!("{}_{port}", r.sock_path().display())).expect("listener");
+    r.send(r.header(OP_REQUEST, port), &[]);
+    let (host, _) = listener.accept().expect("accept");
+    assert_eq!(r.receive(4096).expect("response").0.op, OP_RESPONSE);
+    let fd = r
+        .dev
+        .muxer
+        .conns
+        .get(&(port, GUEST_PORT))
+        .expect("conn")
+        .stream
+        .as_raw_fd();
+    (host, fd)
+}
+
+#[test]
+fn rx_buffers_too_small_for_a_packet_are_used_empty_without_stalling() {
+    let mut r = Rig::new();
+    let (mut host, fd) = connected(&mut r, 80);
+    host.write_all(b"data").expect("write");
+    r.dev.on_host_event(fd, EventSet::IN);
+    // Exactly a header's room: no data fits; the device must not spin.
+    let at = r.alloc(64);
+    r.rx.add_chain(0, &[(at, HDR_LEN as u32, WRITE)]);
+    r.dev.process_rx();
+    assert_eq!(r.rx.used(r.rx_pos.get()).1, 0);
+    r.rx_pos.set(r.rx_pos.get() + 1);
+    assert_eq!(r.receive(4096).expect("then the data").1, b"data");
+}
+
+#[test]
+fn data_the_guest_sent_before_closing_reaches_the_host_first() {
+    let mut r = Rig::new();
+    let (mut host, fd) = connected(&mut r, 81);
+    // A tiny socket buffer, so that most of the data waits in the device.
+    let stream = &r
+        .dev
+        .muxer
+        .conns
+        .get(&(81, GUEST_PORT))
+        .expect("conn")
+        .stream;
+    nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &4096).expect("sndbuf");
+    let data = vec![0x42u8; 60 << 10];
+    r.send(r.header(OP_RW, 81), &data);
+    let mut close = r.header(OP_SHUTDOWN, 81);
+    close.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    r.send(close, &[]);
+    assert!(!r.dev.muxer.conns.is_empty(), "kept until its data is out");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    host.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    while got.len() < data.len() {
+        let n = host.read(&mut buf).expect("read");
+        assert!(n > 0, "the host socket closed early");
+        got.extend_from_slice(&buf[..n]);
+        r.dev.on_host_event(fd, EventSet::OUT);
+    }
+    assert_eq!(got, data);
+    assert!(r.dev.muxer.conns.is_empty(), "then reset");
+    assert_eq!(r.receive(4096).expect("the reset").0.op, OP_RST);
+}
+
+#[test]
+fn a_host_half_close_still_lets_the_guest_send() {
+    let mut r = Rig::new();
+    let (mut host, fd) = connected(&mut r, 82);
+    host.shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    r.dev.on_host_event(fd, EventSet::IN);
+    let (h, _) = r.receive(4096).expect("shutdown");
+    assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+    r.send(r.header(OP_RW, 82), b"reply");
+    let mut got = [0u8; 5];
+    host.read_exact(&mut got).expect("the reply");
+    assert_eq!(&got, b"reply");
+}
+
+#[test]
+fn guest_packets_wait_while_control_packets_pile_up() {
+    let mut r = Rig::new();
+    let filler = r.header(OP_RST, 1);
+    while !r.dev.muxer.control_full() {
+        r.dev.muxer.control.push_back(filler);
+    }
+    r.dev.muxer.control.pop_back();
+    // Each goes to no connection and would add a reset.
+    for _ in 0..3 {
+        let at = r.alloc(64);
+        r.tx.write(at, &r.header(OP_RW, 9).to_bytes());
+        r.tx.add_chain(0, &[(at, HDR_LEN as u32, 0)]);
+    }
+    assert_eq!(r.dev.process_tx(), 1, "one, then the queue is full");
+    assert!(r.dev.tx_throttled);
+    assert_eq!(r.dev.muxer.control.len(), super::muxer::MAX_CONTROL);
+}
+
+#[test]
+fn a_guest_that_never_answers_a_host_connection_is_given_up_on() {
+    let mut r = Rig::new();
+    let mut host = UnixStream::connect(r.sock_path()).expect("connect");
+    host.write_all(b"CONNECT 53\n").expect("line");
+    r.dev
+        .on_host_event(r.dev.muxer.listener.as_raw_fd(), EventSet::IN);
+    let fd = *r.dev.muxer.awaiting.keys().next().expect("accepted");
+    r.dev.on_host_event(fd, EventSet::IN);
+    assert_eq!(r.receive(4096).expect("request").0.op, OP_REQUEST);
+    assert!(r.dev.muxer.has_deadlines());
+    r.dev
+        .muxer
+        .expire(std::time::Instant::now() + std::time::Duration::from_secs(3));
+    assert!(r.dev.muxer.conns.is_empty());
+    assert_eq!(r.receive(4096).expect("reset").0.op, OP_RST);
+    r.dev.muxer.released.clear();
+    let mut buf = [0u8; 1];
+    assert_eq!(host.read(&mut buf).expect("eof"), 0);
 }
