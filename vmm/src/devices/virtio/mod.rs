@@ -110,6 +110,53 @@ pub trait VirtioDevice: Send {
     fn is_activated(&self) -> bool;
 }
 
+/// What an activated device works with: guest memory, its queues (in the
+/// device's order) and its interrupt.
+pub struct ActiveQueues {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<Interrupt>,
+}
+
+impl ActiveQueues {
+    /// The activation of a device with exactly `expected` queues.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+        expected: usize,
+    ) -> Result<Self, ActivateError> {
+        if queues.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: queues.len(),
+            });
+        }
+        Ok(Self {
+            mem,
+            queues,
+            interrupt,
+        })
+    }
+
+    /// Tells the driver that queue `q` has used buffers, unless it asked
+    /// not to be told.
+    pub fn notify(&mut self, q: usize) {
+        if let Some(queue) = self.queues.get_mut(q) {
+            notify_used(queue, &self.mem, &self.interrupt);
+        }
+    }
+}
+
+/// Signals the driver about used buffers of `queue`, unless it suppressed
+/// notifications (a ring it corrupted counts as wanting them).
+pub fn notify_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
+    use virtio_queue::QueueT;
+    if queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.signal_used_queue();
+    }
+}
+
 /// The one queue of a single-queue device, or the activation error.
 pub fn single_queue(mut queues: Vec<Queue>) -> Result<Queue, ActivateError> {
     match queues.len() {
@@ -150,8 +197,8 @@ pub fn serve_queue(
         }
         served += 1;
     }
-    if served > 0 && queue.needs_notification(mem).unwrap_or(true) {
-        interrupt.signal_used_queue();
+    if served > 0 {
+        notify_used(queue, mem, interrupt);
     }
     served
 }

@@ -14,7 +14,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::metrics::NetMetrics;
 use super::tap::Tap;
 use crate::devices::virtio::{
-    read_config_bytes, serve_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_NET,
+    read_config_bytes, serve_queue, ActivateError, ActiveQueues, Interrupt, VirtioDevice,
+    F_VERSION_1, TYPE_NET,
 };
 
 pub const F_MAC: u64 = 1 << 5;
@@ -24,12 +25,6 @@ pub const MAX_FRAME: usize = 65562;
 pub const RX: usize = 0;
 pub const TX: usize = 1;
 const QUEUE_SIZES: [u16; 2] = [256, 256];
-
-pub(super) struct Active {
-    pub mem: GuestMemoryMmap,
-    pub queues: Vec<Queue>,
-    pub interrupt: Arc<Interrupt>,
-}
 
 /// Where frames go to and come from (a TAP, or a test double).
 pub trait Backend: Send {
@@ -50,7 +45,7 @@ pub struct Net<B: Backend = Tap> {
     pub(super) backend: B,
     mac: [u8; 6],
     pub(super) queue_evts: [EventFd; 2],
-    pub(super) active: Option<Active>,
+    pub(super) active: Option<ActiveQueues>,
     /// A frame read from the backend that waits for an rx buffer.
     pub(super) pending: Option<Vec<u8>>,
     pub metrics: Arc<NetMetrics>,
@@ -166,12 +161,8 @@ impl<B: Backend> Net<B> {
             }
             delivered += 1;
         }
-        if delivered > 0
-            && active.queues[RX]
-                .needs_notification(&active.mem)
-                .unwrap_or(true)
-        {
-            active.interrupt.signal_used_queue();
+        if delivered > 0 {
+            active.notify(RX);
         }
         self.pending.is_some()
     }
@@ -197,17 +188,7 @@ impl<B: Backend> VirtioDevice for Net<B> {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            });
-        }
-        self.active = Some(Active {
-            mem,
-            queues,
-            interrupt,
-        });
+        self.active = Some(ActiveQueues::new(mem, queues, interrupt, 2)?);
         Ok(())
     }
     fn reset(&mut self) {

@@ -20,7 +20,8 @@ use super::metrics::VsockMetrics;
 use super::muxer::{Key, Muxer};
 use super::packet::*;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_VSOCK,
+    read_config_bytes, ActivateError, ActiveQueues, Interrupt, VirtioDevice, F_VERSION_1,
+    TYPE_VSOCK,
 };
 
 pub const RX: usize = 0;
@@ -28,16 +29,10 @@ pub const TX: usize = 1;
 pub const EVENT: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 
-pub(super) struct Active {
-    pub mem: GuestMemoryMmap,
-    pub queues: Vec<Queue>,
-    pub interrupt: Arc<Interrupt>,
-}
-
 pub struct Vsock {
     pub(super) muxer: Muxer,
     pub(super) queue_evts: [EventFd; 3],
-    pub(super) active: Option<Active>,
+    pub(super) active: Option<ActiveQueues>,
     /// Host sockets the event loop watches, and for what.
     pub(super) watched: HashMap<RawFd, EventSet>,
     /// Whether the listening socket is watched (not while accept is out of
@@ -143,12 +138,8 @@ impl Vsock {
             }
             used += 1;
         }
-        if used > 0
-            && active.queues[TX]
-                .needs_notification(&active.mem)
-                .unwrap_or(true)
-        {
-            active.interrupt.signal_used_queue();
+        if used > 0 {
+            active.notify(TX);
         }
         used
     }
@@ -234,12 +225,8 @@ impl Vsock {
             }
             delivered += 1;
         }
-        if delivered > 0
-            && active.queues[RX]
-                .needs_notification(&active.mem)
-                .unwrap_or(true)
-        {
-            active.interrupt.signal_used_queue();
+        if delivered > 0 {
+            active.notify(RX);
         }
         starved
     }
@@ -318,17 +305,7 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                got: queues.len(),
-            });
-        }
-        self.active = Some(Active {
-            mem,
-            queues,
-            interrupt,
-        });
+        self.active = Some(ActiveQueues::new(mem, queues, interrupt, 3)?);
         Ok(())
     }
     fn reset(&mut self) {

@@ -271,20 +271,8 @@ fn host_data_waits_for_the_guest_credit() {
 #[test]
 fn rx_data_is_cut_to_the_buffer_it_goes_into() {
     let mut r = Rig::new();
-    let listener = UnixListener::bind(format!("{}_78", r.sock_path().display())).expect("listener");
-    r.send(r.header(OP_REQUEST, 78), &[]);
-    let (mut host, _) = listener.accept().expect("accept");
-    r.receive(4096).expect("response");
+    let (mut host, fd) = connected(&mut r, 78);
     host.write_all(&[7u8; 100]).expect("write");
-    let fd = r
-        .dev
-        .muxer
-        .conns
-        .values()
-        .next()
-        .expect("conn")
-        .stream
-        .as_raw_fd();
     r.dev.on_host_event(fd, EventSet::IN);
     assert_eq!(r.receive(60).expect("part").1.len(), 60);
     assert_eq!(r.receive(60).expect("rest").1.len(), 40);
