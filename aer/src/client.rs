@@ -153,23 +153,37 @@ pub async fn connect_unix(
     socket: &Path,
     tls: Option<ClientTlsConfig>,
 ) -> Result<Channel, ClientError> {
+    let path = socket.to_path_buf();
+    connect_with(format!("unix:{}", socket.display()), tls, move || {
+        tokio::net::UnixStream::connect(path.clone())
+    })
+    .await
+}
+
+/// A channel over the streams `open` makes (TLS on top when `tls` is set).
+async fn connect_with<F, Fut>(
+    target: String,
+    tls: Option<ClientTlsConfig>,
+    open: F,
+) -> Result<Channel, ClientError>
+where
+    F: Fn() -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = std::io::Result<tokio::net::UnixStream>> + Send,
+{
     let err = |reason: String| ClientError::Connect {
-        target: format!("unix:{}", socket.display()),
+        target: target.clone(),
         reason,
     };
-    let mut endpoint = Endpoint::from_static("https://localhost");
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls).map_err(|e| err(e.to_string()))?;
-    } else {
-        endpoint = Endpoint::from_static("http://localhost");
-    }
-    let path = socket.to_path_buf();
+    let endpoint = match tls {
+        Some(tls) => Endpoint::from_static("https://localhost")
+            .tls_config(tls)
+            .map_err(|e| err(e.to_string()))?,
+        None => Endpoint::from_static("http://localhost"),
+    };
     endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
+            let open = open.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(open().await?)) }
         }))
         .await
         .map_err(|e| err(error_chain(&e)))
@@ -182,15 +196,21 @@ async fn vsock_stream(socket: &Path, port: u32) -> std::io::Result<tokio::net::U
     let mut s = tokio::net::UnixStream::connect(socket).await?;
     s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
     let mut line = Vec::new();
-    while line.len() < 32 {
-        let b = s.read_u8().await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("nothing listens on vsock port {port} in the VM ({e})"),
-            )
-        })?;
+    loop {
+        let b = match s.read_u8().await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(std::io::Error::other(format!(
+                    "the VMM closed the connection without an OK: nothing listens on vsock port {port} in the VM, or its guest did not answer"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         if b == b'\n' {
             break;
+        }
+        if line.len() >= 32 {
+            return Err(std::io::Error::other("the VMM's answer is not a line"));
         }
         line.push(b);
     }
@@ -208,20 +228,16 @@ async fn connect_through_vsock(
     port: u32,
     tls: ClientTlsConfig,
 ) -> Result<Channel, ClientError> {
-    let err = |reason: String| ClientError::Connect {
-        target: format!("vsock:{port} via {}", socket.display()),
-        reason,
-    };
     let path = socket.to_path_buf();
-    Endpoint::from_static("https://localhost")
-        .tls_config(tls)
-        .map_err(|e| err(e.to_string()))?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
+    connect_with(
+        format!("vsock:{port} via {}", socket.display()),
+        Some(tls),
+        move || {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(vsock_stream(&path, port).await?)) }
-        }))
-        .await
-        .map_err(|e| err(error_chain(&e)))
+            async move { vsock_stream(&path, port).await }
+        },
+    )
+    .await
 }
 
 /// An error with its sources, for messages a user can act on.

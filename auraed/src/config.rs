@@ -165,6 +165,12 @@ impl Config {
                 reason: format!("{root:?} must be a relative path without '.' or '..'"),
             });
         }
+        if self.server.vsock_port == Some(u32::MAX) {
+            return Err(ConfigError::Invalid {
+                field: "server.vsock_port",
+                reason: "4294967295 is VMADDR_PORT_ANY, not a port".into(),
+            });
+        }
         if self.runtime.log_buffer_bytes < 1024 || self.runtime.log_buffer_bytes > 1 << 30 {
             return Err(ConfigError::Invalid {
                 field: "runtime.log_buffer_bytes",
@@ -197,5 +203,21 @@ mod tests {
         .expect("write");
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn the_any_vsock_port_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "x").expect("write");
+        let path = dir.path().join("auraed.toml");
+        let p = pem.display();
+        std::fs::write(
+            &path,
+            format!("[server]\nvsock_port=4294967295\n[auth]\nca_crt='{p}'\nserver_crt='{p}'\nserver_key='{p}'\n"),
+        )
+        .expect("write");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.starts_with("server.vsock_port:"), "{err}");
     }
 }

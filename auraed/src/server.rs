@@ -99,6 +99,16 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    // Every listener but an insecure socket: mTLS, and the SPIFFE check.
+    let secure = || -> Result<_, ServeError> {
+        Ok(Server::builder()
+            .tls_config(tls.clone())?
+            .layer(InterceptorLayer::new(authz.clone()))
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone())
+            .add_service(runtime_service.clone()))
+    };
     let uds = UnixListenerStream::new(bind_socket(&cfg.server.socket)?);
     type ServeFuture =
         std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
@@ -116,28 +126,10 @@ pub async fn serve(
                 .serve_with_incoming_shutdown(uds, stopped(stop_rx.clone())),
         )
     } else {
-        Box::pin(
-            Server::builder()
-                .tls_config(tls.clone())?
-                .layer(InterceptorLayer::new(authz.clone()))
-                .add_service(health_service.clone())
-                .add_service(reflection_v1.clone())
-                .add_service(reflection_v1alpha.clone())
-                .add_service(runtime_service.clone())
-                .serve_with_incoming_shutdown(uds, stopped(stop_rx.clone())),
-        )
+        Box::pin(secure()?.serve_with_incoming_shutdown(uds, stopped(stop_rx.clone())))
     };
     tracing::info!("serving on unix:{}", cfg.server.socket.display());
     let mut servers: Vec<ServeFuture> = vec![uds_server];
-    let secure = || -> Result<_, ServeError> {
-        Ok(Server::builder()
-            .tls_config(tls.clone())?
-            .layer(InterceptorLayer::new(authz.clone()))
-            .add_service(health_service.clone())
-            .add_service(reflection_v1.clone())
-            .add_service(reflection_v1alpha.clone())
-            .add_service(runtime_service.clone()))
-    };
     if let Some(addr) = cfg.server.tcp {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -76,7 +76,10 @@ impl BootParams {
                     p.vsock_port = Some(
                         value
                             .parse()
-                            .map_err(|_| format!("aurae.vsock={value:?}: bad port"))?,
+                            .ok()
+                            // -1 is VMADDR_PORT_ANY, not a port.
+                            .filter(|p| *p != u32::MAX)
+                            .ok_or_else(|| format!("aurae.vsock={value:?}: bad port"))?,
                     )
                 }
                 "aurae.exit" => {
@@ -123,6 +126,7 @@ mod tests {
             "aurae.port=99999",
             "aurae.exit=halt",
             "aurae.vsock=-1",
+            "aurae.vsock=4294967295",
         ] {
             let err = BootParams::parse(bad).unwrap_err();
             let key = bad.split('=').next().unwrap_or_default();

@@ -139,6 +139,21 @@ pub enum Launcher {
 
 const VSOCK_SOCKET: &str = "vsock.sock";
 
+/// The CPU for guests under QEMU TCG (the QEMU test host too): `max`
+/// without ERMS and FSRM, and model 1, an AMD K8 revision Linux does not
+/// mark `REP_GOOD`. QEMU 7.2's TCG runs each iteration of a `rep movs`/
+/// `rep stos` as its own trip through the translated-code loop, and Linux
+/// copies and zeroes pages with those instructions on CPUs that advertise
+/// ERMS (bytewise) or REP_GOOD (in quadwords). Zeroing and copying took a
+/// large share of a boot in the test host, and boots there slowed down as
+/// the test host aged. With neither flag, Linux (in the test host and in its
+/// guests) uses unrolled loops of plain moves. Measured in the test host:
+/// reading 64 MiB of /dev/zero (page clearing) took 80 ms with ERMS and
+/// 10-20 ms without; also dropping REP_GOOD made no difference we could
+/// measure (it is dropped for the same reason). Boot figures: `cargo xtask
+/// bench vmm`.
+pub const TCG_CPU: &str = "max,-erms,-fsrm,model=1";
+
 /// The kernel command line of every launcher, so that boots compare like
 /// with like: the serial console, a triple-fault reboot that ends the VM,
 /// and the instance's address.
@@ -230,9 +245,7 @@ impl Guest {
                     .expect("addr")
                     .port();
                 let child = Command::new("qemu-system-x86_64")
-                    // The test host's CPU model (see xtask's testhost.rs):
-                    // no ERMS or REP_GOOD string ops, which TCG runs slowly.
-                    .args(["-M", "pc,accel=tcg", "-cpu", "max,-erms,-fsrm,model=1"])
+                    .args(["-M", "pc,accel=tcg", "-cpu", TCG_CPU])
                     .args(["-smp", "2", "-m", "1024"])
                     .args(["-nographic", "-nodefaults", "-no-reboot"])
                     .arg("-serial")

@@ -174,8 +174,14 @@ async fn boot_and_check(
         .lines()
         .find(|l| l.contains("aurae-vmm: vsock:"))
         .unwrap_or_else(|| panic!("no vsock counters in the VMM log: {log}"));
+    let by_guest: u64 = vsock
+        .split(" by the guest")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(
-        vsock.contains(" 2 connections,") && vsock.ends_with(" 0 dropped"),
+        vsock.contains(" 2 connections,") && vsock.ends_with(" 0 dropped") && by_guest >= 1,
         "{vsock}"
     );
     // The log's last line comes just before the VMM exits.
@@ -188,13 +194,14 @@ async fn boot_and_check(
 }
 
 /// vsock with the guest kernel's driver: a host connection to a guest port
-/// nobody listens on is refused (the guest's reset closes the host socket,
-/// with no `OK` line; a request the device never heard back about would
-/// stay open), and the guest auraed answers health over mTLS on its vsock
-/// port, through the VMM's Unix socket.
+/// nobody listens on is refused at once (the guest's reset closes the host
+/// socket, with no `OK` line, well before the device's own 2 s timeout, and
+/// the VMM counts the guest's reset), and the guest auraed answers health
+/// over mTLS on its vsock port, through the VMM's Unix socket.
 async fn check_vsock(guest: &Guest) {
     use std::io::{Read, Write};
     let path = guest.vsock_path();
+    let asked = std::time::Instant::now();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut s = std::os::unix::net::UnixStream::connect(&path)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -212,6 +219,11 @@ async fn check_vsock(guest: &Guest) {
         ),
         Err(e) => panic!("the guest never answered a vsock connection request: {e}"),
     }
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "refused by the guest, not by the device's timeout ({:?})",
+        asked.elapsed()
+    );
 
     let channel = tokio::time::timeout(Duration::from_secs(60), guest.vsock_channel())
         .await

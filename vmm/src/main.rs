@@ -53,9 +53,9 @@ struct Cli {
     timeout: Option<u64>,
 }
 
-/// How long ago this process was exec'd, from its start time in
+/// How long ago this process was created (forked), from its start time in
 /// /proc/self/stat (kernel clock ticks, so to about 10 ms).
-fn since_exec() -> Option<Duration> {
+fn since_start() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses; start time is
     // field 22 overall, the 20th after it.
@@ -71,7 +71,7 @@ fn since_exec() -> Option<Duration> {
 }
 
 fn main() {
-    let exec_to_main = since_exec();
+    let start_to_main = since_start();
     let cli = Cli::parse();
     let disks = cli
         .disk
@@ -120,8 +120,8 @@ fn main() {
         .map(|(what, took)| format!("{what} {:.1}", took.as_secs_f64() * 1000.0))
         .collect();
     eprintln!(
-        "aurae-vmm: exec to main {} ms; VM built (ms): {}; huge pages advised: {}",
-        exec_to_main.map_or("?".into(), |d| d.as_millis().to_string()),
+        "aurae-vmm: process start to main {} ms; VM built (ms): {}; huge pages advised: {}",
+        start_to_main.map_or("?".into(), |d| d.as_millis().to_string()),
         phases.join(", "),
         if vm.huge_pages_advised() { "yes" } else { "no" }
     );
@@ -158,11 +158,12 @@ fn main() {
     if let Some(m) = vm.vsock_metrics() {
         let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         eprintln!(
-            "aurae-vmm: vsock: {} packets from the guest, {} to it, {} connections, {} resets, {} dropped",
+            "aurae-vmm: vsock: {} packets from the guest, {} to it, {} connections, {} resets ({} by the guest), {} dropped",
             n(&m.tx_packets),
             n(&m.rx_packets),
             n(&m.connections),
             n(&m.resets),
+            n(&m.guest_resets),
             n(&m.dropped)
         );
     }

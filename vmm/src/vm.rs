@@ -54,11 +54,11 @@ pub struct Vm {
     vcpu_threads: Vec<JoinHandle<()>>,
     event_thread: Option<JoinHandle<()>>,
     phases: Vec<(&'static str, Duration)>,
+    _vsock_socket: Option<SocketFile>,
+    vsock_metrics: Option<Arc<VsockMetrics>>,
     /// The mapping behind `mem`: last, so that it outlives every user.
     /// `None` once leaked (see `Drop`).
     ram: Option<GuestRam>,
-    _vsock_socket: Option<SocketFile>,
-    vsock_metrics: Option<Arc<VsockMetrics>>,
 }
 
 /// A Unix socket the VM listens on; its file is removed when the VM is
@@ -278,9 +278,9 @@ impl Vm {
             vcpu_threads: Vec::new(),
             event_thread: None,
             phases,
-            ram: Some(ram),
             _vsock_socket: vsock_socket,
             vsock_metrics,
+            ram: Some(ram),
         })
     }
 

@@ -17,17 +17,8 @@ use crate::deps;
 
 const RESULT_MARKER: &str = "AURAE-TESTHOST-RESULT";
 
-/// The test host's CPU: QEMU's `max` without ERMS and FSRM, and with model
-/// 1, an AMD K8 revision Linux does not mark `REP_GOOD`. QEMU 7.2's TCG runs
-/// each iteration of a `rep movs`/`rep stos` as its own trip through the
-/// translated-code loop, and Linux copies and zeroes pages with those
-/// instructions on CPUs that advertise ERMS (bytewise) or REP_GOOD (in
-/// quadwords). Zeroing and copying took a large share of a boot in the test
-/// host, and boots there slowed down as the test host aged. With neither
-/// flag, Linux (in the test host and in its guests) uses unrolled loops of
-/// plain moves. Measured: our VMM writing a kernel into huge pages, 177 ms
-/// with REP_GOOD and 67 ms without; `cargo xtask bench vmm` has the rest.
-const TEST_HOST_CPU: &str = "max,-erms,-fsrm,model=1";
+/// The test host's CPU (see the constant's documentation).
+const TEST_HOST_CPU: &str = aurae_tests::guest::TCG_CPU;
 
 /// The host's TSC rate in kHz, from its BogoMIPS (Linux derives them from
 /// the TSC rate: BogoMIPS = kHz / 500). Under TCG the test host's TSC is the

@@ -357,6 +357,52 @@ mod tests {
         }
     }
 
+    /// A minimal x86-64 ELF executable: one PT_LOAD of `filesz` bytes at
+    /// `paddr`, `memsz` bytes in memory (the rest is bss).
+    fn tiny_elf(paddr: u64, filesz: u64, memsz: u64) -> Vec<u8> {
+        let mut f = vec![0u8; 0x1000 + filesz as usize];
+        f[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        f[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+        f[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+        f[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+        let ph = &mut f[64..120];
+        ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        ph[4..8].copy_from_slice(&5u32.to_le_bytes());
+        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // offset
+        ph[16..24].copy_from_slice(&paddr.to_le_bytes());
+        ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+        ph[32..40].copy_from_slice(&filesz.to_le_bytes());
+        ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn an_elf_kernel_ends_past_its_bss() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, tiny_elf(0x100_0000, 0x100, 0x20_0000)).expect("elf");
+        let k = load_kernel(&mem(32), &path, None).expect("load");
+        assert!(
+            matches!(k.entry, Entry::Linux64(0x100_0000)),
+            "{:?}",
+            k.entry
+        );
+        assert_eq!(k.end, 0x100_0000 + 0x20_0000, "the bss counts");
+        // An initrd may not land in that bss.
+        let part = dir.path().join("initrd");
+        std::fs::write(&part, vec![1u8; 15 << 20]).expect("initrd");
+        match load_initrd(&mem(32), 32 << 20, k.end, &[part]) {
+            Err(VmmError::Config { option, .. }) => assert_eq!(option, "mem"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn an_initrd_that_would_overlap_the_kernel_names_mem() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -57,6 +57,9 @@ pub struct Connection {
     pub reset_when_flushed: bool,
     /// When an unfinished handshake or close gives up.
     pub deadline: Option<std::time::Instant>,
+    /// When the device last sent this connection's data to the guest (in
+    /// its own delivery count).
+    pub served_at: u64,
 }
 
 impl Connection {
@@ -78,6 +81,7 @@ impl Connection {
             host_eof: false,
             reset_when_flushed: false,
             deadline: None,
+            served_at: 0,
         }
     }
 

@@ -10,11 +10,12 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::metrics::VsockMetrics;
 use super::muxer::{Key, Muxer};
@@ -38,7 +39,9 @@ pub struct Vsock {
     /// Whether the listening socket is watched (not while accept is out of
     /// descriptors).
     pub(super) listening: bool,
-    /// Ticks while a handshake or a close has a deadline.
+    /// Ticks while a handshake or a close has a deadline (non-blocking: a
+    /// tick read after the timer was disarmed finds nothing, and must not
+    /// wait).
     pub(super) timer: TimerFd,
     pub(super) timer_armed: bool,
     /// tx chains were left in the ring because control packets for the
@@ -46,6 +49,8 @@ pub struct Vsock {
     pub(super) tx_throttled: bool,
     /// One packet's payload.
     scratch: Vec<u8>,
+    /// Counts rx deliveries, to serve ready connections in turn.
+    tick: u64,
     pub metrics: Arc<VsockMetrics>,
 }
 
@@ -60,22 +65,47 @@ impl Vsock {
     /// A device for guest `cid` whose host side listens on `uds_path`.
     pub fn new(cid: u64, uds_path: &Path) -> std::io::Result<Self> {
         let metrics = Arc::new(VsockMetrics::default());
+        let queue_evts = [
+            EventFd::new(EFD_NONBLOCK)?,
+            EventFd::new(EFD_NONBLOCK)?,
+            EventFd::new(EFD_NONBLOCK)?,
+        ];
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // Bound last: nothing after it can fail and leave the file behind.
+        let muxer = Muxer::new(cid, uds_path, metrics.clone())?;
         Ok(Self {
-            muxer: Muxer::new(cid, uds_path, metrics.clone())?,
-            queue_evts: [
-                EventFd::new(EFD_NONBLOCK)?,
-                EventFd::new(EFD_NONBLOCK)?,
-                EventFd::new(EFD_NONBLOCK)?,
-            ],
+            muxer,
+            queue_evts,
             active: None,
             watched: HashMap::new(),
             listening: false,
-            timer: TimerFd::new()?,
+            timer,
             timer_armed: false,
             tx_throttled: false,
             scratch: vec![0u8; MAX_PAYLOAD],
+            tick: 0,
             metrics,
         })
+    }
+
+    /// Arms the deadline timer (a tick every half second) or disarms it.
+    pub(super) fn arm_timer(&mut self, on: bool) {
+        if on == self.timer_armed {
+            return;
+        }
+        let done = if on {
+            let tick = TimeSpec::from_duration(std::time::Duration::from_millis(500));
+            self.timer
+                .set(Expiration::Interval(tick), TimerSetTimeFlags::empty())
+        } else {
+            self.timer.unset()
+        };
+        if done.is_ok() {
+            self.timer_armed = on;
+        }
     }
 
     /// Hands the packets the guest queued to the muxer, until the queue is
@@ -153,6 +183,7 @@ impl Vsock {
             muxer,
             scratch,
             metrics,
+            tick,
             ..
         } = self
         else {
@@ -164,10 +195,12 @@ impl Vsock {
         let mut delivered = 0;
         let mut starved = false;
         loop {
+            // The ready connection served longest ago goes first.
             let ready = muxer
                 .conns
                 .iter()
-                .find(|(_, c)| c.ready_for_guest())
+                .filter(|(_, c)| c.ready_for_guest())
+                .min_by_key(|(_, c)| c.served_at)
                 .map(|(k, _)| *k);
             if muxer.control.is_empty() && ready.is_none() {
                 break;
@@ -198,6 +231,10 @@ impl Vsock {
                             Err(_) => Fill::Used(0),
                         }
                     } else if let Some(key) = ready {
+                        *tick += 1;
+                        if let Some(c) = muxer.conns.get_mut(&key) {
+                            c.served_at = *tick;
+                        }
                         read_data(muxer, key, &mut w, scratch)
                     } else {
                         Fill::Rewind

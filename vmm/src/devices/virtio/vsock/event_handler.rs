@@ -6,7 +6,7 @@
 //! socket can't make the loop spin.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -87,18 +87,7 @@ impl Vsock {
         } else if !self.muxer.accept_paused && !self.listening {
             self.listening = ops.add(listener).is_ok();
         }
-        let deadlines = self.muxer.has_deadlines();
-        if deadlines != self.timer_armed {
-            let tick = std::time::Duration::from_millis(500);
-            let done = if deadlines {
-                self.timer.reset(tick, Some(tick))
-            } else {
-                self.timer.clear()
-            };
-            if done.is_ok() {
-                self.timer_armed = deadlines;
-            }
-        }
+        self.arm_timer(self.muxer.has_deadlines());
         let want = self.wanted();
         let stale: Vec<(RawFd, EventSet)> = self
             .watched
@@ -136,7 +125,10 @@ impl MutEventSubscriber for Vsock {
         self.listening = ops
             .add(Events::new(&self.muxer.listener, EventSet::IN))
             .is_ok();
-        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
+        let _ = ops.add(Events::new_raw(
+            self.timer.as_fd().as_raw_fd(),
+            EventSet::IN,
+        ));
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -148,7 +140,7 @@ impl MutEventSubscriber for Vsock {
             let _ = self.queue_evts[RX].read();
         } else if fd == self.queue_evts[EVENT].as_raw_fd() {
             let _ = self.queue_evts[EVENT].read();
-        } else if fd == self.timer.as_raw_fd() {
+        } else if fd == self.timer.as_fd().as_raw_fd() {
             let _ = self.timer.wait();
             self.muxer.expire(std::time::Instant::now());
         } else {

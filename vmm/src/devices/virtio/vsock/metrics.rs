@@ -12,5 +12,7 @@ pub struct VsockMetrics {
     pub dropped: AtomicU64,
     /// Connections reset (by either side, or refused).
     pub resets: AtomicU64,
+    /// Resets the guest sent for a connection (a refusal, or its close).
+    pub guest_resets: AtomicU64,
     pub connections: AtomicU64,
 }

@@ -159,7 +159,7 @@ impl Muxer {
         let key = (h.dst_port, h.src_port);
         if h.kind != TYPE_STREAM {
             if h.op != OP_RST {
-                self.control.push_back(self.header(key, OP_RST, 0));
+                self.push_control(key, OP_RST, 0);
             }
             self.remove(key);
             return;
@@ -168,7 +168,7 @@ impl Muxer {
             match h.op {
                 OP_REQUEST => self.connect_to_host(key, h),
                 OP_RST => {}
-                _ => self.control.push_back(self.header(key, OP_RST, 0)),
+                _ => self.push_control(key, OP_RST, 0),
             }
             return;
         };
@@ -216,7 +216,10 @@ impl Muxer {
                     }
                 }
             }
-            (OP_RST, _) => self.remove(key),
+            (OP_RST, _) => {
+                self.metrics.guest_resets.fetch_add(1, Ordering::Relaxed);
+                self.remove(key);
+            }
             // A second REQUEST, a RESPONSE out of turn, data or a shutdown
             // before the handshake ended.
             _ => self.reset(key),
@@ -232,7 +235,7 @@ impl Muxer {
             .and_then(Result::ok);
         let Some(stream) = stream else {
             self.metrics.resets.fetch_add(1, Ordering::Relaxed);
-            self.control.push_back(self.header(key, OP_RST, 0));
+            self.push_control(key, OP_RST, 0);
             return;
         };
         let mut conn = Connection::new(stream, State::Established, key.0, key.1);
@@ -290,7 +293,10 @@ impl Muxer {
         let Some((stream, _, _)) = self.awaiting.remove(&fd) else {
             return;
         };
-        let Some(port) = port else {
+        // A bad line, or a guest that has not taken the packets already
+        // waiting for it (its driver may not be up yet): refused.
+        let Some(port) = port.filter(|_| !self.control_full()) else {
+            self.metrics.resets.fetch_add(1, Ordering::Relaxed);
             self.released.push(stream);
             return;
         };

@@ -420,3 +420,97 @@ fn a_guest_that_never_answers_a_host_connection_is_given_up_on() {
     let mut buf = [0u8; 1];
     assert_eq!(host.read(&mut buf).expect("eof"), 0);
 }
+
+#[test]
+fn a_host_client_that_never_sends_its_connect_line_is_dropped() {
+    let mut r = Rig::new();
+    let mut host = UnixStream::connect(r.sock_path()).expect("connect");
+    r.dev
+        .on_host_event(r.dev.muxer.listener.as_raw_fd(), EventSet::IN);
+    assert_eq!(r.dev.muxer.awaiting.len(), 1);
+    r.dev
+        .muxer
+        .expire(std::time::Instant::now() + std::time::Duration::from_secs(3));
+    assert!(r.dev.muxer.awaiting.is_empty());
+    r.dev.muxer.released.clear();
+    let mut buf = [0u8; 1];
+    assert_eq!(host.read(&mut buf).expect("eof"), 0);
+}
+
+#[test]
+fn a_close_whose_data_never_drains_is_reset_after_its_timeout() {
+    let mut r = Rig::new();
+    let (_host, _fd) = connected(&mut r, 83);
+    let stream = &r
+        .dev
+        .muxer
+        .conns
+        .get(&(83, GUEST_PORT))
+        .expect("conn")
+        .stream;
+    nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &4096).expect("sndbuf");
+    // Nobody reads the host end.
+    r.send(r.header(OP_RW, 83), &vec![1u8; 60 << 10]);
+    let mut close = r.header(OP_SHUTDOWN, 83);
+    close.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    r.send(close, &[]);
+    assert_eq!(r.dev.muxer.conns.len(), 1);
+    let now = std::time::Instant::now();
+    r.dev.muxer.expire(now + std::time::Duration::from_secs(5));
+    assert_eq!(r.dev.muxer.conns.len(), 1, "still draining at 5 s");
+    r.dev.muxer.expire(now + std::time::Duration::from_secs(9));
+    assert!(r.dev.muxer.conns.is_empty(), "given up at 8 s");
+    assert_eq!(r.receive(4096).expect("the reset").0.op, OP_RST);
+}
+
+#[test]
+fn a_guest_that_receives_no_more_is_sent_no_more() {
+    let mut r = Rig::new();
+    let (mut host, fd) = connected(&mut r, 84);
+    let mut shut = r.header(OP_SHUTDOWN, 84);
+    shut.flags = SHUTDOWN_RCV;
+    r.send(shut, &[]);
+    host.write_all(b"unwanted").expect("write");
+    r.dev.on_host_event(fd, EventSet::IN);
+    assert!(r.receive(4096).is_none());
+    // It may still send.
+    r.send(r.header(OP_RW, 84), b"still");
+    let mut got = [0u8; 5];
+    host.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"still");
+}
+
+#[test]
+fn a_device_reset_wakes_the_loop_that_closes_the_host_sockets() {
+    let mut r = Rig::new();
+    let (_host, _fd) = connected(&mut r, 85);
+    assert!(
+        r.dev.queue_evts[super::device::EVENT].read().is_err(),
+        "quiet before"
+    );
+    r.dev.reset();
+    assert_eq!(r.dev.muxer.released.len(), 1, "handed to the loop to close");
+    assert_eq!(
+        r.dev.queue_evts[super::device::EVENT]
+            .read()
+            .expect("woken"),
+        1
+    );
+}
+
+#[test]
+fn the_deadline_timer_runs_only_while_something_waits_and_never_blocks() {
+    use std::os::fd::AsFd;
+    let mut r = Rig::new();
+    r.dev.arm_timer(true);
+    assert!(r.dev.timer_armed);
+    r.dev.arm_timer(false);
+    assert!(!r.dev.timer_armed);
+    // Read after disarming (a tick seen in the same epoll batch): it must
+    // return at once, not wait for a tick that will never come.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 8];
+    let read = nix::unistd::read(r.dev.timer.as_fd(), &mut buf);
+    assert_eq!(read, Err(nix::errno::Errno::EAGAIN));
+    assert!(started.elapsed() < std::time::Duration::from_millis(100));
+}
