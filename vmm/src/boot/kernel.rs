@@ -404,6 +404,28 @@ mod tests {
     }
 
     #[test]
+    fn a_bzimage_kernel_ends_past_the_space_it_decompresses_into() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bzImage");
+        // One setup sector after the boot sector, then a 4 KiB payload.
+        let mut f = vec![0u8; 1024 + 4096];
+        f[0x1f1] = 1; // setup_sects
+        f[0x202..0x206].copy_from_slice(b"HdrS");
+        f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
+        f[0x211] = 1; // LOADED_HIGH
+        f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        f[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+        f[0x260..0x264].copy_from_slice(&0x80_0000u32.to_le_bytes()); // init_size
+        std::fs::write(&path, f).expect("bzImage");
+        let k = load_kernel(&mem(32), &path, None).expect("load");
+        assert_eq!(
+            k.end,
+            0x100_0000 + 0x80_0000,
+            "it decompresses to its preferred address"
+        );
+    }
+
+    #[test]
     fn an_initrd_that_would_overlap_the_kernel_names_mem() {
         let dir = tempfile::tempdir().expect("tempdir");
         let part = dir.path().join("part");
