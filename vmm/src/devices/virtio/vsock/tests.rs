@@ -241,22 +241,12 @@ fn packets_with_wrong_addresses_or_bad_lengths_are_dropped() {
 #[test]
 fn host_data_waits_for_the_guest_credit() {
     let mut r = Rig::new();
-    let listener = UnixListener::bind(format!("{}_77", r.sock_path().display())).expect("listener");
-    let mut req = r.header(OP_REQUEST, 77);
-    req.buf_alloc = 4;
-    r.send(req, &[]);
-    let (mut host, _) = listener.accept().expect("accept");
-    assert_eq!(r.receive(4096).expect("response").0.op, OP_RESPONSE);
+    let (mut host, fd) = connected(&mut r, 77);
+    // The guest shrinks its receive buffer to 4 bytes.
+    let mut update = r.header(OP_CREDIT_UPDATE, 77);
+    update.buf_alloc = 4;
+    r.send(update, &[]);
     host.write_all(b"abcdefgh").expect("write");
-    let fd = r
-        .dev
-        .muxer
-        .conns
-        .values()
-        .next()
-        .expect("conn")
-        .stream
-        .as_raw_fd();
     r.dev.on_host_event(fd, EventSet::IN);
     let (_, data) = r.receive(4096).expect("data");
     assert_eq!(data, b"abcd", "only as much as the guest has room for");
