@@ -414,7 +414,32 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.qemu.kill();
-        self.qemu.wait().ok()
+        self.reap()
+    }
+
+    /// Waits (10 s at most) for the killed VMM. One that won't die is stuck
+    /// in the kernel: say where, rather than hang the test run.
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.qemu.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let proc = format!("/proc/{}", self.qemu.id());
+        let read = |f: &str| std::fs::read_to_string(format!("{proc}/{f}")).unwrap_or_default();
+        eprintln!(
+            "the VMM (pid {}) did not die after SIGKILL: {} wchan {}\n{}",
+            self.qemu.id(),
+            read("status")
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("State: ?"),
+            read("wchan"),
+            read("stack")
+        );
+        None
     }
 
     async fn wait_healthy(&mut self) {
@@ -500,6 +525,6 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.qemu.kill();
-        let _ = self.qemu.wait();
+        self.reap();
     }
 }

@@ -74,71 +74,75 @@ async fn boot_and_check(
         },
     )
     .await;
+    // Each step is bounded, so that a hang says where it was, with the
+    // guest's console and the VMM's log.
     let mut c = guest.client().await;
-    c.run_executable(pb::RunExecutableRequest {
-        name: "nproc".into(),
-        cell: String::new(),
-        executable: Some(pb::Executable {
-            command: "/bin/busybox".into(),
-            args: vec!["nproc".into()],
-            ..Default::default()
-        }),
-    })
-    .await
-    .expect("RunExecutable in the guest");
-    c.wait(pb::WaitRequest {
-        id: "nproc".into(),
-        timeout_ms: Some(60_000),
-    })
-    .await
-    .expect("wait");
-    let mut out = c
-        .logs(pb::LogsRequest {
-            id: "nproc".into(),
-            follow: false,
-            wait_for_start: false,
+    bounded(&guest, "an executable and a cell in the guest", async {
+        c.run_executable(pb::RunExecutableRequest {
+            name: "nproc".into(),
+            cell: String::new(),
+            executable: Some(pb::Executable {
+                command: "/bin/busybox".into(),
+                args: vec!["nproc".into()],
+                ..Default::default()
+            }),
         })
         .await
-        .expect("logs")
-        .into_inner();
-    let line = out.next().await.expect("nproc output").expect("entry");
-    assert_eq!(
-        String::from_utf8_lossy(&line.line),
-        vcpus.to_string(),
-        "the guest sees every vCPU"
-    );
-    c.run_cell(pb::RunCellRequest {
-        name: "vmcell".into(),
-        image: "/images/busybox".into(),
-        executable_name: "vmcell-main".into(),
-        ..Default::default()
-    })
-    .await
-    .expect("RunCell in the guest booted by our VMM");
-    let st = c
-        .wait(pb::WaitRequest {
-            id: "vmcell-main".into(),
+        .expect("RunExecutable in the guest");
+        c.wait(pb::WaitRequest {
+            id: "nproc".into(),
             timeout_ms: Some(60_000),
         })
         .await
-        .expect("wait")
-        .into_inner();
-    let mut logs = c
-        .logs(pb::LogsRequest {
-            id: "vmcell-main".into(),
-            follow: false,
-            wait_for_start: false,
+        .expect("wait");
+        let mut out = c
+            .logs(pb::LogsRequest {
+                id: "nproc".into(),
+                follow: false,
+                wait_for_start: false,
+            })
+            .await
+            .expect("logs")
+            .into_inner();
+        let line = out.next().await.expect("nproc output").expect("entry");
+        assert_eq!(
+            String::from_utf8_lossy(&line.line),
+            vcpus.to_string(),
+            "the guest sees every vCPU"
+        );
+        c.run_cell(pb::RunCellRequest {
+            name: "vmcell".into(),
+            image: "/images/busybox".into(),
+            executable_name: "vmcell-main".into(),
+            ..Default::default()
         })
         .await
-        .expect("logs")
-        .into_inner();
-    let first = logs.next().await.expect("a line").expect("entry");
-    assert_eq!(
-        (st.exit_code, first.line.as_slice()),
-        (Some(0), &b"hello from busybox"[..])
-    );
-
-    check_vsock(&guest).await;
+        .expect("RunCell in the guest booted by our VMM");
+        let st = c
+            .wait(pb::WaitRequest {
+                id: "vmcell-main".into(),
+                timeout_ms: Some(60_000),
+            })
+            .await
+            .expect("wait")
+            .into_inner();
+        let mut logs = c
+            .logs(pb::LogsRequest {
+                id: "vmcell-main".into(),
+                follow: false,
+                wait_for_start: false,
+            })
+            .await
+            .expect("logs")
+            .into_inner();
+        let first = logs.next().await.expect("a line").expect("entry");
+        assert_eq!(
+            (st.exit_code, first.line.as_slice()),
+            (Some(0), &b"hello from busybox"[..])
+        );
+    })
+    .await;
+    bounded(&guest, "vsock", check_vsock(&guest)).await;
 
     // Shut the guest down from inside: its init powers off, the VM exits.
     let _ = c
@@ -191,6 +195,19 @@ async fn boot_and_check(
         "the VMM removed its vsock socket"
     );
     eprintln!("{log}");
+}
+
+/// `f`, or a panic naming `what` with the guest's console and the VMM's
+/// log if it takes more than two minutes.
+async fn bounded<T>(guest: &Guest, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(120), f).await {
+        Ok(v) => v,
+        Err(_) => panic!(
+            "{what}: no answer in 120 s\nVMM log:\n{}\nconsole:\n{}",
+            guest.vmm_log(),
+            guest.console_text()
+        ),
+    }
 }
 
 /// vsock with the guest kernel's driver: a host connection to a guest port
