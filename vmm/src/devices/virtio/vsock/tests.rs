@@ -111,6 +111,18 @@ impl Rig {
     fn sock_path(&self) -> std::path::PathBuf {
         self.dir.path().join("v.sock")
     }
+
+    /// A host client connects to the device's socket and sends `line`; the
+    /// device accepts it and reads what arrived.
+    fn host_sends(&mut self, line: &[u8]) -> UnixStream {
+        let mut host = UnixStream::connect(self.sock_path()).expect("connect");
+        host.write_all(line).expect("line");
+        self.dev
+            .on_host_event(self.dev.muxer.listener.as_raw_fd(), EventSet::IN);
+        let fd = *self.dev.muxer.awaiting.keys().next().expect("accepted");
+        self.dev.on_host_event(fd, EventSet::IN);
+        host
+    }
 }
 
 #[test]
@@ -159,12 +171,7 @@ fn the_guest_connects_to_a_host_socket_and_data_flows_both_ways() {
 #[test]
 fn the_host_connects_to_a_guest_port() {
     let mut r = Rig::new();
-    let mut host = UnixStream::connect(r.sock_path()).expect("connect");
-    host.write_all(b"CONNECT 52\n").expect("line");
-    let listener_fd = r.dev.muxer.listener.as_raw_fd();
-    r.dev.on_host_event(listener_fd, EventSet::IN);
-    let fd = *r.dev.muxer.awaiting.keys().next().expect("accepted");
-    r.dev.on_host_event(fd, EventSet::IN);
+    let mut host = r.host_sends(b"CONNECT 52\n");
     let (h, _) = r.receive(4096).expect("a request");
     assert_eq!((h.op, h.dst_port, h.dst_cid), (OP_REQUEST, 52, CID));
     assert!(h.src_port >= 1 << 30);
@@ -183,12 +190,7 @@ fn the_host_connects_to_a_guest_port() {
 #[test]
 fn a_bad_connect_line_closes_the_host_socket() {
     let mut r = Rig::new();
-    let mut host = UnixStream::connect(r.sock_path()).expect("connect");
-    host.write_all(b"HELLO\n").expect("line");
-    r.dev
-        .on_host_event(r.dev.muxer.listener.as_raw_fd(), EventSet::IN);
-    let fd = *r.dev.muxer.awaiting.keys().next().expect("accepted");
-    r.dev.on_host_event(fd, EventSet::IN);
+    let mut host = r.host_sends(b"HELLO\n");
     assert!(r.dev.muxer.awaiting.is_empty());
     r.dev.muxer.released.clear();
     let mut buf = [0u8; 1];
@@ -393,12 +395,7 @@ fn guest_packets_wait_while_control_packets_pile_up() {
 #[test]
 fn a_guest_that_never_answers_a_host_connection_is_given_up_on() {
     let mut r = Rig::new();
-    let mut host = UnixStream::connect(r.sock_path()).expect("connect");
-    host.write_all(b"CONNECT 53\n").expect("line");
-    r.dev
-        .on_host_event(r.dev.muxer.listener.as_raw_fd(), EventSet::IN);
-    let fd = *r.dev.muxer.awaiting.keys().next().expect("accepted");
-    r.dev.on_host_event(fd, EventSet::IN);
+    let mut host = r.host_sends(b"CONNECT 53\n");
     assert_eq!(r.receive(4096).expect("request").0.op, OP_REQUEST);
     assert!(r.dev.muxer.has_deadlines());
     r.dev
