@@ -501,3 +501,35 @@ fn the_deadline_timer_runs_only_while_something_waits_and_never_blocks() {
     assert_eq!(read, Err(nix::errno::Errno::EAGAIN));
     assert!(started.elapsed() < std::time::Duration::from_millis(100));
 }
+
+#[test]
+fn ready_connections_are_served_in_turn() {
+    let mut r = Rig::new();
+    let (mut a, fa) = connected(&mut r, 86);
+    let (mut b, fb) = connected(&mut r, 87);
+    a.write_all(&[b'a'; 64]).expect("write");
+    b.write_all(&[b'b'; 64]).expect("write");
+    r.dev.on_host_event(fa, EventSet::IN);
+    r.dev.on_host_event(fb, EventSet::IN);
+    let ports: Vec<u32> = (0..4)
+        .map(|_| r.receive(8).expect("data").0.src_port)
+        .collect();
+    assert!(
+        ports[0] != ports[1] && ports[1] != ports[2] && ports[2] != ports[3],
+        "{ports:?}"
+    );
+}
+
+#[test]
+fn host_connections_are_refused_while_control_packets_pile_up() {
+    let mut r = Rig::new();
+    let filler = r.header(OP_RST, 1);
+    while !r.dev.muxer.control_full() {
+        r.dev.muxer.control.push_back(filler);
+    }
+    let mut host = r.host_sends(b"CONNECT 54\n");
+    assert!(r.dev.muxer.conns.is_empty() && r.dev.muxer.awaiting.is_empty());
+    r.dev.muxer.released.clear();
+    let mut buf = [0u8; 1];
+    assert_eq!(host.read(&mut buf).expect("eof"), 0);
+}
