@@ -1,6 +1,7 @@
 //! Instance parameters from the kernel command line:
 //! `aurae.name=<hostname> aurae.ip=<addr>/<prefix> aurae.gw=<addr>
-//! aurae.port=<port> aurae.vsock=<port> aurae.exit=reboot|poweroff`.
+//! aurae.port=<port> aurae.vsock=<port> aurae.exit=reboot|poweroff
+//! aurae.bootlog=0|1`.
 
 use std::net::IpAddr;
 
@@ -15,6 +16,9 @@ pub struct BootParams {
     /// A virtio-vsock port the guest auraed serves on too (mTLS as well).
     pub vsock_port: Option<u32>,
     pub poweroff: bool,
+    /// Print the kernel's timestamped log once /init runs: a quiet boot
+    /// (no console output to slow it) can still be profiled.
+    pub bootlog: bool,
 }
 
 pub const DEFAULT_PORT: u16 = 8443;
@@ -28,6 +32,7 @@ impl BootParams {
             port: DEFAULT_PORT,
             vsock_port: None,
             poweroff: false,
+            bootlog: false,
         };
         for word in cmdline.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -89,6 +94,13 @@ impl BootParams {
                         _ => return Err(format!("aurae.exit={value:?}: use reboot or poweroff")),
                     }
                 }
+                "aurae.bootlog" => {
+                    p.bootlog = match value {
+                        "1" => true,
+                        "0" => false,
+                        _ => return Err(format!("aurae.bootlog={value:?}: use 0 or 1")),
+                    }
+                }
                 _ => {}
             }
         }
@@ -114,6 +126,12 @@ mod tests {
         let p = BootParams::parse("aurae.ip=fd00:a::2/64").expect("v6");
         assert_eq!(p.ip.map(|(_, n)| n), Some(64));
         assert_eq!(p.port, DEFAULT_PORT);
+        assert!(!p.bootlog);
+        assert!(
+            BootParams::parse("aurae.bootlog=1")
+                .expect("bootlog")
+                .bootlog
+        );
     }
 
     #[test]
@@ -127,6 +145,7 @@ mod tests {
             "aurae.exit=halt",
             "aurae.vsock=-1",
             "aurae.vsock=4294967295",
+            "aurae.bootlog=yes",
         ] {
             let err = BootParams::parse(bad).unwrap_err();
             let key = bad.split('=').next().unwrap_or_default();

@@ -32,6 +32,45 @@ fn uptime() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Prints the kernel's log so far with its timestamps (`aurae.bootlog=1`):
+/// a boot with a quiet console can be profiled afterwards. Each read of
+/// /dev/kmsg returns one record, `<prio>,<seq>,<usec>,<flags>;<text>`.
+fn print_kernel_log() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut kmsg) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        say("aurae.bootlog: /dev/kmsg is not readable");
+        return;
+    };
+    let mut buf = vec![0u8; 8192];
+    // Bounded: the log holds a finite number of records, and a read past
+    // the last one fails with EAGAIN.
+    for _ in 0..100_000 {
+        let n = match kmsg.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            // EPIPE: a record was overwritten while reading; go on.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        };
+        let record = String::from_utf8_lossy(&buf[..n]);
+        let Some((head, text)) = record.split_once(';') else {
+            continue;
+        };
+        let usec: u64 = head
+            .split(',')
+            .nth(2)
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(0);
+        let text = text.lines().next().unwrap_or_default();
+        eprintln!("[{:5}.{:06}] {text}", usec / 1_000_000, usec % 1_000_000);
+    }
+}
+
 /// Tells the VMM's boot timer that /init has started: a write of 123 to
 /// I/O port 0x440 (through /dev/port). Elsewhere the write goes nowhere.
 fn boot_timer() {
@@ -71,6 +110,9 @@ fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let params = BootParams::parse(&cmdline).map_err(anyhow::Error::msg)?;
     *poweroff = params.poweroff;
+    if params.bootlog {
+        print_kernel_log();
+    }
     nix::unistd::sethostname(&params.name).context("setting the hostname")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

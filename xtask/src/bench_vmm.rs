@@ -231,10 +231,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         bail!("bench vmm needs /dev/kvm");
     }
     deps::ensure(&["qemu-system-x86", "time"])?;
-    if !deps::cargo(&["build", "--release", "-p", "vmm"], &[])? {
-        bail!("building the VMM failed");
-    }
-    let vmm: PathBuf = deps::workspace_root().join("target/release/aurae-vmm");
+    // The VMM as it ships: static, optimized.
+    let vmm: PathBuf = crate::image::build_static_vmm()?;
     let dir = tempfile::tempdir()?;
     let elf = dir.path().join("tiny-pvh.elf");
     std::fs::write(&elf, tiny_pvh_elf())?;

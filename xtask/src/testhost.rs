@@ -52,8 +52,8 @@ pub struct TestRun {
     pub env: Vec<(String, String)>,
     /// Put QEMU (and its firmware) in the test host too.
     pub needs_qemu: bool,
-    /// Use release builds of auraed, aer and aurae-vmm (benchmarks compare
-    /// them with optimized peers).
+    /// Use release builds of auraed and aer (benchmarks compare them with
+    /// optimized peers; aurae-vmm is always a static release build).
     pub release: bool,
 }
 
@@ -172,7 +172,7 @@ fn init_script(runs: &[TestRun]) -> String {
 pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Result<Outcome> {
     deps::ensure(&["qemu-system-x86", "busybox-static"])?;
     let release = runs.iter().any(|r| r.release);
-    let mut build = vec!["build", "-p", "auraed", "-p", "aer", "-p", "vmm"];
+    let mut build = vec!["build", "-p", "auraed", "-p", "aer"];
     if release {
         build.push("--release");
     }
@@ -197,7 +197,8 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
     let mut payload: Vec<(String, PathBuf)> = vec![
         ("target/auraed".into(), target.join("auraed")),
         ("target/aer".into(), target.join("aer")),
-        ("target/aurae-vmm".into(), target.join("aurae-vmm")),
+        // The VMM as auraed will run it: static, optimized.
+        ("target/aurae-vmm".into(), crate::image::build_static_vmm()?),
     ];
     if let Some(image) = image {
         for f in ["bzImage", "vmlinux", "initramfs.cpio.zst"] {
