@@ -333,8 +333,12 @@ impl Muxer {
         self.push_control(key, OP_SHUTDOWN, SHUTDOWN_SEND);
     }
 
-    /// Gives up on handshakes and closes that passed their deadline.
+    /// Gives up on handshakes and closes that passed their deadline, and
+    /// lets a paused listener try accepting again.
     pub fn expire(&mut self, now: Instant) {
+        // Descriptors may have been freed elsewhere in the process, not
+        // only by closing one of ours: retry on every tick.
+        self.accept_paused = false;
         let late: Vec<Key> = self
             .conns
             .iter()
@@ -357,9 +361,12 @@ impl Muxer {
         }
     }
 
-    /// Whether anything has a deadline (the device's timer runs only then).
+    /// Whether anything has a deadline, or accepting is paused (the
+    /// device's timer runs only then).
     pub fn has_deadlines(&self) -> bool {
-        !self.awaiting.is_empty() || self.conns.values().any(|c| c.deadline.is_some())
+        self.accept_paused
+            || !self.awaiting.is_empty()
+            || self.conns.values().any(|c| c.deadline.is_some())
     }
 
     /// Drops every connection (device reset).

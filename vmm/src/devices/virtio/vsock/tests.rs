@@ -533,3 +533,56 @@ fn host_connections_are_refused_while_control_packets_pile_up() {
     let mut buf = [0u8; 1];
     assert_eq!(host.read(&mut buf).expect("eof"), 0);
 }
+
+/// The lowest descriptor number not in use: the next one the process gets.
+fn lowest_free_fd() -> u64 {
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    (0..libc::c_int::MAX)
+        .find(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } == -1)
+        .map_or(0, |fd| fd as u64)
+}
+
+/// Out of descriptors, the device stops watching its listener (which stays
+/// readable, and would spin the event loop) and tries again on its timer.
+/// The descriptor limit is process-wide, so the test runs itself in a
+/// child process where nothing else runs.
+#[test]
+fn accept_pauses_when_out_of_descriptors_and_retries_on_the_timer() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const CHILD: &str = "AURAE_VSOCK_FD_LIMIT_CHILD";
+    const NAME: &str = "devices::virtio::vsock::tests::accept_pauses_when_out_of_descriptors_and_retries_on_the_timer";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", NAME, "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("the test in a child process");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let mut r = Rig::new();
+    let _host = UnixStream::connect(r.sock_path()).expect("connect");
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, lowest_free_fd(), hard).expect("setrlimit");
+    r.dev
+        .on_host_event(r.dev.muxer.listener.as_raw_fd(), EventSet::IN);
+    let paused = r.dev.muxer.accept_paused;
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).expect("restore the limit");
+    assert!(paused, "accept failed with EMFILE and paused");
+    assert!(r.dev.muxer.awaiting.is_empty());
+    assert!(r.dev.muxer.has_deadlines(), "the timer runs while paused");
+    r.dev.muxer.expire(std::time::Instant::now());
+    assert!(!r.dev.muxer.accept_paused, "a tick lifts the pause");
+    r.dev
+        .on_host_event(r.dev.muxer.listener.as_raw_fd(), EventSet::IN);
+    assert_eq!(
+        r.dev.muxer.awaiting.len(),
+        1,
+        "the waiting client is accepted"
+    );
+}
