@@ -344,6 +344,10 @@ impl Guest {
                     cmd.arg("--vsock")
                         .arg(format!("3:{}", dir.path().join(VSOCK_SOCKET).display()));
                 }
+                if std::env::var_os("AURAE_GUEST_PROFILE").is_some_and(|v| !v.is_empty()) {
+                    // Samples of the guest's RIP (see aurae-vmm's main).
+                    cmd.env("AURAE_VMM_GUEST_PROFILE", dir.path().join("profile.txt"));
+                }
                 let child = cmd
                     .arg("--kernel")
                     .arg(kernel)

@@ -136,6 +136,13 @@ fn main() {
             stopper.stop();
         }
     });
+    // A diagnostic: the boot vCPU's instruction pointer every millisecond,
+    // written to this file as "<microseconds> <rip>" lines when the VM
+    // stops (resolve them with `nm vmlinux`).
+    let profile = std::env::var_os("AURAE_VMM_GUEST_PROFILE");
+    if profile.is_some() {
+        vm.profile_guest();
+    }
     if let Err(e) = vm.run() {
         eprintln!("aurae-vmm: starting the VM: {e}");
         drop(vm);
@@ -166,6 +173,16 @@ fn main() {
             n(&m.guest_resets),
             n(&m.dropped)
         );
+    }
+    if let Some(path) = profile {
+        let samples: String = vm
+            .guest_samples()
+            .iter()
+            .map(|(us, rip)| format!("{us} {rip:x}\n"))
+            .collect();
+        if let Err(e) = std::fs::write(&path, samples) {
+            eprintln!("aurae-vmm: writing the guest profile: {e}");
+        }
     }
     eprintln!("aurae-vmm: VM stopped: {reason:?}");
     // Dropped here, as process::exit runs no destructors: the VM's files

@@ -1,7 +1,8 @@
 //! vCPU threads: each runs KVM_RUN and dispatches port I/O and MMIO exits
 //! to the buses until the VM stops.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
@@ -21,12 +22,18 @@ pub fn install_kick_handler() -> Result<(), crate::VmmError> {
         .map_err(|e| crate::VmmError::Io(std::io::Error::from_raw_os_error(e.errno())))
 }
 
+/// Guest profile samples: (microseconds since the VM ran, guest RIP).
+pub type Samples = Arc<Mutex<Vec<(u32, u64)>>>;
+
 pub struct Vcpu {
     pub fd: VcpuFd,
     pub id: u8,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub state: Arc<VmState>,
+    /// Where to record the guest's instruction pointer each time a kick
+    /// interrupts KVM_RUN (the guest profiler), with the time since `since`.
+    pub samples: Option<(Samples, Instant)>,
 }
 
 impl Vcpu {
@@ -66,7 +73,15 @@ impl Vcpu {
                     "vcpu {}: unhandled exit {other:?}",
                     self.id
                 ))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if let (Some((samples, since)), Ok(regs)) = (&self.samples, self.fd.get_regs())
+                    {
+                        let micros = u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX);
+                        if let Ok(mut s) = samples.lock() {
+                            s.push((micros, regs.rip));
+                        }
+                    }
+                }
                 Err(e) => self
                     .state
                     .exit(ExitReason::Error(format!("vcpu {}: KVM_RUN: {e}", self.id))),

@@ -59,7 +59,12 @@ pub struct Vm {
     /// The mapping behind `mem`: last, so that it outlives every user.
     /// `None` once leaked (see `Drop`).
     ram: Option<GuestRam>,
+    profile: Option<vcpu::Samples>,
+    sampler_thread: Option<JoinHandle<()>>,
 }
+
+/// How often the guest profiler samples.
+const PROFILE_PERIOD: Duration = Duration::from_millis(1);
 
 /// A Unix socket the VM listens on; its file is removed when the VM is
 /// dropped, or when building it fails (on the thread that owns the VM, which
@@ -281,6 +286,8 @@ impl Vm {
             _vsock_socket: vsock_socket,
             vsock_metrics,
             ram: Some(ram),
+            profile: None,
+            sampler_thread: None,
         })
     }
 
@@ -311,6 +318,7 @@ impl Vm {
                     }
                 })?,
         );
+        let since = Instant::now();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let vcpu = Vcpu {
                 fd,
@@ -318,6 +326,11 @@ impl Vm {
                 pio: self.pio.clone(),
                 mmio: self.mmio.clone(),
                 state: self.state.clone(),
+                samples: self
+                    .profile
+                    .as_ref()
+                    .filter(|_| id == 0)
+                    .map(|s| (s.clone(), since)),
             };
             self.vcpu_threads.push(
                 std::thread::Builder::new()
@@ -325,7 +338,40 @@ impl Vm {
                     .spawn(move || vcpu.run())?,
             );
         }
+        if let (Some(_), Some(boot)) = (&self.profile, self.vcpu_threads.first()) {
+            let target = boot.as_pthread_t();
+            let state = self.state.clone();
+            // Joined in `wait` before the vCPU threads are, so the target
+            // thread is never gone while it is signalled.
+            self.sampler_thread = Some(
+                std::thread::Builder::new()
+                    .name("guest-profiler".into())
+                    .spawn(move || {
+                        while !state.stopping() {
+                            // SAFETY: pthread_kill on a vCPU thread that is
+                            // not joined before this thread is.
+                            unsafe { libc::pthread_kill(target, vcpu::kick_signal()) };
+                            std::thread::sleep(PROFILE_PERIOD);
+                        }
+                    })?,
+            );
+        }
         Ok(())
+    }
+
+    /// Samples the boot vCPU's instruction pointer every millisecond once
+    /// the VM runs (call before `run`); [`Vm::guest_samples`] returns them.
+    /// A diagnostic: each sample is a VM exit.
+    pub fn profile_guest(&mut self) {
+        self.profile = Some(Arc::default());
+    }
+
+    /// The guest profile: (microseconds since `run`, guest RIP) pairs.
+    pub fn guest_samples(&self) -> Vec<(u32, u64)> {
+        self.profile
+            .as_ref()
+            .and_then(|p| p.lock().ok().map(|s| s.clone()))
+            .unwrap_or_default()
     }
 
     /// Asks the VM to stop; `wait` returns once it has.
@@ -342,6 +388,9 @@ impl Vm {
     /// Waits (at most `timeout`) for the VM to stop, then joins its threads.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Option<ExitReason> {
         let reason = self.state.wait(timeout)?;
+        if let Some(t) = self.sampler_thread.take() {
+            let _ = t.join();
+        }
         for t in self.vcpu_threads.drain(..) {
             let deadline = Instant::now() + Duration::from_secs(5);
             while !t.is_finished() && Instant::now() < deadline {

@@ -236,3 +236,35 @@ fn block_reads_and_writes_go_through_the_virtqueue() {
     let on_disk = std::fs::read(disk.path()).expect("disk");
     assert_eq!(&on_disk[3 * 512..4 * 512], &[0x77; 512][..]);
 }
+
+#[test]
+fn the_guest_profiler_samples_where_the_guest_runs() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    p.spin();
+    let len = p.bytes().len() as u64;
+    let (_d, mut vm) = boot(&mut p, |_| {});
+    vm.profile_guest();
+    vm.run().expect("run");
+    std::thread::sleep(Duration::from_millis(200));
+    vm.stop();
+    assert_eq!(
+        vm.wait(Some(Duration::from_secs(20))),
+        Some(ExitReason::Stopped)
+    );
+    let samples = vm.guest_samples();
+    assert!(samples.len() >= 10, "{} samples in 200 ms", samples.len());
+    for (micros, rip) in &samples {
+        assert!(
+            (guest::CODE..guest::CODE + len).contains(rip),
+            "a sample at {rip:#x} is outside the guest's loop"
+        );
+        assert!(*micros < 20_000_000);
+    }
+    assert!(
+        samples.windows(2).all(|w| w[0].0 <= w[1].0),
+        "in time order"
+    );
+}

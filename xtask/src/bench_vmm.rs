@@ -197,6 +197,10 @@ fn in_test_host(runs: usize) -> anyhow::Result<()> {
             ("AURAE_BENCH".into(), "1".into()),
             ("AURAE_BENCH_RUNS".into(), runs.to_string()),
             (
+                "AURAE_GUEST_PROFILE".into(),
+                std::env::var("AURAE_GUEST_PROFILE").unwrap_or_default(),
+            ),
+            (
                 "AURAE_BOOT_TRACE".into(),
                 std::env::var("AURAE_BOOT_TRACE").unwrap_or_default(),
             ),
