@@ -63,8 +63,10 @@ pub struct Vm {
     sampler_thread: Option<JoinHandle<()>>,
 }
 
-/// How often the guest profiler samples.
+/// How often the guest profiler samples, and for how long at most (about
+/// 600,000 samples, under 10 MiB).
 const PROFILE_PERIOD: Duration = Duration::from_millis(1);
+const PROFILE_SPAN: Duration = Duration::from_secs(600);
 
 /// A Unix socket the VM listens on; its file is removed when the VM is
 /// dropped, or when building it fails (on the thread that owns the VM, which
@@ -347,7 +349,8 @@ impl Vm {
                 std::thread::Builder::new()
                     .name("guest-profiler".into())
                     .spawn(move || {
-                        while !state.stopping() {
+                        let started = Instant::now();
+                        while !state.stopping() && started.elapsed() < PROFILE_SPAN {
                             // SAFETY: pthread_kill on a vCPU thread that is
                             // not joined before this thread is.
                             unsafe { libc::pthread_kill(target, vcpu::kick_signal()) };
@@ -360,7 +363,8 @@ impl Vm {
     }
 
     /// Samples the boot vCPU's instruction pointer every millisecond once
-    /// the VM runs (call before `run`); [`Vm::guest_samples`] returns them.
+    /// the VM runs, for its first ten minutes (call before `run`);
+    /// [`Vm::guest_samples`] returns them.
     /// A diagnostic: each sample is a VM exit.
     pub fn profile_guest(&mut self) {
         self.profile = Some(Arc::default());
