@@ -104,7 +104,7 @@ fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
     // First thing: tell the VMM's boot timer that /init runs (the base
     // initramfs carries /dev/port for this).
     boot_timer();
-    mounts::switch_root_to_tmpfs()?;
+    mounts::root_on_its_own_mount()?;
     mounts::mount_all()?;
     say(&format!("/init started, uptime {}s", uptime()));
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;

@@ -57,69 +57,24 @@ pub fn mount_all() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies the entries of `src` into `dst` (except `skip`), keeping modes,
-/// symlinks and device nodes.
-fn copy_tree(
-    src: &std::path::Path,
-    dst: &std::path::Path,
-    skip: &std::path::Path,
-) -> anyhow::Result<()> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
-        let entry = entry?;
-        let from = entry.path();
-        if from == skip {
-            continue;
-        }
-        let to = dst.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&from)?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir(&to).with_context(|| format!("creating {}", to.display()))?;
-            copy_tree(&from, &to, skip)?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
-        } else if ft.is_char_device() || ft.is_block_device() {
-            let kind = if ft.is_char_device() {
-                nix::sys::stat::SFlag::S_IFCHR
-            } else {
-                nix::sys::stat::SFlag::S_IFBLK
-            };
-            nix::sys::stat::mknod(
-                &to,
-                kind,
-                nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777),
-                meta.rdev(),
-            )
-            .with_context(|| format!("creating {}", to.display()))?;
-        } else if ft.is_file() {
-            std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Moves the root from the initramfs (rootfs, where `pivot_root` is not
-/// allowed, so cells could not get a root of their own) onto a tmpfs, the
-/// way switch_root does: copy, move the mount onto `/`, chroot into it.
-/// Runs before anything else is mounted.
-pub fn switch_root_to_tmpfs() -> anyhow::Result<()> {
+/// Puts the root on a mount of its own. The initramfs is rootfs, the
+/// initial mount, where `pivot_root` is not allowed (it has no parent), so
+/// cells could not get a root of their own. A bind mount of it, moved onto
+/// `/` and chrooted into, is an ordinary mount whose parent is rootfs: the
+/// same files, with nothing copied (copying them to a tmpfs, the way
+/// switch_root does, cost about 0.1 s of every boot and kept two copies in
+/// memory). Runs before anything else is mounted.
+pub fn root_on_its_own_mount() -> anyhow::Result<()> {
     let new = std::path::Path::new("/.aurae-root");
     std::fs::create_dir_all(new)?;
-    mount(
-        Some("tmpfs"),
-        new,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )
-    .context("mounting the new root")?;
-    copy_tree(std::path::Path::new("/"), new, new)?;
+    mount(Some("/"), new, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .context("binding the root")?;
     nix::unistd::chdir(new)?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .context("moving the new root onto /")?;
-    nix::unistd::chroot(".").context("chroot into the new root")?;
+        .context("moving the bound root onto /")?;
+    nix::unistd::chroot(".").context("chroot into the bound root")?;
     nix::unistd::chdir("/")?;
+    // The mount point, seen through the bind; no longer a mount point.
+    std::fs::remove_dir(new).context("removing the bind's mount point")?;
     Ok(())
 }
