@@ -39,6 +39,13 @@ pub struct Vcpu {
 impl Vcpu {
     /// Runs until the VM stops; records why if this vCPU stopped it.
     pub fn run(mut self) {
+        // Guest exits run device code on this thread: it gets the vCPU
+        // filter before it enters the guest.
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+            self.state
+                .exit(ExitReason::Error(format!("vcpu {}: {e}", self.id)));
+            return;
+        }
         while !self.state.stopping() {
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {

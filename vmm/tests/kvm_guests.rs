@@ -268,3 +268,42 @@ fn the_guest_profiler_samples_where_the_guest_runs() {
         "in time order"
     );
 }
+
+/// The threads that handle guest exits and device I/O run under their
+/// seccomp filters (mode 2) once the VM runs.
+#[test]
+fn every_vm_thread_runs_under_its_seccomp_filter() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    p.spin();
+    let (_d, mut vm) = boot(&mut p, |_| {});
+    vm.run().expect("run");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut checked = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let name = read("comm").trim().to_string();
+        if name.starts_with("vcpu") || name == "vmm-events" {
+            let mode = read("status")
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|m| m.trim().to_string()))
+                .unwrap_or_default();
+            checked.push((name, mode));
+        }
+    }
+    vm.stop();
+    assert_eq!(
+        vm.wait(Some(Duration::from_secs(20))),
+        Some(ExitReason::Stopped)
+    );
+    assert!(
+        checked.iter().any(|(n, _)| n == "vcpu0") && checked.iter().any(|(n, _)| n == "vmm-events"),
+        "found {checked:?}"
+    );
+    assert!(checked.iter().all(|(_, m)| m == "2"), "{checked:?}");
+}
