@@ -116,7 +116,7 @@ impl MmioTransport {
         self.status = 0;
         self.acked_features = 0;
         self.queue_select = 0;
-        self.interrupt.ack(u32::MAX);
+        self.interrupt.reset();
     }
 
     fn set_status(&mut self, value: u32) {
@@ -437,5 +437,11 @@ mod tests {
         w(&mut t, reg::QUEUE_READY, 1);
         w(&mut t, reg::STATUS, 0xf);
         assert_ne!(r(&mut t, reg::STATUS) & STATUS_NEEDS_RESET, 0);
+        // The driver resets the device, which then works again.
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0, "a reset clears NEEDS_RESET");
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+        w(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE);
+        assert_eq!(r(&mut t, reg::STATUS), STATUS_ACKNOWLEDGE);
     }
 }

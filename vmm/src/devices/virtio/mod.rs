@@ -73,6 +73,12 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// A device reset: no interrupt pending, and no reset needed any more.
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
     }

@@ -41,6 +41,10 @@ impl Backend for Tap {
     }
 }
 
+/// Frames dropped per wake-up while the device needs a reset; more wait
+/// for the next wake-up, so a flood costs work, not a stall.
+const MAX_DRAIN: usize = 256;
+
 pub struct Net<B: Backend = Tap> {
     pub(super) backend: B,
     mac: [u8; 6],
@@ -48,6 +52,9 @@ pub struct Net<B: Backend = Tap> {
     pub(super) active: Option<ActiveQueues>,
     /// A frame read from the backend that waits for an rx buffer.
     pub(super) pending: Option<Vec<u8>>,
+    /// Whether the event loop watches the backend (it does not while a
+    /// frame waits for an rx buffer).
+    pub(super) backend_watched: bool,
     pub metrics: Arc<NetMetrics>,
 }
 
@@ -59,6 +66,7 @@ impl<B: Backend> Net<B> {
             queue_evts: [EventFd::new(EFD_NONBLOCK)?, EventFd::new(EFD_NONBLOCK)?],
             active: None,
             pending: None,
+            backend_watched: false,
             metrics: Arc::new(NetMetrics::default()),
         })
     }
@@ -102,6 +110,20 @@ impl<B: Backend> Net<B> {
             return false;
         };
         if active.interrupt.needs_reset() {
+            // Until the driver resets the device, frames are dropped: the
+            // backend must not stay readable, or the event loop would spin.
+            if self.pending.take().is_some() {
+                self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut buf = vec![0u8; MAX_FRAME];
+            for _ in 0..MAX_DRAIN {
+                match self.backend.recv(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
             return false;
         }
         let mut delivered = 0;
@@ -270,6 +292,25 @@ mod tests {
         assert!(!net.process_rx());
         assert_eq!(rx.used(0).1, 0, "too small: dropped");
         assert_eq!(net.metrics.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_device_that_needs_a_reset_drains_its_backend_instead_of_spinning() {
+        let (rx, tx) = rx_tx();
+        let mut net = Net::new(Loop::default(), [2, 0, 0, 0, 0, 1]).expect("net");
+        let irq = rx.interrupt();
+        net.activate(rx.mem.clone(), vec![rx.queue(), tx.queue()], irq.clone())
+            .expect("activate");
+        net.backend.inbound.push_back(vec![1u8; 60]);
+        assert!(net.process_rx(), "no rx buffer: the frame waits");
+        irq.set_needs_reset();
+        for _ in 0..3 {
+            net.backend.inbound.push_back(vec![2u8; 60]);
+        }
+        assert!(!net.process_rx(), "nothing waits any more");
+        assert!(net.backend.inbound.is_empty(), "the backend was drained");
+        assert!(net.pending.is_none());
+        assert_eq!(net.metrics.dropped.load(Ordering::Relaxed), 4);
     }
 
     #[test]

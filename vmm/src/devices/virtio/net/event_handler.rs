@@ -14,38 +14,52 @@ impl MutEventSubscriber for Net<Tap> {
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&self.queue_evts[RX], EventSet::IN));
         let _ = ops.add(Events::new(&self.queue_evts[TX], EventSet::IN));
-        let _ = ops.add(Events::new(&self.backend, EventSet::IN));
+        self.sync_backend_watch(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        let was_waiting = self.pending.is_some();
         if fd == self.queue_evts[TX].as_raw_fd() {
             let _ = self.queue_evts[TX].read();
             self.process_tx();
-            return;
+        } else {
+            if fd == self.queue_evts[RX].as_raw_fd() {
+                let _ = self.queue_evts[RX].read();
+            }
+            if self.is_active() {
+                self.process_rx();
+            } else if fd == self.backend.as_raw_fd() {
+                // Drain the TAP so it doesn't stay readable before the
+                // driver is up.
+                let mut buf = [0u8; 2048];
+                while self.backend.read_frame(&mut buf).is_ok() {}
+            }
         }
-        if fd == self.queue_evts[RX].as_raw_fd() {
-            let _ = self.queue_evts[RX].read();
-        }
-        if !self.is_active() {
-            // Drain the TAP so it doesn't stay readable before the driver
-            // is up.
-            let mut buf = [0u8; 2048];
-            while fd == self.backend.as_raw_fd() && self.backend.read_frame(&mut buf).is_ok() {}
-            return;
-        }
-        let waiting = self.process_rx();
-        if waiting && !was_waiting {
-            let _ = ops.remove(Events::new(&self.backend, EventSet::IN));
-        } else if !waiting && was_waiting {
-            let _ = ops.add(Events::new(&self.backend, EventSet::IN));
-        }
+        // After every event, since a device reset (from a vCPU) may have
+        // dropped the waiting frame.
+        self.sync_backend_watch(ops);
     }
 }
 
 impl Net<Tap> {
     fn is_active(&self) -> bool {
         self.active.is_some()
+    }
+
+    /// Watches the TAP unless a frame waits for rx buffers.
+    fn sync_backend_watch(&mut self, ops: &mut EventOps) {
+        let want = self.pending.is_none();
+        if want == self.backend_watched {
+            return;
+        }
+        let events = Events::new(&self.backend, EventSet::IN);
+        let done = if want {
+            ops.add(events)
+        } else {
+            ops.remove(events)
+        };
+        if done.is_ok() {
+            self.backend_watched = want;
+        }
     }
 }
