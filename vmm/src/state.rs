@@ -87,10 +87,59 @@ impl VmState {
     }
 }
 
+/// Stops the VM with an error if the thread that holds it panics, so that
+/// nobody waits for a thread that is gone.
+pub struct ExitOnPanic {
+    pub state: std::sync::Arc<VmState>,
+    pub thread: String,
+}
+
+impl Drop for ExitOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.state
+                .exit(ExitReason::Error(format!("{} panicked", self.thread)));
+        }
+    }
+}
+
 /// CPU time of this process so far, from the scheduler's precise
 /// accounting (getrusage is tick-based).
 fn process_cpu() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
         .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_panics_stops_the_vm_with_an_error() {
+        let state = std::sync::Arc::new(VmState::new(Instant::now()));
+        let guard = ExitOnPanic {
+            state: state.clone(),
+            thread: "vcpu 0".into(),
+        };
+        let t = std::thread::spawn(move || {
+            let _guard = guard;
+            panic!("a device model bug");
+        });
+        assert!(t.join().is_err());
+        match state.wait(Some(Duration::from_secs(5))) {
+            Some(ExitReason::Error(e)) => assert!(e.contains("vcpu 0 panicked"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_thread_that_returns_leaves_the_vm_running() {
+        let state = std::sync::Arc::new(VmState::new(Instant::now()));
+        drop(ExitOnPanic {
+            state: state.clone(),
+            thread: "vcpu 0".into(),
+        });
+        assert_eq!(state.wait(Some(Duration::from_millis(10))), None);
+    }
 }

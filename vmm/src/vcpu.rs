@@ -39,6 +39,10 @@ pub struct Vcpu {
 impl Vcpu {
     /// Runs until the VM stops; records why if this vCPU stopped it.
     pub fn run(mut self) {
+        let _guard = crate::state::ExitOnPanic {
+            state: self.state.clone(),
+            thread: format!("vcpu {}", self.id),
+        };
         // Guest exits run device code on this thread: it gets the vCPU
         // filter before it enters the guest.
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {

@@ -310,6 +310,10 @@ impl Vm {
             std::thread::Builder::new()
                 .name("vmm-events".into())
                 .spawn(move || {
+                    let _guard = crate::state::ExitOnPanic {
+                        state: state.clone(),
+                        thread: "the device event loop".into(),
+                    };
                     if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Events) {
                         state.exit(ExitReason::Error(e.to_string()));
                     }
@@ -395,18 +399,36 @@ impl Vm {
         if let Some(t) = self.sampler_thread.take() {
             let _ = t.join();
         }
+        // Threads that have not stopped within 5 s (blocked in the kernel,
+        // say) are kept, not joined: `Drop` then leaves guest memory mapped
+        // rather than hang or pull it from under them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut stuck = Vec::new();
         for t in self.vcpu_threads.drain(..) {
-            let deadline = Instant::now() + Duration::from_secs(5);
             while !t.is_finished() && Instant::now() < deadline {
                 // SAFETY: pthread_kill on a thread we spawned and have not
                 // joined; the kick handler does nothing.
                 unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                stuck.push(t);
+            }
         }
+        self.vcpu_threads = stuck;
         if let Some(t) = self.event_thread.take() {
-            let _ = t.join();
+            // It checks for the stop every 100 ms.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                self.event_thread = Some(t);
+            }
         }
         Some(reason)
     }

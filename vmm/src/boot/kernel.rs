@@ -13,7 +13,7 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::{load_cmdline, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::layout::*;
 use crate::VmmError;
@@ -75,6 +75,29 @@ pub struct LoadedKernel {
 
 /// Loads the kernel.
 pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    flat_entry: Option<u64>,
+) -> Result<LoadedKernel, VmmError> {
+    let kernel = load_image(mem, path, flat_entry)?;
+    // The loaders check what they write, but not the bss or the space a
+    // bzImage decompresses into.
+    let size = mem.last_addr().0.saturating_add(1);
+    if kernel.end > size {
+        return Err(VmmError::Config {
+            option: "mem",
+            reason: format!(
+                "the kernel needs guest memory up to {:#x} ({} MiB), more than the {} MiB given",
+                kernel.end,
+                kernel.end.div_ceil(1 << 20),
+                size >> 20
+            ),
+        });
+    }
+    Ok(kernel)
+}
+
+fn load_image(
     mem: &GuestMemoryMmap,
     path: &Path,
     flat_entry: Option<u64>,
@@ -394,6 +417,14 @@ mod tests {
             k.entry
         );
         assert_eq!(k.end, 0x100_0000 + 0x20_0000, "the bss counts");
+        // Memory that holds the file's bytes but not the bss is refused.
+        match load_kernel(&mem(17), &path, None) {
+            Err(VmmError::Config { option, reason }) => {
+                assert_eq!(option, "mem", "{reason}");
+                assert!(reason.contains("18 MiB"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
         // An initrd may not land in that bss.
         let part = dir.path().join("initrd");
         std::fs::write(&part, vec![1u8; 15 << 20]).expect("initrd");
