@@ -70,6 +70,10 @@ pub struct VmConfig {
     /// Load `kernel` as a flat binary at this guest address and start there
     /// in 64-bit mode (test guests).
     pub flat_entry: Option<u64>,
+    /// The debug-exit port (0x501): a write stops the VM and becomes the
+    /// exit status. For test guests; off, the guest can't choose how the
+    /// VMM exits.
+    pub debug_exit: bool,
 }
 
 impl Default for VmConfig {
@@ -88,6 +92,7 @@ impl Default for VmConfig {
             rng: true,
             vsock: None,
             flat_entry: None,
+            debug_exit: false,
         }
     }
 }

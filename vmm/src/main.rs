@@ -45,6 +45,10 @@ struct Cli {
     /// connections, as CID:PATH (the path must not exist).
     #[arg(long)]
     vsock: Option<vmm::VsockConfig>,
+    /// Let the guest stop the VM with an exit status of its choice, by
+    /// writing it to port 0x501 (test guests).
+    #[arg(long)]
+    debug_exit: bool,
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
@@ -106,6 +110,7 @@ fn main() {
         rng: !cli.no_rng,
         vsock: cli.vsock,
         flat_entry: None,
+        debug_exit: cli.debug_exit,
     };
     let mut vm = match Vm::new(config) {
         Ok(vm) => vm,

@@ -162,12 +162,14 @@ impl Vm {
             Arc::new(Mutex::new(i8042::I8042::new(state.clone()))),
         )
         .map_err(overlap)?;
-        pio.insert(
-            debug_exit::PORT,
-            1,
-            Arc::new(Mutex::new(debug_exit::DebugExit::new(state.clone()))),
-        )
-        .map_err(overlap)?;
+        if config.debug_exit {
+            pio.insert(
+                debug_exit::PORT,
+                1,
+                Arc::new(Mutex::new(debug_exit::DebugExit::new(state.clone()))),
+            )
+            .map_err(overlap)?;
+        }
         pio.insert(
             boot_timer::PORT,
             1,

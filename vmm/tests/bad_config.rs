@@ -35,6 +35,7 @@ fn each_bad_option_is_named_and_nothing_leaks() {
         kernel: tiny_kernel.clone(),
         mem_mib: 64,
         flat_entry: Some(guest::CODE),
+        debug_exit: true,
         rng: false,
         ..VmConfig::default()
     };

@@ -19,6 +19,7 @@ fn boot(program: &mut Program, tweak: impl FnOnce(&mut VmConfig)) -> (tempfile::
         kernel: code,
         mem_mib: 64,
         flat_entry: Some(guest::CODE),
+        debug_exit: true,
         console: Console::File(dir.path().join("console")),
         rng: false,
         ..VmConfig::default()
@@ -306,4 +307,21 @@ fn every_vm_thread_runs_under_its_seccomp_filter() {
         "found {checked:?}"
     );
     assert!(checked.iter().all(|(_, m)| m == "2"), "{checked:?}");
+}
+
+/// Without `debug_exit` (the binary's default), port 0x501 is just an
+/// unknown port: the guest can't choose the VMM's exit status.
+#[test]
+fn the_debug_exit_port_is_off_unless_asked_for() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    p.outb(0x501, 7);
+    p.outb(0x64, 0xfe);
+    p.spin();
+    let (_d, mut vm) = boot(&mut p, |c| c.debug_exit = false);
+    assert_eq!(run(&mut vm), ExitReason::Reset);
+    let ((_, pio_writes), _) = vm.unknown_accesses();
+    assert!(pio_writes >= 1, "{pio_writes}");
 }

@@ -132,6 +132,7 @@ fn a_frame_goes_each_way_through_a_real_tap() {
         kernel: code,
         mem_mib: 64,
         flat_entry: Some(guest::CODE),
+        debug_exit: true,
         console: Console::None,
         rng: false,
         tap: Some(tap.0.clone()),

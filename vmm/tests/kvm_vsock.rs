@@ -56,6 +56,7 @@ fn a_guest_connection_reaches_a_host_socket_and_data_goes_both_ways() {
         kernel: code,
         mem_mib: 64,
         flat_entry: Some(guest::CODE),
+        debug_exit: true,
         console: Console::None,
         rng: false,
         vsock: Some(VsockConfig {

@@ -148,9 +148,14 @@ fn sample(mut cmd: Command) -> anyhow::Result<Sample> {
 
 fn ours(vmm: &Path, elf: &Path) -> Command {
     let mut c = Command::new(vmm);
-    c.arg("--kernel")
-        .arg(elf)
-        .args(["--mem", "64", "--console", "stdout", "--no-rng"]);
+    c.arg("--kernel").arg(elf).args([
+        "--mem",
+        "64",
+        "--console",
+        "stdout",
+        "--no-rng",
+        "--debug-exit",
+    ]);
     c
 }
 
