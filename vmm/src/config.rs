@@ -156,6 +156,19 @@ impl VmConfig {
                 format!("longer than {} bytes", crate::boot::CMDLINE_MAX - 1),
             ));
         }
+        let others = usize::from(self.rng)
+            + usize::from(self.tap.is_some())
+            + usize::from(self.vsock.is_some());
+        let max_disks = crate::boot::layout::MAX_VIRTIO_DEVICES - others;
+        if self.disks.len() > max_disks {
+            return Err(bad(
+                "disk",
+                format!(
+                    "{} disks; at most {max_disks} fit next to the other virtio devices (one interrupt each)",
+                    self.disks.len()
+                ),
+            ));
+        }
         for d in &self.disks {
             let opened = std::fs::OpenOptions::new()
                 .read(true)

@@ -129,6 +129,14 @@ impl Vm {
         let state = Arc::new(VmState::new(started));
         mark(&mut phases, "kvm and memory");
 
+        // The guest's software, before any device: a bad kernel must not
+        // truncate an existing console log, or bind a socket.
+        let loaded = kernel::load_kernel(&mem, &config.kernel, config.flat_entry)?;
+        let (entry, header) = (loaded.entry, loaded.header);
+        mark(&mut phases, "kernel");
+        let initrd = kernel::load_initrd(&mem, mem_size, loaded.end, &config.initrds)?;
+        mark(&mut phases, "initrd");
+
         // Legacy devices on the port I/O bus.
         let mut pio = Bus::default();
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("serial"))?;
@@ -136,12 +144,13 @@ impl Vm {
         let out: Box<dyn Write + Send> = match &config.console {
             Console::None => Box::new(std::io::sink()),
             Console::Stdout => Box::new(std::io::stdout()),
-            Console::File(p) => {
-                Box::new(std::fs::File::create(p).map_err(|e| VmmError::Config {
+            Console::File(p) => Box::new(serial::Capped::new(
+                std::fs::File::create(p).map_err(|e| VmmError::Config {
                     option: "console",
                     reason: format!("{}: {e}", p.display()),
-                })?)
-            }
+                })?,
+                serial::LOG_LIMIT,
+            )),
         };
         let overlap = |e: crate::bus::Overlap| VmmError::Device {
             device: "bus",
@@ -242,12 +251,6 @@ impl Vm {
         }
 
         mark(&mut phases, "devices");
-        // The guest's software.
-        let loaded = kernel::load_kernel(&mem, &config.kernel, config.flat_entry)?;
-        let (entry, header) = (loaded.entry, loaded.header);
-        mark(&mut phases, "kernel");
-        let initrd = kernel::load_initrd(&mem, mem_size, loaded.end, &config.initrds)?;
-        mark(&mut phases, "initrd");
         kernel::write_boot_params(&mem, mem_size, entry, header, &config.cmdline, initrd)?;
         if !matches!(entry, kernel::Entry::Flat(_)) {
             mptable::write(&mem, config.vcpus).map_err(|e| VmmError::Memory(e.to_string()))?;

@@ -5,7 +5,7 @@ mod guest;
 
 use std::path::PathBuf;
 
-use vmm::{DiskConfig, Vm, VmConfig, VmmError, VsockConfig};
+use vmm::{Console, DiskConfig, Vm, VmConfig, VmmError, VsockConfig};
 
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
@@ -26,6 +26,8 @@ fn each_bad_option_is_named_and_nothing_leaks() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let junk = dir.path().join("junk");
+    let old_log = dir.path().join("old.log");
+    std::fs::write(&old_log, "the last boot's log\n").expect("log");
     std::fs::write(&junk, vec![0x5a; 4096]).expect("junk");
     let tiny_kernel = dir.path().join("flat");
     std::fs::write(&tiny_kernel, [0xf4u8]).expect("flat");
@@ -134,6 +136,21 @@ fn each_bad_option_is_named_and_nothing_leaks() {
                 ..base.clone()
             },
         ),
+        // One interrupt each: 20 disks and an rng don't fit the IOAPIC.
+        (
+            "disk",
+            VmConfig {
+                disks: vec![
+                    DiskConfig {
+                        path: tiny_kernel.clone(),
+                        read_only: true,
+                    };
+                    20
+                ],
+                rng: true,
+                ..base.clone()
+            },
+        ),
         (
             "cmdline",
             VmConfig {
@@ -171,7 +188,8 @@ fn each_bad_option_is_named_and_nothing_leaks() {
                 ..base.clone()
             },
         ),
-        // The socket is bound before the kernel fails to load: it goes too.
+        // A bad kernel is found before any device is made: no socket is
+        // bound, and an existing console log is left as it was.
         (
             "kernel",
             VmConfig {
@@ -181,6 +199,7 @@ fn each_bad_option_is_named_and_nothing_leaks() {
                     cid: 3,
                     uds_path: dir.path().join("v2.sock"),
                 }),
+                console: Console::File(old_log.clone()),
                 ..base.clone()
             },
         ),
@@ -196,6 +215,11 @@ fn each_bad_option_is_named_and_nothing_leaks() {
     assert!(
         !dir.path().join("v2.sock").exists(),
         "the vsock socket file was removed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&old_log).expect("log"),
+        "the last boot's log\n",
+        "the console log of a VM that never ran is untouched"
     );
     assert_eq!(count("/proc/self/fd"), fds, "file descriptors leaked");
     assert_eq!(count("/proc/self/task"), threads, "threads leaked");

@@ -30,5 +30,9 @@ pub const INITRD_MAX: u64 = 0x3fff_ffff;
 pub const MMIO_BASE: u64 = 0xd000_0000;
 /// Their interrupts, from this GSI up (4 is the serial port).
 pub const MMIO_FIRST_IRQ: u32 = 5;
+/// The IOAPIC's pins (GSIs 0 to 23), all in the MP table.
+pub const IOAPIC_PINS: u32 = 24;
+/// So at most this many virtio devices, one interrupt each.
+pub const MAX_VIRTIO_DEVICES: usize = (IOAPIC_PINS - MMIO_FIRST_IRQ) as usize;
 pub const IOAPIC: u64 = 0xfec0_0000;
 pub const LAPIC: u64 = 0xfee0_0000;

@@ -7,7 +7,7 @@ use super::layout::{IOAPIC, LAPIC, MPTABLE};
 
 /// The most vCPUs the MP table describes.
 pub const MAX_CPUS: usize = 32;
-const IRQS: u8 = 24;
+const IRQS: u8 = super::layout::IOAPIC_PINS as u8;
 
 fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))

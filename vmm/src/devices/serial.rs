@@ -10,6 +10,53 @@ use crate::bus::BusDevice;
 pub const COM1: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 
+/// The most a guest may write to a console log file (64 MiB): a guest that
+/// prints forever must not fill the host's disk.
+pub const LOG_LIMIT: u64 = 64 << 20;
+
+/// A writer that takes `limit` bytes, then writes one line saying the rest
+/// was dropped, and drops everything after it.
+pub struct Capped<W: Write> {
+    out: W,
+    left: u64,
+    said: bool,
+}
+
+impl<W: Write> Capped<W> {
+    pub fn new(out: W, limit: u64) -> Self {
+        Self {
+            out,
+            left: limit,
+            said: false,
+        }
+    }
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            if !self.said {
+                self.said = true;
+                let _ = self
+                    .out
+                    .write_all(b"\n[aurae-vmm: console log limit reached; the rest is dropped]\n");
+            }
+            // Taken, and dropped.
+            return Ok(buf.len());
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let written = self.out.write(&buf[..n])?;
+        self.left -= written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 pub struct SerialDevice<W: Write + Send> {
     serial: Serial<IrqTrigger, vm_superio::serial::NoEvents, W>,
 }
@@ -37,5 +84,24 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
                 let _ = self.serial.writer_mut().flush();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_log_keeps_its_limit_then_says_so_once() {
+        let mut log = Capped::new(Vec::new(), 10);
+        for _ in 0..30 {
+            log.write_all(b"abcd").expect("write");
+        }
+        let text = String::from_utf8(log.out).expect("utf8");
+        assert!(
+            text.starts_with("abcdabcdab\n[aurae-vmm: console log limit"),
+            "{text}"
+        );
+        assert_eq!(text.matches("limit reached").count(), 1);
     }
 }
