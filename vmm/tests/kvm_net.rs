@@ -113,7 +113,7 @@ fn a_frame_goes_each_way_through_a_real_tap() {
         return;
     }
     let Some(tap) = TestTap::create() else {
-        eprintln!("SKIP: creating a TAP device needs root and iproute2");
+        guest::skip("creating a TAP device needs root and iproute2");
         return;
     };
     let sock = packet_socket(&tap.0);

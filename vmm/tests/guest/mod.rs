@@ -15,7 +15,28 @@ pub const MMIO: u64 = 0xd000_0000;
 pub const QUEUE_SIZE: u32 = 16;
 const DEBUG_EXIT: u32 = 0x501;
 
-/// Whether /dev/kvm can be used; prints why the test is skipped if not.
+/// Reports the running test as skipped, with `reason`: on stderr, and in
+/// the file `AURAE_SKIP_LOG` names (where `cargo xtask test` collects the
+/// skips it prints), so that a skip never passes for a pass.
+pub fn skip(reason: &str) {
+    let line = format!(
+        "SKIP {}: {reason}",
+        std::thread::current().name().unwrap_or("a vmm test")
+    );
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("AURAE_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Whether /dev/kvm can be used; reports the test as skipped if not.
 pub fn kvm_or_skip() -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -24,7 +45,7 @@ pub fn kvm_or_skip() -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("SKIP: /dev/kvm is not usable here ({e})");
+            skip(&format!("/dev/kvm is not usable here ({e})"));
             false
         }
     }
