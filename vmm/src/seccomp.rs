@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 use crate::VmmError;
 
@@ -37,14 +40,27 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit_group,
 ];
 
-/// A vCPU thread: KVM_RUN and the device models it calls into.
-const VCPU: &[libc::c_long] = &[libc::SYS_ioctl, libc::SYS_fsync, libc::SYS_fdatasync];
+/// A vCPU thread: KVM_RUN and the device models it calls into (ioctl only
+/// for the requests in [`VCPU_IOCTLS`]).
+const VCPU: &[libc::c_long] = &[libc::SYS_fsync, libc::SYS_fdatasync];
+
+const KVMIO: u64 = 0xae;
+/// `_IO(KVMIO, 0x80)`.
+const KVM_RUN: u64 = (KVMIO << 8) | 0x80;
+/// `_IOR(KVMIO, 0x81, struct kvm_regs)`.
+const KVM_GET_REGS: u64 = (2 << 30)
+    | ((std::mem::size_of::<kvm_bindings::kvm_regs>() as u64) << 16)
+    | (KVMIO << 8)
+    | 0x81;
+/// The only ioctls of a vCPU thread: running the guest, and reading its
+/// registers (the guest profiler).
+const VCPU_IOCTLS: [u64; 2] = [KVM_RUN, KVM_GET_REGS];
 
 /// The device event loop: epoll, eventfds, the TAP and disk files, and the
 /// vsock device's Unix sockets.
 const EVENTS: &[libc::c_long] = &[
     libc::SYS_accept4,
-    libc::SYS_socket,
+    // socket(2) is allowed for Unix sockets only (see `filter`).
     libc::SYS_connect,
     libc::SYS_shutdown,
     libc::SYS_timerfd_settime,
@@ -73,8 +89,31 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, VmmError> {
         ThreadKind::Vcpu => VCPU,
         ThreadKind::Events => EVENTS,
     };
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().chain(extra).map(|s| (*s, vec![])).collect();
+    let rule = |arg: u8, value: u64| -> Result<SeccompRule, VmmError> {
+        let err = |e: seccompiler::BackendError| VmmError::Seccomp(e.to_string());
+        SeccompRule::new(vec![SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            value,
+        )
+        .map_err(err)?])
+        .map_err(err)
+    };
+    match kind {
+        ThreadKind::Vcpu => {
+            let allowed = VCPU_IOCTLS
+                .iter()
+                .map(|r| rule(1, *r))
+                .collect::<Result<_, _>>()?;
+            rules.insert(libc::SYS_ioctl, allowed);
+        }
+        ThreadKind::Events => {
+            rules.insert(libc::SYS_socket, vec![rule(0, libc::AF_UNIX as u64)?]);
+        }
+    }
     let f = SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::EPERM as u32),
@@ -95,6 +134,7 @@ pub fn apply(kind: ThreadKind) -> Result<(), VmmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_forbidden_syscall_is_refused_on_a_filtered_thread() {
@@ -115,5 +155,34 @@ mod tests {
     #[test]
     fn both_filters_compile() {
         assert!(!filter(ThreadKind::Events).expect("events").is_empty());
+    }
+
+    #[test]
+    fn a_vcpu_thread_may_make_no_ioctl_but_its_own() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let refused = std::thread::spawn(move || {
+            apply(ThreadKind::Vcpu).expect("apply");
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD on our pipe writes one int into `n`.
+            let rc = unsafe { libc::ioctl(r.as_raw_fd(), libc::FIONREAD, &mut n) };
+            (rc, std::io::Error::last_os_error().raw_os_error())
+        })
+        .join()
+        .expect("thread");
+        drop(w);
+        assert_eq!(refused, (-1, Some(libc::EPERM)));
+    }
+
+    #[test]
+    fn the_event_thread_may_open_unix_sockets_only() {
+        let outcome = std::thread::spawn(|| {
+            apply(ThreadKind::Events).expect("apply");
+            let unix = std::os::unix::net::UnixDatagram::unbound().is_ok();
+            let inet = std::net::UdpSocket::bind("127.0.0.1:0");
+            (unix, inet.err().and_then(|e| e.raw_os_error()))
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(outcome, (true, Some(libc::EPERM)));
     }
 }
