@@ -101,8 +101,11 @@ fn unknown_ports_and_addresses_are_ignored_and_counted() {
     assert!(pio_r >= 1 && pio_w >= 1 && mmio_r >= 1 && mmio_w >= 1);
 }
 
-/// Reads the identification registers of the device at `base`.
-fn identify(p: &mut Program, base: u64, slot: u64) {
+/// Reads the identification registers and the high feature word of the
+/// device at `base`, brings it up with `queues` queues, and reads back its
+/// status and whether its last queue is ready.
+fn identify(p: &mut Program, base: u64, slot: u64, queues: u64) {
+    let at = |i: u64| RESULTS + slot * 0x40 + i * 4;
     for (i, r) in [
         reg::MAGIC,
         reg::VERSION,
@@ -113,8 +116,16 @@ fn identify(p: &mut Program, base: u64, slot: u64) {
     .iter()
     .enumerate()
     {
-        p.read32_to(base + r, RESULTS + slot * 0x40 + i as u64 * 4);
+        p.read32_to(base + r, at(i as u64));
     }
+    p.write32(base + reg::DEVICE_FEATURES_SEL, 1);
+    p.read32_to(base + reg::DEVICE_FEATURES, at(5));
+    let layouts: Vec<guest::QueueLayout> = (0..queues)
+        .map(|q| guest::QueueLayout::at(0x40_0000 + slot * 0x1_0000 + q * 0x4000))
+        .collect();
+    p.virtio_bring_up(base, &layouts);
+    p.read32_to(base + reg::STATUS, at(6));
+    p.read32_to(base + reg::QUEUE_READY, at(7));
 }
 
 #[test]
@@ -126,8 +137,9 @@ fn every_virtio_device_answers_the_mmio_register_protocol() {
     std::fs::write(disk.path(), vec![0u8; 4096]).expect("disk");
     let sockets = tempfile::tempdir().expect("tempdir");
     let mut p = Program::new();
-    for slot in 0..3 {
-        identify(&mut p, guest::MMIO + slot * 0x1000, slot);
+    // rng (1 queue), blk (1), vsock (3).
+    for (slot, queues) in [(0u64, 1u64), (1, 1), (2, 3)] {
+        identify(&mut p, guest::MMIO + slot * 0x1000, slot, queues);
     }
     p.exit(3);
     let path = disk.path().to_path_buf();
@@ -144,16 +156,22 @@ fn every_virtio_device_answers_the_mmio_register_protocol() {
     // rng, blk, vsock (net has its own test, with a real TAP).
     for (slot, device_id) in [(0u64, 4u32), (1, 2), (2, 19)] {
         let words: Vec<u32> = vm
-            .read_guest(RESULTS + slot * 0x40, 20)
+            .read_guest(RESULTS + slot * 0x40, 32)
             .expect("read")
             .chunks(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         assert_eq!(
-            words,
-            vec![MAGIC, 2, device_id, VENDOR, 256],
+            words[..5],
+            [MAGIC, 2, device_id, VENDOR, 256],
             "device {slot}"
         );
+        assert_eq!(words[5] & 1, 1, "device {slot} offers VIRTIO_F_VERSION_1");
+        assert_eq!(
+            words[6], 0xf,
+            "device {slot}: ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK, no NEEDS_RESET"
+        );
+        assert_eq!(words[7], 1, "device {slot}: its queue is ready");
     }
 }
 
