@@ -174,8 +174,20 @@ impl VmConfig {
                 .read(true)
                 .write(!d.read_only)
                 .open(&d.path);
-            if let Err(e) = opened {
-                return Err(bad("disk", format!("{}: {e}", d.path.display())));
+            match opened.and_then(|f| f.metadata()) {
+                Err(e) => return Err(bad("disk", format!("{}: {e}", d.path.display()))),
+                Ok(m) => {
+                    use std::os::unix::fs::FileTypeExt;
+                    if !m.is_file() && !m.file_type().is_block_device() {
+                        return Err(bad(
+                            "disk",
+                            format!(
+                                "{} is not a regular file or a block device",
+                                d.path.display()
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if let Some(tap) = &self.tap {

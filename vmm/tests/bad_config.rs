@@ -136,6 +136,16 @@ fn each_bad_option_is_named_and_nothing_leaks() {
                 ..base.clone()
             },
         ),
+        (
+            "disk",
+            VmConfig {
+                disks: vec![DiskConfig {
+                    path: dir.path().to_path_buf(),
+                    read_only: true,
+                }],
+                ..base.clone()
+            },
+        ),
         // One interrupt each: 20 disks and an rng don't fit the IOAPIC.
         (
             "disk",

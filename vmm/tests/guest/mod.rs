@@ -102,6 +102,16 @@ impl Program {
         self.a.jne(top).expect("jne");
     }
 
+    /// Loads an empty IDT (the zeroed descriptor at `scratch`) and raises
+    /// an exception: it can't be delivered, nor can the double fault, so
+    /// the CPU shuts down (a triple fault).
+    pub fn triple_fault(&mut self, scratch: u64) {
+        self.a.mov(rbx, scratch).expect("mov");
+        self.a.lidt(ptr(rbx)).expect("lidt");
+        self.a.int3().expect("int3");
+        self.spin();
+    }
+
     pub fn spin(&mut self) {
         let mut top = self.a.create_label();
         self.a.set_label(&mut top).expect("label");
