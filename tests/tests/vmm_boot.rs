@@ -77,38 +77,25 @@ async fn boot_and_check(
     // Each step is bounded, so that a hang says where it was, with the
     // guest's console and the VMM's log.
     let mut c = guest.client().await;
-    bounded(&guest, "an executable and a cell in the guest", async {
-        c.run_executable(pb::RunExecutableRequest {
-            name: "nproc".into(),
-            cell: String::new(),
-            executable: Some(pb::Executable {
-                command: "/bin/busybox".into(),
-                args: vec!["nproc".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("RunExecutable in the guest");
-        c.wait(pb::WaitRequest {
-            id: "nproc".into(),
-            timeout_ms: Some(60_000),
-        })
-        .await
-        .expect("wait");
-        let mut out = c
-            .logs(pb::LogsRequest {
-                id: "nproc".into(),
-                follow: false,
-                wait_for_start: false,
-            })
-            .await
-            .expect("logs")
-            .into_inner();
-        let line = out.next().await.expect("nproc output").expect("entry");
+    bounded(&guest, "executables and a cell in the guest", async {
+        let nproc = first_line(&mut c, "nproc", &["nproc"]).await;
+        assert_eq!(nproc, vcpus.to_string(), "the guest sees every vCPU");
+        // With --nested the guest sees SVM or VMX and its KVM comes up;
+        // without, neither.
+        let virt = first_line(
+            &mut c,
+            "virt",
+            &[
+                "sh",
+                "-c",
+                "grep -qwE 'svm|vmx' /proc/cpuinfo && test -c /dev/kvm && echo kvm || echo none",
+            ],
+        )
+        .await;
         assert_eq!(
-            String::from_utf8_lossy(&line.line),
-            vcpus.to_string(),
-            "the guest sees every vCPU"
+            virt,
+            if nested { "kvm" } else { "none" },
+            "nested: {nested}"
         );
         c.run_cell(pb::RunCellRequest {
             name: "vmcell".into(),
@@ -195,6 +182,43 @@ async fn boot_and_check(
         "the VMM removed its vsock socket"
     );
     eprintln!("{log}");
+}
+
+/// Runs busybox with `args` in the guest as executable `name`, waits for
+/// it, and returns its first line of output.
+async fn first_line(
+    c: &mut aurae_proto::runtime::runtime_client::RuntimeClient<tonic::transport::Channel>,
+    name: &str,
+    args: &[&str],
+) -> String {
+    c.run_executable(pb::RunExecutableRequest {
+        name: name.into(),
+        cell: String::new(),
+        executable: Some(pb::Executable {
+            command: "/bin/busybox".into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("RunExecutable in the guest");
+    c.wait(pb::WaitRequest {
+        id: name.into(),
+        timeout_ms: Some(60_000),
+    })
+    .await
+    .expect("wait");
+    let mut out = c
+        .logs(pb::LogsRequest {
+            id: name.into(),
+            follow: false,
+            wait_for_start: false,
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let line = out.next().await.expect("output").expect("entry");
+    String::from_utf8_lossy(&line.line).into_owned()
 }
 
 /// `f`, or a panic naming `what` with the guest's console and the VMM's
