@@ -1,5 +1,5 @@
 //! The guest's CPUID: what KVM supports, with a coherent topology for the
-//! configured vCPUs, the hypervisor bit, the TSC-deadline timer where KVM
+//! configured vCPUs (leaves 0xb and 0x1f), the hypervisor bit, the TSC-deadline timer where KVM
 //! emulates it, and SVM/VMX hidden unless nested virtualization was asked
 //! for.
 
@@ -8,6 +8,8 @@ use kvm_bindings::CpuId;
 const LEAF_FEATURES: u32 = 1;
 const LEAF_CACHE: u32 = 4;
 const LEAF_TOPOLOGY: u32 = 0xb;
+/// V2 extended topology: Linux prefers it to 0xb where the CPU has it.
+const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
 const ECX_VMX: u32 = 1 << 5;
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -51,7 +53,7 @@ pub fn filter(cpuid: &mut CpuId, id: u8, count: u8, features: Features) {
             LEAF_CACHE => {
                 e.eax = (e.eax & 0x03ff_ffff) | ((u32::from(count).saturating_sub(1)) << 26);
             }
-            LEAF_TOPOLOGY => {
+            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
                 e.edx = u32::from(id);
                 match e.index {
                     0 => {
@@ -109,6 +111,15 @@ mod tests {
         assert_eq!(e[1].ebx, 4);
         assert_eq!(e[1].edx, 2);
         assert_eq!(e[2].ecx & ECX_SVM, 0);
+        // Leaf 0x1f tells the same topology as 0xb.
+        let mut c = CpuId::from_entries(&[entry(0xb, 1), entry(0x1f, 1)]).expect("cpuid");
+        filter(&mut c, 3, 4, Features::default());
+        let (b, v2) = (c.as_slice()[0], c.as_slice()[1]);
+        assert_eq!(
+            (v2.eax, v2.ebx, v2.ecx, v2.edx),
+            (b.eax, b.ebx, b.ecx, b.edx)
+        );
+        assert_eq!((v2.ebx, v2.edx), (4, 3));
         let mut c = CpuId::from_entries(&[entry(0x8000_0001, 0)]).expect("cpuid");
         filter(
             &mut c,
