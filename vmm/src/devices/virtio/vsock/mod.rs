@@ -8,6 +8,8 @@ pub mod metrics;
 pub mod muxer;
 pub mod packet;
 #[cfg(test)]
+mod packet_fuzz;
+#[cfg(test)]
 mod tests;
 
 pub use device::Vsock;

@@ -13,13 +13,13 @@ use super::Vsock;
 use crate::devices::virtio::test_utils::{TestQueue, WRITE};
 use crate::devices::virtio::VirtioDevice;
 
-const CID: u64 = 3;
+pub(super) const CID: u64 = 3;
 const GUEST_PORT: u32 = 5000;
 
-struct Rig {
+pub(super) struct Rig {
     rx: TestQueue,
-    tx: TestQueue,
-    dev: Vsock,
+    pub(super) tx: TestQueue,
+    pub(super) dev: Vsock,
     dir: tempfile::TempDir,
     /// Next free data address for tx packets and rx buffers.
     next: std::cell::Cell<u64>,
@@ -29,7 +29,7 @@ struct Rig {
 }
 
 impl Rig {
-    fn new() -> Rig {
+    pub(super) fn new() -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let rx = TestQueue::new(64);
         let tx = TestQueue::with_mem(rx.mem.clone(), 0x2000, 64);
@@ -52,7 +52,7 @@ impl Rig {
         }
     }
 
-    fn alloc(&self, len: u64) -> u64 {
+    pub(super) fn alloc(&self, len: u64) -> u64 {
         let at = self.next.get();
         self.next.set(at + len.next_multiple_of(0x1000));
         at
@@ -84,7 +84,7 @@ impl Rig {
 
     /// Offers one rx buffer of `room` payload bytes and runs rx; returns
     /// the packet the device put there, if any.
-    fn receive(&mut self, room: u32) -> Option<(Header, Vec<u8>)> {
+    pub(super) fn receive(&mut self, room: u32) -> Option<(Header, Vec<u8>)> {
         let at = self.alloc(u64::from(room) + HDR_LEN as u64);
         let head = self.rx.add_chain(0, &[(at, room + HDR_LEN as u32, WRITE)]);
         self.rx_bufs.insert(head, at);
@@ -108,7 +108,7 @@ impl Rig {
         Some((h, self.rx.read(at + HDR_LEN as u64, h.len as usize)))
     }
 
-    fn sock_path(&self) -> std::path::PathBuf {
+    pub(super) fn sock_path(&self) -> std::path::PathBuf {
         self.dir.path().join("v.sock")
     }
 
