@@ -300,6 +300,12 @@ impl Vm {
 
     /// Starts the device event loop and one thread per vCPU.
     pub fn run(&mut self) -> Result<(), VmmError> {
+        if self.event_thread.is_some() || self.vcpus.is_empty() {
+            return Err(VmmError::Device {
+                device: "vm",
+                reason: "the VM has already been started".into(),
+            });
+        }
         vcpu::install_kick_handler()?;
         let subscribers = std::mem::take(&mut self.subscribers);
         let state = self.state.clone();

@@ -86,6 +86,23 @@ fn a_triple_fault_stops_the_vm() {
 }
 
 #[test]
+fn a_vm_runs_once() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    p.spin();
+    let (_d, mut vm) = boot(&mut p, |_| {});
+    vm.run().expect("run");
+    assert!(vm.run().is_err(), "a second run is refused");
+    vm.stop();
+    assert_eq!(
+        vm.wait(Some(Duration::from_secs(20))),
+        Some(ExitReason::Stopped)
+    );
+}
+
+#[test]
 fn the_boot_timer_records_when_init_starts() {
     if !kvm_or_skip() {
         return;
