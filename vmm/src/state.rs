@@ -23,6 +23,9 @@ pub enum ExitReason {
 
 pub struct VmState {
     started: Instant,
+    /// Written when the VM stops, so that the device event loop (which
+    /// otherwise sleeps until a device has work) wakes up and ends.
+    stop_evt: vmm_sys_util::eventfd::EventFd,
     exit: Mutex<Option<ExitReason>>,
     exited: Condvar,
     boot_time: OnceLock<Duration>,
@@ -30,14 +33,15 @@ pub struct VmState {
 }
 
 impl VmState {
-    pub fn new(started: Instant) -> Self {
-        Self {
+    pub fn new(started: Instant) -> std::io::Result<Self> {
+        Ok(Self {
             started,
+            stop_evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?,
             exit: Mutex::new(None),
             exited: Condvar::new(),
             boot_time: OnceLock::new(),
             boot_cpu: OnceLock::new(),
-        }
+        })
     }
 
     /// Records the first exit reason and wakes the waiters.
@@ -46,7 +50,13 @@ impl VmState {
         if exit.is_none() {
             *exit = Some(reason);
             self.exited.notify_all();
+            let _ = self.stop_evt.write(1);
         }
+    }
+
+    /// Readable once the VM is stopping.
+    pub fn stop_event(&self) -> &vmm_sys_util::eventfd::EventFd {
+        &self.stop_evt
     }
 
     pub fn exit_reason(&self) -> Option<ExitReason> {
@@ -117,7 +127,7 @@ mod tests {
 
     #[test]
     fn a_thread_that_panics_stops_the_vm_with_an_error() {
-        let state = std::sync::Arc::new(VmState::new(Instant::now()));
+        let state = std::sync::Arc::new(VmState::new(Instant::now()).expect("state"));
         let guard = ExitOnPanic {
             state: state.clone(),
             thread: "vcpu 0".into(),
@@ -135,7 +145,7 @@ mod tests {
 
     #[test]
     fn a_thread_that_returns_leaves_the_vm_running() {
-        let state = std::sync::Arc::new(VmState::new(Instant::now()));
+        let state = std::sync::Arc::new(VmState::new(Instant::now()).expect("state"));
         drop(ExitOnPanic {
             state: state.clone(),
             thread: "vcpu 0".into(),

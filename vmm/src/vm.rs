@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{cpuid, kernel, layout, mptable, regs};
@@ -61,6 +62,19 @@ pub struct Vm {
     ram: Option<GuestRam>,
     profile: Option<vcpu::Samples>,
     sampler_thread: Option<JoinHandle<()>>,
+}
+
+/// Wakes the device event loop when the VM stops (see `VmState::exit`).
+struct StopWatch(Arc<VmState>);
+
+impl MutEventSubscriber for StopWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.0.stop_event(), EventSet::IN));
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.0.stop_event().read();
+    }
 }
 
 /// How often the guest profiler samples, and for how long at most (about
@@ -126,7 +140,7 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         })?;
-        let state = Arc::new(VmState::new(started));
+        let state = Arc::new(VmState::new(started)?);
         mark(&mut phases, "kvm and memory");
 
         // The guest's software, before any device: a bad kernel must not
@@ -317,6 +331,7 @@ impl Vm {
         for s in subscribers {
             em.add_subscriber(s);
         }
+        em.add_subscriber(Arc::new(Mutex::new(StopWatch(self.state.clone()))));
         self.event_thread = Some(
             std::thread::Builder::new()
                 .name("vmm-events".into())
@@ -328,8 +343,9 @@ impl Vm {
                     if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Events) {
                         state.exit(ExitReason::Error(e.to_string()));
                     }
+                    // It sleeps until a device has work, or the VM stops.
                     while !state.stopping() {
-                        if em.run_with_timeout(100).is_err() {
+                        if em.run_with_timeout(-1).is_err() {
                             state.exit(ExitReason::Error("the device event loop failed".into()));
                         }
                     }
