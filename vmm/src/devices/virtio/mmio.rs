@@ -238,9 +238,9 @@ impl MmioTransport {
                 }
             }
             reg::QUEUE_SEL => self.queue_select = v,
-            reg::QUEUE_NUM => match self.selected_queue() {
-                Some(q) => q.set_size(v as u16),
-                None => self.bad_accesses += 1,
+            reg::QUEUE_NUM => match (self.selected_queue(), u16::try_from(v)) {
+                (Some(q), Ok(size)) => q.set_size(size),
+                _ => self.bad_accesses += 1,
             },
             reg::QUEUE_READY => match self.selected_queue() {
                 Some(q) => q.set_ready(v == 1),

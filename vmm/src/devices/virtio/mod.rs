@@ -171,14 +171,17 @@ pub fn single_queue(mut queues: Vec<Queue>) -> Result<Queue, ActivateError> {
     }
 }
 
-/// Completes every available chain of `queue` with `serve`, which returns
-/// the number of bytes it wrote into the chain's buffers. A corrupt avail
-/// ring or used ring sets NEEDS_RESET and stops. Signals the driver when
-/// anything was used. Returns the number of chains completed.
+/// Completes the available chains of `queue` with `serve`, which returns
+/// the number of bytes it wrote into the chain's buffers: at most a queue's
+/// worth per call, then `kick` (the queue's notification) schedules the
+/// rest, so a guest that keeps posting can't hold the event loop. A
+/// corrupt avail ring or used ring sets NEEDS_RESET and stops. Signals the
+/// driver when anything was used. Returns the number of chains completed.
 pub fn serve_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     interrupt: &Interrupt,
+    kick: &EventFd,
     mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
 ) -> usize {
     use virtio_queue::{QueueOwnedT, QueueT};
@@ -187,6 +190,10 @@ pub fn serve_queue(
     }
     let mut served = 0;
     loop {
+        if served >= usize::from(queue.size()) {
+            let _ = kick.write(1);
+            break;
+        }
         let chain = match queue.iter(mem) {
             Ok(mut iter) => iter.next(),
             Err(_) => {

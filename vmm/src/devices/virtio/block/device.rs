@@ -206,7 +206,8 @@ impl Block {
             return 0;
         };
         let (disk, mem) = (&self.disk, &active.mem);
-        serve_queue(&mut active.queue, mem, &active.interrupt, |chain| {
+        let kick = &self.queue_evts[0];
+        serve_queue(&mut active.queue, mem, &active.interrupt, kick, |chain| {
             let outcome = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
                 (Ok(mut r), Ok(mut w)) => disk.serve(&mut r, &mut w),
                 _ => Outcome::Invalid,

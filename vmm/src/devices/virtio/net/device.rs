@@ -78,29 +78,36 @@ impl<B: Backend> Net<B> {
         };
         let (backend, metrics, mem) = (&mut self.backend, &self.metrics, &active.mem);
         let mut frame = vec![0u8; MAX_FRAME];
-        serve_queue(&mut active.queues[TX], mem, &active.interrupt, |chain| {
-            let read = Reader::new(mem, chain).ok().and_then(|mut r| {
-                let len = r.available_bytes();
-                if !(HDR_LEN..=HDR_LEN + MAX_FRAME).contains(&len) {
-                    return None;
+        let kick = &self.queue_evts[TX];
+        serve_queue(
+            &mut active.queues[TX],
+            mem,
+            &active.interrupt,
+            kick,
+            |chain| {
+                let read = Reader::new(mem, chain).ok().and_then(|mut r| {
+                    let len = r.available_bytes();
+                    if !(HDR_LEN..=HDR_LEN + MAX_FRAME).contains(&len) {
+                        return None;
+                    }
+                    let mut hdr = [0u8; HDR_LEN];
+                    r.read_exact(&mut hdr).ok()?;
+                    let n = len - HDR_LEN;
+                    r.read_exact(&mut frame[..n]).ok()?;
+                    Some(n)
+                });
+                match read {
+                    Some(n) if backend.send(&frame[..n]).is_ok() => {
+                        metrics.tx_frames.fetch_add(1, Ordering::Relaxed);
+                        metrics.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    _ => {
+                        metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                let mut hdr = [0u8; HDR_LEN];
-                r.read_exact(&mut hdr).ok()?;
-                let n = len - HDR_LEN;
-                r.read_exact(&mut frame[..n]).ok()?;
-                Some(n)
-            });
-            match read {
-                Some(n) if backend.send(&frame[..n]).is_ok() => {
-                    metrics.tx_frames.fetch_add(1, Ordering::Relaxed);
-                    metrics.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                _ => {
-                    metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            0
-        })
+                0
+            },
+        )
     }
 
     /// Moves frames from the backend into rx buffers until either runs out.

@@ -46,7 +46,8 @@ impl Rng {
         };
         let (entropy, metrics, mem) = (&mut self.entropy, &self.metrics, &active.mem);
         let mut chunk = vec![0u8; MAX_REQUEST];
-        serve_queue(&mut active.queue, mem, &active.interrupt, |chain| {
+        let kick = &self.queue_evts[0];
+        serve_queue(&mut active.queue, mem, &active.interrupt, kick, |chain| {
             RngMetrics::inc(&metrics.requests, 1);
             let Ok(mut w) = Writer::new(mem, chain) else {
                 RngMetrics::inc(&metrics.invalid_chains, 1);
@@ -135,6 +136,25 @@ mod tests {
             "random bytes were written"
         );
         assert_eq!(irq.status() & crate::devices::virtio::INT_VRING, 1);
+    }
+
+    #[test]
+    fn a_queue_s_worth_per_pass_then_the_notification_schedules_the_rest() {
+        let t = TestQueue::new(16);
+        for i in 0..16 {
+            t.add_chain(i, &[(0x4000 + u64::from(i) * 0x100, 8, WRITE)]);
+        }
+        let mut rng = Rng::new().expect("rng");
+        let (mem, q, irq) = t.activate_parts();
+        rng.activate(mem, vec![q], irq).expect("activate");
+        assert!(rng.queue_evts[0].read().is_err(), "no notification yet");
+        assert_eq!(rng.process_queue(), 16);
+        assert_eq!(
+            rng.queue_evts[0].read().ok(),
+            Some(1),
+            "a full pass schedules another"
+        );
+        assert_eq!(rng.process_queue(), 0);
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl Vsock {
             scratch,
             metrics,
             tx_throttled,
+            queue_evts,
             ..
         } = self
         else {
@@ -129,6 +130,11 @@ impl Vsock {
         }
         let mut used = 0;
         loop {
+            // A queue's worth per call; the notification schedules the rest.
+            if used >= usize::from(active.queues[TX].size()) {
+                let _ = queue_evts[TX].write(1);
+                break;
+            }
             if muxer.control_full() {
                 *tx_throttled = true;
                 break;
