@@ -11,6 +11,7 @@ mod kernel;
 mod stats;
 mod test_tiers;
 mod testhost;
+mod testhost_watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
