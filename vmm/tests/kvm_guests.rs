@@ -37,6 +37,25 @@ fn run(vm: &mut Vm) -> ExitReason {
     })
 }
 
+/// A VM whose guest only spins (built, not running), and the length of
+/// the guest's code.
+fn spinner() -> (tempfile::TempDir, Vm, u64) {
+    let mut p = Program::new();
+    p.spin();
+    let len = p.bytes().len() as u64;
+    let (d, vm) = boot(&mut p, |_| {});
+    (d, vm, len)
+}
+
+/// Stops a running VM, which must say the host asked it to.
+fn stop(vm: &mut Vm) {
+    vm.stop();
+    assert_eq!(
+        vm.wait(Some(Duration::from_secs(20))),
+        Some(ExitReason::Stopped)
+    );
+}
+
 #[test]
 fn serial_output_reaches_the_console() {
     if !kvm_or_skip() {
@@ -90,16 +109,10 @@ fn a_vm_runs_once() {
     if !kvm_or_skip() {
         return;
     }
-    let mut p = Program::new();
-    p.spin();
-    let (_d, mut vm) = boot(&mut p, |_| {});
+    let (_d, mut vm, _) = spinner();
     vm.run().expect("run");
     assert!(vm.run().is_err(), "a second run is refused");
-    vm.stop();
-    assert_eq!(
-        vm.wait(Some(Duration::from_secs(20))),
-        Some(ExitReason::Stopped)
-    );
+    stop(&mut vm);
 }
 
 #[test]
@@ -307,18 +320,11 @@ fn the_guest_profiler_samples_where_the_guest_runs() {
     if !kvm_or_skip() {
         return;
     }
-    let mut p = Program::new();
-    p.spin();
-    let len = p.bytes().len() as u64;
-    let (_d, mut vm) = boot(&mut p, |_| {});
+    let (_d, mut vm, len) = spinner();
     vm.profile_guest();
     vm.run().expect("run");
     std::thread::sleep(Duration::from_millis(200));
-    vm.stop();
-    assert_eq!(
-        vm.wait(Some(Duration::from_secs(20))),
-        Some(ExitReason::Stopped)
-    );
+    stop(&mut vm);
     let samples = vm.guest_samples();
     assert!(samples.len() >= 10, "{} samples in 200 ms", samples.len());
     for (micros, rip) in &samples {
@@ -341,9 +347,7 @@ fn every_vm_thread_runs_under_its_seccomp_filter() {
     if !kvm_or_skip() {
         return;
     }
-    let mut p = Program::new();
-    p.spin();
-    let (_d, mut vm) = boot(&mut p, |_| {});
+    let (_d, mut vm, _) = spinner();
     vm.run().expect("run");
     std::thread::sleep(Duration::from_millis(100));
     let mut checked = Vec::new();
@@ -361,11 +365,7 @@ fn every_vm_thread_runs_under_its_seccomp_filter() {
             checked.push((name, mode));
         }
     }
-    vm.stop();
-    assert_eq!(
-        vm.wait(Some(Duration::from_secs(20))),
-        Some(ExitReason::Stopped)
-    );
+    stop(&mut vm);
     assert!(
         checked.iter().any(|(n, _)| n == "vcpu0") && checked.iter().any(|(n, _)| n == "vmm-events"),
         "found {checked:?}"
