@@ -131,6 +131,8 @@ pub enum Launcher {
         /// Give the guest a virtio-vsock device (CID 3) whose host socket
         /// is [`Guest::vsock_path`].
         vsock: bool,
+        /// A read-only virtio-blk disk (the guest's /dev/vda).
+        disk: Option<PathBuf>,
         tap: String,
         guest_ip: String,
         gateway: String,
@@ -332,11 +334,15 @@ impl Guest {
                 vcpus,
                 nested,
                 vsock,
+                disk,
                 tap,
                 guest_ip,
                 gateway,
             } => {
                 let mut cmd = Command::new(vmm);
+                if let Some(disk) = disk {
+                    cmd.arg("--disk").arg(format!("{}:ro", disk.display()));
+                }
                 if nested {
                     cmd.arg("--nested");
                 }

@@ -138,6 +138,7 @@ async fn boot_times_against_qemu_microvm() {
                     vcpus: 1,
                     nested: false,
                     vsock: false,
+                    disk: None,
                     tap: TAP.into(),
                     guest_ip: INSTANCE_IP.into(),
                     gateway: BRIDGE_IP.into(),

@@ -1,12 +1,16 @@
 //! Tier 4 (e2e), inside the QEMU test host: our VMM boots our image under
 //! KVM with a TAP on a bridge; the guest auraed answers over mTLS, runs a
-//! cell, and the boot timer shows that /init started.
+//! cell, reads a read-only virtio-blk disk through its Linux driver, and
+//! answers on vsock; the boot timer shows that /init started.
 
 use std::time::Duration;
 
 use aurae_proto::runtime as pb;
 use aurae_tests::guest::{image_dir, Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP};
 use tokio_stream::StreamExt;
+
+/// What the guest's disk starts with.
+const DISK_MARK: &[u8] = b"aurae disk, sector 0\n";
 
 fn ready() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let name = aurae_tests::function_name!();
@@ -60,6 +64,11 @@ async fn boot_and_check(
     nested: bool,
 ) {
     let _net = TestNetwork::create();
+    // A read-only disk whose first bytes the guest reads back.
+    let disk = tempfile::NamedTempFile::new().expect("disk");
+    let mut bytes = DISK_MARK.to_vec();
+    bytes.resize(1 << 20, 0);
+    std::fs::write(disk.path(), &bytes).expect("disk");
     let mut guest = Guest::boot_with(
         image,
         Launcher::AuraeVmm {
@@ -68,6 +77,7 @@ async fn boot_and_check(
             vcpus,
             nested,
             vsock: true,
+            disk: Some(disk.path().to_path_buf()),
             tap: TAP.into(),
             guest_ip: INSTANCE_IP.into(),
             gateway: BRIDGE_IP.into(),
@@ -97,6 +107,9 @@ async fn boot_and_check(
             if nested { "kvm" } else { "none" },
             "nested: {nested}"
         );
+        // The guest's virtio-blk driver reads the disk through our device.
+        let head = first_line(&mut c, "disk", &["head", "-c", "18", "/dev/vda"]).await;
+        assert_eq!(head.as_bytes(), &DISK_MARK[..18]);
         c.run_cell(pb::RunCellRequest {
             name: "vmcell".into(),
             image: "/images/busybox".into(),

@@ -97,6 +97,7 @@ pub fn run() -> anyhow::Result<()> {
                     vcpus: 1,
                     nested: false,
                     vsock: false,
+                    disk: None,
                     tap: TAP.into(),
                     guest_ip: INSTANCE_IP.into(),
                     gateway: BRIDGE_IP.into(),
