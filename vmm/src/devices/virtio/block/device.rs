@@ -18,6 +18,8 @@ use crate::devices::virtio::{
 };
 
 pub const SECTOR: u64 = 512;
+pub const F_SIZE_MAX: u64 = 1 << 1;
+pub const F_SEG_MAX: u64 = 1 << 2;
 pub const F_RO: u64 = 1 << 5;
 pub const F_FLUSH: u64 = 1 << 9;
 const T_IN: u32 = 0;
@@ -30,6 +32,12 @@ pub const S_UNSUPP: u8 = 2;
 const QUEUE_SIZES: [u16; 1] = [256];
 /// Bytes moved per read/write call.
 const CHUNK: usize = 64 * 1024;
+/// The limits the device announces (SIZE_MAX, SEG_MAX): segments of at
+/// most 64 KiB, at most 128 of them, so a request moves at most 8 MiB.
+/// Bigger requests fail: one request can't hold the event loop for long.
+const SIZE_MAX: u32 = 64 * 1024;
+const SEG_MAX: u32 = 128;
+const MAX_REQUEST: u64 = SIZE_MAX as u64 * SEG_MAX as u64;
 
 pub(super) struct Active {
     mem: GuestMemoryMmap,
@@ -98,7 +106,8 @@ impl Disk {
     }
 
     fn in_range(&self, sector: u64, len: u64) -> bool {
-        len.is_multiple_of(SECTOR)
+        len <= MAX_REQUEST
+            && len.is_multiple_of(SECTOR)
             && sector
                 .checked_add(len / SECTOR)
                 .is_some_and(|end| end <= self.sectors)
@@ -231,12 +240,17 @@ impl VirtioDevice for Block {
         &QUEUE_SIZES
     }
     fn avail_features(&self) -> u64 {
-        F_VERSION_1 | F_FLUSH | if self.disk.read_only { F_RO } else { 0 }
+        F_VERSION_1 | F_FLUSH | F_SIZE_MAX | F_SEG_MAX | if self.disk.read_only { F_RO } else { 0 }
     }
     fn set_acked_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_blk_config starts with the capacity in sectors.
-        read_config_bytes(&self.disk.sectors.to_le_bytes(), offset, data);
+        // struct virtio_blk_config: the capacity in sectors, size_max,
+        // seg_max.
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&self.disk.sectors.to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        read_config_bytes(&config, offset, data);
     }
     fn activate(
         &mut self,
@@ -308,6 +322,26 @@ mod tests {
         let on_disk = std::fs::read(f.path()).expect("read");
         assert_eq!(&on_disk[3 * 512..5 * 512], &[0x5a; 1024][..]);
         assert_eq!(b.read_config_u64(), 8);
+    }
+
+    #[test]
+    fn requests_are_limited_to_what_the_device_announces() {
+        let f = tempfile::NamedTempFile::new().expect("file");
+        f.as_file().set_len(4 * MAX_REQUEST).expect("sparse disk");
+        let b = Block::open(f.path(), false).expect("open");
+        let features = b.avail_features();
+        assert_ne!(features & F_SIZE_MAX, 0);
+        assert_ne!(features & F_SEG_MAX, 0);
+        let mut word = [0u8; 4];
+        b.read_config(8, &mut word);
+        assert_eq!(u32::from_le_bytes(word), SIZE_MAX);
+        b.read_config(12, &mut word);
+        assert_eq!(u32::from_le_bytes(word), SEG_MAX);
+        assert!(b.disk.in_range(0, MAX_REQUEST));
+        assert!(
+            !b.disk.in_range(0, MAX_REQUEST + SECTOR),
+            "larger than SIZE_MAX x SEG_MAX"
+        );
     }
 
     #[test]
