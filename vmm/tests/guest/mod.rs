@@ -17,7 +17,9 @@ const DEBUG_EXIT: u32 = 0x501;
 
 /// Reports the running test as skipped, with `reason`: on stderr, and in
 /// the file `AURAE_SKIP_LOG` names (where `cargo xtask test` collects the
-/// skips it prints), so that a skip never passes for a pass.
+/// skips it prints), so that a skip never passes for a pass. The same
+/// format as `aurae_tests::report_skip`, which these tests can't use: the
+/// vmm crate's tests don't depend on the daemon's test harness.
 pub fn skip(reason: &str) {
     let line = format!(
         "SKIP {}: {reason}",
