@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use vmm::seccomp::{self, ThreadKind};
 use vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig};
 
 #[derive(Parser)]
@@ -137,19 +138,39 @@ fn main() {
     let _ = signals.thread_block();
     let stopper = vm.stop_handle();
     std::thread::spawn(move || {
-        if signals.wait().is_ok() {
+        // It only waits for a signal and stops the VM.
+        if let Err(e) = seccomp::apply(ThreadKind::Control) {
+            eprintln!("aurae-vmm: the signal thread's seccomp filter: {e}");
+            stopper.stop();
+        } else if signals.wait().is_ok() {
             stopper.stop();
         }
     });
     // A diagnostic: the boot vCPU's instruction pointer every millisecond,
     // written to this file as "<microseconds> <rip>" lines when the VM
-    // stops (resolve them with `nm vmlinux`).
-    let profile = std::env::var_os("AURAE_VMM_GUEST_PROFILE");
-    if profile.is_some() {
+    // stops (resolve them with `nm vmlinux`). Opened now: once the VM runs,
+    // this thread may open no file.
+    let mut profile = None;
+    if let Some(path) = std::env::var_os("AURAE_VMM_GUEST_PROFILE") {
+        match std::fs::File::create(&path) {
+            Ok(f) => profile = Some(f),
+            Err(e) => {
+                eprintln!("aurae-vmm: AURAE_VMM_GUEST_PROFILE {path:?}: {e}");
+                std::process::exit(2);
+            }
+        }
         vm.profile_guest();
     }
     if let Err(e) = vm.run() {
         eprintln!("aurae-vmm: starting the VM: {e}");
+        drop(vm);
+        std::process::exit(2);
+    }
+    // From here this thread only waits, reports and cleans up.
+    if let Err(e) = seccomp::apply(ThreadKind::Control) {
+        eprintln!("aurae-vmm: this thread's seccomp filter: {e}");
+        vm.stop();
+        vm.wait(None);
         drop(vm);
         std::process::exit(2);
     }
@@ -179,13 +200,13 @@ fn main() {
             n(&m.dropped)
         );
     }
-    if let Some(path) = profile {
+    if let Some(mut file) = profile {
         let samples: String = vm
             .guest_samples()
             .iter()
             .map(|(us, rip)| format!("{us} {rip:x}\n"))
             .collect();
-        if let Err(e) = std::fs::write(&path, samples) {
+        if let Err(e) = std::io::Write::write_all(&mut file, samples.as_bytes()) {
             eprintln!("aurae-vmm: writing the guest profile: {e}");
         }
     }

@@ -380,6 +380,9 @@ impl Vm {
                 std::thread::Builder::new()
                     .name("guest-profiler".into())
                     .spawn(move || {
+                        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Control) {
+                            state.exit(ExitReason::Error(e.to_string()));
+                        }
                         let started = Instant::now();
                         while !state.stopping() && started.elapsed() < PROFILE_SPAN {
                             // SAFETY: pthread_kill on a vCPU thread that is

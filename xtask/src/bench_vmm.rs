@@ -21,55 +21,10 @@ const CODE: [u8; 26] = [
     0x66, 0xba, 0x40, 0x04, 0xb0, 123, 0xee, 0x66, 0xba, 0xf8, 0x03, 0xb0, b'X', 0xee, 0x66, 0xba,
     0x01, 0x05, 0xb0, 0x00, 0xee, 0xf4, 0xeb, 0xfe, 0x90, 0x90,
 ];
-const LOAD: u64 = 0x10_0000;
 
 /// A minimal ELF64 with one PT_LOAD and a Xen PHYS32_ENTRY note.
 pub fn tiny_pvh_elf() -> Vec<u8> {
-    let mut f = vec![0u8; 0x1000];
-    f[..4].copy_from_slice(b"\x7fELF");
-    f[4] = 2; // 64-bit
-    f[5] = 1; // little endian
-    f[6] = 1;
-    let put16 =
-        |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let put32 =
-        |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    let put64 =
-        |f: &mut Vec<u8>, at: usize, v: u64| f[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    put16(&mut f, 16, 2); // ET_EXEC
-    put16(&mut f, 18, 62); // x86_64
-    put32(&mut f, 20, 1);
-    put64(&mut f, 24, LOAD); // e_entry
-    put64(&mut f, 32, 64); // e_phoff
-    put16(&mut f, 52, 64); // e_ehsize
-    put16(&mut f, 54, 56); // e_phentsize
-    put16(&mut f, 56, 2); // e_phnum
-                          // PT_LOAD: the code page.
-    let ph = 64;
-    put32(&mut f, ph, 1);
-    put32(&mut f, ph + 4, 7);
-    put64(&mut f, ph + 8, 0x1000);
-    put64(&mut f, ph + 16, LOAD);
-    put64(&mut f, ph + 24, LOAD);
-    put64(&mut f, ph + 32, CODE.len() as u64);
-    put64(&mut f, ph + 40, CODE.len() as u64);
-    put64(&mut f, ph + 48, 0x1000);
-    // PT_NOTE: "Xen", type 18 (PHYS32_ENTRY), 8-byte entry address.
-    let note = 0x200;
-    let ph = 64 + 56;
-    put32(&mut f, ph, 4);
-    put32(&mut f, ph + 4, 4);
-    put64(&mut f, ph + 8, note as u64);
-    put64(&mut f, ph + 32, 20);
-    put64(&mut f, ph + 40, 20);
-    put64(&mut f, ph + 48, 4);
-    put32(&mut f, note, 4);
-    put32(&mut f, note + 4, 8);
-    put32(&mut f, note + 8, 18);
-    f[note + 12..note + 16].copy_from_slice(b"Xen\0");
-    put64(&mut f, note + 16, LOAD);
-    f.extend(CODE);
-    f
+    vmm::boot::test_elf::TestElf::pvh(&CODE).build()
 }
 
 struct Sample {

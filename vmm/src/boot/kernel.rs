@@ -383,26 +383,23 @@ mod tests {
     /// A minimal x86-64 ELF executable: one PT_LOAD of `filesz` bytes at
     /// `paddr`, `memsz` bytes in memory (the rest is bss).
     fn tiny_elf(paddr: u64, filesz: u64, memsz: u64) -> Vec<u8> {
-        let mut f = vec![0u8; 0x1000 + filesz as usize];
-        f[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-        f[20..24].copy_from_slice(&1u32.to_le_bytes());
-        f[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
-        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
-        f[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
-        f[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
-        f[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
-        let ph = &mut f[64..120];
-        ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-        ph[4..8].copy_from_slice(&5u32.to_le_bytes());
-        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // offset
-        ph[16..24].copy_from_slice(&paddr.to_le_bytes());
-        ph[24..32].copy_from_slice(&paddr.to_le_bytes());
-        ph[32..40].copy_from_slice(&filesz.to_le_bytes());
-        ph[40..48].copy_from_slice(&memsz.to_le_bytes());
-        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
-        f
+        crate::boot::test_elf::TestElf {
+            load: paddr,
+            code: vec![0; filesz as usize],
+            memsz,
+            pvh: false,
+        }
+        .build()
+    }
+
+    #[test]
+    fn an_elf_with_a_pvh_note_is_entered_through_pvh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vmlinux");
+        let elf = crate::boot::test_elf::TestElf::pvh(&[0xf4]);
+        std::fs::write(&path, elf.build()).expect("elf");
+        let k = load_kernel(&mem(4), &path, None).expect("load");
+        assert_eq!(k.entry, Entry::Pvh(0x10_0000));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod kernel;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod test_elf;
 
 /// Longest kernel command line accepted (including the NUL).
 pub const CMDLINE_MAX: usize = 4096;

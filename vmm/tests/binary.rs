@@ -1,0 +1,103 @@
+//! The `aurae-vmm` binary with a tiny PVH guest on /dev/kvm: every one of
+//! its threads runs under a seccomp filter once the VM runs (the main and
+//! signal threads too), SIGTERM stops the VM cleanly, and what it leaves is
+//! what it should: its report, the guest profile, and no vsock socket file.
+
+mod guest;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use guest::kvm_or_skip;
+use vmm::boot::test_elf::TestElf;
+
+/// 32-bit PVH entry: out 0x3f8 'X'; then spin (jmp $).
+const WRITE_X_AND_SPIN: [u8; 9] = [0x66, 0xba, 0xf8, 0x03, 0xb0, b'X', 0xee, 0xeb, 0xfe];
+
+/// Polls `check` every 10 ms for at most 10 s.
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// (thread name, seccomp mode) of each thread of process `pid`.
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .flatten()
+        .map(|task| {
+            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            let mode = read("status")
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|m| m.trim().to_string()))
+                .unwrap_or_default();
+            (read("comm").trim().to_string(), mode)
+        })
+        .collect()
+}
+
+#[test]
+fn every_thread_of_the_binary_is_filtered_and_sigterm_stops_it_cleanly() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("tiny.elf");
+    std::fs::write(&kernel, TestElf::pvh(&WRITE_X_AND_SPIN).build()).expect("kernel");
+    let console = dir.path().join("console.log");
+    let socket = dir.path().join("vsock.sock");
+    let profile = dir.path().join("profile.txt");
+    let child = Command::new(env!("CARGO_BIN_EXE_aurae-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--mem", "16", "--no-rng", "--timeout", "60"])
+        .arg("--console")
+        .arg(&console)
+        .arg("--vsock")
+        .arg(format!("3:{}", socket.display()))
+        .env("AURAE_VMM_GUEST_PROFILE", &profile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aurae-vmm");
+    let pid = child.id();
+    let ran = eventually(|| std::fs::read(&console).is_ok_and(|c| c.contains(&b'X')));
+    // The main thread applies its filter right after starting the VM.
+    let mut modes = Vec::new();
+    let filtered = ran
+        && eventually(|| {
+            modes = seccomp_modes(pid);
+            modes.iter().all(|(_, m)| m == "2")
+        });
+    let socket_existed = socket.exists();
+    // SAFETY: kill(2) on our own child, which has not been reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(ran, "the guest wrote nothing; stderr: {stderr}");
+    assert!(filtered, "threads (name, seccomp mode): {modes:?}");
+    // main, the signal thread, vcpu0, the event loop and the profiler.
+    assert!(modes.len() >= 5, "{modes:?}");
+    for name in ["vcpu0", "vmm-events", "guest-profiler"] {
+        assert!(modes.iter().any(|(n, _)| n == name), "{name}: {modes:?}");
+    }
+    assert!(socket_existed, "the vsock socket was never made");
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("VM stopped: Stopped"), "{stderr}");
+    assert!(!socket.exists(), "the vsock socket file was left behind");
+    let samples = std::fs::read_to_string(&profile).expect("profile");
+    let first = samples.lines().next().unwrap_or_default();
+    let rip = first.split_whitespace().nth(1).unwrap_or_default();
+    // The guest spins at 1 MiB, just past its out instruction.
+    let rip = u64::from_str_radix(rip, 16).unwrap_or(0);
+    assert!(
+        (0x10_0000..0x10_0000 + WRITE_X_AND_SPIN.len() as u64).contains(&rip),
+        "first sample {first:?}"
+    );
+}
