@@ -26,7 +26,8 @@ pub fn report_skip(test: &str, reason: &str) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{line}");
+            // One write: tests that skip at once must not interleave.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
 }

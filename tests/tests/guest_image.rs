@@ -6,8 +6,7 @@ use aurae_proto::runtime as pb;
 use aurae_tests::guest::{image_dir, Guest};
 
 /// The image and QEMU are needed; the e2e tier sets AURAE_E2E.
-fn ready() -> Option<std::path::PathBuf> {
-    let name = aurae_tests::function_name!();
+fn ready(name: &str) -> Option<std::path::PathBuf> {
     if std::env::var_os("AURAE_E2E").is_none() {
         aurae_tests::report_skip(
             name,
@@ -47,7 +46,9 @@ fn busybox(script: &str) -> pb::Executable {
 
 #[tokio::test]
 async fn the_guest_auraed_runs_executables_and_cells_over_mtls() {
-    let Some(image) = ready() else { return };
+    let Some(image) = ready(aurae_tests::function_name!()) else {
+        return;
+    };
     let guest = Guest::boot(&image).await;
     let mut c = guest.client().await;
 

@@ -12,8 +12,7 @@ use tokio_stream::StreamExt;
 /// What the guest's disk starts with.
 const DISK_MARK: &[u8] = b"aurae disk, sector 0\n";
 
-fn ready() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let name = aurae_tests::function_name!();
+fn ready(name: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let skip = |why: &str| {
         aurae_tests::report_skip(name, why);
         None
@@ -40,7 +39,9 @@ fn ready() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
 
 #[tokio::test]
 async fn our_vmm_boots_our_image_and_the_guest_runs_a_cell() {
-    let Some((image, vmm)) = ready() else { return };
+    let Some((image, vmm)) = ready(aurae_tests::function_name!()) else {
+        return;
+    };
     boot_and_check(&image, vmm, image.join("bzImage"), 1, false).await;
 }
 
@@ -48,7 +49,9 @@ async fn our_vmm_boots_our_image_and_the_guest_runs_a_cell() {
 /// SVM passed through so the guest can run KVM itself (nested spawn).
 #[tokio::test]
 async fn our_vmm_boots_vmlinux_through_pvh_with_two_vcpus() {
-    let Some((image, vmm)) = ready() else { return };
+    let Some((image, vmm)) = ready(aurae_tests::function_name!()) else {
+        return;
+    };
     if !image.join("vmlinux").is_file() {
         aurae_tests::report_skip(aurae_tests::function_name!(), "the image has no vmlinux");
         return;

@@ -33,7 +33,8 @@ pub fn skip(reason: &str) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{line}");
+            // One write: tests that skip at once must not interleave.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
 }
