@@ -101,3 +101,44 @@ fn every_thread_of_the_binary_is_filtered_and_sigterm_stops_it_cleanly() {
         "first sample {first:?}"
     );
 }
+
+/// The binary reports a bad option by its flag and exits with status 2,
+/// leaving its console log alone.
+#[test]
+fn the_binary_names_a_bad_option_and_exits_2() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("tiny.elf");
+    std::fs::write(&kernel, TestElf::pvh(&WRITE_X_AND_SPIN).build()).expect("kernel");
+    let console = dir.path().join("console.log");
+    std::fs::write(&console, "the last boot's log\n").expect("console");
+    let kernel = kernel.to_string_lossy().into_owned();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--kernel", "/no/such/kernel"], "--kernel"),
+        (&["--kernel", &kernel, "--vcpus", "0"], "--vcpus"),
+        (&["--kernel", &kernel, "--mem", "1"], "--mem"),
+        (&["--kernel", &kernel, "--tap", "aurae-nosuch0"], "--tap"),
+        (&["--kernel", &kernel, "--disk", "/no/such/disk"], "--disk"),
+    ];
+    for (args, flag) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_aurae-vmm"))
+            .args(args)
+            .arg("--console")
+            .arg(&console)
+            .stdin(Stdio::null())
+            .output()
+            .expect("aurae-vmm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("aurae-vmm: {flag}:")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&console).expect("console"),
+        "the last boot's log\n"
+    );
+}
