@@ -62,6 +62,9 @@ pub struct Vm {
     ram: Option<GuestRam>,
     profile: Option<vcpu::Samples>,
     sampler_thread: Option<JoinHandle<()>>,
+    /// `wait` gave up on threads that would not stop: `Drop` doesn't wait
+    /// for them again.
+    gave_up: bool,
 }
 
 /// Wakes the device event loop when the VM stops (see `VmState::exit`).
@@ -309,6 +312,7 @@ impl Vm {
             ram: Some(ram),
             profile: None,
             sampler_thread: None,
+            gave_up: false,
         })
     }
 
@@ -460,6 +464,7 @@ impl Vm {
                 self.event_thread = Some(t);
             }
         }
+        self.gave_up = !self.vcpu_threads.is_empty() || self.event_thread.is_some();
         Some(reason)
     }
 
@@ -519,7 +524,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if !self.vcpu_threads.is_empty() || self.event_thread.is_some() {
+        if !self.gave_up && (!self.vcpu_threads.is_empty() || self.event_thread.is_some()) {
             self.stop();
             self.wait(Some(Duration::from_secs(5)));
         }

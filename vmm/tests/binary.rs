@@ -142,3 +142,84 @@ fn the_binary_names_a_bad_option_and_exits_2() {
         "the last boot's log\n"
     );
 }
+
+/// A console nobody reads (a full stdout pipe) blocks the vCPU in write(2),
+/// where no kick gets it out. SIGTERM still ends the binary: `wait` gives up
+/// on that thread after 5 s and the VMM exits, keeping guest memory mapped
+/// until then rather than pulling it from under the thread.
+#[test]
+fn a_vcpu_stuck_on_a_full_console_does_not_keep_the_binary_from_exiting() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // 32-bit: mov dx, 0x3f8; mov al, 'X'; then out dx, al forever.
+    const FLOOD: [u8; 9] = [0x66, 0xba, 0xf8, 0x03, 0xb0, b'X', 0xee, 0xeb, 0xfd];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("flood.elf");
+    std::fs::write(&kernel, TestElf::pvh(&FLOOD).build()).expect("kernel");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aurae-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .args([
+            "--mem",
+            "16",
+            "--no-rng",
+            "--timeout",
+            "60",
+            "--console",
+            "stdout",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aurae-vmm");
+    let pid = child.id();
+    // Held open and never read.
+    let _stdout = child.stdout.take();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let wchan = |name: &str| -> Option<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        tasks.flatten().find_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            (comm.trim() == name)
+                .then(|| std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default())
+        })
+    };
+    let blocked = eventually(|| wchan("vcpu0").is_some_and(|w| w.contains("pipe")));
+    let seen = wchan("vcpu0");
+    // SAFETY: kill(2) on our own child, which has not been reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let started = Instant::now();
+    let mut status = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(s)) = child.try_wait() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let took = started.elapsed();
+    drop(_stdout);
+    let stderr = stderr.join().unwrap_or_default();
+    assert!(
+        blocked,
+        "vcpu0 never blocked on the console (wchan {seen:?})"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("VM threads did not stop; guest memory is kept mapped"),
+        "{stderr}"
+    );
+    // One 5 s grace period, not one in `wait` and another in `Drop`.
+    assert!(took < Duration::from_secs(9), "took {took:?}");
+}
