@@ -113,6 +113,21 @@ fn main() {
         flat_entry: None,
         debug_exit: cli.debug_exit,
     };
+    // A diagnostic: the boot vCPU's instruction pointer every millisecond,
+    // written to this file as "<microseconds> <rip>" lines when the VM
+    // stops (resolve them with `nm vmlinux`). Opened first: a bad path
+    // fails before the VM creates anything, and once the VM runs this
+    // thread may open no file.
+    let profile = match std::env::var_os("AURAE_VMM_GUEST_PROFILE") {
+        None => None,
+        Some(path) => match std::fs::File::create(&path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("aurae-vmm: AURAE_VMM_GUEST_PROFILE {path:?}: {e}");
+                std::process::exit(2);
+            }
+        },
+    };
     let mut vm = match Vm::new(config) {
         Ok(vm) => vm,
         Err(e) => {
@@ -140,25 +155,12 @@ fn main() {
     std::thread::spawn(move || {
         // It only waits for a signal and stops the VM.
         if let Err(e) = seccomp::apply(ThreadKind::Control) {
-            eprintln!("aurae-vmm: the signal thread's seccomp filter: {e}");
-            stopper.stop();
+            stopper.fail(format!("the signal thread's seccomp filter: {e}"));
         } else if signals.wait().is_ok() {
             stopper.stop();
         }
     });
-    // A diagnostic: the boot vCPU's instruction pointer every millisecond,
-    // written to this file as "<microseconds> <rip>" lines when the VM
-    // stops (resolve them with `nm vmlinux`). Opened now: once the VM runs,
-    // this thread may open no file.
-    let mut profile = None;
-    if let Some(path) = std::env::var_os("AURAE_VMM_GUEST_PROFILE") {
-        match std::fs::File::create(&path) {
-            Ok(f) => profile = Some(f),
-            Err(e) => {
-                eprintln!("aurae-vmm: AURAE_VMM_GUEST_PROFILE {path:?}: {e}");
-                std::process::exit(2);
-            }
-        }
+    if profile.is_some() {
         vm.profile_guest();
     }
     if let Err(e) = vm.run() {

@@ -38,6 +38,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_rseq,
     libc::SYS_exit,
     libc::SYS_exit_group,
+    // A sleep interrupted by a stop (SIGSTOP, a cgroup freeze, a debugger)
+    // resumes through it; refused, the sleep fails and std panics.
+    libc::SYS_restart_syscall,
 ];
 
 /// A vCPU thread: KVM_RUN and the device models it calls into (ioctl only
@@ -79,8 +82,8 @@ const EVENTS: &[libc::c_long] = &[
 
 /// A control thread once the VM runs: the thread that owns the `Vm` (it
 /// waits for the VM, kicks and joins its threads, reports, and drops the VM,
-/// which removes its socket file), a signal thread that stops the VM, and
-/// the guest profiler. No ioctl, no new files or sockets.
+/// which removes its socket file: keep `unlink`), a signal thread that stops
+/// the VM, and the guest profiler. No ioctl, no new files or sockets.
 const CONTROL: &[libc::c_long] = &[
     libc::SYS_rt_sigtimedwait,
     libc::SYS_getpid,
@@ -171,6 +174,25 @@ mod tests {
     fn every_filter_compiles() {
         for kind in [ThreadKind::Vcpu, ThreadKind::Events, ThreadKind::Control] {
             assert!(!filter(kind).expect("filter").is_empty(), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn an_interrupted_sleep_may_resume_on_every_kind_of_thread() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Events, ThreadKind::Control] {
+            let errno = std::thread::spawn(move || {
+                apply(kind).expect("apply");
+                // With nothing to restart, the kernel answers EINTR; a
+                // filter that refused the call would answer EPERM.
+                // SAFETY: restart_syscall takes no arguments.
+                let rc = unsafe { libc::syscall(libc::SYS_restart_syscall) };
+                (rc == -1)
+                    .then(|| std::io::Error::last_os_error().raw_os_error())
+                    .flatten()
+            })
+            .join()
+            .expect("thread");
+            assert_eq!(errno, Some(libc::EINTR), "{kind:?}");
         }
     }
 

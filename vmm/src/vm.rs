@@ -40,6 +40,11 @@ impl StopHandle {
     pub fn stop(&self) {
         self.0.exit(ExitReason::Stopped);
     }
+
+    /// Stops the VM with an error as its exit reason.
+    pub fn fail(&self, why: String) {
+        self.0.exit(ExitReason::Error(why));
+    }
 }
 
 pub struct Vm {
@@ -86,8 +91,8 @@ const PROFILE_PERIOD: Duration = Duration::from_millis(1);
 const PROFILE_SPAN: Duration = Duration::from_secs(600);
 
 /// A Unix socket the VM listens on; its file is removed when the VM is
-/// dropped, or when building it fails (on the thread that owns the VM, which
-/// no seccomp filter limits).
+/// dropped, or when building it fails, on the thread that owns the VM (in
+/// `aurae-vmm`, under the control seccomp filter, which allows `unlink`).
 struct SocketFile(std::path::PathBuf);
 
 impl Drop for SocketFile {

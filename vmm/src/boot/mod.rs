@@ -6,6 +6,7 @@ pub mod kernel;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+#[doc(hidden)]
 pub mod test_elf;
 
 /// Longest kernel command line accepted (including the NUL).

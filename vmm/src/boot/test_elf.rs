@@ -35,6 +35,13 @@ impl TestElf {
 
     /// The file's bytes.
     pub fn build(&self) -> Vec<u8> {
+        // The PVH entry is a 32-bit address, and a loadable segment's
+        // address must agree with its page-aligned file offset.
+        debug_assert!(self.load < 1 << 32 || !self.pvh, "a PVH entry below 4 GiB");
+        debug_assert!(
+            self.load.is_multiple_of(0x1000),
+            "a page-aligned load address"
+        );
         let mut f = vec![0u8; CODE_OFFSET];
         let mut put = |at: usize, v: &[u8]| f[at..at + v.len()].copy_from_slice(v);
         put(0, &[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]); // 64-bit, LE, v1
