@@ -150,6 +150,23 @@ fn the_binary_names_a_bad_option_and_exits_2() {
             "{args:?}: {stderr}"
         );
     }
+    // A profile file that can't be made fails before the VM makes its own
+    // files (the vsock socket).
+    let socket = dir.path().join("vsock.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_aurae-vmm"))
+        .args(["--kernel", &kernel, "--timeout", "5"])
+        .arg("--console")
+        .arg(&console)
+        .arg("--vsock")
+        .arg(format!("3:{}", socket.display()))
+        .env("AURAE_VMM_GUEST_PROFILE", "/no/such/dir/profile")
+        .stdin(Stdio::null())
+        .output()
+        .expect("aurae-vmm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AURAE_VMM_GUEST_PROFILE"), "{stderr}");
+    assert!(!socket.exists(), "the vsock socket was left behind");
     assert_eq!(
         std::fs::read_to_string(&console).expect("console"),
         "the last boot's log\n"
