@@ -7,6 +7,8 @@ pub mod block;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod mmio;
+#[cfg(test)]
+mod mmio_fuzz;
 pub mod net;
 pub mod rng;
 #[cfg(test)]
