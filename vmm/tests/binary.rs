@@ -27,20 +27,12 @@ fn eventually(mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// (thread name, seccomp mode) of each thread of process `pid`.
-fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
-    tasks
-        .flatten()
-        .map(|task| {
-            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
-            let mode = read("status")
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:").map(|m| m.trim().to_string()))
-                .unwrap_or_default();
-            (read("comm").trim().to_string(), mode)
-        })
-        .collect()
+/// A tiny PVH kernel of `code`, in a fresh directory.
+fn tiny_kernel(code: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("tiny.elf");
+    std::fs::write(&kernel, TestElf::pvh(code).build()).expect("kernel");
+    (dir, kernel)
 }
 
 #[test]
@@ -48,9 +40,7 @@ fn every_thread_of_the_binary_is_filtered_and_sigterm_stops_it_cleanly() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = dir.path().join("tiny.elf");
-    std::fs::write(&kernel, TestElf::pvh(&WRITE_X_AND_SPIN).build()).expect("kernel");
+    let (dir, kernel) = tiny_kernel(&WRITE_X_AND_SPIN);
     let console = dir.path().join("console.log");
     let socket = dir.path().join("vsock.sock");
     let profile = dir.path().join("profile.txt");
@@ -73,7 +63,7 @@ fn every_thread_of_the_binary_is_filtered_and_sigterm_stops_it_cleanly() {
     let mut modes = Vec::new();
     let filtered = ran
         && eventually(|| {
-            modes = seccomp_modes(pid);
+            modes = guest::seccomp_modes(&format!("/proc/{pid}/task"));
             modes.iter().all(|(_, m)| m == "2")
         });
     let socket_existed = socket.exists();
@@ -120,9 +110,7 @@ fn the_binary_names_a_bad_option_and_exits_2() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = dir.path().join("tiny.elf");
-    std::fs::write(&kernel, TestElf::pvh(&WRITE_X_AND_SPIN).build()).expect("kernel");
+    let (dir, kernel) = tiny_kernel(&WRITE_X_AND_SPIN);
     let console = dir.path().join("console.log");
     std::fs::write(&console, "the last boot's log\n").expect("console");
     let kernel = kernel.to_string_lossy().into_owned();
@@ -184,9 +172,7 @@ fn a_vcpu_stuck_on_a_full_console_does_not_keep_the_binary_from_exiting() {
     }
     // 32-bit: mov dx, 0x3f8; mov al, 'X'; then out dx, al forever.
     const FLOOD: [u8; 9] = [0x66, 0xba, 0xf8, 0x03, 0xb0, b'X', 0xee, 0xeb, 0xfd];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = dir.path().join("flood.elf");
-    std::fs::write(&kernel, TestElf::pvh(&FLOOD).build()).expect("kernel");
+    let (_dir, kernel) = tiny_kernel(&FLOOD);
     let mut child = Command::new(env!("CARGO_BIN_EXE_aurae-vmm"))
         .arg("--kernel")
         .arg(&kernel)

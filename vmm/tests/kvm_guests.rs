@@ -350,21 +350,10 @@ fn every_vm_thread_runs_under_its_seccomp_filter() {
     let (_d, mut vm, _) = spinner();
     vm.run().expect("run");
     std::thread::sleep(Duration::from_millis(100));
-    let mut checked = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task")
-        .expect("tasks")
-        .flatten()
-    {
-        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
-        let name = read("comm").trim().to_string();
-        if name.starts_with("vcpu") || name == "vmm-events" {
-            let mode = read("status")
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:").map(|m| m.trim().to_string()))
-                .unwrap_or_default();
-            checked.push((name, mode));
-        }
-    }
+    let checked: Vec<(String, String)> = guest::seccomp_modes("/proc/self/task")
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("vcpu") || name == "vmm-events")
+        .collect();
     stop(&mut vm);
     assert!(
         checked.iter().any(|(n, _)| n == "vcpu0") && checked.iter().any(|(n, _)| n == "vmm-events"),

@@ -54,6 +54,23 @@ pub fn kvm_or_skip() -> bool {
     }
 }
 
+/// (thread name, seccomp mode) of each thread under `tasks`, a
+/// `/proc/<pid>/task` directory.
+pub fn seccomp_modes(tasks: &str) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(tasks).expect("tasks");
+    tasks
+        .flatten()
+        .map(|task| {
+            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            let mode = read("status")
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|m| m.trim().to_string()))
+                .unwrap_or_default();
+            (read("comm").trim().to_string(), mode)
+        })
+        .collect()
+}
+
 pub struct Program {
     a: CodeAssembler,
 }
