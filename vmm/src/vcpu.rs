@@ -7,6 +7,7 @@ use std::time::Instant;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
+use crate::guest_ram::GuestRam;
 use crate::state::{ExitReason, VmState};
 
 /// The signal that kicks a vCPU out of KVM_RUN.
@@ -34,6 +35,9 @@ pub struct Vcpu {
     /// Where to record the guest's instruction pointer each time a kick
     /// interrupts KVM_RUN (the guest profiler), with the time since `since`.
     pub samples: Option<(Samples, Instant)>,
+    /// Guest memory stays mapped while this vCPU exists (last: dropped
+    /// after everything above that may use it).
+    pub ram: Arc<GuestRam>,
 }
 
 impl Vcpu {

@@ -63,8 +63,9 @@ pub struct Vm {
     _vsock_socket: Option<SocketFile>,
     vsock_metrics: Option<Arc<VsockMetrics>>,
     /// The mapping behind `mem`: last, so that it outlives every user.
-    /// `None` once leaked (see `Drop`).
-    ram: Option<GuestRam>,
+    /// Each VM thread holds it too, so a thread that outlives the `Vm`
+    /// (one that would not stop) keeps it mapped until it ends.
+    ram: Arc<GuestRam>,
     profile: Option<vcpu::Samples>,
     sampler_thread: Option<JoinHandle<()>>,
     /// `wait` gave up on threads that would not stop: `Drop` doesn't wait
@@ -314,7 +315,7 @@ impl Vm {
             phases,
             _vsock_socket: vsock_socket,
             vsock_metrics,
-            ram: Some(ram),
+            ram: Arc::new(ram),
             profile: None,
             sampler_thread: None,
             gave_up: false,
@@ -341,10 +342,15 @@ impl Vm {
             em.add_subscriber(s);
         }
         em.add_subscriber(Arc::new(Mutex::new(StopWatch(self.state.clone()))));
+        let ram = self.ram.clone();
         self.event_thread = Some(
             std::thread::Builder::new()
                 .name("vmm-events".into())
                 .spawn(move || {
+                    // Locals drop in reverse, unwinding too: the devices (in
+                    // `em`) before the guest memory they use.
+                    let _ram = ram;
+                    let mut em = em;
                     let _guard = crate::state::ExitOnPanic {
                         state: state.clone(),
                         thread: "the device event loop".into(),
@@ -373,6 +379,7 @@ impl Vm {
                     .as_ref()
                     .filter(|_| id == 0)
                     .map(|s| (s.clone(), since)),
+                ram: self.ram.clone(),
             };
             self.vcpu_threads.push(
                 std::thread::Builder::new()
@@ -458,7 +465,8 @@ impl Vm {
         }
         self.vcpu_threads = stuck;
         if let Some(t) = self.event_thread.take() {
-            // It checks for the stop every 100 ms.
+            // The stop's eventfd wakes it; it notices once it has handled
+            // the events at hand.
             let deadline = Instant::now() + Duration::from_secs(1);
             while !t.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
@@ -481,7 +489,7 @@ impl Vm {
     /// Whether the host took the advice to back guest memory with
     /// transparent huge pages (see [`GuestRam`]).
     pub fn huge_pages_advised(&self) -> bool {
-        self.ram.as_ref().is_some_and(GuestRam::huge_advised)
+        self.ram.huge_advised()
     }
 
     /// The vsock device's counters, if the VM has one.
@@ -535,9 +543,10 @@ impl Drop for Vm {
         }
         if !self.vcpu_threads.is_empty() || self.event_thread.is_some() {
             // A thread that would not stop may still touch guest memory:
-            // keep the mapping rather than pull it from under it.
-            eprintln!("aurae-vmm: VM threads did not stop; guest memory is kept mapped");
-            std::mem::forget(self.ram.take());
+            // it holds the mapping, which goes when the last of them ends.
+            eprintln!(
+                "aurae-vmm: VM threads did not stop; guest memory is kept mapped until they do"
+            );
         }
     }
 }

@@ -132,6 +132,16 @@ impl Program {
         self.spin();
     }
 
+    /// Writes `byte` to the serial port forever.
+    pub fn flood_serial(&mut self, byte: u8) {
+        self.a.mov(dx, 0x3f8u32).expect("mov");
+        self.a.mov(al, u32::from(byte)).expect("mov");
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top).expect("label");
+        self.a.out(dx, al).expect("out");
+        self.a.jmp(top).expect("jmp");
+    }
+
     pub fn spin(&mut self) {
         let mut top = self.a.create_label();
         self.a.set_label(&mut top).expect("label");

@@ -184,6 +184,21 @@ pub fn serve_queue(
     mem: &GuestMemoryMmap,
     interrupt: &Interrupt,
     kick: &EventFd,
+    serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> usize {
+    serve_queue_within(queue, mem, interrupt, kick, || false, serve)
+}
+
+/// [`serve_queue`], stopping early (and kicking for the rest) once
+/// `spent` says this pass did enough work: for devices whose requests vary
+/// widely in cost, so that one pass, which holds the device's lock, stays
+/// short.
+pub fn serve_queue_within(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    kick: &EventFd,
+    mut spent: impl FnMut() -> bool,
     mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
 ) -> usize {
     use virtio_queue::{QueueOwnedT, QueueT};
@@ -192,7 +207,7 @@ pub fn serve_queue(
     }
     let mut served = 0;
     loop {
-        if served >= usize::from(queue.size()) {
+        if served >= usize::from(queue.size()) || (served > 0 && spent()) {
             let _ = kick.write(1);
             break;
         }

@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::BlockMetrics;
 use crate::devices::virtio::{
-    read_config_bytes, serve_queue, single_queue, ActivateError, Interrupt, VirtioDevice,
+    read_config_bytes, serve_queue_within, single_queue, ActivateError, Interrupt, VirtioDevice,
     F_VERSION_1, TYPE_BLOCK,
 };
 
@@ -38,6 +38,10 @@ const CHUNK: usize = 64 * 1024;
 const SIZE_MAX: u32 = 64 * 1024;
 const SEG_MAX: u32 = 128;
 const MAX_REQUEST: u64 = SIZE_MAX as u64 * SEG_MAX as u64;
+/// About how many bytes one pass over the queue moves (see
+/// `process_queue`), and what a flush counts for.
+pub const PASS_BUDGET: u64 = 16 << 20;
+pub const FLUSH_COST: u64 = 4 << 20;
 
 pub(super) struct Active {
     mem: GuestMemoryMmap,
@@ -63,8 +67,9 @@ pub struct Block {
 
 #[derive(Debug)]
 enum Outcome {
-    /// Bytes written into the driver's buffers (the status included).
-    Done(u32),
+    /// Bytes written into the driver's buffers (the status included), and
+    /// what serving the request cost (see `PASS_BUDGET`).
+    Done { used: u32, cost: u64 },
     /// The chain was unusable: complete it with length 0.
     Invalid,
 }
@@ -114,6 +119,7 @@ impl Disk {
     }
 
     fn serve(&self, reader: &mut Reader<'_>, writer: &mut Writer<'_>) -> Outcome {
+        let mut cost = (reader.available_bytes() + writer.available_bytes()) as u64;
         let Ok(kind) = reader.read_obj::<u32>() else {
             return Outcome::Invalid;
         };
@@ -135,6 +141,7 @@ impl Disk {
             T_OUT => self.write_from(sector, reader),
             T_FLUSH => {
                 self.metrics.flushes.fetch_add(1, Ordering::Relaxed);
+                cost += FLUSH_COST;
                 if self.read_only || self.file.sync_all().is_ok() {
                     (S_OK, 0)
                 } else {
@@ -154,7 +161,10 @@ impl Disk {
             self.metrics.failed.fetch_add(1, Ordering::Relaxed);
         }
         match status.write_obj(code) {
-            Ok(()) => Outcome::Done(written + 1),
+            Ok(()) => Outcome::Done {
+                used: written + 1,
+                cost,
+            },
             Err(_) => Outcome::Invalid,
         }
     }
@@ -209,26 +219,42 @@ impl Disk {
 }
 
 impl Block {
-    /// Serves every available request. Returns the number completed.
+    /// Serves the available requests, about [`PASS_BUDGET`] bytes of them
+    /// per call (a flush counts as [`FLUSH_COST`]); a kick of the queue's
+    /// eventfd brings the loop back for the rest. Each pass holds the
+    /// device's lock, which a vCPU touching the device's registers waits
+    /// for. Returns the number completed.
     pub fn process_queue(&mut self) -> usize {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
         let (disk, mem) = (&self.disk, &active.mem);
         let kick = &self.queue_evts[0];
-        serve_queue(&mut active.queue, mem, &active.interrupt, kick, |chain| {
-            let outcome = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
-                (Ok(mut r), Ok(mut w)) => disk.serve(&mut r, &mut w),
-                _ => Outcome::Invalid,
-            };
-            match outcome {
-                Outcome::Done(n) => n,
-                Outcome::Invalid => {
-                    disk.metrics.invalid_chains.fetch_add(1, Ordering::Relaxed);
-                    0
+        let cost = std::cell::Cell::new(0u64);
+        let spent = || cost.get() >= PASS_BUDGET;
+        serve_queue_within(
+            &mut active.queue,
+            mem,
+            &active.interrupt,
+            kick,
+            spent,
+            |chain| {
+                let outcome = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
+                    (Ok(mut r), Ok(mut w)) => disk.serve(&mut r, &mut w),
+                    _ => Outcome::Invalid,
+                };
+                match outcome {
+                    Outcome::Done { used, cost: c } => {
+                        cost.set(cost.get() + c);
+                        used
+                    }
+                    Outcome::Invalid => {
+                        disk.metrics.invalid_chains.fetch_add(1, Ordering::Relaxed);
+                        0
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -301,6 +327,29 @@ mod tests {
         let (mem, q, irq) = t.activate_parts();
         b.activate(mem, vec![q], irq).expect("activate");
         b.process_queue()
+    }
+
+    /// A pass stops once its work adds up to the budget, and kicks the
+    /// queue for the rest: flushes, here, which cost a quarter each.
+    #[test]
+    fn one_pass_does_a_budget_of_work_and_kicks_for_the_rest() {
+        let t = TestQueue::new(16);
+        let (_f, mut b) = disk(false);
+        let per_pass = (PASS_BUDGET / FLUSH_COST) as usize;
+        for i in 0..per_pass as u64 + 1 {
+            header(&t, 0x4000 + i * 0x100, T_FLUSH, 0);
+            t.add_chain(
+                i as u16,
+                &[(0x4000 + i * 0x100, 16, 0), (0x6000 + i, 1, WRITE)],
+            );
+        }
+        assert_eq!(run(&t, &mut b), per_pass);
+        assert_eq!(b.queue_evts[0].read().expect("kicked"), 1);
+        assert_eq!(b.process_queue(), 1, "the rest, on the next pass");
+        assert_eq!(
+            b.metrics.flushes.load(Ordering::Relaxed),
+            per_pass as u64 + 1
+        );
     }
 
     #[test]

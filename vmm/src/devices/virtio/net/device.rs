@@ -43,7 +43,7 @@ impl Backend for Tap {
 
 /// Frames dropped per wake-up while the device needs a reset; more wait
 /// for the next wake-up, so a flood costs work, not a stall.
-const MAX_DRAIN: usize = 256;
+pub(super) const MAX_DRAIN: usize = 256;
 
 pub struct Net<B: Backend = Tap> {
     pub(super) backend: B,

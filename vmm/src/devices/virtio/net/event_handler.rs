@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{Backend, Net, RX, TX};
+use super::device::{Backend, Net, MAX_DRAIN, RX, TX};
 
 /// A backend the event loop can watch: the TAP, or a test double.
 impl<B: Backend + AsRawFd> MutEventSubscriber for Net<B> {
@@ -30,9 +30,14 @@ impl<B: Backend + AsRawFd> MutEventSubscriber for Net<B> {
                 self.process_rx();
             } else if fd == self.backend.as_raw_fd() {
                 // Drain the TAP so it doesn't stay readable before the
-                // driver is up.
+                // driver is up; a flood is taken in turns (the TAP stays
+                // readable, and the loop comes back to it).
                 let mut buf = [0u8; 2048];
-                while self.backend.recv(&mut buf).is_ok() {}
+                for _ in 0..MAX_DRAIN {
+                    if self.backend.recv(&mut buf).is_err() {
+                        break;
+                    }
+                }
             }
         }
         // After every event, since a device reset (from a vCPU) may have
@@ -73,6 +78,7 @@ mod tests {
     use event_manager::{EventManager, SubscriberOps};
     use std::os::unix::net::UnixDatagram;
     use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
 
     /// A backend with a real file descriptor: one end of a datagram pair
     /// (one frame per datagram, like a TAP).
@@ -100,6 +106,53 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// A backend with `left` frames waiting, readable through an eventfd.
+    struct Flood {
+        left: usize,
+        ready: EventFd,
+    }
+
+    impl Backend for Flood {
+        fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            self.left -= 1;
+            buf[0] = 0;
+            Ok(1)
+        }
+        fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+            Ok(frame.len())
+        }
+    }
+
+    impl AsRawFd for Flood {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.ready.as_raw_fd()
+        }
+    }
+
+    /// Before the driver is up, frames from the backend are dropped, at most
+    /// MAX_DRAIN per wake-up: a flood is taken in turns.
+    #[test]
+    fn an_inactive_device_drains_a_flood_in_turns() {
+        let ready = EventFd::new(0).expect("eventfd");
+        ready.write(1).expect("readable");
+        let flood = Flood {
+            left: MAX_DRAIN + 44,
+            ready,
+        };
+        let net = Arc::new(Mutex::new(
+            Net::new(flood, [2, 0, 0, 0, 0, 1]).expect("net"),
+        ));
+        let mut em = EventManager::<Arc<Mutex<Net<Flood>>>>::new().expect("event manager");
+        em.add_subscriber(net.clone());
+        assert_eq!(em.run_with_timeout(50).expect("one pass"), 1);
+        assert_eq!(net.lock().expect("net").backend.left, 44);
+        em.run_with_timeout(50).expect("another pass");
+        assert_eq!(net.lock().expect("net").backend.left, 0);
     }
 
     /// A frame waits for rx buffers (the backend is unwatched, or it would

@@ -16,6 +16,14 @@ use super::device::{Vsock, EVENT, RX, TX};
 use super::packet::OP_CREDIT_UPDATE;
 
 impl Vsock {
+    /// A tick of the deadline timer. What the guest already sent goes
+    /// first: after a stalled loop, its answer to a host connection may sit
+    /// unread in the tx ring while that connection's deadline has passed.
+    pub fn on_timer(&mut self, now: std::time::Instant) {
+        self.process_tx();
+        self.muxer.expire(now);
+    }
+
     /// Readiness of a host-side descriptor (the listener, a socket waiting
     /// for its CONNECT line, or a connection's socket).
     pub fn on_host_event(&mut self, fd: RawFd, set: EventSet) {
@@ -142,7 +150,7 @@ impl MutEventSubscriber for Vsock {
             let _ = self.queue_evts[EVENT].read();
         } else if fd == self.timer.as_fd().as_raw_fd() {
             let _ = self.timer.wait();
-            self.muxer.expire(std::time::Instant::now());
+            self.on_timer(std::time::Instant::now());
         } else {
             self.on_host_event(fd, events.event_set());
         }

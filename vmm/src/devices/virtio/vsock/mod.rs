@@ -4,6 +4,8 @@
 mod connection;
 mod device;
 mod event_handler;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod metrics;
 pub mod muxer;
 pub mod packet;

@@ -34,6 +34,8 @@ pub type Key = (u32, u32);
 
 /// Connections at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Host connections accepted per wake-up of the listener.
+const MAX_ACCEPTS: usize = 64;
 /// Longest `CONNECT <port>\n` line.
 const MAX_LINE: usize = 32;
 /// Host ports handed to host-initiated connections start here.
@@ -66,6 +68,9 @@ pub struct Muxer {
     /// Sockets let go of since the event loop last looked: it stops
     /// watching them before they are closed.
     pub released: Vec<UnixStream>,
+    /// Whether the guest's driver is up (the device is active): until it
+    /// is, host connections are refused rather than queued for it.
+    pub guest_ready: bool,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -85,6 +90,7 @@ impl Muxer {
             control: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
             released: Vec::new(),
+            guest_ready: false,
             metrics,
         })
     }
@@ -244,9 +250,11 @@ impl Muxer {
         self.push_control(key, OP_RESPONSE, 0);
     }
 
-    /// Accepts every host connection waiting on the listener.
+    /// Accepts the host connections waiting on the listener, at most
+    /// [`MAX_ACCEPTS`] per call: the listener stays readable, so a flood
+    /// is taken in turns with the other devices.
     pub fn accept(&mut self) {
-        loop {
+        for _ in 0..MAX_ACCEPTS {
             let fd = match socket::accept4(
                 self.listener.as_raw_fd(),
                 SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
@@ -293,9 +301,9 @@ impl Muxer {
         let Some((stream, _, _)) = self.awaiting.remove(&fd) else {
             return;
         };
-        // A bad line, or a guest that has not taken the packets already
-        // waiting for it (its driver may not be up yet): refused.
-        let Some(port) = port.filter(|_| !self.control_full()) else {
+        // A bad line, a guest whose driver is not up, or one that has not
+        // taken the packets already waiting for it: refused.
+        let Some(port) = port.filter(|_| self.guest_ready && !self.control_full()) else {
             self.metrics.resets.fetch_add(1, Ordering::Relaxed);
             self.released.push(stream);
             return;

@@ -17,7 +17,7 @@ pub(super) const CID: u64 = 3;
 const GUEST_PORT: u32 = 5000;
 
 pub(super) struct Rig {
-    rx: TestQueue,
+    pub(super) rx: TestQueue,
     pub(super) tx: TestQueue,
     pub(super) dev: Vsock,
     dir: tempfile::TempDir,
@@ -58,7 +58,7 @@ impl Rig {
         at
     }
 
-    fn header(&self, op: u16, dst_port: u32) -> Header {
+    pub(super) fn header(&self, op: u16, dst_port: u32) -> Header {
         Header {
             src_cid: CID,
             dst_cid: HOST_CID,
@@ -72,14 +72,19 @@ impl Rig {
     }
 
     /// The guest sends a packet; the device processes its tx queue.
-    fn send(&mut self, mut h: Header, payload: &[u8]) {
+    pub(super) fn send(&mut self, h: Header, payload: &[u8]) {
+        self.queue_tx(h, payload);
+        assert_eq!(self.dev.process_tx(), 1);
+    }
+
+    /// The guest puts a packet in its tx ring (without notifying).
+    pub(super) fn queue_tx(&mut self, mut h: Header, payload: &[u8]) {
         h.len = payload.len() as u32;
         let at = self.alloc((HDR_LEN + payload.len()) as u64);
         self.tx.write(at, &h.to_bytes());
         self.tx.write(at + HDR_LEN as u64, payload);
         self.tx
             .add_chain(0, &[(at, (HDR_LEN + payload.len()) as u32, 0)]);
-        assert_eq!(self.dev.process_tx(), 1);
     }
 
     /// Offers one rx buffer of `room` payload bytes and runs rx; returns
@@ -114,7 +119,7 @@ impl Rig {
 
     /// A host client connects to the device's socket and sends `line`; the
     /// device accepts it and reads what arrived.
-    fn host_sends(&mut self, line: &[u8]) -> UnixStream {
+    pub(super) fn host_sends(&mut self, line: &[u8]) -> UnixStream {
         let mut host = UnixStream::connect(self.sock_path()).expect("connect");
         host.write_all(line).expect("line");
         self.dev
