@@ -52,6 +52,12 @@ pub mod reg {
 
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
+    /// What never changes about the device, kept here so that the guest's
+    /// register reads and queue notifications don't wait for the device's
+    /// lock (held while the event loop serves it).
+    device_type: u32,
+    avail_features: u64,
+    queue_evts: Vec<EventFd>,
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
@@ -71,15 +77,29 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         irq_evt: EventFd,
     ) -> Self {
-        let sizes = device
-            .lock()
-            .map(|d| d.queue_max_sizes().to_vec())
-            .unwrap_or_default();
+        let (sizes, device_type, avail_features, queue_evts) = {
+            let d = device.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                d.queue_max_sizes().to_vec(),
+                d.device_type(),
+                d.avail_features(),
+                // A clone that can't be made leaves that queue's
+                // notification to the ioeventfd (the register write is then
+                // counted as refused).
+                d.queue_events()
+                    .iter()
+                    .map_while(|e| e.try_clone().ok())
+                    .collect(),
+            )
+        };
         // Queue::new fails only for a size that is not a power of two;
         // devices declare valid sizes.
         let queues = sizes.iter().filter_map(|s| Queue::new(*s).ok()).collect();
         Self {
             device,
+            device_type,
+            avail_features,
+            queue_evts,
             mem,
             interrupt: Interrupt::new(irq_evt),
             queues,
@@ -180,10 +200,10 @@ impl MmioTransport {
         match offset {
             reg::MAGIC => MAGIC,
             reg::VERSION => VERSION,
-            reg::DEVICE_ID => self.device().device_type(),
+            reg::DEVICE_ID => self.device_type,
             reg::VENDOR_ID => VENDOR,
             reg::DEVICE_FEATURES => {
-                let f = self.device().avail_features();
+                let f = self.avail_features;
                 match self.device_features_select {
                     0 => f as u32,
                     1 => (f >> 32) as u32,
@@ -226,7 +246,7 @@ impl MmioTransport {
                     self.bad_accesses += 1;
                     return;
                 }
-                let avail = self.device().avail_features();
+                let avail = self.avail_features;
                 let v = u64::from(v);
                 match self.driver_features_select {
                     0 => self.acked_features = (self.acked_features & !0xffff_ffff) | (v & avail),
@@ -270,7 +290,7 @@ impl MmioTransport {
                 // when it reaches us, forward it the same way.
                 let active = self.status & STATUS_DRIVER_OK != 0;
                 let notified = active
-                    && match self.device().queue_events().get(v as usize) {
+                    && match self.queue_evts.get(v as usize) {
                         Some(evt) => evt.write(1).is_ok(),
                         None => false,
                     };
@@ -402,6 +422,34 @@ mod tests {
         assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 1);
         w(&mut t, reg::INTERRUPT_ACK, 1);
         assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+    }
+
+    /// While the event loop holds the device (serving its queues), a vCPU
+    /// can still read what identifies it, notify a queue and handle its
+    /// interrupt.
+    #[test]
+    fn identity_notifications_and_interrupts_do_not_wait_for_a_busy_device() {
+        let (_tq, rng, mut t) = transport();
+        bring_up(&mut t);
+        let busy = rng.lock().expect("rng");
+        let (done, finished) = std::sync::mpsc::channel();
+        let vcpu = std::thread::spawn(move || {
+            let id = r(&mut t, reg::DEVICE_ID);
+            let features = r(&mut t, reg::DEVICE_FEATURES);
+            w(&mut t, reg::QUEUE_NOTIFY, 0);
+            let irq = r(&mut t, reg::INTERRUPT_STATUS);
+            w(&mut t, reg::INTERRUPT_ACK, irq);
+            let _ = done.send((id, features));
+        });
+        let answered = finished.recv_timeout(std::time::Duration::from_secs(5));
+        drop(busy);
+        let _ = vcpu.join();
+        assert_eq!(
+            answered.map(|(id, _)| id),
+            Ok(crate::devices::virtio::TYPE_RNG)
+        );
+        let notified = rng.lock().expect("rng").queue_events()[0].read();
+        assert_eq!(notified.ok(), Some(1));
     }
 
     #[test]
