@@ -50,7 +50,8 @@ impl StopHandle {
 pub struct Vm {
     config: VmConfig,
     _kvm: Kvm,
-    vm: VmFd,
+    /// Holds the VM open (its vCPU fds, owned by the vCPU threads, do too).
+    _vm: VmFd,
     mem: GuestMemoryMmap,
     state: Arc<VmState>,
     pio: Arc<Bus>,
@@ -127,9 +128,11 @@ impl Vm {
             reason: format!("opening /dev/kvm: {e}"),
         })?;
         config.validate(kvm.get_max_vcpus())?;
-        let vm = kvm.create_vm()?;
+        // Before the VM, so that the VM (and any vCPU fd) is closed before
+        // the mapping goes, on a failure below too.
         let mem_size = config.mem_mib << 20;
         let ram = GuestRam::new(mem_size as usize, config.huge_pages)?;
+        let vm = kvm.create_vm()?;
         let mem = ram.guest_memory()?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
@@ -139,8 +142,9 @@ impl Vm {
                 userspace_addr: region.as_ptr() as u64,
                 flags: 0,
             };
-            // SAFETY: the region is a live mmap owned by `mem`, which the VM
-            // keeps for as long as the VM fd exists.
+            // SAFETY: the region is a live mmap owned by `ram` (then by the
+            // `Arc<GuestRam>` that the `Vm` and each of its threads hold),
+            // which outlives the VM fd and every vCPU fd.
             unsafe { vm.set_user_memory_region(r)? };
         }
         vm.set_tss_address(0xfffb_d000)?;
@@ -264,7 +268,8 @@ impl Vm {
                     );
                 }
             }
-            let transport = MmioTransport::new(device, mem.clone(), irq_evt);
+            let transport =
+                MmioTransport::new(device, mem.clone(), irq_evt).map_err(device_err("virtio"))?;
             mmio.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport)))
                 .map_err(overlap)?;
             config
@@ -303,7 +308,7 @@ impl Vm {
         Ok(Vm {
             config,
             _kvm: kvm,
-            vm,
+            _vm: vm,
             mem,
             state,
             pio: Arc::new(pio),
@@ -528,10 +533,6 @@ impl Vm {
 
     pub fn config(&self) -> &VmConfig {
         &self.config
-    }
-
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
     }
 }
 

@@ -72,30 +72,30 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
+    /// Fails only if the device's queue eventfds can't be duplicated (out
+    /// of descriptors).
     pub fn new(
         device: Arc<Mutex<dyn VirtioDevice>>,
         mem: GuestMemoryMmap,
         irq_evt: EventFd,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let (sizes, device_type, avail_features, queue_evts) = {
             let d = device.lock().unwrap_or_else(|e| e.into_inner());
             (
                 d.queue_max_sizes().to_vec(),
                 d.device_type(),
                 d.avail_features(),
-                // A clone that can't be made leaves that queue's
-                // notification to the ioeventfd (the register write is then
-                // counted as refused).
                 d.queue_events()
                     .iter()
-                    .map_while(|e| e.try_clone().ok())
-                    .collect(),
+                    .map(EventFd::try_clone)
+                    .collect::<std::io::Result<Vec<_>>>(),
             )
         };
+        let queue_evts = queue_evts?;
         // Queue::new fails only for a size that is not a power of two;
         // devices declare valid sizes.
         let queues = sizes.iter().filter_map(|s| Queue::new(*s).ok()).collect();
-        Self {
+        Ok(Self {
             device,
             device_type,
             avail_features,
@@ -110,7 +110,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             bad_accesses: 0,
-        }
+        })
     }
 
     pub fn interrupt(&self) -> Arc<Interrupt> {
@@ -357,7 +357,8 @@ mod tests {
     fn transport() -> (TestQueue, Arc<Mutex<Rng>>, MmioTransport) {
         let tq = TestQueue::new(16);
         let rng = Arc::new(Mutex::new(Rng::new().expect("rng")));
-        let t = MmioTransport::new(rng.clone(), tq.mem.clone(), EventFd::new(0).expect("evt"));
+        let t = MmioTransport::new(rng.clone(), tq.mem.clone(), EventFd::new(0).expect("evt"))
+            .expect("transport");
         (tq, rng, t)
     }
 
@@ -445,8 +446,9 @@ mod tests {
         drop(busy);
         let _ = vcpu.join();
         assert_eq!(
-            answered.map(|(id, _)| id),
-            Ok(crate::devices::virtio::TYPE_RNG)
+            answered,
+            Ok((crate::devices::virtio::TYPE_RNG, 0)),
+            "(device id, features 0-31)"
         );
         let notified = rng.lock().expect("rng").queue_events()[0].read();
         assert_eq!(notified.ok(), Some(1));

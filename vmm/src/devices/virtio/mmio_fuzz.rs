@@ -148,7 +148,8 @@ fn drive<D: VirtioDevice + 'static>(
         device.clone(),
         tq.mem.clone(),
         EventFd::new(0).expect("eventfd"),
-    );
+    )
+    .expect("transport");
     for a in accesses {
         match a {
             Access::Read { offset, width } => {

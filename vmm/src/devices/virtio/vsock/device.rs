@@ -349,12 +349,10 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
         self.active = Some(ActiveQueues::new(mem, queues, interrupt, 3)?);
-        self.muxer.guest_ready = true;
         Ok(())
     }
     fn reset(&mut self) {
         self.active = None;
-        self.muxer.guest_ready = false;
         self.muxer.clear();
         // Runs on a vCPU thread: wake the device loop, which closes the
         // host sockets (after unwatching them).

@@ -32,7 +32,11 @@ impl Vsock {
             return;
         }
         if self.muxer.awaiting.contains_key(&fd) {
-            self.muxer.read_connect_line(fd);
+            let ready = self
+                .active
+                .as_ref()
+                .is_some_and(|a| !a.interrupt.needs_reset());
+            self.muxer.read_connect_line(fd, ready);
             return;
         }
         let Some(key) = self.muxer.fd_keys.get(&fd).copied() else {

@@ -13,8 +13,9 @@ use crate::devices::virtio::test_utils::TestQueue;
 use crate::devices::virtio::VirtioDevice;
 
 /// A host client that connects while the guest's driver is down (before it
-/// first comes up, or after a reset) is refused at once, and nothing is
-/// queued for the guest; once the driver is up, host clients get through.
+/// first comes up, after a reset, or while the device needs one) is refused
+/// at once, and nothing is queued for the guest; once the driver is up,
+/// host clients get through.
 #[test]
 fn host_connections_are_refused_while_the_driver_is_down() {
     let mut r = Rig::new();
@@ -39,6 +40,20 @@ fn host_connections_are_refused_while_the_driver_is_down() {
     let _host = r.host_sends(b"CONNECT 52\n");
     let (h, _) = r.receive(4096).expect("a request");
     assert_eq!((h.op, h.dst_port, h.dst_cid), (OP_REQUEST, 52, CID));
+
+    // A device that needs a reset (a broken ring) is down too.
+    r.dev
+        .active
+        .as_ref()
+        .expect("active")
+        .interrupt
+        .set_needs_reset();
+    let mut host = r.host_sends(b"CONNECT 52\n");
+    host.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    assert!(r.dev.muxer.control.is_empty(), "nothing for the guest");
+    r.dev.muxer.released.clear();
+    assert_eq!(host.read(&mut buf).expect("eof"), 0, "refused");
 }
 
 /// The loop stalled past a host connection's deadline, and the guest's

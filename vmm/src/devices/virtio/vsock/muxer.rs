@@ -68,9 +68,6 @@ pub struct Muxer {
     /// Sockets let go of since the event loop last looked: it stops
     /// watching them before they are closed.
     pub released: Vec<UnixStream>,
-    /// Whether the guest's driver is up (the device is active): until it
-    /// is, host connections are refused rather than queued for it.
-    pub guest_ready: bool,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -90,7 +87,6 @@ impl Muxer {
             control: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
             released: Vec::new(),
-            guest_ready: false,
             metrics,
         })
     }
@@ -283,7 +279,10 @@ impl Muxer {
 
     /// Reads a waiting host socket's CONNECT line; once it is complete,
     /// asks the guest to accept the connection.
-    pub fn read_connect_line(&mut self, fd: RawFd) {
+    /// `guest_ready`: whether the guest's driver is up and working (the
+    /// device is active and needs no reset); until it is, host connections
+    /// are refused rather than queued for it.
+    pub fn read_connect_line(&mut self, fd: RawFd, guest_ready: bool) {
         let Some((stream, line, _)) = self.awaiting.get_mut(&fd) else {
             return;
         };
@@ -303,7 +302,7 @@ impl Muxer {
         };
         // A bad line, a guest whose driver is not up, or one that has not
         // taken the packets already waiting for it: refused.
-        let Some(port) = port.filter(|_| self.guest_ready && !self.control_full()) else {
+        let Some(port) = port.filter(|_| guest_ready && !self.control_full()) else {
             self.metrics.resets.fetch_add(1, Ordering::Relaxed);
             self.released.push(stream);
             return;
