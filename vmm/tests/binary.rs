@@ -5,27 +5,14 @@
 
 mod guest;
 
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use guest::kvm_or_skip;
+use guest::{eventually, kvm_or_skip};
 use vmm::boot::test_elf::TestElf;
 
 /// 32-bit PVH entry: out 0x3f8 'X'; then spin (jmp $).
 const WRITE_X_AND_SPIN: [u8; 9] = [0x66, 0xba, 0xf8, 0x03, 0xb0, b'X', 0xee, 0xeb, 0xfe];
-
-/// Polls `check` every 10 ms for at most 10 s.
-fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
 
 /// A tiny PVH kernel of `code`, in a fresh directory.
 fn tiny_kernel(code: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -199,16 +186,8 @@ fn a_vcpu_stuck_on_a_full_console_does_not_keep_the_binary_from_exiting() {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
         s
     });
-    // The pipe holds 64 KiB by default; once that much waits in it, the
-    // next console write blocks.
-    let queued = || -> libc::c_int {
-        let mut n: libc::c_int = 0;
-        if let Some(out) = &_stdout {
-            // SAFETY: FIONREAD on a pipe we hold writes one int into `n`.
-            unsafe { libc::ioctl(out.as_raw_fd(), libc::FIONREAD, &mut n) };
-        }
-        n
-    };
+    // Once the pipe holds 64 KiB, the next console write blocks.
+    let queued = || _stdout.as_ref().map_or(0, guest::pipe_queued);
     let blocked = eventually(|| queued() >= 65536);
     let seen = queued();
     // SAFETY: kill(2) on our own child, which has not been reaped.

@@ -6,11 +6,10 @@
 mod guest;
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use guest::{kvm_or_skip, Program};
+use guest::{eventually, kvm_or_skip, Program};
 use vmm::{Console, ExitReason, Vm, VmConfig};
 
 const MEM_MIB: u64 = 256;
@@ -38,18 +37,6 @@ fn vcpu_thread_exists() -> bool {
             })
         })
         .unwrap_or(false)
-}
-
-/// Polls `check` every 10 ms for at most 10 s.
-fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 #[test]
@@ -82,12 +69,7 @@ fn guest_memory_outlives_a_stuck_vcpu_thread_and_goes_with_it() {
     .expect("build the VM");
     vm.run().expect("run");
     // Once the pipe holds 64 KiB, vcpu0 blocks in write(2).
-    let full = eventually(|| {
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD on our pipe writes one int into `n`.
-        unsafe { libc::ioctl(reader.as_raw_fd(), libc::FIONREAD, &mut n) };
-        n >= 65536
-    });
+    let full = eventually(|| guest::pipe_queued(&reader) >= 65536);
     vm.stop();
     let reason = vm.wait(Some(Duration::from_secs(10)));
     drop(vm);

@@ -54,6 +54,28 @@ pub fn kvm_or_skip() -> bool {
     }
 }
 
+/// Polls `check` every 10 ms for at most 10 s.
+pub fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+/// Bytes waiting to be read in the pipe `fd` (FIONREAD). A pipe holds
+/// 64 KiB by default: once that much waits, its next write blocks.
+pub fn pipe_queued(fd: &impl std::os::fd::AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD on a descriptor the caller holds writes one int
+    // into `n`.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    usize::try_from(n).unwrap_or(0)
+}
+
 /// (thread name, seccomp mode) of each thread under `tasks`, a
 /// `/proc/<pid>/task` directory.
 pub fn seccomp_modes(tasks: &str) -> Vec<(String, String)> {
