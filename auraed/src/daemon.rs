@@ -16,6 +16,26 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
+/// What a jailed cell must not see of auraed: its state, its socket and its
+/// keys. A file's folder is hidden where it is auraed's own (at least two
+/// levels deep, as `/etc/aurae/pki`), else the file alone.
+fn hidden_paths(cfg: &Config) -> Vec<std::path::PathBuf> {
+    let mut hidden = vec![cfg.runtime.state_dir.clone()];
+    for file in [
+        &cfg.server.socket,
+        &cfg.auth.server_key,
+        &cfg.auth.server_crt,
+        &cfg.auth.ca_crt,
+    ] {
+        let folder = file.parent().filter(|p| p.components().count() >= 3);
+        let path = folder.unwrap_or(file).to_path_buf();
+        if !hidden.iter().any(|h| path.starts_with(h)) {
+            hidden.push(path);
+        }
+    }
+    hidden
+}
+
 /// Serves `cfg` until SIGTERM or SIGINT, then frees every workload.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -23,6 +43,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         state_dir: cfg.runtime.state_dir.clone(),
         cgroup_root: cfg.runtime.cgroup_root.clone(),
         log_buffer_bytes: cfg.runtime.log_buffer_bytes,
+        hidden: hidden_paths(&cfg),
     })?);
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

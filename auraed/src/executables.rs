@@ -127,7 +127,11 @@ impl Executable {
                 cgroup,
                 namespaces,
                 fds: vec![(devnull, 0), (out_w, 1), (err_w, 2)],
-                caps_keep: jail.as_ref().map(|_| crate::jail::kept_caps()),
+                caps_keep: match &cell_for_spawn {
+                    Some(c) if c.jailed => Some(crate::jail::kept_caps()),
+                    Some(c) if !c.privileged => Some(crate::jail::container_caps()),
+                    _ => None,
+                },
                 no_new_privs: jail.is_some(),
                 seccomp: jail.unwrap_or_default(),
             })

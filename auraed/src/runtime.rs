@@ -34,6 +34,8 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     pub cgroup_root: String,
     pub log_buffer_bytes: usize,
+    /// auraed's own files, hidden from jailed cells.
+    pub hidden: Vec<PathBuf>,
 }
 
 pub struct Runtime {
@@ -81,6 +83,7 @@ impl Runtime {
                     hierarchy: h,
                     state_dir: cfg.state_dir.clone(),
                     spare_ns: Some(crate::cells::ns_pool::NamespacePool::start()),
+                    hidden: cfg.hidden.clone(),
                 })
             }
             Err(e) => {
@@ -395,6 +398,10 @@ fn resolve(req: &ExecRequest, placement: &Placement) -> Result<ProcessSpec, ApiE
         .iter()
         .map(|(k, v)| validation::c_string("executable.env", &format!("{k}={v}")))
         .collect::<Result<Vec<_>, _>>()?;
+    validation::argv_env_size(
+        "executable.args",
+        argv.iter().chain(&envp).map(|s| s.as_bytes()),
+    )?;
     let in_cell = matches!(placement, Placement::Cell(_));
     let cwd = req
         .cwd

@@ -8,6 +8,46 @@ use crate::error::ApiError;
 pub const MAX_LIST: usize = 4096;
 /// Longest single argument, variable or path accepted.
 pub const MAX_STRING: usize = 64 * 1024;
+/// Most bytes of arguments and environment together (each counted with
+/// its NUL and its pointer, as the kernel does), well under the 2 MiB that
+/// `execve` takes with the default 8 MiB stack, so an oversize command is
+/// refused here and not by the kernel's `E2BIG`.
+pub const MAX_ARGV_ENV: usize = 1024 * 1024;
+/// How much of a rejected value an error message shows.
+pub const SHOWN: usize = 64;
+
+/// A value as an error message shows it: quoted, with control characters
+/// escaped, cut to [`SHOWN`] characters with its full length noted, so an
+/// error about a huge field still fits in gRPC trailers.
+pub fn shown(value: &str) -> String {
+    let mut chars = value.chars();
+    let head: String = chars.by_ref().take(SHOWN).collect();
+    if chars.next().is_none() {
+        format!("{head:?}")
+    } else {
+        format!("{head:?}... ({} bytes)", value.len())
+    }
+}
+
+/// The total size of an argument list and environment as `execve` counts
+/// it: each string with its NUL, and a pointer for each.
+pub fn argv_env_size<'a>(
+    field: &str,
+    strings: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), ApiError> {
+    let total: usize = strings
+        .map(|s| s.len() + 1 + std::mem::size_of::<usize>())
+        .sum();
+    if total > MAX_ARGV_ENV {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "arguments and environment take {total} bytes; at most {MAX_ARGV_ENV} are accepted"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Names of cells and executables: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`.
 pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
@@ -25,8 +65,9 @@ pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
         Err(ApiError::invalid(
             field,
             format!(
-                "{value:?} is not a valid name: use 1 to 63 characters of a-z, 0-9 and '-', \
-                 starting and ending with a letter or digit"
+                "{} is not a valid name: use 1 to 63 characters of a-z, 0-9 and '-', \
+                 starting and ending with a letter or digit",
+                shown(value)
             ),
         ))
     }
@@ -48,7 +89,10 @@ pub fn env_name(field: &str, value: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.contains('=') || value.contains('\0') {
         return Err(ApiError::invalid(
             field,
-            format!("{value:?} is not a valid variable name (non-empty, without '=' or NUL)"),
+            format!(
+                "{} is not a valid variable name (non-empty, without '=' or NUL)",
+                shown(value)
+            ),
         ));
     }
     Ok(())
@@ -82,7 +126,7 @@ pub fn absolute_path(field: &str, value: &str) -> Result<(), ApiError> {
     if !value.starts_with('/') {
         return Err(ApiError::invalid(
             field,
-            format!("{value:?} is not an absolute path"),
+            format!("{} is not an absolute path", shown(value)),
         ));
     }
     Ok(())
@@ -122,6 +166,30 @@ mod tests {
             .to_string()
             .contains("NUL"));
         assert!(c_string("f", &"x".repeat(MAX_STRING + 1)).is_err());
+    }
+
+    #[test]
+    fn errors_show_a_short_prefix_of_a_huge_value() {
+        let huge = "a".repeat(1 << 20);
+        let err = name("name", &huge).unwrap_err().to_string();
+        assert!(err.len() < 300, "{}", err.len());
+        assert!(err.contains("(1048576 bytes)"), "{err}");
+        assert_eq!(shown("a\nb"), "\"a\\nb\"");
+        // A cut never splits a character.
+        let wide = "\u{e9}".repeat(100);
+        assert!(shown(&wide).starts_with(&format!("{:?}", "\u{e9}".repeat(SHOWN))));
+    }
+
+    #[test]
+    fn argv_and_env_are_bounded_together() {
+        let arg = vec![b'x'; 60 * 1024];
+        let many: Vec<&[u8]> = std::iter::repeat_n(arg.as_slice(), 16).collect();
+        assert!(argv_env_size("executable.args", many.iter().copied()).is_ok());
+        let too_many: Vec<&[u8]> = std::iter::repeat_n(arg.as_slice(), 18).collect();
+        let err = argv_env_size("executable.args", too_many.iter().copied())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("executable.args: "), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod guest;
 pub mod image;
+pub mod leaks;
 
 pub use daemon::{Daemon, DaemonOptions};
 

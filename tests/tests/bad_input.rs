@@ -1,10 +1,8 @@
 //! Malformed requests get precise errors, and leave nothing behind: no
 //! cgroup, mount, fd, process or state directory.
 
-use std::collections::BTreeSet;
-
 use aurae_proto::runtime as pb;
-use aurae_tests::{image, Daemon};
+use aurae_tests::{image, leaks::Snapshot, Daemon};
 
 fn exe(cmd: &str) -> pb::Executable {
     pb::Executable {
@@ -28,35 +26,6 @@ fn limits(l: pb::CellLimits) -> pb::RunCellRequest {
     }
 }
 
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn children(pid: u32) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.filter_map(Result::ok) {
-            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(c.split_whitespace().map(str::to_string));
-            }
-        }
-    }
-    out
-}
-
-fn dirs(path: Option<std::path::PathBuf>) -> BTreeSet<String> {
-    path.and_then(|p| std::fs::read_dir(p).ok())
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn thirty_malformed_requests_leak_nothing() {
     let d = Daemon::start().await;
@@ -72,17 +41,7 @@ async fn thirty_malformed_requests_leak_nothing() {
 
     // Warm up (the first requests allocate connection state), then measure.
     c.list(pb::ListRequest {}).await.expect("list");
-    let pid = d.pid();
-    let fds_before = fds(pid);
-    // auraed's own mount namespace, where a leaked mount would show.
-    let mountinfo = format!("/proc/{pid}/mountinfo");
-    let mounts_before = std::fs::read_to_string(&mountinfo)
-        .expect("mountinfo")
-        .lines()
-        .count();
-    let cgroups_before = dirs(d.cgroup_dir());
-    let state_before = dirs(Some(d.seen_by_auraed("state/cells")));
-    let children_before = children(pid);
+    let before = Snapshot::of(&d);
 
     use tonic::Code::*;
     let mut cases: Vec<(&str, tonic::Code, &str, Result<(), tonic::Status>)> = Vec::new();
@@ -490,20 +449,5 @@ async fn thirty_malformed_requests_leak_nothing() {
     assert!(health.status.success());
     let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();
     assert!(list.workloads.is_empty(), "{:?}", list.workloads);
-    assert_eq!(
-        std::fs::read_to_string(&mountinfo)
-            .expect("mountinfo")
-            .lines()
-            .count(),
-        mounts_before,
-        "mounts"
-    );
-    assert_eq!(dirs(d.cgroup_dir()), cgroups_before, "cgroups");
-    assert_eq!(
-        dirs(Some(d.seen_by_auraed("state/cells"))),
-        state_before,
-        "state dirs"
-    );
-    assert_eq!(children(pid), children_before, "processes");
-    assert_eq!(fds(pid), fds_before, "fds");
+    before.assert_unchanged(&d);
 }

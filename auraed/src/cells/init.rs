@@ -9,8 +9,25 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+use super::harden::KernelFs;
+use super::Security;
 use crate::oci::minimal_dev;
 use crate::sys::init_process::InitOp;
+
+/// The root a cell's processes see.
+#[derive(Debug, Clone)]
+pub enum Root {
+    /// The host's mounts, in a private mount namespace.
+    Host,
+    /// The host's root, read-only, assembled at `at` (a jailed cell).
+    /// `hidden` are auraed's own files, masked.
+    HostReadOnly { at: PathBuf, hidden: Vec<PathBuf> },
+    /// An image's root filesystem, mounted at `at`.
+    Image {
+        at: PathBuf,
+        overlay: Option<Overlay>,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct InitConfig {
@@ -19,10 +36,9 @@ pub struct InitConfig {
     pub new_net: bool,
     pub new_mount: bool,
     pub new_pid: bool,
-    /// Pivot into this root filesystem (requires `new_mount`).
-    pub rootfs: Option<PathBuf>,
-    /// Mount an overlay at `rootfs` first.
-    pub overlay: Option<Overlay>,
+    /// Pivot into a root of the cell's own (requires `new_mount`).
+    pub root: Root,
+    pub security: Security,
 }
 
 /// An overlay of a cached, read-only image rootfs and the cell's own
@@ -34,10 +50,23 @@ pub struct Overlay {
     pub work: PathBuf,
 }
 
+/// Why a plan could not be made: a path or name the kernel can't take.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("path {0:?} is not UTF-8")]
+    NotUtf8(PathBuf),
+    #[error("overlay {key} {path:?} contains ',', ':' or a backslash")]
+    OverlaySeparator { key: &'static str, path: PathBuf },
+    #[error("{0:?} is not a valid interface name")]
+    Interface(&'static str),
+}
+
 impl Overlay {
     /// The overlayfs mount options; paths with the option separators are
     /// refused rather than misparsed.
-    pub fn options(&self) -> Result<String, String> {
+    pub fn options(&self) -> Result<String, PlanError> {
         let mut parts = Vec::new();
         for (key, path) in [
             ("lowerdir", &self.lower),
@@ -46,9 +75,12 @@ impl Overlay {
         ] {
             let p = path
                 .to_str()
-                .ok_or_else(|| format!("{key} {path:?} is not UTF-8"))?;
+                .ok_or_else(|| PlanError::NotUtf8(path.clone()))?;
             if p.contains([',', ':', '\\']) {
-                return Err(format!("{key} {p:?} contains ',', ':' or a backslash"));
+                return Err(PlanError::OverlaySeparator {
+                    key,
+                    path: path.clone(),
+                });
             }
             parts.push(format!("{key}={p}"));
         }
@@ -62,28 +94,29 @@ pub struct Plan {
     pub descriptions: Vec<String>,
 }
 
-fn c(s: impl AsRef<str>) -> Result<CString, String> {
-    CString::new(s.as_ref()).map_err(|_| format!("{:?} contains a NUL byte", s.as_ref()))
+pub(super) fn c(s: impl AsRef<str>) -> Result<CString, PlanError> {
+    CString::new(s.as_ref()).map_err(|_| PlanError::Nul(s.as_ref().to_string()))
 }
 
-fn cpath(p: &Path) -> Result<CString, String> {
-    c(p.to_str().ok_or_else(|| format!("{p:?} is not UTF-8"))?)
+pub(super) fn cpath(p: &Path) -> Result<CString, PlanError> {
+    c(p.to_str()
+        .ok_or_else(|| PlanError::NotUtf8(p.to_path_buf()))?)
 }
 
 impl Plan {
-    fn push(&mut self, op: InitOp, what: impl Into<String>) {
+    pub(super) fn push(&mut self, op: InitOp, what: impl Into<String>) {
         self.ops.push(op);
         self.descriptions.push(what.into());
     }
 
-    fn mount(
+    pub(super) fn mount(
         &mut self,
         source: &str,
         target: &Path,
         fstype: &str,
         flags: libc::c_ulong,
         data: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PlanError> {
         self.push(
             InitOp::Mount {
                 source: Some(c(source)?),
@@ -98,7 +131,7 @@ impl Plan {
     }
 
     /// Plans the setup of a cell's namespaces.
-    pub fn new(cfg: &InitConfig) -> Result<Plan, String> {
+    pub fn new(cfg: &InitConfig) -> Result<Plan, PlanError> {
         let mut plan = Plan {
             ops: Vec::new(),
             descriptions: Vec::new(),
@@ -108,7 +141,7 @@ impl Plan {
         }
         if cfg.new_net {
             plan.push(
-                InitOp::link_up("lo").ok_or("bad interface name")?,
+                InitOp::link_up("lo").ok_or(PlanError::Interface("lo"))?,
                 "bringing up lo",
             );
         }
@@ -125,22 +158,42 @@ impl Plan {
             },
             "making / private",
         );
-        match &cfg.rootfs {
-            Some(rootfs) => plan.pivot_into(rootfs, cfg.overlay.as_ref())?,
-            None if cfg.new_pid => plan.mount(
-                "proc",
-                Path::new("/proc"),
-                "proc",
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                None,
+        let sec = &cfg.security;
+        let kernel_fs = KernelFs {
+            privileged: sec.privileged,
+            net_sysctls: sec.net_sysctls,
+            delegate_cgroup: sec.delegate_cgroup,
+            replace_host: false,
+        };
+        match &cfg.root {
+            Root::Host if sec.privileged => {
+                // The host's view as it is, with a /proc of the cell's own
+                // pid namespace.
+                if cfg.new_pid {
+                    plan.mount("proc", Path::new("/proc"), "proc", NOEXEC, None)?;
+                }
+            }
+            Root::Host => plan.kernel_fs(
+                Path::new("/"),
+                KernelFs {
+                    replace_host: true,
+                    ..kernel_fs
+                },
             )?,
-            None => {}
+            Root::HostReadOnly { at, hidden } => {
+                plan.host_root_read_only(at, hidden, &sec.writable_paths)?;
+                plan.own_root(at, true, kernel_fs, &sec.devices)?;
+            }
+            Root::Image { at, overlay } => {
+                plan.image_root(at, overlay.as_ref())?;
+                plan.own_root(at, overlay.is_none(), kernel_fs, &sec.devices)?;
+            }
         }
         Ok(plan)
     }
 
-    /// Makes `rootfs` the root: a fresh /proc, a minimal /dev and a /tmp.
-    fn minimal_dev(&mut self, dev: &Path) -> Result<(), String> {
+    /// A minimal /dev on a tmpfs at `dev`.
+    fn minimal_dev(&mut self, dev: &Path) -> Result<(), PlanError> {
         self.mount(
             "tmpfs",
             dev,
@@ -176,8 +229,9 @@ impl Plan {
         Ok(())
     }
 
-    fn pivot_into(&mut self, rootfs: &Path, overlay: Option<&Overlay>) -> Result<(), String> {
-        let nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    /// Mounts an image's root at `rootfs`, with the mount points a cell
+    /// needs.
+    fn image_root(&mut self, rootfs: &Path, overlay: Option<&Overlay>) -> Result<(), PlanError> {
         match overlay {
             Some(o) => self.mount("overlay", rootfs, "overlay", 0, Some(&o.options()?))?,
             None => self.push(
@@ -197,33 +251,40 @@ impl Plan {
                 format!("creating /{dir}"),
             );
         }
-        self.mount(
-            "proc",
-            &rootfs.join("proc"),
-            "proc",
-            nodev | libc::MS_NOEXEC,
-            None,
-        )?;
+        Ok(())
+    }
+
+    /// Kernel filesystems, /tmp and /dev in a root of the cell's own, then
+    /// pivots into it. `fresh_dev`: /dev gets a minimal set on a tmpfs (a
+    /// cached image has one already, see `oci::minimal_dev`).
+    fn own_root(
+        &mut self,
+        rootfs: &Path,
+        fresh_dev: bool,
+        kernel_fs: KernelFs,
+        devices: &[PathBuf],
+    ) -> Result<(), PlanError> {
+        self.kernel_fs(rootfs, kernel_fs)?;
         self.mount(
             "tmpfs",
             &rootfs.join("tmp"),
             "tmpfs",
-            nodev,
+            NODEV,
             Some("mode=1777"),
         )?;
         let dev = rootfs.join("dev");
-        // A cached image has its minimal /dev already (see
-        // oci::minimal_dev); any other root gets one on a tmpfs.
-        if overlay.is_none() {
+        if fresh_dev {
             self.minimal_dev(&dev)?;
         }
         self.mount(
             "tmpfs",
             &dev.join("shm"),
             "tmpfs",
-            nodev | libc::MS_NOEXEC,
+            NOEXEC,
             Some("mode=1777"),
         )?;
+        self.devpts(&dev)?;
+        self.devices(&dev, devices)?;
         self.push(
             InitOp::Chdir(cpath(rootfs)?),
             "entering the root filesystem",
@@ -234,25 +295,41 @@ impl Plan {
     }
 }
 
+const NODEV: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+const NOEXEC: libc::c_ulong = NODEV | libc::MS_NOEXEC;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cfg(rootfs: Option<&str>) -> InitConfig {
+    fn cfg(root: Root) -> InitConfig {
         InitConfig {
             name: "web".into(),
             new_uts: true,
             new_net: true,
             new_mount: true,
             new_pid: true,
-            rootfs: rootfs.map(PathBuf::from),
+            root,
+            security: Security::default(),
+        }
+    }
+
+    fn image() -> Root {
+        Root::Image {
+            at: "/var/lib/aurae/cells/web/rootfs".into(),
             overlay: None,
         }
     }
 
+    fn has(plan: &Plan, what: &str) -> bool {
+        plan.descriptions.iter().any(|d| d == what)
+    }
+
     #[test]
-    fn host_view_cells_get_a_fresh_proc_and_no_pivot() {
-        let plan = Plan::new(&cfg(None)).expect("plan");
+    fn privileged_host_view_cells_get_a_fresh_proc_and_nothing_else() {
+        let mut c = cfg(Root::Host);
+        c.security.privileged = true;
+        let plan = Plan::new(&c).expect("plan");
         assert_eq!(
             plan.descriptions,
             [
@@ -265,15 +342,98 @@ mod tests {
     }
 
     #[test]
+    fn host_view_cells_replace_the_hosts_proc_and_sys_with_sealed_ones() {
+        let plan = Plan::new(&cfg(Root::Host)).expect("plan");
+        for what in [
+            "detaching the host's /proc",
+            "detaching the host's /sys",
+            "mounting proc on /proc",
+            "making /proc/sys read-only",
+            "making /proc/sysrq-trigger read-only",
+            "masking /proc/kcore",
+            "masking /proc/acpi",
+            "mounting sysfs on /sys",
+            "masking /sys/firmware",
+            "mounting cgroup2 on /sys/fs/cgroup",
+        ] {
+            assert!(has(&plan, what), "{what}: {:?}", plan.descriptions);
+        }
+        assert!(!has(&plan, "pivot_root"));
+        // /proc/sys is bound before it is made read-only, and /proc is
+        // mounted before either.
+        let at = |w: &str| plan.descriptions.iter().position(|d| d == w).expect(w);
+        assert!(at("mounting proc on /proc") < at("binding /proc/sys"));
+        assert!(at("binding /proc/sys") < at("making /proc/sys read-only"));
+        assert!(at("mounting sysfs on /sys") < at("mounting cgroup2 on /sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn sysfs_and_cgroupfs_are_read_only_unless_asked() {
+        let flags_of = |plan: &Plan, fstype: &str| {
+            plan.ops
+                .iter()
+                .find_map(|op| match op {
+                    InitOp::Mount {
+                        fstype: Some(t),
+                        flags,
+                        ..
+                    } if t.to_str() == Ok(fstype) => Some(*flags),
+                    _ => None,
+                })
+                .expect(fstype)
+        };
+        let plan = Plan::new(&cfg(image())).expect("plan");
+        assert_ne!(flags_of(&plan, "sysfs") & libc::MS_RDONLY, 0);
+        assert_ne!(flags_of(&plan, "cgroup2") & libc::MS_RDONLY, 0);
+        let mut delegated = cfg(image());
+        delegated.security.delegate_cgroup = true;
+        let plan = Plan::new(&delegated).expect("plan");
+        assert_ne!(flags_of(&plan, "sysfs") & libc::MS_RDONLY, 0);
+        assert_eq!(flags_of(&plan, "cgroup2") & libc::MS_RDONLY, 0);
+    }
+
+    #[test]
+    fn net_sysctls_stay_writable_inside_a_read_only_proc_sys() {
+        let mut c = cfg(image());
+        c.security.net_sysctls = true;
+        let plan = Plan::new(&c).expect("plan");
+        let at = |w: &str| plan.descriptions.iter().position(|d| d == w).expect(w);
+        assert!(at("keeping /proc/sys/net writable") < at("binding /proc/sys"));
+    }
+
+    #[test]
     fn image_cells_pivot_last() {
-        let plan = Plan::new(&cfg(Some("/var/lib/aurae/cells/web/rootfs"))).expect("plan");
+        let plan = Plan::new(&cfg(image())).expect("plan");
         assert_eq!(plan.ops.len(), plan.descriptions.len());
         assert_eq!(
             plan.descriptions.last().map(String::as_str),
             Some("chdir /")
         );
-        assert!(plan.descriptions.iter().any(|d| d == "pivot_root"));
-        assert!(plan.descriptions.iter().any(|d| d == "creating /dev/null"));
+        assert!(has(&plan, "pivot_root"));
+        assert!(has(&plan, "creating /dev/null"));
+        assert!(has(&plan, "making /proc/sys read-only"));
+    }
+
+    #[test]
+    fn jailed_host_roots_are_read_only_with_named_exceptions() {
+        let mut c = cfg(Root::HostReadOnly {
+            at: "/s/cells/web/rootfs".into(),
+            hidden: vec!["/tmp".into()],
+        });
+        c.security.writable_paths = vec!["/var/tmp".into()];
+        c.security.devices = vec!["/dev/net/tun".into()];
+        let plan = Plan::new(&c).expect("plan");
+        let at = |w: &str| plan.descriptions.iter().position(|d| d == w).expect(w);
+        assert!(at("binding the host's root") < at("making the host's root read-only"));
+        assert!(at("detaching the host's /proc") < at("making the host's root read-only"));
+        assert!(at("making the host's root read-only") < at("making /var/tmp writable"));
+        assert!(at("making /var/tmp writable") < at("masking /s/cells/web/rootfs/etc/shadow"));
+        assert!(
+            at("masking /s/cells/web/rootfs/tmp") < at("mounting tmpfs on /s/cells/web/rootfs/tmp")
+        );
+        assert!(has(&plan, "creating /s/cells/web/rootfs/dev/net"));
+        assert!(at("adding /dev/net/tun") < at("pivot_root"));
+        assert!(has(&plan, "masking /s/cells/web/rootfs/etc/shadow"));
     }
 
     #[test]

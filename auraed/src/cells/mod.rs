@@ -4,6 +4,7 @@
 //! A cell is anchored by its init process ([`init`]), which holds the new
 //! namespaces. Executables join them (and the cell's cgroup) at start.
 
+mod harden;
 pub mod init;
 pub mod ns_pool;
 
@@ -33,6 +34,22 @@ pub struct HostShare {
     pub cgroup: bool,
 }
 
+/// What a cell may reach beyond the container defaults (see
+/// [`init::Plan`]): all validated against the rest of the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// Every capability, /proc and /sys writable, nothing masked.
+    pub privileged: bool,
+    /// Host paths that stay writable in a jailed cell's read-only host root.
+    pub writable_paths: Vec<PathBuf>,
+    /// Host device nodes added to the cell's minimal /dev.
+    pub devices: Vec<PathBuf>,
+    /// The cell's cgroup subtree is writable inside it.
+    pub delegate_cgroup: bool,
+    /// The sysctls of the cell's own network namespace are writable.
+    pub net_sysctls: bool,
+}
+
 /// A validated cell request.
 #[derive(Debug, Clone, Default)]
 pub struct CellSpec {
@@ -41,6 +58,7 @@ pub struct CellSpec {
     pub share: HostShare,
     pub jailed: bool,
     pub image: Option<PathBuf>,
+    pub security: Security,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +72,8 @@ pub struct Cell {
     pub name: String,
     pub cgroup: CellCgroup,
     pub jailed: bool,
+    /// Keeps every capability (see [`Security::privileged`]).
+    pub privileged: bool,
     /// The image's defaults, for cells with an image.
     pub image: Option<ImageDefaults>,
     pub state_dir: PathBuf,
@@ -75,6 +95,9 @@ pub struct CellContext {
     pub state_dir: PathBuf,
     /// Ready network and IPC namespaces, when the pool is running.
     pub spare_ns: Option<Arc<ns_pool::NamespacePool>>,
+    /// auraed's own files (state, configuration, keys), hidden from a
+    /// jailed cell's view of the host's root.
+    pub hidden: Vec<PathBuf>,
 }
 
 impl HostShare {
@@ -126,6 +149,23 @@ impl Drop for Undo {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// A writable path may not uncover auraed's own files.
+fn refuse_hidden(writable: &[PathBuf], hidden: &[PathBuf]) -> Result<(), ApiError> {
+    for (i, path) in writable.iter().enumerate() {
+        if let Some(h) = hidden.iter().find(|h| path.starts_with(h)) {
+            return Err(ApiError::invalid(
+                format!("writable_paths[{i}]"),
+                format!(
+                    "{} would expose auraed's own {}",
+                    path.display(),
+                    h.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
@@ -198,18 +238,34 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
             }
         }
     }
+    let root = match &cached {
+        Some(c) => init::Root::Image {
+            at: rootfs.clone(),
+            overlay: Some(init::Overlay {
+                lower: c.rootfs.clone(),
+                upper: state_dir.join("upper"),
+                work: state_dir.join("work"),
+            }),
+        },
+        None if spec.jailed => {
+            refuse_hidden(&spec.security.writable_paths, &ctx.hidden)?;
+            std::fs::create_dir(&rootfs)
+                .map_err(internal("creating the cell's root mount point"))?;
+            init::Root::HostReadOnly {
+                at: rootfs.clone(),
+                hidden: ctx.hidden.clone(),
+            }
+        }
+        None => init::Root::Host,
+    };
     let config = InitConfig {
         name: spec.name.clone(),
         new_uts: flags & libc::CLONE_NEWUTS != 0,
         new_net: clone_flags & libc::CLONE_NEWNET != 0,
         new_mount: flags & libc::CLONE_NEWNS != 0,
         new_pid: flags & libc::CLONE_NEWPID != 0,
-        rootfs: image.as_ref().map(|_| rootfs.clone()),
-        overlay: cached.as_ref().map(|c| init::Overlay {
-            lower: c.rootfs.clone(),
-            upper: state_dir.join("upper"),
-            work: state_dir.join("work"),
-        }),
+        root,
+        security: spec.security.clone(),
     };
     let mut plan = init::Plan::new(&config)
         .map_err(|e| ApiError::Internal(format!("planning cell {}: {e}", spec.name)))?;
@@ -289,6 +345,7 @@ impl Cell {
             name: spec.name,
             cgroup: parts.cgroup,
             jailed: spec.jailed,
+            privileged: spec.security.privileged,
             image: parts.image,
             state_dir: parts.state_dir,
             init_pid: parts.init_pid,

@@ -40,7 +40,30 @@ pub enum InitOp {
     Chdir(CString),
     /// pivot_root(".", ".") then detach the old root.
     PivotHere,
+    /// Detach the mount at this path and everything under it
+    /// (`umount2(MNT_DETACH)`); a path that is not a mount point, or does
+    /// not exist, is left as it is.
+    Detach(CString),
+    /// Make the mount at this path and every mount under it read-only,
+    /// nosuid and nodev (`mount_setattr` with `AT_RECURSIVE`).
+    ReadOnlyTree(CString),
+    /// Run the op; its failure with this errno counts as success (a path
+    /// the kernel or the image does not have, say).
+    Tolerate(Box<InitOp>, libc::c_int),
 }
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 impl InitOp {
     /// A network interface name as `ifr_name`.
@@ -168,6 +191,27 @@ fn run_op(op: &InitOp) -> bool {
                 libc::syscall(libc::SYS_pivot_root, dot, dot) == 0
                     && libc::umount2(dot, libc::MNT_DETACH) == 0
             }
+            InitOp::Detach(path) => {
+                libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0
+                    || matches!(errno() as i32, libc::EINVAL | libc::ENOENT)
+            }
+            InitOp::ReadOnlyTree(path) => {
+                let attr = MountAttr {
+                    attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: 0,
+                };
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    libc::AT_RECURSIVE as libc::c_uint,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                ) == 0
+            }
+            InitOp::Tolerate(op, tolerated) => run_op(op) || errno() as i32 == *tolerated,
         }
     }
 }
