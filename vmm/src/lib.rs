@@ -19,6 +19,6 @@ pub mod vcpu;
 mod vm;
 
 pub use config::{Console, DiskConfig, VmConfig, VsockConfig};
-pub use error::VmmError;
+pub use error::{chain as error_chain, KvmError, VcpuError, VmmError};
 pub use state::ExitReason;
 pub use vm::{StopHandle, Vm};

@@ -131,7 +131,7 @@ fn main() {
     let mut vm = match Vm::new(config) {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("aurae-vmm: {e}");
+            eprintln!("aurae-vmm: {}", vmm::error_chain(&e));
             std::process::exit(2);
         }
     };
@@ -155,7 +155,10 @@ fn main() {
     std::thread::spawn(move || {
         // It only waits for a signal and stops the VM.
         if let Err(e) = seccomp::apply(ThreadKind::Control) {
-            stopper.fail(format!("the signal thread's seccomp filter: {e}"));
+            stopper.fail(format!(
+                "the signal thread's seccomp filter: {}",
+                vmm::error_chain(&e)
+            ));
         } else if signals.wait().is_ok() {
             stopper.stop();
         }
@@ -164,13 +167,16 @@ fn main() {
         vm.profile_guest();
     }
     if let Err(e) = vm.run() {
-        eprintln!("aurae-vmm: starting the VM: {e}");
+        eprintln!("aurae-vmm: starting the VM: {}", vmm::error_chain(&e));
         drop(vm);
         std::process::exit(2);
     }
     // From here this thread only waits, reports and cleans up.
     if let Err(e) = seccomp::apply(ThreadKind::Control) {
-        eprintln!("aurae-vmm: this thread's seccomp filter: {e}");
+        eprintln!(
+            "aurae-vmm: this thread's seccomp filter: {}",
+            vmm::error_chain(&e)
+        );
         vm.stop();
         vm.wait(None);
         drop(vm);

@@ -7,6 +7,7 @@ use std::time::Instant;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
+use crate::error::{chain, KvmError, VcpuError};
 use crate::guest_ram::GuestRam;
 use crate::state::{ExitReason, VmState};
 
@@ -50,10 +51,13 @@ impl Vcpu {
         // Guest exits run device code on this thread: it gets the vCPU
         // filter before it enters the guest.
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
-            self.state
-                .exit(ExitReason::Error(format!("vcpu {}: {e}", self.id)));
+            self.fail(VcpuError::Seccomp {
+                index: self.id,
+                source: Box::new(e),
+            });
             return;
         }
+        let index = self.id;
         while !self.state.stopping() {
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -75,20 +79,16 @@ impl Vcpu {
                     _ => self.state.exit(ExitReason::PowerOff),
                 },
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    self.state.exit(ExitReason::Error(format!(
-                        "vcpu {}: entry failed (reason {reason:#x}, cpu {cpu})",
-                        self.id
-                    )))
+                    self.fail(VcpuError::FailEntry { index, reason, cpu })
                 }
-                Ok(VcpuExit::InternalError) => self.state.exit(ExitReason::Error(format!(
-                    "vcpu {}: KVM internal error",
-                    self.id
-                ))),
-                Ok(other) => self.state.exit(ExitReason::Error(format!(
-                    "vcpu {}: unhandled exit {other:?}",
-                    self.id
-                ))),
+                Ok(VcpuExit::InternalError) => self.fail(VcpuError::InternalError { index }),
+                Ok(other) => {
+                    let exit = format!("{other:?}");
+                    self.fail(VcpuError::UnhandledExit { index, exit })
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A profiler sample is best effort: a failed
+                    // KVM_GET_REGS only loses that sample.
                     if let (Some((samples, since)), Ok(regs)) = (&self.samples, self.fd.get_regs())
                     {
                         let micros = u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX);
@@ -97,10 +97,13 @@ impl Vcpu {
                         }
                     }
                 }
-                Err(e) => self
-                    .state
-                    .exit(ExitReason::Error(format!("vcpu {}: KVM_RUN: {e}", self.id))),
+                Err(source) => self.fail(KvmError::Run { index, source }.into()),
             }
         }
+    }
+
+    /// Stops the VM with `e` (and its causes) as the reason.
+    fn fail(&self, e: VcpuError) {
+        self.state.exit(ExitReason::Error(chain(&e)));
     }
 }

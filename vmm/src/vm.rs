@@ -25,6 +25,7 @@ use crate::devices::virtio::{
     VirtioDevice,
 };
 use crate::devices::{boot_timer, debug_exit, i8042, serial, IrqTrigger};
+use crate::error::KvmError;
 use crate::guest_ram::GuestRam;
 use crate::state::{ExitReason, VmState};
 use crate::vcpu::{self, Vcpu};
@@ -123,16 +124,15 @@ impl Vm {
                 last = now;
             }
         };
-        let kvm = Kvm::new().map_err(|e| VmmError::Config {
-            option: "kvm",
-            reason: format!("opening /dev/kvm: {e}"),
-        })?;
+        let kvm = Kvm::new().map_err(|source| KvmError::Open { source })?;
         config.validate(kvm.get_max_vcpus())?;
         // Before the VM, so that the VM (and any vCPU fd) is closed before
         // the mapping goes, on a failure below too.
         let mem_size = config.mem_mib << 20;
         let ram = GuestRam::new(mem_size as usize, config.huge_pages)?;
-        let vm = kvm.create_vm()?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|source| KvmError::CreateVm { source })?;
         let mem = ram.guest_memory()?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
@@ -145,14 +145,22 @@ impl Vm {
             // SAFETY: the region is a live mmap owned by `ram` (then by the
             // `Arc<GuestRam>` that the `Vm` and each of its threads hold),
             // which outlives the VM fd and every vCPU fd.
-            unsafe { vm.set_user_memory_region(r)? };
+            unsafe { vm.set_user_memory_region(r) }.map_err(|source| {
+                KvmError::SetUserMemoryRegion {
+                    slot: r.slot,
+                    source,
+                }
+            })?;
         }
-        vm.set_tss_address(0xfffb_d000)?;
-        vm.create_irq_chip()?;
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(|source| KvmError::SetTssAddr { source })?;
+        vm.create_irq_chip()
+            .map_err(|source| KvmError::CreateIrqchip { source })?;
         vm.create_pit2(kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
-        })?;
+        })
+        .map_err(|source| KvmError::CreatePit2 { source })?;
         let state = Arc::new(VmState::new(started)?);
         mark(&mut phases, "kvm and memory");
 
@@ -167,7 +175,12 @@ impl Vm {
         // Legacy devices on the port I/O bus.
         let mut pio = Bus::default();
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("serial"))?;
-        vm.register_irqfd(&serial_irq, serial::COM1_IRQ)?;
+        vm.register_irqfd(&serial_irq, serial::COM1_IRQ)
+            .map_err(|source| KvmError::Irqfd {
+                device: "serial",
+                gsi: serial::COM1_IRQ,
+                source,
+            })?;
         let out: Box<dyn Write + Send> = match &config.console {
             Console::None => Box::new(std::io::sink()),
             Console::Stdout => Box::new(std::io::stdout()),
@@ -256,16 +269,28 @@ impl Vm {
             let base = layout::MMIO_BASE + i as u64 * MMIO_LEN;
             let irq = layout::MMIO_FIRST_IRQ + i as u32;
             let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("virtio"))?;
-            vm.register_irqfd(&irq_evt, irq)?;
+            vm.register_irqfd(&irq_evt, irq)
+                .map_err(|source| KvmError::Irqfd {
+                    device: "virtio",
+                    gsi: irq,
+                    source,
+                })?;
             {
                 let dev = device.lock().unwrap_or_else(|e| e.into_inner());
                 for (q, evt) in dev.queue_events().iter().enumerate() {
-                    // Without ioeventfd the transport forwards the write.
-                    let _ = vm.register_ioevent(
-                        evt,
-                        &IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
-                        q as u32,
-                    );
+                    // KVM signals the queue's eventfd itself for a
+                    // notification of a valid queue; the transport sees
+                    // (and forwards, or refuses) only the others. A
+                    // failure is an error: the VM would otherwise run
+                    // with every notification taking the slow path.
+                    let addr = base + reg::QUEUE_NOTIFY;
+                    let queue = q as u32;
+                    vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), queue)
+                        .map_err(|source| KvmError::IoEventFd {
+                            addr,
+                            queue,
+                            source,
+                        })?;
                 }
             }
             let transport =
@@ -284,23 +309,28 @@ impl Vm {
             mptable::write(&mem, config.vcpus).map_err(|e| VmmError::Memory(e.to_string()))?;
         }
 
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| KvmError::GetSupportedCpuid { source })?;
         let features = cpuid::Features {
             nested: config.nested,
             tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
         };
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
-            let fd = vm.create_vcpu(u64::from(id))?;
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(|source| KvmError::CreateVcpu { index: id, source })?;
             let mut c = supported.clone();
             cpuid::filter(&mut c, id, config.vcpus, features);
-            fd.set_cpuid2(&c)?;
-            regs::setup_msrs(&fd)?;
-            regs::setup_fpu(&fd)?;
-            regs::setup_lapic(&fd)?;
+            fd.set_cpuid2(&c)
+                .map_err(|source| KvmError::SetCpuid2 { index: id, source })?;
+            regs::setup_msrs(&fd, id)?;
+            regs::setup_fpu(&fd, id)?;
+            regs::setup_lapic(&fd, id)?;
             if id == 0 {
-                regs::setup_sregs(&mem, &fd, entry)?;
-                regs::setup_regs(&fd, entry)?;
+                regs::setup_sregs(&mem, &fd, id, entry)?;
+                regs::setup_regs(&fd, id, entry)?;
             }
             vcpus.push(fd);
         }

@@ -8,6 +8,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::kernel::Entry;
 use super::layout::*;
+use crate::error::KvmError;
 use crate::VmmError;
 
 const CR0_PE: u64 = 1;
@@ -80,7 +81,12 @@ fn segment(entry: u64, index: u16) -> kvm_segment {
 }
 
 /// Sets the segment and control registers for `entry`.
-pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: Entry) -> Result<(), VmmError> {
+pub fn setup_sregs(
+    mem: &GuestMemoryMmap,
+    vcpu: &VcpuFd,
+    index: u8,
+    entry: Entry,
+) -> Result<(), VmmError> {
     let long = !matches!(entry, Entry::Pvh(_));
     let gdt = if long { GDT_ENTRIES } else { GDT_ENTRIES_32 };
     for (i, e) in gdt.iter().enumerate() {
@@ -88,7 +94,9 @@ pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: Entry) -> Result
             .map_err(mem_err)?;
     }
     mem.write_obj(0u64, GuestAddress(IDT)).map_err(mem_err)?;
-    let mut s = vcpu.get_sregs()?;
+    let mut s = vcpu
+        .get_sregs()
+        .map_err(|source| KvmError::GetSregs { index, source })?;
     s.gdt.base = GDT;
     s.gdt.limit = (gdt.len() * 8 - 1) as u16;
     s.idt.base = IDT;
@@ -113,11 +121,12 @@ pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: Entry) -> Result
         s.cr4 = 0;
         s.efer = 0;
     }
-    vcpu.set_sregs(&s)?;
+    vcpu.set_sregs(&s)
+        .map_err(|source| KvmError::SetSregs { index, source })?;
     Ok(())
 }
 
-pub fn setup_regs(vcpu: &VcpuFd, entry: Entry) -> Result<(), VmmError> {
+pub fn setup_regs(vcpu: &VcpuFd, index: u8, entry: Entry) -> Result<(), KvmError> {
     let mut r = kvm_regs {
         rflags: 2,
         rsp: BOOT_STACK,
@@ -135,22 +144,22 @@ pub fn setup_regs(vcpu: &VcpuFd, entry: Entry) -> Result<(), VmmError> {
         }
         Entry::Flat(rip) => r.rip = rip,
     }
-    vcpu.set_regs(&r)?;
-    Ok(())
+    vcpu.set_regs(&r)
+        .map_err(|source| KvmError::SetRegs { index, source })
 }
 
-pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), VmmError> {
+pub fn setup_fpu(vcpu: &VcpuFd, index: u8) -> Result<(), KvmError> {
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu)?;
-    Ok(())
+    vcpu.set_fpu(&fpu)
+        .map_err(|source| KvmError::SetFpu { index, source })
 }
 
 /// The MSRs Linux expects zeroed (or set) at boot.
-pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
+pub fn setup_msrs(vcpu: &VcpuFd, index: u8) -> Result<(), KvmError> {
     const SYSENTER_CS: u32 = 0x174;
     const SYSENTER_ESP: u32 = 0x175;
     const SYSENTER_EIP: u32 = 0x176;
@@ -181,8 +190,10 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
     })
     .collect();
     let msrs =
-        Msrs::from_entries(&entries).map_err(|e| VmmError::Kernel(format!("MSR list: {e:?}")))?;
-    let set = vcpu.set_msrs(&msrs)?;
+        Msrs::from_entries(&entries).map_err(|source| KvmError::MsrList { index, source })?;
+    let set = vcpu
+        .set_msrs(&msrs)
+        .map_err(|source| KvmError::SetMsrs { index, source })?;
     if set != entries.len() {
         // A host (PVM, for one) may refuse some; Linux copes, so say so only.
         eprintln!(
@@ -194,12 +205,14 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
 }
 
 /// LINT0 to ExtINT and LINT1 to NMI, as a PC's BIOS leaves them.
-pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), VmmError> {
+pub fn setup_lapic(vcpu: &VcpuFd, index: u8) -> Result<(), KvmError> {
     const LVT_LINT0: usize = 0x350;
     const LVT_LINT1: usize = 0x360;
     const EXTINT: u32 = 0x700;
     const NMI: u32 = 0x400;
-    let mut lapic = vcpu.get_lapic()?;
+    let mut lapic = vcpu
+        .get_lapic()
+        .map_err(|source| KvmError::GetLapic { index, source })?;
     for (off, mode) in [(LVT_LINT0, EXTINT), (LVT_LINT1, NMI)] {
         let bytes: Vec<u8> = lapic.regs[off..off + 4].iter().map(|b| *b as u8).collect();
         let v = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
@@ -208,8 +221,8 @@ pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), VmmError> {
             lapic.regs[off + i] = *b as libc::c_char;
         }
     }
-    vcpu.set_lapic(&lapic)?;
-    Ok(())
+    vcpu.set_lapic(&lapic)
+        .map_err(|source| KvmError::SetLapic { index, source })
 }
 
 #[cfg(test)]
