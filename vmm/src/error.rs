@@ -23,6 +23,24 @@ pub enum VmmError {
     Io(#[from] std::io::Error),
     #[error("seccomp: {0}")]
     Seccomp(String),
+    #[error("creating the device event loop (EventManager::new)")]
+    EventManager {
+        #[source]
+        source: event_manager::Error,
+    },
+    #[error("the device event loop (EventManager::run_with_timeout)")]
+    EventLoopRun {
+        #[source]
+        source: event_manager::Error,
+    },
+    #[error("starting the {thread} thread")]
+    Spawn {
+        thread: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Watch(#[from] crate::devices::event_loop::WatchError),
 }
 
 /// A failed call to KVM (an ioctl on /dev/kvm, the VM or a vCPU), named

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod config;
 pub mod devices;
 mod error;
+mod event_thread;
 pub mod guest_ram;
 pub mod seccomp;
 pub mod state;

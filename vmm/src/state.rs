@@ -50,6 +50,8 @@ impl VmState {
         if exit.is_none() {
             *exit = Some(reason);
             self.exited.notify_all();
+            // Fails only when the counter is full (EAGAIN): the event loop
+            // is woken already.
             let _ = self.stop_evt.write(1);
         }
     }
@@ -82,6 +84,8 @@ impl VmState {
         }
     }
 
+    /// The first report counts; a later one (a guest that writes the port
+    /// again) is ignored, which is what the `Err` of `set` says.
     pub fn mark_boot(&self) {
         let _ = self.boot_time.set(self.started.elapsed());
         let _ = self.boot_cpu.set(process_cpu());

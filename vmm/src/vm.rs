@@ -8,17 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{cpuid, kernel, layout, mptable, regs};
 use crate::bus::Bus;
+use crate::devices::event_loop::WatchFault;
 use crate::devices::virtio::mmio::{reg, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::{
     block::Block, net::tap::Tap, net::Net, rng::Rng, vsock::metrics::VsockMetrics, vsock::Vsock,
@@ -31,7 +30,7 @@ use crate::state::{ExitReason, VmState};
 use crate::vcpu::{self, Vcpu};
 use crate::{Console, VmConfig, VmmError};
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+use crate::event_thread::{self, Subscriber};
 
 /// Stops a VM from anywhere.
 #[derive(Clone)]
@@ -59,6 +58,9 @@ pub struct Vm {
     mmio: Arc<Bus>,
     vcpus: Vec<VcpuFd>,
     subscribers: Vec<Subscriber>,
+    /// Where each device (and the VM's own stop watch) records a failed
+    /// event-loop registration.
+    watch_faults: Vec<WatchFault>,
     vcpu_threads: Vec<JoinHandle<()>>,
     event_thread: Option<JoinHandle<()>>,
     phases: Vec<(&'static str, Duration)>,
@@ -75,19 +77,6 @@ pub struct Vm {
     gave_up: bool,
 }
 
-/// Wakes the device event loop when the VM stops (see `VmState::exit`).
-struct StopWatch(Arc<VmState>);
-
-impl MutEventSubscriber for StopWatch {
-    fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(Events::new(self.0.stop_event(), EventSet::IN));
-    }
-
-    fn process(&mut self, _: Events, _: &mut EventOps) {
-        let _ = self.0.stop_event().read();
-    }
-}
-
 /// How often the guest profiler samples, and for how long at most (about
 /// 600,000 samples, under 10 MiB).
 const PROFILE_PERIOD: Duration = Duration::from_millis(1);
@@ -100,6 +89,7 @@ struct SocketFile(std::path::PathBuf);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
+        // Best effort: a file that is gone already needs no removing.
         let _ = std::fs::remove_file(&self.0);
     }
 }
@@ -229,18 +219,21 @@ impl Vm {
         // Virtio devices on the MMIO bus, announced on the command line.
         let mut mmio = Bus::default();
         let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut watch_faults = Vec::new();
         let mut devices: Vec<(Arc<Mutex<dyn VirtioDevice>>, Subscriber)> = Vec::new();
         if config.rng {
-            let d = Arc::new(Mutex::new(Rng::new().map_err(device_err("rng"))?));
+            let d = Rng::new().map_err(device_err("rng"))?;
+            watch_faults.push(d.watch_fault.clone());
+            let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
         for disk in &config.disks {
-            let d = Arc::new(Mutex::new(
-                Block::open(&disk.path, disk.read_only).map_err(|e| VmmError::Config {
-                    option: "disk",
-                    reason: format!("{}: {e}", disk.path.display()),
-                })?,
-            ));
+            let d = Block::open(&disk.path, disk.read_only).map_err(|e| VmmError::Config {
+                option: "disk",
+                reason: format!("{}: {e}", disk.path.display()),
+            })?;
+            watch_faults.push(d.watch_fault.clone());
+            let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
         if let Some(tap) = &config.tap {
@@ -248,9 +241,9 @@ impl Vm {
                 option: "tap",
                 reason: format!("{tap}: {e}"),
             })?;
-            let d = Arc::new(Mutex::new(
-                Net::new(t, [0x06, 0xaa, 0x52, 0, 0, 1]).map_err(device_err("net"))?,
-            ));
+            let d = Net::new(t, [0x06, 0xaa, 0x52, 0, 0, 1]).map_err(device_err("net"))?;
+            watch_faults.push(d.watch_fault.clone());
+            let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
         let mut vsock_socket = None;
@@ -262,6 +255,7 @@ impl Vm {
             })?;
             vsock_socket = Some(SocketFile(v.uds_path.clone()));
             vsock_metrics = Some(d.metrics.clone());
+            watch_faults.push(d.watch_fault.clone());
             let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
@@ -345,6 +339,7 @@ impl Vm {
             mmio: Arc::new(mmio),
             vcpus,
             subscribers,
+            watch_faults,
             vcpu_threads: Vec::new(),
             event_thread: None,
             phases,
@@ -366,41 +361,12 @@ impl Vm {
             });
         }
         vcpu::install_kick_handler()?;
-        let subscribers = std::mem::take(&mut self.subscribers);
-        let state = self.state.clone();
-        let mut em: EventManager<Subscriber> =
-            EventManager::new().map_err(|e| VmmError::Device {
-                device: "event manager",
-                reason: format!("{e:?}"),
-            })?;
-        for s in subscribers {
-            em.add_subscriber(s);
-        }
-        em.add_subscriber(Arc::new(Mutex::new(StopWatch(self.state.clone()))));
-        let ram = self.ram.clone();
-        self.event_thread = Some(
-            std::thread::Builder::new()
-                .name("vmm-events".into())
-                .spawn(move || {
-                    // Locals drop in reverse, unwinding too: the devices (in
-                    // `em`) before the guest memory they use.
-                    let _ram = ram;
-                    let mut em = em;
-                    let _guard = crate::state::ExitOnPanic {
-                        state: state.clone(),
-                        thread: "the device event loop".into(),
-                    };
-                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Events) {
-                        state.exit(ExitReason::Error(e.to_string()));
-                    }
-                    // It sleeps until a device has work, or the VM stops.
-                    while !state.stopping() {
-                        if em.run_with_timeout(-1).is_err() {
-                            state.exit(ExitReason::Error("the device event loop failed".into()));
-                        }
-                    }
-                })?,
-        );
+        self.event_thread = Some(event_thread::start(
+            std::mem::take(&mut self.subscribers),
+            std::mem::take(&mut self.watch_faults),
+            self.state.clone(),
+            self.ram.clone(),
+        )?);
         let since = Instant::now();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let vcpu = Vcpu {
@@ -477,6 +443,10 @@ impl Vm {
     /// Waits (at most `timeout`) for the VM to stop, then joins its threads.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Option<ExitReason> {
         let reason = self.state.wait(timeout)?;
+        // A join fails only if the thread panicked (the panic hook has
+        // printed why): a vCPU's or the event loop's `ExitOnPanic` guard
+        // has made that the exit reason already, and the profiler's panic
+        // only cuts its profile short.
         if let Some(t) = self.sampler_thread.take() {
             let _ = t.join();
         }

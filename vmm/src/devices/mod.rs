@@ -3,6 +3,7 @@
 
 pub mod boot_timer;
 pub mod debug_exit;
+pub mod event_loop;
 pub mod i8042;
 pub mod serial;
 pub mod virtio;

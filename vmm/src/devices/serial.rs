@@ -37,6 +37,8 @@ impl<W: Write> Write for Capped<W> {
         if self.left == 0 {
             if !self.said {
                 self.said = true;
+                // Best effort: the output it would go to is the one that
+                // is full.
                 let _ = self
                     .out
                     .write_all(b"\n[aurae-vmm: console log limit reached; the rest is dropped]\n");
@@ -80,6 +82,10 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(o), [v]) = (u8::try_from(offset), data) {
             if o < 8 {
+                // The UART's errors are its output's (a console whose
+                // reader went away) or its irqfd's (a full counter is a
+                // pending interrupt): the guest's byte is dropped, and
+                // neither may stop the guest.
                 let _ = self.serial.write(o, *v);
                 let _ = self.serial.writer_mut().flush();
             }

@@ -52,6 +52,8 @@ impl Interrupt {
 
     pub fn signal_used_queue(&self) {
         self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+        // A write to an eventfd fails only when its counter is full
+        // (EAGAIN): it is signalled already.
         let _ = self.evt.write(1);
     }
 
@@ -60,6 +62,7 @@ impl Interrupt {
     pub fn set_needs_reset(&self) {
         self.needs_reset.store(true, Ordering::SeqCst);
         self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        // As in `signal_used_queue`: a full counter is a pending interrupt.
         let _ = self.evt.write(1);
     }
 
@@ -208,6 +211,8 @@ pub fn serve_queue_within(
     let mut served = 0;
     loop {
         if served >= usize::from(queue.size()) || (served > 0 && spent()) {
+            // A write to an eventfd fails only when its counter is full
+            // (EAGAIN): it is signalled already.
             let _ = kick.write(1);
             break;
         }

@@ -12,6 +12,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::BlockMetrics;
+use crate::devices::event_loop::WatchFault;
 use crate::devices::virtio::{
     read_config_bytes, serve_queue_within, single_queue, ActivateError, Interrupt, VirtioDevice,
     F_VERSION_1, TYPE_BLOCK,
@@ -63,6 +64,8 @@ pub struct Block {
     pub(super) queue_evts: [EventFd; 1],
     pub(super) active: Option<Active>,
     pub metrics: Arc<BlockMetrics>,
+    /// Records a failed event-loop registration, for the VM to report.
+    pub watch_fault: WatchFault,
 }
 
 #[derive(Debug)]
@@ -82,6 +85,7 @@ impl Block {
             disk,
             queue_evts: [EventFd::new(EFD_NONBLOCK)?],
             active: None,
+            watch_fault: WatchFault::default(),
         })
     }
 }

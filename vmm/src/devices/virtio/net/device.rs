@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::NetMetrics;
 use super::tap::Tap;
+use crate::devices::event_loop::WatchFault;
 use crate::devices::virtio::{
     read_config_bytes, serve_queue, ActivateError, ActiveQueues, Interrupt, VirtioDevice,
     F_VERSION_1, TYPE_NET,
@@ -56,6 +57,8 @@ pub struct Net<B: Backend = Tap> {
     /// frame waits for an rx buffer).
     pub(super) backend_watched: bool,
     pub metrics: Arc<NetMetrics>,
+    /// Records a failed event-loop registration, for the VM to report.
+    pub watch_fault: WatchFault,
 }
 
 impl<B: Backend> Net<B> {
@@ -68,6 +71,7 @@ impl<B: Backend> Net<B> {
             pending: None,
             backend_watched: false,
             metrics: Arc::new(NetMetrics::default()),
+            watch_fault: WatchFault::default(),
         })
     }
 

@@ -8,17 +8,29 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::{Backend, Net, MAX_DRAIN, RX, TX};
+use crate::devices::event_loop::WatchOp;
 
 /// A backend the event loop can watch: the TAP, or a test double.
 impl<B: Backend + AsRawFd> MutEventSubscriber for Net<B> {
     fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(Events::new(&self.queue_evts[RX], EventSet::IN));
-        let _ = ops.add(Events::new(&self.queue_evts[TX], EventSet::IN));
+        // Failures are recorded for the VM to report (see
+        // `devices::event_loop`).
+        for (q, what) in [
+            (RX, "the rx queue's eventfd"),
+            (TX, "the tx queue's eventfd"),
+        ] {
+            let events = Events::new(&self.queue_evts[q], EventSet::IN);
+            self.watch_fault
+                .apply(ops, WatchOp::Add, events, "virtio-net", what);
+        }
         self.sync_backend_watch(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
+        // The eventfd reads only clear a notification; a failed one
+        // (EAGAIN: none pending) changes nothing, the queue is served
+        // anyway.
         if fd == self.queue_evts[TX].as_raw_fd() {
             let _ = self.queue_evts[TX].read();
             self.process_tx();
@@ -58,12 +70,13 @@ impl<B: Backend + AsRawFd> Net<B> {
             return;
         }
         let events = Events::new(&self.backend, EventSet::IN);
-        let done = if want {
-            ops.add(events)
-        } else {
-            ops.remove(events)
-        };
-        if done.is_ok() {
+        let op = if want { WatchOp::Add } else { WatchOp::Remove };
+        // A failure is recorded (the VM then stops with it): a TAP that
+        // can't be watched would never be read again.
+        if self
+            .watch_fault
+            .apply(ops, op, events, "virtio-net", "the TAP")
+        {
             self.backend_watched = want;
         }
     }
@@ -132,6 +145,46 @@ mod tests {
         fn as_raw_fd(&self) -> std::os::fd::RawFd {
             self.ready.as_raw_fd()
         }
+    }
+
+    /// A backend whose descriptor can't be watched (-1).
+    struct Unwatchable;
+
+    impl Backend for Unwatchable {
+        fn recv(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+        fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+            Ok(frame.len())
+        }
+    }
+
+    impl AsRawFd for Unwatchable {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            -1
+        }
+    }
+
+    /// A TAP the event loop refuses is recorded, naming the call and the
+    /// TAP, for the VM to report: not ignored.
+    #[test]
+    fn a_backend_that_cant_be_watched_is_a_recorded_fault() {
+        let net = Net::new(Unwatchable, [2, 0, 0, 0, 0, 1]).expect("net");
+        let fault = net.watch_fault.clone();
+        let net = Arc::new(Mutex::new(net));
+        let mut em = EventManager::<Arc<Mutex<Net<Unwatchable>>>>::new().expect("event manager");
+        em.add_subscriber(net.clone());
+        let e = fault.take().expect("the failed registration");
+        assert_eq!(
+            e.to_string(),
+            "virtio-net: EventOps::add (epoll_ctl ADD) for the TAP"
+        );
+        assert!(
+            matches!(e.source, event_manager::Error::Epoll(_)),
+            "{:?}",
+            e.source
+        );
+        assert!(!net.lock().expect("net").backend_watched);
     }
 
     /// Before the driver is up, frames from the backend are dropped, at most

@@ -8,6 +8,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::metrics::RngMetrics;
+use crate::devices::event_loop::WatchFault;
 use crate::devices::virtio::{
     serve_queue, single_queue, ActivateError, Interrupt, VirtioDevice, F_VERSION_1, TYPE_RNG,
 };
@@ -27,6 +28,8 @@ pub struct Rng {
     pub(super) active: Option<Active>,
     entropy: std::fs::File,
     pub metrics: Arc<RngMetrics>,
+    /// Records a failed event-loop registration, for the VM to report.
+    pub watch_fault: WatchFault,
 }
 
 impl Rng {
@@ -36,6 +39,7 @@ impl Rng {
             active: None,
             entropy: std::fs::File::open("/dev/urandom")?,
             metrics: Arc::new(RngMetrics::default()),
+            watch_fault: WatchFault::default(),
         })
     }
 

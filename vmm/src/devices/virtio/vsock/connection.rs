@@ -139,6 +139,8 @@ impl Connection {
             Err(_) => return Sent::Reset,
         }
         if self.pending.is_empty() && self.peer_done_sending {
+            // Tells the host peer no more is coming; a peer that is gone
+            // already (ENOTCONN) needs no telling.
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
         Sent::Ok

@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::metrics::VsockMetrics;
 use super::muxer::{Key, Muxer};
 use super::packet::*;
+use crate::devices::event_loop::WatchFault;
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, ActiveQueues, Interrupt, VirtioDevice, F_VERSION_1,
     TYPE_VSOCK,
@@ -52,6 +53,8 @@ pub struct Vsock {
     /// Counts rx deliveries, to serve ready connections in turn.
     tick: u64,
     pub metrics: Arc<VsockMetrics>,
+    /// Records a failed event-loop registration, for the VM to report.
+    pub watch_fault: WatchFault,
 }
 
 /// What one rx chain got.
@@ -88,6 +91,7 @@ impl Vsock {
             scratch: vec![0u8; MAX_PAYLOAD],
             tick: 0,
             metrics,
+            watch_fault: WatchFault::default(),
         })
     }
 
@@ -132,6 +136,8 @@ impl Vsock {
         loop {
             // A queue's worth per call; the notification schedules the rest.
             if used >= usize::from(active.queues[TX].size()) {
+                // A write to an eventfd fails only when its counter is full
+                // (EAGAIN): it is signalled already.
                 let _ = queue_evts[TX].write(1);
                 break;
             }
@@ -355,7 +361,8 @@ impl VirtioDevice for Vsock {
         self.active = None;
         self.muxer.clear();
         // Runs on a vCPU thread: wake the device loop, which closes the
-        // host sockets (after unwatching them).
+        // host sockets (after unwatching them). A write fails only when
+        // the counter is full (EAGAIN): the loop is woken already.
         let _ = self.queue_evts[EVENT].write(1);
     }
     fn queue_events(&self) -> &[EventFd] {

@@ -14,6 +14,9 @@ use vmm_sys_util::epoll::EventSet;
 use super::connection::{Sent, State};
 use super::device::{Vsock, EVENT, RX, TX};
 use super::packet::OP_CREDIT_UPDATE;
+use crate::devices::event_loop::WatchOp;
+
+const DEVICE: &str = "virtio-vsock";
 
 impl Vsock {
     /// A tick of the deadline timer. What the guest already sent goes
@@ -85,19 +88,33 @@ impl Vsock {
 
     /// Brings the event loop's watches in line with [`Vsock::wanted`], and
     /// closes the sockets the muxer let go of (after unwatching them).
+    ///
+    /// A failed change is recorded, and the VM stops with it: a socket
+    /// that can't be watched would never be served, and one that can't be
+    /// unwatched stays in event-manager's table, where its descriptor,
+    /// once reused, could not be watched again.
     fn sync_watches(&mut self, ops: &mut EventOps) {
+        let fault = self.watch_fault.clone();
         for s in std::mem::take(&mut self.muxer.released) {
             if let Some(set) = self.watched.remove(&s.as_raw_fd()) {
-                let _ = ops.remove(Events::new(&s, set));
+                let events = Events::new(&s, set);
+                fault.apply(
+                    ops,
+                    WatchOp::Remove,
+                    events,
+                    DEVICE,
+                    "a released host socket",
+                );
             }
             // A descriptor is free again: accepting may work.
             self.muxer.accept_paused = false;
         }
         let listener = Events::new(&self.muxer.listener, EventSet::IN);
+        let what = "the listening socket";
         if self.muxer.accept_paused && self.listening {
-            self.listening = ops.remove(listener).is_err();
+            self.listening = !fault.apply(ops, WatchOp::Remove, listener, DEVICE, what);
         } else if !self.muxer.accept_paused && !self.listening {
-            self.listening = ops.add(listener).is_ok();
+            self.listening = fault.apply(ops, WatchOp::Add, listener, DEVICE, what);
         }
         self.arm_timer(self.muxer.has_deadlines());
         let want = self.wanted();
@@ -107,23 +124,19 @@ impl Vsock {
             .filter(|(fd, _)| !want.contains_key(fd))
             .map(|(fd, set)| (*fd, *set))
             .collect();
+        let what = "a host socket";
         for (fd, set) in stale {
-            let _ = ops.remove(Events::new_raw(fd, set));
+            fault.apply(ops, WatchOp::Remove, Events::new_raw(fd, set), DEVICE, what);
             self.watched.remove(&fd);
         }
         for (fd, set) in want {
-            match self.watched.get(&fd) {
-                Some(old) if *old == set => {}
-                Some(_) => {
-                    if ops.modify(Events::new_raw(fd, set)).is_ok() {
-                        self.watched.insert(fd, set);
-                    }
-                }
-                None => {
-                    if ops.add(Events::new_raw(fd, set)).is_ok() {
-                        self.watched.insert(fd, set);
-                    }
-                }
+            let op = match self.watched.get(&fd) {
+                Some(old) if *old == set => continue,
+                Some(_) => WatchOp::Modify,
+                None => WatchOp::Add,
+            };
+            if fault.apply(ops, op, Events::new_raw(fd, set), DEVICE, what) {
+                self.watched.insert(fd, set);
             }
         }
     }
@@ -131,20 +144,29 @@ impl Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_evts {
-            let _ = ops.add(Events::new(evt, EventSet::IN));
+        // Failures are recorded for the VM to report (see
+        // `devices::event_loop`).
+        let fault = self.watch_fault.clone();
+        let queues = [
+            (RX, "the rx queue's eventfd"),
+            (TX, "the tx queue's eventfd"),
+            (EVENT, "the event queue's eventfd"),
+        ];
+        for (q, what) in queues {
+            let events = Events::new(&self.queue_evts[q], EventSet::IN);
+            fault.apply(ops, WatchOp::Add, events, DEVICE, what);
         }
-        self.listening = ops
-            .add(Events::new(&self.muxer.listener, EventSet::IN))
-            .is_ok();
-        let _ = ops.add(Events::new_raw(
-            self.timer.as_fd().as_raw_fd(),
-            EventSet::IN,
-        ));
+        let listener = Events::new(&self.muxer.listener, EventSet::IN);
+        self.listening = fault.apply(ops, WatchOp::Add, listener, DEVICE, "the listening socket");
+        let timer = Events::new_raw(self.timer.as_fd().as_raw_fd(), EventSet::IN);
+        fault.apply(ops, WatchOp::Add, timer, DEVICE, "the deadline timer");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
+        // The reads below only clear a notification or a tick; a failed
+        // one (EAGAIN: nothing pending, the timer non-blocking) changes
+        // nothing, the device is served anyway.
         if fd == self.queue_evts[TX].as_raw_fd() {
             let _ = self.queue_evts[TX].read();
             self.process_tx();
