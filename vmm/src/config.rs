@@ -29,18 +29,32 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A `--vsock` argument that is not `CID:PATH`.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockArgError {
+    #[error("{0:?} is not CID:PATH")]
+    NotCidPath(String),
+    #[error("the CID {cid:?} is not a number")]
+    Cid {
+        cid: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
 impl std::str::FromStr for VsockConfig {
-    type Err = String;
+    type Err = VsockArgError;
 
     /// `CID:PATH`, e.g. `3:/run/vm1.vsock`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, VsockArgError> {
         let (cid, path) = s
             .split_once(':')
-            .ok_or_else(|| format!("{s:?} is not CID:PATH"))?;
+            .ok_or_else(|| VsockArgError::NotCidPath(s.into()))?;
         Ok(Self {
-            cid: cid
-                .parse()
-                .map_err(|e| format!("the CID {cid:?} is not a number: {e}"))?,
+            cid: cid.parse().map_err(|source| VsockArgError::Cid {
+                cid: cid.into(),
+                source,
+            })?,
             uds_path: path.into(),
         })
     }

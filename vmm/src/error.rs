@@ -10,19 +10,81 @@ pub enum VmmError {
     },
     #[error(transparent)]
     Kvm(#[from] KvmError),
-    #[error("guest memory: {0}")]
-    Memory(String),
-    #[error("loading the kernel: {0}")]
-    Kernel(String),
-    #[error("device {device}: {reason}")]
-    Device {
-        device: &'static str,
-        reason: String,
+    #[error("guest memory of {len} bytes: {why}")]
+    GuestRamSize { len: usize, why: &'static str },
+    #[error("{what} (mmap)")]
+    GuestRamMap {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
     },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("seccomp: {0}")]
-    Seccomp(String),
+    #[error("describing guest memory (MmapRegionBuilder::build)")]
+    GuestRegion {
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("describing guest memory (GuestMemoryMmap::from_regions)")]
+    GuestRegions {
+        #[source]
+        source: vm_memory::GuestRegionCollectionError,
+    },
+    #[error("{what} (guest memory)")]
+    GuestMemory {
+        what: &'static str,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("building the kernel command line (Cmdline::new)")]
+    Cmdline {
+        #[source]
+        source: linux_loader::cmdline::Error,
+    },
+    #[error("writing the kernel command line (load_cmdline)")]
+    LoadCmdline {
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    #[error("writing the boot parameters (BootConfigurator::write_bootparams)")]
+    BootParams {
+        #[source]
+        source: linux_loader::configurator::Error,
+    },
+    #[error("creating the eventfd of {what}")]
+    EventFd {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating the {device} device")]
+    DeviceSetup {
+        device: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("placing a device on the {bus} bus")]
+    Bus {
+        bus: &'static str,
+        #[source]
+        source: crate::bus::Overlap,
+    },
+    #[error("the VM has already been started")]
+    AlreadyStarted,
+    #[error("installing the vCPU kick signal handler (sigaction)")]
+    KickHandler {
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    #[error("building the seccomp filter: {what}")]
+    SeccompBuild {
+        what: &'static str,
+        #[source]
+        source: seccompiler::BackendError,
+    },
+    #[error("installing the seccomp filter (seccomp(2))")]
+    SeccompApply {
+        #[source]
+        source: seccompiler::Error,
+    },
     #[error("creating the device event loop (EventManager::new)")]
     EventManager {
         #[source]
@@ -35,7 +97,7 @@ pub enum VmmError {
     },
     #[error("starting the {thread} thread")]
     Spawn {
-        thread: &'static str,
+        thread: String,
         #[source]
         source: std::io::Error,
     },

@@ -92,7 +92,7 @@ pub fn start(
             }
         })
         .map_err(|source| VmmError::Spawn {
-            thread: "vmm-events",
+            thread: "vmm-events".into(),
             source,
         })
 }

@@ -43,8 +43,11 @@ unsafe impl Sync for GuestRam {}
 const PROT_RW: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
 const FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
-fn mem_err(what: &str) -> VmmError {
-    VmmError::Memory(format!("{what}: {}", std::io::Error::last_os_error()))
+fn mem_err(what: &'static str) -> VmmError {
+    VmmError::GuestRamMap {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 impl GuestRam {
@@ -52,13 +55,15 @@ impl GuestRam {
     /// address, advised for huge pages if `huge` is set.
     pub fn new(len: usize, huge: bool) -> Result<GuestRam, VmmError> {
         if len == 0 || !len.is_multiple_of(4096) {
-            return Err(VmmError::Memory(format!(
-                "guest memory of {len} bytes is not a positive number of pages"
-            )));
+            return Err(VmmError::GuestRamSize {
+                len,
+                why: "not a positive number of pages",
+            });
         }
-        let span = len
-            .checked_add(HUGE_PAGE)
-            .ok_or_else(|| VmmError::Memory(format!("guest memory of {len} bytes is too large")))?;
+        let span = len.checked_add(HUGE_PAGE).ok_or(VmmError::GuestRamSize {
+            len,
+            why: "too large",
+        })?;
         // SAFETY: a fresh reservation at an address the kernel picks; no
         // existing memory is affected.
         let reserved =
@@ -125,10 +130,14 @@ impl GuestRam {
                 .with_raw_mmap_pointer(self.addr.cast())
         }
         .build()
-        .map_err(|e| VmmError::Memory(e.to_string()))?;
-        let region = GuestRegionMmap::new(region, GuestAddress(0))
-            .ok_or_else(|| VmmError::Memory("guest memory overflows the address space".into()))?;
-        GuestMemoryMmap::from_regions(vec![region]).map_err(|e| VmmError::Memory(e.to_string()))
+        .map_err(|source| VmmError::GuestRegion { source })?;
+        let region =
+            GuestRegionMmap::new(region, GuestAddress(0)).ok_or(VmmError::GuestRamSize {
+                len: self.len,
+                why: "overflows the address space",
+            })?;
+        GuestMemoryMmap::from_regions(vec![region])
+            .map_err(|source| VmmError::GuestRegions { source })
     }
 }
 

@@ -109,7 +109,10 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, VmmError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().chain(extra).map(|s| (*s, vec![])).collect();
     let rule = |arg: u8, value: u64| -> Result<SeccompRule, VmmError> {
-        let err = |e: seccompiler::BackendError| VmmError::Seccomp(e.to_string());
+        let err = |source| VmmError::SeccompBuild {
+            what: "an argument rule",
+            source,
+        };
         SeccompRule::new(vec![SeccompCondition::new(
             arg,
             SeccompCmpArgLen::Dword,
@@ -138,15 +141,20 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, VmmError> {
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
-    .map_err(|e| VmmError::Seccomp(e.to_string()))?;
-    f.try_into()
-        .map_err(|e: seccompiler::BackendError| VmmError::Seccomp(e.to_string()))
+    .map_err(|source| VmmError::SeccompBuild {
+        what: "the rules (SeccompFilter::new)",
+        source,
+    })?;
+    f.try_into().map_err(|source| VmmError::SeccompBuild {
+        what: "its BPF program",
+        source,
+    })
 }
 
 /// Installs the filter of `kind` on the calling thread.
 pub fn apply(kind: ThreadKind) -> Result<(), VmmError> {
     let prog = filter(kind)?;
-    seccompiler::apply_filter(&prog).map_err(|e| VmmError::Seccomp(e.to_string()))
+    seccompiler::apply_filter(&prog).map_err(|source| VmmError::SeccompApply { source })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 /// Installs the (empty) kick handler once per process.
 pub fn install_kick_handler() -> Result<(), crate::VmmError> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| crate::VmmError::Io(std::io::Error::from_raw_os_error(e.errno())))
+        .map_err(|source| crate::VmmError::KickHandler { source })
 }
 
 /// Guest profile samples: (microseconds since the VM ran, guest RIP).

@@ -95,10 +95,11 @@ impl Drop for SocketFile {
 }
 
 fn device_err(device: &'static str) -> impl Fn(std::io::Error) -> VmmError {
-    move |e| VmmError::Device {
-        device,
-        reason: e.to_string(),
-    }
+    move |source| VmmError::DeviceSetup { device, source }
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd { what, source })
 }
 
 impl Vm {
@@ -151,7 +152,10 @@ impl Vm {
             ..Default::default()
         })
         .map_err(|source| KvmError::CreatePit2 { source })?;
-        let state = Arc::new(VmState::new(started)?);
+        let state = Arc::new(VmState::new(started).map_err(|source| VmmError::EventFd {
+            what: "the VM's stop event",
+            source,
+        })?);
         mark(&mut phases, "kvm and memory");
 
         // The guest's software, before any device: a bad kernel must not
@@ -164,7 +168,7 @@ impl Vm {
 
         // Legacy devices on the port I/O bus.
         let mut pio = Bus::default();
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("serial"))?;
+        let serial_irq = eventfd("the serial interrupt")?;
         vm.register_irqfd(&serial_irq, serial::COM1_IRQ)
             .map_err(|source| KvmError::Irqfd {
                 device: "serial",
@@ -182,9 +186,9 @@ impl Vm {
                 serial::LOG_LIMIT,
             )),
         };
-        let overlap = |e: crate::bus::Overlap| VmmError::Device {
-            device: "bus",
-            reason: e.to_string(),
+        let overlap = |source| VmmError::Bus {
+            bus: "port I/O",
+            source,
         };
         pio.insert(
             serial::COM1,
@@ -262,7 +266,7 @@ impl Vm {
         for (i, (device, subscriber)) in devices.into_iter().enumerate() {
             let base = layout::MMIO_BASE + i as u64 * MMIO_LEN;
             let irq = layout::MMIO_FIRST_IRQ + i as u32;
-            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("virtio"))?;
+            let irq_evt = eventfd("a virtio interrupt")?;
             vm.register_irqfd(&irq_evt, irq)
                 .map_err(|source| KvmError::Irqfd {
                     device: "virtio",
@@ -287,10 +291,13 @@ impl Vm {
                         })?;
                 }
             }
-            let transport =
-                MmioTransport::new(device, mem.clone(), irq_evt).map_err(device_err("virtio"))?;
+            let transport = MmioTransport::new(device, mem.clone(), irq_evt)
+                .map_err(device_err("virtio-mmio"))?;
             mmio.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport)))
-                .map_err(overlap)?;
+                .map_err(|source| VmmError::Bus {
+                    bus: "MMIO",
+                    source,
+                })?;
             config
                 .cmdline
                 .push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
@@ -300,7 +307,10 @@ impl Vm {
         mark(&mut phases, "devices");
         kernel::write_boot_params(&mem, mem_size, entry, header, &config.cmdline, initrd)?;
         if !matches!(entry, kernel::Entry::Flat(_)) {
-            mptable::write(&mem, config.vcpus).map_err(|e| VmmError::Memory(e.to_string()))?;
+            mptable::write(&mem, config.vcpus).map_err(|source| VmmError::GuestMemory {
+                what: "writing the MP table",
+                source,
+            })?;
         }
 
         let supported = kvm
@@ -355,10 +365,7 @@ impl Vm {
     /// Starts the device event loop and one thread per vCPU.
     pub fn run(&mut self) -> Result<(), VmmError> {
         if self.event_thread.is_some() || self.vcpus.is_empty() {
-            return Err(VmmError::Device {
-                device: "vm",
-                reason: "the VM has already been started".into(),
-            });
+            return Err(VmmError::AlreadyStarted);
         }
         vcpu::install_kick_handler()?;
         self.event_thread = Some(event_thread::start(
@@ -385,7 +392,11 @@ impl Vm {
             self.vcpu_threads.push(
                 std::thread::Builder::new()
                     .name(format!("vcpu{id}"))
-                    .spawn(move || vcpu.run())?,
+                    .spawn(move || vcpu.run())
+                    .map_err(|source| VmmError::Spawn {
+                        thread: format!("vcpu{id}"),
+                        source,
+                    })?,
             );
         }
         if let (Some(_), Some(boot)) = (&self.profile, self.vcpu_threads.first()) {
@@ -398,7 +409,7 @@ impl Vm {
                     .name("guest-profiler".into())
                     .spawn(move || {
                         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Control) {
-                            state.exit(ExitReason::Error(e.to_string()));
+                            state.exit(ExitReason::Error(crate::error::chain(&e)));
                         }
                         let started = Instant::now();
                         while !state.stopping() && started.elapsed() < PROFILE_SPAN {
@@ -407,6 +418,10 @@ impl Vm {
                             unsafe { libc::pthread_kill(target, vcpu::kick_signal()) };
                             std::thread::sleep(PROFILE_PERIOD);
                         }
+                    })
+                    .map_err(|source| VmmError::Spawn {
+                        thread: "guest-profiler".into(),
+                        source,
                     })?,
             );
         }
@@ -521,14 +536,20 @@ impl Vm {
         let mut buf = vec![0u8; len];
         self.mem
             .read_slice(&mut buf, GuestAddress(addr))
-            .map_err(|e| VmmError::Memory(e.to_string()))?;
+            .map_err(|source| VmmError::GuestMemory {
+                what: "Vm::read_guest",
+                source,
+            })?;
         Ok(buf)
     }
 
     pub fn write_guest(&self, addr: u64, data: &[u8]) -> Result<(), VmmError> {
         self.mem
             .write_slice(data, GuestAddress(addr))
-            .map_err(|e| VmmError::Memory(e.to_string()))
+            .map_err(|source| VmmError::GuestMemory {
+                what: "Vm::write_guest",
+                source,
+            })
     }
 
     pub fn config(&self) -> &VmConfig {

@@ -58,10 +58,6 @@ const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 
-fn kernel_err(e: impl std::fmt::Display) -> VmmError {
-    VmmError::Kernel(e.to_string())
-}
-
 /// A kernel in guest memory.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadedKernel {
@@ -213,7 +209,10 @@ pub fn load_initrd(
         let end = addr + offset + len as u64;
         let pad = end.next_multiple_of(4) - end;
         mem.write_slice(&[0u8; 3][..pad as usize], GuestAddress(end))
-            .map_err(kernel_err)?;
+            .map_err(|source| VmmError::GuestMemory {
+                what: "padding the initrd",
+                source,
+            })?;
     }
     Ok(Some((addr, size)))
 }
@@ -236,12 +235,13 @@ pub fn write_boot_params(
     cmdline: &str,
     initrd: Option<(u64, u64)>,
 ) -> Result<(), VmmError> {
-    let mut cl = Cmdline::new(super::CMDLINE_MAX).map_err(kernel_err)?;
+    let mut cl = Cmdline::new(super::CMDLINE_MAX).map_err(|source| VmmError::Cmdline { source })?;
     cl.insert_str(cmdline).map_err(|e| VmmError::Config {
         option: "cmdline",
         reason: e.to_string(),
     })?;
-    load_cmdline(mem, GuestAddress(CMDLINE), &cl).map_err(kernel_err)?;
+    load_cmdline(mem, GuestAddress(CMDLINE), &cl)
+        .map_err(|source| VmmError::LoadCmdline { source })?;
     match entry {
         Entry::Flat(_) => Ok(()),
         Entry::Linux64(_) => {
@@ -270,7 +270,7 @@ pub fn write_boot_params(
                 &BootParams::new(&p, GuestAddress(ZERO_PAGE)),
                 mem,
             )
-            .map_err(kernel_err)
+            .map_err(|source| VmmError::BootParams { source })
         }
         Entry::Pvh(_) => {
             let mut info = StartInfo::default();
@@ -301,7 +301,8 @@ pub fn write_boot_params(
                 m.0.size = size;
                 params.set_modules(&[m], GuestAddress(PVH_MODLIST));
             }
-            PvhBootConfigurator::write_bootparams(&params, mem).map_err(kernel_err)
+            PvhBootConfigurator::write_bootparams(&params, mem)
+                .map_err(|source| VmmError::BootParams { source })
         }
     }
 }

@@ -33,22 +33,22 @@ const GDT_ENTRIES_32: [u64; 4] = [
     0x0080_8b00_0000_ffff,
 ];
 
-fn mem_err(e: vm_memory::GuestMemoryError) -> VmmError {
-    VmmError::Memory(e.to_string())
+fn mem_err(what: &'static str) -> impl Fn(vm_memory::GuestMemoryError) -> VmmError {
+    move |source| VmmError::GuestMemory { what, source }
 }
 
 /// Identity-maps the first 4 GiB with 2 MiB pages.
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
-    mem.write_obj(PDPT | 3, GuestAddress(PML4))
-        .map_err(mem_err)?;
+    let err = mem_err("writing the boot page tables");
+    mem.write_obj(PDPT | 3, GuestAddress(PML4)).map_err(&err)?;
     for i in 0..PD_COUNT {
         mem.write_obj((PD + i * 0x1000) | 3, GuestAddress(PDPT + i * 8))
-            .map_err(mem_err)?;
+            .map_err(&err)?;
     }
     for i in 0..512 * PD_COUNT {
         // present, writable, 2 MiB page
         mem.write_obj((i << 21) | 0x83, GuestAddress(PD + i * 8))
-            .map_err(mem_err)?;
+            .map_err(&err)?;
     }
     Ok(())
 }
@@ -91,9 +91,10 @@ pub fn setup_sregs(
     let gdt = if long { GDT_ENTRIES } else { GDT_ENTRIES_32 };
     for (i, e) in gdt.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT + i as u64 * 8))
-            .map_err(mem_err)?;
+            .map_err(mem_err("writing the GDT"))?;
     }
-    mem.write_obj(0u64, GuestAddress(IDT)).map_err(mem_err)?;
+    mem.write_obj(0u64, GuestAddress(IDT))
+        .map_err(mem_err("writing the IDT"))?;
     let mut s = vcpu
         .get_sregs()
         .map_err(|source| KvmError::GetSregs { index, source })?;
@@ -228,6 +229,24 @@ pub fn setup_lapic(vcpu: &VcpuFd, index: u8) -> Result<(), KvmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guest memory too small for the page tables: the error says what
+    /// was being written and keeps vm-memory's error (with the address).
+    #[test]
+    fn a_failed_guest_write_names_what_and_keeps_its_source() {
+        use std::error::Error as _;
+        let ram = crate::guest_ram::GuestRam::new(4096, false).expect("ram");
+        let mem = ram.guest_memory().expect("memory");
+        let e = write_page_tables(&mem).expect_err("PML4 is past 4 KiB");
+        assert_eq!(e.to_string(), "writing the boot page tables (guest memory)");
+        let source = e.source().expect("a source");
+        assert!(
+            source
+                .downcast_ref::<vm_memory::GuestMemoryError>()
+                .is_some(),
+            "{source:?}"
+        );
+    }
 
     #[test]
     fn flat_segments_span_4_gib() {

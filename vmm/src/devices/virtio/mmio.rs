@@ -184,12 +184,12 @@ impl MmioTransport {
                 .collect();
             let mem = self.mem.clone();
             let interrupt = self.interrupt.clone();
-            self.device()
-                .activate(mem, queues, interrupt)
-                .map_err(|e| e.to_string())
+            self.device().activate(mem, queues, interrupt)
         } else {
-            Err("a queue is not set up correctly".into())
+            Err(super::ActivateError::InvalidQueue)
         };
+        // The guest's mistake: the device tells it (NEEDS_RESET), and the
+        // VMM does not log what a guest can repeat at will.
         if result.is_err() {
             self.status |= STATUS_NEEDS_RESET;
             self.interrupt.set_needs_reset();

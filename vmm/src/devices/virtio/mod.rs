@@ -93,8 +93,8 @@ impl Interrupt {
 pub enum ActivateError {
     #[error("expected {expected} queues, got {got}")]
     QueueCount { expected: usize, got: usize },
-    #[error("{0}")]
-    Other(String),
+    #[error("a queue is not set up correctly")]
+    InvalidQueue,
 }
 
 /// A virtio device, independent of the transport.
