@@ -130,7 +130,7 @@ fn readable(option: &'static str, p: &Path) -> Result<(), VmmError> {
             option,
             format!("{} is not a regular file", p.display()),
         )),
-        Err(e) => Err(bad(option, format!("{}: {e}", p.display()))),
+        Err(e) => Err(VmmError::input(option, p.display())(e)),
     }
 }
 
@@ -189,7 +189,7 @@ impl VmConfig {
                 .write(!d.read_only)
                 .open(&d.path);
             match opened.and_then(|f| f.metadata()) {
-                Err(e) => return Err(bad("disk", format!("{}: {e}", d.path.display()))),
+                Err(e) => return Err(VmmError::input("disk", d.path.display())(e)),
                 Ok(m) => {
                     use std::os::unix::fs::FileTypeExt;
                     if !m.is_file() && !m.file_type().is_block_device() {
@@ -228,5 +228,39 @@ impl VmConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// A file that can't be opened names the option and the path, and
+    /// keeps the I/O error (not its text) as the source.
+    #[test]
+    fn an_unreadable_file_keeps_its_io_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("vmlinux");
+        let e = readable("kernel", &missing).expect_err("missing");
+        assert_eq!(e.config_option(), Some("kernel"));
+        assert_eq!(e.to_string(), format!("--kernel: {}", missing.display()));
+        let io = e
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("an io::Error source");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_bad_vsock_argument_is_typed() {
+        use std::str::FromStr;
+        assert!(matches!(
+            VsockConfig::from_str("/run/v.sock"),
+            Err(VsockArgError::NotCidPath(_))
+        ));
+        let e = VsockConfig::from_str("x:/run/v.sock").expect_err("bad CID");
+        assert_eq!(e.to_string(), "the CID \"x\" is not a number");
+        assert!(e.source().is_some());
     }
 }

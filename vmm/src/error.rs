@@ -8,6 +8,15 @@ pub enum VmmError {
         option: &'static str,
         reason: String,
     },
+    /// A configured file, interface or argument that could not be used.
+    #[error("--{option}: {subject}")]
+    ConfigInput {
+        option: &'static str,
+        /// Its path or name, and what was wrong with it.
+        subject: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Kvm(#[from] KvmError),
     #[error("guest memory of {len} bytes: {why}")]
@@ -103,6 +112,29 @@ pub enum VmmError {
     },
     #[error(transparent)]
     Watch(#[from] crate::devices::event_loop::WatchError),
+}
+
+impl VmmError {
+    /// The option at fault, for an error in the configuration.
+    pub fn config_option(&self) -> Option<&'static str> {
+        match self {
+            VmmError::Config { option, .. } | VmmError::ConfigInput { option, .. } => Some(option),
+            _ => None,
+        }
+    }
+
+    /// Maps the error of using `--{option}`'s `subject` (a path, a name).
+    pub(crate) fn input<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+        option: &'static str,
+        subject: impl std::fmt::Display,
+    ) -> impl FnOnce(E) -> VmmError {
+        let subject = subject.to_string();
+        move |e| VmmError::ConfigInput {
+            option,
+            subject,
+            source: e.into(),
+        }
+    }
 }
 
 /// A failed call to KVM (an ioctl on /dev/kvm, the VM or a vCPU), named

@@ -179,10 +179,7 @@ impl Vm {
             Console::None => Box::new(std::io::sink()),
             Console::Stdout => Box::new(std::io::stdout()),
             Console::File(p) => Box::new(serial::Capped::new(
-                std::fs::File::create(p).map_err(|e| VmmError::Config {
-                    option: "console",
-                    reason: format!("{}: {e}", p.display()),
-                })?,
+                std::fs::File::create(p).map_err(VmmError::input("console", p.display()))?,
                 serial::LOG_LIMIT,
             )),
         };
@@ -232,19 +229,14 @@ impl Vm {
             devices.push((d.clone(), d));
         }
         for disk in &config.disks {
-            let d = Block::open(&disk.path, disk.read_only).map_err(|e| VmmError::Config {
-                option: "disk",
-                reason: format!("{}: {e}", disk.path.display()),
-            })?;
+            let d = Block::open(&disk.path, disk.read_only)
+                .map_err(VmmError::input("disk", disk.path.display()))?;
             watch_faults.push(d.watch_fault.clone());
             let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
         if let Some(tap) = &config.tap {
-            let t = Tap::open(tap).map_err(|e| VmmError::Config {
-                option: "tap",
-                reason: format!("{tap}: {e}"),
-            })?;
+            let t = Tap::open(tap).map_err(VmmError::input("tap", tap))?;
             let d = Net::new(t, [0x06, 0xaa, 0x52, 0, 0, 1]).map_err(device_err("net"))?;
             watch_faults.push(d.watch_fault.clone());
             let d = Arc::new(Mutex::new(d));
@@ -253,10 +245,8 @@ impl Vm {
         let mut vsock_socket = None;
         let mut vsock_metrics = None;
         if let Some(v) = &config.vsock {
-            let d = Vsock::new(v.cid, &v.uds_path).map_err(|e| VmmError::Config {
-                option: "vsock",
-                reason: format!("{}: {e}", v.uds_path.display()),
-            })?;
+            let d = Vsock::new(v.cid, &v.uds_path)
+                .map_err(VmmError::input("vsock", v.uds_path.display()))?;
             vsock_socket = Some(SocketFile(v.uds_path.clone()));
             vsock_metrics = Some(d.metrics.clone());
             watch_faults.push(d.watch_fault.clone());

@@ -5,7 +5,7 @@ mod guest;
 
 use std::path::PathBuf;
 
-use vmm::{Console, DiskConfig, Vm, VmConfig, VmmError, VsockConfig};
+use vmm::{Console, DiskConfig, Vm, VmConfig, VsockConfig};
 
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
@@ -13,8 +13,10 @@ fn count(dir: &str) -> usize {
 
 fn option_of(cfg: VmConfig) -> (&'static str, String) {
     match Vm::new(cfg) {
-        Err(VmmError::Config { option, reason }) => (option, reason),
-        Err(other) => panic!("expected a config error, got {other}"),
+        Err(e) => match e.config_option() {
+            Some(option) => (option, vmm::error_chain(&e)),
+            None => panic!("expected a config error, got {}", vmm::error_chain(&e)),
+        },
         Ok(_) => panic!("accepted a bad config"),
     }
 }

@@ -98,22 +98,14 @@ fn load_image(
     path: &Path,
     flat_entry: Option<u64>,
 ) -> Result<LoadedKernel, VmmError> {
-    let open = || {
-        File::open(path).map_err(|e| VmmError::Config {
-            option: "kernel",
-            reason: format!("{}: {e}", path.display()),
-        })
-    };
+    let open = || File::open(path).map_err(VmmError::input("kernel", path.display()));
     if let Some(at) = flat_entry {
-        let bytes = std::fs::read(path).map_err(|e| VmmError::Config {
-            option: "kernel",
-            reason: format!("{}: {e}", path.display()),
-        })?;
+        let bytes = std::fs::read(path).map_err(VmmError::input("kernel", path.display()))?;
         mem.write_slice(&bytes, GuestAddress(at))
-            .map_err(|e| VmmError::Config {
-                option: "kernel",
-                reason: format!("{} does not fit in guest memory: {e}", path.display()),
-            })?;
+            .map_err(VmmError::input(
+                "kernel",
+                format_args!("{} does not fit in guest memory", path.display()),
+            ))?;
         return Ok(LoadedKernel {
             entry: Entry::Flat(at),
             header: None,
@@ -136,10 +128,10 @@ fn load_image(
             linux_loader::loader::elf::Error::InvalidElfMagicNumber,
         )) => {}
         Err(e) => {
-            return Err(VmmError::Config {
-                option: "kernel",
-                reason: format!("{}: bad ELF kernel: {e}", path.display()),
-            })
+            return Err(VmmError::input(
+                "kernel",
+                format_args!("{}: bad ELF kernel", path.display()),
+            )(e))
         }
     }
     match BzImage::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM))) {
@@ -156,13 +148,13 @@ fn load_image(
                     .saturating_add(u64::from(h.init_size))
             })),
         }),
-        Err(e) => Err(VmmError::Config {
-            option: "kernel",
-            reason: format!(
-                "{} is neither an ELF vmlinux nor a bzImage ({e}), or does not fit in guest memory",
+        Err(e) => Err(VmmError::input(
+            "kernel",
+            format_args!(
+                "{} is neither an ELF vmlinux nor a bzImage, or does not fit in guest memory",
                 path.display()
             ),
-        }),
+        )(e)),
     }
 }
 
@@ -178,16 +170,15 @@ pub fn load_initrd(
     if parts.is_empty() {
         return Ok(None);
     }
-    let initrd_err = |p: &Path, e: &dyn std::fmt::Display| VmmError::Config {
-        option: "initrd",
-        reason: format!("{}: {e}", p.display()),
-    };
     let mut files = Vec::with_capacity(parts.len());
     // Each part starts 4-byte aligned; the kernel skips the zero padding.
     let mut size = 0u64;
     for p in parts {
-        let file = File::open(p).map_err(|e| initrd_err(p, &e))?;
-        let len = file.metadata().map_err(|e| initrd_err(p, &e))?.len();
+        let file = File::open(p).map_err(VmmError::input("initrd", p.display()))?;
+        let len = file
+            .metadata()
+            .map_err(VmmError::input("initrd", p.display()))?
+            .len();
         files.push((p, file, size, len));
         size = (size + len).next_multiple_of(4);
     }
@@ -203,9 +194,9 @@ pub fn load_initrd(
             ),
         })?;
     for (p, mut file, offset, len) in files {
-        let len = usize::try_from(len).map_err(|e| initrd_err(p, &e))?;
+        let len = usize::try_from(len).map_err(VmmError::input("initrd", p.display()))?;
         mem.read_exact_volatile_from(GuestAddress(addr + offset), &mut file, len)
-            .map_err(|e| initrd_err(p, &e))?;
+            .map_err(VmmError::input("initrd", p.display()))?;
         let end = addr + offset + len as u64;
         let pad = end.next_multiple_of(4) - end;
         mem.write_slice(&[0u8; 3][..pad as usize], GuestAddress(end))
@@ -236,10 +227,8 @@ pub fn write_boot_params(
     initrd: Option<(u64, u64)>,
 ) -> Result<(), VmmError> {
     let mut cl = Cmdline::new(super::CMDLINE_MAX).map_err(|source| VmmError::Cmdline { source })?;
-    cl.insert_str(cmdline).map_err(|e| VmmError::Config {
-        option: "cmdline",
-        reason: e.to_string(),
-    })?;
+    cl.insert_str(cmdline)
+        .map_err(VmmError::input("cmdline", "the kernel command line"))?;
     load_cmdline(mem, GuestAddress(CMDLINE), &cl)
         .map_err(|source| VmmError::LoadCmdline { source })?;
     match entry {
@@ -362,9 +351,15 @@ mod tests {
     fn a_missing_initrd_names_the_option() {
         let dir = tempfile::tempdir().expect("tempdir");
         match load_initrd(&mem(16), 16 << 20, HIMEM, &[dir.path().join("nope")]) {
-            Err(VmmError::Config { option, reason }) => {
+            Err(VmmError::ConfigInput {
+                option,
+                subject,
+                source,
+            }) => {
                 assert_eq!(option, "initrd");
-                assert!(reason.contains("nope"), "{reason}");
+                assert!(subject.contains("nope"), "{subject}");
+                let io = source.downcast_ref::<std::io::Error>().expect("io error");
+                assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
             }
             other => panic!("{other:?}"),
         }
