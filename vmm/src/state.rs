@@ -118,7 +118,8 @@ impl Drop for ExitOnPanic {
 }
 
 /// CPU time of this process so far, from the scheduler's precise
-/// accounting (getrusage is tick-based).
+/// accounting (getrusage is tick-based). A diagnostic figure: should
+/// clock_gettime fail (it can't for this clock), it reads zero.
 fn process_cpu() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
         .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
