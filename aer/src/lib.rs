@@ -4,4 +4,5 @@
 
 pub mod client;
 pub mod output;
+pub mod text;
 pub mod units;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use aer::client::ClientConfig;
 use aer::output;
+use aer::text::escape;
 use aer::units::{parse_bytes, parse_millis};
 use aurae_proto::runtime as pb;
 use aurae_proto::runtime::runtime_client::RuntimeClient;
@@ -152,13 +153,44 @@ struct CellRunArgs {
     process: ProcessArgs,
 }
 
+/// Writes `text` to stdout. A stdout nobody reads any more (as in
+/// `aer ls | head -1`) ends aer with status 1 instead of a panic.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes a line to stderr; a failing stderr is ignored (unlike `eprintln!`,
+/// which panics).
+fn warn(msg: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "aer: {msg}");
+}
+
 fn fail(msg: impl std::fmt::Display) -> ! {
-    eprintln!("aer: {msg}");
+    warn(msg);
     std::process::exit(1)
 }
 
 fn status_error(s: tonic::Status) -> ! {
-    eprintln!("aer: {:?}: {}", s.code(), s.message());
+    // The message comes from the server: escaped like table cells.
+    warn(format_args!(
+        "{:?}: {}",
+        s.code(),
+        aer::text::escape(s.message())
+    ));
     std::process::exit(match s.code() {
         tonic::Code::NotFound => 3,
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => 4,
@@ -205,17 +237,8 @@ fn executable(p: &ProcessArgs) -> pb::Executable {
 
 fn print_status(out: Output, s: &pb::WorkloadStatus) {
     match out {
-        Output::Json => println!("{}", output::status_json(s)),
-        Output::Table => print!("{}", output::details(s)),
-    }
-}
-
-/// The process exit code that mirrors a workload's exit.
-fn exit_code(s: &pb::WorkloadStatus) -> i32 {
-    match (s.exit_code, s.signal) {
-        (Some(c), _) => c,
-        (None, Some(sig)) => 128 + sig,
-        _ => 0,
+        Output::Json => say!("{}", output::status_json(s)),
+        Output::Table => emit(&output::details(s)),
     }
 }
 
@@ -230,7 +253,7 @@ async fn follow_and_exit(client: &mut RuntimeClient<Channel>, id: &str) -> ! {
         })
         .await
         .or_exit();
-    std::process::exit(exit_code(&status))
+    std::process::exit(output::process_exit_code(&status))
 }
 
 async fn stream_logs(client: &mut RuntimeClient<Channel>, id: &str, follow: bool) {
@@ -245,15 +268,17 @@ async fn stream_logs(client: &mut RuntimeClient<Channel>, id: &str, follow: bool
     while let Some(entry) = stream.next().await {
         let entry = entry.unwrap_or_else(|s| status_error(s));
         if entry.dropped_before > 0 {
-            eprintln!("aer: [{} lines dropped]", entry.dropped_before);
+            warn(format_args!("[{} lines dropped]", entry.dropped_before));
         }
+        // The workload's own output, raw: that is the user's data.
         let mut line = entry.line;
         line.push(b'\n');
-        let _ = if entry.stream == pb::LogStream::Stderr as i32 {
-            std::io::stderr().write_all(&line)
-        } else {
-            std::io::stdout().write_all(&line)
-        };
+        if entry.stream == pb::LogStream::Stderr as i32 {
+            let _ = std::io::stderr().write_all(&line);
+        } else if std::io::stdout().write_all(&line).is_err() {
+            // Nobody reads our output any more: stop following.
+            std::process::exit(1);
+        }
     }
     let _ = std::io::stdout().flush();
 }
@@ -355,8 +380,8 @@ async fn main() {
                 follow_and_exit(&mut client, &r.id).await;
             }
             match out {
-                Output::Json => println!("{}", serde_json::json!({"id": r.id, "pid": r.pid})),
-                Output::Table => println!("{}  pid {}", r.id, r.pid),
+                Output::Json => say!("{}", serde_json::json!({"id": r.id, "pid": r.pid})),
+                Output::Table => say!("{}  pid {}", escape(&r.id), r.pid),
             }
         }
         Command::Cell(CellCmd::Run(a)) => {
@@ -382,14 +407,17 @@ async fn main() {
                 follow_and_exit(&mut client, &r.executable_id).await;
             }
             match out {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     serde_json::json!({"name": r.name, "executable_id": r.executable_id, "pid": r.pid})
                 ),
-                Output::Table if r.executable_id.is_empty() => println!("{}", r.name),
-                Output::Table => {
-                    println!("{}  executable {}  pid {}", r.name, r.executable_id, r.pid)
-                }
+                Output::Table if r.executable_id.is_empty() => say!("{}", escape(&r.name)),
+                Output::Table => say!(
+                    "{}  executable {}  pid {}",
+                    escape(&r.name),
+                    escape(&r.executable_id),
+                    r.pid
+                ),
             }
         }
         Command::Cell(CellCmd::Freeze { name }) => {
@@ -406,11 +434,11 @@ async fn main() {
         Command::Ls => {
             let r = client.list(pb::ListRequest {}).await.or_exit();
             match out {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     serde_json::Value::Array(r.workloads.iter().map(output::status_json).collect())
                 ),
-                Output::Table => print!("{}", output::table(&r.workloads)),
+                Output::Table => emit(&output::table(&r.workloads)),
             }
         }
         Command::Status { id } => print_status(
@@ -436,7 +464,7 @@ async fn main() {
                 .await
                 .or_exit();
             if out == Output::Json {
-                println!("{}", serde_json::json!({"freed": id}));
+                say!("{}", serde_json::json!({"freed": id}));
             }
         }
         Command::Wait { id, timeout } => {
@@ -447,7 +475,7 @@ async fn main() {
                 .await
                 .or_exit();
             print_status(out, &s);
-            std::process::exit(exit_code(&s));
+            std::process::exit(output::process_exit_code(&s));
         }
         Command::Health => {
             let channel = connect(&cfg, &cli).await;
@@ -461,8 +489,8 @@ async fn main() {
             let serving =
                 r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
             match out {
-                Output::Json => println!("{}", serde_json::json!({"serving": serving})),
-                Output::Table => println!("{}", if serving { "SERVING" } else { "NOT_SERVING" }),
+                Output::Json => say!("{}", serde_json::json!({"serving": serving})),
+                Output::Table => say!("{}", if serving { "SERVING" } else { "NOT_SERVING" }),
             }
             if !serving {
                 std::process::exit(1);

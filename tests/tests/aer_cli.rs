@@ -143,3 +143,73 @@ async fn aer_reaches_an_auraed_through_a_vmm_vsock_socket() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn aer_ls_with_a_90_kb_command_line_prints_short_lines() {
+    let d = Daemon::start().await;
+    // The daemon takes up to 64 KiB per argument: two of 45 KB.
+    let (a, b) = ("a".repeat(45_000), "b".repeat(45_000));
+    let out = d.aer(&[
+        "exec", "--name", "bigcmd", "--wait", "--", "/bin/sh", "-c", "exit 0", &a, &b,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = d.aer(&["ls"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    for line in table.lines() {
+        assert!(line.len() < 300, "{} bytes: {line}", line.len());
+    }
+    assert!(table.contains("bigcmd"), "{table}");
+    assert!(table.contains("/bin/sh -c exit 0 aaaa"), "{table}");
+    assert!(table.contains('…'), "{table}");
+
+    // JSON keeps the whole command.
+    let out = d.aer(&["ls", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["command"][3], a.as_str());
+    assert_eq!(v[0]["command"][4], b.as_str());
+}
+
+#[tokio::test]
+async fn aer_ls_escapes_control_characters_in_commands() {
+    let d = Daemon::start().await;
+    let out = d.aer(&[
+        "exec",
+        "--name",
+        "hostile",
+        "--wait",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exit 0",
+        "a\x1b[2Jb",
+        "c\nd\re",
+        "f\u{9b}31m",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = d.aer(&["ls"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.contains(r"a\x1b[2Jb c\nd\re f\u{9b}31m"), "{table:?}");
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+
+    // `aer status` shows the command as a JSON array, whose escapes cover
+    // C0 controls; aer escapes the rest.
+    let out = d.aer(&["status", "hostile"]);
+    let details = text(&out.stdout);
+    assert!(
+        details.contains(r#""a\u001b[2Jb","c\nd\re","f\u{9b}31m""#),
+        "{details:?}"
+    );
+    assert!(
+        !details.chars().any(|c| c.is_control() && c != '\n'),
+        "{details:?}"
+    );
+}
