@@ -35,6 +35,10 @@ enum Pki {
         /// The socket the generated configs point at.
         #[arg(long, default_value = auraed::config::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Overwrite an existing CA key (and the certificates and configs
+        /// next to it). Without it, init writes nothing if one exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Issue another SVID from an existing CA.
     Issue {
@@ -68,8 +72,25 @@ fn main() -> anyhow::Result<()> {
             trust_domain,
             out,
             socket,
+            force,
         }) => {
-            let o = auraed::pki::init(&trust_domain, &out, &socket)?;
+            use auraed::pki::{Overwrite, PkiError};
+            let overwrite = if force {
+                Overwrite::Replace
+            } else {
+                Overwrite::Refuse
+            };
+            let o = auraed::pki::init(&trust_domain, &out, &socket, overwrite).map_err(
+                |e| match e {
+                    PkiError::Exists { path } => anyhow::anyhow!(
+                        "{} already exists: pki init does not overwrite an existing CA key, \
+                         certificates or configs (pass --force to replace them; certificates \
+                         of the old CA will no longer be trusted)",
+                        path.display()
+                    ),
+                    e => e.into(),
+                },
+            )?;
             println!(
                 "wrote CA, server ({}) and client ({}) certificates to {}",
                 o.server_id,
@@ -89,7 +110,11 @@ fn main() -> anyhow::Result<()> {
         }) => {
             let ca = auraed::pki::Authority::load(&ca_dir)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let (crt, key) = ca.issue(&spiffe_id, &dns, &[])?.save(&out, &name)?;
+            let (crt, key) = ca.issue(&spiffe_id, &dns, &[])?.save(
+                &out,
+                &name,
+                auraed::pki::Overwrite::Replace,
+            )?;
             println!("wrote {} and {}", crt.display(), key.display());
             Ok(())
         }

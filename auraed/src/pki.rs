@@ -20,11 +20,17 @@ pub enum PkiError {
     SpiffeId(String),
     #[error("certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
-    #[error("{path}: {source}")]
+    #[error("{op} {path}: {source}")]
     Io {
+        /// What failed, like "writing" or "reading".
+        op: &'static str,
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    /// [`init`] without [`Overwrite::Replace`] found a file it would write.
+    #[error("{path} already exists: refusing to overwrite it")]
+    Exists { path: PathBuf },
     #[error("{0}")]
     Invalid(String),
 }
@@ -75,23 +81,67 @@ pub struct Svid {
     pub key_pem: String,
 }
 
-fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+/// Whether files that already exist are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Fail with [`PkiError::Exists`]; new files are created with O_EXCL.
+    Refuse,
+    /// Replace them, each atomically (a new file renamed over the old).
+    Replace,
+}
+
+/// Writes `contents` to a new file at `path` (mode 0600 if `private`, else
+/// 0644, less the umask), created with O_EXCL so that it never writes
+/// through an existing file or symlink.
+fn create_new(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io {
+    let io = |op, source| PkiError::Io {
+        op,
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => PkiError::Exists {
+                path: path.to_path_buf(),
+            },
+            _ => io("creating", e),
+        })?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("writing", e))
+}
+
+/// Writes `path` as [`create_new`] does; with [`Overwrite::Replace`], through
+/// a new temporary file renamed over `path`.
+fn write(path: &Path, contents: &str, private: bool, overwrite: Overwrite) -> Result<(), PkiError> {
+    if overwrite == Overwrite::Refuse {
+        return create_new(path, contents, private);
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    // A leftover of an interrupted run: it may have another mode.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(PkiError::Io {
+                op: "removing",
+                path: tmp,
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    create_new(&tmp, contents, private)?;
+    std::fs::rename(&tmp, path).map_err(|source| PkiError::Io {
+        op: "renaming to",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Authority {
@@ -124,10 +174,14 @@ impl Authority {
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
+            std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
+                op: "reading",
+                path,
+                source,
+            })
         };
-        let cert_pem = read("ca.crt")?;
-        let key_pem = read("ca.key")?;
+        let cert_pem = read(CA_CRT)?;
+        let key_pem = read(CA_KEY)?;
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
         Ok(Self {
@@ -137,9 +191,10 @@ impl Authority {
         })
     }
 
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        write(&dir.join("ca.crt"), &self.cert_pem, false)?;
-        write(&dir.join("ca.key"), &self.key_pem, true)
+    /// Writes `ca.crt` and `ca.key` (mode 0600) into `dir`.
+    pub fn save(&self, dir: &Path, overwrite: Overwrite) -> Result<(), PkiError> {
+        write(&dir.join(CA_KEY), &self.key_pem, true, overwrite)?;
+        write(&dir.join(CA_CRT), &self.cert_pem, false, overwrite)
     }
 
     /// Issues an SVID for `spiffe_id`, with optional DNS and IP SANs so that
@@ -172,12 +227,17 @@ impl Authority {
 }
 
 impl Svid {
-    /// Writes `<name>.crt` and `<name>.key` into `dir`.
-    pub fn save(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), PkiError> {
+    /// Writes `<name>.crt` and `<name>.key` (mode 0600) into `dir`.
+    pub fn save(
+        &self,
+        dir: &Path,
+        name: &str,
+        overwrite: Overwrite,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
         let crt = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
-        write(&crt, &self.cert_pem, false)?;
-        write(&key, &self.key_pem, true)?;
+        write(&key, &self.key_pem, true, overwrite)?;
+        write(&crt, &self.cert_pem, false, overwrite)?;
         Ok((crt, key))
     }
 }
@@ -212,6 +272,22 @@ pub fn spiffe_id_of(der: &[u8]) -> Result<String, PkiError> {
     }
 }
 
+/// File names of the CA in a PKI directory.
+pub const CA_KEY: &str = "ca.key";
+pub const CA_CRT: &str = "ca.crt";
+
+/// Every file [`init`] writes, the CA key first.
+pub const INIT_FILES: [&str; 8] = [
+    CA_KEY,
+    CA_CRT,
+    "server.key",
+    "server.crt",
+    "client.key",
+    "client.crt",
+    "auraed.toml",
+    "config",
+];
+
 /// Files written by `auraed pki init`.
 pub struct InitOutput {
     pub dir: PathBuf,
@@ -220,14 +296,34 @@ pub struct InitOutput {
 }
 
 /// Creates a CA, a server SVID and a client SVID in `out`, plus an auraed
-/// config and an aer client config that use them.
-pub fn init(trust_domain: &str, out: &Path, socket: &Path) -> Result<InitOutput, PkiError> {
+/// config and an aer client config that use them ([`INIT_FILES`]).
+///
+/// With [`Overwrite::Refuse`], fails with [`PkiError::Exists`] before
+/// writing anything if one of those files exists (the CA key is checked
+/// first), and creates each file with O_EXCL.
+pub fn init(
+    trust_domain: &str,
+    out: &Path,
+    socket: &Path,
+    overwrite: Overwrite,
+) -> Result<InitOutput, PkiError> {
+    validate_trust_domain(trust_domain)?;
+    if overwrite == Overwrite::Refuse {
+        for name in INIT_FILES {
+            let path = out.join(name);
+            // symlink_metadata: a dangling symlink exists too.
+            if path.symlink_metadata().is_ok() {
+                return Err(PkiError::Exists { path });
+            }
+        }
+    }
     std::fs::create_dir_all(out).map_err(|source| PkiError::Io {
+        op: "creating directory",
         path: out.to_path_buf(),
         source,
     })?;
     let ca = Authority::new(trust_domain)?;
-    ca.save(out)?;
+    ca.save(out, overwrite)?;
     let server_id = format!("spiffe://{trust_domain}/auraed");
     let client_id = format!("spiffe://{trust_domain}/aer");
     let localhost = [
@@ -235,23 +331,24 @@ pub fn init(trust_domain: &str, out: &Path, socket: &Path) -> Result<InitOutput,
         IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     ];
     ca.issue(&server_id, &["localhost".to_string()], &localhost)?
-        .save(out, "server")?;
-    ca.issue(&client_id, &[], &[])?.save(out, "client")?;
+        .save(out, "server", overwrite)?;
+    ca.issue(&client_id, &[], &[])?
+        .save(out, "client", overwrite)?;
     let p = |n: &str| out.join(n).display().to_string();
     let server_cfg = format!(
         "[server]\nsocket = {socket:?}\n\n[auth]\nca_crt = {:?}\nserver_crt = {:?}\nserver_key = {:?}\nallowed_spiffe_ids = [{client_id:?}]\n",
-        p("ca.crt"),
+        p(CA_CRT),
         p("server.crt"),
         p("server.key"),
     );
-    write(&out.join("auraed.toml"), &server_cfg, false)?;
+    write(&out.join("auraed.toml"), &server_cfg, false, overwrite)?;
     let client_cfg = format!(
         "[auth]\nca_crt = {:?}\nclient_crt = {:?}\nclient_key = {:?}\n\n[system]\nsocket = {socket:?}\n",
-        p("ca.crt"),
+        p(CA_CRT),
         p("client.crt"),
         p("client.key"),
     );
-    write(&out.join("config"), &client_cfg, false)?;
+    write(&out.join("config"), &client_cfg, false, overwrite)?;
     Ok(InitOutput {
         dir: out.to_path_buf(),
         server_id,
@@ -296,5 +393,112 @@ mod tests {
             assert!(validate_spiffe_id(bad).is_err(), "{bad}");
         }
         assert!(validate_trust_domain("Bad Domain").is_err());
+    }
+
+    fn read_all(dir: &Path) -> Vec<(String, String)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| {
+                let e = e.expect("entry");
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(e.path()).unwrap_or_default())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_a_ca_key_unless_told_to() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let out = tmp.path().join("pki");
+        let sock = Path::new("/run/test.sock");
+        init("example.org", &out, sock, Overwrite::Refuse).expect("first init");
+        for name in INIT_FILES {
+            assert!(out.join(name).exists(), "{name}");
+        }
+        for key in [CA_KEY, "server.key", "client.key"] {
+            assert_eq!(mode(&out.join(key)), 0o600, "{key}");
+        }
+        let before = read_all(&out);
+
+        let err = init("example.org", &out, sock, Overwrite::Refuse).err();
+        match err {
+            Some(PkiError::Exists { path }) => assert_eq!(path, out.join(CA_KEY)),
+            other => panic!("expected Exists, got {other:?}"),
+        }
+        assert_eq!(read_all(&out), before, "a refused init wrote something");
+
+        init("example.org", &out, sock, Overwrite::Replace).expect("forced init");
+        let key = |files: &[(String, String)]| {
+            files
+                .iter()
+                .find(|(n, _)| n == CA_KEY)
+                .map(|(_, k)| k.clone())
+        };
+        let after = read_all(&out);
+        assert_ne!(key(&after), key(&before), "the CA key was not replaced");
+        assert_eq!(after.len(), before.len(), "temporary files left: {after:?}");
+        assert_eq!(mode(&out.join(CA_KEY)), 0o600);
+        // The new CA loads and signs.
+        Authority::load(&out)
+            .expect("load")
+            .issue("spiffe://example.org/x", &[], &[])
+            .expect("issue");
+    }
+
+    #[test]
+    fn init_writes_nothing_if_any_of_its_files_exists() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sock = Path::new("/run/test.sock");
+        std::fs::write(tmp.path().join("config"), "mine").expect("write");
+        match init("example.org", tmp.path(), sock, Overwrite::Refuse) {
+            Err(PkiError::Exists { path }) => assert_eq!(path, tmp.path().join("config")),
+            other => panic!("expected Exists, got {:?}", other.err()),
+        }
+        assert_eq!(
+            read_all(tmp.path()),
+            [("config".to_string(), "mine".to_string())]
+        );
+
+        // A dangling symlink at the CA key: refused, and nothing is written
+        // where it points.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, tmp.path().join(CA_KEY)).expect("symlink");
+        assert!(matches!(
+            init("example.org", tmp.path(), sock, Overwrite::Refuse),
+            Err(PkiError::Exists { .. })
+        ));
+        assert!(!target.exists());
+        // create_new refuses it too, should a check be skipped.
+        assert!(matches!(
+            write(&tmp.path().join(CA_KEY), "k", true, Overwrite::Refuse),
+            Err(PkiError::Exists { .. })
+        ));
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn replacing_ignores_a_leftover_temporary_file_and_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let leftover = tmp.path().join(".ca.key.tmp");
+        std::fs::write(&leftover, "old").expect("write");
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let key = tmp.path().join(CA_KEY);
+        write(&key, "secret", true, Overwrite::Replace).expect("write");
+        assert_eq!(std::fs::read_to_string(&key).expect("read"), "secret");
+        assert_eq!(mode(&key), 0o600);
+        assert!(!leftover.exists());
     }
 }
