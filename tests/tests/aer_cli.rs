@@ -170,6 +170,23 @@ async fn aer_ls_with_a_90_kb_command_line_prints_short_lines() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v[0]["command"][3], a.as_str());
     assert_eq!(v[0]["command"][4], b.as_str());
+
+    // A stdout nobody reads (like `aer ls | head -1` after head exits):
+    // status 1, not a panic.
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let out = std::process::Command::new(aurae_tests::binary("aer"))
+        .env("AURAE_CONFIG", &d.client_config)
+        .args(["ls", "-o", "json"])
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .expect("run aer");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test]
