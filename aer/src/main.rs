@@ -143,9 +143,28 @@ struct CellRunArgs {
     cpuset_cpus: Option<String>,
     #[arg(long)]
     cpuset_mems: Option<String>,
-    /// Seal the cell: no new or joined namespaces, no mounts, no ptrace.
+    /// Seal the cell: no new or joined namespaces, no mounts, no ptrace,
+    /// a syscall allowlist; without an image, the host's root read-only.
     #[arg(long)]
     jailed: bool,
+    /// Lift the container defaults: every capability, /proc and /sys
+    /// writable and unmasked.
+    #[arg(long, conflicts_with = "jailed")]
+    privileged: bool,
+    /// A host path that stays writable in a jailed cell's read-only root
+    /// (repeatable).
+    #[arg(long = "writable", value_name = "PATH")]
+    writable_paths: Vec<String>,
+    /// A host device added to the cell's minimal /dev, like /dev/kvm
+    /// (repeatable).
+    #[arg(long = "device", value_name = "PATH")]
+    devices: Vec<String>,
+    /// Make the cell's own cgroup subtree writable inside it.
+    #[arg(long)]
+    delegate_cgroup: bool,
+    /// Make the sysctls of the cell's own network namespace writable.
+    #[arg(long)]
+    net_sysctls: bool,
     /// Host namespaces to share: mount,pid,net,ipc,uts,cgroup.
     #[arg(long, value_delimiter = ',')]
     share: Vec<String>,
@@ -400,6 +419,11 @@ async fn main() {
                         .unwrap_or_default(),
                     executable: has_command.then(|| executable(&a.process)),
                     executable_name: String::new(),
+                    privileged: a.privileged,
+                    writable_paths: a.writable_paths.clone(),
+                    devices: a.devices.clone(),
+                    delegate_cgroup: a.delegate_cgroup,
+                    net_sysctls: a.net_sysctls,
                 })
                 .await
                 .or_exit();

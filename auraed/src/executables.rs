@@ -2,7 +2,7 @@
 //! exit, running in auraed's own context or inside a cell.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +11,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::cells::Cell;
+use crate::cgroup::CellCgroup;
 use crate::error::ApiError;
 use crate::logs::{capture, LogBuffer, Stream};
 use crate::sys::{self, pidfd, NamespaceMode, SpawnError, SpawnSpec, SpawnStage};
@@ -46,11 +47,15 @@ pub struct Executable {
     pub logs: Arc<LogBuffer>,
     pidfd: Arc<AsyncFd<OwnedFd>>,
     exit: watch::Receiver<Option<ExitInfo>>,
+    /// The cgroup of a plain executable, removed when it is freed.
+    host_cgroup: Option<CellCgroup>,
 }
 
 /// Where a process runs.
 pub enum Placement {
-    Host,
+    /// auraed's own namespaces, in a cgroup of the executable's own (when
+    /// auraed has a cgroup hierarchy), so that it is found after a crash.
+    Host(Option<CellCgroup>),
     Cell(Arc<Cell>),
 }
 
@@ -94,10 +99,11 @@ impl Executable {
         let devnull: OwnedFd = std::fs::File::open("/dev/null")
             .map_err(|e| ApiError::Internal(format!("/dev/null: {e}")))?
             .into();
-        let cell = match &placement {
-            Placement::Cell(c) => Some(c.clone()),
-            Placement::Host => None,
+        let (cell, host_cgroup) = match &placement {
+            Placement::Cell(c) => (Some(c.clone()), None),
+            Placement::Host(cg) => (None, cg.clone()),
         };
+        let host_leaf = host_cgroup.as_ref().map(|c| c.open_leaf()).transpose()?;
         let jail = match &cell {
             Some(c) if c.jailed => Some(
                 crate::jail::seccomp_filters().map_err(|e| ApiError::Internal(e.to_string()))?,
@@ -115,7 +121,7 @@ impl Executable {
                     let (pidfd, flags) = c.namespaces();
                     (Some(leaf), NamespaceMode::Join(pidfd, flags))
                 }
-                None => (None, NamespaceMode::Host),
+                None => (host_leaf.as_ref().map(|f| f.as_fd()), NamespaceMode::Host),
             };
             sys::spawn(SpawnSpec {
                 candidates: spec_for_spawn.candidates,
@@ -158,6 +164,7 @@ impl Executable {
             logs: logs.clone(),
             pidfd: pidfd.clone(),
             exit: exit_rx,
+            host_cgroup,
         });
         tokio::spawn(async move {
             let out_task = tokio::spawn(capture(out, Stream::Stdout, logs.clone()));
@@ -183,6 +190,19 @@ impl Executable {
             }));
         });
         Ok(exe)
+    }
+
+    /// Kills whatever the executable left running (daemonized children) and
+    /// removes its cgroup; a no-op in a cell, whose cgroup is the cell's.
+    pub async fn release(&self) -> Result<(), ApiError> {
+        let Some(cg) = self.host_cgroup.clone() else {
+            return Ok(());
+        };
+        crate::blocking::run("executable cgroup removal", move || {
+            cg.remove(Duration::from_secs(10))
+        })
+        .await??;
+        Ok(())
     }
 
     pub fn exit_info(&self) -> Option<ExitInfo> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::cells::{Cell, CellContext, CellSpec, CellState};
-use crate::cgroup::Hierarchy;
+use crate::cgroup::{CgroupError, Hierarchy};
 use crate::error::ApiError;
 use crate::executables::{Executable, Placement, ProcessSpec};
 use crate::registry::{Registry, Workload};
@@ -39,7 +39,7 @@ pub struct RuntimeConfig {
 }
 
 pub struct Runtime {
-    cells: Result<CellContext, String>,
+    cells: Result<CellContext, Arc<CgroupError>>,
     registry: Registry,
     log_bytes: usize,
     next_id: AtomicU64,
@@ -87,8 +87,11 @@ impl Runtime {
                 })
             }
             Err(e) => {
-                tracing::warn!("cells are unavailable: {e}");
-                Err(e.to_string())
+                tracing::warn!(
+                    "cells are unavailable, and plain executables run without a cgroup \
+                     of their own (a crash of auraed leaves them running): {e}"
+                );
+                Err(Arc::new(e))
             }
         };
         Ok(Self {
@@ -159,19 +162,43 @@ impl Runtime {
                 }
                 Placement::Cell(cell)
             }
-            None => Placement::Host,
+            None => Placement::Host(None),
         };
         let id = name.unwrap_or_else(|| self.generated_name("exe"));
         let reservation = self.registry.reserve(&id, "name")?;
         let spec = resolve(&req, &placement)?;
-        let exe = Executable::start(
+        let placement = match (placement, &self.cells) {
+            (Placement::Host(_), Ok(ctx)) => {
+                let h = ctx.hierarchy.clone();
+                let id2 = id.clone();
+                let cgroup =
+                    crate::blocking::run("executable cgroup", move || h.create_executable(&id2))
+                        .await??;
+                Placement::Host(Some(cgroup))
+            }
+            (p, _) => p,
+        };
+        let started = Executable::start(
             id.clone(),
             spec,
             placement_clone(&placement),
             self.log_bytes,
             "executable",
         )
-        .await?;
+        .await;
+        let exe = match started {
+            Ok(exe) => exe,
+            Err(e) => {
+                if let Placement::Host(Some(cg)) = placement {
+                    if let Err(cleanup) = cg.remove(Duration::from_secs(1)) {
+                        tracing::error!(
+                            "removing the cgroup of {id} after a failed start: {cleanup}"
+                        );
+                    }
+                }
+                return Err(e);
+            }
+        };
         if let Placement::Cell(c) = &placement {
             lock(&c.executables).push(id);
         }
@@ -280,6 +307,7 @@ impl Runtime {
                 {
                     lock(&c.executables).retain(|x| x != id);
                 }
+                e.release().await?;
                 self.registry.remove(id);
             }
             Workload::Cell(c) => {
@@ -310,7 +338,12 @@ impl Runtime {
                     }
                 }
                 Workload::Executable(e) if e.cell.is_none() => {
-                    let _ = e.stop(Signal::SIGTERM, Duration::from_secs(5)).await;
+                    if let Err(err) = e.stop(Signal::SIGTERM, Duration::from_secs(5)).await {
+                        tracing::error!("stopping {} at shutdown: {err}", e.id);
+                    }
+                    if let Err(err) = e.release().await {
+                        tracing::error!("removing the cgroup of {} at shutdown: {err}", e.id);
+                    }
                 }
                 Workload::Executable(_) => {}
             }
@@ -324,7 +357,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn placement_clone(p: &Placement) -> Placement {
     match p {
-        Placement::Host => Placement::Host,
+        Placement::Host(cg) => Placement::Host(cg.clone()),
         Placement::Cell(c) => Placement::Cell(c.clone()),
     }
 }
@@ -360,7 +393,7 @@ fn image_request(cell: &Cell, first: Option<ExecRequest>) -> Result<ExecRequest,
 fn resolve(req: &ExecRequest, placement: &Placement) -> Result<ProcessSpec, ApiError> {
     let image = match placement {
         Placement::Cell(c) => c.image.clone(),
-        Placement::Host => None,
+        Placement::Host(_) => None,
     };
     let mut env: Vec<(String, String)> = Vec::new();
     if let Some(img) = &image {

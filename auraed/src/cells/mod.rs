@@ -480,6 +480,18 @@ impl Cell {
 pub fn clean_leftovers(hierarchy: Option<&Hierarchy>, state_dir: &Path) -> Vec<String> {
     let mut removed = Vec::new();
     if let Some(h) = hierarchy {
+        for exe in h.executables() {
+            let procs = exe.procs();
+            match exe.remove(Duration::from_secs(10)) {
+                Ok(()) => removed.push(format!(
+                    "executable {} (killed {} process(es): {procs:?}) and its cgroup",
+                    exe.name(),
+                    procs.len()
+                )),
+                Err(e) => tracing::error!("could not remove leftover executable cgroup: {e}"),
+            }
+        }
+        let _ = std::fs::remove_dir(h.root().join(crate::cgroup::EXECUTABLES));
         for cell in h.cells() {
             match cell.remove(Duration::from_secs(10)) {
                 Ok(()) => removed.push(format!("cgroup {}", cell.dir().display())),

@@ -23,6 +23,9 @@ pub use controller::{Controller, Limits};
 
 /// Name of the child cgroup that holds a cell's processes.
 pub const LEAF: &str = "leaf";
+/// The folder, beside the cells, of plain executables' cgroups (a name no
+/// cell can have).
+pub const EXECUTABLES: &str = ".executables";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -184,21 +187,59 @@ impl Hierarchy {
         Ok(cell)
     }
 
-    /// Cell cgroups under auraed's root, e.g. left behind by a previous run.
-    pub fn cells(&self) -> Vec<CellCgroup> {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
+    /// The cgroup of a plain executable `id`: under [`EXECUTABLES`], so
+    /// that a restarted auraed finds what a crashed one left running.
+    pub fn create_executable(&self, id: &str) -> Result<CellCgroup, CgroupError> {
+        let parent = self.root.join(EXECUTABLES);
+        match std::fs::create_dir(&parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&parent)(e)),
+        }
+        let dir = parent.join(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(CgroupError::Exists(dir))
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        let cgroup = CellCgroup {
+            leaf: dir.join(LEAF),
+            dir,
+        };
+        if let Err(e) = std::fs::create_dir(&cgroup.leaf) {
+            let _ = cgroup.remove(Duration::from_secs(1));
+            return Err(io_err(&cgroup.leaf)(e));
+        }
+        Ok(cgroup)
+    }
+
+    fn children(dir: &Path) -> Vec<CellCgroup> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
             return Vec::new();
         };
-        let mut cells: Vec<CellCgroup> = entries
+        let mut found: Vec<CellCgroup> = entries
             .filter_map(Result::ok)
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter(|e| e.file_name() != EXECUTABLES)
             .map(|e| CellCgroup {
                 leaf: e.path().join(LEAF),
                 dir: e.path(),
             })
             .collect();
-        cells.sort_by(|a, b| a.dir.cmp(&b.dir));
-        cells
+        found.sort_by(|a, b| a.dir.cmp(&b.dir));
+        found
+    }
+
+    /// Cell cgroups under auraed's root, e.g. left behind by a previous run.
+    pub fn cells(&self) -> Vec<CellCgroup> {
+        Self::children(&self.root)
+    }
+
+    /// Cgroups of plain executables, e.g. left behind by a previous run.
+    pub fn executables(&self) -> Vec<CellCgroup> {
+        Self::children(&self.root.join(EXECUTABLES))
     }
 }
 
@@ -261,6 +302,15 @@ impl CellCgroup {
     /// Kills every process of the cell at once (`cgroup.kill`).
     pub fn kill(&self) -> Result<(), CgroupError> {
         controller::write_file(&self.dir, "cgroup.kill", "1")
+    }
+
+    /// The processes in the cgroup's leaf.
+    pub fn procs(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.leaf.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
     }
 
     /// Whether any process is left in the cell.
