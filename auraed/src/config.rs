@@ -17,6 +17,7 @@
 //! state_dir = "/var/lib/aurae"
 //! cgroup_root = "aurae"
 //! log_buffer_bytes = 1048576
+//! image_unpack_limit_bytes = 4294967296   # at most this much written per image unpack
 //! ```
 
 use std::net::SocketAddr;
@@ -85,6 +86,12 @@ pub struct RuntimeSection {
     pub cgroup_root: String,
     #[serde(default = "default_log_buffer")]
     pub log_buffer_bytes: usize,
+    /// The most an image's unpack may write into the image cache (file
+    /// contents plus 512 bytes per entry, over all layers); an image that
+    /// needs more is refused, naming the layer that crossed it. The free
+    /// space of the cache's file system (less 256 MiB) bounds it too.
+    #[serde(default = "default_image_unpack_limit")]
+    pub image_unpack_limit_bytes: u64,
 }
 
 fn default_socket() -> PathBuf {
@@ -98,6 +105,9 @@ fn default_cgroup_root() -> String {
 }
 fn default_log_buffer() -> usize {
     1 << 20
+}
+fn default_image_unpack_limit() -> u64 {
+    crate::oci::limits::DEFAULT_UNPACK_LIMIT
 }
 
 impl Default for ServerSection {
@@ -117,6 +127,7 @@ impl Default for RuntimeSection {
             state_dir: default_state_dir(),
             cgroup_root: default_cgroup_root(),
             log_buffer_bytes: default_log_buffer(),
+            image_unpack_limit_bytes: default_image_unpack_limit(),
         }
     }
 }
@@ -175,6 +186,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "runtime.log_buffer_bytes",
                 reason: "must be between 1 KiB and 1 GiB".into(),
+            });
+        }
+        if self.runtime.image_unpack_limit_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid {
+                field: "runtime.image_unpack_limit_bytes",
+                reason: "must be at least 1 MiB".into(),
             });
         }
         Ok(())

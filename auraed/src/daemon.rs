@@ -44,6 +44,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cgroup_root: cfg.runtime.cgroup_root.clone(),
         log_buffer_bytes: cfg.runtime.log_buffer_bytes,
         hidden: hidden_paths(&cfg),
+        image_unpack_limit_bytes: cfg.runtime.image_unpack_limit_bytes,
     })?);
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

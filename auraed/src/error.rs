@@ -17,6 +17,9 @@ pub enum ApiError {
     DeadlineExceeded(String),
     #[error("{0}")]
     Internal(String),
+    /// A resource of the host ran out (e.g. the disk of the image cache).
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl ApiError {
@@ -39,6 +42,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unimplemented(_) => tonic::Status::unimplemented(msg),
             ApiError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
+            ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct RuntimeConfig {
     pub log_buffer_bytes: usize,
     /// auraed's own files, hidden from jailed cells.
     pub hidden: Vec<PathBuf>,
+    /// The most an image's unpack may write (`runtime.image_unpack_limit_bytes`).
+    pub image_unpack_limit_bytes: u64,
 }
 
 pub struct Runtime {
@@ -84,6 +86,7 @@ impl Runtime {
                     state_dir: cfg.state_dir.clone(),
                     spare_ns: Some(crate::cells::ns_pool::NamespacePool::start()),
                     hidden: cfg.hidden.clone(),
+                    image_unpack_limit_bytes: cfg.image_unpack_limit_bytes,
                 })
             }
             Err(e) => {

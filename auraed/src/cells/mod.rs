@@ -98,6 +98,8 @@ pub struct CellContext {
     /// auraed's own files (state, configuration, keys), hidden from a
     /// jailed cell's view of the host's root.
     pub hidden: Vec<PathBuf>,
+    /// The most an image's unpack may write into the cache.
+    pub image_unpack_limit_bytes: u64,
 }
 
 impl HostShare {
@@ -198,8 +200,7 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
         Some(src) => {
             let cache = ctx.state_dir.join("images");
             std::fs::create_dir_all(&cache).map_err(internal("creating the image cache"))?;
-            let cached = crate::oci::cache::get(src, &cache)
-                .map_err(|e| ApiError::invalid("image", e.to_string()))?;
+            let cached = crate::oci::cache::get(src, &cache, ctx.image_unpack_limit_bytes)?;
             for dir in ["rootfs", "upper", "work"] {
                 std::fs::create_dir(state_dir.join(dir))
                     .map_err(internal("creating the cell's root filesystem"))?;

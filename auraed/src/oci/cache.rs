@@ -14,6 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use sha2::Digest as _;
 
+use super::limits::{read_capped, Budget, DOCUMENT_CAP};
 use super::{source, ImageDefaults, OciError};
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -73,8 +74,11 @@ fn memo() -> std::sync::MutexGuard<'static, Memo> {
 
 /// The cache key of the image at `src`, without unpacking it.
 fn key(src: &Path) -> Result<String, OciError> {
-    let meta =
-        std::fs::metadata(src).map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OciError::Read { path, source }
+    };
+    let meta = std::fs::metadata(src).map_err(read(src))?;
     if meta.is_dir() {
         if let Some(digest) = source::layout_manifest_digest(src)? {
             return Ok(digest.replace(':', "-"));
@@ -82,24 +86,23 @@ fn key(src: &Path) -> Result<String, OciError> {
         // A docker-save directory: its manifest.json names everything by
         // digest, so its hash identifies the image.
         let manifest = src.join("manifest.json");
-        let text = std::fs::read(&manifest)
-            .map_err(|e| OciError::Source(format!("{}: {e}", manifest.display())))?;
+        let text = read_capped("manifest.json", &manifest, DOCUMENT_CAP)?;
         return Ok(format!(
             "docker-{}",
             hex::encode(sha2::Sha256::digest(&text))
         ));
     }
-    let mut file = std::fs::File::open(src)
-        .map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
+    let mut file = std::fs::File::open(src).map_err(read(src))?;
     let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher)
-        .map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
+    std::io::copy(&mut file, &mut hasher).map_err(read(src))?;
     Ok(format!("archive-{}", hex::encode(hasher.finalize())))
 }
 
 /// Returns the unpacked image at `src`, unpacking it into `cache` first if
-/// needed. A failed unpack leaves nothing in the cache.
-pub fn get(src: &Path, cache: &Path) -> Result<CachedImage, OciError> {
+/// needed, writing at most `limit` bytes (and less when the cache's file
+/// system has less free space). A failed unpack leaves nothing in the
+/// cache, and nothing is remembered of it.
+pub fn get(src: &Path, cache: &Path, limit: u64) -> Result<CachedImage, OciError> {
     let memo_key = (src.to_path_buf(), cache.to_path_buf());
     let id = identity(src);
     if let Some(id) = id {
@@ -109,14 +112,14 @@ pub fn get(src: &Path, cache: &Path) -> Result<CachedImage, OciError> {
             }
         }
     }
-    let cached = get_uncached(src, cache)?;
+    let cached = get_uncached(src, cache, limit)?;
     if let Some(id) = id {
         memo().insert(memo_key, (id, cached.clone()));
     }
     Ok(cached)
 }
 
-fn get_uncached(src: &Path, cache: &Path) -> Result<CachedImage, OciError> {
+fn get_uncached(src: &Path, cache: &Path, limit: u64) -> Result<CachedImage, OciError> {
     let entry = cache.join(format!("{FORMAT}-{}", key(src)?));
     let defaults_file = entry.join("defaults.json");
     if let Ok(text) = std::fs::read(&defaults_file) {
@@ -133,17 +136,28 @@ fn get_uncached(src: &Path, cache: &Path) -> Result<CachedImage, OciError> {
         TMP_COUNTER.fetch_add(1, Ordering::SeqCst)
     ));
     let result = (|| {
-        let defaults = super::unpack(src, &tmp.join("rootfs"), &tmp.join("archive"))?;
-        let json = serde_json::to_vec(&defaults).map_err(|e| OciError::Io(e.to_string()))?;
-        std::fs::write(tmp.join("defaults.json"), json)
-            .map_err(|e| OciError::Io(format!("{}: {e}", tmp.display())))?;
+        let mut budget = Budget::for_dir(limit, cache)?;
+        let defaults = super::unpack(src, &tmp.join("rootfs"), &tmp.join("archive"), &mut budget)?;
+        let json = serde_json::to_vec(&defaults).map_err(|source| OciError::Encode { source })?;
+        let defaults_tmp = tmp.join("defaults.json");
+        std::fs::write(&defaults_tmp, json).map_err(|source| OciError::Cache {
+            op: "writing",
+            path: defaults_tmp,
+            source,
+        })?;
         match std::fs::rename(&tmp, &entry) {
             Ok(()) => {}
             // Another request unpacked the same image meanwhile: use theirs.
             Err(_) if defaults_file.exists() => {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
-            Err(e) => return Err(OciError::Io(format!("{}: {e}", entry.display()))),
+            Err(source) => {
+                return Err(OciError::Cache {
+                    op: "renaming into",
+                    path: entry.clone(),
+                    source,
+                })
+            }
         }
         Ok(CachedImage {
             rootfs: entry.join("rootfs"),

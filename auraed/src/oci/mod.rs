@@ -2,27 +2,20 @@
 //! unpack the layers (with whiteouts) into a cell's root filesystem.
 
 pub mod cache;
+pub mod error;
 pub mod layer;
+pub mod limits;
 pub mod minimal_dev;
 pub mod safe_path;
 pub mod source;
+#[cfg(test)]
+mod unpack_tests;
 pub mod user;
 
 use std::path::Path;
 
-#[derive(Debug, thiserror::Error)]
-pub enum OciError {
-    #[error("image: {0}")]
-    Source(String),
-    #[error("image digest mismatch: {0}")]
-    Digest(String),
-    #[error("image layer {layer}: {reason}")]
-    Layer { layer: String, reason: String },
-    #[error("image: {0}")]
-    Io(String),
-    #[error("image user: {0}")]
-    User(String),
-}
+pub use error::OciError;
+use limits::Budget;
 
 /// What the image's config asks for when a process starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -36,32 +29,49 @@ pub struct ImageDefaults {
     pub gid: Option<u32>,
 }
 
-/// Unpacks the image at `src` into `rootfs` (which must not exist yet).
-/// `scratch` is used for archives and removed afterwards.
-pub fn unpack(src: &Path, rootfs: &Path, scratch: &Path) -> Result<ImageDefaults, OciError> {
-    let result = unpack_inner(src, rootfs, scratch);
+fn cache_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OciError + 'a {
+    move |source| OciError::Cache {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Unpacks the image at `src` into `rootfs` (which must not exist yet),
+/// writing no more than `budget` allows. `scratch` is used for archives
+/// and removed afterwards.
+pub fn unpack(
+    src: &Path,
+    rootfs: &Path,
+    scratch: &Path,
+    budget: &mut Budget,
+) -> Result<ImageDefaults, OciError> {
+    let result = unpack_inner(src, rootfs, scratch, budget);
     let _ = std::fs::remove_dir_all(scratch);
     result
 }
 
-fn unpack_inner(src: &Path, rootfs: &Path, scratch: &Path) -> Result<ImageDefaults, OciError> {
-    let image = source::open(src, scratch)?;
-    std::fs::create_dir_all(rootfs)
-        .map_err(|e| OciError::Io(format!("{}: {e}", rootfs.display())))?;
+fn unpack_inner(
+    src: &Path,
+    rootfs: &Path,
+    scratch: &Path,
+    budget: &mut Budget,
+) -> Result<ImageDefaults, OciError> {
+    let image = source::open(src, scratch, budget)?;
+    std::fs::create_dir_all(rootfs).map_err(cache_err("creating", rootfs))?;
     for layer in &image.layers {
         let open = || source::open_layer(layer);
-        layer::apply(rootfs, &layer.name, &open, true)?;
+        layer::apply(rootfs, &layer.name, &open, true, budget)?;
     }
     // What every cell needs, made once here rather than by every cell
     // start: the minimal /dev, and the mount points (an image that has
     // something at one of those keeps it).
-    minimal_dev::populate(rootfs)
-        .map_err(|e| OciError::Io(format!("{}/dev: {e}", rootfs.display())))?;
+    let dev = rootfs.join("dev");
+    minimal_dev::populate(rootfs).map_err(cache_err("making the minimal /dev in", &dev))?;
     for dir in ["proc", "tmp", "sys"] {
         let path = rootfs.join(dir);
         if std::fs::symlink_metadata(&path).is_err() {
-            std::fs::create_dir(&path)
-                .map_err(|e| OciError::Io(format!("{}: {e}", path.display())))?;
+            std::fs::create_dir(&path).map_err(cache_err("creating", &path))?;
         }
     }
     let cfg = image.config.config().clone().unwrap_or_default();

@@ -11,6 +11,7 @@ use oci_spec::image::{
 };
 use sha2::Digest as _;
 
+use super::limits::{read_capped, read_json, Budget, DOCUMENT_CAP};
 use super::safe_path::archive_components;
 use super::OciError;
 
@@ -33,18 +34,28 @@ pub struct Image {
     pub layers: Vec<Layer>,
 }
 
-/// Opens the image at `src`. Archives are first unpacked into `scratch`,
-/// which the caller removes afterwards.
-pub fn open(src: &Path, scratch: &Path) -> Result<Image, OciError> {
-    let meta =
-        std::fs::metadata(src).map_err(|e| OciError::Source(format!("{}: {e}", src.display())))?;
+fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
+    move |source| OciError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens the image at `src`. Archives are first unpacked into `scratch`
+/// (charged to `budget`), which the caller removes afterwards.
+pub fn open(src: &Path, scratch: &Path, budget: &mut Budget) -> Result<Image, OciError> {
+    let meta = std::fs::metadata(src).map_err(read_err(src))?;
     let dir = if meta.is_dir() {
         src.to_path_buf()
     } else {
-        std::fs::create_dir_all(scratch)
-            .map_err(|e| OciError::Io(format!("{}: {e}", scratch.display())))?;
+        std::fs::create_dir_all(scratch).map_err(|source| OciError::Cache {
+            op: "creating",
+            path: scratch.to_path_buf(),
+            source,
+        })?;
         let open = || -> std::io::Result<Box<dyn Read>> { open_maybe_gzip(src) };
-        super::layer::apply(scratch, &format!("archive {}", src.display()), &open, false)?;
+        let name = format!("archive {}", src.display());
+        super::layer::apply(scratch, &name, &open, false, budget)?;
         scratch.to_path_buf()
     };
     if dir.join("index.json").is_file() {
@@ -52,10 +63,9 @@ pub fn open(src: &Path, scratch: &Path) -> Result<Image, OciError> {
     } else if dir.join("manifest.json").is_file() {
         open_docker(&dir)
     } else {
-        Err(OciError::Source(format!(
-            "{}: neither an OCI image layout (index.json) nor a docker save archive (manifest.json)",
-            src.display()
-        )))
+        Err(OciError::NotAnImage {
+            path: src.to_path_buf(),
+        })
     }
 }
 
@@ -73,21 +83,17 @@ fn open_maybe_gzip(path: &Path) -> std::io::Result<Box<dyn Read>> {
 
 /// Hex SHA-256 of a file.
 fn sha256_file(path: &Path) -> Result<(String, u64), OciError> {
-    let mut file =
-        File::open(path).map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
+    let mut file = File::open(path).map_err(read_err(path))?;
     let mut hasher = sha2::Sha256::new();
-    let n = std::io::copy(&mut file, &mut hasher)
-        .map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
+    let n = std::io::copy(&mut file, &mut hasher).map_err(read_err(path))?;
     Ok((hex::encode(hasher.finalize()), n))
 }
 
-fn sha512_file(path: &Path) -> Result<String, OciError> {
-    let mut file =
-        File::open(path).map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
+fn sha512_file(path: &Path) -> Result<(String, u64), OciError> {
+    let mut file = File::open(path).map_err(read_err(path))?;
     let mut hasher = sha2::Sha512::new();
-    std::io::copy(&mut file, &mut hasher)
-        .map_err(|e| OciError::Source(format!("{}: {e}", path.display())))?;
-    Ok(hex::encode(hasher.finalize()))
+    let n = std::io::copy(&mut file, &mut hasher).map_err(read_err(path))?;
+    Ok((hex::encode(hasher.finalize()), n))
 }
 
 /// The verified path of the blob `desc` points to.
@@ -96,38 +102,58 @@ fn blob(dir: &Path, desc: &Descriptor) -> Result<PathBuf, OciError> {
     let (alg, path) = match digest.algorithm() {
         DigestAlgorithm::Sha256 => ("sha256", dir.join("blobs/sha256").join(digest.digest())),
         DigestAlgorithm::Sha512 => ("sha512", dir.join("blobs/sha512").join(digest.digest())),
-        other => {
-            return Err(OciError::Digest(format!(
-                "{digest}: unsupported digest algorithm {other}"
-            )))
+        _ => {
+            return Err(OciError::DigestAlgorithm {
+                digest: digest.to_string(),
+            })
         }
     };
     if !path.is_file() {
-        return Err(OciError::Source(format!(
-            "blob {digest} is missing ({})",
-            path.display()
-        )));
+        return Err(OciError::MissingBlob {
+            digest: digest.to_string(),
+            path,
+        });
+    }
+    let size_err = |actual| OciError::Size {
+        digest: digest.to_string(),
+        expected: desc.size(),
+        actual,
+    };
+    // Before hashing: a blob of the wrong size is not read at all.
+    let len = std::fs::metadata(&path).map_err(read_err(&path))?.len();
+    if len != desc.size() {
+        return Err(size_err(len));
     }
     let (actual, size) = if alg == "sha256" {
         sha256_file(&path)?
     } else {
-        (
-            sha512_file(&path)?,
-            std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-        )
+        sha512_file(&path)?
     };
     if actual != digest.digest() {
-        return Err(OciError::Digest(format!(
-            "blob {digest} has digest {alg}:{actual}: the content is corrupt"
-        )));
+        return Err(OciError::Digest {
+            what: format!("blob {digest}"),
+            expected: digest.to_string(),
+            actual: format!("{alg}:{actual}"),
+        });
     }
     if size != desc.size() {
-        return Err(OciError::Digest(format!(
-            "blob {digest} is {size} bytes, the descriptor says {}",
-            desc.size()
-        )));
+        return Err(size_err(size));
     }
     Ok(path)
+}
+
+/// The verified path of a JSON document's blob (a manifest, config or
+/// nested index), refused before reading when its descriptor says it is
+/// larger than the cap.
+fn document_blob(what: &'static str, dir: &Path, desc: &Descriptor) -> Result<PathBuf, OciError> {
+    if desc.size() > DOCUMENT_CAP {
+        return Err(OciError::TooLarge {
+            what,
+            path: PathBuf::from(desc.digest().to_string()),
+            limit: DOCUMENT_CAP,
+        });
+    }
+    blob(dir, desc)
 }
 
 /// The verified digest of the manifest an image layout's index points to,
@@ -136,20 +162,17 @@ pub fn layout_manifest_digest(dir: &Path) -> Result<Option<String>, OciError> {
     if !dir.join("index.json").is_file() {
         return Ok(None);
     }
-    let index = ImageIndex::from_file(dir.join("index.json"))
-        .map_err(|e| OciError::Source(format!("index.json: {e}")))?;
+    let index: ImageIndex = read_json("index.json", &dir.join("index.json"))?;
     let desc = manifest_descriptor(dir, &index, 0)?;
-    blob(dir, &desc)?;
+    document_blob("manifest", dir, &desc)?;
     Ok(Some(desc.digest().to_string()))
 }
 
 fn open_layout(dir: &Path) -> Result<Image, OciError> {
-    let index = ImageIndex::from_file(dir.join("index.json"))
-        .map_err(|e| OciError::Source(format!("index.json: {e}")))?;
+    let index: ImageIndex = read_json("index.json", &dir.join("index.json"))?;
     let manifest = find_manifest(dir, &index)?;
-    let config_path = blob(dir, manifest.config())?;
-    let config = ImageConfiguration::from_file(&config_path)
-        .map_err(|e| OciError::Source(format!("image config: {e}")))?;
+    let config_path = document_blob("config", dir, manifest.config())?;
+    let config: ImageConfiguration = read_json("config", &config_path)?;
     let mut layers = Vec::new();
     for desc in manifest.layers() {
         let compression = match desc.media_type() {
@@ -161,10 +184,10 @@ fn open_layout(dir: &Path) -> Result<Image, OciError> {
                 Compression::Gzip
             }
             other => {
-                return Err(OciError::Source(format!(
-                    "layer {}: media type {other} is not supported (plain or gzip tar only)",
-                    desc.digest()
-                )))
+                return Err(OciError::MediaType {
+                    layer: desc.digest().to_string(),
+                    media_type: other.to_string(),
+                })
             }
         };
         layers.push(Layer {
@@ -176,13 +199,16 @@ fn open_layout(dir: &Path) -> Result<Image, OciError> {
     Ok(Image { config, layers })
 }
 
+/// How deep image indexes may nest.
+const MAX_INDEX_DEPTH: u32 = 4;
+
 /// The descriptor of the image manifest an index points to (the first
 /// linux/amd64 one, or the first one), following nested indexes.
 fn manifest_descriptor(dir: &Path, index: &ImageIndex, depth: u32) -> Result<Descriptor, OciError> {
-    if depth > 4 {
-        return Err(OciError::Source(
-            "image indexes nest more than 4 levels".into(),
-        ));
+    if depth > MAX_INDEX_DEPTH {
+        return Err(OciError::NestedIndex {
+            limit: MAX_INDEX_DEPTH,
+        });
     }
     let amd64 = |d: &&Descriptor| {
         d.platform()
@@ -195,12 +221,18 @@ fn manifest_descriptor(dir: &Path, index: &ImageIndex, depth: u32) -> Result<Des
         .iter()
         .find(amd64)
         .or_else(|| index.manifests().first())
-        .ok_or_else(|| OciError::Source("index.json lists no manifest".into()))?;
+        .ok_or_else(|| OciError::NoManifest {
+            what: if depth == 0 {
+                "index.json"
+            } else {
+                "nested index"
+            },
+            path: dir.join("index.json"),
+        })?;
     match desc.media_type() {
         MediaType::ImageIndex => {
-            let path = blob(dir, desc)?;
-            let nested = ImageIndex::from_file(&path)
-                .map_err(|e| OciError::Source(format!("nested index: {e}")))?;
+            let path = document_blob("nested index", dir, desc)?;
+            let nested: ImageIndex = read_json("nested index", &path)?;
             manifest_descriptor(dir, &nested, depth + 1)
         }
         _ => Ok(desc.clone()),
@@ -209,9 +241,8 @@ fn manifest_descriptor(dir: &Path, index: &ImageIndex, depth: u32) -> Result<Des
 
 fn find_manifest(dir: &Path, index: &ImageIndex) -> Result<ImageManifest, OciError> {
     let desc = manifest_descriptor(dir, index, 0)?;
-    let path = blob(dir, &desc)?;
-    ImageManifest::from_file(&path)
-        .map_err(|e| OciError::Source(format!("manifest {}: {e}", desc.digest())))
+    let path = document_blob("manifest", dir, &desc)?;
+    read_json("manifest", &path)
 }
 
 #[derive(serde::Deserialize)]
@@ -222,21 +253,25 @@ struct DockerManifest {
 }
 
 fn open_docker(dir: &Path) -> Result<Image, OciError> {
-    let text = std::fs::read_to_string(dir.join("manifest.json"))
-        .map_err(|e| OciError::Source(format!("manifest.json: {e}")))?;
-    let manifests: Vec<DockerManifest> =
-        serde_json::from_str(&text).map_err(|e| OciError::Source(format!("manifest.json: {e}")))?;
+    let manifest_path = dir.join("manifest.json");
+    let manifests: Vec<DockerManifest> = read_json("manifest.json", &manifest_path)?;
     let manifest = manifests
         .into_iter()
         .next()
-        .ok_or_else(|| OciError::Source("manifest.json lists no image".into()))?;
+        .ok_or_else(|| OciError::NoManifest {
+            what: "manifest.json",
+            path: manifest_path.clone(),
+        })?;
     let inside = |p: &str| -> Result<PathBuf, OciError> {
-        let parts = archive_components(Path::new(p))
-            .map_err(|e| OciError::Source(format!("manifest.json: {e}")))?;
+        let parts = archive_components(Path::new(p)).map_err(|source| OciError::ManifestPath {
+            path: manifest_path.clone(),
+            source,
+        })?;
         Ok(parts.iter().fold(dir.to_path_buf(), |acc, c| acc.join(c)))
     };
     let config_path = inside(&manifest.config)?;
-    let (config_hash, _) = sha256_file(&config_path)?;
+    let config_bytes = read_capped("config", &config_path, DOCUMENT_CAP)?;
+    let config_hash = hex::encode(sha2::Sha256::digest(&config_bytes));
     let stem = config_path
         .file_name()
         .map(|n| n.to_string_lossy().trim_end_matches(".json").to_string());
@@ -244,29 +279,35 @@ fn open_docker(dir: &Path) -> Result<Image, OciError> {
         .as_deref()
         .is_some_and(|s| s.len() == 64 && s != config_hash)
     {
-        return Err(OciError::Digest(format!(
-            "config {} has digest sha256:{config_hash}: the content is corrupt",
-            manifest.config
-        )));
+        return Err(OciError::Digest {
+            what: format!("config {}", manifest.config),
+            expected: format!("sha256:{}", stem.unwrap_or_default()),
+            actual: format!("sha256:{config_hash}"),
+        });
     }
-    let config = ImageConfiguration::from_file(&config_path)
-        .map_err(|e| OciError::Source(format!("image config: {e}")))?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(&config_bytes).map_err(|source| OciError::Parse {
+            what: "config",
+            path: config_path.clone(),
+            source,
+        })?;
     let diff_ids = config.rootfs().diff_ids().clone();
     if diff_ids.len() != manifest.layers.len() {
-        return Err(OciError::Source(format!(
-            "manifest.json lists {} layers, the config {}",
-            manifest.layers.len(),
-            diff_ids.len()
-        )));
+        return Err(OciError::LayerCount {
+            manifest: manifest.layers.len(),
+            config: diff_ids.len(),
+        });
     }
     let mut layers = Vec::new();
     for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
         let path = inside(layer)?;
         let (hash, _) = sha256_file(&path)?;
         if diff_id.strip_prefix("sha256:") != Some(hash.as_str()) {
-            return Err(OciError::Digest(format!(
-                "layer {layer} has digest sha256:{hash}, the config says {diff_id}: the content is corrupt"
-            )));
+            return Err(OciError::Digest {
+                what: format!("layer {layer}"),
+                expected: diff_id,
+                actual: format!("sha256:{hash}"),
+            });
         }
         layers.push(Layer {
             name: layer.clone(),

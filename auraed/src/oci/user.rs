@@ -3,15 +3,29 @@
 
 use std::path::Path;
 
+use super::limits::{read_capped, DOCUMENT_CAP};
 use super::safe_path::resolve as resolve_path;
 use super::OciError;
 
 /// Finds the entry whose field `key` (0: name, 2: id) is `value`, and
-/// returns its id and (for passwd) primary group.
-fn lookup_by(rootfs: &Path, file: &str, key: usize, value: &str) -> Option<(u32, u32)> {
-    let path = resolve_path(rootfs, Path::new(file), true).ok()?;
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|line| {
+/// returns its id and (for passwd) primary group. A missing or unreadable
+/// file has no entries; one larger than the cap is refused.
+fn lookup_by(
+    rootfs: &Path,
+    file: &'static str,
+    key: usize,
+    value: &str,
+) -> Result<Option<(u32, u32)>, OciError> {
+    let Ok(path) = resolve_path(rootfs, Path::new(file), true) else {
+        return Ok(None);
+    };
+    let bytes = match read_capped(file, &path, DOCUMENT_CAP) {
+        Ok(b) => b,
+        Err(e @ OciError::TooLarge { .. }) => return Err(e),
+        Err(_) => return Ok(None),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(text.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         if fields.get(key) != Some(&value) {
             return None;
@@ -19,10 +33,10 @@ fn lookup_by(rootfs: &Path, file: &str, key: usize, value: &str) -> Option<(u32,
         let id = fields.get(2)?.parse().ok()?;
         let gid = fields.get(3).and_then(|g| g.parse().ok()).unwrap_or(id);
         Some((id, gid))
-    })
+    }))
 }
 
-fn lookup(rootfs: &Path, file: &str, name: &str) -> Option<(u32, u32)> {
+fn lookup(rootfs: &Path, file: &'static str, name: &str) -> Result<Option<(u32, u32)>, OciError> {
     lookup_by(rootfs, file, 0, name)
 }
 
@@ -35,22 +49,22 @@ pub fn resolve(rootfs: &Path, user: &str) -> Result<(u32, u32), OciError> {
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(uid) => (
             uid,
-            lookup_by(rootfs, "etc/passwd", 2, u)
+            lookup_by(rootfs, "etc/passwd", 2, u)?
                 .map(|(_, g)| g)
                 .unwrap_or(uid),
         ),
-        Err(_) => lookup(rootfs, "etc/passwd", u).ok_or_else(|| {
-            OciError::User(format!("user {u:?} is not in the image's /etc/passwd"))
+        Err(_) => lookup(rootfs, "etc/passwd", u)?.ok_or_else(|| OciError::UnknownUser {
+            name: u.to_string(),
         })?,
     };
     let gid = match g {
         None => primary_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => lookup(rootfs, "etc/group", g)
+            Err(_) => lookup(rootfs, "etc/group", g)?
                 .map(|(gid, _)| gid)
-                .ok_or_else(|| {
-                    OciError::User(format!("group {g:?} is not in the image's /etc/group"))
+                .ok_or_else(|| OciError::UnknownGroup {
+                    name: g.to_string(),
                 })?,
         },
     };
