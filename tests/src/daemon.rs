@@ -16,6 +16,8 @@ pub struct DaemonOptions {
     /// Reuse this directory (and its PKI and cgroup root) instead of a new
     /// one, e.g. to restart after a crash.
     pub reuse: Option<PathBuf>,
+    /// `runtime.image_unpack_limit_bytes` (auraed's default when `None`).
+    pub image_unpack_limit_bytes: Option<u64>,
 }
 
 pub struct Daemon {
@@ -84,6 +86,9 @@ impl Daemon {
             "\n[runtime]\nstate_dir = {:?}\ncgroup_root = {cgroup_root:?}\nlog_buffer_bytes = 65536\n",
             dir.join("state").display().to_string()
         ));
+        if let Some(limit) = opts.image_unpack_limit_bytes {
+            config.push_str(&format!("image_unpack_limit_bytes = {limit}\n"));
+        }
         let config_path = dir.join("auraed-run.toml");
         std::fs::write(&config_path, config).expect("config");
         let log = dir.join("auraed.log");

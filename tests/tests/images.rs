@@ -320,3 +320,86 @@ async fn an_image_rewritten_at_the_same_path_is_read_again() {
     let (_, out) = output(&d, "two-main").await;
     assert_eq!(out, "second\n");
 }
+
+fn fds_and_children(pid: u32) -> (usize, String) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    (fds, children)
+}
+
+#[tokio::test]
+async fn an_image_past_the_unpack_limit_is_refused_naming_the_layer() {
+    require_root!();
+    let d = Daemon::start_with(aurae_tests::DaemonOptions {
+        image_unpack_limit_bytes: Some(4 << 20),
+        ..Default::default()
+    })
+    .await;
+    // Busybox (2 MiB) fits under the limit.
+    let fits = image::write_layout(
+        &d.dir.join("fits"),
+        &[image::busybox_layer()],
+        &ImageConfig::default(),
+    );
+    run_image(&d, "fits", &fits, None)
+        .await
+        .expect("an image under the limit");
+    let (st, out) = output(&d, "fits-main").await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    let before = fds_and_children(d.pid());
+
+    // A gzip layer of a few KiB that expands to 16 MiB of zeros.
+    let zeros = vec![0u8; 16 << 20];
+    let bomb = image::files_layer(&[("zeros", &zeros[..])]);
+    let bomb_gz = image::gzip(&bomb);
+    assert!(bomb_gz.len() < 256 << 10, "{}", bomb_gz.len());
+    use sha2::Digest as _;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bomb_gz)));
+    let big = image::write_layout(
+        &d.dir.join("big"),
+        &[image::busybox_layer(), bomb],
+        &ImageConfig::default(),
+    );
+    for attempt in 0..2 {
+        let e = run_image(&d, "big", &big, None)
+            .await
+            .expect_err("past the limit");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().starts_with(&format!(
+                "image: layer {digest}: the unpacked image crosses the limit of 4194304 bytes"
+            )),
+            "attempt {attempt}: {}",
+            e.message()
+        );
+        assert_clean(&d, "big");
+    }
+
+    // A whiteout of "..": refused, naming the entry.
+    let dotdot = image::write_layout(
+        &d.dir.join("dotdot"),
+        &[
+            image::busybox_layer(),
+            image::files_layer(&[("bin/.wh...", b"")]),
+        ],
+        &ImageConfig::default(),
+    );
+    let e = run_image(&d, "dotdot", &dotdot, None)
+        .await
+        .expect_err("whiteout of ..");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("bin/.wh..."), "{}", e.message());
+    assert_clean(&d, "dotdot");
+
+    // Only the image that fits is cached; nothing else leaked.
+    let cached: Vec<_> = std::fs::read_dir(d.dir.join("state/images"))
+        .expect("cache")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(fds_and_children(d.pid()), before);
+}
