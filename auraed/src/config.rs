@@ -237,4 +237,34 @@ mod tests {
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.starts_with("server.vsock_port:"), "{err}");
     }
+
+    #[test]
+    fn the_image_unpack_limit_has_a_default_and_a_floor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "x").expect("write");
+        let path = dir.path().join("auraed.toml");
+        let p = pem.display();
+        let auth = format!("[auth]\nca_crt='{p}'\nserver_crt='{p}'\nserver_key='{p}'\n");
+        std::fs::write(&path, &auth).expect("write");
+        let cfg = Config::load(&path).expect("defaults");
+        assert_eq!(cfg.runtime.image_unpack_limit_bytes, 4 << 30);
+        std::fs::write(
+            &path,
+            format!("{auth}[runtime]\nimage_unpack_limit_bytes = 8388608\n"),
+        )
+        .expect("write");
+        let cfg = Config::load(&path).expect("set");
+        assert_eq!(cfg.runtime.image_unpack_limit_bytes, 8 << 20);
+        std::fs::write(
+            &path,
+            format!("{auth}[runtime]\nimage_unpack_limit_bytes = 1000\n"),
+        )
+        .expect("write");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with("runtime.image_unpack_limit_bytes:"),
+            "{err}"
+        );
+    }
 }
