@@ -89,7 +89,8 @@ pub struct RuntimeSection {
     /// The most an image's unpack may write into the image cache (file
     /// contents plus 512 bytes per entry, over all layers); an image that
     /// needs more is refused, naming the layer that crossed it. The free
-    /// space of the cache's file system (less 256 MiB) bounds it too.
+    /// space of the cache's file system (less 5% of it, at most 256 MiB) bounds
+    /// it too.
     #[serde(default = "default_image_unpack_limit")]
     pub image_unpack_limit_bytes: u64,
 }

@@ -18,8 +18,15 @@ pub const DOCUMENT_CAP: u64 = 4 << 20;
 /// header), so that millions of empty files are bounded too.
 pub const ENTRY_COST: u64 = 512;
 
-/// Free space an unpack leaves to the host.
+/// Free space an unpack leaves to the host: 5% of the file system, at
+/// most this much (so that a small file system, such as a guest's tmpfs,
+/// is not all reserve).
 pub const FREE_SPACE_RESERVE: u64 = 256 << 20;
+
+/// The reserve of a file system of `total` bytes.
+fn reserve(total: u64) -> u64 {
+    (total / 20).min(FREE_SPACE_RESERVE)
+}
 
 /// Reads the file at `path` (a `what`), refusing one larger than `cap`.
 pub fn read_capped(what: &'static str, path: &Path, cap: u64) -> Result<Vec<u8>, OciError> {
@@ -59,7 +66,11 @@ enum Bound {
     /// The configured limit.
     Configured,
     /// The free space of `dir`'s file system, below the configured limit.
-    FreeSpace { dir: PathBuf, free: u64 },
+    FreeSpace {
+        dir: PathBuf,
+        free: u64,
+        reserve: u64,
+    },
 }
 
 /// The bytes an unpack may still write.
@@ -81,25 +92,26 @@ impl Budget {
     }
 
     /// A budget of `limit` bytes, or of the free space of `dir`'s file
-    /// system less [`FREE_SPACE_RESERVE`] when that is smaller. Fails when
-    /// there is no free space beyond the reserve.
+    /// system less a reserve when that is smaller. Fails when there is no
+    /// free space beyond the reserve.
     pub fn for_dir(limit: u64, dir: &Path) -> Result<Self, OciError> {
         let st = nix::sys::statvfs::statvfs(dir).map_err(|source| OciError::FreeSpace {
             path: dir.to_path_buf(),
             source,
         })?;
         let free = st.blocks_available().saturating_mul(st.fragment_size());
-        Self::with_free(limit, dir, free)
+        let total = st.blocks().saturating_mul(st.fragment_size());
+        Self::with_free(limit, dir, free, reserve(total))
     }
 
-    fn with_free(limit: u64, dir: &Path, free: u64) -> Result<Self, OciError> {
-        let usable = free.saturating_sub(FREE_SPACE_RESERVE);
+    fn with_free(limit: u64, dir: &Path, free: u64, reserve: u64) -> Result<Self, OciError> {
+        let usable = free.saturating_sub(reserve);
         if usable == 0 {
             return Err(OciError::NoSpace {
                 layer: None,
                 path: dir.to_path_buf(),
                 free,
-                reserve: FREE_SPACE_RESERVE,
+                reserve,
             });
         }
         if usable >= limit {
@@ -111,6 +123,7 @@ impl Budget {
             bound: Bound::FreeSpace {
                 dir: dir.to_path_buf(),
                 free,
+                reserve,
             },
         })
     }
@@ -125,11 +138,11 @@ impl Budget {
                     layer: layer.to_string(),
                     limit: self.limit,
                 },
-                Bound::FreeSpace { dir, free } => OciError::NoSpace {
+                Bound::FreeSpace { dir, free, reserve } => OciError::NoSpace {
                     layer: Some(layer.to_string()),
                     path: dir.clone(),
                     free: *free,
-                    reserve: FREE_SPACE_RESERVE,
+                    reserve: *reserve,
                 },
             });
         }
@@ -150,7 +163,8 @@ mod tests {
     #[test]
     fn the_smaller_of_limit_and_free_space_bounds_the_budget() {
         let dir = Path::new("/cache");
-        let mut b = Budget::with_free(1000, dir, FREE_SPACE_RESERVE + 10_000).expect("budget");
+        let r = FREE_SPACE_RESERVE;
+        let mut b = Budget::with_free(1000, dir, r + 10_000, r).expect("budget");
         b.charge("l1", 600).expect("within");
         let e = b.charge("l2", 401).expect_err("crosses the limit");
         assert!(
@@ -160,13 +174,17 @@ mod tests {
         assert_eq!(b.used(), 600, "a refused charge is not counted");
         b.charge("l2", 400).expect("exactly the limit");
 
-        let mut b = Budget::with_free(1 << 40, dir, FREE_SPACE_RESERVE + 100).expect("budget");
+        let mut b = Budget::with_free(1 << 40, dir, r + 100, r).expect("budget");
         let e = b.charge("l3", 101).expect_err("crosses the free space");
         assert!(matches!(e, OciError::NoSpace { layer: Some(_), .. }), "{e}");
         assert!(e.to_string().contains("/cache"), "{e}");
 
-        let e = Budget::with_free(1000, dir, FREE_SPACE_RESERVE).expect_err("no space");
+        let e = Budget::with_free(1000, dir, r, r).expect_err("no space");
         assert!(matches!(e, OciError::NoSpace { layer: None, .. }), "{e}");
+
+        // 5% of a small file system, 256 MiB of a large one.
+        assert_eq!(reserve(100 << 20), 5 << 20);
+        assert_eq!(reserve(1 << 40), FREE_SPACE_RESERVE);
     }
 
     #[test]
