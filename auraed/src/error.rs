@@ -20,9 +20,57 @@ pub enum ApiError {
     /// A resource of the host ran out (e.g. the disk of the image cache).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A system call of auraed's own failed: INTERNAL, or
+    /// RESOURCE_EXHAUSTED where the host ran out of something (memory,
+    /// file descriptors, processes, disk).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A process or cgroup that did not go away when told to.
+    #[error("{0}")]
+    Stuck(String),
+}
+
+/// The most of a message a status carries: an error about a huge field
+/// still fits in gRPC trailers (whose limit is 8 KiB by default).
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `text` cut at a character boundary to [`MAX_MESSAGE`] bytes.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 32;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = text.len();
+        text.truncate(end);
+        text.push_str(&format!("... ({total} bytes)"));
+    }
+    text
+}
+
+/// Whether an errno says the host ran out of something.
+fn exhausted(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EAGAIN | libc::EDQUOT
+        )
+    )
 }
 
 impl ApiError {
+    /// A failed system call of auraed's own, and what it was for.
+    pub fn io(what: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
+        ApiError::Io {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ApiError::InvalidArgument {
             field: field.into(),
@@ -33,7 +81,7 @@ impl ApiError {
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        let msg = e.to_string();
+        let msg = bounded(e.to_string());
         match e {
             ApiError::InvalidArgument { .. } => tonic::Status::invalid_argument(msg),
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
@@ -43,6 +91,10 @@ impl From<ApiError> for tonic::Status {
             ApiError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
             ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
+            ApiError::Io { source, .. } if exhausted(&source) => {
+                tonic::Status::resource_exhausted(msg)
+            }
+            ApiError::Io { .. } | ApiError::Stuck(_) => tonic::Status::internal(msg),
         }
     }
 }
@@ -57,5 +109,36 @@ impl From<crate::cgroup::CgroupError> for ApiError {
             C::Exists(_) => ApiError::AlreadyExists(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_message_is_cut_to_fit_in_trailers() {
+        let status: tonic::Status = ApiError::NotFound("\u{e9}".repeat(1 << 20)).into();
+        assert!(
+            status.message().len() <= MAX_MESSAGE,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().ends_with("(2097152 bytes)"));
+    }
+
+    #[test]
+    fn io_failures_are_classified_once() {
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let status: tonic::Status = ApiError::io("writing x", enospc).into();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().starts_with("writing x: "),
+            "{}",
+            status.message()
+        );
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        let status: tonic::Status = ApiError::io("reading y", eio).into();
+        assert_eq!(status.code(), tonic::Code::Internal);
     }
 }

@@ -60,27 +60,36 @@ pub enum Placement {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ApiError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| ApiError::Internal(format!("pipe: {e}")))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ApiError::io("creating a pipe", e))
 }
 
 /// Turns a spawn failure into an error that names the request field.
 fn spawn_error(e: SpawnError, spec: &ProcessSpec, field: &str) -> ApiError {
-    let cmd = spec.command.first().cloned().unwrap_or_default();
+    let cmd = crate::validation::shown(spec.command.first().map(String::as_str).unwrap_or(""));
     match (e.stage(), e.errno()) {
         (Some(SpawnStage::Exec), Some(libc::ENOENT)) => {
-            ApiError::NotFound(format!("{field}.command: {cmd:?} was not found"))
+            ApiError::NotFound(format!("{field}.command: {cmd} was not found"))
         }
         (Some(SpawnStage::Exec), Some(libc::EACCES)) => ApiError::FailedPrecondition(format!(
-            "{field}.command: {cmd:?} is not executable (permission denied)"
+            "{field}.command: {cmd} is not executable (permission denied)"
         )),
         (Some(SpawnStage::Exec), Some(libc::ENOEXEC)) => ApiError::FailedPrecondition(format!(
-            "{field}.command: {cmd:?} is not a valid executable format"
+            "{field}.command: {cmd} is not a valid executable format"
         )),
         (Some(SpawnStage::Chdir), _) => ApiError::NotFound(format!("{field}.cwd: {e}")),
         (Some(SpawnStage::Uid), _) => ApiError::invalid(format!("{field}.uid"), e.to_string()),
         (Some(SpawnStage::Gid), _) => ApiError::invalid(format!("{field}.gid"), e.to_string()),
-        _ => ApiError::Internal(e.to_string()),
+        (Some(SpawnStage::Exec), Some(libc::E2BIG)) => ApiError::invalid(
+            format!("{field}.args"),
+            "the arguments and environment are too large for execve",
+        ),
+        _ => {
+            let what = match e.stage() {
+                Some(stage) => format!("starting {cmd}: {}", stage.describe()),
+                None => format!("preparing to start {cmd}"),
+            };
+            ApiError::io(what, e.into_source())
+        }
     }
 }
 
@@ -97,7 +106,7 @@ impl Executable {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let devnull: OwnedFd = std::fs::File::open("/dev/null")
-            .map_err(|e| ApiError::Internal(format!("/dev/null: {e}")))?
+            .map_err(|e| ApiError::io("opening /dev/null", e))?
             .into();
         let (cell, host_cgroup) = match &placement {
             Placement::Cell(c) => (Some(c.clone()), None),
@@ -146,15 +155,14 @@ impl Executable {
         .map_err(|e| spawn_error(e, &spec, field))?;
 
         let pidfd = Arc::new(
-            pidfd::watch(spawned.pidfd)
-                .map_err(|e| ApiError::Internal(format!("watching pidfd: {e}")))?,
+            pidfd::watch(spawned.pidfd).map_err(|e| ApiError::io("watching the pidfd", e))?,
         );
         let logs = Arc::new(LogBuffer::new(log_bytes));
         let (exit_tx, exit_rx) = watch::channel(None);
         let out = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
-            .map_err(|e| ApiError::Internal(format!("stdout pipe: {e}")))?;
+            .map_err(|e| ApiError::io("reading the stdout pipe", e))?;
         let err = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
-            .map_err(|e| ApiError::Internal(format!("stderr pipe: {e}")))?;
+            .map_err(|e| ApiError::io("reading the stderr pipe", e))?;
         let exe = Arc::new(Executable {
             id,
             cell: cell.as_ref().map(|c| c.name.clone()),
@@ -230,7 +238,7 @@ impl Executable {
 
     pub fn signal(&self, signal: Signal) -> Result<(), ApiError> {
         pidfd::send_signal(self.pidfd.get_ref(), signal)
-            .map_err(|e| ApiError::Internal(format!("signalling {}: {e}", self.id)))
+            .map_err(|e| ApiError::io(format!("signalling {}", self.id), e))
     }
 
     /// Sends `signal`, waits up to `grace`, then kills.
@@ -245,7 +253,7 @@ impl Executable {
         self.signal(Signal::SIGKILL)?;
         tokio::time::timeout(Duration::from_secs(10), self.wait())
             .await
-            .map_err(|_| ApiError::Internal(format!("{} did not exit after SIGKILL", self.id)))
+            .map_err(|_| ApiError::Stuck(format!("{} did not exit after SIGKILL", self.id)))
     }
 }
 

@@ -51,9 +51,8 @@ impl Runtime {
     /// Sets up auraed's cgroup root and state directory and removes cells
     /// left behind by a previous run.
     pub fn new(cfg: RuntimeConfig) -> Result<Self, ApiError> {
-        std::fs::create_dir_all(cfg.state_dir.join("cells")).map_err(|e| {
-            ApiError::Internal(format!("state directory {}: {e}", cfg.state_dir.display()))
-        })?;
+        std::fs::create_dir_all(cfg.state_dir.join("cells"))
+            .map_err(|e| ApiError::io(format!("state directory {}", cfg.state_dir.display()), e))?;
         let hierarchy = Hierarchy::open(&cfg.cgroup_root);
         let removed = crate::cells::clean_leftovers(hierarchy.as_ref().ok(), &cfg.state_dir);
         for r in &removed {
@@ -290,7 +289,7 @@ impl Runtime {
                 for e in self.registry.executables_in(&c.name) {
                     tokio::time::timeout(Duration::from_secs(10), e.wait())
                         .await
-                        .map_err(|_| ApiError::Internal(format!("{} did not exit", e.id)))?;
+                        .map_err(|_| ApiError::Stuck(format!("{} did not exit", e.id)))?;
                 }
             }
         }

@@ -171,7 +171,7 @@ fn refuse_hidden(writable: &[PathBuf], hidden: &[PathBuf]) -> Result<(), ApiErro
 }
 
 fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
-    move |e| ApiError::Internal(format!("{what}: {e}"))
+    move |e| ApiError::io(what, e)
 }
 
 struct Parts {
@@ -299,9 +299,7 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
         Ok(fd) => fd,
         Err(e) => {
             undo.init = Some(init_pidfd);
-            return Err(ApiError::Internal(format!(
-                "duplicating the init's pidfd: {e}"
-            )));
+            return Err(ApiError::io("duplicating the init's pidfd", e));
         }
     };
     undo.disarm();
@@ -326,7 +324,7 @@ impl Cell {
             crate::blocking::run("cell task", move || create_blocking(&spec2, &ctx)).await??;
         let (exit_tx, exit_rx) = watch::channel(false);
         let init = pidfd::watch(parts.init_pidfd)
-            .map_err(|e| ApiError::Internal(format!("watching the cell's init: {e}")))?;
+            .map_err(|e| ApiError::io("watching the cell's init", e))?;
         tokio::spawn(async move {
             loop {
                 match init.readable().await {
@@ -426,7 +424,7 @@ impl Cell {
         }
         self.cgroup.kill()?;
         if !self.wait_init_exit(Duration::from_secs(10)).await {
-            return Err(ApiError::Internal(format!(
+            return Err(ApiError::Stuck(format!(
                 "cell {}: init did not exit after cgroup.kill",
                 self.name
             )));
@@ -439,15 +437,18 @@ impl Cell {
     pub async fn destroy(&self) -> Result<(), ApiError> {
         self.stopped.store(true, Ordering::SeqCst);
         let cg = self.cgroup.clone();
-        let _ = self.cgroup.kill();
+        if let Err(e) = self.cgroup.kill() {
+            // remove() kills again, and reports what is left.
+            tracing::warn!("cell {}: cgroup.kill: {e}", self.name);
+        }
         self.wait_init_exit(Duration::from_secs(10)).await;
-        tokio::task::spawn_blocking(move || cg.remove(Duration::from_secs(10)))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        crate::blocking::run("cell cgroup removal", move || {
+            cg.remove(Duration::from_secs(10))
+        })
+        .await??;
         let dir = self.state_dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+        crate::blocking::run("cell state removal", move || std::fs::remove_dir_all(&dir))
+            .await?
             .or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Ok(())
@@ -455,9 +456,7 @@ impl Cell {
                     Err(e)
                 }
             })
-            .map_err(|e| {
-                ApiError::Internal(format!("removing {}: {e}", self.state_dir.display()))
-            })?;
+            .map_err(|e| ApiError::io(format!("removing {}", self.state_dir.display()), e))?;
         Ok(())
     }
 

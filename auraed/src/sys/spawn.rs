@@ -95,7 +95,7 @@ impl SpawnStage {
         .unwrap_or(Unknown)
     }
 
-    fn describe(self) -> &'static str {
+    pub fn describe(self) -> &'static str {
         match self {
             SpawnStage::Clone => "clone3",
             SpawnStage::Fds => "setting up stdio",
@@ -128,6 +128,12 @@ impl SpawnError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             SpawnError::Child { source, .. } | SpawnError::Prepare(source) => source.raw_os_error(),
+        }
+    }
+    /// The system call's error.
+    pub fn into_source(self) -> io::Error {
+        match self {
+            SpawnError::Child { source, .. } | SpawnError::Prepare(source) => source,
         }
     }
     pub fn stage(&self) -> Option<SpawnStage> {
