@@ -11,6 +11,23 @@ use crate::bootparams::BootParams;
 
 pub const CONFIG: &str = "/etc/aurae/auraed.toml";
 
+/// The parameters of a cell-backed instance: a cell has no kernel command
+/// line of its own (`/proc/cmdline` is the host's), so the parent writes
+/// the same `aurae.*` words here, in the instance's overlay.
+pub const CELL_PARAMS: &str = "/etc/aurae/bootparams";
+
+/// The `aurae.*` parameters: from [`CELL_PARAMS`] in a cell, else from the
+/// kernel command line.
+fn params_text() -> anyhow::Result<String> {
+    match std::fs::read_to_string(CELL_PARAMS) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {CELL_PARAMS}")),
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -19,8 +36,7 @@ pub fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
-    let params = BootParams::parse(&cmdline).map_err(anyhow::Error::msg)?;
+    let params = BootParams::parse(&params_text()?).map_err(anyhow::Error::msg)?;
     let mut cfg = auraed::config::Config::load(std::path::Path::new(CONFIG))
         .with_context(|| format!("loading the instance identity and config ({CONFIG})"))?;
     let ip = params

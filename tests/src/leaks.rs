@@ -66,9 +66,16 @@ impl Snapshot {
         }
     }
 
-    /// Panics, naming what differs, unless `d` holds what it held then.
+    /// Panics, naming what differs, unless `d` holds what it held then,
+    /// within 3 s (the daemon refills its pool of ready namespaces after a
+    /// cell starts, in the background).
     pub fn assert_unchanged(&self, d: &Daemon) {
-        let now = Snapshot::of(d);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut now = Snapshot::of(d);
+        while now != *self && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            now = Snapshot::of(d);
+        }
         assert_eq!(now.mounts, self.mounts, "mounts");
         assert_eq!(now.cgroups, self.cgroups, "cgroups");
         assert_eq!(now.state_dirs, self.state_dirs, "state dirs");

@@ -127,7 +127,7 @@ pub fn run() -> anyhow::Result<()> {
         .await
         .context("RunCell in the instance")?;
         print_output(&mut gc, "inside-main").await?;
-        let spawn = c.spawn(pb::SpawnRequest { name: "demo-instance".into(), vcpus: 1, memory_mib: 256, nested: false }).await;
+        let spawn = c.spawn(pb::SpawnRequest { name: "demo-instance".into(), vcpus: 1, memory_mib: 256, ..Default::default() }).await;
         if let Err(e) = spawn {
             println!("==> note: the Spawn RPC itself is not served yet ({:?}: {}); the demo booted the instance directly", e.code(), e.message());
         }

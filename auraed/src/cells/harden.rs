@@ -229,6 +229,19 @@ impl Plan {
         Ok(())
     }
 
+    /// `host` bound read-only at `target` (made as a folder first).
+    pub(super) fn read_only_bind(&mut self, host: &Path, target: &Path) -> Result<(), PlanError> {
+        self.push(
+            InitOp::Mkdir(cpath(target)?, 0o755),
+            format!("creating {}", target.display()),
+        );
+        let op = self.bind(host, target, true)?;
+        self.push(op, format!("binding {}", host.display()));
+        let op = Self::remount_read_only(target, NODEV)?;
+        self.push(op, format!("making {} read-only", target.display()));
+        Ok(())
+    }
+
     /// A private devpts instance at `<dev>/pts`, with `<dev>/ptmx` leading
     /// to it.
     pub(super) fn devpts(&mut self, dev: &Path) -> Result<(), PlanError> {

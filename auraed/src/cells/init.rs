@@ -182,11 +182,17 @@ impl Plan {
             )?,
             Root::HostReadOnly { at, hidden } => {
                 plan.host_root_read_only(at, hidden, &sec.writable_paths)?;
-                plan.own_root(at, true, kernel_fs, &sec.devices)?;
+                plan.own_root(at, true, kernel_fs, &sec.devices, &sec.read_only_binds)?;
             }
             Root::Image { at, overlay } => {
                 plan.image_root(at, overlay.as_ref())?;
-                plan.own_root(at, overlay.is_none(), kernel_fs, &sec.devices)?;
+                plan.own_root(
+                    at,
+                    overlay.is_none(),
+                    kernel_fs,
+                    &sec.devices,
+                    &sec.read_only_binds,
+                )?;
             }
         }
         Ok(plan)
@@ -263,6 +269,7 @@ impl Plan {
         fresh_dev: bool,
         kernel_fs: KernelFs,
         devices: &[PathBuf],
+        binds: &[(PathBuf, PathBuf)],
     ) -> Result<(), PlanError> {
         self.kernel_fs(rootfs, kernel_fs)?;
         self.mount(
@@ -285,6 +292,9 @@ impl Plan {
         )?;
         self.devpts(&dev)?;
         self.devices(&dev, devices)?;
+        for (host, inside) in binds {
+            self.read_only_bind(host, &rootfs.join(inside.strip_prefix("/").unwrap_or(inside)))?;
+        }
         self.push(
             InitOp::Chdir(cpath(rootfs)?),
             "entering the root filesystem",

@@ -48,6 +48,29 @@ pub struct Security {
     pub delegate_cgroup: bool,
     /// The sysctls of the cell's own network namespace are writable.
     pub net_sysctls: bool,
+    /// Every capability, with the mounts still sealed: a spawned auraed's
+    /// cell (set by auraed, never by a request).
+    pub all_caps: bool,
+    /// Host folders bound read-only into the cell: (host path, path inside).
+    pub read_only_binds: Vec<(PathBuf, PathBuf)>,
+}
+
+/// A file written into a cell's writable layer before it starts.
+#[derive(Debug, Clone)]
+pub struct SeedFile {
+    /// Relative to the cell's root.
+    pub path: PathBuf,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+/// A root filesystem already unpacked (a spawned instance's image), used
+/// as the read-only lower layer of the cell's overlay, with files of the
+/// cell's own on top.
+#[derive(Debug, Clone)]
+pub struct PreparedRoot {
+    pub lower: PathBuf,
+    pub files: Vec<SeedFile>,
 }
 
 /// A validated cell request.
@@ -59,6 +82,8 @@ pub struct CellSpec {
     pub jailed: bool,
     pub image: Option<PathBuf>,
     pub security: Security,
+    /// Instead of an image: a root made by auraed (never by a request).
+    pub prepared_root: Option<PreparedRoot>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +178,27 @@ impl Drop for Undo {
     }
 }
 
+/// Writes the seed files into a cell's writable layer.
+fn seed(upper: &Path, files: &[SeedFile]) -> Result<(), ApiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    for f in files {
+        let path = upper.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ApiError::io(format!("creating {}", parent.display()), e))?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(f.mode)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&f.contents))
+            .map_err(|e| ApiError::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
 /// A writable path may not uncover auraed's own files.
 fn refuse_hidden(writable: &[PathBuf], hidden: &[PathBuf]) -> Result<(), ApiError> {
     for (i, path) in writable.iter().enumerate() {
@@ -209,6 +255,13 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
         }
         None => None,
     };
+    if let Some(prepared) = &spec.prepared_root {
+        for dir in ["rootfs", "upper", "work"] {
+            std::fs::create_dir(state_dir.join(dir))
+                .map_err(internal("creating the cell's root filesystem"))?;
+        }
+        seed(&state_dir.join("upper"), &prepared.files)?;
+    }
     let image = cached.as_ref().map(|c| c.defaults.clone());
     let cgroup = ctx.hierarchy.create_cell(&spec.name, &spec.limits)?;
     undo.cgroup = Some(cgroup.clone());
@@ -239,8 +292,16 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
             }
         }
     }
-    let root = match &cached {
-        Some(c) => init::Root::Image {
+    let root = match (&cached, &spec.prepared_root) {
+        (None, Some(prepared)) => init::Root::Image {
+            at: rootfs.clone(),
+            overlay: Some(init::Overlay {
+                lower: prepared.lower.clone(),
+                upper: state_dir.join("upper"),
+                work: state_dir.join("work"),
+            }),
+        },
+        (Some(c), _) => init::Root::Image {
             at: rootfs.clone(),
             overlay: Some(init::Overlay {
                 lower: c.rootfs.clone(),
@@ -248,7 +309,7 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
                 work: state_dir.join("work"),
             }),
         },
-        None if spec.jailed => {
+        (None, None) if spec.jailed => {
             refuse_hidden(&spec.security.writable_paths, &ctx.hidden)?;
             std::fs::create_dir(&rootfs)
                 .map_err(internal("creating the cell's root mount point"))?;
@@ -257,7 +318,7 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
                 hidden: ctx.hidden.clone(),
             }
         }
-        None => init::Root::Host,
+        (None, None) => init::Root::Host,
     };
     let config = InitConfig {
         name: spec.name.clone(),
@@ -344,7 +405,7 @@ impl Cell {
             name: spec.name,
             cgroup: parts.cgroup,
             jailed: spec.jailed,
-            privileged: spec.security.privileged,
+            privileged: spec.security.privileged || spec.security.all_caps,
             image: parts.image,
             state_dir: parts.state_dir,
             init_pid: parts.init_pid,

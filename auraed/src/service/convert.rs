@@ -188,6 +188,7 @@ pub fn cell_spec(r: &pb::RunCellRequest) -> Result<CellSpec, ApiError> {
         jailed: r.jailed,
         image,
         security,
+        prepared_root: None,
     })
 }
 
@@ -294,6 +295,8 @@ fn security(
         devices,
         delegate_cgroup: r.delegate_cgroup,
         net_sysctls: r.net_sysctls,
+        all_caps: false,
+        read_only_binds: Vec::new(),
     })
 }
 
@@ -374,6 +377,7 @@ pub fn executable_status(e: &Executable) -> pb::WorkloadStatus {
         command: e.command.clone(),
         executables: vec![],
         cgroup: String::new(),
+        instance: None,
     }
 }
 
