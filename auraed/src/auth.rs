@@ -1,12 +1,14 @@
 //! Authorization by SPIFFE ID: the client's certificate was already verified
 //! against the CA by TLS; here its SPIFFE ID is checked against the config's
-//! allow-list. Anyone else gets PERMISSION_DENIED.
+//! allow-list. Anyone else gets PERMISSION_DENIED. The chain comes from
+//! the connection's [`PeerCertificates`], set by [`crate::tls_accept`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
+
+use crate::tls_accept::PeerCertificates;
 
 #[derive(Clone)]
 pub struct SpiffeAuthz {
@@ -44,18 +46,11 @@ impl SpiffeAuthz {
 
 impl tonic::service::Interceptor for SpiffeAuthz {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let ext = request.extensions();
-        let certs = ext
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .or_else(|| {
-                ext.get::<TlsConnectInfo<UdsConnectInfo>>()
-                    .and_then(|i| i.peer_certs())
-            })
-            .or_else(|| {
-                ext.get::<TlsConnectInfo<tokio_vsock::VsockConnectInfo>>()
-                    .and_then(|i| i.peer_certs())
-            });
+        // Set by crate::tls_accept on every mTLS listener.
+        let certs = request
+            .extensions()
+            .get::<PeerCertificates>()
+            .and_then(|p| p.certs.clone());
         let id = self.check(certs)?;
         tracing::debug!(client = %id, "authorized");
         Ok(request)

@@ -6,6 +6,10 @@
 //! tcp = "[::1]:7443"                 # optional; always mTLS
 //! vsock_port = 7443                  # optional, in a VM; always mTLS
 //! insecure_socket = false            # serve the socket without TLS
+//! tls_handshake_timeout_ms = 10000   # a TLS handshake not done by then is dropped
+//! tls_max_handshakes = 64            # connections in TLS handshake at once, over
+//!                                    # all listeners; more wait unaccepted in
+//!                                    # the kernel's listen backlog
 //!
 //! [auth]
 //! ca_crt = "/etc/aurae/pki/ca.crt"
@@ -65,7 +69,22 @@ pub struct ServerSection {
     pub vsock_port: Option<u32>,
     #[serde(default)]
     pub insecure_socket: bool,
+    /// A TLS handshake not finished within this many milliseconds is
+    /// dropped, so a client that connects and stalls holds no file
+    /// descriptor for long.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub tls_handshake_timeout_ms: u64,
+    /// How many connections, over all listeners, may be in TLS handshake at
+    /// once. While that many are, auraed accepts no more: they wait in the
+    /// kernel's listen backlog, holding none of auraed's file descriptors.
+    #[serde(default = "default_max_handshakes")]
+    pub tls_max_handshakes: usize,
 }
+
+/// Bounds of `server.tls_handshake_timeout_ms`.
+const HANDSHAKE_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=300_000;
+/// Bounds of `server.tls_max_handshakes`.
+const MAX_HANDSHAKES: std::ops::RangeInclusive<usize> = 1..=65_536;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +117,12 @@ pub struct RuntimeSection {
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_handshakes() -> usize {
+    64
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/aurae")
 }
@@ -118,6 +143,8 @@ impl Default for ServerSection {
             tcp: None,
             vsock_port: None,
             insecure_socket: false,
+            tls_handshake_timeout_ms: default_handshake_timeout_ms(),
+            tls_max_handshakes: default_max_handshakes(),
         }
     }
 }
@@ -181,6 +208,26 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "server.vsock_port",
                 reason: "4294967295 is VMADDR_PORT_ANY, not a port".into(),
+            });
+        }
+        if !HANDSHAKE_TIMEOUT_MS.contains(&self.server.tls_handshake_timeout_ms) {
+            return Err(ConfigError::Invalid {
+                field: "server.tls_handshake_timeout_ms",
+                reason: format!(
+                    "must be between {} and {}",
+                    HANDSHAKE_TIMEOUT_MS.start(),
+                    HANDSHAKE_TIMEOUT_MS.end()
+                ),
+            });
+        }
+        if !MAX_HANDSHAKES.contains(&self.server.tls_max_handshakes) {
+            return Err(ConfigError::Invalid {
+                field: "server.tls_max_handshakes",
+                reason: format!(
+                    "must be between {} and {}",
+                    MAX_HANDSHAKES.start(),
+                    MAX_HANDSHAKES.end()
+                ),
             });
         }
         if self.runtime.log_buffer_bytes < 1024 || self.runtime.log_buffer_bytes > 1 << 30 {
@@ -267,5 +314,30 @@ mod tests {
             err.starts_with("runtime.image_unpack_limit_bytes:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn handshake_limits_default_and_out_of_range_values_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "x").expect("write");
+        let path = dir.path().join("auraed.toml");
+        let p = pem.display();
+        let auth = format!("[auth]\nca_crt='{p}'\nserver_crt='{p}'\nserver_key='{p}'\n");
+        std::fs::write(&path, &auth).expect("write");
+        let cfg = Config::load(&path).expect("defaults");
+        assert_eq!(cfg.server.tls_handshake_timeout_ms, 10_000);
+        assert_eq!(cfg.server.tls_max_handshakes, 64);
+        for (line, field) in [
+            (
+                "tls_handshake_timeout_ms = 0",
+                "server.tls_handshake_timeout_ms:",
+            ),
+            ("tls_max_handshakes = 0", "server.tls_max_handshakes:"),
+        ] {
+            std::fs::write(&path, format!("[server]\n{line}\n{auth}")).expect("write");
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{err}");
+        }
     }
 }

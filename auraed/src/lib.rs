@@ -22,4 +22,5 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod sys;
+pub mod tls_accept;
 pub mod validation;

@@ -1,5 +1,7 @@
 //! Serving the API: the Runtime service, gRPC health and reflection, on a
-//! Unix socket and optionally TCP, with mTLS and SPIFFE authorization.
+//! Unix socket and optionally TCP and vsock, with mTLS and SPIFFE
+//! authorization. TLS is accepted by [`crate::tls_accept`] (with a
+//! handshake deadline and a bound), not by tonic.
 
 use std::future::Future;
 use std::path::Path;
@@ -8,12 +10,13 @@ use std::sync::Arc;
 use aurae_proto::runtime::runtime_server::RuntimeServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::InterceptorLayer;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::auth::SpiffeAuthz;
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::service::RuntimeService;
+use crate::tls_accept::{HandshakeLimits, TlsAcceptor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -22,8 +25,8 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("setting up TLS: {0}")]
+    Tls(#[from] crate::tls_accept::TlsSetupError),
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -33,18 +36,16 @@ pub enum ServeError {
 /// How long open connections may take to finish after shutdown starts.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::Io {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-fn tls_config(cfg: &Config) -> Result<ServerTlsConfig, ServeError> {
-    let identity = Identity::from_pem(read(&cfg.auth.server_crt)?, read(&cfg.auth.server_key)?);
-    Ok(ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(Certificate::from_pem(read(&cfg.auth.ca_crt)?)))
+fn tls_acceptor(cfg: &Config) -> Result<TlsAcceptor, ServeError> {
+    Ok(TlsAcceptor::from_files(
+        &cfg.auth.ca_crt,
+        &cfg.auth.server_crt,
+        &cfg.auth.server_key,
+        HandshakeLimits {
+            timeout: std::time::Duration::from_millis(cfg.server.tls_handshake_timeout_ms),
+            max_in_handshake: cfg.server.tls_max_handshakes,
+        },
+    )?)
 }
 
 /// Binds the Unix socket, replacing a stale one.
@@ -87,7 +88,7 @@ pub async fn serve(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let runtime_service = RuntimeServer::new(RuntimeService::new(runtime));
     let authz = SpiffeAuthz::new(cfg.auth.allowed_spiffe_ids.clone());
-    let tls = tls_config(cfg)?;
+    let tls = tls_acceptor(cfg)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_final = stop_rx.clone();
@@ -99,15 +100,15 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    // Every listener but an insecure socket: mTLS, and the SPIFFE check.
-    let secure = || -> Result<_, ServeError> {
-        Ok(Server::builder()
-            .tls_config(tls.clone())?
+    // Every listener but an insecure socket: mTLS (done by `tls` before
+    // tonic sees the connection), and the SPIFFE check.
+    let secure = || {
+        Server::builder()
             .layer(InterceptorLayer::new(authz.clone()))
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone())
-            .add_service(runtime_service.clone()))
+            .add_service(runtime_service.clone())
     };
     let uds = UnixListenerStream::new(bind_socket(&cfg.server.socket)?);
     type ServeFuture =
@@ -126,7 +127,11 @@ pub async fn serve(
                 .serve_with_incoming_shutdown(uds, stopped(stop_rx.clone())),
         )
     } else {
-        Box::pin(secure()?.serve_with_incoming_shutdown(uds, stopped(stop_rx.clone())))
+        let name = format!("unix:{}", cfg.server.socket.display());
+        Box::pin(
+            secure()
+                .serve_with_incoming_shutdown(tls.incoming(uds, name), stopped(stop_rx.clone())),
+        )
     };
     tracing::info!("serving on unix:{}", cfg.server.socket.display());
     let mut servers: Vec<ServeFuture> = vec![uds_server];
@@ -137,15 +142,16 @@ pub async fn serve(
                 path: addr.to_string(),
                 source,
             })?;
-        tracing::info!(
-            "serving on tcp:{}",
+        let name = format!(
+            "tcp:{}",
             listener
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
-        servers.push(Box::pin(secure()?.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+        tracing::info!("serving on {name}");
+        servers.push(Box::pin(secure().serve_with_incoming_shutdown(
+            tls.incoming(TcpListenerStream::new(listener), name),
             stopped(stop_rx.clone()),
         )));
     }
@@ -156,8 +162,8 @@ pub async fn serve(
             source,
         })?;
         tracing::info!("serving on vsock port {port}");
-        servers.push(Box::pin(secure()?.serve_with_incoming_shutdown(
-            listener.incoming(),
+        servers.push(Box::pin(secure().serve_with_incoming_shutdown(
+            tls.incoming(listener.incoming(), format!("vsock:{port}")),
             stopped(stop_rx.clone()),
         )));
     }
