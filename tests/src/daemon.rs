@@ -18,6 +18,10 @@ pub struct DaemonOptions {
     pub reuse: Option<PathBuf>,
     /// `runtime.image_unpack_limit_bytes` (auraed's default when `None`).
     pub image_unpack_limit_bytes: Option<u64>,
+    /// `[server] tls_handshake_timeout_ms`, if not the default.
+    pub handshake_timeout_ms: Option<u64>,
+    /// `[server] tls_max_handshakes`, if not the default.
+    pub max_handshakes: Option<usize>,
 }
 
 pub struct Daemon {
@@ -81,6 +85,14 @@ impl Daemon {
         });
         if let Some(addr) = &tcp {
             config = config.replacen("[server]\n", &format!("[server]\ntcp = \"{addr}\"\n"), 1);
+        }
+        if let Some(ms) = opts.handshake_timeout_ms {
+            let line = format!("[server]\ntls_handshake_timeout_ms = {ms}\n");
+            config = config.replacen("[server]\n", &line, 1);
+        }
+        if let Some(n) = opts.max_handshakes {
+            let line = format!("[server]\ntls_max_handshakes = {n}\n");
+            config = config.replacen("[server]\n", &line, 1);
         }
         config.push_str(&format!(
             "\n[runtime]\nstate_dir = {:?}\ncgroup_root = {cgroup_root:?}\nlog_buffer_bytes = 65536\n",
