@@ -48,6 +48,37 @@ pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs the PyPI package `package` with `python3 -m pip` when python3
+/// cannot import `module`. Never fails: a test that needs the module skips
+/// itself (with the reason) when it is still missing, so this only says
+/// what went wrong.
+pub fn ensure_python_module(module: &str, package: &str) {
+    let importable = || {
+        Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if importable() {
+        return;
+    }
+    println!("==> installing {package} with python3 -m pip");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", package])
+        .status();
+    match status {
+        Ok(s) if s.success() && importable() => {}
+        Ok(s) if s.success() => {
+            println!("warning: pip installed {package}, but python3 still cannot import {module}; its tests will skip")
+        }
+        Ok(s) => println!("warning: pip install {package} failed ({s}); its tests will skip"),
+        Err(e) => println!(
+            "warning: running python3 -m pip: {e}; the tests that need {package} will skip"
+        ),
+    }
+}
+
 /// Runs `cargo` with `args` in the workspace, failing on a non-zero exit.
 pub fn cargo(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<bool> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

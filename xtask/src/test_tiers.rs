@@ -152,6 +152,8 @@ fn e2e() -> anyhow::Result<Outcome> {
 }
 
 fn integration() -> anyhow::Result<Outcome> {
+    // tests/tests/grpcio_client.rs: a client in another language.
+    deps::ensure_python_module("grpc", "grpcio");
     Ok(pass_fail(run_tests(&["test", "-p", "aurae-tests"], &[])?))
 }
 
