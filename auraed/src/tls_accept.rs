@@ -306,3 +306,41 @@ impl TlsAcceptor {
         tracing::debug!(listener = %name, "no longer accepting");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HandshakeLimits {
+        HandshakeLimits {
+            timeout: Duration::from_secs(1),
+            max_in_handshake: 1,
+        }
+    }
+
+    #[test]
+    fn unreadable_or_empty_pem_files_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.crt");
+        let Err(err) = TlsAcceptor::from_files(&missing, &missing, &missing, limits()) else {
+            panic!("a missing CA was accepted");
+        };
+        assert!(matches!(
+            err,
+            TlsSetupError::Pem {
+                what: "CA certificate",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("missing.crt"), "{err}");
+        let empty = dir.path().join("empty.crt");
+        std::fs::write(&empty, "").expect("write");
+        let Err(err) = TlsAcceptor::from_files(&empty, &empty, &empty, limits()) else {
+            panic!("an empty CA was accepted");
+        };
+        assert!(
+            matches!(&err, TlsSetupError::NoCertificate { path } if path == &empty),
+            "{err}"
+        );
+    }
+}

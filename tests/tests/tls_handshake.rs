@@ -7,7 +7,22 @@ use std::time::{Duration, Instant};
 use aurae_proto::runtime as pb;
 use aurae_tests::{Daemon, DaemonOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
+
+/// A client's end of a stalled connection, Unix or TCP.
+trait Conn: tokio::io::AsyncRead + Unpin + Send {
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+impl Conn for UnixStream {
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        UnixStream::try_read(self, buf)
+    }
+}
+impl Conn for TcpStream {
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+}
 
 /// The start of a ClientHello: a TLS record header announcing 512 bytes,
 /// and a handshake header, with the rest never sent.
@@ -72,13 +87,26 @@ async fn a_stalled_handshake_is_dropped_at_the_deadline_while_others_are_served(
     let deadline = Duration::from_secs(3);
     let d = Daemon::start_with(DaemonOptions {
         handshake_timeout_ms: Some(deadline.as_millis() as u64),
+        tcp: true,
         ..Default::default()
     })
     .await;
     let opened = Instant::now();
     let mut conns = Vec::new();
     for i in 0..8 {
-        conns.push(stalled(&d, i % 2 == 1).await);
+        conns.push(Box::new(stalled(&d, i % 2 == 1).await) as Box<dyn Conn>);
+    }
+    // TCP has the same acceptor.
+    let tcp = d.tcp.clone().expect("tcp");
+    for partial_hello in [false, true] {
+        let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&tcp))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        if partial_hello {
+            s.write_all(PARTIAL_CLIENT_HELLO).await.expect("write");
+        }
+        conns.push(Box::new(s));
     }
     // A real client is served while they stall.
     list_works(&d, Duration::from_secs(2)).await;
