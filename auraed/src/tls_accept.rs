@@ -208,7 +208,8 @@ impl TlsAcceptor {
                 source,
             })?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            // TLS 1.3 only, as the README's security model says.
+            .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|source| TlsSetupError::ProtocolVersions { source })?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)

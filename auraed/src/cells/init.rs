@@ -293,7 +293,10 @@ impl Plan {
         self.devpts(&dev)?;
         self.devices(&dev, devices)?;
         for (host, inside) in binds {
-            self.read_only_bind(host, &rootfs.join(inside.strip_prefix("/").unwrap_or(inside)))?;
+            self.read_only_bind(
+                host,
+                &rootfs.join(inside.strip_prefix("/").unwrap_or(inside)),
+            )?;
         }
         self.push(
             InitOp::Chdir(cpath(rootfs)?),
