@@ -3,6 +3,16 @@
 //! Every certificate carries exactly one URI SAN `spiffe://<trust domain>/…`,
 //! a critical key usage (digitalSignature, plus keyCertSign for the CA) and
 //! the serverAuth and clientAuth extended key usages.
+//!
+//! [`delegation`] issues identities for nested auraed instances, each with
+//! an intermediate CA bound to its SPIFFE subtree; [`subtree`] verifies that
+//! binding on presented chains.
+
+pub mod delegation;
+pub mod subtree;
+
+pub use delegation::{Delegator, InstanceIdentity, HOST_PATH, MAX_DEPTH};
+pub use subtree::{check_subtree, is_under, SUBTREE_OID, SUBTREE_OID_STR};
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +43,51 @@ pub enum PkiError {
     Exists { path: PathBuf },
     #[error("{0}")]
     Invalid(String),
+    #[error("{what}: not a valid X.509 certificate: {source}")]
+    Certificate {
+        /// Which certificate, like "leaf" or "certificate 2 of the chain".
+        what: String,
+        #[source]
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
+    #[error("{what}: bad PEM: {source}")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: x509_parser::error::PEMError,
+    },
+    #[error(
+        "instance name {0:?} is not a SPIFFE path segment: use [A-Za-z0-9._-], not \".\" or \"..\""
+    )]
+    InstanceName(String),
+    /// The parent's CA has `pathLenConstraint` 0.
+    #[error("{ca} has no delegation depth left (pathLenConstraint 0): it can't issue a CA for a child instance")]
+    DelegationExhausted { ca: String },
+    #[error("remaining depth {requested} is more than {ca} can delegate: at most {max}")]
+    DelegationTooDeep { requested: u8, max: u8, ca: String },
+    /// The parent's own CA material doesn't make a delegating CA.
+    #[error("{ca} can't delegate: {reason}")]
+    NotDelegatingCa { ca: String, reason: String },
+    /// A presented intermediate CA breaks the delegation rules.
+    #[error("intermediate CA {ca}: {reason}")]
+    Intermediate { ca: String, reason: String },
+    #[error(
+        "intermediate CA {ca}: the subtree extension ({}) is not a DER UTF8String: {source}",
+        subtree::SUBTREE_OID_STR
+    )]
+    SubtreeEncoding {
+        ca: String,
+        #[source]
+        source: x509_parser::nom::Err<x509_parser::asn1_rs::Error>,
+    },
+    /// `id` (a leaf's SPIFFE ID, or a lower CA's subtree) is not `subtree`
+    /// nor under it.
+    #[error("{id} is outside {subtree}, the subtree delegated to {ca}")]
+    OutsideSubtree {
+        id: String,
+        subtree: String,
+        ca: String,
+    },
 }
 
 pub fn validate_trust_domain(td: &str) -> Result<(), PkiError> {
@@ -200,30 +255,54 @@ impl Authority {
     /// Issues an SVID for `spiffe_id`, with optional DNS and IP SANs so that
     /// TLS clients can check the server's address.
     pub fn issue(&self, spiffe_id: &str, dns: &[String], ips: &[IpAddr]) -> Result<Svid, PkiError> {
-        validate_spiffe_id(spiffe_id)?;
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, spiffe_id);
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let mut sans = vec![SanType::URI(spiffe_id.try_into()?)];
-        for d in dns {
-            sans.push(SanType::DnsName(d.as_str().try_into()?));
-        }
-        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.subject_alt_names = sans;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Svid {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        sign_svid(spiffe_id, dns, ips, &self.issuer)
     }
+}
+
+/// A new key and an SVID for it: one URI SAN, then `dns` and `ips`;
+/// critical key usage digitalSignature, serverAuth and clientAuth, cA=false.
+fn sign_svid(
+    spiffe_id: &str,
+    dns: &[String],
+    ips: &[IpAddr],
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<Svid, PkiError> {
+    validate_spiffe_id(spiffe_id)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, spiffe_id);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let mut sans = vec![SanType::URI(spiffe_id.try_into()?)];
+    for d in dns {
+        sans.push(SanType::DnsName(d.as_str().try_into()?));
+    }
+    sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names = sans;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok(Svid {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The DNS name and addresses a server SVID carries besides its SPIFFE ID,
+/// so that clients dialing (or overriding the target name to) `localhost`
+/// can check it.
+fn localhost_sans() -> ([String; 1], [IpAddr; 2]) {
+    (
+        ["localhost".to_string()],
+        [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ],
+    )
 }
 
 impl Svid {
@@ -326,11 +405,8 @@ pub fn init(
     ca.save(out, overwrite)?;
     let server_id = format!("spiffe://{trust_domain}/auraed");
     let client_id = format!("spiffe://{trust_domain}/aer");
-    let localhost = [
-        IpAddr::from([127, 0, 0, 1]),
-        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-    ];
-    ca.issue(&server_id, &["localhost".to_string()], &localhost)?
+    let (dns, ips) = localhost_sans();
+    ca.issue(&server_id, &dns, &ips)?
         .save(out, "server", overwrite)?;
     ca.issue(&client_id, &[], &[])?
         .save(out, "client", overwrite)?;
