@@ -253,3 +253,162 @@ pub(super) fn parse_cert<'a>(
         }),
     }
 }
+
+/// Standard (rustls-webpki) verification with the root as the only trust
+/// anchor, for tests.
+#[cfg(test)]
+pub(super) mod testing {
+    use std::sync::Arc;
+
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::RootCertStore;
+
+    pub fn ders(pem: &str) -> Vec<CertificateDer<'static>> {
+        super::pem_certs("test", pem).expect("pem")
+    }
+
+    fn roots(root_pem: &str) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        for root in ders(root_pem) {
+            roots.add(root).expect("root");
+        }
+        Arc::new(roots)
+    }
+
+    /// As auraed verifies a client: `chain_pem` is the leaf then the
+    /// intermediates.
+    pub fn verify_client(root_pem: &str, chain_pem: &str) -> Result<(), rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(root_pem), provider)
+            .build()
+            .expect("verifier");
+        let chain = ders(chain_pem);
+        verifier
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .map(|_| ())
+    }
+
+    /// As a client dialing `localhost` verifies a server.
+    pub fn verify_server(root_pem: &str, chain_pem: &str) -> Result<(), rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots(root_pem), provider)
+            .build()
+            .expect("verifier");
+        let chain = ders(chain_pem);
+        let name = ServerName::try_from("localhost").expect("name");
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{ders, verify_client};
+    use super::*;
+    use crate::pki::{Authority, Delegator};
+
+    #[test]
+    fn under_is_segment_wise() {
+        let a = "spiffe://td/auraed/a";
+        assert!(is_under(a, a));
+        assert!(is_under("spiffe://td/auraed/a/b", a));
+        assert!(is_under("spiffe://td/auraed/a/b/c", a));
+        assert!(is_under(a, "spiffe://td"));
+        assert!(!is_under("spiffe://td/auraed/ab", a));
+        assert!(!is_under("spiffe://td/auraed", a));
+        assert!(!is_under("spiffe://td/auraed/b", a));
+        assert!(!is_under("spiffe://tdx/auraed/a", "spiffe://td"));
+        assert!(!is_under("spiffe://td.evil/auraed/a", "spiffe://td"));
+    }
+
+    #[test]
+    fn the_extension_is_a_non_critical_der_utf8string() {
+        for subtree in [
+            "spiffe://td/auraed/a",
+            &format!("spiffe://td/{}", "x".repeat(300)),
+        ] {
+            let ext = extension(subtree);
+            assert!(!ext.criticality());
+            assert_eq!(ext.oid_components().collect::<Vec<_>>(), SUBTREE_OID);
+            let (rest, value) = Utf8String::from_der(ext.content()).expect("der");
+            assert!(rest.is_empty());
+            assert_eq!(value.string(), subtree);
+        }
+        let dotted: Vec<String> = SUBTREE_OID.iter().map(|n| n.to_string()).collect();
+        assert_eq!(dotted.join("."), SUBTREE_OID_STR);
+    }
+
+    #[test]
+    fn chains_are_refused_unless_in_order_and_every_intermediate_is_bound() {
+        let root = Authority::new("example.org").expect("root");
+        let host = Delegator::from_authority(&root).expect("host");
+        let a = host.issue("a", 1).expect("a");
+        let ab = Delegator::from_identity(&a)
+            .expect("delegator a")
+            .issue("b", 0)
+            .expect("a/b");
+        assert!(check_subtree(&[]).is_err());
+        // The host's own kind of SVID, signed by the root: nothing to check.
+        let svid = root
+            .issue("spiffe://example.org/auraed", &[], &[])
+            .expect("svid");
+        assert_eq!(
+            check_subtree(&ders(&svid.cert_pem)).expect("root-signed"),
+            "spiffe://example.org/auraed"
+        );
+
+        let mut chain = ders(&ab.leaf_chain_pem);
+        assert_eq!(chain.len(), 2);
+        chain.swap(0, 1);
+        chain.insert(0, ders(&ab.leaf_chain_pem)[0].clone());
+        assert!(
+            matches!(check_subtree(&chain), Err(PkiError::Intermediate { .. })),
+            "out of order"
+        );
+
+        // The root sent along is an intermediate without the extension.
+        let with_root = format!("{}{}", ab.leaf_chain_pem, root.cert_pem);
+        verify_client(&root.cert_pem, &with_root).expect("webpki ignores the extra root");
+        match check_subtree(&ders(&with_root)) {
+            Err(PkiError::Intermediate { ca, reason }) => {
+                assert!(ca.contains("aurae CA example.org"), "{ca}");
+                assert!(reason.contains(SUBTREE_OID_STR), "{reason}");
+            }
+            other => panic!("expected Intermediate, got {other:?}"),
+        }
+
+        // An intermediate the root signed without the extension.
+        let unbound = {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "unbound CA");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+            params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+            let ca = params.signed_by(&key, &root.issuer).expect("ca");
+            let issuer = rcgen::Issuer::new(params, key);
+            let leaf =
+                crate::pki::sign_svid("spiffe://example.org/x", &[], &[], &issuer).expect("leaf");
+            format!("{}{}", leaf.cert_pem, ca.pem())
+        };
+        verify_client(&root.cert_pem, &unbound).expect("webpki accepts it");
+        assert!(matches!(
+            check_subtree(&ders(&unbound)),
+            Err(PkiError::Intermediate { .. })
+        ));
+
+        // Garbage is an error, not a panic.
+        let junk = rustls::pki_types::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        assert!(check_subtree(&[junk.clone()]).is_err());
+        let leaf = ders(&ab.leaf_chain_pem).remove(0);
+        assert!(matches!(
+            check_subtree(&[leaf, junk]),
+            Err(PkiError::Certificate { .. })
+        ));
+    }
+}
