@@ -9,6 +9,8 @@
 //! binding on presented chains.
 
 pub mod delegation;
+#[cfg(test)]
+mod delegation_tests;
 pub mod subtree;
 
 pub use delegation::{Delegator, InstanceIdentity, HOST_PATH, MAX_DEPTH};

@@ -242,7 +242,7 @@ pub(super) fn parse_cert<'a>(
     der: &'a [u8],
 ) -> Result<x509_parser::certificate::X509Certificate<'a>, PkiError> {
     match x509_parser::parse_x509_certificate(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(PkiError::Invalid(format!(
             "{}: trailing bytes after the certificate",
             what()
@@ -404,7 +404,7 @@ mod tests {
 
         // Garbage is an error, not a panic.
         let junk = rustls::pki_types::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
-        assert!(check_subtree(&[junk.clone()]).is_err());
+        assert!(check_subtree(std::slice::from_ref(&junk)).is_err());
         let leaf = ders(&ab.leaf_chain_pem).remove(0);
         assert!(matches!(
             check_subtree(&[leaf, junk]),
