@@ -1,0 +1,62 @@
+//! Netlink work inside another network namespace.
+//!
+//! A netlink socket acts on the namespace it was opened in, and `setns`
+//! moves only the calling thread. So the work runs on a dedicated std
+//! thread that joins the target namespace, opens its own connection on a
+//! current-thread tokio runtime, and ends with the work: no tokio worker
+//! thread ever changes namespace.
+
+use std::future::Future;
+use std::os::fd::OwnedFd;
+
+use rtnetlink::Handle;
+
+use super::{Conn, NetError};
+
+/// Runs `work` with a netlink handle opened inside the network namespace
+/// `netns` (a `/proc/<pid>/ns/net` fd or a pidfd), on a thread of its own.
+/// The caller awaits the result without blocking its runtime.
+pub(super) async fn run_in<T, F, Fut>(netns: OwnedFd, work: F) -> Result<T, NetError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, NetError>> + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("auraed-netns".into())
+        .spawn(move || {
+            let _ = tx.send(enter_and_run(netns, work));
+        })
+        .map_err(|source| NetError::Netns {
+            op: "spawning a thread",
+            source,
+        })?;
+    // The sender is dropped without a value only if the thread panicked.
+    rx.await.map_err(|_| NetError::NetnsThreadPanicked)?
+}
+
+fn enter_and_run<T, F, Fut>(netns: OwnedFd, work: F) -> Result<T, NetError>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, NetError>>,
+{
+    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        NetError::Netns {
+            op: "setns",
+            source: e.into(),
+        }
+    })?;
+    drop(netns);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| NetError::Netns {
+            op: "starting a tokio runtime",
+            source,
+        })?;
+    rt.block_on(async {
+        let conn = Conn::open()?;
+        work(conn.handle.clone()).await
+    })
+}

@@ -1,0 +1,65 @@
+//! A persistent TAP for a microVM, enslaved to the bridge.
+
+use super::{check_link_name, del_index, enslave_up, link_index, Bridge, Conn, NetError};
+
+/// A TAP made by [`create_tap`]. Call [`Tap::remove`] to delete it;
+/// dropping it deletes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a persistent TAP stays until remove() is called"]
+pub struct Tap {
+    pub name: String,
+    pub index: u32,
+}
+
+impl Tap {
+    /// Deletes the TAP. Returns whether it still existed.
+    pub async fn remove(self) -> Result<bool, NetError> {
+        let conn = Conn::open()?;
+        del_index(&conn.handle, self.index, &self.name).await
+    }
+}
+
+/// Creates the persistent TAP `name` (`IFF_TAP | IFF_NO_PI`, as the VMM's
+/// `--tap` attaches to it), enslaves it to `bridge` and sets it up. Its
+/// carrier comes up when the VMM attaches. A TUN/TAP device `name` that
+/// already exists is [`NetError::CreateTap`] with `EBUSY`, never adopted. If
+/// a later step fails, the TAP is deleted before the error is returned.
+pub async fn create_tap(name: &str, bridge: &Bridge) -> Result<Tap, NetError> {
+    check_link_name("tap name", name)?;
+    let conn = Conn::open()?;
+    let handle = &conn.handle;
+    if super::get_link(handle, name).await?.is_some() {
+        return Err(NetError::LinkExists {
+            field: "tap name",
+            link: name.to_string(),
+        });
+    }
+    let owned = name.to_string();
+    tokio::task::spawn_blocking(move || crate::sys::tun::create_persistent_tap(&owned))
+        .await
+        .map_err(|e| NetError::CreateTap {
+            link: name.to_string(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| NetError::CreateTap {
+            link: name.to_string(),
+            source,
+        })?;
+    let index = match link_index(handle, name).await {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = super::delete_link(name).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = enslave_up(handle, index, name, bridge).await {
+        if let Err(undo) = del_index(handle, index, name).await {
+            tracing::error!("removing TAP {name} after a failed set-up: {undo}");
+        }
+        return Err(e);
+    }
+    Ok(Tap {
+        name: name.to_string(),
+        index,
+    })
+}
