@@ -30,7 +30,7 @@ impl Ipv6Prefix {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -104,21 +104,17 @@ pub(super) async fn add_nodad(
     addr: Ipv6Addr,
     prefix_len: u8,
 ) -> Result<(), NetError> {
-    let mut req = handle
-        .address()
-        .add(index, IpAddr::V6(addr), prefix_len);
+    let mut req = handle.address().add(index, IpAddr::V6(addr), prefix_len);
     let msg = req.message_mut();
     msg.header.flags |= AddressHeaderFlags::Nodad;
     msg.attributes
         .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    req.execute()
-        .await
-        .map_err(|source| NetError::AddAddress {
-            link: link.to_string(),
-            addr,
-            prefix_len,
-            source,
-        })
+    req.execute().await.map_err(|source| NetError::AddAddress {
+        link: link.to_string(),
+        addr,
+        prefix_len,
+        source,
+    })
 }
 
 #[cfg(test)]

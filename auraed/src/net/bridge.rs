@@ -73,7 +73,8 @@ pub async fn ensure_bridge(name: &str, addr: Ipv6Addr, prefix_len: u8) -> Result
         if !has_addr {
             match addresses::add_nodad(handle, index, name, addr, prefix_len).await {
                 // Another caller added it between our check and now.
-                Err(NetError::AddAddress { source, .. }) if errno(&source) == Some(libc::EEXIST) => {}
+                Err(NetError::AddAddress { source, .. })
+                    if errno(&source) == Some(libc::EEXIST) => {}
                 r => r?,
             }
         }

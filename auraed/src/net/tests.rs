@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags};
-use rtnetlink::LinkDummy;
+use rtnetlink::LinkVeth;
 
 use super::*;
 
@@ -84,9 +84,9 @@ async fn addrs_of(handle: &rtnetlink::Handle, index: u32) -> Vec<(Ipv6Prefix, bo
             AddressAttribute::Address(std::net::IpAddr::V6(a)) => Some(*a),
             _ => None,
         });
-        let tentative = msg.attributes.iter().any(|a| {
-            matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Tentative))
-        });
+        let tentative = msg.attributes.iter().any(
+            |a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Tentative)),
+        );
         if let Some(a) = addr {
             if !a.is_unicast_link_local() {
                 out.push((Ipv6Prefix::new(a, msg.header.prefix_len), tentative));
@@ -126,14 +126,28 @@ fn ensure_bridge_refuses_a_prefix_clash_and_creates_nothing() {
         let u = ula();
         let conn = Conn::open().unwrap();
         let h = &conn.handle;
-        h.link().add(LinkDummy::new("other0").build()).execute().await.unwrap();
+        // (A veth end: some kernels have no dummy driver.)
+        h.link()
+            .add(LinkVeth::new("other0", "other1").build())
+            .execute()
+            .await
+            .unwrap();
         let other = link_index(h, "other0").await.unwrap();
         let squatter = u.instance_addr(40);
-        addresses::add_nodad(h, other, "other0", squatter, 64).await.unwrap();
+        addresses::add_nodad(h, other, "other0", squatter, 64)
+            .await
+            .unwrap();
 
-        let err = ensure_bridge("aurae0", u.bridge_addr(), 64).await.unwrap_err();
+        let err = ensure_bridge("aurae0", u.bridge_addr(), 64)
+            .await
+            .unwrap_err();
         match &err {
-            NetError::PrefixClash { field, link, held, prefix } => {
+            NetError::PrefixClash {
+                field,
+                link,
+                held,
+                prefix,
+            } => {
                 assert_eq!(*link, "other0");
                 assert_eq!(*field, "bridge address");
                 assert_eq!(*held, Ipv6Prefix::new(squatter, 64));
@@ -146,9 +160,13 @@ fn ensure_bridge_refuses_a_prefix_clash_and_creates_nothing() {
 
         // A wider prefix held elsewhere overlaps too; an unrelated one doesn't.
         let other_ula = Ula::derive(b"someone else");
-        let b = ensure_bridge("aurae1", other_ula.bridge_addr(), 64).await.unwrap();
+        let b = ensure_bridge("aurae1", other_ula.bridge_addr(), 64)
+            .await
+            .unwrap();
         assert!(b.created);
-        let err = ensure_bridge("aurae2", u.bridge_addr(), 32).await.unwrap_err();
+        let err = ensure_bridge("aurae2", u.bridge_addr(), 32)
+            .await
+            .unwrap_err();
         assert!(matches!(err, NetError::PrefixClash { ref link, .. } if link == "other0"));
 
         // The bridge itself with a different address in the prefix clashes.
@@ -173,12 +191,21 @@ fn veth_into_a_netns_carries_traffic_and_remove_deletes_both_ends() {
         let peer_ns = new_netns().unwrap();
         let host = host_link_name("av", 0).unwrap();
         let peer_addr = u.instance_addr(0);
-        let veth = create_veth(&host, "avp0", &bridge, peer_ns.as_fd(), "eth0", Some((peer_addr, 64)))
-            .await
-            .unwrap();
+        let veth = create_veth(
+            &host,
+            "avp0",
+            &bridge,
+            peer_ns.as_fd(),
+            "eth0",
+            Some((peer_addr, 64)),
+        )
+        .await
+        .unwrap();
         assert_eq!(veth.peer, "eth0");
         let h = link(&host).await.expect("the host end exists");
-        assert!(h.attributes.contains(&LinkAttribute::Controller(bridge.index)));
+        assert!(h
+            .attributes
+            .contains(&LinkAttribute::Controller(bridge.index)));
         assert!(h.header.flags.contains(LinkFlags::Up));
         assert!(link("avp0").await.is_none(), "the peer left this namespace");
 
@@ -226,13 +253,18 @@ fn veth_into_a_netns_carries_traffic_and_remove_deletes_both_ends() {
 #[test]
 fn a_failed_veth_leaves_nothing_behind() {
     in_netns("a_failed_veth_leaves_nothing_behind", || async {
-        let bridge = ensure_bridge("aurae0", ula().bridge_addr(), 64).await.unwrap();
+        let bridge = ensure_bridge("aurae0", ula().bridge_addr(), 64)
+            .await
+            .unwrap();
         let peer_ns = new_netns().unwrap();
         // `lo` exists in the peer's namespace: the rename there fails.
         let err = create_veth("av1", "avp1", &bridge, peer_ns.as_fd(), "lo", None)
             .await
             .unwrap_err();
-        assert!(matches!(err, NetError::SetNetns { ref new_name, .. } if new_name == "lo"), "{err:?}");
+        assert!(
+            matches!(err, NetError::SetNetns { ref new_name, .. } if new_name == "lo"),
+            "{err:?}"
+        );
         assert!(link("av1").await.is_none());
         assert!(link("avp1").await.is_none());
         let names = netns::run_in(peer_ns.try_clone().unwrap(), |h| async move {
@@ -256,12 +288,16 @@ fn tap_on_the_bridge_and_delete() {
         return;
     }
     in_netns("tap_on_the_bridge_and_delete", || async {
-        let bridge = ensure_bridge("aurae0", ula().bridge_addr(), 64).await.unwrap();
+        let bridge = ensure_bridge("aurae0", ula().bridge_addr(), 64)
+            .await
+            .unwrap();
         let name = host_link_name("at", 7).unwrap();
         let tap = create_tap(&name, &bridge).await.unwrap();
         let l = link(&name).await.expect("the TAP exists");
         assert_eq!(link_kind(&l), Some(&InfoKind::Tun));
-        assert!(l.attributes.contains(&LinkAttribute::Controller(bridge.index)));
+        assert!(l
+            .attributes
+            .contains(&LinkAttribute::Controller(bridge.index)));
         assert!(l.header.flags.contains(LinkFlags::Up));
 
         let err = create_tap(&name, &bridge).await.unwrap_err();
@@ -279,12 +315,14 @@ fn delete_link_says_whether_it_existed() {
         let conn = Conn::open().unwrap();
         conn.handle
             .link()
-            .add(LinkDummy::new("gone0").build())
+            .add(LinkVeth::new("gone0", "gone1").build())
             .execute()
             .await
             .unwrap();
         assert!(delete_link("gone0").await.unwrap());
         assert!(!delete_link("gone0").await.unwrap());
+        assert!(link("gone1").await.is_none(), "a veth goes with its peer");
+        assert!(!delete_link("gone1").await.unwrap());
         assert!(matches!(
             delete_link("this-name-is-too-long").await,
             Err(NetError::InvalidName { .. })
@@ -295,9 +333,19 @@ fn delete_link_says_whether_it_existed() {
 #[test]
 fn link_up_sets_a_link_up() {
     in_netns("link_up_sets_a_link_up", || async {
-        assert!(!link("lo").await.unwrap().header.flags.contains(LinkFlags::Up));
+        assert!(!link("lo")
+            .await
+            .unwrap()
+            .header
+            .flags
+            .contains(LinkFlags::Up));
         link_up("lo").await.unwrap();
-        assert!(link("lo").await.unwrap().header.flags.contains(LinkFlags::Up));
+        assert!(link("lo")
+            .await
+            .unwrap()
+            .header
+            .flags
+            .contains(LinkFlags::Up));
         assert!(matches!(link_up("nope0").await, Err(NetError::NoSuchLink(n)) if n == "nope0"));
     });
 }

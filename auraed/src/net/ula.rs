@@ -84,7 +84,7 @@ mod tests {
         let digest = Sha256::digest(b"spiffe://aurae.example/auraed/a");
         assert_eq!(&a.prefix().addr().octets()[1..6], &digest[..5]);
         assert_eq!(&a.prefix().addr().octets()[6..], &[0u8; 10]);
-        assert_eq!(a.prefix().len(), 48);
+        assert_eq!(a.prefix().prefix_len(), 48);
     }
 
     #[test]
@@ -100,7 +100,7 @@ mod tests {
     fn bridge_and_instances_are_inside_subnet_zero() {
         let u = Ula::derive(b"seed");
         let net = u.subnet(0);
-        assert_eq!(net.len(), INSTANCE_PREFIX_LEN);
+        assert_eq!(net.prefix_len(), INSTANCE_PREFIX_LEN);
         assert!(u.prefix().contains(net.addr()));
         assert!(net.contains(u.bridge_addr()));
         assert_eq!(u.bridge_addr().segments()[7], 1);
