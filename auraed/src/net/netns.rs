@@ -7,7 +7,7 @@
 //! thread ever changes namespace.
 
 use std::future::Future;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rtnetlink::Handle;
 
@@ -59,4 +59,42 @@ where
         let conn = Conn::open()?;
         work(conn.handle.clone()).await
     })
+}
+
+/// A network namespace file (nsfs) for `netns`, which may be a pidfd: the
+/// kernel takes a pidfd in `setns(2)` but not in `IFLA_NET_NS_FD`. A
+/// short-lived thread joins the namespace and opens
+/// `/proc/thread-self/ns/net`; an fd that is neither fails here, before
+/// anything is created.
+pub(super) async fn ns_file(netns: BorrowedFd<'_>) -> Result<OwnedFd, NetError> {
+    let fd = netns
+        .try_clone_to_owned()
+        .map_err(|source| NetError::Netns {
+            op: "duplicating the namespace fd",
+            source,
+        })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("auraed-netns".into())
+        .spawn(move || {
+            let r = nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetError::Netns {
+                    op: "setns",
+                    source: e.into(),
+                })
+                .and_then(|()| {
+                    std::fs::File::open("/proc/thread-self/ns/net")
+                        .map(OwnedFd::from)
+                        .map_err(|source| NetError::Netns {
+                            op: "opening /proc/thread-self/ns/net",
+                            source,
+                        })
+                });
+            let _ = tx.send(r);
+        })
+        .map_err(|source| NetError::Netns {
+            op: "spawning a thread",
+            source,
+        })?;
+    rx.await.map_err(|_| NetError::NetnsThreadPanicked)?
 }

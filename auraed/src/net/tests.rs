@@ -360,3 +360,57 @@ fn host_link_names_fit_ifnamsiz() {
     ));
     assert!(host_link_name("a/b", 1).is_err());
 }
+
+#[test]
+fn veth_by_pidfd_and_a_bad_fd_creates_nothing() {
+    in_netns("veth_by_pidfd_and_a_bad_fd_creates_nothing", || async {
+        let u = ula();
+        let bridge = ensure_bridge("aurae0", u.bridge_addr(), 64).await.unwrap();
+
+        // Not a namespace: refused before anything is made.
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let err = create_veth("av3", "avp3", &bridge, devnull.as_fd(), "eth0", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NetError::Netns { op: "setns", .. }),
+            "{err:?}"
+        );
+        assert!(link("av3").await.is_none() && link("avp3").await.is_none());
+
+        // A pidfd of a process inside the peer's namespace.
+        let peer_ns = new_netns().unwrap();
+        let ns = peer_ns.try_clone().unwrap();
+        let mut child = std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::process::Command::new("sleep").arg("30").spawn()
+        })
+        .join()
+        .unwrap()
+        .expect("spawning sleep");
+        let pidfd = crate::sys::pidfd::open(child.id() as i32).unwrap();
+        let made = create_veth(
+            "av4",
+            "avp4",
+            &bridge,
+            pidfd.as_fd(),
+            "eth0",
+            Some((u.instance_addr(4), 64)),
+        )
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let veth = made.unwrap();
+        let addrs = netns::run_in(peer_ns.try_clone().unwrap(), |h| async move {
+            let index = link_index(&h, "eth0").await?;
+            Ok(addrs_of(&h, index).await)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            addrs,
+            vec![(Ipv6Prefix::new(u.instance_addr(4), 64), false)]
+        );
+        assert!(veth.remove().await.unwrap());
+    });
+}

@@ -35,8 +35,8 @@ impl Veth {
 
 /// Creates the veth pair `host` / `peer` in the caller's network namespace,
 /// enslaves `host` to `bridge` and sets it up, then moves `peer` into the
-/// network namespace `peer_netns` (a `/proc/<pid>/ns/net` fd or a pidfd),
-/// renaming it `peer_name_in_ns` (`eth0`) in the same request. Inside that
+/// network namespace `peer_netns` (a `/proc/<pid>/ns/net` fd, or a pidfd of
+/// a process in it), renaming it `peer_name_in_ns` (`eth0`) in the same request. Inside that
 /// namespace it adds `peer_addr` (with `IFA_F_NODAD`, so usable at once)
 /// and sets the peer and `lo` up.
 ///
@@ -54,12 +54,7 @@ pub async fn create_veth(
     check_link_name("veth host name", host)?;
     check_link_name("veth peer name", peer)?;
     check_link_name("veth peer name in the namespace", peer_name_in_ns)?;
-    let netns_fd = peer_netns
-        .try_clone_to_owned()
-        .map_err(|source| NetError::Netns {
-            op: "duplicating the namespace fd",
-            source,
-        })?;
+    let netns_fd = netns::ns_file(peer_netns).await?;
     let conn = Conn::open()?;
     let handle = &conn.handle;
     handle
