@@ -251,3 +251,37 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     msg
 }
+
+/// Adds `aurae-instance: <path>` to every request, so that auraed routes it
+/// hop by hop to that instance (`a/b` is instance `b` of instance `a`).
+#[derive(Clone, Debug, Default)]
+pub struct InstanceRoute {
+    path: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl InstanceRoute {
+    pub fn new(path: Option<&str>) -> Result<Self, ClientError> {
+        let path = path
+            .map(|p| {
+                p.parse().map_err(|_| ClientError::Connect {
+                    target: p.to_string(),
+                    reason: "--instance: not a valid instance path".into(),
+                })
+            })
+            .transpose()?;
+        Ok(Self { path })
+    }
+}
+
+impl tonic::service::Interceptor for InstanceRoute {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(path) = &self.path {
+            req.metadata_mut().insert("aurae-instance", path.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A Runtime client whose requests may be routed to an instance.
+pub type Client =
+    RuntimeClient<tonic::service::interceptor::InterceptedService<Channel, InstanceRoute>>;

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use aer::client::ClientConfig;
+use aer::client::{Client, ClientConfig, InstanceRoute};
 use aer::output;
 use aer::text::escape;
 use aer::units::{parse_bytes, parse_millis};
@@ -29,6 +29,10 @@ struct Cli {
     vsock: Option<String>,
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Send the request to this spawned instance, routed hop by hop
+    /// through each parent: `a`, or `a/b` for instance b of instance a.
+    #[arg(long, global = true)]
+    instance: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +80,29 @@ enum Command {
     },
     /// Check that auraed is serving.
     Health,
+    /// Spawn a nested auraed instance (a microVM, or a cell running the
+    /// same image).
+    Spawn(SpawnArgs),
+}
+
+#[derive(Args)]
+struct SpawnArgs {
+    #[arg(long)]
+    name: String,
+    /// auto, microvm or cell.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    #[arg(long, default_value_t = 0)]
+    vcpus: u32,
+    /// Memory, like 256M (no limit when unset).
+    #[arg(long)]
+    memory: Option<String>,
+    /// A base initramfs instead of the configured image's.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// How long to wait for the instance to answer health, like 60s.
+    #[arg(long)]
+    timeout: Option<String>,
 }
 
 #[derive(Args)]
@@ -263,7 +290,7 @@ fn print_status(out: Output, s: &pb::WorkloadStatus) {
 
 /// Streams the output of `id` to our stdout/stderr, then waits for its exit
 /// and exits with its code.
-async fn follow_and_exit(client: &mut RuntimeClient<Channel>, id: &str) -> ! {
+async fn follow_and_exit(client: &mut Client, id: &str) -> ! {
     stream_logs(client, id, true).await;
     let status = client
         .wait(pb::WaitRequest {
@@ -275,7 +302,7 @@ async fn follow_and_exit(client: &mut RuntimeClient<Channel>, id: &str) -> ! {
     std::process::exit(output::process_exit_code(&status))
 }
 
-async fn stream_logs(client: &mut RuntimeClient<Channel>, id: &str, follow: bool) {
+async fn stream_logs(client: &mut Client, id: &str, follow: bool) {
     let mut stream = client
         .logs(pb::LogsRequest {
             id: id.into(),
@@ -380,7 +407,9 @@ async fn connect(cfg: &ClientConfig, cli: &Cli) -> Channel {
 async fn main() {
     let cli = Cli::parse();
     let cfg = ClientConfig::find(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
-    let mut client = RuntimeClient::new(connect(&cfg, &cli).await);
+    let route = InstanceRoute::new(cli.instance.as_deref()).unwrap_or_else(|e| fail(e));
+    let mut client: Client =
+        RuntimeClient::with_interceptor(connect(&cfg, &cli).await, route.clone());
     let out = cli.output;
     match cli.command {
         Command::Exec(a) => {
@@ -501,9 +530,53 @@ async fn main() {
             print_status(out, &s);
             std::process::exit(output::process_exit_code(&s));
         }
+        Command::Spawn(a) => {
+            let backend = match a.backend.as_str() {
+                "auto" => pb::SpawnBackend::Auto,
+                "microvm" => pb::SpawnBackend::Microvm,
+                "cell" => pb::SpawnBackend::Cell,
+                other => fail(format!("--backend: {other:?} is not auto, microvm or cell")),
+            };
+            let memory_mib = a
+                .memory
+                .as_deref()
+                .map(|m| parse_bytes(m).unwrap_or_else(|e| fail(format!("--memory: {e}"))) >> 20)
+                .unwrap_or(0);
+            let ready_timeout_ms = a
+                .timeout
+                .map(|t| parse_millis(&t).unwrap_or_else(|e| fail(format!("--timeout: {e}"))));
+            let r = client
+                .spawn(pb::SpawnRequest {
+                    name: a.name,
+                    vcpus: a.vcpus,
+                    memory_mib,
+                    backend: backend as i32,
+                    initramfs: a
+                        .initramfs
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    ready_timeout_ms,
+                    ..Default::default()
+                })
+                .await
+                .or_exit();
+            let i = r.instance.unwrap_or_default();
+            match out {
+                Output::Json => say!("{}", output::instance_json(&i)),
+                Output::Table => say!(
+                    "{}  {}  {}  ready in {} ms ({})",
+                    escape(&i.name),
+                    escape(&i.spiffe_id),
+                    escape(&i.address),
+                    i.ready_ms,
+                    escape(&i.backend_reason)
+                ),
+            }
+        }
         Command::Health => {
             let channel = connect(&cfg, &cli).await;
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let mut health =
+                tonic_health::pb::health_client::HealthClient::with_interceptor(channel, route);
             let r = health
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: String::new(),

@@ -16,6 +16,7 @@ fn kind(s: &pb::WorkloadStatus) -> &'static str {
     match pb::WorkloadKind::try_from(s.kind) {
         Ok(pb::WorkloadKind::Executable) => "executable",
         Ok(pb::WorkloadKind::Cell) => "cell",
+        Ok(pb::WorkloadKind::Instance) => "instance",
         _ => "unknown",
     }
 }
@@ -95,6 +96,26 @@ pub fn status_json(s: &pb::WorkloadStatus) -> Value {
         "command": s.command,
         "executables": s.executables,
         "cgroup": s.cgroup,
+        "instance": s.instance.as_ref().map(instance_json),
+    })
+}
+
+/// A spawned instance, with all its fields.
+pub fn instance_json(i: &pb::InstanceStatus) -> Value {
+    let backend = match pb::SpawnBackend::try_from(i.backend) {
+        Ok(pb::SpawnBackend::Microvm) => "microvm",
+        Ok(pb::SpawnBackend::Cell) => "cell",
+        _ => "unknown",
+    };
+    json!({
+        "name": i.name,
+        "spiffe_id": i.spiffe_id,
+        "address": i.address,
+        "backend": backend,
+        "backend_reason": i.backend_reason,
+        "boot_ms": i.boot_ms,
+        "ready_ms": i.ready_ms,
+        "children": i.children.iter().map(instance_json).collect::<Vec<_>>(),
     })
 }
 

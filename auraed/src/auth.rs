@@ -1,6 +1,7 @@
 //! Authorization by SPIFFE ID: the client's certificate was already verified
 //! against the CA by TLS; here its SPIFFE ID is checked against the config's
-//! allow-list. Anyone else gets PERMISSION_DENIED. The chain comes from
+//! allow-list (after the delegated subtrees of its chain are checked).
+//! Anyone else gets PERMISSION_DENIED. The chain comes from
 //! the connection's [`PeerCertificates`], set by [`crate::tls_accept`].
 
 use std::collections::BTreeSet;
@@ -28,12 +29,16 @@ impl SpiffeAuthz {
     ) -> Result<String, Status> {
         let certs = certs
             .ok_or_else(|| Status::permission_denied("no client certificate was presented"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::permission_denied("no client certificate was presented"))?;
-        let id = crate::pki::spiffe_id_of(leaf).map_err(|e| {
-            Status::permission_denied(format!("client certificate is not an X.509-SVID: {e}"))
-        })?;
+        if certs.is_empty() {
+            return Err(Status::permission_denied(
+                "no client certificate was presented",
+            ));
+        }
+        // TLS verified the chain up to the root; here each intermediate's
+        // delegated subtree must hold the leaf's SPIFFE ID, so an instance
+        // can't mint a sibling's (or its parent's) identity.
+        let id = crate::pki::check_subtree(&certs)
+            .map_err(|e| Status::permission_denied(format!("client certificate refused: {e}")))?;
         if self.allowed.contains(&id) {
             Ok(id)
         } else {

@@ -22,6 +22,13 @@
 //! cgroup_root = "aurae"
 //! log_buffer_bytes = 1048576
 //! image_unpack_limit_bytes = 4294967296   # at most this much written per image unpack
+//!
+//! [instances]
+//! image_dir = "/usr/local/share/aurae/image"   # initramfs.cpio.zst (+ kernel) of instances
+//! signing_key = "/etc/aurae/pki/ca.key"        # default: ca.key beside auth.ca_crt
+//! signing_chain = "/etc/aurae/pki/ca.crt"      # default: auth.ca_crt
+//! bridge = "aurae0"
+//! port = 8443
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +63,55 @@ pub struct Config {
     pub auth: AuthSection,
     #[serde(default)]
     pub runtime: RuntimeSection,
+    #[serde(default)]
+    pub instances: InstancesSection,
+}
+
+/// Spawned instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesSection {
+    /// The image instances run: `initramfs.cpio.zst` (and, for microVMs,
+    /// `bzImage`/`vmlinux`), as `cargo xtask image` writes them.
+    #[serde(default = "default_image_dir")]
+    pub image_dir: PathBuf,
+    /// The CA key that signs instances' identities; `ca.key` beside
+    /// `auth.ca_crt` when unset (where `auraed pki init` writes it).
+    pub signing_key: Option<PathBuf>,
+    /// That CA's certificate chain; `auth.ca_crt` when unset.
+    pub signing_chain: Option<PathBuf>,
+    /// The bridge instances are attached to.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// The port instances serve on, on the bridge.
+    #[serde(default = "default_instance_port")]
+    pub port: u16,
+    /// Fault injection for tests: fail every spawn at this step (backend,
+    /// image, identity, bridge, cell, veth, init, ready) and roll back.
+    pub fail_at: Option<String>,
+}
+
+fn default_image_dir() -> PathBuf {
+    PathBuf::from(crate::instances::DEFAULT_IMAGE_DIR)
+}
+fn default_bridge() -> String {
+    "aurae0".into()
+}
+fn default_instance_port() -> u16 {
+    8443
+}
+
+impl Default for InstancesSection {
+    fn default() -> Self {
+        Self {
+            image_dir: default_image_dir(),
+            signing_key: None,
+            signing_chain: None,
+            bridge: default_bridge(),
+            port: default_instance_port(),
+            fail_at: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +296,26 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "runtime.image_unpack_limit_bytes",
                 reason: "must be at least 1 MiB".into(),
+            });
+        }
+        if let Some(step) = &self.instances.fail_at {
+            if crate::instances::FailAt::parse(step).is_none() {
+                return Err(ConfigError::Invalid {
+                    field: "instances.fail_at",
+                    reason: format!("{step:?} is not a spawn step"),
+                });
+            }
+        }
+        let bridge = &self.instances.bridge;
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || !bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ConfigError::Invalid {
+                field: "instances.bridge",
+                reason: format!("{bridge:?} is not a link name (1 to 15 of a-z, 0-9, '-')"),
             });
         }
         Ok(())

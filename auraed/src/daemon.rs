@@ -36,6 +36,59 @@ fn hidden_paths(cfg: &Config) -> Vec<std::path::PathBuf> {
     hidden
 }
 
+/// What spawning needs, or None (logged) where this auraed's own SVID
+/// can't be read.
+fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, String)> {
+    use rustls::pki_types::pem::PemObject;
+    let own_id = rustls::pki_types::CertificateDer::pem_file_iter(&cfg.auth.server_crt)
+        .ok()
+        .and_then(|mut certs| certs.next())
+        .and_then(|c| c.ok())
+        .and_then(|der| crate::pki::spiffe_id_of(&der).ok());
+    let Some(own_id) = own_id else {
+        tracing::warn!(
+            "spawning is unavailable: no SPIFFE ID in {}",
+            cfg.auth.server_crt.display()
+        );
+        return None;
+    };
+    let i = &cfg.instances;
+    let ca_dir = cfg
+        .auth
+        .ca_crt
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    Some((
+        crate::instances::InstancesConfig {
+            image_dir: i.image_dir.clone(),
+            signing_key: i
+                .signing_key
+                .clone()
+                .unwrap_or_else(|| ca_dir.join("ca.key")),
+            signing_chain: i
+                .signing_chain
+                .clone()
+                .unwrap_or_else(|| cfg.auth.ca_crt.clone()),
+            trust_bundle: cfg.auth.ca_crt.clone(),
+            own_cert: cfg.auth.server_crt.clone(),
+            own_key: cfg.auth.server_key.clone(),
+            admins: cfg.auth.allowed_spiffe_ids.clone(),
+            bridge: i.bridge.clone(),
+            port: i.port,
+            // On the cells' tmpfs: an overlay's lower layer there stacks
+            // once however deep instances nest (a lower on an instance's
+            // own overlay root would not mount two levels down).
+            cache_dir: cfg.runtime.state_dir.join("cells").join(".instance-roots"),
+            fail_at: i
+                .fail_at
+                .as_deref()
+                .and_then(crate::instances::FailAt::parse),
+        },
+        own_id,
+    ))
+}
+
 /// Serves `cfg` until SIGTERM or SIGINT, then frees every workload.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -44,6 +97,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cgroup_root: cfg.runtime.cgroup_root.clone(),
         log_buffer_bytes: cfg.runtime.log_buffer_bytes,
         hidden: hidden_paths(&cfg),
+        instances: instances_config(&cfg),
         image_unpack_limit_bytes: cfg.runtime.image_unpack_limit_bytes,
     })?);
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;

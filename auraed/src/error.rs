@@ -32,6 +32,9 @@ pub enum ApiError {
     /// A process or cgroup that did not go away when told to.
     #[error("{0}")]
     Stuck(String),
+    /// The instance network (boxed: its errors are large).
+    #[error(transparent)]
+    Net(Box<crate::net::NetError>),
 }
 
 /// The most of a message a status carries: an error about a huge field
@@ -95,7 +98,24 @@ impl From<ApiError> for tonic::Status {
                 tonic::Status::resource_exhausted(msg)
             }
             ApiError::Io { .. } | ApiError::Stuck(_) => tonic::Status::internal(msg),
+            ApiError::Net(e) => {
+                use crate::net::NetError as N;
+                match *e {
+                    N::InvalidName { .. } => tonic::Status::invalid_argument(msg),
+                    N::LinkExists { .. } => tonic::Status::already_exists(msg),
+                    N::PrefixClash { .. } | N::NotABridge { .. } => {
+                        tonic::Status::failed_precondition(msg)
+                    }
+                    _ => tonic::Status::internal(msg),
+                }
+            }
         }
+    }
+}
+
+impl From<crate::net::NetError> for ApiError {
+    fn from(e: crate::net::NetError) -> Self {
+        ApiError::Net(Box::new(e))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::executables::Executable;
 pub enum Workload {
     Executable(Arc<Executable>),
     Cell(Arc<Cell>),
+    Instance(Arc<crate::instances::Instance>),
 }
 
 enum Slot {

@@ -13,6 +13,7 @@ use crate::cells::{Cell, CellContext, CellSpec, CellState};
 use crate::cgroup::{CgroupError, Hierarchy};
 use crate::error::ApiError;
 use crate::executables::{Executable, Placement, ProcessSpec};
+use crate::instances::Instances;
 use crate::registry::{Registry, Workload};
 use crate::validation;
 
@@ -36,14 +37,17 @@ pub struct RuntimeConfig {
     pub log_buffer_bytes: usize,
     /// auraed's own files, hidden from jailed cells.
     pub hidden: Vec<PathBuf>,
+    /// Spawning instances, and this auraed's SPIFFE ID.
+    pub instances: Option<(crate::instances::InstancesConfig, String)>,
     /// The most an image's unpack may write (`runtime.image_unpack_limit_bytes`).
     pub image_unpack_limit_bytes: u64,
 }
 
 pub struct Runtime {
-    cells: Result<CellContext, Arc<CgroupError>>,
-    registry: Registry,
-    log_bytes: usize,
+    pub(crate) cells: Result<CellContext, Arc<CgroupError>>,
+    pub(crate) instances: Option<Arc<Instances>>,
+    pub(crate) registry: Registry,
+    pub(crate) log_bytes: usize,
     next_id: AtomicU64,
 }
 
@@ -96,8 +100,16 @@ impl Runtime {
                 Err(Arc::new(e))
             }
         };
+        let instances = cfg.instances.map(|(icfg, own_id)| {
+            // The cache of unpacked instance roots, on the cells' tmpfs.
+            if let Err(e) = std::fs::create_dir_all(&icfg.cache_dir) {
+                tracing::warn!("instance root cache {}: {e}", icfg.cache_dir.display());
+            }
+            Arc::new(Instances::new(icfg, own_id))
+        });
         Ok(Self {
             cells,
+            instances,
             registry: Registry::default(),
             log_bytes: cfg.log_buffer_bytes,
             next_id: AtomicU64::new(1),
@@ -143,6 +155,10 @@ impl Runtime {
             Workload::Executable(_) => Err(ApiError::invalid(
                 field,
                 format!("{name:?} is an executable, not a cell"),
+            )),
+            Workload::Instance(_) => Err(ApiError::invalid(
+                field,
+                format!("{name:?} is an instance, not a cell"),
             )),
         }
     }
@@ -292,6 +308,7 @@ impl Runtime {
                         .map_err(|_| ApiError::Stuck(format!("{} did not exit", e.id)))?;
                 }
             }
+            Workload::Instance(i) => i.tear_down().await?,
         }
         Ok(w)
     }
@@ -317,6 +334,13 @@ impl Runtime {
                 for e in self.registry.executables_in(&c.name) {
                     let _ = tokio::time::timeout(Duration::from_secs(10), e.wait()).await;
                     self.registry.remove(&e.id);
+                }
+                self.registry.remove(id);
+            }
+            Workload::Instance(i) => {
+                i.tear_down().await?;
+                if let Some(instances) = &self.instances {
+                    instances.forget(&i);
                 }
                 self.registry.remove(id);
             }
@@ -348,7 +372,15 @@ impl Runtime {
                     }
                 }
                 Workload::Executable(_) => {}
+                Workload::Instance(i) => {
+                    if let Err(e) = self.free(&i.name).await {
+                        tracing::error!("freeing instance {} at shutdown: {e}", i.name);
+                    }
+                }
             }
+        }
+        if let Some(instances) = &self.instances {
+            instances.shutdown().await;
         }
     }
 }

@@ -14,6 +14,7 @@ use tonic::transport::Server;
 
 use crate::auth::SpiffeAuthz;
 use crate::config::Config;
+use crate::route::RouteLayer;
 use crate::runtime::Runtime;
 use crate::service::RuntimeService;
 use crate::tls_accept::{HandshakeLimits, TlsAcceptor};
@@ -86,7 +87,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let runtime_service = RuntimeServer::new(RuntimeService::new(runtime));
+    let runtime_service = RuntimeServer::new(RuntimeService::new(runtime.clone()));
     let authz = SpiffeAuthz::new(cfg.auth.allowed_spiffe_ids.clone());
     let tls = tls_acceptor(cfg)?;
 
@@ -105,6 +106,7 @@ pub async fn serve(
     let secure = || {
         Server::builder()
             .layer(InterceptorLayer::new(authz.clone()))
+            .layer(RouteLayer::new(runtime.clone()))
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone())

@@ -22,6 +22,10 @@ pub struct DaemonOptions {
     pub handshake_timeout_ms: Option<u64>,
     /// `[server] tls_max_handshakes`, if not the default.
     pub max_handshakes: Option<usize>,
+    /// `[instances] image_dir`: where spawned instances' image is.
+    pub image_dir: Option<PathBuf>,
+    /// `[instances] fail_at`: a spawn step that fails, to test rollback.
+    pub spawn_fail_at: Option<String>,
 }
 
 pub struct Daemon {
@@ -44,7 +48,19 @@ fn unique_root(dir: &Path) -> String {
     format!("aurae-test-{clean}")
 }
 
+/// The instance bridge of a test daemon: its own, named after its cgroup
+/// root (9 characters, so that its veths' names fit in 15).
+fn bridge_name(cgroup_root: &str) -> String {
+    format!("a{}", &cgroup_root[cgroup_root.len().saturating_sub(8)..])
+}
+
 impl Daemon {
+    /// The daemon's instance bridge; its instances' host veths are named
+    /// `<bridge>v<n>`.
+    pub fn bridge(&self) -> String {
+        bridge_name(&self.cgroup_root)
+    }
+
     pub async fn start() -> Daemon {
         Self::start_with(DaemonOptions::default()).await
     }
@@ -100,6 +116,16 @@ impl Daemon {
         ));
         if let Some(limit) = opts.image_unpack_limit_bytes {
             config.push_str(&format!("image_unpack_limit_bytes = {limit}\n"));
+        }
+        config.push_str(&format!(
+            "\n[instances]\nbridge = {:?}\n",
+            bridge_name(&cgroup_root)
+        ));
+        if let Some(dir) = &opts.image_dir {
+            config.push_str(&format!("image_dir = {:?}\n", dir.display().to_string()));
+        }
+        if let Some(step) = &opts.spawn_fail_at {
+            config.push_str(&format!("fail_at = {step:?}\n"));
         }
         let config_path = dir.join("auraed-run.toml");
         std::fs::write(&config_path, config).expect("config");

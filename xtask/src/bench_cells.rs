@@ -176,7 +176,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     if !deps::cargo(&["build", "--release", "-p", "auraed", "-p", "aer"], &[])? {
         bail!("build failed");
     }
-    let release = deps::workspace_root().join("target/release");
+    let release = deps::target_dir().join("release");
     std::env::set_var("AURAED_BIN", release.join("auraed"));
     std::env::set_var("AER_BIN", release.join("aer"));
     unify_cgroups()?;

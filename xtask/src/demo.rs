@@ -55,7 +55,7 @@ pub fn run() -> anyhow::Result<()> {
     )? {
         bail!("build failed");
     }
-    let release = deps::workspace_root().join("target/release");
+    let release = deps::target_dir().join("release");
     std::env::set_var("AURAED_BIN", release.join("auraed"));
     std::env::set_var("AER_BIN", release.join("aer"));
     let rt = tokio::runtime::Runtime::new()?;

@@ -58,11 +58,7 @@ fn build_static(package: &str, bin: &str, profile: &str) -> anyhow::Result<PathB
     if !ok {
         bail!("building {bin} failed");
     }
-    let path = deps::workspace_root()
-        .join("target")
-        .join(triple)
-        .join(profile)
-        .join(bin);
+    let path = deps::target_dir().join(triple).join(profile).join(bin);
     let out = Command::new("ldd").arg(&path).output().context("ldd")?;
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -72,10 +68,18 @@ fn build_static(package: &str, bin: &str, profile: &str) -> anyhow::Result<PathB
     Ok(path)
 }
 
-/// The base initramfs: guest-init as /init and the mount points it needs.
+/// Debian's static busybox, the instance's userland: a shell and the
+/// usual tools for diagnostics and simple workloads.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// The base initramfs: guest-init as /init, busybox (with `/bin/sh`), and
+/// the mount points guest-init needs.
 pub fn base_manifest(guest_init: &Path) -> anyhow::Result<Manifest> {
     let mut m = Manifest::new();
     m.file("init", guest_init, 0o755)?;
+    m.dir("bin", 0o755)?;
+    m.file("bin/busybox", Path::new(BUSYBOX), 0o755)?;
+    m.symlink("bin/sh", "busybox")?;
     for dir in ["proc", "sys", "dev", "run", "tmp", "etc/aurae/pki", "var"] {
         m.dir(dir, 0o755)?;
     }
@@ -105,16 +109,29 @@ fn install(src: &Path, dst: &Path) -> anyhow::Result<()> {
 /// fast.
 const IMAGE_ZSTD_LEVEL: i32 = 12;
 
+/// Only the base initramfs (no kernel: enough for cell-backed instances),
+/// in `target/aurae-image/initramfs.cpio.zst`; returns its path.
+pub fn build_initramfs() -> anyhow::Result<PathBuf> {
+    deps::ensure(&["busybox-static"])?;
+    let guest_init = build_guest_init()?;
+    let dir = deps::target_dir().join("aurae-image");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("initramfs.cpio.zst");
+    let tmp = dir.join("initramfs.cpio.zst.tmp");
+    base_manifest(&guest_init)?.write_zstd_file(&tmp, IMAGE_ZSTD_LEVEL)?;
+    std::fs::rename(&tmp, &path)?;
+    println!("[image] {}", path.display());
+    Ok(path)
+}
+
 pub fn build() -> anyhow::Result<Image> {
     let started = Instant::now();
     let k = kernel::build()?;
-    let guest_init = build_guest_init()?;
-    let dir = deps::workspace_root().join("target/aurae-image");
+    let dir = deps::target_dir().join("aurae-image");
     std::fs::create_dir_all(&dir)?;
     install(&k.bzimage, &dir.join("bzImage"))?;
     install(&k.vmlinux, &dir.join("vmlinux"))?;
-    base_manifest(&guest_init)?
-        .write_zstd_file(&dir.join("initramfs.cpio.zst"), IMAGE_ZSTD_LEVEL)?;
+    build_initramfs()?;
     let mut files = serde_json::Map::new();
     for name in ["bzImage", "vmlinux", "initramfs.cpio.zst"] {
         let (sha, size) = sha256_file(&dir.join(name))?;

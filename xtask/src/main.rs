@@ -68,7 +68,7 @@ fn rerun_in_release() -> anyhow::Result<()> {
     if !deps::cargo(&["build", "--release", "-p", "xtask"], &[])? {
         anyhow::bail!("building xtask in release failed");
     }
-    let exe = deps::workspace_root().join("target/release/xtask");
+    let exe = deps::target_dir().join("release/xtask");
     let err = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
         .exec();

@@ -154,7 +154,14 @@ fn e2e() -> anyhow::Result<Outcome> {
 fn integration() -> anyhow::Result<Outcome> {
     // tests/tests/grpcio_client.rs: a client in another language.
     deps::ensure_python_module("grpc", "grpcio");
-    Ok(pass_fail(run_tests(&["test", "-p", "aurae-tests"], &[])?))
+    // tests/tests/spawn.rs: cell-backed instances run the image's initramfs
+    // (no kernel needed on this tier).
+    println!("==> the image's initramfs, for spawned instances");
+    crate::image::build_initramfs()?;
+    Ok(pass_fail(run_tests(
+        &["test", "-p", "aurae-tests", "--no-fail-fast"],
+        &[],
+    )?))
 }
 
 /// Runs cargo test and prints the tests that skipped themselves.

@@ -181,11 +181,7 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
     }
     let names: Vec<String> = runs.iter().map(|r| r.test.clone()).collect();
     let binaries = test_binaries(&names)?;
-    let target = deps::workspace_root().join(if release {
-        "target/release"
-    } else {
-        "target/debug"
-    });
+    let target = deps::target_dir().join(if release { "release" } else { "debug" });
     let mut m = Manifest::new();
     m.file("bin/busybox", "/bin/busybox", 0o755)?;
     m.bytes("init", init_script(runs), 0o755)?;

@@ -79,7 +79,10 @@ pub enum ChoiceError {
 
 /// Picks the backend: `auto` takes a microVM where one can run, else a
 /// cell; `microvm` fails where one can't.
-pub fn choose(preference: Preference, support: Result<(), NoMicroVm>) -> Result<Choice, ChoiceError> {
+pub fn choose(
+    preference: Preference,
+    support: Result<(), NoMicroVm>,
+) -> Result<Choice, ChoiceError> {
     match (preference, support) {
         (Preference::Cell, _) => Ok(Choice {
             backend: Backend::Cell,
@@ -133,7 +136,10 @@ mod tests {
     fn no_kvm_or_no_hardware_backend_means_no_microvm() {
         let (t, sys, dev) = host(&[], false);
         let k = t.path().join("bzImage");
-        assert!(matches!(microvm_support(&sys, &dev, &k), Err(NoMicroVm::NoKvm)));
+        assert!(matches!(
+            microvm_support(&sys, &dev, &k),
+            Err(NoMicroVm::NoKvm)
+        ));
         let (t, sys, dev) = host(&["kvm"], true);
         let k = t.path().join("bzImage");
         assert!(matches!(

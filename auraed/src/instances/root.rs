@@ -169,10 +169,11 @@ pub fn unpacked(image: &Path, cache: &Path) -> Result<PathBuf, RootError> {
             source: e,
         })?;
         if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            let decoder = zstd::Decoder::new(data.as_slice()).map_err(|source| RootError::Format {
-                path: image.to_path_buf(),
-                source,
-            })?;
+            let decoder =
+                zstd::Decoder::new(data.as_slice()).map_err(|source| RootError::Format {
+                    path: image.to_path_buf(),
+                    source,
+                })?;
             unpack(image, BufReader::new(decoder), &tmp_root)?;
         } else {
             unpack(image, data.as_slice(), &tmp_root)?;
@@ -230,7 +231,10 @@ mod tests {
         let cache = t.path().join("cache");
         std::fs::create_dir_all(&cache).expect("cache");
         let root = unpacked(&image, &cache).expect("unpack");
-        assert_eq!(std::fs::read(root.join("init")).expect("init"), b"#!/bin/sh\n");
+        assert_eq!(
+            std::fs::read(root.join("init")).expect("init"),
+            b"#!/bin/sh\n"
+        );
         assert_eq!(
             std::fs::read_link(root.join("bin")).expect("link"),
             PathBuf::from("usr/bin")

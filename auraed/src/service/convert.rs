@@ -10,6 +10,8 @@ use crate::cells::{Cell, CellSpec, CellState, HostShare, Security};
 use crate::cgroup::{cpuset, Limits};
 use crate::error::ApiError;
 use crate::executables::Executable;
+use crate::instances::backend::{Backend, Preference};
+use crate::instances::{Instance, InstanceSpec};
 use crate::registry::Workload;
 use crate::runtime::ExecRequest;
 use crate::sys::pidfd::Exit;
@@ -403,5 +405,114 @@ pub fn status(w: &Workload) -> pb::WorkloadStatus {
     match w {
         Workload::Executable(e) => executable_status(e),
         Workload::Cell(c) => cell_status(c),
+        Workload::Instance(i) => instance_status(i),
     }
+}
+
+fn backend(b: Backend) -> pb::SpawnBackend {
+    match b {
+        Backend::MicroVm => pb::SpawnBackend::Microvm,
+        Backend::Cell => pb::SpawnBackend::Cell,
+    }
+}
+
+/// An instance as the API shows it.
+pub fn instance(i: &Instance) -> pb::InstanceStatus {
+    pb::InstanceStatus {
+        name: i.name.clone(),
+        spiffe_id: i.spiffe_id.clone(),
+        address: i.address.to_string(),
+        backend: backend(i.choice.backend) as i32,
+        backend_reason: i.choice.reason.clone(),
+        boot_ms: None,
+        ready_ms: i.ready_after.as_millis() as u64,
+        children: vec![],
+    }
+}
+
+pub fn instance_status(i: &Instance) -> pb::WorkloadStatus {
+    let exit = i.init.exit_info();
+    pb::WorkloadStatus {
+        id: i.name.clone(),
+        kind: pb::WorkloadKind::Instance as i32,
+        state: if i.running() {
+            pb::WorkloadState::Running
+        } else {
+            pb::WorkloadState::Exited
+        } as i32,
+        pid: i.init.pid as u32,
+        started_at: Some(timestamp(i.created_at)),
+        exited_at: exit.map(|x| timestamp(x.at)),
+        command: i.init.command.clone(),
+        instance: Some(instance(i)),
+        ..Default::default()
+    }
+}
+
+/// Most memory a spawn may ask for: what the host has.
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(u64::MAX)
+}
+
+pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
+    v::name("name", &r.name)?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    v::range("vcpus", r.vcpus.into(), 0, cpus)?;
+    v::range("memory_mib", r.memory_mib, 0, host_memory_mib())?;
+    if r.memory_mib != 0 && r.memory_mib < 64 {
+        return Err(ApiError::invalid(
+            "memory_mib",
+            "at least 64 MiB (or 0 for no limit)",
+        ));
+    }
+    let preference = match pb::SpawnBackend::try_from(r.backend) {
+        Ok(pb::SpawnBackend::Auto) => Preference::Auto,
+        Ok(pb::SpawnBackend::Microvm) => Preference::MicroVm,
+        Ok(pb::SpawnBackend::Cell) => Preference::Cell,
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "backend",
+                format!("{} is not a backend", r.backend),
+            ))
+        }
+    };
+    let file = |field: &str, p: &str| -> Result<Option<PathBuf>, ApiError> {
+        if p.is_empty() {
+            return Ok(None);
+        }
+        v::absolute_path(field, p)?;
+        let path = PathBuf::from(p);
+        if !std::fs::metadata(&path)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
+            return Err(ApiError::invalid(
+                field,
+                format!("{} is not a file", v::shown(p)),
+            ));
+        }
+        Ok(Some(path))
+    };
+    let ready_ms = r.ready_timeout_ms.unwrap_or(60_000);
+    v::range("ready_timeout_ms", ready_ms.into(), 100, 600_000)?;
+    Ok(InstanceSpec {
+        name: r.name.clone(),
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        nested: r.nested,
+        preference,
+        kernel: file("kernel", &r.kernel)?,
+        initramfs: file("initramfs", &r.initramfs)?,
+        ready_timeout: std::time::Duration::from_millis(ready_ms.into()),
+    })
 }

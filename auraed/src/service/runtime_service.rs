@@ -150,12 +150,16 @@ impl pb::runtime_server::Runtime for RuntimeService {
 
     async fn spawn(
         &self,
-        _: Request<pb::SpawnRequest>,
+        request: Request<pb::SpawnRequest>,
     ) -> Result<Response<pb::SpawnResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "Spawn is not implemented yet: auraed does not launch instances itself (an aurae-vmm process in its own cell, a TAP on the instance bridge, a SPIFFE identity overlay); the image (cargo xtask image) and the VMM exist".into(),
-        )
-        .into())
+        let spec = convert::spawn_spec(request.get_ref())?;
+        let instance = self.runtime.spawn(spec).await?;
+        Ok(Response::new(pb::SpawnResponse {
+            name: instance.name.clone(),
+            address: instance.address.to_string(),
+            spiffe_id: instance.spiffe_id.clone(),
+            instance: Some(convert::instance(&instance)),
+        }))
     }
 
     async fn run_pod(
@@ -163,7 +167,7 @@ impl pb::runtime_server::Runtime for RuntimeService {
         _: Request<pb::RunPodRequest>,
     ) -> Result<Response<pb::RunPodResponse>, Status> {
         Err(ApiError::Unimplemented(
-            "RunPod is not implemented yet: it runs a cell inside a spawned instance, and Spawn is not implemented".into(),
+            "RunPod is not implemented yet: it will spawn an instance and run the pod's containers as one cell inside it; today, Spawn and then RunCell with the aurae-instance metadata do that by hand".into(),
         )
         .into())
     }
@@ -237,6 +241,8 @@ impl pb::runtime_server::Runtime for RuntimeService {
         };
         match workload {
             Workload::Executable(e) => Ok(Response::new(log_stream(e.logs.subscribe(r.follow)))),
+            // An instance's console: what its auraed prints.
+            Workload::Instance(i) => Ok(Response::new(log_stream(i.init.logs.subscribe(r.follow)))),
             Workload::Cell(_) => Err(ApiError::invalid(
                 "id",
                 format!(
@@ -268,6 +274,9 @@ impl pb::runtime_server::Runtime for RuntimeService {
                     while c.state() != crate::cells::CellState::Stopped {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                }
+                Workload::Instance(i) => {
+                    i.init.wait().await;
                 }
             }
         };

@@ -1,0 +1,65 @@
+//! The runtime's side of instances: spawn one under a reserved name, watch
+//! it, and hand out its link for routing.
+
+use std::sync::Arc;
+
+use super::{Instance, InstanceSpec};
+use crate::error::ApiError;
+use crate::registry::Workload;
+use crate::runtime::Runtime;
+
+impl Runtime {
+    /// Spawns an instance and registers it; a failure leaves nothing.
+    pub async fn spawn(&self, spec: InstanceSpec) -> Result<Arc<Instance>, ApiError> {
+        let instances = self.instances.clone().ok_or_else(|| {
+            ApiError::FailedPrecondition("spawn: this auraed has no instances configuration".into())
+        })?;
+        let cells = self.cells.clone().map_err(|e| {
+            ApiError::FailedPrecondition(format!(
+                "spawn: instances run in cells, which are unavailable: {e}"
+            ))
+        })?;
+        let reservation = self.registry.reserve(&spec.name, "name")?;
+        let instance = Arc::new(instances.spawn(&spec, &cells, self.log_bytes).await?);
+        tracing::info!(
+            instance = %instance.name,
+            id = %instance.spiffe_id,
+            address = %instance.address,
+            ready_ms = instance.ready_after.as_millis() as u64,
+            "instance spawned ({})",
+            instance.choice.reason
+        );
+        // A dead instance's auraed: its resources are reclaimed at once;
+        // the status says it exited until the instance is freed.
+        let watched = instance.clone();
+        tokio::spawn(async move {
+            let exit = watched.init.wait().await;
+            if watched.running_flag() {
+                tracing::warn!(
+                    "instance {}: its auraed exited ({:?}); tearing it down",
+                    watched.name,
+                    exit.exit
+                );
+            }
+            if let Err(e) = watched.tear_down().await {
+                tracing::error!("instance {}: tearing down: {e}", watched.name);
+            }
+        });
+        reservation.commit(Workload::Instance(instance.clone()));
+        Ok(instance)
+    }
+
+    /// The instance `name`, for routing a request to it.
+    pub fn instance(&self, name: &str) -> Result<Arc<Instance>, ApiError> {
+        match self.get(name, "aurae-instance")? {
+            Workload::Instance(i) if i.running() => Ok(i),
+            Workload::Instance(_) => Err(ApiError::FailedPrecondition(format!(
+                "aurae-instance: instance {name:?} is not running"
+            ))),
+            _ => Err(ApiError::invalid(
+                "aurae-instance",
+                format!("{name:?} is not an instance"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The parent's end of its mTLS link to an instance: TLS 1.3 over TCP on
+//! the bridge, the parent's own SVID as the client certificate, the trust
+//! domain's root as the only anchor, and the instance's chain checked to
+//! carry exactly the SPIFFE ID the parent issued (inside the subtrees of
+//! its intermediates).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("reading the parent's {what}")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("setting up TLS to instances")]
+    Tls(#[source] rustls::Error),
+    #[error("the instances' trust anchor")]
+    Roots(#[source] rustls::Error),
+    #[error("the link to {addr}")]
+    Endpoint {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// What the parent presents and trusts on its links to instances.
+#[derive(Clone)]
+pub struct LinkTls {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl LinkTls {
+    /// From PEM: the parent's SVID chain and key, and the trust bundle.
+    pub fn new(chain_pem: &[u8], key_pem: &[u8], bundle_pem: &[u8]) -> Result<Self, LinkError> {
+        use rustls::pki_types::pem::PemObject;
+        let pem = |what| move |source| LinkError::Pem { what, source };
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem("certificate"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem("key"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(bundle_pem) {
+            roots
+                .add(cert.map_err(pem("trust bundle"))?)
+                .map_err(LinkError::Roots)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(LinkError::Tls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(LinkError::Tls)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+
+    /// A channel to the instance at `addr` whose SVID must be `spiffe_id`.
+    /// It connects on first use and reconnects after a failure.
+    pub fn channel(&self, addr: SocketAddr, spiffe_id: String) -> Result<Channel, LinkError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|source| LinkError::Endpoint { addr, source })?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let expected = Arc::new(spiffe_id);
+        Ok(
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                let connector = connector.clone();
+                let expected = expected.clone();
+                async move { connect(addr, connector, &expected).await }
+            })),
+        )
+    }
+}
+
+/// Connects, shakes hands, and checks the instance's identity.
+async fn connect(
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    expected: &str,
+) -> std::io::Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg);
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("localhost").map_err(|e| invalid(e.to_string()))?;
+    let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("TLS handshake with {addr} took over 10 s"),
+            )
+        })??;
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let id = crate::pki::check_subtree(&chain).map_err(|e| invalid(e.to_string()))?;
+    if id != expected {
+        return Err(invalid(format!(
+            "the instance at {addr} is {id}, not {expected}"
+        )));
+    }
+    Ok(TokioIo::new(tls))
+}

@@ -1,0 +1,203 @@
+//! Spawned instances: a nested auraed in a cell (or, later, a microVM),
+//! on a bridge of this auraed's, with an identity this auraed signed, and
+//! a link this auraed routes requests over.
+
+pub mod backend;
+pub mod files;
+mod lifecycle;
+pub mod link;
+pub mod root;
+mod spawn;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tonic::transport::Channel;
+
+use crate::cells::Cell;
+use crate::error::ApiError;
+use crate::executables::Executable;
+use crate::net::{Bridge, Ula, Veth};
+use backend::{Choice, Preference};
+
+pub use spawn::FailAt;
+
+/// The parameters of a spawn, validated.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub nested: bool,
+    pub preference: Preference,
+    pub kernel: Option<PathBuf>,
+    pub initramfs: Option<PathBuf>,
+    pub ready_timeout: Duration,
+}
+
+/// What spawning needs from auraed's configuration.
+#[derive(Debug, Clone)]
+pub struct InstancesConfig {
+    /// The image: `bzImage`/`vmlinux` and `initramfs.cpio.zst`.
+    pub image_dir: PathBuf,
+    /// The CA key and chain that sign instances' identities, and the trust
+    /// bundle (the root).
+    pub signing_key: PathBuf,
+    pub signing_chain: PathBuf,
+    pub trust_bundle: PathBuf,
+    /// This auraed's own SVID (chain and key): its client certificate
+    /// towards its instances.
+    pub own_cert: PathBuf,
+    pub own_key: PathBuf,
+    /// SPIFFE IDs allowed to manage this auraed: they may manage its
+    /// instances too.
+    pub admins: Vec<String>,
+    pub bridge: String,
+    pub port: u16,
+    /// Where unpacked images are cached.
+    pub cache_dir: PathBuf,
+    /// A spawn step at which to fail, for the fault-injection tests.
+    pub fail_at: Option<FailAt>,
+}
+
+/// A spawned instance.
+pub struct Instance {
+    pub name: String,
+    pub spiffe_id: String,
+    pub address: SocketAddr,
+    pub choice: Choice,
+    pub ready_after: Duration,
+    pub created_at: SystemTime,
+    /// The instance's auraed (`/init serve`): its output is the console.
+    pub init: Arc<Executable>,
+    cell: Arc<Cell>,
+    veth: Mutex<Option<Veth>>,
+    index: u32,
+    channel: Channel,
+    torn_down: AtomicBool,
+}
+
+impl Instance {
+    /// The link to the instance's auraed.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Not torn down yet (its auraed may have exited).
+    pub fn running_flag(&self) -> bool {
+        !self.torn_down.load(Ordering::SeqCst)
+    }
+
+    pub fn running(&self) -> bool {
+        !self.torn_down.load(Ordering::SeqCst) && self.init.exit_info().is_none()
+    }
+
+    /// Stops the instance and everything in it (its own instances run in
+    /// its cell and network namespace, and go with them), then removes its
+    /// veth. Idempotent.
+    pub async fn tear_down(&self) -> Result<(), ApiError> {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let destroyed = self.cell.destroy().await;
+        let veth = self.veth.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(veth) = veth {
+            veth.remove().await?;
+        }
+        destroyed
+    }
+
+    /// The last lines of the instance's console, for errors.
+    pub fn console_tail(&self, lines: usize) -> String {
+        console_tail(&self.init, lines)
+    }
+}
+
+/// The last `lines` lines an executable printed.
+pub fn console_tail(exe: &Executable, lines: usize) -> String {
+    let sub = exe.logs.subscribe(false);
+    let start = sub.history.len().saturating_sub(lines);
+    sub.history[start..]
+        .iter()
+        .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// This auraed's instances: the bridge, the addresses in use, the signing
+/// identity.
+pub struct Instances {
+    cfg: InstancesConfig,
+    ula: Ula,
+    own_id: String,
+    bridge: tokio::sync::Mutex<Option<Bridge>>,
+    /// Indexes of addresses in use on the bridge.
+    used: Mutex<std::collections::BTreeSet<u32>>,
+}
+
+impl Instances {
+    /// `own_id` and the bridge's name seed the bridge's prefix, so nested
+    /// bridges (and two auraeds' bridges on one host) never clash.
+    pub fn new(cfg: InstancesConfig, own_id: String) -> Self {
+        Self {
+            ula: Ula::derive(format!("{own_id} {}", cfg.bridge).as_bytes()),
+            own_id,
+            cfg,
+            bridge: tokio::sync::Mutex::new(None),
+            used: Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn config(&self) -> &InstancesConfig {
+        &self.cfg
+    }
+
+    fn take_index(&self) -> u32 {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let index = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+        used.insert(index);
+        index
+    }
+
+    fn release_index(&self, index: u32) {
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&index);
+    }
+
+    /// Releases what an instance held of this auraed's: its address.
+    pub fn forget(&self, instance: &Instance) {
+        self.release_index(instance.index);
+    }
+
+    /// Removes the bridge if this auraed made it, once its instances are
+    /// gone (at shutdown).
+    pub async fn shutdown(&self) {
+        let bridge = self.bridge.lock().await.take();
+        if let Some(b) = bridge.filter(|b| b.created) {
+            match crate::net::delete_link(&b.name).await {
+                Ok(_) => tracing::info!("removed the instance bridge {}", b.name),
+                Err(e) => tracing::error!("removing the instance bridge {}: {e}", b.name),
+            }
+        }
+    }
+
+    pub fn image_file(&self, name: &str) -> PathBuf {
+        self.cfg.image_dir.join(name)
+    }
+}
+
+/// The default folder of the image: `cargo xtask image` writes it there
+/// too.
+pub const DEFAULT_IMAGE_DIR: &str = "/usr/local/share/aurae/image";
+
+/// Whether `path` names an existing file.
+fn is_file(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file())
+        .unwrap_or(false)
+}

@@ -1,0 +1,438 @@
+//! Spawning an instance, as a plan of steps with its rollback as a value:
+//! each step that makes something records it in [`Undo`], and a failure at
+//! any step (or one injected with [`FailAt`]) undoes every earlier one, so
+//! nothing is left: no cgroup, process, veth, mount or file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::backend::{self, Backend, ChoiceError};
+use super::files::{self, Params};
+use super::{console_tail, is_file, Instance, InstanceSpec, Instances};
+use crate::cells::{Cell, CellContext, CellSpec, PreparedRoot, Security};
+use crate::error::ApiError;
+use crate::executables::{Executable, Placement, ProcessSpec};
+use crate::net::{self, Veth, INSTANCE_PREFIX_LEN};
+
+/// The steps of a spawn, in order; a test can make any of them fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailAt {
+    Backend,
+    Image,
+    Identity,
+    Bridge,
+    Cell,
+    Veth,
+    Init,
+    Ready,
+}
+
+impl FailAt {
+    pub const ALL: [FailAt; 8] = [
+        FailAt::Backend,
+        FailAt::Image,
+        FailAt::Identity,
+        FailAt::Bridge,
+        FailAt::Cell,
+        FailAt::Veth,
+        FailAt::Init,
+        FailAt::Ready,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FailAt::Backend => "backend",
+            FailAt::Image => "image",
+            FailAt::Identity => "identity",
+            FailAt::Bridge => "bridge",
+            FailAt::Cell => "cell",
+            FailAt::Veth => "veth",
+            FailAt::Init => "init",
+            FailAt::Ready => "ready",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailAt> {
+        FailAt::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+/// What a spawn made so far, undone in reverse on failure.
+#[derive(Default)]
+struct Undo {
+    index: Option<u32>,
+    cell: Option<Arc<Cell>>,
+    veth: Option<Veth>,
+    init: Option<Arc<Executable>>,
+}
+
+impl Undo {
+    async fn rollback(mut self, instances: &Instances) {
+        if let Some(init) = self.init.take() {
+            if let Err(e) = init
+                .stop(nix::sys::signal::Signal::SIGKILL, Duration::ZERO)
+                .await
+            {
+                tracing::error!("rolling back a spawn: stopping its init: {e}");
+            }
+        }
+        if let Some(cell) = self.cell.take() {
+            if let Err(e) = cell.destroy().await {
+                tracing::error!("rolling back a spawn: removing its cell: {e}");
+            }
+        }
+        if let Some(veth) = self.veth.take() {
+            if let Err(e) = veth.remove().await {
+                tracing::error!("rolling back a spawn: removing its veth: {e}");
+            }
+        }
+        if let Some(index) = self.index.take() {
+            instances.release_index(index);
+        }
+    }
+}
+
+fn injected(spec_fail: Option<FailAt>, step: FailAt) -> Result<(), ApiError> {
+    if spec_fail == Some(step) {
+        return Err(ApiError::Internal(format!(
+            "spawn: failure injected at step {} (instances.fail_at)",
+            step.name()
+        )));
+    }
+    Ok(())
+}
+
+impl Instances {
+    /// Spawns an instance; on error nothing is left behind.
+    pub async fn spawn(
+        &self,
+        spec: &InstanceSpec,
+        cells: &CellContext,
+        log_bytes: usize,
+    ) -> Result<Instance, ApiError> {
+        let mut undo = Undo::default();
+        let result = self.steps(spec, cells, log_bytes, &mut undo).await;
+        match result {
+            Ok(instance) => Ok(instance),
+            Err(e) => {
+                undo.rollback(self).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn steps(
+        &self,
+        spec: &InstanceSpec,
+        cells: &CellContext,
+        log_bytes: usize,
+        undo: &mut Undo,
+    ) -> Result<Instance, ApiError> {
+        let started = Instant::now();
+        let fail = self.cfg.fail_at;
+
+        // 1. The backend, and why.
+        let kernel = spec
+            .kernel
+            .clone()
+            .unwrap_or_else(|| self.image_file("vmlinux"));
+        let support = backend::microvm_support(Path::new("/sys"), Path::new("/dev"), &kernel);
+        let choice = backend::choose(spec.preference, support).map_err(|e| match e {
+            ChoiceError::Impossible(_) => ApiError::FailedPrecondition(e.to_string()),
+            ChoiceError::Unbuilt(_) => ApiError::Unimplemented(e.to_string()),
+        })?;
+        if choice.backend == Backend::MicroVm {
+            return Err(ApiError::Unimplemented(
+                "backend: launching aurae-vmm from auraed is not built yet".into(),
+            ));
+        }
+        injected(fail, FailAt::Backend)?;
+
+        // 2. The image's root, unpacked once.
+        let (initramfs, field) = match &spec.initramfs {
+            Some(p) => (p.clone(), "initramfs"),
+            None => (self.image_file("initramfs.cpio.zst"), "instances.image_dir"),
+        };
+        if !is_file(&initramfs) {
+            let why = format!(
+                "{field}: {} is missing (build the image with `cargo xtask image`)",
+                initramfs.display()
+            );
+            return Err(if spec.initramfs.is_some() {
+                ApiError::invalid(
+                    "initramfs",
+                    format!("{} is not a file", initramfs.display()),
+                )
+            } else {
+                ApiError::FailedPrecondition(why)
+            });
+        }
+        let cache = self.cfg.cache_dir.clone();
+        let image = initramfs.clone();
+        let lower = crate::blocking::run("unpacking the initramfs", move || {
+            std::fs::create_dir_all(&cache)
+                .map_err(|e| super::root::RootError::Write {
+                    path: cache.clone(),
+                    source: e,
+                })
+                .and_then(|()| super::root::unpacked(&image, &cache))
+        })
+        .await?
+        .map_err(|e| ApiError::invalid(field, e.to_string()))?;
+        injected(fail, FailAt::Image)?;
+
+        // 3. The instance's identity, signed by this auraed.
+        let identity = self.issue(&spec.name)?;
+        injected(fail, FailAt::Identity)?;
+
+        // 4. The bridge, made on first use.
+        let bridge = {
+            let mut guard = self.bridge.lock().await;
+            match &*guard {
+                Some(b) => b.clone(),
+                None => {
+                    let b = net::ensure_bridge(
+                        &self.cfg.bridge,
+                        self.ula.bridge_addr(),
+                        INSTANCE_PREFIX_LEN,
+                    )
+                    .await?;
+                    tracing::info!(bridge = %b.name, prefix = %b.addr, "instance bridge ready");
+                    *guard = Some(b.clone());
+                    b
+                }
+            }
+        };
+        injected(fail, FailAt::Bridge)?;
+
+        // 5. The cell: the image's root with the instance's files on top.
+        let index = self.take_index();
+        undo.index = Some(index);
+        let address = self.ula.instance_addr(index);
+        let mut allowed = vec![self.own_id.clone()];
+        allowed.extend(self.cfg.admins.iter().cloned());
+        let params = Params {
+            name: spec.name.clone(),
+            address,
+            prefix_len: INSTANCE_PREFIX_LEN,
+            port: self.cfg.port,
+            allowed,
+        };
+        let image_dir = initramfs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let cell_spec = CellSpec {
+            name: spec.name.clone(),
+            limits: limits(spec),
+            prepared_root: Some(PreparedRoot {
+                lower,
+                files: files::seed(&identity, &params),
+            }),
+            security: Security {
+                all_caps: true,
+                delegate_cgroup: true,
+                net_sysctls: true,
+                read_only_binds: vec![(image_dir, PathBuf::from(files::IMAGE))],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cell = Cell::create(cell_spec, cells.clone()).await?;
+        undo.cell = Some(cell.clone());
+        injected(fail, FailAt::Cell)?;
+
+        // 6. The veth: eth0 inside, its host end on the bridge.
+        // Named after the bridge, so that two auraeds on one host (each
+        // with its own bridge) never pick the same names.
+        let stem: String = self.cfg.bridge.chars().take(9).collect();
+        let host = net::host_link_name(&format!("{stem}v"), index)?;
+        let peer = net::host_link_name(&format!("{stem}p"), index)?;
+        let (pidfd, _) = cell.namespaces();
+        let veth = net::create_veth(
+            &host,
+            &peer,
+            &bridge,
+            pidfd,
+            "eth0",
+            Some((address, INSTANCE_PREFIX_LEN)),
+        )
+        .await?;
+        undo.veth = Some(veth);
+        injected(fail, FailAt::Veth)?;
+
+        // 7. The instance's auraed.
+        let init = Executable::start(
+            format!("{}/init", spec.name),
+            init_process()?,
+            Placement::Cell(cell.clone()),
+            log_bytes,
+            "instance",
+        )
+        .await?;
+        undo.init = Some(init.clone());
+        injected(fail, FailAt::Init)?;
+
+        // 8. Ready: it serves, and answers health over mTLS.
+        let addr = SocketAddr::new(address.into(), self.cfg.port);
+        let channel = self
+            .link()?
+            .channel(addr, identity.spiffe_id.clone())
+            .map_err(|e| ApiError::Internal(format!("the link to instance {}: {e}", spec.name)))?;
+        wait_ready(&init, &channel, spec.ready_timeout, &spec.name).await?;
+        injected(fail, FailAt::Ready)?;
+
+        let veth = undo.veth.take();
+        undo.init = None;
+        undo.cell = None;
+        undo.index = None;
+        Ok(Instance {
+            name: spec.name.clone(),
+            spiffe_id: identity.spiffe_id,
+            address: addr,
+            choice,
+            ready_after: started.elapsed(),
+            created_at: SystemTime::now(),
+            init,
+            cell,
+            veth: Mutex::new(veth),
+            index,
+            channel,
+            torn_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The identity of instance `name`, from this auraed's signing CA.
+    fn issue(&self, name: &str) -> Result<files::Identity, ApiError> {
+        let read = |what: &'static str, path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| {
+                ApiError::FailedPrecondition(format!(
+                    "{what}: {} can't be read ({e}); spawning needs a CA to sign instance \
+                     identities",
+                    path.display()
+                ))
+            })
+        };
+        let key = read("instances.signing_key", &self.cfg.signing_key)?;
+        let chain = read("instances.signing_chain", &self.cfg.signing_chain)?;
+        let bundle = read("auth.ca_crt", &self.cfg.trust_bundle)?;
+        let delegator = crate::pki::Delegator::new(&key, &chain, &bundle)
+            .map_err(|e| ApiError::FailedPrecondition(format!("instances.signing_key: {e}")))?;
+        let depth = delegator
+            .max_child_depth()
+            .map_err(|e| ApiError::FailedPrecondition(format!("spawn: {e}")))?;
+        let id = delegator
+            .issue(name, depth)
+            .map_err(|e| ApiError::invalid("name", e.to_string()))?;
+        Ok(files::Identity {
+            spiffe_id: id.spiffe_id.clone(),
+            leaf_chain_pem: id.leaf_chain_pem.clone(),
+            leaf_key_pem: id.leaf_key_pem.clone(),
+            ca_chain_pem: id.ca_chain_pem.clone(),
+            ca_key_pem: id.ca_key_pem.clone(),
+            trust_bundle_pem: id.trust_bundle_pem.clone(),
+        })
+    }
+
+    fn link(&self) -> Result<super::link::LinkTls, ApiError> {
+        let read = |what: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| ApiError::io(format!("{what}: {}", path.display()), e))
+        };
+        super::link::LinkTls::new(
+            &read("auth.server_crt", &self.cfg.own_cert)?,
+            &read("auth.server_key", &self.cfg.own_key)?,
+            &read("auth.ca_crt", &self.cfg.trust_bundle)?,
+        )
+        .map_err(|e| ApiError::FailedPrecondition(format!("instance links: {e}")))
+    }
+}
+
+/// A cell's limits from the request: none unless asked for (a limit whose
+/// controller is missing fails loudly, as for any cell).
+fn limits(spec: &InstanceSpec) -> crate::cgroup::Limits {
+    let mut limits = crate::cgroup::Limits::default();
+    if spec.memory_mib > 0 {
+        limits.memory_max = Some(spec.memory_mib << 20);
+    }
+    if spec.vcpus > 0 {
+        limits.cpu_max = Some((u64::from(spec.vcpus) * 100_000, 100_000));
+    }
+    limits
+}
+
+/// `/init serve`: the image's guest-init serving the auraed library, with
+/// its parameters from `/etc/aurae/bootparams`.
+fn init_process() -> Result<ProcessSpec, ApiError> {
+    let c = |s: &str| crate::validation::c_string("instance", s);
+    Ok(ProcessSpec {
+        command: vec!["/init".into(), "serve".into()],
+        candidates: vec![c("/init")?],
+        argv: vec![c("/init")?, c("serve")?],
+        envp: vec![
+            c(&format!("PATH={}", crate::runtime::DEFAULT_PATH))?,
+            c("RUST_LOG=info")?,
+        ],
+        cwd: Some(c("/")?),
+        uid: None,
+        gid: None,
+    })
+}
+
+/// Waits until the instance's auraed says it serves on TCP, then until it
+/// answers health, within `timeout`. Fails early if it exits; the error
+/// carries the console's tail.
+async fn wait_ready(
+    init: &Executable,
+    channel: &tonic::transport::Channel,
+    timeout: Duration,
+    name: &str,
+) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let failed = |why: String| {
+        ApiError::DeadlineExceeded(format!(
+            "instance {name}: {why}; its console ends with:\n{}",
+            console_tail(init, 20)
+        ))
+    };
+    // The line the auraed library prints once its TCP listener is bound.
+    let serving = |data: &[u8]| String::from_utf8_lossy(data).contains("serving on tcp:");
+    let mut sub = init.logs.subscribe(true);
+    let mut seen = sub.history.iter().any(|l| serving(&l.data));
+    while !seen {
+        let Some(live) = sub.live.as_mut() else {
+            return Err(failed("its auraed exited before serving".into()));
+        };
+        match tokio::time::timeout_at(deadline, live.recv()).await {
+            Err(_) => return Err(failed(format!("not serving within {timeout:?}"))),
+            Ok(Ok(line)) => seen = serving(&line.data),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                return Err(failed("its auraed exited before serving".into()))
+            }
+        }
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut last = String::new();
+    // Bounded in count and time: the listener is bound already.
+    for _ in 0..50 {
+        let check = health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        match tokio::time::timeout_at(deadline, check).await {
+            Err(_) => break,
+            Ok(Ok(r)) if r.get_ref().status == 1 => return Ok(()),
+            Ok(Ok(r)) => last = format!("health answered {}", r.get_ref().status),
+            Ok(Err(status)) => last = format!("health failed: {}", status.message()),
+        }
+        if init.exit_info().is_some() {
+            return Err(failed("its auraed exited".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(failed(format!(
+        "no healthy answer within {timeout:?} ({last})"
+    )))
+}

@@ -1,0 +1,427 @@
+//! Spawn on the development machine (the cell backend, since its PVM KVM
+//! can't boot a standard kernel): real auraed binaries, real certificates,
+//! the image's own initramfs. A chain of three, requests routed hop by
+//! hop, logs through two hops, teardown that cascades, and a rollback at
+//! every step.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aurae_proto::runtime as pb;
+use aurae_tests::{leaks::Snapshot, require_root, Daemon, DaemonOptions};
+use tokio_stream::StreamExt;
+
+/// The image's initramfs (from `cargo xtask image`, or the initramfs-only
+/// build `cargo xtask test` makes).
+fn image() -> Option<PathBuf> {
+    let dir = std::env::var_os("AURAE_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            aurae_tests::binary("auraed")
+                .parent()
+                .and_then(Path::parent)
+                .map(|t| t.join("aurae-image"))
+                .unwrap_or_default()
+        });
+    dir.join("initramfs.cpio.zst").is_file().then_some(dir)
+}
+
+macro_rules! require_image {
+    () => {
+        match image() {
+            Some(dir) => dir,
+            None => {
+                aurae_tests::report_skip(
+                    aurae_tests::function_name!(),
+                    "no image: target/aurae-image/initramfs.cpio.zst (cargo xtask image)",
+                );
+                return;
+            }
+        }
+    };
+}
+
+async fn daemon(image: PathBuf, fail_at: Option<&str>) -> Daemon {
+    Daemon::start_with(DaemonOptions {
+        image_dir: Some(image),
+        spawn_fail_at: fail_at.map(str::to_string),
+        ..Default::default()
+    })
+    .await
+}
+
+fn spawn_req(name: &str) -> pb::SpawnRequest {
+    pb::SpawnRequest {
+        name: name.into(),
+        backend: pb::SpawnBackend::Auto as i32,
+        ready_timeout_ms: Some(30_000),
+        ..Default::default()
+    }
+}
+
+/// `aer --instance <path> ...`, which must succeed; its stdout.
+fn aer_ok(d: &Daemon, args: &[&str]) -> String {
+    let out = d.aer(args);
+    assert!(
+        out.status.success(),
+        "aer {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log_text()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The host ends (and not yet moved peers) of `d`'s instance veths.
+fn veths(d: &Daemon) -> Vec<String> {
+    let bridge = d.bridge();
+    let mut found = links(&format!("{bridge}v"));
+    found.extend(links(&format!("{bridge}p")));
+    found
+}
+
+/// The host's links whose names start with `prefix`.
+fn links(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_chain_of_three_spawns_routes_and_tears_down() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let before = Snapshot::of(&d);
+    let veths_before = veths(&d);
+
+    // host → a → a/b → a/b/c, each spawned through its parent.
+    let mut ids = Vec::new();
+    for (path, name) in [(None, "a"), (Some("a"), "b"), (Some("a/b"), "c")] {
+        let mut args = vec!["-o", "json"];
+        if let Some(p) = path {
+            args.extend(["--instance", p]);
+        }
+        args.extend(["spawn", "--name", name, "--backend", "cell"]);
+        let out = aer_ok(&d, &args);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["backend"], "cell", "{out}");
+        ids.push(v["spiffe_id"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(
+        ids,
+        [
+            "spiffe://test.local/auraed/a",
+            "spiffe://test.local/auraed/a/b",
+            "spiffe://test.local/auraed/a/b/c"
+        ]
+    );
+    // RunExecutable in the leaf, three hops down: guest-init, asked for
+    // something it doesn't do, says so and exits 2.
+    let out = d.aer(&[
+        "--instance",
+        "a/b/c",
+        "exec",
+        "--name",
+        "probe",
+        "--wait",
+        "--",
+        "/init",
+        "what",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its logs (stderr), replayed through the hops.
+    let out = d.aer(&["--instance", "a/b/c", "logs", "probe"]);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("guest-init runs as PID 1"), "{logs}");
+    // RunCell in the middle instance: a cell of its own, inside its cell.
+    let out = d.aer(&[
+        "--instance",
+        "a/b",
+        "cell",
+        "run",
+        "--name",
+        "inner",
+        "--wait",
+        "--",
+        "/init",
+        "what",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The instance tree, from the host.
+    let ls = aer_ok(&d, &["ls"]);
+    assert!(ls.contains("instance"), "{ls}");
+    let ls = aer_ok(&d, &["--instance", "a", "ls"]);
+    assert!(ls.contains("b"), "{ls}");
+
+    // Freeing a takes b and c with it.
+    let mut c = d.client().await;
+    let status = c
+        .status(pb::StatusRequest { id: "a".into() })
+        .await
+        .expect("status")
+        .into_inner();
+    c.free(pb::FreeRequest { id: "a".into() })
+        .await
+        .expect("free");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{}", status.pid)).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !Path::new(&format!("/proc/{}", status.pid)).exists(),
+        "a's auraed is gone"
+    );
+    assert_eq!(veths(&d), veths_before, "no veth left");
+    let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();
+    assert!(list.workloads.is_empty(), "{:?}", list.workloads);
+    // A microVM where KVM can't boot one (this machine's PVM): refused,
+    // naming why; where it could, the backend is not built yet.
+    let err = c
+        .spawn(pb::SpawnRequest {
+            backend: pb::SpawnBackend::Microvm as i32,
+            ..spawn_req("a")
+        })
+        .await
+        .expect_err("microvm");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
+        ),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().starts_with("backend: "), "{}", err.message());
+    before.assert_unchanged(&d);
+}
+
+#[tokio::test]
+async fn logs_stream_live_through_two_hops() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    aer_ok(&d, &["spawn", "--name", "a", "--backend", "cell"]);
+    aer_ok(
+        &d,
+        &[
+            "--instance",
+            "a",
+            "spawn",
+            "--name",
+            "b",
+            "--backend",
+            "cell",
+        ],
+    );
+    // An executable in b that prints, waits, and prints again; followed
+    // from the host through a, both lines arrive, the second live.
+    aer_ok(
+        &d,
+        &[
+            "--instance",
+            "a/b",
+            "exec",
+            "--name",
+            "live",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo first-line; sleep 1; echo second-line",
+        ],
+    );
+    let mut c = d.client().await;
+    let mut req = tonic::Request::new(pb::LogsRequest {
+        id: "live".into(),
+        follow: true,
+        wait_for_start: false,
+    });
+    req.metadata_mut()
+        .insert("aurae-instance", "a/b".parse().expect("metadata"));
+    let mut stream = c.logs(req).await.expect("logs").into_inner();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut seen = Vec::new();
+        while let Some(Ok(line)) = stream.next().await {
+            seen.push(String::from_utf8_lossy(&line.line).into_owned());
+        }
+        seen
+    })
+    .await;
+    let lines = found.expect("the stream ended when the executable exited");
+    assert_eq!(lines, ["first-line", "second-line"]);
+}
+
+#[tokio::test]
+async fn a_wrong_identity_is_refused_by_an_instance() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let out = aer_ok(
+        &d,
+        &["-o", "json", "spawn", "--name", "a", "--backend", "cell"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let addr = v["address"].as_str().expect("address").to_string();
+    // The host's client SVID (spiffe://test.local/aer) may manage the host,
+    // and so the instance through it; directly, only the host's own
+    // identity and its admins may.
+    let direct = d.aer(&["--tcp", &addr, "ls"]);
+    assert!(
+        direct.status.success(),
+        "an admin may connect directly: {}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    // A client of another trust domain is refused at the handshake.
+    let other = Daemon::start().await;
+    let out = std::process::Command::new(aurae_tests::binary("aer"))
+        .env("AURAE_CONFIG", &other.client_config)
+        .args(["--tcp", &addr, "ls"])
+        .output()
+        .expect("aer");
+    assert!(!out.status.success(), "another domain's client was let in");
+}
+
+#[tokio::test]
+async fn a_failure_at_any_step_leaves_nothing() {
+    require_root!();
+    let image = require_image!();
+    for step in [
+        "backend", "image", "identity", "bridge", "cell", "veth", "init", "ready",
+    ] {
+        let d = daemon(image.clone(), Some(step)).await;
+        let mut c = d.client().await;
+        c.list(pb::ListRequest {}).await.expect("list");
+        let before = Snapshot::of(&d);
+        let veths_before = veths(&d);
+        let err = c.spawn(spawn_req("a")).await.expect_err(step);
+        assert!(
+            err.message().contains(&format!("step {step}")),
+            "{step}: {}",
+            err.message()
+        );
+        before.assert_unchanged(&d);
+        assert_eq!(veths(&d), veths_before, "{step}: no veth left");
+        let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();
+        assert!(list.workloads.is_empty(), "{step}: {:?}", list.workloads);
+    }
+}
+
+#[tokio::test]
+async fn twenty_spawn_free_cycles_leak_nothing() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let mut c = d.client().await;
+    // The first spawn makes the bridge and unpacks the image: after it,
+    // every cycle must return to the same state.
+    c.spawn(spawn_req("warm")).await.expect("spawn");
+    c.free(pb::FreeRequest { id: "warm".into() })
+        .await
+        .expect("free");
+    let before = Snapshot::of(&d);
+    let veths_before = veths(&d);
+    for i in 0..20 {
+        c.spawn(spawn_req("cycle"))
+            .await
+            .unwrap_or_else(|e| panic!("spawn {i}: {e}"));
+        c.free(pb::FreeRequest { id: "cycle".into() })
+            .await
+            .unwrap_or_else(|e| panic!("free {i}: {e}"));
+    }
+    before.assert_unchanged(&d);
+    assert_eq!(veths(&d), veths_before);
+}
+
+#[tokio::test]
+async fn bad_spawn_requests_name_the_field() {
+    let image = image().unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    let d = daemon(image, None).await;
+    let mut c = d.client().await;
+    c.list(pb::ListRequest {}).await.expect("list");
+    let before = Snapshot::of(&d);
+    let cases: Vec<(&str, tonic::Code, pb::SpawnRequest)> = vec![
+        ("name", tonic::Code::InvalidArgument, spawn_req("Bad/Name")),
+        (
+            "vcpus",
+            tonic::Code::InvalidArgument,
+            pb::SpawnRequest {
+                vcpus: 100_000,
+                ..spawn_req("a")
+            },
+        ),
+        (
+            "memory_mib",
+            tonic::Code::InvalidArgument,
+            pb::SpawnRequest {
+                memory_mib: u64::MAX,
+                ..spawn_req("a")
+            },
+        ),
+        (
+            "backend",
+            tonic::Code::InvalidArgument,
+            pb::SpawnRequest {
+                backend: 42,
+                ..spawn_req("a")
+            },
+        ),
+        (
+            "initramfs",
+            tonic::Code::InvalidArgument,
+            pb::SpawnRequest {
+                initramfs: "/no/such/initrd".into(),
+                ..spawn_req("a")
+            },
+        ),
+        (
+            "initramfs",
+            tonic::Code::InvalidArgument,
+            pb::SpawnRequest {
+                initramfs: "/etc/passwd".into(),
+                ..spawn_req("a")
+            },
+        ),
+    ];
+    for (field, code, req) in cases {
+        let err = c.spawn(req).await.expect_err(field);
+        assert_eq!(err.code(), code, "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    // A microVM where KVM can't boot one (this machine's PVM): refused,
+    // naming why; where it could, the backend is not built yet.
+    let err = c
+        .spawn(pb::SpawnRequest {
+            backend: pb::SpawnBackend::Microvm as i32,
+            ..spawn_req("a")
+        })
+        .await
+        .expect_err("microvm");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
+        ),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().starts_with("backend: "), "{}", err.message());
+    before.assert_unchanged(&d);
+}
