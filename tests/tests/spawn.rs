@@ -425,3 +425,75 @@ async fn bad_spawn_requests_name_the_field() {
     assert!(err.message().starts_with("backend: "), "{}", err.message());
     before.assert_unchanged(&d);
 }
+
+#[tokio::test]
+async fn a_restart_after_kill_9_removes_instances_left_behind() {
+    require_root!();
+    let image = require_image!();
+    let mut d = daemon(image.clone(), None).await;
+    aer_ok(&d, &["spawn", "--name", "a", "--backend", "cell"]);
+    aer_ok(
+        &d,
+        &[
+            "--instance",
+            "a",
+            "spawn",
+            "--name",
+            "b",
+            "--backend",
+            "cell",
+        ],
+    );
+    let mut c = d.client().await;
+    let a = c
+        .status(pb::StatusRequest { id: "a".into() })
+        .await
+        .expect("status")
+        .into_inner();
+    let left = veths(&d);
+    let ip = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip");
+    assert!(
+        !left.is_empty(),
+        "a's veth: {} {}",
+        d.bridge(),
+        String::from_utf8_lossy(&ip.stdout)
+    );
+    d.crash();
+    assert!(
+        Path::new(&format!("/proc/{}", a.pid)).exists(),
+        "the crash left a running"
+    );
+    let dir = d.keep_dir();
+    drop(d);
+    let d2 = Daemon::start_with(DaemonOptions {
+        reuse: Some(dir),
+        image_dir: Some(image),
+        ..Default::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (Path::new(&format!("/proc/{}", a.pid)).exists() || !veths(&d2).is_empty())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !Path::new(&format!("/proc/{}", a.pid)).exists(),
+        "a's auraed killed"
+    );
+    assert!(
+        veths(&d2).is_empty(),
+        "its veth went with its network namespace"
+    );
+    assert!(
+        d2.log_text().contains("removed leftover"),
+        "{}",
+        d2.log_text()
+    );
+    // The name is free again.
+    let mut c = d2.client().await;
+    c.spawn(spawn_req("a")).await.expect("spawn again");
+}
