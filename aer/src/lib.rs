@@ -5,4 +5,5 @@
 pub mod client;
 pub mod output;
 pub mod text;
+pub mod tree;
 pub mod units;

@@ -485,13 +485,16 @@ async fn main() {
             print_status(out, &r.status.unwrap_or_default());
         }
         Command::Ls => {
-            let r = client.list(pb::ListRequest {}).await.or_exit();
+            // The whole tree: this auraed's workloads, then each instance's.
+            let workloads = aer::tree::list(connect(&cfg, &cli).await, cli.instance.clone(), 0)
+                .await
+                .unwrap_or_else(|s| status_error(s));
             match out {
                 Output::Json => say!(
                     "{}",
-                    serde_json::Value::Array(r.workloads.iter().map(output::status_json).collect())
+                    serde_json::Value::Array(workloads.iter().map(output::status_json).collect())
                 ),
-                Output::Table => emit(&output::table(&r.workloads)),
+                Output::Table => emit(&output::table(&workloads)),
             }
         }
         Command::Status { id } => print_status(

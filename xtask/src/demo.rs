@@ -1,17 +1,15 @@
 //! `cargo xtask demo`: the main job with its embedded default. It builds
 //! the guest image, starts auraed with fresh certificates, runs a cell from
-//! a busybox OCI image on the host, boots an instance of the image (our VMM
-//! where KVM boots standard kernels, QEMU otherwise) and runs a cell inside
-//! it through the instance's own auraed over mTLS.
+//! a busybox OCI image on the host, then, through the `Spawn` RPC and
+//! `aer` alone, spawns an instance of the image (a microVM where KVM boots
+//! standard kernels, else a cell running the same image), runs a cell in
+//! it, spawns an instance inside that instance, and draws the tree.
 
 use anyhow::{bail, Context};
 use aurae_proto::runtime as pb;
 use aurae_proto::runtime::runtime_client::RuntimeClient;
-use aurae_tests::guest::{
-    kvm_boots_linux, Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP,
-};
 use aurae_tests::image::{self, ImageConfig};
-use aurae_tests::Daemon;
+use aurae_tests::{Daemon, DaemonOptions};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -32,11 +30,27 @@ async fn print_output(c: &mut RuntimeClient<Channel>, id: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// Runs `aer <args>` against `d`, echoing the command and its output.
+fn aer(d: &Daemon, args: &[&str]) -> anyhow::Result<()> {
+    println!("$ aer {}", args.join(" "));
+    let out = d.aer(args);
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        println!("    | {line}");
+    }
+    if !out.status.success() {
+        bail!("aer {} failed ({})", args.join(" "), out.status);
+    }
+    Ok(())
+}
+
 pub fn run() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the demo needs root: cells use cgroups and namespaces");
     }
-    deps::ensure(&["busybox-static", "qemu-system-x86"])?;
+    deps::ensure(&["busybox-static"])?;
     println!("==> building the guest image (kernel cached outside the clone)");
     let img = crate::image::build()?;
     println!("==> building auraed, aer and aurae-vmm");
@@ -61,7 +75,11 @@ pub fn run() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         println!("==> starting auraed (mTLS on a unix socket, SPIFFE certificates from `auraed pki init`)");
-        let d = Daemon::start().await;
+        let d = Daemon::start_with(DaemonOptions {
+            image_dir: Some(img.dir.clone()),
+            ..Default::default()
+        })
+        .await;
         println!("    socket {}", d.socket.display());
         let layout = image::write_layout(
             &d.dir.join("busybox-image"),
@@ -87,50 +105,28 @@ pub fn run() -> anyhow::Result<()> {
         println!("==> aer ls\n{}", String::from_utf8_lossy(&d.aer(&["ls"]).stdout));
         c.free(pb::FreeRequest { id: "demo".into() }).await?;
 
-        let (launcher, _net) = if kvm_boots_linux() {
-            println!("==> booting an instance of the image with aurae-vmm (KVM, TAP {TAP} on a bridge)");
-            let net = TestNetwork::create();
-            (
-                Launcher::AuraeVmm {
-                    vmm: release.join("aurae-vmm"),
-                    kernel: img.bzimage.clone(),
-                    vcpus: 1,
-                    nested: false,
-                    vsock: false,
-                    disk: None,
-                    tap: TAP.into(),
-                    guest_ip: INSTANCE_IP.into(),
-                    gateway: BRIDGE_IP.into(),
-                },
-                Some(net),
-            )
-        } else {
-            println!("==> booting an instance of the image with QEMU (TCG): this host's KVM (PVM) can't boot a standard kernel");
-            (Launcher::Qemu, None)
-        };
-        let started = std::time::Instant::now();
-        let guest = Guest::boot_with(&img.dir, launcher).await;
-        println!("    the instance's auraed answered health over mTLS after {:.1} s", started.elapsed().as_secs_f64());
-        let mut gc = guest.client().await;
-        println!("==> running a cell inside the instance, from the OCI image in its initramfs");
-        gc.run_cell(pb::RunCellRequest {
-            name: "inside".into(),
-            image: "/images/busybox".into(),
-            executable: Some(pb::Executable {
-                command: "/bin/sh".into(),
-                args: vec!["-c".into(), "echo hello from cell $(hostname) inside the instance; cat /proc/1/comm".into()],
-                ..Default::default()
-            }),
-            executable_name: "inside-main".into(),
-            ..Default::default()
-        })
-        .await
-        .context("RunCell in the instance")?;
-        print_output(&mut gc, "inside-main").await?;
-        let spawn = c.spawn(pb::SpawnRequest { name: "demo-instance".into(), vcpus: 1, memory_mib: 256, ..Default::default() }).await;
-        if let Err(e) = spawn {
-            println!("==> note: the Spawn RPC itself is not served yet ({:?}: {}); the demo booted the instance directly", e.code(), e.message());
-        }
+        println!("==> spawning an instance of the image (the Spawn RPC, through aer)");
+        aer(&d, &["spawn", "--name", "demo", "--timeout", "120s"])?;
+        println!("==> running a cell inside the instance, routed through auraed");
+        aer(
+            &d,
+            &[
+                "--instance", "demo", "cell", "run", "--name", "hello", "--wait", "--",
+                "/bin/sh", "-c", "echo hello from cell $(hostname) inside instance demo",
+            ],
+        )?;
+        println!("==> the instance spawns an instance of its own");
+        aer(&d, &["--instance", "demo", "spawn", "--name", "inner", "--timeout", "120s"])?;
+        aer(
+            &d,
+            &[
+                "--instance", "demo/inner", "exec", "--wait", "--", "/bin/sh", "-c",
+                "echo hello from $(hostname), two hops down",
+            ],
+        )?;
+        println!("==> the tree");
+        aer(&d, &["ls"])?;
+        aer(&d, &["free", "demo"])?;
         println!("==> done");
         Ok(())
     })
