@@ -146,3 +146,24 @@ pub async fn exit_and_output(
     }
     (st, text)
 }
+
+/// `/bin/sh -c <script>`.
+pub fn sh(script: &str) -> aurae_proto::runtime::Executable {
+    aurae_proto::runtime::Executable {
+        command: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// Whether process `pid` is gone, or a zombie waiting for whoever
+/// inherited it.
+pub fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}

@@ -4,27 +4,7 @@
 use std::time::Duration;
 
 use aurae_proto::runtime as pb;
-use aurae_tests::{require_controller, require_root, Daemon, DaemonOptions};
-
-fn sh(script: &str) -> pb::Executable {
-    pb::Executable {
-        command: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
-        ..Default::default()
-    }
-}
-
-/// Gone, or a zombie waiting for whoever inherited it.
-fn dead(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .map(|rest| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-    }
-}
+use aurae_tests::{dead, require_controller, require_root, sh, Daemon, DaemonOptions};
 
 fn cell(name: &str, script: &str) -> pb::RunCellRequest {
     pb::RunCellRequest {

@@ -5,26 +5,7 @@
 use std::time::{Duration, Instant};
 
 use aurae_proto::runtime as pb;
-use aurae_tests::{require_root, Daemon, DaemonOptions};
-
-fn sh(script: &str) -> pb::Executable {
-    pb::Executable {
-        command: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
-        ..Default::default()
-    }
-}
-
-/// Gone, or a zombie waiting for whoever inherited it.
-fn dead(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
+use aurae_tests::{dead, require_root, sh, Daemon, DaemonOptions};
 
 /// The pid of the sleep a shell started (its only child).
 fn child_of(pid: u32) -> Option<u32> {

@@ -2,6 +2,7 @@
 
 mod bench_cells;
 mod bench_image;
+mod bench_spawn;
 mod bench_vmm;
 mod cache;
 mod demo;
@@ -55,6 +56,7 @@ enum Command {
 enum BenchTarget {
     Cells,
     Image,
+    Spawn,
     Vmm,
 }
 
@@ -88,6 +90,10 @@ fn main() -> anyhow::Result<()> {
             target: BenchTarget::Image,
             runs,
         } => bench_image::run(runs),
+        Command::Bench {
+            target: BenchTarget::Spawn,
+            runs,
+        } => bench_spawn::run(runs),
         Command::Bench {
             target: BenchTarget::Vmm,
             runs,

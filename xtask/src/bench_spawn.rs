@@ -1,0 +1,326 @@
+//! `cargo xtask bench spawn`: spawning cell-backed instances, measured in
+//! one run against peers, alternating, medians compared.
+//!
+//! - spawn → ready (answering health over mTLS) against starting a plain
+//!   cell that runs a fresh auraed by hand, until its health answers;
+//! - RSS of an idle cell-backed instance (every process of its cell);
+//! - spawns per second, one at a time and four at once;
+//! - a RunExecutable routed one hop (host → a) against the same call made
+//!   straight to a's address, and routed three hops (a/b/c) against the
+//!   host's own, for the cost per hop.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use aurae_proto::runtime as pb;
+use aurae_proto::runtime::runtime_client::RuntimeClient;
+use aurae_tests::{Daemon, DaemonOptions};
+use tonic::transport::Channel;
+
+use crate::deps;
+use crate::stats::{median, ms, report};
+
+fn spawn_req(name: &str) -> pb::SpawnRequest {
+    pb::SpawnRequest {
+        name: name.into(),
+        backend: pb::SpawnBackend::Cell as i32,
+        ready_timeout_ms: Some(60_000),
+        ..Default::default()
+    }
+}
+
+/// A client whose requests go to the instance at `path`.
+fn routed(
+    channel: Channel,
+    path: &str,
+) -> anyhow::Result<
+    RuntimeClient<
+        tonic::service::interceptor::InterceptedService<Channel, aer::client::InstanceRoute>,
+    >,
+> {
+    let route = aer::client::InstanceRoute::new(Some(path))?;
+    Ok(RuntimeClient::with_interceptor(channel, route))
+}
+
+/// One RunExecutable of /bin/true, waited for and freed; the time of the
+/// whole round trip.
+async fn roundtrip<T>(c: &mut RuntimeClient<T>, name: &str) -> anyhow::Result<Duration>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let t0 = Instant::now();
+    let r = c
+        .run_executable(pb::RunExecutableRequest {
+            name: name.into(),
+            cell: String::new(),
+            executable: Some(pb::Executable {
+                command: "/bin/true".into(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    c.wait(pb::WaitRequest {
+        id: r.id.clone(),
+        timeout_ms: Some(10_000),
+    })
+    .await?;
+    let took = t0.elapsed();
+    c.free(pb::FreeRequest { id: r.id }).await?;
+    Ok(took)
+}
+
+/// The RSS of every process of the cell `name` of daemon `d`, in KiB.
+fn cell_rss_kib(d: &Daemon, name: &str) -> anyhow::Result<u64> {
+    let procs = d
+        .cgroup_dir()
+        .context("no cgroup root")?
+        .join(name)
+        .join("leaf/cgroup.procs");
+    let mut total = 0;
+    for pid in std::fs::read_to_string(&procs)?.lines() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// The peer of a spawn: a plain host-view cell running a fresh auraed (its
+/// own PKI made once, its own state and socket), until its health answers.
+async fn plain_cell_with_auraed(
+    c: &mut RuntimeClient<Channel>,
+    auraed: &Path,
+    peer: &Path,
+    i: usize,
+) -> anyhow::Result<Duration> {
+    let dir = peer.join(format!("run-{i}"));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("aurae.sock");
+    let base = std::fs::read_to_string(peer.join("pki/auraed.toml"))?;
+    let config = base.replacen(
+        "[server]\n",
+        &format!("[server]\nsocket = {:?}\n", socket.display().to_string()),
+        1,
+    ) + &format!(
+        "\n[runtime]\nstate_dir = {:?}\ncgroup_root = \"aurae-bench-peer-{i}\"\n",
+        dir.join("state").display().to_string()
+    );
+    // The socket line pki init wrote comes first; ours replaces it.
+    let config = remove_second_socket(&config);
+    std::fs::write(dir.join("auraed.toml"), config)?;
+    let client_cfg = aer::client::ClientConfig::load(&peer.join("pki/config"))?;
+    let mut client_cfg = client_cfg;
+    client_cfg.system.socket = socket.clone();
+    let name = format!("peer-{i}");
+    let t0 = Instant::now();
+    c.run_cell(pb::RunCellRequest {
+        name: name.clone(),
+        privileged: true,
+        share_host: Some(pb::HostNamespaces {
+            net: true,
+            ..Default::default()
+        }),
+        executable: Some(pb::Executable {
+            command: auraed.display().to_string(),
+            args: vec![
+                "--config".into(),
+                dir.join("auraed.toml").display().to_string(),
+            ],
+            ..Default::default()
+        }),
+        executable_name: format!("{name}-auraed"),
+        ..Default::default()
+    })
+    .await?;
+    // Bounded: 1000 tries of at most a few ms each.
+    for _ in 0..1000 {
+        if socket.exists() {
+            if let Ok(ch) = client_cfg.connect(None).await {
+                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                if let Ok(r) = h
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    if r.get_ref().status == 1 {
+                        let took = t0.elapsed();
+                        c.free(pb::FreeRequest { id: name }).await?;
+                        return Ok(took);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bail!("the peer's auraed never answered health")
+}
+
+/// Keeps the first `socket = ` line of the [server] section.
+fn remove_second_socket(config: &str) -> String {
+    let mut seen = false;
+    config
+        .lines()
+        .filter(|l| {
+            if l.starts_with("socket = ") {
+                let keep = !seen;
+                seen = true;
+                keep
+            } else {
+                true
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn run(runs: usize) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench spawn needs root (instances are cells on a bridge)");
+    }
+    println!("==> building release binaries and the image's initramfs");
+    if !deps::cargo(&["build", "--release", "-p", "auraed", "-p", "aer"], &[])? {
+        bail!("build failed");
+    }
+    let initramfs = crate::image::build_initramfs()?;
+    let image_dir: PathBuf = initramfs.parent().context("image dir")?.to_path_buf();
+    let release = deps::target_dir().join("release");
+    std::env::set_var("AURAED_BIN", release.join("auraed"));
+    std::env::set_var("AER_BIN", release.join("aer"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let d = Daemon::start_with(DaemonOptions {
+            image_dir: Some(image_dir),
+            ..Default::default()
+        })
+        .await;
+        let peer = d.dir.join("peer");
+        let out = std::process::Command::new(release.join("auraed"))
+            .args(["pki", "init", "--trust-domain", "peer.local", "--out"])
+            .arg(peer.join("pki"))
+            .arg("--socket")
+            .arg(peer.join("unused.sock"))
+            .output()?;
+        if !out.status.success() {
+            bail!("pki init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut c = d.client().await;
+        // Warm: the bridge, the unpacked image.
+        c.spawn(spawn_req("warm")).await?;
+        c.free(pb::FreeRequest { id: "warm".into() }).await?;
+
+        let (mut ours, mut theirs, mut rss) = (vec![], vec![], vec![]);
+        for i in 0..=runs {
+            let t0 = Instant::now();
+            c.spawn(spawn_req("s")).await?;
+            let spawned = t0.elapsed();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let kib = cell_rss_kib(&d, "s")?;
+            c.free(pb::FreeRequest { id: "s".into() }).await?;
+            let p = plain_cell_with_auraed(&mut c, &release.join("auraed"), &peer, i).await?;
+            if i > 0 {
+                ours.push(spawned);
+                theirs.push(p);
+                rss.push(kib);
+            }
+        }
+        println!("\nmedians of {runs} alternating runs (release build, cell backend):");
+        report(
+            "spawn -> ready (mTLS health)",
+            median(ours.clone()),
+            "cell + auraed by hand",
+            median(theirs),
+            None,
+        );
+        let ready = median(ours);
+        println!(
+            "  spawn -> ready: {:.1} ms against the 100 ms target: {}",
+            ms(ready),
+            if ready <= Duration::from_millis(100) { "met" } else { "NOT met" }
+        );
+        rss.sort_unstable();
+        let rss_mib = rss[rss.len() / 2] as f64 / 1024.0;
+        println!(
+            "  RSS of an idle cell-backed instance: {rss_mib:.1} MiB (target ≤ 30: {})",
+            if rss_mib <= 30.0 { "met" } else { "NOT met" }
+        );
+
+        let n = runs.max(4);
+        let t0 = Instant::now();
+        for i in 0..n {
+            let name = format!("seq-{i}");
+            c.spawn(spawn_req(&name)).await?;
+        }
+        let seq = t0.elapsed();
+        for i in 0..n {
+            c.free(pb::FreeRequest { id: format!("seq-{i}") }).await?;
+        }
+        let t0 = Instant::now();
+        let rounds = n.div_ceil(4);
+        for r in 0..rounds {
+            let mut calls = Vec::new();
+            for k in 0..4 {
+                let mut c2 = c.clone();
+                let name = format!("par-{r}-{k}");
+                calls.push(async move { c2.spawn(spawn_req(&name)).await });
+            }
+            for res in futures::future::join_all(calls).await {
+                res?;
+            }
+        }
+        let par = t0.elapsed();
+        for r in 0..rounds {
+            for k in 0..4 {
+                c.free(pb::FreeRequest { id: format!("par-{r}-{k}") }).await?;
+            }
+        }
+        println!(
+            "  spawns per second: {:.1} one at a time, {:.1} four at once",
+            n as f64 / seq.as_secs_f64(),
+            (rounds * 4) as f64 / par.as_secs_f64()
+        );
+
+        // Routing: host → a against a direct connection to a, and
+        // host → a → b → c against the host's own RunExecutable.
+        let a = c.spawn(spawn_req("a")).await?.into_inner();
+        routed(d.channel().await?, "a")?.spawn(spawn_req("b")).await?;
+        routed(d.channel().await?, "a/b")?.spawn(spawn_req("c")).await?;
+        let mut via_host = routed(d.channel().await?, "a")?;
+        let mut leaf = routed(d.channel().await?, "a/b/c")?;
+        let mut direct = RuntimeClient::new(d.config().connect(Some(&a.address)).await?);
+        let (mut one_hop, mut straight, mut three_hops, mut local) = (vec![], vec![], vec![], vec![]);
+        for i in 0..=runs {
+            let h = roundtrip(&mut via_host, &format!("h{i}")).await?;
+            let s = roundtrip(&mut direct, &format!("s{i}")).await?;
+            let t = roundtrip(&mut leaf, &format!("t{i}")).await?;
+            let l = roundtrip(&mut c, &format!("l{i}")).await?;
+            if i > 0 {
+                one_hop.push(h);
+                straight.push(s);
+                three_hops.push(t);
+                local.push(l);
+            }
+        }
+        let (one, st, three, lo) = (median(one_hop), median(straight), median(three_hops), median(local));
+        report("RunExecutable to a, routed by the host", one, "straight to a", st, None);
+        report("RunExecutable to a/b/c (3 hops)", three, "on the host", lo, None);
+        let per_hop = one.saturating_sub(st);
+        println!(
+            "  added per routing hop: {:.2} ms (one hop against a direct call; target ≤ 1 ms: {})",
+            ms(per_hop),
+            if per_hop <= Duration::from_millis(1) { "met" } else { "NOT met" }
+        );
+        c.free(pb::FreeRequest { id: "a".into() }).await?;
+        Ok(())
+    })
+}
