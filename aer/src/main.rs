@@ -103,6 +103,9 @@ struct SpawnArgs {
     /// How long to wait for the instance to answer health, like 60s.
     #[arg(long)]
     timeout: Option<String>,
+    /// Let a microVM run KVM itself, so it can spawn microVMs too.
+    #[arg(long)]
+    nested: bool,
 }
 
 #[derive(Args)]
@@ -559,6 +562,7 @@ async fn main() {
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
                     ready_timeout_ms,
+                    nested: a.nested,
                     ..Default::default()
                 })
                 .await

@@ -29,6 +29,7 @@
 //! signing_chain = "/etc/aurae/pki/ca.crt"      # default: auth.ca_crt
 //! bridge = "aurae0"
 //! port = 8443
+//! vmm = "/usr/local/bin/aurae-vmm"   # default: aurae-vmm beside auraed, else this
 //! ```
 
 use std::net::SocketAddr;
@@ -89,6 +90,27 @@ pub struct InstancesSection {
     /// Fault injection for tests: fail every spawn at this step (backend,
     /// image, identity, bridge, cell, veth, init, ready) and roll back.
     pub fail_at: Option<String>,
+    /// The VMM microVM instances run on (`aurae-vmm`). Unset: `aurae-vmm`
+    /// beside the running auraed, else [`DEFAULT_VMM`].
+    pub vmm: Option<PathBuf>,
+}
+
+/// Where the VMM is when it is neither configured nor beside auraed.
+pub const DEFAULT_VMM: &str = "/usr/local/bin/aurae-vmm";
+
+impl InstancesSection {
+    /// The VMM: `vmm`, else `aurae-vmm` in the running executable's folder
+    /// if it is there, else [`DEFAULT_VMM`].
+    pub fn vmm_path(&self) -> PathBuf {
+        if let Some(p) = &self.vmm {
+            return p.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("aurae-vmm")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_VMM))
+    }
 }
 
 fn default_image_dir() -> PathBuf {
@@ -110,6 +132,7 @@ impl Default for InstancesSection {
             bridge: default_bridge(),
             port: default_instance_port(),
             fail_at: None,
+            vmm: None,
         }
     }
 }

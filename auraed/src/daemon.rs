@@ -80,6 +80,10 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
             // once however deep instances nest (a lower on an instance's
             // own overlay root would not mount two levels down).
             cache_dir: cfg.runtime.state_dir.join("cells").join(".instance-roots"),
+            // Also on the cells' tmpfs: a microVM's initrd holds its
+            // private keys, which never touch the disk.
+            instances_dir: cfg.runtime.state_dir.join("cells").join(".instances"),
+            vmm: i.vmm_path(),
             fail_at: i
                 .fail_at
                 .as_deref()

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context};
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 use crate::bootparams::BootParams;
@@ -49,10 +50,17 @@ pub async fn configure(params: &BootParams) -> anyhow::Result<()> {
         if ip.is_ipv4() {
             announce_on_up("eth0");
         }
-        handle
-            .address()
-            .add(eth0, ip, prefix)
-            .execute()
+        let mut add = handle.address().add(eth0, ip, prefix);
+        if ip.is_ipv6() {
+            // IFA_F_NODAD: usable at once. The parent assigns every address
+            // of the prefix, so duplicate address detection has nothing to
+            // find, and a tentative address can't be bound by auraed.
+            let msg = add.message_mut();
+            msg.header.flags |= AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        add.execute()
             .await
             .with_context(|| format!("adding {ip}/{prefix} to eth0"))?;
         handle

@@ -26,6 +26,8 @@ pub struct DaemonOptions {
     pub image_dir: Option<PathBuf>,
     /// `[instances] fail_at`: a spawn step that fails, to test rollback.
     pub spawn_fail_at: Option<String>,
+    /// `[instances] vmm`: the VMM microVM instances run on.
+    pub vmm: Option<PathBuf>,
 }
 
 pub struct Daemon {
@@ -126,6 +128,9 @@ impl Daemon {
         }
         if let Some(step) = &opts.spawn_fail_at {
             config.push_str(&format!("fail_at = {step:?}\n"));
+        }
+        if let Some(vmm) = &opts.vmm {
+            config.push_str(&format!("vmm = {:?}\n", vmm.display().to_string()));
         }
         let config_path = dir.join("auraed-run.toml");
         std::fs::write(&config_path, config).expect("config");

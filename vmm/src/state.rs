@@ -86,9 +86,18 @@ impl VmState {
 
     /// The first report counts; a later one (a guest that writes the port
     /// again) is ignored, which is what the `Err` of `set` says.
+    /// The first report is also printed at once (auraed reads it from the
+    /// VMM's output while the VM runs); the summary at exit repeats it.
     pub fn mark_boot(&self) {
-        let _ = self.boot_time.set(self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        let first = self.boot_time.set(elapsed).is_ok();
         let _ = self.boot_cpu.set(process_cpu());
+        if first {
+            eprintln!(
+                "aurae-vmm: boot timer: /init reported after {:.1} ms",
+                elapsed.as_secs_f64() * 1000.0
+            );
+        }
     }
 
     /// CPU time the whole VMM process had used when the boot timer fired.

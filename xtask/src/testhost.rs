@@ -76,6 +76,10 @@ pub fn default_runs() -> Vec<TestRun> {
             test: "vmm_boot".into(),
             ..Default::default()
         },
+        TestRun {
+            test: "spawn_microvm".into(),
+            ..Default::default()
+        },
     ]
 }
 

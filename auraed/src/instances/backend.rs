@@ -32,10 +32,10 @@ pub enum NoMicroVm {
     #[error("the guest kernel {} is missing (build it with `cargo xtask image`)", .0.display())]
     NoKernel(PathBuf),
     #[error(
-        "launching aurae-vmm from auraed is not built yet: the microVM backend answers \
-         UNIMPLEMENTED until it is"
+        "the VMM {} is missing (set instances.vmm, or install aurae-vmm next to auraed)",
+        .0.display()
     )]
-    NotBuilt,
+    NoVmm(PathBuf),
 }
 
 /// The backend chosen for a request, with the reason, as the status shows
@@ -46,8 +46,18 @@ pub struct Choice {
     pub reason: String,
 }
 
-/// What the host offers, read from `sys` (normally `/sys`) and `dev`.
-pub fn microvm_support(sys: &Path, dev: &Path, kernel: &Path) -> Result<(), NoMicroVm> {
+/// What the host offers, read from `sys` (normally `/sys`) and `dev`, and
+/// whether the guest kernel and the VMM are there.
+///
+/// `/dev/kvm` is what counts: it exists only once a vendor backend
+/// (`kvm_intel`, `kvm_amd` or `kvm_pvm`) has initialised, so without it the
+/// CPU offers no virtualization (a guest booted without `--nested`, whose
+/// built-in `kvm_amd` is still listed in `/sys/module` because it has
+/// parameters). The vendor modules are then told apart by
+/// `/sys/module/<name>`, which exists for loaded modules and for built-in
+/// ones with parameters (`kvm_intel` and `kvm_amd` both have some, so a
+/// guest kernel with them built in, like ours, is recognised).
+pub fn microvm_support(sys: &Path, dev: &Path, kernel: &Path, vmm: &Path) -> Result<(), NoMicroVm> {
     if !dev.join("kvm").exists() {
         return Err(NoMicroVm::NoKvm);
     }
@@ -61,9 +71,10 @@ pub fn microvm_support(sys: &Path, dev: &Path, kernel: &Path) -> Result<(), NoMi
     if !kernel.exists() {
         return Err(NoMicroVm::NoKernel(kernel.to_path_buf()));
     }
-    // The VMM runs our image (tests/tests/vmm_boot.rs), but auraed does
-    // not launch it yet.
-    Err(NoMicroVm::NotBuilt)
+    if !super::is_file(vmm) {
+        return Err(NoMicroVm::NoVmm(vmm.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// Why a request's preference can't be met.
@@ -72,9 +83,6 @@ pub enum ChoiceError {
     /// A microVM was asked for where KVM can't boot one.
     #[error("backend: a microVM can't run here: {0}")]
     Impossible(NoMicroVm),
-    /// A microVM was asked for where it could run, but it isn't built.
-    #[error("backend: {0}")]
-    Unbuilt(NoMicroVm),
 }
 
 /// Picks the backend: `auto` takes a microVM where one can run, else a
@@ -96,7 +104,6 @@ pub fn choose(
             backend: Backend::Cell,
             reason: format!("auto: a cell, since no microVM: {why}"),
         }),
-        (Preference::MicroVm, Err(why @ NoMicroVm::NotBuilt)) => Err(ChoiceError::Unbuilt(why)),
         (Preference::MicroVm, Err(why)) => Err(ChoiceError::Impossible(why)),
     }
 }
@@ -122,7 +129,7 @@ mod tests {
     #[test]
     fn a_pvm_host_like_the_development_machine_gets_a_cell() {
         let (t, sys, dev) = host(&["kvm", "kvm_pvm"], true);
-        let support = microvm_support(&sys, &dev, &t.path().join("bzImage"));
+        let support = microvm_support(&sys, &dev, &t.path().join("bzImage"), t.path());
         assert!(matches!(support, Err(NoMicroVm::PvmOnly(_))), "{support:?}");
         let choice = choose(Preference::Auto, support.clone()).expect("auto");
         assert_eq!(choice.backend, Backend::Cell);
@@ -136,16 +143,64 @@ mod tests {
     fn no_kvm_or_no_hardware_backend_means_no_microvm() {
         let (t, sys, dev) = host(&[], false);
         let k = t.path().join("bzImage");
+        let v = t.path().join("aurae-vmm");
         assert!(matches!(
-            microvm_support(&sys, &dev, &k),
+            microvm_support(&sys, &dev, &k, &v),
+            Err(NoMicroVm::NoKvm)
+        ));
+        // A guest booted without nested virtualization: its built-in
+        // kvm_amd is listed, but there is no /dev/kvm.
+        let (t, sys, dev) = host(&["kvm", "kvm_amd"], false);
+        let (k, v) = (t.path().join("bzImage"), t.path().join("aurae-vmm"));
+        assert!(matches!(
+            microvm_support(&sys, &dev, &k, &v),
             Err(NoMicroVm::NoKvm)
         ));
         let (t, sys, dev) = host(&["kvm"], true);
-        let k = t.path().join("bzImage");
+        let (k, v) = (t.path().join("bzImage"), t.path().join("aurae-vmm"));
         assert!(matches!(
-            microvm_support(&sys, &dev, &k),
+            microvm_support(&sys, &dev, &k, &v),
             Err(NoMicroVm::NoHardwareKvm)
         ));
+    }
+
+    #[test]
+    fn hardware_kvm_needs_the_kernel_and_the_vmm_too() {
+        let (t, sys, dev) = host(&["kvm", "kvm_intel"], true);
+        let k = t.path().join("vmlinux");
+        let v = t.path().join("aurae-vmm");
+        let support = microvm_support(&sys, &dev, &k, &v);
+        assert!(
+            matches!(&support, Err(NoMicroVm::NoKernel(p)) if p == &k),
+            "{support:?}"
+        );
+        std::fs::write(&k, b"kernel").expect("kernel");
+        let support = microvm_support(&sys, &dev, &k, &v);
+        assert!(
+            matches!(&support, Err(NoMicroVm::NoVmm(p)) if p == &v),
+            "{support:?}"
+        );
+        let err = choose(Preference::MicroVm, support.clone()).expect_err("no vmm");
+        assert!(err.to_string().contains("instances.vmm"), "{err}");
+        assert_eq!(
+            choose(Preference::Auto, support).expect("auto").backend,
+            Backend::Cell
+        );
+        // A directory is not a VMM.
+        std::fs::create_dir(&v).expect("dir");
+        assert!(matches!(
+            microvm_support(&sys, &dev, &k, &v),
+            Err(NoMicroVm::NoVmm(_))
+        ));
+        std::fs::remove_dir(&v).expect("rmdir");
+        std::fs::write(&v, b"vmm").expect("vmm");
+        assert!(microvm_support(&sys, &dev, &k, &v).is_ok());
+        let (t, sys, dev) = host(&["kvm", "kvm_amd"], true);
+        let (k, v) = (t.path().join("vmlinux"), t.path().join("aurae-vmm"));
+        std::fs::write(&k, b"kernel").expect("kernel");
+        std::fs::write(&v, b"vmm").expect("vmm");
+        let choice = choose(Preference::Auto, microvm_support(&sys, &dev, &k, &v)).expect("auto");
+        assert_eq!(choice.backend, Backend::MicroVm);
     }
 
     #[test]

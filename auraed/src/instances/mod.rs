@@ -1,11 +1,12 @@
-//! Spawned instances: a nested auraed in a cell (or, later, a microVM),
-//! on a bridge of this auraed's, with an identity this auraed signed, and
-//! a link this auraed routes requests over.
+//! Spawned instances: a nested auraed in a microVM (aurae-vmm, in a cell of
+//! its own) or in a cell, on a bridge of this auraed's, with an identity
+//! this auraed signed, and a link this auraed routes requests over.
 
 pub mod backend;
 pub mod files;
 mod lifecycle;
 pub mod link;
+mod microvm;
 pub mod root;
 mod spawn;
 
@@ -20,8 +21,8 @@ use tonic::transport::Channel;
 use crate::cells::Cell;
 use crate::error::ApiError;
 use crate::executables::Executable;
-use crate::net::{Bridge, Ula, Veth};
-use backend::{Choice, Preference};
+use crate::net::{Bridge, Tap, Ula, Veth};
+use backend::{Backend, Choice, Preference};
 
 pub use spawn::FailAt;
 
@@ -59,6 +60,11 @@ pub struct InstancesConfig {
     pub port: u16,
     /// Where unpacked images are cached.
     pub cache_dir: PathBuf,
+    /// Where each microVM instance gets a folder of its own (its initrd,
+    /// with its keys): on the cells' tmpfs, removed with the instance.
+    pub instances_dir: PathBuf,
+    /// The VMM microVM instances run on.
+    pub vmm: PathBuf,
     /// A spawn step at which to fail, for the fault-injection tests.
     pub fail_at: Option<FailAt>,
 }
@@ -70,11 +76,20 @@ pub struct Instance {
     pub address: SocketAddr,
     pub choice: Choice,
     pub ready_after: Duration,
+    /// The VMM's boot timer (launch to the guest's /init), for a microVM.
+    pub boot_ms: Option<u64>,
     pub created_at: SystemTime,
-    /// The instance's auraed (`/init serve`): its output is the console.
+    /// The instance's auraed (`/init serve`) in a cell, or its VMM
+    /// (`aurae-vmm`, whose standard output is the guest's serial console):
+    /// its output is the console.
     pub init: Arc<Executable>,
+    /// The instance's cell, or the VMM's.
     cell: Arc<Cell>,
     veth: Mutex<Option<Veth>>,
+    /// A microVM's TAP on the bridge.
+    tap: Mutex<Option<Tap>>,
+    /// A microVM's folder (its initrd) on the cells' tmpfs.
+    vm_dir: Option<PathBuf>,
     index: u32,
     channel: Channel,
     torn_down: AtomicBool,
@@ -96,16 +111,34 @@ impl Instance {
     }
 
     /// Stops the instance and everything in it (its own instances run in
-    /// its cell and network namespace, and go with them), then removes its
-    /// veth. Idempotent.
+    /// its cell and network namespace, or in its VM, and go with them),
+    /// then removes its veth, or its TAP and folder. A VMM gets SIGTERM
+    /// (it stops the VM cleanly) and SIGKILL after [`VMM_STOP_GRACE`].
+    /// Idempotent.
     pub async fn tear_down(&self) -> Result<(), ApiError> {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return Ok(());
+        }
+        if self.choice.backend == Backend::MicroVm {
+            if let Err(e) = self
+                .init
+                .stop(nix::sys::signal::Signal::SIGTERM, VMM_STOP_GRACE)
+                .await
+            {
+                tracing::warn!("instance {}: stopping its VMM: {e}", self.name);
+            }
         }
         let destroyed = self.cell.destroy().await;
         let veth = self.veth.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(veth) = veth {
             veth.remove().await?;
+        }
+        let tap = self.tap.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tap) = tap {
+            tap.remove().await?;
+        }
+        if let Some(dir) = &self.vm_dir {
+            microvm::remove_dir(dir)?;
         }
         destroyed
     }
@@ -115,6 +148,9 @@ impl Instance {
         console_tail(&self.init, lines)
     }
 }
+
+/// How long a VMM has to stop its VM after SIGTERM before it is killed.
+pub const VMM_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The last `lines` lines an executable printed.
 pub fn console_tail(exe: &Executable, lines: usize) -> String {

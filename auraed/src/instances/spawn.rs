@@ -9,15 +9,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::backend::{self, Backend, ChoiceError};
+use super::backend::{self, Backend};
 use super::files::{self, Params};
 use super::{console_tail, is_file, Instance, InstanceSpec, Instances};
 use crate::cells::{Cell, CellContext, CellSpec, PreparedRoot, Security};
 use crate::error::ApiError;
 use crate::executables::{Executable, Placement, ProcessSpec};
-use crate::net::{self, Veth, INSTANCE_PREFIX_LEN};
+use crate::net::{self, Bridge, Tap, Veth, INSTANCE_PREFIX_LEN};
 
-/// The steps of a spawn, in order; a test can make any of them fail.
+/// The steps of a spawn, in order; a test can make any of them fail. On a
+/// microVM, `cell` is the instance's folder and initrd and the VMM's cell,
+/// `veth` its TAP, and `init` the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailAt {
     Backend,
@@ -62,11 +64,13 @@ impl FailAt {
 
 /// What a spawn made so far, undone in reverse on failure.
 #[derive(Default)]
-struct Undo {
-    index: Option<u32>,
-    cell: Option<Arc<Cell>>,
-    veth: Option<Veth>,
-    init: Option<Arc<Executable>>,
+pub(super) struct Undo {
+    pub(super) index: Option<u32>,
+    pub(super) cell: Option<Arc<Cell>>,
+    pub(super) veth: Option<Veth>,
+    pub(super) tap: Option<Tap>,
+    pub(super) vm_dir: Option<PathBuf>,
+    pub(super) init: Option<Arc<Executable>>,
 }
 
 impl Undo {
@@ -89,13 +93,23 @@ impl Undo {
                 tracing::error!("rolling back a spawn: removing its veth: {e}");
             }
         }
+        if let Some(tap) = self.tap.take() {
+            if let Err(e) = tap.remove().await {
+                tracing::error!("rolling back a spawn: removing its TAP: {e}");
+            }
+        }
+        if let Some(dir) = self.vm_dir.take() {
+            if let Err(e) = super::microvm::remove_dir(&dir) {
+                tracing::error!("rolling back a spawn: {e}");
+            }
+        }
         if let Some(index) = self.index.take() {
             instances.release_index(index);
         }
     }
 }
 
-fn injected(spec_fail: Option<FailAt>, step: FailAt) -> Result<(), ApiError> {
+pub(super) fn injected(spec_fail: Option<FailAt>, step: FailAt) -> Result<(), ApiError> {
     if spec_fail == Some(step) {
         return Err(ApiError::Internal(format!(
             "spawn: failure injected at step {} (instances.fail_at)",
@@ -135,23 +149,15 @@ impl Instances {
         let fail = self.cfg.fail_at;
 
         // 1. The backend, and why.
-        let kernel = spec
-            .kernel
-            .clone()
-            .unwrap_or_else(|| self.image_file("vmlinux"));
-        let support = backend::microvm_support(Path::new("/sys"), Path::new("/dev"), &kernel);
-        let choice = backend::choose(spec.preference, support).map_err(|e| match e {
-            ChoiceError::Impossible(_) => ApiError::FailedPrecondition(e.to_string()),
-            ChoiceError::Unbuilt(_) => ApiError::Unimplemented(e.to_string()),
-        })?;
-        if choice.backend == Backend::MicroVm {
-            return Err(ApiError::Unimplemented(
-                "backend: launching aurae-vmm from auraed is not built yet".into(),
-            ));
-        }
+        let kernel = spec.kernel.clone().unwrap_or_else(|| self.default_kernel());
+        let support =
+            backend::microvm_support(Path::new("/sys"), Path::new("/dev"), &kernel, &self.cfg.vmm);
+        let choice = backend::choose(spec.preference, support)
+            .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
         injected(fail, FailAt::Backend)?;
 
-        // 2. The image's root, unpacked once.
+        // 2. The image: on a microVM its base, decompressed; in a cell its
+        // root, unpacked once.
         let (initramfs, field) = match &spec.initramfs {
             Some(p) => (p.clone(), "initramfs"),
             None => (self.image_file("initramfs.cpio.zst"), "instances.image_dir"),
@@ -169,6 +175,13 @@ impl Instances {
             } else {
                 ApiError::FailedPrecondition(why)
             });
+        }
+        if choice.backend == Backend::MicroVm {
+            return self
+                .spawn_microvm(
+                    spec, choice, kernel, initramfs, field, cells, log_bytes, undo, started,
+                )
+                .await;
         }
         let cache = self.cfg.cache_dir.clone();
         let image = initramfs.clone();
@@ -189,38 +202,14 @@ impl Instances {
         injected(fail, FailAt::Identity)?;
 
         // 4. The bridge, made on first use.
-        let bridge = {
-            let mut guard = self.bridge.lock().await;
-            match &*guard {
-                Some(b) => b.clone(),
-                None => {
-                    let b = net::ensure_bridge(
-                        &self.cfg.bridge,
-                        self.ula.bridge_addr(),
-                        INSTANCE_PREFIX_LEN,
-                    )
-                    .await?;
-                    tracing::info!(bridge = %b.name, prefix = %b.addr, "instance bridge ready");
-                    *guard = Some(b.clone());
-                    b
-                }
-            }
-        };
+        let bridge = self.ensure_bridge().await?;
         injected(fail, FailAt::Bridge)?;
 
         // 5. The cell: the image's root with the instance's files on top.
         let index = self.take_index();
         undo.index = Some(index);
         let address = self.ula.instance_addr(index);
-        let mut allowed = vec![self.own_id.clone()];
-        allowed.extend(self.cfg.admins.iter().cloned());
-        let params = Params {
-            name: spec.name.clone(),
-            address,
-            prefix_len: INSTANCE_PREFIX_LEN,
-            port: self.cfg.port,
-            allowed,
-        };
+        let params = self.params(spec, address);
         let image_dir = initramfs
             .parent()
             .map(Path::to_path_buf)
@@ -282,7 +271,7 @@ impl Instances {
             .link()?
             .channel(addr, identity.spiffe_id.clone())
             .map_err(|e| ApiError::Internal(format!("the link to instance {}: {e}", spec.name)))?;
-        wait_ready(&init, &channel, spec.ready_timeout, &spec.name).await?;
+        wait_ready(&init, &channel, spec.ready_timeout, &spec.name, "auraed").await?;
         injected(fail, FailAt::Ready)?;
 
         let veth = undo.veth.take();
@@ -295,18 +284,63 @@ impl Instances {
             address: addr,
             choice,
             ready_after: started.elapsed(),
+            boot_ms: None,
             created_at: SystemTime::now(),
             init,
             cell,
             veth: Mutex::new(veth),
+            tap: Mutex::new(None),
+            vm_dir: None,
             index,
             channel,
             torn_down: AtomicBool::new(false),
         })
     }
 
+    /// The kernel microVMs boot: the image's `vmlinux` (through its PVH
+    /// entry), else its `bzImage`.
+    fn default_kernel(&self) -> PathBuf {
+        let vmlinux = self.image_file("vmlinux");
+        let bzimage = self.image_file("bzImage");
+        if !is_file(&vmlinux) && is_file(&bzimage) {
+            bzimage
+        } else {
+            vmlinux
+        }
+    }
+
+    /// The bridge, made on first use.
+    pub(super) async fn ensure_bridge(&self) -> Result<Bridge, ApiError> {
+        let mut guard = self.bridge.lock().await;
+        if let Some(b) = &*guard {
+            return Ok(b.clone());
+        }
+        let b = net::ensure_bridge(
+            &self.cfg.bridge,
+            self.ula.bridge_addr(),
+            INSTANCE_PREFIX_LEN,
+        )
+        .await?;
+        tracing::info!(bridge = %b.name, prefix = %b.addr, "instance bridge ready");
+        *guard = Some(b.clone());
+        Ok(b)
+    }
+
+    /// What instance `spec` is told about itself and its parent.
+    pub(super) fn params(&self, spec: &InstanceSpec, address: std::net::Ipv6Addr) -> Params {
+        let mut allowed = vec![self.own_id.clone()];
+        allowed.extend(self.cfg.admins.iter().cloned());
+        Params {
+            name: spec.name.clone(),
+            address,
+            prefix_len: INSTANCE_PREFIX_LEN,
+            port: self.cfg.port,
+            allowed,
+        }
+    }
+
     /// The identity of instance `name`, from this auraed's signing CA.
-    fn issue(&self, name: &str) -> Result<files::Identity, ApiError> {
+    pub(super) fn issue(&self, name: &str) -> Result<files::Identity, ApiError> {
         let read = |what: &'static str, path: &Path| {
             std::fs::read_to_string(path).map_err(|e| {
                 ApiError::FailedPrecondition(format!(
@@ -337,7 +371,7 @@ impl Instances {
         })
     }
 
-    fn link(&self) -> Result<super::link::LinkTls, ApiError> {
+    pub(super) fn link(&self) -> Result<super::link::LinkTls, ApiError> {
         let read = |what: &'static str, path: &Path| {
             std::fs::read(path).map_err(|e| ApiError::io(format!("{what}: {}", path.display()), e))
         };
@@ -382,13 +416,15 @@ fn init_process() -> Result<ProcessSpec, ApiError> {
 }
 
 /// Waits until the instance's auraed says it serves on TCP, then until it
-/// answers health, within `timeout`. Fails early if it exits; the error
-/// carries the console's tail.
-async fn wait_ready(
+/// answers health, within `timeout`. Fails early if `init` (its auraed, or
+/// the VMM whose output is the guest's console: `process` says which)
+/// exits; the error carries the console's tail.
+pub(super) async fn wait_ready(
     init: &Executable,
     channel: &tonic::transport::Channel,
     timeout: Duration,
     name: &str,
+    process: &str,
 ) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let failed = |why: String| {
@@ -403,14 +439,14 @@ async fn wait_ready(
     let mut seen = sub.history.iter().any(|l| serving(&l.data));
     while !seen {
         let Some(live) = sub.live.as_mut() else {
-            return Err(failed("its auraed exited before serving".into()));
+            return Err(failed(format!("its {process} exited before serving")));
         };
         match tokio::time::timeout_at(deadline, live.recv()).await {
             Err(_) => return Err(failed(format!("not serving within {timeout:?}"))),
             Ok(Ok(line)) => seen = serving(&line.data),
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
-                return Err(failed("its auraed exited before serving".into()))
+                return Err(failed(format!("its {process} exited before serving")))
             }
         }
     }
@@ -428,7 +464,7 @@ async fn wait_ready(
             Ok(Err(status)) => last = format!("health failed: {}", status.message()),
         }
         if init.exit_info().is_some() {
-            return Err(failed("its auraed exited".into()));
+            return Err(failed(format!("its {process} exited")));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

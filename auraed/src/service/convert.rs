@@ -424,7 +424,7 @@ pub fn instance(i: &Instance) -> pb::InstanceStatus {
         address: i.address.to_string(),
         backend: backend(i.choice.backend) as i32,
         backend_reason: i.choice.reason.clone(),
-        boot_ms: None,
+        boot_ms: i.boot_ms,
         ready_ms: i.ready_after.as_millis() as u64,
         children: vec![],
     }

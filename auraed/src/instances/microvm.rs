@@ -1,0 +1,570 @@
+//! The microVM backend of spawn: aurae-vmm boots the image's kernel with an
+//! initrd of the instance's own (the image's base initramfs, decompressed,
+//! followed by an overlay with the instance's identity, config and the
+//! image for its own children), on a TAP on the bridge.
+//!
+//! The VMM is a process of its own in a cell of its own: own pid, ipc, uts,
+//! cgroup and mount namespaces, the host's network namespace (the TAP is
+//! there) and root, and a container's capabilities (no `all_caps`): it
+//! opens `/dev/kvm`, and attaches to the TAP with `TUNSETIFF`, which a
+//! persistent TAP without an owner or group (as [`net::create_tap`] makes
+//! it) allows without `CAP_NET_ADMIN`. Its memory is limited to the guest's
+//! plus [`VMM_OVERHEAD_MIB`] where the memory controller exists. A VMM
+//! that crashes takes only its instance down. Its standard output is the
+//! guest's serial console, so the instance's logs are the console.
+//!
+//! The instance's folder (its initrd, which holds its private keys) is on
+//! the cells' tmpfs and goes with the instance.
+
+use std::io::Read;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use initramfs::Manifest;
+
+use super::backend::Choice;
+use super::files::{self, Params};
+use super::spawn::{injected, wait_ready, FailAt, Undo};
+use super::{Instance, InstanceSpec, Instances};
+use crate::cells::{Cell, CellContext, CellSpec, HostShare, SeedFile};
+use crate::error::ApiError;
+use crate::executables::{Executable, Placement, ProcessSpec};
+use crate::net;
+
+/// Guest memory when the request names none, in MiB (aurae-vmm's default).
+pub const DEFAULT_MEM_MIB: u64 = 256;
+/// What the VMM itself may use beyond guest memory, in MiB.
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// The line aurae-vmm prints when the guest's /init reports to its boot
+/// timer, followed by the milliseconds since launch.
+pub const BOOT_TIMER_LINE: &str = "aurae-vmm: boot timer: /init reported after ";
+
+/// What went wrong preparing a microVM's initrd.
+#[derive(Debug, thiserror::Error)]
+pub enum InitrdError {
+    #[error("reading the base initramfs {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("decompressing the base initramfs {} (zstd)", path.display())]
+    Decompress {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the instance's overlay archive")]
+    Overlay(#[source] initramfs::CpioError),
+    #[error("writing the instance's initrd {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("making the instance's folder {}", path.display())]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An error and its sources, as one message for the API.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The base initramfs as the instance boots it: uncompressed (unpacking
+/// zstd costs a guest about 0.3 s of its boot when nested; copying raw
+/// bytes costs the VMM a few tens of milliseconds).
+pub fn read_base(path: &Path) -> Result<Vec<u8>, InitrdError> {
+    let raw = std::fs::read(path).map_err(|source| InitrdError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !raw.starts_with(&ZSTD_MAGIC) {
+        return Ok(raw);
+    }
+    zstd::decode_all(raw.as_slice()).map_err(|source| InitrdError::Decompress {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The overlay: the instance's seed files (as a cell-backed instance gets
+/// them, less `/etc/aurae/bootparams`: a VM has a kernel command line of
+/// its own) and `image`, the files of [`files::IMAGE`] for its own
+/// children, as (name, host path).
+pub fn overlay(seed: &[SeedFile], image: &[(String, PathBuf)]) -> Result<Vec<u8>, InitrdError> {
+    let mut m = Manifest::new();
+    let pki = files::PKI.trim_start_matches('/');
+    m.dir(pki, 0o700).map_err(InitrdError::Overlay)?;
+    for f in seed {
+        let path = f.path.to_string_lossy();
+        if path.ends_with("etc/aurae/bootparams") {
+            continue;
+        }
+        m.bytes(&path, f.contents.clone(), f.mode)
+            .map_err(InitrdError::Overlay)?;
+    }
+    let dir = files::IMAGE.trim_start_matches('/');
+    for (name, src) in image {
+        let mode = if name == "aurae-vmm" { 0o755 } else { 0o644 };
+        m.file(&format!("{dir}/{name}"), src, mode)
+            .map_err(InitrdError::Overlay)?;
+    }
+    m.write(Vec::new()).map_err(InitrdError::Overlay)
+}
+
+/// Makes `dir` (mode 0700, in `parent`, also 0700), replacing a stale one
+/// (the registry holds the name, so no live instance has it).
+fn make_dir(parent: &Path, dir: &Path) -> Result<(), InitrdError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InitrdError::Dir { path, source }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(err(parent))?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::warn!("removed a stale instance folder {}", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(dir)(e)),
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(err(dir))
+}
+
+/// Removes an instance's folder; one already gone is fine.
+pub fn remove_dir(dir: &Path) -> Result<(), ApiError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ApiError::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// Writes the initrd, readable by its owner only (it holds keys).
+fn write_initrd(path: &Path, parts: &[&[u8]]) -> Result<(), InitrdError> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(&initramfs::concat(parts)))
+        .map_err(|source| InitrdError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Whether `path` is an ELF executable without a program interpreter
+/// (static): only such a VMM runs in the guest, which has no libc.
+pub fn is_static_elf(path: &Path) -> bool {
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .is_ok();
+    read && static_elf(&head)
+}
+
+fn static_elf(b: &[u8]) -> bool {
+    // ELF64, little endian: e_phoff at 0x20, e_phentsize at 0x36, e_phnum
+    // at 0x38; PT_INTERP is 3.
+    if b.len() < 64 || b[..4] != *b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let (Some(phoff), Some(entsize), Some(num)) = (
+        b.get(0x20..0x28)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map(u64::from_le_bytes),
+        u16_at(0x36),
+        u16_at(0x38),
+    ) else {
+        return false;
+    };
+    (0..usize::from(num)).all(|i| {
+        let at = usize::try_from(phoff)
+            .ok()
+            .and_then(|p| p.checked_add(i * usize::from(entsize)));
+        match at.and_then(|o| b.get(o..o + 4)) {
+            Some(t) => u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3,
+            // Program headers beyond what was read: unknown, so not static.
+            None => false,
+        }
+    })
+}
+
+/// The kernel command line: the serial console, a triple-fault reboot
+/// that ends the VM, a quiet boot (every console character is a VM exit;
+/// a panic still prints), and the instance's `aurae.*` parameters.
+pub fn cmdline(params: &Params, gateway: Ipv6Addr) -> String {
+    format!(
+        "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 percpu_alloc=page \
+         aurae.name={} aurae.ip={}/{} aurae.gw={gateway} aurae.port={}",
+        params.name, params.address, params.prefix_len, params.port
+    )
+}
+
+/// The boot timer aurae-vmm printed, in milliseconds.
+pub fn boot_ms(exe: &Executable) -> Option<u64> {
+    let sub = exe.logs.subscribe(false);
+    sub.history
+        .iter()
+        .find_map(|l| parse_boot_ms(&String::from_utf8_lossy(&l.data)))
+}
+
+/// The milliseconds of a [`BOOT_TIMER_LINE`].
+fn parse_boot_ms(line: &str) -> Option<u64> {
+    let rest = line.split_once(BOOT_TIMER_LINE)?.1;
+    let ms: f64 = rest.split_whitespace().next()?.parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| ms.round() as u64)
+}
+
+/// How to run the VMM.
+struct VmmArgs<'a> {
+    vmm: &'a Path,
+    kernel: &'a Path,
+    initrd: &'a Path,
+    mem_mib: u64,
+    vcpus: u8,
+    tap: &'a str,
+    cmdline: String,
+    nested: bool,
+}
+
+fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
+    let c = |s: &str| crate::validation::c_string("instance", s);
+    let path = |p: &Path| {
+        p.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::FailedPrecondition(format!("{} is not UTF-8", p.display())))
+    };
+    let mut command = vec![
+        path(a.vmm)?,
+        "--kernel".into(),
+        path(a.kernel)?,
+        "--initrd".into(),
+        path(a.initrd)?,
+        "--mem".into(),
+        a.mem_mib.to_string(),
+        "--vcpus".into(),
+        a.vcpus.to_string(),
+        "--tap".into(),
+        a.tap.into(),
+        // Recommended for Linux guests (aurae-vmm's --help).
+        "--huge-pages".into(),
+        "--cmdline".into(),
+        a.cmdline.clone(),
+    ];
+    if a.nested {
+        command.push("--nested".into());
+    }
+    // No --console: it defaults to standard output, the instance's logs.
+    let argv = command.iter().map(|s| c(s)).collect::<Result<_, _>>()?;
+    Ok(ProcessSpec {
+        candidates: vec![c(&path(a.vmm)?)?],
+        argv,
+        command,
+        envp: vec![c(&format!("PATH={}", crate::runtime::DEFAULT_PATH))?],
+        cwd: Some(c("/")?),
+        uid: None,
+        gid: None,
+    })
+}
+
+/// The kernel's name in the guest's image folder, by its format.
+fn kernel_name(kernel: &Path) -> &'static str {
+    let mut magic = [0u8; 4];
+    let elf = std::fs::File::open(kernel)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF";
+    if elf {
+        "vmlinux"
+    } else {
+        "bzImage"
+    }
+}
+
+impl Instances {
+    /// Steps 2 to 8 of a spawn on a microVM (see [`FailAt`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn spawn_microvm(
+        &self,
+        spec: &InstanceSpec,
+        choice: Choice,
+        kernel: PathBuf,
+        initramfs: PathBuf,
+        field: &'static str,
+        cells: &CellContext,
+        log_bytes: usize,
+        undo: &mut Undo,
+        started: Instant,
+    ) -> Result<Instance, ApiError> {
+        let fail = self.cfg.fail_at;
+        let vcpus = u8::try_from(spec.vcpus.max(1))
+            .map_err(|_| ApiError::invalid("vcpus", "a microVM has at most 255"))?;
+        let mem_mib = if spec.memory_mib > 0 {
+            spec.memory_mib
+        } else {
+            DEFAULT_MEM_MIB
+        };
+
+        // 2. The image's base, decompressed.
+        let image = initramfs.clone();
+        let base = crate::blocking::run("reading the initramfs", move || read_base(&image))
+            .await?
+            .map_err(|e| ApiError::invalid(field, chain(&e)))?;
+        injected(fail, FailAt::Image)?;
+
+        // 3. The instance's identity, signed by this auraed.
+        let identity = self.issue(&spec.name)?;
+        injected(fail, FailAt::Identity)?;
+
+        // 4. The bridge, made on first use.
+        let bridge = self.ensure_bridge().await?;
+        injected(fail, FailAt::Bridge)?;
+
+        // 5. The instance's folder and initrd, and the VMM's cell.
+        let index = self.take_index();
+        undo.index = Some(index);
+        let address = self.ula.instance_addr(index);
+        let params = self.params(spec, address);
+        let dir = self.cfg.instances_dir.join(&spec.name);
+        let initrd = dir.join("initrd");
+        // The guest's own children boot the same image: its initramfs
+        // always (cells), its kernel and the VMM when it can run KVM.
+        let mut image = vec![("initramfs.cpio.zst".to_string(), initramfs.clone())];
+        if spec.nested {
+            image.push((kernel_name(&kernel).to_string(), kernel.clone()));
+            if is_static_elf(&self.cfg.vmm) {
+                image.push(("aurae-vmm".to_string(), self.cfg.vmm.clone()));
+            }
+        }
+        let seed = files::seed(&identity, &params);
+        let (parent, d, i) = (self.cfg.instances_dir.clone(), dir.clone(), initrd.clone());
+        undo.vm_dir = Some(dir.clone());
+        crate::blocking::run("writing the instance's initrd", move || {
+            make_dir(&parent, &d)?;
+            let overlay = overlay(&seed, &image)?;
+            write_initrd(&i, &[&base, &overlay])
+        })
+        .await?
+        .map_err(|e| ApiError::Internal(format!("instance {}: {}", spec.name, chain(&e))))?;
+        let mut limits = crate::cgroup::Limits::default();
+        // A limit whose controller is missing would fail the cell.
+        if cells.hierarchy.available().contains("memory") {
+            limits.memory_max = Some((mem_mib + VMM_OVERHEAD_MIB) << 20);
+        }
+        let cell_spec = CellSpec {
+            name: spec.name.clone(),
+            limits,
+            share: HostShare {
+                net: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cell = Cell::create(cell_spec, cells.clone()).await?;
+        undo.cell = Some(cell.clone());
+        injected(fail, FailAt::Cell)?;
+
+        // 6. The TAP on the bridge (named like the veths, after it).
+        let stem: String = self.cfg.bridge.chars().take(9).collect();
+        let tap_name = net::host_link_name(&format!("{stem}t"), index)?;
+        let tap = net::create_tap(&tap_name, &bridge).await?;
+        undo.tap = Some(tap.clone());
+        injected(fail, FailAt::Veth)?;
+
+        // 7. The VMM.
+        let process = vmm_process(&VmmArgs {
+            vmm: &self.cfg.vmm,
+            kernel: &kernel,
+            initrd: &initrd,
+            mem_mib,
+            vcpus,
+            tap: &tap.name,
+            cmdline: cmdline(&params, self.ula.bridge_addr()),
+            nested: spec.nested,
+        })?;
+        let init = Executable::start(
+            format!("{}/vmm", spec.name),
+            process,
+            Placement::Cell(cell.clone()),
+            log_bytes,
+            "instance",
+        )
+        .await?;
+        undo.init = Some(init.clone());
+        injected(fail, FailAt::Init)?;
+
+        // 8. Ready: the guest's auraed serves, and answers health over mTLS.
+        let addr = SocketAddr::new(address.into(), self.cfg.port);
+        let channel = self
+            .link()?
+            .channel(addr, identity.spiffe_id.clone())
+            .map_err(|e| ApiError::Internal(format!("the link to instance {}: {e}", spec.name)))?;
+        wait_ready(&init, &channel, spec.ready_timeout, &spec.name, "VMM").await?;
+        injected(fail, FailAt::Ready)?;
+
+        let tap = undo.tap.take();
+        let vm_dir = undo.vm_dir.take();
+        undo.init = None;
+        undo.cell = None;
+        undo.index = None;
+        Ok(Instance {
+            name: spec.name.clone(),
+            spiffe_id: identity.spiffe_id,
+            address: addr,
+            choice,
+            ready_after: started.elapsed(),
+            boot_ms: boot_ms(&init),
+            created_at: SystemTime::now(),
+            init,
+            cell,
+            veth: Mutex::new(None),
+            tap: Mutex::new(tap),
+            vm_dir,
+            index,
+            channel,
+            torn_down: AtomicBool::new(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            name: "a".into(),
+            address: "fd00::2".parse().expect("addr"),
+            prefix_len: 64,
+            port: 8443,
+            allowed: vec!["spiffe://td/auraed".into()],
+        }
+    }
+
+    #[test]
+    fn the_command_line_names_the_instance_and_its_gateway() {
+        let line = cmdline(&params(), "fd00::1".parse().expect("gw"));
+        assert!(line.starts_with("console=ttyS0 "), "{line}");
+        assert!(
+            line.ends_with("aurae.name=a aurae.ip=fd00::2/64 aurae.gw=fd00::1 aurae.port=8443"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_overlay_has_the_seed_files_but_not_bootparams() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let img = t.path().join("initramfs.cpio.zst");
+        std::fs::write(&img, b"IMAGE").expect("image");
+        let seed = vec![
+            SeedFile {
+                path: "etc/aurae/pki/server.key".into(),
+                contents: b"KEY".to_vec(),
+                mode: 0o600,
+            },
+            SeedFile {
+                path: "etc/aurae/bootparams".into(),
+                contents: b"aurae.name=a".to_vec(),
+                mode: 0o644,
+            },
+        ];
+        let cpio = overlay(&seed, &[("initramfs.cpio.zst".into(), img)]).expect("overlay");
+        let text = String::from_utf8_lossy(&cpio);
+        assert!(text.contains("etc/aurae/pki/server.key"));
+        assert!(text.contains("etc/aurae/image/initramfs.cpio.zst"));
+        assert!(text.contains("IMAGE") && text.contains("KEY"));
+        assert!(!text.contains("bootparams"), "{text}");
+        assert!(text.contains("TRAILER!!!"));
+    }
+
+    #[test]
+    fn a_base_is_decompressed_when_it_is_zstd() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let raw = t.path().join("raw");
+        std::fs::write(&raw, b"070701 raw cpio").expect("raw");
+        assert_eq!(read_base(&raw).expect("raw"), b"070701 raw cpio");
+        let z = t.path().join("z");
+        let packed = zstd::encode_all(&b"070701 packed"[..], 3).expect("zstd");
+        std::fs::write(&z, packed).expect("z");
+        assert_eq!(read_base(&z).expect("z"), b"070701 packed");
+        let bad = t.path().join("bad");
+        std::fs::write(&bad, [0x28, 0xb5, 0x2f, 0xfd, 0, 0]).expect("bad");
+        assert!(matches!(
+            read_base(&bad),
+            Err(InitrdError::Decompress { .. })
+        ));
+        assert!(matches!(
+            read_base(&t.path().join("missing")),
+            Err(InitrdError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn static_and_dynamic_executables_are_told_apart() {
+        // This test binary is dynamically linked (it has PT_INTERP).
+        let me = std::env::current_exe().expect("exe");
+        assert!(!is_static_elf(&me));
+        assert!(!static_elf(b"not an elf"));
+        // A minimal ELF64 header with no program headers is static.
+        let mut h = vec![0u8; 64];
+        h[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        assert!(static_elf(&h));
+        // One PT_INTERP program header at 64.
+        h[0x20] = 64;
+        h[0x36] = 56;
+        h[0x38] = 1;
+        let mut ph = vec![0u8; 56];
+        ph[0] = 3;
+        h.extend(ph);
+        assert!(!static_elf(&h));
+        h[64] = 1; // PT_LOAD
+        assert!(static_elf(&h));
+        // Program headers past the end: not known to be static.
+        h[0x20] = 200;
+        assert!(!static_elf(&h));
+    }
+
+    #[test]
+    fn the_boot_timer_line_is_parsed() {
+        assert_eq!(
+            parse_boot_ms(&format!("{BOOT_TIMER_LINE}123.6 ms")),
+            Some(124)
+        );
+        assert_eq!(
+            parse_boot_ms(&format!("x {BOOT_TIMER_LINE}7.0 ms")),
+            Some(7)
+        );
+        assert_eq!(parse_boot_ms(&format!("{BOOT_TIMER_LINE}soon")), None);
+        assert_eq!(parse_boot_ms(&format!("{BOOT_TIMER_LINE}-1 ms")), None);
+        // The line aurae-vmm prints when it exits is another one.
+        assert_eq!(
+            parse_boot_ms("aurae-vmm: boot timer: /init started 80.0 ms after launch (1 CPU ms)"),
+            None
+        );
+    }
+}
