@@ -11,7 +11,9 @@ use crate::cells::SeedFile;
 
 /// Where the instance's auraed finds its files.
 pub const PKI: &str = "/etc/aurae/pki";
-/// Where the image its own children boot is bound (read-only).
+/// Where the image its own children boot is: bound read-only into a cell;
+/// in a microVM's overlay, with the kernel and a static aurae-vmm when it
+/// was spawned nested (without them, its children are cells).
 pub const IMAGE: &str = "/etc/aurae/image";
 
 /// An instance's identity, as its parent issued it (PEM).
@@ -58,7 +60,7 @@ pub fn seed(identity: &Identity, params: &Params) -> Vec<SeedFile> {
          server_key = \"{PKI}/server.key\"\nallowed_spiffe_ids = {allowed}\n\n\
          [runtime]\nstate_dir = \"/var/lib/aurae\"\ncgroup_root = \"aurae\"\n\n\
          [instances]\nimage_dir = \"{IMAGE}\"\nsigning_key = \"{PKI}/signing.key\"\n\
-         signing_chain = \"{PKI}/signing.crt\"\n",
+         signing_chain = \"{PKI}/signing.crt\"\nvmm = \"{IMAGE}/aurae-vmm\"\n",
         allowed = toml_list(&params.allowed),
     );
     let boot = format!(
@@ -132,6 +134,10 @@ mod tests {
         assert_eq!(
             parsed["auth"]["allowed_spiffe_ids"][0].as_str(),
             Some("spiffe://td/auraed")
+        );
+        assert_eq!(
+            parsed["instances"]["vmm"].as_str(),
+            Some("/etc/aurae/image/aurae-vmm")
         );
         let boot = files
             .iter()
