@@ -82,30 +82,7 @@ enum Command {
     Health,
     /// Spawn a nested auraed instance (a microVM, or a cell running the
     /// same image).
-    Spawn(SpawnArgs),
-}
-
-#[derive(Args)]
-struct SpawnArgs {
-    #[arg(long)]
-    name: String,
-    /// auto, microvm or cell.
-    #[arg(long, default_value = "auto")]
-    backend: String,
-    #[arg(long, default_value_t = 0)]
-    vcpus: u32,
-    /// Memory, like 256M (no limit when unset).
-    #[arg(long)]
-    memory: Option<String>,
-    /// A base initramfs instead of the configured image's.
-    #[arg(long)]
-    initramfs: Option<PathBuf>,
-    /// How long to wait for the instance to answer health, like 60s.
-    #[arg(long)]
-    timeout: Option<String>,
-    /// Let a microVM run KVM itself, so it can spawn microVMs too.
-    #[arg(long)]
-    nested: bool,
+    Spawn(aer::spawn_args::SpawnArgs),
 }
 
 #[derive(Args)]
@@ -537,36 +514,8 @@ async fn main() {
             std::process::exit(output::process_exit_code(&s));
         }
         Command::Spawn(a) => {
-            let backend = match a.backend.as_str() {
-                "auto" => pb::SpawnBackend::Auto,
-                "microvm" => pb::SpawnBackend::Microvm,
-                "cell" => pb::SpawnBackend::Cell,
-                other => fail(format!("--backend: {other:?} is not auto, microvm or cell")),
-            };
-            let memory_mib = a
-                .memory
-                .as_deref()
-                .map(|m| parse_bytes(m).unwrap_or_else(|e| fail(format!("--memory: {e}"))) >> 20)
-                .unwrap_or(0);
-            let ready_timeout_ms = a
-                .timeout
-                .map(|t| parse_millis(&t).unwrap_or_else(|e| fail(format!("--timeout: {e}"))));
-            let r = client
-                .spawn(pb::SpawnRequest {
-                    name: a.name,
-                    vcpus: a.vcpus,
-                    memory_mib,
-                    backend: backend as i32,
-                    initramfs: a
-                        .initramfs
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    ready_timeout_ms,
-                    nested: a.nested,
-                    ..Default::default()
-                })
-                .await
-                .or_exit();
+            let req = a.request().unwrap_or_else(|e| fail(e));
+            let r = client.spawn(req).await.or_exit();
             let i = r.instance.unwrap_or_default();
             match out {
                 Output::Json => say!("{}", output::instance_json(&i)),

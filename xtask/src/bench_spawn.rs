@@ -246,7 +246,11 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         println!(
             "  spawn -> ready: {:.1} ms against the 100 ms target: {}",
             ms(ready),
-            if ready <= Duration::from_millis(100) { "met" } else { "NOT met" }
+            if ready <= Duration::from_millis(100) {
+                "met"
+            } else {
+                "NOT met"
+            }
         );
         rss.sort_unstable();
         let rss_mib = rss[rss.len() / 2] as f64 / 1024.0;
@@ -263,7 +267,10 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         }
         let seq = t0.elapsed();
         for i in 0..n {
-            c.free(pb::FreeRequest { id: format!("seq-{i}") }).await?;
+            c.free(pb::FreeRequest {
+                id: format!("seq-{i}"),
+            })
+            .await?;
         }
         let t0 = Instant::now();
         let rounds = n.div_ceil(4);
@@ -281,7 +288,10 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         let par = t0.elapsed();
         for r in 0..rounds {
             for k in 0..4 {
-                c.free(pb::FreeRequest { id: format!("par-{r}-{k}") }).await?;
+                c.free(pb::FreeRequest {
+                    id: format!("par-{r}-{k}"),
+                })
+                .await?;
             }
         }
         println!(
@@ -293,12 +303,17 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         // Routing: host → a against a direct connection to a, and
         // host → a → b → c against the host's own RunExecutable.
         let a = c.spawn(spawn_req("a")).await?.into_inner();
-        routed(d.channel().await?, "a")?.spawn(spawn_req("b")).await?;
-        routed(d.channel().await?, "a/b")?.spawn(spawn_req("c")).await?;
+        routed(d.channel().await?, "a")?
+            .spawn(spawn_req("b"))
+            .await?;
+        routed(d.channel().await?, "a/b")?
+            .spawn(spawn_req("c"))
+            .await?;
         let mut via_host = routed(d.channel().await?, "a")?;
         let mut leaf = routed(d.channel().await?, "a/b/c")?;
         let mut direct = RuntimeClient::new(d.config().connect(Some(&a.address)).await?);
-        let (mut one_hop, mut straight, mut three_hops, mut local) = (vec![], vec![], vec![], vec![]);
+        let (mut one_hop, mut straight, mut three_hops, mut local) =
+            (vec![], vec![], vec![], vec![]);
         for i in 0..=runs {
             let h = roundtrip(&mut via_host, &format!("h{i}")).await?;
             let s = roundtrip(&mut direct, &format!("s{i}")).await?;
@@ -311,14 +326,35 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 local.push(l);
             }
         }
-        let (one, st, three, lo) = (median(one_hop), median(straight), median(three_hops), median(local));
-        report("RunExecutable to a, routed by the host", one, "straight to a", st, None);
-        report("RunExecutable to a/b/c (3 hops)", three, "on the host", lo, None);
+        let (one, st, three, lo) = (
+            median(one_hop),
+            median(straight),
+            median(three_hops),
+            median(local),
+        );
+        report(
+            "RunExecutable to a, routed by the host",
+            one,
+            "straight to a",
+            st,
+            None,
+        );
+        report(
+            "RunExecutable to a/b/c (3 hops)",
+            three,
+            "on the host",
+            lo,
+            None,
+        );
         let per_hop = one.saturating_sub(st);
         println!(
             "  added per routing hop: {:.2} ms (one hop against a direct call; target ≤ 1 ms: {})",
             ms(per_hop),
-            if per_hop <= Duration::from_millis(1) { "met" } else { "NOT met" }
+            if per_hop <= Duration::from_millis(1) {
+                "met"
+            } else {
+                "NOT met"
+            }
         );
         c.free(pb::FreeRequest { id: "a".into() }).await?;
         Ok(())

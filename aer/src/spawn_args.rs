@@ -1,0 +1,85 @@
+//! `aer spawn`: its flags, and the request they make.
+
+use std::path::PathBuf;
+
+use aurae_proto::runtime as pb;
+
+use crate::units::{parse_bytes, parse_millis};
+
+#[derive(clap::Args)]
+pub struct SpawnArgs {
+    #[arg(long)]
+    pub name: String,
+    /// auto, microvm or cell.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    #[arg(long, default_value_t = 0)]
+    pub vcpus: u32,
+    /// Memory, like 256M (no limit when unset).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// A base initramfs instead of the configured image's.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// How long to wait for the instance to answer health, like 60s.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Let a microVM run KVM itself, so it can spawn microVMs too.
+    #[arg(long)]
+    pub nested: bool,
+}
+
+/// A flag whose value can't be used, named.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl SpawnArgs {
+    pub fn request(self) -> Result<pb::SpawnRequest, FlagError> {
+        let backend = match self.backend.as_str() {
+            "auto" => pb::SpawnBackend::Auto,
+            "microvm" => pb::SpawnBackend::Microvm,
+            "cell" => pb::SpawnBackend::Cell,
+            other => {
+                return Err(FlagError {
+                    flag: "backend",
+                    reason: format!("{other:?} is not auto, microvm or cell"),
+                })
+            }
+        };
+        let memory_mib = match self.memory.as_deref() {
+            Some(m) => {
+                parse_bytes(m).map_err(|reason| FlagError {
+                    flag: "memory",
+                    reason,
+                })? >> 20
+            }
+            None => 0,
+        };
+        let ready_timeout_ms = self
+            .timeout
+            .as_deref()
+            .map(parse_millis)
+            .transpose()
+            .map_err(|reason| FlagError {
+                flag: "timeout",
+                reason,
+            })?;
+        Ok(pb::SpawnRequest {
+            name: self.name,
+            vcpus: self.vcpus,
+            memory_mib,
+            backend: backend as i32,
+            initramfs: self
+                .initramfs
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            ready_timeout_ms,
+            nested: self.nested,
+            ..Default::default()
+        })
+    }
+}
