@@ -59,6 +59,11 @@ impl Runtime {
             .map_err(|e| ApiError::io(format!("state directory {}", cfg.state_dir.display()), e))?;
         let hierarchy = Hierarchy::open(&cfg.cgroup_root);
         let removed = crate::cells::clean_leftovers(hierarchy.as_ref().ok(), &cfg.state_dir);
+        if let Ok(h) = &hierarchy {
+            if let Err(e) = h.ensure_executables_dir() {
+                tracing::warn!("making the folder of executables' cgroups: {e}");
+            }
+        }
         for r in &removed {
             tracing::warn!("removed leftover from a previous run: {r}");
         }
@@ -381,6 +386,15 @@ impl Runtime {
         }
         if let Some(instances) = &self.instances {
             instances.shutdown().await;
+        }
+        if let Ok(ctx) = &self.cells {
+            // Empty once every executable is freed.
+            let dir = ctx.hierarchy.root().join(crate::cgroup::EXECUTABLES);
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("removing {}: {e}", dir.display());
+                }
+            }
         }
     }
 }

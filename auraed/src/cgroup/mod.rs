@@ -187,6 +187,17 @@ impl Hierarchy {
         Ok(cell)
     }
 
+    /// Makes the folder of executables' cgroups (at start, so that running
+    /// an executable makes only its own cgroup).
+    pub fn ensure_executables_dir(&self) -> Result<(), CgroupError> {
+        let dir = self.root.join(EXECUTABLES);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+
     /// The cgroup of a plain executable `id`: under [`EXECUTABLES`], so
     /// that a restarted auraed finds what a crashed one left running.
     pub fn create_executable(&self, id: &str) -> Result<CellCgroup, CgroupError> {
