@@ -125,8 +125,10 @@ async fn a_microvm_instance_runs_cells_spawns_and_goes_away() {
         "the instance's process is the VMM"
     );
 
-    // A cell with a real cgroup v2 memory limit, inside the guest.
-    let out = aer_ok(
+    // A cell with a real cgroup v2 memory limit, inside the guest: its
+    // processes run in its leaf, so the limit is read from the guest's
+    // side (an executable of the instance's auraed, outside the cell).
+    aer_ok(
         &d,
         &[
             "--instance",
@@ -137,11 +139,26 @@ async fn a_microvm_instance_runs_cells_spawns_and_goes_away() {
             "limited",
             "--memory",
             "64M",
+            "--",
+            "/bin/busybox",
+            "sleep",
+            "30",
+        ],
+    );
+    let out = aer_ok(&d, &["-o", "json", "--instance", "a", "status", "limited"]);
+    let cell: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let cgroup = cell["cgroup"].as_str().expect("cgroup path").to_string();
+    let out = aer_ok(
+        &d,
+        &[
+            "--instance",
+            "a",
+            "exec",
             "--wait",
             "--",
             "/bin/busybox",
             "cat",
-            "/sys/fs/cgroup/memory.max",
+            &format!("{cgroup}/memory.max"),
         ],
     );
     assert!(out.contains(&(64u64 << 20).to_string()), "{out}");
