@@ -66,6 +66,22 @@ impl Snapshot {
         }
     }
 
+    /// A snapshot once the daemon's holdings stop changing (two readings
+    /// 200 ms apart agree, within 3 s): connections and tasks of work just
+    /// finished close in the background.
+    pub fn settled(d: &Daemon) -> Snapshot {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut last = Snapshot::of(d);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let now = Snapshot::of(d);
+            if now == last || std::time::Instant::now() >= deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Panics, naming what differs, unless `d` holds what it held then,
     /// within 3 s (the daemon refills its pool of ready namespaces after a
     /// cell starts, in the background).

@@ -329,7 +329,7 @@ async fn twenty_spawn_free_cycles_leak_nothing() {
     c.free(pb::FreeRequest { id: "warm".into() })
         .await
         .expect("free");
-    let before = Snapshot::of(&d);
+    let before = Snapshot::settled(&d);
     let veths_before = veths(&d);
     for i in 0..20 {
         c.spawn(spawn_req("cycle"))
