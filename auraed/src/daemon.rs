@@ -53,6 +53,20 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
         return None;
     };
     let i = &cfg.instances;
+    // Unset, the image is also found beside auraed's build (`target/
+    // aurae-image`, where `cargo xtask image` writes it), so that nothing
+    // needs installing after the README's main command.
+    let image_dir = if i.image_dir == std::path::Path::new(crate::instances::DEFAULT_IMAGE_DIR)
+        && !i.image_dir.exists()
+    {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("aurae-image")))
+            .filter(|d| d.join("initramfs.cpio.zst").is_file())
+            .unwrap_or_else(|| i.image_dir.clone())
+    } else {
+        i.image_dir.clone()
+    };
     let ca_dir = cfg
         .auth
         .ca_crt
@@ -61,7 +75,7 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
         .unwrap_or_default();
     Some((
         crate::instances::InstancesConfig {
-            image_dir: i.image_dir.clone(),
+            image_dir,
             signing_key: i
                 .signing_key
                 .clone()

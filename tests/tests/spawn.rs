@@ -491,3 +491,90 @@ async fn a_restart_after_kill_9_removes_instances_left_behind() {
     let mut c = d2.client().await;
     c.spawn(spawn_req("a")).await.expect("spawn again");
 }
+
+#[tokio::test]
+async fn a_dead_instance_shows_within_a_second_and_is_reclaimed() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let mut c = d.client().await;
+    c.spawn(spawn_req("a")).await.expect("spawn");
+    // A second instance of that name is refused while it exists.
+    let dup = c.spawn(spawn_req("a")).await.expect_err("duplicate");
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists, "{}", dup.message());
+    assert!(dup.message().starts_with("name: "), "{}", dup.message());
+    assert_eq!(veths(&d).len(), 1);
+    let status = c
+        .status(pb::StatusRequest { id: "a".into() })
+        .await
+        .expect("status")
+        .into_inner();
+    // The instance's auraed dies (as a crashed guest would).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(status.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let killed = Instant::now();
+    let exited = loop {
+        let s = c
+            .status(pb::StatusRequest { id: "a".into() })
+            .await
+            .expect("status")
+            .into_inner();
+        if s.state == pb::WorkloadState::Exited as i32 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "still running: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exited < Duration::from_secs(1), "exited after {exited:?}");
+    // Its cell and veth are reclaimed without a Free.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !veths(&d).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(veths(&d).is_empty(), "{:?}", veths(&d));
+    let cell = d.cgroup_dir().expect("cgroup root").join("a");
+    assert!(!cell.exists(), "its cgroup is gone");
+    // Routing to it says why.
+    let out = d.aer(&["--instance", "a", "ls"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    c.free(pb::FreeRequest { id: "a".into() })
+        .await
+        .expect("free");
+}
+
+#[tokio::test]
+async fn the_image_beside_auraeds_build_is_found_without_configuration() {
+    require_root!();
+    let image = require_image!();
+    if std::env::var_os("AURAE_IMAGE_DIR").is_some() || Path::new(auraed_default_image()).exists() {
+        aurae_tests::report_skip(
+            aurae_tests::function_name!(),
+            "the image is configured elsewhere here",
+        );
+        return;
+    }
+    assert!(image.ends_with("aurae-image"));
+    // No [instances] image_dir: auraed looks beside its own build.
+    let d = Daemon::start().await;
+    let mut c = d.client().await;
+    c.spawn(spawn_req("a"))
+        .await
+        .expect("spawn with the default image");
+    c.free(pb::FreeRequest { id: "a".into() })
+        .await
+        .expect("free");
+}
+
+/// auraed's default `[instances] image_dir` (`DEFAULT_IMAGE_DIR` in
+/// auraed/src/instances/mod.rs; the tests drive the binaries, not the
+/// library).
+fn auraed_default_image() -> &'static str {
+    "/usr/local/share/aurae/image"
+}
