@@ -27,7 +27,7 @@ async fn contradictory_security_options_are_refused_without_leftovers() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
     c.list(pb::ListRequest {}).await.expect("list");
-    let before = Snapshot::of(&d);
+    let before = Snapshot::settled(&d);
     let jailed = || pb::RunCellRequest {
         jailed: true,
         ..cell("bad")

@@ -41,7 +41,7 @@ async fn thirty_malformed_requests_leak_nothing() {
 
     // Warm up (the first requests allocate connection state), then measure.
     c.list(pb::ListRequest {}).await.expect("list");
-    let before = Snapshot::of(&d);
+    let before = Snapshot::settled(&d);
 
     use tonic::Code::*;
     let mut cases: Vec<(&str, tonic::Code, &str, Result<(), tonic::Status>)> = Vec::new();

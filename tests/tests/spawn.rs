@@ -96,7 +96,7 @@ async fn a_chain_of_three_spawns_routes_and_tears_down() {
     require_root!();
     let image = require_image!();
     let d = daemon(image, None).await;
-    let before = Snapshot::of(&d);
+    let before = Snapshot::settled(&d);
     let veths_before = veths(&d);
 
     // host → a → a/b → a/b/c, each spawned through its parent.
@@ -162,7 +162,27 @@ async fn a_chain_of_three_spawns_routes_and_tears_down() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The instance tree, from the host.
+    // The instance tree, from the host's List: a holds b, which holds c.
+    let list = d
+        .client()
+        .await
+        .list(pb::ListRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    let a = list
+        .workloads
+        .iter()
+        .find_map(|w| w.instance.as_ref().filter(|i| i.name == "a"))
+        .expect("a listed");
+    let b = a
+        .children
+        .iter()
+        .find(|i| i.name == "b")
+        .expect("b under a");
+    assert_eq!(b.spiffe_id, "spiffe://test.local/auraed/a/b");
+    assert!(b.children.iter().any(|i| i.name == "c"), "c under b: {b:?}");
+    // And as aer draws it.
     let ls = aer_ok(&d, &["ls"]);
     assert!(ls.contains("instance"), "{ls}");
     let ls = aer_ok(&d, &["--instance", "a", "ls"]);
@@ -302,7 +322,7 @@ async fn a_failure_at_any_step_leaves_nothing() {
         let d = daemon(image.clone(), Some(step)).await;
         let mut c = d.client().await;
         c.list(pb::ListRequest {}).await.expect("list");
-        let before = Snapshot::of(&d);
+        let before = Snapshot::settled(&d);
         let veths_before = veths(&d);
         let err = c.spawn(spawn_req("a")).await.expect_err(step);
         assert!(
@@ -349,7 +369,7 @@ async fn bad_spawn_requests_name_the_field() {
     let d = daemon(image, None).await;
     let mut c = d.client().await;
     c.list(pb::ListRequest {}).await.expect("list");
-    let before = Snapshot::of(&d);
+    let before = Snapshot::settled(&d);
     let cases: Vec<(&str, tonic::Code, pb::SpawnRequest)> = vec![
         ("name", tonic::Code::InvalidArgument, spawn_req("Bad/Name")),
         (

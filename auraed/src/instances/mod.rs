@@ -152,6 +152,40 @@ impl Instance {
 /// How long a VMM has to stop its VM after SIGTERM before it is killed.
 pub const VMM_STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long `List` waits for an instance to list its own instances.
+const CHILDREN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The instances of `instance`, each with its own (it fills them in the
+/// same way): empty, logged, if it doesn't answer in time.
+pub async fn children_of(instance: &Instance) -> Vec<aurae_proto::runtime::InstanceStatus> {
+    use aurae_proto::runtime as pb;
+    let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
+    let listed = tokio::time::timeout(CHILDREN_TIMEOUT, client.list(pb::ListRequest {})).await;
+    match listed {
+        Ok(Ok(r)) => r
+            .into_inner()
+            .workloads
+            .into_iter()
+            .filter_map(|w| w.instance)
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "listing the instances of {}: {}",
+                instance.name,
+                e.message()
+            );
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(
+                "listing the instances of {}: no answer within {CHILDREN_TIMEOUT:?}",
+                instance.name
+            );
+            Vec::new()
+        }
+    }
+}
+
 /// The last `lines` lines an executable printed.
 pub fn console_tail(exe: &Executable, lines: usize) -> String {
     let sub = exe.logs.subscribe(false);

@@ -208,8 +208,19 @@ impl pb::runtime_server::Runtime for RuntimeService {
         &self,
         _: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let workloads = self.runtime.list();
+        let mut statuses: Vec<pb::WorkloadStatus> = workloads.iter().map(convert::status).collect();
+        // The instance tree: each running instance lists its own, which
+        // list theirs, hop by hop.
+        for (w, status) in workloads.iter().zip(statuses.iter_mut()) {
+            if let (Workload::Instance(i), Some(own)) = (w, status.instance.as_mut()) {
+                if i.running() {
+                    own.children = crate::instances::children_of(i).await;
+                }
+            }
+        }
         Ok(Response::new(pb::ListResponse {
-            workloads: self.runtime.list().iter().map(convert::status).collect(),
+            workloads: statuses,
         }))
     }
 
