@@ -17,18 +17,16 @@
 //! the cells' tmpfs and goes with the instance.
 
 use std::io::Read;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::Ipv6Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use initramfs::Manifest;
 
 use super::backend::Choice;
 use super::files::{self, Params};
-use super::spawn::{injected, wait_ready, FailAt, Undo};
+use super::spawn::{injected, FailAt, Started, Undo};
 use super::{Instance, InstanceSpec, Instances};
 use crate::cells::{Cell, CellContext, CellSpec, HostShare, SeedFile};
 use crate::error::ApiError;
@@ -418,37 +416,20 @@ impl Instances {
         undo.init = Some(init.clone());
         injected(fail, FailAt::Init)?;
 
-        // 8. Ready: the guest's auraed serves, and answers health over mTLS.
-        let addr = SocketAddr::new(address.into(), self.cfg.port);
-        let channel = self
-            .link()?
-            .channel(addr, identity.spiffe_id.clone())
-            .map_err(|e| ApiError::Internal(format!("the link to instance {}: {e}", spec.name)))?;
-        wait_ready(&init, &channel, spec.ready_timeout, &spec.name, "VMM").await?;
-        injected(fail, FailAt::Ready)?;
-
-        let tap = undo.tap.take();
-        let vm_dir = undo.vm_dir.take();
-        undo.init = None;
-        undo.cell = None;
-        undo.index = None;
-        Ok(Instance {
-            name: spec.name.clone(),
-            spiffe_id: identity.spiffe_id,
-            address: addr,
-            choice,
-            ready_after: started.elapsed(),
-            boot_ms: boot_ms(&init),
-            created_at: SystemTime::now(),
-            init,
-            cell,
-            veth: Mutex::new(None),
-            tap: Mutex::new(tap),
-            vm_dir,
-            index,
-            channel,
-            torn_down: AtomicBool::new(false),
-        })
+        self.ready(
+            spec,
+            Started {
+                choice,
+                spiffe_id: identity.spiffe_id,
+                address,
+                index,
+                init,
+                cell,
+                started,
+            },
+            undo,
+        )
+        .await
     }
 }
 

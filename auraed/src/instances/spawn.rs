@@ -62,6 +62,18 @@ impl FailAt {
     }
 }
 
+/// What either backend has started, for [`Instances::ready`].
+pub(super) struct Started {
+    pub(super) choice: super::backend::Choice,
+    pub(super) spiffe_id: String,
+    pub(super) address: std::net::Ipv6Addr,
+    pub(super) index: u32,
+    /// The instance's auraed, or its VMM.
+    pub(super) init: Arc<Executable>,
+    pub(super) cell: Arc<Cell>,
+    pub(super) started: Instant,
+}
+
 /// What a spawn made so far, undone in reverse on failure.
 #[derive(Default)]
 pub(super) struct Undo {
@@ -265,33 +277,59 @@ impl Instances {
         undo.init = Some(init.clone());
         injected(fail, FailAt::Init)?;
 
-        // 8. Ready: it serves, and answers health over mTLS.
-        let addr = SocketAddr::new(address.into(), self.cfg.port);
+        self.ready(
+            spec,
+            Started {
+                choice,
+                spiffe_id: identity.spiffe_id,
+                address,
+                index,
+                init,
+                cell,
+                started,
+            },
+            undo,
+        )
+        .await
+    }
+
+    /// Step 8, for both backends: the instance's auraed serves and answers
+    /// health over mTLS; then the instance takes over what `undo` held.
+    pub(super) async fn ready(
+        &self,
+        spec: &InstanceSpec,
+        s: Started,
+        undo: &mut Undo,
+    ) -> Result<Instance, ApiError> {
+        let addr = SocketAddr::new(s.address.into(), self.cfg.port);
         let channel = self
             .link()?
-            .channel(addr, identity.spiffe_id.clone())
+            .channel(addr, s.spiffe_id.clone())
             .map_err(|e| ApiError::Internal(format!("the link to instance {}: {e}", spec.name)))?;
-        wait_ready(&init, &channel, spec.ready_timeout, &spec.name, "auraed").await?;
-        injected(fail, FailAt::Ready)?;
-
+        let microvm = s.choice.backend == Backend::MicroVm;
+        let what = if microvm { "VMM" } else { "auraed" };
+        wait_ready(&s.init, &channel, spec.ready_timeout, &spec.name, what).await?;
+        injected(self.cfg.fail_at, FailAt::Ready)?;
         let veth = undo.veth.take();
+        let tap = undo.tap.take();
+        let vm_dir = undo.vm_dir.take();
         undo.init = None;
         undo.cell = None;
         undo.index = None;
         Ok(Instance {
             name: spec.name.clone(),
-            spiffe_id: identity.spiffe_id,
+            spiffe_id: s.spiffe_id,
             address: addr,
-            choice,
-            ready_after: started.elapsed(),
-            boot_ms: None,
+            choice: s.choice,
+            ready_after: s.started.elapsed(),
+            boot_ms: microvm.then(|| super::microvm::boot_ms(&s.init)).flatten(),
             created_at: SystemTime::now(),
-            init,
-            cell,
+            init: s.init,
+            cell: s.cell,
             veth: Mutex::new(veth),
-            tap: Mutex::new(None),
-            vm_dir: None,
-            index,
+            tap: Mutex::new(tap),
+            vm_dir,
+            index: s.index,
             channel,
             torn_down: AtomicBool::new(false),
         })
