@@ -549,3 +549,32 @@ impl Drop for Guest {
         self.reap();
     }
 }
+
+/// The gate of a test that boots our image with our VMM: it runs in the e2e
+/// tier (`AURAE_E2E`), where KVM boots standard kernels (not PVM), with the
+/// image built. Returns the image folder and `aurae-vmm`, or reports why the
+/// test `name` skips.
+pub fn e2e_kvm(name: &str) -> Option<(PathBuf, PathBuf)> {
+    let skip = |why: &str| {
+        crate::report_skip(name, why);
+        None
+    };
+    if std::env::var_os("AURAE_E2E").is_none() {
+        return skip("runs in the e2e tier, inside the QEMU test host");
+    }
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        return skip("this host's KVM is PVM, which can't boot a standard kernel; the test runs inside the QEMU test host");
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return skip("/dev/kvm is not usable");
+    }
+    let Some(image) = image_dir() else {
+        return skip("the image is not built (cargo xtask image)");
+    };
+    Some((image, crate::binary("aurae-vmm")))
+}

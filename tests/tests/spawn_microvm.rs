@@ -4,37 +4,12 @@
 //! memory limit, busybox, logs), spawns an instance of the instance, and
 //! frees it all: the VMM and its TAP go.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aurae_proto::runtime as pb;
-use aurae_tests::guest::image_dir;
+use aurae_tests::guest::e2e_kvm;
 use aurae_tests::{Daemon, DaemonOptions};
-
-fn ready(name: &str) -> Option<(PathBuf, PathBuf)> {
-    let skip = |why: &str| {
-        aurae_tests::report_skip(name, why);
-        None
-    };
-    if std::env::var_os("AURAE_E2E").is_none() {
-        return skip("runs in the e2e tier, inside the QEMU test host");
-    }
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        return skip("this host's KVM is PVM, which can't boot a standard kernel; the test runs inside the QEMU test host");
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return skip("/dev/kvm is not usable");
-    }
-    let Some(image) = image_dir() else {
-        return skip("the image is not built (cargo xtask image)");
-    };
-    Some((image, aurae_tests::binary("aurae-vmm")))
-}
 
 /// `aer` with `args`, which must succeed; its stdout.
 fn aer_ok(d: &Daemon, args: &[&str]) -> String {
@@ -70,7 +45,7 @@ fn taps(d: &Daemon) -> Vec<String> {
 
 #[tokio::test]
 async fn a_microvm_instance_runs_cells_spawns_and_goes_away() {
-    let Some((image, vmm)) = ready(aurae_tests::function_name!()) else {
+    let Some((image, vmm)) = e2e_kvm(aurae_tests::function_name!()) else {
         return;
     };
     let d = Daemon::start_with(DaemonOptions {

@@ -6,40 +6,15 @@
 use std::time::Duration;
 
 use aurae_proto::runtime as pb;
-use aurae_tests::guest::{image_dir, Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP};
+use aurae_tests::guest::{e2e_kvm, Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP};
 use tokio_stream::StreamExt;
 
 /// What the guest's disk starts with.
 const DISK_MARK: &[u8] = b"aurae disk, sector 0\n";
 
-fn ready(name: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let skip = |why: &str| {
-        aurae_tests::report_skip(name, why);
-        None
-    };
-    if std::env::var_os("AURAE_E2E").is_none() {
-        return skip("runs in the e2e tier, inside the QEMU test host");
-    }
-    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        return skip("this host's KVM is PVM, which can't boot a standard kernel; the test runs inside the QEMU test host");
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return skip("/dev/kvm is not usable");
-    }
-    let Some(image) = image_dir() else {
-        return skip("the image is not built (cargo xtask image)");
-    };
-    Some((image, aurae_tests::binary("aurae-vmm")))
-}
-
 #[tokio::test]
 async fn our_vmm_boots_our_image_and_the_guest_runs_a_cell() {
-    let Some((image, vmm)) = ready(aurae_tests::function_name!()) else {
+    let Some((image, vmm)) = e2e_kvm(aurae_tests::function_name!()) else {
         return;
     };
     boot_and_check(&image, vmm, image.join("bzImage"), 1, false).await;
@@ -49,7 +24,7 @@ async fn our_vmm_boots_our_image_and_the_guest_runs_a_cell() {
 /// SVM passed through so the guest can run KVM itself (nested spawn).
 #[tokio::test]
 async fn our_vmm_boots_vmlinux_through_pvh_with_two_vcpus() {
-    let Some((image, vmm)) = ready(aurae_tests::function_name!()) else {
+    let Some((image, vmm)) = e2e_kvm(aurae_tests::function_name!()) else {
         return;
     };
     if !image.join("vmlinux").is_file() {

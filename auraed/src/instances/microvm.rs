@@ -30,7 +30,7 @@ use super::spawn::{injected, FailAt, Started, Undo};
 use super::{Instance, InstanceSpec, Instances};
 use crate::cells::{Cell, CellContext, CellSpec, HostShare, SeedFile};
 use crate::error::ApiError;
-use crate::executables::{Executable, Placement, ProcessSpec};
+use crate::executables::{Executable, ProcessSpec};
 use crate::net;
 
 /// Guest memory when the request names none, in MiB (aurae-vmm's default).
@@ -405,17 +405,6 @@ impl Instances {
             cmdline: cmdline(&params, self.ula.bridge_addr()),
             nested: spec.nested,
         })?;
-        let init = Executable::start(
-            format!("{}/vmm", spec.name),
-            process,
-            Placement::Cell(cell.clone()),
-            log_bytes,
-            "instance",
-        )
-        .await?;
-        undo.init = Some(init.clone());
-        injected(fail, FailAt::Init)?;
-
         self.ready(
             spec,
             Started {
@@ -423,10 +412,11 @@ impl Instances {
                 spiffe_id: identity.spiffe_id,
                 address,
                 index,
-                init,
+                process: ("vmm", process),
                 cell,
                 started,
             },
+            log_bytes,
             undo,
         )
         .await

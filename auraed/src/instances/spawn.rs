@@ -68,8 +68,9 @@ pub(super) struct Started {
     pub(super) spiffe_id: String,
     pub(super) address: std::net::Ipv6Addr,
     pub(super) index: u32,
-    /// The instance's auraed, or its VMM.
-    pub(super) init: Arc<Executable>,
+    /// The instance's process (its auraed, or its VMM): a name for it
+    /// (`<instance>/<name>`) and what to run.
+    pub(super) process: (&'static str, ProcessSpec),
     pub(super) cell: Arc<Cell>,
     pub(super) started: Instant,
 }
@@ -266,17 +267,6 @@ impl Instances {
         injected(fail, FailAt::Veth)?;
 
         // 7. The instance's auraed.
-        let init = Executable::start(
-            format!("{}/init", spec.name),
-            init_process()?,
-            Placement::Cell(cell.clone()),
-            log_bytes,
-            "instance",
-        )
-        .await?;
-        undo.init = Some(init.clone());
-        injected(fail, FailAt::Init)?;
-
         self.ready(
             spec,
             Started {
@@ -284,23 +274,39 @@ impl Instances {
                 spiffe_id: identity.spiffe_id,
                 address,
                 index,
-                init,
+                process: ("init", init_process()?),
                 cell,
                 started,
             },
+            log_bytes,
             undo,
         )
         .await
     }
 
-    /// Step 8, for both backends: the instance's auraed serves and answers
-    /// health over mTLS; then the instance takes over what `undo` held.
+    /// Steps 7 and 8, for both backends: starts the instance's process (its
+    /// auraed, or its VMM) in its cell; waits until the instance's auraed
+    /// serves and answers health over mTLS; then the instance takes over
+    /// what `undo` held.
     pub(super) async fn ready(
         &self,
         spec: &InstanceSpec,
         s: Started,
+        log_bytes: usize,
         undo: &mut Undo,
     ) -> Result<Instance, ApiError> {
+        let (suffix, process) = s.process;
+        let init = Executable::start(
+            format!("{}/{suffix}", spec.name),
+            process,
+            Placement::Cell(s.cell.clone()),
+            log_bytes,
+            "instance",
+        )
+        .await?;
+        undo.init = Some(init.clone());
+        injected(self.cfg.fail_at, FailAt::Init)?;
+
         let addr = SocketAddr::new(s.address.into(), self.cfg.port);
         let channel = self
             .link()?
@@ -308,7 +314,7 @@ impl Instances {
             .map_err(|e| ApiError::Internal(format!("the link to instance {}: {e}", spec.name)))?;
         let microvm = s.choice.backend == Backend::MicroVm;
         let what = if microvm { "VMM" } else { "auraed" };
-        wait_ready(&s.init, &channel, spec.ready_timeout, &spec.name, what).await?;
+        wait_ready(&init, &channel, spec.ready_timeout, &spec.name, what).await?;
         injected(self.cfg.fail_at, FailAt::Ready)?;
         let veth = undo.veth.take();
         let tap = undo.tap.take();
@@ -322,9 +328,9 @@ impl Instances {
             address: addr,
             choice: s.choice,
             ready_after: s.started.elapsed(),
-            boot_ms: microvm.then(|| super::microvm::boot_ms(&s.init)).flatten(),
+            boot_ms: microvm.then(|| super::microvm::boot_ms(&init)).flatten(),
             created_at: SystemTime::now(),
-            init: s.init,
+            init,
             cell: s.cell,
             veth: Mutex::new(veth),
             tap: Mutex::new(tap),

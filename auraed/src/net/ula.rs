@@ -18,7 +18,7 @@ pub const ULA_PREFIX_LEN: u8 = 48;
 /// The length of the subnet the bridge and its instances share.
 pub const INSTANCE_PREFIX_LEN: u8 = 64;
 
-/// A ULA /48, `fdXX:XXXX:XXXX::/48`.
+/// A ULA /48, `fdxx:xxxx:xxxx::/48` (x: hex digits of the global ID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ula {
     /// The first 6 bytes: `0xfd` and the global ID.
