@@ -143,6 +143,22 @@ impl ClientConfig {
         connect_through_vsock(vmm_socket, port, self.tls()?).await
     }
 
+    /// Connects with mTLS over the streams that `open` makes, to
+    /// `target` (named in errors): for a transport of the caller's own,
+    /// such as a TCP socket made in another network namespace.
+    pub async fn connect_via<F, Fut, S>(
+        &self,
+        target: &str,
+        open: F,
+    ) -> Result<Channel, ClientError>
+    where
+        F: Fn() -> Fut + Send + Clone + 'static,
+        Fut: std::future::Future<Output = std::io::Result<S>> + Send,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        connect_with(target.to_string(), Some(self.tls()?), open).await
+    }
+
     pub async fn runtime(&self, tcp: Option<&str>) -> Result<RuntimeClient<Channel>, ClientError> {
         Ok(RuntimeClient::new(self.connect(tcp).await?))
     }
@@ -161,14 +177,15 @@ pub async fn connect_unix(
 }
 
 /// A channel over the streams `open` makes (TLS on top when `tls` is set).
-async fn connect_with<F, Fut>(
+async fn connect_with<F, Fut, S>(
     target: String,
     tls: Option<ClientTlsConfig>,
     open: F,
 ) -> Result<Channel, ClientError>
 where
     F: Fn() -> Fut + Send + Clone + 'static,
-    Fut: std::future::Future<Output = std::io::Result<tokio::net::UnixStream>> + Send,
+    Fut: std::future::Future<Output = std::io::Result<S>> + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let err = |reason: String| ClientError::Connect {
         target: target.clone(),

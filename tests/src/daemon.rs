@@ -231,6 +231,20 @@ impl Daemon {
             .expect("run aer")
     }
 
+    /// `aer` with `args`, which must succeed; its stdout. On failure, the
+    /// panic shows aer's output and the daemon's log.
+    pub fn aer_ok(&self, args: &[&str]) -> String {
+        let out = self.aer(args);
+        assert!(
+            out.status.success(),
+            "aer {args:?}: {}\n{}\nauraed log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Kills the daemon without letting it clean up (a crash).
     pub fn crash(&mut self) {
         if let Some(mut c) = self.child.take() {

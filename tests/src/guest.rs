@@ -399,6 +399,11 @@ impl Guest {
         g
     }
 
+    /// The VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.qemu.id()
+    }
+
     pub fn console_text(&self) -> String {
         std::fs::read_to_string(&self.console).unwrap_or_default()
     }

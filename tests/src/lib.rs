@@ -2,9 +2,11 @@
 //! temporary socket, drives it through the generated client and through
 //! `aer`, and builds small OCI images from Debian's busybox-static.
 
+pub mod bench;
 pub mod daemon;
 pub mod guest;
 pub mod image;
+pub mod instances;
 pub mod leaks;
 
 pub use daemon::{Daemon, DaemonOptions};

@@ -16,87 +16,10 @@
 
 use std::time::Duration;
 
+use aurae_tests::bench::{idle_share, median, scrub_free_memory};
 use aurae_tests::guest::{
     image_dir, kvm_boots_linux, Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP,
 };
-
-/// The test host's idle share over `window`, from /proc/stat: near 1.0
-/// when nothing (a previous guest's teardown, say) runs in the background.
-fn idle_share(window: Duration) -> f64 {
-    let read = || -> (u64, u64) {
-        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let cpu: Vec<u64> = text
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
-        (idle, cpu.iter().sum())
-    };
-    let (i0, t0) = read();
-    std::thread::sleep(window);
-    let (i1, t1) = read();
-    i1.saturating_sub(i0) as f64 / t1.saturating_sub(t0).max(1) as f64
-}
-
-/// Writes once to every 2 MiB of the test host's free memory, then frees
-/// it, so that each VMM starts on scrubbed memory. Under TCG, a page that a
-/// previous guest ran code from still carries that code's translations:
-/// the first write to it afterwards invalidates them, and that cost (about
-/// 0.3 s for the 10 MiB of a kernel) would fall on whichever VMM happens to
-/// get those pages next. Returns the bytes scrubbed.
-fn scrub_free_memory() -> usize {
-    const HUGE: usize = 2 << 20;
-    let free_kib: usize = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemFree:")?
-                .trim()
-                .strip_suffix(" kB")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
-    // Leave room for everything else in the test host.
-    let len = (free_kib * 1024).saturating_sub(192 << 20) / HUGE * HUGE;
-    if len == 0 {
-        return 0;
-    }
-    // SAFETY: a fresh private anonymous mapping that nothing else uses.
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if at == libc::MAP_FAILED {
-        return 0;
-    }
-    // SAFETY: advice and writes stay within the mapping made above, which
-    // is unmapped right after.
-    unsafe {
-        libc::madvise(at, len, libc::MADV_HUGEPAGE);
-        let base = at.cast::<u8>();
-        for off in (0..len).step_by(HUGE) {
-            base.add(off).write_volatile(1);
-        }
-        libc::munmap(at, len);
-    }
-    len
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
 
 #[tokio::test]
 async fn boot_times_against_qemu_microvm() {

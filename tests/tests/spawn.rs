@@ -8,88 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aurae_proto::runtime as pb;
-use aurae_tests::{leaks::Snapshot, require_root, Daemon, DaemonOptions};
+use aurae_tests::instances::{daemon, image, spawn_req, veths};
+use aurae_tests::{leaks::Snapshot, require_image, require_root, Daemon, DaemonOptions};
 use tokio_stream::StreamExt;
-
-/// The image's initramfs (from `cargo xtask image`, or the initramfs-only
-/// build `cargo xtask test` makes).
-fn image() -> Option<PathBuf> {
-    let dir = std::env::var_os("AURAE_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            aurae_tests::binary("auraed")
-                .parent()
-                .and_then(Path::parent)
-                .map(|t| t.join("aurae-image"))
-                .unwrap_or_default()
-        });
-    dir.join("initramfs.cpio.zst").is_file().then_some(dir)
-}
-
-macro_rules! require_image {
-    () => {
-        match image() {
-            Some(dir) => dir,
-            None => {
-                aurae_tests::report_skip(
-                    aurae_tests::function_name!(),
-                    "no image: target/aurae-image/initramfs.cpio.zst (cargo xtask image)",
-                );
-                return;
-            }
-        }
-    };
-}
-
-async fn daemon(image: PathBuf, fail_at: Option<&str>) -> Daemon {
-    Daemon::start_with(DaemonOptions {
-        image_dir: Some(image),
-        spawn_fail_at: fail_at.map(str::to_string),
-        ..Default::default()
-    })
-    .await
-}
-
-fn spawn_req(name: &str) -> pb::SpawnRequest {
-    pb::SpawnRequest {
-        name: name.into(),
-        backend: pb::SpawnBackend::Auto as i32,
-        ready_timeout_ms: Some(30_000),
-        ..Default::default()
-    }
-}
-
-/// `aer --instance <path> ...`, which must succeed; its stdout.
-fn aer_ok(d: &Daemon, args: &[&str]) -> String {
-    let out = d.aer(args);
-    assert!(
-        out.status.success(),
-        "aer {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log_text()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The host ends (and not yet moved peers) of `d`'s instance veths.
-fn veths(d: &Daemon) -> Vec<String> {
-    let bridge = d.bridge();
-    let mut found = links(&format!("{bridge}v"));
-    found.extend(links(&format!("{bridge}p")));
-    found
-}
-
-/// The host's links whose names start with `prefix`.
-fn links(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn a_chain_of_three_spawns_routes_and_tears_down() {
@@ -107,7 +28,7 @@ async fn a_chain_of_three_spawns_routes_and_tears_down() {
             args.extend(["--instance", p]);
         }
         args.extend(["spawn", "--name", name, "--backend", "cell"]);
-        let out = aer_ok(&d, &args);
+        let out = d.aer_ok(&args);
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["backend"], "cell", "{out}");
         ids.push(v["spiffe_id"].as_str().unwrap_or_default().to_string());
@@ -183,9 +104,9 @@ async fn a_chain_of_three_spawns_routes_and_tears_down() {
     assert_eq!(b.spiffe_id, "spiffe://test.local/auraed/a/b");
     assert!(b.children.iter().any(|i| i.name == "c"), "c under b: {b:?}");
     // And as aer draws it.
-    let ls = aer_ok(&d, &["ls"]);
+    let ls = d.aer_ok(&["ls"]);
     assert!(ls.contains("instance"), "{ls}");
-    let ls = aer_ok(&d, &["--instance", "a", "ls"]);
+    let ls = d.aer_ok(&["--instance", "a", "ls"]);
     assert!(ls.contains("b"), "{ls}");
 
     // Freeing a takes b and c with it.
@@ -217,35 +138,29 @@ async fn logs_stream_live_through_two_hops() {
     require_root!();
     let image = require_image!();
     let d = daemon(image, None).await;
-    aer_ok(&d, &["spawn", "--name", "a", "--backend", "cell"]);
-    aer_ok(
-        &d,
-        &[
-            "--instance",
-            "a",
-            "spawn",
-            "--name",
-            "b",
-            "--backend",
-            "cell",
-        ],
-    );
+    d.aer_ok(&["spawn", "--name", "a", "--backend", "cell"]);
+    d.aer_ok(&[
+        "--instance",
+        "a",
+        "spawn",
+        "--name",
+        "b",
+        "--backend",
+        "cell",
+    ]);
     // An executable in b that prints, waits, and prints again; followed
     // from the host through a, both lines arrive, the second live.
-    aer_ok(
-        &d,
-        &[
-            "--instance",
-            "a/b",
-            "exec",
-            "--name",
-            "live",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo first-line; sleep 1; echo second-line",
-        ],
-    );
+    d.aer_ok(&[
+        "--instance",
+        "a/b",
+        "exec",
+        "--name",
+        "live",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo first-line; sleep 1; echo second-line",
+    ]);
     let mut c = d.client().await;
     let mut req = tonic::Request::new(pb::LogsRequest {
         id: "live".into(),
@@ -272,10 +187,7 @@ async fn a_wrong_identity_is_refused_by_an_instance() {
     require_root!();
     let image = require_image!();
     let d = daemon(image, None).await;
-    let out = aer_ok(
-        &d,
-        &["-o", "json", "spawn", "--name", "a", "--backend", "cell"],
-    );
+    let out = d.aer_ok(&["-o", "json", "spawn", "--name", "a", "--backend", "cell"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let addr = v["address"].as_str().expect("address").to_string();
     // The host's client SVID (spiffe://test.local/aer) may manage the host,
@@ -430,19 +342,16 @@ async fn a_restart_after_kill_9_removes_instances_left_behind() {
     require_root!();
     let image = require_image!();
     let mut d = daemon(image.clone(), None).await;
-    aer_ok(&d, &["spawn", "--name", "a", "--backend", "cell"]);
-    aer_ok(
-        &d,
-        &[
-            "--instance",
-            "a",
-            "spawn",
-            "--name",
-            "b",
-            "--backend",
-            "cell",
-        ],
-    );
+    d.aer_ok(&["spawn", "--name", "a", "--backend", "cell"]);
+    d.aer_ok(&[
+        "--instance",
+        "a",
+        "spawn",
+        "--name",
+        "b",
+        "--backend",
+        "cell",
+    ]);
     let mut c = d.client().await;
     let a = c
         .status(pb::StatusRequest { id: "a".into() })

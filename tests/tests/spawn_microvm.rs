@@ -11,19 +11,6 @@ use aurae_proto::runtime as pb;
 use aurae_tests::guest::e2e_kvm;
 use aurae_tests::{Daemon, DaemonOptions};
 
-/// `aer` with `args`, which must succeed; its stdout.
-fn aer_ok(d: &Daemon, args: &[&str]) -> String {
-    let out = d.aer(args);
-    assert!(
-        out.status.success(),
-        "aer {args:?}: {}\n{}\nauraed log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        d.log_text()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The TAPs of `d`'s instances: `<bridge stem>t<index>`.
 fn taps(d: &Daemon) -> Vec<String> {
     let stem: String = d.bridge().chars().take(9).collect();
@@ -103,83 +90,95 @@ async fn a_microvm_instance_runs_cells_spawns_and_goes_away() {
     // A cell with a real cgroup v2 memory limit, inside the guest: its
     // processes run in its leaf, so the limit is read from the guest's
     // side (an executable of the instance's auraed, outside the cell).
-    aer_ok(
-        &d,
-        &[
-            "--instance",
-            "a",
-            "cell",
-            "run",
-            "--name",
-            "limited",
-            "--memory",
-            "64M",
-            "--",
-            "/bin/busybox",
-            "sleep",
-            "30",
-        ],
-    );
-    let out = aer_ok(&d, &["-o", "json", "--instance", "a", "status", "limited"]);
+    d.aer_ok(&[
+        "--instance",
+        "a",
+        "cell",
+        "run",
+        "--name",
+        "limited",
+        "--memory",
+        "64M",
+        "--",
+        "/bin/busybox",
+        "sleep",
+        "30",
+    ]);
+    let out = d.aer_ok(&["-o", "json", "--instance", "a", "status", "limited"]);
     let cell: serde_json::Value = serde_json::from_str(&out).expect("status json");
     let cgroup = cell["cgroup"].as_str().expect("cgroup path").to_string();
-    let out = aer_ok(
-        &d,
-        &[
-            "--instance",
-            "a",
-            "exec",
-            "--wait",
-            "--",
-            "/bin/busybox",
-            "cat",
-            &format!("{cgroup}/memory.max"),
-        ],
-    );
+    let out = d.aer_ok(&[
+        "--instance",
+        "a",
+        "exec",
+        "--wait",
+        "--",
+        "/bin/busybox",
+        "cat",
+        &format!("{cgroup}/memory.max"),
+    ]);
     assert!(out.contains(&(64u64 << 20).to_string()), "{out}");
     // busybox, its output through the routed Logs.
-    let out = aer_ok(
-        &d,
-        &[
-            "--instance",
-            "a",
-            "exec",
-            "--name",
-            "hello",
-            "--wait",
-            "--",
-            "/bin/busybox",
-            "echo",
-            "hello from a microVM",
-        ],
-    );
+    let out = d.aer_ok(&[
+        "--instance",
+        "a",
+        "exec",
+        "--name",
+        "hello",
+        "--wait",
+        "--",
+        "/bin/busybox",
+        "echo",
+        "hello from a microVM",
+    ]);
     assert!(out.contains("hello from a microVM"), "{out}");
-    let out = aer_ok(&d, &["--instance", "a", "logs", "hello"]);
+    let out = d.aer_ok(&["--instance", "a", "logs", "hello"]);
     assert!(out.contains("hello from a microVM"), "{out}");
 
     // An instance of the instance: a microVM where the guest has KVM
     // (nested), else a cell.
-    let out = aer_ok(
-        &d,
-        &[
-            "-o",
-            "json",
-            "--instance",
-            "a",
-            "spawn",
-            "--name",
-            "b",
-            "--timeout",
-            "300s",
-        ],
-    );
+    let out = d.aer_ok(&[
+        "-o",
+        "json",
+        "--instance",
+        "a",
+        "spawn",
+        "--name",
+        "b",
+        "--timeout",
+        "300s",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["spiffe_id"], "spiffe://test.local/auraed/a/b", "{out}");
     eprintln!(
         "BENCH spawn in a microVM: b on {} ({}), ready {} ms",
         v["backend"], v["backend_reason"], v["ready_ms"]
     );
-    let ls = aer_ok(&d, &["--instance", "a/b", "ls"]);
+    // Which backend b got follows from what a's kernel offers: /dev/kvm
+    // with a hardware backend (a was spawned nested, so its overlay holds
+    // the kernel and the VMM) means a microVM.
+    let kvm = d.aer_ok(&[
+        "--instance",
+        "a",
+        "exec",
+        "--wait",
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "test -e /dev/kvm && { test -e /sys/module/kvm_amd || test -e /sys/module/kvm_intel; } && echo kvm=yes || echo kvm=no",
+    ]);
+    let expected = if kvm.contains("kvm=yes") {
+        "microvm"
+    } else {
+        "cell"
+    };
+    assert_eq!(v["backend"], expected, "a says {kvm}; b: {out}");
+    assert!(
+        v["backend_reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{out}"
+    );
+    let ls = d.aer_ok(&["--instance", "a/b", "ls"]);
     eprintln!("a/b answers: {ls}");
 
     // Freeing a: its VMM and its TAP go.

@@ -149,38 +149,17 @@ fn qemu(elf: &Path) -> Command {
 /// Our real image inside the QEMU test host: aurae-vmm against
 /// `qemu -M microvm -enable-kvm`, launch to /init and to health.
 fn in_test_host(runs: usize) -> anyhow::Result<()> {
-    let img = crate::image::build()?;
-    let run = crate::testhost::TestRun {
-        test: "bench_boot".into(),
-        filters: vec!["--nocapture".into()],
-        env: vec![
-            ("AURAE_BENCH".into(), "1".into()),
-            ("AURAE_BENCH_RUNS".into(), runs.to_string()),
-            (
-                "AURAE_GUEST_PROFILE".into(),
-                std::env::var("AURAE_GUEST_PROFILE").unwrap_or_default(),
-            ),
-            (
-                "AURAE_BOOT_TRACE".into(),
-                std::env::var("AURAE_BOOT_TRACE").unwrap_or_default(),
-            ),
-        ],
-        needs_qemu: true,
-        release: true,
-    };
-    let outcome = crate::testhost::run(&img.bzimage, Some(&img.dir), &[run])?;
+    let pass = |var: &str| (var.to_string(), std::env::var(var).unwrap_or_default());
+    let lines = crate::testhost::bench(
+        "bench_boot",
+        runs,
+        vec![pass("AURAE_GUEST_PROFILE"), pass("AURAE_BOOT_TRACE")],
+    )?;
     println!(
         "\nour image inside the QEMU test host (nested KVM), medians of {runs} alternating boots:"
     );
-    for l in outcome
-        .bench_lines
-        .iter()
-        .filter(|l| !l.starts_with("BENCH-RUN"))
-    {
-        println!("  {}", l.trim_start_matches("BENCH "));
-    }
-    if !outcome.passed {
-        bail!("the boot benchmark failed inside the test host");
+    for l in lines {
+        println!("  {l}");
     }
     Ok(())
 }

@@ -64,6 +64,34 @@ pub struct Outcome {
     pub bench_lines: Vec<String>,
 }
 
+/// Runs the benchmark test binary `test` inside the test host (release
+/// builds, QEMU there too) with `AURAE_BENCH_RUNS=runs` and `env`; its
+/// "BENCH " lines, without the prefix (per-run "BENCH-RUN" lines are
+/// printed as they come, not returned). Fails if the benchmark failed.
+pub fn bench(test: &str, runs: usize, env: Vec<(String, String)>) -> anyhow::Result<Vec<String>> {
+    let img = crate::image::build()?;
+    let mut env = env;
+    env.push(("AURAE_BENCH".into(), "1".into()));
+    env.push(("AURAE_BENCH_RUNS".into(), runs.to_string()));
+    let bench = TestRun {
+        test: test.into(),
+        filters: vec!["--nocapture".into()],
+        env,
+        needs_qemu: true,
+        release: true,
+    };
+    let outcome = run(&img.bzimage, Some(&img.dir), &[bench])?;
+    if !outcome.passed {
+        bail!("the benchmark {test} failed inside the test host");
+    }
+    Ok(outcome
+        .bench_lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("BENCH "))
+        .map(str::to_string)
+        .collect())
+}
+
 /// The tests that need what only the test host has: cgroup v2 limits, and
 /// a KVM that boots standard kernels (for our VMM and our image).
 pub fn default_runs() -> Vec<TestRun> {

@@ -1,0 +1,77 @@
+//! What the Spawn tests share: the image, a daemon that spawns from it,
+//! a request, and the host links an instance leaves.
+
+use std::path::{Path, PathBuf};
+
+use aurae_proto::runtime as pb;
+
+use crate::{Daemon, DaemonOptions};
+
+/// The image's initramfs (from `cargo xtask image`, or the initramfs-only
+/// build `cargo xtask test` makes).
+pub fn image() -> Option<PathBuf> {
+    let dir = std::env::var_os("AURAE_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            crate::binary("auraed")
+                .parent()
+                .and_then(Path::parent)
+                .map(|t| t.join("aurae-image"))
+                .unwrap_or_default()
+        });
+    dir.join("initramfs.cpio.zst").is_file().then_some(dir)
+}
+
+#[macro_export]
+macro_rules! require_image {
+    () => {
+        match $crate::instances::image() {
+            Some(dir) => dir,
+            None => {
+                $crate::report_skip(
+                    $crate::function_name!(),
+                    "no image: target/aurae-image/initramfs.cpio.zst (cargo xtask image)",
+                );
+                return;
+            }
+        }
+    };
+}
+
+pub async fn daemon(image: PathBuf, fail_at: Option<&str>) -> Daemon {
+    Daemon::start_with(DaemonOptions {
+        image_dir: Some(image),
+        spawn_fail_at: fail_at.map(str::to_string),
+        ..Default::default()
+    })
+    .await
+}
+
+pub fn spawn_req(name: &str) -> pb::SpawnRequest {
+    pb::SpawnRequest {
+        name: name.into(),
+        backend: pb::SpawnBackend::Auto as i32,
+        ready_timeout_ms: Some(30_000),
+        ..Default::default()
+    }
+}
+
+/// The host ends (and not yet moved peers) of `d`'s instance veths.
+pub fn veths(d: &Daemon) -> Vec<String> {
+    let bridge = d.bridge();
+    let mut found = links(&format!("{bridge}v"));
+    found.extend(links(&format!("{bridge}p")));
+    found
+}
+
+/// The host's links whose names start with `prefix`.
+pub fn links(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
