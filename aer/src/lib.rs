@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod output;
+pub mod pod_args;
 pub mod spawn_args;
 pub mod text;
 pub mod tree;

@@ -83,6 +83,9 @@ enum Command {
     /// Spawn a nested auraed instance (a microVM, or a cell running the
     /// same image).
     Spawn(aer::spawn_args::SpawnArgs),
+    /// Pods: an instance running containers.
+    #[command(subcommand)]
+    Pod(aer::pod_args::PodCmd),
 }
 
 #[derive(Args)]
@@ -527,6 +530,35 @@ async fn main() {
                     i.ready_ms,
                     escape(&i.backend_reason)
                 ),
+            }
+        }
+        Command::Pod(aer::pod_args::PodCmd::Run(a)) => {
+            let req = (*a).request().unwrap_or_else(|e| fail(e));
+            let r = client.run_pod(req).await.or_exit();
+            let pod = r.pod.unwrap_or_default();
+            match out {
+                Output::Json => say!("{}", aer::pod_args::pod_json(&r.name, &pod)),
+                Output::Table => say!("{}", aer::pod_args::pod_line(&r.name, &pod)),
+            }
+        }
+        Command::Pod(aer::pod_args::PodCmd::Ls) => {
+            let listed = client.list(pb::ListRequest {}).await.or_exit();
+            let pods = listed
+                .workloads
+                .iter()
+                .filter_map(|w| w.pod.as_ref().map(|p| (w.id.as_str(), p)));
+            match out {
+                Output::Json => say!(
+                    "{}",
+                    serde_json::Value::Array(
+                        pods.map(|(n, p)| aer::pod_args::pod_json(n, p)).collect()
+                    )
+                ),
+                Output::Table => {
+                    for (n, p) in pods {
+                        say!("{}", aer::pod_args::pod_line(n, p));
+                    }
+                }
             }
         }
         Command::Health => {

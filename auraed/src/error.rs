@@ -35,6 +35,14 @@ pub enum ApiError {
     /// The instance network (boxed: its errors are large).
     #[error(transparent)]
     Net(Box<crate::net::NetError>),
+    /// An instance refused a request this auraed made of it on a caller's
+    /// behalf: its status, with what it was asked for. Keeps the
+    /// instance's code (boxed: a status is large).
+    #[error("{what}: {}", .status.message())]
+    Instance {
+        what: String,
+        status: Box<tonic::Status>,
+    },
 }
 
 /// The most of a message a status carries: an error about a huge field
@@ -98,6 +106,7 @@ impl From<ApiError> for tonic::Status {
                 tonic::Status::resource_exhausted(msg)
             }
             ApiError::Io { .. } | ApiError::Stuck(_) => tonic::Status::internal(msg),
+            ApiError::Instance { status, .. } => tonic::Status::new(status.code(), msg),
             ApiError::Net(e) => {
                 use crate::net::NetError as N;
                 match *e {

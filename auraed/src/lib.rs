@@ -18,6 +18,7 @@ pub mod logs;
 pub mod net;
 pub mod oci;
 pub mod pki;
+pub mod pods;
 pub mod registry;
 pub mod route;
 pub mod runtime;

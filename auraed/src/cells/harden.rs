@@ -229,12 +229,39 @@ impl Plan {
         Ok(())
     }
 
-    /// `host` bound read-only at `target` (made as a folder first).
-    pub(super) fn read_only_bind(&mut self, host: &Path, target: &Path) -> Result<(), PlanError> {
-        self.push(
-            InitOp::Mkdir(cpath(target)?, 0o755),
-            format!("creating {}", target.display()),
-        );
+    /// `host` bound read-only at `target` under `root`: the folders above
+    /// it are made, then the mount point (a folder, or an empty file when
+    /// `host` is a file, such as an image archive).
+    pub(super) fn read_only_bind(
+        &mut self,
+        host: &Path,
+        root: &Path,
+        target: &Path,
+    ) -> Result<(), PlanError> {
+        let mut parents: Vec<&Path> = target
+            .ancestors()
+            .skip(1)
+            .take_while(|p| *p != root)
+            .collect();
+        parents.reverse();
+        for parent in parents {
+            self.push(
+                InitOp::Mkdir(cpath(parent)?, 0o755),
+                format!("creating {}", parent.display()),
+            );
+        }
+        if std::fs::metadata(host).is_ok_and(|m| m.is_file()) {
+            self.tolerate(
+                InitOp::Mknod(cpath(target)?, libc::S_IFREG | 0o444, 0),
+                libc::EEXIST,
+                format!("creating the mount point of {}", host.display()),
+            );
+        } else {
+            self.push(
+                InitOp::Mkdir(cpath(target)?, 0o755),
+                format!("creating {}", target.display()),
+            );
+        }
         let op = self.bind(host, target, true)?;
         self.push(op, format!("binding {}", host.display()));
         let op = Self::remount_read_only(target, NODEV)?;

@@ -295,6 +295,7 @@ impl Plan {
         for (host, inside) in binds {
             self.read_only_bind(
                 host,
+                rootfs,
                 &rootfs.join(inside.strip_prefix("/").unwrap_or(inside)),
             )?;
         }

@@ -51,7 +51,8 @@ pub struct Security {
     /// Every capability, with the mounts still sealed: a spawned auraed's
     /// cell (set by auraed, never by a request).
     pub all_caps: bool,
-    /// Host folders bound read-only into the cell: (host path, path inside).
+    /// Host folders or files bound read-only into the cell: (host path,
+    /// path inside).
     pub read_only_binds: Vec<(PathBuf, PathBuf)>,
 }
 

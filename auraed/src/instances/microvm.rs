@@ -320,6 +320,13 @@ impl Instances {
         started: Instant,
     ) -> Result<Instance, ApiError> {
         let fail = self.cfg.fail_at;
+        if let Some((host, _)) = spec.read_only.first() {
+            return Err(ApiError::Unimplemented(format!(
+                "a microVM instance can't be given host files yet ({} was asked for): \
+                 attaching them as a read-only virtio-blk disk is not built; use the cell backend",
+                host.display()
+            )));
+        }
         let vcpus = u8::try_from(spec.vcpus.max(1))
             .map_err(|_| ApiError::invalid("vcpus", "a microVM has at most 255"))?;
         let mem_mib = if spec.memory_mib > 0 {

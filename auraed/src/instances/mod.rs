@@ -37,6 +37,9 @@ pub struct InstanceSpec {
     pub kernel: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
     pub ready_timeout: Duration,
+    /// Host files or folders the instance sees read-only: (host path, path
+    /// inside). A pod's images reach it this way.
+    pub read_only: Vec<(PathBuf, PathBuf)>,
 }
 
 /// What spawning needs from auraed's configuration.
@@ -93,6 +96,9 @@ pub struct Instance {
     index: u32,
     channel: Channel,
     torn_down: AtomicBool,
+    /// What the instance holds as a pod: its containers and host ports
+    /// (set once, after its containers started; dropped at tear-down).
+    pub pod: Mutex<Option<crate::pods::PodInfo>>,
 }
 
 impl Instance {
@@ -127,6 +133,12 @@ impl Instance {
             {
                 tracing::warn!("instance {}: stopping its VMM: {e}", self.name);
             }
+        }
+        // A pod's host ports close first: nothing is forwarded to a dying
+        // instance.
+        let pod = self.pod.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(pod) = pod {
+            pod.close().await;
         }
         let destroyed = self.cell.destroy().await;
         let veth = self.veth.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -238,7 +238,9 @@ impl Instances {
                 all_caps: true,
                 delegate_cgroup: true,
                 net_sysctls: true,
-                read_only_binds: vec![(image_dir, PathBuf::from(files::IMAGE))],
+                read_only_binds: std::iter::once((image_dir, PathBuf::from(files::IMAGE)))
+                    .chain(spec.read_only.iter().cloned())
+                    .collect(),
                 ..Default::default()
             },
             ..Default::default()
@@ -338,6 +340,7 @@ impl Instances {
             index: s.index,
             channel,
             torn_down: AtomicBool::new(false),
+            pod: Mutex::new(None),
         })
     }
 

@@ -380,6 +380,7 @@ pub fn executable_status(e: &Executable) -> pb::WorkloadStatus {
         executables: vec![],
         cgroup: String::new(),
         instance: None,
+        pod: None,
     }
 }
 
@@ -445,6 +446,7 @@ pub fn instance_status(i: &Instance) -> pb::WorkloadStatus {
         exited_at: exit.map(|x| timestamp(x.at)),
         command: i.init.command.clone(),
         instance: Some(instance(i)),
+        pod: None,
         ..Default::default()
     }
 }
@@ -514,5 +516,6 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
         kernel: file("kernel", &r.kernel)?,
         initramfs: file("initramfs", &r.initramfs)?,
         ready_timeout: std::time::Duration::from_millis(ready_ms.into()),
+        read_only: Vec::new(),
     })
 }

@@ -2,6 +2,7 @@
 //! request/status conversions they share.
 
 pub mod convert;
+pub mod pod_convert;
 pub mod runtime_service;
 
 pub use runtime_service::RuntimeService;

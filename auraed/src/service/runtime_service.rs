@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{convert, pod_convert};
 use crate::error::ApiError;
 use crate::logs::{Stream as LogStream, Subscription};
 use crate::registry::Workload;
@@ -31,6 +31,41 @@ type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send
 
 fn id_field(id: &str) -> Result<(), ApiError> {
     v::name("id", id)
+}
+
+/// A client of the instance that runs the container `id` names.
+fn container_client(
+    t: &crate::pods::ContainerTarget,
+) -> pb::runtime_client::RuntimeClient<tonic::transport::Channel> {
+    pb::runtime_client::RuntimeClient::new(t.instance.channel())
+}
+
+/// The instance's answer about container `id`, its refusal kept.
+fn routed<T>(id: &str, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    r.map_err(|status| {
+        ApiError::Instance {
+            what: format!("id: {id}"),
+            status: Box::new(status),
+        }
+        .into()
+    })
+}
+
+/// A workload's status; a pod's with its containers and ports.
+async fn full_status(w: &Workload) -> pb::WorkloadStatus {
+    let mut status = convert::status(w);
+    if let Workload::Instance(i) = w {
+        if let Some(ports) = crate::pods::pod_ports(i) {
+            let containers = if i.running() {
+                crate::pods::container_statuses(i).await
+            } else {
+                Vec::new()
+            };
+            status.kind = pb::WorkloadKind::Pod as i32;
+            status.pod = Some(pod_convert::pod_status(i, ports, containers));
+        }
+    }
+    status
 }
 
 fn entry(line: &crate::logs::LogLine, dropped_before: u64) -> pb::LogEntry {
@@ -164,12 +199,16 @@ impl pb::runtime_server::Runtime for RuntimeService {
 
     async fn run_pod(
         &self,
-        _: Request<pb::RunPodRequest>,
+        request: Request<pb::RunPodRequest>,
     ) -> Result<Response<pb::RunPodResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "RunPod is not implemented yet: it will spawn an instance and run the pod's containers as one cell inside it; today, Spawn and then RunCell with the aurae-instance metadata do that by hand".into(),
-        )
-        .into())
+        let spec = pod_convert::pod_spec(request.get_ref())?;
+        let ports = spec.ports.clone();
+        let instance = self.runtime.run_pod(spec).await?;
+        let containers = crate::pods::container_statuses(&instance).await;
+        Ok(Response::new(pb::RunPodResponse {
+            name: instance.name.clone(),
+            pod: Some(pod_convert::pod_status(&instance, ports, containers)),
+        }))
     }
 
     async fn stop(
@@ -177,6 +216,13 @@ impl pb::runtime_server::Runtime for RuntimeService {
         request: Request<pb::StopRequest>,
     ) -> Result<Response<pb::StopResponse>, Status> {
         let r = request.into_inner();
+        if let Some(t) = self.runtime.pod_container(&r.id)? {
+            let asked = pb::StopRequest {
+                id: t.cell.clone(),
+                ..r.clone()
+            };
+            return routed(&r.id, container_client(&t).stop(asked).await);
+        }
         id_field(&r.id)?;
         let signal = match r.signal {
             0 => Signal::SIGTERM,
@@ -199,6 +245,10 @@ impl pb::runtime_server::Runtime for RuntimeService {
         request: Request<pb::FreeRequest>,
     ) -> Result<Response<pb::FreeResponse>, Status> {
         let r = request.into_inner();
+        if let Some(t) = self.runtime.pod_container(&r.id)? {
+            let asked = pb::FreeRequest { id: t.cell.clone() };
+            return routed(&r.id, container_client(&t).free(asked).await);
+        }
         id_field(&r.id)?;
         self.runtime.free(&r.id).await?;
         Ok(Response::new(pb::FreeResponse {}))
@@ -209,7 +259,10 @@ impl pb::runtime_server::Runtime for RuntimeService {
         _: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let workloads = self.runtime.list();
-        let mut statuses: Vec<pb::WorkloadStatus> = workloads.iter().map(convert::status).collect();
+        let mut statuses = Vec::with_capacity(workloads.len());
+        for w in &workloads {
+            statuses.push(full_status(w).await);
+        }
         // The instance tree: each running instance lists its own, which
         // list theirs, hop by hop.
         for (w, status) in workloads.iter().zip(statuses.iter_mut()) {
@@ -229,10 +282,14 @@ impl pb::runtime_server::Runtime for RuntimeService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::WorkloadStatus>, Status> {
         let r = request.into_inner();
+        if let Some(t) = self.runtime.pod_container(&r.id)? {
+            let asked = pb::StatusRequest { id: t.cell.clone() };
+            return routed(&r.id, container_client(&t).status(asked).await);
+        }
         id_field(&r.id)?;
-        Ok(Response::new(convert::status(
-            &self.runtime.get(&r.id, "id")?,
-        )))
+        Ok(Response::new(
+            full_status(&self.runtime.get(&r.id, "id")?).await,
+        ))
     }
 
     type LogsStream = LogsStream;
@@ -242,6 +299,14 @@ impl pb::runtime_server::Runtime for RuntimeService {
         request: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
         let r = request.into_inner();
+        if let Some(t) = self.runtime.pod_container(&r.id)? {
+            let asked = pb::LogsRequest {
+                id: t.executable_id.clone(),
+                ..r.clone()
+            };
+            let stream = routed(&r.id, container_client(&t).logs(asked).await)?.into_inner();
+            return Ok(Response::new(Box::pin(stream) as LogsStream));
+        }
         id_field(&r.id)?;
         let workload = if r.wait_for_start {
             self.runtime
@@ -270,6 +335,13 @@ impl pb::runtime_server::Runtime for RuntimeService {
         request: Request<pb::WaitRequest>,
     ) -> Result<Response<pb::WorkloadStatus>, Status> {
         let r = request.into_inner();
+        if let Some(t) = self.runtime.pod_container(&r.id)? {
+            let asked = pb::WaitRequest {
+                id: t.executable_id.clone(),
+                ..r.clone()
+            };
+            return routed(&r.id, container_client(&t).wait(asked).await);
+        }
         id_field(&r.id)?;
         let w = self.runtime.get(&r.id, "id")?;
         let timeout = r

@@ -1,0 +1,434 @@
+//! RunPod on the development machine (the cell backend): two containers of
+//! one pod talking over localhost, a pod port reached from the host
+//! (through auraed's relay and at the instance's address), logs, wait,
+//! stop and free through `<pod>/<container>`, and refusals that leave
+//! nothing behind.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aurae_proto::runtime as pb;
+use aurae_tests::image::{busybox_layer, write_docker_save, ImageConfig};
+use aurae_tests::instances::{daemon, veths};
+use aurae_tests::{leaks::Snapshot, require_image, require_root, Daemon};
+use tokio_stream::StreamExt;
+
+const PAGE: &str = "pod-says-hi";
+
+fn busybox_image(dir: &Path) -> PathBuf {
+    write_docker_save(
+        &dir.join("busybox.tar"),
+        &[busybox_layer()],
+        &ImageConfig::default(),
+    )
+}
+
+fn sh(script: &str) -> Option<pb::Executable> {
+    Some(pb::Executable {
+        command: "/bin/busybox".into(),
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    })
+}
+
+fn container(name: &str, image: &Path, script: &str) -> pb::PodContainer {
+    pb::PodContainer {
+        name: name.into(),
+        image: image.display().to_string(),
+        executable: sh(script),
+        limits: None,
+    }
+}
+
+fn pod(
+    name: &str,
+    containers: Vec<pb::PodContainer>,
+    ports: Vec<pb::PodPort>,
+) -> pb::RunPodRequest {
+    pb::RunPodRequest {
+        name: name.into(),
+        containers,
+        ports,
+        backend: pb::SpawnBackend::Cell as i32,
+        ready_timeout_ms: Some(30_000),
+        ..Default::default()
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("[::]:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// An HTTP GET of `/` at `addr`, bounded: 50 tries, 2 s each at most.
+fn http_get(addr: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let got = (|| -> std::io::Result<String> {
+            let sock = addr.parse().map_err(std::io::Error::other)?;
+            let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match got {
+            Ok(body) if body.contains(PAGE) => return body,
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no page from {addr}: {last}")
+}
+
+/// The server: busybox httpd serving PAGE on 8080.
+const SERVER: &str = "mkdir -p /tmp/www && echo pod-says-hi > /tmp/www/index.html && \
+                      exec /bin/busybox httpd -f -p 8080 -h /tmp/www";
+/// The client: fetches the page from the server over localhost, bounded.
+const CLIENT: &str = "for i in $(seq 1 100); do \
+                      /bin/busybox wget -q -O- http://127.0.0.1:8080/ && exit 0; sleep 0.1; \
+                      done; exit 1";
+
+#[tokio::test]
+async fn two_containers_share_localhost_and_a_host_port_reaches_the_pod() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let img = busybox_image(&d.dir);
+    let mut c = d.client().await;
+    let before = Snapshot::settled(&d);
+    let host_port = free_port();
+    let r = c
+        .run_pod(pod(
+            "web",
+            vec![
+                container("server", &img, SERVER),
+                container("client", &img, CLIENT),
+            ],
+            vec![pb::PodPort {
+                container_port: 8080,
+                host_port: Some(host_port.into()),
+            }],
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("run_pod: {}\n{}", e.message(), d.log_text()))
+        .into_inner();
+    let status = r.pod.expect("pod status");
+    let names: Vec<&str> = status.containers.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(names, ["server", "client"]);
+    let address = status.instance.expect("instance").address;
+
+    // The client reached the server over the pod's localhost.
+    let waited = c
+        .wait(pb::WaitRequest {
+            id: "web/client".into(),
+            timeout_ms: Some(20_000),
+        })
+        .await
+        .expect("wait web/client")
+        .into_inner();
+    assert_eq!(waited.exit_code, Some(0), "{waited:?}");
+    let mut logs = c
+        .logs(pb::LogsRequest {
+            id: "web/client".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("logs web/client")
+        .into_inner();
+    let mut text = String::new();
+    while let Some(Ok(line)) = logs.next().await {
+        text.push_str(&String::from_utf8_lossy(&line.line));
+    }
+    assert!(text.contains(PAGE), "client logs: {text}");
+
+    // The host reaches the pod: through the relay, over IPv4 and IPv6, and
+    // at the instance's own address.
+    http_get(&format!("127.0.0.1:{host_port}"));
+    http_get(&format!("[::1]:{host_port}"));
+    let pod_addr = address.replace(":8443", ":8080");
+    http_get(&pod_addr);
+
+    // The pod, as Status, aer and List show it.
+    let s = c
+        .status(pb::StatusRequest { id: "web".into() })
+        .await
+        .expect("status web")
+        .into_inner();
+    assert_eq!(s.kind, pb::WorkloadKind::Pod as i32);
+    assert_eq!(s.pod.as_ref().map(|p| p.containers.len()), Some(2));
+    let ls = d.aer_ok(&["pod", "ls"]);
+    assert!(ls.contains("web/server running"), "{ls}");
+    assert!(ls.contains(&format!("{host_port}->8080")), "{ls}");
+    let logs = d.aer_ok(&["logs", "web/client"]);
+    assert!(logs.contains(PAGE), "{logs}");
+
+    // Stop one container through the pod; then free the pod.
+    let stopped = c
+        .stop(pb::StopRequest {
+            id: "web/server".into(),
+            grace_period_ms: Some(2_000),
+            ..Default::default()
+        })
+        .await
+        .expect("stop web/server")
+        .into_inner();
+    assert_eq!(
+        stopped.status.map(|s| s.state),
+        Some(pb::WorkloadState::Stopped as i32)
+    );
+    let err = c
+        .status(pb::StatusRequest {
+            id: "web/nope".into(),
+        })
+        .await
+        .expect_err("no such container");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
+    c.free(pb::FreeRequest { id: "web".into() })
+        .await
+        .expect("free web");
+    assert!(
+        std::net::TcpListener::bind(("::", host_port)).is_ok(),
+        "the host port is free again"
+    );
+    before.assert_unchanged(&d);
+    assert!(veths(&d).is_empty(), "{:?}", veths(&d));
+}
+
+#[tokio::test]
+async fn aer_runs_a_pod_and_reads_its_logs() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let img = busybox_image(&d.dir);
+    let out = d.aer_ok(&[
+        "pod",
+        "run",
+        "--name",
+        "hello",
+        "--backend",
+        "cell",
+        "--image",
+        &img.display().to_string(),
+        "--port",
+        "8080",
+        "--",
+        "/bin/busybox",
+        "echo",
+        "hello from a pod",
+    ]);
+    assert!(out.contains("hello/main"), "{out}");
+    d.aer_ok(&["wait", "--timeout", "20s", "hello/main"]);
+    let logs = d.aer_ok(&["logs", "hello/main"]);
+    assert!(logs.contains("hello from a pod"), "{logs}");
+    d.aer_ok(&["free", "hello"]);
+}
+
+#[tokio::test]
+async fn a_taken_host_port_is_refused_naming_it_and_leaves_nothing() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let img = busybox_image(&d.dir);
+    let mut c = d.client().await;
+    let before = Snapshot::settled(&d);
+    let taken = std::net::TcpListener::bind("[::]:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let err = c
+        .run_pod(pod(
+            "web",
+            vec![container("main", &img, "sleep 30")],
+            vec![pb::PodPort {
+                container_port: 80,
+                host_port: Some(port.into()),
+            }],
+        ))
+        .await
+        .expect_err("a taken port");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{}", err.message());
+    assert!(
+        err.message()
+            .starts_with(&format!("ports[0].host_port: port {port} ")),
+        "{}",
+        err.message()
+    );
+    before.assert_unchanged(&d);
+    assert!(veths(&d).is_empty(), "{:?}", veths(&d));
+}
+
+#[tokio::test]
+async fn a_container_its_instance_refuses_frees_the_pod() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let img = busybox_image(&d.dir);
+    let not_an_image = d.dir.join("not-an-image.tar");
+    std::fs::write(&not_an_image, b"this is not a tar archive").expect("write");
+    let mut c = d.client().await;
+    let before = Snapshot::settled(&d);
+    let host_port = free_port();
+    let err = c
+        .run_pod(pod(
+            "web",
+            vec![
+                container("good", &img, "sleep 30"),
+                container("bad", &not_an_image, "true"),
+            ],
+            vec![pb::PodPort {
+                container_port: 80,
+                host_port: Some(host_port.into()),
+            }],
+        ))
+        .await
+        .expect_err("a broken image");
+    assert!(
+        err.message()
+            .starts_with("containers[1] (bad): the pod's instance refused it: image"),
+        "{:?}: {}",
+        err.code(),
+        err.message()
+    );
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
+    before.assert_unchanged(&d);
+    assert!(veths(&d).is_empty(), "{:?}", veths(&d));
+    let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();
+    assert!(list.workloads.is_empty(), "{:?}", list.workloads);
+    assert!(
+        std::net::TcpListener::bind(("::", host_port)).is_ok(),
+        "the host port was let go"
+    );
+}
+
+#[tokio::test]
+async fn bad_pod_requests_name_the_field() {
+    let image = aurae_tests::instances::image().unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    let d: Daemon = daemon(image, None).await;
+    let img = busybox_image(&d.dir);
+    let mut c = d.client().await;
+    c.list(pb::ListRequest {}).await.expect("list");
+    let before = Snapshot::settled(&d);
+    let ok = || container("main", &img, "true");
+    let port = |inside: u32, host: Option<u32>| pb::PodPort {
+        container_port: inside,
+        host_port: host,
+    };
+    let cases: Vec<(&str, pb::RunPodRequest)> = vec![
+        ("name", pod("Bad/Name", vec![ok()], vec![])),
+        ("containers", pod("p", vec![], vec![])),
+        (
+            "containers[0].name",
+            pod("p", vec![container("Main", &img, "true")], vec![]),
+        ),
+        ("containers[1].name", pod("p", vec![ok(), ok()], vec![])),
+        (
+            "containers[0].image",
+            pod(
+                "p",
+                vec![container("main", Path::new("/no/such/image"), "true")],
+                vec![],
+            ),
+        ),
+        (
+            "containers[0].image",
+            pod(
+                "p",
+                vec![container("main", Path::new("relative.tar"), "true")],
+                vec![],
+            ),
+        ),
+        (
+            "containers[0].image",
+            pod(
+                "p",
+                vec![container("main", Path::new("/dev/null"), "true")],
+                vec![],
+            ),
+        ),
+        (
+            "containers[0].limits.memory_max_bytes",
+            pod(
+                "p",
+                vec![pb::PodContainer {
+                    limits: Some(pb::CellLimits {
+                        memory_max_bytes: Some(1),
+                        ..Default::default()
+                    }),
+                    ..ok()
+                }],
+                vec![],
+            ),
+        ),
+        (
+            "containers[0].executable.env[0].name",
+            pod(
+                "p",
+                vec![pb::PodContainer {
+                    executable: Some(pb::Executable {
+                        command: "/bin/true".into(),
+                        env: vec![pb::EnvVar {
+                            name: "A=B".into(),
+                            value: "c".into(),
+                        }],
+                        ..Default::default()
+                    }),
+                    ..ok()
+                }],
+                vec![],
+            ),
+        ),
+        (
+            "ports[0].container_port",
+            pod("p", vec![ok()], vec![port(0, None)]),
+        ),
+        (
+            "ports[0].host_port",
+            pod("p", vec![ok()], vec![port(80, Some(70_000))]),
+        ),
+        (
+            "ports[1].container_port",
+            pod("p", vec![ok()], vec![port(80, None), port(80, None)]),
+        ),
+        (
+            "ports[1].host_port",
+            pod(
+                "p",
+                vec![ok()],
+                vec![port(80, Some(9000)), port(81, Some(9000))],
+            ),
+        ),
+        (
+            "memory_mib",
+            pb::RunPodRequest {
+                memory_mib: u64::MAX,
+                ..pod("p", vec![ok()], vec![])
+            },
+        ),
+    ];
+    for (field, req) in cases {
+        let err = c.run_pod(req).await.expect_err(field);
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().starts_with(&format!("{field}: ")),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    before.assert_unchanged(&d);
+}
