@@ -14,6 +14,8 @@ pub enum Workload {
     Executable(Arc<Executable>),
     Cell(Arc<Cell>),
     Instance(Arc<crate::instances::Instance>),
+    /// A plain VM (RunVirtualMachine).
+    Vm(Arc<crate::instances::plain_vm::Vm>),
 }
 
 enum Slot {

@@ -165,6 +165,10 @@ impl Runtime {
                 field,
                 format!("{name:?} is an instance, not a cell"),
             )),
+            Workload::Vm(_) => Err(ApiError::invalid(
+                field,
+                format!("{name:?} is a virtual machine, not a cell"),
+            )),
         }
     }
 
@@ -314,6 +318,7 @@ impl Runtime {
                 }
             }
             Workload::Instance(i) => i.tear_down().await?,
+            Workload::Vm(vm) => vm.tear_down().await?,
         }
         Ok(w)
     }
@@ -349,6 +354,13 @@ impl Runtime {
                 }
                 self.registry.remove(id);
             }
+            Workload::Vm(vm) => {
+                vm.tear_down().await?;
+                if let Some(instances) = &self.instances {
+                    instances.forget_vm(&vm);
+                }
+                self.registry.remove(id);
+            }
         }
         Ok(())
     }
@@ -380,6 +392,11 @@ impl Runtime {
                 Workload::Instance(i) => {
                     if let Err(e) = self.free(&i.name).await {
                         tracing::error!("freeing instance {} at shutdown: {e}", i.name);
+                    }
+                }
+                Workload::Vm(vm) => {
+                    if let Err(e) = self.free(&vm.name).await {
+                        tracing::error!("freeing VM {} at shutdown: {e}", vm.name);
                     }
                 }
             }

@@ -108,6 +108,10 @@ pub fn default_runs() -> Vec<TestRun> {
             test: "spawn_microvm".into(),
             ..Default::default()
         },
+        TestRun {
+            test: "pod_microvm".into(),
+            ..Default::default()
+        },
     ]
 }
 

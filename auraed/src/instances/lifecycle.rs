@@ -49,6 +49,29 @@ impl Runtime {
         Ok(instance)
     }
 
+    /// Boots a plain VM and registers it; a failure leaves nothing.
+    pub async fn run_vm(
+        &self,
+        spec: super::plain_vm::VmSpec,
+    ) -> Result<Arc<super::plain_vm::Vm>, ApiError> {
+        let instances = self.instances.clone().ok_or_else(|| {
+            ApiError::FailedPrecondition(
+                "RunVirtualMachine: this auraed has no instances configuration (its bridge and VMM)"
+                    .into(),
+            )
+        })?;
+        let cells = self.cells.clone().map_err(|e| {
+            ApiError::FailedPrecondition(format!(
+                "RunVirtualMachine: a VMM runs in a cell, and cells are unavailable: {e}"
+            ))
+        })?;
+        let reservation = self.registry.reserve(&spec.name, "name")?;
+        let vm = Arc::new(instances.run_vm(&spec, &cells, self.log_bytes).await?);
+        tracing::info!(vm = %vm.name, address = %vm.address, tap = %vm.tap_name, "VM started");
+        reservation.commit(Workload::Vm(vm.clone()));
+        Ok(vm)
+    }
+
     /// The instance `name`, for routing a request to it.
     pub fn instance(&self, name: &str) -> Result<Arc<Instance>, ApiError> {
         match self.get(name, "aurae-instance")? {

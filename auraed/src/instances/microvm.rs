@@ -27,10 +27,11 @@ use initramfs::Manifest;
 use super::backend::Choice;
 use super::files::{self, Params};
 use super::spawn::{injected, FailAt, Started, Undo};
+use super::vmm_process::{disks, vmm_cell_spec, vmm_process, VmmArgs};
 use super::{Instance, InstanceSpec, Instances};
-use crate::cells::{Cell, CellContext, CellSpec, HostShare, SeedFile};
+use crate::cells::{Cell, CellContext, SeedFile};
 use crate::error::ApiError;
-use crate::executables::{Executable, ProcessSpec};
+use crate::executables::Executable;
 use crate::net;
 
 /// Guest memory when the request names none, in MiB (aurae-vmm's default).
@@ -238,58 +239,6 @@ fn parse_boot_ms(line: &str) -> Option<u64> {
     (ms.is_finite() && ms >= 0.0).then(|| ms.round() as u64)
 }
 
-/// How to run the VMM.
-struct VmmArgs<'a> {
-    vmm: &'a Path,
-    kernel: &'a Path,
-    initrd: &'a Path,
-    mem_mib: u64,
-    vcpus: u8,
-    tap: &'a str,
-    cmdline: String,
-    nested: bool,
-}
-
-fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
-    let c = |s: &str| crate::validation::c_string("instance", s);
-    let path = |p: &Path| {
-        p.to_str()
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::FailedPrecondition(format!("{} is not UTF-8", p.display())))
-    };
-    let mut command = vec![
-        path(a.vmm)?,
-        "--kernel".into(),
-        path(a.kernel)?,
-        "--initrd".into(),
-        path(a.initrd)?,
-        "--mem".into(),
-        a.mem_mib.to_string(),
-        "--vcpus".into(),
-        a.vcpus.to_string(),
-        "--tap".into(),
-        a.tap.into(),
-        // Recommended for Linux guests (aurae-vmm's --help).
-        "--huge-pages".into(),
-        "--cmdline".into(),
-        a.cmdline.clone(),
-    ];
-    if a.nested {
-        command.push("--nested".into());
-    }
-    // No --console: it defaults to standard output, the instance's logs.
-    let argv = command.iter().map(|s| c(s)).collect::<Result<_, _>>()?;
-    Ok(ProcessSpec {
-        candidates: vec![c(&path(a.vmm)?)?],
-        argv,
-        command,
-        envp: vec![c(&format!("PATH={}", crate::runtime::DEFAULT_PATH))?],
-        cwd: Some(c("/")?),
-        uid: None,
-        gid: None,
-    })
-}
-
 /// The kernel's name in the guest's image folder, by its format.
 fn kernel_name(kernel: &Path) -> &'static str {
     let mut magic = [0u8; 4];
@@ -320,13 +269,7 @@ impl Instances {
         started: Instant,
     ) -> Result<Instance, ApiError> {
         let fail = self.cfg.fail_at;
-        if let Some((host, _)) = spec.read_only.first() {
-            return Err(ApiError::Unimplemented(format!(
-                "a microVM instance can't be given host files yet ({} was asked for): \
-                 attaching them as a read-only virtio-blk disk is not built; use the cell backend",
-                host.display()
-            )));
-        }
+        let disks = disks(&spec.read_only)?;
         let vcpus = u8::try_from(spec.vcpus.max(1))
             .map_err(|_| ApiError::invalid("vcpus", "a microVM has at most 255"))?;
         let mem_mib = if spec.memory_mib > 0 {
@@ -376,20 +319,7 @@ impl Instances {
         })
         .await?
         .map_err(|e| ApiError::Internal(format!("instance {}: {}", spec.name, chain(&e))))?;
-        let mut limits = crate::cgroup::Limits::default();
-        // A limit whose controller is missing would fail the cell.
-        if cells.hierarchy.available().contains("memory") {
-            limits.memory_max = Some((mem_mib + VMM_OVERHEAD_MIB) << 20);
-        }
-        let cell_spec = CellSpec {
-            name: spec.name.clone(),
-            limits,
-            share: HostShare {
-                net: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells);
         let cell = Cell::create(cell_spec, cells.clone()).await?;
         undo.cell = Some(cell.clone());
         injected(fail, FailAt::Cell)?;
@@ -405,12 +335,13 @@ impl Instances {
         let process = vmm_process(&VmmArgs {
             vmm: &self.cfg.vmm,
             kernel: &kernel,
-            initrd: &initrd,
+            initrd: Some(&initrd),
             mem_mib,
             vcpus,
             tap: &tap.name,
             cmdline: cmdline(&params, self.ula.bridge_addr()),
             nested: spec.nested,
+            disks: &disks,
         })?;
         self.ready(
             spec,

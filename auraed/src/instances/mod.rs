@@ -7,8 +7,10 @@ pub mod files;
 mod lifecycle;
 pub mod link;
 mod microvm;
+pub mod plain_vm;
 pub mod root;
 mod spawn;
+mod vmm_process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use crate::net::{Bridge, Tap, Ula, Veth};
 use backend::{Backend, Choice, Preference};
 
 pub use spawn::FailAt;
+pub use vmm_process::Disk;
 
 /// The parameters of a spawn, validated.
 #[derive(Debug, Clone)]
@@ -37,9 +40,26 @@ pub struct InstanceSpec {
     pub kernel: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
     pub ready_timeout: Duration,
-    /// Host files or folders the instance sees read-only: (host path, path
-    /// inside). A pod's images reach it this way.
-    pub read_only: Vec<(PathBuf, PathBuf)>,
+    /// Host files or folders the instance sees read-only. A pod's images
+    /// reach it this way.
+    pub read_only: Vec<Shared>,
+}
+
+/// A host file or folder an instance sees read-only: bound into a cell at
+/// `inside`; attached to a microVM as a read-only virtio-blk disk (files
+/// only, whole 512-byte sectors), `/dev/vda` for the first, and so on.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub host: PathBuf,
+    pub inside: PathBuf,
+    /// The request field it came from, for errors.
+    pub field: String,
+}
+
+/// Where the `i`-th shared path appears in a microVM: its disk.
+pub fn disk_path(i: usize) -> PathBuf {
+    let letter = (b'a' + (i % 26) as u8) as char;
+    PathBuf::from(format!("/dev/vd{letter}"))
 }
 
 /// What spawning needs from auraed's configuration.
@@ -96,6 +116,8 @@ pub struct Instance {
     index: u32,
     channel: Channel,
     torn_down: AtomicBool,
+    /// Where the instance sees each of its spec's shared paths, in order.
+    pub shared: Vec<PathBuf>,
     /// What the instance holds as a pod: its containers and host ports
     /// (set once, after its containers started; dropped at tear-down).
     pub pod: Mutex<Option<crate::pods::PodInfo>>,

@@ -87,7 +87,7 @@ pub(super) struct Undo {
 }
 
 impl Undo {
-    async fn rollback(mut self, instances: &Instances) {
+    pub(super) async fn rollback(mut self, instances: &Instances) {
         if let Some(init) = self.init.take() {
             if let Err(e) = init
                 .stop(nix::sys::signal::Signal::SIGKILL, Duration::ZERO)
@@ -239,7 +239,11 @@ impl Instances {
                 delegate_cgroup: true,
                 net_sysctls: true,
                 read_only_binds: std::iter::once((image_dir, PathBuf::from(files::IMAGE)))
-                    .chain(spec.read_only.iter().cloned())
+                    .chain(
+                        spec.read_only
+                            .iter()
+                            .map(|s| (s.host.clone(), s.inside.clone())),
+                    )
                     .collect(),
                 ..Default::default()
             },
@@ -340,6 +344,18 @@ impl Instances {
             index: s.index,
             channel,
             torn_down: AtomicBool::new(false),
+            shared: spec
+                .read_only
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if microvm {
+                        super::disk_path(i)
+                    } else {
+                        s.inside.clone()
+                    }
+                })
+                .collect(),
             pod: Mutex::new(None),
         })
     }

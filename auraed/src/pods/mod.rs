@@ -3,8 +3,10 @@
 //! image. Every container cell shares the instance's network namespace, so
 //! the containers of a pod reach each other on localhost, and a pod's port
 //! is the instance's port on the bridge; host ports are relayed by
-//! [`ports`]. The images are not copied: the instance sees each one
-//! read-only at `/etc/aurae/pods/<container>`.
+//! [`ports`]. The images are not copied: a cell-backed instance sees each
+//! one read-only at `/etc/aurae/pods/<container>`, a microVM as a read-only
+//! disk (`/dev/vda` for the first container); the instance checks every
+//! blob against its digest as it unpacks the image.
 //!
 //! From the parent, `<pod>/<container>` names a container: `Status`, `Stop`
 //! and `Free` reach its cell, `Logs` and `Wait` its first process, all
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use aurae_proto::runtime as pb;
 
 use crate::error::ApiError;
-use crate::instances::{Instance, InstanceSpec};
+use crate::instances::{Instance, InstanceSpec, Shared};
 use crate::registry::Workload;
 use crate::runtime::Runtime;
 use crate::validation as v;
@@ -110,7 +112,12 @@ impl Runtime {
         spec.instance.read_only = spec
             .containers
             .iter()
-            .map(|c| (c.image.clone(), PathBuf::from(IMAGES).join(&c.name)))
+            .enumerate()
+            .map(|(i, c)| Shared {
+                host: c.image.clone(),
+                inside: PathBuf::from(IMAGES).join(&c.name),
+                field: format!("containers[{i}].image"),
+            })
             .collect();
         let instance = self.spawn(spec.instance.clone()).await?;
         // 3. The containers, then the host ports' relays. A failure frees
@@ -182,7 +189,10 @@ async fn start_containers(
     let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
     let mut started = Vec::new();
     for (i, c) in containers.iter().enumerate() {
-        let image = PathBuf::from(IMAGES).join(&c.name);
+        // Where the instance sees the image: bound in, or its disk.
+        let image = instance.shared.get(i).cloned().ok_or_else(|| {
+            ApiError::Internal(format!("pod {}: container {i} has no image", instance.name))
+        })?;
         let r = client
             .run_cell(pb::RunCellRequest {
                 name: c.name.clone(),

@@ -381,6 +381,7 @@ pub fn executable_status(e: &Executable) -> pb::WorkloadStatus {
         cgroup: String::new(),
         instance: None,
         pod: None,
+        vm: None,
     }
 }
 
@@ -407,6 +408,7 @@ pub fn status(w: &Workload) -> pb::WorkloadStatus {
         Workload::Executable(e) => executable_status(e),
         Workload::Cell(c) => cell_status(c),
         Workload::Instance(i) => instance_status(i),
+        Workload::Vm(vm) => super::vm_convert::vm_workload_status(vm),
     }
 }
 
@@ -447,12 +449,13 @@ pub fn instance_status(i: &Instance) -> pb::WorkloadStatus {
         command: i.init.command.clone(),
         instance: Some(instance(i)),
         pod: None,
+        vm: None,
         ..Default::default()
     }
 }
 
 /// Most memory a spawn may ask for: what the host has.
-fn host_memory_mib() -> u64 {
+pub fn host_memory_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {

@@ -4,5 +4,6 @@
 pub mod convert;
 pub mod pod_convert;
 pub mod runtime_service;
+pub mod vm_convert;
 
 pub use runtime_service::RuntimeService;

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{convert, pod_convert};
+use super::{convert, pod_convert, vm_convert};
 use crate::error::ApiError;
 use crate::logs::{Stream as LogStream, Subscription};
 use crate::registry::Workload;
@@ -175,12 +175,14 @@ impl pb::runtime_server::Runtime for RuntimeService {
 
     async fn run_virtual_machine(
         &self,
-        _: Request<pb::RunVirtualMachineRequest>,
+        request: Request<pb::RunVirtualMachineRequest>,
     ) -> Result<Response<pb::RunVirtualMachineResponse>, Status> {
-        Err(ApiError::Unimplemented(
-            "RunVirtualMachine is not implemented yet: auraed does not launch long-lived VMs with a user-supplied kernel and disk through the aurae VMM".into(),
-        )
-        .into())
+        let spec = vm_convert::vm_spec(request.get_ref())?;
+        let vm = self.runtime.run_vm(spec).await?;
+        Ok(Response::new(pb::RunVirtualMachineResponse {
+            name: vm.name.clone(),
+            vm: Some(vm_convert::vm_status(&vm)),
+        }))
     }
 
     async fn spawn(
@@ -319,6 +321,8 @@ impl pb::runtime_server::Runtime for RuntimeService {
             Workload::Executable(e) => Ok(Response::new(log_stream(e.logs.subscribe(r.follow)))),
             // An instance's console: what its auraed prints.
             Workload::Instance(i) => Ok(Response::new(log_stream(i.init.logs.subscribe(r.follow)))),
+            // A VM's serial console.
+            Workload::Vm(vm) => Ok(Response::new(log_stream(vm.init.logs.subscribe(r.follow)))),
             Workload::Cell(_) => Err(ApiError::invalid(
                 "id",
                 format!(
@@ -360,6 +364,9 @@ impl pb::runtime_server::Runtime for RuntimeService {
                 }
                 Workload::Instance(i) => {
                     i.init.wait().await;
+                }
+                Workload::Vm(vm) => {
+                    vm.init.wait().await;
                 }
             }
         };

@@ -1,0 +1,339 @@
+//! `RunVirtualMachine`: a long-lived VM with a kernel, initramfs parts and
+//! disks that the user supplies, booted by `aurae-vmm` in a cell of its own
+//! on a TAP on this auraed's bridge. No auraed runs inside, and nothing is
+//! configured in the guest: the address auraed assigned it is announced in
+//! its status. Its serial console is the VMM's output (`Logs`); its exit
+//! reason is what the VMM said as it stopped.
+
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::spawn::Undo;
+use super::vmm_process::{vmm_cell_spec, vmm_process, Disk, VmmArgs};
+use super::{console_tail, Instances, VMM_STOP_GRACE};
+use crate::cells::{Cell, CellContext};
+use crate::error::ApiError;
+use crate::executables::{Executable, Placement};
+use crate::net::{self, Tap, INSTANCE_PREFIX_LEN};
+
+/// A plain VM's parameters, validated.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub kernel: PathBuf,
+    /// Concatenated in this order into the VM's initrd.
+    pub initramfs: Vec<PathBuf>,
+    /// The root disk first, if any: /dev/vda, /dev/vdb...
+    pub disks: Vec<Disk>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+}
+
+/// How long a VM that can't boot has to show it before RunVirtualMachine
+/// answers: a VMM that rejects the kernel or a disk exits within this.
+const EARLY_EXIT: Duration = Duration::from_millis(500);
+
+/// What the VMM prints as the VM stops (`aurae-vmm`'s main).
+const STOPPED_LINE: &str = "aurae-vmm: VM stopped: ";
+
+/// A running (or stopped) plain VM.
+pub struct Vm {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub address: Ipv6Addr,
+    pub tap_name: String,
+    pub created_at: SystemTime,
+    /// The VMM; its output is the guest's console.
+    pub init: Arc<Executable>,
+    cell: Arc<Cell>,
+    tap: Mutex<Option<Tap>>,
+    dir: PathBuf,
+    index: u32,
+    torn_down: AtomicBool,
+}
+
+impl Vm {
+    pub fn running(&self) -> bool {
+        !self.torn_down.load(Ordering::SeqCst) && self.init.exit_info().is_none()
+    }
+
+    /// The VMM's boot timer, if the guest wrote its mark.
+    pub fn boot_ms(&self) -> Option<u64> {
+        super::microvm::boot_ms(&self.init)
+    }
+
+    /// The VM's address with its prefix, as the status shows it.
+    pub fn address_text(&self) -> String {
+        format!("{}/{INSTANCE_PREFIX_LEN}", self.address)
+    }
+
+    /// Why the VM stopped; `None` while it runs.
+    pub fn exit_reason(&self) -> Option<String> {
+        let exit = self.init.exit_info()?;
+        let sub = self.init.logs.subscribe(false);
+        let said = sub.history.iter().rev().find_map(|l| {
+            let line = String::from_utf8_lossy(&l.data);
+            line.split_once(STOPPED_LINE)
+                .map(|(_, reason)| reason.trim().to_string())
+        });
+        Some(reason_text(said.as_deref(), exit.exit))
+    }
+
+    /// Stops the VMM (SIGTERM: it stops the VM; SIGKILL after
+    /// [`VMM_STOP_GRACE`]), then removes its cell, TAP and folder.
+    /// Idempotent.
+    pub async fn tear_down(&self) -> Result<(), ApiError> {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Err(e) = self
+            .init
+            .stop(nix::sys::signal::Signal::SIGTERM, VMM_STOP_GRACE)
+            .await
+        {
+            tracing::warn!("vm {}: stopping its VMM: {e}", self.name);
+        }
+        let destroyed = self.cell.destroy().await;
+        let tap = self.tap.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tap) = tap {
+            tap.remove().await?;
+        }
+        super::microvm::remove_dir(&self.dir)?;
+        destroyed
+    }
+
+    /// The address index it held of its auraed's bridge.
+    pub(super) fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// The VMM's last word (its `ExitReason`, debug-printed) as a reason.
+fn reason_text(said: Option<&str>, exit: crate::sys::pidfd::Exit) -> String {
+    match said {
+        Some("Shutdown") => "guest shutdown (triple fault)".into(),
+        Some("Reset") => "guest reset (i8042)".into(),
+        Some("PowerOff") => "guest power-off".into(),
+        Some("Stopped") => "stopped by auraed".into(),
+        Some(s) if s.starts_with("Error(") => format!(
+            "vCPU error: {}",
+            s.trim_start_matches("Error(").trim_end_matches(')')
+        ),
+        Some(s) if s.starts_with("DebugExit(") => format!(
+            "debug exit {}",
+            s.trim_start_matches("DebugExit(").trim_end_matches(')')
+        ),
+        _ => match exit {
+            crate::sys::pidfd::Exit::Signal(n) => format!("the VMM died: killed by signal {n}"),
+            crate::sys::pidfd::Exit::Code(n) => format!("the VMM died: exit status {n}"),
+        },
+    }
+}
+
+impl Instances {
+    /// Boots a plain VM; on error nothing is left behind.
+    pub async fn run_vm(
+        &self,
+        spec: &VmSpec,
+        cells: &CellContext,
+        log_bytes: usize,
+    ) -> Result<Vm, ApiError> {
+        let mut undo = Undo::default();
+        match self.vm_steps(spec, cells, log_bytes, &mut undo).await {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                undo.rollback(self).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn vm_steps(
+        &self,
+        spec: &VmSpec,
+        cells: &CellContext,
+        log_bytes: usize,
+        undo: &mut Undo,
+    ) -> Result<Vm, ApiError> {
+        // 1. The bridge and an address on it.
+        let bridge = self.ensure_bridge().await?;
+        let index = self.take_index();
+        undo.index = Some(index);
+        let address = self.ula.instance_addr(index);
+
+        // 2. The VM's folder, with its initrd when there are several parts.
+        let dir = self.cfg.instances_dir.join(format!("vm-{}", spec.name));
+        undo.vm_dir = Some(dir.clone());
+        let (parts, d, parent) = (
+            spec.initramfs.clone(),
+            dir.clone(),
+            self.cfg.instances_dir.clone(),
+        );
+        let initrd = crate::blocking::run("writing the VM's initrd", move || {
+            concat_initrd(&parent, &d, &parts)
+        })
+        .await??;
+
+        // 3. The VMM's cell and the TAP.
+        let cell = Cell::create(
+            vmm_cell_spec(&spec.name, spec.memory_mib, cells),
+            cells.clone(),
+        )
+        .await?;
+        undo.cell = Some(cell.clone());
+        let stem: String = self.cfg.bridge.chars().take(9).collect();
+        let tap_name = net::host_link_name(&format!("{stem}t"), index)?;
+        let tap = net::create_tap(&tap_name, &bridge).await?;
+        undo.tap = Some(tap.clone());
+
+        // 4. The VMM; a VM that can't boot shows it at once.
+        let process = vmm_process(&VmmArgs {
+            vmm: &self.cfg.vmm,
+            kernel: &spec.kernel,
+            initrd: initrd.as_deref(),
+            mem_mib: spec.memory_mib,
+            vcpus: spec.vcpus,
+            tap: &tap.name,
+            cmdline: spec.cmdline.clone(),
+            nested: false,
+            disks: &spec.disks,
+        })?;
+        let init = Executable::start(
+            format!("{}/vmm", spec.name),
+            process,
+            Placement::Cell(cell.clone()),
+            log_bytes,
+            "vm",
+        )
+        .await?;
+        undo.init = Some(init.clone());
+        if let Ok(exit) = tokio::time::timeout(EARLY_EXIT, init.wait()).await {
+            return Err(ApiError::FailedPrecondition(format!(
+                "kernel: the VM did not boot ({:?}); its console:\n{}",
+                exit.exit,
+                console_tail(&init, 20)
+            )));
+        }
+        undo.init = None;
+        undo.cell = None;
+        undo.index = None;
+        undo.vm_dir = None;
+        let tap = undo.tap.take();
+        Ok(Vm {
+            name: spec.name.clone(),
+            kernel: spec.kernel.clone(),
+            address,
+            tap_name: tap_name.clone(),
+            created_at: SystemTime::now(),
+            init,
+            cell,
+            tap: Mutex::new(tap),
+            dir,
+            index,
+            torn_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Releases what a VM held of this auraed's: its address.
+    pub fn forget_vm(&self, vm: &Vm) {
+        self.release_index(vm.index());
+    }
+}
+
+/// Makes the VM's folder; with several initramfs parts, writes them
+/// there, concatenated (each padded to 4 bytes, as the kernel reads cpio
+/// archives back to back), and returns that file; with one, returns it.
+fn concat_initrd(
+    parent: &Path,
+    dir: &Path,
+    parts: &[PathBuf],
+) -> Result<Option<PathBuf>, ApiError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |what: &str, p: &Path| {
+        let what = format!("{what} {}", p.display());
+        move |e| ApiError::io(what, e)
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(io("creating", parent))?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::warn!("removed a stale VM folder {}", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("removing", dir)(e)),
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating", dir))?;
+    match parts {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => {
+            let path = dir.join("initrd");
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io("creating", &path))?;
+            for part in many {
+                let mut f = std::fs::File::open(part).map_err(io("reading", part))?;
+                let n = std::io::copy(&mut f, &mut out).map_err(io("copying", part))?;
+                let pad = (4 - n % 4) % 4;
+                out.write_all(&[0u8; 3][..pad as usize])
+                    .map_err(io("writing", &path))?;
+            }
+            Ok(Some(path))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::pidfd::Exit;
+
+    #[test]
+    fn the_vmms_last_word_is_the_reason() {
+        assert_eq!(
+            reason_text(Some("Shutdown"), Exit::Code(0)),
+            "guest shutdown (triple fault)"
+        );
+        assert_eq!(
+            reason_text(Some("Stopped"), Exit::Code(0)),
+            "stopped by auraed"
+        );
+        assert_eq!(
+            reason_text(Some("Error(\"KVM_RUN: EFAULT\")"), Exit::Code(1)),
+            "vCPU error: \"KVM_RUN: EFAULT\""
+        );
+        assert_eq!(
+            reason_text(None, Exit::Signal(9)),
+            "the VMM died: killed by signal 9"
+        );
+    }
+
+    #[test]
+    fn initramfs_parts_are_concatenated_on_4_byte_boundaries() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let a = t.path().join("a");
+        let b = t.path().join("b");
+        std::fs::write(&a, b"12345").expect("a");
+        std::fs::write(&b, b"xy").expect("b");
+        let dir = t.path().join("vms/vm-x");
+        let out = concat_initrd(&t.path().join("vms"), &dir, &[a.clone(), b])
+            .expect("concat")
+            .expect("a file");
+        assert_eq!(std::fs::read(out).expect("read"), b"12345\0\0\0xy\0\0");
+        let one =
+            concat_initrd(&t.path().join("vms"), &dir, std::slice::from_ref(&a)).expect("one part");
+        assert_eq!(one, Some(a));
+    }
+}

@@ -1,0 +1,142 @@
+//! How auraed runs `aurae-vmm`, for microVM instances and plain VMs: its
+//! command line, its cell, and the disks it is given.
+
+use std::path::{Path, PathBuf};
+
+use crate::cells::{CellContext, CellSpec, HostShare};
+use crate::error::ApiError;
+use crate::executables::ProcessSpec;
+
+use super::microvm::VMM_OVERHEAD_MIB;
+
+/// How to run the VMM.
+pub(super) struct VmmArgs<'a> {
+    pub(super) vmm: &'a Path,
+    pub(super) kernel: &'a Path,
+    pub(super) initrd: Option<&'a Path>,
+    pub(super) mem_mib: u64,
+    pub(super) vcpus: u8,
+    pub(super) tap: &'a str,
+    pub(super) cmdline: String,
+    pub(super) nested: bool,
+    /// Disks, in order: /dev/vda, /dev/vdb...
+    pub(super) disks: &'a [Disk],
+}
+
+/// A disk of a VM.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// The cell a VMM runs in: its own pid, ipc, uts, cgroup and mount
+/// namespaces, the host's network (for its TAP), and memory limited to the
+/// guest's plus [`VMM_OVERHEAD_MIB`] where the memory controller exists.
+pub(super) fn vmm_cell_spec(name: &str, mem_mib: u64, cells: &CellContext) -> CellSpec {
+    let mut limits = crate::cgroup::Limits::default();
+    // A limit whose controller is missing would fail the cell.
+    if cells.hierarchy.available().contains("memory") {
+        limits.memory_max = Some((mem_mib + VMM_OVERHEAD_MIB) << 20);
+    }
+    CellSpec {
+        name: name.to_string(),
+        limits,
+        share: HostShare {
+            net: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The instance's shared files as read-only disks: each must be a file of
+/// whole 512-byte sectors (a disk has no partial sector).
+pub(super) fn disks(shared: &[super::Shared]) -> Result<Vec<Disk>, ApiError> {
+    const MAX_DISKS: usize = 16;
+    if shared.len() > MAX_DISKS {
+        return Err(ApiError::invalid(
+            shared[MAX_DISKS].field.clone(),
+            format!("a microVM takes at most {MAX_DISKS} disks"),
+        ));
+    }
+    shared
+        .iter()
+        .map(|s| {
+            let meta = std::fs::metadata(&s.host).map_err(|e| {
+                ApiError::invalid(s.field.clone(), format!("{}: {e}", s.host.display()))
+            })?;
+            if !meta.is_file() {
+                return Err(ApiError::invalid(
+                    s.field.clone(),
+                    format!(
+                        "{} is not a file: a microVM gets it as a disk, so give an archive",
+                        s.host.display()
+                    ),
+                ));
+            }
+            if meta.len() % 512 != 0 {
+                return Err(ApiError::invalid(
+                    s.field.clone(),
+                    format!(
+                        "{} is {} bytes, not whole 512-byte sectors: a microVM gets it as a \
+                         disk (an uncompressed tar archive always is)",
+                        s.host.display(),
+                        meta.len()
+                    ),
+                ));
+            }
+            Ok(Disk {
+                path: s.host.clone(),
+                read_only: true,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
+    let c = |s: &str| crate::validation::c_string("instance", s);
+    let path = |p: &Path| {
+        p.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::FailedPrecondition(format!("{} is not UTF-8", p.display())))
+    };
+    let mut command = vec![
+        path(a.vmm)?,
+        "--kernel".into(),
+        path(a.kernel)?,
+        "--mem".into(),
+        a.mem_mib.to_string(),
+        "--vcpus".into(),
+        a.vcpus.to_string(),
+        "--tap".into(),
+        a.tap.into(),
+        // Recommended for Linux guests (aurae-vmm's --help).
+        "--huge-pages".into(),
+        "--cmdline".into(),
+        a.cmdline.clone(),
+    ];
+    if a.nested {
+        command.push("--nested".into());
+    }
+    if let Some(initrd) = a.initrd {
+        command.push("--initrd".into());
+        command.push(path(initrd)?);
+    }
+    for d in a.disks {
+        command.push("--disk".into());
+        let ro = if d.read_only { ":ro" } else { "" };
+        command.push(format!("{}{ro}", path(&d.path)?));
+    }
+    // No --console: it defaults to standard output, the instance's logs.
+    let argv = command.iter().map(|s| c(s)).collect::<Result<_, _>>()?;
+    Ok(ProcessSpec {
+        candidates: vec![c(&path(a.vmm)?)?],
+        argv,
+        command,
+        envp: vec![c(&format!("PATH={}", crate::runtime::DEFAULT_PATH))?],
+        cwd: Some(c("/")?),
+        uid: None,
+        gid: None,
+    })
+}
