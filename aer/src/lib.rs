@@ -9,3 +9,4 @@ pub mod spawn_args;
 pub mod text;
 pub mod tree;
 pub mod units;
+pub mod vm_args;

@@ -86,6 +86,9 @@ enum Command {
     /// Pods: an instance running containers.
     #[command(subcommand)]
     Pod(aer::pod_args::PodCmd),
+    /// Virtual machines: a kernel and disks of yours, no auraed inside.
+    #[command(subcommand)]
+    Vm(aer::vm_args::VmCmd),
 }
 
 #[derive(Args)]
@@ -238,6 +241,8 @@ impl<T> OrExit<T> for Result<tonic::Response<T>, tonic::Status> {
             .unwrap_or_else(|s| status_error(s))
     }
 }
+
+mod pod_vm;
 
 fn executable(p: &ProcessArgs) -> pb::Executable {
     let env = p
@@ -532,35 +537,8 @@ async fn main() {
                 ),
             }
         }
-        Command::Pod(aer::pod_args::PodCmd::Run(a)) => {
-            let req = (*a).request().unwrap_or_else(|e| fail(e));
-            let r = client.run_pod(req).await.or_exit();
-            let pod = r.pod.unwrap_or_default();
-            match out {
-                Output::Json => say!("{}", aer::pod_args::pod_json(&r.name, &pod)),
-                Output::Table => say!("{}", aer::pod_args::pod_line(&r.name, &pod)),
-            }
-        }
-        Command::Pod(aer::pod_args::PodCmd::Ls) => {
-            let listed = client.list(pb::ListRequest {}).await.or_exit();
-            let pods = listed
-                .workloads
-                .iter()
-                .filter_map(|w| w.pod.as_ref().map(|p| (w.id.as_str(), p)));
-            match out {
-                Output::Json => say!(
-                    "{}",
-                    serde_json::Value::Array(
-                        pods.map(|(n, p)| aer::pod_args::pod_json(n, p)).collect()
-                    )
-                ),
-                Output::Table => {
-                    for (n, p) in pods {
-                        say!("{}", aer::pod_args::pod_line(n, p));
-                    }
-                }
-            }
-        }
+        Command::Pod(cmd) => pod_vm::pod(cmd, &mut client, out == Output::Json).await,
+        Command::Vm(cmd) => pod_vm::vm(cmd, &mut client, out == Output::Json).await,
         Command::Health => {
             let channel = connect(&cfg, &cli).await;
             let mut health =

@@ -17,6 +17,8 @@ fn kind(s: &pb::WorkloadStatus) -> &'static str {
         Ok(pb::WorkloadKind::Executable) => "executable",
         Ok(pb::WorkloadKind::Cell) => "cell",
         Ok(pb::WorkloadKind::Instance) => "instance",
+        Ok(pb::WorkloadKind::Pod) => "pod",
+        Ok(pb::WorkloadKind::VirtualMachine) => "vm",
         _ => "unknown",
     }
 }
@@ -97,6 +99,8 @@ pub fn status_json(s: &pb::WorkloadStatus) -> Value {
         "executables": s.executables,
         "cgroup": s.cgroup,
         "instance": s.instance.as_ref().map(instance_json),
+        "pod": s.pod.as_ref().map(|p| crate::pod_args::pod_json(&s.id, p)),
+        "vm": s.vm.as_ref().map(crate::vm_args::vm_json),
     })
 }
 

@@ -118,6 +118,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         instances: instances_config(&cfg),
         image_unpack_limit_bytes: cfg.runtime.image_unpack_limit_bytes,
     })?);
+    if let Some(instances) = &runtime.instances {
+        instances.remove_left_behind().await;
+    }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let shutdown = async move {

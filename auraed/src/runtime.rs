@@ -2,6 +2,7 @@
 //! freeze and look up executables and cells.
 
 use std::ffi::CString;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -109,6 +110,14 @@ impl Runtime {
             // The cache of unpacked instance roots, on the cells' tmpfs.
             if let Err(e) = std::fs::create_dir_all(&icfg.cache_dir) {
                 tracing::warn!("instance root cache {}: {e}", icfg.cache_dir.display());
+            }
+            // The folders of microVM instances and VMs, made once.
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&icfg.instances_dir)
+            {
+                tracing::warn!("instances folder {}: {e}", icfg.instances_dir.display());
             }
             Arc::new(Instances::new(icfg, own_id))
         });

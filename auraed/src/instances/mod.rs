@@ -273,6 +273,21 @@ impl Instances {
             .remove(&index);
     }
 
+    /// Removes what a previous run left on the host that its cells did not
+    /// take with them: the TAPs of its microVM instances and VMs (their
+    /// VMMs, in cells, are gone already). Logs each.
+    pub async fn remove_left_behind(&self) {
+        let stem: String = self.cfg.bridge.chars().take(9).collect();
+        match crate::net::remove_stale_taps(&format!("{stem}t")).await {
+            Ok(removed) => {
+                for tap in removed {
+                    tracing::warn!("removed TAP {tap}, left behind by a previous run");
+                }
+            }
+            Err(e) => tracing::error!("removing TAPs left behind by a previous run: {e}"),
+        }
+    }
+
     /// Releases what an instance held of this auraed's: its address.
     pub fn forget(&self, instance: &Instance) {
         self.release_index(instance.index);

@@ -74,13 +74,7 @@ impl Vm {
     /// Why the VM stopped; `None` while it runs.
     pub fn exit_reason(&self) -> Option<String> {
         let exit = self.init.exit_info()?;
-        let sub = self.init.logs.subscribe(false);
-        let said = sub.history.iter().rev().find_map(|l| {
-            let line = String::from_utf8_lossy(&l.data);
-            line.split_once(STOPPED_LINE)
-                .map(|(_, reason)| reason.trim().to_string())
-        });
-        Some(reason_text(said.as_deref(), exit.exit))
+        Some(reason_text(stopped_word(&self.init).as_deref(), exit.exit))
     }
 
     /// Stops the VMM (SIGTERM: it stops the VM; SIGKILL after
@@ -112,10 +106,21 @@ impl Vm {
     }
 }
 
-/// The VMM's last word (its `ExitReason`, debug-printed) as a reason.
+/// What the VMM said as the VM stopped (its `ExitReason`, debug-printed),
+/// if it said anything.
+fn stopped_word(vmm: &Executable) -> Option<String> {
+    let sub = vmm.logs.subscribe(false);
+    sub.history.iter().rev().find_map(|l| {
+        let line = String::from_utf8_lossy(&l.data);
+        line.split_once(STOPPED_LINE)
+            .map(|(_, reason)| reason.trim().to_string())
+    })
+}
+
+/// The VMM's last word as a reason.
 fn reason_text(said: Option<&str>, exit: crate::sys::pidfd::Exit) -> String {
     match said {
-        Some("Shutdown") => "guest shutdown (triple fault)".into(),
+        Some("Shutdown") => "guest shutdown (triple fault or halt)".into(),
         Some("Reset") => "guest reset (i8042)".into(),
         Some("PowerOff") => "guest power-off".into(),
         Some("Stopped") => "stopped by auraed".into(),
@@ -211,12 +216,17 @@ impl Instances {
         )
         .await?;
         undo.init = Some(init.clone());
+        // A VMM that exits at once without having run the VM (no word of
+        // it stopping) refused the kernel or a disk; a guest that ran and
+        // stopped quickly is a VM like any other.
         if let Ok(exit) = tokio::time::timeout(EARLY_EXIT, init.wait()).await {
-            return Err(ApiError::FailedPrecondition(format!(
-                "kernel: the VM did not boot ({:?}); its console:\n{}",
-                exit.exit,
-                console_tail(&init, 20)
-            )));
+            if stopped_word(&init).is_none() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "kernel: the VM did not boot ({:?}); its console:\n{}",
+                    exit.exit,
+                    console_tail(&init, 20)
+                )));
+            }
         }
         undo.init = None;
         undo.cell = None;
@@ -304,7 +314,7 @@ mod tests {
     fn the_vmms_last_word_is_the_reason() {
         assert_eq!(
             reason_text(Some("Shutdown"), Exit::Code(0)),
-            "guest shutdown (triple fault)"
+            "guest shutdown (triple fault or halt)"
         );
         assert_eq!(
             reason_text(Some("Stopped"), Exit::Code(0)),

@@ -42,7 +42,7 @@ use rtnetlink::{Handle, LinkUnspec};
 
 pub use addresses::Ipv6Prefix;
 pub use bridge::{ensure_bridge, Bridge};
-pub use tap::{create_tap, Tap};
+pub use tap::{create_tap, remove_stale_taps, Tap};
 pub use ula::{Ula, INSTANCE_PREFIX_LEN, ULA_PREFIX_LEN};
 pub use veth::{create_veth, Veth};
 

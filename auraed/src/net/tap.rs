@@ -1,6 +1,12 @@
 //! A persistent TAP for a microVM, enslaved to the bridge.
 
-use super::{check_link_name, del_index, enslave_up, link_index, Bridge, Conn, NetError};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::InfoKind;
+
+use super::{
+    check_link_name, del_index, enslave_up, link_index, link_kind, link_name, Bridge, Conn,
+    NetError,
+};
 
 /// A TAP made by [`create_tap`]. Call [`Tap::remove`] to delete it;
 /// dropping it deletes nothing.
@@ -17,6 +23,44 @@ impl Tap {
         let conn = Conn::open()?;
         del_index(&conn.handle, self.index, &self.name).await
     }
+}
+
+/// Deletes every TAP named `<prefix><digits>`: a previous run's, since a
+/// persistent TAP outlives its VMM (an auraed killed with SIGKILL leaves
+/// them). Returns their names.
+pub async fn remove_stale_taps(prefix: &str) -> Result<Vec<String>, NetError> {
+    let conn = Conn::open()?;
+    let handle = &conn.handle;
+    let mut links = handle.link().get().execute();
+    let mut stale = Vec::new();
+    loop {
+        let link = match links.try_next().await {
+            Ok(Some(link)) => link,
+            Ok(None) => break,
+            Err(source) => {
+                return Err(NetError::GetLink {
+                    link: format!("{prefix}*"),
+                    source,
+                })
+            }
+        };
+        let ours = link_name(&link).and_then(|n| {
+            let n_rest = n.strip_prefix(prefix)?;
+            (!n_rest.is_empty() && n_rest.bytes().all(|b| b.is_ascii_digit())).then_some(n)
+        });
+        if let Some(name) = ours {
+            if link_kind(&link) == Some(&InfoKind::Tun) {
+                stale.push((link.header.index, name.to_string()));
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    for (index, name) in stale {
+        if del_index(handle, index, &name).await? {
+            removed.push(name);
+        }
+    }
+    Ok(removed)
 }
 
 /// Creates the persistent TAP `name` (`IFF_TAP | IFF_NO_PI`, as the VMM's

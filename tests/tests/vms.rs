@@ -1,0 +1,360 @@
+//! RunVirtualMachine on the development machine, with tiny PVH guests on
+//! the real /dev/kvm: the console as a log stream, disks, the TAP on the
+//! bridge, stop and its exit reason, a guest that halts, refusals that
+//! name the field and leave nothing, and a restart after `kill -9`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aurae_proto::runtime as pb;
+use aurae_tests::instances::{daemon, image};
+use aurae_tests::{leaks::Snapshot, require_root, Daemon, DaemonOptions};
+use tokio_stream::StreamExt;
+use vmm::boot::test_elf::TestElf;
+
+/// `pause; jmp` back to it: a guest that runs until stopped.
+const SPIN: &[u8] = &[0xf3, 0x90, 0xeb, 0xfc];
+/// A reset through the i8042 controller (`out 0x64, 0xfe`), then spin.
+const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf3, 0x90, 0xeb, 0xfc];
+
+/// A PVH kernel that writes `text` to the serial port, then runs `then`.
+fn guest(text: &str, then: &[u8]) -> Vec<u8> {
+    let mut code = Vec::new();
+    for b in text.bytes() {
+        // mov dx, 0x3f8; mov al, b; out dx, al
+        code.extend([0x66, 0xba, 0xf8, 0x03, 0xb0, b, 0xee]);
+    }
+    code.extend(then);
+    TestElf::pvh(&code).build()
+}
+
+fn kvm() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+macro_rules! require_kvm {
+    () => {
+        if !kvm() {
+            aurae_tests::report_skip(aurae_tests::function_name!(), "/dev/kvm is not usable");
+            return;
+        }
+    };
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write");
+    p
+}
+
+fn vm_req(name: &str, kernel: &Path) -> pb::RunVirtualMachineRequest {
+    pb::RunVirtualMachineRequest {
+        name: name.into(),
+        kernel: kernel.display().to_string(),
+        memory_mib: 64,
+        vcpus: 1,
+        ..Default::default()
+    }
+}
+
+async fn vm_daemon() -> Daemon {
+    daemon(
+        image().unwrap_or_else(|| PathBuf::from("/nonexistent")),
+        None,
+    )
+    .await
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// The console until a line contains `marker` (10 s at most).
+async fn console_until(d: &Daemon, id: &str, marker: &str) -> String {
+    let mut c = d.client().await;
+    let mut logs = c
+        .logs(pb::LogsRequest {
+            id: id.into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut text = String::new();
+    let read = async {
+        while let Some(Ok(line)) = logs.next().await {
+            text.push_str(&String::from_utf8_lossy(&line.line));
+            text.push('\n');
+            if text.contains(marker) {
+                return true;
+            }
+        }
+        false
+    };
+    let found = tokio::time::timeout(Duration::from_secs(10), read).await;
+    assert!(matches!(found, Ok(true)), "no {marker:?} on {id}'s console");
+    text
+}
+
+#[tokio::test]
+async fn a_vm_boots_streams_its_console_and_stops() {
+    require_root!();
+    require_kvm!();
+    let d = vm_daemon().await;
+    let mut c = d.client().await;
+    let before = Snapshot::settled(&d);
+    let kernel = write(&d.dir, "spin.elf", &guest("login: aurae-vm\n", SPIN));
+    let root = write(&d.dir, "root.img", &vec![0u8; 1 << 20]);
+    let data = write(&d.dir, "data.img", &vec![7u8; 512 << 10]);
+    let r = c
+        .run_virtual_machine(pb::RunVirtualMachineRequest {
+            root_disk: Some(pb::VmDisk {
+                path: root.display().to_string(),
+                read_only: false,
+            }),
+            disks: vec![pb::VmDisk {
+                path: data.display().to_string(),
+                read_only: true,
+            }],
+            ..vm_req("db", &kernel)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run_virtual_machine: {}\n{}", e.message(), d.log_text()))
+        .into_inner();
+    let vm = r.vm.expect("vm status");
+    assert!(
+        vm.address.starts_with("fd") && vm.address.ends_with("/64"),
+        "{vm:?}"
+    );
+    let master = std::fs::read_link(format!("/sys/class/net/{}/master", vm.tap)).expect("master");
+    assert_eq!(
+        master.file_name().map(|n| n.to_string_lossy().into_owned()),
+        Some(d.bridge()),
+        "the TAP is on auraed's bridge"
+    );
+    console_until(&d, "db", "login: aurae-vm").await;
+
+    let s = c
+        .status(pb::StatusRequest { id: "db".into() })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(s.kind, pb::WorkloadKind::VirtualMachine as i32);
+    assert_eq!(s.state, pb::WorkloadState::Running as i32);
+    let argv = std::fs::read(format!("/proc/{}/cmdline", s.pid)).expect("the VMM runs");
+    let argv: Vec<String> = argv
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        argv.contains(&root.display().to_string()),
+        "root read-write: {argv:?}"
+    );
+    assert!(argv.contains(&format!("{}:ro", data.display())), "{argv:?}");
+
+    let stopped = c
+        .stop(pb::StopRequest {
+            id: "db".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("stop")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(stopped.state, pb::WorkloadState::Exited as i32);
+    assert_eq!(
+        stopped.vm.map(|v| v.exit_reason).as_deref(),
+        Some("stopped by auraed")
+    );
+    c.free(pb::FreeRequest { id: "db".into() })
+        .await
+        .expect("free");
+    assert!(!link_exists(&vm.tap), "the TAP went with the VM");
+    before.assert_unchanged(&d);
+}
+
+#[tokio::test]
+async fn a_guest_that_resets_reports_why_it_stopped() {
+    require_root!();
+    require_kvm!();
+    let d = vm_daemon().await;
+    let kernel = write(&d.dir, "reset.elf", &guest("bye\n", RESET));
+    let out = d.aer_ok(&[
+        "vm",
+        "run",
+        "--name",
+        "brief",
+        "--kernel",
+        &kernel.display().to_string(),
+        "--mem",
+        "64M",
+    ]);
+    assert!(out.contains("brief"), "{out}");
+    let out = d.aer_ok(&["-o", "json", "wait", "--timeout", "10s", "brief"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["vm"]["exit_reason"], "guest reset (i8042)", "{out}");
+    let logs = d.aer_ok(&["logs", "brief"]);
+    assert!(logs.contains("bye"), "{logs}");
+    let ls = d.aer_ok(&["vm", "ls"]);
+    assert!(ls.contains("brief") && ls.contains("guest reset"), "{ls}");
+    d.aer_ok(&["free", "brief"]);
+}
+
+#[tokio::test]
+async fn bad_vm_requests_name_the_field_and_leave_nothing() {
+    require_root!();
+    let d = vm_daemon().await;
+    let mut c = d.client().await;
+    c.list(pb::ListRequest {}).await.expect("list");
+    let before = Snapshot::settled(&d);
+    let kernel = write(&d.dir, "k.elf", &guest("x", SPIN));
+    let text = write(&d.dir, "notes.txt", b"not a kernel at all");
+    let odd = write(&d.dir, "odd.img", &[0u8; 1000]);
+    let disk = |p: &Path| pb::VmDisk {
+        path: p.display().to_string(),
+        read_only: true,
+    };
+    let cases: Vec<(&str, pb::RunVirtualMachineRequest)> = vec![
+        ("name", vm_req("Bad Name", &kernel)),
+        ("kernel", vm_req("v", Path::new("/no/such/kernel"))),
+        ("kernel", vm_req("v", Path::new("relative/kernel"))),
+        ("kernel", vm_req("v", &text)),
+        (
+            "initramfs[1]",
+            pb::RunVirtualMachineRequest {
+                initramfs: vec![text.display().to_string(), "/no/such/initrd".into()],
+                ..vm_req("v", &kernel)
+            },
+        ),
+        (
+            "root_disk.path",
+            pb::RunVirtualMachineRequest {
+                root_disk: Some(disk(Path::new("/no/such/disk"))),
+                ..vm_req("v", &kernel)
+            },
+        ),
+        (
+            "disks[0].path",
+            pb::RunVirtualMachineRequest {
+                disks: vec![disk(&odd)],
+                ..vm_req("v", &kernel)
+            },
+        ),
+        (
+            "cmdline",
+            pb::RunVirtualMachineRequest {
+                cmdline: "console=ttyS0 ".repeat(200),
+                ..vm_req("v", &kernel)
+            },
+        ),
+        (
+            "vcpus",
+            pb::RunVirtualMachineRequest {
+                vcpus: 1000,
+                ..vm_req("v", &kernel)
+            },
+        ),
+        (
+            "memory_mib",
+            pb::RunVirtualMachineRequest {
+                memory_mib: u64::MAX,
+                ..vm_req("v", &kernel)
+            },
+        ),
+    ];
+    for (field, req) in cases {
+        let err = c.run_virtual_machine(req).await.expect_err(field);
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().starts_with(&format!("{field}: ")),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    // An ELF that is no kernel: the VMM refuses it at once; the status
+    // says so, with the console's tail, and nothing is left.
+    if kvm() {
+        let mut bad = b"\x7fELF".to_vec();
+        bad.resize(4096, 0xff);
+        let bad = write(&d.dir, "bad.elf", &bad);
+        let err = c
+            .run_virtual_machine(vm_req("v", &bad))
+            .await
+            .expect_err("a kernel that does not boot");
+        assert_eq!(
+            err.code(),
+            tonic::Code::FailedPrecondition,
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message().starts_with("kernel: the VM did not boot"),
+            "{}",
+            err.message()
+        );
+    }
+    before.assert_unchanged(&d);
+    let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();
+    assert!(list.workloads.is_empty(), "{:?}", list.workloads);
+}
+
+#[tokio::test]
+async fn a_restart_after_kill_9_removes_the_vm_and_its_tap() {
+    require_root!();
+    require_kvm!();
+    let image = image().unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    let mut d = daemon(image.clone(), None).await;
+    let mut c = d.client().await;
+    let kernel = write(&d.dir, "spin.elf", &guest("up\n", SPIN));
+    let vm = c
+        .run_virtual_machine(vm_req("left", &kernel))
+        .await
+        .expect("run")
+        .into_inner()
+        .vm
+        .expect("vm");
+    let pid = c
+        .status(pb::StatusRequest { id: "left".into() })
+        .await
+        .expect("status")
+        .into_inner()
+        .pid;
+    drop(c);
+    d.crash();
+    assert!(link_exists(&vm.tap), "the crash left the TAP");
+    let dir = d.keep_dir();
+    drop(d);
+    let d2 = Daemon::start_with(DaemonOptions {
+        reuse: Some(dir),
+        image_dir: Some(image),
+        ..Default::default()
+    })
+    .await;
+    let mut c = d2.client().await;
+    c.list(pb::ListRequest {}).await.expect("list");
+    // Killed through its cell's cgroup as the restart began; bounded wait.
+    for _ in 0..100 {
+        if aurae_tests::dead(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(aurae_tests::dead(pid), "the VMM left behind was killed");
+    assert!(!link_exists(&vm.tap), "its TAP was removed");
+    let log = d2.log_text();
+    assert!(
+        log.contains(&format!("removed TAP {}", vm.tap)),
+        "the restart says what it removed:\n{log}"
+    );
+}
