@@ -3,6 +3,7 @@
 //! connection.
 
 pub mod client;
+pub mod meta_args;
 pub mod output;
 pub mod pod_args;
 pub mod spawn_args;

@@ -89,6 +89,12 @@ enum Command {
     /// Virtual machines: a kernel and disks of yours, no auraed inside.
     #[command(subcommand)]
     Vm(aer::vm_args::VmCmd),
+    /// This instance's own record, as its parent keeps it (with --instance:
+    /// that instance's).
+    Metadata,
+    /// The records of this auraed's instances.
+    #[command(subcommand)]
+    Meta(aer::meta_args::MetaCmd),
 }
 
 #[derive(Args)]
@@ -242,6 +248,7 @@ impl<T> OrExit<T> for Result<tonic::Response<T>, tonic::Status> {
     }
 }
 
+mod meta_cmd;
 mod pod_vm;
 
 fn executable(p: &ProcessArgs) -> pb::Executable {
@@ -399,6 +406,11 @@ async fn main() {
     let mut client: Client =
         RuntimeClient::with_interceptor(connect(&cfg, &cli).await, route.clone());
     let out = cli.output;
+    if matches!(cli.command, Command::Metadata | Command::Meta(_)) {
+        let channel = connect(&cfg, &cli).await;
+        meta_cmd::run(cli.command, channel, route, out == Output::Json).await;
+        return;
+    }
     match cli.command {
         Command::Exec(a) => {
             if a.process.command.is_empty() {
@@ -539,6 +551,8 @@ async fn main() {
         }
         Command::Pod(cmd) => pod_vm::pod(cmd, &mut client, out == Output::Json).await,
         Command::Vm(cmd) => pod_vm::vm(cmd, &mut client, out == Output::Json).await,
+        // Answered above, on a channel of their own.
+        Command::Metadata | Command::Meta(_) => {}
         Command::Health => {
             let channel = connect(&cfg, &cli).await;
             let mut health =

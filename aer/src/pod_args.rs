@@ -46,6 +46,10 @@ pub struct PodRunArgs {
     /// How long to wait for the instance to answer health, like 60s.
     #[arg(long)]
     pub timeout: Option<String>,
+    /// A key of the pod's instance's metadata record, KEY=VALUE
+    /// (repeatable).
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
     /// The command and its arguments (the image's entrypoint when empty).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -72,6 +76,7 @@ impl PodRunArgs {
             initramfs: None,
             timeout: self.timeout,
             nested: false,
+            meta: self.meta,
         }
         .request()?;
         let image = std::path::absolute(&self.image).map_err(|e| FlagError {
@@ -123,6 +128,7 @@ impl PodRunArgs {
             ports,
             backend: spawn.backend,
             ready_timeout_ms: spawn.ready_timeout_ms,
+            metadata: spawn.metadata,
         })
     }
 }

@@ -27,6 +27,26 @@ pub struct SpawnArgs {
     /// Let a microVM run KVM itself, so it can spawn microVMs too.
     #[arg(long)]
     pub nested: bool,
+    /// A key of the instance's metadata record, KEY=VALUE (repeatable).
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
+}
+
+/// `--meta KEY=VALUE` flags as a map.
+pub fn meta_map(
+    entries: &[String],
+) -> Result<std::collections::HashMap<String, String>, FlagError> {
+    entries
+        .iter()
+        .map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| FlagError {
+                    flag: "meta",
+                    reason: format!("{e:?} is not KEY=VALUE"),
+                })
+        })
+        .collect()
 }
 
 /// A flag whose value can't be used, named.
@@ -79,6 +99,7 @@ impl SpawnArgs {
                 .unwrap_or_default(),
             ready_timeout_ms,
             nested: self.nested,
+            metadata: meta_map(&self.meta)?,
             ..Default::default()
         })
     }

@@ -93,6 +93,14 @@ pub struct InstancesSection {
     /// The VMM microVM instances run on (`aurae-vmm`). Unset: `aurae-vmm`
     /// beside the running auraed, else [`DEFAULT_VMM`].
     pub vmm: Option<PathBuf>,
+    /// This auraed's path in the instance tree ("a/b"; empty for the root):
+    /// its parent writes it.
+    #[serde(default)]
+    pub path: String,
+    /// The parent's metadata endpoint ("[address]:port") and SPIFFE ID, for
+    /// a spawned auraed: its parent writes them.
+    pub parent: Option<std::net::SocketAddr>,
+    pub parent_id: Option<String>,
 }
 
 /// Where the VMM is when it is neither configured nor beside auraed.
@@ -133,6 +141,9 @@ impl Default for InstancesSection {
             port: default_instance_port(),
             fail_at: None,
             vmm: None,
+            path: String::new(),
+            parent: None,
+            parent_id: None,
         }
     }
 }

@@ -97,6 +97,7 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
             // Also on the cells' tmpfs: a microVM's initrd holds its
             // private keys, which never touch the disk.
             instances_dir: cfg.runtime.state_dir.join("cells").join(".instances"),
+            path: i.path.clone(),
             vmm: i.vmm_path(),
             fail_at: i
                 .fail_at

@@ -15,6 +15,7 @@ pub mod executables;
 pub mod instances;
 pub mod jail;
 pub mod logs;
+pub mod metadata;
 pub mod net;
 pub mod oci;
 pub mod pki;

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use aurae_proto::metadata::metadata_server::MetadataServer;
 use aurae_proto::runtime::runtime_server::RuntimeServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::InterceptorLayer;
@@ -14,6 +15,7 @@ use tonic::transport::Server;
 
 use crate::auth::SpiffeAuthz;
 use crate::config::Config;
+use crate::metadata::service::MetadataService;
 use crate::route::RouteLayer;
 use crate::runtime::Runtime;
 use crate::service::RuntimeService;
@@ -32,6 +34,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("the link to the parent's metadata endpoint")]
+    Link(#[source] Box<crate::instances::link::LinkError>),
 }
 
 /// How long open connections may take to finish after shutdown starts.
@@ -47,6 +51,31 @@ fn tls_acceptor(cfg: &Config) -> Result<TlsAcceptor, ServeError> {
             max_in_handshake: cfg.server.tls_max_handshakes,
         },
     )?)
+}
+
+/// The link to the parent's metadata endpoint, for a spawned auraed: its
+/// own SVID as the client certificate, the parent's exact SPIFFE ID
+/// expected.
+fn parent_link(cfg: &Config) -> Result<Option<tonic::transport::Channel>, ServeError> {
+    let (Some(addr), Some(id)) = (cfg.instances.parent, cfg.instances.parent_id.clone()) else {
+        return Ok(None);
+    };
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| ServeError::Io {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let tls = crate::instances::link::LinkTls::new(
+        &read(&cfg.auth.server_crt)?,
+        &read(&cfg.auth.server_key)?,
+        &read(&cfg.auth.ca_crt)?,
+    )
+    .map_err(|e| ServeError::Link(Box::new(e)))?;
+    let channel = tls
+        .channel(addr, id)
+        .map_err(|e| ServeError::Link(Box::new(e)))?;
+    Ok(Some(channel))
 }
 
 /// Binds the Unix socket, replacing a stale one.
@@ -88,6 +117,10 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let runtime_service = RuntimeServer::new(RuntimeService::new(runtime.clone()));
+    let metadata_service = MetadataServer::new(MetadataService::new(
+        runtime.instances.as_ref().map(|i| i.metadata.clone()),
+        parent_link(cfg)?,
+    ));
     let authz = SpiffeAuthz::new(cfg.auth.allowed_spiffe_ids.clone());
     let tls = tls_acceptor(cfg)?;
 
@@ -111,6 +144,7 @@ pub async fn serve(
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone())
             .add_service(runtime_service.clone())
+            .add_service(metadata_service.clone())
     };
     let uds = UnixListenerStream::new(bind_socket(&cfg.server.socket)?);
     type ServeFuture =
@@ -126,6 +160,7 @@ pub async fn serve(
                 .add_service(reflection_v1.clone())
                 .add_service(reflection_v1alpha.clone())
                 .add_service(runtime_service.clone())
+                .add_service(metadata_service.clone())
                 .serve_with_incoming_shutdown(uds, stopped(stop_rx.clone())),
         )
     } else {

@@ -1,11 +1,17 @@
 //! Generated types and service stubs for the Aurae Runtime API.
 //!
-//! The schema lives in `proto/aurae/runtime/v0/runtime.proto`.
+//! The schemas live in `proto/aurae/runtime/v0/runtime.proto` and
+//! `proto/aurae/metadata/v0/metadata.proto`.
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
 pub mod runtime {
     tonic::include_proto!("aurae.runtime.v0");
+}
+
+/// What an auraed tells its instances about themselves.
+pub mod metadata {
+    tonic::include_proto!("aurae.metadata.v0");
 }
 
 /// Encoded `FileDescriptorSet` of the API, served by gRPC reflection so that

@@ -253,10 +253,9 @@ async fn missing_commands_and_duplicate_names_are_reported() {
 }
 
 #[tokio::test]
-async fn unbuilt_rpcs_say_what_is_missing() {
+async fn every_workload_rpc_is_served_and_an_empty_request_names_its_first_field() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
-    // Spawn is served: an empty request names its first bad field.
     let e = c
         .spawn(pb::SpawnRequest::default())
         .await
@@ -267,12 +266,14 @@ async fn unbuilt_rpcs_say_what_is_missing() {
         .run_pod(pb::RunPodRequest::default())
         .await
         .expect_err("pod");
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("name: "), "{}", e.message());
     let e = c
         .run_virtual_machine(pb::RunVirtualMachineRequest::default())
         .await
         .expect_err("vm");
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("name: "), "{}", e.message());
 }
 
 #[tokio::test]

@@ -40,6 +40,11 @@ pub struct Params {
     /// SPIFFE IDs allowed to manage the instance: its parent and the
     /// parent's own admins.
     pub allowed: Vec<String>,
+    /// Its path in the instance tree ("a/b").
+    pub path: String,
+    /// Its parent's metadata endpoint, and the parent's SPIFFE ID.
+    pub parent: std::net::SocketAddr,
+    pub parent_id: String,
 }
 
 fn toml_list(items: &[String]) -> String {
@@ -60,8 +65,12 @@ pub fn seed(identity: &Identity, params: &Params) -> Vec<SeedFile> {
          server_key = \"{PKI}/server.key\"\nallowed_spiffe_ids = {allowed}\n\n\
          [runtime]\nstate_dir = \"/var/lib/aurae\"\ncgroup_root = \"aurae\"\n\n\
          [instances]\nimage_dir = \"{IMAGE}\"\nsigning_key = \"{PKI}/signing.key\"\n\
-         signing_chain = \"{PKI}/signing.crt\"\nvmm = \"{IMAGE}/aurae-vmm\"\n",
+         signing_chain = \"{PKI}/signing.crt\"\nvmm = \"{IMAGE}/aurae-vmm\"\n\
+         path = {path:?}\nparent = \"{parent}\"\nparent_id = {parent_id:?}\n",
         allowed = toml_list(&params.allowed),
+        path = params.path,
+        parent = params.parent,
+        parent_id = params.parent_id,
     );
     let boot = format!(
         "aurae.name={} aurae.ip={}/{} aurae.port={}\n",
@@ -118,6 +127,9 @@ mod tests {
             prefix_len: 64,
             port: 8443,
             allowed: vec!["spiffe://td/auraed".into()],
+            path: "a".into(),
+            parent: "[fd00::1]:8444".parse().expect("parent"),
+            parent_id: "spiffe://td/auraed".into(),
         };
         let files = seed(&identity, &params);
         for f in &files {

@@ -372,6 +372,9 @@ mod tests {
             prefix_len: 64,
             port: 8443,
             allowed: vec!["spiffe://td/auraed".into()],
+            path: "a".into(),
+            parent: "[fd00::1]:8444".parse().expect("parent"),
+            parent_id: "spiffe://td/auraed".into(),
         }
     }
 

@@ -43,6 +43,8 @@ pub struct InstanceSpec {
     /// Host files or folders the instance sees read-only. A pod's images
     /// reach it this way.
     pub read_only: Vec<Shared>,
+    /// What the instance's record holds for it (validated).
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A host file or folder an instance sees read-only: bound into a cell at
@@ -90,6 +92,8 @@ pub struct InstancesConfig {
     pub vmm: PathBuf,
     /// A spawn step at which to fail, for the fault-injection tests.
     pub fail_at: Option<FailAt>,
+    /// This auraed's path in the instance tree ("" for the root).
+    pub path: String,
 }
 
 /// A spawned instance.
@@ -240,6 +244,10 @@ pub struct Instances {
     bridge: tokio::sync::Mutex<Option<Bridge>>,
     /// Indexes of addresses in use on the bridge.
     used: Mutex<std::collections::BTreeSet<u32>>,
+    /// What this auraed tells its instances about themselves.
+    pub metadata: Arc<crate::metadata::Store>,
+    /// The metadata endpoint on the bridge, once the bridge is made.
+    metadata_server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Instances {
@@ -252,7 +260,71 @@ impl Instances {
             cfg,
             bridge: tokio::sync::Mutex::new(None),
             used: Mutex::new(Default::default()),
+            metadata: Arc::new(crate::metadata::Store::default()),
+            metadata_server: Mutex::new(None),
         }
+    }
+
+    /// Serves the metadata endpoint on the bridge's address, with this
+    /// auraed's SVID, to the SVIDs it issued.
+    fn serve_metadata(&self) -> Result<(), ApiError> {
+        let mut server = self
+            .metadata_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if server.is_some() {
+            return Ok(());
+        }
+        let tls = crate::tls_accept::TlsAcceptor::from_files(
+            &self.cfg.trust_bundle,
+            &self.cfg.own_cert,
+            &self.cfg.own_key,
+            crate::tls_accept::HandshakeLimits {
+                timeout: Duration::from_secs(10),
+                max_in_handshake: 64,
+            },
+        )
+        .map_err(|e| ApiError::Internal(format!("the metadata endpoint's TLS: {e}")))?;
+        let addr = self.metadata_addr();
+        let task = crate::metadata::bridge::serve(addr, tls, self.metadata.clone())
+            .map_err(|e| ApiError::io(format!("the metadata endpoint on {addr}"), e))?;
+        *server = Some(task);
+        Ok(())
+    }
+
+    /// Where instances reach this auraed's metadata endpoint.
+    pub fn metadata_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ula.bridge_addr().into(), crate::metadata::bridge::PORT)
+    }
+
+    /// The instance's path in the tree: this auraed's, then its name.
+    pub fn child_path(&self, name: &str) -> String {
+        if self.cfg.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.cfg.path)
+        }
+    }
+
+    /// Records what instance `i` may read of itself, and serves the
+    /// metadata endpoint while any instance has a record.
+    pub fn remember(&self, spec: &InstanceSpec, i: &Instance) -> Result<(), ApiError> {
+        self.serve_metadata()?;
+        self.metadata.insert(crate::metadata::Record {
+            name: i.name.clone(),
+            path: self.child_path(&i.name),
+            spiffe_id: i.spiffe_id.clone(),
+            address: i.address.to_string(),
+            parent_address: self.metadata_addr().to_string(),
+            backend: match i.choice.backend {
+                Backend::MicroVm => "microvm".into(),
+                Backend::Cell => "cell".into(),
+            },
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            metadata: spec.metadata.clone(),
+        });
+        Ok(())
     }
 
     pub fn config(&self) -> &InstancesConfig {
@@ -290,12 +362,34 @@ impl Instances {
 
     /// Releases what an instance held of this auraed's: its address.
     pub fn forget(&self, instance: &Instance) {
+        self.metadata.remove(&instance.name);
+        if self.metadata.is_empty() {
+            // Nobody left to ask: the endpoint closes until the next spawn.
+            let server = self
+                .metadata_server
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(task) = server {
+                task.abort();
+            }
+        }
         self.release_index(instance.index);
     }
 
     /// Removes the bridge if this auraed made it, once its instances are
     /// gone (at shutdown).
     pub async fn shutdown(&self) {
+        let server = self
+            .metadata_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = server {
+            task.abort();
+            // Ended (its listener closed) before the bridge goes.
+            let _cancelled = task.await;
+        }
         let bridge = self.bridge.lock().await.take();
         if let Some(b) = bridge.filter(|b| b.created) {
             match crate::net::delete_link(&b.name).await {

@@ -399,6 +399,9 @@ impl Instances {
             prefix_len: INSTANCE_PREFIX_LEN,
             port: self.cfg.port,
             allowed,
+            path: self.child_path(&spec.name),
+            parent: self.metadata_addr(),
+            parent_id: self.own_id.clone(),
         }
     }
 

@@ -520,5 +520,11 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
         initramfs: file("initramfs", &r.initramfs)?,
         ready_timeout: std::time::Duration::from_millis(ready_ms.into()),
         read_only: Vec::new(),
+        metadata: {
+            let m: std::collections::BTreeMap<String, String> =
+                r.metadata.clone().into_iter().collect();
+            crate::metadata::validate("metadata", &m)?;
+            m
+        },
     })
 }

@@ -23,6 +23,7 @@ pub fn pod_spec(r: &pb::RunPodRequest) -> Result<PodSpec, ApiError> {
         memory_mib: r.memory_mib,
         backend: r.backend,
         ready_timeout_ms: r.ready_timeout_ms,
+        metadata: r.metadata.clone(),
         ..Default::default()
     })?;
     if r.containers.is_empty() {
