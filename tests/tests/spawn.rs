@@ -302,6 +302,30 @@ async fn bad_spawn_requests_name_the_field() {
             },
         ),
         (
+            "kernel",
+            tonic::Code::InvalidArgument,
+            pb::SpawnRequest {
+                kernel: "/no/such/kernel".into(),
+                ..spawn_req("a")
+            },
+        ),
+        (
+            "kernel",
+            tonic::Code::InvalidArgument,
+            pb::SpawnRequest {
+                kernel: "/etc".into(),
+                ..spawn_req("a")
+            },
+        ),
+        (
+            "kernel",
+            tonic::Code::InvalidArgument,
+            pb::SpawnRequest {
+                kernel: "/etc/passwd".into(),
+                ..spawn_req("a")
+            },
+        ),
+        (
             "initramfs",
             tonic::Code::InvalidArgument,
             pb::SpawnRequest {

@@ -23,7 +23,7 @@ const SETTLE: Duration = Duration::from_millis(30);
 /// crun refuses hybrid cgroup hosts; give this process (and the auraed it
 /// starts) a private mount namespace where /sys/fs/cgroup is cgroup2, so
 /// both runtimes use the same cgroup v2 hierarchy.
-fn unify_cgroups() -> anyhow::Result<()> {
+pub(crate) fn unify_cgroups() -> anyhow::Result<()> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let pure_v2 = info.lines().any(|l| {
         l.split_whitespace().nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 ")
@@ -51,7 +51,7 @@ fn unify_cgroups() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn crun_bundle(dir: &Path, layer: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn crun_bundle(dir: &Path, layer: &[u8]) -> anyhow::Result<()> {
     image::unpack_into(layer, &dir.join("rootfs"));
     let out = Command::new("crun")
         .arg("spec")
@@ -77,7 +77,7 @@ fn crun_bundle(dir: &Path, layer: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn crun_first_line(bundle: &Path, id: &str) -> anyhow::Result<Duration> {
+pub(crate) fn crun_first_line(bundle: &Path, id: &str) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let mut child = Command::new("crun")
         .args(["run", "--bundle"])
@@ -102,7 +102,7 @@ fn crun_first_line(bundle: &Path, id: &str) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-async fn aurae_first_line(
+pub(crate) async fn aurae_first_line(
     c: &mut RuntimeClient<Channel>,
     req: pb::RunCellRequest,
 ) -> anyhow::Result<Duration> {
@@ -135,7 +135,7 @@ async fn aurae_first_line(
 /// Lets the kernel finish the previous run's teardown (network namespaces
 /// are destroyed by a worker, after the last process has gone) before the
 /// next measurement, so that no runtime pays for its predecessor's cleanup.
-async fn settle() {
+pub(crate) async fn settle() {
     tokio::time::sleep(SETTLE).await;
 }
 

@@ -2,6 +2,7 @@
 
 mod bench_cells;
 mod bench_image;
+mod bench_pod;
 mod bench_spawn;
 mod bench_vmm;
 mod cache;
@@ -57,6 +58,7 @@ enum BenchTarget {
     Cells,
     Image,
     Spawn,
+    Pod,
     Vmm,
 }
 
@@ -94,6 +96,10 @@ fn main() -> anyhow::Result<()> {
             target: BenchTarget::Spawn,
             runs,
         } => bench_spawn::run(runs),
+        Command::Bench {
+            target: BenchTarget::Pod,
+            runs,
+        } => bench_pod::run(runs),
         Command::Bench {
             target: BenchTarget::Vmm,
             runs,

@@ -112,6 +112,10 @@ pub fn default_runs() -> Vec<TestRun> {
             test: "pod_microvm".into(),
             ..Default::default()
         },
+        TestRun {
+            test: "vm_linux".into(),
+            ..Default::default()
+        },
     ]
 }
 
@@ -206,7 +210,7 @@ fn init_script(runs: &[TestRun]) -> String {
 /// Runs `runs` inside the test host booted from `kernel`; returns whether
 /// they all passed.
 pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Result<Outcome> {
-    deps::ensure(&["qemu-system-x86", "busybox-static"])?;
+    deps::ensure(&["qemu-system-x86", "busybox-static", "e2fsprogs"])?;
     let release = runs.iter().any(|r| r.release);
     let mut build = vec!["build", "-p", "auraed", "-p", "aer"];
     if release {
@@ -227,6 +231,8 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
     m.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
     m.char_device("dev/console", 0o600, 5, 1)?;
     let mut payload: Vec<(String, PathBuf)> = vec![
+        // Tests make ext4 disks for VMs (`mke2fs -d`).
+        ("usr/bin/mke2fs".into(), PathBuf::from("/usr/sbin/mke2fs")),
         ("target/auraed".into(), target.join("auraed")),
         ("target/aer".into(), target.join("aer")),
         // The VMM as auraed will run it: static, optimized.

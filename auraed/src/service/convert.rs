@@ -516,7 +516,11 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
         memory_mib: r.memory_mib,
         nested: r.nested,
         preference,
-        kernel: file("kernel", &r.kernel)?,
+        kernel: if r.kernel.is_empty() {
+            None
+        } else {
+            Some(super::vm_convert::kernel_file("kernel", &r.kernel)?)
+        },
         initramfs: file("initramfs", &r.initramfs)?,
         ready_timeout: std::time::Duration::from_millis(ready_ms.into()),
         read_only: Vec::new(),

@@ -53,18 +53,18 @@ fn file(field: &str, value: &str, write: bool) -> Result<PathBuf, ApiError> {
     Ok(path)
 }
 
-/// A bzImage ("HdrS" at 0x202) or an ELF vmlinux.
-fn kernel(value: &str) -> Result<PathBuf, ApiError> {
-    let path = file("kernel", value, false)?;
+/// A bzImage ("HdrS" at 0x202) or an ELF vmlinux, named `field`.
+pub fn kernel_file(field: &str, value: &str) -> Result<PathBuf, ApiError> {
+    let path = file(field, value, false)?;
     let mut head = [0u8; 0x206];
     let n = std::fs::File::open(&path)
         .and_then(|f| f.take(head.len() as u64).read(&mut head))
-        .map_err(|e| io_field("kernel", &path, "can't be read", e))?;
+        .map_err(|e| io_field(field, &path, "can't be read", e))?;
     let elf = n >= 4 && head[..4] == *b"\x7fELF";
     let bzimage = n >= 0x206 && head[0x202..0x206] == *b"HdrS";
     if !(elf || bzimage) {
         return Err(ApiError::invalid(
-            "kernel",
+            field,
             format!(
                 "{} is neither an ELF vmlinux nor a bzImage",
                 v::shown(value)
@@ -96,7 +96,7 @@ fn disk(field: &str, d: &pb::VmDisk) -> Result<Disk, ApiError> {
 
 pub fn vm_spec(r: &pb::RunVirtualMachineRequest) -> Result<VmSpec, ApiError> {
     v::name("name", &r.name)?;
-    let kernel = kernel(&r.kernel)?;
+    let kernel = kernel_file("kernel", &r.kernel)?;
     if r.initramfs.len() > MAX_PARTS {
         return Err(ApiError::invalid(
             "initramfs",

@@ -1,0 +1,131 @@
+//! Tier 4 (e2e), inside the QEMU test host: RunVirtualMachine boots our
+//! kernel with an ext4 root disk made here (`mke2fs -d` from a folder with
+//! busybox and an init script), to a login marker on its console; then
+//! stops it, and the exit reason says auraed stopped it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use aurae_proto::runtime as pb;
+use aurae_tests::guest::e2e_kvm;
+use aurae_tests::{Daemon, DaemonOptions};
+use tokio_stream::StreamExt;
+
+const MARKER: &str = "aurae-vm login: ready";
+
+/// An ext4 image of `size_mib` holding busybox and `/sbin/init`.
+fn root_disk(dir: &Path, size_mib: u32) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
+    let init = root.join("sbin/init");
+    std::fs::write(
+        &init,
+        format!(
+            "#!/bin/busybox sh\n\
+             /bin/busybox mount -t proc proc /proc\n\
+             /bin/busybox echo \"root is $(/bin/busybox awk '$2 == \"/\" {{print $3}}' /proc/mounts)\"\n\
+             /bin/busybox echo '{MARKER}'\n\
+             exec /bin/busybox sleep 3600\n"
+        ),
+    )
+    .expect("init");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let img = dir.join("root.ext4");
+    let out = Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg(format!("{size_mib}M"))
+        .output()
+        .expect("mke2fs");
+    assert!(
+        out.status.success(),
+        "mke2fs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    img
+}
+
+#[tokio::test]
+async fn our_kernel_boots_from_an_ext4_root_disk_to_a_login_marker() {
+    let Some((image, vmm)) = e2e_kvm(aurae_tests::function_name!()) else {
+        return;
+    };
+    let d = Daemon::start_with(DaemonOptions {
+        image_dir: Some(image.clone()),
+        vmm: Some(vmm),
+        ..Default::default()
+    })
+    .await;
+    let disk = root_disk(&d.dir, 16);
+    let mut c = d.client().await;
+    let r = c
+        .run_virtual_machine(pb::RunVirtualMachineRequest {
+            name: "linux".into(),
+            kernel: image.join("bzImage").display().to_string(),
+            root_disk: Some(pb::VmDisk {
+                path: disk.display().to_string(),
+                read_only: false,
+            }),
+            cmdline: "console=ttyS0 root=/dev/vda rw rootwait rootfstype=ext4 init=/sbin/init \
+                      reboot=t panic=-1"
+                .into(),
+            vcpus: 1,
+            memory_mib: 256,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run_virtual_machine: {}\n{}", e.message(), d.log_text()))
+        .into_inner();
+    let vm = r.vm.expect("vm");
+    let mut logs = c
+        .logs(pb::LogsRequest {
+            id: "linux".into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut console = String::new();
+    let booted = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(Ok(line)) = logs.next().await {
+            console.push_str(&String::from_utf8_lossy(&line.line));
+            console.push('\n');
+            if console.contains(MARKER) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(booted, Ok(true)),
+        "no login marker on the console:\n{console}"
+    );
+    assert!(console.contains("root is ext4"), "{console}");
+    let stopped = c
+        .stop(pb::StopRequest {
+            id: "linux".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("stop")
+        .into_inner()
+        .status
+        .and_then(|s| s.vm)
+        .expect("vm status");
+    assert_eq!(stopped.exit_reason, "stopped by auraed");
+    c.free(pb::FreeRequest { id: "linux".into() })
+        .await
+        .expect("free");
+    assert!(
+        !Path::new("/sys/class/net").join(&vm.tap).exists(),
+        "the TAP went with the VM"
+    );
+}
