@@ -36,7 +36,12 @@ fn root_disk(dir: &Path, size_mib: u32) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let img = dir.join("root.ext4");
-    let out = Command::new("mke2fs")
+    // e2fsprogs' mke2fs (busybox has one too, without -t and -d).
+    let mke2fs = ["/usr/sbin/mke2fs", "/sbin/mke2fs", "/usr/bin/mke2fs"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("e2fsprogs' mke2fs");
+    let out = Command::new(mke2fs)
         .args(["-q", "-t", "ext4", "-d"])
         .arg(&root)
         .arg(&img)
