@@ -8,6 +8,7 @@ pub mod guest;
 pub mod image;
 pub mod instances;
 pub mod leaks;
+pub mod logs;
 pub mod pods;
 
 pub use daemon::{Daemon, DaemonOptions};

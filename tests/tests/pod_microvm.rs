@@ -13,7 +13,6 @@ use aurae_tests::guest::e2e_kvm;
 use aurae_tests::image::{busybox_layer, files_layer, write_docker_save, ImageConfig};
 use aurae_tests::pods::{container, free_port, http_get, SERVER};
 use aurae_tests::{Daemon, DaemonOptions};
-use tokio_stream::StreamExt;
 
 const BIG: usize = 100 << 20;
 
@@ -78,18 +77,7 @@ async fn a_microvm_pod_gets_its_image_by_disk_and_serves_its_port() {
     http_get(&format!("127.0.0.1:{host_port}"));
     http_get(&instance.address.replace(":8443", ":8080"));
     // The 100 MiB layer arrived whole.
-    let mut logs = c
-        .logs(pb::LogsRequest {
-            id: "web/server".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut text = String::new();
-    while let Some(Ok(line)) = logs.next().await {
-        text.push_str(&String::from_utf8_lossy(&line.line));
-    }
+    let text = aurae_tests::logs::text(&mut c, "web/server").await;
     assert!(text.contains(&BIG.to_string()), "server logs: {text}");
 
     c.free(pb::FreeRequest { id: "web".into() })

@@ -10,7 +10,6 @@ use aurae_proto::runtime as pb;
 use aurae_tests::instances::{daemon, veths};
 use aurae_tests::pods::{busybox_image, container, free_port, http_get, pod, CLIENT, PAGE, SERVER};
 use aurae_tests::{leaks::Snapshot, require_image, require_root, Daemon};
-use tokio_stream::StreamExt;
 
 #[tokio::test]
 async fn two_containers_share_localhost_and_a_host_port_reaches_the_pod() {
@@ -51,18 +50,7 @@ async fn two_containers_share_localhost_and_a_host_port_reaches_the_pod() {
         .expect("wait web/client")
         .into_inner();
     assert_eq!(waited.exit_code, Some(0), "{waited:?}");
-    let mut logs = c
-        .logs(pb::LogsRequest {
-            id: "web/client".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("logs web/client")
-        .into_inner();
-    let mut text = String::new();
-    while let Some(Ok(line)) = logs.next().await {
-        text.push_str(&String::from_utf8_lossy(&line.line));
-    }
+    let text = aurae_tests::logs::text(&mut c, "web/client").await;
     assert!(text.contains(PAGE), "client logs: {text}");
 
     // The host reaches the pod: through the relay, over IPv4 and IPv6, and

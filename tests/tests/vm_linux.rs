@@ -10,7 +10,6 @@ use std::time::Duration;
 use aurae_proto::runtime as pb;
 use aurae_tests::guest::e2e_kvm;
 use aurae_tests::{Daemon, DaemonOptions};
-use tokio_stream::StreamExt;
 
 const MARKER: &str = "aurae-vm login: ready";
 
@@ -88,31 +87,9 @@ async fn our_kernel_boots_from_an_ext4_root_disk_to_a_login_marker() {
         .unwrap_or_else(|e| panic!("run_virtual_machine: {}\n{}", e.message(), d.log_text()))
         .into_inner();
     let vm = r.vm.expect("vm");
-    let mut logs = c
-        .logs(pb::LogsRequest {
-            id: "linux".into(),
-            follow: true,
-            ..Default::default()
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut console = String::new();
-    let booted = tokio::time::timeout(Duration::from_secs(180), async {
-        while let Some(Ok(line)) = logs.next().await {
-            console.push_str(&String::from_utf8_lossy(&line.line));
-            console.push('\n');
-            if console.contains(MARKER) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(
-        matches!(booted, Ok(true)),
-        "no login marker on the console:\n{console}"
-    );
+    let (console, booted) =
+        aurae_tests::logs::until(&mut c, "linux", MARKER, Duration::from_secs(180)).await;
+    assert!(booted, "no login marker on the console:\n{console}");
     assert!(console.contains("root is ext4"), "{console}");
     let stopped = c
         .stop(pb::StopRequest {

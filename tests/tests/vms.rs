@@ -9,7 +9,6 @@ use std::time::Duration;
 use aurae_proto::runtime as pb;
 use aurae_tests::instances::{daemon, image};
 use aurae_tests::{leaks::Snapshot, require_root, Daemon, DaemonOptions};
-use tokio_stream::StreamExt;
 use vmm::boot::test_elf::TestElf;
 
 /// `pause; jmp` back to it: a guest that runs until stopped.
@@ -76,28 +75,8 @@ fn link_exists(name: &str) -> bool {
 /// The console until a line contains `marker` (10 s at most).
 async fn console_until(d: &Daemon, id: &str, marker: &str) -> String {
     let mut c = d.client().await;
-    let mut logs = c
-        .logs(pb::LogsRequest {
-            id: id.into(),
-            follow: true,
-            ..Default::default()
-        })
-        .await
-        .expect("logs")
-        .into_inner();
-    let mut text = String::new();
-    let read = async {
-        while let Some(Ok(line)) = logs.next().await {
-            text.push_str(&String::from_utf8_lossy(&line.line));
-            text.push('\n');
-            if text.contains(marker) {
-                return true;
-            }
-        }
-        false
-    };
-    let found = tokio::time::timeout(Duration::from_secs(10), read).await;
-    assert!(matches!(found, Ok(true)), "no {marker:?} on {id}'s console");
+    let (text, found) = aurae_tests::logs::until(&mut c, id, marker, Duration::from_secs(10)).await;
+    assert!(found, "no {marker:?} on {id}'s console:\n{text}");
     text
 }
 

@@ -172,13 +172,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         bail!("bench cells needs root (cells and crun use cgroups and namespaces)");
     }
     deps::ensure(&["crun", "busybox-static"])?;
-    println!("==> building release binaries");
-    if !deps::cargo(&["build", "--release", "-p", "auraed", "-p", "aer"], &[])? {
-        bail!("build failed");
-    }
-    let release = deps::target_dir().join("release");
-    std::env::set_var("AURAED_BIN", release.join("auraed"));
-    std::env::set_var("AER_BIN", release.join("aer"));
+    deps::release_binaries()?;
     unify_cgroups()?;
 
     let dir = tempfile::tempdir()?;

@@ -63,15 +63,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         bail!("bench pod needs root (instances, cells and crun use cgroups and namespaces)");
     }
     deps::ensure(&["crun", "busybox-static"])?;
-    println!("==> building release binaries and the image's initramfs");
-    if !deps::cargo(&["build", "--release", "-p", "auraed", "-p", "aer"], &[])? {
-        bail!("build failed");
-    }
+    deps::release_binaries()?;
     let initramfs = crate::image::build_initramfs()?;
     let image_dir = initramfs.parent().context("image dir")?.to_path_buf();
-    let release = deps::target_dir().join("release");
-    std::env::set_var("AURAED_BIN", release.join("auraed"));
-    std::env::set_var("AER_BIN", release.join("aer"));
     unify_cgroups()?;
 
     let dir = tempfile::tempdir()?;

@@ -243,15 +243,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bench spawn needs root (instances are cells on a bridge)");
     }
-    println!("==> building release binaries and the image's initramfs");
-    if !deps::cargo(&["build", "--release", "-p", "auraed", "-p", "aer"], &[])? {
-        bail!("build failed");
-    }
+    let release = deps::release_binaries()?;
     let initramfs = crate::image::build_initramfs()?;
     let image_dir: PathBuf = initramfs.parent().context("image dir")?.to_path_buf();
-    let release = deps::target_dir().join("release");
-    std::env::set_var("AURAED_BIN", release.join("auraed"));
-    std::env::set_var("AER_BIN", release.join("aer"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

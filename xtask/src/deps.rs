@@ -16,6 +16,20 @@ fn installed(package: &str) -> bool {
 }
 
 /// Installs the Debian `packages` that are not installed yet.
+/// Builds auraed and aer in release and points the test harness at them
+/// (`AURAED_BIN`, `AER_BIN`), as the benchmarks run them; returns the
+/// release folder.
+pub fn release_binaries() -> anyhow::Result<std::path::PathBuf> {
+    println!("==> building release binaries");
+    if !cargo(&["build", "--release", "-p", "auraed", "-p", "aer"], &[])? {
+        bail!("build failed");
+    }
+    let release = target_dir().join("release");
+    std::env::set_var("AURAED_BIN", release.join("auraed"));
+    std::env::set_var("AER_BIN", release.join("aer"));
+    Ok(release)
+}
+
 pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {

@@ -201,23 +201,30 @@ impl Plan {
         Ok(())
     }
 
+    /// The folders from below `root` down to `target`'s parent, made in
+    /// order (an existing one is fine).
+    fn folders_between(&mut self, root: &Path, target: &Path) -> Result<(), PlanError> {
+        let mut parents: Vec<&Path> = target
+            .ancestors()
+            .skip(1)
+            .take_while(|p| *p != root)
+            .collect();
+        parents.reverse();
+        for parent in parents {
+            self.push(
+                InitOp::Mkdir(cpath(parent)?, 0o755),
+                format!("creating {}", parent.display()),
+            );
+        }
+        Ok(())
+    }
+
     /// Host devices bound into the cell's /dev at `dev`.
     pub(super) fn devices(&mut self, dev: &Path, devices: &[PathBuf]) -> Result<(), PlanError> {
         for device in devices {
             let rel = device.strip_prefix("/dev").unwrap_or(device);
             let target = dev.join(rel);
-            let mut parents: Vec<&Path> = target
-                .ancestors()
-                .skip(1)
-                .take_while(|p| *p != dev)
-                .collect();
-            parents.reverse();
-            for parent in parents {
-                self.push(
-                    InitOp::Mkdir(cpath(parent)?, 0o755),
-                    format!("creating {}", parent.display()),
-                );
-            }
+            self.folders_between(dev, &target)?;
             self.tolerate(
                 InitOp::Mknod(cpath(&target)?, libc::S_IFREG | 0o600, 0),
                 libc::EEXIST,
@@ -238,18 +245,7 @@ impl Plan {
         root: &Path,
         target: &Path,
     ) -> Result<(), PlanError> {
-        let mut parents: Vec<&Path> = target
-            .ancestors()
-            .skip(1)
-            .take_while(|p| *p != root)
-            .collect();
-        parents.reverse();
-        for parent in parents {
-            self.push(
-                InitOp::Mkdir(cpath(parent)?, 0o755),
-                format!("creating {}", parent.display()),
-            );
-        }
+        self.folders_between(root, target)?;
         if std::fs::metadata(host).is_ok_and(|m| m.is_file()) {
             self.tolerate(
                 InitOp::Mknod(cpath(target)?, libc::S_IFREG | 0o444, 0),

@@ -292,6 +292,13 @@ impl Instances {
         Ok(())
     }
 
+    fn take_metadata_server(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.metadata_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     /// Where instances reach this auraed's metadata endpoint.
     pub fn metadata_addr(&self) -> SocketAddr {
         SocketAddr::new(self.ula.bridge_addr().into(), crate::metadata::bridge::PORT)
@@ -365,12 +372,7 @@ impl Instances {
         self.metadata.remove(&instance.name);
         if self.metadata.is_empty() {
             // Nobody left to ask: the endpoint closes until the next spawn.
-            let server = self
-                .metadata_server
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(task) = server {
+            if let Some(task) = self.take_metadata_server() {
                 task.abort();
             }
         }
@@ -380,12 +382,7 @@ impl Instances {
     /// Removes the bridge if this auraed made it, once its instances are
     /// gone (at shutdown).
     pub async fn shutdown(&self) {
-        let server = self
-            .metadata_server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(task) = server {
+        if let Some(task) = self.take_metadata_server() {
             task.abort();
             // Ended (its listener closed) before the bridge goes.
             let _cancelled = task.await;

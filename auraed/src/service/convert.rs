@@ -433,24 +433,41 @@ pub fn instance(i: &Instance) -> pb::InstanceStatus {
     }
 }
 
-pub fn instance_status(i: &Instance) -> pb::WorkloadStatus {
-    let exit = i.init.exit_info();
+/// The status of a workload whose life is one process (an instance's
+/// auraed or VMM, a VM's VMM), started at `created_at`.
+pub fn process_status(
+    id: &str,
+    kind: pb::WorkloadKind,
+    running: bool,
+    process: &Executable,
+    created_at: SystemTime,
+) -> pb::WorkloadStatus {
     pb::WorkloadStatus {
-        id: i.name.clone(),
-        kind: pb::WorkloadKind::Instance as i32,
-        state: if i.running() {
+        id: id.to_string(),
+        kind: kind as i32,
+        state: if running {
             pb::WorkloadState::Running
         } else {
             pb::WorkloadState::Exited
         } as i32,
-        pid: i.init.pid as u32,
-        started_at: Some(timestamp(i.created_at)),
-        exited_at: exit.map(|x| timestamp(x.at)),
-        command: i.init.command.clone(),
-        instance: Some(instance(i)),
-        pod: None,
-        vm: None,
+        pid: process.pid as u32,
+        started_at: Some(timestamp(created_at)),
+        exited_at: process.exit_info().map(|x| timestamp(x.at)),
+        command: process.command.clone(),
         ..Default::default()
+    }
+}
+
+pub fn instance_status(i: &Instance) -> pb::WorkloadStatus {
+    pb::WorkloadStatus {
+        instance: Some(instance(i)),
+        ..process_status(
+            &i.name,
+            pb::WorkloadKind::Instance,
+            i.running(),
+            &i.init,
+            i.created_at,
+        )
     }
 }
 

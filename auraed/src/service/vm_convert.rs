@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use aurae_proto::runtime as pb;
 
-use super::convert::{host_memory_mib, timestamp};
+use super::convert::host_memory_mib;
 use crate::error::ApiError;
 use crate::instances::plain_vm::{Vm, VmSpec};
 use crate::instances::Disk;
@@ -167,20 +167,14 @@ pub fn vm_status(vm: &Vm) -> pb::VirtualMachineStatus {
 }
 
 pub fn vm_workload_status(vm: &Vm) -> pb::WorkloadStatus {
-    let exit = vm.init.exit_info();
     pb::WorkloadStatus {
-        id: vm.name.clone(),
-        kind: pb::WorkloadKind::VirtualMachine as i32,
-        state: if vm.running() {
-            pb::WorkloadState::Running
-        } else {
-            pb::WorkloadState::Exited
-        } as i32,
-        pid: vm.init.pid as u32,
-        started_at: Some(timestamp(vm.created_at)),
-        exited_at: exit.map(|x| timestamp(x.at)),
-        command: vm.init.command.clone(),
         vm: Some(vm_status(vm)),
-        ..Default::default()
+        ..super::convert::process_status(
+            &vm.name,
+            pb::WorkloadKind::VirtualMachine,
+            vm.running(),
+            &vm.init,
+            vm.created_at,
+        )
     }
 }
