@@ -247,3 +247,72 @@ async fn bad_metadata_is_refused_by_name_and_leaves_nothing() {
         .await
         .expect("free");
 }
+
+/// Asks the link-local endpoint, from inside the instance at `path`, for a
+/// token, then for `tags/role` with it, without it, and through a "proxy".
+fn imds_from(d: &aurae_tests::Daemon, path: &str) -> String {
+    const SCRIPT: &str = r#"
+# stdin stays open until the answer is in: busybox nc stops at its EOF.
+req() { { printf "$1"; /bin/busybox sleep 1; } | /bin/busybox nc 169.254.169.254 80; }
+T=$(req 'PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n' | /bin/busybox tail -n 1)
+echo "token-length=${#T}"
+echo "role=$(req "GET /latest/meta-data/tags/role HTTP/1.0\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox tail -n 1)"
+echo "path=$(req "GET /latest/meta-data/path HTTP/1.0\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox tail -n 1)"
+echo "untokened: $(req 'GET /latest/meta-data/tags/role HTTP/1.0\r\n\r\n' | /bin/busybox head -n 1)"
+echo "forwarded: $(req "GET /latest/meta-data/name HTTP/1.0\r\nX-Forwarded-For: 192.0.2.1\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox head -n 1)"
+"#;
+    d.aer_ok(&[
+        "--instance",
+        path,
+        "exec",
+        "--wait",
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        SCRIPT,
+    ])
+}
+
+#[tokio::test]
+async fn unmodified_workloads_read_their_own_record_over_http() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let mut c = d.client().await;
+    c.spawn(pb::SpawnRequest {
+        metadata: HashMap::from([("role".to_string(), "db".to_string())]),
+        ..spawn_req("a")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("spawn a: {}", e.message()));
+    let route = aer::client::InstanceRoute::new(Some("a")).expect("route");
+    pb::runtime_client::RuntimeClient::with_interceptor(d.channel().await.expect("ch"), route)
+        .spawn(pb::SpawnRequest {
+            metadata: HashMap::from([("role".to_string(), "cache".to_string())]),
+            ..spawn_req("b")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("spawn a/b: {}", e.message()));
+
+    let out = imds_from(&d, "a");
+    assert!(out.contains("token-length=48"), "{out}");
+    assert!(out.contains("role=db\n"), "{out}");
+    assert!(out.contains("path=a\n"), "{out}");
+    assert!(
+        out.contains("untokened: HTTP/1.") && out.contains(" 401 "),
+        "{out}"
+    );
+    assert!(
+        out.contains("forwarded: HTTP/1.") && out.contains(" 403 "),
+        "{out}"
+    );
+    // b, one level down, reads its own record (its parent a serves it in
+    // b's namespace), not a's.
+    let out = imds_from(&d, "a/b");
+    assert!(out.contains("role=cache\n"), "{out}");
+    assert!(out.contains("path=a/b\n"), "{out}");
+    c.free(pb::FreeRequest { id: "a".into() })
+        .await
+        .expect("free");
+}

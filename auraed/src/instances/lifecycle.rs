@@ -21,7 +21,7 @@ impl Runtime {
         })?;
         let reservation = self.registry.reserve(&spec.name, "name")?;
         let instance = Arc::new(instances.spawn(&spec, &cells, self.log_bytes).await?);
-        if let Err(e) = instances.remember(&spec, &instance) {
+        if let Err(e) = instances.remember(&spec, &instance).await {
             if let Err(undo) = instance.tear_down().await {
                 tracing::error!("instance {}: tearing down: {undo}", instance.name);
             }

@@ -120,6 +120,9 @@ pub struct Instance {
     index: u32,
     channel: Channel,
     torn_down: AtomicBool,
+    /// The link-local metadata endpoint in a cell-backed instance's network
+    /// namespace (see [`crate::metadata::imds`]).
+    pub(crate) imds: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where the instance sees each of its spec's shared paths, in order.
     pub shared: Vec<PathBuf>,
     /// What the instance holds as a pod: its containers and host ports
@@ -159,6 +162,12 @@ impl Instance {
             {
                 tracing::warn!("instance {}: stopping its VMM: {e}", self.name);
             }
+        }
+        // Its metadata socket holds its network namespace: closed first.
+        let imds = self.imds.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = imds {
+            task.abort();
+            let _cancelled = task.await;
         }
         // A pod's host ports close first: nothing is forwarded to a dying
         // instance.
@@ -313,9 +322,10 @@ impl Instances {
         }
     }
 
-    /// Records what instance `i` may read of itself, and serves the
-    /// metadata endpoint while any instance has a record.
-    pub fn remember(&self, spec: &InstanceSpec, i: &Instance) -> Result<(), ApiError> {
+    /// Records what instance `i` may read of itself, serves the metadata
+    /// endpoint on the bridge while any instance has a record, and, in a
+    /// cell-backed instance, the link-local one.
+    pub async fn remember(&self, spec: &InstanceSpec, i: &Instance) -> Result<(), ApiError> {
         self.serve_metadata()?;
         self.metadata.insert(crate::metadata::Record {
             name: i.name.clone(),
@@ -331,6 +341,14 @@ impl Instances {
             memory_mib: spec.memory_mib,
             metadata: spec.metadata.clone(),
         });
+        if i.choice.backend == Backend::Cell {
+            use crate::metadata::imds;
+            let (pidfd, _) = i.cell.namespaces();
+            let listener = crate::net::listen_in(pidfd, imds::ADDR, imds::PORT).await?;
+            let task = imds::serve(listener, self.metadata.clone(), i.name.clone())
+                .map_err(|e| ApiError::io("serving the link-local metadata endpoint", e))?;
+            *i.imds.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
         Ok(())
     }
 

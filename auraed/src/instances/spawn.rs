@@ -357,6 +357,7 @@ impl Instances {
                 })
                 .collect(),
             pod: Mutex::new(None),
+            imds: Mutex::new(None),
         })
     }
 

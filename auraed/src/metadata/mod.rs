@@ -9,6 +9,7 @@
 //!   an instance's auraed answers by asking its parent.
 
 pub mod bridge;
+pub mod imds;
 pub mod service;
 
 use std::collections::{BTreeMap, HashMap};

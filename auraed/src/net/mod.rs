@@ -35,6 +35,7 @@ mod veth;
 
 use std::io;
 use std::net::Ipv6Addr;
+use std::os::fd::BorrowedFd;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
@@ -76,6 +77,19 @@ pub enum NetError {
         prefix: Ipv6Prefix,
         held: Ipv6Prefix,
         link: String,
+    },
+    #[error("adding {addr}/32 to {link} (RTM_NEWADDR)")]
+    AddAddressV4 {
+        link: String,
+        addr: std::net::Ipv4Addr,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("listening on {addr} in another network namespace")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
     },
     #[error("looking up link {link} (RTM_GETLINK)")]
     GetLink {
@@ -308,6 +322,41 @@ pub async fn link_up(name: &str) -> Result<(), NetError> {
     let conn = Conn::open()?;
     let index = link_index(&conn.handle, name).await?;
     set_up(&conn.handle, index, name).await
+}
+
+/// A TCP listener on `addr:port` made inside the network namespace `netns`
+/// (a pidfd of a process in it): `addr` is added to that namespace's
+/// loopback first (as /32; one already there is fine) and loopback is set
+/// up. The listener stays in that namespace whoever accepts on it.
+pub async fn listen_in(
+    netns: BorrowedFd<'_>,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+) -> Result<std::net::TcpListener, NetError> {
+    let ns = netns::ns_file(netns).await?;
+    netns::run_in(ns, move |handle| async move {
+        let index = link_index(&handle, "lo").await?;
+        match handle
+            .address()
+            .add(index, std::net::IpAddr::V4(addr), 32)
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            Err(source) => {
+                return Err(NetError::AddAddressV4 {
+                    link: "lo".into(),
+                    addr,
+                    source,
+                })
+            }
+        }
+        set_up(&handle, index, "lo").await?;
+        let at = std::net::SocketAddr::from((addr, port));
+        std::net::TcpListener::bind(at).map_err(|source| NetError::Listen { addr: at, source })
+    })
+    .await
 }
 
 /// Deletes the link `name` in the caller's network namespace. Returns
