@@ -101,6 +101,12 @@ pub struct InstancesSection {
     /// a spawned auraed: its parent writes them.
     pub parent: Option<std::net::SocketAddr>,
     pub parent_id: Option<String>,
+    /// Serve the link-local metadata endpoint (169.254.169.254) in this
+    /// auraed's own network namespace, with the record its parent keeps:
+    /// set by the parent of a microVM instance (a cell-backed instance's
+    /// parent serves it there itself).
+    #[serde(default)]
+    pub link_local_metadata: bool,
 }
 
 /// Where the VMM is when it is neither configured nor beside auraed.
@@ -144,6 +150,7 @@ impl Default for InstancesSection {
             path: String::new(),
             parent: None,
             parent_id: None,
+            link_local_metadata: false,
         }
     }
 }

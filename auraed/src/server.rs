@@ -36,6 +36,8 @@ pub enum ServeError {
     Reflection(String),
     #[error("the link to the parent's metadata endpoint")]
     Link(#[source] Box<crate::instances::link::LinkError>),
+    #[error("the link-local metadata endpoint")]
+    LinkLocal(#[source] Box<crate::net::NetError>),
 }
 
 /// How long open connections may take to finish after shutdown starts.
@@ -78,6 +80,38 @@ fn parent_link(cfg: &Config) -> Result<Option<tonic::transport::Channel>, ServeE
     Ok(Some(channel))
 }
 
+/// The link-local metadata endpoint in this auraed's own network namespace,
+/// when its parent asked for it (a microVM instance), answering with the
+/// record the parent keeps.
+async fn link_local_metadata(
+    cfg: &Config,
+    parent: Option<tonic::transport::Channel>,
+) -> Result<Option<AbortOnDrop>, ServeError> {
+    use crate::metadata::imds;
+    let (true, Some(parent)) = (cfg.instances.link_local_metadata, parent) else {
+        return Ok(None);
+    };
+    let listener = crate::net::listen_here(imds::ADDR, imds::PORT)
+        .await
+        .map_err(|e| ServeError::LinkLocal(Box::new(e)))?;
+    let task =
+        imds::serve(listener, imds::Source::Parent(parent)).map_err(|source| ServeError::Io {
+            path: format!("{}:{}", imds::ADDR, imds::PORT),
+            source,
+        })?;
+    tracing::info!("metadata endpoint on {}:{}", imds::ADDR, imds::PORT);
+    Ok(Some(AbortOnDrop(task)))
+}
+
+/// A task that ends with its holder.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Binds the Unix socket, replacing a stale one.
 pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     let io = |source| ServeError::Io {
@@ -117,10 +151,13 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let runtime_service = RuntimeServer::new(RuntimeService::new(runtime.clone()));
+    let parent = parent_link(cfg)?;
     let metadata_service = MetadataServer::new(MetadataService::new(
         runtime.instances.as_ref().map(|i| i.metadata.clone()),
-        parent_link(cfg)?,
+        parent.clone(),
     ));
+    // Aborted when serving ends.
+    let _link_local = link_local_metadata(cfg, parent).await?;
     let authz = SpiffeAuthz::new(cfg.auth.allowed_spiffe_ids.clone());
     let tls = tls_acceptor(cfg)?;
 

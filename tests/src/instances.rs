@@ -75,3 +75,29 @@ pub fn links(prefix: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Asks the link-local endpoint, from inside the instance at `path`, for a
+/// token, then for `tags/role` with it, without it, and through a "proxy".
+pub fn imds_from(d: &Daemon, path: &str) -> String {
+    const SCRIPT: &str = r#"
+# stdin stays open until the answer is in: busybox nc stops at its EOF.
+req() { { printf "$1"; /bin/busybox sleep 1; } | /bin/busybox nc 169.254.169.254 80; }
+T=$(req 'PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n' | /bin/busybox tail -n 1)
+echo "token-length=${#T}"
+echo "role=$(req "GET /latest/meta-data/tags/role HTTP/1.0\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox tail -n 1)"
+echo "path=$(req "GET /latest/meta-data/path HTTP/1.0\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox tail -n 1)"
+echo "untokened: $(req 'GET /latest/meta-data/tags/role HTTP/1.0\r\n\r\n' | /bin/busybox head -n 1)"
+echo "forwarded: $(req "GET /latest/meta-data/name HTTP/1.0\r\nX-Forwarded-For: 192.0.2.1\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox head -n 1)"
+"#;
+    d.aer_ok(&[
+        "--instance",
+        path,
+        "exec",
+        "--wait",
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        SCRIPT,
+    ])
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use aurae_proto::metadata as md;
 use aurae_proto::metadata::metadata_client::MetadataClient;
 use aurae_proto::runtime as pb;
-use aurae_tests::instances::{daemon, spawn_req};
+use aurae_tests::instances::{daemon, imds_from, spawn_req};
 use aurae_tests::{leaks::Snapshot, require_image, require_root};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -246,32 +246,6 @@ async fn bad_metadata_is_refused_by_name_and_leaves_nothing() {
     c.free(pb::FreeRequest { id: "a".into() })
         .await
         .expect("free");
-}
-
-/// Asks the link-local endpoint, from inside the instance at `path`, for a
-/// token, then for `tags/role` with it, without it, and through a "proxy".
-fn imds_from(d: &aurae_tests::Daemon, path: &str) -> String {
-    const SCRIPT: &str = r#"
-# stdin stays open until the answer is in: busybox nc stops at its EOF.
-req() { { printf "$1"; /bin/busybox sleep 1; } | /bin/busybox nc 169.254.169.254 80; }
-T=$(req 'PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n' | /bin/busybox tail -n 1)
-echo "token-length=${#T}"
-echo "role=$(req "GET /latest/meta-data/tags/role HTTP/1.0\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox tail -n 1)"
-echo "path=$(req "GET /latest/meta-data/path HTTP/1.0\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox tail -n 1)"
-echo "untokened: $(req 'GET /latest/meta-data/tags/role HTTP/1.0\r\n\r\n' | /bin/busybox head -n 1)"
-echo "forwarded: $(req "GET /latest/meta-data/name HTTP/1.0\r\nX-Forwarded-For: 192.0.2.1\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox head -n 1)"
-"#;
-    d.aer_ok(&[
-        "--instance",
-        path,
-        "exec",
-        "--wait",
-        "--",
-        "/bin/busybox",
-        "sh",
-        "-c",
-        SCRIPT,
-    ])
 }
 
 #[tokio::test]

@@ -87,6 +87,20 @@ async fn a_microvm_instance_runs_cells_spawns_and_goes_away() {
         "the instance's process is the VMM"
     );
 
+    // Unmodified workloads in the VM read the record a's parent keeps, at
+    // 169.254.169.254 (served by a's own auraed, asking its parent).
+    d.aer_ok(&["meta", "set", "a", "role=vm"]);
+    let out = aurae_tests::instances::imds_from(&d, "a");
+    assert!(out.contains("token-length=48"), "{out}");
+    assert!(
+        out.contains("role=vm\n") && out.contains("path=a\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("untokened: HTTP/1.") && out.contains(" 401 "),
+        "{out}"
+    );
+
     // A cell with a real cgroup v2 memory limit, inside the guest: its
     // processes run in its leaf, so the limit is read from the guest's
     // side (an executable of the instance's auraed, outside the cell).

@@ -45,6 +45,8 @@ pub struct Params {
     /// Its parent's metadata endpoint, and the parent's SPIFFE ID.
     pub parent: std::net::SocketAddr,
     pub parent_id: String,
+    /// The instance's auraed serves 169.254.169.254 itself (a microVM).
+    pub link_local_metadata: bool,
 }
 
 fn toml_list(items: &[String]) -> String {
@@ -66,11 +68,13 @@ pub fn seed(identity: &Identity, params: &Params) -> Vec<SeedFile> {
          [runtime]\nstate_dir = \"/var/lib/aurae\"\ncgroup_root = \"aurae\"\n\n\
          [instances]\nimage_dir = \"{IMAGE}\"\nsigning_key = \"{PKI}/signing.key\"\n\
          signing_chain = \"{PKI}/signing.crt\"\nvmm = \"{IMAGE}/aurae-vmm\"\n\
-         path = {path:?}\nparent = \"{parent}\"\nparent_id = {parent_id:?}\n",
+         path = {path:?}\nparent = \"{parent}\"\nparent_id = {parent_id:?}\n\
+         link_local_metadata = {lm}\n",
         allowed = toml_list(&params.allowed),
         path = params.path,
         parent = params.parent,
         parent_id = params.parent_id,
+        lm = params.link_local_metadata,
     );
     let boot = format!(
         "aurae.name={} aurae.ip={}/{} aurae.port={}\n",
@@ -130,6 +134,7 @@ mod tests {
             path: "a".into(),
             parent: "[fd00::1]:8444".parse().expect("parent"),
             parent_id: "spiffe://td/auraed".into(),
+            link_local_metadata: false,
         };
         let files = seed(&identity, &params);
         for f in &files {

@@ -297,7 +297,11 @@ impl Instances {
         let index = self.take_index();
         undo.index = Some(index);
         let address = self.ula.instance_addr(index);
-        let params = self.params(spec, address);
+        let params = files::Params {
+            // In a VM, the instance's own auraed serves 169.254.169.254.
+            link_local_metadata: true,
+            ..self.params(spec, address)
+        };
         let dir = self.cfg.instances_dir.join(&spec.name);
         let initrd = dir.join("initrd");
         // The guest's own children boot the same image: its initramfs
@@ -375,6 +379,7 @@ mod tests {
             path: "a".into(),
             parent: "[fd00::1]:8444".parse().expect("parent"),
             parent_id: "spiffe://td/auraed".into(),
+            link_local_metadata: false,
         }
     }
 

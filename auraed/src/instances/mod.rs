@@ -345,7 +345,11 @@ impl Instances {
             use crate::metadata::imds;
             let (pidfd, _) = i.cell.namespaces();
             let listener = crate::net::listen_in(pidfd, imds::ADDR, imds::PORT).await?;
-            let task = imds::serve(listener, self.metadata.clone(), i.name.clone())
+            let source = imds::Source::Records {
+                store: self.metadata.clone(),
+                name: i.name.clone(),
+            };
+            let task = imds::serve(listener, source)
                 .map_err(|e| ApiError::io("serving the link-local metadata endpoint", e))?;
             *i.imds.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }

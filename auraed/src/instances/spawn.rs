@@ -403,6 +403,7 @@ impl Instances {
             path: self.child_path(&spec.name),
             parent: self.metadata_addr(),
             parent_id: self.own_id.clone(),
+            link_local_metadata: false,
         }
     }
 

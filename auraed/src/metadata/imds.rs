@@ -3,12 +3,14 @@
 //! share its network): the IMDSv2 protocol, serving the instance's own
 //! record.
 //!
-//! The parent makes the listening socket *inside the instance's network
-//! namespace* (on its loopback, with 169.254.169.254/32 added there) and
-//! serves it from its own runtime. Whatever connects to it is in that
-//! namespace, so the caller is identified by where it is, never by anything
-//! it sends; a nested instance has a namespace (and an endpoint) of its
-//! own.
+//! The listening socket is *inside the instance's network namespace* (on
+//! its loopback, with 169.254.169.254/32 added there), so whatever connects
+//! is in the instance: the caller is identified by where it is, never by
+//! anything it sends, and a nested instance has a namespace (and an
+//! endpoint) of its own. For a cell-backed instance the parent makes that
+//! socket and answers from its records ([`Source::Records`]); in a microVM
+//! the instance's own auraed does, asking its parent for the record over
+//! the bridge with its SVID ([`Source::Parent`]).
 //!
 //! - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds:
 //!   1..=21600` gives a session token ([`MAX_TOKENS`] live at most, the
@@ -32,7 +34,42 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use aurae_proto::metadata as pb;
+use tonic::transport::Channel;
+
 use super::{Record, Store};
+
+/// Where the endpoint gets the record it serves.
+#[derive(Clone)]
+pub enum Source {
+    /// The parent's records, for instance `name`.
+    Records { store: Arc<Store>, name: String },
+    /// The instance's own auraed asks its parent (`Own`).
+    Parent(Channel),
+}
+
+impl Source {
+    async fn record(&self) -> Option<Record> {
+        match self {
+            Source::Records { store, name } => store.get(name).ok(),
+            Source::Parent(channel) => {
+                let mut client = pb::metadata_client::MetadataClient::new(channel.clone());
+                let asked = client.own(pb::OwnRequest {});
+                match tokio::time::timeout(Duration::from_secs(5), asked).await {
+                    Ok(Ok(r)) => Some(Record::from_pb(r.into_inner())),
+                    Ok(Err(e)) => {
+                        tracing::warn!("metadata endpoint: the parent refused: {}", e.message());
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!("metadata endpoint: the parent did not answer in 5 s");
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
 
 pub const ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const PORT: u16 = 80;
@@ -112,10 +149,9 @@ fn meta_data(record: &Record, key: &str) -> Option<String> {
     })
 }
 
-fn answer(
+async fn answer(
     req: &Request<Incoming>,
-    store: &Store,
-    name: &str,
+    source: &Source,
     tokens: &Tokens,
 ) -> Response<Full<Bytes>> {
     if req.headers().contains_key("x-forwarded-for") {
@@ -164,8 +200,11 @@ fn answer(
             "a live token is needed: PUT /latest/api/token first\n",
         );
     }
-    let Ok(record) = store.get(name) else {
-        return reply(StatusCode::NOT_FOUND, "this instance has no record\n");
+    let Some(record) = source.record().await else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this instance's record can't be read now\n",
+        );
     };
     if path == "/aurae/v0/record" {
         let json = serde_json::json!({
@@ -190,13 +229,12 @@ fn answer(
     }
 }
 
-/// Serves instance `name`'s record on `listener` (made in its network
-/// namespace) until the task is aborted; aborting it closes every
+/// Serves the record `source` gives on `listener` (made in the instance's
+/// network namespace) until the task is aborted; aborting it closes every
 /// connection too.
 pub fn serve(
     listener: std::net::TcpListener,
-    store: Arc<Store>,
-    name: String,
+    source: Source,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -215,16 +253,16 @@ pub fn serve(
             let stream = match accepted {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    tracing::warn!("metadata endpoint of {name}: accepting: {e}");
+                    tracing::warn!("metadata endpoint: accepting: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let (store, name, tokens) = (store.clone(), name.clone(), tokens.clone());
+            let (source, tokens) = (source.clone(), tokens.clone());
             connections.spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let r = answer(&req, &store, &name, &tokens);
-                    async move { Ok::<_, Infallible>(r) }
+                    let (source, tokens) = (source.clone(), tokens.clone());
+                    async move { Ok::<_, Infallible>(answer(&req, &source, &tokens).await) }
                 });
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())

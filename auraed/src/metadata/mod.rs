@@ -66,6 +66,20 @@ pub struct Record {
 }
 
 impl Record {
+    pub fn from_pb(r: pb::InstanceRecord) -> Record {
+        Record {
+            name: r.name,
+            path: r.path,
+            spiffe_id: r.spiffe_id,
+            address: r.address,
+            parent_address: r.parent_address,
+            backend: r.backend,
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            metadata: r.metadata.into_iter().collect(),
+        }
+    }
+
     pub fn to_pb(&self) -> pb::InstanceRecord {
         pb::InstanceRecord {
             name: self.name.clone(),

@@ -334,7 +334,26 @@ pub async fn listen_in(
     port: u16,
 ) -> Result<std::net::TcpListener, NetError> {
     let ns = netns::ns_file(netns).await?;
-    netns::run_in(ns, move |handle| async move {
+    netns::run_in(ns, move |handle| loopback_listener(handle, addr, port)).await
+}
+
+/// [`listen_in`], in the caller's own network namespace.
+pub async fn listen_here(
+    addr: std::net::Ipv4Addr,
+    port: u16,
+) -> Result<std::net::TcpListener, NetError> {
+    let conn = Conn::open()?;
+    loopback_listener(conn.handle.clone(), addr, port).await
+}
+
+/// `addr`/32 on loopback (already there is fine), loopback up, and a
+/// listener on `addr:port`, in `handle`'s namespace (and the caller's).
+async fn loopback_listener(
+    handle: Handle,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+) -> Result<std::net::TcpListener, NetError> {
+    {
         let index = link_index(&handle, "lo").await?;
         match handle
             .address()
@@ -355,8 +374,7 @@ pub async fn listen_in(
         set_up(&handle, index, "lo").await?;
         let at = std::net::SocketAddr::from((addr, port));
         std::net::TcpListener::bind(at).map_err(|source| NetError::Listen { addr: at, source })
-    })
-    .await
+    }
 }
 
 /// Deletes the link `name` in the caller's network namespace. Returns
