@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use aurae_proto::metadata as pb;
 use serde_json::{json, Value};
 
-use crate::spawn_args::FlagError;
+/// A `KEY=VALUE` argument that isn't one.
+#[derive(Debug, thiserror::Error)]
+#[error("KEY=VALUE argument {0:?}: it has no '='")]
+pub struct EntryError(String);
 use crate::text::escape;
 
 #[derive(clap::Subcommand)]
@@ -27,13 +30,10 @@ pub fn set_request(
     id: String,
     entries: &[String],
     remove: Vec<String>,
-) -> Result<pb::SetRequest, FlagError> {
+) -> Result<pb::SetRequest, EntryError> {
     let mut set = HashMap::new();
     for e in entries {
-        let (k, v) = e.split_once('=').ok_or_else(|| FlagError {
-            flag: "set",
-            reason: format!("{e:?} is not KEY=VALUE"),
-        })?;
+        let (k, v) = e.split_once('=').ok_or_else(|| EntryError(e.clone()))?;
         set.insert(k.to_string(), v.to_string());
     }
     Ok(pb::SetRequest { id, set, remove })

@@ -49,6 +49,19 @@ pub fn meta_map(
         .collect()
 }
 
+/// A size flag in MiB, which the API takes: a whole number of them, at
+/// least one (`512K` would otherwise become 0, "the default").
+pub fn whole_mib(flag: &'static str, text: &str) -> Result<u64, FlagError> {
+    let bytes = parse_bytes(text).map_err(|reason| FlagError { flag, reason })?;
+    if bytes < 1 << 20 || bytes % (1 << 20) != 0 {
+        return Err(FlagError {
+            flag,
+            reason: format!("{text:?} is not a whole number of MiB (at least 1M)"),
+        });
+    }
+    Ok(bytes >> 20)
+}
+
 /// A flag whose value can't be used, named.
 #[derive(Debug, thiserror::Error)]
 #[error("--{flag}: {reason}")]
@@ -71,12 +84,7 @@ impl SpawnArgs {
             }
         };
         let memory_mib = match self.memory.as_deref() {
-            Some(m) => {
-                parse_bytes(m).map_err(|reason| FlagError {
-                    flag: "memory",
-                    reason,
-                })? >> 20
-            }
+            Some(m) => whole_mib("memory", m)?,
             None => 0,
         };
         let ready_timeout_ms = self

@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use crate::spawn_args::FlagError;
 use crate::text::escape;
-use crate::units::parse_bytes;
 
 #[derive(clap::Subcommand)]
 pub enum VmCmd {
@@ -66,12 +65,7 @@ impl VmRunArgs {
         }
         let mut disks = disks.into_iter();
         let memory_mib = match self.mem.as_deref() {
-            Some(m) => {
-                parse_bytes(m).map_err(|reason| FlagError {
-                    flag: "mem",
-                    reason,
-                })? >> 20
-            }
+            Some(m) => crate::spawn_args::whole_mib("mem", m)?,
             None => 0,
         };
         Ok(pb::RunVirtualMachineRequest {

@@ -108,8 +108,24 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
     ))
 }
 
+/// Raises the soft limit of open files to the hard one: auraed holds a few
+/// per workload (pidfds, log pipes, relayed connections, metadata sockets).
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("raising the open-files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading the open-files limit: {e}"),
+    }
+}
+
 /// Serves `cfg` until SIGTERM or SIGINT, then frees every workload.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    raise_open_files();
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         state_dir: cfg.runtime.state_dir.clone(),

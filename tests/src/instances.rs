@@ -77,17 +77,24 @@ pub fn links(prefix: &str) -> Vec<String> {
 }
 
 /// Asks the link-local endpoint, from inside the instance at `path`, for a
-/// token, then for `tags/role` with it, without it, and through a "proxy".
+/// token, then for `tags/role` and `path` with it, without it, and through
+/// a "proxy"; one line each.
+///
+/// Check a refusal with [`line_has`]: its line holds the HTTP status.
 pub fn imds_from(d: &Daemon, path: &str) -> String {
+    // The token by PUT over nc (busybox wget has no PUT; nc stops at its
+    // input's end, so the input stays open for the local answer); the
+    // GETs by wget, which waits for the answer (in a microVM it comes from
+    // the parent, over the bridge) and names a refusal's status.
     const SCRIPT: &str = r#"
-# stdin stays open until the answer is in: busybox nc stops at its EOF.
-req() { { printf "$1"; /bin/busybox sleep 1; } | /bin/busybox nc 169.254.169.254 80; }
-T=$(req 'PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n' | /bin/busybox tail -n 1)
+W='/bin/busybox timeout 20 /bin/busybox wget -O-'
+U='http://169.254.169.254/latest/meta-data'
+T=$({ printf 'PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n'; /bin/busybox sleep 1; } | /bin/busybox nc 169.254.169.254 80 | /bin/busybox tail -n 1)
 echo "token-length=${#T}"
-echo "role=$(req "GET /latest/meta-data/tags/role HTTP/1.0\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox tail -n 1)"
-echo "path=$(req "GET /latest/meta-data/path HTTP/1.0\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox tail -n 1)"
-echo "untokened: $(req 'GET /latest/meta-data/tags/role HTTP/1.0\r\n\r\n' | /bin/busybox head -n 1)"
-echo "forwarded: $(req "GET /latest/meta-data/name HTTP/1.0\r\nX-Forwarded-For: 192.0.2.1\r\nX-aws-ec2-metadata-token: $T\r\n\r\n" | /bin/busybox head -n 1)"
+echo "role=$($W -q --header "X-aws-ec2-metadata-token: $T" $U/tags/role)"
+echo "path=$($W -q --header "X-aws-ec2-metadata-token: $T" $U/path)"
+echo "untokened: $($W $U/tags/role 2>&1 | /bin/busybox grep 'server returned')"
+echo "forwarded: $($W --header "X-aws-ec2-metadata-token: $T" --header 'X-Forwarded-For: 192.0.2.1' $U/name 2>&1 | /bin/busybox grep 'server returned')"
 "#;
     d.aer_ok(&[
         "--instance",
@@ -100,4 +107,10 @@ echo "forwarded: $(req "GET /latest/meta-data/name HTTP/1.0\r\nX-Forwarded-For: 
         "-c",
         SCRIPT,
     ])
+}
+
+/// Whether a line of `out` starts with `start` and contains `status`.
+pub fn line_has(out: &str, start: &str, status: &str) -> bool {
+    out.lines()
+        .any(|l| l.starts_with(start) && l.contains(status))
 }

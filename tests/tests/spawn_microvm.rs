@@ -97,7 +97,7 @@ async fn a_microvm_instance_runs_cells_spawns_and_goes_away() {
         "{out}"
     );
     assert!(
-        out.contains("untokened: HTTP/1.") && out.contains(" 401 "),
+        aurae_tests::instances::line_has(&out, "untokened: ", "401"),
         "{out}"
     );
 

@@ -68,7 +68,7 @@ async fn a_bridge_prefix_held_by_another_link_is_refused_naming_it() {
     let bridge = d.bridge();
     d.stop();
     assert!(!link_exists(&bridge), "the stop removed {bridge}");
-    let dir = d.keep_dir();
+    let dir = aurae_tests::KeptDir(d.keep_dir());
     drop(d);
 
     // Another link takes an address in that /64.
@@ -78,7 +78,7 @@ async fn a_bridge_prefix_held_by_another_link_is_refused_naming_it() {
     let dummy = Dummy::with_addr(&name, &format!("{squatter}/64"));
 
     let d = Daemon::start_with(DaemonOptions {
-        reuse: Some(dir),
+        reuse: Some(dir.0.clone()),
         image_dir: Some(image),
         ..Default::default()
     })

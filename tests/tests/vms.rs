@@ -282,6 +282,19 @@ async fn bad_vm_requests_name_the_field_and_leave_nothing() {
             "{}",
             err.message()
         );
+        let stem: String = d.bridge().chars().take(9).collect();
+        let taps: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .expect("links")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{stem}t")))
+            .collect();
+        assert!(taps.is_empty(), "the refused VM's TAP is gone: {taps:?}");
+    } else {
+        aurae_tests::report_skip(
+            aurae_tests::function_name!(),
+            "/dev/kvm is not usable: the refused-kernel case did not run",
+        );
     }
     before.assert_unchanged(&d);
     let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();
@@ -310,12 +323,27 @@ async fn a_restart_after_kill_9_removes_the_vm_and_its_tap() {
         .into_inner()
         .pid;
     drop(c);
+    // Whatever happens below, the spinning VMM and its TAP go.
+    struct Leftovers(u32, String);
+    impl Drop for Leftovers {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.1])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    let _leftovers = Leftovers(pid, vm.tap.clone());
     d.crash();
     assert!(link_exists(&vm.tap), "the crash left the TAP");
-    let dir = d.keep_dir();
+    let dir = aurae_tests::KeptDir(d.keep_dir());
     drop(d);
     let d2 = Daemon::start_with(DaemonOptions {
-        reuse: Some(dir),
+        reuse: Some(dir.0.clone()),
         image_dir: Some(image),
         ..Default::default()
     })

@@ -1,7 +1,9 @@
 //! `cargo xtask bench pod`: RunPod to the container's first output line,
 //! cell backend, against a plain RunCell of the same image (target: at most
 //! 2×) and `crun run` of the same busybox bundle, in one run, alternating,
-//! medians compared.
+//! medians compared. The host's image cache is warm for RunCell, while each
+//! pod's instance starts with an empty one and unpacks the image: part of
+//! what a pod costs today.
 //!
 //! Not measured yet: the microVM backend in the test host against QEMU
 //! booting the same image.
@@ -126,7 +128,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         report(
             "RunPod -> first line",
             pod,
-            "RunCell of the same image",
+            "RunCell, same image (warm cache)",
             median(cells),
             Some(2.0),
         );

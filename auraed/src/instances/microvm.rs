@@ -227,8 +227,11 @@ pub fn cmdline(params: &Params, gateway: Ipv6Addr) -> String {
 /// The boot timer aurae-vmm printed, in milliseconds.
 pub fn boot_ms(exe: &Executable) -> Option<u64> {
     let sub = exe.logs.subscribe(false);
+    // The VMM's own line, on its stderr: the guest's console (stdout)
+    // can't forge it.
     sub.history
         .iter()
+        .filter(|l| l.stream == crate::logs::Stream::Stderr)
         .find_map(|l| parse_boot_ms(&String::from_utf8_lossy(&l.data)))
 }
 

@@ -120,6 +120,8 @@ pub struct Instance {
     index: u32,
     channel: Channel,
     torn_down: AtomicBool,
+    /// Held for a whole teardown, so that a second one waits for it.
+    tearing_down: tokio::sync::Mutex<()>,
     /// The link-local metadata endpoint in a cell-backed instance's network
     /// namespace (see [`crate::metadata::imds`]).
     pub(crate) imds: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -149,10 +151,17 @@ impl Instance {
     /// its cell and network namespace, or in its VM, and go with them),
     /// then removes its veth, or its TAP and folder. A VMM gets SIGTERM
     /// (it stops the VM cleanly) and SIGKILL after [`VMM_STOP_GRACE`].
-    /// Idempotent.
+    /// Idempotent; a second caller waits until the first has finished.
     pub async fn tear_down(&self) -> Result<(), ApiError> {
+        let _one_at_a_time = self.tearing_down.lock().await;
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return Ok(());
+        }
+        // A pod's host ports close first: nothing is forwarded to a dying
+        // instance.
+        let pod = self.pod.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(pod) = pod {
+            pod.close().await;
         }
         if self.choice.backend == Backend::MicroVm {
             if let Err(e) = self
@@ -163,17 +172,12 @@ impl Instance {
                 tracing::warn!("instance {}: stopping its VMM: {e}", self.name);
             }
         }
-        // Its metadata socket holds its network namespace: closed first.
+        // Its metadata socket holds its network namespace: closed before
+        // the cell goes.
         let imds = self.imds.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = imds {
             task.abort();
             let _cancelled = task.await;
-        }
-        // A pod's host ports close first: nothing is forwarded to a dying
-        // instance.
-        let pod = self.pod.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(pod) = pod {
-            pod.close().await;
         }
         let destroyed = self.cell.destroy().await;
         let veth = self.veth.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -276,14 +280,22 @@ impl Instances {
 
     /// Serves the metadata endpoint on the bridge's address, with this
     /// auraed's SVID, to the SVIDs it issued.
-    fn serve_metadata(&self) -> Result<(), ApiError> {
+    /// Starts the endpoint if it is not serving, and adds `record`, under
+    /// one lock with [`Instances::forget`]'s removal, so that a record never
+    /// outlives or misses its endpoint.
+    fn serve_metadata(&self, record: crate::metadata::Record) -> Result<(), ApiError> {
         let mut server = self
             .metadata_server
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if server.is_some() {
-            return Ok(());
+        if server.is_none() {
+            *server = Some(self.start_metadata()?);
         }
+        self.metadata.insert(record);
+        Ok(())
+    }
+
+    fn start_metadata(&self) -> Result<tokio::task::JoinHandle<()>, ApiError> {
         let tls = crate::tls_accept::TlsAcceptor::from_files(
             &self.cfg.trust_bundle,
             &self.cfg.own_cert,
@@ -295,10 +307,19 @@ impl Instances {
         )
         .map_err(|e| ApiError::Internal(format!("the metadata endpoint's TLS: {e}")))?;
         let addr = self.metadata_addr();
-        let task = crate::metadata::bridge::serve(addr, tls, self.metadata.clone())
-            .map_err(|e| ApiError::io(format!("the metadata endpoint on {addr}"), e))?;
-        *server = Some(task);
-        Ok(())
+        // A server just stopped (its last instance freed) lets its port go
+        // once its task has been dropped: a few tries, 10 ms apart.
+        let mut tries = 0;
+        loop {
+            match crate::metadata::bridge::serve(addr, tls.clone(), self.metadata.clone()) {
+                Ok(task) => return Ok(task),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(ApiError::io(format!("the metadata endpoint on {addr}"), e)),
+            }
+        }
     }
 
     fn take_metadata_server(&self) -> Option<tokio::task::JoinHandle<()>> {
@@ -326,8 +347,7 @@ impl Instances {
     /// endpoint on the bridge while any instance has a record, and, in a
     /// cell-backed instance, the link-local one.
     pub async fn remember(&self, spec: &InstanceSpec, i: &Instance) -> Result<(), ApiError> {
-        self.serve_metadata()?;
-        self.metadata.insert(crate::metadata::Record {
+        self.serve_metadata(crate::metadata::Record {
             name: i.name.clone(),
             path: self.child_path(&i.name),
             spiffe_id: i.spiffe_id.clone(),
@@ -340,7 +360,7 @@ impl Instances {
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             metadata: spec.metadata.clone(),
-        });
+        })?;
         if i.choice.backend == Backend::Cell {
             use crate::metadata::imds;
             let (pidfd, _) = i.cell.namespaces();
@@ -391,11 +411,18 @@ impl Instances {
 
     /// Releases what an instance held of this auraed's: its address.
     pub fn forget(&self, instance: &Instance) {
-        self.metadata.remove(&instance.name);
-        if self.metadata.is_empty() {
-            // Nobody left to ask: the endpoint closes until the next spawn.
-            if let Some(task) = self.take_metadata_server() {
-                task.abort();
+        {
+            let mut server = self
+                .metadata_server
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.metadata.remove(&instance.name);
+            if self.metadata.is_empty() {
+                // Nobody left to ask: the endpoint closes until the next
+                // spawn.
+                if let Some(task) = server.take() {
+                    task.abort();
+                }
             }
         }
         self.release_index(instance.index);

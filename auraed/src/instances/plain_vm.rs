@@ -54,6 +54,8 @@ pub struct Vm {
     dir: PathBuf,
     index: u32,
     torn_down: AtomicBool,
+    /// Held for a whole teardown, so that a second one waits for it.
+    tearing_down: tokio::sync::Mutex<()>,
 }
 
 impl Vm {
@@ -79,8 +81,9 @@ impl Vm {
 
     /// Stops the VMM (SIGTERM: it stops the VM; SIGKILL after
     /// [`VMM_STOP_GRACE`]), then removes its cell, TAP and folder.
-    /// Idempotent.
+    /// Idempotent; a second caller waits until the first has finished.
     pub async fn tear_down(&self) -> Result<(), ApiError> {
+        let _one_at_a_time = self.tearing_down.lock().await;
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -91,13 +94,15 @@ impl Vm {
         {
             tracing::warn!("vm {}: stopping its VMM: {e}", self.name);
         }
+        // Every step runs; the first failure is returned.
         let destroyed = self.cell.destroy().await;
         let tap = self.tap.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(tap) = tap {
-            tap.remove().await?;
-        }
-        super::microvm::remove_dir(&self.dir)?;
-        destroyed
+        let tap_removed = match tap {
+            Some(tap) => tap.remove().await.map(drop).map_err(ApiError::from),
+            None => Ok(()),
+        };
+        let dir_removed = super::microvm::remove_dir(&self.dir);
+        destroyed.and(tap_removed).and(dir_removed)
     }
 
     /// The address index it held of its auraed's bridge.
@@ -110,11 +115,17 @@ impl Vm {
 /// if it said anything.
 fn stopped_word(vmm: &Executable) -> Option<String> {
     let sub = vmm.logs.subscribe(false);
-    sub.history.iter().rev().find_map(|l| {
-        let line = String::from_utf8_lossy(&l.data);
-        line.split_once(STOPPED_LINE)
-            .map(|(_, reason)| reason.trim().to_string())
-    })
+    // The VMM writes it to its stderr; the guest's console is its stdout,
+    // so a guest can't forge it.
+    sub.history
+        .iter()
+        .rev()
+        .filter(|l| l.stream == crate::logs::Stream::Stderr)
+        .find_map(|l| {
+            let line = String::from_utf8_lossy(&l.data);
+            line.split_once(STOPPED_LINE)
+                .map(|(_, reason)| reason.trim().to_string())
+        })
 }
 
 /// The VMM's last word as a reason.
@@ -171,7 +182,8 @@ impl Instances {
         let address = self.ula.instance_addr(index);
 
         // 2. The VM's folder, with its initrd when there are several parts.
-        let dir = self.cfg.instances_dir.join(format!("vm-{}", spec.name));
+        // A dot: no instance name has one, so no instance's folder is this.
+        let dir = self.cfg.instances_dir.join(format!("vm.{}", spec.name));
         undo.vm_dir = Some(dir.clone());
         let (parts, d, parent) = (
             spec.initramfs.clone(),
@@ -245,6 +257,7 @@ impl Instances {
             dir,
             index,
             torn_down: AtomicBool::new(false),
+            tearing_down: tokio::sync::Mutex::new(()),
         })
     }
 

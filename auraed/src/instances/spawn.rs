@@ -344,6 +344,7 @@ impl Instances {
             index: s.index,
             channel,
             torn_down: AtomicBool::new(false),
+            tearing_down: tokio::sync::Mutex::new(()),
             shared: spec
                 .read_only
                 .iter()

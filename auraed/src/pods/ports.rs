@@ -12,6 +12,16 @@ use crate::error::ApiError;
 /// Connections relayed at once per host port; more wait in the listen
 /// backlog until one ends.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections relayed at once over every pod's ports (each costs auraed
+/// two file descriptors), so that outside clients can't use up auraed's.
+pub const MAX_CONNECTIONS_IN_ALL: usize = 1024;
+
+/// The budget all relays share.
+fn all_relays() -> Arc<tokio::sync::Semaphore> {
+    static ALL: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_IN_ALL)))
+        .clone()
+}
 
 /// How long connecting to the pod may take before the client's connection
 /// is dropped.
@@ -79,9 +89,13 @@ pub fn start(listener: std::net::TcpListener, to: SocketAddr) -> Result<Forward,
 /// live in a set this task owns, so aborting it ends them all.
 async fn relay_all(listener: tokio::net::TcpListener, to: SocketAddr) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let everyone = all_relays();
     let mut relays = tokio::task::JoinSet::new();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok(shared) = everyone.clone().acquire_owned().await else {
             return;
         };
         let client = tokio::select! {
@@ -93,7 +107,7 @@ async fn relay_all(listener: tokio::net::TcpListener, to: SocketAddr) {
             Ok((client, _)) => {
                 relays.spawn(async move {
                     relay(client, to).await;
-                    drop(slot);
+                    drop((slot, shared));
                 });
             }
             Err(e) => {

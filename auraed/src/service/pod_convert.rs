@@ -92,6 +92,15 @@ pub fn pod_spec(r: &pb::RunPodRequest) -> Result<PodSpec, ApiError> {
             ));
         }
         let host_port = p.host_port.map(|n| port("host_port", n)).transpose()?;
+        if host_port == Some(crate::metadata::bridge::PORT) {
+            return Err(ApiError::invalid(
+                format!("ports[{i}].host_port"),
+                format!(
+                    "{} is where this auraed serves its instances' metadata",
+                    crate::metadata::bridge::PORT
+                ),
+            ));
+        }
         if let Some(h) = host_port {
             if !outside.insert(h) {
                 return Err(ApiError::invalid(
@@ -104,6 +113,14 @@ pub fn pod_spec(r: &pb::RunPodRequest) -> Result<PodSpec, ApiError> {
             container_port,
             host_port,
         });
+    }
+    // A microVM gets images as disks, so only archives: with an image
+    // folder, `auto` means a cell.
+    let mut instance = instance;
+    if instance.preference == crate::instances::backend::Preference::Auto
+        && containers.iter().any(|c| c.image.is_dir())
+    {
+        instance.preference = crate::instances::backend::Preference::Cell;
     }
     Ok(PodSpec {
         instance,

@@ -33,6 +33,18 @@ fn id_field(id: &str) -> Result<(), ApiError> {
     v::name("id", id)
 }
 
+/// Runs `work` to its end even if the caller goes away (a cancelled call,
+/// an expired `grpc-timeout`): tonic drops a handler's future then, and a
+/// set-up dropped halfway would skip its own rollback.
+async fn to_the_end<T: Send + 'static>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{what}: its task failed: {e}")))?
+}
+
 /// A client of the instance that runs the container `id` names.
 fn container_client(
     t: &crate::pods::ContainerTarget,
@@ -178,7 +190,8 @@ impl pb::runtime_server::Runtime for RuntimeService {
         request: Request<pb::RunVirtualMachineRequest>,
     ) -> Result<Response<pb::RunVirtualMachineResponse>, Status> {
         let spec = vm_convert::vm_spec(request.get_ref())?;
-        let vm = self.runtime.run_vm(spec).await?;
+        let rt = self.runtime.clone();
+        let vm = to_the_end("RunVirtualMachine", async move { rt.run_vm(spec).await }).await?;
         Ok(Response::new(pb::RunVirtualMachineResponse {
             name: vm.name.clone(),
             vm: Some(vm_convert::vm_status(&vm)),
@@ -190,7 +203,8 @@ impl pb::runtime_server::Runtime for RuntimeService {
         request: Request<pb::SpawnRequest>,
     ) -> Result<Response<pb::SpawnResponse>, Status> {
         let spec = convert::spawn_spec(request.get_ref())?;
-        let instance = self.runtime.spawn(spec).await?;
+        let rt = self.runtime.clone();
+        let instance = to_the_end("Spawn", async move { rt.spawn(spec).await }).await?;
         Ok(Response::new(pb::SpawnResponse {
             name: instance.name.clone(),
             address: instance.address.to_string(),
@@ -205,7 +219,8 @@ impl pb::runtime_server::Runtime for RuntimeService {
     ) -> Result<Response<pb::RunPodResponse>, Status> {
         let spec = pod_convert::pod_spec(request.get_ref())?;
         let ports = spec.ports.clone();
-        let instance = self.runtime.run_pod(spec).await?;
+        let rt = self.runtime.clone();
+        let instance = to_the_end("RunPod", async move { rt.run_pod(spec).await }).await?;
         let containers = crate::pods::container_statuses(&instance).await;
         Ok(Response::new(pb::RunPodResponse {
             name: instance.name.clone(),

@@ -18,6 +18,8 @@ pub const DEFAULT_MEMORY_MIB: u64 = 256;
 pub const MAX_CMDLINE: usize = 2048;
 /// Initramfs parts and disks of one VM, at most each.
 pub const MAX_PARTS: usize = 16;
+/// The most initramfs bytes concatenated into a copy (on auraed's tmpfs).
+pub const MAX_INITRAMFS_BYTES: u64 = 512 << 20;
 
 fn io_field(field: &str, path: &Path, what: &str, e: std::io::Error) -> ApiError {
     ApiError::invalid(
@@ -75,6 +77,16 @@ pub fn kernel_file(field: &str, value: &str) -> Result<PathBuf, ApiError> {
 }
 
 fn disk(field: &str, d: &pb::VmDisk) -> Result<Disk, ApiError> {
+    if d.path.contains(':') {
+        // The VMM's --disk takes PATH[:ro].
+        return Err(ApiError::invalid(
+            format!("{field}.path"),
+            format!(
+                "{} has a ':', which a disk path can't have",
+                v::shown(&d.path)
+            ),
+        ));
+    }
     let path = file(&format!("{field}.path"), &d.path, !d.read_only)?;
     let len = std::fs::metadata(&path)
         .map_err(|e| io_field(&format!("{field}.path"), &path, "", e))?
@@ -109,6 +121,22 @@ pub fn vm_spec(r: &pb::RunVirtualMachineRequest) -> Result<VmSpec, ApiError> {
         .enumerate()
         .map(|(i, p)| file(&format!("initramfs[{i}]"), p, false))
         .collect::<Result<Vec<_>, _>>()?;
+    // Several parts are concatenated into a copy on auraed's tmpfs.
+    if initramfs.len() > 1 {
+        let total: u64 = initramfs
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        if total > MAX_INITRAMFS_BYTES {
+            return Err(ApiError::invalid(
+                "initramfs",
+                format!(
+                    "{total} bytes in all; several parts are copied into memory, at most \
+                     {MAX_INITRAMFS_BYTES} bytes (one part of any size is not copied)"
+                ),
+            ));
+        }
+    }
     if r.disks.len() >= MAX_PARTS {
         return Err(ApiError::invalid(
             "disks",
