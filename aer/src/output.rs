@@ -23,7 +23,8 @@ fn kind(s: &pb::WorkloadStatus) -> &'static str {
     }
 }
 
-fn state(s: &pb::WorkloadStatus) -> &'static str {
+/// A workload's state, as aer prints it.
+pub fn state(s: &pb::WorkloadStatus) -> &'static str {
     match pb::WorkloadState::try_from(s.state) {
         Ok(pb::WorkloadState::Running) => "running",
         Ok(pb::WorkloadState::Exited) => "exited",

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use aurae_proto::runtime as pb;
 use serde_json::{json, Value};
 
+use crate::output::state;
 use crate::spawn_args::FlagError;
 use crate::text::escape;
 
@@ -130,16 +131,6 @@ impl PodRunArgs {
             ready_timeout_ms: spawn.ready_timeout_ms,
             metadata: spawn.metadata,
         })
-    }
-}
-
-fn state(s: &pb::WorkloadStatus) -> &'static str {
-    match pb::WorkloadState::try_from(s.state) {
-        Ok(pb::WorkloadState::Running) => "running",
-        Ok(pb::WorkloadState::Exited) => "exited",
-        Ok(pb::WorkloadState::Frozen) => "frozen",
-        Ok(pb::WorkloadState::Stopped) => "stopped",
-        _ => "unknown",
     }
 }
 

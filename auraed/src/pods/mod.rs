@@ -226,11 +226,21 @@ pub async fn container_statuses(instance: &Instance) -> Vec<pb::WorkloadStatus> 
         Some(p) => p.containers.iter().map(|c| c.name.clone()).collect(),
         None => return Vec::new(),
     };
-    let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
+    // All at once, each bounded: a hung instance costs a List one
+    // STATUS_TIMEOUT, not that per container.
+    let asked = names.into_iter().map(|name| {
+        let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
+        async move {
+            let asked = client.status(pb::StatusRequest { id: name.clone() });
+            (
+                name.clone(),
+                tokio::time::timeout(STATUS_TIMEOUT, asked).await,
+            )
+        }
+    });
     let mut out = Vec::new();
-    for name in names {
-        let asked = client.status(pb::StatusRequest { id: name.clone() });
-        match tokio::time::timeout(STATUS_TIMEOUT, asked).await {
+    for (name, r) in futures::future::join_all(asked).await {
+        match r {
             Ok(Ok(s)) => out.push(s.into_inner()),
             Ok(Err(e)) => {
                 tracing::warn!("pod {}: status of {name}: {}", instance.name, e.message())
@@ -244,7 +254,7 @@ pub async fn container_statuses(instance: &Instance) -> Vec<pb::WorkloadStatus> 
     out
 }
 
-/// How long a pod's status waits for each container's.
+/// How long a pod's status waits for its containers'.
 const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The ports of `instance`'s pod, if it is one.
