@@ -36,21 +36,8 @@ pub struct PodRunArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]
     pub env: Vec<String>,
-    /// auto, microvm or cell.
-    #[arg(long, default_value = "auto")]
-    pub backend: String,
-    #[arg(long, default_value_t = 0)]
-    pub vcpus: u32,
-    /// The instance's memory, like 256M.
-    #[arg(long)]
-    pub memory: Option<String>,
-    /// How long to wait for the instance to answer health, like 60s.
-    #[arg(long)]
-    pub timeout: Option<String>,
-    /// A key of the pod's instance's metadata record, KEY=VALUE
-    /// (repeatable).
-    #[arg(long = "meta")]
-    pub meta: Vec<String>,
+    #[command(flatten)]
+    pub instance: crate::spawn_args::InstanceFlags,
     /// The command and its arguments (the image's entrypoint when empty).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -71,13 +58,9 @@ impl PodRunArgs {
     pub fn request(self) -> Result<pb::RunPodRequest, FlagError> {
         let spawn = crate::spawn_args::SpawnArgs {
             name: self.name.clone(),
-            backend: self.backend,
-            vcpus: self.vcpus,
-            memory: self.memory,
+            instance: self.instance,
             initramfs: None,
-            timeout: self.timeout,
             nested: false,
-            meta: self.meta,
         }
         .request()?;
         let image = std::path::absolute(&self.image).map_err(|e| FlagError {

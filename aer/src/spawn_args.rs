@@ -6,10 +6,9 @@ use aurae_proto::runtime as pb;
 
 use crate::units::{parse_bytes, parse_millis};
 
+/// What an instance is given, shared by `aer spawn` and `aer pod run`.
 #[derive(clap::Args)]
-pub struct SpawnArgs {
-    #[arg(long)]
-    pub name: String,
+pub struct InstanceFlags {
     /// auto, microvm or cell.
     #[arg(long, default_value = "auto")]
     pub backend: String,
@@ -18,18 +17,26 @@ pub struct SpawnArgs {
     /// Memory, like 256M (no limit when unset).
     #[arg(long)]
     pub memory: Option<String>,
-    /// A base initramfs instead of the configured image's.
-    #[arg(long)]
-    pub initramfs: Option<PathBuf>,
     /// How long to wait for the instance to answer health, like 60s.
     #[arg(long)]
     pub timeout: Option<String>,
-    /// Let a microVM run KVM itself, so it can spawn microVMs too.
-    #[arg(long)]
-    pub nested: bool,
     /// A key of the instance's metadata record, KEY=VALUE (repeatable).
     #[arg(long = "meta")]
     pub meta: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct SpawnArgs {
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub instance: InstanceFlags,
+    /// A base initramfs instead of the configured image's.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// Let a microVM run KVM itself, so it can spawn microVMs too.
+    #[arg(long)]
+    pub nested: bool,
 }
 
 /// `--meta KEY=VALUE` flags as a map.
@@ -72,7 +79,7 @@ pub struct FlagError {
 
 impl SpawnArgs {
     pub fn request(self) -> Result<pb::SpawnRequest, FlagError> {
-        let backend = match self.backend.as_str() {
+        let backend = match self.instance.backend.as_str() {
             "auto" => pb::SpawnBackend::Auto,
             "microvm" => pb::SpawnBackend::Microvm,
             "cell" => pb::SpawnBackend::Cell,
@@ -83,11 +90,12 @@ impl SpawnArgs {
                 })
             }
         };
-        let memory_mib = match self.memory.as_deref() {
+        let memory_mib = match self.instance.memory.as_deref() {
             Some(m) => whole_mib("memory", m)?,
             None => 0,
         };
         let ready_timeout_ms = self
+            .instance
             .timeout
             .as_deref()
             .map(parse_millis)
@@ -98,7 +106,7 @@ impl SpawnArgs {
             })?;
         Ok(pb::SpawnRequest {
             name: self.name,
-            vcpus: self.vcpus,
+            vcpus: self.instance.vcpus,
             memory_mib,
             backend: backend as i32,
             initramfs: self
@@ -107,7 +115,7 @@ impl SpawnArgs {
                 .unwrap_or_default(),
             ready_timeout_ms,
             nested: self.nested,
-            metadata: meta_map(&self.meta)?,
+            metadata: meta_map(&self.instance.meta)?,
             ..Default::default()
         })
     }

@@ -51,7 +51,35 @@ pub(crate) fn unify_cgroups() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn crun_bundle(dir: &Path, layer: &[u8]) -> anyhow::Result<()> {
+/// What both runtimes start in the cell and pod benchmarks: busybox's
+/// `echo hello`, as an image layer with its config, and as a crun bundle.
+pub(crate) struct Hello {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) layer: Vec<u8>,
+    pub(crate) cfg: ImageConfig,
+    pub(crate) bundle: std::path::PathBuf,
+}
+
+impl Hello {
+    pub(crate) fn make() -> anyhow::Result<Hello> {
+        let dir = tempfile::tempdir()?;
+        let layer = image::busybox_layer();
+        let cfg = ImageConfig {
+            cmd: vec!["/bin/echo".into(), "hello".into()],
+            ..Default::default()
+        };
+        let bundle = dir.path().join("bundle");
+        crun_bundle(&bundle, &layer)?;
+        Ok(Hello {
+            dir,
+            layer,
+            cfg,
+            bundle,
+        })
+    }
+}
+
+fn crun_bundle(dir: &Path, layer: &[u8]) -> anyhow::Result<()> {
     image::unpack_into(layer, &dir.join("rootfs"));
     let out = Command::new("crun")
         .arg("spec")
@@ -175,19 +203,13 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     deps::release_binaries()?;
     unify_cgroups()?;
 
-    let dir = tempfile::tempdir()?;
-    let layer = image::busybox_layer();
-    let cfg = ImageConfig {
-        cmd: vec!["/bin/echo".into(), "hello".into()],
-        ..Default::default()
-    };
+    let hello = Hello::make()?;
     let layout = image::write_layout(
-        &dir.path().join("image"),
-        std::slice::from_ref(&layer),
-        &cfg,
+        &hello.dir.path().join("image"),
+        std::slice::from_ref(&hello.layer),
+        &hello.cfg,
     );
-    let bundle = dir.path().join("bundle");
-    crun_bundle(&bundle, &layer)?;
+    let bundle = hello.bundle.clone();
 
     // A single-threaded client, like `aer`.
     let rt = tokio::runtime::Builder::new_current_thread()

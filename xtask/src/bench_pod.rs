@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use aurae_proto::runtime as pb;
 use aurae_proto::runtime::runtime_client::RuntimeClient;
-use aurae_tests::image::{self, ImageConfig};
+use aurae_tests::image;
 use aurae_tests::{Daemon, DaemonOptions};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::bench_cells::{aurae_first_line, crun_bundle, crun_first_line, settle, unify_cgroups};
+use crate::bench_cells::{aurae_first_line, crun_first_line, settle, unify_cgroups, Hello};
 use crate::deps;
 use crate::stats::{median, report};
 
@@ -70,21 +70,15 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let image_dir = initramfs.parent().context("image dir")?.to_path_buf();
     unify_cgroups()?;
 
-    let dir = tempfile::tempdir()?;
-    let layer = image::busybox_layer();
-    let cfg = ImageConfig {
-        cmd: vec!["/bin/echo".into(), "hello".into()],
-        ..Default::default()
-    };
+    let hello = Hello::make()?;
     // The same image for both: an archive (a pod's image must be one to
     // reach a microVM, so that is what pods are given).
     let archive = image::write_docker_save(
-        &dir.path().join("busybox.tar"),
-        std::slice::from_ref(&layer),
-        &cfg,
+        &hello.dir.path().join("busybox.tar"),
+        std::slice::from_ref(&hello.layer),
+        &hello.cfg,
     );
-    let bundle = dir.path().join("bundle");
-    crun_bundle(&bundle, &layer)?;
+    let bundle = hello.bundle.clone();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
