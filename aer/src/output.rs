@@ -121,6 +121,11 @@ pub fn instance_json(i: &pb::InstanceStatus) -> Value {
         "boot_ms": i.boot_ms,
         "ready_ms": i.ready_ms,
         "children": i.children.iter().map(instance_json).collect::<Vec<_>>(),
+        "networks": i
+            .networks
+            .iter()
+            .map(|n| json!({"name": n.name, "bridge": n.bridge, "host_link": n.host_link}))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -36,6 +36,10 @@ pub struct PodRunArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]
     pub env: Vec<String>,
+    /// A host bridge to give the pod a network device on: eth1, eth2...
+    /// in this order (repeatable).
+    #[arg(long = "network")]
+    pub networks: Vec<String>,
     #[command(flatten)]
     pub instance: crate::spawn_args::InstanceFlags,
     /// The command and its arguments (the image's entrypoint when empty).
@@ -113,6 +117,11 @@ impl PodRunArgs {
             backend: spawn.backend,
             ready_timeout_ms: spawn.ready_timeout_ms,
             metadata: spawn.metadata,
+            networks: self
+                .networks
+                .into_iter()
+                .map(|bridge| pb::PodNetwork { bridge })
+                .collect(),
         })
     }
 }

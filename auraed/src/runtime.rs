@@ -327,7 +327,7 @@ impl Runtime {
                 }
             }
             Workload::Instance(i) => i.tear_down().await?,
-            Workload::Vm(vm) => vm.tear_down().await?,
+            Workload::Vm(vm) => vm.stop(signal, grace).await?,
         }
         Ok(w)
     }

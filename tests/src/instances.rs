@@ -114,3 +114,66 @@ pub fn line_has(out: &str, start: &str, status: &str) -> bool {
     out.lines()
         .any(|l| l.starts_with(start) && l.contains(status))
 }
+
+/// A host bridge a test made, for a pod's `networks`: up, with no address
+/// and no port besides what the test puts on it. Deleted when dropped.
+pub struct TestBridge(pub String);
+
+impl TestBridge {
+    /// `tag` tells tests apart; the process id tells runs apart.
+    pub fn new(tag: &str) -> TestBridge {
+        let name = format!("aur{tag}{}", std::process::id() % 100_000);
+        let run = |cmd: &str, args: &[&str]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+        };
+        let ip = |args: &[&str]| {
+            let out = run("ip", args);
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        // busybox's ip (the test host's) makes no bridges; its brctl does.
+        let made = run("ip", &["link", "add", &name, "type", "bridge"]);
+        if !made.status.success() {
+            let out = run("brctl", &["addbr", &name]);
+            assert!(
+                out.status.success(),
+                "ip link add {name} type bridge: {}; brctl addbr {name}: {}",
+                String::from_utf8_lossy(&made.stderr),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let bridge = TestBridge(name);
+        // No IPv6 of its own: nothing but the test's frames on it.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", bridge.0),
+            "1",
+        );
+        ip(&["link", "set", &bridge.0, "up"]);
+        bridge
+    }
+
+    /// The names of its ports.
+    pub fn ports(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.0))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestBridge {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use aurae_proto::runtime as pb;
 use aurae_tests::guest::e2e_kvm;
 use aurae_tests::image::{busybox_layer, files_layer, write_docker_save, ImageConfig};
+use aurae_tests::instances::TestBridge;
 use aurae_tests::pods::{container, free_port, http_get, SERVER};
 use aurae_tests::{Daemon, DaemonOptions};
 
@@ -36,7 +37,9 @@ async fn a_microvm_pod_gets_its_image_by_disk_and_serves_its_port() {
     drop(big);
     let mut c = d.client().await;
     let host_port = free_port();
-    let server = format!("/bin/busybox wc -c /big; {SERVER}");
+    // A device on a host bridge too: the VMM's second virtio-net, eth1.
+    let lan = TestBridge::new("pm");
+    let server = format!("/bin/busybox cat /proc/net/dev; /bin/busybox wc -c /big; {SERVER}");
     let asked = Instant::now();
     let r = c
         .run_pod(pb::RunPodRequest {
@@ -49,6 +52,9 @@ async fn a_microvm_pod_gets_its_image_by_disk_and_serves_its_port() {
             backend: pb::SpawnBackend::Microvm as i32,
             memory_mib: 768,
             ready_timeout_ms: Some(300_000),
+            networks: vec![pb::PodNetwork {
+                bridge: lan.0.clone(),
+            }],
             ..Default::default()
         })
         .await
@@ -61,6 +67,15 @@ async fn a_microvm_pod_gets_its_image_by_disk_and_serves_its_port() {
     let status = r.pod.expect("pod status");
     let instance = status.instance.expect("instance");
     assert_eq!(instance.backend, pb::SpawnBackend::Microvm as i32);
+    let [net] = instance.networks.as_slice() else {
+        panic!("{:?}", instance.networks)
+    };
+    assert_eq!(net.name, "eth1");
+    assert_eq!(
+        lan.ports(),
+        vec![net.host_link.clone()],
+        "a TAP on the bridge"
+    );
     let vmm_pid = c
         .status(pb::StatusRequest { id: "web".into() })
         .await
@@ -79,6 +94,7 @@ async fn a_microvm_pod_gets_its_image_by_disk_and_serves_its_port() {
     // The 100 MiB layer arrived whole.
     let text = aurae_tests::logs::text(&mut c, "web/server").await;
     assert!(text.contains(&BIG.to_string()), "server logs: {text}");
+    assert!(text.contains("eth1:"), "the guest has eth1: {text}");
 
     c.free(pb::FreeRequest { id: "web".into() })
         .await
@@ -89,6 +105,7 @@ async fn a_microvm_pod_gets_its_image_by_disk_and_serves_its_port() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!Path::new(&proc).exists(), "the VMM is gone");
+    assert!(lan.ports().is_empty(), "{:?}", lan.ports());
     assert!(
         std::net::TcpListener::bind(("::", host_port)).is_ok(),
         "the host port is free again"

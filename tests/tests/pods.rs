@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use aurae_proto::runtime as pb;
-use aurae_tests::instances::{daemon, veths};
+use aurae_tests::instances::{daemon, veths, TestBridge};
 use aurae_tests::pods::{busybox_image, container, free_port, http_get, pod, CLIENT, PAGE, SERVER};
 use aurae_tests::{leaks::Snapshot, require_image, require_root, Daemon};
 
@@ -216,6 +216,56 @@ async fn a_container_its_instance_refuses_frees_the_pod() {
 }
 
 #[tokio::test]
+async fn a_pod_gets_a_network_device_on_a_host_bridge() {
+    require_root!();
+    let image = require_image!();
+    let d = daemon(image, None).await;
+    let img = busybox_image(&d.dir);
+    let bridge = TestBridge::new("pb");
+    let mut c = d.client().await;
+    let before = Snapshot::settled(&d);
+    let r = c
+        .run_pod(pb::RunPodRequest {
+            networks: vec![pb::PodNetwork {
+                bridge: bridge.0.clone(),
+            }],
+            ..pod(
+                "lan",
+                // /proc/net/dev lists the devices of the reader's namespace.
+                vec![container("main", &img, "cat /proc/net/dev")],
+                vec![],
+            )
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run_pod: {}\n{}", e.message(), d.log_text()))
+        .into_inner();
+    let instance = r.pod.and_then(|p| p.instance).expect("instance status");
+    let [net] = instance.networks.as_slice() else {
+        panic!("{:?}", instance.networks)
+    };
+    assert_eq!(
+        (net.name.as_str(), net.bridge.as_str()),
+        ("eth1", bridge.0.as_str())
+    );
+    assert_eq!(
+        bridge.ports(),
+        vec![net.host_link.clone()],
+        "its host end is on the bridge"
+    );
+    d.aer_ok(&["wait", "--timeout", "20s", "lan/main"]);
+    let devices = d.aer_ok(&["logs", "lan/main"]);
+    assert!(devices.contains("eth1:"), "{devices}");
+    assert!(devices.contains("eth0:"), "{devices}");
+    let shown = d.aer_ok(&["-o", "json", "status", "lan"]);
+    assert!(shown.contains(&net.host_link), "{shown}");
+    c.free(pb::FreeRequest { id: "lan".into() })
+        .await
+        .expect("free");
+    assert!(bridge.ports().is_empty(), "{:?}", bridge.ports());
+    before.assert_unchanged(&d);
+}
+
+#[tokio::test]
 async fn bad_pod_requests_name_the_field() {
     let image = aurae_tests::instances::image().unwrap_or_else(|| PathBuf::from("/nonexistent"));
     let d: Daemon = daemon(image, None).await;
@@ -224,6 +274,15 @@ async fn bad_pod_requests_name_the_field() {
     c.list(pb::ListRequest {}).await.expect("list");
     let before = Snapshot::settled(&d);
     let ok = || container("main", &img, "true");
+    let on = |bridges: &[&str]| pb::RunPodRequest {
+        networks: bridges
+            .iter()
+            .map(|b| pb::PodNetwork {
+                bridge: b.to_string(),
+            })
+            .collect(),
+        ..pod("p", vec![ok()], vec![])
+    };
     let port = |inside: u32, host: Option<u32>| pb::PodPort {
         container_port: inside,
         host_port: host,
@@ -319,6 +378,12 @@ async fn bad_pod_requests_name_the_field() {
                 ..pod("p", vec![ok()], vec![])
             },
         ),
+        ("networks[0].bridge", on(&["no/such"])),
+        ("networks[0].bridge", on(&["aurnosuchbr0"])),
+        ("networks[0].bridge", on(&["lo"])),
+        ("networks[0].bridge", on(&[&d.bridge()])),
+        ("networks[1].bridge", on(&["lo", "lo"])),
+        ("networks", on(&["a", "b", "c", "d", "e"])),
     ];
     for (field, req) in cases {
         let err = c.run_pod(req).await.expect_err(field);

@@ -1,7 +1,8 @@
 //! Tier 4 (e2e), inside the QEMU test host: RunVirtualMachine boots our
 //! kernel with an ext4 root disk made here (`mke2fs -d` from a folder with
 //! busybox and an init script), to a login marker on its console; then
-//! stops it, and the exit reason says auraed stopped it.
+//! stops it: Stop presses Ctrl-Alt-Del, init shuts down, and the exit
+//! reason says so.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,8 +28,10 @@ fn root_disk(dir: &Path, size_mib: u32) -> std::path::PathBuf {
             "#!/bin/busybox sh\n\
              /bin/busybox mount -t proc proc /proc\n\
              /bin/busybox echo \"root is $(/bin/busybox awk '$2 == \"/\" {{print $3}}' /proc/mounts)\"\n\
+             /bin/busybox echo 0 > /proc/sys/kernel/ctrl-alt-del\n\
+             trap '/bin/busybox echo \"init: Ctrl-Alt-Del, rebooting\"; /bin/busybox sync; /bin/busybox reboot -f' INT\n\
              /bin/busybox echo '{MARKER}'\n\
-             exec /bin/busybox sleep 3600\n"
+             while true; do /bin/busybox sleep 3600 & wait $!; done\n"
         ),
     )
     .expect("init");
@@ -102,7 +105,19 @@ async fn our_kernel_boots_from_an_ext4_root_disk_to_a_login_marker() {
         .status
         .and_then(|s| s.vm)
         .expect("vm status");
-    assert_eq!(stopped.exit_reason, "stopped by auraed");
+    // Stop pressed Ctrl-Alt-Del; init (which asked the kernel for a SIGINT
+    // instead of a reboot) synced and rebooted, a triple fault (reboot=t).
+    assert_eq!(
+        stopped.exit_reason,
+        "guest shutdown (triple fault or halt), asked to shut down",
+        "console:\n{}",
+        aurae_tests::logs::text(&mut c, "linux").await
+    );
+    let console = aurae_tests::logs::text(&mut c, "linux").await;
+    assert!(
+        console.contains("init: Ctrl-Alt-Del, rebooting"),
+        "{console}"
+    );
     c.free(pb::FreeRequest { id: "linux".into() })
         .await
         .expect("free");

@@ -136,9 +136,11 @@ async fn a_vm_boots_streams_its_console_and_stops() {
     );
     assert!(argv.contains(&format!("{}:ro", data.display())), "{argv:?}");
 
+    // This guest ignores its keyboard: asked, it runs on through the grace.
     let stopped = c
         .stop(pb::StopRequest {
             id: "db".into(),
+            grace_period_ms: Some(300),
             ..Default::default()
         })
         .await
@@ -149,13 +151,93 @@ async fn a_vm_boots_streams_its_console_and_stops() {
     assert_eq!(stopped.state, pb::WorkloadState::Exited as i32);
     assert_eq!(
         stopped.vm.map(|v| v.exit_reason).as_deref(),
-        Some("stopped by auraed")
+        Some("stopped by auraed, asked to shut down")
     );
     c.free(pb::FreeRequest { id: "db".into() })
         .await
         .expect("free");
     assert!(!link_exists(&vm.tap), "the TAP went with the VM");
     before.assert_unchanged(&d);
+}
+
+/// Polls the i8042 until the keyboard sends Delete's make code (0x71,
+/// scan code set 2), then says so and resets: a guest that shuts down
+/// when asked. 32-bit code (PVH starts in protected mode).
+const ON_CTRL_ALT_DEL: &[u8] = &[
+    0xe4, 0x64, // top: in al, 0x64
+    0xa8, 0x01, // test al, 1 (output buffer full)
+    0x74, 0xfa, // jz top
+    0xe4, 0x60, // in al, 0x60
+    0x3c, 0x71, // cmp al, 0x71
+    0x75, 0xf4, // jne top
+];
+
+#[tokio::test]
+async fn stop_asks_the_guest_to_shut_down_first() {
+    require_root!();
+    require_kvm!();
+    let d = vm_daemon().await;
+    let mut c = d.client().await;
+    let mut then = ON_CTRL_ALT_DEL.to_vec();
+    for b in b"ctrl-alt-del pressed\n" {
+        then.extend([0x66, 0xba, 0xf8, 0x03, 0xb0, *b, 0xee]);
+    }
+    then.extend(RESET);
+    let kernel = write(&d.dir, "polite.elf", &guest("up\n", &then));
+    let path = kernel.display().to_string();
+    d.aer_ok(&[
+        "vm", "run", "--name", "polite", "--kernel", &path, "--mem", "64M",
+    ]);
+    console_until(&d, "polite", "up").await;
+    let asked = std::time::Instant::now();
+    // A grace far longer than the guest needs: Stop returns when it's done.
+    let out = d.aer_ok(&["-o", "json", "stop", "--grace", "20s", "polite"]);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "Stop waited for the grace, not the guest: {:?}",
+        asked.elapsed()
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v["vm"]["exit_reason"], "guest reset (i8042), asked to shut down",
+        "{out}"
+    );
+    let logs = d.aer_ok(&["logs", "polite"]);
+    assert!(logs.contains("ctrl-alt-del pressed"), "{logs}");
+    d.aer_ok(&["free", "polite"]);
+
+    // SIGKILL doesn't ask; a signal a VM can't take is refused by name.
+    d.aer_ok(&[
+        "vm", "run", "--name", "polite", "--kernel", &path, "--mem", "64M",
+    ]);
+    let e = c
+        .stop(pb::StopRequest {
+            id: "polite".into(),
+            signal: libc::SIGHUP,
+            ..Default::default()
+        })
+        .await
+        .expect_err("SIGHUP");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("signal"), "{}", e.message());
+    let stopped = c
+        .stop(pb::StopRequest {
+            id: "polite".into(),
+            signal: libc::SIGKILL,
+            ..Default::default()
+        })
+        .await
+        .expect("stop")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(
+        stopped.vm.map(|v| v.exit_reason).as_deref(),
+        Some("stopped by auraed")
+    );
+    let logs = d.aer_ok(&["logs", "polite"]);
+    assert!(!logs.contains("ctrl-alt-del pressed"), "{logs}");
+    d.aer_ok(&["free", "polite"]);
 }
 
 #[tokio::test]

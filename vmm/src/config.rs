@@ -70,7 +70,9 @@ pub struct VmConfig {
     pub cmdline: String,
     pub mem_mib: u64,
     pub vcpus: u8,
-    pub tap: Option<String>,
+    /// Existing TAP interfaces, one virtio-net device each: eth0, eth1...
+    /// in the guest, in this order.
+    pub taps: Vec<String>,
     pub disks: Vec<DiskConfig>,
     pub console: Console,
     /// Pass the SVM/VMX CPUID bits through so the guest can run KVM.
@@ -98,7 +100,7 @@ impl Default for VmConfig {
             cmdline: "console=ttyS0 reboot=k panic=1".into(),
             mem_mib: 256,
             vcpus: 1,
-            tap: None,
+            taps: vec![],
             disks: vec![],
             console: Console::None,
             nested: false,
@@ -170,9 +172,7 @@ impl VmConfig {
                 format!("longer than {} bytes", crate::boot::CMDLINE_MAX - 1),
             ));
         }
-        let others = usize::from(self.rng)
-            + usize::from(self.tap.is_some())
-            + usize::from(self.vsock.is_some());
+        let others = usize::from(self.rng) + self.taps.len() + usize::from(self.vsock.is_some());
         let max_disks = crate::boot::layout::MAX_VIRTIO_DEVICES - others;
         if self.disks.len() > max_disks {
             return Err(bad(
@@ -204,7 +204,10 @@ impl VmConfig {
                 }
             }
         }
-        if let Some(tap) = &self.tap {
+        for (i, tap) in self.taps.iter().enumerate() {
+            if self.taps[..i].contains(tap) {
+                return Err(bad("tap", format!("{tap} is given twice")));
+            }
             if tap.is_empty() || tap.len() >= libc::IFNAMSIZ {
                 return Err(bad("tap", format!("{tap:?} is not a valid interface name")));
             }

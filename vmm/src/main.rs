@@ -26,9 +26,10 @@ struct Cli {
     mem: u64,
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
-    /// An existing TAP interface for virtio-net.
+    /// An existing TAP interface for virtio-net; repeat for more (eth0,
+    /// eth1... in the guest). Each guest MAC is derived from its TAP's name.
     #[arg(long)]
-    tap: Option<String>,
+    tap: Vec<String>,
     /// A raw disk image; append ":ro" for read-only. Repeatable.
     #[arg(long)]
     disk: Vec<String>,
@@ -75,6 +76,10 @@ fn since_start() -> Option<Duration> {
     now.checked_sub(Duration::from_millis(ticks * 1000 / hz))
 }
 
+/// Printed on stderr when SIGUSR1 asks the guest to shut down (auraed
+/// reads it to tell a requested shutdown from the guest's own).
+const ASKED_LINE: &str = "aurae-vmm: asked the guest to shut down (Ctrl-Alt-Del)";
+
 fn main() {
     let start_to_main = since_start();
     let cli = Cli::parse();
@@ -103,7 +108,7 @@ fn main() {
         cmdline: cli.cmdline,
         mem_mib: cli.mem,
         vcpus: cli.vcpus,
-        tap: cli.tap,
+        taps: cli.tap,
         disks,
         console,
         nested: cli.nested,
@@ -146,23 +151,38 @@ fn main() {
         phases.join(", "),
         if vm.huge_pages_advised() { "yes" } else { "no" }
     );
-    // SIGTERM and SIGINT stop the VM cleanly.
+    // SIGTERM and SIGINT stop the VM; SIGUSR1 asks the guest to shut down
+    // (Ctrl-Alt-Del), and the VM runs on until it does.
+    use nix::sys::signal::Signal;
     let mut signals = nix::sys::signal::SigSet::empty();
-    signals.add(nix::sys::signal::Signal::SIGTERM);
-    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGUSR1);
     // pthread_sigmask fails only for a bad `how` (EINVAL), which
     // `thread_block` never passes.
     let _ = signals.thread_block();
     let stopper = vm.stop_handle();
     std::thread::spawn(move || {
-        // It only waits for a signal and stops the VM.
+        // It only waits for signals, and stops the VM or asks the guest.
         if let Err(e) = seccomp::apply(ThreadKind::Control) {
             stopper.fail(format!(
                 "the signal thread's seccomp filter: {}",
                 vmm::error_chain(&e)
             ));
-        } else if signals.wait().is_ok() {
-            stopper.stop();
+            return;
+        }
+        loop {
+            match signals.wait() {
+                Ok(Signal::SIGUSR1) => {
+                    eprintln!("{ASKED_LINE}");
+                    stopper.ask_guest_to_shut_down();
+                }
+                // sigwait fails only for a bad set; stop rather than spin.
+                _ => {
+                    stopper.stop();
+                    return;
+                }
+            }
         }
     });
     if profile.is_some() {

@@ -34,16 +34,28 @@ use crate::event_thread::{self, Subscriber};
 
 /// Stops a VM from anywhere.
 #[derive(Clone)]
-pub struct StopHandle(Arc<VmState>);
+pub struct StopHandle {
+    state: Arc<VmState>,
+    keyboard: Arc<Mutex<i8042::I8042>>,
+}
 
 impl StopHandle {
     pub fn stop(&self) {
-        self.0.exit(ExitReason::Stopped);
+        self.state.exit(ExitReason::Stopped);
     }
 
     /// Stops the VM with an error as its exit reason.
     pub fn fail(&self, why: String) {
-        self.0.exit(ExitReason::Error(why));
+        self.state.exit(ExitReason::Error(why));
+    }
+
+    /// Asks the guest to shut down: Ctrl-Alt-Del on its keyboard. The VM
+    /// runs on; it stops when the guest resets or halts.
+    pub fn ask_guest_to_shut_down(&self) {
+        self.keyboard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .press_ctrl_alt_del();
     }
 }
 
@@ -54,6 +66,7 @@ pub struct Vm {
     _vm: VmFd,
     mem: GuestMemoryMmap,
     state: Arc<VmState>,
+    keyboard: Arc<Mutex<i8042::I8042>>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     vcpus: Vec<VcpuFd>,
@@ -196,12 +209,19 @@ impl Vm {
             ))),
         )
         .map_err(overlap)?;
-        pio.insert(
-            i8042::BASE,
-            i8042::LEN,
-            Arc::new(Mutex::new(i8042::I8042::new(state.clone()))),
-        )
-        .map_err(overlap)?;
+        let keyboard_irq = eventfd("the keyboard interrupt")?;
+        vm.register_irqfd(&keyboard_irq, i8042::IRQ)
+            .map_err(|source| KvmError::Irqfd {
+                device: "i8042",
+                gsi: i8042::IRQ,
+                source,
+            })?;
+        let keyboard = Arc::new(Mutex::new(i8042::I8042::new(
+            state.clone(),
+            IrqTrigger(keyboard_irq),
+        )));
+        pio.insert(i8042::BASE, i8042::LEN, keyboard.clone())
+            .map_err(overlap)?;
         if config.debug_exit {
             pio.insert(
                 debug_exit::PORT,
@@ -235,9 +255,10 @@ impl Vm {
             let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
-        if let Some(tap) = &config.tap {
+        for tap in &config.taps {
             let t = Tap::open(tap).map_err(VmmError::input("tap", tap))?;
-            let d = Net::new(t, [0x06, 0xaa, 0x52, 0, 0, 1]).map_err(device_err("net"))?;
+            let d = Net::new(t, crate::devices::virtio::net::guest_mac(tap))
+                .map_err(device_err("net"))?;
             watch_faults.push(d.watch_fault.clone());
             let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
@@ -335,6 +356,7 @@ impl Vm {
             _vm: vm,
             mem,
             state,
+            keyboard,
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
             vcpus,
@@ -442,7 +464,10 @@ impl Vm {
     /// A handle that stops the VM from another thread (a signal handler
     /// thread, say).
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.state.clone())
+        StopHandle {
+            state: self.state.clone(),
+            keyboard: self.keyboard.clone(),
+        }
     }
 
     /// Waits (at most `timeout`) for the VM to stop, then joins its threads.

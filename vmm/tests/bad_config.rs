@@ -117,14 +117,14 @@ fn each_bad_option_is_named_and_nothing_leaks() {
         (
             "tap",
             VmConfig {
-                tap: Some("aurae-no-such-tap".into()),
+                taps: vec!["aurae-no-such-tap".into()],
                 ..base.clone()
             },
         ),
         (
             "tap",
             VmConfig {
-                tap: Some("x".repeat(40)),
+                taps: vec!["x".repeat(40)],
                 ..base.clone()
             },
         ),

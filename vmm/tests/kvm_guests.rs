@@ -87,6 +87,31 @@ fn an_i8042_reset_stops_the_vm() {
 }
 
 #[test]
+fn ctrl_alt_del_reaches_a_guest_polling_its_keyboard() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut p = Program::new();
+    // Delete's make code comes fourth (after Ctrl, Alt and its prefix).
+    p.wait_for_key(0x71, RESULTS);
+    p.exit(0x42);
+    let (_d, mut vm) = boot(&mut p, |_| {});
+    vm.run().expect("run");
+    // The guest is polling: it runs on until asked.
+    assert_eq!(vm.wait(Some(Duration::from_millis(200))), None);
+    vm.stop_handle().ask_guest_to_shut_down();
+    assert_eq!(
+        vm.wait(Some(Duration::from_secs(20))),
+        Some(ExitReason::DebugExit(0x42))
+    );
+    assert_eq!(
+        vm.read_guest(RESULTS, 4).expect("read"),
+        vec![4, 0, 0, 0],
+        "bytes read up to Delete"
+    );
+}
+
+#[test]
 fn a_triple_fault_stops_the_vm() {
     if !kvm_or_skip() {
         return;

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use guest::{kvm_or_skip, Program, QueueLayout};
 use vmm::devices::virtio::mmio::reg;
+use vmm::devices::virtio::net::guest_mac;
 use vmm::{Console, ExitReason, Vm, VmConfig};
 
 const ETHERTYPE: u16 = 0x88b5;
-const GUEST_MAC: [u8; 6] = [0x06, 0xaa, 0x52, 0, 0, 1];
 
 /// A TAP interface that exists for the test's lifetime.
 struct TestTap(String);
@@ -135,11 +135,11 @@ fn a_frame_goes_each_way_through_a_real_tap() {
         debug_exit: true,
         console: Console::None,
         rng: false,
-        tap: Some(tap.0.clone()),
+        taps: vec![tap.0.clone()],
         ..VmConfig::default()
     })
     .expect("build the VM");
-    let outbound = frame([0xff; 6], GUEST_MAC, b"from-guest");
+    let outbound = frame([0xff; 6], guest_mac(&tap.0), b"from-guest");
     let mut tx_bytes = vec![0u8; 12];
     tx_bytes.extend(&outbound);
     vm.write_guest(0x40_0000, &tx_bytes).expect("tx frame");
@@ -166,7 +166,7 @@ fn a_frame_goes_each_way_through_a_real_tap() {
         "the guest's frame reached the TAP"
     );
     // ...and a frame sent on the TAP reaches the guest.
-    let inbound = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 9], b"to-guest");
+    let inbound = frame(guest_mac(&tap.0), [0x02, 0, 0, 0, 0, 9], b"to-guest");
     // SAFETY: send from a buffer of the given length.
     let sent = unsafe { libc::send(sock.as_raw_fd(), inbound.as_ptr().cast(), inbound.len(), 0) };
     assert_eq!(sent, inbound.len() as isize);

@@ -266,6 +266,7 @@ impl Instances {
         kernel: PathBuf,
         initramfs: PathBuf,
         field: &'static str,
+        networks: &[crate::net::BridgeLink],
         cells: &CellContext,
         log_bytes: usize,
         undo: &mut Undo,
@@ -334,9 +335,13 @@ impl Instances {
         // 6. The TAP on the bridge (named like the veths, after it).
         let stem: String = self.cfg.bridge.chars().take(9).collect();
         let tap_name = net::host_link_name(&format!("{stem}t"), index)?;
-        let tap = net::create_tap(&tap_name, &bridge).await?;
+        let tap = net::create_tap(&tap_name, &bridge.link()).await?;
         undo.tap = Some(tap.clone());
+        self.make_taps(networks, index, &mut undo.networks).await?;
         injected(fail, FailAt::Veth)?;
+        let taps: Vec<String> = std::iter::once(tap.name.clone())
+            .chain(undo.networks.iter().map(|n| n.host.name().to_string()))
+            .collect();
 
         // 7. The VMM.
         let process = vmm_process(&VmmArgs {
@@ -345,7 +350,7 @@ impl Instances {
             initrd: Some(&initrd),
             mem_mib,
             vcpus,
-            tap: &tap.name,
+            taps: &taps,
             cmdline: cmdline(&params, self.ula.bridge_addr()),
             nested: spec.nested,
             disks: &disks,

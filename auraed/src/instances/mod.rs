@@ -7,6 +7,7 @@ pub mod files;
 mod lifecycle;
 pub mod link;
 mod microvm;
+pub mod networks;
 pub mod plain_vm;
 pub mod root;
 mod spawn;
@@ -45,7 +46,21 @@ pub struct InstanceSpec {
     pub read_only: Vec<Shared>,
     /// What the instance's record holds for it (validated).
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Host bridges it gets a link on besides its own: eth1, eth2...
+    pub networks: Vec<Network>,
 }
+
+/// A host bridge an instance gets a network device on.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub bridge: String,
+    /// The request field it came from, for errors.
+    pub field: String,
+}
+
+/// Networks of one instance, at most: each takes a virtio device (and an
+/// interrupt) of a microVM.
+pub const MAX_NETWORKS: usize = 4;
 
 /// A host file or folder an instance sees read-only: bound into a cell at
 /// `inside`; attached to a microVM as a read-only virtio-blk disk (files
@@ -115,6 +130,8 @@ pub struct Instance {
     veth: Mutex<Option<Veth>>,
     /// A microVM's TAP on the bridge.
     tap: Mutex<Option<Tap>>,
+    /// Its devices on host bridges (a pod's `networks`), eth1...
+    networks: Mutex<Vec<networks::Attached>>,
     /// A microVM's folder (its initrd) on the cells' tmpfs.
     vm_dir: Option<PathBuf>,
     index: u32,
@@ -188,10 +205,21 @@ impl Instance {
         if let Some(tap) = tap {
             tap.remove().await?;
         }
+        let attached =
+            std::mem::take(&mut *self.networks.lock().unwrap_or_else(|e| e.into_inner()));
+        networks::remove_all(attached).await?;
         if let Some(dir) = &self.vm_dir {
             microvm::remove_dir(dir)?;
         }
         destroyed
+    }
+
+    /// Its devices on host bridges, eth1...
+    pub fn networks(&self) -> Vec<networks::Attached> {
+        self.networks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The last lines of the instance's console, for errors.
@@ -399,13 +427,15 @@ impl Instances {
     /// VMMs, in cells, are gone already). Logs each.
     pub async fn remove_left_behind(&self) {
         let stem: String = self.cfg.bridge.chars().take(9).collect();
-        match crate::net::remove_stale_taps(&format!("{stem}t")).await {
-            Ok(removed) => {
-                for tap in removed {
-                    tracing::warn!("removed TAP {tap}, left behind by a previous run");
+        for prefix in [format!("{stem}t"), self.extra_tap_prefix()] {
+            match crate::net::remove_stale_taps(&prefix).await {
+                Ok(removed) => {
+                    for tap in removed {
+                        tracing::warn!("removed TAP {tap}, left behind by a previous run");
+                    }
                 }
+                Err(e) => tracing::error!("removing TAPs left behind by a previous run: {e}"),
             }
-            Err(e) => tracing::error!("removing TAPs left behind by a previous run: {e}"),
         }
     }
 

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use nix::sys::signal::Signal;
+
 use super::spawn::Undo;
 use super::vmm_process::{vmm_cell_spec, vmm_process, Disk, VmmArgs};
 use super::{console_tail, Instances, VMM_STOP_GRACE};
@@ -39,6 +41,8 @@ const EARLY_EXIT: Duration = Duration::from_millis(500);
 
 /// What the VMM prints as the VM stops (`aurae-vmm`'s main).
 const STOPPED_LINE: &str = "aurae-vmm: VM stopped: ";
+/// What it prints when SIGUSR1 asks the guest to shut down.
+const ASKED_LINE: &str = "aurae-vmm: asked the guest to shut down";
 
 /// A running (or stopped) plain VM.
 pub struct Vm {
@@ -76,7 +80,42 @@ impl Vm {
     /// Why the VM stopped; `None` while it runs.
     pub fn exit_reason(&self) -> Option<String> {
         let exit = self.init.exit_info()?;
-        Some(reason_text(stopped_word(&self.init).as_deref(), exit.exit))
+        let reason = reason_text(stopped_word(&self.init).as_deref(), exit.exit);
+        Some(if was_asked(&self.init) {
+            format!("{reason}, asked to shut down")
+        } else {
+            reason
+        })
+    }
+
+    /// `Stop`: asks the guest to shut down (the VMM presses Ctrl-Alt-Del on
+    /// SIGUSR1) and gives it `grace` to do so, then tears the VM down as
+    /// [`Vm::tear_down`] does. SIGKILL skips the asking; another signal is
+    /// refused, as a VM has no process to give it to.
+    pub async fn stop(&self, signal: Signal, grace: Duration) -> Result<(), ApiError> {
+        match signal {
+            Signal::SIGKILL => {}
+            Signal::SIGTERM if self.running() => {
+                self.init.signal(Signal::SIGUSR1)?;
+                if tokio::time::timeout(grace, self.init.wait()).await.is_err() {
+                    tracing::info!(
+                        "vm {}: the guest did not shut down within {grace:?}; stopping it",
+                        self.name
+                    );
+                }
+            }
+            Signal::SIGTERM => {}
+            other => {
+                return Err(ApiError::invalid(
+                    "signal",
+                    format!(
+                        "{other} can't be given to a VM: SIGTERM asks its guest to shut down, \
+                         SIGKILL stops it at once"
+                    ),
+                ))
+            }
+        }
+        self.tear_down().await
     }
 
     /// Stops the VMM (SIGTERM: it stops the VM; SIGKILL after
@@ -87,11 +126,7 @@ impl Vm {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        if let Err(e) = self
-            .init
-            .stop(nix::sys::signal::Signal::SIGTERM, VMM_STOP_GRACE)
-            .await
-        {
+        if let Err(e) = self.init.stop(Signal::SIGTERM, VMM_STOP_GRACE).await {
             tracing::warn!("vm {}: stopping its VMM: {e}", self.name);
         }
         // Every step runs; the first failure is returned.
@@ -126,6 +161,15 @@ fn stopped_word(vmm: &Executable) -> Option<String> {
             line.split_once(STOPPED_LINE)
                 .map(|(_, reason)| reason.trim().to_string())
         })
+}
+
+/// Whether the VMM said it asked the guest to shut down (on its stderr).
+fn was_asked(vmm: &Executable) -> bool {
+    let sub = vmm.logs.subscribe(false);
+    sub.history.iter().any(|l| {
+        l.stream == crate::logs::Stream::Stderr
+            && String::from_utf8_lossy(&l.data).contains(ASKED_LINE)
+    })
 }
 
 /// The VMM's last word as a reason.
@@ -204,7 +248,7 @@ impl Instances {
         undo.cell = Some(cell.clone());
         let stem: String = self.cfg.bridge.chars().take(9).collect();
         let tap_name = net::host_link_name(&format!("{stem}t"), index)?;
-        let tap = net::create_tap(&tap_name, &bridge).await?;
+        let tap = net::create_tap(&tap_name, &bridge.link()).await?;
         undo.tap = Some(tap.clone());
 
         // 4. The VMM; a VM that can't boot shows it at once.
@@ -214,7 +258,7 @@ impl Instances {
             initrd: initrd.as_deref(),
             mem_mib: spec.memory_mib,
             vcpus: spec.vcpus,
-            tap: &tap.name,
+            taps: std::slice::from_ref(&tap.name),
             cmdline: spec.cmdline.clone(),
             nested: false,
             disks: &spec.disks,

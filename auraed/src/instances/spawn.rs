@@ -84,6 +84,8 @@ pub(super) struct Undo {
     pub(super) tap: Option<Tap>,
     pub(super) vm_dir: Option<PathBuf>,
     pub(super) init: Option<Arc<Executable>>,
+    /// Devices on host bridges (a pod's `networks`).
+    pub(super) networks: Vec<super::networks::Attached>,
 }
 
 impl Undo {
@@ -110,6 +112,9 @@ impl Undo {
             if let Err(e) = tap.remove().await {
                 tracing::error!("rolling back a spawn: removing its TAP: {e}");
             }
+        }
+        if let Err(e) = super::networks::remove_all(std::mem::take(&mut self.networks)).await {
+            tracing::error!("rolling back a spawn: removing its network devices: {e}");
         }
         if let Some(dir) = self.vm_dir.take() {
             if let Err(e) = super::microvm::remove_dir(&dir) {
@@ -168,6 +173,7 @@ impl Instances {
         let choice = backend::choose(spec.preference, support)
             .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
         injected(fail, FailAt::Backend)?;
+        let networks = self.resolve_networks(&spec.networks).await?;
 
         // 2. The image: on a microVM its base, decompressed; in a cell its
         // root, unpacked once.
@@ -192,7 +198,8 @@ impl Instances {
         if choice.backend == Backend::MicroVm {
             return self
                 .spawn_microvm(
-                    spec, choice, kernel, initramfs, field, cells, log_bytes, undo, started,
+                    spec, choice, kernel, initramfs, field, &networks, cells, log_bytes, undo,
+                    started,
                 )
                 .await;
         }
@@ -263,13 +270,15 @@ impl Instances {
         let veth = net::create_veth(
             &host,
             &peer,
-            &bridge,
+            &bridge.link(),
             pidfd,
             "eth0",
             Some((address, INSTANCE_PREFIX_LEN)),
         )
         .await?;
         undo.veth = Some(veth);
+        self.attach_veths(&networks, index, pidfd, &mut undo.networks)
+            .await?;
         injected(fail, FailAt::Veth)?;
 
         // 7. The instance's auraed.
@@ -325,6 +334,7 @@ impl Instances {
         let veth = undo.veth.take();
         let tap = undo.tap.take();
         let vm_dir = undo.vm_dir.take();
+        let networks = std::mem::take(&mut undo.networks);
         undo.init = None;
         undo.cell = None;
         undo.index = None;
@@ -340,6 +350,7 @@ impl Instances {
             cell: s.cell,
             veth: Mutex::new(veth),
             tap: Mutex::new(tap),
+            networks: Mutex::new(networks),
             vm_dir,
             index: s.index,
             channel,

@@ -16,7 +16,8 @@ pub(super) struct VmmArgs<'a> {
     pub(super) initrd: Option<&'a Path>,
     pub(super) mem_mib: u64,
     pub(super) vcpus: u8,
-    pub(super) tap: &'a str,
+    /// eth0's TAP first, then the instance's other networks'.
+    pub(super) taps: &'a [String],
     pub(super) cmdline: String,
     pub(super) nested: bool,
     /// Disks, in order: /dev/vda, /dev/vdb...
@@ -109,13 +110,15 @@ pub(super) fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
         a.mem_mib.to_string(),
         "--vcpus".into(),
         a.vcpus.to_string(),
-        "--tap".into(),
-        a.tap.into(),
         // Recommended for Linux guests (aurae-vmm's --help).
         "--huge-pages".into(),
         "--cmdline".into(),
         a.cmdline.clone(),
     ];
+    for tap in a.taps {
+        command.push("--tap".into());
+        command.push(tap.clone());
+    }
     if a.nested {
         command.push("--nested".into());
     }

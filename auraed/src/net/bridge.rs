@@ -19,6 +19,40 @@ pub struct Bridge {
     pub created: bool,
 }
 
+/// A bridge as a link: what its ports are enslaved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeLink {
+    pub name: String,
+    pub index: u32,
+}
+
+impl Bridge {
+    pub fn link(&self) -> BridgeLink {
+        BridgeLink {
+            name: self.name.clone(),
+            index: self.index,
+        }
+    }
+}
+
+/// The existing bridge `name` of the caller's network namespace (a host
+/// bridge a pod joins). `field` names the request field, for errors.
+pub async fn find_bridge(field: &'static str, name: &str) -> Result<BridgeLink, NetError> {
+    check_link_name(field, name)?;
+    let conn = Conn::open()?;
+    match get_link(&conn.handle, name).await? {
+        None => Err(NetError::NoSuchLink(name.to_string())),
+        Some(link) if link_kind(&link) != Some(&InfoKind::Bridge) => Err(NetError::NotABridge {
+            field,
+            link: name.to_string(),
+        }),
+        Some(link) => Ok(BridgeLink {
+            name: name.to_string(),
+            index: link.header.index,
+        }),
+    }
+}
+
 /// Makes sure the bridge `name` exists in the caller's network namespace,
 /// holds `addr/prefix_len` and is up. Idempotent: a second call finds the
 /// bridge and its address and changes nothing.

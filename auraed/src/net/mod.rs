@@ -42,7 +42,7 @@ use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessa
 use rtnetlink::{Handle, LinkUnspec};
 
 pub use addresses::Ipv6Prefix;
-pub use bridge::{ensure_bridge, Bridge};
+pub use bridge::{ensure_bridge, find_bridge, Bridge, BridgeLink};
 pub use tap::{create_tap, remove_stale_taps, Tap};
 pub use ula::{Ula, INSTANCE_PREFIX_LEN, ULA_PREFIX_LEN};
 pub use veth::{create_veth, Veth};
@@ -286,7 +286,7 @@ async fn enslave_up(
     handle: &Handle,
     index: u32,
     name: &str,
-    bridge: &Bridge,
+    bridge: &BridgeLink,
 ) -> Result<(), NetError> {
     handle
         .link()

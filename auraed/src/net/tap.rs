@@ -4,7 +4,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::InfoKind;
 
 use super::{
-    check_link_name, del_index, enslave_up, link_index, link_kind, link_name, Bridge, Conn,
+    check_link_name, del_index, enslave_up, link_index, link_kind, link_name, BridgeLink, Conn,
     NetError,
 };
 
@@ -68,7 +68,7 @@ pub async fn remove_stale_taps(prefix: &str) -> Result<Vec<String>, NetError> {
 /// carrier comes up when the VMM attaches. A TUN/TAP device `name` that
 /// already exists is [`NetError::CreateTap`] with `EBUSY`, never adopted. If
 /// a later step fails, the TAP is deleted before the error is returned.
-pub async fn create_tap(name: &str, bridge: &Bridge) -> Result<Tap, NetError> {
+pub async fn create_tap(name: &str, bridge: &BridgeLink) -> Result<Tap, NetError> {
     check_link_name("tap name", name)?;
     let conn = Conn::open()?;
     let handle = &conn.handle;

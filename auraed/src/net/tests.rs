@@ -194,7 +194,7 @@ fn veth_into_a_netns_carries_traffic_and_remove_deletes_both_ends() {
         let veth = create_veth(
             &host,
             "avp0",
-            &bridge,
+            &bridge.link(),
             peer_ns.as_fd(),
             "eth0",
             Some((peer_addr, 64)),
@@ -258,7 +258,7 @@ fn a_failed_veth_leaves_nothing_behind() {
             .unwrap();
         let peer_ns = new_netns().unwrap();
         // `lo` exists in the peer's namespace: the rename there fails.
-        let err = create_veth("av1", "avp1", &bridge, peer_ns.as_fd(), "lo", None)
+        let err = create_veth("av1", "avp1", &bridge.link(), peer_ns.as_fd(), "lo", None)
             .await
             .unwrap_err();
         assert!(
@@ -292,7 +292,7 @@ fn tap_on_the_bridge_and_delete() {
             .await
             .unwrap();
         let name = host_link_name("at", 7).unwrap();
-        let tap = create_tap(&name, &bridge).await.unwrap();
+        let tap = create_tap(&name, &bridge.link()).await.unwrap();
         let l = link(&name).await.expect("the TAP exists");
         assert_eq!(link_kind(&l), Some(&InfoKind::Tun));
         assert!(l
@@ -300,7 +300,7 @@ fn tap_on_the_bridge_and_delete() {
             .contains(&LinkAttribute::Controller(bridge.index)));
         assert!(l.header.flags.contains(LinkFlags::Up));
 
-        let err = create_tap(&name, &bridge).await.unwrap_err();
+        let err = create_tap(&name, &bridge.link()).await.unwrap_err();
         assert!(matches!(err, NetError::LinkExists { .. }), "{err:?}");
 
         assert!(tap.remove().await.unwrap());
@@ -369,7 +369,7 @@ fn veth_by_pidfd_and_a_bad_fd_creates_nothing() {
 
         // Not a namespace: refused before anything is made.
         let devnull = std::fs::File::open("/dev/null").unwrap();
-        let err = create_veth("av3", "avp3", &bridge, devnull.as_fd(), "eth0", None)
+        let err = create_veth("av3", "avp3", &bridge.link(), devnull.as_fd(), "eth0", None)
             .await
             .unwrap_err();
         assert!(
@@ -392,7 +392,7 @@ fn veth_by_pidfd_and_a_bad_fd_creates_nothing() {
         let made = create_veth(
             "av4",
             "avp4",
-            &bridge,
+            &bridge.link(),
             pidfd.as_fd(),
             "eth0",
             Some((u.instance_addr(4), 64)),

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::{
-    addresses, check_link_name, del_index, enslave_up, link_index, netns, set_up, Bridge, Conn,
+    addresses, check_link_name, del_index, enslave_up, link_index, netns, set_up, BridgeLink, Conn,
     NetError,
 };
 
@@ -46,7 +46,7 @@ impl Veth {
 pub async fn create_veth(
     host: &str,
     peer: &str,
-    bridge: &Bridge,
+    bridge: &BridgeLink,
     peer_netns: BorrowedFd<'_>,
     peer_name_in_ns: &str,
     peer_addr: Option<(Ipv6Addr, u8)>,

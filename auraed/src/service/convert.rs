@@ -430,6 +430,15 @@ pub fn instance(i: &Instance) -> pb::InstanceStatus {
         boot_ms: i.boot_ms,
         ready_ms: i.ready_after.as_millis() as u64,
         children: vec![],
+        networks: i
+            .networks()
+            .into_iter()
+            .map(|n| pb::InstanceNetwork {
+                host_link: n.host.name().to_string(),
+                name: n.inside,
+                bridge: n.bridge,
+            })
+            .collect(),
     }
 }
 
@@ -547,5 +556,6 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
             crate::metadata::validate("metadata", &m)?;
             m
         },
+        networks: Vec::new(),
     })
 }

@@ -8,6 +8,7 @@ use aurae_proto::runtime as pb;
 
 use super::convert;
 use crate::error::ApiError;
+use crate::instances::{Network, MAX_NETWORKS};
 use crate::pods::{ContainerSpec, PodSpec, PortSpec};
 use crate::validation as v;
 
@@ -114,6 +115,7 @@ pub fn pod_spec(r: &pb::RunPodRequest) -> Result<PodSpec, ApiError> {
             host_port,
         });
     }
+    let networks = networks(&r.networks)?;
     // A microVM gets images as disks, so only archives: with an image
     // folder, `auto` means a cell.
     let mut instance = instance;
@@ -122,11 +124,54 @@ pub fn pod_spec(r: &pb::RunPodRequest) -> Result<PodSpec, ApiError> {
     {
         instance.preference = crate::instances::backend::Preference::Cell;
     }
+    instance.networks = networks;
     Ok(PodSpec {
         instance,
         containers,
         ports,
     })
+}
+
+/// The pod's extra networks: named like links, each bridge once. That the
+/// bridge exists is checked as the instance is made.
+fn networks(asked: &[pb::PodNetwork]) -> Result<Vec<Network>, ApiError> {
+    if asked.len() > MAX_NETWORKS {
+        return Err(ApiError::invalid(
+            "networks",
+            format!(
+                "{} networks; an instance has at most {MAX_NETWORKS} besides its own",
+                asked.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    asked
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let field = format!("networks[{i}].bridge");
+            let b = &n.bridge;
+            let valid = !b.is_empty()
+                && b.len() <= 15
+                && b != "."
+                && b != ".."
+                && b.bytes()
+                    .all(|c| c.is_ascii_graphic() && c != b'/' && c != b':');
+            if !valid {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("{} is not an interface name", v::shown(b)),
+                ));
+            }
+            if !seen.insert(b.as_str()) {
+                return Err(ApiError::invalid(field, format!("{b} is listed twice")));
+            }
+            Ok(Network {
+                bridge: b.clone(),
+                field,
+            })
+        })
+        .collect()
 }
 
 /// `path` is an image this auraed can read: a folder (an OCI layout) or a

@@ -164,6 +164,21 @@ impl Program {
         self.a.jmp(top).expect("jmp");
     }
 
+    /// Polls the i8042 until the keyboard sends `code` (scan code set 2),
+    /// counting the bytes before it at `count` (a 32-bit counter).
+    pub fn wait_for_key(&mut self, code: u8, count: u64) {
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top).expect("label");
+        self.a.in_(al, 0x64).expect("in");
+        self.a.test(al, 1).expect("test");
+        self.a.jz(top).expect("jz");
+        self.a.in_(al, 0x60).expect("in");
+        self.a.mov(rbx, count).expect("mov");
+        self.a.add(dword_ptr(rbx), 1).expect("add");
+        self.a.cmp(al, u32::from(code)).expect("cmp");
+        self.a.jne(top).expect("jne");
+    }
+
     pub fn spin(&mut self) {
         let mut top = self.a.create_label();
         self.a.set_label(&mut top).expect("label");

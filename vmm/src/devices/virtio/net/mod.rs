@@ -7,6 +7,19 @@ pub mod tap;
 
 pub use device::Net;
 
+/// The guest's MAC on a TAP: locally administered and unicast (06:aa:52),
+/// then three bytes of an FNV-1a hash of the TAP's name, so that VMs on one
+/// bridge (each on its own TAP) don't share an address.
+pub fn guest_mac(tap: &str) -> [u8; 6] {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in tap.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let [_, a, b, c] = h.to_be_bytes();
+    [0x06, 0xaa, 0x52, a, b, c]
+}
+
 #[cfg(test)]
 pub mod tests_support {
     //! A backend that offers one frame and swallows what is sent.
