@@ -408,7 +408,13 @@ async fn main() {
     let out = cli.output;
     if matches!(cli.command, Command::Metadata | Command::Meta(_)) {
         let channel = connect(&cfg, &cli).await;
-        meta_cmd::run(cli.command, channel, route, out == Output::Json).await;
+        meta_cmd::run(
+            cli.command,
+            channel,
+            cli.instance.clone(),
+            out == Output::Json,
+        )
+        .await;
         return;
     }
     match cli.command {

@@ -83,6 +83,16 @@ async fn each_instance_reads_its_own_record_and_no_other() {
     let ra = json(&d.aer_ok(&["-o", "json", "--instance", "a", "metadata"]));
     assert_eq!(ra["metadata"]["role"], "cache");
     assert!(ra["metadata"].get("team/owner").is_none(), "{ra}");
+    // The same, spelled with the instance's path: its parent is asked.
+    d.aer_ok(&["--instance", "a", "meta", "set", "tier=1"]);
+    d.aer_ok(&["--instance", "a/b", "meta", "set", "tier=2"]);
+    let ra = json(&d.aer_ok(&["-o", "json", "--instance", "a", "meta", "get"]));
+    assert_eq!(
+        (ra["name"].as_str(), ra["metadata"]["tier"].as_str()),
+        (Some("a"), Some("1"))
+    );
+    let rb = json(&d.aer_ok(&["-o", "json", "--instance", "a/b", "metadata"]));
+    assert_eq!(rb["metadata"]["tier"], "2", "{rb}");
 
     // With a's own SVID, taken from its cell: the bridge endpoint gives a
     // its own record and refuses everything else; the host's API refuses a.

@@ -210,22 +210,16 @@ async fn stop_asks_the_guest_to_shut_down_first() {
     d.aer_ok(&[
         "vm", "run", "--name", "polite", "--kernel", &path, "--mem", "64M",
     ]);
-    let e = c
-        .stop(pb::StopRequest {
-            id: "polite".into(),
-            signal: libc::SIGHUP,
-            ..Default::default()
-        })
-        .await
-        .expect_err("SIGHUP");
+    let stop = |signal| pb::StopRequest {
+        id: "polite".into(),
+        signal,
+        ..Default::default()
+    };
+    let e = c.stop(stop(libc::SIGHUP)).await.expect_err("SIGHUP");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("signal"), "{}", e.message());
     let stopped = c
-        .stop(pb::StopRequest {
-            id: "polite".into(),
-            signal: libc::SIGKILL,
-            ..Default::default()
-        })
+        .stop(stop(libc::SIGKILL))
         .await
         .expect("stop")
         .into_inner()

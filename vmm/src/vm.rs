@@ -115,6 +115,19 @@ fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd { what, source })
 }
 
+/// An interrupt line of a legacy device: an eventfd registered as the
+/// irqfd of `gsi`.
+fn irq_line(vm: &VmFd, device: &'static str, gsi: u32) -> Result<EventFd, VmmError> {
+    let evt = eventfd("a legacy device's interrupt")?;
+    vm.register_irqfd(&evt, gsi)
+        .map_err(|source| KvmError::Irqfd {
+            device,
+            gsi,
+            source,
+        })?;
+    Ok(evt)
+}
+
 impl Vm {
     /// Builds the VM. Nothing is running yet; on error nothing is left.
     pub fn new(mut config: VmConfig) -> Result<Vm, VmmError> {
@@ -181,13 +194,7 @@ impl Vm {
 
         // Legacy devices on the port I/O bus.
         let mut pio = Bus::default();
-        let serial_irq = eventfd("the serial interrupt")?;
-        vm.register_irqfd(&serial_irq, serial::COM1_IRQ)
-            .map_err(|source| KvmError::Irqfd {
-                device: "serial",
-                gsi: serial::COM1_IRQ,
-                source,
-            })?;
+        let serial_irq = irq_line(&vm, "serial", serial::COM1_IRQ)?;
         let out: Box<dyn Write + Send> = match &config.console {
             Console::None => Box::new(std::io::sink()),
             Console::Stdout => Box::new(std::io::stdout()),
@@ -209,13 +216,7 @@ impl Vm {
             ))),
         )
         .map_err(overlap)?;
-        let keyboard_irq = eventfd("the keyboard interrupt")?;
-        vm.register_irqfd(&keyboard_irq, i8042::IRQ)
-            .map_err(|source| KvmError::Irqfd {
-                device: "i8042",
-                gsi: i8042::IRQ,
-                source,
-            })?;
+        let keyboard_irq = irq_line(&vm, "i8042", i8042::IRQ)?;
         let keyboard = Arc::new(Mutex::new(i8042::I8042::new(
             state.clone(),
             IrqTrigger(keyboard_irq),
