@@ -30,6 +30,7 @@
 //! bridge = "aurae0"
 //! port = 8443
 //! vmm = "/usr/local/bin/aurae-vmm"   # default: aurae-vmm beside auraed, else this
+//! vm_restart = "adopt"               # plain VMs outlive auraed; or "remove"
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +39,20 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = "/etc/aurae/auraed.toml";
+
+/// What happens to plain VMs (`RunVirtualMachine`) across an auraed
+/// restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmRestart {
+    /// They run on while auraed stops (at SIGTERM too), and the next auraed
+    /// takes them back.
+    #[default]
+    Adopt,
+    /// auraed stops them as it stops; what a crash leaves, the next one
+    /// removes.
+    Remove,
+}
 pub const DEFAULT_SOCKET: &str = "/run/aurae/aurae.sock";
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +105,10 @@ pub struct InstancesSection {
     /// Fault injection for tests: fail every spawn at this step (backend,
     /// image, identity, bridge, cell, veth, init, ready) and roll back.
     pub fail_at: Option<String>,
+    /// What a restarted auraed does with the plain VMs a previous one left
+    /// running: take them back (`adopt`, the default), or remove them.
+    #[serde(default)]
+    pub vm_restart: VmRestart,
     /// The VMM microVM instances run on (`aurae-vmm`). Unset: `aurae-vmm`
     /// beside the running auraed, else [`DEFAULT_VMM`].
     pub vmm: Option<PathBuf>,
@@ -147,6 +166,7 @@ impl Default for InstancesSection {
             port: default_instance_port(),
             fail_at: None,
             vmm: None,
+            vm_restart: VmRestart::default(),
             path: String::new(),
             parent: None,
             parent_id: None,

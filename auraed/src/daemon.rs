@@ -97,6 +97,8 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
             // Also on the cells' tmpfs: a microVM's initrd holds its
             // private keys, which never touch the disk.
             instances_dir: cfg.runtime.state_dir.join("cells").join(".instances"),
+            vms_dir: cfg.runtime.state_dir.join("vms"),
+            vm_restart: i.vm_restart,
             path: i.path.clone(),
             vmm: i.vmm_path(),
             fail_at: i
@@ -136,7 +138,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         image_unpack_limit_bytes: cfg.runtime.image_unpack_limit_bytes,
     })?);
     if let Some(instances) = &runtime.instances {
-        instances.remove_left_behind().await;
+        let keep = runtime.adopt_left_running().await;
+        instances.remove_left_behind(&keep).await;
     }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

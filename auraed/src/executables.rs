@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -49,6 +50,20 @@ pub struct Executable {
     exit: watch::Receiver<Option<ExitInfo>>,
     /// The cgroup of a plain executable, removed when it is freed.
     host_cgroup: Option<CellCgroup>,
+}
+
+/// Where a process's output goes.
+pub enum Output {
+    /// Pipes that auraed reads (it ends with auraed).
+    Pipes,
+    /// Files that outlive auraed (a VM's VMM): standard output is
+    /// discarded, standard error appends to `stderr`, and each file of
+    /// `follow` (the process writes them; `stderr` may be one) is read into
+    /// the logs as it grows, until the process exits.
+    Files {
+        stderr: PathBuf,
+        follow: Vec<(PathBuf, Stream)>,
+    },
 }
 
 /// Where a process runs.
@@ -103,11 +118,40 @@ impl Executable {
         log_bytes: usize,
         field: &str,
     ) -> Result<Arc<Executable>, ApiError> {
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
+        Self::start_with(id, spec, placement, log_bytes, field, Output::Pipes).await
+    }
+
+    /// [`Executable::start`], with its output where `output` says.
+    pub async fn start_with(
+        id: String,
+        spec: ProcessSpec,
+        placement: Placement,
+        log_bytes: usize,
+        field: &str,
+        output: Output,
+    ) -> Result<Arc<Executable>, ApiError> {
         let devnull: OwnedFd = std::fs::File::open("/dev/null")
             .map_err(|e| ApiError::io("opening /dev/null", e))?
             .into();
+        let (out_w, err_w, readers) = match &output {
+            Output::Pipes => {
+                let (out_r, out_w) = pipe()?;
+                let (err_r, err_w) = pipe()?;
+                (out_w, err_w, Some((out_r, err_r)))
+            }
+            Output::Files { stderr, .. } => {
+                let out_w = devnull
+                    .try_clone()
+                    .map_err(|e| ApiError::io("duplicating /dev/null", e))?;
+                let err_w: OwnedFd = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(stderr)
+                    .map_err(|e| ApiError::io(format!("opening {}", stderr.display()), e))?
+                    .into();
+                (out_w, err_w, None)
+            }
+        };
         let (cell, host_cgroup) = match &placement {
             Placement::Cell(c) => (Some(c.clone()), None),
             Placement::Host(cg) => (None, cg.clone()),
@@ -159,10 +203,21 @@ impl Executable {
         );
         let logs = Arc::new(LogBuffer::new(log_bytes));
         let (exit_tx, exit_rx) = watch::channel(None);
-        let out = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
-            .map_err(|e| ApiError::io("reading the stdout pipe", e))?;
-        let err = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
-            .map_err(|e| ApiError::io("reading the stderr pipe", e))?;
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let readers = match (readers, output) {
+            (Some((out_r, err_r)), _) => {
+                let out = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
+                    .map_err(|e| ApiError::io("reading the stdout pipe", e))?;
+                let err = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
+                    .map_err(|e| ApiError::io("reading the stderr pipe", e))?;
+                vec![
+                    tokio::spawn(capture(out, Stream::Stdout, logs.clone())),
+                    tokio::spawn(capture(err, Stream::Stderr, logs.clone())),
+                ]
+            }
+            (None, Output::Files { follow, .. }) => followers(follow, &logs, &exited_rx),
+            (None, Output::Pipes) => vec![],
+        };
         let exe = Arc::new(Executable {
             id,
             cell: cell.as_ref().map(|c| c.name.clone()),
@@ -175,27 +230,61 @@ impl Executable {
             host_cgroup,
         });
         tokio::spawn(async move {
-            let out_task = tokio::spawn(capture(out, Stream::Stdout, logs.clone()));
-            let err_task = tokio::spawn(capture(err, Stream::Stderr, logs.clone()));
             let exit = wait_exit(&pidfd).await;
             let oom_killed = exit == pidfd::Exit::Signal(libc::SIGKILL)
                 && cell
                     .as_ref()
                     .map(|c| c.cgroup.oom_kills() > oom_baseline)
                     .unwrap_or(false);
-            // Output still in the pipes belongs to the process; descendants
-            // that keep the pipes open don't hold the log open forever.
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                let _ = out_task.await;
-                let _ = err_task.await;
-            })
+            finish(exit, oom_killed, readers, exited_tx, &logs, exit_tx).await;
+        });
+        Ok(exe)
+    }
+
+    /// Supervises a process that a previous auraed started and left
+    /// running (a VM's VMM): not this auraed's child, so its exit is seen
+    /// through a pidfd but its status is [`pidfd::Exit::Unknown`]. Its
+    /// output is `follow`'s files, read from their start.
+    pub fn adopt(
+        id: String,
+        cell: Option<String>,
+        command: Vec<String>,
+        pid: i32,
+        follow: Vec<(PathBuf, Stream)>,
+        log_bytes: usize,
+    ) -> Result<Arc<Executable>, ApiError> {
+        let fd = pidfd::open(pid).map_err(|e| ApiError::io(format!("pidfd_open({pid})"), e))?;
+        let pidfd = Arc::new(pidfd::watch(fd).map_err(|e| ApiError::io("watching the pidfd", e))?);
+        let logs = Arc::new(LogBuffer::new(log_bytes));
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let readers = followers(follow, &logs, &exited_rx);
+        let exe = Arc::new(Executable {
+            id,
+            cell,
+            command,
+            pid,
+            started_at: SystemTime::now(),
+            logs: logs.clone(),
+            pidfd: pidfd.clone(),
+            exit: exit_rx,
+            host_cgroup: None,
+        });
+        tokio::spawn(async move {
+            // Readable once it has exited; an error means it can't be
+            // watched, which is reported as an exit too.
+            if let Err(e) = pidfd.readable().await {
+                tracing::error!("watching adopted pid {pid}: {e}");
+            }
+            finish(
+                pidfd::Exit::Unknown,
+                false,
+                readers,
+                exited_tx,
+                &logs,
+                exit_tx,
+            )
             .await;
-            logs.close();
-            let _ = exit_tx.send(Some(ExitInfo {
-                exit,
-                at: SystemTime::now(),
-                oom_killed,
-            }));
         });
         Ok(exe)
     }
@@ -255,6 +344,58 @@ impl Executable {
             .await
             .map_err(|_| ApiError::Stuck(format!("{} did not exit after SIGKILL", self.id)))
     }
+}
+
+/// A task per followed file.
+fn followers(
+    follow: Vec<(PathBuf, Stream)>,
+    logs: &Arc<LogBuffer>,
+    exited: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    follow
+        .into_iter()
+        .map(|(path, stream)| {
+            let (logs, exited) = (logs.clone(), exited.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::log_files::follow(path, stream, logs, exited).await {
+                    tracing::error!("following a process's output: {e}");
+                }
+            })
+        })
+        .collect()
+}
+
+/// After the exit: the output is read to its end (500 ms at most: a
+/// descendant holding a pipe open doesn't hold the log open), then the logs
+/// close and the exit is published.
+async fn finish(
+    exit: pidfd::Exit,
+    oom_killed: bool,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    exited: watch::Sender<bool>,
+    logs: &LogBuffer,
+    exit_tx: watch::Sender<Option<ExitInfo>>,
+) {
+    // Nobody may be listening any more (pipes need no telling).
+    let _ = exited.send(true);
+    let drained = tokio::time::timeout(Duration::from_millis(500), async {
+        for r in readers {
+            if let Err(e) = r.await {
+                tracing::error!("an output reader failed: {e}");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!("output still open 500 ms after the exit; the logs end here");
+    }
+    logs.close();
+    // The receiver lives in the Executable; dropped, nobody asks.
+    let _ = exit_tx.send(Some(ExitInfo {
+        exit,
+        at: SystemTime::now(),
+        oom_killed,
+    }));
 }
 
 async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> pidfd::Exit {

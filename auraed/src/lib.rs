@@ -14,6 +14,7 @@ pub mod error;
 pub mod executables;
 pub mod instances;
 pub mod jail;
+pub mod log_files;
 pub mod logs;
 pub mod metadata;
 pub mod net;

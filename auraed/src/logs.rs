@@ -118,28 +118,15 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     stream: Stream,
     buffer: Arc<LogBuffer>,
 ) {
-    let mut pending: Vec<u8> = Vec::new();
+    let mut lines = crate::log_files::Lines::new(stream, buffer);
     let mut chunk = vec![0u8; 8192];
     loop {
-        let n = match reader.read(&mut chunk).await {
+        match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&chunk[..n]);
-        let mut start = 0;
-        while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
-            buffer.push(stream, pending[start..start + pos].to_vec());
-            start += pos + 1;
-        }
-        pending.drain(..start);
-        while pending.len() >= MAX_LINE {
-            let rest = pending.split_off(MAX_LINE);
-            buffer.push(stream, std::mem::replace(&mut pending, rest));
+            Ok(n) => lines.feed(&chunk[..n]),
         }
     }
-    if !pending.is_empty() {
-        buffer.push(stream, pending);
-    }
+    lines.finish();
 }
 
 #[cfg(test)]

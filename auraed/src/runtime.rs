@@ -50,6 +50,8 @@ pub struct Runtime {
     pub(crate) registry: Registry,
     pub(crate) log_bytes: usize,
     next_id: AtomicU64,
+    /// VMs a previous auraed left running, until they are taken back.
+    left_running: std::sync::Mutex<Vec<crate::instances::plain_vm::Survivor>>,
 }
 
 impl Runtime {
@@ -59,7 +61,16 @@ impl Runtime {
         std::fs::create_dir_all(cfg.state_dir.join("cells"))
             .map_err(|e| ApiError::io(format!("state directory {}", cfg.state_dir.display()), e))?;
         let hierarchy = Hierarchy::open(&cfg.cgroup_root);
-        let removed = crate::cells::clean_leftovers(hierarchy.as_ref().ok(), &cfg.state_dir);
+        // VMs left running are taken back (see `adopt_left_running`): their
+        // cells are not leftovers.
+        let left_running = match (&cfg.instances, &hierarchy) {
+            (Some((icfg, _)), Ok(h)) => {
+                crate::instances::plain_vm::left_running(&icfg.vms_dir, h, icfg.vm_restart)
+            }
+            _ => Vec::new(),
+        };
+        let keep: Vec<String> = left_running.iter().map(|s| s.record.name.clone()).collect();
+        let removed = crate::cells::clean_leftovers(hierarchy.as_ref().ok(), &cfg.state_dir, &keep);
         if let Ok(h) = &hierarchy {
             if let Err(e) = h.ensure_executables_dir() {
                 tracing::warn!("making the folder of executables' cgroups: {e}");
@@ -127,6 +138,7 @@ impl Runtime {
             registry: Registry::default(),
             log_bytes: cfg.log_buffer_bytes,
             next_id: AtomicU64::new(1),
+            left_running: std::sync::Mutex::new(left_running),
         })
     }
 
@@ -307,6 +319,47 @@ impl Runtime {
         Ok((cell, first))
     }
 
+    /// Takes back the VMs a previous auraed left running (as
+    /// `[instances] vm_restart = "adopt"` has it); one that can't be taken
+    /// back is removed. Returns their TAPs, which are not leftovers.
+    pub async fn adopt_left_running(&self) -> Vec<String> {
+        let left = std::mem::take(&mut *lock(&self.left_running));
+        let (Some(instances), Ok(cells)) = (&self.instances, &self.cells) else {
+            left.iter().for_each(crate::instances::plain_vm::discard);
+            return Vec::new();
+        };
+        let mut taps = Vec::new();
+        for s in left {
+            let name = s.record.name.clone();
+            let reservation = match self.registry.reserve(&name, "name") {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("vm {name}: not taken back ({e}); removing it");
+                    crate::instances::plain_vm::discard(&s);
+                    continue;
+                }
+            };
+            let (dir, cgroup) = (s.dir.clone(), s.cgroup.clone());
+            match instances.adopt_vm(s, cells, self.log_bytes).await {
+                Ok(vm) => {
+                    tracing::info!(vm = %vm.name, pid = vm.init.pid, tap = %vm.tap_name, "took back a VM left running");
+                    taps.push(vm.tap_name.clone());
+                    reservation.commit(Workload::Vm(Arc::new(vm)));
+                }
+                Err(e) => {
+                    tracing::error!("vm {name}: not taken back ({e}); removing it");
+                    if let Err(e) = cgroup.remove(Duration::from_secs(10)) {
+                        tracing::error!("vm {name}: removing its cell: {e}");
+                    }
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::error!("vm {name}: removing {}: {e}", dir.display());
+                    }
+                }
+            }
+        }
+        taps
+    }
+
     pub async fn stop(
         &self,
         id: &str,
@@ -380,8 +433,14 @@ impl Runtime {
         Ok(cell)
     }
 
-    /// Stops every workload, for daemon shutdown.
+    /// Stops every workload, for daemon shutdown; running VMs stay for
+    /// the next auraed where `vm_restart` says `adopt`.
     pub async fn shutdown(&self) {
+        let adopt = self
+            .instances
+            .as_ref()
+            .is_some_and(|i| i.config().vm_restart == crate::config::VmRestart::Adopt);
+        let mut kept = false;
         for w in self.registry.list() {
             match w {
                 Workload::Cell(c) => {
@@ -403,6 +462,13 @@ impl Runtime {
                         tracing::error!("freeing instance {} at shutdown: {e}", i.name);
                     }
                 }
+                Workload::Vm(vm) if adopt && vm.running() => {
+                    tracing::info!(
+                        "vm {}: left running for the next auraed (vm_restart = \"adopt\")",
+                        vm.name
+                    );
+                    kept = true;
+                }
                 Workload::Vm(vm) => {
                     if let Err(e) = self.free(&vm.name).await {
                         tracing::error!("freeing VM {} at shutdown: {e}", vm.name);
@@ -411,7 +477,7 @@ impl Runtime {
             }
         }
         if let Some(instances) = &self.instances {
-            instances.shutdown().await;
+            instances.shutdown(kept).await;
         }
         if let Ok(ctx) = &self.cells {
             // Empty once every executable is freed.

@@ -28,6 +28,9 @@ pub struct DaemonOptions {
     pub spawn_fail_at: Option<String>,
     /// `[instances] vmm`: the VMM microVM instances run on.
     pub vmm: Option<PathBuf>,
+    /// `[instances] vm_restart`: `remove` unless a test asks for `adopt`
+    /// (auraed's default), so that a failed test's VMs don't outlive it.
+    pub vm_restart: Option<&'static str>,
 }
 
 pub struct Daemon {
@@ -132,6 +135,10 @@ impl Daemon {
         if let Some(vmm) = &opts.vmm {
             config.push_str(&format!("vmm = {:?}\n", vmm.display().to_string()));
         }
+        config.push_str(&format!(
+            "vm_restart = {:?}\n",
+            opts.vm_restart.unwrap_or("remove")
+        ));
         let config_path = dir.join("auraed-run.toml");
         std::fs::write(&config_path, config).expect("config");
         let log = dir.join("auraed.log");

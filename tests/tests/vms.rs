@@ -377,6 +377,100 @@ async fn bad_vm_requests_name_the_field_and_leave_nothing() {
     assert!(list.workloads.is_empty(), "{:?}", list.workloads);
 }
 
+/// Whatever happens in a restart test, the spinning VMM and its TAP go.
+struct Leftovers(u32, String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.1])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_auraed_takes_back_the_vms_it_left_running() {
+    require_root!();
+    require_kvm!();
+    let image = image().unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    let opts = |reuse: Option<PathBuf>| DaemonOptions {
+        reuse,
+        image_dir: Some(image.clone()),
+        vm_restart: Some("adopt"),
+        ..Default::default()
+    };
+    let mut d = Daemon::start_with(opts(None)).await;
+    let kernel = write(&d.dir, "spin.elf", &guest("login: kept\n", SPIN));
+    let mut c = d.client().await;
+    let vm = c
+        .run_virtual_machine(vm_req("kept", &kernel))
+        .await
+        .expect("run")
+        .into_inner()
+        .vm
+        .expect("vm");
+    console_until(&d, "kept", "login: kept").await;
+    let status = |s: pb::WorkloadStatus| (s.state, s.pid);
+    let (_, pid) = status(
+        c.status(pb::StatusRequest { id: "kept".into() })
+            .await
+            .expect("status")
+            .into_inner(),
+    );
+    drop(c);
+    let _leftovers = Leftovers(pid, vm.tap.clone());
+    let running = pb::WorkloadState::Running as i32;
+
+    // A crash, then a graceful restart: each time the VM runs on and the
+    // next auraed takes it back, console and all.
+    d.crash();
+    let dir = aurae_tests::KeptDir(d.keep_dir());
+    drop(d);
+    for round in ["after kill -9", "after SIGTERM"] {
+        let mut d = Daemon::start_with(opts(Some(dir.0.clone()))).await;
+        let mut c = d.client().await;
+        let s = c
+            .status(pb::StatusRequest { id: "kept".into() })
+            .await
+            .unwrap_or_else(|e| panic!("{round}: {}\n{}", e.message(), d.log_text()))
+            .into_inner();
+        assert_eq!(s.kind, pb::WorkloadKind::VirtualMachine as i32, "{round}");
+        assert_eq!(status(s), (running, pid), "{round}: the same VMM, running");
+        assert!(link_exists(&vm.tap), "{round}: its TAP stays");
+        let logs = d.aer_ok(&["logs", "kept"]);
+        assert!(logs.contains("login: kept"), "{round}: the console: {logs}");
+        assert!(
+            d.log_text().contains("took back a VM left running"),
+            "{round}:\n{}",
+            d.log_text()
+        );
+        d.stop();
+        assert!(
+            !aurae_tests::dead(pid),
+            "{round}: SIGTERM leaves it running"
+        );
+    }
+
+    // The last auraed stops and frees it as any VM.
+    let d = Daemon::start_with(opts(Some(dir.0.clone()))).await;
+    let out = d.aer_ok(&["-o", "json", "stop", "--grace", "300ms", "kept"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v["vm"]["exit_reason"],
+        "stopped by auraed, asked to shut down",
+        "{out}\n{}",
+        d.log_text()
+    );
+    d.aer_ok(&["free", "kept"]);
+    assert!(aurae_tests::dead(pid), "the VMM is gone");
+    assert!(!link_exists(&vm.tap), "its TAP went with it");
+}
+
 #[tokio::test]
 async fn a_restart_after_kill_9_removes_the_vm_and_its_tap() {
     require_root!();
@@ -399,20 +493,6 @@ async fn a_restart_after_kill_9_removes_the_vm_and_its_tap() {
         .into_inner()
         .pid;
     drop(c);
-    // Whatever happens below, the spinning VMM and its TAP go.
-    struct Leftovers(u32, String);
-    impl Drop for Leftovers {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = std::process::Command::new("ip")
-                .args(["link", "del", &self.1])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
     let _leftovers = Leftovers(pid, vm.tap.clone());
     d.crash();
     assert!(link_exists(&vm.tap), "the crash left the TAP");

@@ -537,9 +537,14 @@ impl Cell {
     }
 }
 
-/// Removes cells left behind by a previous run: their processes, cgroups
-/// and files. Returns what was removed, for the log.
-pub fn clean_leftovers(hierarchy: Option<&Hierarchy>, state_dir: &Path) -> Vec<String> {
+/// Removes cells left behind by a previous run but those named in `keep`
+/// (the cells of VMs to take back): their processes, cgroups and files.
+/// Returns what was removed, for the log.
+pub fn clean_leftovers(
+    hierarchy: Option<&Hierarchy>,
+    state_dir: &Path,
+    keep: &[String],
+) -> Vec<String> {
     let mut removed = Vec::new();
     if let Some(h) = hierarchy {
         for exe in h.executables() {
@@ -554,7 +559,7 @@ pub fn clean_leftovers(hierarchy: Option<&Hierarchy>, state_dir: &Path) -> Vec<S
             }
         }
         let _ = std::fs::remove_dir(h.root().join(crate::cgroup::EXECUTABLES));
-        for cell in h.cells() {
+        for cell in h.cells().into_iter().filter(|c| !keep.contains(&c.name())) {
             match cell.remove(Duration::from_secs(10)) {
                 Ok(()) => removed.push(format!("cgroup {}", cell.dir().display())),
                 Err(e) => tracing::error!("could not remove leftover cell cgroup: {e}"),

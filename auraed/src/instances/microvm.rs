@@ -347,6 +347,7 @@ impl Instances {
         let process = vmm_process(&VmmArgs {
             vmm: &self.cfg.vmm,
             kernel: &kernel,
+            console: None,
             initrd: Some(&initrd),
             mem_mib,
             vcpus,

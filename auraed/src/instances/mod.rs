@@ -105,6 +105,12 @@ pub struct InstancesConfig {
     pub instances_dir: PathBuf,
     /// The VMM microVM instances run on.
     pub vmm: PathBuf,
+    /// Where each plain VM gets a folder (its initrd, console, the VMM's
+    /// messages and the record it is adopted by): on disk, as it may
+    /// outlive this auraed (and its tmpfs).
+    pub vms_dir: PathBuf,
+    /// What a restarted auraed does with the VMs a previous one left.
+    pub vm_restart: crate::config::VmRestart,
     /// A spawn step at which to fail, for the fault-injection tests.
     pub fail_at: Option<FailAt>,
     /// This auraed's path in the instance tree ("" for the root).
@@ -408,6 +414,17 @@ impl Instances {
         &self.cfg
     }
 
+    /// Marks `index` used by a VM taken back after a restart.
+    fn claim_index(&self, index: u32) -> Result<(), ApiError> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if !used.insert(index) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "address index {index} is taken twice"
+            )));
+        }
+        Ok(())
+    }
+
     fn take_index(&self) -> u32 {
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         let index = (0..).find(|i| !used.contains(i)).unwrap_or(0);
@@ -425,10 +442,11 @@ impl Instances {
     /// Removes what a previous run left on the host that its cells did not
     /// take with them: the TAPs of its microVM instances and VMs (their
     /// VMMs, in cells, are gone already). Logs each.
-    pub async fn remove_left_behind(&self) {
+    /// `keep` names the TAPs of VMs taken back.
+    pub async fn remove_left_behind(&self, keep: &[String]) {
         let stem: String = self.cfg.bridge.chars().take(9).collect();
         for prefix in [format!("{stem}t"), self.extra_tap_prefix()] {
-            match crate::net::remove_stale_taps(&prefix).await {
+            match crate::net::remove_stale_taps(&prefix, keep).await {
                 Ok(removed) => {
                     for tap in removed {
                         tracing::warn!("removed TAP {tap}, left behind by a previous run");
@@ -459,15 +477,16 @@ impl Instances {
     }
 
     /// Removes the bridge if this auraed made it, once its instances are
-    /// gone (at shutdown).
-    pub async fn shutdown(&self) {
+    /// gone (at shutdown), unless VMs left running for the next auraed are
+    /// on it (`keep_bridge`).
+    pub async fn shutdown(&self, keep_bridge: bool) {
         if let Some(task) = self.take_metadata_server() {
             task.abort();
             // Ended (its listener closed) before the bridge goes.
             let _cancelled = task.await;
         }
         let bridge = self.bridge.lock().await.take();
-        if let Some(b) = bridge.filter(|b| b.created) {
+        if let Some(b) = bridge.filter(|b| b.created && !keep_bridge) {
             match crate::net::delete_link(&b.name).await {
                 Ok(_) => tracing::info!("removed the instance bridge {}", b.name),
                 Err(e) => tracing::error!("removing the instance bridge {}: {e}", b.name),

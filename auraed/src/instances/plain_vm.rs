@@ -13,12 +13,18 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
 
+mod adopt;
+
+pub use adopt::{discard, left_running, Survivor};
+
 use super::spawn::Undo;
 use super::vmm_process::{vmm_cell_spec, vmm_process, Disk, VmmArgs};
 use super::{console_tail, Instances, VMM_STOP_GRACE};
 use crate::cells::{Cell, CellContext};
+use crate::cgroup::CellCgroup;
 use crate::error::ApiError;
-use crate::executables::{Executable, Placement};
+use crate::executables::{Executable, Output, Placement};
+use crate::logs::Stream;
 use crate::net::{self, Tap, INSTANCE_PREFIX_LEN};
 
 /// A plain VM's parameters, validated.
@@ -53,7 +59,7 @@ pub struct Vm {
     pub created_at: SystemTime,
     /// The VMM; its output is the guest's console.
     pub init: Arc<Executable>,
-    cell: Arc<Cell>,
+    cell: VmCell,
     tap: Mutex<Option<Tap>>,
     dir: PathBuf,
     index: u32,
@@ -146,6 +152,47 @@ impl Vm {
     }
 }
 
+/// The VMM's cell: made by this auraed, or left running by a previous one
+/// and adopted (its cgroup and state folder are all that is known of it).
+enum VmCell {
+    Made(Arc<Cell>),
+    Adopted {
+        cgroup: CellCgroup,
+        state_dir: PathBuf,
+    },
+}
+
+impl VmCell {
+    async fn destroy(&self) -> Result<(), ApiError> {
+        match self {
+            VmCell::Made(cell) => cell.destroy().await,
+            VmCell::Adopted { cgroup, state_dir } => {
+                let (cg, dir) = (cgroup.clone(), state_dir.clone());
+                crate::blocking::run("removing an adopted VM's cell", move || {
+                    cg.remove(Duration::from_secs(10))?;
+                    match std::fs::remove_dir_all(&dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            Err(ApiError::io(format!("removing {}", dir.display()), e))
+                        }
+                        _ => Ok(()),
+                    }
+                })
+                .await?
+            }
+        }
+    }
+}
+
+/// The files of a VM's folder that hold its VMM's output, so that it
+/// outlives this auraed: the serial console (written by the VMM, capped at
+/// 64 MiB) and the VMM's own messages.
+fn vm_outputs(dir: &Path) -> Vec<(PathBuf, Stream)> {
+    vec![
+        (dir.join("console"), Stream::Stdout),
+        (dir.join("vmm.log"), Stream::Stderr),
+    ]
+}
+
 /// What the VMM said as the VM stopped (its `ExitReason`, debug-printed),
 /// if it said anything.
 fn stopped_word(vmm: &Executable) -> Option<String> {
@@ -190,6 +237,9 @@ fn reason_text(said: Option<&str>, exit: crate::sys::pidfd::Exit) -> String {
         _ => match exit {
             crate::sys::pidfd::Exit::Signal(n) => format!("the VMM died: killed by signal {n}"),
             crate::sys::pidfd::Exit::Code(n) => format!("the VMM died: exit status {n}"),
+            crate::sys::pidfd::Exit::Unknown => {
+                "the VMM exited without a word (adopted: its status is unknown)".into()
+            }
         },
     }
 }
@@ -227,12 +277,12 @@ impl Instances {
 
         // 2. The VM's folder, with its initrd when there are several parts.
         // A dot: no instance name has one, so no instance's folder is this.
-        let dir = self.cfg.instances_dir.join(format!("vm.{}", spec.name));
+        let dir = self.cfg.vms_dir.join(format!("vm.{}", spec.name));
         undo.vm_dir = Some(dir.clone());
         let (parts, d, parent) = (
             spec.initramfs.clone(),
             dir.clone(),
-            self.cfg.instances_dir.clone(),
+            self.cfg.vms_dir.clone(),
         );
         let initrd = crate::blocking::run("writing the VM's initrd", move || {
             concat_initrd(&parent, &d, &parts)
@@ -252,9 +302,15 @@ impl Instances {
         undo.tap = Some(tap.clone());
 
         // 4. The VMM; a VM that can't boot shows it at once.
+        let outputs = vm_outputs(&dir);
+        for (path, _) in &outputs {
+            std::fs::File::create(path)
+                .map_err(|e| ApiError::io(format!("creating {}", path.display()), e))?;
+        }
         let process = vmm_process(&VmmArgs {
             vmm: &self.cfg.vmm,
             kernel: &spec.kernel,
+            console: Some(&outputs[0].0),
             initrd: initrd.as_deref(),
             mem_mib: spec.memory_mib,
             vcpus: spec.vcpus,
@@ -263,12 +319,17 @@ impl Instances {
             nested: false,
             disks: &spec.disks,
         })?;
-        let init = Executable::start(
+        let command = process.command.clone();
+        let init = Executable::start_with(
             format!("{}/vmm", spec.name),
             process,
             Placement::Cell(cell.clone()),
             log_bytes,
             "vm",
+            Output::Files {
+                stderr: outputs[1].0.clone(),
+                follow: outputs,
+            },
         )
         .await?;
         undo.init = Some(init.clone());
@@ -284,6 +345,22 @@ impl Instances {
                 )));
             }
         }
+        // What a restarted auraed adopts it by.
+        let created_at = SystemTime::now();
+        adopt::write_record(
+            &dir,
+            &adopt::VmRecord {
+                name: spec.name.clone(),
+                kernel: spec.kernel.clone(),
+                index,
+                tap: tap.name.clone(),
+                tap_index: tap.index,
+                vmm_pid: init.pid,
+                vmm_start: adopt::start_ticks(init.pid).unwrap_or(0),
+                created_at_unix_ms: adopt::unix_ms(created_at),
+                command,
+            },
+        )?;
         undo.init = None;
         undo.cell = None;
         undo.index = None;
@@ -294,9 +371,9 @@ impl Instances {
             kernel: spec.kernel.clone(),
             address,
             tap_name: tap_name.clone(),
-            created_at: SystemTime::now(),
+            created_at,
             init,
-            cell,
+            cell: VmCell::Made(cell),
             tap: Mutex::new(tap),
             dir,
             index,

@@ -13,6 +13,8 @@ use super::microvm::VMM_OVERHEAD_MIB;
 pub(super) struct VmmArgs<'a> {
     pub(super) vmm: &'a Path,
     pub(super) kernel: &'a Path,
+    /// Where the serial console goes; standard output when `None`.
+    pub(super) console: Option<&'a Path>,
     pub(super) initrd: Option<&'a Path>,
     pub(super) mem_mib: u64,
     pub(super) vcpus: u8,
@@ -131,7 +133,11 @@ pub(super) fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
         let ro = if d.read_only { ":ro" } else { "" };
         command.push(format!("{}{ro}", path(&d.path)?));
     }
-    // No --console: it defaults to standard output, the instance's logs.
+    // Without --console, standard output: the instance's logs.
+    if let Some(console) = a.console {
+        command.push("--console".into());
+        command.push(path(console)?);
+    }
     let argv = command.iter().map(|s| c(s)).collect::<Result<_, _>>()?;
     Ok(ProcessSpec {
         candidates: vec![c(&path(a.vmm)?)?],

@@ -359,7 +359,7 @@ pub fn executable_status(e: &Executable) -> pb::WorkloadStatus {
     let (code, signal) = match exit.map(|x| x.exit) {
         Some(Exit::Code(c)) => (Some(c), None),
         Some(Exit::Signal(s)) => (None, Some(s)),
-        None => (None, None),
+        Some(Exit::Unknown) | None => (None, None),
     };
     pb::WorkloadStatus {
         id: e.id.clone(),

@@ -13,3 +13,14 @@ pub mod spawn;
 pub mod tun;
 
 pub use spawn::{spawn, NamespaceMode, SpawnError, SpawnSpec, SpawnStage, Spawned};
+
+/// Registers `fd` with the tokio reactor for readability (a pidfd, an
+/// inotify fd).
+pub fn readable(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which is then its only
+    // owner, so the fd can't be closed or reused while it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}

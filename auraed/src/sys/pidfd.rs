@@ -46,6 +46,9 @@ pub fn send_signal(pidfd: &OwnedFd, signal: Signal) -> io::Result<()> {
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// It exited, but not as auraed's child (an adopted process): its
+    /// status went to whoever reaped it.
+    Unknown,
 }
 
 /// Reaps the child behind `pidfd` without blocking. `Ok(None)` means it is
@@ -78,10 +81,5 @@ pub fn reap_blocking(pidfd: &OwnedFd) -> io::Result<Exit> {
 /// Registers a pidfd with the tokio reactor: it becomes readable when the
 /// process exits.
 pub fn watch(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
-    // SAFETY: the OwnedFd is moved into the AsyncFd, which is then its only
-    // owner, so the fd can't be closed or reused while it is registered.
-    unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| e.into_parts().1)
+    super::readable(pidfd)
 }

@@ -1,0 +1,230 @@
+//! Output a process writes to files rather than to auraed's pipes: a VM's
+//! VMM, whose console and messages must outlive auraed so that a restarted
+//! auraed can adopt the VM. Each file is read into a [`LogBuffer`] from its
+//! start as it grows (inotify wakes the reader), until the writer has
+//! exited and the file is read to its end.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::logs::{LogBuffer, Stream, MAX_LINE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("inotify_init1")]
+    Init(#[source] nix::Error),
+    #[error("inotify_add_watch on {path}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("registering the inotify fd with the reactor")]
+    Register(#[source] std::io::Error),
+    #[error("reading inotify events")]
+    Events(#[source] nix::Error),
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Splits bytes into the buffer's lines: at each newline, and every
+/// [`MAX_LINE`] bytes of a longer line.
+pub struct Lines {
+    stream: Stream,
+    buffer: Arc<LogBuffer>,
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    pub fn new(stream: Stream, buffer: Arc<LogBuffer>) -> Self {
+        Self {
+            stream,
+            buffer,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(pos) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            self.buffer
+                .push(self.stream, self.pending[start..start + pos].to_vec());
+            start += pos + 1;
+        }
+        self.pending.drain(..start);
+        while self.pending.len() >= MAX_LINE {
+            let rest = self.pending.split_off(MAX_LINE);
+            self.buffer
+                .push(self.stream, std::mem::replace(&mut self.pending, rest));
+        }
+    }
+
+    /// Pushes a last line without its newline, if there is one.
+    pub fn finish(self) {
+        if !self.pending.is_empty() {
+            self.buffer.push(self.stream, self.pending);
+        }
+    }
+}
+
+/// Reads `path` into `buffer` from its start, then as it grows, until
+/// `exited` is true; then reads what is left and returns.
+pub async fn follow(
+    path: PathBuf,
+    stream: Stream,
+    buffer: Arc<LogBuffer>,
+    mut exited: watch::Receiver<bool>,
+) -> Result<(), FollowError> {
+    let inotify =
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(FollowError::Init)?;
+    // Watched before the first read: nothing written after it is missed.
+    inotify
+        .add_watch(&path, AddWatchFlags::IN_MODIFY)
+        .map_err(|source| FollowError::Watch {
+            path: path.clone(),
+            source,
+        })?;
+    let ready = inotify
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(crate::sys::readable)
+        .map_err(FollowError::Register)?;
+    let read_err = |source| FollowError::Read {
+        path: path.clone(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(&path).await.map_err(read_err)?;
+    let mut lines = Lines::new(stream, buffer);
+    loop {
+        drain(&mut file, &mut lines, &path).await?;
+        if *exited.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            r = ready.readable() => {
+                let mut guard = r.map_err(FollowError::Register)?;
+                match inotify.read_events() {
+                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+                    Err(e) => return Err(FollowError::Events(e)),
+                }
+                guard.clear_ready();
+            }
+            // The writer exited (or its supervisor is gone): read the rest.
+            changed = exited.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drain(&mut file, &mut lines, &path).await?;
+    lines.finish();
+    Ok(())
+}
+
+/// Reads `file` to its current end.
+async fn drain(
+    file: &mut tokio::fs::File,
+    lines: &mut Lines,
+    path: &Path,
+) -> Result<(), FollowError> {
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let n = file
+            .read(&mut chunk)
+            .await
+            .map_err(|source| FollowError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(());
+        }
+        lines.feed(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn texts(buffer: &LogBuffer) -> Vec<String> {
+        buffer
+            .subscribe(false)
+            .history
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_file_is_followed_as_it_grows_and_read_to_its_end_after_exit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console");
+        let mut f = std::fs::File::create(&path).expect("create");
+        f.write_all(b"before\n").expect("write");
+        let buffer = Arc::new(LogBuffer::new(1 << 20));
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(follow(path.clone(), Stream::Stdout, buffer.clone(), rx));
+        // Woken by inotify, not by the exit.
+        f.write_all(b"live\n").expect("write");
+        let mut seen = false;
+        for _ in 0..200 {
+            if texts(&buffer) == ["before", "live"] {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen, "{:?}", texts(&buffer));
+        f.write_all(b"last words\nno newline").expect("write");
+        tx.send(true).expect("exit");
+        task.await.expect("join").expect("follow");
+        assert_eq!(
+            texts(&buffer),
+            ["before", "live", "last words", "no newline"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_an_error_naming_it() {
+        let (_tx, rx) = watch::channel(false);
+        let err = follow(
+            PathBuf::from("/nonexistent/console"),
+            Stream::Stdout,
+            Arc::new(LogBuffer::new(1024)),
+            rx,
+        )
+        .await
+        .expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/console"), "{err}");
+    }
+
+    #[test]
+    fn long_lines_are_split() {
+        let buffer = Arc::new(LogBuffer::new(1 << 20));
+        let mut lines = Lines::new(Stream::Stdout, buffer.clone());
+        lines.feed(b"a\nbb\n");
+        lines.feed(&vec![b'x'; MAX_LINE + 3]);
+        lines.finish();
+        let lens: Vec<usize> = buffer
+            .subscribe(false)
+            .history
+            .iter()
+            .map(|l| l.data.len())
+            .collect();
+        assert_eq!(lens, vec![1, 2, MAX_LINE, 3]);
+    }
+}
