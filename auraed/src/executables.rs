@@ -244,16 +244,16 @@ impl Executable {
     /// Supervises a process that a previous auraed started and left
     /// running (a VM's VMM): not this auraed's child, so its exit is seen
     /// through a pidfd but its status is [`pidfd::Exit::Unknown`]. Its
-    /// output is `follow`'s files, read from their start.
+    /// output is `follow`'s files, read from their start. `fd` is a pidfd
+    /// of `pid`, opened (and the process checked) by the caller.
     pub fn adopt(
         id: String,
         cell: Option<String>,
         command: Vec<String>,
-        pid: i32,
+        (pid, fd): (i32, OwnedFd),
         follow: Vec<(PathBuf, Stream)>,
         log_bytes: usize,
     ) -> Result<Arc<Executable>, ApiError> {
-        let fd = pidfd::open(pid).map_err(|e| ApiError::io(format!("pidfd_open({pid})"), e))?;
         let pidfd = Arc::new(pidfd::watch(fd).map_err(|e| ApiError::io("watching the pidfd", e))?);
         let logs = Arc::new(LogBuffer::new(log_bytes));
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -346,23 +346,18 @@ impl Executable {
     }
 }
 
-/// A task per followed file.
+/// A task that follows the files.
 fn followers(
     follow: Vec<(PathBuf, Stream)>,
     logs: &Arc<LogBuffer>,
     exited: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    follow
-        .into_iter()
-        .map(|(path, stream)| {
-            let (logs, exited) = (logs.clone(), exited.clone());
-            tokio::spawn(async move {
-                if let Err(e) = crate::log_files::follow(path, stream, logs, exited).await {
-                    tracing::error!("following a process's output: {e}");
-                }
-            })
-        })
-        .collect()
+    let (logs, exited) = (logs.clone(), exited.clone());
+    vec![tokio::spawn(async move {
+        if let Err(e) = crate::log_files::follow(follow, logs, exited).await {
+            tracing::error!("following a process's output: {e}");
+        }
+    })]
 }
 
 /// After the exit: the output is read to its end (500 ms at most: a

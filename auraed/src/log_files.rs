@@ -77,36 +77,54 @@ impl Lines {
     }
 }
 
-/// Reads `path` into `buffer` from its start, then as it grows, until
-/// `exited` is true; then reads what is left and returns.
-pub async fn follow(
+/// A file being followed.
+struct Followed {
     path: PathBuf,
-    stream: Stream,
+    file: tokio::fs::File,
+    lines: Lines,
+}
+
+/// Reads each of `files` into `buffer` (as its stream) from its start,
+/// then as it grows, until `exited` is true; then reads what is left and
+/// returns. One inotify instance watches them all (the per-user limit of
+/// instances is small).
+pub async fn follow(
+    files: Vec<(PathBuf, Stream)>,
     buffer: Arc<LogBuffer>,
     mut exited: watch::Receiver<bool>,
 ) -> Result<(), FollowError> {
     let inotify =
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(FollowError::Init)?;
-    // Watched before the first read: nothing written after it is missed.
-    inotify
-        .add_watch(&path, AddWatchFlags::IN_MODIFY)
-        .map_err(|source| FollowError::Watch {
-            path: path.clone(),
-            source,
-        })?;
+    let mut followed = Vec::with_capacity(files.len());
+    for (path, stream) in files {
+        // Watched before the first read: nothing written after it is missed.
+        inotify
+            .add_watch(&path, AddWatchFlags::IN_MODIFY)
+            .map_err(|source| FollowError::Watch {
+                path: path.clone(),
+                source,
+            })?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|source| FollowError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        followed.push(Followed {
+            path,
+            file,
+            lines: Lines::new(stream, buffer.clone()),
+        });
+    }
     let ready = inotify
         .as_fd()
         .try_clone_to_owned()
         .and_then(crate::sys::readable)
         .map_err(FollowError::Register)?;
-    let read_err = |source| FollowError::Read {
-        path: path.clone(),
-        source,
-    };
-    let mut file = tokio::fs::File::open(&path).await.map_err(read_err)?;
-    let mut lines = Lines::new(stream, buffer);
     loop {
-        drain(&mut file, &mut lines, &path).await?;
+        for f in &mut followed {
+            drain(&mut f.file, &mut f.lines, &f.path).await?;
+        }
         if *exited.borrow_and_update() {
             break;
         }
@@ -127,8 +145,10 @@ pub async fn follow(
             }
         }
     }
-    drain(&mut file, &mut lines, &path).await?;
-    lines.finish();
+    for mut f in followed {
+        drain(&mut f.file, &mut f.lines, &f.path).await?;
+        f.lines.finish();
+    }
     Ok(())
 }
 
@@ -160,11 +180,14 @@ mod tests {
     use std::io::Write;
     use std::time::Duration;
 
-    fn texts(buffer: &LogBuffer) -> Vec<String> {
+    /// The lines of `stream`, in order (two files' lines interleave as
+    /// they are read).
+    fn texts(buffer: &LogBuffer, stream: Stream) -> Vec<String> {
         buffer
             .subscribe(false)
             .history
             .iter()
+            .filter(|l| l.stream == stream)
             .map(|l| String::from_utf8_lossy(&l.data).into_owned())
             .collect()
     }
@@ -177,33 +200,39 @@ mod tests {
         f.write_all(b"before\n").expect("write");
         let buffer = Arc::new(LogBuffer::new(1 << 20));
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(follow(path.clone(), Stream::Stdout, buffer.clone(), rx));
+        let other = dir.path().join("vmm.log");
+        std::fs::write(&other, b"from the other file\n").expect("other");
+        let task = tokio::spawn(follow(
+            vec![(path.clone(), Stream::Stdout), (other, Stream::Stderr)],
+            buffer.clone(),
+            rx,
+        ));
         // Woken by inotify, not by the exit.
         f.write_all(b"live\n").expect("write");
         let mut seen = false;
         for _ in 0..200 {
-            if texts(&buffer) == ["before", "live"] {
+            if texts(&buffer, Stream::Stdout) == ["before", "live"] {
                 seen = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(seen, "{:?}", texts(&buffer));
+        assert!(seen, "{:?}", texts(&buffer, Stream::Stdout));
         f.write_all(b"last words\nno newline").expect("write");
         tx.send(true).expect("exit");
         task.await.expect("join").expect("follow");
         assert_eq!(
-            texts(&buffer),
+            texts(&buffer, Stream::Stdout),
             ["before", "live", "last words", "no newline"]
         );
+        assert_eq!(texts(&buffer, Stream::Stderr), ["from the other file"]);
     }
 
     #[tokio::test]
     async fn a_missing_file_is_an_error_naming_it() {
         let (_tx, rx) = watch::channel(false);
         let err = follow(
-            PathBuf::from("/nonexistent/console"),
-            Stream::Stdout,
+            vec![(PathBuf::from("/nonexistent/console"), Stream::Stdout)],
             Arc::new(LogBuffer::new(1024)),
             rx,
         )

@@ -117,6 +117,8 @@ pub enum Launcher {
         tap: String,
         guest_ip: String,
         gateway: String,
+        /// A read-only virtio-blk disk (the guest's /dev/vda).
+        disk: Option<PathBuf>,
     },
     /// QEMU with TCG, user networking, and a loopback port forward.
     Qemu,
@@ -283,8 +285,18 @@ impl Guest {
                 tap,
                 guest_ip,
                 gateway,
+                disk,
             } => {
-                let child = Command::new("qemu-system-x86_64")
+                let mut qemu = Command::new("qemu-system-x86_64");
+                if let Some(disk) = &disk {
+                    qemu.arg("-drive")
+                        .arg(format!(
+                            "file={},if=none,id=d0,format=raw,readonly=on",
+                            disk.display()
+                        ))
+                        .args(["-device", "virtio-blk-device,drive=d0"]);
+                }
+                let child = qemu
                     .args([
                         "-M",
                         "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off",

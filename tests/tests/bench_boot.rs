@@ -71,6 +71,7 @@ async fn boot_times_against_qemu_microvm() {
                     tap: TAP.into(),
                     guest_ip: INSTANCE_IP.into(),
                     gateway: BRIDGE_IP.into(),
+                    disk: None,
                 },
             };
             let mut g = Guest::boot_with(&image, launcher).await;

@@ -86,6 +86,7 @@ async fn spawn_to_ready_against_qemu_microvm() {
                 tap: TAP.into(),
                 guest_ip: INSTANCE_IP.into(),
                 gateway: BRIDGE_IP.into(),
+                disk: None,
             },
         )
         .await;

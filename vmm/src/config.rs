@@ -173,7 +173,18 @@ impl VmConfig {
             ));
         }
         let others = usize::from(self.rng) + self.taps.len() + usize::from(self.vsock.is_some());
-        let max_disks = crate::boot::layout::MAX_VIRTIO_DEVICES - others;
+        let max_disks = crate::boot::layout::MAX_VIRTIO_DEVICES
+            .checked_sub(others)
+            .ok_or_else(|| {
+                bad(
+                    "tap",
+                    format!(
+                        "{} TAPs; at most {} virtio devices fit (one interrupt each)",
+                        self.taps.len(),
+                        crate::boot::layout::MAX_VIRTIO_DEVICES
+                    ),
+                )
+            })?;
         if self.disks.len() > max_disks {
             return Err(bad(
                 "disk",

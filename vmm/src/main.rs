@@ -82,6 +82,18 @@ const ASKED_LINE: &str = "aurae-vmm: asked the guest to shut down (Ctrl-Alt-Del)
 
 fn main() {
     let start_to_main = since_start();
+    // SIGTERM and SIGINT stop the VM; SIGUSR1 asks the guest to shut down
+    // (Ctrl-Alt-Del), and the VM runs on until it does. Blocked first, so
+    // that one sent while the VM is being built waits for the signal
+    // thread instead of killing the VMM (every thread inherits the mask).
+    use nix::sys::signal::Signal;
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGUSR1);
+    // pthread_sigmask fails only for a bad `how` (EINVAL), which
+    // `thread_block` never passes.
+    let _ = signals.thread_block();
     let cli = Cli::parse();
     let disks = cli
         .disk
@@ -151,16 +163,6 @@ fn main() {
         phases.join(", "),
         if vm.huge_pages_advised() { "yes" } else { "no" }
     );
-    // SIGTERM and SIGINT stop the VM; SIGUSR1 asks the guest to shut down
-    // (Ctrl-Alt-Del), and the VM runs on until it does.
-    use nix::sys::signal::Signal;
-    let mut signals = nix::sys::signal::SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGUSR1);
-    // pthread_sigmask fails only for a bad `how` (EINVAL), which
-    // `thread_block` never passes.
-    let _ = signals.thread_block();
     let stopper = vm.stop_handle();
     std::thread::spawn(move || {
         // It only waits for signals, and stops the VM or asks the guest.

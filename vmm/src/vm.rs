@@ -256,9 +256,10 @@ impl Vm {
             let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
+        let salt = crate::devices::virtio::net::host_salt();
         for tap in &config.taps {
             let t = Tap::open(tap).map_err(VmmError::input("tap", tap))?;
-            let d = Net::new(t, crate::devices::virtio::net::guest_mac(tap))
+            let d = Net::new(t, crate::devices::virtio::net::guest_mac(tap, &salt))
                 .map_err(device_err("net"))?;
             watch_faults.push(d.watch_fault.clone());
             let d = Arc::new(Mutex::new(d));

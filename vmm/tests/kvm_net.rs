@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use guest::{kvm_or_skip, Program, QueueLayout};
 use vmm::devices::virtio::mmio::reg;
-use vmm::devices::virtio::net::guest_mac;
+use vmm::devices::virtio::net::{guest_mac, host_salt};
 use vmm::{Console, ExitReason, Vm, VmConfig};
 
 const ETHERTYPE: u16 = 0x88b5;
@@ -139,7 +139,7 @@ fn a_frame_goes_each_way_through_a_real_tap() {
         ..VmConfig::default()
     })
     .expect("build the VM");
-    let outbound = frame([0xff; 6], guest_mac(&tap.0), b"from-guest");
+    let outbound = frame([0xff; 6], guest_mac(&tap.0, &host_salt()), b"from-guest");
     let mut tx_bytes = vec![0u8; 12];
     tx_bytes.extend(&outbound);
     vm.write_guest(0x40_0000, &tx_bytes).expect("tx frame");
@@ -166,7 +166,11 @@ fn a_frame_goes_each_way_through_a_real_tap() {
         "the guest's frame reached the TAP"
     );
     // ...and a frame sent on the TAP reaches the guest.
-    let inbound = frame(guest_mac(&tap.0), [0x02, 0, 0, 0, 0, 9], b"to-guest");
+    let inbound = frame(
+        guest_mac(&tap.0, &host_salt()),
+        [0x02, 0, 0, 0, 0, 9],
+        b"to-guest",
+    );
     // SAFETY: send from a buffer of the given length.
     let sent = unsafe { libc::send(sock.as_raw_fd(), inbound.as_ptr().cast(), inbound.len(), 0) };
     assert_eq!(sent, inbound.len() as isize);

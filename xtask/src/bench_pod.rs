@@ -5,8 +5,10 @@
 //! pod's instance starts with an empty one and unpacks the image: part of
 //! what a pod costs today.
 //!
-//! Not measured yet: the microVM backend in the test host against QEMU
-//! booting the same image.
+//! Then the microVM backend, inside the QEMU test host (nested KVM): RunPod
+//! against QEMU `-M microvm` booting the same kernel and initramfs with the
+//! same image as its disk, to a RunCell's first line
+//! (tests/tests/bench_pod_microvm.rs).
 
 use std::time::{Duration, Instant};
 
@@ -128,5 +130,11 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         );
         report("RunPod -> first line", pod, "crun run", median(crun), None);
         Ok::<_, anyhow::Error>(())
-    })
+    })?;
+    let lines = crate::testhost::bench("bench_pod_microvm", runs.clamp(1, 5), vec![])?;
+    println!("\nmicroVM backend, inside the QEMU test host (nested KVM), medians:");
+    for l in lines {
+        println!("  {l}");
+    }
+    Ok(())
 }

@@ -537,9 +537,10 @@ impl Cell {
     }
 }
 
-/// Removes cells left behind by a previous run but those named in `keep`
-/// (the cells of VMs to take back): their processes, cgroups and files.
-/// Returns what was removed, for the log.
+/// Removes cells left behind by a previous run: their processes and
+/// cgroups, but those of the cells named in `keep` (VMs to take back), and
+/// every cell's files (those of a previous run's tmpfs are out of reach
+/// anyway). Returns what was removed, for the log.
 pub fn clean_leftovers(
     hierarchy: Option<&Hierarchy>,
     state_dir: &Path,

@@ -79,6 +79,48 @@ impl Runtime {
         Ok(vm)
     }
 
+    /// Takes back the VMs a previous auraed left running (as
+    /// `[instances] vm_restart = "adopt"` has it); one that can't be taken
+    /// back is removed. Returns their TAPs, which are not leftovers.
+    pub async fn adopt_left_running(&self) -> Vec<String> {
+        let left =
+            std::mem::take(&mut *self.left_running.lock().unwrap_or_else(|e| e.into_inner()));
+        let (Some(instances), Ok(cells)) = (&self.instances, &self.cells) else {
+            left.iter().for_each(crate::instances::plain_vm::discard);
+            return Vec::new();
+        };
+        let mut taps = Vec::new();
+        for s in left {
+            let name = s.record.name.clone();
+            let reservation = match self.registry.reserve(&name, "name") {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("vm {name}: not taken back ({e}); removing it");
+                    crate::instances::plain_vm::discard(&s);
+                    continue;
+                }
+            };
+            let (dir, cgroup) = (s.dir.clone(), s.cgroup.clone());
+            match instances.adopt_vm(s, cells, self.log_bytes).await {
+                Ok(vm) => {
+                    tracing::info!(vm = %vm.name, pid = vm.init.pid, tap = %vm.tap_name, "took back a VM left running");
+                    taps.push(vm.tap_name.clone());
+                    reservation.commit(Workload::Vm(Arc::new(vm)));
+                }
+                Err(e) => {
+                    tracing::error!("vm {name}: not taken back ({e}); removing it");
+                    if let Err(e) = cgroup.remove(std::time::Duration::from_secs(10)) {
+                        tracing::error!("vm {name}: removing its cell: {e}");
+                    }
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::error!("vm {name}: removing {}: {e}", dir.display());
+                    }
+                }
+            }
+        }
+        taps
+    }
+
     /// The instance `name`, for routing a request to it.
     pub fn instance(&self, name: &str) -> Result<Arc<Instance>, ApiError> {
         match self.get(name, "aurae-instance")? {

@@ -273,7 +273,7 @@ impl Instances {
         started: Instant,
     ) -> Result<Instance, ApiError> {
         let fail = self.cfg.fail_at;
-        let disks = disks(&spec.read_only)?;
+        let disks = disks(&spec.read_only, networks.len())?;
         let vcpus = u8::try_from(spec.vcpus.max(1))
             .map_err(|_| ApiError::invalid("vcpus", "a microVM has at most 255"))?;
         let mem_mib = if spec.memory_mib > 0 {

@@ -202,22 +202,30 @@ impl Instance {
             task.abort();
             let _cancelled = task.await;
         }
+        // Every step runs; the first failure is returned.
         let destroyed = self.cell.destroy().await;
         let veth = self.veth.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(veth) = veth {
-            veth.remove().await?;
-        }
+        let veth_removed = match veth {
+            Some(veth) => veth.remove().await.map(drop).map_err(ApiError::from),
+            None => Ok(()),
+        };
         let tap = self.tap.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(tap) = tap {
-            tap.remove().await?;
-        }
+        let tap_removed = match tap {
+            Some(tap) => tap.remove().await.map(drop).map_err(ApiError::from),
+            None => Ok(()),
+        };
         let attached =
             std::mem::take(&mut *self.networks.lock().unwrap_or_else(|e| e.into_inner()));
-        networks::remove_all(attached).await?;
-        if let Some(dir) = &self.vm_dir {
-            microvm::remove_dir(dir)?;
-        }
+        let networks_removed = networks::remove_all(attached).await;
+        let dir_removed = match &self.vm_dir {
+            Some(dir) => microvm::remove_dir(dir),
+            None => Ok(()),
+        };
         destroyed
+            .and(veth_removed)
+            .and(tap_removed)
+            .and(networks_removed)
+            .and(dir_removed)
     }
 
     /// Its devices on host bridges, eth1...
@@ -440,8 +448,8 @@ impl Instances {
     }
 
     /// Removes what a previous run left on the host that its cells did not
-    /// take with them: the TAPs of its microVM instances and VMs (their
-    /// VMMs, in cells, are gone already). Logs each.
+    /// take with them: the TAPs of its microVM instances and of VMs not
+    /// taken back (their VMMs, in cells, are gone already). Logs each.
     /// `keep` names the TAPs of VMs taken back.
     pub async fn remove_left_behind(&self, keep: &[String]) {
         let stem: String = self.cfg.bridge.chars().take(9).collect();

@@ -2,8 +2,10 @@
 //! disks that the user supplies, booted by `aurae-vmm` in a cell of its own
 //! on a TAP on this auraed's bridge. No auraed runs inside, and nothing is
 //! configured in the guest: the address auraed assigned it is announced in
-//! its status. Its serial console is the VMM's output (`Logs`); its exit
-//! reason is what the VMM said as it stopped.
+//! its status. The VMM writes the serial console and its own messages to
+//! files in the VM's folder, which auraed follows (`Logs`), so that the VM
+//! can outlive auraed (see `adopt`); its exit reason is what the VMM said
+//! as it stopped.
 
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,9 @@ pub struct Vm {
     torn_down: AtomicBool,
     /// Held for a whole teardown, so that a second one waits for it.
     tearing_down: tokio::sync::Mutex<()>,
+    /// Stop asked the guest to shut down (the VMM says so too, in its
+    /// output, which a chatty console may push out of the buffer).
+    asked: AtomicBool,
 }
 
 impl Vm {
@@ -87,11 +92,13 @@ impl Vm {
     pub fn exit_reason(&self) -> Option<String> {
         let exit = self.init.exit_info()?;
         let reason = reason_text(stopped_word(&self.init).as_deref(), exit.exit);
-        Some(if was_asked(&self.init) {
-            format!("{reason}, asked to shut down")
-        } else {
-            reason
-        })
+        Some(
+            if self.asked.load(Ordering::SeqCst) || was_asked(&self.init) {
+                format!("{reason}, asked to shut down")
+            } else {
+                reason
+            },
+        )
     }
 
     /// `Stop`: asks the guest to shut down (the VMM presses Ctrl-Alt-Del on
@@ -102,7 +109,12 @@ impl Vm {
         match signal {
             Signal::SIGKILL => {}
             Signal::SIGTERM if self.running() => {
-                self.init.signal(Signal::SIGUSR1)?;
+                // It fails only if the VMM has just exited (its exit is
+                // published once its output is read): nothing to ask.
+                match self.init.signal(Signal::SIGUSR1) {
+                    Ok(()) => self.asked.store(true, Ordering::SeqCst),
+                    Err(e) => tracing::info!("vm {}: not asked to shut down: {e}", self.name),
+                }
                 if tokio::time::timeout(grace, self.init.wait()).await.is_err() {
                     tracing::info!(
                         "vm {}: the guest did not shut down within {grace:?}; stopping it",
@@ -356,7 +368,15 @@ impl Instances {
                 tap: tap.name.clone(),
                 tap_index: tap.index,
                 vmm_pid: init.pid,
-                vmm_start: adopt::start_ticks(init.pid).unwrap_or(0),
+                vmm_start: adopt::start_ticks(init.pid).unwrap_or_else(|| {
+                    tracing::warn!(
+                        "vm {}: no start time for its VMM (pid {}): it won't be taken back \
+                         after a restart",
+                        spec.name,
+                        init.pid
+                    );
+                    0
+                }),
                 created_at_unix_ms: adopt::unix_ms(created_at),
                 command,
             },
@@ -379,6 +399,7 @@ impl Instances {
             index,
             torn_down: AtomicBool::new(false),
             tearing_down: tokio::sync::Mutex::new(()),
+            asked: AtomicBool::new(false),
         })
     }
 

@@ -386,6 +386,15 @@ impl Instances {
     }
 
     /// The bridge, made on first use.
+    /// Takes the bridge found as this auraed's own (removed at shutdown
+    /// when nothing is left on it): a previous auraed of this
+    /// configuration made it, and left VMs on it.
+    pub(super) async fn own_bridge(&self) {
+        if let Some(b) = self.bridge.lock().await.as_mut() {
+            b.created = true;
+        }
+    }
+
     pub(super) async fn ensure_bridge(&self) -> Result<Bridge, ApiError> {
         let mut guard = self.bridge.lock().await;
         if let Some(b) = &*guard {

@@ -55,12 +55,17 @@ pub(super) fn vmm_cell_spec(name: &str, mem_mib: u64, cells: &CellContext) -> Ce
 
 /// The instance's shared files as read-only disks: each must be a file of
 /// whole 512-byte sectors (a disk has no partial sector).
-pub(super) fn disks(shared: &[super::Shared]) -> Result<Vec<Disk>, ApiError> {
-    const MAX_DISKS: usize = 16;
-    if shared.len() > MAX_DISKS {
+/// `networks` is how many more network devices it gets besides eth0: each
+/// takes a virtio device, as each disk does.
+pub(super) fn disks(shared: &[super::Shared], networks: usize) -> Result<Vec<Disk>, ApiError> {
+    // aurae-vmm's 19 virtio devices, less the rng, eth0 and the others.
+    let max_disks = 16usize.saturating_sub(networks.saturating_sub(1));
+    if shared.len() > max_disks {
         return Err(ApiError::invalid(
-            shared[MAX_DISKS].field.clone(),
-            format!("a microVM takes at most {MAX_DISKS} disks"),
+            shared[max_disks].field.clone(),
+            format!(
+                "a microVM takes at most {max_disks} disks with {networks} more network devices"
+            ),
         ));
     }
     shared

@@ -3,8 +3,9 @@
 //! the machine (command 0xfe), and for the host to press Ctrl-Alt-Del
 //! ([`I8042::press_ctrl_alt_del`]), which asks a Linux guest to shut down.
 //!
-//! There is no mouse: the aux port's loopback and test commands answer as
-//! a controller without one, at once, so no driver waits for a timeout.
+//! There is no mouse: the aux port's loopback answers with a byte that is
+//! not the one sent, and its test with "clock line stuck low", at once, so
+//! Linux finds no mouse without waiting for a timeout.
 //! The keyboard speaks scan code set 2, untranslated (the command byte's
 //! translation bit is clear), and answers the few commands atkbd sends.
 
@@ -30,6 +31,8 @@ const STR_SYSTEM: u8 = 0x04;
 const STR_LAST_WAS_COMMAND: u8 = 0x08;
 /// Set: the keyboard is not locked.
 const STR_UNLOCKED: u8 = 0x10;
+/// The byte waiting is the aux port's.
+const STR_AUX_DATA: u8 = 0x20;
 
 // Command byte bits.
 const CTR_KBD_INT: u8 = 0x01;
@@ -73,8 +76,17 @@ const CTRL_ALT_DEL: [u8; 11] = [
 ];
 
 /// Bytes waiting to be read: at most this many (a guest that never reads
-/// can't make the VMM grow).
-const BUFFER: usize = 64;
+/// can't make the VMM grow). Linux's probe flushes up to 16 and takes more
+/// for a broken controller.
+const BUFFER: usize = 16;
+
+/// Whose a waiting byte is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Controller,
+    Keyboard,
+    Aux,
+}
 
 /// What the next data port write is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +99,10 @@ enum Expect {
     CommandByte,
     /// The output port (0xd1): bit 0 clear resets the machine.
     OutputPort,
-    /// A byte for the absent mouse (0xd4), or the loopback test's (0xd3).
+    /// A byte for the absent mouse (0xd4).
     Discard,
+    /// The aux loopback test's byte (0xd3).
+    AuxLoop,
 }
 
 pub struct I8042 {
@@ -97,9 +111,9 @@ pub struct I8042 {
     command_byte: u8,
     expect: Expect,
     last_was_command: bool,
-    /// Bytes for the guest, each marked whether it is the keyboard's (which
-    /// interrupts, when the command byte allows) or the controller's.
-    out: VecDeque<(u8, bool)>,
+    /// Bytes for the guest, each with whose it is (the keyboard's
+    /// interrupt, when the command byte allows).
+    out: VecDeque<(u8, Source)>,
     /// What the data port reads when nothing is waiting: the last byte.
     last: u8,
 }
@@ -120,18 +134,23 @@ impl I8042 {
     /// Presses and releases Ctrl-Alt-Del on the keyboard. Linux's keyboard
     /// handler reboots, or signals init where init asked for that (as
     /// systemd and busybox init do, to shut down cleanly).
+    /// Dropped whole if it doesn't fit (a guest that doesn't read its
+    /// keyboard yet).
     pub fn press_ctrl_alt_del(&mut self) {
+        if self.out.len() + CTRL_ALT_DEL.len() > BUFFER {
+            return;
+        }
         for b in CTRL_ALT_DEL {
-            self.push(b, true);
+            self.push(b, Source::Keyboard);
         }
     }
 
-    fn push(&mut self, byte: u8, keyboard: bool) {
+    fn push(&mut self, byte: u8, from: Source) {
         if self.out.len() >= BUFFER {
             return;
         }
         let was_empty = self.out.is_empty();
-        self.out.push_back((byte, keyboard));
+        self.out.push_back((byte, from));
         if was_empty {
             self.interrupt();
         }
@@ -141,7 +160,7 @@ impl I8042 {
     /// keyboard's and the guest enabled it. One byte per interrupt, as the
     /// hardware does: the next one interrupts when this one is read.
     fn interrupt(&self) {
-        if let Some((_, true)) = self.out.front() {
+        if let Some((_, Source::Keyboard)) = self.out.front() {
             if self.command_byte & CTR_KBD_INT != 0 {
                 // Fails only when the counter is full: an interrupt is
                 // pending already.
@@ -161,6 +180,9 @@ impl I8042 {
         if self.last_was_command {
             s |= STR_LAST_WAS_COMMAND;
         }
+        if let Some((_, Source::Aux)) = self.out.front() {
+            s |= STR_AUX_DATA;
+        }
         s
     }
 
@@ -168,13 +190,13 @@ impl I8042 {
         self.last_was_command = true;
         self.expect = Expect::KeyboardCommand;
         match cmd {
-            CMD_READ_CTR => self.push(self.command_byte, false),
+            CMD_READ_CTR => self.push(self.command_byte, Source::Controller),
             CMD_WRITE_CTR => self.expect = Expect::CommandByte,
-            CMD_SELF_TEST => self.push(SELF_TEST_OK, false),
-            CMD_KBD_TEST => self.push(0, false),
-            CMD_AUX_TEST => self.push(AUX_TEST_NO_DEVICE, false),
-            // Answered without the aux-data bit: Linux sees no mouse.
-            CMD_AUX_LOOP | CMD_WRITE_AUX => self.expect = Expect::Discard,
+            CMD_SELF_TEST => self.push(SELF_TEST_OK, Source::Controller),
+            CMD_KBD_TEST => self.push(0, Source::Controller),
+            CMD_AUX_TEST => self.push(AUX_TEST_NO_DEVICE, Source::Controller),
+            CMD_AUX_LOOP => self.expect = Expect::AuxLoop,
+            CMD_WRITE_AUX => self.expect = Expect::Discard,
             CMD_WRITE_OUTPUT => self.expect = Expect::OutputPort,
             CMD_RESET => self.state.exit(ExitReason::Reset),
             CMD_AUX_DISABLE | CMD_AUX_ENABLE | CMD_KBD_DISABLE | CMD_KBD_ENABLE => {}
@@ -196,30 +218,33 @@ impl I8042 {
                 }
             }
             Expect::Discard => {}
-            Expect::KeyboardArgument => self.push(KBD_ACK, true),
+            // Echoed changed: the loop is broken, and Linux goes on to the
+            // aux test, which says there is no mouse.
+            Expect::AuxLoop => self.push(!byte, Source::Aux),
+            Expect::KeyboardArgument => self.push(KBD_ACK, Source::Keyboard),
             Expect::KeyboardCommand => self.keyboard(byte),
         }
     }
 
     fn keyboard(&mut self, cmd: u8) {
         match cmd {
-            KBD_ECHO => self.push(KBD_ECHO, true),
+            KBD_ECHO => self.push(KBD_ECHO, Source::Keyboard),
             KBD_GET_ID => {
-                self.push(KBD_ACK, true);
+                self.push(KBD_ACK, Source::Keyboard);
                 for b in KBD_ID {
-                    self.push(b, true);
+                    self.push(b, Source::Keyboard);
                 }
             }
             KBD_RESET => {
-                self.out.retain(|(_, keyboard)| !keyboard);
-                self.push(KBD_ACK, true);
-                self.push(KBD_SELF_TEST_OK, true);
+                self.out.retain(|(_, from)| *from != Source::Keyboard);
+                self.push(KBD_ACK, Source::Keyboard);
+                self.push(KBD_SELF_TEST_OK, Source::Keyboard);
             }
             KBD_SET_LEDS | KBD_SET_REPEAT | KBD_SCAN_SET => {
-                self.push(KBD_ACK, true);
+                self.push(KBD_ACK, Source::Keyboard);
                 self.expect = Expect::KeyboardArgument;
             }
-            _ => self.push(KBD_ACK, true),
+            _ => self.push(KBD_ACK, Source::Keyboard),
         }
     }
 }
@@ -286,10 +311,17 @@ mod tests {
         d.write(DATA, &[ctr & !CTR_KBD_INT]);
         d.write(COMMAND, &[CMD_READ_CTR]);
         assert_eq!(read(&mut d, DATA), ctr & !CTR_KBD_INT);
-        // No mouse: the loopback answers nothing, the test says so.
+        // No mouse: the loopback answers at once, as the aux port's, with
+        // a byte that is not the one sent; the test says so.
         d.write(COMMAND, &[CMD_AUX_LOOP]);
         d.write(DATA, &[0x5a]);
-        assert_eq!(read(&mut d, COMMAND) & STR_OUT_FULL, 0);
+        let status = read(&mut d, COMMAND);
+        assert_eq!(
+            status & (STR_OUT_FULL | STR_AUX_DATA),
+            STR_OUT_FULL | STR_AUX_DATA
+        );
+        assert_ne!(read(&mut d, DATA), 0x5a);
+        assert_eq!(read(&mut d, COMMAND) & STR_AUX_DATA, 0);
         d.write(COMMAND, &[CMD_AUX_TEST]);
         assert_eq!(read(&mut d, DATA), AUX_TEST_NO_DEVICE);
         // Controller answers never interrupt.
@@ -345,6 +377,11 @@ mod tests {
         let (mut d, _) = device();
         for _ in 0..100 {
             d.press_ctrl_alt_del();
+        }
+        // One press fits; the others are dropped whole.
+        assert_eq!(d.out.len(), CTRL_ALT_DEL.len());
+        for _ in 0..100 {
+            d.write(DATA, &[KBD_GET_ID]);
         }
         assert_eq!(d.out.len(), BUFFER);
     }

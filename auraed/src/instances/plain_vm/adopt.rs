@@ -91,6 +91,7 @@ pub fn survivors(instances_dir: &Path, hierarchy: &Hierarchy) -> Vec<Survivor> {
         if !is_vm {
             continue;
         }
+        let folder = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let record: VmRecord = match std::fs::read(dir.join(RECORD))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -101,6 +102,14 @@ pub fn survivors(instances_dir: &Path, hierarchy: &Hierarchy) -> Vec<Survivor> {
                 continue;
             }
         };
+        if folder != format!("vm.{}", record.name) {
+            tracing::warn!(
+                "{}: its record names {:?}; not adopted",
+                dir.display(),
+                record.name
+            );
+            continue;
+        }
         let Some(cgroup) = cells.iter().find(|c| c.name() == record.name).cloned() else {
             tracing::warn!("vm {}: its cell is gone; not adopted", record.name);
             continue;
@@ -168,14 +177,42 @@ impl Instances {
         log_bytes: usize,
     ) -> Result<Vm, ApiError> {
         let r = s.record;
-        // The bridge is there (the TAP is on it): this finds it.
+        // The pidfd pins the process: checked again through it, a pid
+        // reused since the first check is refused.
+        let pid = r.vmm_pid;
+        let fd = crate::sys::pidfd::open(pid)
+            .map_err(|e| ApiError::io(format!("pidfd_open({pid})"), e))?;
+        if start_ticks(pid) != Some(r.vmm_start) || !s.cgroup.procs().contains(&pid) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "vm {}: pid {pid} is no longer its VMM",
+                r.name
+            )));
+        }
+        // Its TAP, by name and index: a TUN of this auraed's naming.
+        let stem: String = self.cfg.bridge.chars().take(9).collect();
+        let sys = Path::new("/sys/class/net").join(&r.tap);
+        let index = std::fs::read_to_string(sys.join("ifindex"))
+            .ok()
+            .and_then(|i| i.trim().parse::<u32>().ok());
+        if !r.tap.starts_with(&format!("{stem}t"))
+            || !sys.join("tun_flags").exists()
+            || index != Some(r.tap_index)
+        {
+            return Err(ApiError::FailedPrecondition(format!(
+                "vm {}: its TAP {} is gone or is another link",
+                r.name, r.tap
+            )));
+        }
+        // The bridge is there (the TAP is on it): this finds it, and takes
+        // it as its own, as the auraed that made it did.
         self.ensure_bridge().await?;
+        self.own_bridge().await;
         self.claim_index(r.index)?;
         let adopted = Executable::adopt(
             format!("{}/vmm", r.name),
             Some(r.name.clone()),
             r.command.clone(),
-            r.vmm_pid,
+            (pid, fd),
             super::vm_outputs(&s.dir),
             log_bytes,
         );
@@ -205,6 +242,7 @@ impl Instances {
             index: r.index,
             torn_down: std::sync::atomic::AtomicBool::new(false),
             tearing_down: tokio::sync::Mutex::new(()),
+            asked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

@@ -7,12 +7,19 @@ pub mod tap;
 
 pub use device::Net;
 
+/// What tells this host's guest MACs from another's: its boot ID (empty
+/// where it can't be read, and the MAC is then the TAP name's alone).
+pub fn host_salt() -> Vec<u8> {
+    std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default()
+}
+
 /// The guest's MAC on a TAP: locally administered and unicast (06:aa:52),
-/// then three bytes of an FNV-1a hash of the TAP's name, so that VMs on one
-/// bridge (each on its own TAP) don't share an address.
-pub fn guest_mac(tap: &str) -> [u8; 6] {
+/// then three bytes of an FNV-1a hash of the TAP's name and `salt` (see
+/// [`host_salt`]), so that VMs on one bridge (each on its own TAP) don't
+/// share an address, nor do VMs of two hosts whose TAPs have the same name.
+pub fn guest_mac(tap: &str, salt: &[u8]) -> [u8; 6] {
     let mut h: u32 = 0x811c_9dc5;
-    for b in tap.bytes() {
+    for b in tap.bytes().chain(salt.iter().copied()) {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
