@@ -39,6 +39,10 @@ pub struct VmRunArgs {
     pub mem: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
+    /// A key of the VM's metadata record, KEY=VALUE (repeatable): the guest
+    /// reads it at http://169.254.169.254/.
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
 }
 
 fn absolute(flag: &'static str, p: &std::path::Path) -> Result<String, FlagError> {
@@ -81,6 +85,7 @@ impl VmRunArgs {
             cmdline: self.cmdline.unwrap_or_default(),
             vcpus: self.vcpus,
             memory_mib,
+            metadata: crate::spawn_args::meta_map(&self.meta)?,
         })
     }
 }

@@ -82,20 +82,6 @@ pub fn links(prefix: &str) -> Vec<String> {
 ///
 /// Check a refusal with [`line_has`]: its line holds the HTTP status.
 pub fn imds_from(d: &Daemon, path: &str) -> String {
-    // The token by PUT over nc (busybox wget has no PUT; nc stops at its
-    // input's end, so the input stays open for the local answer); the
-    // GETs by wget, which waits for the answer (in a microVM it comes from
-    // the parent, over the bridge) and names a refusal's status.
-    const SCRIPT: &str = r#"
-W='/bin/busybox timeout 20 /bin/busybox wget -O-'
-U='http://169.254.169.254/latest/meta-data'
-T=$({ printf 'PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n'; /bin/busybox sleep 1; } | /bin/busybox nc 169.254.169.254 80 | /bin/busybox tail -n 1)
-echo "token-length=${#T}"
-echo "role=$($W -q --header "X-aws-ec2-metadata-token: $T" $U/tags/role)"
-echo "path=$($W -q --header "X-aws-ec2-metadata-token: $T" $U/path)"
-echo "untokened: $($W $U/tags/role 2>&1 | /bin/busybox grep 'server returned')"
-echo "forwarded: $($W --header "X-aws-ec2-metadata-token: $T" --header 'X-Forwarded-For: 192.0.2.1' $U/name 2>&1 | /bin/busybox grep 'server returned')"
-"#;
     d.aer_ok(&[
         "--instance",
         path,
@@ -105,9 +91,41 @@ echo "forwarded: $($W --header "X-aws-ec2-metadata-token: $T" --header 'X-Forwar
         "/bin/busybox",
         "sh",
         "-c",
-        SCRIPT,
+        IMDS_SCRIPT,
     ])
 }
+
+/// [`imds_from`] in the network namespace of process `pid` (a plain VM's
+/// VMM), through nsenter on this host.
+pub fn imds_in(pid: u32) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["/bin/busybox", "sh", "-c", IMDS_SCRIPT])
+        .output()
+        .expect("nsenter");
+    assert!(
+        out.status.success(),
+        "nsenter: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads the link-local metadata endpoint, printing a line per check.
+/// The token by PUT over nc (busybox wget has no PUT; nc stops at its
+/// input's end, so the input stays open for the local answer); the GETs by
+/// wget, which waits for the answer (in a microVM it comes from the parent,
+/// over the bridge) and names a refusal's status.
+pub const IMDS_SCRIPT: &str = r#"
+W='/bin/busybox timeout 20 /bin/busybox wget -O-'
+U='http://169.254.169.254/latest/meta-data'
+T=$({ printf 'PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n'; /bin/busybox sleep 1; } | /bin/busybox nc 169.254.169.254 80 | /bin/busybox tail -n 1)
+echo "token-length=${#T}"
+echo "role=$($W -q --header "X-aws-ec2-metadata-token: $T" $U/tags/role)"
+echo "path=$($W -q --header "X-aws-ec2-metadata-token: $T" $U/path)"
+echo "untokened: $($W $U/tags/role 2>&1 | /bin/busybox grep 'server returned')"
+echo "forwarded: $($W --header "X-aws-ec2-metadata-token: $T" --header 'X-Forwarded-For: 192.0.2.1' $U/name 2>&1 | /bin/busybox grep 'server returned')"
+"#;
 
 /// Whether a line of `out` starts with `start` and contains `status`.
 pub fn line_has(out: &str, start: &str, status: &str) -> bool {

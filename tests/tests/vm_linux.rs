@@ -28,6 +28,12 @@ fn root_disk(dir: &Path, size_mib: u32) -> std::path::PathBuf {
             "#!/bin/busybox sh\n\
              /bin/busybox mount -t proc proc /proc\n\
              /bin/busybox echo \"root is $(/bin/busybox awk '$2 == \"/\" {{print $3}}' /proc/mounts)\"\n\
+             /bin/busybox ip link set eth0 up\n\
+             /bin/busybox ip addr add 169.254.7.7/16 dev eth0\n\
+             T=$({{ printf 'PUT /latest/api/token HTTP/1.0\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'; /bin/busybox sleep 1; }} | /bin/busybox timeout 20 /bin/busybox nc 169.254.169.254 80 | /bin/busybox tail -n 1)\n\
+             M=http://169.254.169.254/latest/meta-data\n\
+             /bin/busybox echo \"imds name=$(/bin/busybox timeout 20 /bin/busybox wget -q -O- --header \"X-aws-ec2-metadata-token: $T\" $M/name)\"\n\
+             /bin/busybox echo \"imds role=$(/bin/busybox timeout 20 /bin/busybox wget -q -O- --header \"X-aws-ec2-metadata-token: $T\" $M/tags/role)\"\n\
              /bin/busybox echo 0 > /proc/sys/kernel/ctrl-alt-del\n\
              trap '/bin/busybox echo \"init: Ctrl-Alt-Del, rebooting\"; /bin/busybox sync; /bin/busybox reboot -f' INT\n\
              /bin/busybox echo '{MARKER}'\n\
@@ -84,6 +90,7 @@ async fn our_kernel_boots_from_an_ext4_root_disk_to_a_login_marker() {
                 .into(),
             vcpus: 1,
             memory_mib: 256,
+            metadata: [("role".to_string(), "ext4-test".to_string())].into(),
             ..Default::default()
         })
         .await
@@ -91,9 +98,13 @@ async fn our_kernel_boots_from_an_ext4_root_disk_to_a_login_marker() {
         .into_inner();
     let vm = r.vm.expect("vm");
     let (console, booted) =
-        aurae_tests::logs::until(&mut c, "linux", MARKER, Duration::from_secs(180)).await;
+        aurae_tests::logs::until(&mut c, "linux", MARKER, Duration::from_secs(100)).await;
     assert!(booted, "no login marker on the console:\n{console}");
     assert!(console.contains("root is ext4"), "{console}");
+    // Through its TAP and the redirects of its namespace, the guest reads
+    // its own record at the link-local address.
+    assert!(console.contains("imds name=linux"), "{console}");
+    assert!(console.contains("imds role=ext4-test"), "{console}");
     let stopped = c
         .stop(pb::StopRequest {
             id: "linux".into(),

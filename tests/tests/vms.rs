@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aurae_proto::runtime as pb;
-use aurae_tests::instances::{daemon, image};
+use aurae_tests::instances::{daemon, image, imds_in, line_has};
 use aurae_tests::{leaks::Snapshot, require_root, Daemon, DaemonOptions};
 use vmm::boot::test_elf::TestElf;
 
@@ -232,6 +232,67 @@ async fn stop_asks_the_guest_to_shut_down_first() {
     let logs = d.aer_ok(&["logs", "polite"]);
     assert!(!logs.contains("ctrl-alt-del pressed"), "{logs}");
     d.aer_ok(&["free", "polite"]);
+}
+
+#[tokio::test]
+async fn each_vm_reads_its_own_record_at_the_link_local_address() {
+    require_root!();
+    require_kvm!();
+    let d = vm_daemon().await;
+    let before = Snapshot::settled(&d);
+    let kernel = write(&d.dir, "spin.elf", &guest("up\n", SPIN));
+    let path = kernel.display().to_string();
+    let mut c = d.client().await;
+    let mut pids = Vec::new();
+    for (name, role) in [("one", "role=db"), ("two", "role=cache")] {
+        d.aer_ok(&[
+            "vm", "run", "--name", name, "--kernel", &path, "--mem", "64M", "--meta", role,
+        ]);
+        pids.push(
+            c.status(pb::StatusRequest { id: name.into() })
+                .await
+                .expect("status")
+                .into_inner()
+                .pid,
+        );
+    }
+    // Asked from each VM's network namespace (where its TAP is), each gets
+    // its own record, and the protocol's refusals.
+    for (pid, (name, role)) in pids.iter().zip([("one", "db"), ("two", "cache")]) {
+        let out = imds_in(*pid);
+        assert!(out.contains("token-length=48"), "{name}: {out}");
+        assert!(out.contains(&format!("role={role}")), "{name}: {out}");
+        assert!(out.contains(&format!("path={name}")), "{name}: {out}");
+        assert!(line_has(&out, "untokened:", "401"), "{name}: {out}");
+        assert!(line_has(&out, "forwarded:", "403"), "{name}: {out}");
+    }
+    // The host's own namespace holds no such address (a cloud host's own
+    // metadata service stays reachable).
+    let bound = std::net::TcpListener::bind("169.254.169.254:0");
+    assert!(bound.is_err(), "169.254.169.254 is local on the host");
+    // The admin's record is the VM's: a Set is what the guest reads next.
+    let got = d.aer_ok(&["-o", "json", "meta", "get", "one"]);
+    let v: serde_json::Value = serde_json::from_str(&got).expect("json");
+    assert_eq!(
+        (v["backend"].as_str(), v["path"].as_str()),
+        (Some("vm"), Some("one")),
+        "{got}"
+    );
+    d.aer_ok(&["meta", "set", "one", "role=primary"]);
+    assert!(imds_in(pids[0]).contains("role=primary"));
+    for name in ["one", "two"] {
+        d.aer_ok(&["stop", "--signal", "KILL", name]);
+        d.aer_ok(&["free", name]);
+    }
+    let e = c
+        .run_virtual_machine(pb::RunVirtualMachineRequest {
+            metadata: [("k".to_string(), "v".repeat(70_000))].into(),
+            ..vm_req("big", &kernel)
+        })
+        .await
+        .expect_err("metadata over the limit");
+    assert!(e.message().starts_with("metadata"), "{}", e.message());
+    before.assert_unchanged(&d);
 }
 
 #[tokio::test]
@@ -514,10 +575,17 @@ async fn a_restart_after_kill_9_removes_the_vm_and_its_tap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(aurae_tests::dead(pid), "the VMM left behind was killed");
-    assert!(!link_exists(&vm.tap), "its TAP was removed");
+    // Its uplink went with its network namespace (its TAP is in there).
+    for _ in 0..100 {
+        if !link_exists(&vm.tap) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!link_exists(&vm.tap), "its link on the bridge was removed");
     let log = d2.log_text();
     assert!(
-        log.contains(&format!("removed TAP {}", vm.tap)),
+        log.contains("vm.left, left by a previous run"),
         "the restart says what it removed:\n{log}"
     );
 }

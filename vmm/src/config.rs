@@ -222,7 +222,9 @@ impl VmConfig {
             if tap.is_empty() || tap.len() >= libc::IFNAMSIZ {
                 return Err(bad("tap", format!("{tap:?} is not a valid interface name")));
             }
-            if !Path::new("/sys/class/net").join(tap).exists() {
+            // Looked up in this process's network namespace (/sys may show
+            // another's).
+            if nix::net::if_::if_nametoindex(tap.as_str()).is_err() {
                 return Err(bad("tap", format!("{tap} does not exist")));
             }
         }

@@ -327,7 +327,7 @@ impl Instances {
         })
         .await?
         .map_err(|e| ApiError::Internal(format!("instance {}: {}", spec.name, chain(&e))))?;
-        let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells);
+        let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells, true);
         let cell = Cell::create(cell_spec, cells.clone()).await?;
         undo.cell = Some(cell.clone());
         injected(fail, FailAt::Cell)?;

@@ -467,21 +467,23 @@ impl Instances {
 
     /// Releases what an instance held of this auraed's: its address.
     pub fn forget(&self, instance: &Instance) {
-        {
-            let mut server = self
-                .metadata_server
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.metadata.remove(&instance.name);
-            if self.metadata.is_empty() {
-                // Nobody left to ask: the endpoint closes until the next
-                // spawn.
-                if let Some(task) = server.take() {
-                    task.abort();
-                }
+        self.forget_record(&instance.name);
+        self.release_index(instance.index);
+    }
+
+    /// Removes `name`'s metadata record; the endpoint on the bridge closes
+    /// with the last one, until the next spawn.
+    fn forget_record(&self, name: &str) {
+        let mut server = self
+            .metadata_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.metadata.remove(name);
+        if self.metadata.is_empty() {
+            if let Some(task) = server.take() {
+                task.abort();
             }
         }
-        self.release_index(instance.index);
     }
 
     /// Removes the bridge if this auraed made it, once its instances are

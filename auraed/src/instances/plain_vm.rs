@@ -27,7 +27,8 @@ use crate::cgroup::CellCgroup;
 use crate::error::ApiError;
 use crate::executables::{Executable, Output, Placement};
 use crate::logs::Stream;
-use crate::net::{self, Tap, INSTANCE_PREFIX_LEN};
+use crate::metadata::imds;
+use crate::net::{self, Veth, INSTANCE_PREFIX_LEN};
 
 /// A plain VM's parameters, validated.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct VmSpec {
     pub cmdline: String,
     pub vcpus: u8,
     pub memory_mib: u64,
+    /// What its metadata record holds for it (validated).
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// How long a VM that can't boot has to show it before RunVirtualMachine
@@ -57,12 +60,16 @@ pub struct Vm {
     pub name: String,
     pub kernel: PathBuf,
     pub address: Ipv6Addr,
+    /// Its link on auraed's bridge: the host end of its uplink (its TAP is
+    /// in the VMM's network namespace; see [`net::make_vm_link`]).
     pub tap_name: String,
     pub created_at: SystemTime,
     /// The VMM; its output is the guest's console.
     pub init: Arc<Executable>,
     cell: VmCell,
-    tap: Mutex<Option<Tap>>,
+    uplink: Mutex<Option<Veth>>,
+    /// The link-local metadata endpoint in its namespace.
+    imds: Mutex<Option<tokio::task::JoinHandle<()>>>,
     dir: PathBuf,
     index: u32,
     torn_down: AtomicBool,
@@ -137,7 +144,8 @@ impl Vm {
     }
 
     /// Stops the VMM (SIGTERM: it stops the VM; SIGKILL after
-    /// [`VMM_STOP_GRACE`]), then removes its cell, TAP and folder.
+    /// [`VMM_STOP_GRACE`]), then removes its cell (its network namespace,
+    /// with its TAP), its uplink and folder.
     /// Idempotent; a second caller waits until the first has finished.
     pub async fn tear_down(&self) -> Result<(), ApiError> {
         let _one_at_a_time = self.tearing_down.lock().await;
@@ -147,15 +155,22 @@ impl Vm {
         if let Err(e) = self.init.stop(Signal::SIGTERM, VMM_STOP_GRACE).await {
             tracing::warn!("vm {}: stopping its VMM: {e}", self.name);
         }
+        // Its metadata socket holds its network namespace: closed first.
+        let imds = self.imds.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = imds {
+            task.abort();
+            let _cancelled = task.await;
+        }
         // Every step runs; the first failure is returned.
         let destroyed = self.cell.destroy().await;
-        let tap = self.tap.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let tap_removed = match tap {
-            Some(tap) => tap.remove().await.map(drop).map_err(ApiError::from),
+        // Gone with the namespace already, as a rule.
+        let uplink = self.uplink.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let uplink_removed = match uplink {
+            Some(v) => v.remove().await.map(drop).map_err(ApiError::from),
             None => Ok(()),
         };
         let dir_removed = super::microvm::remove_dir(&self.dir);
-        destroyed.and(tap_removed).and(dir_removed)
+        destroyed.and(uplink_removed).and(dir_removed)
     }
 
     /// The address index it held of its auraed's bridge.
@@ -301,17 +316,19 @@ impl Instances {
         })
         .await??;
 
-        // 3. The VMM's cell and the TAP.
+        // 3. The VMM's cell, with a network namespace of its own, and its
+        // links there: the TAP, and the uplink to the bridge.
         let cell = Cell::create(
-            vmm_cell_spec(&spec.name, spec.memory_mib, cells),
+            vmm_cell_spec(&spec.name, spec.memory_mib, cells, false),
             cells.clone(),
         )
         .await?;
         undo.cell = Some(cell.clone());
-        let stem: String = self.cfg.bridge.chars().take(9).collect();
-        let tap_name = net::host_link_name(&format!("{stem}t"), index)?;
-        let tap = net::create_tap(&tap_name, &bridge.link()).await?;
-        undo.tap = Some(tap.clone());
+        let (host, peer, tap) = self.vm_link_names(index)?;
+        let (pidfd, _) = cell.namespaces();
+        let uplink =
+            net::make_vm_link(pidfd, (&host, &peer), &bridge.link(), &tap, imds::ADDR).await?;
+        undo.veth = Some(uplink.clone());
 
         // 4. The VMM; a VM that can't boot shows it at once.
         let outputs = vm_outputs(&dir);
@@ -326,7 +343,7 @@ impl Instances {
             initrd: initrd.as_deref(),
             mem_mib: spec.memory_mib,
             vcpus: spec.vcpus,
-            taps: std::slice::from_ref(&tap.name),
+            taps: std::slice::from_ref(&tap),
             cmdline: spec.cmdline.clone(),
             nested: false,
             disks: &spec.disks,
@@ -365,8 +382,11 @@ impl Instances {
                 name: spec.name.clone(),
                 kernel: spec.kernel.clone(),
                 index,
-                tap: tap.name.clone(),
-                tap_index: tap.index,
+                tap: uplink.host.clone(),
+                tap_index: uplink.host_index,
+                vcpus: spec.vcpus,
+                memory_mib: spec.memory_mib,
+                metadata: spec.metadata.clone(),
                 vmm_pid: init.pid,
                 vmm_start: adopt::start_ticks(init.pid).unwrap_or_else(|| {
                     tracing::warn!(
@@ -381,20 +401,31 @@ impl Instances {
                 command,
             },
         )?;
+        // 5. Its record, and the link-local endpoint in its namespace.
+        let endpoint = self
+            .vm_metadata(
+                &spec.name,
+                address,
+                (spec.vcpus, spec.memory_mib),
+                &spec.metadata,
+                pidfd,
+            )
+            .await?;
         undo.init = None;
         undo.cell = None;
         undo.index = None;
         undo.vm_dir = None;
-        let tap = undo.tap.take();
+        let uplink = undo.veth.take();
         Ok(Vm {
             name: spec.name.clone(),
             kernel: spec.kernel.clone(),
             address,
-            tap_name: tap_name.clone(),
+            tap_name: host,
             created_at,
             init,
             cell: VmCell::Made(cell),
-            tap: Mutex::new(tap),
+            uplink: Mutex::new(uplink),
+            imds: Mutex::new(Some(endpoint)),
             dir,
             index,
             torn_down: AtomicBool::new(false),
@@ -403,9 +434,60 @@ impl Instances {
         })
     }
 
-    /// Releases what a VM held of this auraed's: its address.
+    /// Releases what a VM held of this auraed's: its address and record.
     pub fn forget_vm(&self, vm: &Vm) {
+        self.forget_record(&vm.name);
         self.release_index(vm.index());
+    }
+
+    /// The names of VM `index`'s links: its uplink's host end (on the
+    /// bridge) and temporary peer name, and its TAP (in its namespace;
+    /// named like a microVM's, so that guest MACs, derived from the TAP's
+    /// name, differ).
+    fn vm_link_names(&self, index: u32) -> Result<(String, String, String), ApiError> {
+        let stem: String = self.cfg.bridge.chars().take(9).collect();
+        Ok((
+            net::host_link_name(&format!("{stem}m"), index)?,
+            net::host_link_name(&format!("{stem}n"), index)?,
+            net::host_link_name(&format!("{stem}t"), index)?,
+        ))
+    }
+
+    /// Records what VM `name` may read of itself and serves it on
+    /// 169.254.169.254 in the VM's network namespace (`netns`, a pidfd of
+    /// a process in it), where only the VM's traffic arrives. Returns the
+    /// endpoint's task; on error, nothing is left.
+    async fn vm_metadata(
+        &self,
+        name: &str,
+        address: Ipv6Addr,
+        (vcpus, memory_mib): (u8, u64),
+        metadata: &std::collections::BTreeMap<String, String>,
+        netns: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<tokio::task::JoinHandle<()>, ApiError> {
+        let listener = net::listen_in(netns, imds::ADDR, imds::PORT).await?;
+        let source = imds::Source::Records {
+            store: self.metadata.clone(),
+            name: name.to_string(),
+        };
+        let task = imds::serve(listener, source)
+            .map_err(|e| ApiError::io("serving the VM's link-local metadata endpoint", e))?;
+        let recorded = self.serve_metadata(crate::metadata::Record {
+            name: name.to_string(),
+            path: self.child_path(name),
+            spiffe_id: String::new(),
+            address: format!("{address}/{INSTANCE_PREFIX_LEN}"),
+            parent_address: String::new(),
+            backend: "vm".into(),
+            vcpus: vcpus.into(),
+            memory_mib,
+            metadata: metadata.clone(),
+        });
+        if let Err(e) = recorded {
+            task.abort();
+            return Err(e);
+        }
+        Ok(task)
     }
 }
 

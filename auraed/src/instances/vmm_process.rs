@@ -36,7 +36,15 @@ pub struct Disk {
 /// The cell a VMM runs in: its own pid, ipc, uts, cgroup and mount
 /// namespaces, the host's network (for its TAP), and memory limited to the
 /// guest's plus [`VMM_OVERHEAD_MIB`] where the memory controller exists.
-pub(super) fn vmm_cell_spec(name: &str, mem_mib: u64, cells: &CellContext) -> CellSpec {
+/// `host_net`: the host's network (a microVM instance's TAP is on the
+/// bridge there), or a namespace of its own (a plain VM's, see
+/// [`crate::net::make_vm_link`]).
+pub(super) fn vmm_cell_spec(
+    name: &str,
+    mem_mib: u64,
+    cells: &CellContext,
+    host_net: bool,
+) -> CellSpec {
     let mut limits = crate::cgroup::Limits::default();
     // A limit whose controller is missing would fail the cell.
     if cells.hierarchy.available().contains("memory") {
@@ -46,7 +54,7 @@ pub(super) fn vmm_cell_spec(name: &str, mem_mib: u64, cells: &CellContext) -> Ce
         name: name.to_string(),
         limits,
         share: HostShare {
-            net: true,
+            net: host_net,
             ..Default::default()
         },
         ..Default::default()

@@ -28,10 +28,12 @@ mod addresses;
 mod bridge;
 mod netns;
 mod tap;
+mod tc;
 #[cfg(test)]
 mod tests;
 mod ula;
 mod veth;
+mod vm_link;
 
 use std::io;
 use std::net::Ipv6Addr;
@@ -46,6 +48,7 @@ pub use bridge::{ensure_bridge, find_bridge, Bridge, BridgeLink};
 pub use tap::{create_tap, remove_stale_taps, Tap};
 pub use ula::{Ula, INSTANCE_PREFIX_LEN, ULA_PREFIX_LEN};
 pub use veth::{create_veth, Veth};
+pub use vm_link::{make_vm_link, UPLINK};
 
 /// The longest interface name the kernel takes (`IFNAMSIZ` less the NUL).
 pub const MAX_LINK_NAME: usize = libc::IFNAMSIZ - 1;
@@ -142,6 +145,13 @@ pub enum NetError {
     },
     #[error("deleting link {link} (RTM_DELLINK)")]
     DelLink {
+        link: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{what} on {link} (rtnetlink)")]
+    Tc {
+        what: &'static str,
         link: String,
         #[source]
         source: rtnetlink::Error,

@@ -181,6 +181,12 @@ pub fn vm_spec(r: &pb::RunVirtualMachineRequest) -> Result<VmSpec, ApiError> {
         cmdline,
         vcpus: r.vcpus.max(1) as u8,
         memory_mib,
+        metadata: {
+            let m: std::collections::BTreeMap<String, String> =
+                r.metadata.clone().into_iter().collect();
+            crate::metadata::validate("metadata", &m)?;
+            m
+        },
     })
 }
 

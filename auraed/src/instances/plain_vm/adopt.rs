@@ -1,9 +1,9 @@
 //! A plain VM outlives its auraed (`[instances] vm_restart = "adopt"`, the
 //! default): its VMM runs on in its cell, writing its console and messages
 //! to files in the VM's folder, and a record there (`vm.json`) says what a
-//! restarted auraed needs to take it back: its name, address index, TAP,
-//! and the VMM's pid with its start time (so that a reused pid is never
-//! taken for it).
+//! restarted auraed needs to take it back: its name, address index, link
+//! on the bridge, resources and metadata, and the VMM's pid with its start
+//! time (so that a reused pid is never taken for it).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +17,7 @@ use crate::config::VmRestart;
 use crate::error::ApiError;
 use crate::executables::Executable;
 use crate::instances::Instances;
-use crate::net::Tap;
+use crate::net::Veth;
 
 /// The record's file in the VM's folder.
 const RECORD: &str = "vm.json";
@@ -28,8 +28,13 @@ pub struct VmRecord {
     pub name: String,
     pub kernel: PathBuf,
     pub index: u32,
+    /// Its link on the bridge (the host end of its uplink), and its index.
     pub tap: String,
     pub tap_index: u32,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
     pub vmm_pid: i32,
     /// The VMM's start time, in clock ticks since boot (`/proc/<pid>/stat`).
     pub vmm_start: u64,
@@ -188,18 +193,16 @@ impl Instances {
                 r.name
             )));
         }
-        // Its TAP, by name and index: a TUN of this auraed's naming.
-        let stem: String = self.cfg.bridge.chars().take(9).collect();
-        let sys = Path::new("/sys/class/net").join(&r.tap);
-        let index = std::fs::read_to_string(sys.join("ifindex"))
-            .ok()
-            .and_then(|i| i.trim().parse::<u32>().ok());
-        if !r.tap.starts_with(&format!("{stem}t"))
-            || !sys.join("tun_flags").exists()
-            || index != Some(r.tap_index)
-        {
+        // Its link on the bridge, by name and index, named as this
+        // auraed names them.
+        let (host, _, _) = self.vm_link_names(r.index)?;
+        let index =
+            std::fs::read_to_string(Path::new("/sys/class/net").join(&r.tap).join("ifindex"))
+                .ok()
+                .and_then(|i| i.trim().parse::<u32>().ok());
+        if r.tap != host || index != Some(r.tap_index) {
             return Err(ApiError::FailedPrecondition(format!(
-                "vm {}: its TAP {} is gone or is another link",
+                "vm {}: its link {} is gone or is another link",
                 r.name, r.tap
             )));
         }
@@ -208,16 +211,35 @@ impl Instances {
         self.ensure_bridge().await?;
         self.own_bridge().await;
         self.claim_index(r.index)?;
-        let adopted = Executable::adopt(
-            format!("{}/vmm", r.name),
-            Some(r.name.clone()),
-            r.command.clone(),
-            (pid, fd),
-            super::vm_outputs(&s.dir),
-            log_bytes,
-        );
-        let init = match adopted {
-            Ok(init) => init,
+        let made = async {
+            // Its metadata endpoint again, in its namespace (the VMM's).
+            let endpoint = self
+                .vm_metadata(
+                    &r.name,
+                    self.ula.instance_addr(r.index),
+                    (r.vcpus, r.memory_mib),
+                    &r.metadata,
+                    std::os::fd::AsFd::as_fd(&fd),
+                )
+                .await?;
+            match Executable::adopt(
+                format!("{}/vmm", r.name),
+                Some(r.name.clone()),
+                r.command.clone(),
+                (pid, fd),
+                super::vm_outputs(&s.dir),
+                log_bytes,
+            ) {
+                Ok(init) => Ok((init, endpoint)),
+                Err(e) => {
+                    endpoint.abort();
+                    self.forget_record(&r.name);
+                    Err(e)
+                }
+            }
+        };
+        let (init, endpoint) = match made.await {
+            Ok(made) => made,
             Err(e) => {
                 self.release_index(r.index);
                 return Err(e);
@@ -234,10 +256,12 @@ impl Instances {
                 cgroup: s.cgroup,
                 state_dir: cells.state_dir.join("cells").join(&r.name),
             },
-            tap: std::sync::Mutex::new(Some(Tap {
-                name: r.tap,
-                index: r.tap_index,
+            uplink: std::sync::Mutex::new(Some(Veth {
+                host: r.tap,
+                host_index: r.tap_index,
+                peer: crate::net::UPLINK.into(),
             })),
+            imds: std::sync::Mutex::new(Some(endpoint)),
             dir: s.dir,
             index: r.index,
             torn_down: std::sync::atomic::AtomicBool::new(false),
@@ -258,8 +282,11 @@ mod tests {
             name: "db".into(),
             kernel: "/k".into(),
             index: 3,
-            tap: "aurae0t3".into(),
+            tap: "aurae0m3".into(),
             tap_index: 42,
+            vcpus: 1,
+            memory_mib: 64,
+            metadata: [("k".to_string(), "v".to_string())].into(),
             vmm_pid: 1234,
             vmm_start: 99,
             created_at_unix_ms: 1_700_000_000_000,
