@@ -112,7 +112,8 @@ impl From<ApiError> for tonic::Status {
                 match *e {
                     N::InvalidName { .. } => tonic::Status::invalid_argument(msg),
                     N::LinkExists { .. } => tonic::Status::already_exists(msg),
-                    N::PrefixClash { .. } | N::NotABridge { .. } => {
+                    // A kernel without traffic control can't run plain VMs.
+                    N::PrefixClash { .. } | N::NotABridge { .. } | N::Tc { .. } => {
                         tonic::Status::failed_precondition(msg)
                     }
                     _ => tonic::Status::internal(msg),

@@ -84,26 +84,40 @@ struct Followed {
     lines: Lines,
 }
 
+/// How often the files are read where the kernel has no inotify.
+const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Reads each of `files` into `buffer` (as its stream) from its start,
 /// then as it grows, until `exited` is true; then reads what is left and
 /// returns. One inotify instance watches them all (the per-user limit of
-/// instances is small).
+/// instances is small); a kernel without inotify (`ENOSYS`) gets the files
+/// read every [`POLL`] instead, and a warning.
 pub async fn follow(
     files: Vec<(PathBuf, Stream)>,
     buffer: Arc<LogBuffer>,
     mut exited: watch::Receiver<bool>,
 ) -> Result<(), FollowError> {
-    let inotify =
-        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(FollowError::Init)?;
+    let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+        Ok(i) => Some(i),
+        Err(nix::errno::Errno::ENOSYS) => {
+            tracing::warn!(
+                "this kernel has no inotify (CONFIG_INOTIFY_USER): output files are read every {POLL:?}"
+            );
+            None
+        }
+        Err(e) => return Err(FollowError::Init(e)),
+    };
     let mut followed = Vec::with_capacity(files.len());
     for (path, stream) in files {
         // Watched before the first read: nothing written after it is missed.
-        inotify
-            .add_watch(&path, AddWatchFlags::IN_MODIFY)
-            .map_err(|source| FollowError::Watch {
-                path: path.clone(),
-                source,
-            })?;
+        if let Some(inotify) = &inotify {
+            inotify
+                .add_watch(&path, AddWatchFlags::IN_MODIFY)
+                .map_err(|source| FollowError::Watch {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|source| FollowError::Read {
@@ -117,10 +131,14 @@ pub async fn follow(
         });
     }
     let ready = inotify
-        .as_fd()
-        .try_clone_to_owned()
-        .and_then(crate::sys::readable)
-        .map_err(FollowError::Register)?;
+        .as_ref()
+        .map(|i| {
+            i.as_fd()
+                .try_clone_to_owned()
+                .and_then(crate::sys::readable)
+                .map_err(FollowError::Register)
+        })
+        .transpose()?;
     loop {
         for f in &mut followed {
             drain(&mut f.file, &mut f.lines, &f.path).await?;
@@ -129,14 +147,7 @@ pub async fn follow(
             break;
         }
         tokio::select! {
-            r = ready.readable() => {
-                let mut guard = r.map_err(FollowError::Register)?;
-                match inotify.read_events() {
-                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
-                    Err(e) => return Err(FollowError::Events(e)),
-                }
-                guard.clear_ready();
-            }
+            r = changed(&inotify, &ready) => r?,
             // The writer exited (or its supervisor is gone): read the rest.
             changed = exited.changed() => {
                 if changed.is_err() {
@@ -149,6 +160,24 @@ pub async fn follow(
         drain(&mut f.file, &mut f.lines, &f.path).await?;
         f.lines.finish();
     }
+    Ok(())
+}
+
+/// Until a followed file changes: inotify's word, or [`POLL`] without it.
+async fn changed(
+    inotify: &Option<Inotify>,
+    ready: &Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+) -> Result<(), FollowError> {
+    let (Some(inotify), Some(ready)) = (inotify, ready) else {
+        tokio::time::sleep(POLL).await;
+        return Ok(());
+    };
+    let mut guard = ready.readable().await.map_err(FollowError::Register)?;
+    match inotify.read_events() {
+        Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+        Err(e) => return Err(FollowError::Events(e)),
+    }
+    guard.clear_ready();
     Ok(())
 }
 

@@ -99,7 +99,11 @@ async fn our_kernel_boots_from_an_ext4_root_disk_to_a_login_marker() {
     let vm = r.vm.expect("vm");
     let (console, booted) =
         aurae_tests::logs::until(&mut c, "linux", MARKER, Duration::from_secs(100)).await;
-    assert!(booted, "no login marker on the console:\n{console}");
+    assert!(
+        booted,
+        "no login marker on the console:\n{console}\nauraed's log:\n{}",
+        d.log_text()
+    );
     assert!(console.contains("root is ext4"), "{console}");
     // Through its TAP and the redirects of its namespace, the guest reads
     // its own record at the link-local address.
