@@ -90,34 +90,38 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// Reads each of `files` into `buffer` (as its stream) from its start,
 /// then as it grows, until `exited` is true; then reads what is left and
 /// returns. One inotify instance watches them all (the per-user limit of
-/// instances is small); a kernel without inotify (`ENOSYS`) gets the files
-/// read every [`POLL`] instead, and a warning.
+/// instances is small); where inotify fails, the files are read every
+/// [`POLL`] instead, with a warning.
 pub async fn follow(
     files: Vec<(PathBuf, Stream)>,
     buffer: Arc<LogBuffer>,
     mut exited: watch::Receiver<bool>,
 ) -> Result<(), FollowError> {
-    let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+    // Each file watched before its first read: nothing written after it is
+    // missed.
+    let watched = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .map_err(FollowError::Init)
+        .and_then(|i| {
+            for (path, _) in &files {
+                i.add_watch(path, AddWatchFlags::IN_MODIFY)
+                    .map_err(|source| FollowError::Watch {
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
+            Ok(i)
+        });
+    // No inotify (a kernel without it, or the per-user limit of instances
+    // or watches reached): the files are read every POLL instead.
+    let inotify = match watched {
         Ok(i) => Some(i),
-        Err(nix::errno::Errno::ENOSYS) => {
-            tracing::warn!(
-                "this kernel has no inotify (CONFIG_INOTIFY_USER): output files are read every {POLL:?}"
-            );
+        Err(e) => {
+            tracing::warn!("{e}: output files are read every {POLL:?} instead");
             None
         }
-        Err(e) => return Err(FollowError::Init(e)),
     };
     let mut followed = Vec::with_capacity(files.len());
     for (path, stream) in files {
-        // Watched before the first read: nothing written after it is missed.
-        if let Some(inotify) = &inotify {
-            inotify
-                .add_watch(&path, AddWatchFlags::IN_MODIFY)
-                .map_err(|source| FollowError::Watch {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|source| FollowError::Read {
@@ -173,9 +177,13 @@ async fn changed(
         return Ok(());
     };
     let mut guard = ready.readable().await.map_err(FollowError::Register)?;
-    match inotify.read_events() {
-        Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
-        Err(e) => return Err(FollowError::Events(e)),
+    // Every queued event, so that the fd is not ready once cleared.
+    loop {
+        match inotify.read_events() {
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => return Err(FollowError::Events(e)),
+        }
     }
     guard.clear_ready();
     Ok(())

@@ -486,6 +486,8 @@ async fn a_restarted_auraed_takes_back_the_vms_it_left_running() {
     drop(c);
     let _leftovers = Leftovers(pid, vm.tap.clone());
     let running = pb::WorkloadState::Running as i32;
+    // An admin's change to its record outlives auraed with it.
+    d.aer_ok(&["meta", "set", "kept", "tier=gold"]);
 
     // A crash, then a graceful restart: each time the VM runs on and the
     // next auraed takes it back, console and all.
@@ -505,6 +507,12 @@ async fn a_restarted_auraed_takes_back_the_vms_it_left_running() {
         assert!(link_exists(&vm.tap), "{round}: its TAP stays");
         let logs = d.aer_ok(&["logs", "kept"]);
         assert!(logs.contains("login: kept"), "{round}: the console: {logs}");
+        let record = d.aer_ok(&["-o", "json", "meta", "get", "kept"]);
+        assert!(record.contains("\"tier\":\"gold\""), "{round}: {record}");
+        assert!(
+            imds_in(pid).contains("path=kept"),
+            "{round}: its link-local endpoint is back"
+        );
         assert!(
             d.log_text().contains("took back a VM left running"),
             "{round}:\n{}",

@@ -50,6 +50,10 @@ pub struct VmSpec {
 /// answers: a VMM that rejects the kernel or a disk exits within this.
 const EARLY_EXIT: Duration = Duration::from_millis(500);
 
+/// Where a VM's folder keeps its record's key/values as an admin changes
+/// them (read back when the VM is taken back after a restart).
+const METADATA_FILE: &str = "metadata.json";
+
 /// What the VMM prints as the VM stops (`aurae-vmm`'s main).
 const STOPPED_LINE: &str = "aurae-vmm: VM stopped: ";
 /// What it prints when SIGUSR1 asks the guest to shut down.
@@ -487,6 +491,14 @@ impl Instances {
             task.abort();
             return Err(e);
         }
+        // An admin's changes outlive this auraed, as the VM may.
+        self.metadata.save_to(
+            name,
+            self.cfg
+                .vms_dir
+                .join(format!("vm.{name}"))
+                .join(METADATA_FILE),
+        );
         Ok(task)
     }
 }

@@ -99,6 +99,9 @@ impl Record {
 #[derive(Default)]
 pub struct Store {
     records: Mutex<HashMap<String, Record>>,
+    /// Where a record's key/values are kept on disk as they change (a
+    /// plain VM's, which may outlive this auraed), by name.
+    saved: Mutex<HashMap<String, std::path::PathBuf>>,
 }
 
 impl Store {
@@ -112,6 +115,19 @@ impl Store {
 
     pub fn remove(&self, name: &str) {
         self.lock().remove(name);
+        self.saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// Keeps `name`'s key/values in `path` (JSON) from now on, on every
+    /// change.
+    pub fn save_to(&self, name: &str, path: std::path::PathBuf) {
+        self.saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), path);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,14 +165,58 @@ impl Store {
         }
         next.extend(set);
         validate("set", &next)?;
+        let saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(path) = saved {
+            save(&path, &next)?;
+        }
         record.metadata = next;
         Ok(record.clone())
     }
 }
 
+/// Writes `metadata` to `path` as JSON (write, then rename): all or nothing.
+fn save(path: &std::path::Path, metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let json = serde_json::to_vec(metadata)
+        .map_err(|e| ApiError::Internal(format!("encoding metadata: {e}")))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json)
+        .map_err(|e| ApiError::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ApiError::io(format!("renaming {}", tmp.display()), e))
+}
+
+/// Key/values [`Store::save_to`] kept in `path`, if it holds any.
+pub fn saved(path: &std::path::Path) -> Option<BTreeMap<String, String>> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_key_values_follow_every_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metadata.json");
+        let store = Store::default();
+        store.insert(record("vm"));
+        store.save_to("vm", path.clone());
+        store
+            .update("vm", [("k".to_string(), "v".to_string())].into(), &[])
+            .expect("update");
+        assert_eq!(
+            saved(&path),
+            Some([("k".to_string(), "v".to_string())].into())
+        );
+        store
+            .update("vm", BTreeMap::new(), &["k".to_string()])
+            .expect("remove");
+        assert_eq!(saved(&path), Some(BTreeMap::new()));
+    }
 
     fn record(name: &str) -> Record {
         Record {

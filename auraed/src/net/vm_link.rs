@@ -39,6 +39,16 @@ pub async fn make_vm_link(
         })?;
         let tap_index = link_index(&handle, &tap).await?;
         set_up(&handle, tap_index, &tap).await?;
+        // A new namespace inherits the host's IPv4 settings: answer ARP for
+        // the metadata address (on lo) whatever the host's arp_ignore
+        // (/proc/sys/net is this thread's namespace's).
+        for dev in ["all", tap.as_str()] {
+            let knob = format!("/proc/sys/net/ipv4/conf/{dev}/arp_ignore");
+            std::fs::write(&knob, "0").map_err(|source| NetError::Netns {
+                op: "setting arp_ignore",
+                source,
+            })?;
+        }
         let uplink_index = link_index(&handle, UPLINK).await?;
         // Replies to the guest's link-local address go out its TAP.
         handle

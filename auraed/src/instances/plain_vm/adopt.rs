@@ -31,8 +31,12 @@ pub struct VmRecord {
     /// Its link on the bridge (the host end of its uplink), and its index.
     pub tap: String,
     pub tap_index: u32,
+    #[serde(default)]
     pub vcpus: u8,
+    #[serde(default)]
     pub memory_mib: u64,
+    /// As given at creation; an admin's changes since are in
+    /// `metadata.json` beside it.
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
     pub vmm_pid: i32,
@@ -218,7 +222,8 @@ impl Instances {
                     &r.name,
                     self.ula.instance_addr(r.index),
                     (r.vcpus, r.memory_mib),
-                    &r.metadata,
+                    &crate::metadata::saved(&s.dir.join(super::METADATA_FILE))
+                        .unwrap_or_else(|| r.metadata.clone()),
                     std::os::fd::AsFd::as_fd(&fd),
                 )
                 .await?;
