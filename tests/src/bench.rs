@@ -116,6 +116,37 @@ pub fn rss_beside_guest_ram_kib(pid: u32, guest_mib: u64) -> Option<u64> {
     Some(total - guest)
 }
 
+/// A benchmark of the test host's microVMs: when `cargo xtask bench` runs
+/// it there (`AURAE_BENCH`, with a KVM that boots our image), the image's
+/// folder, an auraed on our VMM, and the runs asked for (3 when unset);
+/// otherwise `None`, reported as a skip that names `xtask_target`.
+pub async fn microvm_bench(
+    name: &str,
+    xtask_target: &str,
+) -> Option<(std::path::PathBuf, crate::Daemon, usize)> {
+    if std::env::var_os("AURAE_BENCH").is_none() {
+        crate::report_skip(
+            name,
+            &format!(
+                "a benchmark: cargo xtask bench {xtask_target} runs it inside the QEMU test host"
+            ),
+        );
+        return None;
+    }
+    let (image, vmm) = crate::guest::e2e_kvm(name)?;
+    let runs = std::env::var("AURAE_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let d = crate::Daemon::start_with(crate::DaemonOptions {
+        image_dir: Some(image.clone()),
+        vmm: Some(vmm),
+        ..Default::default()
+    })
+    .await;
+    Some((image, d, runs))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use aurae_proto::runtime as pb;
 use aurae_proto::runtime::runtime_client::RuntimeClient;
 use aurae_tests::bench::{median, scrub_free_memory};
-use aurae_tests::guest::{e2e_kvm, Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP};
+use aurae_tests::guest::{Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP};
 use aurae_tests::image::{busybox_layer, write_docker_save, ImageConfig};
-use aurae_tests::{Daemon, DaemonOptions};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -105,27 +104,11 @@ async fn qemu(image: &Path, archive: &Path) -> (Duration, Duration) {
 
 #[tokio::test]
 async fn run_pod_to_first_line_against_qemu_microvm() {
-    let name = aurae_tests::function_name!();
-    if std::env::var_os("AURAE_BENCH").is_none() {
-        aurae_tests::report_skip(
-            name,
-            "a benchmark: cargo xtask bench pod runs it inside the QEMU test host",
-        );
-        return;
-    }
-    let Some((image, vmm)) = e2e_kvm(name) else {
+    let Some((image, d, runs)) =
+        aurae_tests::bench::microvm_bench(aurae_tests::function_name!(), "pod").await
+    else {
         return;
     };
-    let runs: usize = std::env::var("AURAE_BENCH_RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
-    let d = Daemon::start_with(DaemonOptions {
-        image_dir: Some(image.clone()),
-        vmm: Some(vmm),
-        ..Default::default()
-    })
-    .await;
     let archive = write_docker_save(
         &d.dir.join("hello.tar"),
         &[busybox_layer()],

@@ -12,34 +12,17 @@ use std::time::{Duration, Instant};
 
 use aurae_proto::runtime as pb;
 use aurae_tests::bench::{idle_share, median, rss_beside_guest_ram_kib, scrub_free_memory};
-use aurae_tests::guest::{e2e_kvm, Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP};
-use aurae_tests::{Daemon, DaemonOptions};
+use aurae_tests::guest::{Guest, Launcher, TestNetwork, BRIDGE_IP, INSTANCE_IP, TAP};
 
 const GUEST_MIB: u64 = 512;
 
 #[tokio::test]
 async fn spawn_to_ready_against_qemu_microvm() {
-    let name = aurae_tests::function_name!();
-    if std::env::var_os("AURAE_BENCH").is_none() {
-        aurae_tests::report_skip(
-            name,
-            "a benchmark: cargo xtask bench spawn runs it inside the QEMU test host",
-        );
-        return;
-    }
-    let Some((image, vmm)) = e2e_kvm(name) else {
+    let Some((image, d, runs)) =
+        aurae_tests::bench::microvm_bench(aurae_tests::function_name!(), "spawn").await
+    else {
         return;
     };
-    let runs: usize = std::env::var("AURAE_BENCH_RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
-    let d = Daemon::start_with(DaemonOptions {
-        image_dir: Some(image.clone()),
-        vmm: Some(vmm),
-        ..Default::default()
-    })
-    .await;
     let mut c = d.client().await;
     let request = || pb::SpawnRequest {
         name: "m".into(),

@@ -109,12 +109,7 @@ impl Runtime {
                 }
                 Err(e) => {
                     tracing::error!("vm {name}: not taken back ({e}); removing it");
-                    if let Err(e) = cgroup.remove(std::time::Duration::from_secs(10)) {
-                        tracing::error!("vm {name}: removing its cell: {e}");
-                    }
-                    if let Err(e) = std::fs::remove_dir_all(&dir) {
-                        tracing::error!("vm {name}: removing {}: {e}", dir.display());
-                    }
+                    crate::instances::plain_vm::discard_parts(&name, &cgroup, &dir);
                 }
             }
         }

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 
 mod adopt;
 
-pub use adopt::{discard, left_running, Survivor};
+pub use adopt::{discard, discard_parts, left_running, Survivor};
 
 use super::spawn::Undo;
 use super::vmm_process::{vmm_cell_spec, vmm_process, Disk, VmmArgs};

@@ -167,11 +167,16 @@ pub fn left_running(vms_dir: &Path, hierarchy: &Hierarchy, policy: VmRestart) ->
 /// Removes what is left of a VM that could not be taken back: its VMM
 /// (through its cell's cgroup) and its folder.
 pub fn discard(s: &Survivor) {
-    if let Err(e) = s.cgroup.remove(Duration::from_secs(10)) {
-        tracing::error!("vm {}: removing its cell: {e}", s.record.name);
+    discard_parts(&s.record.name, &s.cgroup, &s.dir);
+}
+
+/// [`discard`], by its parts.
+pub fn discard_parts(name: &str, cgroup: &CellCgroup, dir: &Path) {
+    if let Err(e) = cgroup.remove(Duration::from_secs(10)) {
+        tracing::error!("vm {name}: removing its cell: {e}");
     }
-    if let Err(e) = std::fs::remove_dir_all(&s.dir) {
-        tracing::error!("vm {}: removing {}: {e}", s.record.name, s.dir.display());
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::error!("vm {name}: removing {}: {e}", dir.display());
     }
 }
 
