@@ -333,6 +333,18 @@ impl Instances {
         let uplink =
             net::make_vm_link(pidfd, (&host, &peer), &bridge.link(), &tap, imds::ADDR).await?;
         undo.veth = Some(uplink.clone());
+        // Its record, and the link-local endpoint in its namespace, before
+        // the guest runs: an early question gets its answer.
+        let endpoint = self
+            .vm_metadata(
+                &spec.name,
+                address,
+                (spec.vcpus, spec.memory_mib),
+                &spec.metadata,
+                pidfd,
+            )
+            .await?;
+        undo.metadata = Some((spec.name.clone(), endpoint));
 
         // 4. The VMM; a VM that can't boot shows it at once.
         let outputs = vm_outputs(&dir);
@@ -405,16 +417,7 @@ impl Instances {
                 command,
             },
         )?;
-        // 5. Its record, and the link-local endpoint in its namespace.
-        let endpoint = self
-            .vm_metadata(
-                &spec.name,
-                address,
-                (spec.vcpus, spec.memory_mib),
-                &spec.metadata,
-                pidfd,
-            )
-            .await?;
+        let endpoint = undo.metadata.take().map(|(_, task)| task);
         undo.init = None;
         undo.cell = None;
         undo.index = None;
@@ -429,7 +432,7 @@ impl Instances {
             init,
             cell: VmCell::Made(cell),
             uplink: Mutex::new(uplink),
-            imds: Mutex::new(Some(endpoint)),
+            imds: Mutex::new(endpoint),
             dir,
             index,
             torn_down: AtomicBool::new(false),

@@ -86,10 +86,16 @@ pub(super) struct Undo {
     pub(super) init: Option<Arc<Executable>>,
     /// Devices on host bridges (a pod's `networks`).
     pub(super) networks: Vec<super::networks::Attached>,
+    /// A plain VM's metadata record (by name) and its link-local endpoint.
+    pub(super) metadata: Option<(String, tokio::task::JoinHandle<()>)>,
 }
 
 impl Undo {
     pub(super) async fn rollback(mut self, instances: &Instances) {
+        if let Some((name, endpoint)) = self.metadata.take() {
+            endpoint.abort();
+            instances.forget_record(&name);
+        }
         if let Some(init) = self.init.take() {
             if let Err(e) = init
                 .stop(nix::sys::signal::Signal::SIGKILL, Duration::ZERO)
