@@ -138,8 +138,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         image_unpack_limit_bytes: cfg.runtime.image_unpack_limit_bytes,
     })?);
     if let Some(instances) = &runtime.instances {
-        let keep = runtime.adopt_left_running().await;
-        instances.remove_left_behind(&keep).await;
+        runtime.adopt_left_running().await;
+        instances.remove_left_behind().await;
     }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

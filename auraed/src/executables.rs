@@ -66,6 +66,13 @@ pub enum Output {
     },
 }
 
+/// What auraed reads a process's output from: the read ends of its pipes,
+/// or the files it writes.
+enum Sources {
+    Pipes(OwnedFd, OwnedFd),
+    Files(Vec<(PathBuf, Stream)>),
+}
+
 /// Where a process runs.
 pub enum Placement {
     /// auraed's own namespaces, in a cgroup of the executable's own (when
@@ -133,23 +140,24 @@ impl Executable {
         let devnull: OwnedFd = std::fs::File::open("/dev/null")
             .map_err(|e| ApiError::io("opening /dev/null", e))?
             .into();
-        let (out_w, err_w, readers) = match &output {
+        // The process's ends, and what auraed reads: pipes, or files.
+        let (out_w, err_w, sources) = match output {
             Output::Pipes => {
                 let (out_r, out_w) = pipe()?;
                 let (err_r, err_w) = pipe()?;
-                (out_w, err_w, Some((out_r, err_r)))
+                (out_w, err_w, Sources::Pipes(out_r, err_r))
             }
-            Output::Files { stderr, .. } => {
+            Output::Files { stderr, follow } => {
                 let out_w = devnull
                     .try_clone()
                     .map_err(|e| ApiError::io("duplicating /dev/null", e))?;
                 let err_w: OwnedFd = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(stderr)
+                    .open(&stderr)
                     .map_err(|e| ApiError::io(format!("opening {}", stderr.display()), e))?
                     .into();
-                (out_w, err_w, None)
+                (out_w, err_w, Sources::Files(follow))
             }
         };
         let (cell, host_cgroup) = match &placement {
@@ -204,8 +212,8 @@ impl Executable {
         let logs = Arc::new(LogBuffer::new(log_bytes));
         let (exit_tx, exit_rx) = watch::channel(None);
         let (exited_tx, exited_rx) = watch::channel(false);
-        let readers = match (readers, output) {
-            (Some((out_r, err_r)), _) => {
+        let readers = match sources {
+            Sources::Pipes(out_r, err_r) => {
                 let out = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
                     .map_err(|e| ApiError::io("reading the stdout pipe", e))?;
                 let err = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
@@ -215,8 +223,7 @@ impl Executable {
                     tokio::spawn(capture(err, Stream::Stderr, logs.clone())),
                 ]
             }
-            (None, Output::Files { follow, .. }) => followers(follow, &logs, &exited_rx),
-            (None, Output::Pipes) => vec![],
+            Sources::Files(follow) => followers(follow, &logs, &exited_rx),
         };
         let exe = Arc::new(Executable {
             id,

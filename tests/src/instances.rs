@@ -82,6 +82,12 @@ pub fn links(prefix: &str) -> Vec<String> {
 ///
 /// Check a refusal with [`line_has`]: its line holds the HTTP status.
 pub fn imds_from(d: &Daemon, path: &str) -> String {
+    sh_in(d, path, IMDS_SCRIPT)
+}
+
+/// Runs `script` with busybox's sh in instance `path` (`aer --instance
+/// path exec --wait`), which must succeed; its output.
+pub fn sh_in(d: &Daemon, path: &str, script: &str) -> String {
     d.aer_ok(&[
         "--instance",
         path,
@@ -91,7 +97,7 @@ pub fn imds_from(d: &Daemon, path: &str) -> String {
         "/bin/busybox",
         "sh",
         "-c",
-        IMDS_SCRIPT,
+        script,
     ])
 }
 

@@ -321,15 +321,6 @@ async fn an_image_rewritten_at_the_same_path_is_read_again() {
     assert_eq!(out, "second\n");
 }
 
-fn fds_and_children(pid: u32) -> (usize, String) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    (fds, children)
-}
-
 #[tokio::test]
 async fn an_image_past_the_unpack_limit_is_refused_naming_the_layer() {
     require_root!();
@@ -349,7 +340,7 @@ async fn an_image_past_the_unpack_limit_is_refused_naming_the_layer() {
         .expect("an image under the limit");
     let (st, out) = output(&d, "fits-main").await;
     assert_eq!(st.exit_code, Some(0), "{out}");
-    let before = fds_and_children(d.pid());
+    let before = aurae_tests::leaks::Snapshot::settled(&d);
 
     // A gzip layer of a few KiB that expands to 16 MiB of zeros.
     let zeros = vec![0u8; 16 << 20];
@@ -401,15 +392,5 @@ async fn an_image_past_the_unpack_limit_is_refused_naming_the_layer() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
-    // Settled within 5 s: the fits cell's output readers and the spare
-    // namespaces' refill may still be finishing when the refusals return.
-    let mut now = fds_and_children(d.pid());
-    for _ in 0..50 {
-        if now == before {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        now = fds_and_children(d.pid());
-    }
-    assert_eq!(now, before);
+    before.assert_unchanged(&d);
 }

@@ -171,17 +171,11 @@ async fn a_microvm_instance_runs_cells_spawns_and_goes_away() {
     // Which backend b got follows from what a's kernel offers: /dev/kvm
     // with a hardware backend (a was spawned nested, so its overlay holds
     // the kernel and the VMM) means a microVM.
-    let kvm = d.aer_ok(&[
-        "--instance",
+    let kvm = aurae_tests::instances::sh_in(
+        &d,
         "a",
-        "exec",
-        "--wait",
-        "--",
-        "/bin/busybox",
-        "sh",
-        "-c",
         "test -e /dev/kvm && { test -e /sys/module/kvm_amd || test -e /sys/module/kvm_intel; } && echo kvm=yes || echo kvm=no",
-    ]);
+    );
     let expected = if kvm.contains("kvm=yes") {
         "microvm"
     } else {

@@ -81,15 +81,14 @@ impl Runtime {
 
     /// Takes back the VMs a previous auraed left running (as
     /// `[instances] vm_restart = "adopt"` has it); one that can't be taken
-    /// back is removed. Returns their TAPs, which are not leftovers.
-    pub async fn adopt_left_running(&self) -> Vec<String> {
+    /// back is removed.
+    pub async fn adopt_left_running(&self) {
         let left =
             std::mem::take(&mut *self.left_running.lock().unwrap_or_else(|e| e.into_inner()));
-        let (Some(instances), Ok(cells)) = (&self.instances, &self.cells) else {
+        let (Some(instances), Ok(_)) = (&self.instances, &self.cells) else {
             left.iter().for_each(crate::instances::plain_vm::discard);
-            return Vec::new();
+            return;
         };
-        let mut taps = Vec::new();
         for s in left {
             let name = s.record.name.clone();
             let reservation = match self.registry.reserve(&name, "name") {
@@ -101,10 +100,9 @@ impl Runtime {
                 }
             };
             let (dir, cgroup) = (s.dir.clone(), s.cgroup.clone());
-            match instances.adopt_vm(s, cells, self.log_bytes).await {
+            match instances.adopt_vm(s, self.log_bytes).await {
                 Ok(vm) => {
                     tracing::info!(vm = %vm.name, pid = vm.init.pid, tap = %vm.tap_name, "took back a VM left running");
-                    taps.push(vm.tap_name.clone());
                     reservation.commit(Workload::Vm(Arc::new(vm)));
                 }
                 Err(e) => {
@@ -113,7 +111,6 @@ impl Runtime {
                 }
             }
         }
-        taps
     }
 
     /// The instance `name`, for routing a request to it.

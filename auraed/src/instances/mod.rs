@@ -197,23 +197,11 @@ impl Instance {
         }
         // Its metadata socket holds its network namespace: closed before
         // the cell goes.
-        let imds = self.imds.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = imds {
-            task.abort();
-            let _cancelled = task.await;
-        }
+        networks::end_task(&self.imds).await;
         // Every step runs; the first failure is returned.
         let destroyed = self.cell.destroy().await;
-        let veth = self.veth.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let veth_removed = match veth {
-            Some(veth) => veth.remove().await.map(drop).map_err(ApiError::from),
-            None => Ok(()),
-        };
-        let tap = self.tap.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let tap_removed = match tap {
-            Some(tap) => tap.remove().await.map(drop).map_err(ApiError::from),
-            None => Ok(()),
-        };
+        let veth_removed = networks::remove_taken(&self.veth).await;
+        let tap_removed = networks::remove_taken(&self.tap).await;
         let attached =
             std::mem::take(&mut *self.networks.lock().unwrap_or_else(|e| e.into_inner()));
         let networks_removed = networks::remove_all(attached).await;
@@ -450,11 +438,10 @@ impl Instances {
     /// Removes what a previous run left on the host that its cells did not
     /// take with them: the TAPs of its microVM instances and of VMs not
     /// taken back (their VMMs, in cells, are gone already). Logs each.
-    /// `keep` names the TAPs of VMs taken back.
-    pub async fn remove_left_behind(&self, keep: &[String]) {
+    pub async fn remove_left_behind(&self) {
         let stem: String = self.cfg.bridge.chars().take(9).collect();
         for prefix in [format!("{stem}t"), self.extra_tap_prefix()] {
-            match crate::net::remove_stale_taps(&prefix, keep).await {
+            match crate::net::remove_stale_taps(&prefix).await {
                 Ok(removed) => {
                     for tap in removed {
                         tracing::warn!("removed TAP {tap}, left behind by a previous run");

@@ -34,6 +34,39 @@ impl HostEnd {
     }
 }
 
+impl From<Veth> for HostEnd {
+    fn from(v: Veth) -> Self {
+        HostEnd::Veth(v)
+    }
+}
+
+impl From<Tap> for HostEnd {
+    fn from(t: Tap) -> Self {
+        HostEnd::Tap(t)
+    }
+}
+
+/// Removes the link taken from `slot`, if it still holds one.
+pub async fn remove_taken<L: Into<HostEnd>>(
+    slot: &std::sync::Mutex<Option<L>>,
+) -> Result<(), ApiError> {
+    let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match taken {
+        Some(link) => link.into().remove().await.map(drop).map_err(ApiError::from),
+        None => Ok(()),
+    }
+}
+
+/// Ends the task in `slot` (a link-local metadata endpoint, whose socket
+/// holds a network namespace) and waits until it has.
+pub async fn end_task(slot: &std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>) {
+    let task = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(task) = task {
+        task.abort();
+        let _cancelled = task.await;
+    }
+}
+
 /// A network device an instance was given.
 #[derive(Debug, Clone)]
 pub struct Attached {
@@ -105,6 +138,12 @@ impl Instances {
                     return Err(ApiError::invalid(
                         n.field.clone(),
                         format!("{} is not a bridge", n.bridge),
+                    ))
+                }
+                Err(NetError::InvalidName { name, reason, .. }) => {
+                    return Err(ApiError::invalid(
+                        n.field.clone(),
+                        format!("{name:?} is not an interface name ({reason})"),
                     ))
                 }
                 Err(e) => return Err(e.into()),

@@ -160,19 +160,11 @@ impl Vm {
             tracing::warn!("vm {}: stopping its VMM: {e}", self.name);
         }
         // Its metadata socket holds its network namespace: closed first.
-        let imds = self.imds.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = imds {
-            task.abort();
-            let _cancelled = task.await;
-        }
+        super::networks::end_task(&self.imds).await;
         // Every step runs; the first failure is returned.
         let destroyed = self.cell.destroy().await;
         // Gone with the namespace already, as a rule.
-        let uplink = self.uplink.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let uplink_removed = match uplink {
-            Some(v) => v.remove().await.map(drop).map_err(ApiError::from),
-            None => Ok(()),
-        };
+        let uplink_removed = super::networks::remove_taken(&self.uplink).await;
         let dir_removed = super::microvm::remove_dir(&self.dir);
         destroyed.and(uplink_removed).and(dir_removed)
     }
@@ -184,31 +176,24 @@ impl Vm {
 }
 
 /// The VMM's cell: made by this auraed, or left running by a previous one
-/// and adopted (its cgroup and state folder are all that is known of it).
+/// and adopted (its cgroup is all that is left of it: its files were on
+/// that auraed's tmpfs).
 enum VmCell {
     Made(Arc<Cell>),
-    Adopted {
-        cgroup: CellCgroup,
-        state_dir: PathBuf,
-    },
+    Adopted(CellCgroup),
 }
 
 impl VmCell {
     async fn destroy(&self) -> Result<(), ApiError> {
         match self {
             VmCell::Made(cell) => cell.destroy().await,
-            VmCell::Adopted { cgroup, state_dir } => {
-                let (cg, dir) = (cgroup.clone(), state_dir.clone());
+            VmCell::Adopted(cgroup) => {
+                let cg = cgroup.clone();
                 crate::blocking::run("removing an adopted VM's cell", move || {
-                    cg.remove(Duration::from_secs(10))?;
-                    match std::fs::remove_dir_all(&dir) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            Err(ApiError::io(format!("removing {}", dir.display()), e))
-                        }
-                        _ => Ok(()),
-                    }
+                    cg.remove(Duration::from_secs(10))
                 })
-                .await?
+                .await??;
+                Ok(())
             }
         }
     }
@@ -307,8 +292,7 @@ impl Instances {
         let address = self.ula.instance_addr(index);
 
         // 2. The VM's folder, with its initrd when there are several parts.
-        // A dot: no instance name has one, so no instance's folder is this.
-        let dir = self.cfg.vms_dir.join(format!("vm.{}", spec.name));
+        let dir = self.vm_dir(&spec.name);
         undo.vm_dir = Some(dir.clone());
         let (parts, d, parent) = (
             spec.initramfs.clone(),
@@ -447,6 +431,12 @@ impl Instances {
         self.release_index(vm.index());
     }
 
+    /// VM `name`'s folder. A dot: no instance name has one, so no
+    /// instance's folder is this.
+    fn vm_dir(&self, name: &str) -> PathBuf {
+        self.cfg.vms_dir.join(format!("vm.{name}"))
+    }
+
     /// The names of VM `index`'s links: its uplink's host end (on the
     /// bridge) and temporary peer name, and its TAP (in its namespace;
     /// named like a microVM's, so that guest MACs, derived from the TAP's
@@ -495,13 +485,8 @@ impl Instances {
             return Err(e);
         }
         // An admin's changes outlive this auraed, as the VM may.
-        self.metadata.save_to(
-            name,
-            self.cfg
-                .vms_dir
-                .join(format!("vm.{name}"))
-                .join(METADATA_FILE),
-        );
+        self.metadata
+            .save_to(name, self.vm_dir(name).join(METADATA_FILE));
         Ok(task)
     }
 }

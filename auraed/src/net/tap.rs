@@ -25,10 +25,11 @@ impl Tap {
     }
 }
 
-/// Deletes every TAP named `<prefix><digits>` but those in `keep`: a
-/// previous run's, since a persistent TAP outlives its VMM (an auraed
-/// killed with SIGKILL leaves them). Returns their names.
-pub async fn remove_stale_taps(prefix: &str, keep: &[String]) -> Result<Vec<String>, NetError> {
+/// Deletes every TAP named `<prefix><digits>`: a previous run's, since a
+/// persistent TAP outlives its VMM (an auraed killed with SIGKILL leaves
+/// them). A plain VM's TAP is in its own network namespace, out of reach.
+/// Returns their names.
+pub async fn remove_stale_taps(prefix: &str) -> Result<Vec<String>, NetError> {
     let conn = Conn::open()?;
     let handle = &conn.handle;
     let mut links = handle.link().get().execute();
@@ -48,7 +49,7 @@ pub async fn remove_stale_taps(prefix: &str, keep: &[String]) -> Result<Vec<Stri
             let n_rest = n.strip_prefix(prefix)?;
             (!n_rest.is_empty() && n_rest.bytes().all(|b| b.is_ascii_digit())).then_some(n)
         });
-        if let Some(name) = ours.filter(|n| !keep.iter().any(|k| k == n)) {
+        if let Some(name) = ours {
             if link_kind(&link) == Some(&InfoKind::Tun) {
                 stale.push((link.header.index, name.to_string()));
             }

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{Vm, VmCell};
-use crate::cells::CellContext;
 use crate::cgroup::{CellCgroup, Hierarchy};
 use crate::config::VmRestart;
 use crate::error::ApiError;
@@ -184,12 +183,7 @@ impl Instances {
     /// Takes back a VM that a previous auraed left running: its address
     /// index, its TAP on the bridge, and its VMM, followed through its
     /// files (the console from its start).
-    pub async fn adopt_vm(
-        &self,
-        s: Survivor,
-        cells: &CellContext,
-        log_bytes: usize,
-    ) -> Result<Vm, ApiError> {
+    pub async fn adopt_vm(&self, s: Survivor, log_bytes: usize) -> Result<Vm, ApiError> {
         let r = s.record;
         // The pidfd pins the process: checked again through it, a pid
         // reused since the first check is refused.
@@ -262,10 +256,7 @@ impl Instances {
             tap_name: r.tap.clone(),
             created_at: UNIX_EPOCH + Duration::from_millis(r.created_at_unix_ms),
             init,
-            cell: VmCell::Adopted {
-                cgroup: s.cgroup,
-                state_dir: cells.state_dir.join("cells").join(&r.name),
-            },
+            cell: VmCell::Adopted(s.cgroup),
             uplink: std::sync::Mutex::new(Some(Veth {
                 host: r.tap,
                 host_index: r.tap_index,
