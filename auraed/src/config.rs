@@ -31,6 +31,7 @@
 //! port = 8443
 //! vmm = "/usr/local/bin/aurae-vmm"   # default: aurae-vmm beside auraed, else this
 //! vm_restart = "adopt"               # plain VMs outlive auraed; or "remove"
+//! pool = 0                           # cell instances started ahead
 //! ```
 
 use std::net::SocketAddr;
@@ -126,6 +127,12 @@ pub struct InstancesSection {
     /// parent serves it there itself).
     #[serde(default)]
     pub link_local_metadata: bool,
+    /// Cell-backed instances kept started ahead of requests (0, the
+    /// default: none). A spawn or pod that a plain cell of the default
+    /// image serves takes one and is ready in milliseconds; each costs a
+    /// running auraed's memory while it waits.
+    #[serde(default)]
+    pub pool: usize,
 }
 
 /// Where the VMM is when it is neither configured nor beside auraed.
@@ -171,6 +178,7 @@ impl Default for InstancesSection {
             parent: None,
             parent_id: None,
             link_local_metadata: false,
+            pool: 0,
         }
     }
 }

@@ -100,6 +100,7 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
             vms_dir: cfg.runtime.state_dir.join("vms"),
             vm_restart: i.vm_restart,
             path: i.path.clone(),
+            pool: i.pool,
             vmm: i.vmm_path(),
             fail_at: i
                 .fail_at
@@ -140,6 +141,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(instances) = &runtime.instances {
         runtime.adopt_left_running().await;
         instances.remove_left_behind().await;
+        runtime.start_pool();
     }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

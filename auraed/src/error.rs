@@ -12,6 +12,8 @@ pub enum ApiError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Unimplemented(String),
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -98,6 +100,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
             ApiError::AlreadyExists(_) => tonic::Status::already_exists(msg),
             ApiError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
+            ApiError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
             ApiError::Unimplemented(_) => tonic::Status::unimplemented(msg),
             ApiError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),

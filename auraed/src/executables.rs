@@ -332,6 +332,13 @@ impl Executable {
         }
     }
 
+    /// A pidfd of the process (valid while this is held, even after it
+    /// exits).
+    pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.pidfd.get_ref().as_fd()
+    }
+
     pub fn signal(&self, signal: Signal) -> Result<(), ApiError> {
         pidfd::send_signal(self.pidfd.get_ref(), signal)
             .map_err(|e| ApiError::io(format!("signalling {}", self.id), e))

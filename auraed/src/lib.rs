@@ -26,6 +26,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod svid_swap;
 pub mod sys;
 pub mod tls_accept;
 pub mod validation;

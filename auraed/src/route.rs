@@ -28,6 +28,11 @@ pub fn split_path(path: &str) -> Result<(&str, Option<&str>), String> {
     Ok((first, rest.filter(|r| !r.is_empty())))
 }
 
+/// The one call a routed request may not make: an instance's parent gives
+/// it an identity, and a request routed through the parent would carry the
+/// parent's.
+const ASSUME_PATH: &str = "/aurae.metadata.v0.Metadata/Assume";
+
 #[derive(Clone)]
 pub struct RouteLayer {
     runtime: Arc<Runtime>,
@@ -78,6 +83,13 @@ where
             let fut = self.inner.call(req);
             return Box::pin(async move { fut.await.map_err(Into::into) });
         };
+        if req.uri().path() == ASSUME_PATH {
+            return Box::pin(async move {
+                Ok(refuse(tonic::Status::permission_denied(
+                    "Assume is a parent's own call to its instance; it is not routed",
+                )))
+            });
+        }
         let runtime = self.runtime.clone();
         Box::pin(async move {
             let path = match target.to_str() {

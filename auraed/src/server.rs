@@ -58,7 +58,10 @@ fn tls_acceptor(cfg: &Config) -> Result<TlsAcceptor, ServeError> {
 /// The link to the parent's metadata endpoint, for a spawned auraed: its
 /// own SVID as the client certificate, the parent's exact SPIFFE ID
 /// expected.
-fn parent_link(cfg: &Config) -> Result<Option<tonic::transport::Channel>, ServeError> {
+fn parent_link(
+    cfg: &Config,
+    svid: Arc<crate::svid_swap::SwappableSvid>,
+) -> Result<Option<tonic::transport::Channel>, ServeError> {
     let (Some(addr), Some(id)) = (cfg.instances.parent, cfg.instances.parent_id.clone()) else {
         return Ok(None);
     };
@@ -68,12 +71,8 @@ fn parent_link(cfg: &Config) -> Result<Option<tonic::transport::Channel>, ServeE
             source,
         })
     };
-    let tls = crate::instances::link::LinkTls::new(
-        &read(&cfg.auth.server_crt)?,
-        &read(&cfg.auth.server_key)?,
-        &read(&cfg.auth.ca_crt)?,
-    )
-    .map_err(|e| ServeError::Link(Box::new(e)))?;
+    let tls = crate::instances::link::LinkTls::with_svid(svid, &read(&cfg.auth.ca_crt)?)
+        .map_err(|e| ServeError::Link(Box::new(e)))?;
     let channel = tls
         .channel(addr, id)
         .map_err(|e| ServeError::Link(Box::new(e)))?;
@@ -151,15 +150,23 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let runtime_service = RuntimeServer::new(RuntimeService::new(runtime.clone()));
-    let parent = parent_link(cfg)?;
+    let tls = tls_acceptor(cfg)?;
+    // The link to the parent presents the listeners' SVID, so that both
+    // change together if this auraed is given another.
+    let parent = parent_link(cfg, tls.svid.clone())?;
     let metadata_service = MetadataServer::new(MetadataService::new(
         runtime.instances.as_ref().map(|i| i.metadata.clone()),
         parent.clone(),
+        crate::metadata::assume::Assumer {
+            svid: tls.svid.clone(),
+            parent_id: cfg.instances.parent_id.clone(),
+            instances: runtime.instances.clone(),
+            taken: Default::default(),
+        },
     ));
     // Aborted when serving ends.
     let _link_local = link_local_metadata(cfg, parent).await?;
     let authz = SpiffeAuthz::new(cfg.auth.allowed_spiffe_ids.clone());
-    let tls = tls_acceptor(cfg)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_final = stop_rx.clone();

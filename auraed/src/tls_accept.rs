@@ -37,6 +37,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
+use crate::svid_swap::SwappableSvid;
+
 /// The ALPN protocol offered: gRPC is HTTP/2 only.
 const ALPN_H2: &[u8] = b"h2";
 
@@ -153,6 +155,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<IO> {
 /// Accepts mTLS connections on any number of listeners, sharing one bound.
 #[derive(Clone)]
 pub struct TlsAcceptor {
+    /// What it presents: replaced when a pre-started instance is claimed.
+    pub svid: Arc<SwappableSvid>,
     tls: tokio_rustls::TlsAcceptor,
     timeout: Duration,
     in_handshake: Arc<Semaphore>,
@@ -207,17 +211,20 @@ impl TlsAcceptor {
                 path: server_key.to_path_buf(),
                 source,
             })?;
+        let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+            .map_err(|source| TlsSetupError::ServerIdentity { source })?;
+        let svid = Arc::new(SwappableSvid::new(certified));
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             // TLS 1.3 only, as the README's security model says.
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|source| TlsSetupError::ProtocolVersions { source })?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|source| TlsSetupError::ServerIdentity { source })?;
+            .with_cert_resolver(svid.clone());
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         // At least one, or nothing would ever be accepted.
         let max_in_handshake = limits.max_in_handshake.max(1);
         Ok(Self {
+            svid,
             tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             timeout: limits.timeout,
             in_handshake: Arc::new(Semaphore::new(max_in_handshake)),

@@ -31,6 +31,8 @@ pub struct DaemonOptions {
     /// `[instances] vm_restart`: `remove` unless a test asks for `adopt`
     /// (auraed's default), so that a failed test's VMs don't outlive it.
     pub vm_restart: Option<&'static str>,
+    /// `[instances] pool`: instances started ahead (none by default).
+    pub pool: usize,
 }
 
 pub struct Daemon {
@@ -136,8 +138,9 @@ impl Daemon {
             config.push_str(&format!("vmm = {:?}\n", vmm.display().to_string()));
         }
         config.push_str(&format!(
-            "vm_restart = {:?}\n",
-            opts.vm_restart.unwrap_or("remove")
+            "vm_restart = {:?}\npool = {}\n",
+            opts.vm_restart.unwrap_or("remove"),
+            opts.pool
         ));
         let config_path = dir.join("auraed-run.toml");
         std::fs::write(&config_path, config).expect("config");

@@ -56,6 +56,13 @@ impl Runtime {
         Ok(instance)
     }
 
+    /// Starts keeping `[instances] pool` instances started ahead.
+    pub fn start_pool(&self) {
+        if let (Some(instances), Ok(cells)) = (&self.instances, &self.cells) {
+            instances.start_pool(cells.clone(), self.log_bytes);
+        }
+    }
+
     /// Boots a plain VM and registers it; a failure leaves nothing.
     pub async fn run_vm(
         &self,

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tonic::transport::{Channel, Endpoint};
+
+use crate::svid_swap::SwappableSvid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -20,6 +22,8 @@ pub enum LinkError {
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    #[error("the SVID presented on links")]
+    Svid(#[source] crate::svid_swap::SvidError),
     #[error("setting up TLS to instances")]
     Tls(#[source] rustls::Error),
     #[error("the instances' trust anchor")]
@@ -41,12 +45,15 @@ pub struct LinkTls {
 impl LinkTls {
     /// From PEM: the parent's SVID chain and key, and the trust bundle.
     pub fn new(chain_pem: &[u8], key_pem: &[u8], bundle_pem: &[u8]) -> Result<Self, LinkError> {
+        let svid = SwappableSvid::from_pem(chain_pem, key_pem).map_err(LinkError::Svid)?;
+        Self::with_svid(svid, bundle_pem)
+    }
+
+    /// Presenting `svid`, which may be replaced (a spawned auraed's link to
+    /// its parent shares its listeners' SVID).
+    pub fn with_svid(svid: Arc<SwappableSvid>, bundle_pem: &[u8]) -> Result<Self, LinkError> {
         use rustls::pki_types::pem::PemObject;
         let pem = |what| move |source| LinkError::Pem { what, source };
-        let chain = CertificateDer::pem_slice_iter(chain_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(pem("certificate"))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem("key"))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(bundle_pem) {
             roots
@@ -58,8 +65,7 @@ impl LinkTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(LinkError::Tls)?
             .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(LinkError::Tls)?;
+            .with_client_cert_resolver(svid);
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             config: Arc::new(config),
@@ -69,20 +75,48 @@ impl LinkTls {
     /// A channel to the instance at `addr` whose SVID must be `spiffe_id`.
     /// It connects on first use and reconnects after a failure.
     pub fn channel(&self, addr: SocketAddr, spiffe_id: String) -> Result<Channel, LinkError> {
+        self.channel_expecting(addr, ExpectedId::new(spiffe_id))
+    }
+
+    /// [`LinkTls::channel`], expecting whatever `expected` holds at each
+    /// (re)connection.
+    pub fn channel_expecting(
+        &self,
+        addr: SocketAddr,
+        expected: ExpectedId,
+    ) -> Result<Channel, LinkError> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|source| LinkError::Endpoint { addr, source })?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
-        let expected = Arc::new(spiffe_id);
         Ok(
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let connector = connector.clone();
                 let expected = expected.clone();
-                async move { connect(addr, connector, &expected).await }
+                async move { connect(addr, connector, &expected.get()).await }
             })),
         )
+    }
+}
+
+/// The SPIFFE ID a link expects of its instance: set again when a
+/// pre-started instance is claimed and given its own.
+#[derive(Debug, Clone)]
+pub struct ExpectedId(Arc<std::sync::RwLock<String>>);
+
+impl ExpectedId {
+    pub fn new(id: String) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(id)))
+    }
+
+    pub fn get(&self) -> String {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, id: String) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = id;
     }
 }
 

@@ -300,7 +300,7 @@ impl Instances {
         // 5. The instance's folder and initrd, and the VMM's cell.
         let index = self.take_index();
         undo.index = Some(index);
-        let address = self.ula.instance_addr(index);
+        let address = self.ula().instance_addr(index);
         let params = files::Params {
             // In a VM, the instance's own auraed serves 169.254.169.254.
             link_local_metadata: true,
@@ -352,7 +352,7 @@ impl Instances {
             mem_mib,
             vcpus,
             taps: &taps,
-            cmdline: cmdline(&params, self.ula.bridge_addr()),
+            cmdline: cmdline(&params, self.ula().bridge_addr()),
             nested: spec.nested,
             disks: &disks,
         })?;

@@ -9,6 +9,7 @@ pub mod link;
 mod microvm;
 pub mod networks;
 pub mod plain_vm;
+mod pool;
 pub mod root;
 mod spawn;
 mod vmm_process;
@@ -115,6 +116,8 @@ pub struct InstancesConfig {
     pub fail_at: Option<FailAt>,
     /// This auraed's path in the instance tree ("" for the root).
     pub path: String,
+    /// How many cell-backed instances to keep started ahead of requests.
+    pub pool: usize,
 }
 
 /// A spawned instance.
@@ -142,6 +145,8 @@ pub struct Instance {
     vm_dir: Option<PathBuf>,
     index: u32,
     channel: Channel,
+    /// The SPIFFE ID the link expects.
+    expected: link::ExpectedId,
     torn_down: AtomicBool,
     /// Held for a whole teardown, so that a second one waits for it.
     tearing_down: tokio::sync::Mutex<()>,
@@ -282,8 +287,8 @@ pub fn console_tail(exe: &Executable, lines: usize) -> String {
 /// identity.
 pub struct Instances {
     cfg: InstancesConfig,
-    ula: Ula,
-    own_id: String,
+    /// Replaced once if this auraed was pre-started and then claimed.
+    own: std::sync::RwLock<Own>,
     bridge: tokio::sync::Mutex<Option<Bridge>>,
     /// Indexes of addresses in use on the bridge.
     used: Mutex<std::collections::BTreeSet<u32>>,
@@ -291,6 +296,8 @@ pub struct Instances {
     pub metadata: Arc<crate::metadata::Store>,
     /// The metadata endpoint on the bridge, once the bridge is made.
     metadata_server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Pre-started instances.
+    pool: pool::Pool,
 }
 
 impl Instances {
@@ -298,13 +305,13 @@ impl Instances {
     /// bridges (and two auraeds' bridges on one host) never clash.
     pub fn new(cfg: InstancesConfig, own_id: String) -> Self {
         Self {
-            ula: Ula::derive(format!("{own_id} {}", cfg.bridge).as_bytes()),
-            own_id,
+            own: std::sync::RwLock::new(Own::new(own_id, &cfg.bridge, cfg.path.clone())),
             cfg,
             bridge: tokio::sync::Mutex::new(None),
             used: Mutex::new(Default::default()),
             metadata: Arc::new(crate::metadata::Store::default()),
             metadata_server: Mutex::new(None),
+            pool: Default::default(),
         }
     }
 
@@ -361,16 +368,54 @@ impl Instances {
 
     /// Where instances reach this auraed's metadata endpoint.
     pub fn metadata_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.ula.bridge_addr().into(), crate::metadata::bridge::PORT)
+        SocketAddr::new(
+            self.ula().bridge_addr().into(),
+            crate::metadata::bridge::PORT,
+        )
     }
 
     /// The instance's path in the tree: this auraed's, then its name.
     pub fn child_path(&self, name: &str) -> String {
-        if self.cfg.path.is_empty() {
+        let own = self.own();
+        if own.path.is_empty() {
             name.to_string()
         } else {
-            format!("{}/{name}", self.cfg.path)
+            format!("{}/{name}", own.path)
         }
+    }
+
+    fn own(&self) -> Own {
+        self.own.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn ula(&self) -> Ula {
+        self.own().ula
+    }
+
+    pub(super) fn own_id(&self) -> String {
+        self.own().id
+    }
+
+    /// This pre-started auraed becomes `path` in the tree, with the SVID
+    /// `own_id`: refused once it has spawned anything (its bridge's prefix
+    /// and its instances' identities derive from the old ones).
+    pub async fn assume(&self, own_id: String, path: String) -> Result<(), ApiError> {
+        let bridge = self.bridge.lock().await;
+        let used = !self
+            .used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if bridge.is_some() || used {
+            return Err(ApiError::FailedPrecondition(
+                "Assume: this auraed has spawned instances already; only a fresh one takes a \
+                 new identity"
+                    .into(),
+            ));
+        }
+        *self.own.write().unwrap_or_else(|e| e.into_inner()) =
+            Own::new(own_id, &self.cfg.bridge, path);
+        Ok(())
     }
 
     /// Records what instance `i` may read of itself, serves the metadata
@@ -477,6 +522,7 @@ impl Instances {
     /// gone (at shutdown), unless VMs left running for the next auraed are
     /// on it (`keep_bridge`).
     pub async fn shutdown(&self, keep_bridge: bool) {
+        self.stop_pool().await;
         if let Some(task) = self.take_metadata_server() {
             task.abort();
             // Ended (its listener closed) before the bridge goes.
@@ -493,6 +539,27 @@ impl Instances {
 
     pub fn image_file(&self, name: &str) -> PathBuf {
         self.cfg.image_dir.join(name)
+    }
+}
+
+/// Who this auraed is: its SPIFFE ID, the prefix of its bridge (derived
+/// from it), and its path in the tree.
+#[derive(Debug, Clone)]
+struct Own {
+    id: String,
+    ula: Ula,
+    path: String,
+}
+
+impl Own {
+    /// The ID and the bridge's name seed the bridge's prefix, so nested
+    /// bridges (and two auraeds' bridges on one host) never clash.
+    fn new(id: String, bridge: &str, path: String) -> Self {
+        Self {
+            ula: Ula::derive(format!("{id} {bridge}").as_bytes()),
+            id,
+            path,
+        }
     }
 }
 

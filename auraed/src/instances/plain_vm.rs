@@ -289,7 +289,7 @@ impl Instances {
         let bridge = self.ensure_bridge().await?;
         let index = self.take_index();
         undo.index = Some(index);
-        let address = self.ula.instance_addr(index);
+        let address = self.ula().instance_addr(index);
 
         // 2. The VM's folder, with its initrd when there are several parts.
         let dir = self.vm_dir(&spec.name);

@@ -144,8 +144,22 @@ pub(super) fn injected(spec_fail: Option<FailAt>, step: FailAt) -> Result<(), Ap
 }
 
 impl Instances {
-    /// Spawns an instance; on error nothing is left behind.
+    /// Spawns an instance, or makes a pre-started one `spec`'s; on error
+    /// nothing is left behind.
     pub async fn spawn(
+        &self,
+        spec: &InstanceSpec,
+        cells: &CellContext,
+        log_bytes: usize,
+    ) -> Result<Instance, ApiError> {
+        if let Some(claimed) = self.claim(spec).await {
+            return Ok(claimed);
+        }
+        self.spawn_new(spec, cells, log_bytes).await
+    }
+
+    /// Starts a new instance; on error nothing is left behind.
+    pub(super) async fn spawn_new(
         &self,
         spec: &InstanceSpec,
         cells: &CellContext,
@@ -174,10 +188,7 @@ impl Instances {
 
         // 1. The backend, and why.
         let kernel = spec.kernel.clone().unwrap_or_else(|| self.default_kernel());
-        let support =
-            backend::microvm_support(Path::new("/sys"), Path::new("/dev"), &kernel, &self.cfg.vmm);
-        let choice = backend::choose(spec.preference, support)
-            .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
+        let choice = self.choice_for(spec)?;
         injected(fail, FailAt::Backend)?;
         let networks = self.resolve_networks(&spec.networks).await?;
 
@@ -234,7 +245,7 @@ impl Instances {
         // 5. The cell: the image's root with the instance's files on top.
         let index = self.take_index();
         undo.index = Some(index);
-        let address = self.ula.instance_addr(index);
+        let address = self.ula().instance_addr(index);
         let params = self.params(spec, address);
         let image_dir = initramfs
             .parent()
@@ -329,9 +340,10 @@ impl Instances {
         injected(self.cfg.fail_at, FailAt::Init)?;
 
         let addr = SocketAddr::new(s.address.into(), self.cfg.port);
+        let expected = super::link::ExpectedId::new(s.spiffe_id.clone());
         let channel = self
             .link()?
-            .channel(addr, s.spiffe_id.clone())
+            .channel_expecting(addr, expected.clone())
             .map_err(|e| ApiError::Internal(format!("the link to instance {}: {e}", spec.name)))?;
         let microvm = s.choice.backend == Backend::MicroVm;
         let what = if microvm { "VMM" } else { "auraed" };
@@ -360,6 +372,7 @@ impl Instances {
             vm_dir,
             index: s.index,
             channel,
+            expected,
             torn_down: AtomicBool::new(false),
             tearing_down: tokio::sync::Mutex::new(()),
             shared: spec
@@ -377,6 +390,15 @@ impl Instances {
             pod: Mutex::new(None),
             imds: Mutex::new(None),
         })
+    }
+
+    /// The backend `spec` gets, and why.
+    pub fn choice_for(&self, spec: &InstanceSpec) -> Result<backend::Choice, ApiError> {
+        let kernel = spec.kernel.clone().unwrap_or_else(|| self.default_kernel());
+        let support =
+            backend::microvm_support(Path::new("/sys"), Path::new("/dev"), &kernel, &self.cfg.vmm);
+        backend::choose(spec.preference, support)
+            .map_err(|e| ApiError::FailedPrecondition(e.to_string()))
     }
 
     /// The kernel microVMs boot: the image's `vmlinux` (through its PVH
@@ -408,7 +430,7 @@ impl Instances {
         }
         let b = net::ensure_bridge(
             &self.cfg.bridge,
-            self.ula.bridge_addr(),
+            self.ula().bridge_addr(),
             INSTANCE_PREFIX_LEN,
         )
         .await?;
@@ -419,7 +441,7 @@ impl Instances {
 
     /// What instance `spec` is told about itself and its parent.
     pub(super) fn params(&self, spec: &InstanceSpec, address: std::net::Ipv6Addr) -> Params {
-        let mut allowed = vec![self.own_id.clone()];
+        let mut allowed = vec![self.own_id()];
         allowed.extend(self.cfg.admins.iter().cloned());
         Params {
             name: spec.name.clone(),
@@ -429,7 +451,7 @@ impl Instances {
             allowed,
             path: self.child_path(&spec.name),
             parent: self.metadata_addr(),
-            parent_id: self.own_id.clone(),
+            parent_id: self.own_id(),
             link_local_metadata: false,
         }
     }

@@ -64,6 +64,15 @@ impl Metadata for BridgeMetadata {
     ) -> Result<Response<pb::InstanceRecord>, Status> {
         Err(admins_only())
     }
+
+    async fn assume(
+        &self,
+        _: Request<pb::AssumeRequest>,
+    ) -> Result<Response<pb::AssumeResponse>, Status> {
+        Err(Status::permission_denied(
+            "Assume is a parent's call to its instance, on the instance's API, not on the bridge",
+        ))
+    }
 }
 
 /// Serves the endpoint at `addr` (the bridge's address) with `tls`; the

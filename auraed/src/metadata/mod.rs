@@ -8,6 +8,7 @@
 //! - [`service`]: on the API, `Get` and `Set` for admins, and `Own`, which
 //!   an instance's auraed answers by asking its parent.
 
+pub mod assume;
 pub mod bridge;
 pub mod imds;
 pub mod service;

@@ -12,6 +12,7 @@ use aurae_proto::metadata::metadata_server::Metadata;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::assume::Assumer;
 use super::Store;
 use crate::error::ApiError;
 use crate::validation as v;
@@ -24,11 +25,17 @@ pub struct MetadataService {
     store: Option<Arc<Store>>,
     /// The link to the parent's endpoint, for a spawned auraed.
     parent: Option<Channel>,
+    /// Taking an identity from the parent, for a pre-started auraed.
+    assumer: Arc<Assumer>,
 }
 
 impl MetadataService {
-    pub fn new(store: Option<Arc<Store>>, parent: Option<Channel>) -> Self {
-        Self { store, parent }
+    pub fn new(store: Option<Arc<Store>>, parent: Option<Channel>, assumer: Assumer) -> Self {
+        Self {
+            store,
+            parent,
+            assumer: Arc::new(assumer),
+        }
     }
 
     fn store(&self) -> Result<&Store, ApiError> {
@@ -87,5 +94,24 @@ impl Metadata for MetadataService {
         let set: BTreeMap<String, String> = r.set.into_iter().collect();
         let record = self.store()?.update(&r.id, set, &r.remove)?;
         Ok(Response::new(record.to_pb()))
+    }
+
+    async fn assume(
+        &self,
+        request: Request<pb::AssumeRequest>,
+    ) -> Result<Response<pb::AssumeResponse>, Status> {
+        // The caller was authorized (and its chain checked) by the API's
+        // SPIFFE check; only the parent may go on.
+        let caller = request
+            .extensions()
+            .get::<crate::tls_accept::PeerCertificates>()
+            .and_then(|p| p.certs.clone())
+            .and_then(|certs| crate::pki::check_subtree(&certs).ok())
+            .ok_or_else(|| {
+                ApiError::PermissionDenied("Assume: the caller presented no SVID".into())
+            })?;
+        Ok(Response::new(
+            self.assumer.assume(&caller, request.into_inner()).await?,
+        ))
     }
 }

@@ -103,6 +103,9 @@ fn key(src: &Path) -> Result<String, OciError> {
 /// system has less free space). A failed unpack leaves nothing in the
 /// cache, and nothing is remembered of it.
 pub fn get(src: &Path, cache: &Path, limit: u64) -> Result<CachedImage, OciError> {
+    if let Some(unpacked) = already_unpacked(src)? {
+        return Ok(unpacked);
+    }
     let memo_key = (src.to_path_buf(), cache.to_path_buf());
     let id = identity(src);
     if let Some(id) = id {
@@ -119,9 +122,27 @@ pub fn get(src: &Path, cache: &Path, limit: u64) -> Result<CachedImage, OciError
     Ok(cached)
 }
 
+/// `src` itself, if it is an image already unpacked by an auraed: an entry
+/// of its cache (`defaults.json` and `rootfs/`), as a parent shares it with
+/// a cell-backed pod instance, read-only. It is used in place.
+fn already_unpacked(src: &Path) -> Result<Option<CachedImage>, OciError> {
+    let defaults = src.join(DEFAULTS);
+    let rootfs = src.join("rootfs");
+    if !defaults.is_file() || !rootfs.is_dir() {
+        return Ok(None);
+    }
+    Ok(Some(CachedImage {
+        defaults: super::limits::read_json("defaults.json", &defaults)?,
+        rootfs,
+    }))
+}
+
+/// The file of an entry that holds the image's defaults.
+const DEFAULTS: &str = "defaults.json";
+
 fn get_uncached(src: &Path, cache: &Path, limit: u64) -> Result<CachedImage, OciError> {
     let entry = cache.join(format!("{FORMAT}-{}", key(src)?));
-    let defaults_file = entry.join("defaults.json");
+    let defaults_file = entry.join(DEFAULTS);
     if let Ok(text) = std::fs::read(&defaults_file) {
         if let Ok(defaults) = serde_json::from_slice(&text) {
             return Ok(CachedImage {
@@ -139,7 +160,7 @@ fn get_uncached(src: &Path, cache: &Path, limit: u64) -> Result<CachedImage, Oci
         let mut budget = Budget::for_dir(limit, cache)?;
         let defaults = super::unpack(src, &tmp.join("rootfs"), &tmp.join("archive"), &mut budget)?;
         let json = serde_json::to_vec(&defaults).map_err(|source| OciError::Encode { source })?;
-        let defaults_tmp = tmp.join("defaults.json");
+        let defaults_tmp = tmp.join(DEFAULTS);
         std::fs::write(&defaults_tmp, json).map_err(|source| OciError::Cache {
             op: "writing",
             path: defaults_tmp,

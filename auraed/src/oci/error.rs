@@ -252,13 +252,21 @@ impl OciError {
     }
 }
 
+impl OciError {
+    /// The API's error for an image given in request field `field`: the
+    /// image's fault is an invalid argument; the host's is not.
+    pub fn for_field(self, field: &str) -> ApiError {
+        match self.fault() {
+            Fault::Image => ApiError::invalid(field, self.to_string()),
+            Fault::NoSpace => ApiError::ResourceExhausted(format!("{field}: {self}")),
+            Fault::Host => ApiError::Internal(format!("{field}: {self}")),
+        }
+    }
+}
+
 impl From<OciError> for ApiError {
     fn from(e: OciError) -> Self {
-        match e.fault() {
-            Fault::Image => ApiError::invalid("image", e.to_string()),
-            Fault::NoSpace => ApiError::ResourceExhausted(format!("image: {e}")),
-            Fault::Host => ApiError::Internal(format!("image: {e}")),
-        }
+        e.for_field("image")
     }
 }
 

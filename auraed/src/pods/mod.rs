@@ -4,9 +4,10 @@
 //! the containers of a pod reach each other on localhost, and a pod's port
 //! is the instance's port on the bridge; host ports are relayed by
 //! [`ports`]. The images are not copied: a cell-backed instance sees each
-//! one read-only at `/etc/aurae/pods/<container>`, a microVM as a read-only
-//! disk (`/dev/vda` for the first container); the instance checks every
-//! blob against its digest as it unpacks the image.
+//! one read-only at `/etc/aurae/pods/<container>`, as this auraed unpacked
+//! and verified it into its image cache; a microVM gets the archive as a
+//! read-only disk (`/dev/vda` for the first container), and its auraed
+//! checks every blob against its digest as it unpacks the image.
 //!
 //! From the parent, `<pod>/<container>` names a container: `Status`, `Stop`
 //! and `Free` reach its cell, `Logs` and `Wait` its first process, all
@@ -15,12 +16,13 @@
 pub mod ports;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aurae_proto::runtime as pb;
 
 use crate::error::ApiError;
+use crate::instances::backend::Backend;
 use crate::instances::{Instance, InstanceSpec, Shared};
 use crate::registry::Workload;
 use crate::runtime::Runtime;
@@ -108,17 +110,30 @@ impl Runtime {
                 listeners.push((p.container_port, ports::bind(&field, host_port)?));
             }
         }
-        // 2. The instance, with the images bound into it.
-        spec.instance.read_only = spec
-            .containers
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Shared {
-                host: c.image.clone(),
+        // 2. The instance, with the images bound into it: a cell-backed
+        // one shares this auraed's unpacked (and verified) copy from its
+        // image cache; a microVM gets the archive as a disk, which its
+        // auraed verifies as it unpacks it.
+        let cell_backed = self
+            .instances
+            .as_ref()
+            .and_then(|i| i.choice_for(&spec.instance).ok())
+            .is_some_and(|c| c.backend == Backend::Cell);
+        let mut shared = Vec::new();
+        for (i, c) in spec.containers.iter().enumerate() {
+            let field = format!("containers[{i}].image");
+            let host = if cell_backed {
+                self.unpacked_image(&c.image, &field).await?
+            } else {
+                c.image.clone()
+            };
+            shared.push(Shared {
+                host,
                 inside: PathBuf::from(IMAGES).join(&c.name),
-                field: format!("containers[{i}].image"),
-            })
-            .collect();
+                field,
+            });
+        }
+        spec.instance.read_only = shared;
         let instance = self.spawn(spec.instance.clone()).await?;
         // 3. The containers, then the host ports' relays. A failure frees
         // the instance (and the containers started in it).
@@ -146,6 +161,31 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// The entry of this auraed's image cache that holds `image` unpacked
+    /// (unpacking it first if needed): what a cell-backed pod instance
+    /// sees of it.
+    async fn unpacked_image(&self, image: &Path, field: &str) -> Result<PathBuf, ApiError> {
+        let ctx = self.cells.clone().map_err(|e| {
+            ApiError::FailedPrecondition(format!("{field}: cells are unavailable: {e}"))
+        })?;
+        let cache = ctx.state_dir.join("images");
+        let (src, field) = (image.to_path_buf(), field.to_string());
+        let cached = crate::blocking::run("unpacking a pod's image", move || {
+            std::fs::create_dir_all(&cache)
+                .map_err(|e| ApiError::io(format!("creating {}", cache.display()), e))?;
+            crate::oci::cache::get(&src, &cache, ctx.image_unpack_limit_bytes)
+                .map_err(|e| e.for_field(&field))
+        })
+        .await??;
+        cached
+            .rootfs
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| {
+                ApiError::Internal(format!("{} has no cache entry", cached.rootfs.display()))
+            })
     }
 
     /// The container an id of the form `<pod>/<container>` names, or `None`

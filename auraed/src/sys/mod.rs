@@ -6,6 +6,7 @@
 
 mod clone;
 pub mod init_process;
+pub mod mount_inject;
 pub mod mount_ns;
 pub mod pidfd;
 pub mod spare_ns;

@@ -219,7 +219,7 @@ impl Instances {
             let endpoint = self
                 .vm_metadata(
                     &r.name,
-                    self.ula.instance_addr(r.index),
+                    self.ula().instance_addr(r.index),
                     (r.vcpus, r.memory_mib),
                     &crate::metadata::saved(&s.dir.join(super::METADATA_FILE))
                         .unwrap_or_else(|| r.metadata.clone()),
@@ -252,7 +252,7 @@ impl Instances {
         Ok(Vm {
             name: r.name.clone(),
             kernel: r.kernel,
-            address: self.ula.instance_addr(r.index),
+            address: self.ula().instance_addr(r.index),
             tap_name: r.tap.clone(),
             created_at: UNIX_EPOCH + Duration::from_millis(r.created_at_unix_ms),
             init,

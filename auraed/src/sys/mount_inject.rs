@@ -1,0 +1,160 @@
+//! Binding a host folder, read-only, into the mount namespace of a cell
+//! that is already running (a pre-started instance that is given its pod's
+//! images when it is claimed).
+//!
+//! The folder is cloned as a detached mount (`open_tree`, in auraed's own
+//! namespace), then a short-lived thread that has joined the cell's mount
+//! namespace moves it into place (`move_mount`) and makes it read-only.
+//! Paths inside the cell resolve against the cell's own root: nothing it
+//! put there (a symlink) can reach the host's tree, which is not in its
+//! namespace.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// `open_tree` flags (linux/mount.h), which libc does not define.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+/// `move_mount` flag: the source is the fd itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("a path holds a NUL byte: {0:?}")]
+    Nul(PathBuf),
+    #[error("open_tree of {path}")]
+    OpenTree {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the thread that enters the cell's mount namespace")]
+    Thread(#[source] std::io::Error),
+    #[error("that thread panicked")]
+    Panicked,
+    #[error("unshare(CLONE_FS) before entering the cell's mount namespace")]
+    Unshare(#[source] nix::Error),
+    #[error("setns into the cell's mount namespace")]
+    Setns(#[source] nix::Error),
+    #[error("making the mount point {path} in the cell")]
+    MountPoint {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("move_mount to {path} in the cell")]
+    MoveMount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("remounting {path} read-only in the cell")]
+    ReadOnly {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn c_path(path: &Path) -> Result<CString, InjectError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| InjectError::Nul(path.to_path_buf()))
+}
+
+/// A detached, recursive copy of the mount tree at `source`.
+fn clone_tree(source: &Path) -> Result<OwnedFd, InjectError> {
+    let c = c_path(source)?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call;
+    // open_tree reads it and returns a new fd or -1, nothing else.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(InjectError::OpenTree {
+            path: source.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// In the calling thread (which has joined the cell's mount namespace):
+/// makes `target`, moves `tree` onto it, and makes it read-only.
+fn attach(tree: &OwnedFd, target: &Path) -> Result<(), InjectError> {
+    std::fs::create_dir_all(target).map_err(|source| InjectError::MountPoint {
+        path: target.to_path_buf(),
+        source,
+    })?;
+    let c_target = c_path(target)?;
+    let empty = c"";
+    // SAFETY: `tree` is a detached mount fd we own, the paths are valid
+    // NUL-terminated strings that outlive the call; move_mount only reads
+    // them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            c_target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(InjectError::MoveMount {
+            path: target.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|source| InjectError::ReadOnly {
+        path: target.to_path_buf(),
+        source,
+    })
+}
+
+/// Binds each `(host, inside)` pair read-only into the mount namespace of
+/// the process `ns` (a pidfd), creating the mount points there. A failure
+/// part-way leaves the earlier binds in place: the caller discards the
+/// cell.
+pub fn bind_read_only(ns: BorrowedFd<'_>, binds: &[(PathBuf, PathBuf)]) -> Result<(), InjectError> {
+    let trees = binds
+        .iter()
+        .map(|(host, inside)| Ok((clone_tree(host)?, inside.clone())))
+        .collect::<Result<Vec<_>, InjectError>>()?;
+    let ns = ns.try_clone_to_owned().map_err(InjectError::Thread)?;
+    let thread = std::thread::Builder::new()
+        .name("mount-inject".into())
+        .spawn(move || {
+            // A thread that shares its fs context can't change mount
+            // namespace; this one leaves it and exits afterwards.
+            unshare(CloneFlags::CLONE_FS).map_err(InjectError::Unshare)?;
+            setns(&ns, CloneFlags::CLONE_NEWNS).map_err(InjectError::Setns)?;
+            for (tree, inside) in &trees {
+                attach(tree, inside)?;
+            }
+            Ok(())
+        })
+        .map_err(InjectError::Thread)?;
+    thread.join().map_err(|_| InjectError::Panicked)?
+}
