@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use aurae_proto::metadata::metadata_server::MetadataServer;
 use aurae_proto::runtime::runtime_server::RuntimeServer;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
 
@@ -232,7 +232,7 @@ pub async fn serve(
         );
         tracing::info!("serving on {name}");
         servers.push(Box::pin(secure().serve_with_incoming_shutdown(
-            tls.incoming(TcpListenerStream::new(listener), name),
+            tls.incoming(crate::tls_accept::tcp_connections(listener), name),
             stopped(stop_rx.clone()),
         )));
     }

@@ -67,6 +67,11 @@ impl SwappableSvid {
         Ok(())
     }
 
+    /// Presents what `other` presents, from the next handshake on.
+    pub fn take_from(&self, other: &SwappableSvid) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = other.get();
+    }
+
     fn get(&self) -> Arc<CertifiedKey> {
         self.current
             .read()

@@ -152,6 +152,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<IO> {
     }
 }
 
+/// The connections of a TCP listener, with Nagle's algorithm off: gRPC
+/// writes small frames, and Nagle holding one back until the peer's
+/// (delayed, up to 40 ms) ACK of the previous one stalls a stream's next
+/// message by that much.
+pub fn tcp_connections(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on an accepted connection: {e}");
+        }
+        Ok(conn)
+    })
+}
+
 /// Accepts mTLS connections on any number of listeners, sharing one bound.
 #[derive(Clone)]
 pub struct TlsAcceptor {

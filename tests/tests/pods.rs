@@ -178,6 +178,12 @@ async fn a_container_its_instance_refuses_frees_the_pod() {
     let mut c = d.client().await;
     let before = Snapshot::settled(&d);
     let host_port = free_port();
+    let ports = vec![pb::PodPort {
+        container_port: 80,
+        host_port: Some(host_port.into()),
+    }];
+    // A broken image is refused by this auraed as it unpacks it, before
+    // the instance starts.
     let err = c
         .run_pod(pod(
             "web",
@@ -185,16 +191,12 @@ async fn a_container_its_instance_refuses_frees_the_pod() {
                 container("good", &img, "sleep 30"),
                 container("bad", &not_an_image, "true"),
             ],
-            vec![pb::PodPort {
-                container_port: 80,
-                host_port: Some(host_port.into()),
-            }],
+            ports.clone(),
         ))
         .await
         .expect_err("a broken image");
     assert!(
-        err.message()
-            .starts_with("containers[1] (bad): the pod's instance refused it: image"),
+        err.message().starts_with("containers[1].image: "),
         "{:?}: {}",
         err.code(),
         err.message()
@@ -205,6 +207,28 @@ async fn a_container_its_instance_refuses_frees_the_pod() {
         "{}",
         err.message()
     );
+    // A command the image doesn't have is refused by the instance, after
+    // the first container started there: the pod is freed.
+    let mut bad = container("bad", &img, "true");
+    if let Some(e) = bad.executable.as_mut() {
+        e.command = "/bin/no-such-command".into();
+    }
+    let err = c
+        .run_pod(pod(
+            "web",
+            vec![container("good", &img, "sleep 30"), bad],
+            ports,
+        ))
+        .await
+        .expect_err("a missing command");
+    assert!(
+        err.message()
+            .starts_with("containers[1] (bad): the pod's instance refused it: executable.command"),
+        "{:?}: {}",
+        err.code(),
+        err.message()
+    );
+    assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
     before.assert_unchanged(&d);
     assert!(veths(&d).is_empty(), "{:?}", veths(&d));
     let list = c.list(pb::ListRequest {}).await.expect("list").into_inner();

@@ -153,6 +153,8 @@ pub struct Instance {
     /// The link-local metadata endpoint in a cell-backed instance's network
     /// namespace (see [`crate::metadata::imds`]).
     pub(crate) imds: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Its listener, made ahead for a pre-started instance.
+    imds_listener: Mutex<Option<std::net::TcpListener>>,
     /// Where the instance sees each of its spec's shared paths, in order.
     pub shared: Vec<PathBuf>,
     /// What the instance holds as a pod: its containers and host ports
@@ -438,8 +440,15 @@ impl Instances {
         })?;
         if i.choice.backend == Backend::Cell {
             use crate::metadata::imds;
-            let (pidfd, _) = i.cell.namespaces();
-            let listener = crate::net::listen_in(pidfd, imds::ADDR, imds::PORT).await?;
+            let made = i
+                .imds_listener
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let listener = match made {
+                Some(l) => l,
+                None => imds_listener(i).await?,
+            };
             let source = imds::Source::Records {
                 store: self.metadata.clone(),
                 name: i.name.clone(),
@@ -540,6 +549,14 @@ impl Instances {
     pub fn image_file(&self, name: &str) -> PathBuf {
         self.cfg.image_dir.join(name)
     }
+}
+
+/// A listener on the link-local metadata address in cell-backed instance
+/// `i`'s network namespace.
+async fn imds_listener(i: &Instance) -> Result<std::net::TcpListener, ApiError> {
+    use crate::metadata::imds;
+    let (pidfd, _) = i.cell.namespaces();
+    Ok(crate::net::listen_in(pidfd, imds::ADDR, imds::PORT).await?)
 }
 
 /// Who this auraed is: its SPIFFE ID, the prefix of its bridge (derived

@@ -81,6 +81,30 @@ impl Pool {
     }
 }
 
+/// Binds the images of `spec` read-only into the mount namespace of
+/// `slot`'s auraed (its own, a slave of its cell's, where its cells are
+/// made from).
+async fn bind_images(spec: &InstanceSpec, slot: &Instance) -> Result<(), ApiError> {
+    if spec.read_only.is_empty() {
+        return Ok(());
+    }
+    let binds: Vec<_> = spec
+        .read_only
+        .iter()
+        .map(|s| (s.host.clone(), s.inside.clone()))
+        .collect();
+    let ns = slot
+        .init
+        .pidfd()
+        .try_clone_to_owned()
+        .map_err(|e| ApiError::io("a pidfd of the instance's auraed", e))?;
+    crate::blocking::run("binding images into the instance", move || {
+        crate::sys::mount_inject::bind_read_only(ns.as_fd(), &binds)
+    })
+    .await?
+    .map_err(|e| ApiError::Internal(format!("binding images into the instance: {e}")))
+}
+
 /// A provisional name: upper case, so that no request's name (lower case)
 /// can be the same, and a valid hostname.
 fn provisional_name(n: u64) -> String {
@@ -144,7 +168,8 @@ impl Instances {
         }
     }
 
-    /// Steps 1 to 3 of a claim; returns the instance's new SPIFFE ID.
+    /// Steps 1 to 3 of a claim (the binds while the instance takes its
+    /// identity); returns the instance's new SPIFFE ID.
     async fn make_own(&self, spec: &InstanceSpec, slot: &Instance) -> Result<String, ApiError> {
         let identity = self.issue(&spec.name)?;
         let mut client = mpb::metadata_client::MetadataClient::new(slot.channel());
@@ -156,44 +181,29 @@ impl Instances {
             ca_chain_pem: identity.ca_chain_pem,
             ca_key_pem: identity.ca_key_pem,
         });
-        let taken = tokio::time::timeout(ASSUME_TIMEOUT, asked)
-            .await
-            .map_err(|_| {
-                ApiError::DeadlineExceeded(format!(
-                    "the instance did not take its identity within {ASSUME_TIMEOUT:?}"
-                ))
-            })?
-            .map_err(|status| ApiError::Instance {
-                what: "giving the instance its identity".into(),
-                status: Box::new(status),
-            })?
-            .into_inner();
-        if taken.spiffe_id != identity.spiffe_id {
-            return Err(ApiError::Internal(format!(
-                "the instance took {}, not {}",
-                taken.spiffe_id, identity.spiffe_id
-            )));
-        }
+        let assumed = async {
+            let taken = tokio::time::timeout(ASSUME_TIMEOUT, asked)
+                .await
+                .map_err(|_| {
+                    ApiError::DeadlineExceeded(format!(
+                        "the instance did not take its identity within {ASSUME_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|status| ApiError::Instance {
+                    what: "giving the instance its identity".into(),
+                    status: Box::new(status),
+                })?
+                .into_inner();
+            if taken.spiffe_id != identity.spiffe_id {
+                return Err(ApiError::Internal(format!(
+                    "the instance took {}, not {}",
+                    taken.spiffe_id, identity.spiffe_id
+                )));
+            }
+            Ok(())
+        };
+        tokio::try_join!(assumed, bind_images(spec, slot))?;
         slot.expected.set(identity.spiffe_id.clone());
-        if !spec.read_only.is_empty() {
-            let binds: Vec<_> = spec
-                .read_only
-                .iter()
-                .map(|s| (s.host.clone(), s.inside.clone()))
-                .collect();
-            // Into the instance's auraed's mount namespace (its own, a
-            // slave of its cell's, where its cells are made from).
-            let ns = slot
-                .init
-                .pidfd()
-                .try_clone_to_owned()
-                .map_err(|e| ApiError::io("a pidfd of the instance's auraed", e))?;
-            crate::blocking::run("binding images into the instance", move || {
-                crate::sys::mount_inject::bind_read_only(ns.as_fd(), &binds)
-            })
-            .await?
-            .map_err(|e| ApiError::Internal(format!("binding images into the instance: {e}")))?;
-        }
         Ok(identity.spiffe_id)
     }
 
@@ -239,7 +249,21 @@ impl Instances {
                 metadata: Default::default(),
                 networks: Vec::new(),
             };
-            match self.spawn_new(&spec, &cells, log_bytes).await {
+            let started = match self.spawn_new(&spec, &cells, log_bytes).await {
+                // Its metadata endpoint's listener, made ahead too.
+                Ok(slot) => match super::imds_listener(&slot).await {
+                    Ok(l) => {
+                        *slot.imds_listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
+                        Ok(slot)
+                    }
+                    Err(e) => {
+                        self.discard(slot).await;
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match started {
                 Ok(slot) if pool.stopping.load(Ordering::SeqCst) => self.discard(slot).await,
                 Ok(slot) => {
                     tracing::info!(

@@ -389,6 +389,7 @@ impl Instances {
                 .collect(),
             pod: Mutex::new(None),
             imds: Mutex::new(None),
+            imds_listener: Mutex::new(None),
         })
     }
 

@@ -95,9 +95,7 @@ impl Assumer {
         replace_file(&cfg.own_key, &r.leaf_key_pem, true)?;
         replace_file(&cfg.signing_chain, &r.ca_chain_pem, false)?;
         replace_file(&cfg.signing_key, &r.ca_key_pem, true)?;
-        self.svid
-            .replace(r.leaf_chain_pem.as_bytes(), r.leaf_key_pem.as_bytes())
-            .map_err(|e| ApiError::invalid("leaf_chain_pem", e.to_string()))?;
+        self.svid.take_from(&next);
         // An instance runs in a UTS namespace of its own.
         if let Err(e) = nix::unistd::sethostname(&r.name) {
             tracing::warn!("Assume: setting the hostname to {}: {e}", r.name);

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use aurae_proto::metadata as pb;
 use aurae_proto::metadata::metadata_server::{Metadata, MetadataServer};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::Store;
@@ -85,7 +84,10 @@ pub fn serve(
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let incoming = tls.incoming(TcpListenerStream::new(listener), format!("metadata:{addr}"));
+    let incoming = tls.incoming(
+        crate::tls_accept::tcp_connections(listener),
+        format!("metadata:{addr}"),
+    );
     tracing::info!("metadata endpoint on {addr}");
     Ok(tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
