@@ -127,6 +127,10 @@ pub struct InstancesSection {
     /// parent serves it there itself).
     #[serde(default)]
     pub link_local_metadata: bool,
+    /// Set by the parent of a pre-started instance: its parent may give it
+    /// an identity once (`Metadata.Assume`); no other auraed takes one.
+    #[serde(default)]
+    pub pre_started: bool,
     /// Cell-backed instances kept started ahead of requests (0, the
     /// default: none). A spawn or pod that a plain cell of the default
     /// image serves takes one and is ready in milliseconds; each costs a
@@ -179,6 +183,7 @@ impl Default for InstancesSection {
             parent_id: None,
             link_local_metadata: false,
             pool: 0,
+            pre_started: false,
         }
     }
 }

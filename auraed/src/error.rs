@@ -31,6 +31,14 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    /// Binding a host folder into a running instance failed (its cause
+    /// and the errno are in the message).
+    #[error("{what}: {}", chain(source))]
+    Mount {
+        what: String,
+        #[source]
+        source: crate::sys::mount_inject::InjectError,
+    },
     /// A process or cgroup that did not go away when told to.
     #[error("{0}")]
     Stuck(String),
@@ -45,6 +53,18 @@ pub enum ApiError {
         what: String,
         status: Box<tonic::Status>,
     },
+}
+
+/// `e` and each of its causes, joined by ": ".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The most of a message a status carries: an error about a huge field
@@ -108,7 +128,9 @@ impl From<ApiError> for tonic::Status {
             ApiError::Io { source, .. } if exhausted(&source) => {
                 tonic::Status::resource_exhausted(msg)
             }
-            ApiError::Io { .. } | ApiError::Stuck(_) => tonic::Status::internal(msg),
+            ApiError::Io { .. } | ApiError::Stuck(_) | ApiError::Mount { .. } => {
+                tonic::Status::internal(msg)
+            }
             ApiError::Instance { status, .. } => tonic::Status::new(status.code(), msg),
             ApiError::Net(e) => {
                 use crate::net::NetError as N;

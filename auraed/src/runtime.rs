@@ -395,6 +395,10 @@ impl Runtime {
     /// Stops every workload, for daemon shutdown; running VMs stay for
     /// the next auraed where `vm_restart` says `adopt`.
     pub async fn shutdown(&self) {
+        // No instance is pre-started, nor claimed, from here on.
+        if let Some(instances) = &self.instances {
+            instances.stop_pool().await;
+        }
         let adopt = self
             .instances
             .as_ref()

@@ -160,7 +160,8 @@ pub async fn serve(
         crate::metadata::assume::Assumer {
             svid: tls.svid.clone(),
             parent_id: cfg.instances.parent_id.clone(),
-            instances: runtime.instances.clone(),
+            pre_started: cfg.instances.pre_started,
+            runtime: runtime.clone(),
             taken: Default::default(),
         },
     ));

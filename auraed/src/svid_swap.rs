@@ -25,6 +25,17 @@ pub enum SvidError {
     Key(#[source] rustls::Error),
 }
 
+impl SvidError {
+    /// Which of a request's two fields is at fault: the chain's or the
+    /// key's.
+    pub fn field<'a>(&self, chain: &'a str, key: &'a str) -> &'a str {
+        match self {
+            SvidError::Pem { what: "key", .. } | SvidError::Key(_) => key,
+            _ => chain,
+        }
+    }
+}
+
 /// The current SVID: its chain (leaf first) and key.
 #[derive(Debug)]
 pub struct SwappableSvid {

@@ -56,7 +56,7 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
     require_root!();
     let image = require_image!();
     let mut d = Daemon::start_with(DaemonOptions {
-        image_dir: Some(image),
+        image_dir: Some(image.clone()),
         pool: 1,
         ..Default::default()
     })
@@ -161,6 +161,71 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
     );
     assert!(err.message().contains("not routed"), "{}", err.message());
 
+    // With the parent's own SVID, straight to the instance: a claimed
+    // instance takes no second identity, and one that was not started
+    // ahead takes none.
+    let parent_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&admin.auth.ca_crt)))
+        .identity(Identity::from_pem(
+            read(&d.dir.join("pki/server.crt")),
+            read(&d.dir.join("pki/server.key")),
+        ))
+        .domain_name("localhost");
+    let as_parent = |address: String| {
+        let tls = parent_tls.clone();
+        async move {
+            let ch = Endpoint::from_shared(format!("https://{address}"))
+                .expect("endpoint")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .expect("the instance, as its parent");
+            MetadataClient::new(ch)
+        }
+    };
+    let err = as_parent(instance.address.clone())
+        .await
+        .assume(assume("web"))
+        .await
+        .expect_err("a second identity");
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("already"), "{}", err.message());
+    let plain = c
+        .spawn(pb::SpawnRequest {
+            name: "plain".into(),
+            backend: pb::SpawnBackend::Cell as i32,
+            initramfs: image.join("initramfs.cpio.zst").display().to_string(),
+            ready_timeout_ms: Some(30_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("spawn plain: {}", e.message()))
+        .into_inner();
+    let plain = plain.instance.expect("plain's status");
+    assert!(!plain.backend_reason.contains("pre-started"), "{plain:?}");
+    let err = as_parent(plain.address.clone())
+        .await
+        .assume(assume("plain"))
+        .await
+        .expect_err("not started ahead");
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("not started ahead"),
+        "{}",
+        err.message()
+    );
+
     // The pool is refilled; the next pod takes the new one and is itself.
     pre_started(&d, 2).await;
     c.run_pod(pod("api", vec![container("server", &img, SERVER)], vec![]))
@@ -168,7 +233,7 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
         .unwrap_or_else(|e| panic!("run_pod api: {}", e.message()));
     let own = json(&d.aer_ok(&["-o", "json", "--instance", "api", "metadata"]));
     assert_eq!(own["name"], "api");
-    for name in ["web", "api"] {
+    for name in ["web", "api", "plain"] {
         c.free(pb::FreeRequest { id: name.into() })
             .await
             .unwrap_or_else(|e| panic!("free {name}: {}", e.message()));

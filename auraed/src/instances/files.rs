@@ -47,6 +47,9 @@ pub struct Params {
     pub parent_id: String,
     /// The instance's auraed serves 169.254.169.254 itself (a microVM).
     pub link_local_metadata: bool,
+    /// A pre-started instance: it takes its identity from its parent once
+    /// claimed (`Metadata.Assume`).
+    pub pre_started: bool,
 }
 
 fn toml_list(items: &[String]) -> String {
@@ -69,12 +72,13 @@ pub fn seed(identity: &Identity, params: &Params) -> Vec<SeedFile> {
          [instances]\nimage_dir = \"{IMAGE}\"\nsigning_key = \"{PKI}/signing.key\"\n\
          signing_chain = \"{PKI}/signing.crt\"\nvmm = \"{IMAGE}/aurae-vmm\"\n\
          path = {path:?}\nparent = \"{parent}\"\nparent_id = {parent_id:?}\n\
-         link_local_metadata = {lm}\n",
+         link_local_metadata = {lm}\npre_started = {pre}\n",
         allowed = toml_list(&params.allowed),
         path = params.path,
         parent = params.parent,
         parent_id = params.parent_id,
         lm = params.link_local_metadata,
+        pre = params.pre_started,
     );
     let boot = format!(
         "aurae.name={} aurae.ip={}/{} aurae.port={}\n",
@@ -135,6 +139,7 @@ mod tests {
             parent: "[fd00::1]:8444".parse().expect("parent"),
             parent_id: "spiffe://td/auraed".into(),
             link_local_metadata: false,
+            pre_started: false,
         };
         let files = seed(&identity, &params);
         for f in &files {

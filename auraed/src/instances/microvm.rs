@@ -304,6 +304,7 @@ impl Instances {
         let params = files::Params {
             // In a VM, the instance's own auraed serves 169.254.169.254.
             link_local_metadata: true,
+            pre_started: false,
             ..self.params(spec, address)
         };
         let dir = self.cfg.instances_dir.join(&spec.name);
@@ -389,6 +390,7 @@ mod tests {
             parent: "[fd00::1]:8444".parse().expect("parent"),
             parent_id: "spiffe://td/auraed".into(),
             link_local_metadata: false,
+            pre_started: false,
         }
     }
 

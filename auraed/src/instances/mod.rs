@@ -8,6 +8,7 @@ mod lifecycle;
 pub mod link;
 mod microvm;
 pub mod networks;
+mod own;
 pub mod plain_vm;
 mod pool;
 pub mod root;
@@ -25,7 +26,7 @@ use tonic::transport::Channel;
 use crate::cells::Cell;
 use crate::error::ApiError;
 use crate::executables::Executable;
-use crate::net::{Bridge, Tap, Ula, Veth};
+use crate::net::{Bridge, Tap, Veth};
 use backend::{Backend, Choice, Preference};
 
 pub use spawn::FailAt;
@@ -205,6 +206,12 @@ impl Instance {
         // Its metadata socket holds its network namespace: closed before
         // the cell goes.
         networks::end_task(&self.imds).await;
+        drop(
+            self.imds_listener
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         // Every step runs; the first failure is returned.
         let destroyed = self.cell.destroy().await;
         let veth_removed = networks::remove_taken(&self.veth).await;
@@ -290,7 +297,7 @@ pub fn console_tail(exe: &Executable, lines: usize) -> String {
 pub struct Instances {
     cfg: InstancesConfig,
     /// Replaced once if this auraed was pre-started and then claimed.
-    own: std::sync::RwLock<Own>,
+    own: std::sync::RwLock<own::Own>,
     bridge: tokio::sync::Mutex<Option<Bridge>>,
     /// Indexes of addresses in use on the bridge.
     used: Mutex<std::collections::BTreeSet<u32>>,
@@ -307,7 +314,7 @@ impl Instances {
     /// bridges (and two auraeds' bridges on one host) never clash.
     pub fn new(cfg: InstancesConfig, own_id: String) -> Self {
         Self {
-            own: std::sync::RwLock::new(Own::new(own_id, &cfg.bridge, cfg.path.clone())),
+            own: std::sync::RwLock::new(own::Own::new(own_id, &cfg.bridge, cfg.path.clone())),
             cfg,
             bridge: tokio::sync::Mutex::new(None),
             used: Mutex::new(Default::default()),
@@ -384,40 +391,6 @@ impl Instances {
         } else {
             format!("{}/{name}", own.path)
         }
-    }
-
-    fn own(&self) -> Own {
-        self.own.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn ula(&self) -> Ula {
-        self.own().ula
-    }
-
-    pub(super) fn own_id(&self) -> String {
-        self.own().id
-    }
-
-    /// This pre-started auraed becomes `path` in the tree, with the SVID
-    /// `own_id`: refused once it has spawned anything (its bridge's prefix
-    /// and its instances' identities derive from the old ones).
-    pub async fn assume(&self, own_id: String, path: String) -> Result<(), ApiError> {
-        let bridge = self.bridge.lock().await;
-        let used = !self
-            .used
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
-        if bridge.is_some() || used {
-            return Err(ApiError::FailedPrecondition(
-                "Assume: this auraed has spawned instances already; only a fresh one takes a \
-                 new identity"
-                    .into(),
-            ));
-        }
-        *self.own.write().unwrap_or_else(|e| e.into_inner()) =
-            Own::new(own_id, &self.cfg.bridge, path);
-        Ok(())
     }
 
     /// Records what instance `i` may read of itself, serves the metadata
@@ -557,27 +530,6 @@ async fn imds_listener(i: &Instance) -> Result<std::net::TcpListener, ApiError> 
     use crate::metadata::imds;
     let (pidfd, _) = i.cell.namespaces();
     Ok(crate::net::listen_in(pidfd, imds::ADDR, imds::PORT).await?)
-}
-
-/// Who this auraed is: its SPIFFE ID, the prefix of its bridge (derived
-/// from it), and its path in the tree.
-#[derive(Debug, Clone)]
-struct Own {
-    id: String,
-    ula: Ula,
-    path: String,
-}
-
-impl Own {
-    /// The ID and the bridge's name seed the bridge's prefix, so nested
-    /// bridges (and two auraeds' bridges on one host) never clash.
-    fn new(id: String, bridge: &str, path: String) -> Self {
-        Self {
-            ula: Ula::derive(format!("{id} {bridge}").as_bytes()),
-            id,
-            path,
-        }
-    }
 }
 
 /// The default folder of the image: `cargo xtask image` writes it there

@@ -102,13 +102,23 @@ async fn bind_images(spec: &InstanceSpec, slot: &Instance) -> Result<(), ApiErro
         crate::sys::mount_inject::bind_read_only(ns.as_fd(), &binds)
     })
     .await?
-    .map_err(|e| ApiError::Internal(format!("binding images into the instance: {e}")))
+    .map_err(|source| ApiError::Mount {
+        what: "binding images into the instance".into(),
+        source,
+    })
 }
 
 /// A provisional name: upper case, so that no request's name (lower case)
 /// can be the same, and a valid hostname.
 fn provisional_name(n: u64) -> String {
-    format!("Pooled-{n}")
+    format!("{PROVISIONAL}{n}")
+}
+
+const PROVISIONAL: &str = "Pooled-";
+
+/// Whether `name` is a pre-started instance's provisional name.
+pub(super) fn is_provisional(name: &str) -> bool {
+    name.starts_with(PROVISIONAL)
 }
 
 impl Instances {
@@ -129,7 +139,7 @@ impl Instances {
     /// A pre-started instance made `spec`'s, or None (none ready, `spec`
     /// needs more, or the claim failed and the instance was discarded).
     pub(super) async fn claim(&self, spec: &InstanceSpec) -> Option<Instance> {
-        if !self.poolable(spec) {
+        if !self.poolable(spec) || self.pool.stopping.load(Ordering::SeqCst) {
             return None;
         }
         let started = Instant::now();
@@ -225,7 +235,7 @@ impl Instances {
         *self.pool.refill.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
 
-    async fn refill(&self, cells: CellContext, log_bytes: usize) {
+    async fn refill(self: Arc<Self>, cells: CellContext, log_bytes: usize) {
         let pool = &self.pool;
         loop {
             while pool.len() >= self.cfg.pool && !pool.stopping.load(Ordering::SeqCst) {
@@ -271,6 +281,7 @@ impl Instances {
                         ready_ms = slot.ready_after.as_millis() as u64,
                         "pre-started an instance"
                     );
+                    self.watch_slot(&slot);
                     pool.ready
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -287,8 +298,28 @@ impl Instances {
         }
     }
 
+    /// Discards pre-started instance `slot` if its auraed exits while it
+    /// waits (the kernel reports the exit), and wakes the refill. A slot
+    /// claimed meanwhile has left the pool, under another name.
+    fn watch_slot(self: &Arc<Self>, slot: &Instance) {
+        let (me, init, name) = (self.clone(), slot.init.clone(), slot.name.clone());
+        tokio::spawn(async move {
+            init.wait().await;
+            let waiting = {
+                let mut ready = me.pool.ready.lock().unwrap_or_else(|e| e.into_inner());
+                let at = ready.iter().position(|s| s.name == name);
+                at.map(|i| ready.swap_remove(i))
+            };
+            if let Some(slot) = waiting {
+                tracing::warn!("pre-started instance {name}: its auraed exited; replacing it");
+                me.discard(slot).await;
+                me.pool.wanted.notify_one();
+            }
+        });
+    }
+
     /// Stops the refill and removes the pre-started instances.
-    pub(super) async fn stop_pool(&self) {
+    pub async fn stop_pool(&self) {
         self.pool.stopping.store(true, Ordering::SeqCst);
         self.pool.wanted.notify_one();
         let task = self

@@ -454,6 +454,7 @@ impl Instances {
             parent: self.metadata_addr(),
             parent_id: self.own_id(),
             link_local_metadata: false,
+            pre_started: super::pool::is_provisional(&spec.name),
         }
     }
 

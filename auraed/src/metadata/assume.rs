@@ -12,7 +12,7 @@ use std::sync::Arc;
 use aurae_proto::metadata as pb;
 
 use crate::error::ApiError;
-use crate::instances::Instances;
+use crate::runtime::Runtime;
 use crate::svid_swap::SwappableSvid;
 use crate::validation as v;
 
@@ -22,7 +22,10 @@ pub struct Assumer {
     pub svid: Arc<SwappableSvid>,
     /// Its parent, the only caller allowed.
     pub parent_id: Option<String>,
-    pub instances: Option<Arc<Instances>>,
+    /// Whether its parent started it ahead (`[instances] pre_started`):
+    /// no other auraed takes an identity.
+    pub pre_started: bool,
+    pub runtime: Arc<Runtime>,
     /// Set by the first `Assume` that got this far: there is no second.
     pub taken: std::sync::atomic::AtomicBool,
 }
@@ -58,12 +61,18 @@ impl Assumer {
         caller: &str,
         r: pb::AssumeRequest,
     ) -> Result<pb::AssumeResponse, ApiError> {
+        if !self.pre_started {
+            return Err(ApiError::FailedPrecondition(
+                "Assume: this auraed was not started ahead by its parent; its identity is fixed"
+                    .into(),
+            ));
+        }
         if self.parent_id.as_deref() != Some(caller) {
             return Err(ApiError::PermissionDenied(format!(
                 "Assume: only this auraed's parent may give it an identity, not {caller}"
             )));
         }
-        let instances = self.instances.as_ref().ok_or_else(|| {
+        let instances = self.runtime.instances.as_ref().ok_or_else(|| {
             ApiError::FailedPrecondition(
                 "Assume: this auraed has no instances configuration (no signing files)".into(),
             )
@@ -81,21 +90,33 @@ impl Assumer {
                 "Assume: this auraed has taken an identity already".into(),
             ));
         }
+        if !self.runtime.registry.list().is_empty() {
+            return Err(ApiError::FailedPrecondition(
+                "Assume: this auraed runs workloads already; only an idle one takes an identity"
+                    .into(),
+            ));
+        }
         // Both halves parse and match before anything changes.
         let next = SwappableSvid::from_pem(r.leaf_chain_pem.as_bytes(), r.leaf_key_pem.as_bytes())
-            .map_err(|e| ApiError::invalid("leaf_chain_pem", e.to_string()))?;
+            .map_err(|e| {
+                ApiError::invalid(e.field("leaf_chain_pem", "leaf_key_pem"), e.to_string())
+            })?;
         SwappableSvid::from_pem(r.ca_chain_pem.as_bytes(), r.ca_key_pem.as_bytes())
-            .map_err(|e| ApiError::invalid("ca_chain_pem", e.to_string()))?;
+            .map_err(|e| ApiError::invalid(e.field("ca_chain_pem", "ca_key_pem"), e.to_string()))?;
         let id = next
             .spiffe_id()
             .ok_or_else(|| ApiError::invalid("leaf_chain_pem", "the leaf carries no SPIFFE ID"))?;
-        instances.assume(id.clone(), r.path.clone()).await?;
         let cfg = instances.config();
-        replace_file(&cfg.own_cert, &r.leaf_chain_pem, false)?;
-        replace_file(&cfg.own_key, &r.leaf_key_pem, true)?;
-        replace_file(&cfg.signing_chain, &r.ca_chain_pem, false)?;
-        replace_file(&cfg.signing_key, &r.ca_key_pem, true)?;
-        self.svid.take_from(&next);
+        instances
+            .assume(id.clone(), r.path.clone(), || {
+                replace_file(&cfg.own_cert, &r.leaf_chain_pem, false)?;
+                replace_file(&cfg.own_key, &r.leaf_key_pem, true)?;
+                replace_file(&cfg.signing_chain, &r.ca_chain_pem, false)?;
+                replace_file(&cfg.signing_key, &r.ca_key_pem, true)?;
+                self.svid.take_from(&next);
+                Ok(())
+            })
+            .await?;
         // An instance runs in a UTS namespace of its own.
         if let Err(e) = nix::unistd::sethostname(&r.name) {
             tracing::warn!("Assume: setting the hostname to {}: {e}", r.name);

@@ -102,14 +102,17 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::AssumeResponse>, Status> {
         // The caller was authorized (and its chain checked) by the API's
         // SPIFFE check; only the parent may go on.
-        let caller = request
+        let certs = request
             .extensions()
             .get::<crate::tls_accept::PeerCertificates>()
             .and_then(|p| p.certs.clone())
-            .and_then(|certs| crate::pki::check_subtree(&certs).ok())
+            .filter(|c| !c.is_empty())
             .ok_or_else(|| {
                 ApiError::PermissionDenied("Assume: the caller presented no SVID".into())
             })?;
+        let caller = crate::pki::check_subtree(&certs).map_err(|e| {
+            ApiError::PermissionDenied(format!("Assume: the caller's SVID is refused: {e}"))
+        })?;
         Ok(Response::new(
             self.assumer.assume(&caller, request.into_inner()).await?,
         ))

@@ -103,7 +103,7 @@ fn key(src: &Path) -> Result<String, OciError> {
 /// system has less free space). A failed unpack leaves nothing in the
 /// cache, and nothing is remembered of it.
 pub fn get(src: &Path, cache: &Path, limit: u64) -> Result<CachedImage, OciError> {
-    if let Some(unpacked) = already_unpacked(src)? {
+    if let Some(unpacked) = already_unpacked(src, Path::new(crate::pods::IMAGES))? {
         return Ok(unpacked);
     }
     let memo_key = (src.to_path_buf(), cache.to_path_buf());
@@ -122,13 +122,20 @@ pub fn get(src: &Path, cache: &Path, limit: u64) -> Result<CachedImage, OciError
     Ok(cached)
 }
 
-/// `src` itself, if it is an image already unpacked by an auraed: an entry
-/// of its cache (`defaults.json` and `rootfs/`), as a parent shares it with
-/// a cell-backed pod instance, read-only. It is used in place.
-fn already_unpacked(src: &Path) -> Result<Option<CachedImage>, OciError> {
+/// `src` itself, if it is an image its parent already unpacked and
+/// verified: an entry of the parent's cache (`defaults.json` and a
+/// `rootfs/` folder, not a symlink), under `shared` (where a cell-backed
+/// pod instance sees its images), on a read-only mount, as the parent binds
+/// it. It is used in place. Anything else is an image to unpack and check.
+pub fn already_unpacked(src: &Path, shared: &Path) -> Result<Option<CachedImage>, OciError> {
     let defaults = src.join(DEFAULTS);
     let rootfs = src.join("rootfs");
-    if !defaults.is_file() || !rootfs.is_dir() {
+    let is_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let read_only = || {
+        nix::sys::statvfs::statvfs(src)
+            .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+    };
+    if !src.starts_with(shared) || !defaults.is_file() || !is_dir(&rootfs) || !read_only() {
         return Ok(None);
     }
     Ok(Some(CachedImage {

@@ -313,7 +313,7 @@ fn index_json_is_read_with_a_cap_and_named_when_malformed() {
 }
 
 #[test]
-fn an_entry_of_another_cache_is_used_in_place_and_nothing_is_copied() {
+fn only_a_read_only_entry_under_the_shared_folder_is_used_in_place() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (parent, child) = (dir.path().join("parent"), dir.path().join("child"));
     std::fs::create_dir(&parent).expect("parent");
@@ -322,13 +322,16 @@ fn an_entry_of_another_cache_is_used_in_place_and_nothing_is_copied() {
     write_layout(&layout, &[zeros_layer(1, 10)]);
     let shared = cache::get(&layout, &parent, MIB).expect("unpacked by the parent");
     let entry = shared.rootfs.parent().expect("entry").to_path_buf();
-    // The child is given the parent's entry (as a pod instance sees it).
-    let used = cache::get(&entry, &child, MIB).expect("the shared entry");
-    assert_eq!(used.rootfs, shared.rootfs);
-    assert_eq!(used.defaults, shared.defaults);
+    // Under the shared folder but writable (a bind that is not read-only,
+    // or a folder anyone made): not used in place, so an image is looked
+    // for there, and there is none.
+    assert!(cache::already_unpacked(&entry, &parent)
+        .expect("checked")
+        .is_none());
+    assert!(cache::get(&entry, &child, MIB).is_err());
     assert_eq!(cache_entries(&child), Vec::<PathBuf>::new());
-    // A malformed defaults.json is named, not used.
-    std::fs::write(entry.join("defaults.json"), b"[").expect("bad defaults");
-    let e = cache::get(&entry, &child, MIB).expect_err("malformed");
-    assert!(e.to_string().contains("defaults.json"), "{e}");
+    // Outside it, never.
+    assert!(cache::already_unpacked(&entry, &child)
+        .expect("checked")
+        .is_none());
 }

@@ -3,8 +3,10 @@
 //! images when it is claimed).
 //!
 //! The folder is cloned as a detached mount (`open_tree`, in auraed's own
-//! namespace), then a short-lived thread that has joined the cell's mount
-//! namespace moves it into place (`move_mount`) and makes it read-only.
+//! namespace) and made read-only, nosuid and nodev, submounts included,
+//! while still detached (`mount_setattr`); then a short-lived thread that
+//! has joined the cell's mount namespace moves it into place
+//! (`move_mount`). It is never writable there.
 //! Paths inside the cell resolve against the cell's own root: nothing it
 //! put there (a symlink) can reach the host's tree, which is not in its
 //! namespace.
@@ -14,8 +16,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
+
+use super::init_process::{MountAttr, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 
 /// `open_tree` flags (linux/mount.h), which libc does not define.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -53,11 +56,11 @@ pub enum InjectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("remounting {path} read-only in the cell")]
+    #[error("mount_setattr (read-only, nosuid, nodev) of the copy of {path}")]
     ReadOnly {
         path: PathBuf,
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
 
@@ -85,18 +88,42 @@ fn clone_tree(source: &Path) -> Result<OwnedFd, InjectError> {
         });
     }
     // SAFETY: open_tree returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `tree` is a mount fd we own, the empty path and `attr` are
+    // valid for the call, and the size passed is `attr`'s.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(InjectError::ReadOnly {
+            path: source.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(tree)
 }
 
 /// In the calling thread (which has joined the cell's mount namespace):
-/// makes `target`, moves `tree` onto it, and makes it read-only.
+/// makes `target` and moves `tree` onto it.
 fn attach(tree: &OwnedFd, target: &Path) -> Result<(), InjectError> {
     std::fs::create_dir_all(target).map_err(|source| InjectError::MountPoint {
         path: target.to_path_buf(),
         source,
     })?;
     let c_target = c_path(target)?;
-    let empty = c"";
     // SAFETY: `tree` is a detached mount fd we own, the paths are valid
     // NUL-terminated strings that outlive the call; move_mount only reads
     // them.
@@ -104,7 +131,7 @@ fn attach(tree: &OwnedFd, target: &Path) -> Result<(), InjectError> {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_raw_fd(),
-            empty.as_ptr(),
+            c"".as_ptr(),
             libc::AT_FDCWD,
             c_target.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
@@ -116,21 +143,7 @@ fn attach(tree: &OwnedFd, target: &Path) -> Result<(), InjectError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(|source| InjectError::ReadOnly {
-        path: target.to_path_buf(),
-        source,
-    })
+    Ok(())
 }
 
 /// Binds each `(host, inside)` pair read-only into the mount namespace of
