@@ -1,4 +1,4 @@
-//! Compiles the API's protos (`proto/aurae/*/v0/*.proto`) with protox (a pure-Rust
+//! Compiles the API's protos (`proto/aurae/*/v0/*.proto`, and the vendored CRI) with protox (a pure-Rust
 //! protobuf compiler, so no `protoc` binary is needed) and writes the
 //! encoded descriptor set beside the generated code for gRPC reflection.
 use prost::Message;
@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/aurae/runtime/v0/runtime.proto",
         "proto/aurae/metadata/v0/metadata.proto",
+        // Kubernetes' CRI (`runtime.v1`), vendored unchanged: see
+        // proto/cri/runtime/v1/PROVENANCE.md.
+        "proto/cri/runtime/v1/api.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

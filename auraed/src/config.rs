@@ -32,6 +32,9 @@
 //! vmm = "/usr/local/bin/aurae-vmm"   # default: aurae-vmm beside auraed, else this
 //! vm_restart = "adopt"               # plain VMs outlive auraed; or "remove"
 //! pool = 0                           # cell instances started ahead
+//!
+//! [cri]                              # the Kubernetes CRI endpoint: crate::cri::config
+//! enabled = false
 //! ```
 
 use std::net::SocketAddr;
@@ -82,6 +85,9 @@ pub struct Config {
     pub runtime: RuntimeSection,
     #[serde(default)]
     pub instances: InstancesSection,
+    /// The Kubernetes CRI endpoint (`crate::cri::config`).
+    #[serde(default)]
+    pub cri: crate::cri::config::CriSection,
 }
 
 /// Spawned instances.
@@ -392,7 +398,7 @@ impl Config {
                 reason: format!("{bridge:?} is not a link name (1 to 15 of a-z, 0-9, '-')"),
             });
         }
-        Ok(())
+        self.cri.validate()
     }
 }
 

@@ -12,6 +12,8 @@ pub enum DaemonError {
     Runtime(#[from] crate::error::ApiError),
     #[error("{0}")]
     Serve(#[from] crate::server::ServeError),
+    #[error("the CRI endpoint")]
+    Cri(#[from] crate::cri::CriServeError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -145,14 +147,41 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
         tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    // The CRI endpoint, when enabled: bound before serving starts, so that
+    // a socket it can't have fails the start.
+    let cri = if cfg.cri.enabled {
+        let cri = Arc::new(crate::cri::Cri::new(
+            runtime.clone(),
+            cfg.cri.clone(),
+            &cfg.runtime.state_dir,
+            cfg.runtime.image_unpack_limit_bytes,
+        )?);
+        let listener = crate::cri::bind(&cfg.cri)?;
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        Some(tokio::spawn(crate::cri::serve(cri, listener, stopped)))
+    } else {
+        None
     };
     let served = crate::server::serve(&cfg, runtime.clone(), shutdown).await;
+    if let Some(task) = cri {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("the CRI endpoint: {}", crate::error::chain(&e)),
+            Err(e) => tracing::error!("the CRI endpoint's task: {e}"),
+        }
+    }
     runtime.shutdown().await;
     let _ = std::fs::remove_file(&cfg.server.socket);
     Ok(served?)

@@ -9,6 +9,7 @@ pub mod blocking;
 pub mod cells;
 pub mod cgroup;
 pub mod config;
+pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod executables;

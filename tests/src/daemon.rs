@@ -33,6 +33,8 @@ pub struct DaemonOptions {
     pub vm_restart: Option<&'static str>,
     /// `[instances] pool`: instances started ahead (none by default).
     pub pool: usize,
+    /// Appended to the configuration (whole sections, such as `[cri]`).
+    pub extra_config: String,
 }
 
 pub struct Daemon {
@@ -142,6 +144,7 @@ impl Daemon {
             opts.vm_restart.unwrap_or("remove"),
             opts.pool
         ));
+        config.push_str(&opts.extra_config);
         let config_path = dir.join("auraed-run.toml");
         std::fs::write(&config_path, config).expect("config");
         let log = dir.join("auraed.log");

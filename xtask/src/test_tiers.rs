@@ -154,6 +154,11 @@ fn e2e() -> anyhow::Result<Outcome> {
 fn integration() -> anyhow::Result<Outcome> {
     // tests/tests/grpcio_client.rs: a client in another language.
     deps::ensure_python_module("grpc", "grpcio");
+    // tests/tests/cri.rs: images pulled from a registry of the test's own
+    // (on loopback), pushed there with skopeo.
+    if nix::unistd::geteuid().is_root() {
+        deps::ensure(&["docker-registry", "skopeo"])?;
+    }
     // tests/tests/spawn.rs: cell-backed instances run the image's initramfs
     // (no kernel needed on this tier).
     println!("==> the image's initramfs, for spawned instances");

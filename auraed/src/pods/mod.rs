@@ -166,7 +166,11 @@ impl Runtime {
     /// The entry of this auraed's image cache that holds `image` unpacked
     /// (unpacking it first if needed): what a cell-backed pod instance
     /// sees of it.
-    async fn unpacked_image(&self, image: &Path, field: &str) -> Result<PathBuf, ApiError> {
+    pub(crate) async fn unpacked_image(
+        &self,
+        image: &Path,
+        field: &str,
+    ) -> Result<PathBuf, ApiError> {
         let ctx = self.cells.clone().map_err(|e| {
             ApiError::FailedPrecondition(format!("{field}: cells are unavailable: {e}"))
         })?;

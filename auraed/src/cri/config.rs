@@ -1,0 +1,209 @@
+//! The `[cri]` section of auraed's configuration: the Kubernetes CRI
+//! endpoint.
+//!
+//! ```toml
+//! [cri]
+//! enabled = true                      # default false
+//! socket = "/run/aurae/cri.sock"      # root-only, plain gRPC (as the kubelet expects)
+//! root = "/var/lib/aurae/cri"         # default: <runtime.state_dir>/cri
+//! default_handler = "auto"            # the empty RuntimeClass handler: auto, cell, microvm
+//!
+//! # Registry mirrors, as containerd's hosts.toml: the registry's own name,
+//! # or "*" for every registry without an entry of its own.
+//! [cri.registries."registry.k8s.io"]
+//! mirrors = ["http://127.0.0.1:5000"]
+//! skip_upstream = true                # never ask the registry itself
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+pub const DEFAULT_CRI_SOCKET: &str = "/run/aurae/cri.sock";
+
+/// The backend the empty RuntimeClass handler means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultHandler {
+    /// The microVM where KVM boots standard kernels, else a cell.
+    #[default]
+    Auto,
+    Cell,
+    Microvm,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriSection {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Where pulled images and the pods' records are kept; unset:
+    /// `<runtime.state_dir>/cri`.
+    pub root: Option<PathBuf>,
+    #[serde(default)]
+    pub default_handler: DefaultHandler,
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryHosts>,
+}
+
+/// Where a registry's images are pulled from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryHosts {
+    /// Tried in order before the registry itself: `http://host:port` or
+    /// `https://host:port`.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// Pull only from the mirrors (an air-gapped node).
+    #[serde(default)]
+    pub skip_upstream: bool,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CRI_SOCKET)
+}
+
+impl Default for CriSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            socket: default_socket(),
+            root: None,
+            default_handler: DefaultHandler::default(),
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+/// A mirror, parsed: the host (with port) and whether it speaks plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub host: String,
+    pub plain_http: bool,
+}
+
+impl Mirror {
+    pub fn parse(url: &str) -> Option<Mirror> {
+        let (plain_http, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (false, r)
+        } else {
+            return None;
+        };
+        let host = rest.trim_end_matches('/');
+        let ok = !host.is_empty()
+            && !host.contains('/')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        ok.then(|| Mirror {
+            host: host.to_string(),
+            plain_http,
+        })
+    }
+}
+
+impl CriSection {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.socket.is_absolute() {
+            return Err(ConfigError::Invalid {
+                field: "cri.socket",
+                reason: format!("{} is not an absolute path", self.socket.display()),
+            });
+        }
+        if let Some(root) = &self.root {
+            if !root.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    field: "cri.root",
+                    reason: format!("{} is not an absolute path", root.display()),
+                });
+            }
+        }
+        for (registry, hosts) in &self.registries {
+            for m in &hosts.mirrors {
+                if Mirror::parse(m).is_none() {
+                    return Err(ConfigError::Invalid {
+                        field: "cri.registries.mirrors",
+                        reason: format!(
+                            "{m:?} (for {registry:?}) is not http://host[:port] or https://host[:port]"
+                        ),
+                    });
+                }
+            }
+            if hosts.skip_upstream && hosts.mirrors.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "cri.registries.skip_upstream",
+                    reason: format!("{registry:?} has no mirror to pull from instead"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `registry`'s images come from, in order: its mirrors (else
+    /// those of "*"), then the registry itself unless told not to.
+    pub fn hosts_for(&self, registry: &str) -> Vec<Mirror> {
+        let hosts = self
+            .registries
+            .get(registry)
+            .or_else(|| self.registries.get("*"));
+        let mut out: Vec<Mirror> = hosts
+            .map(|h| h.mirrors.iter().filter_map(|m| Mirror::parse(m)).collect())
+            .unwrap_or_default();
+        if !hosts.is_some_and(|h| h.skip_upstream) {
+            out.push(Mirror {
+                host: registry.to_string(),
+                plain_http: false,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_come_first_and_the_wildcard_covers_the_rest() {
+        let cfg: CriSection = toml::from_str(
+            r#"
+            [registries."registry.k8s.io"]
+            mirrors = ["http://127.0.0.1:5000"]
+            skip_upstream = true
+            [registries."*"]
+            mirrors = ["https://mirror.example:443/"]
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let k8s = cfg.hosts_for("registry.k8s.io");
+        assert_eq!(
+            k8s,
+            vec![Mirror {
+                host: "127.0.0.1:5000".into(),
+                plain_http: true
+            }]
+        );
+        let other = cfg.hosts_for("gcr.io");
+        assert_eq!(other.len(), 2);
+        assert_eq!(other[0].host, "mirror.example:443");
+        assert_eq!(other[1].host, "gcr.io");
+    }
+
+    #[test]
+    fn a_bad_mirror_is_refused_by_name() {
+        let cfg: CriSection =
+            toml::from_str("[registries.\"x\"]\nmirrors = [\"ftp://a\"]\n").unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.starts_with("cri.registries.mirrors"), "{e}");
+        let cfg: CriSection = toml::from_str("[registries.\"x\"]\nskip_upstream = true\n").unwrap();
+        assert!(cfg.validate().is_err());
+    }
+}

@@ -1,0 +1,525 @@
+//! Containers: each a cell in its pod's instance, rooted in its image (the
+//! unpacked, verified entry of this auraed's image cache, bound read-only
+//! into the running instance) and sharing the instance's network.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use aurae_proto::cri;
+use aurae_proto::runtime as pb;
+use tonic::Status;
+
+use super::state::{matches, new_id, now_ns, Container, Run, Sandbox};
+use super::Cri;
+use crate::instances::Instance;
+use crate::registry::Workload;
+
+const CREATED: i32 = cri::ContainerState::ContainerCreated as i32;
+const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
+const EXITED: i32 = cri::ContainerState::ContainerExited as i32;
+
+/// What a container's config asks for that is not built yet: refused,
+/// naming the field, rather than ignored.
+fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
+    let unbuilt = |field: &str, what: &str| {
+        Err(Status::unimplemented(format!(
+            "{field}: {what} is not built yet"
+        )))
+    };
+    if !c.mounts.is_empty() {
+        return unbuilt("config.mounts", "mounting volumes and host paths");
+    }
+    if !c.devices.is_empty() || !c.cdi_devices.is_empty() {
+        return unbuilt("config.devices", "giving a container host devices");
+    }
+    if c.tty || c.stdin {
+        return unbuilt("config.tty/stdin", "a terminal or standard input (Attach)");
+    }
+    let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    if let Some(sc) = sc {
+        if sc.readonly_rootfs {
+            return unbuilt(
+                "config.linux.security_context.readonly_rootfs",
+                "a read-only root",
+            );
+        }
+        if !sc.run_as_username.is_empty() {
+            return unbuilt(
+                "config.linux.security_context.run_as_username",
+                "a user by name",
+            );
+        }
+        if !sc.supplemental_groups.is_empty() {
+            return unbuilt(
+                "config.linux.security_context.supplemental_groups",
+                "supplemental groups",
+            );
+        }
+        if sc.capabilities.as_ref().is_some_and(|cap| {
+            !cap.add_capabilities.is_empty() || !cap.add_ambient_capabilities.is_empty()
+        }) {
+            return unbuilt(
+                "config.linux.security_context.capabilities",
+                "adding capabilities",
+            );
+        }
+        if sc
+            .seccomp
+            .as_ref()
+            .is_some_and(|s| s.profile_type == cri::security_profile::ProfileType::Localhost as i32)
+        {
+            return unbuilt(
+                "config.linux.security_context.seccomp",
+                "a localhost seccomp profile",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The container's first process: the CRI's command replaces the image's
+/// entrypoint, its args the image's cmd.
+fn executable_of(c: &cri::ContainerConfig) -> Result<Option<pb::Executable>, Status> {
+    let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let id = |v: Option<&cri::Int64Value>, field: &str| -> Result<Option<u32>, Status> {
+        v.map(|v| {
+            u32::try_from(v.value)
+                .map_err(|_| Status::invalid_argument(format!("{field}: {} is not an id", v.value)))
+        })
+        .transpose()
+    };
+    let uid = id(
+        sc.and_then(|s| s.run_as_user.as_ref()),
+        "config.linux.security_context.run_as_user",
+    )?;
+    let gid = id(
+        sc.and_then(|s| s.run_as_group.as_ref()),
+        "config.linux.security_context.run_as_group",
+    )?;
+    let env = c
+        .envs
+        .iter()
+        .enumerate()
+        .map(|(i, kv)| {
+            let value = String::from_utf8(kv.value.clone()).map_err(|_| {
+                Status::invalid_argument(format!("config.envs[{i}].value: not UTF-8"))
+            })?;
+            Ok(pb::EnvVar {
+                name: kv.key.clone(),
+                value,
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    if c.command.is_empty()
+        && c.args.is_empty()
+        && env.is_empty()
+        && c.working_dir.is_empty()
+        && uid.is_none()
+        && gid.is_none()
+    {
+        return Ok(None);
+    }
+    let (command, args) = match c.command.split_first() {
+        Some((cmd, rest)) => (cmd.clone(), rest.iter().chain(&c.args).cloned().collect()),
+        None => (String::new(), c.args.clone()),
+    };
+    Ok(Some(pb::Executable {
+        command,
+        args,
+        env,
+        cwd: c.working_dir.clone(),
+        uid,
+        gid,
+    }))
+}
+
+impl Cri {
+    /// The running instance of a ready sandbox.
+    pub(super) fn instance_of(&self, s: &Sandbox) -> Result<Arc<Instance>, Status> {
+        match self.runtime.get(&s.instance, "pod_sandbox_id") {
+            Ok(Workload::Instance(i)) if s.is_ready() && i.running() => Ok(i),
+            _ => Err(Status::failed_precondition(format!(
+                "pod_sandbox_id: pod sandbox {} is not ready",
+                s.id
+            ))),
+        }
+    }
+
+    pub(super) async fn create_container(
+        &self,
+        r: cri::CreateContainerRequest,
+    ) -> Result<cri::CreateContainerResponse, Status> {
+        let sandbox = self.state.sandbox("pod_sandbox_id", &r.pod_sandbox_id)?;
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("config: missing"))?;
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Status::invalid_argument("config.metadata.name: missing"))?;
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| Status::invalid_argument("config.image.image: missing"))?;
+        refuse_unbuilt(&config)?;
+        executable_of(&config)?;
+        let instance = self.instance_of(&sandbox)?;
+        let image = self.find_image(&image_name).ok_or_else(|| {
+            Status::not_found(format!(
+                "config.image.image: {} is not pulled here (PullImage first)",
+                crate::validation::shown(&image_name)
+            ))
+        })?;
+        let layout = self
+            .store
+            .layout(&image.manifest)
+            .map_err(|e| Status::internal(crate::error::chain(&e)))?;
+        let host = self
+            .runtime
+            .unpacked_image(&layout, "config.image.image")
+            .await?;
+        let id = new_id().map_err(|e| Status::internal(format!("a container id: {e}")))?;
+        let cell = format!("c-{}", &id[..12]);
+        let inside = PathBuf::from(crate::pods::IMAGES).join(&cell);
+        let ns = instance
+            .init
+            .pidfd()
+            .try_clone_to_owned()
+            .map_err(|e| crate::error::ApiError::io("a pidfd of the pod's auraed", e))?;
+        let binds = vec![(host, inside.clone())];
+        crate::blocking::run("binding an image into the pod", move || {
+            use std::os::fd::AsFd;
+            crate::sys::mount_inject::bind_read_only(ns.as_fd(), &binds)
+        })
+        .await?
+        .map_err(|source| crate::error::ApiError::Mount {
+            what: "config.image.image: binding the image into the pod".into(),
+            source,
+        })?;
+        let log_path = (!config.log_path.is_empty() && !sandbox.config.log_directory.is_empty())
+            .then(|| PathBuf::from(&sandbox.config.log_directory).join(&config.log_path));
+        let container = Arc::new(Container {
+            id: id.clone(),
+            sandbox_id: sandbox.id.clone(),
+            cell,
+            image_ref: image
+                .digests
+                .first()
+                .cloned()
+                .unwrap_or(image.manifest.clone()),
+            image_id: image.config.clone(),
+            image: image_name,
+            image_inside: inside,
+            log_path,
+            created_at: now_ns(),
+            run: Mutex::new(Run {
+                state: CREATED,
+                ..Default::default()
+            }),
+            logger: Mutex::new(None),
+            reopen: Mutex::new(None),
+            config,
+        });
+        tracing::info!(
+            "container {id} ({name}) created in pod sandbox {}",
+            sandbox.id
+        );
+        self.state
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), container);
+        Ok(cri::CreateContainerResponse { container_id: id })
+    }
+
+    pub(super) async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), Status> {
+        let c = self.state.container("container_id", id)?;
+        if c.run().state != CREATED {
+            return Err(Status::failed_precondition(format!(
+                "container_id: container {} is not in the created state",
+                c.id
+            )));
+        }
+        let sandbox = self.state.sandbox("pod_sandbox_id", &c.sandbox_id)?;
+        let instance = self.instance_of(&sandbox)?;
+        let privileged = c
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged);
+        let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
+        let started = client
+            .run_cell(pb::RunCellRequest {
+                name: c.cell.clone(),
+                share_host: Some(pb::HostNamespaces {
+                    net: true,
+                    ..Default::default()
+                }),
+                image: c.image_inside.display().to_string(),
+                executable: executable_of(&c.config)?,
+                privileged,
+                ..Default::default()
+            })
+            .await;
+        let started = match started {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                c.update(|run| {
+                    run.state = EXITED;
+                    run.finished_at = now_ns();
+                    run.exit_code = 128;
+                    run.reason = "StartError".into();
+                    run.message = status.message().to_string();
+                });
+                return Err(Status::new(
+                    status.code(),
+                    format!(
+                        "container {}: the pod's instance refused it: {}",
+                        c.id,
+                        status.message()
+                    ),
+                ));
+            }
+        };
+        c.update(|run| {
+            run.state = RUNNING;
+            run.started_at = now_ns();
+            run.executable_id = started.executable_id.clone();
+        });
+        let (reopen, follow) = super::cri_log::follow(
+            instance.channel(),
+            started.executable_id.clone(),
+            c.log_path.clone(),
+        );
+        *c.reopen.lock().unwrap_or_else(|e| e.into_inner()) = Some(reopen);
+        let (cri, container) = (self.clone(), c.clone());
+        let task = tokio::spawn(async move {
+            follow.await;
+            cri.record_exit(&container, instance.channel()).await;
+        });
+        *c.logger.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(())
+    }
+
+    /// Asks the instance how the container's first process ended, once.
+    async fn record_exit(&self, c: &Container, channel: tonic::transport::Channel) {
+        let exe = c.run().executable_id;
+        if exe.is_empty() || c.run().state == EXITED {
+            return;
+        }
+        let mut client = pb::runtime_client::RuntimeClient::new(channel);
+        let waited = client
+            .wait(pb::WaitRequest {
+                id: exe,
+                timeout_ms: Some(30_000),
+            })
+            .await;
+        let (code, reason) = match waited {
+            Ok(s) => {
+                let s = s.into_inner();
+                let code = s.exit_code.or(s.signal.map(|sig| 128 + sig)).unwrap_or(255);
+                let reason = if s.oom_killed {
+                    "OOMKilled"
+                } else if code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                };
+                (code, reason.to_string())
+            }
+            Err(e) => (255, format!("Unknown: {}", e.message())),
+        };
+        c.update(|run| {
+            if run.state != EXITED {
+                run.state = EXITED;
+                run.finished_at = now_ns();
+                run.exit_code = code;
+                run.reason = reason;
+            }
+        });
+    }
+
+    /// Marks a container of a sandbox that stopped as exited.
+    pub(super) fn container_gone(&self, c: &Container, why: &str) {
+        if let Some(task) = c.logger.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        c.update(|run| {
+            if run.state != EXITED {
+                run.state = EXITED;
+                run.finished_at = now_ns();
+                run.exit_code = 137;
+                run.reason = "Killed".into();
+                run.message = why.into();
+            }
+        });
+    }
+
+    /// Stops the container's cell: SIGTERM, then SIGKILL after `timeout`
+    /// seconds; the container is exited when this returns.
+    pub(super) async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
+        let c = self.state.container("container_id", id)?;
+        if c.run().state != RUNNING {
+            return Ok(());
+        }
+        let sandbox = self.state.sandbox("pod_sandbox_id", &c.sandbox_id)?;
+        let Ok(instance) = self.instance_of(&sandbox) else {
+            self.container_gone(&c, "its pod sandbox is not ready");
+            return Ok(());
+        };
+        let grace_ms = u32::try_from(timeout.max(0).saturating_mul(1000)).unwrap_or(u32::MAX);
+        let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
+        match client
+            .stop(pb::StopRequest {
+                id: c.cell.clone(),
+                signal: 0,
+                grace_period_ms: Some(grace_ms),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => {
+                return Err(Status::new(
+                    s.code(),
+                    format!("stopping container {}: {}", c.id, s.message()),
+                ))
+            }
+        }
+        self.record_exit(&c, instance.channel()).await;
+        Ok(())
+    }
+
+    /// Removes a container (stopping it at once if it runs); one that is
+    /// gone is no error, as the CRI asks.
+    pub(super) async fn remove_container(&self, id: &str) -> Result<(), Status> {
+        let c = match self.state.container("container_id", id) {
+            Ok(c) => c,
+            Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_container(&c.id, 0).await?;
+        if let Ok(sandbox) = self.state.sandbox("pod_sandbox_id", &c.sandbox_id) {
+            if let Ok(instance) = self.instance_of(&sandbox) {
+                let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
+                match client.free(pb::FreeRequest { id: c.cell.clone() }).await {
+                    Ok(_) => {}
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => {
+                        return Err(Status::new(
+                            s.code(),
+                            format!("removing container {}: {}", c.id, s.message()),
+                        ))
+                    }
+                }
+            }
+        }
+        if let Some(task) = c.logger.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        self.state
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.id);
+        Ok(())
+    }
+
+    pub(super) fn container_status(
+        &self,
+        r: cri::ContainerStatusRequest,
+    ) -> Result<cri::ContainerStatusResponse, Status> {
+        let c = self.state.container("container_id", &r.container_id)?;
+        let run = c.run();
+        Ok(cri::ContainerStatusResponse {
+            status: Some(cri::ContainerStatus {
+                id: c.id.clone(),
+                metadata: c.config.metadata.clone(),
+                state: run.state,
+                created_at: c.created_at,
+                started_at: run.started_at,
+                finished_at: run.finished_at,
+                exit_code: run.exit_code,
+                image: Some(cri::ImageSpec {
+                    image: c.image.clone(),
+                    ..Default::default()
+                }),
+                image_ref: c.image_ref.clone(),
+                image_id: c.image_id.clone(),
+                reason: run.reason,
+                message: run.message,
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+                log_path: c
+                    .log_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                ..Default::default()
+            }),
+            info: Default::default(),
+        })
+    }
+
+    pub(super) fn list_containers(
+        &self,
+        r: cri::ListContainersRequest,
+    ) -> cri::ListContainersResponse {
+        let f = r.filter.unwrap_or_default();
+        let containers = self
+            .state
+            .all_containers()
+            .into_iter()
+            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+            .filter(|c| matches(&c.config.labels, &f.label_selector))
+            .filter(|c| f.state.as_ref().is_none_or(|s| s.state == c.run().state))
+            .map(|c| cri::Container {
+                id: c.id.clone(),
+                pod_sandbox_id: c.sandbox_id.clone(),
+                metadata: c.config.metadata.clone(),
+                image: Some(cri::ImageSpec {
+                    image: c.image.clone(),
+                    ..Default::default()
+                }),
+                image_ref: c.image_ref.clone(),
+                image_id: c.image_id.clone(),
+                state: c.run().state,
+                created_at: c.created_at,
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+            })
+            .collect();
+        cri::ListContainersResponse { containers }
+    }
+
+    pub(super) async fn reopen_log(&self, id: &str) -> Result<(), Status> {
+        let c = self.state.container("container_id", id)?;
+        if c.run().state != RUNNING {
+            return Err(Status::failed_precondition(format!(
+                "container_id: container {} is not running",
+                c.id
+            )));
+        }
+        let tx = c.reopen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(tx) = tx else {
+            return Ok(());
+        };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        if tx.send(ack).await.is_err() {
+            return Ok(());
+        }
+        match done.await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(Status::internal(format!(
+                "reopening the log of container {}: {e}",
+                c.id
+            ))),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Container logs in the CRI format the kubelet reads: one
+//! `<RFC3339Nano time> <stdout|stderr> <F|P> <text>` line per line of
+//! output, in the file the container's config names, reopened on
+//! `ReopenContainerLog`.
+
+use std::path::PathBuf;
+
+use aurae_proto::runtime as pb;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+
+/// A request to reopen the log file, answered once it is open.
+pub type Reopen = mpsc::Sender<oneshot::Sender<std::io::Result<()>>>;
+
+/// One entry as a CRI log line.
+pub fn format_line(entry: &pb::LogEntry) -> Vec<u8> {
+    let stream = match pb::LogStream::try_from(entry.stream) {
+        Ok(pb::LogStream::Stderr) => "stderr",
+        _ => "stdout",
+    };
+    let nanos = entry
+        .time
+        .as_ref()
+        .map(|t| t.seconds as i128 * 1_000_000_000 + t.nanos as i128)
+        .unwrap_or(0);
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
+    let mut out = format!("{time} {stream} F ").into_bytes();
+    out.extend_from_slice(&entry.line);
+    out.push(b'\n');
+    out
+}
+
+async fn open(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+}
+
+/// Follows `executable_id`'s output in the instance into `path` until it
+/// ends (the process exited). Returns the reopen handle at once; the
+/// returned future does the following.
+pub fn follow(
+    channel: tonic::transport::Channel,
+    executable_id: String,
+    path: Option<PathBuf>,
+) -> (Reopen, impl std::future::Future<Output = ()>) {
+    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<std::io::Result<()>>>(4);
+    let task = async move {
+        let mut client = pb::runtime_client::RuntimeClient::new(channel);
+        let stream = client
+            .logs(pb::LogsRequest {
+                id: executable_id.clone(),
+                follow: true,
+                wait_for_start: true,
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                tracing::warn!("logs of {executable_id}: {}", e.message());
+                return;
+            }
+        };
+        let mut file = match &path {
+            Some(p) => match open(p).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("opening {}: {e}", p.display());
+                    None
+                }
+            },
+            None => None,
+        };
+        loop {
+            tokio::select! {
+                entry = stream.next() => match entry {
+                    Some(Ok(entry)) => {
+                        if let Some(f) = file.as_mut() {
+                            if let Err(e) = f.write_all(&format_line(&entry)).await {
+                                tracing::warn!("writing the log of {executable_id}: {e}");
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!("logs of {executable_id}: {}", e.message());
+                        break;
+                    }
+                    None => break,
+                },
+                Some(ack) = rx.recv() => {
+                    let reopened = match &path {
+                        Some(p) => open(p).await.map(|f| file = Some(f)),
+                        None => Ok(()),
+                    };
+                    let _ = ack.send(reopened);
+                }
+            }
+        }
+        if let Some(mut f) = file {
+            let _ = f.flush().await;
+        }
+    };
+    (tx, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_written_as_the_kubelet_reads_it() {
+        let line = format_line(&pb::LogEntry {
+            seq: 1,
+            stream: pb::LogStream::Stderr as i32,
+            time: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 123_456_789,
+            }),
+            line: b"hello world".to_vec(),
+            dropped_before: 0,
+        });
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "2023-11-14T22:13:20.123456789Z stderr F hello world\n"
+        );
+    }
+}

@@ -1,0 +1,386 @@
+//! The CRI `RuntimeService`: each call handed to the sandbox, container or
+//! exec code, or answered `UNIMPLEMENTED` naming what is not built yet.
+
+use std::pin::Pin;
+
+use aurae_proto::cri;
+use aurae_proto::cri::runtime_service_server::RuntimeService;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{Cri, CriService};
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// What is not built yet, named.
+pub fn not_yet(call: &str, what: &str) -> Status {
+    Status::unimplemented(format!("{call}: {what} is not built yet"))
+}
+
+const STREAMING: &str = "the streaming server (SPDY/3.1 and WebSocket channel protocols)";
+const STATS: &str = "reporting container and pod statistics";
+
+/// Whether a CNI network configuration is in `/etc/cni/net.d`.
+fn cni_config_present() -> bool {
+    std::fs::read_dir("/etc/cni/net.d").is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.ends_with(".conf") || n.ends_with(".conflist") || n.ends_with(".json")
+        })
+    })
+}
+
+#[tonic::async_trait]
+impl RuntimeService for CriService {
+    async fn version(
+        &self,
+        _r: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "auraed".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        Ok(Response::new(self.run_sandbox(r.into_inner()).await?))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        self.stop_sandbox(&r.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        self.remove_sandbox(&r.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        Ok(Response::new(self.sandbox_status(r.into_inner())?))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        Ok(Response::new(self.list_sandboxes(r.into_inner())))
+    }
+
+    type StreamPodSandboxesStream = Streamed<cri::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        _r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        Err(not_yet(
+            "StreamPodSandboxes",
+            "streaming the list (ListPodSandbox answers it)",
+        ))
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        Ok(Response::new(
+            Cri::create_container(&self, r.into_inner()).await?,
+        ))
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        Cri::start_container(&self.0, &r.into_inner().container_id).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let r = r.into_inner();
+        Cri::stop_container(&self, &r.container_id, r.timeout).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        Cri::remove_container(&self, &r.into_inner().container_id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Ok(Response::new(Cri::list_containers(&self, r.into_inner())))
+    }
+
+    type StreamContainersStream = Streamed<cri::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        _r: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        Err(not_yet(
+            "StreamContainers",
+            "streaming the list (ListContainers answers it)",
+        ))
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        Ok(Response::new(Cri::container_status(&self, r.into_inner())?))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        Err(not_yet(
+            "UpdateContainerResources",
+            "changing a running container's limits",
+        ))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        self.reopen_log(&r.into_inner().container_id).await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(
+        &self,
+        r: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        Ok(Response::new(Cri::exec_sync(&self, r.into_inner()).await?))
+    }
+
+    async fn exec(
+        &self,
+        _r: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        Err(not_yet("Exec", STREAMING))
+    }
+
+    async fn attach(
+        &self,
+        _r: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        Err(not_yet("Attach", STREAMING))
+    }
+
+    async fn port_forward(
+        &self,
+        _r: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        Err(not_yet("PortForward", STREAMING))
+    }
+
+    async fn container_stats(
+        &self,
+        _r: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        Err(not_yet("ContainerStats", STATS))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _r: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Err(not_yet("ListContainerStats", STATS))
+    }
+
+    type StreamContainerStatsStream = Streamed<cri::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        _r: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        Err(not_yet("StreamContainerStats", STATS))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _r: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        Err(not_yet("PodSandboxStats", STATS))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        Err(not_yet("ListPodSandboxStats", STATS))
+    }
+
+    type StreamPodSandboxStatsStream = Streamed<cri::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        Err(not_yet("StreamPodSandboxStats", STATS))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        // The pod CIDR is for CNI, which is not built: pods are on
+        // auraed's own bridge. Accepted, and said so.
+        let cidr = r
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        tracing::info!(
+            "CRI: pod CIDR {cidr:?} noted; pods use auraed's own bridge until CNI is built"
+        );
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(
+        &self,
+        r: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let runtime_ready = self.runtime.instances.is_some() && self.runtime.cells.is_ok();
+        let cni = cni_config_present();
+        let conditions = vec![
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: runtime_ready,
+                reason: if runtime_ready { "" } else { "NoInstances" }.into(),
+                message: if runtime_ready {
+                    String::new()
+                } else {
+                    "pod sandboxes are instances, and this auraed can't spawn them (no \
+                     [instances] configuration, or cells are unavailable)"
+                        .into()
+                },
+            },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: if cni { "CniNotBuilt" } else { "NoCniConfig" }.into(),
+                message: if cni {
+                    "pod networks from CNI plugins are not built yet: pods are on auraed's own \
+                     bridge"
+                        .into()
+                } else {
+                    "no CNI network configuration in /etc/cni/net.d (and CNI is not built yet: \
+                     pods are on auraed's own bridge)"
+                        .into()
+                },
+            },
+        ];
+        let mut info = std::collections::HashMap::new();
+        if r.into_inner().verbose {
+            info.insert(
+                "config".to_string(),
+                serde_json::json!({
+                    "socket": self.cfg.socket,
+                    "handlers": [super::sandboxes::CELL_HANDLER, super::sandboxes::MICROVM_HANDLER],
+                    "registries": self.cfg.registries.keys().collect::<Vec<_>>(),
+                })
+                .to_string(),
+            );
+        }
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            runtime_handlers: [
+                super::sandboxes::CELL_HANDLER,
+                super::sandboxes::MICROVM_HANDLER,
+            ]
+            .into_iter()
+            .map(|name| cri::RuntimeHandler {
+                name: name.into(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            })
+            .collect(),
+            features: None,
+        }))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _r: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(not_yet("CheckpointContainer", "checkpointing a container"))
+    }
+
+    type GetContainerEventsStream = Streamed<cri::ContainerEventResponse>;
+    async fn get_container_events(
+        &self,
+        _r: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(not_yet("GetContainerEvents", "the container event stream"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Err(not_yet("ListMetricDescriptors", STATS))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Err(not_yet("ListPodSandboxMetrics", STATS))
+    }
+
+    type StreamPodSandboxMetricsStream = Streamed<cri::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        Err(not_yet("StreamPodSandboxMetrics", STATS))
+    }
+
+    async fn runtime_config(
+        &self,
+        _r: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _r: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        Err(not_yet(
+            "UpdatePodSandboxResources",
+            "changing a running pod's limits",
+        ))
+    }
+}

@@ -1,0 +1,295 @@
+//! Pod sandboxes: each one a pod instance of this auraed, chosen by the
+//! RuntimeClass handler, with the pod's host ports relayed to it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use aurae_proto::cri;
+use tonic::Status;
+
+use super::config::DefaultHandler;
+use super::state::{matches, new_id, now_ns, Sandbox};
+use super::Cri;
+use crate::instances::backend::{Backend, Preference};
+use crate::instances::InstanceSpec;
+
+/// The RuntimeClass handlers this runtime answers to.
+pub const CELL_HANDLER: &str = "aurae-cell";
+pub const MICROVM_HANDLER: &str = "aurae-microvm";
+
+/// How long a sandbox's instance may take to be ready.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Cri {
+    fn preference(&self, handler: &str) -> Result<Preference, Status> {
+        match handler {
+            CELL_HANDLER => Ok(Preference::Cell),
+            MICROVM_HANDLER => Ok(Preference::MicroVm),
+            "" => Ok(match self.cfg.default_handler {
+                DefaultHandler::Auto => Preference::Auto,
+                DefaultHandler::Cell => Preference::Cell,
+                DefaultHandler::Microvm => Preference::MicroVm,
+            }),
+            other => Err(Status::invalid_argument(format!(
+                "runtime_handler: {} is not a handler of this runtime \
+                 ({CELL_HANDLER}, {MICROVM_HANDLER}, or empty for the default)",
+                crate::validation::shown(other)
+            ))),
+        }
+    }
+
+    pub(super) async fn run_sandbox(
+        &self,
+        r: cri::RunPodSandboxRequest,
+    ) -> Result<cri::RunPodSandboxResponse, Status> {
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("config: missing"))?;
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("config.metadata: missing"))?;
+        for (field, value) in [
+            ("config.metadata.name", &meta.name),
+            ("config.metadata.namespace", &meta.namespace),
+        ] {
+            if value.is_empty() {
+                return Err(Status::invalid_argument(format!("{field}: empty")));
+            }
+        }
+        let preference = self.preference(&r.runtime_handler)?;
+        let instances = self.runtime.instances.as_ref().ok_or_else(|| {
+            Status::failed_precondition("pod sandboxes are instances: this auraed has none")
+        })?;
+        let id = new_id().map_err(|e| Status::internal(format!("a sandbox id: {e}")))?;
+        let spec = InstanceSpec {
+            name: format!("cri-{}", &id[..12]),
+            vcpus: 0,
+            memory_mib: 0,
+            nested: false,
+            preference,
+            kernel: None,
+            initramfs: None,
+            ready_timeout: READY_TIMEOUT,
+            read_only: Vec::new(),
+            metadata: [
+                ("cri.sandbox".to_string(), id.clone()),
+                ("cri.name".to_string(), meta.name.clone()),
+                ("cri.namespace".to_string(), meta.namespace.clone()),
+            ]
+            .into(),
+            networks: Vec::new(),
+        };
+        let choice = instances.choice_for(&spec).map_err(Status::from)?;
+        if choice.backend == Backend::MicroVm {
+            return Err(Status::unimplemented(format!(
+                "runtime_handler {:?}: a microVM pod sandbox is not built yet: containers \
+                 created after the sandbox can't reach its VM (images are attached as disks \
+                 at boot); use {CELL_HANDLER}",
+                r.runtime_handler
+            )));
+        }
+        // Host ports first: one that is taken fails before anything is made.
+        let mut listeners = Vec::new();
+        for (i, p) in config.port_mappings.iter().enumerate() {
+            if p.protocol != cri::Protocol::Tcp as i32 {
+                return Err(Status::unimplemented(format!(
+                    "config.port_mappings[{i}].protocol: only TCP is relayed"
+                )));
+            }
+            let container_port = u16::try_from(p.container_port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "config.port_mappings[{i}].container_port: {} is not a port",
+                        p.container_port
+                    ))
+                })?;
+            if p.host_port == 0 {
+                continue;
+            }
+            let host_port = u16::try_from(p.host_port).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "config.port_mappings[{i}].host_port: {} is not a port",
+                    p.host_port
+                ))
+            })?;
+            let field = format!("config.port_mappings[{i}].host_port");
+            listeners.push((container_port, crate::pods::ports::bind(&field, host_port)?));
+        }
+        let instance = self.runtime.spawn(spec).await?;
+        let forwards = listeners
+            .into_iter()
+            .map(|(port, l)| {
+                crate::pods::ports::start(l, SocketAddr::new(instance.address.ip(), port))
+            })
+            .collect::<Result<Vec<_>, _>>();
+        let forwards = match forwards {
+            Ok(f) => f,
+            Err(e) => {
+                if let Err(undo) = self.runtime.free(&instance.name).await {
+                    tracing::error!("sandbox {id}: freeing its instance: {undo}");
+                }
+                return Err(e.into());
+            }
+        };
+        let sandbox = Arc::new(Sandbox {
+            id: id.clone(),
+            instance: instance.name.clone(),
+            handler: r.runtime_handler,
+            created_at: now_ns(),
+            ip: instance.address.ip().to_string(),
+            config,
+            ready: Mutex::new(true),
+            forwards: Mutex::new(forwards),
+        });
+        self.state
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), sandbox);
+        Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+    }
+
+    /// Stops every container and the instance; the sandbox stays listed
+    /// (not ready) until removed. Stopping a stopped sandbox does nothing.
+    pub(super) async fn stop_sandbox(&self, id: &str) -> Result<(), Status> {
+        let sandbox = self.state.sandbox("pod_sandbox_id", id)?;
+        for c in self.state.containers_of(&sandbox.id) {
+            self.container_gone(&c, "the pod sandbox stopped");
+        }
+        let forwards =
+            std::mem::take(&mut *sandbox.forwards.lock().unwrap_or_else(|e| e.into_inner()));
+        for f in forwards {
+            f.close().await;
+        }
+        match self.runtime.free(&sandbox.instance).await {
+            Ok(()) => {}
+            Err(crate::error::ApiError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        *sandbox.ready.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        Ok(())
+    }
+
+    /// Removes a sandbox (stopping it first) and its containers' records;
+    /// removing one that is gone is not an error, as the CRI asks.
+    pub(super) async fn remove_sandbox(&self, id: &str) -> Result<(), Status> {
+        let sandbox = match self.state.sandbox("pod_sandbox_id", id) {
+            Ok(s) => s,
+            Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_sandbox(&sandbox.id).await?;
+        let gone: Vec<String> = self
+            .state
+            .containers_of(&sandbox.id)
+            .iter()
+            .map(|c| c.id.clone())
+            .collect();
+        let mut containers = self
+            .state
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for c in gone {
+            containers.remove(&c);
+        }
+        drop(containers);
+        self.state
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sandbox.id);
+        Ok(())
+    }
+
+    fn sandbox_state(&self, s: &Sandbox) -> cri::PodSandboxState {
+        let running = match self.runtime.get(&s.instance, "id") {
+            Ok(crate::registry::Workload::Instance(i)) => i.running(),
+            _ => false,
+        };
+        if s.is_ready() && running {
+            cri::PodSandboxState::SandboxReady
+        } else {
+            cri::PodSandboxState::SandboxNotready
+        }
+    }
+
+    pub(super) fn sandbox_status(
+        &self,
+        r: cri::PodSandboxStatusRequest,
+    ) -> Result<cri::PodSandboxStatusResponse, Status> {
+        let s = self.state.sandbox("pod_sandbox_id", &r.pod_sandbox_id)?;
+        let state = self.sandbox_state(&s);
+        let namespace_options = s
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|c| c.namespace_options.clone());
+        let mut info = std::collections::HashMap::new();
+        if r.verbose {
+            info.insert(
+                "info".to_string(),
+                serde_json::json!({ "instance": s.instance, "handler": s.handler }).to_string(),
+            );
+        }
+        Ok(cri::PodSandboxStatusResponse {
+            status: Some(cri::PodSandboxStatus {
+                id: s.id.clone(),
+                metadata: s.metadata(),
+                state: state as i32,
+                created_at: s.created_at,
+                network: Some(cri::PodSandboxNetworkStatus {
+                    ip: if state == cri::PodSandboxState::SandboxReady {
+                        s.ip.clone()
+                    } else {
+                        String::new()
+                    },
+                    additional_ips: Vec::new(),
+                }),
+                linux: Some(cri::LinuxPodSandboxStatus {
+                    namespaces: Some(cri::Namespace {
+                        options: namespace_options,
+                    }),
+                }),
+                labels: s.config.labels.clone(),
+                annotations: s.config.annotations.clone(),
+                runtime_handler: s.handler.clone(),
+            }),
+            info,
+            containers_statuses: Vec::new(),
+            timestamp: now_ns(),
+        })
+    }
+
+    pub(super) fn list_sandboxes(
+        &self,
+        r: cri::ListPodSandboxRequest,
+    ) -> cri::ListPodSandboxResponse {
+        let filter = r.filter.unwrap_or_default();
+        let items = self
+            .state
+            .all_sandboxes()
+            .into_iter()
+            .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+            .filter(|s| matches(&s.config.labels, &filter.label_selector))
+            .map(|s| {
+                let state = self.sandbox_state(&s);
+                cri::PodSandbox {
+                    id: s.id.clone(),
+                    metadata: s.metadata(),
+                    state: state as i32,
+                    created_at: s.created_at,
+                    labels: s.config.labels.clone(),
+                    annotations: s.config.annotations.clone(),
+                    runtime_handler: s.handler.clone(),
+                }
+            })
+            .filter(|p| filter.state.as_ref().is_none_or(|v| v.state == p.state))
+            .collect();
+        cri::ListPodSandboxResponse { items }
+    }
+}

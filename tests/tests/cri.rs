@@ -1,0 +1,342 @@
+//! auraed's CRI endpoint driven by the upstream `crictl` (`../shared/cri`):
+//! an image pulled through a registry mirror from a registry this test runs
+//! on loopback, a pod sandbox (a cell-backed pod instance) with a container
+//! whose log is in the CRI format, `exec --sync`, stop and removal, and
+//! then nothing left behind; and bad requests refused, naming the field.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aurae_tests::leaks::Snapshot;
+use aurae_tests::pods::{busybox_image, free_port};
+use aurae_tests::{report_skip, Daemon, DaemonOptions};
+
+const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+fn crictl_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri/crictl")
+}
+
+/// A `docker-registry` on loopback, removed with the test.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Pushes the docker-save archive `image` as `name`.
+    fn push(&self, image: &Path, name: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("docker-archive:{}", image.display()))
+            .arg(format!("docker://127.0.0.1:{}/{name}", self.port))
+            .output()
+            .expect("skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+struct Crictl {
+    socket: PathBuf,
+}
+
+impl Crictl {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let endpoint = format!("unix://{}", self.socket.display());
+        Command::new(crictl_bin())
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--image-endpoint",
+                &endpoint,
+            ])
+            .args(["--timeout", "60s"])
+            .args(args)
+            .output()
+            .expect("crictl")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "crictl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Fails, and says why on stderr.
+    fn refused(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "crictl {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+/// A daemon with the CRI on, pulling `registry.k8s.io` images from
+/// `registry` only.
+async fn daemon(registry: &Registry) -> (Daemon, Crictl) {
+    let image = aurae_tests::instances::image().expect("checked by the caller");
+    let extra = format!(
+        "\n[cri]\nenabled = true\nsocket = \"CRI_SOCKET\"\n\
+         [cri.registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
+        registry.port
+    );
+    // The socket goes in the daemon's own folder, known once it exists:
+    // a folder of the test's instead.
+    let sockets = tempfile::tempdir().expect("tempdir").keep();
+    let socket = sockets.join("cri.sock");
+    let d = Daemon::start_with(DaemonOptions {
+        image_dir: Some(image),
+        extra_config: extra.replace("CRI_SOCKET", &socket.display().to_string()),
+        ..Default::default()
+    })
+    .await;
+    (d, Crictl { socket })
+}
+
+fn write_json(dir: &Path, name: &str, value: serde_json::Value) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, value.to_string()).expect("json");
+    p.display().to_string()
+}
+
+/// What auraed runs (over the test's own connection).
+async fn workloads(
+    client: &mut aurae_proto::runtime::runtime_client::RuntimeClient<tonic::transport::Channel>,
+) -> Vec<aurae_proto::runtime::WorkloadStatus> {
+    client
+        .list(aurae_proto::runtime::ListRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .workloads
+}
+
+fn requirements() -> Option<&'static str> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root");
+    }
+    if !crictl_bin().is_file() {
+        return Some("no ../shared/cri/crictl");
+    }
+    if !have("docker-registry") || !have("skopeo") {
+        return Some(
+            "docker-registry and skopeo are not installed (cargo xtask test installs them)",
+        );
+    }
+    if aurae_tests::instances::image().is_none() {
+        return Some("no image: target/aurae-image/initramfs.cpio.zst (cargo xtask image)");
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
+    if let Some(why) = requirements() {
+        report_skip(
+            "crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing",
+            why,
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start();
+    registry.push(
+        &busybox_image(work.path()),
+        "e2e-test-images/busybox:1.29-2",
+    );
+    let (d, crictl) = daemon(&registry).await;
+
+    let version = crictl.ok(&["version"]);
+    assert!(version.contains("RuntimeName:  auraed"), "{version}");
+    // CNI is not built: the network condition says so.
+    let info = crictl.ok(&["info"]);
+    assert!(info.contains("NetworkReady"), "{info}");
+
+    // The image, through the mirror.
+    crictl.ok(&["pull", IMAGE]);
+    let images = crictl.ok(&["images"]);
+    assert!(
+        images.contains("registry.k8s.io/e2e-test-images/busybox"),
+        "{images}"
+    );
+    let inspect = crictl.ok(&["inspecti", IMAGE]);
+    assert!(inspect.contains("sha256:"), "{inspect}");
+
+    // The test's own connection to auraed, made before the snapshot.
+    let mut client = d.client().await;
+    workloads(&mut client).await;
+    let before = Snapshot::of(&d);
+    let logs = work.path().join("logs");
+    let pod = write_json(
+        work.path(),
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u-1", "attempt": 0},
+            "log_directory": logs.display().to_string(),
+            "linux": {},
+        }),
+    );
+    let container = write_json(
+        work.path(),
+        "container.json",
+        serde_json::json!({
+            "metadata": {"name": "main"},
+            "image": {"image": IMAGE},
+            "command": ["/bin/busybox", "sh", "-c", "echo hello-cri; echo to-stderr >&2; exec sleep 60"],
+            "log_path": "main.log",
+            "linux": {},
+        }),
+    );
+    let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
+    let pods = crictl.ok(&["pods"]);
+    assert!(pods.contains("Ready") && pods.contains("web"), "{pods}");
+    let id = crictl.ok(&["create", &pod_id, &container, &pod]);
+    crictl.ok(&["start", &id]);
+
+    // Its output, in the CRI log format, in the file the config named.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let log_file = logs.join("main.log");
+    loop {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if text.contains("stdout F hello-cri") && text.contains("stderr F to-stderr") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the log file holds {text:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logged = crictl.ok(&["logs", &id]);
+    assert!(logged.contains("hello-cri"), "{logged}");
+    let exec = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "echo", "from-exec"]);
+    assert_eq!(exec, "from-exec");
+    let failed = crictl.run(&["exec", "--sync", &id, "/bin/busybox", "false"]);
+    assert!(!failed.status.success());
+
+    // Stop: the container is exited at once.
+    crictl.ok(&["stop", "--timeout", "2", &id]);
+    let status = crictl.ok(&["inspect", "-o", "json", &id]);
+    assert!(status.contains("CONTAINER_EXITED"), "{status}");
+    crictl.ok(&["rm", &id]);
+    crictl.ok(&["stopp", &pod_id]);
+    crictl.ok(&["rmp", &pod_id]);
+    assert_eq!(crictl.ok(&["pods", "-q"]), "");
+    assert_eq!(crictl.ok(&["ps", "-a", "-q"]), "");
+    let left = workloads(&mut client).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(Snapshot::of(&d), before);
+
+    crictl.ok(&["rmi", IMAGE]);
+    assert!(!crictl.ok(&["images", "-q"]).contains("sha256"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_cri_requests_name_the_field_and_leave_nothing() {
+    if let Some(why) = requirements() {
+        report_skip("bad_cri_requests_name_the_field_and_leave_nothing", why);
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start();
+    let (d, crictl) = daemon(&registry).await;
+    let mut client = d.client().await;
+    workloads(&mut client).await;
+    let before = Snapshot::of(&d);
+    let pod = write_json(
+        work.path(),
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "bad", "namespace": "default", "uid": "u-2", "attempt": 0},
+            "linux": {},
+        }),
+    );
+    let e = crictl.refused(&["runp", "--runtime", "no-such-handler", &pod]);
+    assert!(
+        e.contains("runtime_handler") && e.contains("no-such-handler"),
+        "{e}"
+    );
+
+    // An image the registry doesn't have.
+    let e = crictl.refused(&["pull", "registry.k8s.io/e2e-test-images/absent:1"]);
+    assert!(e.contains("NotFound") || e.contains("not found"), "{e}");
+    let e = crictl.refused(&["pull", "Not//A:Reference::"]);
+    assert!(e.contains("image.image"), "{e}");
+
+    // A container of an image not pulled.
+    let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
+    let container = write_json(
+        work.path(),
+        "container.json",
+        serde_json::json!({
+            "metadata": {"name": "c"},
+            "image": {"image": "registry.k8s.io/e2e-test-images/absent:1"},
+            "linux": {},
+        }),
+    );
+    let e = crictl.refused(&["create", "--no-pull", &pod_id, &container, &pod]);
+    assert!(e.contains("config.image.image"), "{e}");
+    let e = crictl.refused(&["inspect", "0123456789ab"]);
+    assert!(e.contains("container_id"), "{e}");
+    let e = crictl.refused(&["inspectp", "0123456789ab"]);
+    assert!(e.contains("pod_sandbox_id"), "{e}");
+    crictl.ok(&["rmp", "-f", &pod_id]);
+    // What is not built answers UNIMPLEMENTED, naming it.
+    let e = crictl.refused(&["stats"]);
+    assert!(e.contains("not built yet"), "{e}");
+    let left = workloads(&mut client).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(Snapshot::of(&d), before);
+}
