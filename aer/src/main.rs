@@ -454,6 +454,7 @@ async fn main() {
                         .unwrap_or_default(),
                     executable: has_command.then(|| executable(&a.process)),
                     executable_name: String::new(),
+                    hostname: String::new(),
                     privileged: a.privileged,
                     writable_paths: a.writable_paths.clone(),
                     devices: a.devices.clone(),

@@ -12,8 +12,12 @@ pub enum DaemonError {
     Runtime(#[from] crate::error::ApiError),
     #[error("{0}")]
     Serve(#[from] crate::server::ServeError),
+    #[cfg(feature = "cri")]
     #[error("the CRI endpoint")]
     Cri(#[from] crate::cri::CriServeError),
+    #[cfg(not(feature = "cri"))]
+    #[error("cri.enabled: this auraed was built without the CRI endpoint (feature \"cri\")")]
+    CriNotBuilt,
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -147,6 +151,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    #[cfg_attr(not(feature = "cri"), allow(unused_variables))]
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         tokio::select! {
@@ -158,6 +163,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     };
     // The CRI endpoint, when enabled: bound before serving starts, so that
     // a socket it can't have fails the start.
+    #[cfg(not(feature = "cri"))]
+    if cfg.cri.enabled {
+        return Err(DaemonError::CriNotBuilt);
+    }
+    #[cfg(feature = "cri")]
     let cri = if cfg.cri.enabled {
         let cri = Arc::new(crate::cri::Cri::new(
             runtime.clone(),
@@ -175,6 +185,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         None
     };
     let served = crate::server::serve(&cfg, runtime.clone(), shutdown).await;
+    #[cfg(feature = "cri")]
     if let Some(task) = cri {
         match task.await {
             Ok(Ok(())) => {}

@@ -34,6 +34,23 @@ async fn contradictory_security_options_are_refused_without_leftovers() {
     };
     let cases: Vec<(&str, &str, pb::RunCellRequest)> = vec![
         (
+            "a hostname that isn't one",
+            "hostname",
+            pb::RunCellRequest {
+                hostname: "not_a/host".into(),
+                ..cell("bad")
+            },
+        ),
+        (
+            "a hostname of its own while sharing the host's UTS namespace",
+            "hostname",
+            pb::RunCellRequest {
+                hostname: "h".into(),
+                share_host: share(|s| s.uts = true),
+                ..cell("bad")
+            },
+        ),
+        (
             "jailed sharing the host network",
             "share_host.net",
             pb::RunCellRequest {

@@ -220,13 +220,14 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
     // The test's own connection to auraed, made before the snapshot.
     let mut client = d.client().await;
     workloads(&mut client).await;
-    let before = Snapshot::of(&d);
+    let before = Snapshot::settled(&d);
     let logs = work.path().join("logs");
     let pod = write_json(
         work.path(),
         "pod.json",
         serde_json::json!({
             "metadata": {"name": "web", "namespace": "default", "uid": "u-1", "attempt": 0},
+            "hostname": "web-host",
             "log_directory": logs.display().to_string(),
             "linux": {},
         }),
@@ -263,6 +264,9 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
     assert!(logged.contains("hello-cri"), "{logged}");
     let exec = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "echo", "from-exec"]);
     assert_eq!(exec, "from-exec");
+    // The pod's hostname.
+    let host = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "hostname"]);
+    assert_eq!(host, "web-host");
     let failed = crictl.run(&["exec", "--sync", &id, "/bin/busybox", "false"]);
     assert!(!failed.status.success());
 
@@ -294,7 +298,7 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     let (d, crictl) = daemon(&registry).await;
     let mut client = d.client().await;
     workloads(&mut client).await;
-    let before = Snapshot::of(&d);
+    let before = Snapshot::settled(&d);
     let pod = write_json(
         work.path(),
         "pod.json",

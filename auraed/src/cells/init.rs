@@ -32,6 +32,7 @@ pub enum Root {
 #[derive(Debug, Clone)]
 pub struct InitConfig {
     pub name: String,
+    pub hostname: String,
     pub new_uts: bool,
     pub new_net: bool,
     pub new_mount: bool,
@@ -137,7 +138,7 @@ impl Plan {
             descriptions: Vec::new(),
         };
         if cfg.new_uts {
-            plan.push(InitOp::Hostname(c(&cfg.name)?), "setting the hostname");
+            plan.push(InitOp::Hostname(c(&cfg.hostname)?), "setting the hostname");
         }
         if cfg.new_net {
             plan.push(
@@ -319,6 +320,7 @@ mod tests {
     fn cfg(root: Root) -> InitConfig {
         InitConfig {
             name: "web".into(),
+            hostname: "web".into(),
             new_uts: true,
             new_net: true,
             new_mount: true,

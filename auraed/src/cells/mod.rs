@@ -85,6 +85,8 @@ pub struct CellSpec {
     pub security: Security,
     /// Instead of an image: a root made by auraed (never by a request).
     pub prepared_root: Option<PreparedRoot>,
+    /// The hostname in its own UTS namespace; `None`: its name.
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +325,7 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
     };
     let config = InitConfig {
         name: spec.name.clone(),
+        hostname: spec.hostname.clone().unwrap_or_else(|| spec.name.clone()),
         new_uts: flags & libc::CLONE_NEWUTS != 0,
         new_net: clone_flags & libc::CLONE_NEWNET != 0,
         new_mount: flags & libc::CLONE_NEWNS != 0,

@@ -43,12 +43,6 @@ fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
                 "a read-only root",
             );
         }
-        if !sc.run_as_username.is_empty() {
-            return unbuilt(
-                "config.linux.security_context.run_as_username",
-                "a user by name",
-            );
-        }
         if !sc.supplemental_groups.is_empty() {
             return unbuilt(
                 "config.linux.security_context.supplemental_groups",
@@ -79,7 +73,11 @@ fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
 
 /// The container's first process: the CRI's command replaces the image's
 /// entrypoint, its args the image's cmd.
-fn executable_of(c: &cri::ContainerConfig) -> Result<Option<pb::Executable>, Status> {
+/// `user`: a `run_as_username` resolved in the image, (uid, primary gid).
+fn executable_of(
+    c: &cri::ContainerConfig,
+    user: Option<(u32, u32)>,
+) -> Result<Option<pb::Executable>, Status> {
     let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
     let id = |v: Option<&cri::Int64Value>, field: &str| -> Result<Option<u32>, Status> {
         v.map(|v| {
@@ -88,14 +86,24 @@ fn executable_of(c: &cri::ContainerConfig) -> Result<Option<pb::Executable>, Sta
         })
         .transpose()
     };
-    let uid = id(
+    let mut uid = id(
         sc.and_then(|s| s.run_as_user.as_ref()),
         "config.linux.security_context.run_as_user",
     )?;
-    let gid = id(
+    let mut gid = id(
         sc.and_then(|s| s.run_as_group.as_ref()),
         "config.linux.security_context.run_as_group",
     )?;
+    if let Some((u, g)) = user {
+        uid = Some(u);
+        gid = gid.or(Some(g));
+    }
+    if gid.is_some() && uid.is_none() {
+        return Err(Status::invalid_argument(
+            "config.linux.security_context.run_as_group: set without run_as_user or \
+             run_as_username",
+        ));
+    }
     let env = c
         .envs
         .iter()
@@ -166,7 +174,7 @@ impl Cri {
             .filter(|i| !i.is_empty())
             .ok_or_else(|| Status::invalid_argument("config.image.image: missing"))?;
         refuse_unbuilt(&config)?;
-        executable_of(&config)?;
+        executable_of(&config, None)?;
         let instance = self.instance_of(&sandbox)?;
         let image = self.find_image(&image_name).ok_or_else(|| {
             Status::not_found(format!(
@@ -182,6 +190,25 @@ impl Cri {
             .runtime
             .unpacked_image(&layout, "config.image.image")
             .await?;
+        let username = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .map(|s| s.run_as_username.clone())
+            .filter(|u| !u.is_empty());
+        let user = match username {
+            Some(name) => {
+                let rootfs = host.join("rootfs");
+                let found = crate::oci::user::resolve(&rootfs, &name).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "config.linux.security_context.run_as_username: {}",
+                        crate::error::chain(&e)
+                    ))
+                })?;
+                Some(found)
+            }
+            None => None,
+        };
         let id = new_id().map_err(|e| Status::internal(format!("a container id: {e}")))?;
         let cell = format!("c-{}", &id[..12]);
         let inside = PathBuf::from(crate::pods::IMAGES).join(&cell);
@@ -215,6 +242,7 @@ impl Cri {
             image: image_name,
             image_inside: inside,
             log_path,
+            user,
             created_at: now_ns(),
             run: Mutex::new(Run {
                 state: CREATED,
@@ -246,23 +274,39 @@ impl Cri {
         }
         let sandbox = self.state.sandbox("pod_sandbox_id", &c.sandbox_id)?;
         let instance = self.instance_of(&sandbox)?;
-        let privileged = c
+        let sc = c
             .config
             .linux
             .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .is_some_and(|s| s.privileged);
+            .and_then(|l| l.security_context.as_ref());
+        let privileged = sc.is_some_and(|s| s.privileged);
+        // The pod's PID namespace (the instance's) unless the container
+        // asks for its own; IPC and network are the pod's.
+        let own_pid = sc
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|n| n.pid == cri::NamespaceMode::Container as i32);
+        let hostname = match &sandbox.config.hostname {
+            h if !h.is_empty() => h.clone(),
+            _ => sandbox
+                .metadata()
+                .map(|m| m.name)
+                .filter(|n| n.len() <= 63)
+                .unwrap_or_default(),
+        };
         let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
         let started = client
             .run_cell(pb::RunCellRequest {
                 name: c.cell.clone(),
                 share_host: Some(pb::HostNamespaces {
                     net: true,
+                    ipc: true,
+                    pid: !own_pid,
                     ..Default::default()
                 }),
                 image: c.image_inside.display().to_string(),
-                executable: executable_of(&c.config)?,
+                executable: executable_of(&c.config, c.user)?,
                 privileged,
+                hostname,
                 ..Default::default()
             })
             .await;

@@ -20,6 +20,35 @@ pub const MICROVM_HANDLER: &str = "aurae-microvm";
 /// How long a sandbox's instance may take to be ready.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The node's own namespaces (`hostNetwork`, `hostPID`, `hostIPC`) are
+/// outside the pod's instance: not built yet, refused by name.
+fn refuse_node_namespaces(config: &cri::PodSandboxConfig) -> Result<(), Status> {
+    let Some(ns) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|c| c.namespace_options.as_ref())
+    else {
+        return Ok(());
+    };
+    let node = cri::NamespaceMode::Node as i32;
+    for (field, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
+        if mode == node {
+            return Err(Status::unimplemented(format!(
+                "config.linux.security_context.namespace_options.{field}: a pod in the \
+                 node's {field} namespace is not built yet (a pod's namespaces are its \
+                 instance's)"
+            )));
+        }
+    }
+    if ns.pid == cri::NamespaceMode::Target as i32 {
+        return Err(Status::unimplemented(
+            "config.linux.security_context.namespace_options.pid: TARGET is not built yet",
+        ));
+    }
+    Ok(())
+}
+
 impl Cri {
     fn preference(&self, handler: &str) -> Result<Preference, Status> {
         match handler {
@@ -57,6 +86,7 @@ impl Cri {
                 return Err(Status::invalid_argument(format!("{field}: empty")));
             }
         }
+        refuse_node_namespaces(&config)?;
         let preference = self.preference(&r.runtime_handler)?;
         let instances = self.runtime.instances.as_ref().ok_or_else(|| {
             Status::failed_precondition("pod sandboxes are instances: this auraed has none")

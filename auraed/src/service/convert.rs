@@ -191,7 +191,42 @@ pub fn cell_spec(r: &pb::RunCellRequest) -> Result<CellSpec, ApiError> {
         image,
         security,
         prepared_root: None,
+        hostname: hostname(r, &share)?,
     })
+}
+
+/// The hostname a cell asks for: a DNS name of at most 64 bytes, in a UTS
+/// namespace of its own.
+fn hostname(r: &pb::RunCellRequest, share: &HostShare) -> Result<Option<String>, ApiError> {
+    if r.hostname.is_empty() {
+        return Ok(None);
+    }
+    if share.uts {
+        return Err(ApiError::invalid(
+            "hostname",
+            "a cell sharing the host's UTS namespace (share_host.uts) can't have its own",
+        ));
+    }
+    let ok = r.hostname.len() <= 64
+        && r.hostname.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !ok {
+        return Err(ApiError::invalid(
+            "hostname",
+            format!(
+                "{} is not a hostname (at most 64 bytes of dot-separated labels of letters, \
+                 digits and '-')",
+                v::shown(&r.hostname)
+            ),
+        ));
+    }
+    Ok(Some(r.hostname.clone()))
 }
 
 /// The host namespaces a request shares, by field name.
