@@ -195,11 +195,15 @@ impl Executable {
                 namespaces,
                 fds: vec![(devnull, 0), (out_w, 1), (err_w, 2)],
                 caps_keep: match &cell_for_spawn {
-                    Some(c) if c.jailed => Some(crate::jail::kept_caps()),
-                    Some(c) if !c.privileged => Some(crate::jail::container_caps()),
-                    _ => None,
+                    // A jailed cell's minimal set, less what it drops.
+                    Some(c) if c.jailed => {
+                        Some(crate::jail::kept_caps() & c.caps_keep.unwrap_or(u64::MAX))
+                    }
+                    Some(c) => c.caps_keep,
+                    None => None,
                 },
-                no_new_privs: jail.is_some(),
+                no_new_privs: jail.is_some()
+                    || cell_for_spawn.as_ref().is_some_and(|c| c.no_new_privs),
                 seccomp: jail.unwrap_or_default(),
             })
         })

@@ -65,14 +65,14 @@ impl Lines {
         while self.pending.len() >= MAX_LINE {
             let rest = self.pending.split_off(MAX_LINE);
             self.buffer
-                .push(self.stream, std::mem::replace(&mut self.pending, rest));
+                .push_partial(self.stream, std::mem::replace(&mut self.pending, rest));
         }
     }
 
     /// Pushes a last line without its newline, if there is one.
     pub fn finish(self) {
         if !self.pending.is_empty() {
-            self.buffer.push(self.stream, self.pending);
+            self.buffer.push_partial(self.stream, self.pending);
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct LogLine {
     pub stream: Stream,
     pub time: SystemTime,
     pub data: Vec<u8>,
+    /// It had no newline (cut at [`MAX_LINE`], or the output's end).
+    pub partial: bool,
 }
 
 struct Inner {
@@ -70,13 +72,24 @@ impl LogBuffer {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A whole line, without its newline.
     pub fn push(&self, stream: Stream, data: Vec<u8>) {
+        self.push_line(stream, data, false)
+    }
+
+    /// Bytes that didn't end with a newline.
+    pub fn push_partial(&self, stream: Stream, data: Vec<u8>) {
+        self.push_line(stream, data, true)
+    }
+
+    fn push_line(&self, stream: Stream, data: Vec<u8>, partial: bool) {
         let mut inner = self.lock();
         let line = Arc::new(LogLine {
             seq: inner.next_seq,
             stream,
             time: SystemTime::now(),
             data,
+            partial,
         });
         inner.next_seq += 1;
         inner.bytes += line.data.len();

@@ -57,6 +57,26 @@ fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header
 
 /// A tar layer with busybox, applet links, /etc/passwd and a user's home.
 pub fn busybox_layer() -> Vec<u8> {
+    busybox_layer_with(APPLETS)
+}
+
+/// [`busybox_layer`] with a link for every applet this busybox has (as
+/// upstream busybox images have).
+pub fn busybox_every_applet_layer() -> Vec<u8> {
+    let out = std::process::Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let applets: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+        .collect();
+    busybox_layer_with(&applets)
+}
+
+fn busybox_layer_with(applets: &[&str]) -> Vec<u8> {
     let busybox = std::fs::read(BUSYBOX).expect("busybox-static is installed (/bin/busybox)");
     let mut b = tar::Builder::new(Vec::new());
     for dir in ["bin", "etc", "tmp", "root", "home", "data"] {
@@ -81,13 +101,14 @@ pub fn busybox_layer() -> Vec<u8> {
         &busybox[..],
     )
     .expect("busybox");
-    for applet in APPLETS {
+    for applet in applets {
         let mut h = header(&format!("bin/{applet}"), 0, 0o777, tar::EntryType::Symlink);
         h.set_link_name("busybox").expect("link");
         h.set_cksum();
         b.append(&h, std::io::empty()).expect("applet");
     }
-    let passwd = b"root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000:web:/home/web:/bin/sh\n";
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000:web:/home/web:/bin/sh\n\
+                   nobody:x:65534:65534:nobody:/home:/bin/false\n";
     b.append(
         &header(
             "etc/passwd",
@@ -98,7 +119,7 @@ pub fn busybox_layer() -> Vec<u8> {
         &passwd[..],
     )
     .expect("passwd");
-    let group = b"root:x:0:\nweb:x:1000:\n";
+    let group = b"root:x:0:\nweb:x:1000:\nnogroup:x:65534:\n";
     b.append(
         &header(
             "etc/group",

@@ -3,6 +3,7 @@
 //! `aer`, and builds small OCI images from Debian's busybox-static.
 
 pub mod bench;
+pub mod cri;
 pub mod daemon;
 pub mod guest;
 pub mod image;

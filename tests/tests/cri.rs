@@ -4,127 +4,15 @@
 //! whose log is in the CRI format, `exec --sync`, stop and removal, and
 //! then nothing left behind; and bad requests refused, naming the field.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use aurae_tests::cri::{crictl_bin, have, Crictl, Registry};
 use aurae_tests::leaks::Snapshot;
-use aurae_tests::pods::{busybox_image, free_port};
+use aurae_tests::pods::busybox_image;
 use aurae_tests::{report_skip, Daemon, DaemonOptions};
 
 const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-fn crictl_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri/crictl")
-}
-
-/// A `docker-registry` on loopback, removed with the test.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("registry config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    /// Pushes the docker-save archive `image` as `name`.
-    fn push(&self, image: &Path, name: &str) {
-        let out = Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
-            .arg(format!("docker-archive:{}", image.display()))
-            .arg(format!("docker://127.0.0.1:{}/{name}", self.port))
-            .output()
-            .expect("skopeo");
-        assert!(
-            out.status.success(),
-            "skopeo copy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-struct Crictl {
-    socket: PathBuf,
-}
-
-impl Crictl {
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let endpoint = format!("unix://{}", self.socket.display());
-        Command::new(crictl_bin())
-            .args([
-                "--runtime-endpoint",
-                &endpoint,
-                "--image-endpoint",
-                &endpoint,
-            ])
-            .args(["--timeout", "60s"])
-            .args(args)
-            .output()
-            .expect("crictl")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "crictl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Fails, and says why on stderr.
-    fn refused(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "crictl {args:?} succeeded");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-}
 
 /// A daemon with the CRI on, pulling `registry.k8s.io` images from
 /// `registry` only.

@@ -6,6 +6,7 @@ mod bench_pod;
 mod bench_spawn;
 mod bench_vmm;
 mod cache;
+mod cri_tier;
 mod demo;
 mod deps;
 mod image;

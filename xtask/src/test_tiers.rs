@@ -17,6 +17,8 @@ pub enum Tier {
     Vmm,
     /// Inside the QEMU test host: our VMM boots our image.
     E2e,
+    /// The upstream CRI validation suite (critest) against auraed's CRI.
+    Cri,
 }
 
 enum Outcome {
@@ -27,7 +29,13 @@ enum Outcome {
 
 pub fn run(selected: &[Tier]) -> anyhow::Result<()> {
     let tiers: Vec<Tier> = if selected.is_empty() {
-        vec![Tier::Unit, Tier::Integration, Tier::Vmm, Tier::E2e]
+        vec![
+            Tier::Unit,
+            Tier::Integration,
+            Tier::Vmm,
+            Tier::E2e,
+            Tier::Cri,
+        ]
     } else {
         selected.to_vec()
     };
@@ -57,6 +65,11 @@ pub fn run(selected: &[Tier]) -> anyhow::Result<()> {
             Tier::Integration => integration()?,
             Tier::Vmm => vmm_tier()?,
             Tier::E2e => e2e()?,
+            Tier::Cri => match crate::cri_tier::run()? {
+                crate::cri_tier::Outcome::Passed => Outcome::Passed,
+                crate::cri_tier::Outcome::Failed => Outcome::Failed,
+                crate::cri_tier::Outcome::Skipped(why) => Outcome::Skipped(why),
+            },
         };
         results.push((tier, outcome, started.elapsed()));
     }

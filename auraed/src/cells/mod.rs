@@ -4,6 +4,7 @@
 //! A cell is anchored by its init process ([`init`]), which holds the new
 //! namespaces. Executables join them (and the cell's cgroup) at start.
 
+pub mod caps;
 mod harden;
 pub mod init;
 pub mod ns_pool;
@@ -54,6 +55,10 @@ pub struct Security {
     /// Host folders or files bound read-only into the cell: (host path,
     /// path inside).
     pub read_only_binds: Vec<(PathBuf, PathBuf)>,
+    /// Capabilities added to and dropped from the default set.
+    pub caps: caps::CapChange,
+    /// Every process runs with no_new_privs.
+    pub no_new_privs: bool,
 }
 
 /// A file written into a cell's writable layer before it starts.
@@ -102,6 +107,10 @@ pub struct Cell {
     pub jailed: bool,
     /// Keeps every capability (see [`Security::privileged`]).
     pub privileged: bool,
+    /// The capabilities its processes keep (`None`: every one auraed has).
+    pub caps_keep: Option<u64>,
+    /// Its processes run with no_new_privs.
+    pub no_new_privs: bool,
     /// The image's defaults, for cells with an image.
     pub image: Option<ImageDefaults>,
     pub state_dir: PathBuf,
@@ -410,6 +419,11 @@ impl Cell {
             cgroup: parts.cgroup,
             jailed: spec.jailed,
             privileged: spec.security.privileged || spec.security.all_caps,
+            caps_keep: caps::keep(
+                spec.security.privileged || spec.security.all_caps,
+                spec.security.caps,
+            ),
+            no_new_privs: spec.security.no_new_privs,
             image: parts.image,
             state_dir: parts.state_dir,
             init_pid: parts.init_pid,

@@ -49,23 +49,63 @@ fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
                 "supplemental groups",
             );
         }
-        if sc.capabilities.as_ref().is_some_and(|cap| {
-            !cap.add_capabilities.is_empty() || !cap.add_ambient_capabilities.is_empty()
-        }) {
-            return unbuilt(
-                "config.linux.security_context.capabilities",
-                "adding capabilities",
-            );
+        if let Some(cap) = sc.capabilities.as_ref() {
+            crate::cells::caps::parse(&cap.add_capabilities, &cap.drop_capabilities, false)
+                .map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "config.linux.security_context.capabilities.{e}"
+                    ))
+                })?;
         }
         if sc
-            .seccomp
+            .capabilities
             .as_ref()
-            .is_some_and(|s| s.profile_type == cri::security_profile::ProfileType::Localhost as i32)
+            .is_some_and(|cap| !cap.add_ambient_capabilities.is_empty())
         {
             return unbuilt(
-                "config.linux.security_context.seccomp",
-                "a localhost seccomp profile",
+                "config.linux.security_context.capabilities.add_ambient_capabilities",
+                "ambient capabilities",
             );
+        }
+        use cri::security_profile::ProfileType;
+        match sc.seccomp.as_ref().map(|s| s.profile_type) {
+            Some(t) if t == ProfileType::Localhost as i32 => {
+                return unbuilt(
+                    "config.linux.security_context.seccomp",
+                    "a localhost seccomp profile",
+                )
+            }
+            Some(t) if t == ProfileType::RuntimeDefault as i32 => {
+                return unbuilt(
+                    "config.linux.security_context.seccomp",
+                    "the runtime's default seccomp profile",
+                )
+            }
+            _ => {}
+        }
+        #[allow(deprecated)]
+        let path = sc.seccomp_profile_path.as_str();
+        match path {
+            "" | "unconfined" => {}
+            "runtime/default" | "docker/default" => {
+                return unbuilt(
+                    "config.linux.security_context.seccomp_profile_path",
+                    "the runtime's default seccomp profile",
+                )
+            }
+            p if p.starts_with("localhost/") => {
+                return unbuilt(
+                    "config.linux.security_context.seccomp_profile_path",
+                    "a localhost seccomp profile",
+                )
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "config.linux.security_context.seccomp_profile_path: {} is not a profile \
+                     (runtime/default, unconfined, or localhost/<path>)",
+                    crate::validation::shown(other)
+                )))
+            }
         }
     }
     Ok(())
@@ -74,7 +114,7 @@ fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
 /// The container's first process: the CRI's command replaces the image's
 /// entrypoint, its args the image's cmd.
 /// `user`: a `run_as_username` resolved in the image, (uid, primary gid).
-fn executable_of(
+pub(super) fn executable_of(
     c: &cri::ContainerConfig,
     user: Option<(u32, u32)>,
 ) -> Result<Option<pb::Executable>, Status> {
@@ -293,6 +333,13 @@ impl Cri {
                 .filter(|n| n.len() <= 63)
                 .unwrap_or_default(),
         };
+        // The log file exists before the container starts.
+        let file = match &c.log_path {
+            Some(p) => Some(super::cri_log::open(p).await.map_err(|e| {
+                Status::internal(format!("container {}: opening {}: {e}", c.id, p.display()))
+            })?),
+            None => None,
+        };
         let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
         let started = client
             .run_cell(pb::RunCellRequest {
@@ -307,6 +354,15 @@ impl Cri {
                 executable: executable_of(&c.config, c.user)?,
                 privileged,
                 hostname,
+                cap_add: sc
+                    .and_then(|s| s.capabilities.as_ref())
+                    .map(|c| c.add_capabilities.clone())
+                    .unwrap_or_default(),
+                cap_drop: sc
+                    .and_then(|s| s.capabilities.as_ref())
+                    .map(|c| c.drop_capabilities.clone())
+                    .unwrap_or_default(),
+                no_new_privs: sc.is_some_and(|s| s.no_new_privs),
                 ..Default::default()
             })
             .await;
@@ -339,6 +395,7 @@ impl Cri {
             instance.channel(),
             started.executable_id.clone(),
             c.log_path.clone(),
+            file,
         );
         *c.reopen.lock().unwrap_or_else(|e| e.into_inner()) = Some(reopen);
         let (cri, container) = (self.clone(), c.clone());

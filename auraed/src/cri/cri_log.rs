@@ -31,13 +31,16 @@ pub fn format_line(entry: &pb::LogEntry) -> Vec<u8> {
                 .ok()
         })
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
-    let mut out = format!("{time} {stream} F ").into_bytes();
+    // A partial line is "P"; the kubelet joins it to what follows.
+    let tag = if entry.partial { 'P' } else { 'F' };
+    let mut out = format!("{time} {stream} {tag} ").into_bytes();
     out.extend_from_slice(&entry.line);
     out.push(b'\n');
     out
 }
 
-async fn open(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
+/// Opens (creating it and its folder) the log file at `path`, to append.
+pub async fn open(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
@@ -48,13 +51,15 @@ async fn open(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
         .await
 }
 
-/// Follows `executable_id`'s output in the instance into `path` until it
-/// ends (the process exited). Returns the reopen handle at once; the
-/// returned future does the following.
+/// Follows `executable_id`'s output in the instance into `file` (opened
+/// from `path`, which the container was started with) until it ends (the
+/// process exited). Returns the reopen handle at once; the returned future
+/// does the following.
 pub fn follow(
     channel: tonic::transport::Channel,
     executable_id: String,
     path: Option<PathBuf>,
+    file: Option<tokio::fs::File>,
 ) -> (Reopen, impl std::future::Future<Output = ()>) {
     let (tx, mut rx) = mpsc::channel::<oneshot::Sender<std::io::Result<()>>>(4);
     let task = async move {
@@ -73,16 +78,7 @@ pub fn follow(
                 return;
             }
         };
-        let mut file = match &path {
-            Some(p) => match open(p).await {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::warn!("opening {}: {e}", p.display());
-                    None
-                }
-            },
-            None => None,
-        };
+        let mut file = file;
         loop {
             tokio::select! {
                 entry = stream.next() => match entry {
@@ -130,6 +126,7 @@ mod tests {
             }),
             line: b"hello world".to_vec(),
             dropped_before: 0,
+            partial: false,
         });
         assert_eq!(
             String::from_utf8(line).unwrap(),

@@ -35,6 +35,9 @@ impl Cri {
         }
         let sandbox = self.state.sandbox("pod_sandbox_id", &c.sandbox_id)?;
         let instance = self.instance_of(&sandbox)?;
+        // As the container's own process runs: its user, environment and
+        // working directory.
+        let first = super::containers::executable_of(&c.config, c.user)?.unwrap_or_default();
         let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
         let refused = |s: Status| {
             Status::new(
@@ -49,7 +52,10 @@ impl Cri {
                 executable: Some(pb::Executable {
                     command: command.clone(),
                     args: args.to_vec(),
-                    ..Default::default()
+                    env: first.env,
+                    cwd: first.cwd,
+                    uid: first.uid,
+                    gid: first.gid,
                 }),
             })
             .await
@@ -75,7 +81,9 @@ impl Cri {
                 };
                 if out.len() + entry.line.len() < OUTPUT_CAP {
                     out.extend_from_slice(&entry.line);
-                    out.push(b'\n');
+                    if !entry.partial {
+                        out.push(b'\n');
+                    }
                 }
             }
             let status = client

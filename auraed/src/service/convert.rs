@@ -334,6 +334,8 @@ fn security(
         net_sysctls: r.net_sysctls,
         all_caps: false,
         read_only_binds: Vec::new(),
+        caps: crate::cells::caps::parse(&r.cap_add, &r.cap_drop, r.jailed)?,
+        no_new_privs: r.no_new_privs,
     })
 }
 

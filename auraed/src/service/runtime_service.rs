@@ -90,6 +90,7 @@ fn entry(line: &crate::logs::LogLine, dropped_before: u64) -> pb::LogEntry {
         time: Some(convert::timestamp(line.time)),
         line: line.data.clone(),
         dropped_before,
+        partial: line.partial,
     }
 }
 

@@ -1,0 +1,166 @@
+//! A cell's capabilities: the container default set (every capability for
+//! a privileged cell), with what the request adds and drops, bounded by
+//! what auraed itself holds.
+
+use crate::error::ApiError;
+
+/// Capability names in bit order (`CAP_` left off), as `capabilities(7)`.
+const NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Every capability this table knows.
+const ALL: u64 = (1 << NAMES.len()) - 1;
+
+/// What a request changes of the default set (bit masks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapChange {
+    pub add: u64,
+    pub drop: u64,
+}
+
+impl CapChange {
+    pub fn is_empty(&self) -> bool {
+        self.add == 0 && self.drop == 0
+    }
+}
+
+/// A name's mask: `CAP_NET_ADMIN`, `net_admin` or `ALL`.
+fn parse_one(name: &str) -> Option<u64> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if bare == "ALL" {
+        return Some(ALL);
+    }
+    NAMES.iter().position(|n| *n == bare).map(|i| 1 << i)
+}
+
+/// The request's `cap_add` and `cap_drop`, each name checked; a jailed cell
+/// keeps its own minimal set, and may not add to it.
+pub fn parse(add: &[String], drop: &[String], jailed: bool) -> Result<CapChange, ApiError> {
+    if jailed && !add.is_empty() {
+        return Err(ApiError::invalid(
+            "cap_add",
+            "a jailed cell keeps its own minimal set of capabilities",
+        ));
+    }
+    let masks = |field: &str, names: &[String]| -> Result<u64, ApiError> {
+        names.iter().enumerate().try_fold(0u64, |m, (i, n)| {
+            parse_one(n).map(|bit| m | bit).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("{field}[{i}]"),
+                    format!("{} is not a capability", crate::validation::shown(n)),
+                )
+            })
+        })
+    };
+    Ok(CapChange {
+        add: masks("cap_add", add)?,
+        drop: masks("cap_drop", drop)?,
+    })
+}
+
+/// What auraed itself may give: its permitted set.
+fn own_permitted() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapPrm:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The mask a cell's processes keep: `None` for every capability auraed
+/// has (a privileged cell that changes nothing).
+pub fn keep(privileged: bool, change: CapChange) -> Option<u64> {
+    if privileged && change.is_empty() {
+        return None;
+    }
+    let base = if privileged {
+        ALL
+    } else {
+        crate::jail::container_caps()
+    };
+    Some(((base | change.add) & !change.drop) & own_permitted())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_with_or_without_the_prefix_and_all_covers_every_one() {
+        let c = parse(
+            &["CAP_NET_ADMIN".into(), "sys_admin".into()],
+            &["ALL".into()],
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.add, (1 << 12) | (1 << 21));
+        assert_eq!(c.drop, ALL);
+        let e = parse(&[], &["CAP_NOPE".into()], false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cap_drop[0]"), "{e}");
+        assert!(parse(&["CHOWN".into()], &[], true).is_err());
+    }
+
+    #[test]
+    fn the_kept_set_is_the_default_changed_and_bounded_by_auraeds_own() {
+        let own = own_permitted();
+        assert_eq!(keep(true, CapChange::default()), None);
+        let none = keep(false, CapChange { add: 0, drop: ALL }).unwrap();
+        assert_eq!(none, 0);
+        let more = keep(
+            false,
+            CapChange {
+                add: 1 << 12,
+                drop: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(more, ((crate::jail::container_caps() | 1 << 12) & !1) & own);
+    }
+}

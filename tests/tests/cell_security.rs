@@ -1,0 +1,114 @@
+//! A cell's own hostname, capabilities changed from the default set, and
+//! no_new_privs, as its processes see them.
+
+use aurae_proto::runtime as pb;
+use aurae_tests::{require_root, sh, Daemon};
+
+/// `/proc/self/status`'s field `key` as the cell's first process sees it.
+async fn status_field(d: &Daemon, req: pb::RunCellRequest, key: &str) -> String {
+    let name = req.name.clone();
+    let mut c = d.client().await;
+    c.run_cell(pb::RunCellRequest {
+        executable: Some(sh(&format!(
+            "grep '^{key}:' /proc/self/status | cut -f2; hostname"
+        ))),
+        executable_name: format!("{name}-main"),
+        ..req
+    })
+    .await
+    .expect("run_cell");
+    let (st, out) = aurae_tests::exit_and_output(&mut c, &format!("{name}-main"), 30000).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    out
+}
+
+fn caps(out: &str) -> u64 {
+    u64::from_str_radix(out.lines().next().expect("a line").trim(), 16).expect("hex")
+}
+
+#[tokio::test]
+async fn capabilities_hostname_and_no_new_privs_reach_the_cells_processes() {
+    require_root!();
+    let d = Daemon::start().await;
+    let default = caps(
+        &status_field(
+            &d,
+            pb::RunCellRequest {
+                name: "plain".into(),
+                ..Default::default()
+            },
+            "CapEff",
+        )
+        .await,
+    );
+    assert_eq!(default & (1 << 12), 0, "no CAP_NET_ADMIN by default");
+    assert_ne!(default & (1 << 5), 0, "CAP_KILL by default");
+
+    let out = status_field(
+        &d,
+        pb::RunCellRequest {
+            name: "more".into(),
+            cap_add: vec!["CAP_NET_ADMIN".into()],
+            cap_drop: vec!["kill".into()],
+            hostname: "box.example".into(),
+            ..Default::default()
+        },
+        "CapEff",
+    )
+    .await;
+    let more = caps(&out);
+    assert_ne!(more & (1 << 12), 0, "CAP_NET_ADMIN added: {more:x}");
+    assert_eq!(more & (1 << 5), 0, "CAP_KILL dropped: {more:x}");
+    assert_eq!(out.lines().nth(1), Some("box.example"));
+
+    let none = caps(
+        &status_field(
+            &d,
+            pb::RunCellRequest {
+                name: "none".into(),
+                cap_drop: vec!["ALL".into()],
+                ..Default::default()
+            },
+            "CapEff",
+        )
+        .await,
+    );
+    assert_eq!(none, 0);
+
+    let nnp = status_field(
+        &d,
+        pb::RunCellRequest {
+            name: "nnp".into(),
+            no_new_privs: true,
+            ..Default::default()
+        },
+        "NoNewPrivs",
+    )
+    .await;
+    assert_eq!(nnp.lines().next(), Some("1"));
+    let plain = status_field(
+        &d,
+        pb::RunCellRequest {
+            name: "nnp-off".into(),
+            ..Default::default()
+        },
+        "NoNewPrivs",
+    )
+    .await;
+    assert_eq!(plain.lines().next(), Some("0"));
+
+    // A name that isn't a capability is refused by field.
+    let e = d
+        .client()
+        .await
+        .run_cell(pb::RunCellRequest {
+            name: "bad".into(),
+            cap_add: vec!["CAP_NOPE".into()],
+            executable: Some(sh("true")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("cap_add[0]"), "{}", e.message());
+}

@@ -1,0 +1,181 @@
+//! The `cri` tier: the upstream CRI validation suite (`critest`, from
+//! `../shared/cri`) against auraed's CRI endpoint on the cell backend. Its
+//! images are built here on busybox-static under the names critest pulls,
+//! pushed to a `docker-registry` on loopback, and reached through auraed's
+//! mirror configuration.
+//!
+//! The specs in `tests/cri/passing.txt` must pass: a ratchet, which a spec
+//! joins once what it needs is built. The tier prints how many of the
+//! suite's specs that is. `AURAE_CRITEST_ALL=1` runs every spec instead
+//! (slow: a spec of something not built waits out its timeouts).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+use aurae_tests::cri::{push_critest_images, Registry};
+use aurae_tests::{Daemon, DaemonOptions};
+
+use crate::deps;
+
+/// The specs critest runs by default.
+const SUITE: usize = 80;
+
+pub enum Outcome {
+    Passed,
+    Failed,
+    Skipped(String),
+}
+
+fn shared() -> PathBuf {
+    deps::workspace_root().join("../shared/cri")
+}
+
+/// The specs that must pass, one per line (`#` starts a comment).
+fn passing_list(root: &Path) -> anyhow::Result<Vec<String>> {
+    let file = root.join("tests/cri/passing.txt");
+    let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// `name` as a regular expression matching itself.
+fn escaped(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn run() -> anyhow::Result<Outcome> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(Outcome::Skipped(
+            "needs root (pod instances are cells)".into(),
+        ));
+    }
+    let critest = shared().join("critest");
+    if !critest.is_file() {
+        return Ok(Outcome::Skipped(format!(
+            "no critest at {}",
+            critest.display()
+        )));
+    }
+    deps::ensure(&["docker-registry", "skopeo", "busybox-static"])?;
+    println!("==> the image's initramfs, for the pods' instances");
+    let initramfs = crate::image::build_initramfs()?;
+    let image_dir = initramfs.parent().context("image dir")?.to_path_buf();
+    let root = deps::workspace_root();
+    let specs = passing_list(&root)?;
+    let all = std::env::var_os("AURAE_CRITEST_ALL").is_some();
+
+    let work = tempfile::tempdir()?;
+    println!("==> critest's images, pushed to a registry on loopback");
+    let registry = Registry::start();
+    push_critest_images(&registry, work.path());
+    let socket = work.path().join("cri.sock");
+    let extra = format!(
+        "\n[cri]\nenabled = true\nsocket = {:?}\n[cri.registries.\"*\"]\n\
+         mirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
+        socket.display().to_string(),
+        registry.port
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let daemon = rt.block_on(Daemon::start_with(DaemonOptions {
+        image_dir: Some(image_dir),
+        extra_config: extra,
+        ..Default::default()
+    }));
+    let endpoint = format!("unix://{}", socket.display());
+    let report = deps::target_dir().join("critest-report.json");
+    let mut cmd = Command::new(&critest);
+    cmd.args([
+        "--runtime-endpoint",
+        &endpoint,
+        "--image-endpoint",
+        &endpoint,
+    ])
+    .args(["--ginkgo.no-color", "--ginkgo.succinct"])
+    .arg(format!("--ginkgo.json-report={}", report.display()));
+    if !all {
+        let focus: Vec<String> = specs.iter().map(|s| escaped(s)).collect();
+        cmd.arg(format!("--ginkgo.focus={}", focus.join("|")));
+    }
+    println!(
+        "==> critest: {} (of the suite's {SUITE} specs)",
+        if all {
+            "every spec".to_string()
+        } else {
+            format!("the {} specs of tests/cri/passing.txt", specs.len())
+        }
+    );
+    let started = Instant::now();
+    let status = cmd.current_dir(work.path()).status().context("critest")?;
+    println!("==> critest took {:.1}s", started.elapsed().as_secs_f64());
+    if let Err(e) = summarize(&report, &specs) {
+        println!("(no summary: {e:#})");
+    }
+    drop(daemon);
+    drop(rt);
+    Ok(if status.success() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// Prints which specs failed, and any that passed but aren't in the list
+/// yet (they should join it).
+fn summarize(report: &Path, listed: &[String]) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(report)?;
+    let suites: serde_json::Value = serde_json::from_str(&text)?;
+    let specs = suites[0]["SpecReports"]
+        .as_array()
+        .context("no SpecReports")?;
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    for s in specs {
+        let name = s["LeafNodeText"].as_str().unwrap_or_default().to_string();
+        match s["State"].as_str() {
+            Some("passed") if !name.is_empty() => passed.push(name),
+            Some("failed") | Some("panicked") | Some("timedout") => failed.push(name),
+            _ => {}
+        }
+    }
+    println!(
+        "==> critest: {} passed, {} failed; {} of the suite's {SUITE} specs are listed as passing",
+        passed.len(),
+        failed.len(),
+        listed.len()
+    );
+    for f in &failed {
+        println!("  failed: {f}");
+    }
+    for p in passed.iter().filter(|p| !listed.contains(p)) {
+        println!("  passed, not listed yet: {p}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_name_is_matched_literally() {
+        assert_eq!(
+            escaped("runtime should support execSync with timeout [Conformance]"),
+            "runtime should support execSync with timeout \\[Conformance\\]"
+        );
+    }
+}
