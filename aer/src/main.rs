@@ -458,6 +458,7 @@ async fn main() {
                     cap_add: Vec::new(),
                     cap_drop: Vec::new(),
                     no_new_privs: false,
+                    mounts: Vec::new(),
                     privileged: a.privileged,
                     writable_paths: a.writable_paths.clone(),
                     devices: a.devices.clone(),

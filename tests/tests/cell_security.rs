@@ -1,5 +1,5 @@
-//! A cell's own hostname, capabilities changed from the default set, and
-//! no_new_privs, as its processes see them.
+//! A cell's own hostname, capabilities changed from the default set,
+//! no_new_privs, and mounts, as its processes see them.
 
 use aurae_proto::runtime as pb;
 use aurae_tests::{require_root, sh, Daemon};
@@ -111,4 +111,67 @@ async fn capabilities_hostname_and_no_new_privs_reach_the_cells_processes() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().starts_with("cap_add[0]"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn mounts_reach_an_image_cell_writable_or_read_only() {
+    require_root!();
+    let d = Daemon::start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let image = aurae_tests::pods::busybox_image(work.path());
+    let (rw, ro) = (work.path().join("rw"), work.path().join("ro"));
+    std::fs::create_dir(&rw).expect("rw");
+    std::fs::create_dir(&ro).expect("ro");
+    std::fs::write(ro.join("f"), "read-me\n").expect("f");
+    let mount = |source: &std::path::Path, destination: &str, read_only| pb::CellMount {
+        source: source.display().to_string(),
+        destination: destination.into(),
+        read_only,
+    };
+    let mut c = d.client().await;
+    c.run_cell(pb::RunCellRequest {
+        name: "vols".into(),
+        image: image.display().to_string(),
+        mounts: vec![mount(&rw, "/mnt/rw", false), mount(&ro, "/mnt/ro", true)],
+        executable: Some(sh(
+            "cat /mnt/ro/f; echo written > /mnt/rw/out; touch /mnt/ro/no 2>/dev/null || echo refused",
+        )),
+        executable_name: "vols-main".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("run_cell");
+    let (st, out) = aurae_tests::exit_and_output(&mut c, "vols-main", 30000).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["read-me", "refused"]);
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out")).expect("out"),
+        "written\n"
+    );
+
+    // Mounts need a root of the cell's own; a destination may not climb.
+    for (req, field) in [
+        (
+            pb::RunCellRequest {
+                name: "no-image".into(),
+                mounts: vec![mount(&rw, "/mnt", false)],
+                executable: Some(sh("true")),
+                ..Default::default()
+            },
+            "mounts",
+        ),
+        (
+            pb::RunCellRequest {
+                name: "climb".into(),
+                image: image.display().to_string(),
+                mounts: vec![mount(&rw, "/mnt/../../x", false)],
+                ..Default::default()
+            },
+            "mounts[0].destination",
+        ),
+    ] {
+        let e = c.run_cell(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with(field), "{}", e.message());
+    }
 }

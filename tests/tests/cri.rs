@@ -120,13 +120,22 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
             "linux": {},
         }),
     );
+    // A volume: a host folder reached through a symbolic link, written from
+    // the container.
+    let data = work.path().join("data");
+    std::fs::create_dir(&data).expect("data");
+    std::fs::write(data.join("in.txt"), "from-the-host").expect("in.txt");
+    let link = work.path().join("data-link");
+    std::os::unix::fs::symlink(&data, &link).expect("symlink");
     let container = write_json(
         work.path(),
         "container.json",
         serde_json::json!({
             "metadata": {"name": "main"},
             "image": {"image": IMAGE},
-            "command": ["/bin/busybox", "sh", "-c", "echo hello-cri; echo to-stderr >&2; exec sleep 60"],
+            "command": ["/bin/busybox", "sh", "-c",
+                "echo hello-cri; echo to-stderr >&2; cat /data/in.txt > /data/out.txt; exec sleep 60"],
+            "mounts": [{"container_path": "/data", "host_path": link.display().to_string()}],
             "log_path": "main.log",
             "linux": {},
         }),
@@ -148,10 +157,20 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
         assert!(Instant::now() < deadline, "the log file holds {text:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        std::fs::read_to_string(data.join("out.txt"))
+            .ok()
+            .as_deref(),
+        Some("from-the-host"),
+        "the container wrote through its volume"
+    );
     let logged = crictl.ok(&["logs", &id]);
     assert!(logged.contains("hello-cri"), "{logged}");
     let exec = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "echo", "from-exec"]);
     assert_eq!(exec, "from-exec");
+    // Its CPU time, from its cgroup.
+    let stats = crictl.ok(&["stats", "-o", "json", &id]);
+    assert!(stats.contains("usageCoreNanoSeconds"), "{stats}");
     // The pod's hostname.
     let host = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "hostname"]);
     assert_eq!(host, "web-host");
@@ -220,13 +239,26 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     );
     let e = crictl.refused(&["create", "--no-pull", &pod_id, &container, &pod]);
     assert!(e.contains("config.image.image"), "{e}");
+    // A volume whose host path doesn't exist.
+    let volume = write_json(
+        work.path(),
+        "volume.json",
+        serde_json::json!({
+            "metadata": {"name": "v"},
+            "image": {"image": "registry.k8s.io/e2e-test-images/absent:1"},
+            "mounts": [{"container_path": "/data", "host_path": "/no/such/folder"}],
+            "linux": {},
+        }),
+    );
+    let e = crictl.refused(&["create", "--no-pull", &pod_id, &volume, &pod]);
+    assert!(e.contains("config.mounts[0].host_path"), "{e}");
     let e = crictl.refused(&["inspect", "0123456789ab"]);
     assert!(e.contains("container_id"), "{e}");
     let e = crictl.refused(&["inspectp", "0123456789ab"]);
     assert!(e.contains("pod_sandbox_id"), "{e}");
     crictl.ok(&["rmp", "-f", &pod_id]);
     // What is not built answers UNIMPLEMENTED, naming it.
-    let e = crictl.refused(&["stats"]);
+    let e = crictl.refused(&["update", "--memory", "100000000", "0123456789ab"]);
     assert!(e.contains("not built yet"), "{e}");
     let left = workloads(&mut client).await;
     assert!(left.is_empty(), "{left:?}");

@@ -239,11 +239,12 @@ impl Plan {
     /// `host` bound read-only at `target` under `root`: the folders above
     /// it are made, then the mount point (a folder, or an empty file when
     /// `host` is a file, such as an image archive).
-    pub(super) fn read_only_bind(
+    pub(super) fn bind_into_root(
         &mut self,
         host: &Path,
         root: &Path,
         target: &Path,
+        read_only: bool,
     ) -> Result<(), PlanError> {
         self.folders_between(root, target)?;
         if std::fs::metadata(host).is_ok_and(|m| m.is_file()) {
@@ -260,8 +261,10 @@ impl Plan {
         }
         let op = self.bind(host, target, true)?;
         self.push(op, format!("binding {}", host.display()));
-        let op = Self::remount_read_only(target, NODEV)?;
-        self.push(op, format!("making {} read-only", target.display()));
+        if read_only {
+            let op = Self::remount_read_only(target, NODEV)?;
+            self.push(op, format!("making {} read-only", target.display()));
+        }
         Ok(())
     }
 

@@ -160,6 +160,17 @@ impl Plan {
             "making / private",
         );
         let sec = &cfg.security;
+        // auraed's read-only binds, then the request's mounts.
+        let binds: Vec<super::Bind> = sec
+            .read_only_binds
+            .iter()
+            .map(|(host, inside)| super::Bind {
+                host: host.clone(),
+                inside: inside.clone(),
+                read_only: true,
+            })
+            .chain(sec.mounts.iter().cloned())
+            .collect();
         let kernel_fs = KernelFs {
             privileged: sec.privileged,
             net_sysctls: sec.net_sysctls,
@@ -183,17 +194,11 @@ impl Plan {
             )?,
             Root::HostReadOnly { at, hidden } => {
                 plan.host_root_read_only(at, hidden, &sec.writable_paths)?;
-                plan.own_root(at, true, kernel_fs, &sec.devices, &sec.read_only_binds)?;
+                plan.own_root(at, true, kernel_fs, &sec.devices, &binds)?;
             }
             Root::Image { at, overlay } => {
                 plan.image_root(at, overlay.as_ref())?;
-                plan.own_root(
-                    at,
-                    overlay.is_none(),
-                    kernel_fs,
-                    &sec.devices,
-                    &sec.read_only_binds,
-                )?;
+                plan.own_root(at, overlay.is_none(), kernel_fs, &sec.devices, &binds)?;
             }
         }
         Ok(plan)
@@ -270,7 +275,7 @@ impl Plan {
         fresh_dev: bool,
         kernel_fs: KernelFs,
         devices: &[PathBuf],
-        binds: &[(PathBuf, PathBuf)],
+        binds: &[super::Bind],
     ) -> Result<(), PlanError> {
         self.kernel_fs(rootfs, kernel_fs)?;
         self.mount(
@@ -293,11 +298,13 @@ impl Plan {
         )?;
         self.devpts(&dev)?;
         self.devices(&dev, devices)?;
-        for (host, inside) in binds {
-            self.read_only_bind(
-                host,
+        for b in binds {
+            let inside = &b.inside;
+            self.bind_into_root(
+                &b.host,
                 rootfs,
                 &rootfs.join(inside.strip_prefix("/").unwrap_or(inside)),
+                b.read_only,
             )?;
         }
         self.push(

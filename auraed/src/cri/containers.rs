@@ -14,6 +14,9 @@ use super::Cri;
 use crate::instances::Instance;
 use crate::registry::Workload;
 
+/// Where a pod's instance sees its containers' volumes.
+const VOLUMES: &str = "/etc/aurae/volumes";
+
 const CREATED: i32 = cri::ContainerState::ContainerCreated as i32;
 const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
 const EXITED: i32 = cri::ContainerState::ContainerExited as i32;
@@ -26,8 +29,19 @@ fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
             "{field}: {what} is not built yet"
         )))
     };
-    if !c.mounts.is_empty() {
-        return unbuilt("config.mounts", "mounting volumes and host paths");
+    for (i, m) in c.mounts.iter().enumerate() {
+        if m.propagation != cri::MountPropagation::PropagationPrivate as i32 {
+            return unbuilt(
+                &format!("config.mounts[{i}].propagation"),
+                "mount propagation other than private",
+            );
+        }
+        if m.image.is_some() || !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return unbuilt(
+                &format!("config.mounts[{i}]"),
+                "image volumes and id-mapped mounts",
+            );
+        }
     }
     if !c.devices.is_empty() || !c.cdi_devices.is_empty() {
         return unbuilt("config.devices", "giving a container host devices");
@@ -109,6 +123,31 @@ fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
         }
     }
     Ok(())
+}
+
+/// A container's volumes, checked: each host path exists (a symbolic link
+/// is followed, as a bind mount does), each container path is absolute.
+/// Returns (host path, container path, read-only).
+fn volumes(c: &cri::ContainerConfig) -> Result<Vec<(PathBuf, String, bool)>, Status> {
+    c.mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let host = std::fs::canonicalize(&m.host_path).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "config.mounts[{i}].host_path: {}: {e}",
+                    crate::validation::shown(&m.host_path)
+                ))
+            })?;
+            if !m.container_path.starts_with('/') {
+                return Err(Status::invalid_argument(format!(
+                    "config.mounts[{i}].container_path: {} is not absolute",
+                    crate::validation::shown(&m.container_path)
+                )));
+            }
+            Ok((host, m.container_path.clone(), m.readonly))
+        })
+        .collect()
 }
 
 /// The container's first process: the CRI's command replaces the image's
@@ -215,6 +254,7 @@ impl Cri {
             .ok_or_else(|| Status::invalid_argument("config.image.image: missing"))?;
         refuse_unbuilt(&config)?;
         executable_of(&config, None)?;
+        let volumes = volumes(&config)?;
         let instance = self.instance_of(&sandbox)?;
         let image = self.find_image(&image_name).ok_or_else(|| {
             Status::not_found(format!(
@@ -257,10 +297,31 @@ impl Cri {
             .pidfd()
             .try_clone_to_owned()
             .map_err(|e| crate::error::ApiError::io("a pidfd of the pod's auraed", e))?;
-        let binds = vec![(host, inside.clone())];
+        // The image, read-only, and each volume (writable unless asked
+        // otherwise) under the container's folder in the instance.
+        use crate::sys::mount_inject::Inject;
+        let mut binds = vec![Inject {
+            host,
+            inside: inside.clone(),
+            writable: false,
+        }];
+        let mut mounts = Vec::new();
+        for (i, (host, container_path, read_only)) in volumes.into_iter().enumerate() {
+            let at = PathBuf::from(VOLUMES).join(format!("{cell}-{i}"));
+            mounts.push(pb::CellMount {
+                source: at.display().to_string(),
+                destination: container_path,
+                read_only,
+            });
+            binds.push(Inject {
+                host,
+                inside: at,
+                writable: !read_only,
+            });
+        }
         crate::blocking::run("binding an image into the pod", move || {
             use std::os::fd::AsFd;
-            crate::sys::mount_inject::bind_read_only(ns.as_fd(), &binds)
+            crate::sys::mount_inject::bind(ns.as_fd(), &binds)
         })
         .await?
         .map_err(|source| crate::error::ApiError::Mount {
@@ -282,6 +343,7 @@ impl Cri {
             image: image_name,
             image_inside: inside,
             log_path,
+            mounts,
             user,
             created_at: now_ns(),
             run: Mutex::new(Run {
@@ -363,6 +425,7 @@ impl Cri {
                     .map(|c| c.drop_capabilities.clone())
                     .unwrap_or_default(),
                 no_new_privs: sc.is_some_and(|s| s.no_new_privs),
+                mounts: c.mounts.clone(),
                 ..Default::default()
             })
             .await;

@@ -34,6 +34,8 @@ mod runtime_service;
 mod sandboxes;
 #[cfg(feature = "cri")]
 pub mod state;
+#[cfg(feature = "cri")]
+mod stats;
 
 #[cfg(feature = "cri")]
 pub use endpoint::{bind, serve, Cri, CriServeError, CriService};

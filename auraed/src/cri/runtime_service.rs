@@ -18,7 +18,7 @@ pub fn not_yet(call: &str, what: &str) -> Status {
 }
 
 const STREAMING: &str = "the streaming server (SPDY/3.1 and WebSocket channel protocols)";
-const STATS: &str = "reporting container and pod statistics";
+const STATS: &str = "streaming statistics, and metrics";
 
 /// Whether a CNI network configuration is in `/etc/cni/net.d`.
 fn cni_config_present() -> bool {
@@ -200,16 +200,20 @@ impl RuntimeService for CriService {
 
     async fn container_stats(
         &self,
-        _r: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats", STATS))
+        let stats = Cri::container_stats(self, &r.into_inner().container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _r: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats", STATS))
+        let stats = Cri::list_container_stats(self, r.into_inner().filter).await;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     type StreamContainerStatsStream = Streamed<cri::StreamContainerStatsResponse>;
@@ -222,16 +226,27 @@ impl RuntimeService for CriService {
 
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(not_yet("PodSandboxStats", STATS))
+        let id = r.into_inner().pod_sandbox_id;
+        let sandbox = self.state.sandbox("pod_sandbox_id", &id)?;
+        let stats = self
+            .list_pod_stats(Some(cri::PodSandboxStatsFilter {
+                id: sandbox.id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .into_iter()
+            .next();
+        Ok(Response::new(cri::PodSandboxStatsResponse { stats }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("ListPodSandboxStats", STATS))
+        let stats = self.list_pod_stats(r.into_inner().filter).await;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     type StreamPodSandboxStatsStream = Streamed<cri::StreamPodSandboxStatsResponse>;

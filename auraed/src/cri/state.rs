@@ -73,6 +73,8 @@ pub struct Container {
     pub image_inside: PathBuf,
     /// The CRI log file (absolute), or none.
     pub log_path: Option<PathBuf>,
+    /// Its volumes, as bound into the instance.
+    pub mounts: Vec<aurae_proto::runtime::CellMount>,
     /// `run_as_username`, as the image resolves it: (uid, primary gid).
     pub user: Option<(u32, u32)>,
     pub created_at: i64,

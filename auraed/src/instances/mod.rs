@@ -169,6 +169,17 @@ impl Instance {
         self.channel.clone()
     }
 
+    /// Where the instance's own `/sys/fs/cgroup` is on this host: the root
+    /// of its cell's cgroup namespace (its leaf).
+    pub fn cgroup_ns_root(&self) -> PathBuf {
+        self.cell.cgroup.dir().join(crate::cgroup::LEAF)
+    }
+
+    /// Its cell's cgroup on this host.
+    pub fn cgroup_dir(&self) -> PathBuf {
+        self.cell.cgroup.dir().to_path_buf()
+    }
+
     /// Not torn down yet (its auraed may have exited).
     pub fn running_flag(&self) -> bool {
         !self.torn_down.load(Ordering::SeqCst)

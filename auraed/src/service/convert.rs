@@ -336,6 +336,7 @@ fn security(
         read_only_binds: Vec::new(),
         caps: crate::cells::caps::parse(&r.cap_add, &r.cap_drop, r.jailed)?,
         no_new_privs: r.no_new_privs,
+        mounts: super::cell_mounts::binds(&r.mounts, has_image)?,
     })
 }
 

@@ -1,6 +1,7 @@
 //! gRPC services: the Runtime API (one implementation per file) and the
 //! request/status conversions they share.
 
+mod cell_mounts;
 pub mod convert;
 pub mod pod_convert;
 pub mod runtime_service;

@@ -68,8 +68,9 @@ fn c_path(path: &Path) -> Result<CString, InjectError> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| InjectError::Nul(path.to_path_buf()))
 }
 
-/// A detached, recursive copy of the mount tree at `source`.
-fn clone_tree(source: &Path) -> Result<OwnedFd, InjectError> {
+/// A detached, recursive copy of the mount tree at `source`: nosuid and
+/// nodev, and read-only unless `writable`.
+fn clone_tree(source: &Path, writable: bool) -> Result<OwnedFd, InjectError> {
     let c = c_path(source)?;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call;
     // open_tree reads it and returns a new fd or -1, nothing else.
@@ -90,7 +91,9 @@ fn clone_tree(source: &Path) -> Result<OwnedFd, InjectError> {
     // SAFETY: open_tree returned a new fd that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_set: if writable { 0 } else { MOUNT_ATTR_RDONLY }
+            | MOUNT_ATTR_NOSUID
+            | MOUNT_ATTR_NODEV,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -117,12 +120,26 @@ fn clone_tree(source: &Path) -> Result<OwnedFd, InjectError> {
 }
 
 /// In the calling thread (which has joined the cell's mount namespace):
-/// makes `target` and moves `tree` onto it.
-fn attach(tree: &OwnedFd, target: &Path) -> Result<(), InjectError> {
-    std::fs::create_dir_all(target).map_err(|source| InjectError::MountPoint {
+/// makes `target` (a file when `file`, else a folder) and moves `tree` onto
+/// it.
+fn attach(tree: &OwnedFd, target: &Path, file: bool) -> Result<(), InjectError> {
+    let point = |source| InjectError::MountPoint {
         path: target.to_path_buf(),
         source,
-    })?;
+    };
+    if file {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(point)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(target)
+            .map_err(point)?;
+    } else {
+        std::fs::create_dir_all(target).map_err(point)?;
+    }
     let c_target = c_path(target)?;
     // SAFETY: `tree` is a detached mount fd we own, the paths are valid
     // NUL-terminated strings that outlive the call; move_mount only reads
@@ -151,9 +168,37 @@ fn attach(tree: &OwnedFd, target: &Path) -> Result<(), InjectError> {
 /// part-way leaves the earlier binds in place: the caller discards the
 /// cell.
 pub fn bind_read_only(ns: BorrowedFd<'_>, binds: &[(PathBuf, PathBuf)]) -> Result<(), InjectError> {
+    let binds: Vec<Inject> = binds
+        .iter()
+        .map(|(host, inside)| Inject {
+            host: host.clone(),
+            inside: inside.clone(),
+            writable: false,
+        })
+        .collect();
+    bind(ns, &binds)
+}
+
+/// A host file or folder to bind into another mount namespace.
+#[derive(Debug, Clone)]
+pub struct Inject {
+    pub host: PathBuf,
+    pub inside: PathBuf,
+    pub writable: bool,
+}
+
+/// Binds each of `binds` into the mount namespace of the process `ns` (a
+/// pidfd), nosuid and nodev, read-only unless asked otherwise, creating
+/// the mount points there (a file for a file). A failure part-way leaves
+/// the earlier binds in place: the caller discards the namespace's owner or
+/// unbinds them.
+pub fn bind(ns: BorrowedFd<'_>, binds: &[Inject]) -> Result<(), InjectError> {
     let trees = binds
         .iter()
-        .map(|(host, inside)| Ok((clone_tree(host)?, inside.clone())))
+        .map(|b| {
+            let file = std::fs::metadata(&b.host).is_ok_and(|m| !m.is_dir());
+            Ok((clone_tree(&b.host, b.writable)?, b.inside.clone(), file))
+        })
         .collect::<Result<Vec<_>, InjectError>>()?;
     let ns = ns.try_clone_to_owned().map_err(InjectError::Thread)?;
     let thread = std::thread::Builder::new()
@@ -163,8 +208,8 @@ pub fn bind_read_only(ns: BorrowedFd<'_>, binds: &[(PathBuf, PathBuf)]) -> Resul
             // namespace; this one leaves it and exits afterwards.
             unshare(CloneFlags::CLONE_FS).map_err(InjectError::Unshare)?;
             setns(&ns, CloneFlags::CLONE_NEWNS).map_err(InjectError::Setns)?;
-            for (tree, inside) in &trees {
-                attach(tree, inside)?;
+            for (tree, inside, file) in &trees {
+                attach(tree, inside, *file)?;
             }
             Ok(())
         })
