@@ -116,8 +116,9 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
         serde_json::json!({
             "metadata": {"name": "web", "namespace": "default", "uid": "u-1", "attempt": 0},
             "hostname": "web-host",
+            "dns_config": {"servers": ["fd00::53"], "searches": ["pods.test"], "options": ["ndots:2"]},
             "log_directory": logs.display().to_string(),
-            "linux": {},
+            "linux": {"sysctls": {"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "80"}},
         }),
     );
     // A volume: a host folder reached through a symbolic link, written from
@@ -171,6 +172,30 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
     // Its CPU time, from its cgroup.
     let stats = crictl.ok(&["stats", "-o", "json", &id]);
     assert!(stats.contains("usageCoreNanoSeconds"), "{stats}");
+    // The pod's sysctls, in its IPC and network namespaces.
+    let sysctls = crictl.ok(&[
+        "exec",
+        "--sync",
+        &id,
+        "/bin/busybox",
+        "cat",
+        "/proc/sys/kernel/shm_rmid_forced",
+        "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+    ]);
+    assert_eq!(sysctls, "1\n80");
+    // The pod's DNS configuration.
+    let resolv = crictl.ok(&[
+        "exec",
+        "--sync",
+        &id,
+        "/bin/busybox",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert_eq!(
+        resolv,
+        "nameserver fd00::53\nsearch pods.test\noptions ndots:2"
+    );
     // The pod's hostname.
     let host = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "hostname"]);
     assert_eq!(host, "web-host");
@@ -185,6 +210,11 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
     crictl.ok(&["stopp", &pod_id]);
     crictl.ok(&["rmp", &pod_id]);
     assert_eq!(crictl.ok(&["pods", "-q"]), "");
+    let sandbox_files = d.dir.join("state/cri/sandboxes");
+    let left: Vec<_> = std::fs::read_dir(&sandbox_files)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(crictl.ok(&["ps", "-a", "-q"]), "");
     let left = workloads(&mut client).await;
     assert!(left.is_empty(), "{left:?}");
@@ -219,6 +249,17 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
         e.contains("runtime_handler") && e.contains("no-such-handler"),
         "{e}"
     );
+    // A sysctl of the whole node, not of a pod.
+    let node_sysctl = write_json(
+        work.path(),
+        "node-sysctl.json",
+        serde_json::json!({
+            "metadata": {"name": "bad-sysctl", "namespace": "default", "uid": "u-3", "attempt": 0},
+            "linux": {"sysctls": {"kernel.panic": "1"}},
+        }),
+    );
+    let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &node_sysctl]);
+    assert!(e.contains("config.linux.sysctls[kernel.panic]"), "{e}");
 
     // An image the registry doesn't have.
     let e = crictl.refused(&["pull", "registry.k8s.io/e2e-test-images/absent:1"]);

@@ -254,7 +254,13 @@ impl Cri {
             .ok_or_else(|| Status::invalid_argument("config.image.image: missing"))?;
         refuse_unbuilt(&config)?;
         executable_of(&config, None)?;
-        let volumes = volumes(&config)?;
+        let mut volumes = volumes(&config)?;
+        // The pod's resolv.conf, unless the container mounts its own.
+        if let Some(resolv) = &sandbox.resolv_conf {
+            if !volumes.iter().any(|(_, at, _)| at == "/etc/resolv.conf") {
+                volumes.push((resolv.clone(), "/etc/resolv.conf".into(), true));
+            }
+        }
         let instance = self.instance_of(&sandbox)?;
         let image = self.find_image(&image_name).ok_or_else(|| {
             Status::not_found(format!(

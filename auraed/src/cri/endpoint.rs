@@ -20,6 +20,8 @@ pub struct Cri {
     pub state: state::State,
     pub store: Arc<image_store::ImageStore>,
     pub puller: pull::Puller,
+    /// Where each sandbox keeps its files (its resolv.conf).
+    pub sandboxes_dir: std::path::PathBuf,
 }
 
 /// What tonic serves: the services' handlers borrow it, and a container's
@@ -67,6 +69,7 @@ impl Cri {
             cfg,
             state: Default::default(),
             store,
+            sandboxes_dir: root.join("sandboxes"),
         })
     }
 }

@@ -19,6 +19,8 @@ mod containers;
 #[cfg(feature = "cri")]
 mod cri_log;
 #[cfg(feature = "cri")]
+mod dns;
+#[cfg(feature = "cri")]
 mod endpoint;
 #[cfg(feature = "cri")]
 mod exec;

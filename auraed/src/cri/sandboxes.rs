@@ -49,6 +49,20 @@ fn refuse_node_namespaces(config: &cri::PodSandboxConfig) -> Result<(), Status> 
     Ok(())
 }
 
+/// A value the kernel refuses (EINVAL) or a name that isn't a pod's is the
+/// request's fault; anything else is this host's.
+fn sysctl_status(e: crate::sys::ns_sysctl::SysctlError) -> Status {
+    use crate::sys::ns_sysctl::SysctlError as S;
+    let text = format!("config.linux.sysctls: {}", crate::error::chain(&e));
+    match &e {
+        S::NotNamespaced(_) | S::Name(_) | S::Value(_) => Status::invalid_argument(text),
+        S::Write { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
+            Status::invalid_argument(text)
+        }
+        _ => Status::internal(text),
+    }
+}
+
 impl Cri {
     fn preference(&self, handler: &str) -> Result<Preference, Status> {
         match handler {
@@ -87,6 +101,22 @@ impl Cri {
             }
         }
         refuse_node_namespaces(&config)?;
+        let resolv = super::dns::resolv_conf(config.dns_config.as_ref())?;
+        let sysctls: Vec<(String, String)> = config
+            .linux
+            .as_ref()
+            .map(|l| {
+                l.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, _) in &sysctls {
+            crate::sys::ns_sysctl::namespace_of(key).map_err(|e| {
+                Status::invalid_argument(format!("config.linux.sysctls[{key}]: {e}"))
+            })?;
+        }
         let preference = self.preference(&r.runtime_handler)?;
         let instances = self.runtime.instances.as_ref().ok_or_else(|| {
             Status::failed_precondition("pod sandboxes are instances: this auraed has none")
@@ -148,7 +178,53 @@ impl Cri {
             let field = format!("config.port_mappings[{i}].host_port");
             listeners.push((container_port, crate::pods::ports::bind(&field, host_port)?));
         }
-        let instance = self.runtime.spawn(spec).await?;
+        // The pod's resolv.conf, before anything runs.
+        let dir = self.sandboxes_dir.join(&id);
+        let resolv_path = match resolv {
+            Some(text) => {
+                let path = dir.join("resolv.conf");
+                let written =
+                    std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
+                if let Err(e) = written {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(Status::internal(format!("writing {}: {e}", path.display())));
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        let instance = match self.runtime.spawn(spec).await {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
+        // The pod's sysctls, in its instance's IPC and network namespaces.
+        let applied = if sysctls.is_empty() {
+            Ok(())
+        } else {
+            let pidfd = instance.init.pidfd().try_clone_to_owned();
+            match pidfd {
+                Ok(fd) => crate::blocking::run("setting the pod's sysctls", move || {
+                    use std::os::fd::AsFd;
+                    crate::sys::ns_sysctl::write_in(fd.as_fd(), &sysctls)
+                })
+                .await
+                .map_err(Status::from)
+                .and_then(|r| r.map_err(sysctl_status)),
+                Err(e) => Err(Status::internal(format!(
+                    "a pidfd of the pod's auraed: {e}"
+                ))),
+            }
+        };
+        if let Err(e) = applied {
+            if let Err(undo) = self.runtime.free(&instance.name).await {
+                tracing::error!("sandbox {id}: freeing its instance: {undo}");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let forwards = listeners
             .into_iter()
             .map(|(port, l)| {
@@ -161,6 +237,7 @@ impl Cri {
                 if let Err(undo) = self.runtime.free(&instance.name).await {
                     tracing::error!("sandbox {id}: freeing its instance: {undo}");
                 }
+                let _ = std::fs::remove_dir_all(&dir);
                 return Err(e.into());
             }
         };
@@ -173,6 +250,7 @@ impl Cri {
             config,
             ready: Mutex::new(true),
             forwards: Mutex::new(forwards),
+            resolv_conf: resolv_path,
         });
         self.state
             .sandboxes
@@ -232,6 +310,12 @@ impl Cri {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&sandbox.id);
+        let dir = self.sandboxes_dir.join(&sandbox.id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Status::internal(format!("removing {}: {e}", dir.display()))),
+        }
         Ok(())
     }
 

@@ -34,6 +34,8 @@ pub struct Sandbox {
     pub ready: Mutex<bool>,
     /// Its host ports' relays, closed when it stops.
     pub forwards: Mutex<Vec<crate::pods::ports::Forward>>,
+    /// The resolv.conf its containers get, if its config sets DNS.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Sandbox {
