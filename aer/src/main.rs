@@ -108,6 +108,9 @@ struct ProcessArgs {
     uid: Option<u32>,
     #[arg(long)]
     gid: Option<u32>,
+    /// Supplementary groups (comma-separated ids).
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<u32>,
     /// Stream the output and exit with the workload's exit code.
     #[arg(long, short)]
     wait: bool,
@@ -273,6 +276,7 @@ fn executable(p: &ProcessArgs) -> pb::Executable {
         cwd: p.cwd.clone().unwrap_or_default(),
         uid: p.uid,
         gid: p.gid,
+        groups: p.groups.clone(),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct ProcessSpec {
     pub cwd: Option<CString>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Supplementary groups, set with a uid or gid.
+    pub groups: Vec<u32>,
 }
 
 /// How a finished process ended.
@@ -191,6 +193,7 @@ impl Executable {
                 cwd: spec_for_spawn.cwd,
                 uid: spec_for_spawn.uid,
                 gid: spec_for_spawn.gid,
+                groups: spec_for_spawn.groups,
                 cgroup,
                 namespaces,
                 fds: vec![(devnull, 0), (out_w, 1), (err_w, 2)],

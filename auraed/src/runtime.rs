@@ -29,6 +29,7 @@ pub struct ExecRequest {
     pub cwd: Option<String>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub groups: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -544,6 +545,7 @@ fn resolve(req: &ExecRequest, placement: &Placement) -> Result<ProcessSpec, ApiE
         .clone()
         .or_else(|| image.as_ref().and_then(|i| i.working_dir.clone()))
         .or_else(|| in_cell.then(|| "/".to_string()));
+    validation::list_len("executable.groups", req.groups.len())?;
     let (uid, gid) = match (req.uid, req.gid, &image) {
         (None, None, Some(img)) => (img.uid, img.gid),
         (u, g, _) => (u, g),
@@ -560,5 +562,6 @@ fn resolve(req: &ExecRequest, placement: &Placement) -> Result<ProcessSpec, ApiE
             .transpose()?,
         uid,
         gid,
+        groups: req.groups.clone(),
     })
 }

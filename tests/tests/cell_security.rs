@@ -75,6 +75,22 @@ async fn capabilities_hostname_and_no_new_privs_reach_the_cells_processes() {
     );
     assert_eq!(none, 0);
 
+    // Supplementary groups, replacing auraed's own.
+    let mut c = d.client().await;
+    c.run_cell(pb::RunCellRequest {
+        name: "groups".into(),
+        executable: Some(pb::Executable {
+            groups: vec![1234, 5678],
+            ..sh("grep '^Groups:' /proc/self/status | cut -f2")
+        }),
+        executable_name: "groups-main".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("run_cell");
+    let (_, out) = aurae_tests::exit_and_output(&mut c, "groups-main", 30000).await;
+    assert_eq!(out.trim(), "1234 5678");
+
     let nnp = status_field(
         &d,
         pb::RunCellRequest {

@@ -138,7 +138,7 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
                 "echo hello-cri; echo to-stderr >&2; cat /data/in.txt > /data/out.txt; exec sleep 60"],
             "mounts": [{"container_path": "/data", "host_path": link.display().to_string()}],
             "log_path": "main.log",
-            "linux": {},
+            "linux": {"security_context": {"supplemental_groups": [4242]}},
         }),
     );
     let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
@@ -183,6 +183,9 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
         "/proc/sys/net/ipv4/ip_unprivileged_port_start",
     ]);
     assert_eq!(sysctls, "1\n80");
+    // Its supplementary group, in its own process and in an exec.
+    let groups = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "id", "-G"]);
+    assert!(groups.split_whitespace().any(|g| g == "4242"), "{groups}");
     // The pod's DNS configuration.
     let resolv = crictl.ok(&[
         "exec",

@@ -37,7 +37,8 @@ impl Cri {
         let instance = self.instance_of(&sandbox)?;
         // As the container's own process runs: its user, environment and
         // working directory.
-        let first = super::containers::executable_of(&c.config, c.user)?.unwrap_or_default();
+        let first = super::container_config::executable_of(&c.config, c.user, &c.groups)?
+            .unwrap_or_default();
         let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
         let refused = |s: Status| {
             Status::new(
@@ -56,6 +57,7 @@ impl Cri {
                     cwd: first.cwd,
                     uid: first.uid,
                     gid: first.gid,
+                    groups: first.groups,
                 }),
             })
             .await

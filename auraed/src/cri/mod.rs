@@ -15,6 +15,8 @@
 mod authority;
 pub mod config;
 #[cfg(feature = "cri")]
+mod container_config;
+#[cfg(feature = "cri")]
 mod containers;
 #[cfg(feature = "cri")]
 mod cri_log;
@@ -24,6 +26,8 @@ mod dns;
 mod endpoint;
 #[cfg(feature = "cri")]
 mod exec;
+#[cfg(feature = "cri")]
+mod groups;
 #[cfg(feature = "cri")]
 mod image_service;
 #[cfg(feature = "cri")]

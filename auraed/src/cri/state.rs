@@ -79,6 +79,8 @@ pub struct Container {
     pub mounts: Vec<aurae_proto::runtime::CellMount>,
     /// `run_as_username`, as the image resolves it: (uid, primary gid).
     pub user: Option<(u32, u32)>,
+    /// Its supplementary groups.
+    pub groups: Vec<u32>,
     pub created_at: i64,
     pub run: Mutex<Run>,
     /// Follows the container's output into its log file.

@@ -531,6 +531,7 @@ fn init_process() -> Result<ProcessSpec, ApiError> {
         cwd: Some(c("/")?),
         uid: None,
         gid: None,
+        groups: Vec::new(),
     })
 }
 

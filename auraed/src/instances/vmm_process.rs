@@ -160,5 +160,6 @@ pub(super) fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
         cwd: Some(c("/")?),
         uid: None,
         gid: None,
+        groups: Vec::new(),
     })
 }

@@ -63,6 +63,7 @@ pub fn exec_request(
         cwd: (!e.cwd.is_empty()).then(|| e.cwd.clone()),
         uid: e.uid,
         gid: e.gid,
+        groups: e.groups.clone(),
     })
 }
 

@@ -36,6 +36,8 @@ pub struct SpawnSpec<'a> {
     pub cwd: Option<CString>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Supplementary groups, set (replacing the parent's) with a uid or gid.
+    pub groups: Vec<u32>,
     /// Directory fd of the cgroup to start in.
     pub cgroup: Option<BorrowedFd<'a>>,
     pub namespaces: NamespaceMode<'a>,
@@ -170,6 +172,7 @@ struct Prepared<'a> {
     cwd: Option<&'a CString>,
     uid: Option<u32>,
     gid: Option<u32>,
+    groups: &'a [u32],
     fds: &'a [(RawFd, RawFd)],
     caps_keep: Option<u64>,
     no_new_privs: bool,
@@ -251,6 +254,7 @@ fn clone_workload(
         cwd: spec.cwd.as_ref(),
         uid: spec.uid,
         gid: spec.gid,
+        groups: &spec.groups,
         fds,
         caps_keep: spec.caps_keep,
         no_new_privs: spec.no_new_privs,
@@ -401,8 +405,13 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
                 fail(report_fd, SpawnStage::Chdir);
             }
         }
-        if (p.uid.is_some() || p.gid.is_some())
-            && libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+        // Only the requested supplementary groups (none by default).
+        if (p.uid.is_some() || p.gid.is_some() || !p.groups.is_empty())
+            && libc::syscall(
+                libc::SYS_setgroups,
+                p.groups.len(),
+                p.groups.as_ptr() as *const libc::gid_t,
+            ) != 0
         {
             fail(report_fd, SpawnStage::Groups);
         }

@@ -1,0 +1,210 @@
+//! What a container's config asks of its cell: refused where not built,
+//! its volumes checked, its first process.
+
+use std::path::PathBuf;
+
+use aurae_proto::cri;
+use aurae_proto::runtime as pb;
+use tonic::Status;
+
+/// What a container's config asks for that is not built yet: refused,
+/// naming the field, rather than ignored.
+pub(super) fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
+    let unbuilt = |field: &str, what: &str| {
+        Err(Status::unimplemented(format!(
+            "{field}: {what} is not built yet"
+        )))
+    };
+    for (i, m) in c.mounts.iter().enumerate() {
+        if m.propagation != cri::MountPropagation::PropagationPrivate as i32 {
+            return unbuilt(
+                &format!("config.mounts[{i}].propagation"),
+                "mount propagation other than private",
+            );
+        }
+        if m.image.is_some() || !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return unbuilt(
+                &format!("config.mounts[{i}]"),
+                "image volumes and id-mapped mounts",
+            );
+        }
+    }
+    if !c.devices.is_empty() || !c.cdi_devices.is_empty() {
+        return unbuilt("config.devices", "giving a container host devices");
+    }
+    if c.tty || c.stdin {
+        return unbuilt("config.tty/stdin", "a terminal or standard input (Attach)");
+    }
+    let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    if let Some(sc) = sc {
+        if sc.readonly_rootfs {
+            return unbuilt(
+                "config.linux.security_context.readonly_rootfs",
+                "a read-only root",
+            );
+        }
+        if let Some(cap) = sc.capabilities.as_ref() {
+            crate::cells::caps::parse(&cap.add_capabilities, &cap.drop_capabilities, false)
+                .map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "config.linux.security_context.capabilities.{e}"
+                    ))
+                })?;
+        }
+        if sc
+            .capabilities
+            .as_ref()
+            .is_some_and(|cap| !cap.add_ambient_capabilities.is_empty())
+        {
+            return unbuilt(
+                "config.linux.security_context.capabilities.add_ambient_capabilities",
+                "ambient capabilities",
+            );
+        }
+        use cri::security_profile::ProfileType;
+        match sc.seccomp.as_ref().map(|s| s.profile_type) {
+            Some(t) if t == ProfileType::Localhost as i32 => {
+                return unbuilt(
+                    "config.linux.security_context.seccomp",
+                    "a localhost seccomp profile",
+                )
+            }
+            Some(t) if t == ProfileType::RuntimeDefault as i32 => {
+                return unbuilt(
+                    "config.linux.security_context.seccomp",
+                    "the runtime's default seccomp profile",
+                )
+            }
+            _ => {}
+        }
+        #[allow(deprecated)]
+        let path = sc.seccomp_profile_path.as_str();
+        match path {
+            "" | "unconfined" => {}
+            "runtime/default" | "docker/default" => {
+                return unbuilt(
+                    "config.linux.security_context.seccomp_profile_path",
+                    "the runtime's default seccomp profile",
+                )
+            }
+            p if p.starts_with("localhost/") => {
+                return unbuilt(
+                    "config.linux.security_context.seccomp_profile_path",
+                    "a localhost seccomp profile",
+                )
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "config.linux.security_context.seccomp_profile_path: {} is not a profile \
+                     (runtime/default, unconfined, or localhost/<path>)",
+                    crate::validation::shown(other)
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A container's volumes, checked: each host path exists (a symbolic link
+/// is followed, as a bind mount does), each container path is absolute.
+/// Returns (host path, container path, read-only).
+pub(super) fn volumes(c: &cri::ContainerConfig) -> Result<Vec<(PathBuf, String, bool)>, Status> {
+    c.mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let host = std::fs::canonicalize(&m.host_path).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "config.mounts[{i}].host_path: {}: {e}",
+                    crate::validation::shown(&m.host_path)
+                ))
+            })?;
+            if !m.container_path.starts_with('/') {
+                return Err(Status::invalid_argument(format!(
+                    "config.mounts[{i}].container_path: {} is not absolute",
+                    crate::validation::shown(&m.container_path)
+                )));
+            }
+            Ok((host, m.container_path.clone(), m.readonly))
+        })
+        .collect()
+}
+
+/// The container's first process: the CRI's command replaces the image's
+/// entrypoint, its args the image's cmd.
+/// `user`: a `run_as_username` resolved in the image, (uid, primary gid);
+/// `groups`: the supplementary groups.
+pub(super) fn executable_of(
+    c: &cri::ContainerConfig,
+    user: Option<(u32, u32)>,
+    groups: &[u32],
+) -> Result<Option<pb::Executable>, Status> {
+    let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let id = |v: Option<&cri::Int64Value>, field: &str| -> Result<Option<u32>, Status> {
+        v.map(|v| {
+            u32::try_from(v.value)
+                .map_err(|_| Status::invalid_argument(format!("{field}: {} is not an id", v.value)))
+        })
+        .transpose()
+    };
+    let mut uid = id(
+        sc.and_then(|s| s.run_as_user.as_ref()),
+        "config.linux.security_context.run_as_user",
+    )?;
+    let mut gid = id(
+        sc.and_then(|s| s.run_as_group.as_ref()),
+        "config.linux.security_context.run_as_group",
+    )?;
+    if let Some((u, g)) = user {
+        uid = Some(u);
+        gid = gid.or(Some(g));
+    }
+    if gid.is_some() && uid.is_none() {
+        return Err(Status::invalid_argument(
+            "config.linux.security_context.run_as_group: set without run_as_user or \
+             run_as_username",
+        ));
+    }
+    let env = c
+        .envs
+        .iter()
+        .enumerate()
+        .map(|(i, kv)| {
+            let value = String::from_utf8(kv.value.clone()).map_err(|_| {
+                Status::invalid_argument(format!("config.envs[{i}].value: not UTF-8"))
+            })?;
+            Ok(pb::EnvVar {
+                name: kv.key.clone(),
+                value,
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    if c.command.is_empty()
+        && c.args.is_empty()
+        && env.is_empty()
+        && c.working_dir.is_empty()
+        && uid.is_none()
+        && gid.is_none()
+        && groups.is_empty()
+    {
+        return Ok(None);
+    }
+    let (command, args) = match c.command.split_first() {
+        Some((cmd, rest)) => (cmd.clone(), rest.iter().chain(&c.args).cloned().collect()),
+        None => (String::new(), c.args.clone()),
+    };
+    Ok(Some(pb::Executable {
+        command,
+        args,
+        env,
+        cwd: c.working_dir.clone(),
+        uid,
+        gid,
+        groups: groups.to_vec(),
+    }))
+}
+
+/// The container's Linux security context, if it has one.
+pub(super) fn sc_of(c: &cri::ContainerConfig) -> Option<&cri::LinuxContainerSecurityContext> {
+    c.linux.as_ref().and_then(|l| l.security_context.as_ref())
+}

@@ -1,0 +1,89 @@
+//! A container's supplementary groups: those its config asks for, plus the
+//! groups its image's `/etc/group` lists its user in (as other runtimes
+//! do).
+
+use std::path::Path;
+
+/// The most of `/etc/passwd` or `/etc/group` read from an image.
+const FILE_CAP: u64 = 1 << 20;
+
+fn read(rootfs: &Path, file: &str) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    // Inside the image's root: no symbolic link out of it is followed
+    // further than the file itself, and a missing file is no groups.
+    if let Ok(f) = std::fs::File::open(rootfs.join(file)) {
+        let _ = f.take(FILE_CAP).read_to_string(&mut text);
+    }
+    text
+}
+
+/// The name of `uid` in the image, if its passwd has one.
+fn user_name(rootfs: &Path, uid: u32) -> Option<String> {
+    read(rootfs, "etc/passwd").lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next()?;
+        (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+/// The groups of the image's `/etc/group` that list `uid`'s user.
+pub fn image_groups(rootfs: &Path, uid: u32) -> Vec<u32> {
+    let Some(name) = user_name(rootfs, uid) else {
+        return Vec::new();
+    };
+    read(rootfs, "etc/group")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let gid = f.get(2)?.parse::<u32>().ok()?;
+            f.get(3)?
+                .split(',')
+                .any(|m| m.trim() == name)
+                .then_some(gid)
+        })
+        .collect()
+}
+
+/// `requested` then `from_image`, without repeats.
+pub fn merged(requested: &[i64], from_image: &[u32]) -> Result<Vec<u32>, i64> {
+    let mut out: Vec<u32> = Vec::new();
+    for g in requested {
+        let g = u32::try_from(*g).map_err(|_| *g)?;
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    for g in from_image {
+        if !out.contains(g) {
+            out.push(*g);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_images_groups_of_the_user_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/:/bin/sh\nu:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nextra:x:50000:u,other\nnot:x:50001:other\n",
+        )
+        .unwrap();
+        assert_eq!(image_groups(dir.path(), 1000), vec![50000]);
+        assert!(image_groups(dir.path(), 4242).is_empty());
+        assert_eq!(merged(&[7, 50000], &[50000, 9]).unwrap(), vec![7, 50000, 9]);
+        assert_eq!(merged(&[-1], &[]).unwrap_err(), -1);
+    }
+}
