@@ -244,6 +244,7 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
         "pod.json",
         serde_json::json!({
             "metadata": {"name": "bad", "namespace": "default", "uid": "u-2", "attempt": 0},
+            "log_directory": work.path().join("logs").display().to_string(),
             "linux": {},
         }),
     );
@@ -263,6 +264,18 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     );
     let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &node_sysctl]);
     assert!(e.contains("config.linux.sysctls[kernel.panic]"), "{e}");
+    // A host port on one address only: not built, refused by name.
+    let one_address = write_json(
+        work.path(),
+        "one-address.json",
+        serde_json::json!({
+            "metadata": {"name": "bad-port", "namespace": "default", "uid": "u-4", "attempt": 0},
+            "port_mappings": [{"container_port": 80, "host_port": 18080, "host_ip": "127.0.0.1"}],
+            "linux": {},
+        }),
+    );
+    let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &one_address]);
+    assert!(e.contains("config.port_mappings[0].host_ip"), "{e}");
 
     // An image the registry doesn't have.
     let e = crictl.refused(&["pull", "registry.k8s.io/e2e-test-images/absent:1"]);
@@ -296,6 +309,32 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     );
     let e = crictl.refused(&["create", "--no-pull", &pod_id, &volume, &pod]);
     assert!(e.contains("config.mounts[0].host_path"), "{e}");
+    // A volume destination that climbs, and a log path that leaves the
+    // pod's log folder.
+    let climbing = write_json(
+        work.path(),
+        "climbing.json",
+        serde_json::json!({
+            "metadata": {"name": "v"},
+            "image": {"image": "registry.k8s.io/e2e-test-images/absent:1"},
+            "mounts": [{"container_path": "/data/../../x", "host_path": "/tmp"}],
+            "linux": {},
+        }),
+    );
+    let e = crictl.refused(&["create", "--no-pull", &pod_id, &climbing, &pod]);
+    assert!(e.contains("config.mounts[0].container_path"), "{e}");
+    let escaping = write_json(
+        work.path(),
+        "escaping.json",
+        serde_json::json!({
+            "metadata": {"name": "l"},
+            "image": {"image": "registry.k8s.io/e2e-test-images/absent:1"},
+            "log_path": "../../outside.log",
+            "linux": {},
+        }),
+    );
+    let e = crictl.refused(&["create", "--no-pull", &pod_id, &escaping, &pod]);
+    assert!(e.contains("config.log_path"), "{e}");
     let e = crictl.refused(&["inspect", "0123456789ab"]);
     assert!(e.contains("container_id"), "{e}");
     let e = crictl.refused(&["inspectp", "0123456789ab"]);

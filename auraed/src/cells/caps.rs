@@ -52,27 +52,36 @@ const NAMES: [&str; 41] = [
 /// Every capability this table knows.
 const ALL: u64 = (1 << NAMES.len()) - 1;
 
-/// What a request changes of the default set (bit masks).
+/// What a request changes of the default set (bit masks): `ALL` first,
+/// then the named ones, as other runtimes do (`drop: [ALL], add: [X]`
+/// keeps X).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CapChange {
+    pub add_all: bool,
+    pub drop_all: bool,
     pub add: u64,
     pub drop: u64,
 }
 
 impl CapChange {
     pub fn is_empty(&self) -> bool {
-        self.add == 0 && self.drop == 0
+        *self == CapChange::default()
     }
 }
 
-/// A name's mask: `CAP_NET_ADMIN`, `net_admin` or `ALL`.
-fn parse_one(name: &str) -> Option<u64> {
+/// A name's mask (`CAP_NET_ADMIN`, `net_admin`), or `None` for `ALL`;
+/// `Err` for a name that isn't a capability.
+fn parse_one(name: &str) -> Result<Option<u64>, ()> {
     let upper = name.to_ascii_uppercase();
     let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
     if bare == "ALL" {
-        return Some(ALL);
+        return Ok(None);
     }
-    NAMES.iter().position(|n| *n == bare).map(|i| 1 << i)
+    NAMES
+        .iter()
+        .position(|n| *n == bare)
+        .map(|i| Some(1 << i))
+        .ok_or(())
 }
 
 /// The request's `cap_add` and `cap_drop`, each name checked; a jailed cell
@@ -84,19 +93,27 @@ pub fn parse(add: &[String], drop: &[String], jailed: bool) -> Result<CapChange,
             "a jailed cell keeps its own minimal set of capabilities",
         ));
     }
-    let masks = |field: &str, names: &[String]| -> Result<u64, ApiError> {
-        names.iter().enumerate().try_fold(0u64, |m, (i, n)| {
-            parse_one(n).map(|bit| m | bit).ok_or_else(|| {
-                ApiError::invalid(
+    // (every one named, or ALL; the named ones' mask)
+    let masks = |field: &str, names: &[String]| -> Result<(bool, u64), ApiError> {
+        names
+            .iter()
+            .enumerate()
+            .try_fold((false, 0u64), |(all, m), (i, n)| match parse_one(n) {
+                Ok(Some(bit)) => Ok((all, m | bit)),
+                Ok(None) => Ok((true, m)),
+                Err(()) => Err(ApiError::invalid(
                     format!("{field}[{i}]"),
                     format!("{} is not a capability", crate::validation::shown(n)),
-                )
+                )),
             })
-        })
     };
+    let (add_all, add) = masks("cap_add", add)?;
+    let (drop_all, drop) = masks("cap_drop", drop)?;
     Ok(CapChange {
-        add: masks("cap_add", add)?,
-        drop: masks("cap_drop", drop)?,
+        add_all,
+        drop_all,
+        add,
+        drop,
     })
 }
 
@@ -118,7 +135,9 @@ pub fn keep(privileged: bool, change: CapChange) -> Option<u64> {
     if privileged && change.is_empty() {
         return None;
     }
-    let base = if privileged {
+    let base = if change.drop_all {
+        0
+    } else if privileged || change.add_all {
         ALL
     } else {
         crate::jail::container_caps()
@@ -139,7 +158,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.add, (1 << 12) | (1 << 21));
-        assert_eq!(c.drop, ALL);
+        assert!(c.drop_all && c.drop == 0);
         let e = parse(&[], &["CAP_NOPE".into()], false)
             .unwrap_err()
             .to_string();
@@ -151,13 +170,32 @@ mod tests {
     fn the_kept_set_is_the_default_changed_and_bounded_by_auraeds_own() {
         let own = own_permitted();
         assert_eq!(keep(true, CapChange::default()), None);
-        let none = keep(false, CapChange { add: 0, drop: ALL }).unwrap();
+        let none = keep(
+            false,
+            CapChange {
+                drop_all: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(none, 0);
+        // Dropping ALL, then adding one, keeps that one.
+        let one = keep(
+            false,
+            CapChange {
+                drop_all: true,
+                add: 1 << 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(one, (1 << 10) & own);
         let more = keep(
             false,
             CapChange {
                 add: 1 << 12,
                 drop: 1,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -308,6 +308,15 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
         }
         (None, None) => init::Root::Host,
     };
+    // The request's mounts, resolved inside the image (its symbolic links
+    // never lead out of it).
+    let mut security = spec.security.clone();
+    if let init::Root::Image {
+        overlay: Some(o), ..
+    } = &root
+    {
+        security.mounts = security::confine_mounts(&security.mounts, &o.lower)?;
+    }
     let config = InitConfig {
         name: spec.name.clone(),
         hostname: spec.hostname.clone().unwrap_or_else(|| spec.name.clone()),
@@ -316,7 +325,7 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
         new_mount: flags & libc::CLONE_NEWNS != 0,
         new_pid: flags & libc::CLONE_NEWPID != 0,
         root,
-        security: spec.security.clone(),
+        security,
     };
     let mut plan = init::Plan::new(&config)
         .map_err(|e| ApiError::Internal(format!("planning cell {}: {e}", spec.name)))?;

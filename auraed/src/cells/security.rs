@@ -41,3 +41,68 @@ pub struct Bind {
     pub inside: PathBuf,
     pub read_only: bool,
 }
+
+/// `mounts` with each destination resolved inside the image's root `lower`
+/// as the kernel would after a chroot: a symbolic link in the image (`/x ->
+/// /etc`) leads inside the root, never to the host's. The cell's init then
+/// makes and mounts on paths that hold no link.
+pub fn confine_mounts(
+    mounts: &[Bind],
+    lower: &std::path::Path,
+) -> Result<Vec<Bind>, crate::error::ApiError> {
+    mounts
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let rel = b.inside.strip_prefix("/").unwrap_or(&b.inside);
+            let resolved = crate::oci::safe_path::resolve(lower, rel, true).map_err(|e| {
+                crate::error::ApiError::invalid(
+                    format!("mounts[{i}].destination"),
+                    format!("resolving it in the image: {e}"),
+                )
+            })?;
+            let inside = resolved.strip_prefix(lower).map_err(|_| {
+                crate::error::ApiError::invalid(
+                    format!("mounts[{i}].destination"),
+                    "resolves outside the image's root",
+                )
+            })?;
+            if inside.as_os_str().is_empty() {
+                return Err(crate::error::ApiError::invalid(
+                    format!("mounts[{i}].destination"),
+                    "resolves to the image's root",
+                ));
+            }
+            Ok(Bind {
+                inside: PathBuf::from("/").join(inside),
+                ..b.clone()
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destination_through_an_image_symlink_stays_in_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", root.path().join("x")).unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        let b = Bind {
+            host: PathBuf::from("/tmp"),
+            inside: PathBuf::from("/x/nologin"),
+            read_only: true,
+        };
+        let out = confine_mounts(&[b], root.path()).unwrap();
+        assert_eq!(out[0].inside, PathBuf::from("/etc/nologin"));
+        std::os::unix::fs::symlink("/", root.path().join("top")).unwrap();
+        let b = Bind {
+            host: PathBuf::from("/tmp"),
+            inside: PathBuf::from("/top"),
+            read_only: true,
+        };
+        assert!(confine_mounts(&[b], root.path()).is_err());
+    }
+}

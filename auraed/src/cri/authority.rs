@@ -26,8 +26,15 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The frame size h2 accepts unless it says otherwise (it doesn't).
 const MAX_FRAME: usize = 16_384;
-/// The most one header block may hold here.
-const MAX_BLOCK: usize = 256 << 10;
+/// The most one header block may hold here, encoded.
+const MAX_BLOCK: usize = 64 << 10;
+/// The most one header block may hold decoded (names, values and 32 bytes
+/// per header, as HTTP/2 counts a header list), so that references to a
+/// large table entry can't expand a small block without bound.
+const MAX_HEADER_LIST: usize = 64 << 10;
+/// The dynamic table size h2 advertises (its default); a client that asks
+/// for more is refused.
+const TABLE_SIZE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
@@ -41,6 +48,8 @@ pub enum FrontError {
     Interleaved(u32),
     #[error("an undecodable header block: {0:?}")]
     Hpack(loona_hpack::decoder::DecoderError),
+    #[error("a header list of more than {MAX_HEADER_LIST} bytes")]
+    HeaderListTooLarge,
 }
 
 struct Pending {
@@ -61,11 +70,13 @@ pub struct Rewriter {
 
 impl Default for Rewriter {
     fn default() -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(TABLE_SIZE);
         Self {
             preface_seen: 0,
             buf: Vec::new(),
             pending: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder,
             encoder: loona_hpack::Encoder::new(),
         }
     }
@@ -199,7 +210,20 @@ impl Rewriter {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
-        let mut headers = self.decoder.decode(&p.block).map_err(FrontError::Hpack)?;
+        // Collected only up to the cap: past it nothing more is copied.
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut size = 0usize;
+        self.decoder
+            .decode_with_cb(&p.block, |n, v| {
+                size = size.saturating_add(n.len() + v.len() + 32);
+                if size <= MAX_HEADER_LIST {
+                    headers.push((n.into_owned(), v.into_owned()));
+                }
+            })
+            .map_err(FrontError::Hpack)?;
+        if size > MAX_HEADER_LIST {
+            return Err(FrontError::HeaderListTooLarge);
+        }
         for (name, value) in headers.iter_mut() {
             if name.as_slice() == b":authority" && !valid_authority(value) {
                 *value = b"localhost".to_vec();
@@ -427,5 +451,19 @@ mod tests {
             }
         }
         assert!(failed);
+        // A small block that expands past the header-list cap is refused.
+        let mut client = loona_hpack::Encoder::new();
+        let big = vec![b'v'; 3000];
+        let mut block = client.encode([(&b"x-big"[..], &big[..])]);
+        // Each further reference to the (now indexed) entry is one byte.
+        for _ in 0..40 {
+            block.extend(client.encode([(&b"x-big"[..], &big[..])]));
+        }
+        let mut input = PREFACE.to_vec();
+        push_frame(&mut input, HEADERS, END_HEADERS, 1, &[&block]);
+        assert!(matches!(
+            Rewriter::default().feed(&input, &mut Vec::new()),
+            Err(FrontError::HeaderListTooLarge)
+        ));
     }
 }

@@ -113,15 +113,33 @@ pub(super) fn volumes(c: &cri::ContainerConfig) -> Result<Vec<(PathBuf, String, 
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let host = std::fs::canonicalize(&m.host_path).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "config.mounts[{i}].host_path: {}: {e}",
-                    crate::validation::shown(&m.host_path)
-                ))
-            })?;
-            if !m.container_path.starts_with('/') {
+            if !m.host_path.starts_with('/') {
                 return Err(Status::invalid_argument(format!(
-                    "config.mounts[{i}].container_path: {} is not absolute",
+                    "config.mounts[{i}].host_path: {} is not absolute",
+                    crate::validation::shown(&m.host_path)
+                )));
+            }
+            // A missing path is the request's fault; any other failure
+            // is this host's.
+            let host = std::fs::canonicalize(&m.host_path).map_err(|e| {
+                let text = format!(
+                    "config.mounts[{i}].host_path: resolving {}: {e}",
+                    crate::validation::shown(&m.host_path)
+                );
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Status::invalid_argument(text)
+                } else {
+                    Status::internal(text)
+                }
+            })?;
+            let inside = std::path::Path::new(&m.container_path);
+            if !inside.is_absolute()
+                || inside
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "config.mounts[{i}].container_path: {} is not an absolute path without '..'",
                     crate::validation::shown(&m.container_path)
                 )));
             }
@@ -207,4 +225,33 @@ pub(super) fn executable_of(
 /// The container's Linux security context, if it has one.
 pub(super) fn sc_of(c: &cri::ContainerConfig) -> Option<&cri::LinuxContainerSecurityContext> {
     c.linux.as_ref().and_then(|l| l.security_context.as_ref())
+}
+
+/// The container's log file: the sandbox's `log_directory` (absolute) and
+/// the container's `log_path` (relative, without `..`); none without both.
+pub(super) fn log_path(
+    pod: &cri::PodSandboxConfig,
+    c: &cri::ContainerConfig,
+) -> Result<Option<PathBuf>, Status> {
+    if c.log_path.is_empty() || pod.log_directory.is_empty() {
+        return Ok(None);
+    }
+    let dir = std::path::Path::new(&pod.log_directory);
+    if !dir.is_absolute() {
+        return Err(Status::invalid_argument(format!(
+            "sandbox_config.log_directory: {} is not absolute",
+            crate::validation::shown(&pod.log_directory)
+        )));
+    }
+    let rel = std::path::Path::new(&c.log_path);
+    if !rel
+        .components()
+        .all(|p| matches!(p, std::path::Component::Normal(_)))
+    {
+        return Err(Status::invalid_argument(format!(
+            "config.log_path: {} is not a relative path without '..'",
+            crate::validation::shown(&c.log_path)
+        )));
+    }
+    Ok(Some(dir.join(rel)))
 }

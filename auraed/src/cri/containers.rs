@@ -57,6 +57,7 @@ impl Cri {
         refuse_unbuilt(&config)?;
         executable_of(&config, None, &[])?;
         let mut volumes = volumes(&config)?;
+        let log_path = super::container_config::log_path(&sandbox.config, &config)?;
         // The pod's resolv.conf, unless the container mounts its own.
         if let Some(resolv) = &sandbox.resolv_conf {
             if !volumes.iter().any(|(_, at, _)| at == "/etc/resolv.conf") {
@@ -104,18 +105,19 @@ impl Cri {
                 .and_then(|s| s.run_as_user.as_ref())
                 .and_then(|v| u32::try_from(v.value).ok())
         });
-        let uid = match uid {
-            Some(u) => Some(u),
-            None => match image.user.as_deref() {
-                Some(u) => crate::oci::user::resolve(&host.join("rootfs"), u)
-                    .ok()
-                    .map(|(u, _)| u),
-                None => Some(0),
-            },
-        };
-        let from_image = uid
-            .map(|u| super::groups::image_groups(&host.join("rootfs"), u))
-            .unwrap_or_default();
+        let (rootfs, image_user) = (host.join("rootfs"), image.user.clone());
+        let from_image = crate::blocking::run("reading an image's groups", move || {
+            let uid = match uid {
+                Some(u) => Some(u),
+                None => match image_user.as_deref() {
+                    Some(u) => crate::oci::user::resolve(&rootfs, u).ok().map(|(u, _)| u),
+                    None => Some(0),
+                },
+            };
+            uid.map(|u| super::groups::image_groups(&rootfs, u))
+                .unwrap_or_default()
+        })
+        .await?;
         let requested = sc_of(&config)
             .map(|s| s.supplemental_groups.clone())
             .unwrap_or_default();
@@ -154,17 +156,22 @@ impl Cri {
                 writable: !read_only,
             });
         }
+        // A bind that fails part-way takes back the ones made before it.
         crate::blocking::run("binding an image into the pod", move || {
+            use crate::sys::mount_inject;
             use std::os::fd::AsFd;
-            crate::sys::mount_inject::bind(ns.as_fd(), &binds)
+            mount_inject::bind(ns.as_fd(), &binds).inspect_err(|_| {
+                let targets: Vec<PathBuf> = binds.iter().map(|b| b.inside.clone()).collect();
+                if let Err(e) = mount_inject::unbind(ns.as_fd(), &targets) {
+                    tracing::error!("unbinding after a failed bind: {}", crate::error::chain(&e));
+                }
+            })
         })
         .await?
         .map_err(|source| crate::error::ApiError::Mount {
-            what: "config.image.image: binding the image into the pod".into(),
+            what: "binding the container's image and volumes into the pod".into(),
             source,
         })?;
-        let log_path = (!config.log_path.is_empty() && !sandbox.config.log_directory.is_empty())
-            .then(|| PathBuf::from(&sandbox.config.log_directory).join(&config.log_path));
         let container = Arc::new(Container {
             id: id.clone(),
             sandbox_id: sandbox.id.clone(),
@@ -204,12 +211,25 @@ impl Cri {
 
     pub(super) async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), Status> {
         let c = self.state.container("container_id", id)?;
-        if c.run().state != CREATED {
+        // Claimed under the lock: a second start is refused, not raced.
+        let claimed = {
+            let mut run = c.run.lock().unwrap_or_else(|e| e.into_inner());
+            let free = run.state == CREATED && !run.starting;
+            run.starting |= free;
+            free
+        };
+        if !claimed {
             return Err(Status::failed_precondition(format!(
                 "container_id: container {} is not in the created state",
                 c.id
             )));
         }
+        let started = self.start_claimed(&c).await;
+        c.update(|run| run.starting = false);
+        started
+    }
+
+    async fn start_claimed(self: &Arc<Self>, c: &Arc<Container>) -> Result<(), Status> {
         let sandbox = self.state.sandbox("pod_sandbox_id", &c.sandbox_id)?;
         let instance = self.instance_of(&sandbox)?;
         let sc = c
@@ -332,7 +352,12 @@ impl Cri {
                 };
                 (code, reason.to_string())
             }
-            Err(e) => (255, format!("Unknown: {}", e.message())),
+            // Not known to have ended (the instance didn't say): the
+            // state stays as it is.
+            Err(e) => {
+                tracing::warn!("container {}: waiting for its exit: {}", c.id, e.message());
+                return;
+            }
         };
         c.update(|run| {
             if run.state != EXITED {
@@ -422,11 +447,44 @@ impl Cri {
         if let Some(task) = c.logger.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
+        self.unbind(&c).await?;
         self.state
             .containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&c.id);
+        Ok(())
+    }
+
+    /// Takes the container's image and volumes out of its pod's instance
+    /// (if it still runs: its mount namespace goes with it otherwise).
+    async fn unbind(&self, c: &Container) -> Result<(), Status> {
+        let Ok(sandbox) = self.state.sandbox("pod_sandbox_id", &c.sandbox_id) else {
+            return Ok(());
+        };
+        let Ok(instance) = self.instance_of(&sandbox) else {
+            return Ok(());
+        };
+        let ns = instance
+            .init
+            .pidfd()
+            .try_clone_to_owned()
+            .map_err(|e| crate::error::ApiError::io("a pidfd of the pod's auraed", e))?;
+        let targets: Vec<PathBuf> = std::iter::once(c.image_inside.clone())
+            .chain(c.mounts.iter().map(|m| PathBuf::from(&m.source)))
+            .collect();
+        crate::blocking::run("unbinding a container's image and volumes", move || {
+            use std::os::fd::AsFd;
+            crate::sys::mount_inject::unbind(ns.as_fd(), &targets)
+        })
+        .await?
+        .map_err(|source| crate::error::ApiError::Mount {
+            what: format!(
+                "removing container {}: unbinding its image and volumes",
+                c.id
+            ),
+            source,
+        })?;
         Ok(())
     }
 

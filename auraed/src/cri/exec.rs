@@ -108,8 +108,9 @@ impl Cri {
         } else {
             collect.await.map(Some)
         };
-        // The process goes, whatever happened.
-        if matches!(outcome, Ok(None)) {
+        // The process goes, whatever happened: killed unless its exit was
+        // collected.
+        if !matches!(outcome, Ok(Some(_))) {
             let _ = client_for_cleanup
                 .stop(pb::StopRequest {
                     id: started.id.clone(),

@@ -7,15 +7,22 @@ use std::path::Path;
 /// The most of `/etc/passwd` or `/etc/group` read from an image.
 const FILE_CAP: u64 = 1 << 20;
 
+/// The file, resolved inside the image's root (its symbolic links never
+/// lead out of it) and read up to [`FILE_CAP`]; empty when it is missing,
+/// not a regular file, or unreadable (logged).
 fn read(rootfs: &Path, file: &str) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    // Inside the image's root: no symbolic link out of it is followed
-    // further than the file itself, and a missing file is no groups.
-    if let Ok(f) = std::fs::File::open(rootfs.join(file)) {
-        let _ = f.take(FILE_CAP).read_to_string(&mut text);
+    let read = crate::oci::safe_path::resolve(rootfs, Path::new(file), true)
+        .ok()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        .map(|p| crate::oci::limits::read_capped("an image's user database", &p, FILE_CAP));
+    match read {
+        Some(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Some(Err(e)) => {
+            tracing::warn!("reading {file} of an image: {}", crate::error::chain(&e));
+            String::new()
+        }
+        None => String::new(),
     }
-    text
 }
 
 /// The name of `uid` in the image, if its passwd has one.

@@ -84,6 +84,15 @@ impl ImageStore {
                 std::fs::remove_file(&p).map_err(io_err("removing", &p))?;
             }
         }
+        // Layouts a pull left half-written.
+        let layouts = root.join("layouts");
+        for entry in std::fs::read_dir(&layouts).map_err(io_err("reading", &layouts))? {
+            let entry = entry.map_err(io_err("reading", &layouts))?;
+            if entry.file_name().to_string_lossy().ends_with(".partial") {
+                let p = entry.path();
+                std::fs::remove_dir_all(&p).map_err(io_err("removing", &p))?;
+            }
+        }
         let file = root.join("images.json");
         let records = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Parse {
@@ -157,7 +166,17 @@ impl ImageStore {
         manifest_size: u64,
     ) -> Result<(), StoreError> {
         let dir = self.layout(&record.manifest)?;
-        let tmp = dir.with_extension("partial");
+        // Named by the manifest's digest: one that is there is this one.
+        if dir.join("index.json").is_file() {
+            return Ok(());
+        }
+        let mut salt = [0u8; 8];
+        getrandom::getrandom(&mut salt).map_err(|e| StoreError::Io {
+            op: "naming a layout being written beside",
+            path: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let tmp = dir.with_extension(format!("{}.partial", hex::encode(salt)));
         let _ = std::fs::remove_dir_all(&tmp);
         let blobs = tmp.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).map_err(io_err("creating", &blobs))?;
@@ -180,8 +199,15 @@ impl ImageStore {
             }],
         });
         write("index.json", index.to_string())?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).map_err(io_err("renaming", &tmp))
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => Ok(()),
+            // Another pull of the same image put it there first.
+            Err(_) if dir.join("index.json").is_file() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(())
+            }
+            Err(e) => Err(io_err("renaming", &tmp)(e)),
+        }
     }
 
     /// Adds (or updates) an image: its tags move here from any other image.

@@ -174,6 +174,14 @@ impl Puller {
             if host.host != reference.registry() {
                 r.set_mirror_registry(host.host.clone());
             }
+            // The request's credentials go to the registry itself only,
+            // never to a mirror.
+            let anonymous = RegistryAuth::Anonymous;
+            let auth = if host.host == reference.registry() {
+                auth
+            } else {
+                &anonymous
+            };
             match self.pull_from(&client, &r, &host.host, auth).await {
                 Ok(record) => return Ok(record),
                 Err(e @ (PullError::Store(_) | PullError::Io { .. } | PullError::Task(_))) => {
@@ -247,6 +255,9 @@ impl Puller {
                     .pull_manifest_raw(&by_digest, auth, ACCEPTED)
                     .await
                     .map_err(registry("fetching the platform's manifest"))?;
+                if inner.len() > DOCUMENT_LIMIT {
+                    return Err(verify(format!("a manifest of {} bytes", inner.len())));
+                }
                 digest = sha256_of(&inner);
                 if digest != entry.digest().to_string() {
                     return Err(verify(format!(
@@ -272,6 +283,12 @@ impl Puller {
         let mut total = 0u64;
         let mut blobs = vec![digest.clone()];
         let config_desc = manifest.config();
+        if config_desc.size() > DOCUMENT_LIMIT as u64 {
+            return Err(verify(format!(
+                "a config of {} bytes (at most {DOCUMENT_LIMIT})",
+                config_desc.size()
+            )));
+        }
         for desc in std::iter::once(config_desc).chain(manifest.layers().iter()) {
             let d = desc.digest().to_string();
             sha256_hex(&d).map_err(|_| verify(format!("{d:?} is not a sha256 digest")))?;
@@ -335,8 +352,8 @@ impl Puller {
         if path.exists() {
             return Ok(());
         }
-        let tmp = path.with_extension(format!("{}.partial", std::process::id()));
-        let file = tokio::fs::File::create(&tmp)
+        let tmp = partial_name(&path)?;
+        let file = tokio::fs::File::create_new(&tmp)
             .await
             .map_err(|source| PullError::Io {
                 what: format!("creating {}", tmp.display()),
@@ -395,8 +412,19 @@ fn sha256_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
+/// A name of its own beside `path` for a blob being written: two pulls of
+/// one blob never share one.
+fn partial_name(path: &std::path::Path) -> Result<std::path::PathBuf, PullError> {
+    let mut salt = [0u8; 8];
+    getrandom::getrandom(&mut salt).map_err(|e| PullError::Io {
+        what: "a random name for a blob being written".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(path.with_extension(format!("{}.partial", hex::encode(salt))))
+}
+
 async fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<(), PullError> {
-    let tmp = path.with_extension(format!("{}.partial", std::process::id()));
+    let tmp = partial_name(path)?;
     let io = |what: &str, p: &std::path::Path| {
         let what = format!("{what} {}", p.display());
         move |source| PullError::Io { what, source }

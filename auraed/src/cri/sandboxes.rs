@@ -169,6 +169,12 @@ impl Cri {
             if p.host_port == 0 {
                 continue;
             }
+            if !matches!(p.host_ip.as_str(), "" | "0.0.0.0" | "::") {
+                return Err(Status::unimplemented(format!(
+                    "config.port_mappings[{i}].host_ip: a host port on one address is not built \
+                     yet (host ports listen on every address)"
+                )));
+            }
             let host_port = u16::try_from(p.host_port).map_err(|_| {
                 Status::invalid_argument(format!(
                     "config.port_mappings[{i}].host_port: {} is not a port",

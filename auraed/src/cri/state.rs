@@ -59,6 +59,8 @@ pub struct Run {
     pub message: String,
     /// Its first process in the instance, once started.
     pub executable_id: String,
+    /// A StartContainer is under way (a second one is refused).
+    pub starting: bool,
 }
 
 pub struct Container {

@@ -56,6 +56,12 @@ pub enum InjectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("umount2 of {path} in the cell")]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("mount_setattr (read-only, nosuid, nodev) of the copy of {path}")]
     ReadOnly {
         path: PathBuf,
@@ -210,6 +216,40 @@ pub fn bind(ns: BorrowedFd<'_>, binds: &[Inject]) -> Result<(), InjectError> {
             setns(&ns, CloneFlags::CLONE_NEWNS).map_err(InjectError::Setns)?;
             for (tree, inside, file) in &trees {
                 attach(tree, inside, *file)?;
+            }
+            Ok(())
+        })
+        .map_err(InjectError::Thread)?;
+    thread.join().map_err(|_| InjectError::Panicked)?
+}
+
+/// Undoes [`bind`]: detaches each of `targets` in the mount namespace of
+/// the process `ns` and removes its mount point. A target that isn't
+/// mounted (a bind that never happened) is only removed.
+pub fn unbind(ns: BorrowedFd<'_>, targets: &[PathBuf]) -> Result<(), InjectError> {
+    let targets = targets.to_vec();
+    let ns = ns.try_clone_to_owned().map_err(InjectError::Thread)?;
+    let thread = std::thread::Builder::new()
+        .name("mount-unbind".into())
+        .spawn(move || {
+            unshare(CloneFlags::CLONE_FS).map_err(InjectError::Unshare)?;
+            setns(&ns, CloneFlags::CLONE_NEWNS).map_err(InjectError::Setns)?;
+            for t in &targets {
+                match nix::mount::umount2(t.as_path(), nix::mount::MntFlags::MNT_DETACH) {
+                    Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+                    Err(source) => {
+                        return Err(InjectError::Unmount {
+                            path: t.clone(),
+                            source,
+                        })
+                    }
+                }
+                let removed = std::fs::remove_dir(t).or_else(|_| std::fs::remove_file(t));
+                if let Err(e) = removed {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!("removing the mount point {}: {e}", t.display());
+                    }
+                }
             }
             Ok(())
         })
