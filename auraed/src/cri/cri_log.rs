@@ -105,7 +105,9 @@ pub fn follow(
             }
         }
         if let Some(mut f) = file {
-            let _ = f.flush().await;
+            if let Err(e) = f.flush().await {
+                tracing::warn!("flushing the log of {executable_id}: {e}");
+            }
         }
     };
     (tx, task)

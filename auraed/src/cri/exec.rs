@@ -111,13 +111,16 @@ impl Cri {
         // The process goes, whatever happened: killed unless its exit was
         // collected.
         if !matches!(outcome, Ok(Some(_))) {
-            let _ = client_for_cleanup
+            if let Err(e) = client_for_cleanup
                 .stop(pb::StopRequest {
                     id: started.id.clone(),
                     signal: libc::SIGKILL,
                     grace_period_ms: Some(0),
                 })
-                .await;
+                .await
+            {
+                tracing::warn!("exec in {}: killing {}: {}", c.id, started.id, e.message());
+            }
         }
         if let Err(e) = client_for_cleanup
             .free(pb::FreeRequest {

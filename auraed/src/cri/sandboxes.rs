@@ -49,6 +49,16 @@ fn refuse_node_namespaces(config: &cri::PodSandboxConfig) -> Result<(), Status> 
     Ok(())
 }
 
+/// Removes a sandbox's files after a failed start; what can't be removed
+/// is logged (a later RemovePodSandbox of it does not exist).
+fn remove_files(dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!("removing {} after a failed start: {e}", dir.display()),
+    }
+}
+
 /// A value the kernel refuses (EINVAL) or a name that isn't a pod's is the
 /// request's fault; anything else is this host's.
 fn sysctl_status(e: crate::sys::ns_sysctl::SysctlError) -> Status {
@@ -192,7 +202,7 @@ impl Cri {
                 let written =
                     std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
                 if let Err(e) = written {
-                    let _ = std::fs::remove_dir_all(&dir);
+                    remove_files(&dir);
                     return Err(Status::internal(format!("writing {}: {e}", path.display())));
                 }
                 Some(path)
@@ -202,7 +212,7 @@ impl Cri {
         let instance = match self.runtime.spawn(spec).await {
             Ok(i) => i,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                remove_files(&dir);
                 return Err(e.into());
             }
         };
@@ -228,7 +238,7 @@ impl Cri {
             if let Err(undo) = self.runtime.free(&instance.name).await {
                 tracing::error!("sandbox {id}: freeing its instance: {undo}");
             }
-            let _ = std::fs::remove_dir_all(&dir);
+            remove_files(&dir);
             return Err(e);
         }
         let forwards = listeners
@@ -243,7 +253,7 @@ impl Cri {
                 if let Err(undo) = self.runtime.free(&instance.name).await {
                     tracing::error!("sandbox {id}: freeing its instance: {undo}");
                 }
-                let _ = std::fs::remove_dir_all(&dir);
+                remove_files(&dir);
                 return Err(e.into());
             }
         };
