@@ -14,6 +14,14 @@ pub mod pods;
 
 pub use daemon::{Daemon, DaemonOptions};
 
+/// Asserts that a request was refused with `code`, its message saying
+/// `says`.
+#[track_caller]
+pub fn assert_refused(err: &tonic::Status, code: tonic::Code, says: &str) {
+    assert_eq!(err.code(), code, "{}", err.message());
+    assert!(err.message().contains(says), "{}", err.message());
+}
+
 /// Whether the current process runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

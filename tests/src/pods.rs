@@ -90,3 +90,21 @@ pub const SERVER: &str = "mkdir -p /tmp/www && echo pod-says-hi > /tmp/www/index
 pub const CLIENT: &str = "for i in $(seq 1 100); do \
                       /bin/busybox wget -q -O- http://127.0.0.1:8080/ && exit 0; sleep 0.1; \
                       done; exit 1";
+
+/// Waits for the pod's `web/client` container and checks that it fetched
+/// the server's page over the pod's localhost.
+pub async fn client_got_the_page(
+    c: &mut aurae_proto::runtime::runtime_client::RuntimeClient<tonic::transport::Channel>,
+) {
+    let waited = c
+        .wait(pb::WaitRequest {
+            id: "web/client".into(),
+            timeout_ms: Some(20_000),
+        })
+        .await
+        .expect("wait web/client")
+        .into_inner();
+    assert_eq!(waited.exit_code, Some(0), "{waited:?}");
+    let text = crate::logs::text(c, "web/client").await;
+    assert!(text.contains(PAGE), "client logs: {text}");
+}

@@ -188,17 +188,7 @@ async fn each_instance_reads_its_own_record_and_no_other() {
         .own(md::OwnRequest {})
         .await
         .expect_err("not an instance");
-    assert_eq!(
-        err.code(),
-        tonic::Code::PermissionDenied,
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message().contains("is not an instance"),
-        "{}",
-        err.message()
-    );
+    aurae_tests::assert_refused(&err, tonic::Code::PermissionDenied, "is not an instance");
 
     // Freed, a's record is gone.
     c.free(pb::FreeRequest { id: "a".into() })

@@ -12,7 +12,7 @@ use aurae_proto::metadata as md;
 use aurae_proto::metadata::metadata_client::MetadataClient;
 use aurae_proto::runtime as pb;
 use aurae_tests::instances::veths;
-use aurae_tests::pods::{busybox_image, container, pod, CLIENT, PAGE, SERVER};
+use aurae_tests::pods::{busybox_image, container, pod, CLIENT, SERVER};
 use aurae_tests::{require_image, require_root, Daemon, DaemonOptions};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -83,17 +83,7 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
     );
     // The containers ran from the parent's unpacked image and share the
     // instance's localhost.
-    let waited = c
-        .wait(pb::WaitRequest {
-            id: "web/client".into(),
-            timeout_ms: Some(20_000),
-        })
-        .await
-        .expect("wait web/client")
-        .into_inner();
-    assert_eq!(waited.exit_code, Some(0), "{waited:?}");
-    let text = aurae_tests::logs::text(&mut c, "web/client").await;
-    assert!(text.contains(PAGE), "client logs: {text}");
+    aurae_tests::pods::client_got_the_page(&mut c).await;
 
     // Its record, as it reads it from its parent with its client
     // certificate: the pod's, not the provisional one.
@@ -139,13 +129,7 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
         .assume(assume("evil"))
         .await
         .expect_err("only the parent");
-    assert_eq!(
-        err.code(),
-        tonic::Code::PermissionDenied,
-        "{}",
-        err.message()
-    );
-    assert!(err.message().contains("parent"), "{}", err.message());
+    aurae_tests::assert_refused(&err, tonic::Code::PermissionDenied, "parent");
     // Routed through the parent, it would carry the parent's identity: not
     // routed.
     let route = aer::client::InstanceRoute::new(Some("web")).expect("route");
@@ -153,13 +137,7 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
         .assume(assume("evil"))
         .await
         .expect_err("not routed");
-    assert_eq!(
-        err.code(),
-        tonic::Code::PermissionDenied,
-        "{}",
-        err.message()
-    );
-    assert!(err.message().contains("not routed"), "{}", err.message());
+    aurae_tests::assert_refused(&err, tonic::Code::PermissionDenied, "not routed");
 
     // With the parent's own SVID, straight to the instance: a claimed
     // instance takes no second identity, and one that was not started
@@ -189,13 +167,7 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
         .assume(assume("web"))
         .await
         .expect_err("a second identity");
-    assert_eq!(
-        err.code(),
-        tonic::Code::FailedPrecondition,
-        "{}",
-        err.message()
-    );
-    assert!(err.message().contains("already"), "{}", err.message());
+    aurae_tests::assert_refused(&err, tonic::Code::FailedPrecondition, "already");
     let plain = c
         .spawn(pb::SpawnRequest {
             name: "plain".into(),
@@ -214,17 +186,7 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
         .assume(assume("plain"))
         .await
         .expect_err("not started ahead");
-    assert_eq!(
-        err.code(),
-        tonic::Code::FailedPrecondition,
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message().contains("not started ahead"),
-        "{}",
-        err.message()
-    );
+    aurae_tests::assert_refused(&err, tonic::Code::FailedPrecondition, "not started ahead");
 
     // The pool is refilled; the next pod takes the new one and is itself.
     pre_started(&d, 2).await;

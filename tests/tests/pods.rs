@@ -41,17 +41,7 @@ async fn two_containers_share_localhost_and_a_host_port_reaches_the_pod() {
     let address = status.instance.expect("instance").address;
 
     // The client reached the server over the pod's localhost.
-    let waited = c
-        .wait(pb::WaitRequest {
-            id: "web/client".into(),
-            timeout_ms: Some(20_000),
-        })
-        .await
-        .expect("wait web/client")
-        .into_inner();
-    assert_eq!(waited.exit_code, Some(0), "{waited:?}");
-    let text = aurae_tests::logs::text(&mut c, "web/client").await;
-    assert!(text.contains(PAGE), "client logs: {text}");
+    aurae_tests::pods::client_got_the_page(&mut c).await;
 
     // The host reaches the pod: through the relay, over IPv4 and IPv6, and
     // at the instance's own address.

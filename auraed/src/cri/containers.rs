@@ -129,11 +129,7 @@ impl Cri {
         let id = new_id().map_err(|e| Status::internal(format!("a container id: {e}")))?;
         let cell = format!("c-{}", &id[..12]);
         let inside = PathBuf::from(crate::pods::IMAGES).join(&cell);
-        let ns = instance
-            .init
-            .pidfd()
-            .try_clone_to_owned()
-            .map_err(|e| crate::error::ApiError::io("a pidfd of the pod's auraed", e))?;
+        let ns = instance.pidfd()?;
         // The image, read-only, and each volume (writable unless asked
         // otherwise) under the container's folder in the instance.
         use crate::sys::mount_inject::Inject;
@@ -465,11 +461,7 @@ impl Cri {
         let Ok(instance) = self.instance_of(&sandbox) else {
             return Ok(());
         };
-        let ns = instance
-            .init
-            .pidfd()
-            .try_clone_to_owned()
-            .map_err(|e| crate::error::ApiError::io("a pidfd of the pod's auraed", e))?;
+        let ns = instance.pidfd()?;
         let targets: Vec<PathBuf> = std::iter::once(c.image_inside.clone())
             .chain(c.mounts.iter().map(|m| PathBuf::from(&m.source)))
             .collect();

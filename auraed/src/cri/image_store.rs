@@ -65,6 +65,19 @@ pub fn sha256_hex(digest: &str) -> Result<&str, StoreError> {
         .ok_or_else(|| StoreError::Digest(digest.to_string()))
 }
 
+/// A name of its own beside `path` for something being written there: two
+/// pulls writing the same blob or layout never share one. Removed at open
+/// if left behind.
+pub fn partial_name(path: &Path) -> Result<PathBuf, StoreError> {
+    let mut salt = [0u8; 8];
+    getrandom::getrandom(&mut salt).map_err(|e| StoreError::Io {
+        op: "naming a file being written beside",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(path.with_extension(format!("{}.partial", hex::encode(salt))))
+}
+
 pub struct ImageStore {
     root: PathBuf,
     records: Mutex<Vec<ImageRecord>>,
@@ -170,14 +183,7 @@ impl ImageStore {
         if dir.join("index.json").is_file() {
             return Ok(());
         }
-        let mut salt = [0u8; 8];
-        getrandom::getrandom(&mut salt).map_err(|e| StoreError::Io {
-            op: "naming a layout being written beside",
-            path: dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let tmp = dir.with_extension(format!("{}.partial", hex::encode(salt)));
-        let _ = std::fs::remove_dir_all(&tmp);
+        let tmp = partial_name(&dir)?;
         let blobs = tmp.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).map_err(io_err("creating", &blobs))?;
         for digest in &record.blobs {

@@ -352,7 +352,7 @@ impl Puller {
         if path.exists() {
             return Ok(());
         }
-        let tmp = partial_name(&path)?;
+        let tmp = super::image_store::partial_name(&path)?;
         let file = tokio::fs::File::create_new(&tmp)
             .await
             .map_err(|source| PullError::Io {
@@ -412,19 +412,8 @@ fn sha256_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
-/// A name of its own beside `path` for a blob being written: two pulls of
-/// one blob never share one.
-fn partial_name(path: &std::path::Path) -> Result<std::path::PathBuf, PullError> {
-    let mut salt = [0u8; 8];
-    getrandom::getrandom(&mut salt).map_err(|e| PullError::Io {
-        what: "a random name for a blob being written".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    Ok(path.with_extension(format!("{}.partial", hex::encode(salt))))
-}
-
 async fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<(), PullError> {
-    let tmp = partial_name(path)?;
+    let tmp = super::image_store::partial_name(path)?;
     let io = |what: &str, p: &std::path::Path| {
         let what = format!("{what} {}", p.display());
         move |source| PullError::Io { what, source }

@@ -220,8 +220,7 @@ impl Cri {
         let applied = if sysctls.is_empty() {
             Ok(())
         } else {
-            let pidfd = instance.init.pidfd().try_clone_to_owned();
-            match pidfd {
+            match instance.pidfd() {
                 Ok(fd) => crate::blocking::run("setting the pod's sysctls", move || {
                     use std::os::fd::AsFd;
                     crate::sys::ns_sysctl::write_in(fd.as_fd(), &sysctls)
@@ -229,9 +228,7 @@ impl Cri {
                 .await
                 .map_err(Status::from)
                 .and_then(|r| r.map_err(sysctl_status)),
-                Err(e) => Err(Status::internal(format!(
-                    "a pidfd of the pod's auraed: {e}"
-                ))),
+                Err(e) => Err(e.into()),
             }
         };
         if let Err(e) = applied {

@@ -169,6 +169,15 @@ impl Instance {
         self.channel.clone()
     }
 
+    /// A pidfd of the instance's auraed (or VMM), to join its namespaces
+    /// from another thread.
+    pub fn pidfd(&self) -> Result<std::os::fd::OwnedFd, ApiError> {
+        self.init
+            .pidfd()
+            .try_clone_to_owned()
+            .map_err(|e| ApiError::io("a pidfd of the instance's auraed", e))
+    }
+
     /// Where the instance's own `/sys/fs/cgroup` is on this host: the root
     /// of its cell's cgroup namespace (its leaf).
     pub fn cgroup_ns_root(&self) -> PathBuf {

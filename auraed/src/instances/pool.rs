@@ -93,11 +93,7 @@ async fn bind_images(spec: &InstanceSpec, slot: &Instance) -> Result<(), ApiErro
         .iter()
         .map(|s| (s.host.clone(), s.inside.clone()))
         .collect();
-    let ns = slot
-        .init
-        .pidfd()
-        .try_clone_to_owned()
-        .map_err(|e| ApiError::io("a pidfd of the instance's auraed", e))?;
+    let ns = slot.pidfd()?;
     crate::blocking::run("binding images into the instance", move || {
         crate::sys::mount_inject::bind_read_only(ns.as_fd(), &binds)
     })
