@@ -188,5 +188,14 @@ mod tests {
             .map(|l| l.data.len())
             .collect();
         assert_eq!(lines, vec![1, 2, MAX_LINE, 3]);
+        // A line cut at the maximum, and the tail without a newline, are
+        // partial.
+        let partial: Vec<bool> = buf
+            .subscribe(false)
+            .history
+            .iter()
+            .map(|l| l.partial)
+            .collect();
+        assert_eq!(partial, vec![false, false, true, true]);
     }
 }

@@ -134,5 +134,17 @@ mod tests {
             String::from_utf8(line).unwrap(),
             "2023-11-14T22:13:20.123456789Z stderr F hello world\n"
         );
+        // A line without its newline is tagged P.
+        let cut = format_line(&pb::LogEntry {
+            partial: true,
+            line: b"no newline".to_vec(),
+            ..Default::default()
+        });
+        assert!(
+            String::from_utf8(cut)
+                .unwrap()
+                .ends_with(" stdout P no newline\n"),
+            "a partial line is tagged P"
+        );
     }
 }

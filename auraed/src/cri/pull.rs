@@ -174,14 +174,8 @@ impl Puller {
             if host.host != reference.registry() {
                 r.set_mirror_registry(host.host.clone());
             }
-            // The request's credentials go to the registry itself only,
-            // never to a mirror.
             let anonymous = RegistryAuth::Anonymous;
-            let auth = if host.host == reference.registry() {
-                auth
-            } else {
-                &anonymous
-            };
+            let auth = credentials_for(&host.host, reference.registry(), auth, &anonymous);
             match self.pull_from(&client, &r, &host.host, auth).await {
                 Ok(record) => return Ok(record),
                 Err(e @ (PullError::Store(_) | PullError::Io { .. } | PullError::Task(_))) => {
@@ -394,6 +388,21 @@ impl Puller {
     }
 }
 
+/// The credentials sent to `host`: the request's to the registry itself
+/// only, never to a mirror.
+fn credentials_for<'a>(
+    host: &str,
+    registry: &str,
+    auth: &'a RegistryAuth,
+    anonymous: &'a RegistryAuth,
+) -> &'a RegistryAuth {
+    if host == registry {
+        auth
+    } else {
+        anonymous
+    }
+}
+
 fn looks_like_index(bytes: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Kind {
@@ -468,6 +477,16 @@ impl AsyncWrite for Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_to_the_registry_and_never_to_a_mirror() {
+        let auth = RegistryAuth::Basic("u".into(), "p".into());
+        let anon = RegistryAuth::Anonymous;
+        let sent = credentials_for("registry.k8s.io", "registry.k8s.io", &auth, &anon);
+        assert!(matches!(sent, RegistryAuth::Basic(..)));
+        let sent = credentials_for("127.0.0.1:5000", "registry.k8s.io", &auth, &anon);
+        assert!(matches!(sent, RegistryAuth::Anonymous));
+    }
 
     #[test]
     fn references_are_normalized_as_the_store_names_them() {
