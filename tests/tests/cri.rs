@@ -209,7 +209,25 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
     crictl.ok(&["stop", "--timeout", "2", &id]);
     let status = crictl.ok(&["inspect", "-o", "json", &id]);
     assert!(status.contains("CONTAINER_EXITED"), "{status}");
+    // The container's image and volume are bound into its pod's instance
+    // while it exists, and taken out when it is removed.
+    let instance = client
+        .status(aurae_proto::runtime::StatusRequest {
+            id: format!("cri-{}", &pod_id[..12]),
+        })
+        .await
+        .expect("the pod's instance")
+        .into_inner();
+    let binds = || {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", instance.pid))
+            .expect("the instance's mounts")
+            .lines()
+            .filter(|l| l.contains("/etc/aurae/volumes/") || l.contains("/etc/aurae/pods/c-"))
+            .count()
+    };
+    assert_eq!(binds(), 3, "the image, the volume and the pod's resolv.conf");
     crictl.ok(&["rm", &id]);
+    assert_eq!(binds(), 0, "unbound with the container");
     crictl.ok(&["stopp", &pod_id]);
     crictl.ok(&["rmp", &pod_id]);
     assert_eq!(crictl.ok(&["pods", "-q"]), "");
