@@ -225,7 +225,11 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
             .filter(|l| l.contains("/etc/aurae/volumes/") || l.contains("/etc/aurae/pods/c-"))
             .count()
     };
-    assert_eq!(binds(), 3, "the image, the volume and the pod's resolv.conf");
+    assert_eq!(
+        binds(),
+        3,
+        "the image, the volume and the pod's resolv.conf"
+    );
     crictl.ok(&["rm", &id]);
     assert_eq!(binds(), 0, "unbound with the container");
     crictl.ok(&["stopp", &pod_id]);
