@@ -122,7 +122,7 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
         }),
     );
     // A volume: a host folder reached through a symbolic link, written from
-    // the container.
+    // the container before it logs (so the log line orders the check).
     let data = work.path().join("data");
     std::fs::create_dir(&data).expect("data");
     std::fs::write(data.join("in.txt"), "from-the-host").expect("in.txt");
@@ -135,7 +135,7 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
             "metadata": {"name": "main"},
             "image": {"image": IMAGE},
             "command": ["/bin/busybox", "sh", "-c",
-                "echo hello-cri; echo to-stderr >&2; cat /data/in.txt > /data/out.txt; exec sleep 60"],
+                "cat /data/in.txt > /data/out.txt; echo hello-cri; echo to-stderr >&2; exec sleep 60"],
             "mounts": [{"container_path": "/data", "host_path": link.display().to_string()}],
             "log_path": "main.log",
             "linux": {"security_context": {"supplemental_groups": [4242]}},
