@@ -3,6 +3,7 @@
 //! connection.
 
 pub mod client;
+pub mod confine_args;
 pub mod meta_args;
 pub mod output;
 pub mod pod_args;

@@ -191,6 +191,8 @@ struct CellRunArgs {
     #[arg(long, value_delimiter = ',')]
     share: Vec<String>,
     #[command(flatten)]
+    confine: aer::confine_args::ConfineArgs,
+    #[command(flatten)]
     process: ProcessArgs,
 }
 
@@ -457,17 +459,16 @@ async fn main() {
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
                     executable: has_command.then(|| executable(&a.process)),
-                    executable_name: String::new(),
-                    hostname: String::new(),
-                    cap_add: Vec::new(),
-                    cap_drop: Vec::new(),
-                    no_new_privs: false,
-                    mounts: Vec::new(),
                     privileged: a.privileged,
                     writable_paths: a.writable_paths.clone(),
                     devices: a.devices.clone(),
                     delegate_cgroup: a.delegate_cgroup,
                     net_sysctls: a.net_sysctls,
+                    seccomp: a.confine.seccomp().unwrap_or_else(|e| fail(e)),
+                    read_only_root: a.confine.read_only_root,
+                    masked_paths: a.confine.masked_paths.clone(),
+                    readonly_paths: a.confine.readonly_paths.clone(),
+                    ..Default::default()
                 })
                 .await
                 .or_exit();

@@ -207,7 +207,15 @@ impl Executable {
                 },
                 no_new_privs: jail.is_some()
                     || cell_for_spawn.as_ref().is_some_and(|c| c.no_new_privs),
-                seccomp: jail.unwrap_or_default(),
+                seccomp: jail
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(
+                        cell_for_spawn
+                            .iter()
+                            .flat_map(|c| c.seccomp.iter().cloned()),
+                    )
+                    .collect(),
             })
         })
         .await?

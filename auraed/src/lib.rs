@@ -25,6 +25,7 @@ pub mod pods;
 pub mod registry;
 pub mod route;
 pub mod runtime;
+pub mod seccomp;
 pub mod server;
 pub mod service;
 pub mod svid_swap;

@@ -67,6 +67,72 @@ async fn contradictory_security_options_are_refused_without_leftovers() {
             },
         ),
         (
+            "a seccomp profile that isn't JSON",
+            "seccomp.json",
+            pb::RunCellRequest {
+                seccomp: Some(pb::SeccompProfile {
+                    kind: pb::seccomp_profile::Kind::Custom as i32,
+                    json: "{not json".into(),
+                }),
+                ..cell("bad")
+            },
+        ),
+        (
+            "a seccomp profile with an unknown action",
+            "seccomp.json",
+            pb::RunCellRequest {
+                seccomp: Some(pb::SeccompProfile {
+                    kind: pb::seccomp_profile::Kind::Custom as i32,
+                    json: r#"{"defaultAction":"SCMP_ACT_MAYBE"}"#.into(),
+                }),
+                ..cell("bad")
+            },
+        ),
+        (
+            "a seccomp profile text with the runtime's default",
+            "seccomp.json",
+            pb::RunCellRequest {
+                seccomp: Some(pb::SeccompProfile {
+                    kind: pb::seccomp_profile::Kind::RuntimeDefault as i32,
+                    json: "{}".into(),
+                }),
+                ..cell("bad")
+            },
+        ),
+        (
+            "a read-only root without an image",
+            "read_only_root",
+            pb::RunCellRequest {
+                read_only_root: true,
+                ..cell("bad")
+            },
+        ),
+        (
+            "a relative masked path",
+            "masked_paths[0]",
+            pb::RunCellRequest {
+                masked_paths: vec!["etc/passwd".into()],
+                ..cell("bad")
+            },
+        ),
+        (
+            "a read-only path that climbs",
+            "readonly_paths[0]",
+            pb::RunCellRequest {
+                readonly_paths: vec!["/tmp/../..".into()],
+                ..cell("bad")
+            },
+        ),
+        (
+            "masked paths in the host's mount namespace",
+            "masked_paths",
+            pb::RunCellRequest {
+                masked_paths: vec!["/etc".into()],
+                share_host: share(|s| s.mount = true),
+                ..cell("bad")
+            },
+        ),
+        (
             "jailed and privileged",
             "privileged",
             pb::RunCellRequest {

@@ -1,5 +1,6 @@
 //! A cell's own hostname, capabilities changed from the default set,
-//! no_new_privs, and mounts, as its processes see them.
+//! no_new_privs, mounts, seccomp profiles, a read-only root and masked and
+//! read-only paths, as its processes see them.
 
 use aurae_proto::runtime as pb;
 use aurae_tests::{require_root, sh, Daemon};
@@ -190,4 +191,87 @@ async fn mounts_reach_an_image_cell_writable_or_read_only() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().starts_with(field), "{}", e.message());
     }
+}
+
+#[tokio::test]
+async fn seccomp_a_read_only_root_and_masks_confine_an_image_cell() {
+    require_root!();
+    let d = Daemon::start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let image = aurae_tests::pods::busybox_image(work.path());
+    let c = d.client().await;
+    let image = image.display().to_string();
+    let run = |name: &str, req: pb::RunCellRequest, script: &str| {
+        let (mut c, name) = (c.clone(), name.to_string());
+        let req = pb::RunCellRequest {
+            name: name.clone(),
+            image: image.clone(),
+            executable: Some(sh(script)),
+            executable_name: format!("{name}-main"),
+            ..req
+        };
+        async move {
+            c.run_cell(req).await.expect("run_cell");
+            aurae_tests::exit_and_output(&mut c, &format!("{name}-main"), 30000).await
+        }
+    };
+    // A custom profile: mkdir fails with the errno it names (EACCES, 13),
+    // everything else runs; the runtime's default refuses unshare to a
+    // process without CAP_SYS_ADMIN.
+    let custom = pb::SeccompProfile {
+        kind: pb::seccomp_profile::Kind::Custom as i32,
+        json: r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#
+            .into(),
+    };
+    let (st, out) = run(
+        "sc-custom",
+        pb::RunCellRequest {
+            seccomp: Some(custom),
+            ..Default::default()
+        },
+        "mkdir /tmp/d 2>&1; echo after",
+    )
+    .await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert!(
+        out.contains("Permission denied") && out.contains("after"),
+        "{out}"
+    );
+    let default = pb::SeccompProfile {
+        kind: pb::seccomp_profile::Kind::RuntimeDefault as i32,
+        json: String::new(),
+    };
+    let (st, out) = run(
+        "sc-default",
+        pb::RunCellRequest {
+            seccomp: Some(default),
+            ..Default::default()
+        },
+        "unshare -U true 2>&1 || echo refused; mkdir /tmp/d && echo made",
+    )
+    .await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert!(out.contains("refused") && out.contains("made"), "{out}");
+
+    // A read-only root keeps /tmp writable; a masked file reads empty, a
+    // masked folder is empty, a read-only path refuses writes.
+    let (st, out) = run(
+        "ro",
+        pb::RunCellRequest {
+            read_only_root: true,
+            masked_paths: vec!["/etc/passwd".into(), "/home".into(), "/no/such".into()],
+            readonly_paths: vec!["/tmp".into()],
+            ..Default::default()
+        },
+        "touch /x 2>/dev/null || echo root-ro; touch /tmp/y 2>/dev/null || echo tmp-ro; \
+         echo \"passwd[$(cat /etc/passwd)]\"; echo \"home[$(ls -A /home)]\"",
+    )
+    .await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["root-ro", "tmp-ro", "passwd[]", "home[]"],
+        "{out}"
+    );
 }

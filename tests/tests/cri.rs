@@ -357,6 +357,36 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     );
     let e = crictl.refused(&["create", "--no-pull", &pod_id, &escaping, &pod]);
     assert!(e.contains("config.log_path"), "{e}");
+    // Seccomp profiles: a missing file, one that isn't a profile, one
+    // that isn't JSON.
+    std::fs::write(work.path().join("not-json.json"), "{oops").expect("not-json");
+    std::fs::write(
+        work.path().join("bad-action.json"),
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_WHAT"}]}"#,
+    )
+    .expect("bad-action");
+    for (file, says) in [
+        ("/no/such/profile.json", "No such file"),
+        ("not-json.json", "not a seccomp profile"),
+        ("bad-action.json", "syscalls[0].action"),
+    ] {
+        let path = work.path().join(file);
+        let config = write_json(
+            work.path(),
+            "seccomp.json",
+            serde_json::json!({
+                "metadata": {"name": "s"},
+                "image": {"image": "registry.k8s.io/e2e-test-images/absent:1"},
+                "linux": {"security_context": {"seccomp": {
+                    "profile_type": 2, "localhost_ref": path.display().to_string()}}},
+            }),
+        );
+        let e = crictl.refused(&["create", "--no-pull", &pod_id, &config, &pod]);
+        assert!(
+            e.contains("config.linux.security_context.seccomp.localhost_ref") && e.contains(says),
+            "{file}: {e}"
+        );
+    }
     let e = crictl.refused(&["inspect", "0123456789ab"]);
     assert!(e.contains("container_id"), "{e}");
     let e = crictl.refused(&["inspectp", "0123456789ab"]);

@@ -7,7 +7,8 @@
 //! The specs in `tests/cri/passing.txt` must pass: a ratchet, which a spec
 //! joins once what it needs is built. The tier prints how many of the
 //! suite's specs that is. `AURAE_CRITEST_ALL=1` runs every spec instead
-//! (slow: a spec of something not built waits out its timeouts).
+//! (slow: a spec of something not built waits out its timeouts);
+//! `AURAE_CRITEST_FOCUS=<regex>` runs the specs it matches.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -107,7 +108,9 @@ pub fn run() -> anyhow::Result<Outcome> {
     ])
     .args(["--ginkgo.no-color", "--ginkgo.succinct"])
     .arg(format!("--ginkgo.json-report={}", report.display()));
-    if !all {
+    if let Some(focus) = std::env::var_os("AURAE_CRITEST_FOCUS") {
+        cmd.arg(format!("--ginkgo.focus={}", focus.to_string_lossy()));
+    } else if !all {
         let focus: Vec<String> = specs.iter().map(|s| escaped(s)).collect();
         cmd.arg(format!("--ginkgo.focus={}", focus.join("|")));
     }

@@ -84,6 +84,12 @@ fn parse_one(name: &str) -> Result<Option<u64>, ()> {
         .ok_or(())
 }
 
+/// One capability's mask (`CAP_SYS_ADMIN`, `sys_admin`); `None` for a
+/// name that isn't one (`ALL` included).
+pub fn mask_of(name: &str) -> Option<u64> {
+    parse_one(name).ok().flatten()
+}
+
 /// The request's `cap_add` and `cap_drop`, each name checked; a jailed cell
 /// keeps its own minimal set, and may not add to it.
 pub fn parse(add: &[String], drop: &[String], jailed: bool) -> Result<CapChange, ApiError> {
@@ -118,7 +124,7 @@ pub fn parse(add: &[String], drop: &[String], jailed: bool) -> Result<CapChange,
 }
 
 /// What auraed itself may give: its permitted set.
-fn own_permitted() -> u64 {
+pub fn own_permitted() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -70,7 +70,10 @@ impl Plan {
         })
     }
 
-    fn remount_read_only(target: &Path, flags: libc::c_ulong) -> Result<InitOp, PlanError> {
+    pub(super) fn remount_read_only(
+        target: &Path,
+        flags: libc::c_ulong,
+    ) -> Result<InitOp, PlanError> {
         Ok(InitOp::Mount {
             source: None,
             target: cpath(target)?,
@@ -98,6 +101,54 @@ impl Plan {
     fn mask_file(&mut self, target: &Path) -> Result<(), PlanError> {
         let op = self.bind(Path::new("/dev/null"), target, false)?;
         self.tolerate(op, libc::ENOENT, format!("masking {}", target.display()));
+        Ok(())
+    }
+
+    /// The request's masked and read-only paths, in the cell's own view
+    /// (after the pivot, so an image's symbolic links lead inside it). A
+    /// masked file gets /dev/null bound on it, a masked folder an empty
+    /// read-only tmpfs (each mount fails with ENOTDIR on the other kind);
+    /// a read-only path is bound on itself and made read-only with what is
+    /// under it. Paths the cell does not have are left alone.
+    pub(super) fn request_masks(
+        &mut self,
+        masked: &[PathBuf],
+        readonly: &[PathBuf],
+    ) -> Result<(), PlanError> {
+        let tolerant = |op: InitOp, also: libc::c_int| {
+            InitOp::Tolerate(Box::new(InitOp::Tolerate(Box::new(op), libc::ENOENT)), also)
+        };
+        for p in masked {
+            let file = self.bind(Path::new("/dev/null"), p, false)?;
+            self.push(
+                tolerant(file, libc::ENOTDIR),
+                format!("masking {} (a file)", p.display()),
+            );
+            let dir = InitOp::Mount {
+                source: Some(c("tmpfs")?),
+                target: cpath(p)?,
+                fstype: Some(c("tmpfs")?),
+                flags: NOEXEC | libc::MS_RDONLY,
+                data: Some(c("size=0,mode=555")?),
+            };
+            self.push(
+                tolerant(dir, libc::ENOTDIR),
+                format!("masking {} (a folder)", p.display()),
+            );
+        }
+        for p in readonly {
+            let op = self.bind(p, p, true)?;
+            self.tolerate(
+                op,
+                libc::ENOENT,
+                format!("binding {} on itself", p.display()),
+            );
+            self.tolerate(
+                InitOp::ReadOnlyTree(cpath(p)?),
+                libc::ENOENT,
+                format!("making {} read-only", p.display()),
+            );
+        }
         Ok(())
     }
 

@@ -194,13 +194,16 @@ impl Plan {
             )?,
             Root::HostReadOnly { at, hidden } => {
                 plan.host_root_read_only(at, hidden, &sec.writable_paths)?;
-                plan.own_root(at, true, kernel_fs, &sec.devices, &binds)?;
+                plan.own_root(at, true, kernel_fs, &sec.devices, &binds, false)?;
             }
             Root::Image { at, overlay } => {
                 plan.image_root(at, overlay.as_ref())?;
-                plan.own_root(at, overlay.is_none(), kernel_fs, &sec.devices, &binds)?;
+                let fresh_dev = overlay.is_none();
+                let ro = sec.read_only_root;
+                plan.own_root(at, fresh_dev, kernel_fs, &sec.devices, &binds, ro)?;
             }
         }
+        plan.request_masks(&sec.masked_paths, &sec.readonly_paths)?;
         Ok(plan)
     }
 
@@ -268,7 +271,8 @@ impl Plan {
 
     /// Kernel filesystems, /tmp and /dev in a root of the cell's own, then
     /// pivots into it. `fresh_dev`: /dev gets a minimal set on a tmpfs (a
-    /// cached image has one already, see `oci::minimal_dev`).
+    /// cached image has one already, see `oci::minimal_dev`); `read_only`:
+    /// the root's own mount is read-only.
     fn own_root(
         &mut self,
         rootfs: &Path,
@@ -276,6 +280,7 @@ impl Plan {
         kernel_fs: KernelFs,
         devices: &[PathBuf],
         binds: &[super::Bind],
+        read_only: bool,
     ) -> Result<(), PlanError> {
         self.kernel_fs(rootfs, kernel_fs)?;
         self.mount(
@@ -306,6 +311,14 @@ impl Plan {
                 &rootfs.join(inside.strip_prefix("/").unwrap_or(inside)),
                 b.read_only,
             )?;
+        }
+        if read_only {
+            // Only the root's own mount: what is mounted on it keeps its
+            // mode.
+            self.push(
+                Self::remount_read_only(rootfs, 0)?,
+                "making the root read-only",
+            );
         }
         self.push(
             InitOp::Chdir(cpath(rootfs)?),
@@ -388,6 +401,34 @@ mod tests {
         assert!(at("mounting proc on /proc") < at("binding /proc/sys"));
         assert!(at("binding /proc/sys") < at("making /proc/sys read-only"));
         assert!(at("mounting sysfs on /sys") < at("mounting cgroup2 on /sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn a_read_only_root_and_the_requests_masks_come_in_the_cells_own_view() {
+        let mut c = cfg(image());
+        c.security.read_only_root = true;
+        c.security.masked_paths = vec!["/bin/ls".into()];
+        c.security.readonly_paths = vec!["/tmp".into()];
+        let plan = Plan::new(&c).expect("plan");
+        let at = |w: &str| plan.descriptions.iter().position(|d| d == w).expect(w);
+        // The root's own mount, last before the pivot; the masks after it.
+        assert!(
+            at("mounting tmpfs on /var/lib/aurae/cells/web/rootfs/tmp")
+                < at("making the root read-only")
+        );
+        assert!(at("making the root read-only") < at("pivot_root"));
+        for what in [
+            "masking /bin/ls (a file)",
+            "masking /bin/ls (a folder)",
+            "binding /tmp on itself",
+            "making /tmp read-only",
+        ] {
+            assert!(at("pivot_root") < at(what), "{what}");
+        }
+        assert!(!has(
+            &Plan::new(&cfg(image())).expect("plan"),
+            "making the root read-only"
+        ));
     }
 
     #[test]

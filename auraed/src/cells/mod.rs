@@ -87,6 +87,9 @@ pub struct Cell {
     pub caps_keep: Option<u64>,
     /// Its processes run with no_new_privs.
     pub no_new_privs: bool,
+    /// The seccomp programs its processes install (compiled for the
+    /// capabilities they keep).
+    pub seccomp: Vec<Vec<libc::sock_filter>>,
     /// The image's defaults, for cells with an image.
     pub image: Option<ImageDefaults>,
     pub state_dir: PathBuf,
@@ -378,6 +381,13 @@ impl Cell {
     /// Creates the cell. On error nothing is left behind: no cgroup,
     /// process, mount or directory.
     pub async fn create(spec: CellSpec, ctx: CellContext) -> Result<Arc<Cell>, ApiError> {
+        let privileged = spec.security.privileged || spec.security.all_caps;
+        let caps_keep = caps::keep(privileged, spec.security.caps);
+        let seccomp = spec
+            .security
+            .seccomp
+            .programs(caps_keep.unwrap_or_else(caps::own_permitted))
+            .map_err(|e| ApiError::invalid("seccomp", crate::error::chain(&e)))?;
         let spec2 = spec.clone();
         let parts =
             crate::blocking::run("cell task", move || create_blocking(&spec2, &ctx)).await??;
@@ -403,12 +413,10 @@ impl Cell {
             name: spec.name,
             cgroup: parts.cgroup,
             jailed: spec.jailed,
-            privileged: spec.security.privileged || spec.security.all_caps,
-            caps_keep: caps::keep(
-                spec.security.privileged || spec.security.all_caps,
-                spec.security.caps,
-            ),
+            privileged,
+            caps_keep,
             no_new_privs: spec.security.no_new_privs,
+            seccomp,
             image: parts.image,
             state_dir: parts.state_dir,
             init_pid: parts.init_pid,

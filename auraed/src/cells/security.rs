@@ -31,6 +31,14 @@ pub struct Security {
     pub no_new_privs: bool,
     /// Files or folders bound into a cell with a root of its own.
     pub mounts: Vec<Bind>,
+    /// The seccomp profile of its processes.
+    pub seccomp: crate::seccomp::Seccomp,
+    /// The image's root is mounted read-only.
+    pub read_only_root: bool,
+    /// Paths inside the cell hidden (a file by /dev/null, a folder by an
+    /// empty read-only tmpfs), and made read-only.
+    pub masked_paths: Vec<PathBuf>,
+    pub readonly_paths: Vec<PathBuf>,
 }
 
 /// A file or folder of auraed's mount namespace bound into a cell.

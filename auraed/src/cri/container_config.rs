@@ -37,12 +37,6 @@ pub(super) fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
     }
     let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
     if let Some(sc) = sc {
-        if sc.readonly_rootfs {
-            return unbuilt(
-                "config.linux.security_context.readonly_rootfs",
-                "a read-only root",
-            );
-        }
         if let Some(cap) = sc.capabilities.as_ref() {
             crate::cells::caps::parse(&cap.add_capabilities, &cap.drop_capabilities, false)
                 .map_err(|e| {
@@ -61,48 +55,93 @@ pub(super) fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
                 "ambient capabilities",
             );
         }
-        use cri::security_profile::ProfileType;
-        match sc.seccomp.as_ref().map(|s| s.profile_type) {
-            Some(t) if t == ProfileType::Localhost as i32 => {
-                return unbuilt(
-                    "config.linux.security_context.seccomp",
-                    "a localhost seccomp profile",
-                )
-            }
-            Some(t) if t == ProfileType::RuntimeDefault as i32 => {
-                return unbuilt(
-                    "config.linux.security_context.seccomp",
-                    "the runtime's default seccomp profile",
-                )
-            }
-            _ => {}
-        }
-        #[allow(deprecated)]
-        let path = sc.seccomp_profile_path.as_str();
-        match path {
-            "" | "unconfined" => {}
-            "runtime/default" | "docker/default" => {
-                return unbuilt(
-                    "config.linux.security_context.seccomp_profile_path",
-                    "the runtime's default seccomp profile",
-                )
-            }
-            p if p.starts_with("localhost/") => {
-                return unbuilt(
-                    "config.linux.security_context.seccomp_profile_path",
-                    "a localhost seccomp profile",
-                )
-            }
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "config.linux.security_context.seccomp_profile_path: {} is not a profile \
-                     (runtime/default, unconfined, or localhost/<path>)",
-                    crate::validation::shown(other)
-                )))
-            }
-        }
     }
     Ok(())
+}
+
+/// The seccomp profile a container asks for, as its cell takes it (`None`:
+/// unconfined). A privileged container runs unconfined, whatever it asks,
+/// as with other runtimes; a `localhost/` profile is read from this host.
+pub(super) async fn seccomp_of(
+    c: &cri::ContainerConfig,
+) -> Result<Option<pb::SeccompProfile>, Status> {
+    use cri::security_profile::ProfileType;
+    use pb::seccomp_profile::Kind;
+    let Some(sc) = c.linux.as_ref().and_then(|l| l.security_context.as_ref()) else {
+        return Ok(None);
+    };
+    let default = Some(pb::SeccompProfile {
+        kind: Kind::RuntimeDefault as i32,
+        json: String::new(),
+    });
+    let (field, localhost) = match &sc.seccomp {
+        Some(p) => {
+            let field = "config.linux.security_context.seccomp.localhost_ref";
+            match ProfileType::try_from(p.profile_type) {
+                Ok(ProfileType::RuntimeDefault) => return Ok(default.filter(|_| !sc.privileged)),
+                Ok(ProfileType::Unconfined) => return Ok(None),
+                Ok(ProfileType::Localhost) => (field, p.localhost_ref.clone()),
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "config.linux.security_context.seccomp.profile_type: {} is not a type",
+                        p.profile_type
+                    )))
+                }
+            }
+        }
+        None => {
+            let field = "config.linux.security_context.seccomp_profile_path";
+            #[allow(deprecated)]
+            match sc.seccomp_profile_path.as_str() {
+                "" | "unconfined" => return Ok(None),
+                "runtime/default" | "docker/default" => {
+                    return Ok(default.filter(|_| !sc.privileged))
+                }
+                p if p.starts_with("localhost/") => (field, p["localhost/".len()..].to_string()),
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "{field}: {} is not a profile (runtime/default, unconfined, or \
+                         localhost/<path>)",
+                        crate::validation::shown(other)
+                    )))
+                }
+            }
+        }
+    };
+    let json = read_profile(field, &localhost).await?;
+    Ok((!sc.privileged).then_some(pb::SeccompProfile {
+        kind: Kind::Custom as i32,
+        json,
+    }))
+}
+
+/// A `localhost/` profile's text, read and checked.
+async fn read_profile(field: &str, path: &str) -> Result<String, Status> {
+    let shown = crate::validation::shown(path);
+    if !path.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {shown} is not an absolute path"
+        )));
+    }
+    let bad = |e: std::io::Error| Status::invalid_argument(format!("{field}: {shown}: {e}"));
+    let file = tokio::fs::File::open(path).await.map_err(bad)?;
+    let len = file.metadata().await.map_err(bad)?.len();
+    if len > crate::seccomp::MAX_PROFILE_BYTES as u64 {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {shown} is {len} bytes, more than the {} accepted",
+            crate::seccomp::MAX_PROFILE_BYTES
+        )));
+    }
+    let mut text = String::new();
+    use tokio::io::AsyncReadExt;
+    file.take(crate::seccomp::MAX_PROFILE_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .await
+        .map_err(bad)?;
+    crate::seccomp::Profile::parse(&text).map_err(|e| {
+        Status::invalid_argument(format!("{field}: {shown}: {}", crate::error::chain(&e)))
+    })?;
+    Ok(text)
 }
 
 /// A container's volumes, checked: each host path exists (a symbolic link

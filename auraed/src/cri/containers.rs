@@ -9,7 +9,7 @@ use aurae_proto::cri;
 use aurae_proto::runtime as pb;
 use tonic::Status;
 
-use super::container_config::{executable_of, refuse_unbuilt, sc_of, volumes};
+use super::container_config::{executable_of, refuse_unbuilt, sc_of, seccomp_of, volumes};
 use super::state::{matches, new_id, now_ns, Container, Run, Sandbox};
 use super::Cri;
 use crate::instances::Instance;
@@ -56,6 +56,7 @@ impl Cri {
             .ok_or_else(|| Status::invalid_argument("config.image.image: missing"))?;
         refuse_unbuilt(&config)?;
         executable_of(&config, None, &[])?;
+        let seccomp = seccomp_of(&config).await?;
         let mut volumes = volumes(&config)?;
         let log_path = super::container_config::log_path(&sandbox.config, &config)?;
         // The pod's resolv.conf, unless the container mounts its own.
@@ -184,6 +185,7 @@ impl Cri {
             mounts,
             user,
             groups,
+            seccomp,
             created_at: now_ns(),
             run: Mutex::new(Run {
                 state: CREATED,
@@ -278,6 +280,10 @@ impl Cri {
                     .unwrap_or_default(),
                 no_new_privs: sc.is_some_and(|s| s.no_new_privs),
                 mounts: c.mounts.clone(),
+                seccomp: c.seccomp.clone(),
+                read_only_root: sc.is_some_and(|s| s.readonly_rootfs),
+                masked_paths: sc.map(|s| s.masked_paths.clone()).unwrap_or_default(),
+                readonly_paths: sc.map(|s| s.readonly_paths.clone()).unwrap_or_default(),
                 ..Default::default()
             })
             .await;

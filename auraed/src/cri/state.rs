@@ -83,6 +83,8 @@ pub struct Container {
     pub user: Option<(u32, u32)>,
     /// Its supplementary groups.
     pub groups: Vec<u32>,
+    /// Its seccomp profile (`None`: unconfined).
+    pub seccomp: Option<aurae_proto::runtime::SeccompProfile>,
     pub created_at: i64,
     pub run: Mutex<Run>,
     /// Follows the container's output into its log file.

@@ -30,7 +30,7 @@ pub enum JailError {
 }
 
 /// Namespace flags refused in `clone`.
-const NAMESPACE_FLAGS: libc::c_int = libc::CLONE_NEWNS
+pub(crate) const NAMESPACE_FLAGS: libc::c_int = libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUSER
@@ -41,7 +41,7 @@ const NAMESPACE_FLAGS: libc::c_int = libc::CLONE_NEWNS
 
 /// `personality` values allowed, as in Docker's profile: the default, and
 /// the 32-bit and no-randomisation flavours programs ask for.
-const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+pub(crate) const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
 /// Capabilities a jailed process keeps (those of a default container,
 /// without CAP_SYS_ADMIN and friends).
@@ -159,15 +159,7 @@ pub fn seccomp_filters() -> Result<Vec<Vec<libc::sock_filter>>, JailError> {
         .into_iter()
         .map(|f| {
             let prog: seccompiler::BpfProgram = f.try_into().map_err(JailError::Compile)?;
-            Ok(prog
-                .into_iter()
-                .map(|i| libc::sock_filter {
-                    code: i.code,
-                    jt: i.jt,
-                    jf: i.jf,
-                    k: i.k,
-                })
-                .collect())
+            Ok(crate::seccomp::to_sock_filters(prog))
         })
         .collect()
 }

@@ -58,3 +58,40 @@ pub fn binds(mounts: &[pb::CellMount], has_image: bool) -> Result<Vec<Bind>, Api
         })
         .collect()
 }
+
+/// The request's `masked_paths` or `readonly_paths` (`field`): absolute,
+/// without `..`, for a cell with its own mount namespace.
+pub fn inside_paths(
+    field: &str,
+    paths: &[String],
+    own_mount_ns: bool,
+) -> Result<Vec<PathBuf>, ApiError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !own_mount_ns {
+        return Err(ApiError::invalid(
+            field,
+            "needs the cell's own mount namespace (share_host.mount is set)",
+        ));
+    }
+    v::list_len(field, paths.len())?;
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = format!("{field}[{i}]");
+            v::absolute_path(&field, p)?;
+            let path = Path::new(p);
+            if path.components().any(|c| matches!(c, Component::ParentDir))
+                || path == Path::new("/")
+            {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("{} must name a path below / without '..'", v::shown(p)),
+                ));
+            }
+            Ok(path.to_path_buf())
+        })
+        .collect()
+}

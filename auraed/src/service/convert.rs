@@ -338,6 +338,26 @@ fn security(
         caps: crate::cells::caps::parse(&r.cap_add, &r.cap_drop, r.jailed)?,
         no_new_privs: r.no_new_privs,
         mounts: super::cell_mounts::binds(&r.mounts, has_image)?,
+        seccomp: crate::seccomp::Seccomp::from_request(r.seccomp.as_ref(), "seccomp")?,
+        read_only_root: match r.read_only_root && !has_image {
+            true => {
+                return Err(ApiError::invalid(
+                    "read_only_root",
+                    "only a cell with an image",
+                ))
+            }
+            false => r.read_only_root,
+        },
+        masked_paths: super::cell_mounts::inside_paths(
+            "masked_paths",
+            &r.masked_paths,
+            !share.mount,
+        )?,
+        readonly_paths: super::cell_mounts::inside_paths(
+            "readonly_paths",
+            &r.readonly_paths,
+            !share.mount,
+        )?,
     })
 }
 

@@ -385,6 +385,25 @@ fn fail(fd: RawFd, stage: SpawnStage) -> ! {
     unsafe { libc::_exit(127) }
 }
 
+/// Installs the seccomp filters in order (in the child: raw syscalls only).
+fn install_seccomp(p: &Prepared<'_>, report_fd: RawFd) {
+    for prog in &p.seccomp {
+        // SAFETY: `prog` points at a filter the parent built before the
+        // clone, alive until exec.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                0,
+                prog as *const libc::sock_fprog,
+            )
+        };
+        if r != 0 {
+            fail(report_fd, SpawnStage::Seccomp);
+        }
+    }
+}
+
 /// Runs in the child between clone and exec: raw syscalls only.
 fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
     // SAFETY: every call below is a plain syscall on memory prepared by the
@@ -404,6 +423,12 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
             if libc::chdir(cwd.as_ptr()) != 0 {
                 fail(report_fd, SpawnStage::Chdir);
             }
+        }
+        // Without no_new_privs, installing a filter takes CAP_SYS_ADMIN,
+        // which the steps below may drop: the filters go in first (and have
+        // to allow those steps, as any usable profile does).
+        if !p.no_new_privs {
+            install_seccomp(p, report_fd);
         }
         // Only the requested supplementary groups (none by default).
         if (p.uid.is_some() || p.gid.is_some() || !p.groups.is_empty())
@@ -471,16 +496,8 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
         if p.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(report_fd, SpawnStage::NoNewPrivs);
         }
-        for prog in &p.seccomp {
-            if libc::syscall(
-                libc::SYS_seccomp,
-                SECCOMP_SET_MODE_FILTER,
-                0,
-                prog as *const libc::sock_fprog,
-            ) != 0
-            {
-                fail(report_fd, SpawnStage::Seccomp);
-            }
+        if p.no_new_privs {
+            install_seccomp(p, report_fd);
         }
         let mut last = libc::ENOENT as u32;
         for cand in p.candidates {
