@@ -42,7 +42,7 @@ impl Default for ImageConfig {
     }
 }
 
-fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+pub fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_path(path).expect("path");
     h.set_size(size);

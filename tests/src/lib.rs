@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cri;
+pub mod critest_images;
 pub mod daemon;
 pub mod guest;
 pub mod image;

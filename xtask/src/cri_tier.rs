@@ -1,8 +1,8 @@
 //! The `cri` tier: the upstream CRI validation suite (`critest`, from
 //! `../shared/cri`) against auraed's CRI endpoint on the cell backend. Its
-//! images are built here on busybox-static under the names critest pulls,
-//! pushed to a `docker-registry` on loopback, and reached through auraed's
-//! mirror configuration.
+//! images are built from Debian's packages under the names critest pulls
+//! (`aurae_tests::critest_images`), pushed to a `docker-registry` on
+//! loopback, and reached through auraed's mirror configuration.
 //!
 //! The specs in `tests/cri/passing.txt` must pass: a ratchet, which a spec
 //! joins once what it needs is built. The tier prints how many of the
@@ -15,7 +15,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
-use aurae_tests::cri::{push_critest_images, Registry};
+use aurae_tests::cri::Registry;
+use aurae_tests::critest_images;
 use aurae_tests::{Daemon, DaemonOptions};
 
 use crate::deps;
@@ -70,7 +71,20 @@ pub fn run() -> anyhow::Result<Outcome> {
             critest.display()
         )));
     }
-    deps::ensure(&["docker-registry", "skopeo", "busybox-static"])?;
+    deps::ensure(&[
+        "docker-registry",
+        "skopeo",
+        "busybox-static",
+        "procps",
+        "util-linux",
+        "gcc",
+        "libc6-dev",
+    ])?;
+    let sources = critest_images::Sources {
+        busybox: deps::unpacked_deb("busybox")?,
+        nginx: deps::unpacked_deb("nginx")?,
+        nnp: nnp_program()?,
+    };
     println!("==> the image's initramfs, for the pods' instances");
     let initramfs = crate::image::build_initramfs()?;
     let image_dir = initramfs.parent().context("image dir")?.to_path_buf();
@@ -81,7 +95,7 @@ pub fn run() -> anyhow::Result<Outcome> {
     let work = tempfile::tempdir()?;
     println!("==> critest's images, pushed to a registry on loopback");
     let registry = Registry::start();
-    push_critest_images(&registry, work.path());
+    critest_images::push(&registry, work.path(), &sources);
     let socket = work.path().join("cri.sock");
     let extra = format!(
         "\n[cri]\nenabled = true\nsocket = {:?}\n[cri.registries.\"*\"]\n\
@@ -135,6 +149,26 @@ pub fn run() -> anyhow::Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+/// The NoNewPrivs specs' program (upstream's `nnp`): setuid root, it
+/// prints the effective uid it runs with. Built static with the C
+/// compiler.
+fn nnp_program() -> anyhow::Result<PathBuf> {
+    const SOURCE: &str = "#include <stdio.h>\n#include <unistd.h>\n\
+        int main(void) { printf(\"Effective uid: %d\\n\", (int)geteuid()); return 0; }\n";
+    let dir = deps::target_dir().join("critest");
+    std::fs::create_dir_all(&dir)?;
+    let (src, bin) = (dir.join("nnp.c"), dir.join("nnp"));
+    std::fs::write(&src, SOURCE)?;
+    let status = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .context("running cc")?;
+    anyhow::ensure!(status.success(), "cc {} failed", src.display());
+    Ok(bin)
 }
 
 /// Prints which specs failed, and any that passed but aren't in the list

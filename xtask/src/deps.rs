@@ -62,6 +62,52 @@ pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Debian package `package` unpacked (`dpkg-deb -x`, not installed)
+/// under the target folder; fetched with `apt-get download` once.
+pub fn unpacked_deb(package: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = target_dir().join("debs").join(package);
+    let root = dir.join("root");
+    if root.join(".unpacked").is_file() {
+        return Ok(root);
+    }
+    println!("==> fetching the Debian package {package}");
+    std::fs::create_dir_all(&dir)?;
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "-q", package])
+            .current_dir(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !download() {
+        let updated = Command::new("apt-get")
+            .args(["update", "-q"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !updated || !download() {
+            bail!("apt-get download {package} failed");
+        }
+    }
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("no .deb of {package} in {}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&root);
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+        .context("running dpkg-deb")?;
+    if !status.success() {
+        bail!("dpkg-deb -x {} failed", deb.display());
+    }
+    std::fs::write(root.join(".unpacked"), "")?;
+    Ok(root)
+}
+
 /// Installs the PyPI package `package` with `python3 -m pip` when python3
 /// cannot import `module`. Never fails: a test that needs the module skips
 /// itself (with the reason) when it is still missing, so this only says
