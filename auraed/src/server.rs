@@ -4,6 +4,7 @@
 //! handshake deadline and a bound), not by tonic.
 
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -90,7 +91,11 @@ async fn link_local_metadata(
     let (true, Some(parent)) = (cfg.instances.link_local_metadata, parent) else {
         return Ok(None);
     };
-    let listener = crate::net::listen_here(imds::ADDR, imds::PORT)
+    let own = std::fs::File::open("/proc/self/ns/net").map_err(|source| ServeError::Io {
+        path: "/proc/self/ns/net".into(),
+        source,
+    })?;
+    let listener = crate::net::metadata_listener(own.as_fd(), imds::ADDR, imds::PORT)
         .await
         .map_err(|e| ServeError::LinkLocal(Box::new(e)))?;
     let task =

@@ -288,6 +288,14 @@ async fn unmodified_workloads_read_their_own_record_over_http() {
         aurae_tests::instances::line_has(&out, "forwarded: ", "403"),
         "{out}"
     );
+    // The endpoint takes no port in the instance: a workload there may
+    // listen on port 80 (on every address), as a pod's web server does.
+    let out = aurae_tests::instances::sh_in(
+        &d,
+        "a",
+        "/bin/busybox timeout 1 /bin/busybox nc -l -p 80 2>&1; echo listened",
+    );
+    assert!(!out.contains("in use") && out.contains("listened"), "{out}");
     // b, one level down, reads its own record (its parent a serves it in
     // b's namespace), not a's.
     let out = imds_from(&d, "a/b");

@@ -549,7 +549,7 @@ impl Instances {
 async fn imds_listener(i: &Instance) -> Result<std::net::TcpListener, ApiError> {
     use crate::metadata::imds;
     let (pidfd, _) = i.cell.namespaces();
-    Ok(crate::net::listen_in(pidfd, imds::ADDR, imds::PORT).await?)
+    Ok(crate::net::metadata_listener(pidfd, imds::ADDR, imds::PORT).await?)
 }
 
 /// The default folder of the image: `cargo xtask image` writes it there

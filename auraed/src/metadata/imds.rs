@@ -3,11 +3,13 @@
 //! share its network): the IMDSv2 protocol, serving the instance's own
 //! record.
 //!
-//! The listening socket is *inside the instance's network namespace* (on
-//! its loopback, with 169.254.169.254/32 added there), so whatever connects
-//! is in the instance: the caller is identified by where it is, never by
-//! anything it sends, and a nested instance has a namespace (and an
-//! endpoint) of its own. For a cell-backed instance the parent makes that
+//! The listening socket is in a network namespace of its own, reached only
+//! from the instance's network namespace over a veth pair
+//! ([`crate::net::metadata_listener`]; it takes no port in the instance,
+//! whose workloads may listen on port 80), so whatever connects is in the
+//! instance: the caller is identified by where it is, never by anything it
+//! sends, and a nested instance has a namespace (and an endpoint) of its
+//! own. For a cell-backed instance the parent makes that
 //! socket and answers from its records ([`Source::Records`]); in a microVM
 //! the instance's own auraed does, asking its parent for the record over
 //! the bridge with its SVID ([`Source::Parent`]).

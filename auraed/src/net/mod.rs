@@ -26,6 +26,7 @@
 
 mod addresses;
 mod bridge;
+mod metadata_link;
 mod netns;
 mod tap;
 mod tc;
@@ -45,6 +46,7 @@ use rtnetlink::{Handle, LinkUnspec};
 
 pub use addresses::Ipv6Prefix;
 pub use bridge::{ensure_bridge, find_bridge, Bridge, BridgeLink};
+pub use metadata_link::metadata_listener;
 pub use tap::{create_tap, remove_stale_taps, Tap};
 pub use ula::{Ula, INSTANCE_PREFIX_LEN, ULA_PREFIX_LEN};
 pub use veth::{create_veth, Veth};
@@ -345,15 +347,6 @@ pub async fn listen_in(
 ) -> Result<std::net::TcpListener, NetError> {
     let ns = netns::ns_file(netns).await?;
     netns::run_in(ns, move |handle| loopback_listener(handle, addr, port)).await
-}
-
-/// [`listen_in`], in the caller's own network namespace.
-pub async fn listen_here(
-    addr: std::net::Ipv4Addr,
-    port: u16,
-) -> Result<std::net::TcpListener, NetError> {
-    let conn = Conn::open()?;
-    loopback_listener(conn.handle.clone(), addr, port).await
 }
 
 /// `addr`/32 on loopback (already there is fine), loopback up, and a
