@@ -18,22 +18,30 @@ const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 /// `registry` only.
 async fn daemon(registry: &Registry) -> (Daemon, Crictl) {
     let image = aurae_tests::instances::image().expect("checked by the caller");
-    let extra = format!(
-        "\n[cri]\nenabled = true\nsocket = \"CRI_SOCKET\"\n\
-         [cri.registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
-        registry.port
-    );
     // The socket goes in the daemon's own folder, known once it exists:
-    // a folder of the test's instead.
+    // a folder of the test's instead; the CNI configuration folder (empty:
+    // pods are on auraed's bridge) beside it.
     let sockets = tempfile::tempdir().expect("tempdir").keep();
     let socket = sockets.join("cri.sock");
+    let extra = format!(
+        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
+         [cri.registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
+        socket.display().to_string(),
+        cni_dir(&socket).display().to_string(),
+        registry.port
+    );
     let d = Daemon::start_with(DaemonOptions {
         image_dir: Some(image),
-        extra_config: extra.replace("CRI_SOCKET", &socket.display().to_string()),
+        extra_config: extra,
         ..Default::default()
     })
     .await;
     (d, Crictl { socket })
+}
+
+/// The daemon's CNI configuration folder (beside its CRI socket).
+fn cni_dir(socket: &Path) -> std::path::PathBuf {
+    socket.with_file_name("net.d")
 }
 
 fn write_json(dir: &Path, name: &str, value: serde_json::Value) -> String {
@@ -91,9 +99,10 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
 
     let version = crictl.ok(&["version"]);
     assert!(version.contains("RuntimeName:  auraed"), "{version}");
-    // CNI is not built: the network condition says so.
+    // No CNI configuration: the network condition says so (pods are on
+    // auraed's own bridge).
     let info = crictl.ok(&["info"]);
-    assert!(info.contains("NetworkReady"), "{info}");
+    assert!(info.contains("NoCniConfig"), "{info}");
 
     // The image, through the mirror.
     crictl.ok(&["pull", IMAGE]);
@@ -275,6 +284,29 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
         e.contains("runtime_handler") && e.contains("no-such-handler"),
         "{e}"
     );
+    // A CNI network whose plugin isn't there, and one that isn't JSON: the
+    // pod is refused saying so, its instance is gone, and NetworkReady says
+    // why.
+    let net_d = cni_dir(&crictl.socket);
+    std::fs::create_dir_all(&net_d).expect("net.d");
+    let conf = net_d.join("10-bad.conflist");
+    std::fs::write(
+        &conf,
+        r#"{"cniVersion":"1.0.0","name":"bad","plugins":[{"type":"no-such-plugin"}]}"#,
+    )
+    .expect("conflist");
+    let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &pod]);
+    assert!(e.contains("no CNI plugin") && e.contains("no-such-plugin"), "{e}");
+    assert!(workloads(&mut client).await.is_empty());
+    std::fs::write(&conf, "{not json").expect("conflist");
+    let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &pod]);
+    assert!(
+        e.contains("10-bad.conflist") && e.contains("not JSON"),
+        "{e}"
+    );
+    let info = crictl.ok(&["info"]);
+    assert!(info.contains("CniConfigInvalid"), "{info}");
+    std::fs::remove_file(&conf).expect("rm conflist");
     // A sysctl of the whole node, not of a pod.
     let node_sysctl = write_json(
         work.path(),

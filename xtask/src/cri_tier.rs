@@ -2,7 +2,10 @@
 //! `../shared/cri`) against auraed's CRI endpoint on the cell backend. Its
 //! images are built from Debian's packages under the names critest pulls
 //! (`aurae_tests::critest_images`), pushed to a `docker-registry` on
-//! loopback, and reached through auraed's mirror configuration.
+//! loopback, and reached through auraed's mirror configuration. Everything
+//! after the preparation runs in a network namespace of its own, so no
+//! packet to a pod or the registry leaves it; pods get IPv4 addresses there
+//! from a CNI bridge network (Debian's `containernetworking-plugins`).
 //!
 //! The specs in `tests/cri/passing.txt` must pass: a ratchet, which a spec
 //! joins once what it needs is built. The tier prints how many of the
@@ -79,6 +82,8 @@ pub fn run() -> anyhow::Result<Outcome> {
         "util-linux",
         "gcc",
         "libc6-dev",
+        "iproute2",
+        "containernetworking-plugins",
     ])?;
     let sources = critest_images::Sources {
         busybox: deps::unpacked_deb("busybox")?,
@@ -88,6 +93,77 @@ pub fn run() -> anyhow::Result<Outcome> {
     println!("==> the image's initramfs, for the pods' instances");
     let initramfs = crate::image::build_initramfs()?;
     let image_dir = initramfs.parent().context("image dir")?.to_path_buf();
+    println!("==> the rest in a network namespace of its own (unshare --net)");
+    let status = Command::new("unshare")
+        .args(["--net", "--"])
+        // This very binary, even if a build has replaced its file since.
+        .arg(format!("/proc/{}/exe", std::process::id()))
+        .arg("cri-in-netns")
+        .env(ENV_IMAGE_DIR, &image_dir)
+        .env(ENV_BUSYBOX, &sources.busybox)
+        .env(ENV_NGINX, &sources.nginx)
+        .env(ENV_NNP, &sources.nnp)
+        .status()
+        .context("running unshare")?;
+    Ok(if status.success() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
+}
+
+const ENV_IMAGE_DIR: &str = "AURAE_CRI_TIER_IMAGE_DIR";
+const ENV_BUSYBOX: &str = "AURAE_CRI_TIER_BUSYBOX";
+const ENV_NGINX: &str = "AURAE_CRI_TIER_NGINX";
+const ENV_NNP: &str = "AURAE_CRI_TIER_NNP";
+
+fn env_path(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .with_context(|| format!("{name} is not set (run `cargo xtask test --tier cri`)"))
+}
+
+/// The pods' CNI network in the tier's namespace: a bridge with IPv4
+/// addresses from host-local, whose allocations stay in `dir`.
+fn cni_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let conf_dir = dir.join("net.d");
+    std::fs::create_dir_all(&conf_dir)?;
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "critest",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.88.0.0/16"}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": dir.join("ipam").display().to_string(),
+            },
+        }],
+    });
+    std::fs::write(conf_dir.join("10-critest.conflist"), conf.to_string())?;
+    Ok(conf_dir)
+}
+
+/// The tier inside its own network namespace (`cargo xtask
+/// cri-in-netns`, run by [`run`]): loopback up, the registry, the images,
+/// the CNI network, auraed and critest. Fails if critest does.
+pub fn run_in_netns() -> anyhow::Result<()> {
+    let critest = shared().join("critest");
+    let lo = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .context("running ip")?;
+    anyhow::ensure!(lo.success(), "ip link set lo up failed");
+    let sources = critest_images::Sources {
+        busybox: env_path(ENV_BUSYBOX)?,
+        nginx: env_path(ENV_NGINX)?,
+        nnp: env_path(ENV_NNP)?,
+    };
+    let image_dir = env_path(ENV_IMAGE_DIR)?;
     let root = deps::workspace_root();
     let specs = passing_list(&root)?;
     let all = std::env::var_os("AURAE_CRITEST_ALL").is_some();
@@ -96,11 +172,14 @@ pub fn run() -> anyhow::Result<Outcome> {
     println!("==> critest's images, pushed to a registry on loopback");
     let registry = Registry::start();
     critest_images::push(&registry, work.path(), &sources);
+    let cni = cni_config(work.path())?;
     let socket = work.path().join("cri.sock");
     let extra = format!(
-        "\n[cri]\nenabled = true\nsocket = {:?}\n[cri.registries.\"*\"]\n\
+        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
+         cni_bin_dirs = [\"/usr/lib/cni\"]\n[cri.registries.\"*\"]\n\
          mirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
         socket.display().to_string(),
+        cni.display().to_string(),
         registry.port
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,11 +223,8 @@ pub fn run() -> anyhow::Result<Outcome> {
     }
     drop(daemon);
     drop(rt);
-    Ok(if status.success() {
-        Outcome::Passed
-    } else {
-        Outcome::Failed
-    })
+    anyhow::ensure!(status.success(), "critest failed");
+    Ok(())
 }
 
 /// The NoNewPrivs specs' program (upstream's `nnp`): setuid root, it

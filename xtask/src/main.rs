@@ -52,6 +52,10 @@ enum Command {
         /// Test binaries of aurae-tests to run, e.g. cells or jail.
         tests: Vec<String>,
     },
+    /// The cri tier's inside, in its own network namespace (run by
+    /// `test --tier cri`).
+    #[command(hide = true)]
+    CriInNetns,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             runs,
         } => bench_vmm::run(runs),
         Command::Demo => demo::run(),
+        Command::CriInNetns => cri_tier::run_in_netns(),
         Command::Kernel => kernel::build().map(|_| ()),
         Command::Image => image::build().map(|_| ()),
         Command::Testvm { tests } => {

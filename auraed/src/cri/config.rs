@@ -7,6 +7,8 @@
 //! socket = "/run/aurae/cri.sock"      # root-only, plain gRPC (as the kubelet expects)
 //! root = "/var/lib/aurae/cri"         # default: <runtime.state_dir>/cri
 //! default_handler = "auto"            # the empty RuntimeClass handler: auto, cell, microvm
+//! cni_conf_dir = "/etc/cni/net.d"     # pod networks: the first CNI config here
+//! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]   # where the plugins are
 //!
 //! # Registry mirrors, as containerd's hosts.toml: the registry's own name,
 //! # or "*" for every registry without an entry of its own.
@@ -49,6 +51,13 @@ pub struct CriSection {
     pub default_handler: DefaultHandler,
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryHosts>,
+    /// The CNI network configurations (`*.conflist`, `*.conf`, `*.json`;
+    /// the first by name is the pods' network).
+    #[serde(default = "default_cni_conf_dir")]
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugins are looked for, in order.
+    #[serde(default = "default_cni_bin_dirs")]
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// Where a registry's images are pulled from.
@@ -64,6 +73,14 @@ pub struct RegistryHosts {
     pub skip_upstream: bool,
 }
 
+fn default_cni_conf_dir() -> PathBuf {
+    PathBuf::from("/etc/cni/net.d")
+}
+
+fn default_cni_bin_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+}
+
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_CRI_SOCKET)
 }
@@ -76,6 +93,8 @@ impl Default for CriSection {
             root: None,
             default_handler: DefaultHandler::default(),
             registries: BTreeMap::new(),
+            cni_conf_dir: default_cni_conf_dir(),
+            cni_bin_dirs: default_cni_bin_dirs(),
         }
     }
 }

@@ -13,6 +13,8 @@
 
 #[cfg(feature = "cri")]
 mod authority;
+#[cfg(feature = "cri")]
+mod cni;
 pub mod config;
 #[cfg(feature = "cri")]
 mod container_config;

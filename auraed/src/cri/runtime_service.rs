@@ -20,17 +20,6 @@ pub fn not_yet(call: &str, what: &str) -> Status {
 const STREAMING: &str = "the streaming server (SPDY/3.1 and WebSocket channel protocols)";
 const STATS: &str = "streaming statistics, and metrics";
 
-/// Whether a CNI network configuration is in `/etc/cni/net.d`.
-fn cni_config_present() -> bool {
-    std::fs::read_dir("/etc/cni/net.d").is_ok_and(|d| {
-        d.flatten().any(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            n.ends_with(".conf") || n.ends_with(".conflist") || n.ends_with(".json")
-        })
-    })
-}
-
 #[tonic::async_trait]
 impl RuntimeService for CriService {
     async fn version(
@@ -261,17 +250,15 @@ impl RuntimeService for CriService {
         &self,
         r: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        // The pod CIDR is for CNI, which is not built: pods are on
-        // auraed's own bridge. Accepted, and said so.
+        // The pod CIDR is the CNI configuration's business (its IPAM):
+        // accepted, and logged.
         let cidr = r
             .into_inner()
             .runtime_config
             .and_then(|c| c.network_config)
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
-        tracing::info!(
-            "CRI: pod CIDR {cidr:?} noted; pods use auraed's own bridge until CNI is built"
-        );
+        tracing::info!("CRI: pod CIDR {cidr:?} noted; pod networks are the CNI configuration's");
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
@@ -280,7 +267,22 @@ impl RuntimeService for CriService {
         r: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
         let runtime_ready = self.runtime.instances.is_some() && self.runtime.cells.is_ok();
-        let cni = cni_config_present();
+        let (network_ready, reason, message) = match super::cni::load(&self.cfg.cni_conf_dir) {
+            Ok(Some(_)) => (true, String::new(), String::new()),
+            Ok(None) => (
+                false,
+                "NoCniConfig".to_string(),
+                format!(
+                    "no CNI network configuration in {}",
+                    self.cfg.cni_conf_dir.display()
+                ),
+            ),
+            Err(e) => (
+                false,
+                "CniConfigInvalid".to_string(),
+                crate::error::chain(&e),
+            ),
+        };
         let conditions = vec![
             cri::RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -296,17 +298,9 @@ impl RuntimeService for CriService {
             },
             cri::RuntimeCondition {
                 r#type: "NetworkReady".into(),
-                status: false,
-                reason: if cni { "CniNotBuilt" } else { "NoCniConfig" }.into(),
-                message: if cni {
-                    "pod networks from CNI plugins are not built yet: pods are on auraed's own \
-                     bridge"
-                        .into()
-                } else {
-                    "no CNI network configuration in /etc/cni/net.d (and CNI is not built yet: \
-                     pods are on auraed's own bridge)"
-                        .into()
-                },
+                status: network_ready,
+                reason,
+                message,
             },
         ];
         let mut info = std::collections::HashMap::new();

@@ -238,15 +238,30 @@ impl Cri {
             remove_files(&dir);
             return Err(e);
         }
+        // Its CNI network, if one is configured.
+        let attached = match self.attach_network(&id, meta, &instance).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Err(undo) = self.runtime.free(&instance.name).await {
+                    tracing::error!("sandbox {id}: freeing its instance: {undo}");
+                }
+                remove_files(&dir);
+                return Err(e);
+            }
+        };
+        let pod_ip = attached.as_ref().map_or(instance.address.ip(), |a| a.ip);
         let forwards = listeners
             .into_iter()
-            .map(|(port, l)| {
-                crate::pods::ports::start(l, SocketAddr::new(instance.address.ip(), port))
-            })
+            .map(|(port, l)| crate::pods::ports::start(l, SocketAddr::new(pod_ip, port)))
             .collect::<Result<Vec<_>, _>>();
         let forwards = match forwards {
             Ok(f) => f,
             Err(e) => {
+                if let Some(a) = &attached {
+                    if let Err(undo) = super::cni::del(a, &self.cfg.cni_bin_dirs).await {
+                        tracing::error!("sandbox {id}: detaching its CNI network: {undo}");
+                    }
+                }
                 if let Err(undo) = self.runtime.free(&instance.name).await {
                     tracing::error!("sandbox {id}: freeing its instance: {undo}");
                 }
@@ -259,7 +274,8 @@ impl Cri {
             instance: instance.name.clone(),
             handler: r.runtime_handler,
             created_at: now_ns(),
-            ip: instance.address.ip().to_string(),
+            ip: pod_ip.to_string(),
+            cni: tokio::sync::Mutex::new(attached),
             config,
             ready: Mutex::new(true),
             forwards: Mutex::new(forwards),
@@ -284,6 +300,22 @@ impl Cri {
             std::mem::take(&mut *sandbox.forwards.lock().unwrap_or_else(|e| e.into_inner()));
         for f in forwards {
             f.close().await;
+        }
+        // Detached while the namespace exists; kept for a retry if it fails.
+        {
+            let mut cni = sandbox.cni.lock().await;
+            if let Some(a) = cni.as_ref() {
+                super::cni::del(a, &self.cfg.cni_bin_dirs)
+                    .await
+                    .map_err(|e| {
+                        Status::internal(format!(
+                            "pod_sandbox_id: detaching {}'s CNI network: {}",
+                            sandbox.id,
+                            crate::error::chain(&e)
+                        ))
+                    })?;
+                *cni = None;
+            }
         }
         match self.runtime.free(&sandbox.instance).await {
             Ok(()) => {}
@@ -330,6 +362,43 @@ impl Cri {
             Err(e) => return Err(Status::internal(format!("removing {}: {e}", dir.display()))),
         }
         Ok(())
+    }
+
+    /// Attaches a new sandbox's instance to the configured CNI network;
+    /// `None` without one.
+    async fn attach_network(
+        &self,
+        id: &str,
+        meta: &cri::PodSandboxMetadata,
+        instance: &crate::instances::Instance,
+    ) -> Result<Option<super::cni::Attachment>, Status> {
+        let cni_status = |e: super::cni::CniError| {
+            Status::internal(format!(
+                "the pod's CNI network: {}",
+                crate::error::chain(&e)
+            ))
+        };
+        let Some(network) = super::cni::load(&self.cfg.cni_conf_dir).map_err(cni_status)? else {
+            return Ok(None);
+        };
+        let pidfd = instance.pidfd()?;
+        let how = super::cni::Invocation {
+            bin_dirs: &self.cfg.cni_bin_dirs,
+            container_id: id,
+            pod_name: &meta.name,
+            pod_namespace: &meta.namespace,
+        };
+        use std::os::fd::AsFd;
+        let a = super::cni::add(&network, &how, pidfd.as_fd())
+            .await
+            .map_err(cni_status)?;
+        tracing::info!(
+            "sandbox {id}: CNI network {} ({}) gave {}",
+            network.name,
+            network.file.display(),
+            a.ip
+        );
+        Ok(Some(a))
     }
 
     fn sandbox_state(&self, s: &Sandbox) -> cri::PodSandboxState {

@@ -29,8 +29,11 @@ pub struct Sandbox {
     pub config: cri::PodSandboxConfig,
     pub handler: String,
     pub created_at: i64,
-    /// The instance's address on the bridge.
+    /// The pod IP: its CNI network's address, else its instance's address
+    /// on auraed's bridge.
     pub ip: String,
+    /// Its CNI network, detached when it stops.
+    pub cni: tokio::sync::Mutex<Option<super::cni::Attachment>>,
     pub ready: Mutex<bool>,
     /// Its host ports' relays, closed when it stops.
     pub forwards: Mutex<Vec<crate::pods::ports::Forward>>,

@@ -349,6 +349,11 @@ pub async fn listen_in(
     netns::run_in(ns, move |handle| loopback_listener(handle, addr, port)).await
 }
 
+/// A network namespace file (nsfs) for `netns`, which may be a pidfd.
+pub async fn netns_file(netns: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd, NetError> {
+    netns::ns_file(netns).await
+}
+
 /// `addr`/32 on loopback (already there is fine), loopback up, and a
 /// listener on `addr:port`, in `handle`'s namespace (and the caller's).
 async fn loopback_listener(
