@@ -296,7 +296,10 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     )
     .expect("conflist");
     let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &pod]);
-    assert!(e.contains("no CNI plugin") && e.contains("no-such-plugin"), "{e}");
+    assert!(
+        e.contains("no CNI plugin") && e.contains("no-such-plugin"),
+        "{e}"
+    );
     assert!(workloads(&mut client).await.is_empty());
     std::fs::write(&conf, "{not json").expect("conflist");
     let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &pod]);

@@ -57,7 +57,7 @@ pub enum CniError {
     #[error("the CNI network {network} gave the pod no IP address")]
     NoAddress { network: String },
     #[error("the pod's network namespace")]
-    Netns(#[source] crate::net::NetError),
+    Netns(#[source] Box<crate::net::NetError>),
 }
 
 /// A network configuration list.
@@ -266,7 +266,7 @@ pub async fn add(
 ) -> Result<Attachment, CniError> {
     let netns = crate::net::netns_file(netns)
         .await
-        .map_err(CniError::Netns)?;
+        .map_err(|e| CniError::Netns(Box::new(e)))?;
     let attachment = Attachment {
         network: network.clone(),
         container_id: how.container_id.to_string(),
