@@ -80,25 +80,24 @@ impl Cri {
             .runtime
             .unpacked_image(&layout, "config.image.image")
             .await?;
-        let username = config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
+        let username = sc_of(&config)
             .map(|s| s.run_as_username.clone())
             .filter(|u| !u.is_empty());
-        let user = match username {
-            Some(name) => {
-                let rootfs = host.join("rootfs");
-                let found = crate::oci::user::resolve(&rootfs, &name).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "config.linux.security_context.run_as_username: {}",
-                        crate::error::chain(&e)
-                    ))
-                })?;
-                Some(found)
-            }
-            None => None,
-        };
+        // Refused, naming the field, by executable_of above if not an id.
+        let numeric = sc_of(&config)
+            .and_then(|s| s.run_as_user.as_ref())
+            .and_then(|v| u32::try_from(v.value).ok());
+        let rootfs = host.join("rootfs");
+        let user = crate::blocking::run("reading an image's passwd", move || {
+            super::groups::run_as(&rootfs, username.as_deref(), numeric)
+        })
+        .await?
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "config.linux.security_context.run_as_username: {}",
+                crate::error::chain(&e)
+            ))
+        })?;
         // Its supplementary groups: the config's, and the image's for its
         // user (the config's, else the image's).
         let uid = user.map(|(u, _)| u).or_else(|| {

@@ -25,14 +25,38 @@ fn read(rootfs: &Path, file: &str) -> String {
     }
 }
 
-/// The name of `uid` in the image, if its passwd has one.
-fn user_name(rootfs: &Path, uid: u32) -> Option<String> {
+/// The name and primary group of `uid` in the image, if its passwd has
+/// it.
+fn passwd_entry(rootfs: &Path, uid: u32) -> Option<(String, u32)> {
     read(rootfs, "etc/passwd").lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        let _ = f.next()?;
-        (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+        let f: Vec<&str> = l.split(':').collect();
+        if f.get(2)?.parse::<u32>().ok()? != uid {
+            return None;
+        }
+        Some((f[0].to_string(), f.get(3)?.parse().ok()?))
     })
+}
+
+fn user_name(rootfs: &Path, uid: u32) -> Option<String> {
+    passwd_entry(rootfs, uid).map(|(name, _)| name)
+}
+
+/// The container's (uid, primary gid): `run_as_username` resolved in the
+/// image, else a numeric `run_as_user` with its passwd entry's group in the
+/// image (0 without one, as containerd does); `None` without either.
+pub fn run_as(
+    rootfs: &Path,
+    username: Option<&str>,
+    uid: Option<u32>,
+) -> Result<Option<(u32, u32)>, crate::oci::OciError> {
+    match (username, uid) {
+        (Some(name), _) => crate::oci::user::resolve(rootfs, name).map(Some),
+        (None, Some(uid)) => Ok(Some((
+            uid,
+            passwd_entry(rootfs, uid).map_or(0, |(_, gid)| gid),
+        ))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The groups of the image's `/etc/group` that list `uid`'s user.
@@ -92,5 +116,21 @@ mod tests {
         assert!(image_groups(dir.path(), 4242).is_empty());
         assert_eq!(merged(&[7, 50000], &[50000, 9]).unwrap(), vec![7, 50000, 9]);
         assert_eq!(merged(&[-1], &[]).unwrap_err(), -1);
+        // A numeric user takes its group from passwd, else 0; a name must
+        // be there.
+        assert_eq!(
+            run_as(dir.path(), None, Some(1000)).unwrap(),
+            Some((1000, 1000))
+        );
+        assert_eq!(
+            run_as(dir.path(), None, Some(4242)).unwrap(),
+            Some((4242, 0))
+        );
+        assert_eq!(
+            run_as(dir.path(), Some("u"), Some(7)).unwrap(),
+            Some((1000, 1000))
+        );
+        assert!(run_as(dir.path(), Some("nobody"), None).is_err());
+        assert_eq!(run_as(dir.path(), None, None).unwrap(), None);
     }
 }
