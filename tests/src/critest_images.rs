@@ -288,3 +288,11 @@ pub fn push(registry: &Registry, dir: &Path, sources: &Sources) {
         );
     }
 }
+
+/// One image, `name`, of the busybox layer running `cmd`, pushed to
+/// `registry` (for benchmarks: the default image and a pause image).
+pub fn push_one(registry: &Registry, dir: &Path, sources: &Sources, name: &str, cmd: &[&str]) {
+    let file = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+    write_docker_save(&file, &[busybox_layer(sources)], &config(cmd, None));
+    registry.push(&file, name);
+}

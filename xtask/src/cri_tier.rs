@@ -125,7 +125,7 @@ fn env_path(name: &str) -> anyhow::Result<PathBuf> {
 
 /// The pods' CNI network in the tier's namespace: a bridge with IPv4
 /// addresses from host-local, whose allocations stay in `dir`.
-fn cni_config(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn cni_config(dir: &Path) -> anyhow::Result<PathBuf> {
     let conf_dir = dir.join("net.d");
     std::fs::create_dir_all(&conf_dir)?;
     let conf = serde_json::json!({
@@ -230,7 +230,7 @@ pub fn run_in_netns() -> anyhow::Result<()> {
 /// The NoNewPrivs specs' program (upstream's `nnp`): setuid root, it
 /// prints the effective uid it runs with. Built static with the C
 /// compiler.
-fn nnp_program() -> anyhow::Result<PathBuf> {
+pub(crate) fn nnp_program() -> anyhow::Result<PathBuf> {
     const SOURCE: &str = "#include <stdio.h>\n#include <unistd.h>\n\
         int main(void) { printf(\"Effective uid: %d\\n\", (int)geteuid()); return 0; }\n";
     let dir = deps::target_dir().join("critest");

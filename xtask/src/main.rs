@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build, test and benchmark entry points.
 
 mod bench_cells;
+mod bench_cri;
 mod bench_image;
 mod bench_pod;
 mod bench_spawn;
@@ -56,6 +57,12 @@ enum Command {
     /// `test --tier cri`).
     #[command(hide = true)]
     CriInNetns,
+    /// `bench cri`'s measurement, in its own namespaces.
+    #[command(hide = true)]
+    BenchCriInNetns {
+        #[arg(long)]
+        runs: usize,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -65,6 +72,7 @@ enum BenchTarget {
     Spawn,
     Pod,
     Vmm,
+    Cri,
 }
 
 /// Benchmarks measure our own client code too (the gRPC client of the
@@ -111,6 +119,11 @@ fn main() -> anyhow::Result<()> {
         } => bench_vmm::run(runs),
         Command::Demo => demo::run(),
         Command::CriInNetns => cri_tier::run_in_netns(),
+        Command::BenchCriInNetns { runs } => bench_cri::run_in_netns(runs),
+        Command::Bench {
+            target: BenchTarget::Cri,
+            runs,
+        } => bench_cri::run(runs),
         Command::Kernel => kernel::build().map(|_| ()),
         Command::Image => image::build().map(|_| ()),
         Command::Testvm { tests } => {
