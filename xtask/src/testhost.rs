@@ -322,7 +322,10 @@ fn boot(kernel: &Path, initrd: &Path, append: &str, dir: &Path) -> anyhow::Resul
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-M", "pc,accel=tcg", "-cpu", TEST_HOST_CPU])
-        .args(["-smp", "2", "-m", "2048"])
+        // The initramfs (debug test binaries, auraed, QEMU) unpacks into a
+        // rootfs of at most half the memory: 2 GiB stopped being enough
+        // ("Initramfs unpacking failed: write error") once it passed 1 GiB.
+        .args(["-smp", "2", "-m", "3072"])
         .args([
             "-nographic",
             "-nodefaults",
