@@ -221,9 +221,66 @@ pub fn run_in_netns() -> anyhow::Result<()> {
     if let Err(e) = summarize(&report, &specs) {
         println!("(no summary: {e:#})");
     }
-    drop(daemon);
+    let leftover = pod_left_at_shutdown(work.path(), &socket, daemon);
     drop(rt);
     anyhow::ensure!(status.success(), "critest failed");
+    leftover
+}
+
+/// The addresses host-local holds for the tier's network.
+fn allocations(work: &Path) -> usize {
+    std::fs::read_dir(work.join("ipam/critest"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A pod still running when auraed stops gives its CNI address back.
+fn pod_left_at_shutdown(work: &Path, socket: &Path, mut daemon: Daemon) -> anyhow::Result<()> {
+    let before = allocations(work);
+    let pod = work.join("left-at-shutdown.json");
+    std::fs::write(
+        &pod,
+        serde_json::json!({
+            "metadata": {"name": "left", "namespace": "tier", "uid": "left-at-shutdown"},
+            "linux": {},
+        })
+        .to_string(),
+    )?;
+    let crictl = aurae_tests::cri::Crictl {
+        socket: socket.to_path_buf(),
+    };
+    let out = crictl.run(&[
+        "runp",
+        "--runtime",
+        "aurae-cell",
+        &pod.display().to_string(),
+    ]);
+    anyhow::ensure!(
+        out.status.success(),
+        "runp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = allocations(work);
+    anyhow::ensure!(
+        held == before + 1,
+        "the pod holds {held} - {before} CNI addresses, not 1"
+    );
+    daemon.stop();
+    let after = allocations(work);
+    anyhow::ensure!(
+        after == before,
+        "{after} CNI addresses held after auraed stopped, {before} before the pod"
+    );
+    println!("==> a pod left running at shutdown gave its CNI address back");
     Ok(())
 }
 

@@ -115,11 +115,24 @@ pub async fn serve(
 }
 
 impl Cri {
-    /// Stops following logs; the sandboxes' instances go with the runtime.
+    /// Stops following logs and detaches the pods from their CNI network
+    /// (so their addresses go back to its IPAM); the sandboxes' instances
+    /// go with the runtime.
     async fn shutdown(&self) {
         for c in self.state.all_containers() {
             if let Some(task) = c.logger.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 task.abort();
+            }
+        }
+        for s in self.state.all_sandboxes() {
+            if let Some(a) = s.cni.lock().await.take() {
+                if let Err(e) = super::cni::del(&a, &self.cfg.cni_bin_dirs).await {
+                    tracing::error!(
+                        "sandbox {}: detaching its CNI network at shutdown: {}",
+                        s.id,
+                        crate::error::chain(&e)
+                    );
+                }
             }
         }
     }
