@@ -321,6 +321,22 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     );
     let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &node_sysctl]);
     assert!(e.contains("config.linux.sysctls[kernel.panic]"), "{e}");
+    // An IPC sysctl of a pod in the node's IPC namespace would be the
+    // node's: refused.
+    let host_ipc_sysctl = write_json(
+        work.path(),
+        "host-ipc-sysctl.json",
+        serde_json::json!({
+            "metadata": {"name": "bad-ipc", "namespace": "default", "uid": "u-5", "attempt": 0},
+            "linux": {"sysctls": {"kernel.shm_rmid_forced": "1"},
+                      "security_context": {"namespace_options": {"ipc": 2}}},
+        }),
+    );
+    let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &host_ipc_sysctl]);
+    assert!(
+        e.contains("config.linux.sysctls[kernel.shm_rmid_forced]") && e.contains("node's IPC"),
+        "{e}"
+    );
     // A host port on one address only: not built, refused by name.
     let one_address = write_json(
         work.path(),

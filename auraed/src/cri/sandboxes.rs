@@ -20,33 +20,32 @@ pub const MICROVM_HANDLER: &str = "aurae-microvm";
 /// How long a sandbox's instance may take to be ready.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The node's own namespaces (`hostNetwork`, `hostPID`, `hostIPC`) are
-/// outside the pod's instance: not built yet, refused by name.
-fn refuse_node_namespaces(config: &cri::PodSandboxConfig) -> Result<(), Status> {
+/// The node's namespaces a pod asks for: (IPC, PID). `hostIPC` and
+/// `hostPID` make the pod's instance share the host's; `hostNetwork` is
+/// not built (the instance's network is its link to auraed), refused by
+/// name.
+fn node_namespaces(config: &cri::PodSandboxConfig) -> Result<(bool, bool), Status> {
     let Some(ns) = config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|c| c.namespace_options.as_ref())
     else {
-        return Ok(());
+        return Ok((false, false));
     };
     let node = cri::NamespaceMode::Node as i32;
-    for (field, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
-        if mode == node {
-            return Err(Status::unimplemented(format!(
-                "config.linux.security_context.namespace_options.{field}: a pod in the \
-                 node's {field} namespace is not built yet (a pod's namespaces are its \
-                 instance's)"
-            )));
-        }
+    if ns.network == node {
+        return Err(Status::unimplemented(
+            "config.linux.security_context.namespace_options.network: a pod in the node's \
+             network namespace is not built yet (a pod's network is its instance's)",
+        ));
     }
     if ns.pid == cri::NamespaceMode::Target as i32 {
         return Err(Status::unimplemented(
             "config.linux.security_context.namespace_options.pid: TARGET is not built yet",
         ));
     }
-    Ok(())
+    Ok((ns.ipc == node, ns.pid == node))
 }
 
 /// Removes a sandbox's files after a failed start; what can't be removed
@@ -110,7 +109,7 @@ impl Cri {
                 return Err(Status::invalid_argument(format!("{field}: empty")));
             }
         }
-        refuse_node_namespaces(&config)?;
+        let (host_ipc, host_pid) = node_namespaces(&config)?;
         let resolv = super::dns::resolv_conf(config.dns_config.as_ref())?;
         let sysctls: Vec<(String, String)> = config
             .linux
@@ -123,9 +122,15 @@ impl Cri {
             })
             .unwrap_or_default();
         for (key, _) in &sysctls {
-            crate::sys::ns_sysctl::namespace_of(key).map_err(|e| {
+            let ns = crate::sys::ns_sysctl::namespace_of(key).map_err(|e| {
                 Status::invalid_argument(format!("config.linux.sysctls[{key}]: {e}"))
             })?;
+            if host_ipc && ns == nix::sched::CloneFlags::CLONE_NEWIPC {
+                return Err(Status::invalid_argument(format!(
+                    "config.linux.sysctls[{key}]: an IPC sysctl of a pod in the node's IPC \
+                     namespace would be the node's"
+                )));
+            }
         }
         let preference = self.preference(&r.runtime_handler)?;
         let instances = self.runtime.instances.as_ref().ok_or_else(|| {
@@ -149,6 +154,8 @@ impl Cri {
             ]
             .into(),
             networks: Vec::new(),
+            host_ipc,
+            host_pid,
         };
         let choice = instances.choice_for(&spec).map_err(Status::from)?;
         if choice.backend == Backend::MicroVm {

@@ -50,6 +50,10 @@ pub struct InstanceSpec {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Host bridges it gets a link on besides its own: eth1, eth2...
     pub networks: Vec<Network>,
+    /// The host's IPC and PID namespaces, shared by the instance's cell
+    /// (cell backend only: a Kubernetes pod's `hostIPC` / `hostPID`).
+    pub host_ipc: bool,
+    pub host_pid: bool,
 }
 
 /// A host bridge an instance gets a network device on.

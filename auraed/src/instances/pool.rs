@@ -127,6 +127,8 @@ impl Instances {
             && spec.kernel.is_none()
             && spec.initramfs.is_none()
             && spec.networks.is_empty()
+            && !spec.host_ipc
+            && !spec.host_pid
             && spec.vcpus == 0
             && spec.memory_mib == 0
             && matches!(self.choice_for(spec), Ok(c) if c.backend == Backend::Cell)
@@ -254,6 +256,8 @@ impl Instances {
                 read_only: Vec::new(),
                 metadata: Default::default(),
                 networks: Vec::new(),
+                host_ipc: false,
+                host_pid: false,
             };
             let started = match self.spawn_new(&spec, &cells, log_bytes).await {
                 // Its metadata endpoint's listener, made ahead too.

@@ -189,6 +189,17 @@ impl Instances {
         // 1. The backend, and why.
         let kernel = spec.kernel.clone().unwrap_or_else(|| self.default_kernel());
         let choice = self.choice_for(spec)?;
+        if (spec.host_ipc || spec.host_pid) && choice.backend == Backend::MicroVm {
+            return Err(ApiError::invalid(
+                if spec.host_ipc {
+                    "host_ipc"
+                } else {
+                    "host_pid"
+                },
+                "a microVM has a kernel of its own: only a cell-backed instance shares the \
+                 host's namespaces",
+            ));
+        }
         injected(fail, FailAt::Backend)?;
         let networks = self.resolve_networks(&spec.networks).await?;
 
@@ -269,6 +280,11 @@ impl Instances {
                             .map(|s| (s.host.clone(), s.inside.clone())),
                     )
                     .collect(),
+                ..Default::default()
+            },
+            share: crate::cells::HostShare {
+                ipc: spec.host_ipc,
+                pid: spec.host_pid,
                 ..Default::default()
             },
             ..Default::default()

@@ -616,5 +616,7 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
             m
         },
         networks: Vec::new(),
+        host_ipc: false,
+        host_pid: false,
     })
 }
