@@ -178,6 +178,33 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
     assert!(logged.contains("hello-cri"), "{logged}");
     let exec = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "echo", "from-exec"]);
     assert_eq!(exec, "from-exec");
+    // An exec whose client goes away is killed: nothing of it stays.
+    let mut abandoned = std::process::Command::new(aurae_tests::cri::crictl_bin())
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", crictl.socket.display()))
+        .args(["exec", "--sync", &id, "/bin/busybox", "sleep", "4242"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("crictl exec");
+    let started = Instant::now() + Duration::from_secs(10);
+    while !crictl
+        .ok(&["exec", "--sync", &id, "/bin/busybox", "ps"])
+        .contains("sleep 4242")
+    {
+        assert!(Instant::now() < started, "the abandoned exec never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    abandoned.kill().expect("kill crictl");
+    abandoned.wait().expect("wait crictl");
+    let gone = Instant::now() + Duration::from_secs(10);
+    while crictl
+        .ok(&["exec", "--sync", &id, "/bin/busybox", "ps"])
+        .contains("sleep 4242")
+    {
+        assert!(Instant::now() < gone, "the abandoned exec still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Its CPU time, from its cgroup.
     let stats = crictl.ok(&["stats", "-o", "json", &id]);
     assert!(stats.contains("usageCoreNanoSeconds"), "{stats}");

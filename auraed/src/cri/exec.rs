@@ -12,6 +12,39 @@ use super::Cri;
 /// The most of each stream an `ExecSync` answer carries.
 const OUTPUT_CAP: usize = 16 << 20;
 
+/// Kills and frees an exec's process unless disarmed (the call finished
+/// and did so itself).
+struct Reaper {
+    client: pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (mut client, id) = (self.client.clone(), std::mem::take(&mut self.id));
+        tokio::spawn(async move {
+            // (It may have exited already: then only the free counts.)
+            if let Err(e) = client
+                .stop(pb::StopRequest {
+                    id: id.clone(),
+                    signal: libc::SIGKILL,
+                    grace_period_ms: Some(0),
+                })
+                .await
+            {
+                tracing::debug!("an abandoned exec {id}: killing it: {}", e.message());
+            }
+            if let Err(e) = client.free(pb::FreeRequest { id: id.clone() }).await {
+                tracing::warn!("an abandoned exec {id}: freeing it: {}", e.message());
+            }
+        });
+    }
+}
+
 impl Cri {
     pub(super) async fn exec_sync(
         &self,
@@ -64,6 +97,13 @@ impl Cri {
             .map_err(refused)?
             .into_inner();
         let mut client_for_cleanup = client.clone();
+        // If the call ends early (its client went away and tonic dropped
+        // it), the process is killed and freed all the same.
+        let mut guard = Reaper {
+            client: client.clone(),
+            id: started.id.clone(),
+            armed: true,
+        };
         let collect = async {
             let mut stream = client
                 .logs(pb::LogsRequest {
@@ -130,6 +170,7 @@ impl Cri {
         {
             tracing::warn!("exec in {}: freeing {}: {}", c.id, started.id, e.message());
         }
+        guard.armed = false;
         match outcome.map_err(refused)? {
             Some((stdout, stderr, status)) => Ok(cri::ExecSyncResponse {
                 stdout,
