@@ -57,6 +57,28 @@ impl Registry {
         }
     }
 
+    /// The files holding the registry's blobs (its filesystem storage).
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        let root = self
+            ._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256");
+        let mut out = Vec::new();
+        for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for blob in std::fs::read_dir(prefix.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let data = blob.path().join("data");
+                if data.is_file() {
+                    out.push(data);
+                }
+            }
+        }
+        out
+    }
+
     /// Pushes the image at `source` (a skopeo transport: `docker-archive:...`,
     /// `oci:...`) as `name`.
     pub fn push_from(&self, source: &str, name: &str) {

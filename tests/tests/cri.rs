@@ -380,6 +380,23 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     // An image the registry doesn't have.
     let e = crictl.refused(&["pull", "registry.k8s.io/e2e-test-images/absent:1"]);
     assert!(e.contains("NotFound") || e.contains("not found"), "{e}");
+    // An image whose layer, as the registry serves it, doesn't hash to its
+    // digest: refused, and the blobs the pull wrote (its config) are gone.
+    registry.push(&busybox_image(work.path()), "e2e-test-images/corrupt:1");
+    for data in registry.blob_files() {
+        let mut bytes = std::fs::read(&data).expect("blob");
+        if bytes.len() > 64 << 10 {
+            bytes[..16].copy_from_slice(b"not-the-content!");
+            std::fs::write(&data, bytes).expect("corrupt blob");
+        }
+    }
+    let e = crictl.refused(&["pull", "registry.k8s.io/e2e-test-images/corrupt:1"]);
+    assert!(e.contains("DataLoss") && e.contains("digest"), "{e}");
+    let blobs = d.seen_by_auraed("state/cri/images/blobs/sha256");
+    let left: Vec<_> = std::fs::read_dir(&blobs)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed pull left blobs: {left:?}");
     let e = crictl.refused(&["pull", "Not//A:Reference::"]);
     assert!(e.contains("image.image"), "{e}");
 

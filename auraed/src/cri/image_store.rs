@@ -267,6 +267,22 @@ impl ImageStore {
         Ok(Some(found))
     }
 
+    /// Removes those of `digests` that no image holds (the blobs of a pull
+    /// that failed); a blob already gone is fine.
+    pub fn discard_unheld(&self, digests: &[String]) -> Result<(), StoreError> {
+        let records = self.records();
+        let held: BTreeSet<&String> = records.iter().flat_map(|r| &r.blobs).collect();
+        for digest in digests.iter().filter(|d| !held.contains(d)) {
+            let p = self.blob_path(digest)?;
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", &p)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes and inodes the store's blobs use.
     pub fn usage(&self) -> (u64, u64) {
         let dir = self.root.join("blobs/sha256");

@@ -197,12 +197,42 @@ impl Puller {
         })
     }
 
+    /// [`Self::pull_steps`]; if it fails, the blobs it wrote that no image
+    /// holds are removed again.
     async fn pull_from(
         &self,
         client: &Client,
         r: &Reference,
         host: &str,
         auth: &RegistryAuth,
+    ) -> Result<ImageRecord, PullError> {
+        let mut written = Vec::new();
+        let pulled = self.pull_steps(client, r, host, auth, &mut written).await;
+        if pulled.is_err() && !written.is_empty() {
+            let store = self.store.clone();
+            let discarded = crate::blocking::run("removing a failed pull's blobs", move || {
+                store.discard_unheld(&written)
+            })
+            .await;
+            match discarded {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(
+                    "removing the blobs of a failed pull of {r}: {}",
+                    crate::error::chain(&e)
+                ),
+                Err(e) => tracing::error!("removing the blobs of a failed pull of {r}: {e}"),
+            }
+        }
+        pulled
+    }
+
+    async fn pull_steps(
+        &self,
+        client: &Client,
+        r: &Reference,
+        host: &str,
+        auth: &RegistryAuth,
+        written: &mut Vec<String>,
     ) -> Result<ImageRecord, PullError> {
         let registry = |what: &str| {
             let (host, what) = (host.to_string(), what.to_string());
@@ -273,6 +303,7 @@ impl Puller {
         let manifest_blob = self.store.blob_path(&digest)?;
         if !manifest_blob.exists() {
             write_whole(&manifest_blob, &bytes).await?;
+            written.push(digest.clone());
         }
         let mut total = 0u64;
         let mut blobs = vec![digest.clone()];
@@ -293,7 +324,9 @@ impl Puller {
                     self.limit
                 )));
             }
-            self.fetch_blob(client, r, &d, desc.size(), &verify).await?;
+            if self.fetch_blob(client, r, &d, desc.size(), &verify).await? {
+                written.push(d.clone());
+            }
             blobs.push(d);
         }
         let config_path = self.store.blob_path(config_desc.digest().as_ref())?;
@@ -333,7 +366,7 @@ impl Puller {
     }
 
     /// Fetches one blob unless the store has it: at most `size` bytes, and
-    /// kept only if they hash to `digest`.
+    /// kept only if they hash to `digest`. Returns whether it wrote it.
     async fn fetch_blob(
         &self,
         client: &Client,
@@ -341,10 +374,10 @@ impl Puller {
         digest: &str,
         size: u64,
         verify: &(dyn Fn(String) -> PullError + Sync),
-    ) -> Result<(), PullError> {
+    ) -> Result<bool, PullError> {
         let path = self.store.blob_path(digest)?;
         if path.exists() {
-            return Ok(());
+            return Ok(false);
         }
         let tmp = super::image_store::partial_name(&path)?;
         let file = tokio::fs::File::create_new(&tmp)
@@ -376,6 +409,7 @@ impl Puller {
         match result {
             Ok(()) => tokio::fs::rename(&tmp, &path)
                 .await
+                .map(|()| true)
                 .map_err(|source| PullError::Io {
                     what: format!("renaming {}", tmp.display()),
                     source,
