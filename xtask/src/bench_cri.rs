@@ -269,14 +269,7 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
         .build()?;
     let aurae = |pool: usize, name: &str| -> anyhow::Result<(Daemon, Crictl)> {
         let socket = work.path().join(format!("{name}.sock"));
-        let extra = format!(
-            "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
-             cni_bin_dirs = [\"/usr/lib/cni\"]\n[cri.registries.\"*\"]\n\
-             mirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
-            socket.display().to_string(),
-            cni.display().to_string(),
-            registry.port
-        );
+        let extra = crate::cri_tier::cri_section(&socket, &cni, registry.port);
         let d = rt.block_on(Daemon::start_with(DaemonOptions {
             image_dir: Some(image_dir.clone()),
             extra_config: extra,

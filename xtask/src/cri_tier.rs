@@ -148,6 +148,18 @@ pub(crate) fn cni_config(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(conf_dir)
 }
 
+/// auraed's `[cri]` section: the socket, the CNI configuration folder
+/// (Debian's plugins), every registry through the local one.
+pub(crate) fn cri_section(socket: &Path, cni: &Path, registry_port: u16) -> String {
+    format!(
+        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
+         cni_bin_dirs = [\"/usr/lib/cni\"]\n[cri.registries.\"*\"]\n\
+         mirrors = [\"http://127.0.0.1:{registry_port}\"]\nskip_upstream = true\n",
+        socket.display().to_string(),
+        cni.display().to_string(),
+    )
+}
+
 /// The tier inside its own network namespace (`cargo xtask
 /// cri-in-netns`, run by [`run`]): loopback up, the registry, the images,
 /// the CNI network, auraed and critest. Fails if critest does.
@@ -174,14 +186,7 @@ pub fn run_in_netns() -> anyhow::Result<()> {
     critest_images::push(&registry, work.path(), &sources);
     let cni = cni_config(work.path())?;
     let socket = work.path().join("cri.sock");
-    let extra = format!(
-        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
-         cni_bin_dirs = [\"/usr/lib/cni\"]\n[cri.registries.\"*\"]\n\
-         mirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
-        socket.display().to_string(),
-        cni.display().to_string(),
-        registry.port
-    );
+    let extra = cri_section(&socket, &cni, registry.port);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

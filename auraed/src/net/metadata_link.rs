@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 
-use super::{link_index, netns, set_up, Conn, NetError};
+use super::{link_index, netns, set_up, NetError};
 
 /// The name of the instance's end of the link.
 pub const LINK: &str = "aurae-meta";
@@ -74,16 +74,8 @@ fn in_new_namespace(
         op: "unshare(CLONE_NEWNET)",
         source: e.into(),
     })?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| NetError::Netns {
-            op: "starting a tokio runtime",
-            source,
-        })?;
-    rt.block_on(async move {
-        let conn = Conn::open()?;
-        let handle = &conn.handle;
+    netns::with_handle_here(move |handle| async move {
+        let handle = &handle;
         // Fresh namespace: these names are free.
         let (side, peer) = ("meta0", "meta1");
         handle

@@ -48,6 +48,17 @@ where
         }
     })?;
     drop(netns);
+    with_handle_here(work)
+}
+
+/// Runs `work` with a netlink handle of the calling thread's network
+/// namespace, on a current-thread runtime of its own (the thread is one
+/// that moved to another namespace, and no tokio worker).
+pub(super) fn with_handle_here<T, F, Fut>(work: F) -> Result<T, NetError>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, NetError>>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
