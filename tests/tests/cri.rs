@@ -39,6 +39,24 @@ async fn daemon(registry: &Registry) -> (Daemon, Crictl) {
     (d, Crictl { socket })
 }
 
+/// A CRI client of the daemon's socket (tonic, over the Unix socket).
+async fn cri_client(
+    socket: &Path,
+) -> aurae_proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("the CRI socket");
+    aurae_proto::cri::runtime_service_client::RuntimeServiceClient::new(channel)
+}
+
 /// The daemon's CNI configuration folder (beside its CRI socket).
 fn cni_dir(socket: &Path) -> std::path::PathBuf {
     socket.with_file_name("net.d")
@@ -153,6 +171,13 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
     let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
     let pods = crictl.ok(&["pods"]);
     assert!(pods.contains("Ready") && pods.contains("web"), "{pods}");
+    // GetContainerEvents, as the kubelet's evented PLEG subscribes.
+    let mut events = cri_client(&crictl.socket)
+        .await
+        .get_container_events(aurae_proto::cri::GetEventsRequest {})
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
     let id = crictl.ok(&["create", &pod_id, &container, &pod]);
     crictl.ok(&["start", &id]);
 
@@ -268,6 +293,31 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
     );
     crictl.ok(&["rm", &id]);
     assert_eq!(binds(), 0, "unbound with the container");
+    // Its events: created, started, stopped, deleted, each with its status.
+    use aurae_proto::cri::ContainerEventType as E;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let next = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event within 10 s")
+            .expect("the event stream")
+            .expect("an event");
+        assert_eq!(next.container_id, id);
+        assert_eq!(next.containers_statuses.len(), 1);
+        assert!(next.pod_sandbox_status.is_some());
+        seen.push(E::try_from(next.container_event_type).expect("an event type"));
+    }
+    assert_eq!(
+        seen,
+        [
+            E::ContainerCreatedEvent,
+            E::ContainerStartedEvent,
+            E::ContainerStoppedEvent,
+            E::ContainerDeletedEvent
+        ]
+    );
+    // (Its connection is closed before the leak check below.)
+    drop(events);
     crictl.ok(&["stopp", &pod_id]);
     crictl.ok(&["rmp", &pod_id]);
     assert_eq!(crictl.ok(&["pods", "-q"]), "");

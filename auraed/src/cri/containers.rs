@@ -202,7 +202,8 @@ impl Cri {
             .containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), container);
+            .insert(id.clone(), container.clone());
+        self.emit(&container, cri::ContainerEventType::ContainerCreatedEvent);
         Ok(cri::CreateContainerResponse { container_id: id })
     }
 
@@ -296,6 +297,7 @@ impl Cri {
                     run.reason = "StartError".into();
                     run.message = status.message().to_string();
                 });
+                self.emit(c, cri::ContainerEventType::ContainerStoppedEvent);
                 return Err(Status::new(
                     status.code(),
                     format!(
@@ -311,6 +313,7 @@ impl Cri {
             run.started_at = now_ns();
             run.executable_id = started.executable_id.clone();
         });
+        self.emit(c, cri::ContainerEventType::ContainerStartedEvent);
         let (reopen, follow) = super::cri_log::follow(
             instance.channel(),
             started.executable_id.clone(),
@@ -360,14 +363,19 @@ impl Cri {
                 return;
             }
         };
+        let mut exited = false;
         c.update(|run| {
             if run.state != EXITED {
                 run.state = EXITED;
                 run.finished_at = now_ns();
                 run.exit_code = code;
                 run.reason = reason;
+                exited = true;
             }
         });
+        if exited {
+            self.emit(c, cri::ContainerEventType::ContainerStoppedEvent);
+        }
     }
 
     /// Marks a container of a sandbox that stopped as exited.
@@ -375,6 +383,7 @@ impl Cri {
         if let Some(task) = c.logger.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
+        let mut exited = false;
         c.update(|run| {
             if run.state != EXITED {
                 run.state = EXITED;
@@ -382,8 +391,12 @@ impl Cri {
                 run.exit_code = 137;
                 run.reason = "Killed".into();
                 run.message = why.into();
+                exited = true;
             }
         });
+        if exited {
+            self.emit(c, cri::ContainerEventType::ContainerStoppedEvent);
+        }
     }
 
     /// Stops the container's cell: SIGTERM, then SIGKILL after `timeout`
@@ -449,6 +462,7 @@ impl Cri {
             task.abort();
         }
         self.unbind(&c).await?;
+        self.emit(&c, cri::ContainerEventType::ContainerDeletedEvent);
         self.state
             .containers
             .lock()

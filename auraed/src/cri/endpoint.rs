@@ -22,6 +22,8 @@ pub struct Cri {
     pub puller: pull::Puller,
     /// Where each sandbox keeps its files (its resolv.conf).
     pub sandboxes_dir: std::path::PathBuf,
+    /// `GetContainerEvents`' subscribers.
+    pub events: super::events::EventSender,
 }
 
 /// What tonic serves: the services' handlers borrow it, and a container's
@@ -70,6 +72,7 @@ impl Cri {
             state: Default::default(),
             store,
             sandboxes_dir: root.join("sandboxes"),
+            events: super::events::channel(),
         })
     }
 }

@@ -27,6 +27,8 @@ mod dns;
 #[cfg(feature = "cri")]
 mod endpoint;
 #[cfg(feature = "cri")]
+mod events;
+#[cfg(feature = "cri")]
 mod exec;
 #[cfg(feature = "cri")]
 mod groups;

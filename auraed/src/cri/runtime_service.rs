@@ -347,7 +347,7 @@ impl RuntimeService for CriService {
         &self,
         _r: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents", "the container event stream"))
+        Ok(Response::new(self.event_stream()))
     }
 
     async fn list_metric_descriptors(
