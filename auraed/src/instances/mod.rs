@@ -11,6 +11,7 @@ pub mod networks;
 mod own;
 pub mod plain_vm;
 mod pool;
+mod ready;
 pub mod root;
 mod spawn;
 mod vmm_process;

@@ -2,6 +2,7 @@
 //! request/status conversions they share.
 
 mod cell_mounts;
+mod cell_security;
 pub mod convert;
 pub mod pod_convert;
 pub mod runtime_service;
