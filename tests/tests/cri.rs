@@ -463,6 +463,21 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     );
     let e = crictl.refused(&["create", "--no-pull", &pod_id, &container, &pod]);
     assert!(e.contains("config.image.image"), "{e}");
+    // A memory limit: not enforced yet, so refused by name, not dropped.
+    let limited = write_json(
+        work.path(),
+        "limited.json",
+        serde_json::json!({
+            "metadata": {"name": "m"},
+            "image": {"image": "registry.k8s.io/e2e-test-images/absent:1"},
+            "linux": {"resources": {"memory_limit_in_bytes": 67108864, "cpu_shares": 2}},
+        }),
+    );
+    let e = crictl.refused(&["create", "--no-pull", &pod_id, &limited, &pod]);
+    assert!(
+        e.contains("config.linux.resources.memory_limit_in_bytes") && e.contains("not built"),
+        "{e}"
+    );
     // A volume whose host path doesn't exist.
     let volume = write_json(
         work.path(),
