@@ -284,7 +284,7 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
         ctl.ok(&["pull", IMAGE]);
     }
     let (mut p, mut c, mut k) = (Steps::default(), Steps::default(), Steps::default());
-    let mut dummy = Steps::default();
+    let mut warm_up = Steps::default();
     // Round 0 warms caches and bridges; not counted.
     for i in 0..=runs {
         pool_refilled(&pooled, i + 1)?;
@@ -292,20 +292,20 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
             &pooled_ctl,
             work.path(),
             &format!("p{i}"),
-            if i > 0 { &mut p } else { &mut dummy },
+            if i > 0 { &mut p } else { &mut warm_up },
         )?;
         pool_refilled(&pooled, i + 2)?;
         one_pod(
             &cold_ctl,
             work.path(),
             &format!("c{i}"),
-            if i > 0 { &mut c } else { &mut dummy },
+            if i > 0 { &mut c } else { &mut warm_up },
         )?;
         one_pod(
             &containerd_ctl,
             work.path(),
             &format!("k{i}"),
-            if i > 0 { &mut k } else { &mut dummy },
+            if i > 0 { &mut k } else { &mut warm_up },
         )?;
     }
     println!("\nmedians of {runs} alternating rounds, steps driven by crictl (release auraed, cell backend):");
