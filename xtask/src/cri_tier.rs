@@ -191,7 +191,7 @@ pub fn run_in_netns() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let daemon = rt.block_on(Daemon::start_with(DaemonOptions {
-        image_dir: Some(image_dir),
+        image_dir: Some(image_dir.clone()),
         extra_config: extra,
         ..Default::default()
     }));
@@ -227,9 +227,72 @@ pub fn run_in_netns() -> anyhow::Result<()> {
         println!("(no summary: {e:#})");
     }
     let leftover = pod_left_at_shutdown(work.path(), &socket, daemon);
+    let crashed = pod_left_by_a_crash(work.path(), &rt, &image_dir, &cni, registry.port);
     drop(rt);
     anyhow::ensure!(status.success(), "critest failed");
-    leftover
+    leftover.and(crashed)
+}
+
+/// A pod whose auraed is killed (-9) gives its CNI address back when
+/// auraed starts again on the same state.
+fn pod_left_by_a_crash(
+    work: &Path,
+    rt: &tokio::runtime::Runtime,
+    image_dir: &Path,
+    cni: &Path,
+    registry_port: u16,
+) -> anyhow::Result<()> {
+    let socket = work.join("crash.sock");
+    let options = |reuse| DaemonOptions {
+        image_dir: Some(image_dir.to_path_buf()),
+        extra_config: cri_section(&socket, cni, registry_port),
+        reuse,
+        ..Default::default()
+    };
+    let mut daemon = rt.block_on(Daemon::start_with(options(None)));
+    let before = allocations(work);
+    let pod = work.join("left-by-a-crash.json");
+    std::fs::write(
+        &pod,
+        serde_json::json!({
+            "metadata": {"name": "crashed", "namespace": "tier", "uid": "left-by-a-crash"},
+            "linux": {},
+        })
+        .to_string(),
+    )?;
+    let crictl = aurae_tests::cri::Crictl {
+        socket: socket.clone(),
+    };
+    let out = crictl.run(&[
+        "runp",
+        "--runtime",
+        "aurae-cell",
+        &pod.display().to_string(),
+    ]);
+    anyhow::ensure!(
+        out.status.success(),
+        "runp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(
+        allocations(work) == before + 1,
+        "the pod holds no CNI address"
+    );
+    daemon.crash();
+    let dir = daemon.keep_dir();
+    drop(daemon);
+    let again = rt.block_on(Daemon::start_with(options(Some(dir))));
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while allocations(work) != before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the crashed pod's CNI address is still held 30 s after auraed restarted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(again);
+    println!("==> a pod left by a crash (kill -9) gave its CNI address back at the restart");
+    Ok(())
 }
 
 /// The addresses host-local holds for the tier's network.

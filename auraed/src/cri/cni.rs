@@ -61,7 +61,7 @@ pub enum CniError {
 }
 
 /// A network configuration list.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Network {
     pub name: String,
     pub file: PathBuf,
@@ -158,6 +158,41 @@ pub struct Invocation<'a> {
     pub container_id: &'a str,
     pub pod_name: &'a str,
     pub pod_namespace: &'a str,
+}
+
+/// The file in a sandbox's folder that holds its [`Saved`] attachment.
+pub const SAVED: &str = "cni.json";
+
+/// What `DEL` needs of an attachment once its namespace is gone (after a
+/// crash of auraed), kept in the sandbox's folder while it is attached.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    network: Network,
+    container_id: String,
+    args: String,
+}
+
+impl Attachment {
+    pub fn saved(&self) -> Saved {
+        Saved {
+            network: self.network.clone(),
+            container_id: self.container_id.clone(),
+            args: self.args.clone(),
+        }
+    }
+}
+
+/// `DEL` of an attachment whose namespace is gone (`CNI_NETNS` empty, as
+/// the spec allows): plugins release what they hold for it (an IPAM's
+/// address).
+pub async fn del_saved(saved: &Saved, bin_dirs: &[PathBuf]) -> Result<(), CniError> {
+    let env = vec![
+        ("CNI_CONTAINERID", saved.container_id.clone()),
+        ("CNI_NETNS", String::new()),
+        ("CNI_IFNAME", IFNAME.to_string()),
+        ("CNI_ARGS", saved.args.clone()),
+    ];
+    del_all(&saved.network, &env, bin_dirs).await
 }
 
 fn netns_path(fd: &OwnedFd) -> String {
@@ -317,11 +352,18 @@ pub async fn add(
 /// Detaches: every plugin's `DEL`, in reverse order (each one runs even
 /// if an earlier one failed; the first failure is returned).
 pub async fn del(a: &Attachment, bin_dirs: &[PathBuf]) -> Result<(), CniError> {
-    let env = env(a);
+    del_all(&a.network, &env(a), bin_dirs).await
+}
+
+async fn del_all(
+    network: &Network,
+    env: &[(&str, String)],
+    bin_dirs: &[PathBuf],
+) -> Result<(), CniError> {
     let mut first = None;
-    for plugin in a.network.plugins.iter().rev() {
-        let conf = plugin_conf(&a.network, plugin, None);
-        if let Err(e) = run_plugin(bin_dirs, "DEL", &conf, &env).await {
+    for plugin in network.plugins.iter().rev() {
+        let conf = plugin_conf(network, plugin, None);
+        if let Err(e) = run_plugin(bin_dirs, "DEL", &conf, env).await {
             first.get_or_insert(e);
         }
     }

@@ -322,6 +322,12 @@ impl Cri {
                         ))
                     })?;
                 *cni = None;
+                let record = self.sandboxes_dir.join(&sandbox.id).join(super::cni::SAVED);
+                match std::fs::remove_file(&record) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::error!("removing {}: {e}", record.display()),
+                }
             }
         }
         match self.runtime.free(&sandbox.instance).await {
@@ -399,6 +405,23 @@ impl Cri {
         let a = super::cni::add(&network, &how, pidfd.as_fd())
             .await
             .map_err(cni_status)?;
+        // Kept while attached, for a DEL after a crash of this auraed.
+        let record = self.sandboxes_dir.join(id).join(super::cni::SAVED);
+        let saved = serde_json::to_vec(&a.saved())
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                std::fs::create_dir_all(self.sandboxes_dir.join(id))?;
+                std::fs::write(&record, json)
+            });
+        if let Err(e) = saved {
+            if let Err(undo) = super::cni::del(&a, &self.cfg.cni_bin_dirs).await {
+                tracing::error!("sandbox {id}: detaching its CNI network: {undo}");
+            }
+            return Err(Status::internal(format!(
+                "writing {}: {e}",
+                record.display()
+            )));
+        }
         tracing::info!(
             "sandbox {id}: CNI network {} ({}) gave {}",
             network.name,
