@@ -250,34 +250,7 @@ fn pod_left_by_a_crash(
         ..Default::default()
     };
     let mut daemon = rt.block_on(Daemon::start_with(options(None)));
-    let before = allocations(work);
-    let pod = work.join("left-by-a-crash.json");
-    std::fs::write(
-        &pod,
-        serde_json::json!({
-            "metadata": {"name": "crashed", "namespace": "tier", "uid": "left-by-a-crash"},
-            "linux": {},
-        })
-        .to_string(),
-    )?;
-    let crictl = aurae_tests::cri::Crictl {
-        socket: socket.clone(),
-    };
-    let out = crictl.run(&[
-        "runp",
-        "--runtime",
-        "aurae-cell",
-        &pod.display().to_string(),
-    ]);
-    anyhow::ensure!(
-        out.status.success(),
-        "runp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    anyhow::ensure!(
-        allocations(work) == before + 1,
-        "the pod holds no CNI address"
-    );
+    let before = pod_holding_an_address(work, &socket, "crashed", "left-by-a-crash")?;
     daemon.crash();
     let dir = daemon.keep_dir();
     drop(daemon);
@@ -311,14 +284,20 @@ fn allocations(work: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// A pod still running when auraed stops gives its CNI address back.
-fn pod_left_at_shutdown(work: &Path, socket: &Path, mut daemon: Daemon) -> anyhow::Result<()> {
+/// Runs a pod named `name` through crictl on `socket` and checks it holds
+/// one CNI address; the number held before it.
+fn pod_holding_an_address(
+    work: &Path,
+    socket: &Path,
+    name: &str,
+    uid: &str,
+) -> anyhow::Result<usize> {
     let before = allocations(work);
-    let pod = work.join("left-at-shutdown.json");
+    let pod = work.join(format!("{uid}.json"));
     std::fs::write(
         &pod,
         serde_json::json!({
-            "metadata": {"name": "left", "namespace": "tier", "uid": "left-at-shutdown"},
+            "metadata": {"name": name, "namespace": "tier", "uid": uid},
             "linux": {},
         })
         .to_string(),
@@ -342,6 +321,12 @@ fn pod_left_at_shutdown(work: &Path, socket: &Path, mut daemon: Daemon) -> anyho
         held == before + 1,
         "the pod holds {held} - {before} CNI addresses, not 1"
     );
+    Ok(before)
+}
+
+/// A pod still running when auraed stops gives its CNI address back.
+fn pod_left_at_shutdown(work: &Path, socket: &Path, mut daemon: Daemon) -> anyhow::Result<()> {
+    let before = pod_holding_an_address(work, socket, "left", "left-at-shutdown")?;
     daemon.stop();
     let after = allocations(work);
     anyhow::ensure!(

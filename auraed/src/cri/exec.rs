@@ -12,36 +12,52 @@ use super::Cri;
 /// The most of each stream an `ExecSync` answer carries.
 const OUTPUT_CAP: usize = 16 << 20;
 
-/// Kills and frees an exec's process unless disarmed (the call finished
-/// and did so itself).
+/// An exec's process, killed (unless its exit was collected) and freed by
+/// [`Reaper::finish`]; if the call ends before that (its client went away
+/// and tonic dropped it), on drop, in a task of its own.
 struct Reaper {
     client: pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
     id: String,
     armed: bool,
 }
 
+impl Reaper {
+    /// Kills the process unless `exited`, then frees it; failures are
+    /// logged (a killed process may have exited meanwhile).
+    async fn finish(mut self, exited: bool) {
+        self.armed = false;
+        clean_up(self.client.clone(), std::mem::take(&mut self.id), exited).await;
+    }
+}
+
+async fn clean_up(
+    mut client: pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
+    id: String,
+    exited: bool,
+) {
+    if !exited {
+        if let Err(e) = client
+            .stop(pb::StopRequest {
+                id: id.clone(),
+                signal: libc::SIGKILL,
+                grace_period_ms: Some(0),
+            })
+            .await
+        {
+            tracing::debug!("exec {id}: killing it: {}", e.message());
+        }
+    }
+    if let Err(e) = client.free(pb::FreeRequest { id: id.clone() }).await {
+        tracing::warn!("exec {id}: freeing it: {}", e.message());
+    }
+}
+
 impl Drop for Reaper {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            let id = std::mem::take(&mut self.id);
+            tokio::spawn(clean_up(self.client.clone(), id, false));
         }
-        let (mut client, id) = (self.client.clone(), std::mem::take(&mut self.id));
-        tokio::spawn(async move {
-            // (It may have exited already: then only the free counts.)
-            if let Err(e) = client
-                .stop(pb::StopRequest {
-                    id: id.clone(),
-                    signal: libc::SIGKILL,
-                    grace_period_ms: Some(0),
-                })
-                .await
-            {
-                tracing::debug!("an abandoned exec {id}: killing it: {}", e.message());
-            }
-            if let Err(e) = client.free(pb::FreeRequest { id: id.clone() }).await {
-                tracing::warn!("an abandoned exec {id}: freeing it: {}", e.message());
-            }
-        });
     }
 }
 
@@ -96,10 +112,9 @@ impl Cri {
             .await
             .map_err(refused)?
             .into_inner();
-        let mut client_for_cleanup = client.clone();
         // If the call ends early (its client went away and tonic dropped
         // it), the process is killed and freed all the same.
-        let mut guard = Reaper {
+        let guard = Reaper {
             client: client.clone(),
             id: started.id.clone(),
             armed: true,
@@ -150,27 +165,7 @@ impl Cri {
         };
         // The process goes, whatever happened: killed unless its exit was
         // collected.
-        if !matches!(outcome, Ok(Some(_))) {
-            if let Err(e) = client_for_cleanup
-                .stop(pb::StopRequest {
-                    id: started.id.clone(),
-                    signal: libc::SIGKILL,
-                    grace_period_ms: Some(0),
-                })
-                .await
-            {
-                tracing::warn!("exec in {}: killing {}: {}", c.id, started.id, e.message());
-            }
-        }
-        if let Err(e) = client_for_cleanup
-            .free(pb::FreeRequest {
-                id: started.id.clone(),
-            })
-            .await
-        {
-            tracing::warn!("exec in {}: freeing {}: {}", c.id, started.id, e.message());
-        }
-        guard.armed = false;
+        guard.finish(matches!(outcome, Ok(Some(_)))).await;
         match outcome.map_err(refused)? {
             Some((stdout, stderr, status)) => Ok(cri::ExecSyncResponse {
                 stdout,

@@ -13,11 +13,11 @@
 //! thread's until the listener exists).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rtnetlink::{Handle, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, LinkVeth};
 
-use super::{link_index, netns, set_up, NetError};
+use super::{link_index, move_to_netns, netns, set_up, NetError};
 
 /// The name of the instance's end of the link.
 pub const LINK: &str = "aurae-meta";
@@ -90,21 +90,7 @@ fn in_new_namespace(
             })?;
         let side_index = link_index(handle, side).await?;
         let peer_index = link_index(handle, peer).await?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(peer_index)
-                    .name(LINK)
-                    .setns_by_fd(target.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|source| NetError::SetNetns {
-                link: peer.to_string(),
-                new_name: LINK.to_string(),
-                source,
-            })?;
+        move_to_netns(handle, peer_index, peer, LINK, target.as_fd()).await?;
         add_v4(handle, side_index, side, endpoint).await?;
         set_up(handle, side_index, side).await?;
         netns::run_in(target, move |handle| async move {

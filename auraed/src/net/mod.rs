@@ -281,6 +281,33 @@ fn link_name(link: &LinkMessage) -> Option<&str> {
     })
 }
 
+/// Moves the link `index` (named `link` here) into the network namespace
+/// `netns` (an nsfs fd), renamed `new_name` there, in one request.
+async fn move_to_netns(
+    handle: &Handle,
+    index: u32,
+    link: &str,
+    new_name: &str,
+    netns: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), NetError> {
+    use std::os::fd::AsRawFd;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .name(new_name)
+                .setns_by_fd(netns.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|source| NetError::SetNetns {
+            link: link.to_string(),
+            new_name: new_name.to_string(),
+            source,
+        })
+}
+
 async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError> {
     handle
         .link()

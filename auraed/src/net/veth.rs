@@ -2,13 +2,13 @@
 //! peer end in the cell's network namespace.
 
 use std::net::Ipv6Addr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
-use rtnetlink::{LinkUnspec, LinkVeth};
+use rtnetlink::LinkVeth;
 
 use super::{
-    addresses, check_link_name, del_index, enslave_up, link_index, netns, set_up, BridgeLink, Conn,
-    NetError,
+    addresses, check_link_name, del_index, enslave_up, link_index, move_to_netns, netns, set_up,
+    BridgeLink, Conn, NetError,
 };
 
 /// A veth pair made by [`create_veth`]. Call [`Veth::remove`] to delete it;
@@ -78,21 +78,7 @@ pub async fn create_veth(
     let rest = async {
         enslave_up(handle, host_index, host, bridge).await?;
         let peer_index = link_index(handle, peer).await?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(peer_index)
-                    .name(peer_name_in_ns)
-                    .setns_by_fd(netns_fd.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|source| NetError::SetNetns {
-                link: peer.to_string(),
-                new_name: peer_name_in_ns.to_string(),
-                source,
-            })?;
+        move_to_netns(handle, peer_index, peer, peer_name_in_ns, netns_fd.as_fd()).await?;
         let name = peer_name_in_ns.to_string();
         netns::run_in(netns_fd, move |handle| async move {
             let index = link_index(&handle, &name).await?;
