@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use initramfs::Manifest;
 
 use crate::deps;
+use crate::testhost_watch::Verdict;
 
 const RESULT_MARKER: &str = "AURAE-TESTHOST-RESULT";
 
@@ -186,8 +187,8 @@ fn init_script(runs: &[TestRun]) -> String {
          mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo +$c > /sys/fs/cgroup/cgroup.subtree_control; done\n\
          ip link set lo up; hostname testhost\n\
-         echo \"testhost: kernel $(uname -r), cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control), kvm: $(ls /dev/kvm 2>&1)\"\n\
-         dmesg | grep -iE 'tsc|clocksource|svm|npt' | sed 's/^/testhost: dmesg: /'\n\
+         echo \"testhost: kernel $(uname -r), $(nproc) CPUs, cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control), kvm: $(ls /dev/kvm 2>&1)\"\n\
+         dmesg | grep -iE 'tsc|clocksource|svm|npt|smpboot|brought up' | sed 's/^/testhost: dmesg: /'\n\
          rc=0\n",
     );
     for r in runs {
@@ -385,10 +386,14 @@ fn boot(kernel: &Path, initrd: &Path, append: &str, dir: &Path) -> anyhow::Resul
                     break;
                 }
                 if result.is_none() {
-                    if let Some(report) = watch.check() {
-                        let _ = qemu.kill();
-                        let _ = qemu.wait();
-                        return Ok(Run::Hung(report));
+                    match watch.check() {
+                        Verdict::Running => {}
+                        Verdict::Nudged(report) => println!("[testhost] {report}"),
+                        Verdict::Hung(report) => {
+                            let _ = qemu.kill();
+                            let _ = qemu.wait();
+                            return Ok(Run::Hung(report));
+                        }
                     }
                 }
             }
