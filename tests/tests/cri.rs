@@ -4,99 +4,16 @@
 //! whose log is in the CRI format, `exec --sync`, stop and removal, and
 //! then nothing left behind; and bad requests refused, naming the field.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aurae_tests::cri::{crictl_bin, have, Crictl, Registry};
+use aurae_tests::cri::{
+    cni_dir, cri_client, daemon, requirements, workloads, write_json, Registry,
+};
 use aurae_tests::leaks::Snapshot;
 use aurae_tests::pods::busybox_image;
-use aurae_tests::{report_skip, Daemon, DaemonOptions};
+use aurae_tests::report_skip;
 
 const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-/// A daemon with the CRI on, pulling `registry.k8s.io` images from
-/// `registry` only.
-async fn daemon(registry: &Registry) -> (Daemon, Crictl) {
-    let image = aurae_tests::instances::image().expect("checked by the caller");
-    // The socket goes in the daemon's own folder, known once it exists:
-    // a folder of the test's instead; the CNI configuration folder (empty:
-    // pods are on auraed's bridge) beside it.
-    let sockets = tempfile::tempdir().expect("tempdir").keep();
-    let socket = sockets.join("cri.sock");
-    let extra = format!(
-        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
-         [cri.registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
-        socket.display().to_string(),
-        cni_dir(&socket).display().to_string(),
-        registry.port
-    );
-    let d = Daemon::start_with(DaemonOptions {
-        image_dir: Some(image),
-        extra_config: extra,
-        ..Default::default()
-    })
-    .await;
-    (d, Crictl { socket })
-}
-
-/// A CRI client of the daemon's socket (tonic, over the Unix socket).
-async fn cri_client(
-    socket: &Path,
-) -> aurae_proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .expect("the CRI socket");
-    aurae_proto::cri::runtime_service_client::RuntimeServiceClient::new(channel)
-}
-
-/// The daemon's CNI configuration folder (beside its CRI socket).
-fn cni_dir(socket: &Path) -> std::path::PathBuf {
-    socket.with_file_name("net.d")
-}
-
-fn write_json(dir: &Path, name: &str, value: serde_json::Value) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, value.to_string()).expect("json");
-    p.display().to_string()
-}
-
-/// What auraed runs (over the test's own connection).
-async fn workloads(
-    client: &mut aurae_proto::runtime::runtime_client::RuntimeClient<tonic::transport::Channel>,
-) -> Vec<aurae_proto::runtime::WorkloadStatus> {
-    client
-        .list(aurae_proto::runtime::ListRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .workloads
-}
-
-fn requirements() -> Option<&'static str> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root");
-    }
-    if !crictl_bin().is_file() {
-        return Some("no ../shared/cri/crictl");
-    }
-    if !have("docker-registry") || !have("skopeo") {
-        return Some(
-            "docker-registry and skopeo are not installed (cargo xtask test installs them)",
-        );
-    }
-    if aurae_tests::instances::image().is_none() {
-        return Some("no image: target/aurae-image/initramfs.cpio.zst (cargo xtask image)");
-    }
-    None
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {

@@ -9,6 +9,7 @@
 //! default_handler = "auto"            # the empty RuntimeClass handler: auto, cell, microvm
 //! cni_conf_dir = "/etc/cni/net.d"     # pod networks: the first CNI config here
 //! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]   # where the plugins are
+//! stream_address = "127.0.0.1:0"      # Exec/PortForward URLs (port 0: any free one)
 //!
 //! # Registry mirrors, as containerd's hosts.toml: the registry's own name,
 //! # or "*" for every registry without an entry of its own.
@@ -58,6 +59,15 @@ pub struct CriSection {
     /// Where CNI plugins are looked for, in order.
     #[serde(default = "default_cni_bin_dirs")]
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Where the streaming server listens (`Exec`, `PortForward`). Its
+    /// single-use tokens are the only credential: keep it on loopback, or
+    /// on an address only the API server reaches.
+    #[serde(default = "default_stream_address")]
+    pub stream_address: std::net::SocketAddr,
+}
+
+fn default_stream_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))
 }
 
 /// Where a registry's images are pulled from.
@@ -95,6 +105,7 @@ impl Default for CriSection {
             registries: BTreeMap::new(),
             cni_conf_dir: default_cni_conf_dir(),
             cni_bin_dirs: default_cni_bin_dirs(),
+            stream_address: default_stream_address(),
         }
     }
 }

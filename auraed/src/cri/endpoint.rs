@@ -24,6 +24,8 @@ pub struct Cri {
     pub sandboxes_dir: std::path::PathBuf,
     /// `GetContainerEvents`' subscribers.
     pub events: super::events::EventSender,
+    /// The streaming server (`Exec`, `PortForward`).
+    pub streams: super::streaming::Streams,
 }
 
 /// What tonic serves: the services' handlers borrow it, and a container's
@@ -50,6 +52,8 @@ pub enum CriServeError {
     },
     #[error("serving the CRI")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the CRI streaming server")]
+    Streams(#[from] super::streaming::BindError),
 }
 
 impl Cri {
@@ -61,6 +65,7 @@ impl Cri {
     ) -> Result<Self, CriServeError> {
         let root = cfg.root.clone().unwrap_or_else(|| state_dir.join("cri"));
         let store = Arc::new(image_store::ImageStore::open(&root.join("images"))?);
+        let streams = super::streaming::Streams::bind(cfg.stream_address)?;
         Ok(Self {
             puller: pull::Puller {
                 cfg: cfg.clone(),
@@ -73,6 +78,7 @@ impl Cri {
             store,
             sandboxes_dir: root.join("sandboxes"),
             events: super::events::channel(),
+            streams,
         })
     }
 }
@@ -103,6 +109,11 @@ pub async fn serve(
 ) -> Result<(), CriServeError> {
     cri.release_leftovers().await;
     tracing::info!("serving the CRI on unix:{}", cri.cfg.socket.display());
+    // The streaming server stops after the CRI's own.
+    let (streams_stop, streams_stopped) = tokio::sync::oneshot::channel::<()>();
+    let streams = tokio::spawn(super::streaming::serve(cri.clone(), async {
+        let _ = streams_stopped.await;
+    }));
     let served = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(CriService(cri.clone())))
         .add_service(ImageServiceServer::new(CriService(cri.clone())))
@@ -113,6 +124,10 @@ pub async fn serve(
             shutdown,
         )
         .await;
+    let _ = streams_stop.send(());
+    if let Err(e) = streams.await {
+        tracing::error!("the CRI streaming server's task: {e}");
+    }
     let _ = std::fs::remove_file(&cri.cfg.socket);
     cri.shutdown().await;
     Ok(served?)

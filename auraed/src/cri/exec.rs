@@ -1,6 +1,7 @@
-//! `ExecSync`: a process run in a container's cell, its output collected
-//! (each stream capped at 16 MiB, as the CRI asks) and its exit code
-//! reported; past the request's timeout it is killed.
+//! A process run in a container's cell, its output followed: collected
+//! for `ExecSync` (each stream capped at 16 MiB, as the CRI asks; past the
+//! request's timeout it is killed), or streamed for `Exec` (see
+//! `streaming`).
 
 use aurae_proto::cri;
 use aurae_proto::runtime as pb;
@@ -61,21 +62,92 @@ impl Drop for Reaper {
     }
 }
 
+/// An exec's process, started in its container's cell, its output
+/// followed.
+pub(super) struct Running {
+    client: pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
+    guard: Reaper,
+    output: tonic::Streaming<pb::LogEntry>,
+    /// For errors: "exec in container <id>".
+    what: String,
+}
+
+/// Which stream a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Output {
+    Stdout,
+    Stderr,
+}
+
+impl Running {
+    /// The next chunk of the process's output (a line with its newline, or
+    /// the part of one that was written); `None` once both streams ended.
+    pub(super) async fn next_output(&mut self) -> Option<Result<(Output, Vec<u8>), Status>> {
+        let entry = match self.output.next().await? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(self.refused(e))),
+        };
+        let which = if entry.stream == pb::LogStream::Stderr as i32 {
+            Output::Stderr
+        } else {
+            Output::Stdout
+        };
+        let mut chunk = entry.line;
+        if !entry.partial {
+            chunk.push(b'\n');
+        }
+        Some(Ok((which, chunk)))
+    }
+
+    /// Waits for the process's exit (its output has ended) and frees it;
+    /// its exit code (128 + the signal that ended it).
+    pub(super) async fn exit_code(self) -> Result<i32, Status> {
+        let status = self
+            .client
+            .clone()
+            .wait(pb::WaitRequest {
+                id: self.guard.id.clone(),
+                timeout_ms: Some(10_000),
+            })
+            .await;
+        let status = match status {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                let e = self.refused(e);
+                self.guard.finish(false).await;
+                return Err(e);
+            }
+        };
+        self.guard.finish(true).await;
+        Ok(status
+            .exit_code
+            .or(status.signal.map(|s| 128 + s))
+            .unwrap_or(255))
+    }
+
+    /// Kills the process and frees it.
+    pub(super) async fn kill(self) {
+        self.guard.finish(false).await;
+    }
+
+    fn refused(&self, s: Status) -> Status {
+        Status::new(s.code(), format!("{}: {}", self.what, s.message()))
+    }
+}
+
 impl Cri {
-    pub(super) async fn exec_sync(
+    /// Starts `cmd` in the running container `container_id` as its own
+    /// process runs (its user, environment and working directory), its
+    /// output followed from the start.
+    pub(super) async fn start_exec(
         &self,
-        r: cri::ExecSyncRequest,
-    ) -> Result<cri::ExecSyncResponse, Status> {
-        let c = self.state.container("container_id", &r.container_id)?;
-        let Some((command, args)) = r.cmd.split_first() else {
+        container_id: &str,
+        cmd: &[String],
+    ) -> Result<Running, Status> {
+        let c = self.state.container("container_id", container_id)?;
+        let Some((command, args)) = cmd.split_first() else {
             return Err(Status::invalid_argument("cmd: empty"));
         };
-        if r.timeout < 0 {
-            return Err(Status::invalid_argument(format!(
-                "timeout: {} is negative",
-                r.timeout
-            )));
-        }
         if c.run().state != cri::ContainerState::ContainerRunning as i32 {
             return Err(Status::failed_precondition(format!(
                 "container_id: container {} is not running",
@@ -84,17 +156,11 @@ impl Cri {
         }
         let sandbox = self.state.sandbox("pod_sandbox_id", &c.sandbox_id)?;
         let instance = self.instance_of(&sandbox)?;
-        // As the container's own process runs: its user, environment and
-        // working directory.
         let first = super::container_config::executable_of(&c.config, c.user, &c.groups)?
             .unwrap_or_default();
         let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
-        let refused = |s: Status| {
-            Status::new(
-                s.code(),
-                format!("exec in container {}: {}", c.id, s.message()),
-            )
-        };
+        let what = format!("exec in container {}", c.id);
+        let refused = |s: Status| Status::new(s.code(), format!("{what}: {}", s.message()));
         let started = client
             .run_executable(pb::RunExecutableRequest {
                 name: String::new(),
@@ -112,73 +178,84 @@ impl Cri {
             .await
             .map_err(refused)?
             .into_inner();
-        // If the call ends early (its client went away and tonic dropped
-        // it), the process is killed and freed all the same.
+        // If the caller goes away early, the process is killed and freed
+        // all the same.
         let guard = Reaper {
             client: client.clone(),
             id: started.id.clone(),
             armed: true,
         };
+        let output = match client
+            .logs(pb::LogsRequest {
+                id: started.id.clone(),
+                follow: true,
+                wait_for_start: true,
+            })
+            .await
+        {
+            Ok(o) => o.into_inner(),
+            Err(e) => {
+                guard.finish(false).await;
+                return Err(refused(e));
+            }
+        };
+        Ok(Running {
+            client,
+            guard,
+            output,
+            what,
+        })
+    }
+
+    pub(super) async fn exec_sync(
+        &self,
+        r: cri::ExecSyncRequest,
+    ) -> Result<cri::ExecSyncResponse, Status> {
+        if r.timeout < 0 {
+            return Err(Status::invalid_argument(format!(
+                "timeout: {} is negative",
+                r.timeout
+            )));
+        }
+        let mut running = self.start_exec(&r.container_id, &r.cmd).await?;
         let collect = async {
-            let mut stream = client
-                .logs(pb::LogsRequest {
-                    id: started.id.clone(),
-                    follow: true,
-                    wait_for_start: true,
-                })
-                .await?
-                .into_inner();
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-            while let Some(entry) = stream.next().await {
-                let entry = entry?;
-                let out = if entry.stream == pb::LogStream::Stderr as i32 {
-                    &mut stderr
-                } else {
-                    &mut stdout
+            while let Some(chunk) = running.next_output().await {
+                let (which, chunk) = chunk?;
+                let out = match which {
+                    Output::Stdout => &mut stdout,
+                    Output::Stderr => &mut stderr,
                 };
-                if out.len() + entry.line.len() < OUTPUT_CAP {
-                    out.extend_from_slice(&entry.line);
-                    if !entry.partial {
-                        out.push(b'\n');
-                    }
+                if out.len() + chunk.len() <= OUTPUT_CAP {
+                    out.extend_from_slice(&chunk);
                 }
             }
-            let status = client
-                .clone()
-                .wait(pb::WaitRequest {
-                    id: started.id.clone(),
-                    timeout_ms: Some(10_000),
-                })
-                .await?
-                .into_inner();
-            Ok::<_, Status>((stdout, stderr, status))
+            Ok::<_, Status>((stdout, stderr))
         };
         let outcome = if r.timeout > 0 {
-            match tokio::time::timeout(std::time::Duration::from_secs(r.timeout as u64), collect)
+            tokio::time::timeout(std::time::Duration::from_secs(r.timeout as u64), collect)
                 .await
-            {
-                Ok(r) => r.map(Some),
-                Err(_) => Ok(None),
-            }
+                .ok()
         } else {
-            collect.await.map(Some)
+            Some(collect.await)
         };
-        // The process goes, whatever happened: killed unless its exit was
-        // collected.
-        guard.finish(matches!(outcome, Ok(Some(_)))).await;
-        match outcome.map_err(refused)? {
-            Some((stdout, stderr, status)) => Ok(cri::ExecSyncResponse {
+        match outcome {
+            Some(Ok((stdout, stderr))) => Ok(cri::ExecSyncResponse {
                 stdout,
                 stderr,
-                exit_code: status
-                    .exit_code
-                    .or(status.signal.map(|s| 128 + s))
-                    .unwrap_or(255),
+                exit_code: running.exit_code().await?,
             }),
-            None => Err(Status::deadline_exceeded(format!(
-                "exec in container {}: not done within the timeout of {} s; killed",
-                c.id, r.timeout
-            ))),
+            Some(Err(e)) => {
+                running.kill().await;
+                Err(e)
+            }
+            None => {
+                running.kill().await;
+                Err(Status::deadline_exceeded(format!(
+                    "exec in container {}: not done within the timeout of {} s; killed",
+                    r.container_id, r.timeout
+                )))
+            }
         }
     }
 }

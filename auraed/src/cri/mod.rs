@@ -6,7 +6,8 @@
 //! cell, or a microVM), and each container a cell in it rooted in its
 //! image and sharing the instance's network. Images are pulled from OCI
 //! registries (through the configured mirrors) into [`image_store`], and
-//! unpacked and verified through the image cache `RunCell` uses.
+//! unpacked and verified through the image cache `RunCell` uses. `Exec`
+//! and `PortForward` are served by auraed's own [`streaming`] server.
 //!
 //! What is not built answers `UNIMPLEMENTED`, naming what is missing
 //! (`runtime_service::not_yet`); the README lists it.
@@ -43,9 +44,13 @@ mod runtime_service;
 #[cfg(feature = "cri")]
 mod sandboxes;
 #[cfg(feature = "cri")]
+mod spdy;
+#[cfg(feature = "cri")]
 pub mod state;
 #[cfg(feature = "cri")]
 mod stats;
+#[cfg(feature = "cri")]
+mod streaming;
 
 #[cfg(feature = "cri")]
 pub use endpoint::{bind, serve, Cri, CriServeError, CriService};

@@ -17,7 +17,8 @@ pub fn not_yet(call: &str, what: &str) -> Status {
     Status::unimplemented(format!("{call}: {what} is not built yet"))
 }
 
-const STREAMING: &str = "the streaming server (SPDY/3.1 and WebSocket channel protocols)";
+/// What the streaming server does not carry yet.
+const ATTACH: &str = "attaching to a container's own process (its stdin is not kept open to carry)";
 const STATS: &str = "streaming statistics, and metrics";
 
 #[tonic::async_trait]
@@ -168,23 +169,25 @@ impl RuntimeService for CriService {
 
     async fn exec(
         &self,
-        _r: Request<cri::ExecRequest>,
+        r: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(not_yet("Exec", STREAMING))
+        let url = Cri::exec_url(self, r.into_inner())?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
         _r: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(not_yet("Attach", STREAMING))
+        Err(not_yet("Attach", ATTACH))
     }
 
     async fn port_forward(
         &self,
-        _r: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(not_yet("PortForward", STREAMING))
+        let url = Cri::port_forward_url(self, r.into_inner())?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

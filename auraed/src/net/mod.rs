@@ -90,6 +90,12 @@ pub enum NetError {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("connecting to port {port} on loopback in another network namespace")]
+    ConnectIn {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listening on {addr} in another network namespace")]
     Listen {
         addr: std::net::SocketAddr,
@@ -374,6 +380,17 @@ pub async fn listen_in(
 ) -> Result<std::net::TcpListener, NetError> {
     let ns = netns::ns_file(netns).await?;
     netns::run_in(ns, move |handle| loopback_listener(handle, addr, port)).await
+}
+
+/// A TCP connection to `port` on loopback inside the network namespace
+/// `netns` (a pidfd of a process in it, or an nsfs file): 127.0.0.1 first,
+/// then ::1, each within `timeout`. The socket stays in that namespace.
+pub async fn connect_in(
+    netns: BorrowedFd<'_>,
+    port: u16,
+    timeout: std::time::Duration,
+) -> Result<std::net::TcpStream, NetError> {
+    netns::connect_in(netns, port, timeout).await
 }
 
 /// A network namespace file (nsfs) for `netns`, which may be a pidfd.

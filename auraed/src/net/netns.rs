@@ -78,6 +78,42 @@ where
 /// `/proc/thread-self/ns/net`; an fd that is neither fails here, before
 /// anything is created.
 pub(super) async fn ns_file(netns: BorrowedFd<'_>) -> Result<OwnedFd, NetError> {
+    on_a_thread_in(netns, || {
+        std::fs::File::open("/proc/thread-self/ns/net")
+            .map(OwnedFd::from)
+            .map_err(|source| NetError::Netns {
+                op: "opening /proc/thread-self/ns/net",
+                source,
+            })
+    })
+    .await
+}
+
+/// See [`super::connect_in`]: a short-lived thread joins the namespace and
+/// connects; the connected socket belongs to that namespace for good.
+pub(super) async fn connect_in(
+    netns: BorrowedFd<'_>,
+    port: u16,
+    timeout: std::time::Duration,
+) -> Result<std::net::TcpStream, NetError> {
+    on_a_thread_in(netns, move || {
+        let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        std::net::TcpStream::connect_timeout(&v4, timeout)
+            .or_else(|e4| std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| e4))
+            .map_err(|source| NetError::ConnectIn { port, source })
+    })
+    .await
+}
+
+/// Runs blocking `work` on a short-lived thread that joined the network
+/// namespace `netns` (a pidfd or an nsfs file) first; the caller awaits it
+/// without blocking its runtime.
+async fn on_a_thread_in<T, F>(netns: BorrowedFd<'_>, work: F) -> Result<T, NetError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NetError> + Send + 'static,
+{
     let fd = netns
         .try_clone_to_owned()
         .map_err(|source| NetError::Netns {
@@ -93,19 +129,13 @@ pub(super) async fn ns_file(netns: BorrowedFd<'_>) -> Result<OwnedFd, NetError> 
                     op: "setns",
                     source: e.into(),
                 })
-                .and_then(|()| {
-                    std::fs::File::open("/proc/thread-self/ns/net")
-                        .map(OwnedFd::from)
-                        .map_err(|source| NetError::Netns {
-                            op: "opening /proc/thread-self/ns/net",
-                            source,
-                        })
-                });
+                .and_then(|()| work());
             let _ = tx.send(r);
         })
         .map_err(|source| NetError::Netns {
             op: "spawning a thread",
             source,
         })?;
+    // The sender is dropped without a value only if the thread panicked.
     rx.await.map_err(|_| NetError::NetnsThreadPanicked)?
 }

@@ -1,0 +1,281 @@
+//! The CRI streaming server. `Exec` and `PortForward` answer a URL of this
+//! server with a single-use token in it (see [`tokens`]); the client then
+//! connects over HTTP/1.1 and upgrades to SPDY/3.1 with the Kubernetes
+//! sub-protocol it offers (`v4.channel.k8s.io` for exec,
+//! `portforward.k8s.io`), as the kubelet's and containerd's servers do.
+//!
+//! It listens on loopback by default (`[cri] stream_address`, as
+//! containerd's `stream_server_address`): the token is the only
+//! credential, so a wider address should only be one the API server alone
+//! reaches.
+
+mod exec;
+mod portforward;
+mod requests;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request as HttpRequest, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{oneshot, Semaphore};
+
+use super::Cri;
+
+/// The most streaming connections served at once.
+const MAX_CONNECTIONS: usize = 128;
+/// How long a client may take to send its request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a token stands for.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Exec {
+        container_id: String,
+        cmd: Vec<String>,
+        stdout: bool,
+        stderr: bool,
+    },
+    PortForward {
+        sandbox_id: String,
+    },
+}
+
+impl Request {
+    fn path(&self) -> &'static str {
+        match self {
+            Request::Exec { .. } => "exec",
+            Request::PortForward { .. } => "portforward",
+        }
+    }
+
+    /// The sub-protocols this server speaks for the request, preferred
+    /// first.
+    fn protocols(&self) -> &'static [&'static str] {
+        match self {
+            Request::Exec { .. } => &[exec::PROTOCOL],
+            Request::PortForward { .. } => &[portforward::PROTOCOL],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("binding the CRI streaming server to {addr}")]
+pub struct BindError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The streaming server's address and waiting requests.
+pub struct Streams {
+    pub tokens: tokens::Tokens<Request>,
+    base: String,
+    listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+impl Streams {
+    /// Binds `addr` (port 0: any free one).
+    pub fn bind(addr: SocketAddr) -> Result<Self, BindError> {
+        let bound = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(|l| l.local_addr().map(|a| (l, a)));
+        let (listener, at) = bound.map_err(|source| BindError { addr, source })?;
+        Ok(Self {
+            tokens: Default::default(),
+            base: format!("http://{at}"),
+            listener: Mutex::new(Some(listener)),
+        })
+    }
+
+    /// A URL for `request`, good for one connection within a minute.
+    pub fn url_for(&self, request: Request) -> Result<String, tonic::Status> {
+        let path = request.path();
+        let token = self.tokens.insert(request).map_err(|e| match e {
+            tokens::TokenError::Full => tonic::Status::resource_exhausted(e.to_string()),
+            tokens::TokenError::Random(_) => {
+                tonic::Status::internal(crate::error::chain(&e).to_string())
+            }
+        })?;
+        Ok(format!("{}/{path}/{token}", self.base))
+    }
+}
+
+/// Serves streaming connections until `shutdown` resolves; the sessions
+/// then running end with it.
+pub async fn serve(cri: Arc<Cri>, shutdown: impl std::future::Future<Output = ()>) {
+    let taken = cri
+        .streams
+        .listener
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let Some(listener) = taken.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) else {
+        tracing::error!("the CRI streaming server has no listener");
+        return;
+    };
+    tracing::info!("serving CRI streams on {}", cri.streams.base);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut sessions = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        while sessions.try_join_next().is_some() {}
+        match accepted {
+            Ok((tcp, peer)) => {
+                let cri = cri.clone();
+                sessions.spawn(async move {
+                    connection(cri, tcp, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accepting a CRI stream connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    sessions.shutdown().await;
+}
+
+/// An upgraded request's session, handed from the HTTP handler to the
+/// connection's task.
+struct Upgrade {
+    on: hyper::upgrade::OnUpgrade,
+    request: Request,
+}
+
+/// Serves one connection: its HTTP request, then the session it upgraded
+/// to.
+async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    let (tx, rx) = oneshot::channel::<Upgrade>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let handler_cri = cri.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (response, upgrade) = handle(&handler_cri, req);
+        if let Some(u) = upgrade {
+            if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = tx.send(u);
+            }
+        }
+        std::future::ready(Ok::<_, std::convert::Infallible>(response))
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("CRI stream connection from {peer}: {e}");
+    }
+    let Ok(upgrade) = rx.await else {
+        return;
+    };
+    let io = match upgrade.on.await {
+        Ok(io) => TokioIo::new(io),
+        Err(e) => {
+            tracing::debug!("CRI stream connection from {peer}: the upgrade: {e}");
+            return;
+        }
+    };
+    match upgrade.request {
+        Request::Exec {
+            container_id,
+            cmd,
+            stdout,
+            stderr,
+        } => exec::serve(&cri, io, &container_id, &cmd, stdout, stderr).await,
+        Request::PortForward { sandbox_id } => portforward::serve(&cri, io, &sandbox_id).await,
+    }
+}
+
+/// Answers a request: 101 with the chosen sub-protocol and the session to
+/// run, or an error.
+fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Option<Upgrade>) {
+    let answer = |code: StatusCode, text: String| {
+        let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
+        *r.status_mut() = code;
+        (r, None)
+    };
+    let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+    let (Some(kind), Some(token)) = (parts.next(), parts.next()) else {
+        return answer(StatusCode::NOT_FOUND, "no such stream".into());
+    };
+    let Some(request) = cri.streams.tokens.take(token) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            "unknown or expired stream token".into(),
+        );
+    };
+    if request.path() != kind {
+        return answer(
+            StatusCode::NOT_FOUND,
+            format!("the token is for /{}", request.path()),
+        );
+    }
+    let values = |name: header::HeaderName| -> Vec<String> {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    let upgrade = values(header::UPGRADE);
+    if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            format!("this server upgrades to SPDY/3.1 only (asked for {upgrade:?})"),
+        );
+    }
+    let offered = values(header::HeaderName::from_static("x-stream-protocol-version"));
+    let Some(chosen) = request
+        .protocols()
+        .iter()
+        .find(|p| offered.iter().any(|o| o == *p))
+    else {
+        return answer(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to negotiate a protocol: the client offers {offered:?}, this server speaks {:?}",
+                request.protocols()
+            ),
+        );
+    };
+    let mut req = req;
+    let on = hyper::upgrade::on(&mut req);
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("SPDY/3.1"),
+    );
+    h.insert(
+        "x-stream-protocol-version",
+        header::HeaderValue::from_static(chosen),
+    );
+    (r, Some(Upgrade { on, request }))
+}

@@ -1,0 +1,214 @@
+//! The CRI streaming server, driven by the upstream `crictl`: a streamed
+//! `exec` (stdout, stderr and the exit code apart) and a `port-forward` to
+//! a web server in a container; its URLs work once and refuse a client
+//! that does not upgrade to SPDY/3.1 with the right sub-protocol; bad
+//! `Exec` and `PortForward` requests are refused naming the field; then
+//! nothing is left behind.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use aurae_proto::cri;
+use aurae_tests::cri::{
+    cri_client, crictl_bin, daemon, requirements, workloads, write_json, Registry,
+};
+use aurae_tests::leaks::Snapshot;
+use aurae_tests::pods::{busybox_image, free_port, http_get, SERVER};
+use aurae_tests::report_skip;
+
+const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+/// POSTs to a streaming `url` with `headers`; the response's status code.
+fn post(url: &str, headers: &str) -> u16 {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut s = std::net::TcpStream::connect(host).expect("the streaming server");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: 0\r\n\r\n"
+    )
+    .expect("request");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("a status line");
+    let line = String::from_utf8_lossy(&head).to_string();
+    line[9..12].parse().unwrap_or_else(|_| panic!("{line:?}"))
+}
+
+const SPDY: &str = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_exec_and_port_forward_stream_and_leave_nothing() {
+    if let Some(why) = requirements() {
+        report_skip("crictl_exec_and_port_forward_stream_and_leave_nothing", why);
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start();
+    registry.push(
+        &busybox_image(work.path()),
+        "e2e-test-images/busybox:1.29-2",
+    );
+    let (d, crictl) = daemon(&registry).await;
+    crictl.ok(&["pull", IMAGE]);
+    let mut client = d.client().await;
+    let mut cri = cri_client(&crictl.socket).await;
+    let before = Snapshot::settled(&d);
+
+    let pod = write_json(
+        work.path(),
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "streams", "namespace": "default", "uid": "u-s", "attempt": 0},
+            "log_directory": work.path().join("logs").display().to_string(),
+        }),
+    );
+    let container = write_json(
+        work.path(),
+        "container.json",
+        serde_json::json!({
+            "metadata": {"name": "web"},
+            "image": {"image": IMAGE},
+            "command": ["/bin/busybox", "sh", "-c", SERVER],
+            "log_path": "web.log",
+        }),
+    );
+    let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
+    let id = crictl.ok(&["create", &pod_id, &container, &pod]);
+    crictl.ok(&["start", &id]);
+
+    // A streamed exec: its two streams apart, and its exit code.
+    let out = crictl.run(&[
+        "exec",
+        &id,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; exit 3",
+    ]);
+    // (crictl 1.26 exits 1 and names the command's exit code.)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr.contains("exit code 3"), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
+    assert!(stderr.starts_with("to-err\n"), "{out:?}");
+    let ok = crictl.ok(&["exec", &id, "/bin/busybox", "echo", "streamed"]);
+    assert_eq!(ok, "streamed");
+
+    // Port-forward: a local port to the container's web server.
+    let port = free_port();
+    let endpoint = format!("unix://{}", crictl.socket.display());
+    let mut forward = std::process::Command::new(crictl_bin())
+        .args(["--runtime-endpoint", &endpoint, "port-forward", &pod_id])
+        .arg(format!("{port}:8080"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("crictl port-forward");
+    let page = std::panic::catch_unwind(|| http_get(&format!("127.0.0.1:{port}")));
+    forward.kill().expect("kill crictl");
+    forward.wait().expect("wait crictl");
+    assert!(page.is_ok(), "no page through the forwarded port");
+
+    // A URL works once; a client that does not upgrade is refused, and so
+    // is one without the sub-protocol.
+    let exec = |cmd: &[&str], f: fn(&mut cri::ExecRequest)| {
+        let mut r = cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            stdout: true,
+            ..Default::default()
+        };
+        f(&mut r);
+        r
+    };
+    let url = cri
+        .exec(exec(&["/bin/busybox", "true"], |_| {}))
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    assert_eq!(post(&url, ""), 400, "no upgrade");
+    assert_eq!(post(&url, SPDY), 404, "the token was used");
+    let url = cri
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod_id.clone(),
+            port: vec![8080],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    let wrong = format!("{SPDY}X-Stream-Protocol-Version: v4.channel.k8s.io\r\n");
+    assert_eq!(
+        post(&url, &wrong),
+        403,
+        "exec's protocol for a port-forward"
+    );
+    assert_eq!(
+        post(&url.replace("/portforward/", "/portforward/x"), SPDY),
+        404
+    );
+
+    // Bad requests, by field.
+    let refused = [
+        (
+            exec(&["true"], |r| r.tty = true),
+            tonic::Code::Unimplemented,
+            "tty",
+        ),
+        (
+            exec(&["true"], |r| r.stdin = true),
+            tonic::Code::Unimplemented,
+            "stdin",
+        ),
+        (
+            exec(&["true"], |r| r.stdout = false),
+            tonic::Code::InvalidArgument,
+            "stdout",
+        ),
+        (exec(&[], |_| {}), tonic::Code::InvalidArgument, "cmd"),
+        (
+            exec(&["true"], |r| r.container_id = "nope".into()),
+            tonic::Code::NotFound,
+            "container_id",
+        ),
+    ];
+    for (request, code, field) in refused {
+        let e = cri.exec(request).await.expect_err("refused");
+        assert_eq!(e.code(), code, "{field}: {e:?}");
+        assert!(e.message().contains(field), "{field}: {e:?}");
+    }
+    for (request, code, field) in [
+        (
+            cri::PortForwardRequest {
+                pod_sandbox_id: "nope".into(),
+                port: vec![],
+            },
+            tonic::Code::NotFound,
+            "pod_sandbox_id",
+        ),
+        (
+            cri::PortForwardRequest {
+                pod_sandbox_id: pod_id.clone(),
+                port: vec![80, 70000],
+            },
+            tonic::Code::InvalidArgument,
+            "port[1]",
+        ),
+    ] {
+        let e = cri.port_forward(request).await.expect_err("refused");
+        assert_eq!(e.code(), code, "{field}: {e:?}");
+        assert!(e.message().contains(field), "{field}: {e:?}");
+    }
+
+    crictl.ok(&["stop", "--timeout", "1", &id]);
+    crictl.ok(&["rm", &id]);
+    crictl.ok(&["stopp", &pod_id]);
+    crictl.ok(&["rmp", &pod_id]);
+    let left = workloads(&mut client).await;
+    assert!(left.is_empty(), "{left:?}");
+    // (The sessions' connections close as their clients go.)
+    assert_eq!(Snapshot::settled(&d), before);
+}
