@@ -388,7 +388,8 @@ fn boot(kernel: &Path, initrd: &Path, append: &str, dir: &Path) -> anyhow::Resul
                 if result.is_none() {
                     match watch.check() {
                         Verdict::Running => {}
-                        Verdict::Nudged(report) => println!("[testhost] {report}"),
+                        Verdict::Nudged(Some(report)) => println!("[testhost] {report}"),
+                        Verdict::Nudged(None) => {}
                         Verdict::Hung(report) => {
                             let _ = qemu.kill();
                             let _ = qemu.wait();
