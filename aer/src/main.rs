@@ -279,6 +279,7 @@ fn executable(p: &ProcessArgs) -> pb::Executable {
         uid: p.uid,
         gid: p.gid,
         groups: p.groups.clone(),
+        ..Default::default()
     }
 }
 
@@ -309,6 +310,7 @@ async fn stream_logs(client: &mut Client, id: &str, follow: bool) {
             id: id.into(),
             follow,
             wait_for_start: false,
+            new_only: false,
         })
         .await
         .or_exit();

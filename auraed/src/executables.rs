@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use crate::cells::Cell;
 use crate::cgroup::CellCgroup;
 use crate::error::ApiError;
-use crate::logs::{capture, LogBuffer, Stream};
+use crate::input::{Input, StdinMode, Terminal};
+use crate::logs::{capture, capture_flushed, LogBuffer, Stream};
 use crate::sys::{self, pidfd, NamespaceMode, SpawnError, SpawnSpec, SpawnStage};
 
 /// A validated request for one process.
@@ -31,6 +32,7 @@ pub struct ProcessSpec {
     pub gid: Option<u32>,
     /// Supplementary groups, set with a uid or gid.
     pub groups: Vec<u32>,
+    pub stdin: StdinMode,
 }
 
 /// How a finished process ended.
@@ -48,6 +50,8 @@ pub struct Executable {
     pub pid: i32,
     pub started_at: SystemTime,
     pub logs: Arc<LogBuffer>,
+    /// Its stdin, where it was started with one (a pipe or a terminal).
+    pub input: Option<Arc<Input>>,
     pidfd: Arc<AsyncFd<OwnedFd>>,
     exit: watch::Receiver<Option<ExitInfo>>,
     /// The cgroup of a plain executable, removed when it is freed.
@@ -69,9 +73,10 @@ pub enum Output {
 }
 
 /// What auraed reads a process's output from: the read ends of its pipes,
-/// or the files it writes.
+/// its terminal, or the files it writes.
 enum Sources {
     Pipes(OwnedFd, OwnedFd),
+    Terminal(Arc<Terminal>),
     Files(Vec<(PathBuf, Stream)>),
 }
 
@@ -142,14 +147,47 @@ impl Executable {
         let devnull: OwnedFd = std::fs::File::open("/dev/null")
             .map_err(|e| ApiError::io("opening /dev/null", e))?
             .into();
-        // The process's ends, and what auraed reads: pipes, or files.
-        let (out_w, err_w, sources) = match output {
-            Output::Pipes => {
+        let dup = |fd: &OwnedFd, what: &str| {
+            fd.try_clone()
+                .map_err(|e| ApiError::io(format!("duplicating {what}"), e))
+        };
+        // Its stdin, and the way to write to it.
+        let (stdin, input, terminal) = match spec.stdin {
+            StdinMode::Null => (dup(&devnull, "/dev/null")?, None, None),
+            StdinMode::Pipe => {
+                let (r, w) = pipe()?;
+                let input = Input::pipe(w).map_err(|e| ApiError::io("the stdin pipe", e))?;
+                (r, Some(Arc::new(input)), None)
+            }
+            StdinMode::Terminal => {
+                // From the cell's own devpts, where the process finds it.
+                let root = match &placement {
+                    Placement::Cell(c) => PathBuf::from(format!("/proc/{}/root", c.init_pid)),
+                    Placement::Host(_) => PathBuf::from("/"),
+                };
+                let (t, slave) = Terminal::open(&root).map_err(|e| {
+                    ApiError::io(
+                        format!("opening a terminal from {}/dev/pts", root.display()),
+                        e,
+                    )
+                })?;
+                (slave, Some(Arc::new(Input::terminal(t.clone()))), Some(t))
+            }
+        };
+        // The process's ends, and what auraed reads: pipes, its terminal,
+        // or files.
+        let (out_w, err_w, sources) = match (output, &terminal) {
+            (Output::Pipes, Some(t)) => (
+                dup(&stdin, "the terminal")?,
+                dup(&stdin, "the terminal")?,
+                Sources::Terminal(t.clone()),
+            ),
+            (Output::Pipes, None) => {
                 let (out_r, out_w) = pipe()?;
                 let (err_r, err_w) = pipe()?;
                 (out_w, err_w, Sources::Pipes(out_r, err_r))
             }
-            Output::Files { stderr, follow } => {
+            (Output::Files { stderr, follow }, _) => {
                 let out_w = devnull
                     .try_clone()
                     .map_err(|e| ApiError::io("duplicating /dev/null", e))?;
@@ -196,7 +234,8 @@ impl Executable {
                 groups: spec_for_spawn.groups,
                 cgroup,
                 namespaces,
-                fds: vec![(devnull, 0), (out_w, 1), (err_w, 2)],
+                fds: vec![(stdin, 0), (out_w, 1), (err_w, 2)],
+                controlling_terminal: spec_for_spawn.stdin == StdinMode::Terminal,
                 caps_keep: match &cell_for_spawn {
                     // A jailed cell's minimal set, less what it drops.
                     Some(c) if c.jailed => {
@@ -233,11 +272,24 @@ impl Executable {
                     .map_err(|e| ApiError::io("reading the stdout pipe", e))?;
                 let err = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
                     .map_err(|e| ApiError::io("reading the stderr pipe", e))?;
-                vec![
-                    tokio::spawn(capture(out, Stream::Stdout, logs.clone())),
-                    tokio::spawn(capture(err, Stream::Stderr, logs.clone())),
-                ]
+                // A process one talks to shows each prompt at once.
+                if spec.stdin == StdinMode::Null {
+                    vec![
+                        tokio::spawn(capture(out, Stream::Stdout, logs.clone())),
+                        tokio::spawn(capture(err, Stream::Stderr, logs.clone())),
+                    ]
+                } else {
+                    vec![
+                        tokio::spawn(capture_flushed(out, Stream::Stdout, logs.clone())),
+                        tokio::spawn(capture_flushed(err, Stream::Stderr, logs.clone())),
+                    ]
+                }
             }
+            Sources::Terminal(t) => vec![tokio::spawn(capture_flushed(
+                t.reader(),
+                Stream::Stdout,
+                logs.clone(),
+            ))],
             Sources::Files(follow) => followers(follow, &logs, &exited_rx),
         };
         let exe = Arc::new(Executable {
@@ -247,6 +299,7 @@ impl Executable {
             pid: spawned.pid,
             started_at: SystemTime::now(),
             logs: logs.clone(),
+            input,
             pidfd: pidfd.clone(),
             exit: exit_rx,
             host_cgroup,
@@ -288,6 +341,7 @@ impl Executable {
             pid,
             started_at: SystemTime::now(),
             logs: logs.clone(),
+            input: None,
             pidfd: pidfd.clone(),
             exit: exit_rx,
             host_cgroup: None,

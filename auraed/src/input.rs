@@ -3,7 +3,7 @@
 //! stderr and controlling terminal; its output is read from the master).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,11 +41,11 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    /// Opens a terminal from the devpts instance behind `ptmx`; returns it
+    /// Opens a terminal from the devpts instance under `root`; returns it
     /// and the slave for the process.
-    pub fn open(ptmx: &Path) -> io::Result<(Arc<Terminal>, OwnedFd)> {
-        let (master, slave) = crate::sys::pty::open_pair(ptmx)?;
-        let master = AsyncFd::new(master)?;
+    pub fn open(root: &Path) -> io::Result<(Arc<Terminal>, OwnedFd)> {
+        let (master, slave) = crate::sys::pty::open_pair(root)?;
+        let master = crate::sys::pollable(master)?;
         Ok((Arc::new(Terminal { master }), slave))
     }
 
@@ -58,9 +58,8 @@ impl Terminal {
     async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut ready = self.master.writable().await?;
-            match ready.try_io(|fd| {
-                nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)
-            }) {
+            match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -138,7 +137,8 @@ impl Input {
             Some(Sink::Terminal(t)) => t.write_all(data).await,
         };
         r.map_err(|e| {
-            if e.kind() == io::ErrorKind::BrokenPipe {
+            // A pipe whose reader is gone, a terminal no process has open.
+            if e.kind() == io::ErrorKind::BrokenPipe || e.raw_os_error() == Some(libc::EIO) {
                 InputError::Closed
             } else {
                 InputError::Write(e)
@@ -163,11 +163,6 @@ impl Input {
         crate::sys::pty::set_size(t.master.get_ref().as_fd(), cols, rows)
             .map_err(InputError::Resize)
     }
-
-    /// The terminal's master fd number, for tests and diagnostics.
-    pub fn terminal_fd(&self) -> Option<i32> {
-        self.terminal.as_ref().map(|t| t.master.get_ref().as_raw_fd())
-    }
 }
 
 #[cfg(test)]
@@ -181,18 +176,19 @@ mod tests {
         let input = Input::pipe(w).expect("input");
         input.write(b"hello").await.expect("write");
         input.close().await.expect("close");
-        assert!(matches!(input.write(b"more").await, Err(InputError::Closed)));
+        assert!(matches!(
+            input.write(b"more").await,
+            Err(InputError::Closed)
+        ));
         assert!(matches!(input.resize(80, 24), Err(InputError::NoTerminal)));
         let mut got = Vec::new();
-        std::fs::File::from(r)
-            .read_to_end_sync(&mut got)
-            .expect("read");
+        std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut got).expect("read");
         assert_eq!(got, b"hello");
     }
 
     #[tokio::test]
     async fn a_terminal_echoes_input_and_reads_eof_once_the_slave_is_gone() {
-        let (t, slave) = Terminal::open(Path::new("/dev/ptmx")).expect("terminal");
+        let (t, slave) = Terminal::open(Path::new("/")).expect("terminal");
         let input = Input::terminal(t.clone());
         input.write(b"typed\n").await.expect("write");
         input.resize(120, 30).expect("resize");
@@ -210,15 +206,5 @@ mod tests {
         .await
         .expect("EOF in time")
         .expect("read to EOF");
-    }
-
-    trait ReadToEndSync {
-        fn read_to_end_sync(self, out: &mut Vec<u8>) -> io::Result<usize>;
-    }
-
-    impl ReadToEndSync for std::fs::File {
-        fn read_to_end_sync(mut self, out: &mut Vec<u8>) -> io::Result<usize> {
-            std::io::Read::read_to_end(&mut self, out)
-        }
     }
 }

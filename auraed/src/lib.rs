@@ -13,6 +13,7 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod executables;
+pub mod input;
 pub mod instances;
 pub mod jail;
 pub mod log_files;

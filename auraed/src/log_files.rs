@@ -69,11 +69,17 @@ impl Lines {
         }
     }
 
-    /// Pushes a last line without its newline, if there is one.
-    pub fn finish(self) {
+    /// Pushes what is held of a line, without its newline, at once.
+    pub fn flush(&mut self) {
         if !self.pending.is_empty() {
-            self.buffer.push_partial(self.stream, self.pending);
+            self.buffer
+                .push_partial(self.stream, std::mem::take(&mut self.pending));
         }
+    }
+
+    /// Pushes a last line without its newline, if there is one.
+    pub fn finish(mut self) {
+        self.flush();
     }
 }
 

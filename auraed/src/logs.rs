@@ -142,6 +142,29 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     lines.finish();
 }
 
+/// Reads an interactive process's output (a terminal, or pipes of a
+/// process with stdin) into `buffer`: as [`capture`], but what is left of a
+/// line after each read goes out at once, as a partial line (a prompt
+/// waits for no newline).
+pub async fn capture_flushed<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: R,
+    stream: Stream,
+    buffer: Arc<LogBuffer>,
+) {
+    let mut lines = crate::log_files::Lines::new(stream, buffer);
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                lines.feed(&chunk[..n]);
+                lines.flush();
+            }
+        }
+    }
+    lines.finish();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,7 @@ pub struct ExecRequest {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub groups: Vec<u32>,
+    pub stdin: crate::input::StdinMode,
 }
 
 #[derive(Debug, Clone)]
@@ -563,5 +564,6 @@ fn resolve(req: &ExecRequest, placement: &Placement) -> Result<ProcessSpec, ApiE
         uid,
         gid,
         groups: req.groups.clone(),
+        stdin: req.stdin,
     })
 }

@@ -149,6 +149,7 @@ pub async fn exit_and_output(
             id: id.into(),
             follow: false,
             wait_for_start: false,
+            new_only: false,
         })
         .await
         .expect("logs")

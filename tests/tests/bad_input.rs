@@ -411,7 +411,8 @@ async fn thirty_malformed_requests_leak_nothing() {
         c.logs(pb::LogsRequest {
             id: "ghost".into(),
             follow: true,
-            wait_for_start: false
+            wait_for_start: false,
+            new_only: false,
         })
     );
     case!(

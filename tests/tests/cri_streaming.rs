@@ -1,9 +1,9 @@
 //! The CRI streaming server, driven by the upstream `crictl`: a streamed
-//! `exec` (stdout, stderr and the exit code apart) and a `port-forward` to
-//! a web server in a container; its URLs work once and refuse a client
-//! that does not upgrade to SPDY/3.1 with the right sub-protocol; bad
-//! `Exec` and `PortForward` requests are refused naming the field; then
-//! nothing is left behind.
+//! `exec` (stdout, stderr and the exit code apart; then stdin to its end)
+//! and a `port-forward` to a web server in a container; its URLs work once
+//! and refuse a client that does not upgrade to SPDY/3.1 with the right
+//! sub-protocol; bad `Exec`, `Attach` and `PortForward` requests are
+//! refused naming the field; then nothing is left behind.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -95,6 +95,35 @@ async fn crictl_exec_and_port_forward_stream_and_leave_nothing() {
     assert!(stderr.starts_with("to-err\n"), "{out:?}");
     let ok = crictl.ok(&["exec", &id, "/bin/busybox", "echo", "streamed"]);
     assert_eq!(ok, "streamed");
+    // Its stdin, to the end.
+    let mut piped = std::process::Command::new(crictl_bin())
+        .args([
+            "--runtime-endpoint",
+            &format!("unix://{}", crictl.socket.display()),
+            "exec",
+            "-i",
+            &id,
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "cat; echo end",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("crictl exec -i");
+    piped
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through-stdin\n")
+        .expect("write");
+    let piped = piped.wait_with_output().expect("crictl exec -i");
+    assert!(piped.status.success(), "{piped:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        "through-stdin\nend\n"
+    );
 
     // Port-forward: a local port to the container's web server.
     let port = free_port();
@@ -154,14 +183,12 @@ async fn crictl_exec_and_port_forward_stream_and_leave_nothing() {
     // Bad requests, by field.
     let refused = [
         (
-            exec(&["true"], |r| r.tty = true),
-            tonic::Code::Unimplemented,
-            "tty",
-        ),
-        (
-            exec(&["true"], |r| r.stdin = true),
-            tonic::Code::Unimplemented,
-            "stdin",
+            exec(&["true"], |r| {
+                r.tty = true;
+                r.stderr = true
+            }),
+            tonic::Code::InvalidArgument,
+            "stderr",
         ),
         (
             exec(&["true"], |r| r.stdout = false),
@@ -177,6 +204,41 @@ async fn crictl_exec_and_port_forward_stream_and_leave_nothing() {
     ];
     for (request, code, field) in refused {
         let e = cri.exec(request).await.expect_err("refused");
+        assert_eq!(e.code(), code, "{field}: {e:?}");
+        assert!(e.message().contains(field), "{field}: {e:?}");
+    }
+    let attach = |f: fn(&mut cri::AttachRequest)| {
+        let mut r = cri::AttachRequest {
+            container_id: id.clone(),
+            stdout: true,
+            ..Default::default()
+        };
+        f(&mut r);
+        r
+    };
+    for (request, code, field) in [
+        (
+            attach(|r| r.stdin = true),
+            tonic::Code::FailedPrecondition,
+            "stdin",
+        ),
+        (
+            attach(|r| r.tty = true),
+            tonic::Code::InvalidArgument,
+            "tty",
+        ),
+        (
+            attach(|r| r.stdout = false),
+            tonic::Code::InvalidArgument,
+            "stdout",
+        ),
+        (
+            attach(|r| r.container_id = "nope".into()),
+            tonic::Code::NotFound,
+            "container_id",
+        ),
+    ] {
+        let e = cri.attach(request).await.expect_err("refused");
         assert_eq!(e.code(), code, "{field}: {e:?}");
         assert!(e.message().contains(field), "{field}: {e:?}");
     }

@@ -47,6 +47,7 @@ async fn logs(d: &Daemon, id: &str, follow: bool) -> Vec<pb::LogEntry> {
             id: id.into(),
             follow,
             wait_for_start: false,
+            new_only: false,
         })
         .await
         .expect("logs")
@@ -286,6 +287,7 @@ async fn a_follower_can_attach_before_the_executable_exists() {
                 id: "late".into(),
                 follow: true,
                 wait_for_start: true,
+                new_only: false,
             })
             .await
             .expect("attach")
@@ -308,6 +310,7 @@ async fn a_follower_can_attach_before_the_executable_exists() {
             id: "never".into(),
             follow: true,
             wait_for_start: false,
+            new_only: false,
         })
         .await
         .expect_err("unknown");

@@ -46,6 +46,7 @@ async fn probe(jailed: bool) -> String {
             id: "probe".into(),
             follow: false,
             wait_for_start: false,
+            new_only: false,
         })
         .await
         .expect("logs")

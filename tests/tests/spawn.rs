@@ -166,6 +166,7 @@ async fn logs_stream_live_through_two_hops() {
         id: "live".into(),
         follow: true,
         wait_for_start: false,
+        new_only: false,
     });
     req.metadata_mut()
         .insert("aurae-instance", "a/b".parse().expect("metadata"));

@@ -109,6 +109,7 @@ async fn boot_and_check(
                 id: "vmcell-main".into(),
                 follow: false,
                 wait_for_start: false,
+                new_only: false,
             })
             .await
             .expect("logs")
@@ -204,6 +205,7 @@ async fn first_line(
             id: name.into(),
             follow: false,
             wait_for_start: false,
+            new_only: false,
         })
         .await
         .expect("logs")

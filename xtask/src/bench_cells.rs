@@ -146,6 +146,7 @@ pub(crate) async fn aurae_first_line(
                 id: exe,
                 follow: true,
                 wait_for_start: true,
+                new_only: false,
             })
             .await
     });

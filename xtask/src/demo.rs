@@ -21,6 +21,7 @@ async fn print_output(c: &mut RuntimeClient<Channel>, id: &str) -> anyhow::Resul
             id: id.into(),
             follow: true,
             wait_for_start: false,
+            new_only: false,
         })
         .await?
         .into_inner();

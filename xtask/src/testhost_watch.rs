@@ -284,7 +284,10 @@ mod tests {
         let found = verdicts(idle.id(), &monitor, 4000, limits());
         stop(idle);
         let hung = found.last().expect("verdicts");
-        assert!(hung.starts_with("hung: ") && hung.contains("key presses"), "{found:?}");
+        assert!(
+            hung.starts_with("hung: ") && hung.contains("key presses"),
+            "{found:?}"
+        );
         let nudges = &found[..found.len() - 1];
         assert!(nudges.len() >= 3, "{found:?}");
         // The first of the spell shows the APIC, without the echo; the
@@ -293,7 +296,9 @@ mod tests {
         assert!(!nudges[0].contains('\u{1b}'), "{found:?}");
         assert!(nudges[1..].iter().all(|n| n == "nudged: "), "{found:?}");
         let asked: Vec<String> = asked.try_iter().collect();
-        let keys = asked.iter().filter(|c| c.lines().any(|l| l == "sendkey shift"));
+        let keys = asked
+            .iter()
+            .filter(|c| c.lines().any(|l| l == "sendkey shift"));
         assert_eq!(keys.count(), nudges.len(), "{asked:?}");
     }
 

@@ -56,9 +56,6 @@ pub(super) fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
             );
         }
     }
-    if c.tty || c.stdin {
-        return unbuilt("config.tty/stdin", "a terminal or standard input (Attach)");
-    }
     let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
     if let Some(sc) = sc {
         if let Some(cap) = sc.capabilities.as_ref() {
@@ -267,6 +264,8 @@ pub(super) fn executable_of(
         && uid.is_none()
         && gid.is_none()
         && groups.is_empty()
+        && !c.stdin
+        && !c.tty
     {
         return Ok(None);
     }
@@ -282,6 +281,9 @@ pub(super) fn executable_of(
         uid,
         gid,
         groups: groups.to_vec(),
+        // Kept open for Attach; on a terminal if asked.
+        stdin: c.stdin,
+        tty: c.tty,
     }))
 }
 

@@ -69,6 +69,7 @@ pub fn follow(
                 id: executable_id.clone(),
                 follow: true,
                 wait_for_start: true,
+                new_only: false,
             })
             .await;
         let mut stream = match stream {

@@ -62,6 +62,14 @@ impl Drop for Reaper {
     }
 }
 
+/// A fresh name for an exec's process in its pod's instance.
+fn exec_name() -> Result<String, Status> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| Status::internal(format!("naming an exec: drawing random bytes: {e}")))?;
+    Ok(format!("exec-{}", hex::encode(bytes)))
+}
+
 /// An exec's process, started in its container's cell, its output
 /// followed.
 pub(super) struct Running {
@@ -70,6 +78,13 @@ pub(super) struct Running {
     output: tonic::Streaming<pb::LogEntry>,
     /// For errors: "exec in container <id>".
     what: String,
+}
+
+/// An exec's stdin and terminal.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Stdio {
+    pub stdin: bool,
+    pub tty: bool,
 }
 
 /// Which stream a chunk of output came from.
@@ -87,6 +102,12 @@ impl Running {
             Ok(entry) => entry,
             Err(e) => return Some(Err(self.refused(e))),
         };
+        if entry.dropped_before > 0 {
+            return Some(Err(Status::data_loss(format!(
+                "{}: {} lines of its output were lost (written faster than they were read)",
+                self.what, entry.dropped_before
+            ))));
+        }
         let which = if entry.stream == pb::LogStream::Stderr as i32 {
             Output::Stderr
         } else {
@@ -125,6 +146,17 @@ impl Running {
             .unwrap_or(255))
     }
 
+    /// Its executable in the pod's instance, and a client of that
+    /// instance (for `Input`).
+    pub(super) fn target(
+        &self,
+    ) -> (
+        String,
+        pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
+    ) {
+        (self.guard.id.clone(), self.client.clone())
+    }
+
     /// Kills the process and frees it.
     pub(super) async fn kill(self) {
         self.guard.finish(false).await;
@@ -143,6 +175,7 @@ impl Cri {
         &self,
         container_id: &str,
         cmd: &[String],
+        stdio: Stdio,
     ) -> Result<Running, Status> {
         let c = self.state.container("container_id", container_id)?;
         let Some((command, args)) = cmd.split_first() else {
@@ -161,9 +194,17 @@ impl Cri {
         let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
         let what = format!("exec in container {}", c.id);
         let refused = |s: Status| Status::new(s.code(), format!("{what}: {}", s.message()));
+        // Named here, so that the guard is armed before the process can
+        // exist: if this call is dropped halfway, it goes all the same.
+        let id = exec_name()?;
+        let guard = Reaper {
+            client: client.clone(),
+            id: id.clone(),
+            armed: true,
+        };
         let started = client
             .run_executable(pb::RunExecutableRequest {
-                name: String::new(),
+                name: id.clone(),
                 cell: c.cell.clone(),
                 executable: Some(pb::Executable {
                     command: command.clone(),
@@ -173,23 +214,23 @@ impl Cri {
                     uid: first.uid,
                     gid: first.gid,
                     groups: first.groups,
+                    stdin: stdio.stdin,
+                    tty: stdio.tty,
                 }),
             })
-            .await
-            .map_err(refused)?
-            .into_inner();
-        // If the caller goes away early, the process is killed and freed
-        // all the same.
-        let guard = Reaper {
-            client: client.clone(),
-            id: started.id.clone(),
-            armed: true,
-        };
+            .await;
+        if let Err(e) = started {
+            // Refused: there is nothing to clean up.
+            let mut guard = guard;
+            guard.armed = false;
+            return Err(refused(e));
+        }
         let output = match client
             .logs(pb::LogsRequest {
-                id: started.id.clone(),
+                id: id.clone(),
                 follow: true,
                 wait_for_start: true,
+                new_only: false,
             })
             .await
         {
@@ -217,7 +258,9 @@ impl Cri {
                 r.timeout
             )));
         }
-        let mut running = self.start_exec(&r.container_id, &r.cmd).await?;
+        let mut running = self
+            .start_exec(&r.container_id, &r.cmd, Stdio::default())
+            .await?;
         let collect = async {
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             while let Some(chunk) = running.next_output().await {

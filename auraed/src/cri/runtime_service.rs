@@ -17,8 +17,6 @@ pub fn not_yet(call: &str, what: &str) -> Status {
     Status::unimplemented(format!("{call}: {what} is not built yet"))
 }
 
-/// What the streaming server does not carry yet.
-const ATTACH: &str = "attaching to a container's own process (its stdin is not kept open to carry)";
 const STATS: &str = "streaming statistics, and metrics";
 
 #[tonic::async_trait]
@@ -177,9 +175,10 @@ impl RuntimeService for CriService {
 
     async fn attach(
         &self,
-        _r: Request<cri::AttachRequest>,
+        r: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(not_yet("Attach", ATTACH))
+        let url = Cri::attach_url(self, r.into_inner())?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(

@@ -548,5 +548,6 @@ fn init_process() -> Result<ProcessSpec, ApiError> {
         uid: None,
         gid: None,
         groups: Vec::new(),
+        stdin: Default::default(),
     })
 }

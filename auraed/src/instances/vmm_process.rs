@@ -161,5 +161,6 @@ pub(super) fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
         uid: None,
         gid: None,
         groups: Vec::new(),
+        stdin: Default::default(),
     })
 }

@@ -10,6 +10,7 @@ use crate::cells::{Cell, CellSpec, CellState, HostShare};
 use crate::cgroup::{cpuset, Limits};
 use crate::error::ApiError;
 use crate::executables::Executable;
+use crate::input::StdinMode;
 use crate::instances::backend::{Backend, Preference};
 use crate::instances::{Instance, InstanceSpec};
 use crate::registry::Workload;
@@ -64,6 +65,13 @@ pub fn exec_request(
         uid: e.uid,
         gid: e.gid,
         groups: e.groups.clone(),
+        stdin: if e.tty {
+            StdinMode::Terminal
+        } else if e.stdin {
+            StdinMode::Pipe
+        } else {
+            StdinMode::Null
+        },
     })
 }
 

@@ -17,7 +17,9 @@ pub(super) async fn input(
     mut requests: Streaming<pb::InputRequest>,
 ) -> Result<pb::InputResponse, Status> {
     let Some(first) = requests.message().await? else {
-        return Err(ApiError::invalid("id", "missing: the stream ended before its first message").into());
+        return Err(
+            ApiError::invalid("id", "missing: the stream ended before its first message").into(),
+        );
     };
     let id = first.id.clone();
     if let Some(t) = runtime.pod_container(&id)? {
@@ -61,7 +63,10 @@ pub(super) async fn input(
             let dim = |field: &str, n: u32| {
                 u16::try_from(n).map_err(|_| ApiError::invalid(field, format!("{n} is over 65535")))
             };
-            let (cols, rows) = (dim("resize.cols", size.cols)?, dim("resize.rows", size.rows)?);
+            let (cols, rows) = (
+                dim("resize.cols", size.cols)?,
+                dim("resize.rows", size.rows)?,
+            );
             input.resize(cols, rows).map_err(refused)?;
         }
         if !m.data.is_empty() {

@@ -4,6 +4,7 @@
 mod cell_mounts;
 mod cell_security;
 pub mod convert;
+mod input;
 pub mod pod_convert;
 pub mod runtime_service;
 pub mod vm_convert;

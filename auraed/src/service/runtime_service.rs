@@ -53,7 +53,7 @@ fn container_client(
 }
 
 /// The instance's answer about container `id`, its refusal kept.
-fn routed<T>(id: &str, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+pub(super) fn routed<T>(id: &str, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
     r.map_err(|status| {
         ApiError::Instance {
             what: format!("id: {id}"),
@@ -94,13 +94,23 @@ fn entry(line: &crate::logs::LogLine, dropped_before: u64) -> pb::LogEntry {
     }
 }
 
-/// Streams the history, then live lines, marking gaps with `dropped_before`.
-fn log_stream(sub: Subscription) -> LogsStream {
+/// Streams the history (unless `new_only`), then live lines, marking gaps
+/// with `dropped_before`.
+fn log_stream(mut sub: Subscription, new_only: bool) -> LogsStream {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
+    // Sequence numbers start at 0, so a gap before a line counts the lines
+    // lost to eviction or to this follower lagging behind; without the
+    // replay, counting starts after it.
+    let mut next = 0u64;
+    if new_only {
+        next = sub
+            .history
+            .last()
+            .map(|l| l.seq + 1)
+            .unwrap_or(sub.first_seq);
+        sub.history.clear();
+    }
     tokio::spawn(async move {
-        // Sequence numbers start at 0, so a gap before a line counts the
-        // lines lost to eviction or to this follower lagging behind.
-        let mut next = 0u64;
         let emit = |line: &crate::logs::LogLine, next: &mut u64| {
             let dropped = line.seq.saturating_sub(*next);
             *next = line.seq + 1;
@@ -334,11 +344,20 @@ impl pb::runtime_server::Runtime for RuntimeService {
             self.runtime.get(&r.id, "id")?
         };
         match workload {
-            Workload::Executable(e) => Ok(Response::new(log_stream(e.logs.subscribe(r.follow)))),
+            Workload::Executable(e) => Ok(Response::new(log_stream(
+                e.logs.subscribe(r.follow),
+                r.new_only,
+            ))),
             // An instance's console: what its auraed prints.
-            Workload::Instance(i) => Ok(Response::new(log_stream(i.init.logs.subscribe(r.follow)))),
+            Workload::Instance(i) => Ok(Response::new(log_stream(
+                i.init.logs.subscribe(r.follow),
+                r.new_only,
+            ))),
             // A VM's serial console.
-            Workload::Vm(vm) => Ok(Response::new(log_stream(vm.init.logs.subscribe(r.follow)))),
+            Workload::Vm(vm) => Ok(Response::new(log_stream(
+                vm.init.logs.subscribe(r.follow),
+                r.new_only,
+            ))),
             Workload::Cell(_) => Err(ApiError::invalid(
                 "id",
                 format!(
@@ -406,6 +425,15 @@ impl pb::runtime_server::Runtime for RuntimeService {
         Ok(Response::new(pb::FreezeResponse {
             status: Some(convert::cell_status(&cell)),
         }))
+    }
+
+    async fn input(
+        &self,
+        request: Request<tonic::Streaming<pb::InputRequest>>,
+    ) -> Result<Response<pb::InputResponse>, Status> {
+        super::input::input(&self.runtime, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn thaw(

@@ -10,6 +10,7 @@ pub mod mount_inject;
 pub mod mount_ns;
 pub mod ns_sysctl;
 pub mod pidfd;
+pub mod pty;
 pub mod spare_ns;
 pub mod spawn;
 pub mod tun;
@@ -25,4 +26,19 @@ pub fn readable(
     // owner, so the fd can't be closed or reused while it is registered.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
+}
+
+/// Registers `fd` with the tokio reactor for reading and writing (a
+/// terminal's master).
+pub fn pollable(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: as in `readable`: the AsyncFd is the OwnedFd's only owner.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            fd,
+            tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+        )
+    }
+    .map_err(|e| e.into_parts().1)
 }

@@ -1,21 +1,39 @@
-//! Pseudo-terminals: a pair opened from a given devpts instance's `ptmx`
-//! (a cell's own, reached through its root, so that the process sees its
-//! terminal under its own `/dev/pts`), and the window size.
+//! Pseudo-terminals: a pair opened from the devpts instance under a given
+//! root (a cell's own, so that the process sees its terminal under its own
+//! `/dev/pts`), and the window size.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Opens a new terminal from `ptmx`: its master (non-blocking) and its
-/// slave, both close-on-exec and neither a controlling terminal of auraed.
-pub fn open_pair(ptmx: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
-    let master: OwnedFd = std::fs::OpenOptions::new()
+/// Opens a new terminal from the devpts instance at `dev/pts` under
+/// `root` (a cell's root, which its processes may change: the path is
+/// resolved inside `root` only, with no magic links, and what it leads to
+/// must be a devpts `ptmx`): its master (non-blocking) and its slave, both
+/// close-on-exec and neither a controlling terminal of auraed.
+pub fn open_pair(root: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let dir: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(ptmx)?
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(root)?
         .into();
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let master = nix::fcntl::openat2(&dir, "dev/pts/ptmx", how)?;
+    let fs = nix::sys::statfs::fstatfs(&master)?;
+    let st = nix::sys::stat::fstat(&master)?;
+    let is_ptmx = fs.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC
+        && st.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && (libc::major(st.st_rdev), libc::minor(st.st_rdev)) == (5, 2);
+    if !is_ptmx {
+        return Err(io::Error::other(format!(
+            "{}/dev/pts/ptmx is not a devpts ptmx",
+            root.display()
+        )));
+    }
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads one int through the pointer, which is valid
     // for the call; the fd is open.
@@ -63,7 +81,7 @@ mod tests {
 
     #[test]
     fn a_pair_is_a_terminal_whose_size_can_be_set() {
-        let (master, slave) = open_pair(Path::new("/dev/ptmx")).expect("a pty");
+        let (master, slave) = open_pair(Path::new("/")).expect("a pty");
         assert!(nix::unistd::isatty(slave.as_fd()).expect("isatty"));
         set_size(master.as_fd(), 100, 40).expect("resize");
         let mut size = libc::winsize {
@@ -84,5 +102,25 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = nix::unistd::read(&master, &mut buf).expect("read");
         assert_eq!(&buf[..n], b"hi\r\n");
+    }
+}
+
+#[cfg(test)]
+mod planted {
+    use super::*;
+
+    /// A root whose `dev/pts/ptmx` leads elsewhere (as a cell's process
+    /// could arrange): refused, and nothing outside the root is opened.
+    #[test]
+    fn a_ptmx_that_is_not_a_devpts_one_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("dev/pts")).expect("mkdir");
+        std::os::unix::fs::symlink("/dev/null", root.path().join("dev/pts/ptmx")).expect("symlink");
+        // Resolved inside the root, the link leads to its own dev/null,
+        // which is not there.
+        assert!(open_pair(root.path()).is_err());
+        std::fs::write(root.path().join("dev/null"), b"").expect("file");
+        let e = open_pair(root.path()).expect_err("a plain file is refused");
+        assert!(e.to_string().contains("not a devpts ptmx"), "{e}");
     }
 }

@@ -43,6 +43,8 @@ pub struct SpawnSpec<'a> {
     pub namespaces: NamespaceMode<'a>,
     /// File descriptors for the child: (source, fd number in the child).
     pub fds: Vec<(OwnedFd, RawFd)>,
+    /// Start a session whose controlling terminal is the child's fd 0.
+    pub controlling_terminal: bool,
     /// Capabilities to keep (bit mask); all others are dropped from every set
     /// including the bounding set.
     pub caps_keep: Option<u64>,
@@ -73,6 +75,7 @@ pub enum SpawnStage {
     Seccomp = 9,
     Exec = 10,
     Setns = 11,
+    Terminal = 12,
     Unknown = 99,
 }
 
@@ -91,6 +94,7 @@ impl SpawnStage {
             Seccomp,
             Exec,
             Setns,
+            Terminal,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -110,6 +114,7 @@ impl SpawnStage {
             SpawnStage::Seccomp => "installing the seccomp filter",
             SpawnStage::Exec => "executing the command",
             SpawnStage::Setns => "joining the cell's namespaces",
+            SpawnStage::Terminal => "making its terminal the controlling one (setsid, TIOCSCTTY)",
             SpawnStage::Unknown => "starting the process",
         }
     }
@@ -174,6 +179,7 @@ struct Prepared<'a> {
     gid: Option<u32>,
     groups: &'a [u32],
     fds: &'a [(RawFd, RawFd)],
+    controlling_terminal: bool,
     caps_keep: Option<u64>,
     no_new_privs: bool,
     seccomp: Vec<libc::sock_fprog>,
@@ -256,6 +262,7 @@ fn clone_workload(
         gid: spec.gid,
         groups: &spec.groups,
         fds,
+        controlling_terminal: spec.controlling_terminal,
         caps_keep: spec.caps_keep,
         no_new_privs: spec.no_new_privs,
         seccomp: spec
@@ -418,6 +425,10 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
             if libc::dup2(*src, *dst) < 0 {
                 fail(report_fd, SpawnStage::Fds);
             }
+        }
+        if p.controlling_terminal && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0)
+        {
+            fail(report_fd, SpawnStage::Terminal);
         }
         if let Some(cwd) = &p.cwd {
             if libc::chdir(cwd.as_ptr()) != 0 {

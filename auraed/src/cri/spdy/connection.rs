@@ -2,126 +2,51 @@
 //! client opens streams (odd IDs), each accepted at once with a SYN_REPLY,
 //! and handed to the caller with its headers, its incoming data and a
 //! writer. One task reads frames, one writes them; the header compression
-//! contexts live in each.
+//! contexts live in each. What the client sends is held until read up to a
+//! byte budget per connection; while it is spent the reader reads ahead (up
+//! to a bound) to watch for the client's end, so a session whose process
+//! reads nothing still sees its client go (unless the client filled the
+//! read-ahead too: then its end is seen once the budget frees).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::frame::{self, Deflater, Frame, Headers, Inflater, SpdyError};
+use super::frame::{self, Deflater, Frame, Inflater, SpdyError};
+use super::stream::{Chunk, Inbound, Stream, StreamWriter};
 
 /// The most streams open at once on one connection.
 const MAX_STREAMS: usize = 256;
-/// Chunks of a stream's incoming data held before the reader waits.
-const INBOUND_CHUNKS: usize = 16;
+/// The most bytes the client may have sent that the caller has not read
+/// yet, each chunk counted with [`CHUNK_COST`] more for its keeping.
+const BUDGET: usize = 8 << 20;
+const CHUNK_COST: usize = 64;
+/// The most bytes read ahead (to see the client's end) while the budget is
+/// spent.
+const READ_AHEAD: usize = 2 << 20;
+/// How long a closing connection reads on for the client's end.
+const DRAIN: Duration = Duration::from_secs(5);
 
-/// A stream the client opened.
-pub struct Stream {
-    pub id: u32,
-    pub headers: Headers,
-    inbound: mpsc::Receiver<Bytes>,
-    writer: StreamWriter,
-}
-
-impl Stream {
-    /// The value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The next chunk the client sent; `None` once it finished the stream
-    /// (or reset it, or the connection ended).
-    #[cfg(test)]
-    pub async fn recv(&mut self) -> Option<Bytes> {
-        self.inbound.recv().await
-    }
-
-    pub fn writer(&self) -> StreamWriter {
-        self.writer.clone()
-    }
-
-    /// Splits the stream into its incoming data and its writer.
-    pub fn split(self) -> (mpsc::Receiver<Bytes>, StreamWriter) {
-        (self.inbound, self.writer)
-    }
-}
-
-/// The way to send on one stream. Sends fail only once the connection is
-/// gone.
-#[derive(Clone)]
-pub struct StreamWriter {
-    id: u32,
-    out: mpsc::Sender<Frame>,
-}
-
-/// The connection is gone.
-#[derive(Debug, thiserror::Error)]
-#[error("the SPDY connection is closed")]
-pub struct Closed;
-
-impl StreamWriter {
-    pub async fn write(&self, data: Bytes) -> Result<(), Closed> {
-        self.send(data, false).await
-    }
-
-    /// Ends this side of the stream.
-    pub async fn finish(&self) -> Result<(), Closed> {
-        self.send(Bytes::new(), true).await
-    }
-
-    /// Writes `data` and ends this side of the stream.
-    pub async fn write_last(&self, data: Bytes) -> Result<(), Closed> {
-        self.send(data, true).await
-    }
-
-    /// Resets the stream (both directions).
-    pub async fn reset(&self, status: u32) -> Result<(), Closed> {
-        self.out
-            .send(Frame::RstStream {
-                stream_id: self.id,
-                status,
-            })
-            .await
-            .map_err(|_| Closed)
-    }
-
-    async fn send(&self, data: Bytes, fin: bool) -> Result<(), Closed> {
-        // Chunks no larger than a frame may carry.
-        let mut rest = data;
-        loop {
-            let chunk = rest.split_to(rest.len().min(frame::MAX_FRAME));
-            let last = rest.is_empty();
-            self.out
-                .send(Frame::Data {
-                    stream_id: self.id,
-                    fin: fin && last,
-                    data: chunk,
-                })
-                .await
-                .map_err(|_| Closed)?;
-            if last {
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// A running connection. Dropping it stops reading; the writer ends (with
-/// a GOAWAY) once every [`StreamWriter`] is gone too.
+/// A running connection. Dropping it stops serving the client's frames;
+/// the writer ends (with a GOAWAY) once every [`StreamWriter`] is gone too,
+/// and the reader then reads on (discarding) until the client closes, for
+/// a few seconds at most: a socket closed with unread bytes would be reset,
+/// and the client could lose what it has not read yet.
 pub struct Connection {
     /// Streams as the client opens them; ends with the connection.
     pub incoming: mpsc::Receiver<Stream>,
-    reader: tokio::task::JoinHandle<()>,
+    closing: Option<oneshot::Sender<()>>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(tx) = self.closing.take() {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -139,12 +64,16 @@ where
             tracing::debug!("{writer_what}: {}", crate::error::chain(&e));
         }
     });
-    let reader = tokio::spawn(async move {
-        if let Err(e) = read_frames(rd, out_tx, in_tx).await {
+    let (closing, closed) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(e) = read_frames(rd, out_tx, in_tx, closed).await {
             tracing::debug!("{what}: {}", crate::error::chain(&e));
         }
     });
-    Connection { incoming, reader }
+    Connection {
+        incoming,
+        closing: Some(closing),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,19 +121,45 @@ async fn write_frames<W: AsyncWrite>(
     wr.shutdown().await.map_err(ConnError::Write)
 }
 
-async fn read_frames<R: AsyncRead>(
-    rd: R,
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut rd: R,
+    out: mpsc::Sender<Frame>,
+    incoming: mpsc::Sender<Stream>,
+    closing: oneshot::Receiver<()>,
+) -> Result<(), ConnError> {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    tokio::select! {
+        served = serve_frames(&mut rd, &mut buf, out, incoming) => return served,
+        _ = closing => {}
+    }
+    // Our side closes: the frames' senders are gone with `serve_frames`,
+    // so the writer flushes, says GOAWAY and shuts its half down.
+    let _ = tokio::time::timeout(DRAIN, async {
+        let mut sink = vec![0u8; 16 << 10];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    Ok(())
+}
+
+/// Reads more of the client's bytes into `buf`; false at its end.
+async fn fill<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Result<bool, ConnError> {
+    Ok(rd.read_buf(buf).await.map_err(ConnError::Read)? > 0)
+}
+
+async fn serve_frames<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
     out: mpsc::Sender<Frame>,
     incoming: mpsc::Sender<Stream>,
 ) -> Result<(), ConnError> {
-    tokio::pin!(rd);
     let mut inflater = Inflater::default();
-    let mut buf = BytesMut::with_capacity(64 << 10);
-    let mut open: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
+    let budget = Arc::new(Semaphore::new(BUDGET));
+    let mut open: HashMap<u32, mpsc::UnboundedSender<Chunk>> = HashMap::new();
     let mut last_id = 0;
     loop {
-        let Some((a, b, payload)) = frame::split_frame(&mut buf)? else {
-            if rd.read_buf(&mut buf).await.map_err(ConnError::Read)? == 0 {
+        let Some((a, b, payload)) = frame::split_frame(buf)? else {
+            if !fill(rd, buf).await? {
                 return Ok(());
             }
             continue;
@@ -226,7 +181,7 @@ async fn read_frames<R: AsyncRead>(
                     let _ = out.send(refuse(stream_id, frame::REFUSED_STREAM)).await;
                     continue;
                 }
-                let (tx, inbound) = mpsc::channel(INBOUND_CHUNKS);
+                let (tx, inbound) = mpsc::unbounded_channel();
                 if !fin {
                     open.insert(stream_id, tx);
                 }
@@ -241,7 +196,7 @@ async fn read_frames<R: AsyncRead>(
                 let stream = Stream {
                     id: stream_id,
                     headers,
-                    inbound,
+                    inbound: Inbound(inbound),
                     writer: StreamWriter {
                         id: stream_id,
                         out: out.clone(),
@@ -256,8 +211,27 @@ async fn read_frames<R: AsyncRead>(
                 fin,
                 data,
             } => {
-                if let Some(tx) = open.get(&stream_id) {
-                    if !data.is_empty() && tx.send(data).await.is_err() {
+                if !data.is_empty() && open.contains_key(&stream_id) {
+                    // Held against the budget; while it is spent, the
+                    // client's end is still noticed.
+                    let cost = (data.len() + CHUNK_COST).min(BUDGET) as u32;
+                    let permit = loop {
+                        tokio::select! {
+                            p = budget.clone().acquire_many_owned(cost) => match p {
+                                Ok(p) => break p,
+                                Err(_) => return Ok(()),
+                            },
+                            more = fill(rd, buf), if buf.len() < READ_AHEAD => {
+                                if !more? {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                    };
+                    let gone = open
+                        .get(&stream_id)
+                        .is_some_and(|tx| tx.send((data, permit)).is_err());
+                    if gone {
                         // Nobody reads it any more: drop what comes.
                         open.remove(&stream_id);
                     }

@@ -50,7 +50,7 @@ fn syn(stream_id: u32, kind: &str) -> Frame {
 }
 
 fn connect() -> (Client, super::Connection) {
-    let (client, server) = tokio::io::duplex(1 << 16);
+    let (client, server) = tokio::io::duplex(4 << 20);
     let conn = super::start(server, "test connection".into());
     (
         Client {
@@ -169,4 +169,41 @@ async fn garbage_from_the_client_ends_the_connection() {
     assert!(conn.incoming.recv().await.is_none());
     drop(conn);
     assert!(matches!(client.next().await, Some(Frame::GoAway { .. })));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_while_its_unread_data_fills_the_budget_is_still_seen_going() {
+    let (mut client, mut conn) = connect();
+    client.send(syn(1, "stdin")).await;
+    assert!(matches!(client.next().await, Some(Frame::SynReply { .. })));
+    let _stream = conn.incoming.recv().await.expect("a stream");
+    // More than the budget (but within the read-ahead past it), never read
+    // by the server's side.
+    let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+    let Client {
+        mut io,
+        mut deflater,
+        ..
+    } = client;
+    let writer = tokio::spawn(async move {
+        for _ in 0..9 {
+            let mut wire = BytesMut::new();
+            let f = Frame::Data {
+                stream_id: 1,
+                fin: false,
+                data: chunk.clone(),
+            };
+            encode(&f, &mut deflater, &mut wire).expect("encode");
+            if io.write_all(&wire).await.is_err() {
+                return;
+            }
+        }
+        // The client goes.
+        drop(io);
+    });
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn.incoming.recv())
+        .await
+        .expect("the client's end is seen in time");
+    assert!(ended.is_none());
+    writer.await.expect("writer");
 }

@@ -8,9 +8,11 @@
 mod connection;
 mod dictionary;
 mod frame;
+mod stream;
 
-pub use connection::{start, Connection, Stream, StreamWriter};
+pub use connection::{start, Connection};
 pub use frame::{PROTOCOL_ERROR, REFUSED_STREAM};
+pub use stream::{Inbound, Stream, StreamWriter};
 
 #[cfg(test)]
 mod connection_tests;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
-use crate::cri::spdy::{self, StreamWriter};
+use crate::cri::spdy::{self, Inbound, StreamWriter};
 
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
 /// How long the client may take to open its streams.
@@ -30,10 +30,10 @@ pub struct Want {
 /// The client's streams, once all that the request named are open.
 pub struct Opened {
     pub error: StreamWriter,
-    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    pub stdin: Option<Inbound>,
     pub stdout: Option<StreamWriter>,
     pub stderr: Option<StreamWriter>,
-    pub resize: Option<mpsc::Receiver<Bytes>>,
+    pub resize: Option<Inbound>,
 }
 
 /// Waits for the streams `want` names (on a terminal, stderr is stdout's
@@ -59,12 +59,14 @@ pub async fn open(conn: &mut spdy::Connection, want: Want, what: &str) -> Option
                 return None;
             }
         };
+        // A stream the request did not name is reset: what it would carry
+        // would wait unread.
         match stream.header("streamtype") {
             Some("error") => error = Some(stream.writer()),
             Some("stdout") => stdout = Some(stream.writer()),
             Some("stderr") => stderr = Some(stream.writer()),
-            Some("stdin") => stdin = Some(stream.split().0),
-            Some("resize") => resize = Some(stream.split().0),
+            Some("stdin") if want.stdin => stdin = Some(stream.split().0),
+            Some("resize") if want.tty => resize = Some(stream.split().0),
             other => {
                 tracing::debug!("{what}: stream {} of type {other:?} reset", stream.id);
                 let _ = stream.writer().reset(spdy::PROTOCOL_ERROR).await;
@@ -115,8 +117,8 @@ pub async fn end(o: &Opened, outcome: Result<i32, String>) {
 pub fn forward_input(
     mut client: pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
     id: String,
-    stdin: Option<mpsc::Receiver<Bytes>>,
-    resize: Option<mpsc::Receiver<Bytes>>,
+    stdin: Option<Inbound>,
+    resize: Option<Inbound>,
     close_at_end: bool,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel::<pb::InputRequest>(16);
@@ -125,7 +127,8 @@ pub fn forward_input(
         ..Default::default()
     };
     tokio::spawn(async move {
-        let requests = tokio_stream::iter([first]).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let requests =
+            tokio_stream::iter([first]).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
         let feed = async move {
             let tx = &tx;
             let typed = async {

@@ -1,14 +1,17 @@
-//! The CRI streaming server. `Exec` and `PortForward` answer a URL of this
-//! server with a single-use token in it (see [`tokens`]); the client then
-//! connects over HTTP/1.1 and upgrades to SPDY/3.1 with the Kubernetes
-//! sub-protocol it offers (`v4.channel.k8s.io` for exec,
-//! `portforward.k8s.io`), as the kubelet's and containerd's servers do.
+//! The CRI streaming server. `Exec`, `Attach` and `PortForward` answer a
+//! URL of this server with a single-use token in it (see [`tokens`]); the
+//! client then connects over HTTP/1.1 and upgrades to SPDY/3.1 with the
+//! Kubernetes sub-protocol it offers (`v4.channel.k8s.io` for exec and
+//! attach, `portforward.k8s.io`), as the kubelet's and containerd's
+//! servers do.
 //!
 //! It listens on loopback by default (`[cri] stream_address`, as
 //! containerd's `stream_server_address`): the token is the only
 //! credential, so a wider address should only be one the API server alone
 //! reaches.
 
+mod attach;
+mod channels;
 mod exec;
 mod portforward;
 mod requests;
@@ -38,8 +41,11 @@ pub enum Request {
     Exec {
         container_id: String,
         cmd: Vec<String>,
-        stdout: bool,
-        stderr: bool,
+        want: channels::Want,
+    },
+    Attach {
+        container_id: String,
+        want: channels::Want,
     },
     PortForward {
         sandbox_id: String,
@@ -50,6 +56,7 @@ impl Request {
     fn path(&self) -> &'static str {
         match self {
             Request::Exec { .. } => "exec",
+            Request::Attach { .. } => "attach",
             Request::PortForward { .. } => "portforward",
         }
     }
@@ -58,7 +65,7 @@ impl Request {
     /// first.
     fn protocols(&self) -> &'static [&'static str] {
         match self {
-            Request::Exec { .. } => &[exec::PROTOCOL],
+            Request::Exec { .. } | Request::Attach { .. } => &[channels::PROTOCOL],
             Request::PortForward { .. } => &[portforward::PROTOCOL],
         }
     }
@@ -198,9 +205,11 @@ async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr)
         Request::Exec {
             container_id,
             cmd,
-            stdout,
-            stderr,
-        } => exec::serve(&cri, io, &container_id, &cmd, stdout, stderr).await,
+            want,
+        } => exec::serve(&cri, io, &container_id, &cmd, want).await,
+        Request::Attach { container_id, want } => {
+            attach::serve(&cri, io, &container_id, want).await
+        }
         Request::PortForward { sandbox_id } => portforward::serve(&cri, io, &sandbox_id).await,
     }
 }
