@@ -328,7 +328,22 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     );
     let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &host_ipc_sysctl]);
     assert!(
-        e.contains("config.linux.sysctls[kernel.shm_rmid_forced]") && e.contains("node's IPC"),
+        e.contains("config.linux.sysctls[kernel.shm_rmid_forced]") && e.contains("node's own"),
+        "{e}"
+    );
+    // So is a network sysctl of a pod in the node's network namespace.
+    let host_net_sysctl = write_json(
+        work.path(),
+        "host-net-sysctl.json",
+        serde_json::json!({
+            "metadata": {"name": "bad-net", "namespace": "default", "uid": "u-6", "attempt": 0},
+            "linux": {"sysctls": {"net.ipv4.ip_unprivileged_port_start": "80"},
+                      "security_context": {"namespace_options": {"network": 2}}},
+        }),
+    );
+    let e = crictl.refused(&["runp", "--runtime", "aurae-cell", &host_net_sysctl]);
+    assert!(
+        e.contains("config.linux.sysctls[net.ipv4.ip_unprivileged_port_start]"),
         "{e}"
     );
     // A host port on one address only: not built, refused by name.

@@ -20,32 +20,35 @@ pub const MICROVM_HANDLER: &str = "aurae-microvm";
 /// How long a sandbox's instance may take to be ready.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The node's namespaces a pod asks for: (IPC, PID). `hostIPC` and
-/// `hostPID` make the pod's instance share the host's; `hostNetwork` is
-/// not built (the instance's network is its link to auraed), refused by
-/// name.
-fn node_namespaces(config: &cri::PodSandboxConfig) -> Result<(bool, bool), Status> {
+/// The node's namespaces a pod asks for: `hostIPC`, `hostPID` and
+/// `hostNetwork` make the pod's instance share the host's.
+#[derive(Debug, Clone, Copy, Default)]
+struct NodeNamespaces {
+    ipc: bool,
+    pid: bool,
+    net: bool,
+}
+
+fn node_namespaces(config: &cri::PodSandboxConfig) -> Result<NodeNamespaces, Status> {
     let Some(ns) = config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|c| c.namespace_options.as_ref())
     else {
-        return Ok((false, false));
+        return Ok(NodeNamespaces::default());
     };
     let node = cri::NamespaceMode::Node as i32;
-    if ns.network == node {
-        return Err(Status::unimplemented(
-            "config.linux.security_context.namespace_options.network: a pod in the node's \
-             network namespace is not built yet (a pod's network is its instance's)",
-        ));
-    }
     if ns.pid == cri::NamespaceMode::Target as i32 {
         return Err(Status::unimplemented(
             "config.linux.security_context.namespace_options.pid: TARGET is not built yet",
         ));
     }
-    Ok((ns.ipc == node, ns.pid == node))
+    Ok(NodeNamespaces {
+        ipc: ns.ipc == node,
+        pid: ns.pid == node,
+        net: ns.network == node,
+    })
 }
 
 /// Removes a sandbox's files after a failed start; what can't be removed
@@ -109,7 +112,7 @@ impl Cri {
                 return Err(Status::invalid_argument(format!("{field}: empty")));
             }
         }
-        let (host_ipc, host_pid) = node_namespaces(&config)?;
+        let host = node_namespaces(&config)?;
         let resolv = super::dns::resolv_conf(config.dns_config.as_ref())?;
         let sysctls: Vec<(String, String)> = config
             .linux
@@ -125,10 +128,12 @@ impl Cri {
             let ns = crate::sys::ns_sysctl::namespace_of(key).map_err(|e| {
                 Status::invalid_argument(format!("config.linux.sysctls[{key}]: {e}"))
             })?;
-            if host_ipc && ns == nix::sched::CloneFlags::CLONE_NEWIPC {
+            let node = (host.ipc && ns == nix::sched::CloneFlags::CLONE_NEWIPC)
+                || (host.net && ns == nix::sched::CloneFlags::CLONE_NEWNET);
+            if node {
                 return Err(Status::invalid_argument(format!(
-                    "config.linux.sysctls[{key}]: an IPC sysctl of a pod in the node's IPC \
-                     namespace would be the node's"
+                    "config.linux.sysctls[{key}]: a sysctl of a pod in the node's own \
+                     namespace (hostIPC, hostNetwork) would be the node's"
                 )));
             }
         }
@@ -154,8 +159,9 @@ impl Cri {
             ]
             .into(),
             networks: Vec::new(),
-            host_ipc,
-            host_pid,
+            host_ipc: host.ipc,
+            host_pid: host.pid,
+            host_network: host.net,
         };
         let choice = instances.choice_for(&spec).map_err(Status::from)?;
         if choice.backend == Backend::MicroVm {
@@ -183,7 +189,9 @@ impl Cri {
                         p.container_port
                     ))
                 })?;
-            if p.host_port == 0 {
+            // In the node's network namespace the container's port is the
+            // host's own: nothing to relay.
+            if p.host_port == 0 || host.net {
                 continue;
             }
             if !matches!(p.host_ip.as_str(), "" | "0.0.0.0" | "::") {
@@ -245,8 +253,13 @@ impl Cri {
             remove_files(&dir);
             return Err(e);
         }
-        // Its CNI network, if one is configured.
-        let attached = match self.attach_network(&id, meta, &instance).await {
+        // Its CNI network, if one is configured (not in the node's).
+        let attached = if host.net {
+            Ok(None)
+        } else {
+            self.attach_network(&id, meta, &instance).await
+        };
+        let attached = match attached {
             Ok(a) => a,
             Err(e) => {
                 if let Err(undo) = self.runtime.free(&instance.name).await {

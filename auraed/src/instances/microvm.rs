@@ -390,6 +390,7 @@ mod tests {
             parent: "[fd00::1]:8444".parse().expect("parent"),
             parent_id: "spiffe://td/auraed".into(),
             link_local_metadata: false,
+            bridge: None,
             pre_started: false,
         }
     }

@@ -55,6 +55,10 @@ pub struct InstanceSpec {
     /// (cell backend only: a Kubernetes pod's `hostIPC` / `hostPID`).
     pub host_ipc: bool,
     pub host_pid: bool,
+    /// The host's network namespace (a Kubernetes pod's `hostNetwork`):
+    /// the instance's auraed listens on an address of its own on this
+    /// auraed's bridge, and it gets no link-local metadata endpoint.
+    pub host_network: bool,
 }
 
 /// A host bridge an instance gets a network device on.
@@ -143,6 +147,10 @@ pub struct Instance {
     /// The instance's cell, or the VMM's.
     cell: Arc<Cell>,
     veth: Mutex<Option<Veth>>,
+    /// Its address on the bridge, in the host's network namespace.
+    host_address: Mutex<Option<crate::net::HostAddress>>,
+    /// It shares the host's network namespace.
+    pub host_network: bool,
     /// A microVM's TAP on the bridge.
     tap: Mutex<Option<Tap>>,
     /// Its devices on host bridges (a pod's `networks`), eth1...
@@ -240,6 +248,15 @@ impl Instance {
         // Every step runs; the first failure is returned.
         let destroyed = self.cell.destroy().await;
         let veth_removed = networks::remove_taken(&self.veth).await;
+        let taken = self
+            .host_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let address_removed = match taken {
+            Some(a) => a.remove().await.map(drop).map_err(ApiError::from),
+            None => Ok(()),
+        };
         let tap_removed = networks::remove_taken(&self.tap).await;
         let attached =
             std::mem::take(&mut *self.networks.lock().unwrap_or_else(|e| e.into_inner()));
@@ -250,6 +267,7 @@ impl Instance {
         };
         destroyed
             .and(veth_removed)
+            .and(address_removed)
             .and(tap_removed)
             .and(networks_removed)
             .and(dir_removed)
@@ -436,7 +454,9 @@ impl Instances {
             memory_mib: spec.memory_mib,
             metadata: spec.metadata.clone(),
         })?;
-        if i.choice.backend == Backend::Cell {
+        // (An instance in the host's network namespace gets none: the
+        // address would be the host's.)
+        if i.choice.backend == Backend::Cell && !i.host_network {
             use crate::metadata::imds;
             let made = i
                 .imds_listener

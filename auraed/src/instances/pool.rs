@@ -129,6 +129,7 @@ impl Instances {
             && spec.networks.is_empty()
             && !spec.host_ipc
             && !spec.host_pid
+            && !spec.host_network
             && spec.vcpus == 0
             && spec.memory_mib == 0
             && matches!(self.choice_for(spec), Ok(c) if c.backend == Backend::Cell)
@@ -258,6 +259,7 @@ impl Instances {
                 networks: Vec::new(),
                 host_ipc: false,
                 host_pid: false,
+                host_network: false,
             };
             let started = match self.spawn_new(&spec, &cells, log_bytes).await {
                 // Its metadata endpoint's listener, made ahead too.

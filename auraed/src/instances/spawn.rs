@@ -81,6 +81,7 @@ pub(super) struct Undo {
     pub(super) index: Option<u32>,
     pub(super) cell: Option<Arc<Cell>>,
     pub(super) veth: Option<Veth>,
+    pub(super) host_address: Option<net::HostAddress>,
     pub(super) tap: Option<Tap>,
     pub(super) vm_dir: Option<PathBuf>,
     pub(super) init: Option<Arc<Executable>>,
@@ -112,6 +113,11 @@ impl Undo {
         if let Some(veth) = self.veth.take() {
             if let Err(e) = veth.remove().await {
                 tracing::error!("rolling back a spawn: removing its veth: {e}");
+            }
+        }
+        if let Some(a) = self.host_address.take() {
+            if let Err(e) = a.remove().await {
+                tracing::error!("rolling back a spawn: removing its host address: {e}");
             }
         }
         if let Some(tap) = self.tap.take() {
@@ -189,12 +195,16 @@ impl Instances {
         // 1. The backend, and why.
         let kernel = spec.kernel.clone().unwrap_or_else(|| self.default_kernel());
         let choice = self.choice_for(spec)?;
-        if (spec.host_ipc || spec.host_pid) && choice.backend == Backend::MicroVm {
+        if (spec.host_ipc || spec.host_pid || spec.host_network)
+            && choice.backend == Backend::MicroVm
+        {
             return Err(ApiError::invalid(
                 if spec.host_ipc {
                     "host_ipc"
-                } else {
+                } else if spec.host_pid {
                     "host_pid"
+                } else {
+                    "host_network"
                 },
                 "a microVM has a kernel of its own: only a cell-backed instance shares the \
                  host's namespaces",
@@ -257,7 +267,11 @@ impl Instances {
         let index = self.take_index();
         undo.index = Some(index);
         let address = self.ula().instance_addr(index);
-        let params = self.params(spec, address);
+        let mut params = self.params(spec, address);
+        if spec.host_network {
+            let stem: String = self.cfg.bridge.chars().take(9).collect();
+            params.bridge = Some(net::host_link_name(&format!("{stem}h"), index)?);
+        }
         let image_dir = initramfs
             .parent()
             .map(Path::to_path_buf)
@@ -285,6 +299,7 @@ impl Instances {
             share: crate::cells::HostShare {
                 ipc: spec.host_ipc,
                 pid: spec.host_pid,
+                net: spec.host_network,
                 ..Default::default()
             },
             ..Default::default()
@@ -299,17 +314,37 @@ impl Instances {
         let stem: String = self.cfg.bridge.chars().take(9).collect();
         let host = net::host_link_name(&format!("{stem}v"), index)?;
         let peer = net::host_link_name(&format!("{stem}p"), index)?;
+        // In the host's network namespace, an address on the bridge
+        // instead.
         let (pidfd, _) = cell.namespaces();
-        let veth = net::create_veth(
-            &host,
-            &peer,
-            &bridge.link(),
-            pidfd,
-            "eth0",
-            Some((address, INSTANCE_PREFIX_LEN)),
-        )
-        .await?;
-        undo.veth = Some(veth);
+        if spec.host_network {
+            undo.host_address = Some(net::add_host_address(&bridge.link(), address).await?);
+        } else {
+            // A host-network instance's address that a crashed auraed left
+            // on the bridge would catch this instance's traffic.
+            let stale = net::HostAddress {
+                link: bridge.link().name,
+                index: bridge.link().index,
+                addr: address,
+            };
+            match stale.remove().await {
+                Ok(true) => {
+                    tracing::warn!("removed {address} from the bridge, left by a previous run")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("looking for a stale {address} on the bridge: {e}"),
+            }
+            let veth = net::create_veth(
+                &host,
+                &peer,
+                &bridge.link(),
+                pidfd,
+                "eth0",
+                Some((address, INSTANCE_PREFIX_LEN)),
+            )
+            .await?;
+            undo.veth = Some(veth);
+        }
         self.attach_veths(&networks, index, pidfd, &mut undo.networks)
             .await?;
         injected(fail, FailAt::Veth)?;
@@ -366,6 +401,7 @@ impl Instances {
         super::ready::wait_ready(&init, &channel, spec.ready_timeout, &spec.name, what).await?;
         injected(self.cfg.fail_at, FailAt::Ready)?;
         let veth = undo.veth.take();
+        let host_address = undo.host_address.take();
         let tap = undo.tap.take();
         let vm_dir = undo.vm_dir.take();
         let networks = std::mem::take(&mut undo.networks);
@@ -383,6 +419,8 @@ impl Instances {
             init,
             cell: s.cell,
             veth: Mutex::new(veth),
+            host_address: Mutex::new(host_address),
+            host_network: spec.host_network,
             tap: Mutex::new(tap),
             networks: Mutex::new(networks),
             vm_dir,
@@ -470,6 +508,7 @@ impl Instances {
             parent: self.metadata_addr(),
             parent_id: self.own_id(),
             link_local_metadata: false,
+            bridge: None,
             pre_started: super::pool::is_provisional(&spec.name),
         }
     }

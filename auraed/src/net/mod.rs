@@ -26,6 +26,7 @@
 
 mod addresses;
 mod bridge;
+mod host_address;
 mod metadata_link;
 mod netns;
 mod tap;
@@ -46,6 +47,7 @@ use rtnetlink::{Handle, LinkUnspec};
 
 pub use addresses::Ipv6Prefix;
 pub use bridge::{ensure_bridge, find_bridge, Bridge, BridgeLink};
+pub use host_address::{add_host_address, HostAddress};
 pub use metadata_link::metadata_listener;
 pub use tap::{create_tap, remove_stale_taps, Tap};
 pub use ula::{Ula, INSTANCE_PREFIX_LEN, ULA_PREFIX_LEN};
@@ -148,6 +150,13 @@ pub enum NetError {
         link: String,
         addr: Ipv6Addr,
         prefix_len: u8,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("removing {addr} from link {link} (RTM_DELADDR)")]
+    DelAddress {
+        link: String,
+        addr: Ipv6Addr,
         #[source]
         source: rtnetlink::Error,
     },

@@ -447,5 +447,6 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
         networks: Vec::new(),
         host_ipc: false,
         host_pid: false,
+        host_network: false,
     })
 }
