@@ -168,6 +168,18 @@ impl Running {
 }
 
 impl Cri {
+    /// A channel of its own to a sandbox's instance (see
+    /// `Instances::own_channel`).
+    pub(super) fn own_channel(
+        &self,
+        instance: &crate::instances::Instance,
+    ) -> Result<tonic::transport::Channel, Status> {
+        let instances = self.runtime.instances.as_ref().ok_or_else(|| {
+            Status::failed_precondition("pod sandboxes are instances: this auraed has none")
+        })?;
+        Ok(instances.own_channel(instance)?)
+    }
+
     /// Starts `cmd` in the running container `container_id` as its own
     /// process runs (its user, environment and working directory), its
     /// output followed from the start.
@@ -176,6 +188,7 @@ impl Cri {
         container_id: &str,
         cmd: &[String],
         stdio: Stdio,
+        streamed: bool,
     ) -> Result<Running, Status> {
         let c = self.state.container("container_id", container_id)?;
         let Some((command, args)) = cmd.split_first() else {
@@ -191,7 +204,15 @@ impl Cri {
         let instance = self.instance_of(&sandbox)?;
         let first = super::container_config::executable_of(&c.config, c.user, &c.groups)?
             .unwrap_or_default();
-        let mut client = pb::runtime_client::RuntimeClient::new(instance.channel());
+        // A streamed exec (stdin, a terminal, output at the client's pace)
+        // gets a connection of its own: a stalled one must not hold up
+        // the instance's other calls.
+        let channel = if streamed {
+            self.own_channel(&instance)?
+        } else {
+            instance.channel()
+        };
+        let mut client = pb::runtime_client::RuntimeClient::new(channel);
         let what = format!("exec in container {}", c.id);
         let refused = |s: Status| Status::new(s.code(), format!("{what}: {}", s.message()));
         // Named here, so that the guard is armed before the process can
@@ -259,7 +280,7 @@ impl Cri {
             )));
         }
         let mut running = self
-            .start_exec(&r.container_id, &r.cmd, Stdio::default())
+            .start_exec(&r.container_id, &r.cmd, Stdio::default(), false)
             .await?;
         let collect = async {
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());

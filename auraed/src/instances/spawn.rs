@@ -545,6 +545,16 @@ impl Instances {
         })
     }
 
+    /// A channel of its own to instance `i` (a connection apart from the
+    /// one every call to it shares): for a long, interactive call whose
+    /// stream may stall (a process that reads no stdin), so that HTTP/2
+    /// flow control held up on it never holds up the instance's other calls.
+    pub fn own_channel(&self, i: &Instance) -> Result<tonic::transport::Channel, ApiError> {
+        self.link()?
+            .channel_expecting(i.address, i.expected.clone())
+            .map_err(|e| ApiError::Internal(format!("a link to instance {}: {e}", i.name)))
+    }
+
     pub(super) fn link(&self) -> Result<super::link::LinkTls, ApiError> {
         let read = |what: &'static str, path: &Path| {
             std::fs::read(path).map_err(|e| ApiError::io(format!("{what}: {}", path.display()), e))

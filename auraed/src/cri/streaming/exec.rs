@@ -41,7 +41,7 @@ async fn run(
         tty: want.tty,
     };
     let mut running = cri
-        .start_exec(container_id, cmd, stdio)
+        .start_exec(container_id, cmd, stdio, true)
         .await
         .map_err(|e| e.message().to_string())?;
     let input = (want.stdin || want.tty).then(|| {

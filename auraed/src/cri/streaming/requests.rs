@@ -79,7 +79,7 @@ impl Cri {
         let instance = self.instance_of(&sandbox)?;
         Ok(AttachTarget {
             executable_id: c.run().executable_id,
-            client: pb::runtime_client::RuntimeClient::new(instance.channel()),
+            client: pb::runtime_client::RuntimeClient::new(self.own_channel(&instance)?),
             stdin_once: c.config.stdin_once,
         })
     }
