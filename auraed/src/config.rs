@@ -143,6 +143,12 @@ pub struct InstancesSection {
     /// running auraed's memory while it waits.
     #[serde(default)]
     pub pool: usize,
+    /// Set by the parent of an instance in its host's network namespace (a
+    /// Kubernetes `hostNetwork` pod): this auraed makes nothing in that
+    /// namespace (no bridge, so no instances or VMs of its own) and removes
+    /// nothing there as left behind.
+    #[serde(default)]
+    pub in_host_network: bool,
 }
 
 /// Where the VMM is when it is neither configured nor beside auraed.
@@ -189,6 +195,7 @@ impl Default for InstancesSection {
             parent_id: None,
             link_local_metadata: false,
             pool: 0,
+            in_host_network: false,
             pre_started: false,
         }
     }

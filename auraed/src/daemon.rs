@@ -107,6 +107,7 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
             vm_restart: i.vm_restart,
             path: i.path.clone(),
             pool: i.pool,
+            in_host_network: i.in_host_network,
             vmm: i.vmm_path(),
             fail_at: i
                 .fail_at

@@ -165,12 +165,15 @@ impl Executable {
                     Placement::Cell(c) => PathBuf::from(format!("/proc/{}/root", c.init_pid)),
                     Placement::Host(_) => PathBuf::from("/"),
                 };
-                let (t, slave) = Terminal::open(&root).map_err(|e| {
-                    ApiError::io(
-                        format!("opening a terminal from {}/dev/pts", root.display()),
-                        e,
-                    )
-                })?;
+                // (Resolved inside the cell's root: off the async threads.)
+                let what = format!("opening a terminal from {}/dev/pts", root.display());
+                let (master, slave) = crate::blocking::run("opening a terminal", move || {
+                    crate::sys::pty::open_pair(&root)
+                })
+                .await?
+                .map_err(|e| ApiError::io(what, e))?;
+                let t = Terminal::from_master(master)
+                    .map_err(|e| ApiError::io("registering the terminal", e))?;
                 (slave, Some(Arc::new(Input::terminal(t.clone()))), Some(t))
             }
         };

@@ -45,8 +45,14 @@ impl Terminal {
     /// and the slave for the process.
     pub fn open(root: &Path) -> io::Result<(Arc<Terminal>, OwnedFd)> {
         let (master, slave) = crate::sys::pty::open_pair(root)?;
-        let master = crate::sys::pollable(master)?;
-        Ok((Arc::new(Terminal { master }), slave))
+        Ok((Self::from_master(master)?, slave))
+    }
+
+    /// A terminal from its master (see `sys::pty::open_pair`).
+    pub fn from_master(master: OwnedFd) -> io::Result<Arc<Terminal>> {
+        Ok(Arc::new(Terminal {
+            master: crate::sys::pollable(master)?,
+        }))
     }
 
     /// A reader of what the process writes to its terminal (EOF once no

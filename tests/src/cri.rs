@@ -155,20 +155,25 @@ pub async fn daemon(registry: &Registry) -> (crate::Daemon, Crictl) {
     // pods are on auraed's bridge) beside it.
     let sockets = tempfile::tempdir().expect("tempdir").keep();
     let socket = sockets.join("cri.sock");
-    let extra = format!(
-        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
-         [cri.registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
-        socket.display().to_string(),
-        cni_dir(&socket).display().to_string(),
-        registry.port
-    );
     let d = crate::Daemon::start_with(crate::DaemonOptions {
         image_dir: Some(image),
-        extra_config: extra,
+        extra_config: cri_config(&socket, registry),
         ..Default::default()
     })
     .await;
     (d, Crictl { socket })
+}
+
+/// The daemon's `[cri]` configuration: its socket, its (empty) CNI folder
+/// beside it, and `registry` as the mirror of `registry.k8s.io`.
+pub fn cri_config(socket: &Path, registry: &Registry) -> String {
+    format!(
+        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
+         [cri.registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
+        socket.display().to_string(),
+        cni_dir(socket).display().to_string(),
+        registry.port
+    )
 }
 
 /// A CRI client of the daemon's socket (tonic, over the Unix socket).

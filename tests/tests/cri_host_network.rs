@@ -2,15 +2,18 @@
 //! upstream `crictl`: its container reaches a server the test runs on the
 //! host's loopback, `crictl port-forward` reaches a web server it runs on
 //! a host port, and once the pod is removed nothing is left: no process,
-//! cgroup or mount of it, and not its address on auraed's bridge.
+//! cgroup or mount of it, and not its address on auraed's bridge; the
+//! address a `kill -9` of auraed left is removed when it starts again.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use aurae_tests::cri::{crictl_bin, daemon, requirements, workloads, write_json, Registry};
+use aurae_tests::cri::{
+    cri_config, crictl_bin, daemon, requirements, workloads, write_json, Registry,
+};
 use aurae_tests::leaks::Snapshot;
 use aurae_tests::pods::{busybox_image, free_port, http_get, PAGE};
-use aurae_tests::report_skip;
+use aurae_tests::{report_skip, Daemon, DaemonOptions};
 
 const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
@@ -146,4 +149,48 @@ async fn a_host_network_pod_shares_the_hosts_network_and_leaves_nothing() {
         !host_addresses().contains(&format!(" {ip}/128 ")),
         "{ip} is gone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_address_a_crash_left_is_removed_at_the_restart() {
+    if let Some(why) = requirements() {
+        report_skip("the_address_a_crash_left_is_removed_at_the_restart", why);
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start();
+    let (mut d, crictl) = daemon(&registry).await;
+    let pod = write_json(
+        work.path(),
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "left", "namespace": "default", "uid": "u-l", "attempt": 0},
+            "linux": {"security_context": {"namespace_options": {"network": 2}}},
+        }),
+    );
+    let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
+    let status: serde_json::Value =
+        serde_json::from_str(&crictl.ok(&["inspectp", "-o", "json", &pod_id])).expect("json");
+    let ip = status["status"]["network"]["ip"]
+        .as_str()
+        .expect("a pod IP")
+        .to_string();
+    let held = format!(" {ip}/128 ");
+    assert!(host_addresses().contains(&held), "{ip}");
+
+    d.crash();
+    let dir = d.keep_dir();
+    assert!(host_addresses().contains(&held), "the crash left {ip}");
+    let _again = Daemon::start_with(DaemonOptions {
+        reuse: Some(dir),
+        image_dir: aurae_tests::instances::image(),
+        extra_config: cri_config(&crictl.socket, &registry),
+        ..Default::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while host_addresses().contains(&held) {
+        assert!(Instant::now() < deadline, "{ip} is still on the bridge");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -241,9 +241,24 @@ impl Cri {
             })
             .await;
         if let Err(e) = started {
-            // Refused: there is nothing to clean up.
-            let mut guard = guard;
-            guard.armed = false;
+            use tonic::Code;
+            let refused_outright = matches!(
+                e.code(),
+                Code::InvalidArgument
+                    | Code::NotFound
+                    | Code::AlreadyExists
+                    | Code::FailedPrecondition
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+            );
+            if refused_outright {
+                // Refused before anything was made: nothing to clean up.
+                let mut guard = guard;
+                guard.armed = false;
+            } else {
+                // The process may exist (the answer was lost).
+                guard.finish(false).await;
+            }
             return Err(refused(e));
         }
         let output = match client

@@ -47,10 +47,8 @@ pub struct Params {
     pub parent_id: String,
     /// The instance's auraed serves 169.254.169.254 itself (a microVM).
     pub link_local_metadata: bool,
-    /// Its own bridge's name, where it shares its parent's network
-    /// namespace: so that its bridge and TAP names (and what it removes as
-    /// left behind at its start) are never its parent's.
-    pub bridge: Option<String>,
+    /// It shares its parent's network namespace: it makes nothing there.
+    pub in_host_network: bool,
     /// A pre-started instance: it takes its identity from its parent once
     /// claimed (`Metadata.Assume`).
     pub pre_started: bool,
@@ -76,18 +74,14 @@ pub fn seed(identity: &Identity, params: &Params) -> Vec<SeedFile> {
          [instances]\nimage_dir = \"{IMAGE}\"\nsigning_key = \"{PKI}/signing.key\"\n\
          signing_chain = \"{PKI}/signing.crt\"\nvmm = \"{IMAGE}/aurae-vmm\"\n\
          path = {path:?}\nparent = \"{parent}\"\nparent_id = {parent_id:?}\n\
-         link_local_metadata = {lm}\npre_started = {pre}\n{bridge}",
+         link_local_metadata = {lm}\npre_started = {pre}\nin_host_network = {hn}\n",
         allowed = toml_list(&params.allowed),
         path = params.path,
         parent = params.parent,
         parent_id = params.parent_id,
         lm = params.link_local_metadata,
         pre = params.pre_started,
-        bridge = params
-            .bridge
-            .as_ref()
-            .map(|b| format!("bridge = {b:?}\n"))
-            .unwrap_or_default(),
+        hn = params.in_host_network,
     );
     let boot = format!(
         "aurae.name={} aurae.ip={}/{} aurae.port={}\n",
@@ -148,7 +142,7 @@ mod tests {
             parent: "[fd00::1]:8444".parse().expect("parent"),
             parent_id: "spiffe://td/auraed".into(),
             link_local_metadata: false,
-            bridge: None,
+            in_host_network: false,
             pre_started: false,
         };
         let files = seed(&identity, &params);

@@ -363,6 +363,7 @@ impl Instances {
                 choice,
                 spiffe_id: identity.spiffe_id,
                 address,
+                port: self.cfg.port,
                 index,
                 process: ("vmm", process),
                 cell,
@@ -390,7 +391,7 @@ mod tests {
             parent: "[fd00::1]:8444".parse().expect("parent"),
             parent_id: "spiffe://td/auraed".into(),
             link_local_metadata: false,
-            bridge: None,
+            in_host_network: false,
             pre_started: false,
         }
     }

@@ -67,6 +67,8 @@ pub(super) struct Started {
     pub(super) choice: super::backend::Choice,
     pub(super) spiffe_id: String,
     pub(super) address: std::net::Ipv6Addr,
+    /// Where its auraed listens.
+    pub(super) port: u16,
     pub(super) index: u32,
     /// The instance's process (its auraed, or its VMM): a name for it
     /// (`<instance>/<name>`) and what to run.
@@ -269,9 +271,11 @@ impl Instances {
         let address = self.ula().instance_addr(index);
         let mut params = self.params(spec, address);
         if spec.host_network {
-            let stem: String = self.cfg.bridge.chars().take(9).collect();
-            params.bridge = Some(net::host_link_name(&format!("{stem}h"), index)?);
+            // Among the host's own services: a port free there, not ours.
+            params.port = free_port()?;
+            params.in_host_network = true;
         }
+        let port = params.port;
         let image_dir = initramfs
             .parent()
             .map(Path::to_path_buf)
@@ -286,7 +290,8 @@ impl Instances {
             security: Security {
                 all_caps: true,
                 delegate_cgroup: true,
-                net_sysctls: true,
+                // The host's own, in the host's network namespace.
+                net_sysctls: !spec.host_network,
                 read_only_binds: std::iter::once((image_dir, PathBuf::from(files::IMAGE)))
                     .chain(
                         spec.read_only
@@ -356,6 +361,7 @@ impl Instances {
                 choice,
                 spiffe_id: identity.spiffe_id,
                 address,
+                port,
                 index,
                 process: ("init", init_process()?),
                 cell,
@@ -390,7 +396,7 @@ impl Instances {
         undo.init = Some(init.clone());
         injected(self.cfg.fail_at, FailAt::Init)?;
 
-        let addr = SocketAddr::new(s.address.into(), self.cfg.port);
+        let addr = SocketAddr::new(s.address.into(), s.port);
         let expected = super::link::ExpectedId::new(s.spiffe_id.clone());
         let channel = self
             .link()?
@@ -479,6 +485,13 @@ impl Instances {
     }
 
     pub(super) async fn ensure_bridge(&self) -> Result<Bridge, ApiError> {
+        if self.cfg.in_host_network {
+            return Err(ApiError::FailedPrecondition(
+                "this auraed runs in its parent's network namespace (a hostNetwork pod): it \
+                 makes no bridge there, so it spawns no instances or VMs"
+                    .into(),
+            ));
+        }
         let mut guard = self.bridge.lock().await;
         if let Some(b) = &*guard {
             return Ok(b.clone());
@@ -508,7 +521,7 @@ impl Instances {
             parent: self.metadata_addr(),
             parent_id: self.own_id(),
             link_local_metadata: false,
-            bridge: None,
+            in_host_network: false,
             pre_started: super::pool::is_provisional(&spec.name),
         }
     }
@@ -599,4 +612,13 @@ fn init_process() -> Result<ProcessSpec, ApiError> {
         groups: Vec::new(),
         stdin: Default::default(),
     })
+}
+
+/// A TCP port free on every address of this host, for an instance's
+/// auraed in the host's network namespace.
+fn free_port() -> Result<u16, ApiError> {
+    std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ApiError::io("finding a free port for the instance's auraed", e))
 }

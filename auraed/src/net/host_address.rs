@@ -69,3 +69,26 @@ impl HostAddress {
         }
     }
 }
+
+/// Removes every /128 address on `bridge`: what host-network instances of
+/// a previous run left (this auraed's own address there is a /64).
+/// Returns those removed.
+pub async fn remove_host_addresses(bridge: &BridgeLink) -> Result<Vec<Ipv6Addr>, NetError> {
+    let conn = Conn::open()?;
+    let held = super::addresses::list_ipv6(&conn.handle).await?;
+    let mut removed = Vec::new();
+    for h in held
+        .into_iter()
+        .filter(|h| h.index == bridge.index && h.prefix.prefix_len() == 128)
+    {
+        let a = HostAddress {
+            link: bridge.name.clone(),
+            index: bridge.index,
+            addr: h.prefix.addr(),
+        };
+        if a.remove().await? {
+            removed.push(h.prefix.addr());
+        }
+    }
+    Ok(removed)
+}

@@ -30,7 +30,13 @@ pub(super) async fn input(
         // The rest as it comes; a broken client stream ends it.
         let rest = futures::StreamExt::filter_map(requests, |m| std::future::ready(m.ok()));
         let outbound = futures::StreamExt::chain(futures::stream::iter([asked]), rest);
-        let answer = pb::runtime_client::RuntimeClient::new(t.instance.channel())
+        // A connection of its own: a stalled stdin must not hold up the
+        // instance's other calls (see `Instances::own_channel`).
+        let channel = match &runtime.instances {
+            Some(instances) => instances.own_channel(&t.instance)?,
+            None => t.instance.channel(),
+        };
+        let answer = pb::runtime_client::RuntimeClient::new(channel)
             .input(outbound)
             .await;
         return super::runtime_service::routed(&id, answer).map(|r| r.into_inner());
