@@ -7,6 +7,7 @@ pub mod confine_args;
 pub mod meta_args;
 pub mod output;
 pub mod pod_args;
+pub mod process_args;
 pub mod spawn_args;
 pub mod text;
 pub mod tree;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use aer::client::{Client, ClientConfig, InstanceRoute};
 use aer::output;
+use aer::process_args::ProcessArgs;
 use aer::text::escape;
 use aer::units::{parse_bytes, parse_millis};
 use aurae_proto::runtime as pb;
@@ -95,28 +96,6 @@ enum Command {
     /// The records of this auraed's instances.
     #[command(subcommand)]
     Meta(aer::meta_args::MetaCmd),
-}
-
-#[derive(Args)]
-struct ProcessArgs {
-    /// Environment variable KEY=VALUE (repeatable).
-    #[arg(long = "env", short = 'e')]
-    env: Vec<String>,
-    #[arg(long)]
-    cwd: Option<String>,
-    #[arg(long)]
-    uid: Option<u32>,
-    #[arg(long)]
-    gid: Option<u32>,
-    /// Supplementary groups (comma-separated ids).
-    #[arg(long, value_delimiter = ',')]
-    groups: Vec<u32>,
-    /// Stream the output and exit with the workload's exit code.
-    #[arg(long, short)]
-    wait: bool,
-    /// The command and its arguments.
-    #[arg(last = true)]
-    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -255,33 +234,6 @@ impl<T> OrExit<T> for Result<tonic::Response<T>, tonic::Status> {
 
 mod meta_cmd;
 mod pod_vm;
-
-fn executable(p: &ProcessArgs) -> pb::Executable {
-    let env = p
-        .env
-        .iter()
-        .map(|kv| {
-            let (name, value) = kv
-                .split_once('=')
-                .unwrap_or_else(|| fail(format!("--env {kv:?}: expected KEY=VALUE")));
-            pb::EnvVar {
-                name: name.into(),
-                value: value.into(),
-            }
-        })
-        .collect();
-    let mut cmd = p.command.iter();
-    pb::Executable {
-        command: cmd.next().cloned().unwrap_or_default(),
-        args: cmd.cloned().collect(),
-        env,
-        cwd: p.cwd.clone().unwrap_or_default(),
-        uid: p.uid,
-        gid: p.gid,
-        groups: p.groups.clone(),
-        ..Default::default()
-    }
-}
 
 fn print_status(out: Output, s: &pb::WorkloadStatus) {
     match out {
@@ -434,11 +386,15 @@ async fn main() {
                 .run_executable(pb::RunExecutableRequest {
                     name: a.name.unwrap_or_default(),
                     cell: a.cell.unwrap_or_default(),
-                    executable: Some(executable(&a.process)),
+                    executable: Some(a.process.executable().unwrap_or_else(|e| fail(e))),
                 })
                 .await
                 .or_exit();
-            if a.process.wait {
+            if a.process.stdin {
+                let input = aer::process_args::send_stdin(client.clone(), r.id.clone());
+                tokio::spawn(async move { input.await.unwrap_or_else(|s| status_error(s)) });
+            }
+            if a.process.waits() {
                 follow_and_exit(&mut client, &r.id).await;
             }
             match out {
@@ -460,7 +416,8 @@ async fn main() {
                         .as_ref()
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
-                    executable: has_command.then(|| executable(&a.process)),
+                    executable: has_command
+                        .then(|| a.process.executable().unwrap_or_else(|e| fail(e))),
                     privileged: a.privileged,
                     writable_paths: a.writable_paths.clone(),
                     devices: a.devices.clone(),

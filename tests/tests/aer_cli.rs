@@ -230,3 +230,37 @@ async fn aer_ls_escapes_control_characters_in_commands() {
         "{details:?}"
     );
 }
+
+#[tokio::test]
+async fn exec_with_i_passes_our_stdin_to_its_end() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let d = Daemon::start().await;
+    let mut aer = Command::new(aurae_tests::binary("aer"))
+        .env("AURAE_CONFIG", &d.client_config)
+        .args([
+            "exec",
+            "-i",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat; echo done; exit 3",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aer");
+    aer.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"from-aer\n")
+        .expect("write");
+    let out = aer.wait_with_output().expect("aer");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from-aer\ndone\n",
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
