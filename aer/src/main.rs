@@ -242,6 +242,20 @@ fn print_status(out: Output, s: &pb::WorkloadStatus) {
     }
 }
 
+/// Passes our stdin to `id` in a task of its own. A process that ended
+/// (its stdin closed) before our stdin did is no error: its exit code says
+/// how it went.
+fn pass_stdin(client: &Client, id: &str) {
+    let input = aer::process_args::send_stdin(client.clone(), id.to_string());
+    tokio::spawn(async move {
+        if let Err(s) = input.await {
+            if s.code() != tonic::Code::FailedPrecondition {
+                warn(format_args!("passing stdin: {}", escape(s.message())));
+            }
+        }
+    });
+}
+
 /// Streams the output of `id` to our stdout/stderr, then waits for its exit
 /// and exits with its code.
 async fn follow_and_exit(client: &mut Client, id: &str) -> ! {
@@ -390,11 +404,10 @@ async fn main() {
                 })
                 .await
                 .or_exit();
-            if a.process.stdin {
-                let input = aer::process_args::send_stdin(client.clone(), r.id.clone());
-                tokio::spawn(async move { input.await.unwrap_or_else(|s| status_error(s)) });
-            }
             if a.process.waits() {
+                if a.process.stdin {
+                    pass_stdin(&client, &r.id);
+                }
                 follow_and_exit(&mut client, &r.id).await;
             }
             match out {
@@ -431,7 +444,10 @@ async fn main() {
                 })
                 .await
                 .or_exit();
-            if a.process.wait && !r.executable_id.is_empty() {
+            if a.process.waits() && !r.executable_id.is_empty() {
+                if a.process.stdin {
+                    pass_stdin(&client, &r.executable_id);
+                }
                 follow_and_exit(&mut client, &r.executable_id).await;
             }
             match out {

@@ -264,3 +264,32 @@ async fn exec_with_i_passes_our_stdin_to_its_end() {
     );
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 }
+
+#[tokio::test]
+async fn a_process_that_ends_before_our_stdin_does_still_gives_its_code() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let d = Daemon::start().await;
+    let mut aer = Command::new(aurae_tests::binary("aer"))
+        .env("AURAE_CONFIG", &d.client_config)
+        .args(["exec", "-i", "--", "/bin/sh", "-c", "head -n 1; exit 4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aer");
+    let mut stdin = aer.stdin.take().expect("stdin");
+    // More than the process reads, then our stdin stays open a while.
+    let writer = std::thread::spawn(move || {
+        for _ in 0..200 {
+            if stdin.write_all(b"line\n").is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    let out = aer.wait_with_output().expect("aer");
+    writer.join().expect("writer");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "line\n", "{out:?}");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+}
