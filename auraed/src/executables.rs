@@ -15,7 +15,7 @@ use crate::cells::Cell;
 use crate::cgroup::CellCgroup;
 use crate::error::ApiError;
 use crate::input::{Input, StdinMode, Terminal};
-use crate::logs::{capture, capture_flushed, LogBuffer, Stream};
+use crate::logs::{capture, LogBuffer, Partial, Stream};
 use crate::sys::{self, pidfd, NamespaceMode, SpawnError, SpawnSpec, SpawnStage};
 
 /// A validated request for one process.
@@ -276,22 +276,21 @@ impl Executable {
                 let err = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
                     .map_err(|e| ApiError::io("reading the stderr pipe", e))?;
                 // A process one talks to shows each prompt at once.
-                if spec.stdin == StdinMode::Null {
-                    vec![
-                        tokio::spawn(capture(out, Stream::Stdout, logs.clone())),
-                        tokio::spawn(capture(err, Stream::Stderr, logs.clone())),
-                    ]
+                let partial = if spec.stdin == StdinMode::Null {
+                    Partial::AtEnd
                 } else {
-                    vec![
-                        tokio::spawn(capture_flushed(out, Stream::Stdout, logs.clone())),
-                        tokio::spawn(capture_flushed(err, Stream::Stderr, logs.clone())),
-                    ]
-                }
+                    Partial::EachRead
+                };
+                vec![
+                    tokio::spawn(capture(out, Stream::Stdout, logs.clone(), partial)),
+                    tokio::spawn(capture(err, Stream::Stderr, logs.clone(), partial)),
+                ]
             }
-            Sources::Terminal(t) => vec![tokio::spawn(capture_flushed(
+            Sources::Terminal(t) => vec![tokio::spawn(capture(
                 t.reader(),
                 Stream::Stdout,
                 logs.clone(),
+                Partial::EachRead,
             ))],
             Sources::Files(follow) => followers(follow, &logs, &exited_rx),
         };

@@ -4,7 +4,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -41,13 +40,6 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    /// Opens a terminal from the devpts instance under `root`; returns it
-    /// and the slave for the process.
-    pub fn open(root: &Path) -> io::Result<(Arc<Terminal>, OwnedFd)> {
-        let (master, slave) = crate::sys::pty::open_pair(root)?;
-        Ok((Self::from_master(master)?, slave))
-    }
-
     /// A terminal from its master (see `sys::pty::open_pair`).
     pub fn from_master(master: OwnedFd) -> io::Result<Arc<Terminal>> {
         Ok(Arc::new(Terminal {
@@ -174,6 +166,7 @@ impl Input {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
@@ -194,7 +187,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_terminal_echoes_input_and_reads_eof_once_the_slave_is_gone() {
-        let (t, slave) = Terminal::open(Path::new("/")).expect("terminal");
+        let (master, slave) = crate::sys::pty::open_pair(Path::new("/")).expect("a pty");
+        let t = Terminal::from_master(master).expect("terminal");
         let input = Input::terminal(t.clone());
         input.write(b"typed\n").await.expect("write");
         input.resize(120, 30).expect("resize");

@@ -125,31 +125,23 @@ impl LogBuffer {
     }
 }
 
+/// When what a process wrote of a line without its newline goes into
+/// the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partial {
+    /// At its end of output (or when the line is too long).
+    AtEnd,
+    /// After each read: an interactive process (a terminal, or one with
+    /// stdin) shows its prompt at once.
+    EachRead,
+}
+
 /// Reads `reader` into `buffer` line by line until EOF.
 pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     mut reader: R,
     stream: Stream,
     buffer: Arc<LogBuffer>,
-) {
-    let mut lines = crate::log_files::Lines::new(stream, buffer);
-    let mut chunk = vec![0u8; 8192];
-    loop {
-        match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => lines.feed(&chunk[..n]),
-        }
-    }
-    lines.finish();
-}
-
-/// Reads an interactive process's output (a terminal, or pipes of a
-/// process with stdin) into `buffer`: as [`capture`], but what is left of a
-/// line after each read goes out at once, as a partial line (a prompt
-/// waits for no newline).
-pub async fn capture_flushed<R: tokio::io::AsyncRead + Unpin>(
-    mut reader: R,
-    stream: Stream,
-    buffer: Arc<LogBuffer>,
+    partial: Partial,
 ) {
     let mut lines = crate::log_files::Lines::new(stream, buffer);
     let mut chunk = vec![0u8; 8192];
@@ -158,7 +150,9 @@ pub async fn capture_flushed<R: tokio::io::AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 lines.feed(&chunk[..n]);
-                lines.flush();
+                if partial == Partial::EachRead {
+                    lines.flush();
+                }
             }
         }
     }
@@ -203,7 +197,7 @@ mod tests {
         let buf = Arc::new(LogBuffer::new(1 << 20));
         let mut input = b"a\nbb\n".to_vec();
         input.extend(vec![b'x'; MAX_LINE + 3]);
-        capture(&input[..], Stream::Stdout, buf.clone()).await;
+        capture(&input[..], Stream::Stdout, buf.clone(), Partial::AtEnd).await;
         let lines: Vec<usize> = buf
             .subscribe(false)
             .history

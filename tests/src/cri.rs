@@ -235,3 +235,48 @@ pub fn requirements() -> Option<&'static str> {
     }
     None
 }
+
+/// The busybox image the CRI tests pull, through the mirror.
+pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+/// A registry holding the busybox image, and a daemon with the CRI on that
+/// has pulled it.
+pub async fn daemon_with_busybox(work: &Path) -> (Registry, crate::Daemon, Crictl) {
+    let registry = Registry::start();
+    registry.push(
+        &crate::pods::busybox_image(work),
+        "e2e-test-images/busybox:1.29-2",
+    );
+    let (d, crictl) = daemon(&registry).await;
+    crictl.ok(&["pull", BUSYBOX]);
+    (registry, d, crictl)
+}
+
+/// A pod sandbox's IP, as `crictl inspectp` reports it.
+pub fn pod_ip(crictl: &Crictl, pod_id: &str) -> String {
+    let status: serde_json::Value =
+        serde_json::from_str(&crictl.ok(&["inspectp", "-o", "json", pod_id])).expect("json");
+    status["status"]["network"]["ip"]
+        .as_str()
+        .expect("a pod IP")
+        .to_string()
+}
+
+/// Fetches the page of the web server on `port` in pod `pod_id` through
+/// `crictl port-forward` from a free local port; panics without it.
+pub fn page_through_port_forward(crictl: &Crictl, pod_id: &str, port: u16) {
+    let local = crate::pods::free_port();
+    let mut forward = Command::new(crictl_bin())
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", crictl.socket.display()))
+        .args(["port-forward", pod_id])
+        .arg(format!("{local}:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("crictl port-forward");
+    let page = std::panic::catch_unwind(|| crate::pods::http_get(&format!("127.0.0.1:{local}")));
+    forward.kill().expect("kill crictl");
+    forward.wait().expect("wait crictl");
+    assert!(page.is_ok(), "no page through the forwarded port");
+}

@@ -13,7 +13,7 @@ use aurae_tests::leaks::Snapshot;
 use aurae_tests::pods::busybox_image;
 use aurae_tests::report_skip;
 
-const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+use aurae_tests::cri::BUSYBOX as IMAGE;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {

@@ -9,13 +9,12 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use aurae_tests::cri::{
-    cri_config, crictl_bin, daemon, requirements, workloads, write_json, Registry,
+    cri_config, daemon, daemon_with_busybox, page_through_port_forward, pod_ip, requirements,
+    workloads, write_json, Registry, BUSYBOX as IMAGE,
 };
 use aurae_tests::leaks::Snapshot;
-use aurae_tests::pods::{busybox_image, free_port, http_get, PAGE};
+use aurae_tests::pods::{free_port, http_get, PAGE};
 use aurae_tests::{report_skip, Daemon, DaemonOptions};
-
-const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// The host's IPv6 addresses, as `ip` lists them.
 fn host_addresses() -> String {
@@ -36,13 +35,7 @@ async fn a_host_network_pod_shares_the_hosts_network_and_leaves_nothing() {
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start();
-    registry.push(
-        &busybox_image(work.path()),
-        "e2e-test-images/busybox:1.29-2",
-    );
-    let (d, crictl) = daemon(&registry).await;
-    crictl.ok(&["pull", IMAGE]);
+    let (_registry, d, crictl) = daemon_with_busybox(work.path()).await;
     let mut client = d.client().await;
     let before = Snapshot::settled(&d);
 
@@ -95,12 +88,7 @@ async fn a_host_network_pod_shares_the_hosts_network_and_leaves_nothing() {
     let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
     // The pod instance's address is on auraed's bridge in the host's
     // namespace while it runs.
-    let status: serde_json::Value =
-        serde_json::from_str(&crictl.ok(&["inspectp", "-o", "json", &pod_id])).expect("json");
-    let ip = status["status"]["network"]["ip"]
-        .as_str()
-        .expect("a pod IP")
-        .to_string();
+    let ip = pod_ip(&crictl, &pod_id);
     assert!(
         host_addresses().contains(&format!(" {ip}/128 ")),
         "{ip}: {}",
@@ -122,19 +110,7 @@ async fn a_host_network_pod_shares_the_hosts_network_and_leaves_nothing() {
     // Its web server is on the host's port itself.
     http_get(&format!("127.0.0.1:{web_port}"));
     // And port-forward reaches it too.
-    let local = free_port();
-    let endpoint = format!("unix://{}", crictl.socket.display());
-    let mut forward = std::process::Command::new(crictl_bin())
-        .args(["--runtime-endpoint", &endpoint, "port-forward", &pod_id])
-        .arg(format!("{local}:{web_port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("crictl port-forward");
-    let page = std::panic::catch_unwind(|| http_get(&format!("127.0.0.1:{local}")));
-    forward.kill().expect("kill crictl");
-    forward.wait().expect("wait crictl");
-    assert!(page.is_ok(), "no page through the forwarded port");
+    page_through_port_forward(&crictl, &pod_id, web_port);
 
     crictl.ok(&["stop", "--timeout", "1", &id]);
     crictl.ok(&["rm", &id]);
@@ -169,12 +145,7 @@ async fn the_address_a_crash_left_is_removed_at_the_restart() {
         }),
     );
     let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
-    let status: serde_json::Value =
-        serde_json::from_str(&crictl.ok(&["inspectp", "-o", "json", &pod_id])).expect("json");
-    let ip = status["status"]["network"]["ip"]
-        .as_str()
-        .expect("a pod IP")
-        .to_string();
+    let ip = pod_ip(&crictl, &pod_id);
     let held = format!(" {ip}/128 ");
     assert!(host_addresses().contains(&held), "{ip}");
 

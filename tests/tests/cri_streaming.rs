@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use aurae_proto::cri;
 use aurae_tests::cri::{
-    cri_client, crictl_bin, daemon, requirements, workloads, write_json, Registry,
+    cri_client, crictl_bin, daemon_with_busybox, page_through_port_forward, requirements,
+    workloads, write_json, BUSYBOX as IMAGE,
 };
 use aurae_tests::leaks::Snapshot;
-use aurae_tests::pods::{busybox_image, free_port, http_get, SERVER};
+use aurae_tests::pods::SERVER;
 use aurae_tests::report_skip;
-
-const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// POSTs to a streaming `url` with `headers`; the response's status code.
 fn post(url: &str, headers: &str) -> u16 {
@@ -45,13 +44,7 @@ async fn crictl_exec_and_port_forward_stream_and_leave_nothing() {
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start();
-    registry.push(
-        &busybox_image(work.path()),
-        "e2e-test-images/busybox:1.29-2",
-    );
-    let (d, crictl) = daemon(&registry).await;
-    crictl.ok(&["pull", IMAGE]);
+    let (_registry, d, crictl) = daemon_with_busybox(work.path()).await;
     let mut client = d.client().await;
     let mut cri = cri_client(&crictl.socket).await;
     let before = Snapshot::settled(&d);
@@ -126,19 +119,7 @@ async fn crictl_exec_and_port_forward_stream_and_leave_nothing() {
     );
 
     // Port-forward: a local port to the container's web server.
-    let port = free_port();
-    let endpoint = format!("unix://{}", crictl.socket.display());
-    let mut forward = std::process::Command::new(crictl_bin())
-        .args(["--runtime-endpoint", &endpoint, "port-forward", &pod_id])
-        .arg(format!("{port}:8080"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("crictl port-forward");
-    let page = std::panic::catch_unwind(|| http_get(&format!("127.0.0.1:{port}")));
-    forward.kill().expect("kill crictl");
-    forward.wait().expect("wait crictl");
-    assert!(page.is_ok(), "no page through the forwarded port");
+    page_through_port_forward(&crictl, &pod_id, 8080);
 
     // A URL works once; a client that does not upgrade is refused, and so
     // is one without the sub-protocol.

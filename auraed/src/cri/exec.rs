@@ -62,6 +62,21 @@ impl Drop for Reaper {
     }
 }
 
+/// A log entry as the process wrote it: its stream, and the line with its
+/// newline (none after a partial line).
+pub(super) fn chunk_of(entry: pb::LogEntry) -> (Output, Vec<u8>) {
+    let which = if entry.stream == pb::LogStream::Stderr as i32 {
+        Output::Stderr
+    } else {
+        Output::Stdout
+    };
+    let mut chunk = entry.line;
+    if !entry.partial {
+        chunk.push(b'\n');
+    }
+    (which, chunk)
+}
+
 /// A fresh name for an exec's process in its pod's instance.
 fn exec_name() -> Result<String, Status> {
     let mut bytes = [0u8; 8];
@@ -108,16 +123,7 @@ impl Running {
                 self.what, entry.dropped_before
             ))));
         }
-        let which = if entry.stream == pb::LogStream::Stderr as i32 {
-            Output::Stderr
-        } else {
-            Output::Stdout
-        };
-        let mut chunk = entry.line;
-        if !entry.partial {
-            chunk.push(b'\n');
-        }
-        Some(Ok((which, chunk)))
+        Some(Ok(chunk_of(entry)))
     }
 
     /// Waits for the process's exit (its output has ended) and frees it;
@@ -190,16 +196,11 @@ impl Cri {
         stdio: Stdio,
         streamed: bool,
     ) -> Result<Running, Status> {
-        let c = self.state.container("container_id", container_id)?;
+        self.state.container("container_id", container_id)?;
         let Some((command, args)) = cmd.split_first() else {
             return Err(Status::invalid_argument("cmd: empty"));
         };
-        if c.run().state != cri::ContainerState::ContainerRunning as i32 {
-            return Err(Status::failed_precondition(format!(
-                "container_id: container {} is not running",
-                c.id
-            )));
-        }
+        let c = self.running_container(container_id)?;
         let sandbox = self.state.sandbox("pod_sandbox_id", &c.sandbox_id)?;
         let instance = self.instance_of(&sandbox)?;
         let first = super::container_config::executable_of(&c.config, c.user, &c.groups)?

@@ -5,11 +5,11 @@
 //! session ends when the process does (a success) or when the client goes.
 
 use aurae_proto::runtime as pb;
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::StreamExt as _;
 
 use super::channels::{self, Opened, Want};
+use crate::cri::exec::chunk_of;
 use crate::cri::spdy;
 use crate::cri::Cri;
 
@@ -64,28 +64,17 @@ async fn run(
                 None => break Ok(0),
                 Some(Err(e)) => break Err(e.message().to_string()),
                 Some(Ok(entry)) => {
-                    let mut data = entry.line;
-                    if !entry.partial {
-                        data.push(b'\n');
-                    }
-                    let to = if entry.stream == pb::LogStream::Stderr as i32 && !want.tty {
-                        &s.stderr
-                    } else {
-                        &s.stdout
-                    };
-                    if let Some(w) = to {
-                        if w.write(Bytes::from(data)).await.is_err() {
-                            break Err("the client went away".into());
-                        }
+                    let (which, data) = chunk_of(entry);
+                    if let Err(e) = s.send_output(which, want.tty, data).await {
+                        break Err(e);
                     }
                 }
             },
-            more = conn.incoming.recv() => match more {
-                Some(extra) => {
-                    let _ = extra.writer().reset(spdy::PROTOCOL_ERROR).await;
+            more = conn.incoming.recv() => {
+                if let Err(e) = channels::refuse_extra(more).await {
+                    break Err(e);
                 }
-                None => break Err("the client went away".into()),
-            },
+            }
         }
     };
     if let Some(task) = input {

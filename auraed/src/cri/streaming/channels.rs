@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
+use crate::cri::exec::Output;
 use crate::cri::spdy::{self, Inbound, StreamWriter};
 
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
@@ -80,6 +81,36 @@ pub async fn open(conn: &mut spdy::Connection, want: Want, what: &str) -> Option
         stderr,
         resize,
     })
+}
+
+impl Opened {
+    /// Writes a chunk of the process's output to its stream (stdout on a
+    /// terminal; dropped if the client did not ask for that stream).
+    pub async fn send_output(&self, which: Output, tty: bool, data: Vec<u8>) -> Result<(), String> {
+        let to = match which {
+            Output::Stderr if !tty => &self.stderr,
+            _ => &self.stdout,
+        };
+        match to {
+            Some(w) => w
+                .write(Bytes::from(data))
+                .await
+                .map_err(|_| "the client went away".to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the client opens while a session runs: a stream the session does
+/// not use is reset; the connection's end is the client going away.
+pub async fn refuse_extra(more: Option<spdy::Stream>) -> Result<(), String> {
+    match more {
+        Some(extra) => {
+            let _ = extra.writer().reset(spdy::PROTOCOL_ERROR).await;
+            Ok(())
+        }
+        None => Err("the client went away".into()),
+    }
 }
 
 /// How a session ended, as the error stream says it.

@@ -5,11 +5,10 @@
 //! Kubernetes `Status` (success, or the exit code as a `NonZeroExitCode`
 //! cause), as client-go's executor reads it.
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::channels::{self, Opened, Want};
-use crate::cri::exec::{Output, Stdio};
+use crate::cri::exec::Stdio;
 use crate::cri::spdy;
 use crate::cri::Cri;
 
@@ -54,25 +53,9 @@ async fn run(
                 chunk = running.next_output() => match chunk {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e.message().to_string()),
-                    Some(Ok((which, data))) => {
-                        let to = match which {
-                            Output::Stderr if !want.tty => &s.stderr,
-                            _ => &s.stdout,
-                        };
-                        if let Some(w) = to {
-                            if w.write(Bytes::from(data)).await.is_err() {
-                                return Err("the client went away".into());
-                            }
-                        }
-                    }
+                    Some(Ok((which, data))) => s.send_output(which, want.tty, data).await?,
                 },
-                more = conn.incoming.recv() => match more {
-                    // A stream the exec does not use.
-                    Some(extra) => {
-                        let _ = extra.writer().reset(spdy::PROTOCOL_ERROR).await;
-                    }
-                    None => return Err("the client went away".to_string()),
-                },
+                more = conn.incoming.recv() => channels::refuse_extra(more).await?,
             }
         }
     }

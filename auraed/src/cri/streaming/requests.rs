@@ -84,7 +84,8 @@ impl Cri {
         })
     }
 
-    fn running_container(
+    /// Container `container_id`, if it is running.
+    pub(in crate::cri) fn running_container(
         &self,
         container_id: &str,
     ) -> Result<std::sync::Arc<crate::cri::state::Container>, Status> {
