@@ -152,3 +152,30 @@ async fn connect(
     }
     Ok(TokioIo::new(tls))
 }
+
+impl super::Instances {
+    /// A channel of its own to instance `i` (a connection apart from the
+    /// one every call to it shares): for a long, interactive call whose
+    /// stream may stall (a process that reads no stdin), so that HTTP/2
+    /// flow control held up on it never holds up the instance's other calls.
+    pub fn own_channel(&self, i: &super::Instance) -> Result<Channel, crate::error::ApiError> {
+        self.link()?
+            .channel_expecting(i.address, i.expected.clone())
+            .map_err(|e| {
+                crate::error::ApiError::Internal(format!("a link to instance {}: {e}", i.name))
+            })
+    }
+
+    pub(super) fn link(&self) -> Result<LinkTls, crate::error::ApiError> {
+        let read = |what: &'static str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| crate::error::ApiError::io(format!("{what}: {}", path.display()), e))
+        };
+        LinkTls::new(
+            &read("auth.server_crt", &self.cfg.own_cert)?,
+            &read("auth.server_key", &self.cfg.own_key)?,
+            &read("auth.ca_crt", &self.cfg.trust_bundle)?,
+        )
+        .map_err(|e| crate::error::ApiError::FailedPrecondition(format!("instance links: {e}")))
+    }
+}

@@ -272,7 +272,8 @@ impl Instances {
         let mut params = self.params(spec, address);
         if spec.host_network {
             // Among the host's own services: a port free there, not ours.
-            params.port = free_port()?;
+            params.port = net::free_tcp_port()
+                .map_err(|e| ApiError::io("finding a free port for the instance's auraed", e))?;
             params.in_host_network = true;
         }
         let port = params.port;
@@ -557,28 +558,6 @@ impl Instances {
             trust_bundle_pem: id.trust_bundle_pem.clone(),
         })
     }
-
-    /// A channel of its own to instance `i` (a connection apart from the
-    /// one every call to it shares): for a long, interactive call whose
-    /// stream may stall (a process that reads no stdin), so that HTTP/2
-    /// flow control held up on it never holds up the instance's other calls.
-    pub fn own_channel(&self, i: &Instance) -> Result<tonic::transport::Channel, ApiError> {
-        self.link()?
-            .channel_expecting(i.address, i.expected.clone())
-            .map_err(|e| ApiError::Internal(format!("a link to instance {}: {e}", i.name)))
-    }
-
-    pub(super) fn link(&self) -> Result<super::link::LinkTls, ApiError> {
-        let read = |what: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|e| ApiError::io(format!("{what}: {}", path.display()), e))
-        };
-        super::link::LinkTls::new(
-            &read("auth.server_crt", &self.cfg.own_cert)?,
-            &read("auth.server_key", &self.cfg.own_key)?,
-            &read("auth.ca_crt", &self.cfg.trust_bundle)?,
-        )
-        .map_err(|e| ApiError::FailedPrecondition(format!("instance links: {e}")))
-    }
 }
 
 /// A cell's limits from the request: none unless asked for (a limit whose
@@ -612,13 +591,4 @@ fn init_process() -> Result<ProcessSpec, ApiError> {
         groups: Vec::new(),
         stdin: Default::default(),
     })
-}
-
-/// A TCP port free on every address of this host, for an instance's
-/// auraed in the host's network namespace.
-fn free_port() -> Result<u16, ApiError> {
-    std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| ApiError::io("finding a free port for the instance's auraed", e))
 }

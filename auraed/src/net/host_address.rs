@@ -92,3 +92,11 @@ pub async fn remove_host_addresses(bridge: &BridgeLink) -> Result<Vec<Ipv6Addr>,
     }
     Ok(removed)
 }
+
+/// A TCP port free on every address of this host (for an instance's auraed
+/// in the host's network namespace).
+pub fn free_tcp_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+}

@@ -47,7 +47,7 @@ use rtnetlink::{Handle, LinkUnspec};
 
 pub use addresses::Ipv6Prefix;
 pub use bridge::{ensure_bridge, find_bridge, Bridge, BridgeLink};
-pub use host_address::{add_host_address, remove_host_addresses, HostAddress};
+pub use host_address::{add_host_address, free_tcp_port, remove_host_addresses, HostAddress};
 pub use metadata_link::metadata_listener;
 pub use tap::{create_tap, remove_stale_taps, Tap};
 pub use ula::{Ula, INSTANCE_PREFIX_LEN, ULA_PREFIX_LEN};
