@@ -104,6 +104,7 @@ fn instances_config(cfg: &Config) -> Option<(crate::instances::InstancesConfig, 
             // private keys, which never touch the disk.
             instances_dir: cfg.runtime.state_dir.join("cells").join(".instances"),
             vms_dir: cfg.runtime.state_dir.join("vms"),
+            kept_dir: cfg.runtime.state_dir.join("instances"),
             vm_restart: i.vm_restart,
             path: i.path.clone(),
             pool: i.pool,
@@ -147,6 +148,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     })?);
     if let Some(instances) = &runtime.instances {
         runtime.adopt_left_running().await;
+        runtime.adopt_kept().await;
         instances.remove_left_behind().await;
         runtime.start_pool();
     }
@@ -185,6 +187,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         None
     };
+    // Kept instances are CRI pods': without the CRI, nothing claims them.
+    if !cfg.cri.enabled {
+        runtime.free_unclaimed(&[]).await;
+    }
     let served = crate::server::serve(&cfg, runtime.clone(), shutdown).await;
     #[cfg(feature = "cri")]
     if let Some(task) = cri {

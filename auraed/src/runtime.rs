@@ -54,6 +54,8 @@ pub struct Runtime {
     next_id: AtomicU64,
     /// VMs a previous auraed left running, until they are taken back.
     pub(crate) left_running: std::sync::Mutex<Vec<crate::instances::plain_vm::Survivor>>,
+    /// Instances a previous auraed kept running, until they are taken back.
+    pub(crate) kept: std::sync::Mutex<Vec<crate::instances::kept::Survivor>>,
 }
 
 impl Runtime {
@@ -71,7 +73,15 @@ impl Runtime {
             }
             _ => Vec::new(),
         };
-        let keep: Vec<String> = left_running.iter().map(|s| s.record.name.clone()).collect();
+        let kept = match (&cfg.instances, &hierarchy) {
+            (Some((icfg, _)), Ok(h)) => crate::instances::kept::left_running(&icfg.kept_dir, h),
+            _ => Vec::new(),
+        };
+        let keep: Vec<String> = left_running
+            .iter()
+            .map(|s| s.record.name.clone())
+            .chain(kept.iter().map(|s| s.record.cell.clone()))
+            .collect();
         let removed = crate::cells::clean_leftovers(hierarchy.as_ref().ok(), &cfg.state_dir, &keep);
         if let Ok(h) = &hierarchy {
             if let Err(e) = h.ensure_executables_dir() {
@@ -141,6 +151,7 @@ impl Runtime {
             log_bytes: cfg.log_buffer_bytes,
             next_id: AtomicU64::new(1),
             left_running: std::sync::Mutex::new(left_running),
+            kept: std::sync::Mutex::new(kept),
         })
     }
 
@@ -422,6 +433,10 @@ impl Runtime {
                     }
                 }
                 Workload::Executable(_) => {}
+                Workload::Instance(i) if i.keep.load(Ordering::SeqCst) && i.running() => {
+                    tracing::info!("instance {}: left running for the next auraed", i.name);
+                    kept = true;
+                }
                 Workload::Instance(i) => {
                     if let Err(e) = self.free(&i.name).await {
                         tracing::error!("freeing instance {} at shutdown: {e}", i.name);

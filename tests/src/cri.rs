@@ -147,28 +147,36 @@ impl Crictl {
 }
 
 /// A daemon with the CRI on, pulling `registry.k8s.io` images from
-/// `registry` only.
+/// `registry` only; its pods stop with it (`pod_restart = "remove"`), so
+/// that a failed test leaves none running.
 pub async fn daemon(registry: &Registry) -> (crate::Daemon, Crictl) {
+    let (options, crictl) = daemon_options(registry, "remove");
+    (crate::Daemon::start_with(options).await, crictl)
+}
+
+/// What [`daemon`] starts auraed with, pods kept or removed at a restart
+/// as `pod_restart` says; the same options start it again.
+pub fn daemon_options(registry: &Registry, pod_restart: &str) -> (crate::DaemonOptions, Crictl) {
     let image = crate::instances::image().expect("checked by the caller");
     // The socket goes in the daemon's own folder, known once it exists:
     // a folder of the test's instead; the CNI configuration folder (empty:
     // pods are on auraed's bridge) beside it.
     let sockets = tempfile::tempdir().expect("tempdir").keep();
     let socket = sockets.join("cri.sock");
-    let d = crate::Daemon::start_with(crate::DaemonOptions {
+    let options = crate::DaemonOptions {
         image_dir: Some(image),
-        extra_config: cri_config(&socket, registry),
+        extra_config: cri_config(&socket, registry, pod_restart),
         ..Default::default()
-    })
-    .await;
-    (d, Crictl { socket })
+    };
+    (options, Crictl { socket })
 }
 
 /// The daemon's `[cri]` configuration: its socket, its (empty) CNI folder
-/// beside it, and `registry` as the mirror of `registry.k8s.io`.
-pub fn cri_config(socket: &Path, registry: &Registry) -> String {
+/// beside it, `registry` as the mirror of `registry.k8s.io`, and what
+/// becomes of its pods at a restart.
+pub fn cri_config(socket: &Path, registry: &Registry, pod_restart: &str) -> String {
     format!(
-        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
+        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\npod_restart = {pod_restart:?}\n\
          [cri.registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:{}\"]\nskip_upstream = true\n",
         socket.display().to_string(),
         cni_dir(socket).display().to_string(),

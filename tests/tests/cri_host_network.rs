@@ -155,7 +155,7 @@ async fn the_address_a_crash_left_is_removed_at_the_restart() {
     let _again = Daemon::start_with(DaemonOptions {
         reuse: Some(dir),
         image_dir: aurae_tests::instances::image(),
-        extra_config: cri_config(&crictl.socket, &registry),
+        extra_config: cri_config(&crictl.socket, &registry, "remove"),
         ..Default::default()
     })
     .await;

@@ -78,7 +78,9 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
         .into_inner();
     let instance = r.pod.and_then(|p| p.instance).expect("the pod's instance");
     assert!(
-        instance.backend_reason.contains("pre-started (Pooled-0)"),
+        instance
+            .backend_reason
+            .contains(&format!("pre-started (Pooled-{}-0)", d.pid())),
         "{instance:?}"
     );
     // The containers ran from the parent's unpacked image and share the

@@ -269,7 +269,7 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
         .build()?;
     let aurae = |pool: usize, name: &str| -> anyhow::Result<(Daemon, Crictl)> {
         let socket = work.path().join(format!("{name}.sock"));
-        let extra = crate::cri_tier::cri_section(&socket, &cni, registry.port);
+        let extra = crate::cri_tier::cri_section(&socket, &cni, registry.port, "keep");
         let d = rt.block_on(Daemon::start_with(DaemonOptions {
             image_dir: Some(image_dir.clone()),
             extra_config: extra,

@@ -149,11 +149,18 @@ pub(crate) fn cni_config(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// auraed's `[cri]` section: the socket, the CNI configuration folder
-/// (Debian's plugins), every registry through the local one.
-pub(crate) fn cri_section(socket: &Path, cni: &Path, registry_port: u16) -> String {
+/// (Debian's plugins), every registry through the local one, and what
+/// becomes of pods at a restart (`keep`, auraed's default, or `remove`).
+pub(crate) fn cri_section(
+    socket: &Path,
+    cni: &Path,
+    registry_port: u16,
+    pod_restart: &str,
+) -> String {
     format!(
         "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
-         cni_bin_dirs = [\"/usr/lib/cni\"]\n[cri.registries.\"*\"]\n\
+         cni_bin_dirs = [\"/usr/lib/cni\"]\npod_restart = {pod_restart:?}\n\
+         [cri.registries.\"*\"]\n\
          mirrors = [\"http://127.0.0.1:{registry_port}\"]\nskip_upstream = true\n",
         socket.display().to_string(),
         cni.display().to_string(),
@@ -186,15 +193,16 @@ pub fn run_in_netns() -> anyhow::Result<()> {
     critest_images::push(&registry, work.path(), &sources);
     let cni = cni_config(work.path())?;
     let socket = work.path().join("cri.sock");
-    let extra = cri_section(&socket, &cni, registry.port);
+    let extra = cri_section(&socket, &cni, registry.port, "keep");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let daemon = rt.block_on(Daemon::start_with(DaemonOptions {
+    let extra_options = DaemonOptions {
         image_dir: Some(image_dir.clone()),
         extra_config: extra,
         ..Default::default()
-    }));
+    };
+    let daemon = rt.block_on(Daemon::start_with(extra_options.clone()));
     let endpoint = format!("unix://{}", socket.display());
     let report = deps::target_dir().join("critest-report.json");
     let mut cmd = Command::new(&critest);
@@ -226,11 +234,69 @@ pub fn run_in_netns() -> anyhow::Result<()> {
     if let Err(e) = summarize(&report, &specs) {
         println!("(no summary: {e:#})");
     }
-    let leftover = pod_left_at_shutdown(work.path(), &socket, daemon);
+    let kept = pod_kept_across_a_crash(work.path(), daemon, &rt, &extra_options);
+    let leftover = pod_left_at_shutdown(work.path(), &rt, &image_dir, &cni, registry.port);
     let crashed = pod_left_by_a_crash(work.path(), &rt, &image_dir, &cni, registry.port);
     drop(rt);
     anyhow::ensure!(status.success(), "critest failed");
-    leftover.and(crashed)
+    kept.and(leftover).and(crashed)
+}
+
+/// With `pod_restart = "keep"`, a pod outlives a crash (kill -9) of auraed
+/// on its CNI network: the restarted auraed lists it ready with its
+/// address, still held, and gives the address back when it is removed.
+fn pod_kept_across_a_crash(
+    work: &Path,
+    mut daemon: Daemon,
+    rt: &tokio::runtime::Runtime,
+    options: &DaemonOptions,
+) -> anyhow::Result<()> {
+    let socket = work.join("cri.sock");
+    let before = pod_holding_an_address(work, &socket, "kept", "kept-across-a-crash")?;
+    let crictl = aurae_tests::cri::Crictl { socket };
+    let id = crictl.ok(&["pods", "-q", "--name", "kept"]);
+    let ip = crictl.ok(&[
+        "inspectp",
+        "-o",
+        "go-template",
+        "--template",
+        "{{.status.network.ip}}",
+        &id,
+    ]);
+    daemon.crash();
+    let dir = daemon.keep_dir();
+    drop(daemon);
+    let again = rt.block_on(Daemon::start_with(DaemonOptions {
+        reuse: Some(dir),
+        ..options.clone()
+    }));
+    let state = crictl.ok(&[
+        "inspectp",
+        "-o",
+        "go-template",
+        "--template",
+        "{{.status.state}} {{.status.network.ip}}",
+        &id,
+    ]);
+    anyhow::ensure!(
+        state == format!("SANDBOX_READY {ip}"),
+        "after the restart the pod is {state:?}, not ready on {ip}"
+    );
+    anyhow::ensure!(
+        allocations(work) == before + 1,
+        "the kept pod's CNI address was released"
+    );
+    crictl.ok(&["stopp", &id]);
+    crictl.ok(&["rmp", &id]);
+    anyhow::ensure!(
+        allocations(work) == before,
+        "the kept pod's CNI address is still held after rmp"
+    );
+    drop(again);
+    println!(
+        "==> a pod kept across a crash (kill -9) was ready on its CNI address after the restart"
+    );
+    Ok(())
 }
 
 /// A pod whose auraed is killed (-9) gives its CNI address back when
@@ -245,7 +311,7 @@ fn pod_left_by_a_crash(
     let socket = work.join("crash.sock");
     let options = |reuse| DaemonOptions {
         image_dir: Some(image_dir.to_path_buf()),
-        extra_config: cri_section(&socket, cni, registry_port),
+        extra_config: cri_section(&socket, cni, registry_port, "remove"),
         reuse,
         ..Default::default()
     };
@@ -324,9 +390,22 @@ fn pod_holding_an_address(
     Ok(before)
 }
 
-/// A pod still running when auraed stops gives its CNI address back.
-fn pod_left_at_shutdown(work: &Path, socket: &Path, mut daemon: Daemon) -> anyhow::Result<()> {
-    let before = pod_holding_an_address(work, socket, "left", "left-at-shutdown")?;
+/// With `pod_restart = "remove"`, a pod still running when auraed stops
+/// gives its CNI address back.
+fn pod_left_at_shutdown(
+    work: &Path,
+    rt: &tokio::runtime::Runtime,
+    image_dir: &Path,
+    cni: &Path,
+    registry_port: u16,
+) -> anyhow::Result<()> {
+    let socket = work.join("shutdown.sock");
+    let mut daemon = rt.block_on(Daemon::start_with(DaemonOptions {
+        image_dir: Some(image_dir.to_path_buf()),
+        extra_config: cri_section(&socket, cni, registry_port, "remove"),
+        ..Default::default()
+    }));
+    let before = pod_holding_an_address(work, &socket, "left", "left-at-shutdown")?;
     daemon.stop();
     let after = allocations(work);
     anyhow::ensure!(

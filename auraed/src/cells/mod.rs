@@ -4,6 +4,7 @@
 //! A cell is anchored by its init process ([`init`]), which holds the new
 //! namespaces. Executables join them (and the cell's cgroup) at start.
 
+pub mod adopt;
 pub mod caps;
 mod harden;
 pub mod init;

@@ -182,6 +182,25 @@ impl Attachment {
     }
 }
 
+/// The attachment `saved` describes, of a pod taken back after a restart:
+/// its namespace (`netns`, the pod's instance's) held again, and its IP.
+pub async fn reattach(
+    saved: Saved,
+    netns: std::os::fd::BorrowedFd<'_>,
+    ip: IpAddr,
+) -> Result<Attachment, CniError> {
+    let netns = crate::net::netns_file(netns)
+        .await
+        .map_err(|e| CniError::Netns(Box::new(e)))?;
+    Ok(Attachment {
+        network: saved.network,
+        container_id: saved.container_id,
+        args: saved.args,
+        netns,
+        ip,
+    })
+}
+
 /// `DEL` of an attachment whose namespace is gone (`CNI_NETNS` empty, as
 /// the spec allows): plugins release what they hold for it (an IPAM's
 /// address).

@@ -10,6 +10,7 @@
 //! cni_conf_dir = "/etc/cni/net.d"     # pod networks: the first CNI config here
 //! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]   # where the plugins are
 //! stream_address = "127.0.0.1:0"      # Exec/PortForward URLs (port 0: any free one)
+//! pod_restart = "keep"                # pods outlive auraed (cell backend); or "remove"
 //!
 //! # Registry mirrors, as containerd's hosts.toml: the registry's own name,
 //! # or "*" for every registry without an entry of its own.
@@ -26,6 +27,18 @@ use serde::Deserialize;
 use crate::config::ConfigError;
 
 pub const DEFAULT_CRI_SOCKET: &str = "/run/aurae/cri.sock";
+
+/// What becomes of running pods when auraed stops or crashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodRestart {
+    /// They run on, and the next auraed takes them back: listed again,
+    /// with their logs, exec and host ports (the kubelet relies on it).
+    #[default]
+    Keep,
+    /// They stop with auraed; the next one removes what a crash left.
+    Remove,
+}
 
 /// The backend the empty RuntimeClass handler means.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -64,6 +77,8 @@ pub struct CriSection {
     /// on an address only the API server reaches.
     #[serde(default = "default_stream_address")]
     pub stream_address: std::net::SocketAddr,
+    #[serde(default)]
+    pub pod_restart: PodRestart,
 }
 
 fn default_stream_address() -> std::net::SocketAddr {
@@ -106,6 +121,7 @@ impl Default for CriSection {
             cni_conf_dir: default_cni_conf_dir(),
             cni_bin_dirs: default_cni_bin_dirs(),
             stream_address: default_stream_address(),
+            pod_restart: PodRestart::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use aurae_proto::runtime as pb;
 use tonic::Status;
 
 use super::container_config::{executable_of, refuse_unbuilt, sc_of, seccomp_of, volumes};
-use super::state::{matches, new_id, now_ns, Container, Run, Sandbox};
+use super::state::{new_id, now_ns, Container, Run, Sandbox};
 use super::Cri;
 use crate::instances::Instance;
 use crate::registry::Workload;
@@ -203,6 +203,7 @@ impl Cri {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), container.clone());
+        self.save(&container);
         self.emit(&container, cri::ContainerEventType::ContainerCreatedEvent);
         Ok(cri::CreateContainerResponse { container_id: id })
     }
@@ -297,6 +298,7 @@ impl Cri {
                     run.reason = "StartError".into();
                     run.message = status.message().to_string();
                 });
+                self.save(c);
                 self.emit(c, cri::ContainerEventType::ContainerStoppedEvent);
                 return Err(Status::new(
                     status.code(),
@@ -313,12 +315,14 @@ impl Cri {
             run.started_at = now_ns();
             run.executable_id = started.executable_id.clone();
         });
+        self.save(c);
         self.emit(c, cri::ContainerEventType::ContainerStartedEvent);
         let (reopen, follow) = super::cri_log::follow(
             instance.channel(),
             started.executable_id.clone(),
             c.log_path.clone(),
             file,
+            None,
         );
         *c.reopen.lock().unwrap_or_else(|e| e.into_inner()) = Some(reopen);
         let (cri, container) = (self.clone(), c.clone());
@@ -331,7 +335,7 @@ impl Cri {
     }
 
     /// Asks the instance how the container's first process ended, once.
-    async fn record_exit(&self, c: &Container, channel: tonic::transport::Channel) {
+    pub(super) async fn record_exit(&self, c: &Container, channel: tonic::transport::Channel) {
         let exe = c.run().executable_id;
         if exe.is_empty() || c.run().state == EXITED {
             return;
@@ -374,6 +378,7 @@ impl Cri {
             }
         });
         if exited {
+            self.save(c);
             self.emit(c, cri::ContainerEventType::ContainerStoppedEvent);
         }
     }
@@ -395,6 +400,7 @@ impl Cri {
             }
         });
         if exited {
+            self.save(c);
             self.emit(c, cri::ContainerEventType::ContainerStoppedEvent);
         }
     }
@@ -462,6 +468,7 @@ impl Cri {
             task.abort();
         }
         self.unbind(&c).await?;
+        self.forget_saved(&c);
         self.emit(&c, cri::ContainerEventType::ContainerDeletedEvent);
         self.state
             .containers
@@ -497,74 +504,6 @@ impl Cri {
             source,
         })?;
         Ok(())
-    }
-
-    pub(super) fn container_status(
-        &self,
-        r: cri::ContainerStatusRequest,
-    ) -> Result<cri::ContainerStatusResponse, Status> {
-        let c = self.state.container("container_id", &r.container_id)?;
-        let run = c.run();
-        Ok(cri::ContainerStatusResponse {
-            status: Some(cri::ContainerStatus {
-                id: c.id.clone(),
-                metadata: c.config.metadata.clone(),
-                state: run.state,
-                created_at: c.created_at,
-                started_at: run.started_at,
-                finished_at: run.finished_at,
-                exit_code: run.exit_code,
-                image: Some(cri::ImageSpec {
-                    image: c.image.clone(),
-                    ..Default::default()
-                }),
-                image_ref: c.image_ref.clone(),
-                image_id: c.image_id.clone(),
-                reason: run.reason,
-                message: run.message,
-                labels: c.config.labels.clone(),
-                annotations: c.config.annotations.clone(),
-                log_path: c
-                    .log_path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                ..Default::default()
-            }),
-            info: Default::default(),
-        })
-    }
-
-    pub(super) fn list_containers(
-        &self,
-        r: cri::ListContainersRequest,
-    ) -> cri::ListContainersResponse {
-        let f = r.filter.unwrap_or_default();
-        let containers = self
-            .state
-            .all_containers()
-            .into_iter()
-            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
-            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
-            .filter(|c| matches(&c.config.labels, &f.label_selector))
-            .filter(|c| f.state.as_ref().is_none_or(|s| s.state == c.run().state))
-            .map(|c| cri::Container {
-                id: c.id.clone(),
-                pod_sandbox_id: c.sandbox_id.clone(),
-                metadata: c.config.metadata.clone(),
-                image: Some(cri::ImageSpec {
-                    image: c.image.clone(),
-                    ..Default::default()
-                }),
-                image_ref: c.image_ref.clone(),
-                image_id: c.image_id.clone(),
-                state: c.run().state,
-                created_at: c.created_at,
-                labels: c.config.labels.clone(),
-                annotations: c.config.annotations.clone(),
-            })
-            .collect();
-        cri::ListContainersResponse { containers }
     }
 
     pub(super) async fn reopen_log(&self, id: &str) -> Result<(), Status> {

@@ -13,17 +13,42 @@ use tokio_stream::StreamExt;
 /// A request to reopen the log file, answered once it is open.
 pub type Reopen = mpsc::Sender<oneshot::Sender<std::io::Result<()>>>;
 
+/// An entry's time, in nanoseconds since the epoch.
+fn nanos_of(entry: &pb::LogEntry) -> i128 {
+    entry
+        .time
+        .as_ref()
+        .map(|t| t.seconds as i128 * 1_000_000_000 + t.nanos as i128)
+        .unwrap_or(0)
+}
+
+/// The time of the last line of the log file at `path` (nanoseconds since
+/// the epoch), if it has one: a follower taken up again after a restart
+/// writes only what came after it.
+pub fn last_time(path: &std::path::Path) -> Option<i128> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    // A line is at most a log buffer's line (16 KiB) and its prefix.
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.trim_end_matches('\n').rsplit('\n').next()?;
+    let stamp = line.split(' ').next()?;
+    time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos())
+}
+
 /// One entry as a CRI log line.
 pub fn format_line(entry: &pb::LogEntry) -> Vec<u8> {
     let stream = match pb::LogStream::try_from(entry.stream) {
         Ok(pb::LogStream::Stderr) => "stderr",
         _ => "stdout",
     };
-    let nanos = entry
-        .time
-        .as_ref()
-        .map(|t| t.seconds as i128 * 1_000_000_000 + t.nanos as i128)
-        .unwrap_or(0);
+    let nanos = nanos_of(entry);
     let time = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
         .and_then(|t| {
@@ -53,13 +78,15 @@ pub async fn open(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
 
 /// Follows `executable_id`'s output in the instance into `file` (opened
 /// from `path`, which the container was started with) until it ends (the
-/// process exited). Returns the reopen handle at once; the returned future
+/// process exited), but the entries of `after` or earlier (see
+/// [`last_time`]). Returns the reopen handle at once; the returned future
 /// does the following.
 pub fn follow(
     channel: tonic::transport::Channel,
     executable_id: String,
     path: Option<PathBuf>,
     file: Option<tokio::fs::File>,
+    after: Option<i128>,
 ) -> (Reopen, impl std::future::Future<Output = ()>) {
     let (tx, mut rx) = mpsc::channel::<oneshot::Sender<std::io::Result<()>>>(4);
     let task = async move {
@@ -83,6 +110,7 @@ pub fn follow(
         loop {
             tokio::select! {
                 entry = stream.next() => match entry {
+                    Some(Ok(entry)) if after.is_some_and(|t| nanos_of(&entry) <= t) => {}
                     Some(Ok(entry)) => {
                         if let Some(f) = file.as_mut() {
                             if let Err(e) = f.write_all(&format_line(&entry)).await {
@@ -117,6 +145,27 @@ pub fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_lines_time_is_read_back_to_the_nanosecond() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.log");
+        assert_eq!(last_time(&path), None, "no file");
+        std::fs::write(&path, "").expect("write");
+        assert_eq!(last_time(&path), None, "an empty file");
+        let entry = |s: i64, n: i32| pb::LogEntry {
+            time: Some(prost_types::Timestamp {
+                seconds: s,
+                nanos: n,
+            }),
+            line: b"x y z".to_vec(),
+            ..Default::default()
+        };
+        let mut text = format_line(&entry(1_700_000_000, 5));
+        text.extend(format_line(&entry(1_700_000_001, 123_456_789)));
+        std::fs::write(&path, text).expect("write");
+        assert_eq!(last_time(&path), Some(1_700_000_001_123_456_789));
+    }
 
     #[test]
     fn a_line_is_written_as_the_kubelet_reads_it() {

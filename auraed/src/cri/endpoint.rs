@@ -107,7 +107,7 @@ pub async fn serve(
     listener: tokio::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CriServeError> {
-    cri.release_leftovers().await;
+    cri.restore().await;
     tracing::info!("serving the CRI on unix:{}", cri.cfg.socket.display());
     // The streaming server stops after the CRI's own.
     let (streams_stop, streams_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -134,40 +134,9 @@ pub async fn serve(
 }
 
 impl Cri {
-    /// Sandboxes do not outlive the auraed that made them: the folders a
-    /// crashed one left are removed, each CNI attachment in them deleted
-    /// first (its namespace is gone; the IPAM releases the address).
-    async fn release_leftovers(&self) {
-        let Ok(dirs) = std::fs::read_dir(&self.sandboxes_dir) else {
-            return;
-        };
-        for dir in dirs.flatten().map(|e| e.path()) {
-            let record = dir.join(super::cni::SAVED);
-            let saved = std::fs::read(&record)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<super::cni::Saved>(&b).ok());
-            if let Some(saved) = saved {
-                match super::cni::del_saved(&saved, &self.cfg.cni_bin_dirs).await {
-                    Ok(()) => tracing::info!(
-                        "released the CNI attachment of a sandbox left by a previous auraed ({})",
-                        dir.display()
-                    ),
-                    Err(e) => tracing::error!(
-                        "releasing the CNI attachment in {}: {}",
-                        dir.display(),
-                        crate::error::chain(&e)
-                    ),
-                }
-            }
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::error!("removing {}: {e}", dir.display());
-            }
-        }
-    }
-
-    /// Stops following logs and detaches the pods from their CNI network
-    /// (so their addresses go back to its IPAM); the sandboxes' instances
-    /// go with the runtime.
+    /// Stops following logs and detaches the pods that stop with auraed
+    /// from their CNI network (so their addresses go back to its IPAM); the
+    /// sandboxes' instances go with the runtime. Kept pods stay attached.
     async fn shutdown(&self) {
         for c in self.state.all_containers() {
             if let Some(task) = c.logger.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -175,6 +144,9 @@ impl Cri {
             }
         }
         for s in self.state.all_sandboxes() {
+            if self.kept(&s) {
+                continue;
+            }
             if let Some(a) = s.cni.lock().await.take() {
                 if let Err(e) = super::cni::del(&a, &self.cfg.cni_bin_dirs).await {
                     tracing::error!(

@@ -20,6 +20,8 @@ pub mod config;
 #[cfg(feature = "cri")]
 mod container_config;
 #[cfg(feature = "cri")]
+mod container_status;
+#[cfg(feature = "cri")]
 mod containers;
 #[cfg(feature = "cri")]
 mod cri_log;
@@ -39,6 +41,10 @@ mod image_service;
 pub mod image_store;
 #[cfg(feature = "cri")]
 pub mod pull;
+#[cfg(feature = "cri")]
+mod records;
+#[cfg(feature = "cri")]
+mod restore;
 #[cfg(feature = "cri")]
 mod runtime_service;
 #[cfg(feature = "cri")]

@@ -162,6 +162,7 @@ impl Cri {
             host_ipc: host.ipc,
             host_pid: host.pid,
             host_network: host.net,
+            keep: self.cfg.pod_restart == super::config::PodRestart::Keep,
         };
         let choice = instances.choice_for(&spec).map_err(Status::from)?;
         if choice.backend == Backend::MicroVm {
@@ -247,10 +248,7 @@ impl Cri {
             }
         };
         if let Err(e) = applied {
-            if let Err(undo) = self.runtime.free(&instance.name).await {
-                tracing::error!("sandbox {id}: freeing its instance: {undo}");
-            }
-            remove_files(&dir);
+            self.undo_run(&id, &instance.name, None, &dir).await;
             return Err(e);
         }
         // Its CNI network, if one is configured (not in the node's).
@@ -262,10 +260,7 @@ impl Cri {
         let attached = match attached {
             Ok(a) => a,
             Err(e) => {
-                if let Err(undo) = self.runtime.free(&instance.name).await {
-                    tracing::error!("sandbox {id}: freeing its instance: {undo}");
-                }
-                remove_files(&dir);
+                self.undo_run(&id, &instance.name, None, &dir).await;
                 return Err(e);
             }
         };
@@ -277,15 +272,8 @@ impl Cri {
         let forwards = match forwards {
             Ok(f) => f,
             Err(e) => {
-                if let Some(a) = &attached {
-                    if let Err(undo) = super::cni::del(a, &self.cfg.cni_bin_dirs).await {
-                        tracing::error!("sandbox {id}: detaching its CNI network: {undo}");
-                    }
-                }
-                if let Err(undo) = self.runtime.free(&instance.name).await {
-                    tracing::error!("sandbox {id}: freeing its instance: {undo}");
-                }
-                remove_files(&dir);
+                self.undo_run(&id, &instance.name, attached.as_ref(), &dir)
+                    .await;
                 return Err(e.into());
             }
         };
@@ -301,12 +289,47 @@ impl Cri {
             forwards: Mutex::new(forwards),
             resolv_conf: resolv_path,
         });
+        // What a restarted auraed takes it back by.
+        if instance.keep.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = super::records::save_sandbox(&dir, &sandbox) {
+                let forwards = std::mem::take(
+                    &mut *sandbox.forwards.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                for f in forwards {
+                    f.close().await;
+                }
+                let attached = sandbox.cni.lock().await.take();
+                self.undo_run(&id, &instance.name, attached.as_ref(), &dir)
+                    .await;
+                return Err(Status::internal(crate::error::chain(&e)));
+            }
+        }
         self.state
             .sandboxes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), sandbox);
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+    }
+
+    /// Takes back what a failed RunPodSandbox made: its CNI network, its
+    /// instance and its files (each failure logged).
+    async fn undo_run(
+        &self,
+        id: &str,
+        instance: &str,
+        attached: Option<&super::cni::Attachment>,
+        dir: &std::path::Path,
+    ) {
+        if let Some(a) = attached {
+            if let Err(undo) = super::cni::del(a, &self.cfg.cni_bin_dirs).await {
+                tracing::error!("sandbox {id}: detaching its CNI network: {undo}");
+            }
+        }
+        if let Err(undo) = self.runtime.free(instance).await {
+            tracing::error!("sandbox {id}: freeing its instance: {undo}");
+        }
+        remove_files(dir);
     }
 
     /// Stops every container and the instance; the sandbox stays listed

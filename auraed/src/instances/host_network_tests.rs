@@ -21,6 +21,7 @@ fn config(dir: &Path, bridge: &str, in_host_network: bool) -> InstancesConfig {
         instances_dir: p("instances"),
         vmm: p("aurae-vmm"),
         vms_dir: p("vms"),
+        kept_dir: p("instances"),
         vm_restart: Default::default(),
         fail_at: None,
         path: "a".into(),

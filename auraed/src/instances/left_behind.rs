@@ -22,9 +22,17 @@ impl super::Instances {
                 Err(e) => tracing::error!("removing TAPs left behind by a previous run: {e}"),
             }
         }
-        // The addresses of host-network instances, on the bridge.
+        // The addresses of host-network instances, on the bridge (but those
+        // of instances taken back).
+        let in_use: Vec<std::net::Ipv6Addr> = self
+            .used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|i| self.ula().instance_addr(*i))
+            .collect();
         if let Ok(bridge) = crate::net::find_bridge("instances.bridge", &self.cfg.bridge).await {
-            match crate::net::remove_host_addresses(&bridge).await {
+            match crate::net::remove_host_addresses(&bridge, &in_use).await {
                 Ok(removed) => {
                     for addr in removed {
                         tracing::warn!(

@@ -21,7 +21,11 @@ impl Runtime {
         })?;
         let reservation = self.registry.reserve(&spec.name, "name")?;
         let instance = Arc::new(instances.spawn(&spec, &cells, self.log_bytes).await?);
-        if let Err(e) = instances.remember(&spec, &instance).await {
+        let remembered = match instances.remember(&spec, &instance).await {
+            Ok(()) if spec.keep => instances.keep(&instance, spec.vcpus, spec.memory_mib),
+            other => other,
+        };
+        if let Err(e) = remembered {
             if let Err(undo) = instance.tear_down().await {
                 tracing::error!("instance {}: tearing down: {undo}", instance.name);
             }
@@ -36,26 +40,102 @@ impl Runtime {
             "instance spawned ({})",
             instance.choice.reason
         );
-        // A dead instance's auraed: its resources are reclaimed at once;
-        // the status says it exited until the instance is freed.
-        let watched = instance.clone();
-        tokio::spawn(async move {
-            let exit = watched.init.wait().await;
-            if watched.running_flag() {
-                tracing::warn!(
-                    "instance {}: its auraed exited ({:?}); tearing it down",
-                    watched.name,
-                    exit.exit
-                );
-            }
-            if let Err(e) = watched.tear_down().await {
-                tracing::error!("instance {}: tearing down: {e}", watched.name);
-            }
-        });
+        watch(&instance);
         reservation.commit(Workload::Instance(instance.clone()));
         Ok(instance)
     }
 
+    /// Takes back the instances a previous auraed kept running (see
+    /// [`super::kept`]); one that can't be taken back is removed.
+    pub async fn adopt_kept(&self) {
+        let left = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let (Some(instances), Ok(cells)) = (&self.instances, &self.cells) else {
+            for s in &left {
+                super::kept::discard(&s.record.name, &s.cgroup, &s.dir);
+            }
+            return;
+        };
+        for s in left {
+            let name = s.record.name.clone();
+            let reservation = match self.registry.reserve(&name, "name") {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("instance {name}: not taken back ({e}); removing it");
+                    super::kept::discard(&name, &s.cgroup, &s.dir);
+                    continue;
+                }
+            };
+            let spec = super::kept::spec_of(&s.record);
+            let (dir, cgroup) = (s.dir.clone(), s.cgroup.clone());
+            let mount = cells.hierarchy.mount().to_path_buf();
+            let adopted = match instances.adopt_instance(s, &mount, self.log_bytes).await {
+                Ok(i) => {
+                    let i = Arc::new(i);
+                    match instances.remember(&spec, &i).await {
+                        Ok(()) => Ok(i),
+                        Err(e) => {
+                            instances.forget(&i);
+                            Err(e)
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match adopted {
+                Ok(i) => {
+                    tracing::info!(instance = %i.name, pid = i.init.pid, address = %i.address, "took back an instance left running");
+                    watch(&i);
+                    reservation.commit(Workload::Instance(i));
+                }
+                Err(e) => {
+                    tracing::error!("instance {name}: not taken back ({e}); removing it");
+                    super::kept::discard(&name, &cgroup, &dir);
+                }
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// Frees the instances taken back after a restart that nothing claims
+    /// (a CRI sandbox's whose record is gone), but those `claimed`.
+    pub async fn free_unclaimed(&self, claimed: &[String]) {
+        for w in self.registry.list() {
+            let Workload::Instance(i) = w else { continue };
+            if !i.keep.load(std::sync::atomic::Ordering::SeqCst) || claimed.contains(&i.name) {
+                continue;
+            }
+            tracing::warn!(
+                "instance {}: kept by a previous auraed, claimed by nothing; freeing it",
+                i.name
+            );
+            if let Err(e) = self.free(&i.name).await {
+                tracing::error!("freeing instance {}: {e}", i.name);
+            }
+        }
+    }
+}
+
+/// Watches an instance's auraed: a dead one's resources are reclaimed at
+/// once; the status says it exited until the instance is freed.
+fn watch(instance: &Arc<Instance>) {
+    let watched = instance.clone();
+    tokio::spawn(async move {
+        let exit = watched.init.wait().await;
+        if watched.running_flag() {
+            tracing::warn!(
+                "instance {}: its auraed exited ({:?}); tearing it down",
+                watched.name,
+                exit.exit
+            );
+        }
+        if let Err(e) = watched.tear_down().await {
+            tracing::error!("instance {}: tearing down: {e}", watched.name);
+        }
+    });
+}
+
+impl Runtime {
     /// Starts keeping `[instances] pool` instances started ahead.
     pub fn start_pool(&self) {
         if let (Some(instances), Ok(cells)) = (&self.instances, &self.cells) {

@@ -26,7 +26,8 @@ use initramfs::Manifest;
 
 use super::backend::Choice;
 use super::files::{self, Params};
-use super::spawn::{injected, FailAt, Started, Undo};
+use super::spawn::{injected, FailAt, Started};
+use super::undo::Undo;
 use super::vmm_process::{disks, vmm_cell_spec, vmm_process, VmmArgs};
 use super::{Instance, InstanceSpec, Instances};
 use crate::cells::{Cell, CellContext, SeedFile};
@@ -320,7 +321,7 @@ impl Instances {
         }
         let seed = files::seed(&identity, &params);
         let (parent, d, i) = (self.cfg.instances_dir.clone(), dir.clone(), initrd.clone());
-        undo.vm_dir = Some(dir.clone());
+        undo.dir = Some(dir.clone());
         crate::blocking::run("writing the instance's initrd", move || {
             make_dir(&parent, &d)?;
             let overlay = overlay(&seed, &image)?;
@@ -367,6 +368,7 @@ impl Instances {
                 index,
                 process: ("vmm", process),
                 cell,
+                output: crate::executables::Output::Pipes,
                 started,
             },
             log_bytes,

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod files;
 #[cfg(test)]
 mod host_network_tests;
+pub mod kept;
 mod left_behind;
 mod lifecycle;
 pub mod link;
@@ -17,6 +18,7 @@ mod pool;
 mod ready;
 pub mod root;
 mod spawn;
+mod undo;
 mod vmm_process;
 
 use std::net::SocketAddr;
@@ -62,6 +64,9 @@ pub struct InstanceSpec {
     /// the instance's auraed listens on an address of its own on this
     /// auraed's bridge, and it gets no link-local metadata endpoint.
     pub host_network: bool,
+    /// Outlives this auraed: a restarted auraed takes it back (cell
+    /// backend only; see [`kept`]).
+    pub keep: bool,
 }
 
 /// A host bridge an instance gets a network device on.
@@ -123,6 +128,10 @@ pub struct InstancesConfig {
     /// messages and the record it is adopted by): on disk, as it may
     /// outlive this auraed (and its tmpfs).
     pub vms_dir: PathBuf,
+    /// Where each cell-backed instance gets a folder (its auraed's output,
+    /// and the record a kept one is taken back by): on disk, as it may
+    /// outlive this auraed.
+    pub kept_dir: PathBuf,
     /// What a restarted auraed does with the VMs a previous one left.
     pub vm_restart: crate::config::VmRestart,
     /// A spawn step at which to fail, for the fault-injection tests.
@@ -161,8 +170,10 @@ pub struct Instance {
     tap: Mutex<Option<Tap>>,
     /// Its devices on host bridges (a pod's `networks`), eth1...
     networks: Mutex<Vec<networks::Attached>>,
-    /// A microVM's folder (its initrd) on the cells' tmpfs.
-    vm_dir: Option<PathBuf>,
+    /// Its folder: a microVM's (its initrd) on the cells' tmpfs, or a
+    /// cell-backed instance's on disk (its auraed's console, and what a
+    /// restarted auraed takes it back by; see [`kept`]).
+    dir: Option<PathBuf>,
     index: u32,
     channel: Channel,
     /// The SPIFFE ID the link expects.
@@ -180,6 +191,9 @@ pub struct Instance {
     /// What the instance holds as a pod: its containers and host ports
     /// (set once, after its containers started; dropped at tear-down).
     pub pod: Mutex<Option<crate::pods::PodInfo>>,
+    /// Left running when this auraed stops, for the next one to take
+    /// back (set once its record is written; see [`kept`]).
+    pub keep: AtomicBool,
 }
 
 impl Instance {
@@ -267,7 +281,7 @@ impl Instance {
         let attached =
             std::mem::take(&mut *self.networks.lock().unwrap_or_else(|e| e.into_inner()));
         let networks_removed = networks::remove_all(attached).await;
-        let dir_removed = match &self.vm_dir {
+        let dir_removed = match &self.dir {
             Some(dir) => microvm::remove_dir(dir),
             None => Ok(()),
         };

@@ -19,7 +19,7 @@ mod adopt;
 
 pub use adopt::{discard, discard_parts, left_running, Survivor};
 
-use super::spawn::Undo;
+use super::undo::Undo;
 use super::vmm_process::{vmm_cell_spec, vmm_process, Disk, VmmArgs};
 use super::{console_tail, Instances, VMM_STOP_GRACE};
 use crate::cells::{Cell, CellContext};
@@ -293,7 +293,7 @@ impl Instances {
 
         // 2. The VM's folder, with its initrd when there are several parts.
         let dir = self.vm_dir(&spec.name);
-        undo.vm_dir = Some(dir.clone());
+        undo.dir = Some(dir.clone());
         let (parts, d, parent) = (
             spec.initramfs.clone(),
             dir.clone(),
@@ -405,7 +405,7 @@ impl Instances {
         undo.init = None;
         undo.cell = None;
         undo.index = None;
-        undo.vm_dir = None;
+        undo.dir = None;
         let uplink = undo.veth.take();
         Ok(Vm {
             name: spec.name.clone(),

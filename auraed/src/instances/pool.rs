@@ -105,9 +105,11 @@ async fn bind_images(spec: &InstanceSpec, slot: &Instance) -> Result<(), ApiErro
 }
 
 /// A provisional name: upper case, so that no request's name (lower case)
-/// can be the same, and a valid hostname.
+/// can be the same, and a valid hostname. It names the cell for good, so it
+/// carries auraed's pid: a kept instance's cell, left by a previous auraed,
+/// has another.
 fn provisional_name(n: u64) -> String {
-    format!("{PROVISIONAL}{n}")
+    format!("{PROVISIONAL}{}-{n}", std::process::id())
 }
 
 const PROVISIONAL: &str = "Pooled-";
@@ -260,6 +262,7 @@ impl Instances {
                 host_ipc: false,
                 host_pid: false,
                 host_network: false,
+                keep: false,
             };
             let started = match self.spawn_new(&spec, &cells, log_bytes).await {
                 // Its metadata endpoint's listener, made ahead too.

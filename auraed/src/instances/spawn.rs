@@ -7,15 +7,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use super::backend::{self, Backend};
 use super::files::{self, Params};
+use super::undo::Undo;
 use super::{is_file, Instance, InstanceSpec, Instances};
 use crate::cells::{Cell, CellContext, CellSpec, PreparedRoot, Security};
 use crate::error::ApiError;
-use crate::executables::{Executable, Placement, ProcessSpec};
-use crate::net::{self, Bridge, Tap, Veth, INSTANCE_PREFIX_LEN};
+use crate::executables::{Executable, Output, Placement, ProcessSpec};
+use crate::net::{self, Bridge, INSTANCE_PREFIX_LEN};
 
 /// The steps of a spawn, in order; a test can make any of them fail. On a
 /// microVM, `cell` is the instance's folder and initrd and the VMM's cell,
@@ -74,71 +75,9 @@ pub(super) struct Started {
     /// (`<instance>/<name>`) and what to run.
     pub(super) process: (&'static str, ProcessSpec),
     pub(super) cell: Arc<Cell>,
+    /// Where its output goes.
+    pub(super) output: Output,
     pub(super) started: Instant,
-}
-
-/// What a spawn made so far, undone in reverse on failure.
-#[derive(Default)]
-pub(super) struct Undo {
-    pub(super) index: Option<u32>,
-    pub(super) cell: Option<Arc<Cell>>,
-    pub(super) veth: Option<Veth>,
-    pub(super) host_address: Option<net::HostAddress>,
-    pub(super) tap: Option<Tap>,
-    pub(super) vm_dir: Option<PathBuf>,
-    pub(super) init: Option<Arc<Executable>>,
-    /// Devices on host bridges (a pod's `networks`).
-    pub(super) networks: Vec<super::networks::Attached>,
-    /// A plain VM's metadata record (by name) and its link-local endpoint.
-    pub(super) metadata: Option<(String, tokio::task::JoinHandle<()>)>,
-}
-
-impl Undo {
-    pub(super) async fn rollback(mut self, instances: &Instances) {
-        if let Some((name, endpoint)) = self.metadata.take() {
-            endpoint.abort();
-            instances.forget_record(&name);
-        }
-        if let Some(init) = self.init.take() {
-            if let Err(e) = init
-                .stop(nix::sys::signal::Signal::SIGKILL, Duration::ZERO)
-                .await
-            {
-                tracing::error!("rolling back a spawn: stopping its init: {e}");
-            }
-        }
-        if let Some(cell) = self.cell.take() {
-            if let Err(e) = cell.destroy().await {
-                tracing::error!("rolling back a spawn: removing its cell: {e}");
-            }
-        }
-        if let Some(veth) = self.veth.take() {
-            if let Err(e) = veth.remove().await {
-                tracing::error!("rolling back a spawn: removing its veth: {e}");
-            }
-        }
-        if let Some(a) = self.host_address.take() {
-            if let Err(e) = a.remove().await {
-                tracing::error!("rolling back a spawn: removing its host address: {e}");
-            }
-        }
-        if let Some(tap) = self.tap.take() {
-            if let Err(e) = tap.remove().await {
-                tracing::error!("rolling back a spawn: removing its TAP: {e}");
-            }
-        }
-        if let Err(e) = super::networks::remove_all(std::mem::take(&mut self.networks)).await {
-            tracing::error!("rolling back a spawn: removing its network devices: {e}");
-        }
-        if let Some(dir) = self.vm_dir.take() {
-            if let Err(e) = super::microvm::remove_dir(&dir) {
-                tracing::error!("rolling back a spawn: {e}");
-            }
-        }
-        if let Some(index) = self.index.take() {
-            instances.release_index(index);
-        }
-    }
 }
 
 pub(super) fn injected(spec_fail: Option<FailAt>, step: FailAt) -> Result<(), ApiError> {
@@ -355,7 +294,9 @@ impl Instances {
             .await?;
         injected(fail, FailAt::Veth)?;
 
-        // 7. The instance's auraed.
+        // 7. The instance's auraed, its output in its folder on disk.
+        let (dir, output) = self.console_files(&spec.name)?;
+        undo.dir = Some(dir);
         self.ready(
             spec,
             Started {
@@ -366,6 +307,7 @@ impl Instances {
                 index,
                 process: ("init", init_process()?),
                 cell,
+                output,
                 started,
             },
             log_bytes,
@@ -386,12 +328,13 @@ impl Instances {
         undo: &mut Undo,
     ) -> Result<Instance, ApiError> {
         let (suffix, process) = s.process;
-        let init = Executable::start(
+        let init = Executable::start_with(
             format!("{}/{suffix}", spec.name),
             process,
             Placement::Cell(s.cell.clone()),
             log_bytes,
             "instance",
+            s.output,
         )
         .await?;
         undo.init = Some(init.clone());
@@ -410,7 +353,7 @@ impl Instances {
         let veth = undo.veth.take();
         let host_address = undo.host_address.take();
         let tap = undo.tap.take();
-        let vm_dir = undo.vm_dir.take();
+        let dir = undo.dir.take();
         let networks = std::mem::take(&mut undo.networks);
         undo.init = None;
         undo.cell = None;
@@ -430,7 +373,7 @@ impl Instances {
             host_network: spec.host_network,
             tap: Mutex::new(tap),
             networks: Mutex::new(networks),
-            vm_dir,
+            dir,
             index: s.index,
             channel,
             expected,
@@ -449,6 +392,7 @@ impl Instances {
                 })
                 .collect(),
             pod: Mutex::new(None),
+            keep: AtomicBool::new(false),
             imds: Mutex::new(None),
             imds_listener: Mutex::new(None),
         })

@@ -91,6 +91,11 @@ pub async fn ensure_bridge(name: &str, addr: Ipv6Addr, prefix_len: u8) -> Result
             has_addr = true;
             continue;
         }
+        // A host-network instance's own address, on this bridge (one taken
+        // back after a restart of auraed).
+        if Some(held.index) == existing_index && held.prefix.prefix_len() == 128 {
+            continue;
+        }
         return Err(NetError::PrefixClash {
             field: "bridge address",
             prefix: want,

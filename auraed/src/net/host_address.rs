@@ -70,16 +70,21 @@ impl HostAddress {
     }
 }
 
-/// Removes every /128 address on `bridge`: what host-network instances of
-/// a previous run left (this auraed's own address there is a /64).
+/// Removes every /128 address on `bridge` but those in `keep`: what
+/// host-network instances of a previous run left (this auraed's own address
+/// there is a /64; `keep` has those of instances taken back).
 /// Returns those removed.
-pub async fn remove_host_addresses(bridge: &BridgeLink) -> Result<Vec<Ipv6Addr>, NetError> {
+pub async fn remove_host_addresses(
+    bridge: &BridgeLink,
+    keep: &[Ipv6Addr],
+) -> Result<Vec<Ipv6Addr>, NetError> {
     let conn = Conn::open()?;
     let held = super::addresses::list_ipv6(&conn.handle).await?;
     let mut removed = Vec::new();
     for h in held
         .into_iter()
         .filter(|h| h.index == bridge.index && h.prefix.prefix_len() == 128)
+        .filter(|h| !keep.contains(&h.prefix.addr()))
     {
         let a = HostAddress {
             link: bridge.name.clone(),

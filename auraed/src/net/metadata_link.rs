@@ -90,6 +90,21 @@ fn in_new_namespace(
             })?;
         let side_index = link_index(handle, side).await?;
         let peer_index = link_index(handle, peer).await?;
+        // One a previous auraed's endpoint left (its namespace goes
+        // asynchronously after that auraed's exit) would take the name.
+        let stale = target.try_clone().map_err(|source| NetError::Netns {
+            op: "duplicating the namespace's fd",
+            source,
+        })?;
+        netns::run_in(stale, |handle| async move {
+            match super::get_link(&handle, LINK).await? {
+                Some(l) => super::del_index(&handle, l.header.index, LINK)
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            }
+        })
+        .await?;
         move_to_netns(handle, peer_index, peer, LINK, target.as_fd()).await?;
         add_v4(handle, side_index, side, endpoint).await?;
         set_up(handle, side_index, side).await?;

@@ -448,5 +448,6 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
         host_ipc: false,
         host_pid: false,
         host_network: false,
+        keep: false,
     })
 }

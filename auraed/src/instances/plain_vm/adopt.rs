@@ -53,17 +53,7 @@ pub struct Survivor {
     pub cgroup: CellCgroup,
 }
 
-/// A process's start time in clock ticks since boot, if it exists.
-pub fn start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command (in parentheses), start time is the 20th field.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
-}
+pub use crate::cells::adopt::start_ticks;
 
 /// Writes the record into `dir`, replacing any (write, then rename).
 pub fn write_record(dir: &Path, record: &VmRecord) -> Result<(), ApiError> {
@@ -298,11 +288,5 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join(RECORD)).expect("read"))
                 .expect("parse");
         assert_eq!(read, record);
-    }
-
-    #[test]
-    fn this_process_has_a_start_time_and_a_missing_one_has_none() {
-        assert!(start_ticks(std::process::id() as i32).is_some());
-        assert!(start_ticks(i32::MAX).is_none());
     }
 }

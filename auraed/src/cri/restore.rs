@@ -1,0 +1,271 @@
+//! Pods across a restart of auraed. With `[cri] pod_restart = "keep"` (the
+//! default) a pod's instance outlives auraed (see `instances::kept`), and
+//! the sandbox and its containers are recorded as they change (see
+//! [`super::records`]): the next auraed lists them again, follows their
+//! logs from where the last line was written, serves their exec, attach
+//! and port-forward, and relays their host ports again. A sandbox whose
+//! instance is gone is listed as not ready (its containers exited) until it
+//! is removed. With `remove`, what a previous auraed left is released.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use aurae_proto::cri;
+
+use super::config::PodRestart;
+use super::state::{Container, Sandbox};
+use super::{cni, records, Cri};
+use crate::registry::Workload;
+
+const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
+
+impl Cri {
+    fn keeps_pods(&self) -> bool {
+        self.cfg.pod_restart == PodRestart::Keep
+    }
+
+    /// Records the container as it is now, if pods are kept. A record that
+    /// can't be written is logged: the container runs on, but a restart
+    /// would not show it as it is.
+    pub(super) fn save(&self, c: &Container) {
+        if !self.keeps_pods() {
+            return;
+        }
+        let dir = self.sandboxes_dir.join(&c.sandbox_id);
+        if let Err(e) = records::save_container(&dir, c) {
+            tracing::error!("container {}: {}", c.id, crate::error::chain(&e));
+        }
+    }
+
+    /// Removes the container's record.
+    pub(super) fn forget_saved(&self, c: &Container) {
+        let dir = self.sandboxes_dir.join(&c.sandbox_id);
+        if let Err(e) = records::remove_container(&dir, &c.id) {
+            tracing::error!("container {}: removing its record: {e}", c.id);
+        }
+    }
+
+    /// Takes back the sandboxes a previous auraed recorded (or releases
+    /// them, see the module); then frees the kept instances no sandbox
+    /// claims.
+    pub(super) async fn restore(self: &Arc<Self>) {
+        let mut claimed = Vec::new();
+        if let Ok(dirs) = std::fs::read_dir(&self.sandboxes_dir) {
+            for dir in dirs.flatten().map(|e| e.path()) {
+                match self.restore_sandbox(&dir).await {
+                    Some(instance) => claimed.push(instance),
+                    None => self.release(&dir).await,
+                }
+            }
+        }
+        self.runtime.free_unclaimed(&claimed).await;
+    }
+
+    /// The CNI attachment a crashed auraed left in `dir` is deleted (its
+    /// namespace is gone; the IPAM releases the address), then the folder.
+    async fn release(&self, dir: &Path) {
+        self.release_cni(dir).await;
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::error!("removing {}: {e}", dir.display());
+        }
+    }
+
+    async fn release_cni(&self, dir: &Path) {
+        let record = dir.join(cni::SAVED);
+        let saved = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<cni::Saved>(&b).ok());
+        let Some(saved) = saved else {
+            return;
+        };
+        match cni::del_saved(&saved, &self.cfg.cni_bin_dirs).await {
+            Ok(()) => {
+                tracing::info!(
+                    "released the CNI attachment of a sandbox left by a previous auraed ({})",
+                    dir.display()
+                );
+                if let Err(e) = std::fs::remove_file(&record) {
+                    tracing::error!("removing {}: {e}", record.display());
+                }
+            }
+            Err(e) => tracing::error!(
+                "releasing the CNI attachment in {}: {}",
+                dir.display(),
+                crate::error::chain(&e)
+            ),
+        }
+    }
+
+    /// Takes back the sandbox recorded in `dir`; the name of its instance if
+    /// it runs (`None`, logged: the folder is the caller's to release).
+    async fn restore_sandbox(self: &Arc<Self>, dir: &Path) -> Option<String> {
+        if !self.keeps_pods() {
+            return None;
+        }
+        let (r, config) = match records::read_sandbox(dir) {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!("{}", crate::error::chain(&e));
+                return None;
+            }
+        };
+        let running = match self.runtime.get(&r.instance, "id") {
+            Ok(Workload::Instance(i)) if i.running() => Some(i),
+            _ => None,
+        };
+        let ip: Option<IpAddr> = r.ip.parse().ok();
+        let mut cni = None;
+        let mut forwards = Vec::new();
+        if let (Some(instance), Some(ip)) = (&running, ip) {
+            let saved = std::fs::read(dir.join(cni::SAVED))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<cni::Saved>(&b).ok());
+            if let Some(saved) = saved {
+                let reattached = match instance.pidfd() {
+                    Ok(fd) => {
+                        use std::os::fd::AsFd;
+                        cni::reattach(saved, fd.as_fd(), ip)
+                            .await
+                            .map_err(|e| crate::error::chain(&e))
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                match reattached {
+                    Ok(a) => cni = Some(a),
+                    Err(e) => {
+                        tracing::error!("sandbox {}: its CNI network: {e}; not taken back", r.id);
+                        return None;
+                    }
+                }
+            }
+            forwards = host_ports(&r.id, &config, ip);
+        } else {
+            // Stopped, or its instance is gone: listed as not ready.
+            self.release_cni(dir).await;
+        }
+        let ready = running.is_some();
+        let sandbox = Arc::new(Sandbox {
+            id: r.id.clone(),
+            instance: r.instance.clone(),
+            config,
+            handler: r.handler,
+            created_at: r.created_at,
+            ip: r.ip,
+            cni: tokio::sync::Mutex::new(cni),
+            ready: Mutex::new(ready),
+            forwards: Mutex::new(forwards),
+            resolv_conf: r.resolv_conf,
+        });
+        self.state
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(r.id.clone(), sandbox);
+        let containers = records::read_containers(dir);
+        let count = containers.len();
+        for c in containers {
+            let c = Arc::new(c);
+            self.state
+                .containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(c.id.clone(), c.clone());
+            match &running {
+                Some(instance) if c.run().state == RUNNING => {
+                    self.follow_again(&c, instance.channel()).await;
+                }
+                _ if c.run().state == RUNNING => {
+                    self.container_gone(&c, "its pod's instance was gone after a restart");
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(
+            "sandbox {} taken back ({}; {count} container(s))",
+            r.id,
+            if ready { "ready" } else { "not ready" }
+        );
+        running.map(|_| r.instance)
+    }
+
+    /// Follows a running container's output into its log again, after the
+    /// last line written there, and records its exit.
+    async fn follow_again(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        channel: tonic::transport::Channel,
+    ) {
+        let file = match &c.log_path {
+            Some(p) => match super::cri_log::open(p).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!("container {}: opening {}: {e}", c.id, p.display());
+                    None
+                }
+            },
+            None => None,
+        };
+        let after = c.log_path.as_deref().and_then(super::cri_log::last_time);
+        let (reopen, follow) = super::cri_log::follow(
+            channel.clone(),
+            c.run().executable_id,
+            c.log_path.clone(),
+            file,
+            after,
+        );
+        *c.reopen.lock().unwrap_or_else(|e| e.into_inner()) = Some(reopen);
+        let (cri, container) = (self.clone(), c.clone());
+        let task = tokio::spawn(async move {
+            follow.await;
+            cri.record_exit(&container, channel).await;
+        });
+        *c.logger.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    /// Whether the sandbox's instance is kept across a restart (its CNI
+    /// network stays attached when auraed stops).
+    pub(super) fn kept(&self, s: &Sandbox) -> bool {
+        matches!(
+            self.runtime.get(&s.instance, "id"),
+            Ok(Workload::Instance(i)) if i.keep.load(std::sync::atomic::Ordering::SeqCst) && i.running()
+        )
+    }
+}
+
+/// The host ports of a pod taken back, relayed again to `ip`; one that
+/// can't be had is logged (the pod runs without it).
+fn host_ports(
+    id: &str,
+    config: &cri::PodSandboxConfig,
+    ip: IpAddr,
+) -> Vec<crate::pods::ports::Forward> {
+    let host_net = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|c| c.namespace_options.as_ref())
+        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32);
+    if host_net {
+        return Vec::new();
+    }
+    let mut forwards = Vec::new();
+    for (i, p) in config.port_mappings.iter().enumerate() {
+        let (Ok(host), Ok(port)) = (u16::try_from(p.host_port), u16::try_from(p.container_port))
+        else {
+            continue;
+        };
+        if host == 0 {
+            continue;
+        }
+        let field = format!("config.port_mappings[{i}].host_port");
+        match crate::pods::ports::bind(&field, host)
+            .and_then(|l| crate::pods::ports::start(l, SocketAddr::new(ip, port)))
+        {
+            Ok(f) => forwards.push(f),
+            Err(e) => tracing::error!("sandbox {id}: host port {host} not relayed again: {e}"),
+        }
+    }
+    forwards
+}

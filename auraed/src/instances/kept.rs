@@ -1,0 +1,373 @@
+//! Instances that outlive their auraed: a cell-backed instance spawned with
+//! `keep` (a CRI pod's, as `[cri] pod_restart = "keep"` has it) runs on
+//! when auraed stops or crashes, and the next auraed takes it back.
+//!
+//! Every cell-backed instance has a folder on disk (`kept_dir/<cell>`) with
+//! its auraed's output (`console`: pipes to auraed would break with it); a
+//! kept one also has a record there (`instance.json`) of what a restarted
+//! auraed needs: its name, SPIFFE ID, address index and port, its link on
+//! the bridge, and the pids and start times of its cell's init and of its
+//! auraed (so that a reused pid is never taken for them).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, Choice};
+use super::{Instance, Instances};
+use crate::cells::adopt::{in_cgroup, start_ticks};
+use crate::cells::Cell;
+use crate::cgroup::{CellCgroup, Hierarchy};
+use crate::error::ApiError;
+use crate::executables::{Executable, Output};
+use crate::logs::Stream;
+use crate::net::Veth;
+
+const RECORD: &str = "instance.json";
+const CONSOLE: &str = "console";
+
+/// What a restarted auraed needs to take an instance back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub name: String,
+    /// Its cell (a pre-started instance's keeps its provisional name).
+    pub cell: String,
+    pub spiffe_id: String,
+    pub index: u32,
+    pub port: u16,
+    pub host_network: bool,
+    /// Its veth's host end on the bridge (none in the host's network).
+    pub veth: Option<(String, u32)>,
+    pub reason: String,
+    /// The instance's auraed.
+    pub init_pid: i32,
+    pub init_start: u64,
+    pub command: Vec<String>,
+    /// Its cell's init, and the namespaces that cell has of its own.
+    pub cell_init_pid: i32,
+    pub cell_init_start: u64,
+    pub ns_flags: i32,
+    pub cell_state_dir: PathBuf,
+    pub created_at_unix_ms: u64,
+    pub ready_after_ms: u64,
+    pub shared: Vec<PathBuf>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An instance whose auraed still runs in its cell, found at start.
+pub struct Survivor {
+    pub record: InstanceRecord,
+    pub dir: PathBuf,
+    pub cgroup: CellCgroup,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn read_record(dir: &Path) -> Result<InstanceRecord, String> {
+    let bytes = std::fs::read(dir.join(RECORD)).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// The kept instances of `kept_dir` whose auraed and cell init still run in
+/// their cell; every other folder there is removed (the cells of those are
+/// removed with every leftover cell), and logged.
+pub fn left_running(kept_dir: &Path, hierarchy: &Hierarchy) -> Vec<Survivor> {
+    let Ok(entries) = std::fs::read_dir(kept_dir) else {
+        return Vec::new();
+    };
+    let cells = hierarchy.cells();
+    let mut found = Vec::new();
+    for dir in entries.filter_map(Result::ok).map(|e| e.path()) {
+        let folder = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let kept = match read_record(&dir) {
+            Ok(r) if r.cell != folder => Err(format!("its record names cell {:?}", r.cell)),
+            Ok(r) => cells
+                .iter()
+                .find(|c| c.name() == r.cell)
+                .cloned()
+                .ok_or_else(|| "its cell is gone".to_string())
+                .and_then(|cgroup| {
+                    let alive = |pid: i32, start: u64| {
+                        start_ticks(pid) == Some(start)
+                            && in_cgroup(pid, hierarchy.mount(), cgroup.dir())
+                    };
+                    if alive(r.init_pid, r.init_start) && alive(r.cell_init_pid, r.cell_init_start)
+                    {
+                        Ok((r, cgroup))
+                    } else {
+                        Err("its auraed is gone".to_string())
+                    }
+                }),
+            Err(e) => Err(format!("no record ({e})")),
+        };
+        match kept {
+            Ok((record, cgroup)) => found.push(Survivor {
+                record,
+                dir,
+                cgroup,
+            }),
+            Err(why) => {
+                // Not a kept instance's (or one that ended): its folder goes.
+                tracing::info!("{}: not taken back: {why}", dir.display());
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::error!("removing {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Removes what is left of an instance that is not taken back: its cell
+/// (everything in it) and its folder.
+pub fn discard(name: &str, cgroup: &CellCgroup, dir: &Path) {
+    if let Err(e) = cgroup.remove(Duration::from_secs(10)) {
+        tracing::error!("instance {name}: removing its cell: {e}");
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::error!("instance {name}: removing {}: {e}", dir.display());
+    }
+}
+
+impl Instances {
+    /// A cell-backed instance's folder on disk, made empty, and its
+    /// auraed's output into it.
+    pub(super) fn console_files(&self, cell: &str) -> Result<(PathBuf, Output), ApiError> {
+        let dir = self.cfg.kept_dir.join(cell);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ApiError::io(format!("removing {}", dir.display()), e)),
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ApiError::io(format!("creating {}", dir.display()), e))?;
+        let console = dir.join(CONSOLE);
+        std::fs::File::create(&console)
+            .map_err(|e| ApiError::io(format!("creating {}", console.display()), e))?;
+        Ok((
+            dir,
+            Output::Files {
+                stderr: console.clone(),
+                follow: vec![(console, Stream::Stderr)],
+            },
+        ))
+    }
+
+    /// Writes what a restarted auraed takes `i` back by (see the module).
+    pub fn keep(&self, i: &Instance, vcpus: u32, memory_mib: u64) -> Result<(), ApiError> {
+        let refuse = |why: &str| {
+            Err(ApiError::FailedPrecondition(format!(
+                "instance {}: can't be kept across a restart: {why}",
+                i.name
+            )))
+        };
+        if i.choice.backend != Backend::Cell {
+            return refuse("only a cell-backed instance outlives its auraed");
+        }
+        if !i.networks().is_empty() {
+            return refuse("it has devices on host bridges");
+        }
+        let Some(dir) = &i.dir else {
+            return refuse("it has no folder");
+        };
+        let (Some(init_start), Some((cell_pid, cell_start, ns_flags))) =
+            (start_ticks(i.init.pid), i.cell.identity())
+        else {
+            return refuse("its processes have no start time");
+        };
+        let veth = i
+            .veth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|v| (v.host.clone(), v.host_index));
+        let record = InstanceRecord {
+            name: i.name.clone(),
+            cell: i.cell.name.clone(),
+            spiffe_id: i.spiffe_id.clone(),
+            index: i.index,
+            port: i.address.port(),
+            host_network: i.host_network,
+            veth,
+            reason: i.choice.reason.clone(),
+            init_pid: i.init.pid,
+            init_start,
+            command: i.init.command.clone(),
+            cell_init_pid: cell_pid,
+            cell_init_start: cell_start,
+            ns_flags,
+            cell_state_dir: i.cell.state_dir.clone(),
+            created_at_unix_ms: unix_ms(i.created_at),
+            ready_after_ms: i.ready_after.as_millis() as u64,
+            shared: i.shared.clone(),
+            vcpus,
+            memory_mib,
+            metadata: self
+                .metadata
+                .get(&i.name)
+                .map(|r| r.metadata)
+                .unwrap_or_default(),
+        };
+        let json = serde_json::to_vec_pretty(&record)
+            .map_err(|e| ApiError::Internal(format!("encoding the instance's record: {e}")))?;
+        let tmp = dir.join(format!("{RECORD}.tmp"));
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, dir.join(RECORD)))
+            .map_err(|e| ApiError::io(format!("writing {}", dir.join(RECORD).display()), e))?;
+        i.keep.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Takes back an instance a previous auraed left running: its address
+    /// index, its veth (or address) on the bridge, its cell and its auraed,
+    /// followed through its console file, and a link to it.
+    pub async fn adopt_instance(
+        &self,
+        s: Survivor,
+        mount: &Path,
+        log_bytes: usize,
+    ) -> Result<Instance, ApiError> {
+        let r = s.record;
+        let cell = Cell::adopt(
+            &r.cell,
+            crate::cells::adopt::Survivor {
+                cgroup: s.cgroup,
+                init_pid: r.cell_init_pid,
+                init_start: r.cell_init_start,
+                ns_flags: r.ns_flags,
+                state_dir: r.cell_state_dir.clone(),
+                created_at: UNIX_EPOCH + Duration::from_millis(r.created_at_unix_ms),
+            },
+            mount,
+        )?;
+        let pid = r.init_pid;
+        let fd = crate::sys::pidfd::open(pid)
+            .map_err(|e| ApiError::io(format!("pidfd_open({pid})"), e))?;
+        if start_ticks(pid) != Some(r.init_start) || !in_cgroup(pid, mount, cell.cgroup.dir()) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "instance {}: pid {pid} is no longer its auraed",
+                r.name
+            )));
+        }
+        // The bridge is there (its link is on it): found, and taken as this
+        // auraed's own, as the auraed that made it had it.
+        let bridge = self.ensure_bridge().await?;
+        self.own_bridge().await;
+        let veth = match &r.veth {
+            Some((host, index)) => {
+                let found =
+                    std::fs::read_to_string(Path::new("/sys/class/net").join(host).join("ifindex"))
+                        .ok()
+                        .and_then(|i| i.trim().parse::<u32>().ok());
+                if found != Some(*index) {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "instance {}: its link {host} is gone or is another link",
+                        r.name
+                    )));
+                }
+                Some(Veth {
+                    host: host.clone(),
+                    host_index: *index,
+                    peer: "eth0".into(),
+                })
+            }
+            None => None,
+        };
+        let address = self.ula().instance_addr(r.index);
+        let host_address = r.host_network.then(|| crate::net::HostAddress {
+            link: bridge.link().name,
+            index: bridge.link().index,
+            addr: address,
+        });
+        self.claim_index(r.index)?;
+        let addr = SocketAddr::new(address.into(), r.port);
+        let expected = super::link::ExpectedId::new(r.spiffe_id.clone());
+        let linked = self
+            .link()
+            .and_then(|l| {
+                l.channel_expecting(addr, expected.clone()).map_err(|e| {
+                    ApiError::Internal(format!("the link to instance {}: {e}", r.name))
+                })
+            })
+            .and_then(|channel| {
+                let init = Executable::adopt(
+                    format!("{}/init", r.name),
+                    Some(r.cell.clone()),
+                    r.command.clone(),
+                    (pid, fd),
+                    vec![(s.dir.join(CONSOLE), Stream::Stderr)],
+                    log_bytes,
+                )?;
+                Ok((channel, init))
+            });
+        let (channel, init) = match linked {
+            Ok(l) => l,
+            Err(e) => {
+                self.release_index(r.index);
+                return Err(e);
+            }
+        };
+        Ok(Instance {
+            name: r.name.clone(),
+            spiffe_id: r.spiffe_id,
+            address: addr,
+            choice: Choice {
+                backend: Backend::Cell,
+                reason: format!("{}; taken back after a restart", r.reason),
+            },
+            ready_after: Duration::from_millis(r.ready_after_ms),
+            boot_ms: None,
+            created_at: UNIX_EPOCH + Duration::from_millis(r.created_at_unix_ms),
+            init,
+            cell,
+            veth: Mutex::new(veth),
+            host_address: Mutex::new(host_address),
+            host_network: r.host_network,
+            tap: Mutex::new(None),
+            networks: Mutex::new(Vec::new()),
+            dir: Some(s.dir),
+            index: r.index,
+            channel,
+            expected,
+            torn_down: AtomicBool::new(false),
+            tearing_down: tokio::sync::Mutex::new(()),
+            imds: Mutex::new(None),
+            imds_listener: Mutex::new(None),
+            shared: r.shared,
+            pod: Mutex::new(None),
+            keep: AtomicBool::new(true),
+        })
+    }
+}
+
+/// What [`Instances::remember`] needs of an adopted instance's spec.
+pub fn spec_of(r: &InstanceRecord) -> super::InstanceSpec {
+    super::InstanceSpec {
+        name: r.name.clone(),
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        nested: false,
+        preference: super::backend::Preference::Cell,
+        kernel: None,
+        initramfs: None,
+        ready_timeout: Duration::ZERO,
+        read_only: Vec::new(),
+        metadata: r.metadata.clone(),
+        networks: Vec::new(),
+        host_ipc: false,
+        host_pid: false,
+        host_network: r.host_network,
+        keep: true,
+    }
+}
