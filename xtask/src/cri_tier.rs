@@ -280,7 +280,8 @@ fn pod_kept_across_a_crash(
     ]);
     anyhow::ensure!(
         state == format!("SANDBOX_READY {ip}"),
-        "after the restart the pod is {state:?}, not ready on {ip}"
+        "after the restart the pod is {state:?}, not ready on {ip}; auraed's log:\n{}",
+        again.log_text()
     );
     anyhow::ensure!(
         allocations(work) == before + 1,

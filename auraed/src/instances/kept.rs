@@ -266,10 +266,7 @@ impl Instances {
         self.own_bridge().await;
         let veth = match &r.veth {
             Some((host, index)) => {
-                let found =
-                    std::fs::read_to_string(Path::new("/sys/class/net").join(host).join("ifindex"))
-                        .ok()
-                        .and_then(|i| i.trim().parse::<u32>().ok());
+                let found = crate::net::link_index_of(host).await.ok().flatten();
                 if found != Some(*index) {
                     return Err(ApiError::FailedPrecondition(format!(
                         "instance {}: its link {host} is gone or is another link",

@@ -438,6 +438,15 @@ async fn loopback_listener(
     }
 }
 
+/// The index of the link `name` in the caller's network namespace, if it
+/// exists (asked over netlink: `/sys/class/net` shows the namespace sysfs
+/// was mounted in, which need not be auraed's).
+pub async fn link_index_of(name: &str) -> Result<Option<u32>, NetError> {
+    check_link_name("link", name)?;
+    let conn = Conn::open()?;
+    Ok(get_link(&conn.handle, name).await?.map(|l| l.header.index))
+}
+
 /// Deletes the link `name` in the caller's network namespace. Returns
 /// whether it existed: a link that is already gone is not an error. Deleting
 /// either end of a veth pair deletes both.

@@ -189,10 +189,7 @@ impl Instances {
         // Its link on the bridge, by name and index, named as this
         // auraed names them.
         let (host, _, _) = self.vm_link_names(r.index)?;
-        let index =
-            std::fs::read_to_string(Path::new("/sys/class/net").join(&r.tap).join("ifindex"))
-                .ok()
-                .and_then(|i| i.trim().parse::<u32>().ok());
+        let index = crate::net::link_index_of(&r.tap).await.ok().flatten();
         if r.tap != host || index != Some(r.tap_index) {
             return Err(ApiError::FailedPrecondition(format!(
                 "vm {}: its link {} is gone or is another link",
