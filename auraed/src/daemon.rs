@@ -137,6 +137,10 @@ fn raise_open_files() {
 /// Serves `cfg` until SIGTERM or SIGINT, then frees every workload.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     raise_open_files();
+    // An instance's pod volumes are put in its auraed's own namespace.
+    if !cfg.instances.path.is_empty() {
+        crate::sys::mount_ns::propagate_from_own();
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         state_dir: cfg.runtime.state_dir.clone(),

@@ -144,6 +144,7 @@ async fn mounts_reach_an_image_cell_writable_or_read_only() {
         source: source.display().to_string(),
         destination: destination.into(),
         read_only,
+        ..Default::default()
     };
     let mut c = d.client().await;
     c.run_cell(pb::RunCellRequest {

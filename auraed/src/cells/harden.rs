@@ -287,15 +287,17 @@ impl Plan {
         Ok(())
     }
 
-    /// `host` bound read-only at `target` under `root`: the folders above
-    /// it are made, then the mount point (a folder, or an empty file when
-    /// `host` is a file, such as an image archive).
+    /// `host` bound at `target` under `root`: the folders above it are
+    /// made, then the mount point (a folder, or an empty file when `host`
+    /// is a file, such as an image archive). With `tree`, that detached copy
+    /// of `host` is attached instead of a bind.
     pub(super) fn bind_into_root(
         &mut self,
         host: &Path,
         root: &Path,
         target: &Path,
         read_only: bool,
+        tree: Option<std::os::fd::RawFd>,
     ) -> Result<(), PlanError> {
         self.folders_between(root, target)?;
         if std::fs::metadata(host).is_ok_and(|m| m.is_file()) {
@@ -310,8 +312,19 @@ impl Plan {
                 format!("creating {}", target.display()),
             );
         }
-        let op = self.bind(host, target, true)?;
-        self.push(op, format!("binding {}", host.display()));
+        match tree {
+            Some(fd) => self.push(
+                InitOp::MoveTree {
+                    fd,
+                    target: cpath(target)?,
+                },
+                format!("attaching the copy of {}", host.display()),
+            ),
+            None => {
+                let op = self.bind(host, target, true)?;
+                self.push(op, format!("binding {}", host.display()));
+            }
+        }
         if read_only {
             let op = Self::remount_read_only(target, NODEV)?;
             self.push(op, format!("making {} read-only", target.display()));

@@ -40,6 +40,9 @@ pub struct InitConfig {
     /// Pivot into a root of the cell's own (requires `new_mount`).
     pub root: Root,
     pub security: Security,
+    /// A detached copy of each of `security.mounts` that propagates, in
+    /// order (see `sys::mount_propagation`), attached instead of a bind.
+    pub trees: Vec<std::os::fd::RawFd>,
 }
 
 /// An overlay of a cached, read-only image rootfs and the cell's own
@@ -62,6 +65,8 @@ pub enum PlanError {
     OverlaySeparator { key: &'static str, path: PathBuf },
     #[error("{0:?} is not a valid interface name")]
     Interface(&'static str),
+    #[error("a mount that propagates has no copy of its tree")]
+    NoTree,
 }
 
 impl Overlay {
@@ -149,6 +154,31 @@ impl Plan {
         if !cfg.new_mount {
             return Ok(plan);
         }
+        let sec = &cfg.security;
+        // auraed's read-only binds, then the request's mounts.
+        let binds: Vec<super::Bind> = sec
+            .read_only_binds
+            .iter()
+            .map(|(host, inside)| super::Bind {
+                host: host.clone(),
+                inside: inside.clone(),
+                read_only: true,
+                propagation: super::Propagation::Private,
+            })
+            .chain(sec.mounts.iter().cloned())
+            .collect();
+        // Each bind that propagates with its detached copy.
+        let mut trees = cfg.trees.iter();
+        let binds = binds
+            .into_iter()
+            .map(|b| {
+                let tree = match b.propagation {
+                    super::Propagation::Private => None,
+                    _ => Some(*trees.next().ok_or(PlanError::NoTree)?),
+                };
+                Ok((b, tree))
+            })
+            .collect::<Result<Vec<_>, PlanError>>()?;
         plan.push(
             InitOp::Mount {
                 source: None,
@@ -159,18 +189,6 @@ impl Plan {
             },
             "making / private",
         );
-        let sec = &cfg.security;
-        // auraed's read-only binds, then the request's mounts.
-        let binds: Vec<super::Bind> = sec
-            .read_only_binds
-            .iter()
-            .map(|(host, inside)| super::Bind {
-                host: host.clone(),
-                inside: inside.clone(),
-                read_only: true,
-            })
-            .chain(sec.mounts.iter().cloned())
-            .collect();
         let kernel_fs = KernelFs {
             privileged: sec.privileged,
             net_sysctls: sec.net_sysctls,
@@ -279,7 +297,7 @@ impl Plan {
         fresh_dev: bool,
         kernel_fs: KernelFs,
         devices: &[PathBuf],
-        binds: &[super::Bind],
+        binds: &[(super::Bind, Option<std::os::fd::RawFd>)],
         read_only: bool,
     ) -> Result<(), PlanError> {
         self.kernel_fs(rootfs, kernel_fs)?;
@@ -303,13 +321,14 @@ impl Plan {
         )?;
         self.devpts(&dev)?;
         self.devices(&dev, devices)?;
-        for b in binds {
+        for (b, tree) in binds {
             let inside = &b.inside;
             self.bind_into_root(
                 &b.host,
                 rootfs,
                 &rootfs.join(inside.strip_prefix("/").unwrap_or(inside)),
                 b.read_only,
+                *tree,
             )?;
         }
         if read_only {
@@ -347,6 +366,7 @@ mod tests {
             new_pid: true,
             root,
             security: Security::default(),
+            trees: Vec::new(),
         }
     }
 

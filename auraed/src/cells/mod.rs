@@ -9,9 +9,9 @@ pub mod caps;
 mod harden;
 pub mod init;
 pub mod ns_pool;
-mod security;
+pub mod security;
 
-pub use security::{Bind, Security};
+pub use security::{Bind, Propagation, Security};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,7 +321,10 @@ fn create_blocking(spec: &CellSpec, ctx: &CellContext) -> Result<Parts, ApiError
     {
         security.mounts = security::confine_mounts(&security.mounts, &o.lower)?;
     }
+    // Held until the init has attached them.
+    let trees = security::trees(&security.mounts)?;
     let config = InitConfig {
+        trees: trees.iter().map(|t| t.as_raw_fd()).collect(),
         name: spec.name.clone(),
         hostname: spec.hostname.clone().unwrap_or_else(|| spec.name.clone()),
         new_uts: flags & libc::CLONE_NEWUTS != 0,

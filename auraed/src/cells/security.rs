@@ -48,6 +48,52 @@ pub struct Bind {
     /// Absolute, inside the cell.
     pub inside: PathBuf,
     pub read_only: bool,
+    pub propagation: Propagation,
+}
+
+/// Whether mounts made later under a bind's source or inside it cross to
+/// the other side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// Neither way: the bind is a private copy.
+    #[default]
+    Private,
+    /// From the source into the cell (the bind is a slave of the source's
+    /// peer group).
+    Slave,
+    /// Both ways (the bind is a peer of the source's mount).
+    Shared,
+}
+
+/// At most this many binds of a cell may propagate (the init holds a
+/// detached copy of each while it sets up).
+pub const MAX_PROPAGATING: usize = 16;
+
+/// A detached copy of each of `mounts` that propagates (see
+/// `sys::mount_propagation`), in order; a source whose mount can't
+/// propagate as asked is refused, naming the field.
+pub fn trees(mounts: &[Bind]) -> Result<Vec<std::os::fd::OwnedFd>, crate::error::ApiError> {
+    use crate::sys::mount_inject::InjectError;
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.propagation != Propagation::Private)
+        .map(|(i, b)| {
+            crate::sys::mount_propagation::clone_in_host(&b.host, !b.read_only, b.propagation)
+                .map_err(|e| {
+                    let field = format!("mounts[{i}].propagation");
+                    match e {
+                        InjectError::Propagation { .. } => {
+                            crate::error::ApiError::invalid(field, e.to_string())
+                        }
+                        e => crate::error::ApiError::Mount {
+                            what: field,
+                            source: e,
+                        },
+                    }
+                })
+        })
+        .collect()
 }
 
 /// `mounts` with each destination resolved inside the image's root `lower`
@@ -102,6 +148,7 @@ mod tests {
             host: PathBuf::from("/tmp"),
             inside: PathBuf::from("/x/nologin"),
             read_only: true,
+            propagation: Propagation::Private,
         };
         let out = confine_mounts(&[b], root.path()).unwrap();
         assert_eq!(out[0].inside, PathBuf::from("/etc/nologin"));
@@ -110,6 +157,7 @@ mod tests {
             host: PathBuf::from("/tmp"),
             inside: PathBuf::from("/top"),
             read_only: true,
+            propagation: Propagation::Private,
         };
         assert!(confine_mounts(&[b], root.path()).is_err());
     }

@@ -16,12 +16,6 @@ pub(super) fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
         )))
     };
     for (i, m) in c.mounts.iter().enumerate() {
-        if m.propagation != cri::MountPropagation::PropagationPrivate as i32 {
-            return unbuilt(
-                &format!("config.mounts[{i}].propagation"),
-                "mount propagation other than private",
-            );
-        }
         if m.image.is_some() || !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
             return unbuilt(
                 &format!("config.mounts[{i}]"),
@@ -165,10 +159,46 @@ async fn read_profile(field: &str, path: &str) -> Result<String, Status> {
     Ok(text)
 }
 
+/// A container's volume, checked.
+pub(super) struct Volume {
+    pub host: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
+    pub propagation: crate::cells::Propagation,
+}
+
 /// A container's volumes, checked: each host path exists (a symbolic link
-/// is followed, as a bind mount does), each container path is absolute.
-/// Returns (host path, container path, read-only).
-pub(super) fn volumes(c: &cri::ContainerConfig) -> Result<Vec<(PathBuf, String, bool)>, Status> {
+/// is followed, as a bind mount does), each container path is absolute,
+/// each propagation one the CRI has (and one the host's mount allows: see
+/// `sys::mount_propagation`).
+pub(super) async fn volumes(c: &cri::ContainerConfig) -> Result<Vec<Volume>, Status> {
+    let volumes = checked_volumes(c)?;
+    for (i, v) in volumes.iter().enumerate() {
+        if v.propagation == crate::cells::Propagation::Private {
+            continue;
+        }
+        let (host, p) = (v.host.clone(), v.propagation);
+        crate::blocking::run("reading the host's mounts", move || {
+            crate::sys::mount_propagation::check_host(&host, p)
+        })
+        .await?
+        .map_err(|e| {
+            let text = format!(
+                "config.mounts[{i}].propagation: {}",
+                crate::error::chain(&e)
+            );
+            match e {
+                crate::sys::mount_inject::InjectError::Propagation { .. } => {
+                    Status::invalid_argument(text)
+                }
+                _ => Status::internal(text),
+            }
+        })?;
+    }
+    Ok(volumes)
+}
+
+fn checked_volumes(c: &cri::ContainerConfig) -> Result<Vec<Volume>, Status> {
     c.mounts
         .iter()
         .enumerate()
@@ -203,7 +233,24 @@ pub(super) fn volumes(c: &cri::ContainerConfig) -> Result<Vec<(PathBuf, String, 
                     crate::validation::shown(&m.container_path)
                 )));
             }
-            Ok((host, m.container_path.clone(), m.readonly))
+            use crate::cells::Propagation as P;
+            let propagation = match cri::MountPropagation::try_from(m.propagation) {
+                Ok(cri::MountPropagation::PropagationPrivate) => P::Private,
+                Ok(cri::MountPropagation::PropagationHostToContainer) => P::Slave,
+                Ok(cri::MountPropagation::PropagationBidirectional) => P::Shared,
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "config.mounts[{i}].propagation: {} is not a mount propagation",
+                        m.propagation
+                    )))
+                }
+            };
+            Ok(Volume {
+                host,
+                container_path: m.container_path.clone(),
+                read_only: m.readonly,
+                propagation,
+            })
         })
         .collect()
 }

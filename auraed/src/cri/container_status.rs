@@ -37,6 +37,7 @@ impl Cri {
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
+                mounts: c.config.mounts.clone(),
                 ..Default::default()
             }),
             info: Default::default(),

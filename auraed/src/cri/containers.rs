@@ -57,12 +57,20 @@ impl Cri {
         refuse_unbuilt(&config)?;
         executable_of(&config, None, &[])?;
         let seccomp = seccomp_of(&config).await?;
-        let mut volumes = volumes(&config)?;
+        let mut volumes = volumes(&config).await?;
         let log_path = super::container_config::log_path(&sandbox.config, &config)?;
         // The pod's resolv.conf, unless the container mounts its own.
         if let Some(resolv) = &sandbox.resolv_conf {
-            if !volumes.iter().any(|(_, at, _)| at == "/etc/resolv.conf") {
-                volumes.push((resolv.clone(), "/etc/resolv.conf".into(), true));
+            if !volumes
+                .iter()
+                .any(|v| v.container_path == "/etc/resolv.conf")
+            {
+                volumes.push(super::container_config::Volume {
+                    host: resolv.clone(),
+                    container_path: "/etc/resolv.conf".into(),
+                    read_only: true,
+                    propagation: crate::cells::Propagation::Private,
+                });
             }
         }
         let instance = self.instance_of(&sandbox)?;
@@ -132,24 +140,32 @@ impl Cri {
         let ns = instance.pidfd()?;
         // The image, read-only, and each volume (writable unless asked
         // otherwise) under the container's folder in the instance.
+        use crate::cells::Propagation as P;
         use crate::sys::mount_inject::Inject;
         let mut binds = vec![Inject {
             host,
             inside: inside.clone(),
             writable: false,
+            propagation: P::Private,
         }];
         let mut mounts = Vec::new();
-        for (i, (host, container_path, read_only)) in volumes.into_iter().enumerate() {
+        for (i, v) in volumes.into_iter().enumerate() {
             let at = PathBuf::from(VOLUMES).join(format!("{cell}-{i}"));
             mounts.push(pb::CellMount {
                 source: at.display().to_string(),
-                destination: container_path,
-                read_only,
+                destination: v.container_path,
+                read_only: v.read_only,
+                propagation: match v.propagation {
+                    P::Private => pb::MountPropagation::Private,
+                    P::Slave => pb::MountPropagation::HostToCell,
+                    P::Shared => pb::MountPropagation::Bidirectional,
+                } as i32,
             });
             binds.push(Inject {
-                host,
+                host: v.host,
                 inside: at,
-                writable: !read_only,
+                writable: !v.read_only,
+                propagation: v.propagation,
             });
         }
         // A bind that fails part-way takes back the ones made before it.

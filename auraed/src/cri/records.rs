@@ -290,6 +290,7 @@ mod tests {
                 source: "/a".into(),
                 destination: "/b".into(),
                 read_only: true,
+                propagation: pb::MountPropagation::Bidirectional as i32,
             }],
             user: Some((1, 2)),
             groups: vec![3],

@@ -7,7 +7,8 @@ use std::path::{Component, Path, PathBuf};
 
 use aurae_proto::runtime as pb;
 
-use crate::cells::Bind;
+use crate::cells::security::MAX_PROPAGATING;
+use crate::cells::{Bind, Propagation};
 use crate::error::ApiError;
 use crate::validation as v;
 
@@ -50,13 +51,38 @@ pub fn binds(mounts: &[pb::CellMount], has_image: bool) -> Result<Vec<Bind>, Api
                     ),
                 ));
             }
+            let propagation = match pb::MountPropagation::try_from(m.propagation) {
+                Ok(pb::MountPropagation::Private) => Propagation::Private,
+                Ok(pb::MountPropagation::HostToCell) => Propagation::Slave,
+                Ok(pb::MountPropagation::Bidirectional) => Propagation::Shared,
+                Err(_) => {
+                    return Err(ApiError::invalid(
+                        field("propagation"),
+                        format!("{} is not a propagation", m.propagation),
+                    ))
+                }
+            };
             Ok(Bind {
                 host: source,
                 inside: inside.to_path_buf(),
                 read_only: m.read_only,
+                propagation,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|binds| {
+            let propagating = binds
+                .iter()
+                .filter(|b| b.propagation != Propagation::Private)
+                .count();
+            if propagating > MAX_PROPAGATING {
+                return Err(ApiError::invalid(
+                    "mounts",
+                    format!("{propagating} propagate; at most {MAX_PROPAGATING} may"),
+                ));
+            }
+            Ok(binds)
+        })
 }
 
 /// The request's `masked_paths` or `readonly_paths` (`field`): absolute,

@@ -50,7 +50,16 @@ pub enum InitOp {
     /// Run the op; its failure with this errno counts as success (a path
     /// the kernel or the image does not have, say).
     Tolerate(Box<InitOp>, libc::c_int),
+    /// Attaches the detached mount tree `fd` (inherited from auraed, which
+    /// holds it until the init is done) at `target` (`move_mount`).
+    MoveTree {
+        fd: RawFd,
+        target: CString,
+    },
 }
+
+/// `move_mount` flag (linux/mount.h): the source is the fd itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
@@ -212,6 +221,16 @@ fn run_op(op: &InitOp) -> bool {
                 ) == 0
             }
             InitOp::Tolerate(op, tolerated) => run_op(op) || errno() as i32 == *tolerated,
+            InitOp::MoveTree { fd, target } => {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    *fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) == 0
+            }
         }
     }
 }

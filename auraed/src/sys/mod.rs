@@ -8,6 +8,7 @@ mod clone;
 pub mod init_process;
 pub mod mount_inject;
 pub mod mount_ns;
+pub mod mount_propagation;
 pub mod ns_sysctl;
 pub mod pidfd;
 pub mod pty;

@@ -62,6 +62,23 @@ pub enum InjectError {
         #[source]
         source: nix::Error,
     },
+    #[error("{path} is on {mount}, a {has} mount of the host: {wanted}")]
+    Propagation {
+        path: PathBuf,
+        mount: PathBuf,
+        has: &'static str,
+        wanted: &'static str,
+    },
+    #[error("reading the host's mounts")]
+    Mountinfo(#[source] std::io::Error),
+    #[error("setns into the host's mount namespace")]
+    HostNs(#[source] nix::Error),
+    #[error("mount_setattr (slave) of the copy of {path}")]
+    Slave {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mount_setattr (read-only, nosuid, nodev) of the copy of {path}")]
     ReadOnly {
         path: PathBuf,
@@ -76,7 +93,7 @@ fn c_path(path: &Path) -> Result<CString, InjectError> {
 
 /// A detached, recursive copy of the mount tree at `source`: nosuid and
 /// nodev, and read-only unless `writable`.
-fn clone_tree(source: &Path, writable: bool) -> Result<OwnedFd, InjectError> {
+pub(super) fn clone_tree(source: &Path, writable: bool) -> Result<OwnedFd, InjectError> {
     let c = c_path(source)?;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call;
     // open_tree reads it and returns a new fd or -1, nothing else.
@@ -180,6 +197,7 @@ pub fn bind_read_only(ns: BorrowedFd<'_>, binds: &[(PathBuf, PathBuf)]) -> Resul
             host: host.clone(),
             inside: inside.clone(),
             writable: false,
+            propagation: crate::cells::Propagation::Private,
         })
         .collect();
     bind(ns, &binds)
@@ -191,6 +209,9 @@ pub struct Inject {
     pub host: PathBuf,
     pub inside: PathBuf,
     pub writable: bool,
+    /// Anything but private is copied in the host's mount namespace (see
+    /// [`super::mount_propagation`]).
+    pub propagation: crate::cells::Propagation,
 }
 
 /// Binds each of `binds` into the mount namespace of the process `ns` (a
@@ -203,7 +224,11 @@ pub fn bind(ns: BorrowedFd<'_>, binds: &[Inject]) -> Result<(), InjectError> {
         .iter()
         .map(|b| {
             let file = std::fs::metadata(&b.host).is_ok_and(|m| !m.is_dir());
-            Ok((clone_tree(&b.host, b.writable)?, b.inside.clone(), file))
+            let tree = match b.propagation {
+                crate::cells::Propagation::Private => clone_tree(&b.host, b.writable)?,
+                p => super::mount_propagation::clone_in_host(&b.host, b.writable, p)?,
+            };
+            Ok((tree, b.inside.clone(), file))
         })
         .collect::<Result<Vec<_>, InjectError>>()?;
     let ns = ns.try_clone_to_owned().map_err(InjectError::Thread)?;
