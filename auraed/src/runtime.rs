@@ -188,7 +188,7 @@ impl Runtime {
         self.registry.executables_in(cell)
     }
 
-    fn cell(&self, name: &str, field: &str) -> Result<Arc<Cell>, ApiError> {
+    pub(crate) fn cell(&self, name: &str, field: &str) -> Result<Arc<Cell>, ApiError> {
         match self.get(name, field)? {
             Workload::Cell(c) => Ok(c),
             Workload::Executable(_) => Err(ApiError::invalid(

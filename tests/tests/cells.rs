@@ -456,3 +456,111 @@ async fn every_cell_gets_network_and_ipc_namespaces_of_its_own() {
         assert_eq!((st.exit_code, again.trim()), (Some(0), ipc));
     }
 }
+
+#[tokio::test]
+async fn update_limits_lowers_a_running_cells_pids_max() {
+    require_root!();
+    require_controller!("pids");
+    let d = Daemon::start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let go = work.path().join("go");
+    // The cell forks only once its limit is lowered (the file says so).
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; \
+         wait; echo done",
+        go.display()
+    );
+    d.client()
+        .await
+        .run_cell(cell("lowered", &script))
+        .await
+        .expect("run_cell");
+    let updated = d
+        .client()
+        .await
+        .update_limits(pb::UpdateLimitsRequest {
+            id: "lowered".into(),
+            limits: Some(pb::CellLimits {
+                pids_max: Some(4),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("update_limits")
+        .into_inner();
+    let cgroup = updated.status.expect("status").cgroup;
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(&cgroup).join("pids.max"))
+            .expect("pids.max")
+            .trim(),
+        "4"
+    );
+    std::fs::write(&go, "").expect("go");
+    let (_, out) = output(&d, "lowered-main").await;
+    assert!(
+        out.to_lowercase()
+            .contains("resource temporarily unavailable")
+            || out.contains("can't fork"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn update_limits_refuses_bad_requests_by_field_and_changes_nothing() {
+    require_root!();
+    let d = Daemon::start().await;
+    let mut c = d.client().await;
+    c.run_cell(cell("steady", "sleep 60"))
+        .await
+        .expect("run_cell");
+    let update = |id: &str, limits: pb::CellLimits| pb::UpdateLimitsRequest {
+        id: id.into(),
+        limits: Some(limits),
+    };
+    let e = c
+        .update_limits(update("nope", pb::CellLimits::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    let e = c
+        .update_limits(update(
+            "steady",
+            pb::CellLimits {
+                cpu_weight: Some(0),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("limits.cpu_weight"),
+        "{}",
+        e.message()
+    );
+    // A limit whose controller this host lacks fails loudly, naming both.
+    if !aurae_tests::v2_controllers().iter().any(|c| c == "memory") {
+        let e = c
+            .update_limits(update(
+                "steady",
+                pb::CellLimits {
+                    memory_max_bytes: Some(64 << 20),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            e.message().contains("'memory' controller")
+                && e.message().contains("limits.memory_max_bytes"),
+            "{}",
+            e.message()
+        );
+    }
+    c.free(pb::FreeRequest {
+        id: "steady".into(),
+    })
+    .await
+    .expect("free");
+}

@@ -293,6 +293,13 @@ fn pod_kept_across_a_crash(
         allocations(work) == before,
         "the kept pod's CNI address is still held after rmp"
     );
+    // Pods are kept when auraed stops: none may outlive the tier.
+    let left = crictl.ok(&["pods", "-q"]);
+    for id in left.split_whitespace() {
+        crictl.ok(&["stopp", id]);
+        crictl.ok(&["rmp", id]);
+    }
+    anyhow::ensure!(left.is_empty(), "pods left running after critest: {left}");
     drop(again);
     println!(
         "==> a pod kept across a crash (kill -9) was ready on its CNI address after the restart"

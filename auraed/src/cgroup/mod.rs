@@ -187,6 +187,21 @@ impl Hierarchy {
         Ok(cell)
     }
 
+    /// Writes `limits` into a cell's cgroup (its fields that are set); a
+    /// limit whose controller is missing fails first, changing nothing.
+    pub fn update_cell(&self, cell: &CellCgroup, limits: &Limits) -> Result<(), CgroupError> {
+        self.check(limits)?;
+        for c in controller::all() {
+            if c.needed_by(limits).is_some() {
+                self.enable(c.name())?;
+            }
+        }
+        for c in controller::all() {
+            c.apply(&cell.dir, limits)?;
+        }
+        Ok(())
+    }
+
     /// Makes the folder of executables' cgroups (at start, so that running
     /// an executable makes only its own cgroup).
     pub fn ensure_executables_dir(&self) -> Result<(), CgroupError> {

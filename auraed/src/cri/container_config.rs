@@ -26,29 +26,8 @@ pub(super) fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
     if !c.devices.is_empty() || !c.cdi_devices.is_empty() {
         return unbuilt("config.devices", "giving a container host devices");
     }
-    // Hard limits are refused until enforced (never silently dropped);
-    // CPU shares and the OOM score, which every kubelet container carries,
-    // only weigh the container against others and are not applied.
     if let Some(r) = c.linux.as_ref().and_then(|l| l.resources.as_ref()) {
-        let hard = [
-            ("memory_limit_in_bytes", r.memory_limit_in_bytes > 0),
-            (
-                "memory_swap_limit_in_bytes",
-                r.memory_swap_limit_in_bytes > 0,
-            ),
-            ("cpu_quota", r.cpu_quota > 0),
-            ("cpuset_cpus", !r.cpuset_cpus.is_empty()),
-            ("cpuset_mems", !r.cpuset_mems.is_empty()),
-            ("hugepage_limits", !r.hugepage_limits.is_empty()),
-            ("unified", !r.unified.is_empty()),
-        ];
-        if let Some((field, _)) = hard.iter().find(|(_, set)| *set) {
-            return unbuilt(
-                &format!("config.linux.resources.{field}"),
-                "a container's resource limits (its pod instance's cgroup does not get them \
-                 yet)",
-            );
-        }
+        super::resources::limits_of(r, "config.linux.resources")?;
     }
     let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
     if let Some(sc) = sc {

@@ -301,6 +301,14 @@ impl Cri {
                 read_only_root: sc.is_some_and(|s| s.readonly_rootfs),
                 masked_paths: sc.map(|s| s.masked_paths.clone()).unwrap_or_default(),
                 readonly_paths: sc.map(|s| s.readonly_paths.clone()).unwrap_or_default(),
+                limits: c
+                    .config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.resources.as_ref())
+                    .map(|r| super::resources::limits_of(r, "config.linux.resources"))
+                    .transpose()?
+                    .flatten(),
                 ..Default::default()
             })
             .await;

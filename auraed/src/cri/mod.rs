@@ -44,6 +44,8 @@ pub mod pull;
 #[cfg(feature = "cri")]
 mod records;
 #[cfg(feature = "cri")]
+mod resources;
+#[cfg(feature = "cri")]
 mod restore;
 #[cfg(feature = "cri")]
 mod runtime_service;

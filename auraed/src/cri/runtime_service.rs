@@ -142,12 +142,10 @@ impl RuntimeService for CriService {
 
     async fn update_container_resources(
         &self,
-        _r: Request<cri::UpdateContainerResourcesRequest>,
+        r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet(
-            "UpdateContainerResources",
-            "changing a running container's limits",
-        ))
+        self.update_resources(r.into_inner()).await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(

@@ -427,6 +427,30 @@ impl pb::runtime_server::Runtime for RuntimeService {
         }))
     }
 
+    async fn update_limits(
+        &self,
+        request: Request<pb::UpdateLimitsRequest>,
+    ) -> Result<Response<pb::UpdateLimitsResponse>, Status> {
+        let r = request.into_inner();
+        id_field(&r.id)?;
+        let limits = convert::limits(&r.limits.unwrap_or_default())?;
+        let cell = self.runtime.cell(&r.id, "id")?;
+        let ctx = self
+            .runtime
+            .cells
+            .as_ref()
+            .map_err(|e| ApiError::FailedPrecondition(format!("cells are unavailable: {e}")))?;
+        let (hierarchy, cgroup) = (ctx.hierarchy.clone(), cell.cgroup.clone());
+        crate::blocking::run("updating a cell's limits", move || {
+            hierarchy.update_cell(&cgroup, &limits)
+        })
+        .await?
+        .map_err(ApiError::from)?;
+        Ok(Response::new(pb::UpdateLimitsResponse {
+            status: Some(convert::cell_status(&cell)),
+        }))
+    }
+
     async fn input(
         &self,
         request: Request<tonic::Streaming<pb::InputRequest>>,

@@ -121,25 +121,31 @@ pub(super) fn clone_tree(source: &Path, writable: bool) -> Result<OwnedFd, Injec
         propagation: 0,
         userns_fd: 0,
     };
-    // SAFETY: `tree` is a mount fd we own, the empty path and `attr` are
-    // valid for the call, and the size passed is `attr`'s.
+    set_tree_attr(&tree, &attr).map_err(|e| InjectError::ReadOnly {
+        path: source.to_path_buf(),
+        source: e,
+    })?;
+    Ok(tree)
+}
+
+/// `mount_setattr` of a detached tree and every mount in it.
+pub(super) fn set_tree_attr(tree: &OwnedFd, attr: &MountAttr) -> std::io::Result<()> {
+    // SAFETY: `tree` is a mount fd the caller owns; the empty path and
+    // `attr` are valid for the call, and the size passed is `attr`'s.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
             (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
     if r < 0 {
-        return Err(InjectError::ReadOnly {
-            path: source.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(tree)
+    Ok(())
 }
 
 /// In the calling thread (which has joined the cell's mount namespace):

@@ -11,7 +11,7 @@
 //! shared (or a slave, for host to cell), as with runc; otherwise nothing
 //! would propagate, and the bind is refused, naming the mount.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, unshare, CloneFlags};
@@ -157,25 +157,10 @@ fn make_slave(tree: &OwnedFd, path: &Path) -> Result<(), InjectError> {
         propagation: libc::MS_SLAVE,
         userns_fd: 0,
     };
-    // SAFETY: `tree` is a mount fd we own; the empty path and `attr` are
-    // valid for the call, and the size passed is `attr`'s.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(InjectError::Slave {
-            path: path.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    super::mount_inject::set_tree_attr(tree, &attr).map_err(|source| InjectError::Slave {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -1,18 +1,19 @@
-//! `Attach` over `v4.channel.k8s.io`: the container's own process. What it
-//! writes from now on goes to the client's streams, and the client's stdin
-//! and terminal sizes to its `Input` (its stdin is closed when the
-//! client's ends only if the container asked for `stdin_once`). The
-//! session ends when the process does (a success) or when the client goes.
+//! `Attach`: the container's own process. What it writes from now on goes
+//! to the client, and the client's stdin and terminal sizes to its `Input`
+//! (its stdin is closed when the client's ends only if the container asked
+//! for `stdin_once`). The session ends when the process does (a success)
+//! or when the client goes.
 
 use aurae_proto::runtime as pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::StreamExt as _;
 
-use super::channels::{self, Opened, Want};
+use super::channels::{self, Client, Want};
 use crate::cri::exec::chunk_of;
 use crate::cri::spdy;
 use crate::cri::Cri;
 
+/// Serves an attach over SPDY (`v4.channel.k8s.io`).
 pub async fn serve<IO>(cri: &Cri, io: IO, container_id: &str, want: Want)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
@@ -22,16 +23,21 @@ where
     let Some(mut streams) = channels::open(&mut conn, want, &what).await else {
         return;
     };
-    let outcome = run(cri, &mut conn, container_id, want, &mut streams).await;
+    let mut client = channels::Spdy {
+        conn: &mut conn,
+        streams: &mut streams,
+        tty: want.tty,
+    };
+    let outcome = run(cri, &mut client, container_id, want).await;
     channels::end(&streams, outcome).await;
 }
 
-async fn run(
+/// Attaches `client` to the container's process until either ends.
+pub async fn run(
     cri: &Cri,
-    conn: &mut spdy::Connection,
+    client: &mut impl Client,
     container_id: &str,
     want: Want,
-    s: &mut Opened,
 ) -> Result<i32, String> {
     let target = cri
         .attach_target(container_id)
@@ -49,11 +55,12 @@ async fn run(
         .map_err(|e| format!("following container {container_id}: {}", e.message()))?
         .into_inner();
     let input = (want.stdin || want.tty).then(|| {
+        let (stdin, resize) = client.input();
         channels::forward_input(
             target.client.clone(),
             target.executable_id.clone(),
-            s.stdin.take(),
-            s.resize.take(),
+            stdin,
+            resize,
             target.stdin_once,
         )
     });
@@ -65,16 +72,12 @@ async fn run(
                 Some(Err(e)) => break Err(e.message().to_string()),
                 Some(Ok(entry)) => {
                     let (which, data) = chunk_of(entry);
-                    if let Err(e) = s.send_output(which, want.tty, data).await {
+                    if let Err(e) = client.send_output(which, data).await {
                         break Err(e);
                     }
                 }
             },
-            more = conn.incoming.recv() => {
-                if let Err(e) = channels::refuse_extra(more).await {
-                    break Err(e);
-                }
-            }
+            why = client.gone() => break Err(why),
         }
     };
     if let Some(task) = input {

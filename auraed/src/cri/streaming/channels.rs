@@ -101,6 +101,50 @@ impl Opened {
     }
 }
 
+/// What exec and attach need of their client, over SPDY or WebSocket.
+pub trait Client {
+    /// Sends a chunk of the process's output to the client (stdout's
+    /// stream on a terminal; dropped if the client did not ask for it).
+    fn send_output(
+        &mut self,
+        which: Output,
+        data: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// Resolves once the client has gone: why.
+    fn gone(&mut self) -> impl std::future::Future<Output = String> + Send;
+    /// The client's stdin and terminal sizes (once; `None` for those it
+    /// does not send).
+    fn input(&mut self) -> (Option<Incoming>, Option<Incoming>);
+}
+
+/// A SPDY session's client: its connection and the streams it opened.
+pub struct Spdy<'a> {
+    pub conn: &'a mut spdy::Connection,
+    pub streams: &'a mut Opened,
+    pub tty: bool,
+}
+
+impl Client for Spdy<'_> {
+    async fn send_output(&mut self, which: Output, data: Vec<u8>) -> Result<(), String> {
+        self.streams.send_output(which, self.tty, data).await
+    }
+
+    async fn gone(&mut self) -> String {
+        loop {
+            if let Err(why) = refuse_extra(self.conn.incoming.recv().await).await {
+                return why;
+            }
+        }
+    }
+
+    fn input(&mut self) -> (Option<Incoming>, Option<Incoming>) {
+        (
+            self.streams.stdin.take().map(Incoming::Spdy),
+            self.streams.resize.take().map(Incoming::Spdy),
+        )
+    }
+}
+
 /// What the client opens while a session runs: a stream the session does
 /// not use is reset; the connection's end is the client going away.
 pub async fn refuse_extra(more: Option<spdy::Stream>) -> Result<(), String> {
@@ -142,14 +186,30 @@ pub async fn end(o: &Opened, outcome: Result<i32, String>) {
     let _ = o.error.write_last(status(outcome)).await;
 }
 
+/// Client data for the process: a SPDY stream's, or what a WebSocket
+/// channel carried.
+pub enum Incoming {
+    Spdy(Inbound),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl Incoming {
+    async fn recv(&mut self) -> Option<Bytes> {
+        match self {
+            Incoming::Spdy(i) => i.recv().await,
+            Incoming::Channel(r) => r.recv().await,
+        }
+    }
+}
+
 /// Passes the client's stdin (closing the process's at its end when
 /// `close_at_end`) and terminal sizes to executable `id`'s `Input`, until
 /// both streams end; runs as a task the caller aborts at the session's end.
 pub fn forward_input(
     mut client: pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
     id: String,
-    stdin: Option<Inbound>,
-    resize: Option<Inbound>,
+    stdin: Option<Incoming>,
+    resize: Option<Incoming>,
     close_at_end: bool,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel::<pb::InputRequest>(16);

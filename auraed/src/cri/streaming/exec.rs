@@ -1,17 +1,18 @@
-//! `Exec` over `v4.channel.k8s.io`: the process starts once the client
-//! has opened the streams the request named; its output goes to them as it
-//! comes (all of it to stdout on a terminal), the client's stdin and
-//! terminal sizes to its `Input`, and its end to the error stream as a
+//! `Exec`: the process starts once the client is ready (over SPDY, once it
+//! has opened the streams the request named); its output goes to the
+//! client as it comes (all of it to stdout on a terminal), the client's
+//! stdin and terminal sizes to its `Input`, and its end to the client as a
 //! Kubernetes `Status` (success, or the exit code as a `NonZeroExitCode`
 //! cause), as client-go's executor reads it.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::channels::{self, Opened, Want};
+use super::channels::{self, Client, Want};
 use crate::cri::exec::Stdio;
 use crate::cri::spdy;
 use crate::cri::Cri;
 
+/// Serves an exec over SPDY (`v4.channel.k8s.io`).
 pub async fn serve<IO>(cri: &Cri, io: IO, container_id: &str, cmd: &[String], want: Want)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
@@ -21,19 +22,23 @@ where
     let Some(mut streams) = channels::open(&mut conn, want, &what).await else {
         return;
     };
-    let outcome = run(cri, &mut conn, container_id, cmd, want, &mut streams).await;
+    let mut client = channels::Spdy {
+        conn: &mut conn,
+        streams: &mut streams,
+        tty: want.tty,
+    };
+    let outcome = run(cri, &mut client, container_id, cmd, want).await;
     channels::end(&streams, outcome).await;
 }
 
-/// Runs the process with the streams; its exit code, or why it could not
-/// run. A client that goes away kills it.
-async fn run(
+/// Runs the process for `client`; its exit code, or why it could not run.
+/// A client that goes away kills it.
+pub async fn run(
     cri: &Cri,
-    conn: &mut spdy::Connection,
+    client: &mut impl Client,
     container_id: &str,
     cmd: &[String],
     want: Want,
-    s: &mut Opened,
 ) -> Result<i32, String> {
     let stdio = Stdio {
         stdin: want.stdin,
@@ -44,22 +49,24 @@ async fn run(
         .await
         .map_err(|e| e.message().to_string())?;
     let input = (want.stdin || want.tty).then(|| {
-        let (id, client) = running.target();
-        channels::forward_input(client, id, s.stdin.take(), s.resize.take(), true)
+        let (id, rpc) = running.target();
+        let (stdin, resize) = client.input();
+        channels::forward_input(rpc, id, stdin, resize, true)
     });
-    let result = async {
-        loop {
-            tokio::select! {
-                chunk = running.next_output() => match chunk {
-                    None => return Ok(()),
-                    Some(Err(e)) => return Err(e.message().to_string()),
-                    Some(Ok((which, data))) => s.send_output(which, want.tty, data).await?,
-                },
-                more = conn.incoming.recv() => channels::refuse_extra(more).await?,
-            }
+    let result = loop {
+        tokio::select! {
+            chunk = running.next_output() => match chunk {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e.message().to_string()),
+                Some(Ok((which, data))) => {
+                    if let Err(e) = client.send_output(which, data).await {
+                        break Err(e);
+                    }
+                }
+            },
+            why = client.gone() => break Err(why),
         }
-    }
-    .await;
+    };
     if let Some(task) = input {
         task.abort();
     }

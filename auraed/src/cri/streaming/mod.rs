@@ -3,7 +3,8 @@
 //! client then connects over HTTP/1.1 and upgrades to SPDY/3.1 with the
 //! Kubernetes sub-protocol it offers (`v4.channel.k8s.io` for exec and
 //! attach, `portforward.k8s.io`), as the kubelet's and containerd's
-//! servers do.
+//! servers do, or, for exec and attach, to WebSocket with
+//! `v5.channel.k8s.io` or `v4.channel.k8s.io` (see [`websocket`]).
 //!
 //! It listens on loopback by default (`[cri] stream_address`, as
 //! containerd's `stream_server_address`): the token is the only
@@ -16,6 +17,7 @@ mod exec;
 mod portforward;
 mod requests;
 pub mod tokens;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -165,6 +167,8 @@ pub async fn serve(cri: Arc<Cri>, shutdown: impl std::future::Future<Output = ()
 struct Upgrade {
     on: hyper::upgrade::OnUpgrade,
     request: Request,
+    /// The WebSocket sub-protocol, if the client upgraded to WebSocket.
+    websocket: Option<&'static str>,
 }
 
 /// Serves one connection: its HTTP request, then the session it upgraded
@@ -201,6 +205,21 @@ async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr)
             return;
         }
     };
+    if let Some(protocol) = upgrade.websocket {
+        let (session, want) = match &upgrade.request {
+            Request::Exec {
+                container_id,
+                cmd,
+                want,
+            } => (websocket::Session::Exec { container_id, cmd }, *want),
+            Request::Attach { container_id, want } => {
+                (websocket::Session::Attach { container_id }, *want)
+            }
+            // Refused at the upgrade.
+            Request::PortForward { .. } => return,
+        };
+        return websocket::serve(&cri, io, session, want, protocol).await;
+    }
     match upgrade.request {
         Request::Exec {
             container_id,
@@ -214,14 +233,16 @@ async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr)
     }
 }
 
+/// A refusal: `code`, with `text` as its body.
+fn answer(code: StatusCode, text: String) -> (Response<Full<Bytes>>, Option<Upgrade>) {
+    let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
+    *r.status_mut() = code;
+    (r, None)
+}
+
 /// Answers a request: 101 with the chosen sub-protocol and the session to
 /// run, or an error.
 fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Option<Upgrade>) {
-    let answer = |code: StatusCode, text: String| {
-        let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
-        *r.status_mut() = code;
-        (r, None)
-    };
     let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
     let (Some(kind), Some(token)) = (parts.next(), parts.next()) else {
         return answer(StatusCode::NOT_FOUND, "no such stream".into());
@@ -249,6 +270,9 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
             .collect()
     };
     let upgrade = values(header::UPGRADE);
+    if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
+        return websocket_upgrade(req, request);
+    }
     if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
         return answer(
             StatusCode::BAD_REQUEST,
@@ -286,5 +310,92 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
         "x-stream-protocol-version",
         header::HeaderValue::from_static(chosen),
     );
-    (r, Some(Upgrade { on, request }))
+    (
+        r,
+        Some(Upgrade {
+            on,
+            request,
+            websocket: None,
+        }),
+    )
+}
+
+/// Answers a WebSocket upgrade (RFC 6455) for exec or attach, with the
+/// first of [`websocket::PROTOCOLS`] the client offers.
+fn websocket_upgrade(
+    mut req: HttpRequest<Incoming>,
+    request: Request,
+) -> (Response<Full<Bytes>>, Option<Upgrade>) {
+    if matches!(request, Request::PortForward { .. }) {
+        return answer(
+            StatusCode::NOT_IMPLEMENTED,
+            "port-forward over WebSocket is not built yet: upgrade to SPDY/3.1".into(),
+        );
+    }
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let Some(key) = header("sec-websocket-key") else {
+        return answer(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key: missing".into());
+    };
+    if header("sec-websocket-version").as_deref() != Some("13") {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Version: this server speaks 13".into(),
+        );
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .collect();
+    let Some(chosen) = websocket::PROTOCOLS
+        .iter()
+        .find(|p| offered.iter().any(|o| o == *p))
+    else {
+        return answer(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to negotiate a protocol: the client offers {offered:?}, this server speaks {:?}",
+                websocket::PROTOCOLS
+            ),
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on = hyper::upgrade::on(&mut req);
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        "sec-websocket-protocol",
+        header::HeaderValue::from_static(chosen),
+    );
+    match header::HeaderValue::from_str(&accept) {
+        Ok(v) => {
+            h.insert("sec-websocket-accept", v);
+        }
+        Err(_) => return answer(StatusCode::INTERNAL_SERVER_ERROR, "the accept key".into()),
+    }
+    (
+        r,
+        Some(Upgrade {
+            on,
+            request,
+            websocket: Some(chosen),
+        }),
+    )
 }
