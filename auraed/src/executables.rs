@@ -217,6 +217,8 @@ impl Executable {
         let oom_baseline = cell.as_ref().map(|c| c.cgroup.oom_kills()).unwrap_or(0);
         let spec_for_spawn = spec.clone();
         let cell_for_spawn = cell.clone();
+        // A `pid_one` cell's first executable gets its own PID namespace.
+        let first_of_pid_one = cell.as_ref().is_some_and(|c| c.own_pid_ops().is_some());
         let spawned = crate::blocking::run("spawn task", move || {
             let leaf;
             let (cgroup, namespaces) = match &cell_for_spawn {
@@ -258,10 +260,24 @@ impl Executable {
                             .flat_map(|c| c.seccomp.iter().cloned()),
                     )
                     .collect(),
+                own_pid: cell_for_spawn
+                    .as_ref()
+                    .and_then(|c| c.own_pid_ops())
+                    .filter(|_| first_of_pid_one),
             })
         })
         .await?
         .map_err(|e| spawn_error(e, &spec, field))?;
+        if let (true, Some(c)) = (first_of_pid_one, &cell) {
+            match spawned.pidfd.try_clone() {
+                Ok(main) => c.set_main(main),
+                Err(e) => tracing::error!(
+                    "cell {}: keeping its first executable's pidfd: {e}; later executables \
+                     join the cell's own PID namespace",
+                    c.name
+                ),
+            }
+        }
 
         let pidfd = Arc::new(
             pidfd::watch(spawned.pidfd).map_err(|e| ApiError::io("watching the pidfd", e))?,

@@ -564,3 +564,42 @@ async fn update_limits_refuses_bad_requests_by_field_and_changes_nothing() {
     .await
     .expect("free");
 }
+
+#[tokio::test]
+async fn a_pid_one_cells_first_executable_is_pid_1_and_later_ones_join_it() {
+    require_root!();
+    let d = Daemon::start().await;
+    let mut req = cell("solo", "echo pid=$$; exec sleep 60");
+    req.pid_one = true;
+    d.client().await.run_cell(req).await.expect("run_cell");
+    // An executable started later runs in the first one's PID namespace,
+    // with its own /proc, masked as the cell's.
+    let (st, out) = exec_in(
+        &d,
+        "solo",
+        "look",
+        "tr '\\0' ' ' < /proc/1/cmdline; echo; wc -c < /proc/kcore",
+    )
+    .await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["sleep 60 ", "0"]);
+    let (logs, seen) = aurae_tests::logs::until(
+        &mut d.client().await,
+        "solo-main",
+        "pid=",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(seen && logs.contains("pid=1"), "{logs}");
+
+    // It needs the cell's own PID namespace.
+    let mut req = cell("shared-pid", "true");
+    req.pid_one = true;
+    req.share_host = Some(pb::HostNamespaces {
+        pid: true,
+        ..Default::default()
+    });
+    let e = d.client().await.run_cell(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("pid_one"), "{}", e.message());
+}

@@ -88,7 +88,17 @@ async fn a_microvm_pod_gets_its_image_by_disk_and_serves_its_port() {
         "the image is the VMM's read-only disk: {cmdline:?}"
     );
 
-    // The page, through the relay and at the instance's address.
+    // The page, through the relay and at the instance's address, once the
+    // server runs (after reading the 100 MiB layer, slow under TCG: on a
+    // busy host it took more than http_get's 36 s).
+    let (_, started) = aurae_tests::logs::until(
+        &mut c,
+        "web/server",
+        "/big",
+        std::time::Duration::from_secs(240),
+    )
+    .await;
+    assert!(started, "the server never read its layer");
     http_get(&format!("127.0.0.1:{host_port}"));
     http_get(&instance.address.replace(":8443", ":8080"));
     // The 100 MiB layer arrived whole.

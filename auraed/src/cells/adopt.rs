@@ -99,6 +99,8 @@ impl Cell {
             ns_flags: s.ns_flags,
             init_exit: exit_rx,
             stopped: AtomicBool::new(false),
+            pid_one: None,
+            main: Default::default(),
         }))
     }
 

@@ -164,27 +164,7 @@ impl Plan {
                 );
             }
         }
-        self.mount("proc", &proc, "proc", NOEXEC, None)?;
-        if !how.privileged {
-            if how.net_sysctls {
-                let net = proc.join("sys/net");
-                let op = self.bind(&net, &net, false)?;
-                self.push(op, "keeping /proc/sys/net writable");
-            }
-            for name in PROC_READ_ONLY {
-                let path = proc.join(name);
-                let op = self.bind(&path, &path, true)?;
-                self.tolerate(op, libc::ENOENT, format!("binding /proc/{name}"));
-                let op = Self::remount_read_only(&path, NOEXEC)?;
-                self.tolerate(op, libc::ENOENT, format!("making /proc/{name} read-only"));
-            }
-            for name in PROC_MASKED_FILES {
-                self.mask_file(&proc.join(name))?;
-            }
-            for name in PROC_MASKED_DIRS {
-                self.mask_dir(&proc.join(name))?;
-            }
-        }
+        self.proc_fs(&proc, &how)?;
         let ro = if how.privileged { 0 } else { libc::MS_RDONLY };
         self.mount("sysfs", &sys, "sysfs", NOEXEC | ro, None)?;
         if !how.privileged {
@@ -204,6 +184,34 @@ impl Plan {
             NOEXEC | cgroup_ro,
             None,
         )
+    }
+
+    /// A /proc at `proc`, with the OCI defaults' read-only and masked
+    /// paths unless `how.privileged`.
+    pub(super) fn proc_fs(&mut self, proc: &Path, how: &KernelFs) -> Result<(), PlanError> {
+        self.mount("proc", proc, "proc", NOEXEC, None)?;
+        if how.privileged {
+            return Ok(());
+        }
+        if how.net_sysctls {
+            let net = proc.join("sys/net");
+            let op = self.bind(&net, &net, false)?;
+            self.push(op, "keeping /proc/sys/net writable");
+        }
+        for name in PROC_READ_ONLY {
+            let path = proc.join(name);
+            let op = self.bind(&path, &path, true)?;
+            self.tolerate(op, libc::ENOENT, format!("binding /proc/{name}"));
+            let op = Self::remount_read_only(&path, NOEXEC)?;
+            self.tolerate(op, libc::ENOENT, format!("making /proc/{name} read-only"));
+        }
+        for name in PROC_MASKED_FILES {
+            self.mask_file(&proc.join(name))?;
+        }
+        for name in PROC_MASKED_DIRS {
+            self.mask_dir(&proc.join(name))?;
+        }
+        Ok(())
     }
 
     /// The host's root at `at`, read-only, nosuid and nodev, without the

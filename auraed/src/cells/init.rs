@@ -225,6 +225,39 @@ impl Plan {
         Ok(plan)
     }
 
+    /// What the first process of a `pid_one` cell does in its own PID and
+    /// mount namespaces before it runs: a /proc of its namespace over the
+    /// cell's, with the cell's masks (the OCI defaults', and the request's
+    /// under /proc). Its other mounts are the cell's (copies, still
+    /// propagating as they did).
+    pub fn pid_one(sec: &Security) -> Result<Vec<InitOp>, PlanError> {
+        let mut plan = Plan {
+            ops: Vec::new(),
+            descriptions: Vec::new(),
+        };
+        plan.proc_fs(
+            Path::new("/proc"),
+            &KernelFs {
+                privileged: sec.privileged,
+                net_sysctls: sec.net_sysctls,
+                delegate_cgroup: false,
+                replace_host: false,
+            },
+        )?;
+        let under_proc = |paths: &[PathBuf]| -> Vec<PathBuf> {
+            paths
+                .iter()
+                .filter(|p| p.starts_with("/proc"))
+                .cloned()
+                .collect()
+        };
+        plan.request_masks(
+            &under_proc(&sec.masked_paths),
+            &under_proc(&sec.readonly_paths),
+        )?;
+        Ok(plan.ops)
+    }
+
     /// A minimal /dev on a tmpfs at `dev`.
     fn minimal_dev(&mut self, dev: &Path) -> Result<(), PlanError> {
         self.mount(

@@ -5,6 +5,8 @@
 //! namespaces. Executables join them (and the cell's cgroup) at start.
 
 pub mod adopt;
+mod leftovers;
+pub use leftovers::clean_leftovers;
 pub mod caps;
 mod harden;
 pub mod init;
@@ -69,6 +71,9 @@ pub struct CellSpec {
     pub prepared_root: Option<PreparedRoot>,
     /// The hostname in its own UTS namespace; `None`: its name.
     pub hostname: Option<String>,
+    /// Its first executable is PID 1 of a PID namespace of its own (a
+    /// Kubernetes container's `pid: CONTAINER`); later ones join it.
+    pub pid_one: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +108,10 @@ pub struct Cell {
     ns_flags: libc::c_int,
     init_exit: watch::Receiver<bool>,
     stopped: AtomicBool,
+    /// What its first executable does in its own PID and mount namespaces
+    /// (`CellSpec::pid_one`), and that executable's pidfd once it runs.
+    pub pid_one: Option<Vec<crate::sys::init_process::InitOp>>,
+    main: std::sync::OnceLock<OwnedFd>,
 }
 
 /// What cell creation needs from the daemon.
@@ -392,6 +401,11 @@ impl Cell {
             .seccomp
             .programs(caps_keep.unwrap_or_else(caps::own_permitted))
             .map_err(|e| ApiError::invalid("seccomp", crate::error::chain(&e)))?;
+        let pid_one = spec
+            .pid_one
+            .then(|| init::Plan::pid_one(&spec.security))
+            .transpose()
+            .map_err(|e| ApiError::Internal(format!("planning cell {}: {e}", spec.name)))?;
         let spec2 = spec.clone();
         let parts =
             crate::blocking::run("cell task", move || create_blocking(&spec2, &ctx)).await??;
@@ -431,6 +445,8 @@ impl Cell {
             ns_flags: parts.ns_flags,
             init_exit: exit_rx,
             stopped: AtomicBool::new(false),
+            pid_one,
+            main: Default::default(),
         }))
     }
 
@@ -438,10 +454,29 @@ impl Cell {
         self.leaf.as_fd()
     }
 
-    /// A pidfd of the cell's init and the `CLONE_NEW*` flags of the
-    /// namespaces the cell does not share with the host.
+    /// A pidfd of the process whose namespaces executables join (the
+    /// init's, or a `pid_one` cell's first executable's once it runs) and
+    /// the `CLONE_NEW*` flags of the namespaces the cell does not share
+    /// with the host.
     pub fn namespaces(&self) -> (BorrowedFd<'_>, libc::c_int) {
-        (self.ns_pidfd.as_fd(), self.ns_flags)
+        (
+            self.main.get().unwrap_or(&self.ns_pidfd).as_fd(),
+            self.ns_flags,
+        )
+    }
+
+    /// The set-up of the first executable's own PID namespace, if this is
+    /// a `pid_one` cell whose first executable has not started.
+    pub fn own_pid_ops(&self) -> Option<&[crate::sys::init_process::InitOp]> {
+        self.pid_one
+            .as_deref()
+            .filter(|_| self.main.get().is_none())
+    }
+
+    /// Records the first executable of a `pid_one` cell: later executables
+    /// join its namespaces.
+    pub fn set_main(&self, pidfd: OwnedFd) {
+        let _first = self.main.set(pidfd);
     }
 
     pub fn rootfs(&self) -> Option<PathBuf> {
@@ -549,48 +584,4 @@ impl Cell {
             .map_err(|e| ApiError::Internal(e.to_string()))??;
         Ok(())
     }
-}
-
-/// Removes cells left behind by a previous run: their processes and
-/// cgroups, but those of the cells named in `keep` (VMs to take back), and
-/// every cell's files (those of a previous run's tmpfs are out of reach
-/// anyway). Returns what was removed, for the log.
-pub fn clean_leftovers(
-    hierarchy: Option<&Hierarchy>,
-    state_dir: &Path,
-    keep: &[String],
-) -> Vec<String> {
-    let mut removed = Vec::new();
-    if let Some(h) = hierarchy {
-        for exe in h.executables() {
-            let procs = exe.procs();
-            match exe.remove(Duration::from_secs(10)) {
-                Ok(()) => removed.push(format!(
-                    "executable {} (killed {} process(es): {procs:?}) and its cgroup",
-                    exe.name(),
-                    procs.len()
-                )),
-                Err(e) => tracing::error!("could not remove leftover executable cgroup: {e}"),
-            }
-        }
-        let _ = std::fs::remove_dir(h.root().join(crate::cgroup::EXECUTABLES));
-        for cell in h.cells().into_iter().filter(|c| !keep.contains(&c.name())) {
-            match cell.remove(Duration::from_secs(10)) {
-                Ok(()) => removed.push(format!("cgroup {}", cell.dir().display())),
-                Err(e) => tracing::error!("could not remove leftover cell cgroup: {e}"),
-            }
-        }
-    }
-    for partial in crate::oci::cache::clean_partial(&state_dir.join("images")) {
-        removed.push(format!("partial image unpack {}", partial.display()));
-    }
-    if let Ok(entries) = std::fs::read_dir(state_dir.join("cells")) {
-        for e in entries.filter_map(Result::ok) {
-            match std::fs::remove_dir_all(e.path()) {
-                Ok(()) => removed.push(format!("directory {}", e.path().display())),
-                Err(err) => tracing::error!("could not remove {}: {err}", e.path().display()),
-            }
-        }
-    }
-    removed
 }

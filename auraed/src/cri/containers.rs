@@ -283,6 +283,8 @@ impl Cri {
                     pid: !own_pid,
                     ..Default::default()
                 }),
+                // Its process is PID 1 of its own PID namespace.
+                pid_one: own_pid,
                 image: c.image_inside.display().to_string(),
                 executable: executable_of(&c.config, c.user, &c.groups)?,
                 privileged,

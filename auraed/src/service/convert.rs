@@ -187,6 +187,13 @@ pub fn cell_spec(r: &pb::RunCellRequest) -> Result<CellSpec, ApiError> {
         Some(path)
     };
     let security = super::cell_security::security(r, &share, image.is_some())?;
+    if r.pid_one && (share.pid || share.mount) {
+        return Err(ApiError::invalid(
+            "pid_one",
+            "needs the cell's own PID and mount namespaces (share_host.pid and \
+             share_host.mount unset)",
+        ));
+    }
     Ok(CellSpec {
         name: r.name.clone(),
         limits: r
@@ -201,6 +208,7 @@ pub fn cell_spec(r: &pb::RunCellRequest) -> Result<CellSpec, ApiError> {
         security,
         prepared_root: None,
         hostname: hostname(r, &share)?,
+        pid_one: r.pid_one,
     })
 }
 

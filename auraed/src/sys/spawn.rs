@@ -51,6 +51,10 @@ pub struct SpawnSpec<'a> {
     pub no_new_privs: bool,
     /// Seccomp filters, installed in order right before exec.
     pub seccomp: Vec<Vec<libc::sock_filter>>,
+    /// A PID namespace of the process's own, where it is PID 1, and a
+    /// mount namespace of its own (copies of the joined ones' children):
+    /// these ops run in them first (a /proc of its namespace).
+    pub own_pid: Option<&'a [super::init_process::InitOp]>,
 }
 
 /// A started process: a direct child of the caller.
@@ -76,6 +80,7 @@ pub enum SpawnStage {
     Exec = 10,
     Setns = 11,
     Terminal = 12,
+    OwnPid = 13,
     Unknown = 99,
 }
 
@@ -95,6 +100,7 @@ impl SpawnStage {
             Exec,
             Setns,
             Terminal,
+            OwnPid,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -115,6 +121,7 @@ impl SpawnStage {
             SpawnStage::Exec => "executing the command",
             SpawnStage::Setns => "joining the cell's namespaces",
             SpawnStage::Terminal => "making its terminal the controlling one (setsid, TIOCSCTTY)",
+            SpawnStage::OwnPid => "setting up its own PID namespace (a /proc of its own)",
             SpawnStage::Unknown => "starting the process",
         }
     }
@@ -183,6 +190,7 @@ struct Prepared<'a> {
     caps_keep: Option<u64>,
     no_new_privs: bool,
     seccomp: Vec<libc::sock_fprog>,
+    own_pid: Option<&'a [super::init_process::InitOp]>,
 }
 
 fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
@@ -218,7 +226,14 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     let (pid, child_pidfd) = match &spec.namespaces {
         NamespaceMode::Join(_, 0) => clone_workload(&spec, &fds, report_raw),
         NamespaceMode::Join(pidfd, flags) => {
-            clone_joined(&spec, &fds, (pidfd.as_raw_fd(), *flags), report_raw)?
+            // A PID namespace of its own is made from the spawning thread's
+            // (which must be the one it lives in: clone3 refuses another).
+            let flags = if spec.own_pid.is_some() {
+                *flags & !libc::CLONE_NEWPID
+            } else {
+                *flags
+            };
+            clone_joined(&spec, &fds, (pidfd.as_raw_fd(), flags), report_raw)?
         }
         NamespaceMode::Host => clone_workload(&spec, &fds, report_raw),
     };
@@ -273,6 +288,7 @@ fn clone_workload(
                 filter: p.as_ptr() as *mut libc::sock_filter,
             })
             .collect(),
+        own_pid: spec.own_pid,
     };
     let mut child_pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
@@ -281,6 +297,9 @@ fn clone_workload(
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    if spec.own_pid.is_some() {
+        args.flags |= (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    }
     if let Some(cg) = spec.cgroup {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = cg.as_raw_fd() as u64;
@@ -421,6 +440,13 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
 
+        if let Some(ops) = p.own_pid {
+            for op in ops {
+                if !super::init_process::run_op(op) {
+                    fail(report_fd, SpawnStage::OwnPid);
+                }
+            }
+        }
         for (src, dst) in p.fds {
             if libc::dup2(*src, *dst) < 0 {
                 fail(report_fd, SpawnStage::Fds);
