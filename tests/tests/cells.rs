@@ -573,16 +573,17 @@ async fn a_pid_one_cells_first_executable_is_pid_1_and_later_ones_join_it() {
     req.pid_one = true;
     d.client().await.run_cell(req).await.expect("run_cell");
     // An executable started later runs in the first one's PID namespace,
-    // with its own /proc, masked as the cell's.
+    // with its own /proc, masked as the cell's (/proc/sys read-only).
     let (st, out) = exec_in(
         &d,
         "solo",
         "look",
-        "tr '\\0' ' ' < /proc/1/cmdline; echo; wc -c < /proc/kcore",
+        "tr '\\0' ' ' < /proc/1/cmdline; echo; \
+         (echo x > /proc/sys/kernel/hostname) 2>/dev/null && echo writable || echo read-only",
     )
     .await;
     assert_eq!(st.exit_code, Some(0), "{out}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["sleep 60 ", "0"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["sleep 60 ", "read-only"]);
     let (logs, seen) = aurae_tests::logs::until(
         &mut d.client().await,
         "solo-main",
