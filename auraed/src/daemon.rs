@@ -191,9 +191,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         None
     };
-    // Kept instances are CRI pods': without the CRI, nothing claims them.
+    // Kept instances are CRI pods': without the CRI, nothing claims them;
+    // their CNI addresses are released.
     if !cfg.cri.enabled {
         runtime.free_unclaimed(&[]).await;
+        #[cfg(feature = "cri")]
+        crate::cri::release_all(&cfg.cri, &cfg.runtime.state_dir).await;
     }
     let served = crate::server::serve(&cfg, runtime.clone(), shutdown).await;
     #[cfg(feature = "cri")]

@@ -69,6 +69,7 @@ pub enum Output {
     Files {
         stderr: PathBuf,
         follow: Vec<(PathBuf, Stream)>,
+        opts: crate::log_files::FollowOpts,
     },
 }
 
@@ -77,7 +78,7 @@ pub enum Output {
 enum Sources {
     Pipes(OwnedFd, OwnedFd),
     Terminal(Arc<Terminal>),
-    Files(Vec<(PathBuf, Stream)>),
+    Files(Vec<(PathBuf, Stream)>, crate::log_files::FollowOpts),
 }
 
 /// Where a process runs.
@@ -190,7 +191,11 @@ impl Executable {
                 let (err_r, err_w) = pipe()?;
                 (out_w, err_w, Sources::Pipes(out_r, err_r))
             }
-            (Output::Files { stderr, follow }, _) => {
+            (Output::Files {
+                stderr,
+                follow,
+                opts,
+            }, _) => {
                 let out_w = devnull
                     .try_clone()
                     .map_err(|e| ApiError::io("duplicating /dev/null", e))?;
@@ -200,7 +205,7 @@ impl Executable {
                     .open(&stderr)
                     .map_err(|e| ApiError::io(format!("opening {}", stderr.display()), e))?
                     .into();
-                (out_w, err_w, Sources::Files(follow))
+                (out_w, err_w, Sources::Files(follow, opts))
             }
         };
         let (cell, host_cgroup) = match &placement {
@@ -308,7 +313,7 @@ impl Executable {
                 logs.clone(),
                 Partial::EachRead,
             ))],
-            Sources::Files(follow) => followers(follow, &logs, &exited_rx),
+            Sources::Files(follow, opts) => followers(follow, opts, &logs, &exited_rx),
         };
         let exe = Arc::new(Executable {
             id,
@@ -344,14 +349,14 @@ impl Executable {
         cell: Option<String>,
         command: Vec<String>,
         (pid, fd): (i32, OwnedFd),
-        follow: Vec<(PathBuf, Stream)>,
+        (follow, opts): (Vec<(PathBuf, Stream)>, crate::log_files::FollowOpts),
         log_bytes: usize,
     ) -> Result<Arc<Executable>, ApiError> {
         let pidfd = Arc::new(pidfd::watch(fd).map_err(|e| ApiError::io("watching the pidfd", e))?);
         let logs = Arc::new(LogBuffer::new(log_bytes));
         let (exit_tx, exit_rx) = watch::channel(None);
         let (exited_tx, exited_rx) = watch::channel(false);
-        let readers = followers(follow, &logs, &exited_rx);
+        let readers = followers(follow, opts, &logs, &exited_rx);
         let exe = Arc::new(Executable {
             id,
             cell,
@@ -450,12 +455,13 @@ impl Executable {
 /// A task that follows the files.
 fn followers(
     follow: Vec<(PathBuf, Stream)>,
+    opts: crate::log_files::FollowOpts,
     logs: &Arc<LogBuffer>,
     exited: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let (logs, exited) = (logs.clone(), exited.clone());
     vec![tokio::spawn(async move {
-        if let Err(e) = crate::log_files::follow(follow, logs, exited).await {
+        if let Err(e) = crate::log_files::follow(follow, logs, exited, opts).await {
             tracing::error!("following a process's output: {e}");
         }
     })]

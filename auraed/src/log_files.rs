@@ -93,19 +93,37 @@ struct Followed {
 /// How often the files are read where the kernel has no inotify.
 const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Reads each of `files` into `buffer` (as its stream) from its start,
-/// then as it grows, until `exited` is true; then reads what is left and
-/// returns. One inotify instance watches them all (the per-user limit of
-/// instances is small); where inotify fails, the files are read every
-/// [`POLL`] instead, with a warning.
+/// How files are followed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FollowOpts {
+    /// Read every this often, without an inotify instance (a quiet file
+    /// that many processes write, such as an instance's console: the
+    /// per-user limit of inotify instances is small).
+    pub poll: Option<std::time::Duration>,
+    /// Start this many bytes before each file's end (its tail), not at its
+    /// start.
+    pub tail: Option<u64>,
+    /// Empty a file once this much of it is read (its writer appends, so
+    /// it goes on at the start; a line written in between may be lost).
+    pub cap: Option<u64>,
+}
+
+/// Reads each of `files` into `buffer` (as its stream) from its start (or
+/// its tail), then as it grows, until `exited` is true; then reads what is
+/// left and returns. One inotify instance watches them all (the per-user
+/// limit of instances is small); where inotify fails, or `opts.poll` asks,
+/// the files are read every [`POLL`] (or `opts.poll`) instead.
 pub async fn follow(
     files: Vec<(PathBuf, Stream)>,
     buffer: Arc<LogBuffer>,
     mut exited: watch::Receiver<bool>,
+    opts: FollowOpts,
 ) -> Result<(), FollowError> {
     // Each file watched before its first read: nothing written after it is
     // missed.
-    let watched = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+    let watched = match opts.poll {
+        Some(_) => Err(None),
+        None => Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
         .map_err(FollowError::Init)
         .and_then(|i| {
             for (path, _) in &files {
@@ -116,24 +134,34 @@ pub async fn follow(
                     })?;
             }
             Ok(i)
-        });
+        })
+        .map_err(Some),
+    };
     // No inotify (a kernel without it, or the per-user limit of instances
     // or watches reached): the files are read every POLL instead.
     let inotify = match watched {
         Ok(i) => Some(i),
-        Err(e) => {
+        Err(Some(e)) => {
             tracing::warn!("{e}: output files are read every {POLL:?} instead");
             None
         }
+        Err(None) => None,
     };
+    let poll = opts.poll.unwrap_or(POLL);
     let mut followed = Vec::with_capacity(files.len());
     for (path, stream) in files {
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|source| FollowError::Read {
-                path: path.clone(),
-                source,
-            })?;
+        let read_err = |source| FollowError::Read {
+            path: path.clone(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(&path).await.map_err(read_err)?;
+        if let Some(tail) = opts.tail {
+            use tokio::io::AsyncSeekExt;
+            let len = file.metadata().await.map_err(read_err)?.len();
+            file.seek(std::io::SeekFrom::Start(len.saturating_sub(tail)))
+                .await
+                .map_err(read_err)?;
+        }
         followed.push(Followed {
             path,
             file,
@@ -152,12 +180,15 @@ pub async fn follow(
     loop {
         for f in &mut followed {
             drain(&mut f.file, &mut f.lines, &f.path).await?;
+            if let Some(cap) = opts.cap {
+                empty_past(f, cap).await?;
+            }
         }
         if *exited.borrow_and_update() {
             break;
         }
         tokio::select! {
-            r = changed(&inotify, &ready) => r?,
+            r = changed(&inotify, &ready, poll) => r?,
             // The writer exited (or its supervisor is gone): read the rest.
             changed = exited.changed() => {
                 if changed.is_err() {
@@ -173,13 +204,35 @@ pub async fn follow(
     Ok(())
 }
 
-/// Until a followed file changes: inotify's word, or [`POLL`] without it.
+/// Empties `f`'s file once more than `cap` of it has been read, and reads
+/// on from its start.
+async fn empty_past(f: &mut Followed, cap: u64) -> Result<(), FollowError> {
+    use tokio::io::AsyncSeekExt;
+    let err = |source| FollowError::Read {
+        path: f.path.clone(),
+        source,
+    };
+    let at = f.file.stream_position().await.map_err(err)?;
+    if at <= cap {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f.path)
+        .and_then(|w| w.set_len(0))
+        .map_err(err)?;
+    f.file.seek(std::io::SeekFrom::Start(0)).await.map_err(err)?;
+    Ok(())
+}
+
+/// Until a followed file changes: inotify's word, or `poll` without it.
 async fn changed(
     inotify: &Option<Inotify>,
     ready: &Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    poll: std::time::Duration,
 ) -> Result<(), FollowError> {
     let (Some(inotify), Some(ready)) = (inotify, ready) else {
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
         return Ok(());
     };
     let mut guard = ready.readable().await.map_err(FollowError::Register)?;
@@ -249,6 +302,7 @@ mod tests {
             vec![(path.clone(), Stream::Stdout), (other, Stream::Stderr)],
             buffer.clone(),
             rx,
+            FollowOpts::default(),
         ));
         // Woken by inotify, not by the exit.
         f.write_all(b"live\n").expect("write");
@@ -272,12 +326,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn polled_a_file_is_read_from_its_tail_and_emptied_past_its_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console");
+        std::fs::write(&path, b"old old old\nrecent\n").expect("write");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        let buffer = Arc::new(LogBuffer::new(1 << 20));
+        let (tx, rx) = watch::channel(false);
+        let opts = FollowOpts {
+            poll: Some(Duration::from_millis(20)),
+            tail: Some(7),
+            cap: Some(64),
+        };
+        let task = tokio::spawn(follow(
+            vec![(path.clone(), Stream::Stderr)],
+            buffer.clone(),
+            rx,
+            opts,
+        ));
+        // More than the cap: the file is emptied once read, and what comes
+        // after is still read (from the start).
+        let long = format!("{}\n", "x".repeat(80));
+        f.write_all(long.as_bytes()).expect("write");
+        let mut emptied = false;
+        for _ in 0..200 {
+            if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(1) == 0 {
+                emptied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(emptied, "the file was not emptied past its cap");
+        f.write_all(b"after\n").expect("write");
+        for _ in 0..200 {
+            if texts(&buffer, Stream::Stderr).last().map(String::as_str) == Some("after") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tx.send(true).expect("exit");
+        task.await.expect("join").expect("follow");
+        assert_eq!(
+            texts(&buffer, Stream::Stderr),
+            ["recent", &"x".repeat(80), "after"],
+            "only the tail, then every line"
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_file_is_an_error_naming_it() {
         let (_tx, rx) = watch::channel(false);
         let err = follow(
             vec![(PathBuf::from("/nonexistent/console"), Stream::Stdout)],
             Arc::new(LogBuffer::new(1024)),
             rx,
+            FollowOpts::default(),
         )
         .await
         .expect_err("missing");

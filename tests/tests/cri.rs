@@ -395,19 +395,37 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     );
     let e = crictl.refused(&["create", "--no-pull", &pod_id, &container, &pod]);
     assert!(e.contains("config.image.image"), "{e}");
-    // A memory limit: not enforced yet, so refused by name, not dropped.
+    // Swap beyond the memory limit: not built, so refused by name, not
+    // dropped.
     let limited = write_json(
         work.path(),
         "limited.json",
         serde_json::json!({
             "metadata": {"name": "m"},
             "image": {"image": "registry.k8s.io/e2e-test-images/absent:1"},
-            "linux": {"resources": {"memory_limit_in_bytes": 67108864, "cpu_shares": 2}},
+            "linux": {"resources": {"memory_limit_in_bytes": 67108864,
+                "memory_swap_limit_in_bytes": 134217728, "cpu_shares": 2}},
         }),
     );
     let e = crictl.refused(&["create", "--no-pull", &pod_id, &limited, &pod]);
     assert!(
-        e.contains("config.linux.resources.memory_limit_in_bytes") && e.contains("not built"),
+        e.contains("config.linux.resources.memory_swap_limit_in_bytes") && e.contains("not built"),
+        "{e}"
+    );
+    // Propagation both ways: a privileged container's only.
+    let shared = write_json(
+        work.path(),
+        "shared.json",
+        serde_json::json!({
+            "metadata": {"name": "p"},
+            "image": {"image": "registry.k8s.io/e2e-test-images/absent:1"},
+            "mounts": [{"container_path": "/data", "host_path": "/tmp", "propagation": 2}],
+            "linux": {},
+        }),
+    );
+    let e = crictl.refused(&["create", "--no-pull", &pod_id, &shared, &pod]);
+    assert!(
+        e.contains("config.mounts[0].propagation") && e.contains("privileged"),
         "{e}"
     );
     // A volume whose host path doesn't exist.
@@ -484,9 +502,8 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     let e = crictl.refused(&["inspectp", "0123456789ab"]);
     assert!(e.contains("pod_sandbox_id"), "{e}");
     crictl.ok(&["rmp", "-f", &pod_id]);
-    // What is not built answers UNIMPLEMENTED, naming it.
     let e = crictl.refused(&["update", "--memory", "100000000", "0123456789ab"]);
-    assert!(e.contains("not built yet"), "{e}");
+    assert!(e.contains("container_id"), "{e}");
     let left = workloads(&mut client).await;
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(Snapshot::of(&d), before);

@@ -168,6 +168,42 @@ async fn mounts_propagate_both_ways_one_way_or_not_at_all_as_asked() {
             e.message()
         );
     }
+    // Both ways needs a privileged cell; nothing may be mounted inside
+    // such a bind (it would reach the host).
+    let e = c
+        .run_cell(pb::RunCellRequest {
+            name: "unprivileged".into(),
+            image: image.display().to_string(),
+            mounts: vec![cell_mount(&vol, "/both", P::Bidirectional)],
+            executable: Some(sh("true")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().starts_with("mounts[0].propagation") && e.message().contains("privileged"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .run_cell(pb::RunCellRequest {
+            name: "nested".into(),
+            image: image.display().to_string(),
+            privileged: true,
+            mounts: vec![
+                cell_mount(&vol, "/both", P::Bidirectional),
+                cell_mount(&closed, "/both/inner", P::Private),
+            ],
+            executable: Some(sh("true")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().starts_with("mounts[1].destination"),
+        "{}",
+        e.message()
+    );
     assert_eq!(Snapshot::settled(&d), before);
     c.free(pb::FreeRequest { id: "prop".into() })
         .await

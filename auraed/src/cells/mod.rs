@@ -71,8 +71,9 @@ pub struct CellSpec {
     pub prepared_root: Option<PreparedRoot>,
     /// The hostname in its own UTS namespace; `None`: its name.
     pub hostname: Option<String>,
-    /// Its first executable is PID 1 of a PID namespace of its own (a
-    /// Kubernetes container's `pid: CONTAINER`); later ones join it.
+    /// Its first executable is PID 1 of a PID namespace of its own, beside
+    /// the cell's (a Kubernetes container's `pid: CONTAINER`); later ones
+    /// join it.
     pub pid_one: bool,
 }
 

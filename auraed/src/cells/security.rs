@@ -83,7 +83,7 @@ pub fn trees(mounts: &[Bind]) -> Result<Vec<std::os::fd::OwnedFd>, crate::error:
                 .map_err(|e| {
                     let field = format!("mounts[{i}].propagation");
                     match e {
-                        InjectError::Propagation { .. } => {
+                        InjectError::Propagation { .. } | InjectError::Missing(_) => {
                             crate::error::ApiError::invalid(field, e.to_string())
                         }
                         e => crate::error::ApiError::Mount {

@@ -152,6 +152,31 @@ pub(super) struct Volume {
 /// `sys::mount_propagation`).
 pub(super) async fn volumes(c: &cri::ContainerConfig) -> Result<Vec<Volume>, Status> {
     let volumes = checked_volumes(c)?;
+    // Both ways: only for a privileged container (as the kubelet asks),
+    // and nothing mounted inside it (it would reach the host).
+    let privileged = sc_of(c).is_some_and(|s| s.privileged);
+    for (i, v) in volumes.iter().enumerate() {
+        if v.propagation != crate::cells::Propagation::Shared {
+            continue;
+        }
+        if !privileged {
+            return Err(Status::invalid_argument(format!(
+                "config.mounts[{i}].propagation: bidirectional propagation needs a privileged \
+                 container"
+            )));
+        }
+        let inside = std::path::Path::new(&v.container_path);
+        if let Some(j) = volumes
+            .iter()
+            .enumerate()
+            .position(|(j, o)| j != i && std::path::Path::new(&o.container_path).starts_with(inside))
+        {
+            return Err(Status::invalid_argument(format!(
+                "config.mounts[{j}].container_path: is inside config.mounts[{i}], which \
+                 propagates to the host"
+            )));
+        }
+    }
     for (i, v) in volumes.iter().enumerate() {
         if v.propagation == crate::cells::Propagation::Private {
             continue;
@@ -167,7 +192,8 @@ pub(super) async fn volumes(c: &cri::ContainerConfig) -> Result<Vec<Volume>, Sta
                 crate::error::chain(&e)
             );
             match e {
-                crate::sys::mount_inject::InjectError::Propagation { .. } => {
+                crate::sys::mount_inject::InjectError::Propagation { .. }
+                | crate::sys::mount_inject::InjectError::Missing(_) => {
                     Status::invalid_argument(text)
                 }
                 _ => Status::internal(text),

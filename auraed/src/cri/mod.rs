@@ -62,3 +62,5 @@ mod streaming;
 
 #[cfg(feature = "cri")]
 pub use endpoint::{bind, serve, Cri, CriServeError, CriService};
+#[cfg(feature = "cri")]
+pub use restore::release_all;

@@ -100,18 +100,34 @@ fn decode<M: Message + Default>(
     M::decode(bytes.as_slice()).map_err(|e| err(Box::new(e)))
 }
 
-/// Writes `value` as JSON at `path` (write, then rename), making its folder.
+/// Writes `value` as JSON at `path` (a file of a name of its own, then
+/// renamed), readable by root only (a container's config holds its
+/// environment, secrets included), making its folder (0700).
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let werr = |source| RecordError::Write {
         path: path.to_path_buf(),
         source,
     };
     let json = serde_json::to_vec_pretty(value).map_err(|e| werr(std::io::Error::other(e)))?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(werr)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(werr)?;
     }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, json).map_err(werr)?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.{n}.tmp"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&json))
+        .map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(werr)
 }
 
@@ -159,8 +175,12 @@ fn container_path(sandbox_dir: &Path, id: &str) -> PathBuf {
     sandbox_dir.join(CONTAINERS).join(format!("{id}.json"))
 }
 
-/// Writes a container's record (as it is now) into its sandbox's folder.
+/// Writes a container's record (as it is now) into its sandbox's folder;
+/// nothing once the sandbox is removed (its folder gone).
 pub fn save_container(sandbox_dir: &Path, c: &Container) -> Result<(), RecordError> {
+    if !sandbox_dir.join(SANDBOX).exists() {
+        return Ok(());
+    }
     let run = c.run();
     write_json(
         &container_path(sandbox_dir, &c.id),
@@ -306,6 +326,18 @@ mod tests {
             reopen: Mutex::new(None),
         };
         save_container(dir.path(), &c).expect("save");
+        assert!(
+            read_containers(dir.path()).is_empty(),
+            "no record once the sandbox's is gone"
+        );
+        std::fs::write(dir.path().join(SANDBOX), b"{}").expect("sandbox.json");
+        save_container(dir.path(), &c).expect("save");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(container_path(dir.path(), "c1"))
+            .expect("record")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "root's only: it holds the environment");
         let back = read_containers(dir.path());
         assert_eq!(back.len(), 1);
         let b = &back[0];

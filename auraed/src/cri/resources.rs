@@ -33,7 +33,11 @@ pub(super) fn limits_of(
         return unbuilt("unified", "raw cgroup v2 settings");
     }
     let mut l = pb::CellLimits::default();
-    if r.memory_limit_in_bytes > 0 {
+    // Kubernetes schedules by requests: a limit may exceed the node's
+    // memory, which is no limit at all.
+    if r.memory_limit_in_bytes > 0
+        && (r.memory_limit_in_bytes as u64) < crate::service::convert::total_memory()
+    {
         l.memory_max_bytes = Some(r.memory_limit_in_bytes as u64);
     }
     // The kubelet's "no swap" is a swap limit equal to the memory limit;

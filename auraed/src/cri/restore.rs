@@ -65,38 +65,69 @@ impl Cri {
     /// The CNI attachment a crashed auraed left in `dir` is deleted (its
     /// namespace is gone; the IPAM releases the address), then the folder.
     async fn release(&self, dir: &Path) {
-        self.release_cni(dir).await;
+        if let Err(e) = self.release_cni(dir).await {
+            tracing::error!("{e}");
+        }
         if let Err(e) = std::fs::remove_dir_all(dir) {
             tracing::error!("removing {}: {e}", dir.display());
         }
     }
 
-    async fn release_cni(&self, dir: &Path) {
-        let record = dir.join(cni::SAVED);
-        let saved = std::fs::read(&record)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<cni::Saved>(&b).ok());
-        let Some(saved) = saved else {
-            return;
-        };
-        match cni::del_saved(&saved, &self.cfg.cni_bin_dirs).await {
-            Ok(()) => {
-                tracing::info!(
-                    "released the CNI attachment of a sandbox left by a previous auraed ({})",
-                    dir.display()
-                );
-                if let Err(e) = std::fs::remove_file(&record) {
-                    tracing::error!("removing {}: {e}", record.display());
-                }
-            }
-            Err(e) => tracing::error!(
-                "releasing the CNI attachment in {}: {}",
-                dir.display(),
-                crate::error::chain(&e)
-            ),
+    /// Deletes the CNI attachment recorded in a sandbox's folder `dir`
+    /// whose namespace is gone (see [`cni::del_saved`]), and its record; on
+    /// failure the record stays, for a later try (`RemovePodSandbox`).
+    pub(super) async fn release_cni(&self, dir: &Path) -> Result<(), String> {
+        release_cni(dir, &self.cfg.cni_bin_dirs).await
+    }
+}
+
+/// Releases every sandbox a previous auraed recorded under `cfg`'s root
+/// (`state_dir` its default's base): for an auraed started with the CRI
+/// disabled, which frees the kept pods' instances.
+pub async fn release_all(cfg: &super::config::CriSection, state_dir: &Path) {
+    let root = cfg.root.clone().unwrap_or_else(|| state_dir.join("cri"));
+    let Ok(dirs) = std::fs::read_dir(root.join("sandboxes")) else {
+        return;
+    };
+    for dir in dirs.flatten().map(|e| e.path()) {
+        if let Err(e) = release_cni(&dir, &cfg.cni_bin_dirs).await {
+            tracing::error!("{e}");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::error!("removing {}: {e}", dir.display());
         }
     }
+}
 
+/// [`Cri::release_cni`], with the plugins' folders.
+async fn release_cni(dir: &Path, bin_dirs: &[std::path::PathBuf]) -> Result<(), String> {
+    {
+        let record = dir.join(cni::SAVED);
+        let bytes = match std::fs::read(&record) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("reading {}: {e}", record.display())),
+        };
+        let saved = serde_json::from_slice::<cni::Saved>(&bytes)
+            .map_err(|e| format!("{}: not a CNI attachment's record: {e}", record.display()))?;
+        cni::del_saved(&saved, bin_dirs)
+            .await
+            .map_err(|e| {
+                format!(
+                    "releasing the CNI attachment in {}: {}",
+                    dir.display(),
+                    crate::error::chain(&e)
+                )
+            })?;
+        tracing::info!(
+            "released the CNI attachment of a sandbox left by a previous auraed ({})",
+            dir.display()
+        );
+        std::fs::remove_file(&record).map_err(|e| format!("removing {}: {e}", record.display()))
+    }
+}
+
+impl Cri {
     /// Takes back the sandbox recorded in `dir`; the name of its instance if
     /// it runs (`None`, logged: the folder is the caller's to release).
     async fn restore_sandbox(self: &Arc<Self>, dir: &Path) -> Option<String> {
@@ -116,12 +147,29 @@ impl Cri {
             _ => None,
         };
         let ip: Option<IpAddr> = r.ip.parse().ok();
+        if running.is_some() && ip.is_none() {
+            tracing::error!("sandbox {}: its IP {:?} does not parse; not taken back", r.id, r.ip);
+            return None;
+        }
         let mut cni = None;
         let mut forwards = Vec::new();
         if let (Some(instance), Some(ip)) = (&running, ip) {
-            let saved = std::fs::read(dir.join(cni::SAVED))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<cni::Saved>(&b).ok());
+            // Unreadable, it would be forgotten and its address never
+            // released: the pod is not taken back then.
+            let saved = match std::fs::read(dir.join(cni::SAVED)) {
+                Ok(b) => match serde_json::from_slice::<cni::Saved>(&b) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::error!("sandbox {}: its CNI record: {e}; not taken back", r.id);
+                        return None;
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    tracing::error!("sandbox {}: its CNI record: {e}; not taken back", r.id);
+                    return None;
+                }
+            };
             if let Some(saved) = saved {
                 let reattached = match instance.pidfd() {
                     Ok(fd) => {
@@ -141,9 +189,10 @@ impl Cri {
                 }
             }
             forwards = host_ports(&r.id, &config, ip);
-        } else {
-            // Stopped, or its instance is gone: listed as not ready.
-            self.release_cni(dir).await;
+        } else if let Err(e) = self.release_cni(dir).await {
+            // Stopped, or its instance is gone: listed as not ready; its
+            // record stays for RemovePodSandbox to try again.
+            tracing::error!("sandbox {}: {e}", r.id);
         }
         let ready = running.is_some();
         let sandbox = Arc::new(Sandbox {

@@ -384,6 +384,11 @@ impl Cri {
             Err(e) => return Err(e),
         };
         self.stop_sandbox(&sandbox.id).await?;
+        // An attachment a previous auraed could not release: the address
+        // goes back to the IPAM before the record does.
+        self.release_cni(&self.sandboxes_dir.join(&sandbox.id))
+            .await
+            .map_err(|e| Status::internal(format!("pod_sandbox_id: {e}")))?;
         let gone: Vec<String> = self
             .state
             .containers_of(&sandbox.id)

@@ -25,11 +25,18 @@ use crate::cells::Cell;
 use crate::cgroup::{CellCgroup, Hierarchy};
 use crate::error::ApiError;
 use crate::executables::{Executable, Output};
+use crate::log_files::FollowOpts;
 use crate::logs::Stream;
 use crate::net::Veth;
 
 const RECORD: &str = "instance.json";
 const CONSOLE: &str = "console";
+/// How an instance's console is followed: read every second (a quiet file,
+/// one per instance: an inotify instance each would run into the per-user
+/// limit with a hundred pods), emptied past 8 MiB (its auraed appends),
+/// and after a restart only its tail.
+const CONSOLE_POLL: Duration = Duration::from_secs(1);
+const CONSOLE_CAP: u64 = 8 << 20;
 
 /// What a restarted auraed needs to take an instance back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +59,6 @@ pub struct InstanceRecord {
     pub cell_init_pid: i32,
     pub cell_init_start: u64,
     pub ns_flags: i32,
-    pub cell_state_dir: PathBuf,
     pub created_at_unix_ms: u64,
     pub ready_after_ms: u64,
     pub shared: Vec<PathBuf>,
@@ -160,6 +166,11 @@ impl Instances {
             Output::Files {
                 stderr: console.clone(),
                 follow: vec![(console, Stream::Stderr)],
+                opts: FollowOpts {
+                    poll: Some(CONSOLE_POLL),
+                    tail: None,
+                    cap: Some(CONSOLE_CAP),
+                },
             },
         ))
     }
@@ -174,6 +185,17 @@ impl Instances {
         };
         if i.choice.backend != Backend::Cell {
             return refuse("only a cell-backed instance outlives its auraed");
+        }
+        // Out of its own mount namespace, this auraed keeps cells' files on
+        // disk, where the next one removes them as leftovers: a cell kept
+        // there would lose its root.
+        if !crate::sys::mount_ns::is_own() {
+            tracing::warn!(
+                "instance {}: not kept across a restart (auraed has no mount namespace of its \
+                 own, so cells' files are on disk and removed at its next start)",
+                i.name
+            );
+            return Ok(());
         }
         if !i.networks().is_empty() {
             return refuse("it has devices on host bridges");
@@ -207,7 +229,6 @@ impl Instances {
             cell_init_pid: cell_pid,
             cell_init_start: cell_start,
             ns_flags,
-            cell_state_dir: i.cell.state_dir.clone(),
             created_at_unix_ms: unix_ms(i.created_at),
             ready_after_ms: i.ready_after.as_millis() as u64,
             shared: i.shared.clone(),
@@ -235,9 +256,10 @@ impl Instances {
     pub async fn adopt_instance(
         &self,
         s: Survivor,
-        mount: &Path,
+        cells: &crate::cells::CellContext,
         log_bytes: usize,
     ) -> Result<Instance, ApiError> {
+        let mount = cells.hierarchy.mount();
         let r = s.record;
         let cell = Cell::adopt(
             &r.cell,
@@ -246,7 +268,9 @@ impl Instances {
                 init_pid: r.cell_init_pid,
                 init_start: r.cell_init_start,
                 ns_flags: r.ns_flags,
-                state_dir: r.cell_state_dir.clone(),
+                // (On the previous auraed's tmpfs, out of reach: removing
+                // it finds nothing.)
+                state_dir: cells.state_dir.join("cells").join(&r.cell),
                 created_at: UNIX_EPOCH + Duration::from_millis(r.created_at_unix_ms),
             },
             mount,
@@ -303,7 +327,14 @@ impl Instances {
                     Some(r.cell.clone()),
                     r.command.clone(),
                     (pid, fd),
-                    vec![(s.dir.join(CONSOLE), Stream::Stderr)],
+                    (
+                        vec![(s.dir.join(CONSOLE), Stream::Stderr)],
+                        FollowOpts {
+                            poll: Some(CONSOLE_POLL),
+                            tail: Some(log_bytes as u64),
+                            cap: Some(CONSOLE_CAP),
+                        },
+                    ),
                     log_bytes,
                 )?;
                 Ok((channel, init))

@@ -50,8 +50,8 @@ impl Runtime {
     pub async fn adopt_kept(&self) {
         let left = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
         let (Some(instances), Ok(cells)) = (&self.instances, &self.cells) else {
-            for s in &left {
-                super::kept::discard(&s.record.name, &s.cgroup, &s.dir);
+            for s in left {
+                discard(s.record.name, s.cgroup, s.dir).await;
             }
             return;
         };
@@ -61,14 +61,13 @@ impl Runtime {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!("instance {name}: not taken back ({e}); removing it");
-                    super::kept::discard(&name, &s.cgroup, &s.dir);
+                    discard(name, s.cgroup, s.dir).await;
                     continue;
                 }
             };
             let spec = super::kept::spec_of(&s.record);
             let (dir, cgroup) = (s.dir.clone(), s.cgroup.clone());
-            let mount = cells.hierarchy.mount().to_path_buf();
-            let adopted = match instances.adopt_instance(s, &mount, self.log_bytes).await {
+            let adopted = match instances.adopt_instance(s, cells, self.log_bytes).await {
                 Ok(i) => {
                     let i = Arc::new(i);
                     match instances.remember(&spec, &i).await {
@@ -89,7 +88,7 @@ impl Runtime {
                 }
                 Err(e) => {
                     tracing::error!("instance {name}: not taken back ({e}); removing it");
-                    super::kept::discard(&name, &cgroup, &dir);
+                    discard(name, cgroup, dir).await;
                 }
             }
         }
@@ -113,6 +112,18 @@ impl Runtime {
                 tracing::error!("freeing instance {}: {e}", i.name);
             }
         }
+    }
+}
+
+/// Removes a kept instance that is not taken back (its cell's removal
+/// waits for its processes: off the async threads).
+async fn discard(name: String, cgroup: crate::cgroup::CellCgroup, dir: std::path::PathBuf) {
+    let removed = crate::blocking::run("removing an instance not taken back", move || {
+        super::kept::discard(&name, &cgroup, &dir)
+    })
+    .await;
+    if let Err(e) = removed {
+        tracing::error!("{e}");
     }
 }
 

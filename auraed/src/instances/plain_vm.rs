@@ -358,6 +358,7 @@ impl Instances {
             Output::Files {
                 stderr: outputs[1].0.clone(),
                 follow: outputs,
+                opts: Default::default(),
             },
         )
         .await?;

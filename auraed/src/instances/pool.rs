@@ -106,10 +106,19 @@ async fn bind_images(spec: &InstanceSpec, slot: &Instance) -> Result<(), ApiErro
 
 /// A provisional name: upper case, so that no request's name (lower case)
 /// can be the same, and a valid hostname. It names the cell for good, so it
-/// carries auraed's pid: a kept instance's cell, left by a previous auraed,
-/// has another.
+/// carries a token drawn at this auraed's start: a kept instance's cell,
+/// left by a previous auraed, has another.
 fn provisional_name(n: u64) -> String {
-    format!("{PROVISIONAL}{}-{n}", std::process::id())
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // std's hasher keys are drawn from the OS's randomness.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!("{:08x}", random as u32)
+    });
+    format!("{PROVISIONAL}{run}-{n}")
 }
 
 const PROVISIONAL: &str = "Pooled-";

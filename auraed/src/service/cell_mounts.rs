@@ -121,3 +121,49 @@ pub fn inside_paths(
         })
         .collect()
 }
+
+/// A mount made at or under a bind that propagates both ways would reach
+/// the host (and stay there after the cell): another bind, a masked or a
+/// read-only path there is refused, naming it. Both-ways propagation also
+/// needs a privileged cell (as Kubernetes asks), since the cell's mounts
+/// reach the host's.
+pub fn refuse_under_shared(sec: &crate::cells::Security) -> Result<(), ApiError> {
+    let shared: Vec<(usize, &Path)> = sec
+        .mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.propagation == Propagation::Shared)
+        .map(|(i, b)| (i, b.inside.as_path()))
+        .collect();
+    for (i, _) in &shared {
+        if !sec.privileged {
+            return Err(ApiError::invalid(
+                format!("mounts[{i}].propagation"),
+                "propagation both ways needs a privileged cell (its mounts reach the host)",
+            ));
+        }
+    }
+    let under = |p: &Path| shared.iter().find(|(_, s)| p.starts_with(s)).map(|(i, _)| *i);
+    for (j, b) in sec.mounts.iter().enumerate() {
+        if let Some(i) = under(&b.inside).filter(|i| *i != j) {
+            return Err(ApiError::invalid(
+                format!("mounts[{j}].destination"),
+                format!("is inside mounts[{i}], which propagates to the host"),
+            ));
+        }
+    }
+    for (field, paths) in [
+        ("masked_paths", &sec.masked_paths),
+        ("readonly_paths", &sec.readonly_paths),
+    ] {
+        for (k, p) in paths.iter().enumerate() {
+            if let Some(i) = under(p) {
+                return Err(ApiError::invalid(
+                    format!("{field}[{k}]"),
+                    format!("is inside mounts[{i}], which propagates to the host"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -139,7 +139,7 @@ pub fn limits(l: &pb::CellLimits) -> Result<Limits, ApiError> {
     Ok(out)
 }
 
-fn total_memory() -> u64 {
+pub(crate) fn total_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {
@@ -187,6 +187,7 @@ pub fn cell_spec(r: &pb::RunCellRequest) -> Result<CellSpec, ApiError> {
         Some(path)
     };
     let security = super::cell_security::security(r, &share, image.is_some())?;
+    super::cell_mounts::refuse_under_shared(&security)?;
     if r.pid_one && (share.pid || share.mount) {
         return Err(ApiError::invalid(
             "pid_one",

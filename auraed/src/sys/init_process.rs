@@ -150,7 +150,7 @@ fn opt_ptr(s: &Option<CString>) -> *const libc::c_char {
 }
 
 /// Runs one op; returns false (with errno set) on failure.
-pub(crate) fn run_op(op: &InitOp) -> bool {
+pub(super) fn run_op(op: &InitOp) -> bool {
     // SAFETY: each call is a plain syscall on memory prepared by the parent
     // before the clone; nothing allocates or takes a lock.
     unsafe {

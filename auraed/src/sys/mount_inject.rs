@@ -71,6 +71,8 @@ pub enum InjectError {
     },
     #[error("reading the host's mounts")]
     Mountinfo(#[source] std::io::Error),
+    #[error("{0} does not exist in the host's mount namespace")]
+    Missing(PathBuf),
     #[error("setns into the host's mount namespace")]
     HostNs(#[source] nix::Error),
     #[error("mount_setattr (slave) of the copy of {path}")]

@@ -35,7 +35,7 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<HostMount> {
     for line in mountinfo.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(point) = fields.get(4) else { continue };
-        let point = PathBuf::from(point.replace("\\040", " "));
+        let point = PathBuf::from(unescape(point));
         if !path.starts_with(&point) {
             continue;
         }
@@ -57,6 +57,29 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<HostMount> {
         }
     }
     best
+}
+
+/// A mountinfo field with its octal escapes (`\\040` for a space, `\\134`
+/// for a backslash...) decoded.
+fn unescape(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// Whether a copy of `m` would propagate as `wanted` asks; the refusal
@@ -110,7 +133,13 @@ fn in_host_ns<T: Send + 'static>(
 fn host_mount(source: &Path) -> Result<(PathBuf, HostMount), InjectError> {
     let info =
         std::fs::read_to_string("/proc/thread-self/mountinfo").map_err(InjectError::Mountinfo)?;
-    let real = std::fs::canonicalize(source).map_err(InjectError::Mountinfo)?;
+    let real = std::fs::canonicalize(source).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            InjectError::Missing(source.to_path_buf())
+        } else {
+            InjectError::Mountinfo(e)
+        }
+    })?;
     let m = mount_of(&info, &real).ok_or_else(|| {
         InjectError::Mountinfo(std::io::Error::other(format!(
             "no mount holds {}",
@@ -173,6 +202,12 @@ mod tests {
 31 30 0:26 / /tmp/private rw - tmpfs tmpfs rw
 32 30 0:27 / /tmp/slave rw master:5 - tmpfs tmpfs rw
 ";
+
+    #[test]
+    fn escapes_are_decoded() {
+        assert_eq!(unescape("/a\\040b\\134c\\011"), "/a b\\c\t");
+        assert_eq!(unescape("/plain\\9"), "/plain\\9");
+    }
 
     #[test]
     fn the_longest_mount_point_above_a_path_holds_it() {

@@ -247,7 +247,8 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
     let (Some(kind), Some(token)) = (parts.next(), parts.next()) else {
         return answer(StatusCode::NOT_FOUND, "no such stream".into());
     };
-    let Some(request) = cri.streams.tokens.take(token) else {
+    // Used up only by an upgrade this server accepts (see `take`).
+    let Some(request) = cri.streams.tokens.peek(token) else {
         return answer(
             StatusCode::NOT_FOUND,
             "unknown or expired stream token".into(),
@@ -271,7 +272,7 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
     };
     let upgrade = values(header::UPGRADE);
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
-        return websocket_upgrade(req, request);
+        return take(cri, token, websocket_upgrade(req, request));
     }
     if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
         return answer(
@@ -310,14 +311,31 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
         "x-stream-protocol-version",
         header::HeaderValue::from_static(chosen),
     );
-    (
-        r,
-        Some(Upgrade {
-            on,
-            request,
-            websocket: None,
-        }),
+    take(
+        cri,
+        token,
+        (
+            r,
+            Some(Upgrade {
+                on,
+                request,
+                websocket: None,
+            }),
+        ),
     )
+}
+
+/// An accepted upgrade uses its token up; one already used (by another
+/// connection meanwhile) is refused.
+fn take(
+    cri: &Cri,
+    token: &str,
+    answer_: (Response<Full<Bytes>>, Option<Upgrade>),
+) -> (Response<Full<Bytes>>, Option<Upgrade>) {
+    if answer_.1.is_some() && cri.streams.tokens.take(token).is_none() {
+        return answer(StatusCode::NOT_FOUND, "unknown or expired stream token".into());
+    }
+    answer_
 }
 
 /// Answers a WebSocket upgrade (RFC 6455) for exec or attach, with the

@@ -58,6 +58,18 @@ impl<T> Tokens<T> {
         Ok(token)
     }
 
+    /// The request of `token`, if it is there and has not expired, left in
+    /// place (an upgrade refused before the session does not use it up: a
+    /// client may fall back to another protocol with the same URL).
+    pub fn peek(&self, token: &str) -> Option<T>
+    where
+        T: Clone,
+    {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, request) = waiting.get(token)?;
+        (at.elapsed() < self.ttl).then(|| request.clone())
+    }
+
     /// Takes the request of `token`, if it is there and has not expired;
     /// a token works once.
     pub fn take(&self, token: &str) -> Option<T> {

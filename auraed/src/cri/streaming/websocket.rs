@@ -67,7 +67,16 @@ struct WsClient<IO> {
     stdin: Option<mpsc::Receiver<Bytes>>,
     resize: Option<mpsc::Receiver<Bytes>>,
     gone: watch::Receiver<bool>,
-    reader: tokio::task::JoinHandle<()>,
+    reader: Reader,
+}
+
+/// The reading task, ended with the session however it ends.
+struct Reader(tokio::task::JoinHandle<()>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl<IO> WsClient<IO>
@@ -122,7 +131,7 @@ where
             stdin: want.stdin.then_some(stdin_rx),
             resize: want.tty.then_some(resize_rx),
             gone,
-            reader,
+            reader: Reader(reader),
         }
     }
 }
@@ -195,5 +204,4 @@ where
         let _ = client.sink.send(message(ERROR, &status)).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, client.sink.close()).await;
     }
-    client.reader.abort();
 }

@@ -218,7 +218,7 @@ impl Instances {
                 Some(r.name.clone()),
                 r.command.clone(),
                 (pid, fd),
-                super::vm_outputs(&s.dir),
+                (super::vm_outputs(&s.dir), Default::default()),
                 log_bytes,
             ) {
                 Ok(init) => Ok((init, endpoint)),
