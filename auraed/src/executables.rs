@@ -191,11 +191,14 @@ impl Executable {
                 let (err_r, err_w) = pipe()?;
                 (out_w, err_w, Sources::Pipes(out_r, err_r))
             }
-            (Output::Files {
-                stderr,
-                follow,
-                opts,
-            }, _) => {
+            (
+                Output::Files {
+                    stderr,
+                    follow,
+                    opts,
+                },
+                _,
+            ) => {
                 let out_w = devnull
                     .try_clone()
                     .map_err(|e| ApiError::io("duplicating /dev/null", e))?;

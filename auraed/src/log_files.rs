@@ -124,18 +124,18 @@ pub async fn follow(
     let watched = match opts.poll {
         Some(_) => Err(None),
         None => Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(FollowError::Init)
-        .and_then(|i| {
-            for (path, _) in &files {
-                i.add_watch(path, AddWatchFlags::IN_MODIFY)
-                    .map_err(|source| FollowError::Watch {
-                        path: path.clone(),
-                        source,
-                    })?;
-            }
-            Ok(i)
-        })
-        .map_err(Some),
+            .map_err(FollowError::Init)
+            .and_then(|i| {
+                for (path, _) in &files {
+                    i.add_watch(path, AddWatchFlags::IN_MODIFY)
+                        .map_err(|source| FollowError::Watch {
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
+                Ok(i)
+            })
+            .map_err(Some),
     };
     // No inotify (a kernel without it, or the per-user limit of instances
     // or watches reached): the files are read every POLL instead.
@@ -221,7 +221,10 @@ async fn empty_past(f: &mut Followed, cap: u64) -> Result<(), FollowError> {
         .open(&f.path)
         .and_then(|w| w.set_len(0))
         .map_err(err)?;
-    f.file.seek(std::io::SeekFrom::Start(0)).await.map_err(err)?;
+    f.file
+        .seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(err)?;
     Ok(())
 }
 
@@ -347,6 +350,12 @@ mod tests {
             rx,
             opts,
         ));
+        for _ in 0..200 {
+            if !texts(&buffer, Stream::Stderr).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // More than the cap: the file is emptied once read, and what comes
         // after is still read (from the start).
         let long = format!("{}\n", "x".repeat(80));

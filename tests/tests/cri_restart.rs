@@ -25,6 +25,21 @@ impl Drop for KillCells {
         for cell in std::fs::read_dir(root).into_iter().flatten().flatten() {
             let _ = std::fs::write(cell.path().join("cgroup.kill"), "1");
         }
+        // Then their cgroups, deepest first, once their processes are gone.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        fn remove(dir: &Path) {
+            for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if sub.path().is_dir() {
+                    remove(&sub.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        for cell in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if cell.path().is_dir() {
+                remove(&cell.path());
+            }
+        }
     }
 }
 

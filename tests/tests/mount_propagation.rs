@@ -155,6 +155,7 @@ async fn mounts_propagate_both_ways_one_way_or_not_at_all_as_asked() {
             .run_cell(pb::RunCellRequest {
                 name: "refused".into(),
                 image: image.display().to_string(),
+                privileged: true,
                 mounts: vec![cell_mount(&closed, "/x", p)],
                 executable: Some(sh("true")),
                 ..Default::default()

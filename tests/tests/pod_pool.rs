@@ -78,9 +78,7 @@ async fn a_pod_takes_a_pre_started_instance_and_serves_with_its_own_identity() {
         .into_inner();
     let instance = r.pod.and_then(|p| p.instance).expect("the pod's instance");
     assert!(
-        instance
-            .backend_reason
-            .contains("pre-started (Pooled-")
+        instance.backend_reason.contains("pre-started (Pooled-")
             && instance.backend_reason.ends_with("-0)"),
         "{instance:?}"
     );

@@ -166,11 +166,9 @@ pub(super) async fn volumes(c: &cri::ContainerConfig) -> Result<Vec<Volume>, Sta
             )));
         }
         let inside = std::path::Path::new(&v.container_path);
-        if let Some(j) = volumes
-            .iter()
-            .enumerate()
-            .position(|(j, o)| j != i && std::path::Path::new(&o.container_path).starts_with(inside))
-        {
+        if let Some(j) = volumes.iter().enumerate().position(|(j, o)| {
+            j != i && std::path::Path::new(&o.container_path).starts_with(inside)
+        }) {
             return Err(Status::invalid_argument(format!(
                 "config.mounts[{j}].container_path: is inside config.mounts[{i}], which \
                  propagates to the host"

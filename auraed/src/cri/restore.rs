@@ -110,15 +110,13 @@ async fn release_cni(dir: &Path, bin_dirs: &[std::path::PathBuf]) -> Result<(), 
         };
         let saved = serde_json::from_slice::<cni::Saved>(&bytes)
             .map_err(|e| format!("{}: not a CNI attachment's record: {e}", record.display()))?;
-        cni::del_saved(&saved, bin_dirs)
-            .await
-            .map_err(|e| {
-                format!(
-                    "releasing the CNI attachment in {}: {}",
-                    dir.display(),
-                    crate::error::chain(&e)
-                )
-            })?;
+        cni::del_saved(&saved, bin_dirs).await.map_err(|e| {
+            format!(
+                "releasing the CNI attachment in {}: {}",
+                dir.display(),
+                crate::error::chain(&e)
+            )
+        })?;
         tracing::info!(
             "released the CNI attachment of a sandbox left by a previous auraed ({})",
             dir.display()
@@ -148,7 +146,11 @@ impl Cri {
         };
         let ip: Option<IpAddr> = r.ip.parse().ok();
         if running.is_some() && ip.is_none() {
-            tracing::error!("sandbox {}: its IP {:?} does not parse; not taken back", r.id, r.ip);
+            tracing::error!(
+                "sandbox {}: its IP {:?} does not parse; not taken back",
+                r.id,
+                r.ip
+            );
             return None;
         }
         let mut cni = None;

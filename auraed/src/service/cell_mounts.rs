@@ -143,7 +143,12 @@ pub fn refuse_under_shared(sec: &crate::cells::Security) -> Result<(), ApiError>
             ));
         }
     }
-    let under = |p: &Path| shared.iter().find(|(_, s)| p.starts_with(s)).map(|(i, _)| *i);
+    let under = |p: &Path| {
+        shared
+            .iter()
+            .find(|(_, s)| p.starts_with(s))
+            .map(|(i, _)| *i)
+    };
     for (j, b) in sec.mounts.iter().enumerate() {
         if let Some(i) = under(&b.inside).filter(|i| *i != j) {
             return Err(ApiError::invalid(

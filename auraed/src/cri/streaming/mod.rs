@@ -247,8 +247,9 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
     let (Some(kind), Some(token)) = (parts.next(), parts.next()) else {
         return answer(StatusCode::NOT_FOUND, "no such stream".into());
     };
+    let (kind, token) = (kind.to_string(), token.to_string());
     // Used up only by an upgrade this server accepts (see `take`).
-    let Some(request) = cri.streams.tokens.peek(token) else {
+    let Some(request) = cri.streams.tokens.peek(&token) else {
         return answer(
             StatusCode::NOT_FOUND,
             "unknown or expired stream token".into(),
@@ -272,7 +273,7 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
     };
     let upgrade = values(header::UPGRADE);
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
-        return take(cri, token, websocket_upgrade(req, request));
+        return take(cri, &token, websocket_upgrade(req, request));
     }
     if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
         return answer(
@@ -313,7 +314,7 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
     );
     take(
         cri,
-        token,
+        &token,
         (
             r,
             Some(Upgrade {
@@ -333,7 +334,10 @@ fn take(
     answer_: (Response<Full<Bytes>>, Option<Upgrade>),
 ) -> (Response<Full<Bytes>>, Option<Upgrade>) {
     if answer_.1.is_some() && cri.streams.tokens.take(token).is_none() {
-        return answer(StatusCode::NOT_FOUND, "unknown or expired stream token".into());
+        return answer(
+            StatusCode::NOT_FOUND,
+            "unknown or expired stream token".into(),
+        );
     }
     answer_
 }

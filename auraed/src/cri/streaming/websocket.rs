@@ -67,7 +67,7 @@ struct WsClient<IO> {
     stdin: Option<mpsc::Receiver<Bytes>>,
     resize: Option<mpsc::Receiver<Bytes>>,
     gone: watch::Receiver<bool>,
-    reader: Reader,
+    _reader: Reader,
 }
 
 /// The reading task, ended with the session however it ends.
@@ -131,7 +131,7 @@ where
             stdin: want.stdin.then_some(stdin_rx),
             resize: want.tty.then_some(resize_rx),
             gone,
-            reader: Reader(reader),
+            _reader: Reader(reader),
         }
     }
 }
