@@ -3,7 +3,8 @@
 //! SIGTERM, the restarted auraed lists the pods and containers again, the
 //! container's log goes on where it stopped (no line twice), and exec, the
 //! host port and port-forward work; a hostNetwork pod keeps its address on
-//! the bridge. Then the crictl clean-up leaves nothing behind.
+//! the bridge; a stopped pod is listed, not ready, until removed. Then the
+//! crictl clean-up leaves nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -167,6 +168,16 @@ async fn pods_outlive_a_restart_of_auraed_and_then_leave_nothing() {
     );
     let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
     let host_pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &host_pod]);
+    // A stopped pod: listed (not ready) after each restart until removed.
+    let stopped = write_json(
+        work.path(),
+        "stopped-pod.json",
+        serde_json::json!({
+            "metadata": {"name": "stopped", "namespace": "default", "uid": "u-s", "attempt": 0},
+        }),
+    );
+    let stopped_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &stopped]);
+    crictl.ok(&["stopp", &stopped_id]);
     let id = crictl.ok(&["create", &pod_id, &container, &pod]);
     crictl.ok(&["start", &id]);
     let log_file = logs.join("main.log");
@@ -199,6 +210,8 @@ async fn pods_outlive_a_restart_of_auraed_and_then_leave_nothing() {
         })
         .await;
         listed(&d, &crictl, &pod_id, &host_pod_id, &id);
+        let not_ready = crictl.ok(&["pods", "-q", "--state", "notready"]);
+        assert_eq!(not_ready, stopped_id, "after {how}");
         // Its log goes on, without a line written twice.
         let word = format!("after-restart-{round}");
         say(&crictl, &id, &word);
@@ -227,6 +240,7 @@ async fn pods_outlive_a_restart_of_auraed_and_then_leave_nothing() {
     crictl.ok(&["rmp", &pod_id]);
     crictl.ok(&["stopp", &host_pod_id]);
     crictl.ok(&["rmp", &host_pod_id]);
+    crictl.ok(&["rmp", &stopped_id]);
     assert_eq!(crictl.ok(&["pods", "-q"]), "");
     assert_eq!(crictl.ok(&["ps", "-a", "-q"]), "");
     let left = workloads(&mut d.client().await).await;

@@ -20,6 +20,15 @@ use crate::registry::Workload;
 
 const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
 
+/// What became of a recorded sandbox at a restart.
+enum Restored {
+    /// Taken back: its instance runs (and is claimed), or is gone (the
+    /// sandbox is listed not ready until it is removed).
+    Taken(Option<String>),
+    /// Not taken back: its folder is released.
+    Not,
+}
+
 impl Cri {
     fn keeps_pods(&self) -> bool {
         self.cfg.pod_restart == PodRestart::Keep
@@ -54,8 +63,9 @@ impl Cri {
         if let Ok(dirs) = std::fs::read_dir(&self.sandboxes_dir) {
             for dir in dirs.flatten().map(|e| e.path()) {
                 match self.restore_sandbox(&dir).await {
-                    Some(instance) => claimed.push(instance),
-                    None => self.release(&dir).await,
+                    Restored::Taken(Some(instance)) => claimed.push(instance),
+                    Restored::Taken(None) => {}
+                    Restored::Not => self.release(&dir).await,
                 }
             }
         }
@@ -101,43 +111,41 @@ pub async fn release_all(cfg: &super::config::CriSection, state_dir: &Path) {
 
 /// [`Cri::release_cni`], with the plugins' folders.
 async fn release_cni(dir: &Path, bin_dirs: &[std::path::PathBuf]) -> Result<(), String> {
-    {
-        let record = dir.join(cni::SAVED);
-        let bytes = match std::fs::read(&record) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("reading {}: {e}", record.display())),
-        };
-        let saved = serde_json::from_slice::<cni::Saved>(&bytes)
-            .map_err(|e| format!("{}: not a CNI attachment's record: {e}", record.display()))?;
-        cni::del_saved(&saved, bin_dirs).await.map_err(|e| {
-            format!(
-                "releasing the CNI attachment in {}: {}",
-                dir.display(),
-                crate::error::chain(&e)
-            )
-        })?;
-        tracing::info!(
-            "released the CNI attachment of a sandbox left by a previous auraed ({})",
-            dir.display()
-        );
-        std::fs::remove_file(&record).map_err(|e| format!("removing {}: {e}", record.display()))
-    }
+    let record = dir.join(cni::SAVED);
+    let bytes = match std::fs::read(&record) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("reading {}: {e}", record.display())),
+    };
+    let saved = serde_json::from_slice::<cni::Saved>(&bytes)
+        .map_err(|e| format!("{}: not a CNI attachment's record: {e}", record.display()))?;
+    cni::del_saved(&saved, bin_dirs).await.map_err(|e| {
+        format!(
+            "releasing the CNI attachment in {}: {}",
+            dir.display(),
+            crate::error::chain(&e)
+        )
+    })?;
+    tracing::info!(
+        "released the CNI attachment of a sandbox left by a previous auraed ({})",
+        dir.display()
+    );
+    std::fs::remove_file(&record).map_err(|e| format!("removing {}: {e}", record.display()))
 }
 
 impl Cri {
-    /// Takes back the sandbox recorded in `dir`; the name of its instance if
-    /// it runs (`None`, logged: the folder is the caller's to release).
-    async fn restore_sandbox(self: &Arc<Self>, dir: &Path) -> Option<String> {
+    /// Takes back the sandbox recorded in `dir` (see [`Restored`]; why not
+    /// is logged).
+    async fn restore_sandbox(self: &Arc<Self>, dir: &Path) -> Restored {
         if !self.keeps_pods() {
-            return None;
+            return Restored::Not;
         }
         let (r, config) = match records::read_sandbox(dir) {
             Ok(Some(found)) => found,
-            Ok(None) => return None,
+            Ok(None) => return Restored::Not,
             Err(e) => {
                 tracing::error!("{}", crate::error::chain(&e));
-                return None;
+                return Restored::Not;
             }
         };
         let running = match self.runtime.get(&r.instance, "id") {
@@ -151,7 +159,7 @@ impl Cri {
                 r.id,
                 r.ip
             );
-            return None;
+            return Restored::Not;
         }
         let mut cni = None;
         let mut forwards = Vec::new();
@@ -163,13 +171,13 @@ impl Cri {
                     Ok(s) => Some(s),
                     Err(e) => {
                         tracing::error!("sandbox {}: its CNI record: {e}; not taken back", r.id);
-                        return None;
+                        return Restored::Not;
                     }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => {
                     tracing::error!("sandbox {}: its CNI record: {e}; not taken back", r.id);
-                    return None;
+                    return Restored::Not;
                 }
             };
             if let Some(saved) = saved {
@@ -186,7 +194,7 @@ impl Cri {
                     Ok(a) => cni = Some(a),
                     Err(e) => {
                         tracing::error!("sandbox {}: its CNI network: {e}; not taken back", r.id);
-                        return None;
+                        return Restored::Not;
                     }
                 }
             }
@@ -238,7 +246,7 @@ impl Cri {
             r.id,
             if ready { "ready" } else { "not ready" }
         );
-        running.map(|_| r.instance)
+        Restored::Taken(running.map(|_| r.instance))
     }
 
     /// Follows a running container's output into its log again, after the
