@@ -90,6 +90,12 @@ struct Followed {
     lines: Lines,
 }
 
+/// How soon a polled file that just grew (or whose writer is starting) is
+/// read again.
+const FAST_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long a polled file's writer counts as starting.
+const STARTING: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often the files are read where the kernel has no inotify.
 const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -177,9 +183,15 @@ pub async fn follow(
                 .map_err(FollowError::Register)
         })
         .transpose()?;
+    // Polled, a file is read often while its writer starts (whoever waits
+    // for its first lines should not wait a whole `poll`) and while it
+    // grows; an idle one less and less often, up to `poll`.
+    let started = std::time::Instant::now();
+    let mut interval = FAST_POLL;
     loop {
+        let mut grew = false;
         for f in &mut followed {
-            drain(&mut f.file, &mut f.lines, &f.path).await?;
+            grew |= drain(&mut f.file, &mut f.lines, &f.path).await?;
             if let Some(cap) = opts.cap {
                 empty_past(f, cap).await?;
             }
@@ -187,8 +199,13 @@ pub async fn follow(
         if *exited.borrow_and_update() {
             break;
         }
+        interval = if grew || started.elapsed() < STARTING {
+            FAST_POLL
+        } else {
+            (interval * 2).min(poll)
+        };
         tokio::select! {
-            r = changed(&inotify, &ready, poll) => r?,
+            r = changed(&inotify, &ready, interval) => r?,
             // The writer exited (or its supervisor is gone): read the rest.
             changed = exited.changed() => {
                 if changed.is_err() {
@@ -252,12 +269,14 @@ async fn changed(
 }
 
 /// Reads `file` to its current end.
+/// Reads `file` to its current end; whether it had anything new.
 async fn drain(
     file: &mut tokio::fs::File,
     lines: &mut Lines,
     path: &Path,
-) -> Result<(), FollowError> {
+) -> Result<bool, FollowError> {
     let mut chunk = vec![0u8; 8192];
+    let mut any = false;
     loop {
         let n = file
             .read(&mut chunk)
@@ -267,8 +286,9 @@ async fn drain(
                 source,
             })?;
         if n == 0 {
-            return Ok(());
+            return Ok(any);
         }
+        any = true;
         lines.feed(&chunk[..n]);
     }
 }
