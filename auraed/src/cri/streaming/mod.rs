@@ -233,6 +233,24 @@ async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr)
     }
 }
 
+/// A 101 switching to `upgrade`, naming the sub-protocol chosen in the
+/// header `protocol.0`.
+fn switching(
+    upgrade: &'static str,
+    protocol: (&'static str, &'static str),
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(header::UPGRADE, header::HeaderValue::from_static(upgrade));
+    h.insert(protocol.0, header::HeaderValue::from_static(protocol.1));
+    r
+}
+
 /// A refusal: `code`, with `text` as its body.
 fn answer(code: StatusCode, text: String) -> (Response<Full<Bytes>>, Option<Upgrade>) {
     let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
@@ -297,21 +315,7 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
     };
     let mut req = req;
     let on = hyper::upgrade::on(&mut req);
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("SPDY/3.1"),
-    );
-    h.insert(
-        "x-stream-protocol-version",
-        header::HeaderValue::from_static(chosen),
-    );
+    let r = switching("SPDY/3.1", ("x-stream-protocol-version", chosen));
     take(
         cri,
         &token,
@@ -391,24 +395,10 @@ fn websocket_upgrade(
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on = hyper::upgrade::on(&mut req);
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        "sec-websocket-protocol",
-        header::HeaderValue::from_static(chosen),
-    );
+    let mut r = switching("websocket", ("sec-websocket-protocol", chosen));
     match header::HeaderValue::from_str(&accept) {
         Ok(v) => {
-            h.insert("sec-websocket-accept", v);
+            r.headers_mut().insert("sec-websocket-accept", v);
         }
         Err(_) => return answer(StatusCode::INTERNAL_SERVER_ERROR, "the accept key".into()),
     }
