@@ -76,7 +76,7 @@ impl Cri {
     /// namespace is gone; the IPAM releases the address), then the folder.
     async fn release(&self, dir: &Path) {
         if let Err(e) = self.release_cni(dir).await {
-            tracing::error!("{e}");
+            tracing::error!("{}", crate::error::chain(&e));
         }
         if let Err(e) = std::fs::remove_dir_all(dir) {
             tracing::error!("removing {}: {e}", dir.display());
@@ -86,7 +86,7 @@ impl Cri {
     /// Deletes the CNI attachment recorded in a sandbox's folder `dir`
     /// whose namespace is gone (see [`cni::del_saved`]), and its record; on
     /// failure the record stays, for a later try (`RemovePodSandbox`).
-    pub(super) async fn release_cni(&self, dir: &Path) -> Result<(), String> {
+    pub(super) async fn release_cni(&self, dir: &Path) -> Result<(), ReleaseError> {
         release_cni(dir, &self.cfg.cni_bin_dirs).await
     }
 }
@@ -101,7 +101,7 @@ pub async fn release_all(cfg: &super::config::CriSection, state_dir: &Path) {
     };
     for dir in dirs.flatten().map(|e| e.path()) {
         if let Err(e) = release_cni(&dir, &cfg.cni_bin_dirs).await {
-            tracing::error!("{e}");
+            tracing::error!("{}", crate::error::chain(&e));
         }
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::error!("removing {}: {e}", dir.display());
@@ -109,28 +109,37 @@ pub async fn release_all(cfg: &super::config::CriSection, state_dir: &Path) {
     }
 }
 
+/// Why a recorded CNI attachment could not be released.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("reading {0}")]
+    Read(std::path::PathBuf, #[source] std::io::Error),
+    #[error("{0}: not a CNI attachment's record")]
+    Parse(std::path::PathBuf, #[source] serde_json::Error),
+    #[error("releasing the CNI attachment in {0}")]
+    Del(std::path::PathBuf, #[source] cni::CniError),
+    #[error("removing {0}")]
+    Remove(std::path::PathBuf, #[source] std::io::Error),
+}
+
 /// [`Cri::release_cni`], with the plugins' folders.
-async fn release_cni(dir: &Path, bin_dirs: &[std::path::PathBuf]) -> Result<(), String> {
+async fn release_cni(dir: &Path, bin_dirs: &[std::path::PathBuf]) -> Result<(), ReleaseError> {
     let record = dir.join(cni::SAVED);
     let bytes = match std::fs::read(&record) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("reading {}: {e}", record.display())),
+        Err(e) => return Err(ReleaseError::Read(record, e)),
     };
     let saved = serde_json::from_slice::<cni::Saved>(&bytes)
-        .map_err(|e| format!("{}: not a CNI attachment's record: {e}", record.display()))?;
-    cni::del_saved(&saved, bin_dirs).await.map_err(|e| {
-        format!(
-            "releasing the CNI attachment in {}: {}",
-            dir.display(),
-            crate::error::chain(&e)
-        )
-    })?;
+        .map_err(|e| ReleaseError::Parse(record.clone(), e))?;
+    cni::del_saved(&saved, bin_dirs)
+        .await
+        .map_err(|e| ReleaseError::Del(dir.to_path_buf(), e))?;
     tracing::info!(
         "released the CNI attachment of a sandbox left by a previous auraed ({})",
         dir.display()
     );
-    std::fs::remove_file(&record).map_err(|e| format!("removing {}: {e}", record.display()))
+    std::fs::remove_file(&record).map_err(|e| ReleaseError::Remove(record, e))
 }
 
 impl Cri {
@@ -202,7 +211,7 @@ impl Cri {
         } else if let Err(e) = self.release_cni(dir).await {
             // Stopped, or its instance is gone: listed as not ready; its
             // record stays for RemovePodSandbox to try again.
-            tracing::error!("sandbox {}: {e}", r.id);
+            tracing::error!("sandbox {}: {}", r.id, crate::error::chain(&e));
         }
         let ready = running.is_some();
         let sandbox = Arc::new(Sandbox {

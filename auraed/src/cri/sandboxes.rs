@@ -388,7 +388,9 @@ impl Cri {
         // goes back to the IPAM before the record does.
         self.release_cni(&self.sandboxes_dir.join(&sandbox.id))
             .await
-            .map_err(|e| Status::internal(format!("pod_sandbox_id: {e}")))?;
+            .map_err(|e| {
+                Status::internal(format!("pod_sandbox_id: {}", crate::error::chain(&e)))
+            })?;
         let gone: Vec<String> = self
             .state
             .containers_of(&sandbox.id)

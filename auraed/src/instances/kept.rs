@@ -80,9 +80,18 @@ fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn read_record(dir: &Path) -> Result<InstanceRecord, String> {
-    let bytes = std::fs::read(dir.join(RECORD)).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+/// Why a folder holds no record to take an instance back by.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    #[error("reading it")]
+    Read(#[source] std::io::Error),
+    #[error("parsing it")]
+    Parse(#[source] serde_json::Error),
+}
+
+fn read_record(dir: &Path) -> Result<InstanceRecord, RecordError> {
+    let bytes = std::fs::read(dir.join(RECORD)).map_err(RecordError::Read)?;
+    serde_json::from_slice(&bytes).map_err(RecordError::Parse)
 }
 
 /// The kept instances of `kept_dir` whose auraed and cell init still run in
@@ -115,7 +124,7 @@ pub fn left_running(kept_dir: &Path, hierarchy: &Hierarchy) -> Vec<Survivor> {
                         Err("its auraed is gone".to_string())
                     }
                 }),
-            Err(e) => Err(format!("no record ({e})")),
+            Err(e) => Err(format!("no record ({})", crate::error::chain(&e))),
         };
         match kept {
             Ok((record, cgroup)) => found.push(Survivor {
