@@ -251,6 +251,33 @@ fn switching(
     r
 }
 
+/// The comma-separated values of the request's headers `name`.
+fn values(req: &HttpRequest<Incoming>, name: &str) -> Vec<String> {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The first sub-protocol of `speaks` the client `offered`, or the 403
+/// body saying why not.
+fn negotiate(offered: &[String], speaks: &'static [&'static str]) -> Result<&'static str, String> {
+    speaks
+        .iter()
+        .find(|p| offered.iter().any(|o| o == *p))
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "unable to negotiate a protocol: the client offers {offered:?}, this server \
+                 speaks {speaks:?}"
+            )
+        })
+}
+
 /// A refusal: `code`, with `text` as its body.
 fn answer(code: StatusCode, text: String) -> (Response<Full<Bytes>>, Option<Upgrade>) {
     let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
@@ -279,17 +306,7 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
             format!("the token is for /{}", request.path()),
         );
     }
-    let values = |name: header::HeaderName| -> Vec<String> {
-        req.headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .collect()
-    };
-    let upgrade = values(header::UPGRADE);
+    let upgrade = values(&req, header::UPGRADE.as_str());
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
         return take(cri, &token, websocket_upgrade(req, request));
     }
@@ -299,19 +316,10 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
             format!("this server upgrades to SPDY/3.1 only (asked for {upgrade:?})"),
         );
     }
-    let offered = values(header::HeaderName::from_static("x-stream-protocol-version"));
-    let Some(chosen) = request
-        .protocols()
-        .iter()
-        .find(|p| offered.iter().any(|o| o == *p))
-    else {
-        return answer(
-            StatusCode::FORBIDDEN,
-            format!(
-                "unable to negotiate a protocol: the client offers {offered:?}, this server speaks {:?}",
-                request.protocols()
-            ),
-        );
+    let offered = values(&req, "x-stream-protocol-version");
+    let chosen = match negotiate(&offered, request.protocols()) {
+        Ok(p) => p,
+        Err(why) => return answer(StatusCode::FORBIDDEN, why),
     };
     let mut req = req;
     let on = hyper::upgrade::on(&mut req);
@@ -373,25 +381,10 @@ fn websocket_upgrade(
             "Sec-WebSocket-Version: this server speaks 13".into(),
         );
     }
-    let offered: Vec<String> = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_string())
-        .collect();
-    let Some(chosen) = websocket::PROTOCOLS
-        .iter()
-        .find(|p| offered.iter().any(|o| o == *p))
-    else {
-        return answer(
-            StatusCode::FORBIDDEN,
-            format!(
-                "unable to negotiate a protocol: the client offers {offered:?}, this server speaks {:?}",
-                websocket::PROTOCOLS
-            ),
-        );
+    let offered = values(&req, "sec-websocket-protocol");
+    let chosen = match negotiate(&offered, &websocket::PROTOCOLS) {
+        Ok(p) => p,
+        Err(why) => return answer(StatusCode::FORBIDDEN, why),
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on = hyper::upgrade::on(&mut req);
