@@ -1,7 +1,7 @@
 //! Instance parameters from the kernel command line:
 //! `aurae.name=<hostname> aurae.ip=<addr>/<prefix> aurae.gw=<addr>
 //! aurae.port=<port> aurae.vsock=<port> aurae.exit=reboot|poweroff
-//! aurae.bootlog=0|1`.
+//! aurae.bootlog=0|1 aurae.pod=<iface>,<addr>/<prefix>[,<gateway>][,mtu=<n>]`.
 
 use std::net::IpAddr;
 
@@ -19,6 +19,76 @@ pub struct BootParams {
     /// Print the kernel's timestamped log once /init runs: a quiet boot
     /// (no console output to slow it) can still be profiled.
     pub bootlog: bool,
+    /// A pod's network (a CRI pod's CNI address, on its own device).
+    pub pod: Option<PodNet>,
+}
+
+/// A pod network device's address and its default gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNet {
+    pub iface: String,
+    pub ip: (IpAddr, u8),
+    pub gateway: Option<IpAddr>,
+    pub mtu: Option<u32>,
+}
+
+/// `<address>/<prefix>`, for parameter `key`.
+fn cidr(key: &str, value: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, prefix) = value
+        .split_once('/')
+        .ok_or_else(|| format!("{key}={value:?}: expected <address>/<prefix>"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{key}={value:?}: bad address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| format!("{key}={value:?}: bad prefix length"))?;
+    Ok((addr, prefix))
+}
+
+fn pod_net(value: &str) -> Result<PodNet, String> {
+    let mut parts = value.split(',');
+    let iface = parts.next().unwrap_or_default();
+    let ok = iface.len() > 3
+        && iface.len() <= 15
+        && iface.starts_with("eth")
+        && iface[3..].bytes().all(|b| b.is_ascii_digit())
+        && iface != "eth0";
+    if !ok {
+        return Err(format!(
+            "aurae.pod={value:?}: {iface:?} is not eth1, eth2..."
+        ));
+    }
+    let ip = cidr("aurae.pod", parts.next().unwrap_or_default())?;
+    let (mut gateway, mut mtu) = (None, None);
+    for part in parts {
+        if let Some(m) = part.strip_prefix("mtu=") {
+            let m: u32 = m
+                .parse()
+                .ok()
+                .filter(|m| (68..=65535).contains(m))
+                .ok_or_else(|| format!("aurae.pod={value:?}: bad MTU"))?;
+            mtu = Some(m);
+        } else if gateway.is_none() {
+            gateway = Some(
+                part.parse()
+                    .map_err(|_| format!("aurae.pod={value:?}: bad gateway"))?,
+            );
+        } else {
+            return Err(format!(
+                "aurae.pod={value:?}: more than <iface>,<cidr>[,<gateway>][,mtu=<n>]"
+            ));
+        }
+    }
+    Ok(PodNet {
+        iface: iface.into(),
+        ip,
+        gateway,
+        mtu,
+    })
 }
 
 pub const DEFAULT_PORT: u16 = 8443;
@@ -33,6 +103,7 @@ impl BootParams {
             vsock_port: None,
             poweroff: false,
             bootlog: false,
+            pod: None,
         };
         for word in cmdline.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -50,21 +121,8 @@ impl BootParams {
                     }
                     p.name = value.into();
                 }
-                "aurae.ip" => {
-                    let (addr, prefix) = value.split_once('/').ok_or_else(|| {
-                        format!("aurae.ip={value:?}: expected <address>/<prefix>")
-                    })?;
-                    let addr: IpAddr = addr
-                        .parse()
-                        .map_err(|_| format!("aurae.ip={value:?}: bad address"))?;
-                    let max = if addr.is_ipv4() { 32 } else { 128 };
-                    let prefix: u8 = prefix
-                        .parse()
-                        .ok()
-                        .filter(|n| *n <= max)
-                        .ok_or_else(|| format!("aurae.ip={value:?}: bad prefix length"))?;
-                    p.ip = Some((addr, prefix));
-                }
+                "aurae.ip" => p.ip = Some(cidr("aurae.ip", value)?),
+                "aurae.pod" => p.pod = Some(pod_net(value)?),
                 "aurae.gw" => {
                     p.gateway = Some(
                         value
@@ -127,6 +185,21 @@ mod tests {
         assert_eq!(p.ip.map(|(_, n)| n), Some(64));
         assert_eq!(p.port, DEFAULT_PORT);
         assert!(!p.bootlog);
+        let p = BootParams::parse("aurae.pod=eth1,10.88.0.5/16,10.88.0.1,mtu=1450").expect("pod");
+        assert_eq!(
+            p.pod,
+            Some(PodNet {
+                iface: "eth1".into(),
+                ip: ("10.88.0.5".parse().expect("ip"), 16),
+                gateway: Some("10.88.0.1".parse().expect("gw")),
+                mtu: Some(1450),
+            })
+        );
+        let p = BootParams::parse("aurae.pod=eth2,fd10::5/64").expect("pod v6");
+        assert_eq!(
+            p.pod.map(|n| (n.iface, n.gateway)),
+            Some(("eth2".into(), None))
+        );
         assert!(
             BootParams::parse("aurae.bootlog=1")
                 .expect("bootlog")
@@ -146,6 +219,13 @@ mod tests {
             "aurae.vsock=-1",
             "aurae.vsock=4294967295",
             "aurae.bootlog=yes",
+            "aurae.pod=eth0,10.0.0.2/24",
+            "aurae.pod=lo,10.0.0.2/24",
+            "aurae.pod=eth1,10.0.0.2",
+            "aurae.pod=eth1,10.0.0.2/24,x",
+            "aurae.pod=eth1,10.0.0.2/24,10.0.0.1,more",
+            "aurae.pod=eth,10.0.0.2/24",
+            "aurae.pod=eth1,10.0.0.2/24,mtu=9",
         ] {
             let err = BootParams::parse(bad).unwrap_err();
             let key = bad.split('=').next().unwrap_or_default();

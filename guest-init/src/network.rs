@@ -28,6 +28,65 @@ fn announce_on_up(iface: &str) {
     }
 }
 
+/// Gives `iface` its address (and MTU), brings it up, and routes through
+/// `gateway` (the default route of the address's family).
+async fn up_with(
+    handle: &rtnetlink::Handle,
+    iface: &str,
+    (ip, prefix): (std::net::IpAddr, u8),
+    gateway: Option<std::net::IpAddr>,
+    mtu: Option<u32>,
+) -> anyhow::Result<()> {
+    let Some(index) = link_index(handle, iface).await? else {
+        bail!("an address for {iface}, but there is no {iface}");
+    };
+    if ip.is_ipv4() {
+        announce_on_up(iface);
+    }
+    let mut add = handle.address().add(index, ip, prefix);
+    if ip.is_ipv6() {
+        // IFA_F_NODAD: usable at once. The parent assigns every address
+        // of the prefix, so duplicate address detection has nothing to
+        // find, and a tentative address can't be bound by auraed.
+        let msg = add.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    add.execute()
+        .await
+        .with_context(|| format!("adding {ip}/{prefix} to {iface}"))?;
+    let mut link = LinkUnspec::new_with_index(index).up();
+    if let Some(mtu) = mtu {
+        link = link.mtu(mtu);
+    }
+    handle
+        .link()
+        .set(link.build())
+        .execute()
+        .await
+        .with_context(|| format!("{iface} up (MTU {mtu:?})"))?;
+    if let Some(gw) = gateway {
+        let route = match gw {
+            std::net::IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .gateway(v4)
+                .output_interface(index)
+                .build(),
+            std::net::IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .gateway(v6)
+                .output_interface(index)
+                .build(),
+        };
+        handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("default route via {gw} on {iface}"))?;
+    }
+    Ok(())
+}
+
 pub async fn configure(params: &BootParams) -> anyhow::Result<()> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
     let task = tokio::spawn(conn);
@@ -41,51 +100,11 @@ pub async fn configure(params: &BootParams) -> anyhow::Result<()> {
             .execute()
             .await
             .context("lo up")?;
-        let Some((ip, prefix)) = params.ip else {
-            return Ok(());
-        };
-        let Some(eth0) = link_index(&handle, "eth0").await? else {
-            bail!("aurae.ip is set but there is no eth0");
-        };
-        if ip.is_ipv4() {
-            announce_on_up("eth0");
+        if let Some((ip, prefix)) = params.ip {
+            up_with(&handle, "eth0", (ip, prefix), params.gateway, None).await?;
         }
-        let mut add = handle.address().add(eth0, ip, prefix);
-        if ip.is_ipv6() {
-            // IFA_F_NODAD: usable at once. The parent assigns every address
-            // of the prefix, so duplicate address detection has nothing to
-            // find, and a tentative address can't be bound by auraed.
-            let msg = add.message_mut();
-            msg.header.flags |= AddressHeaderFlags::Nodad;
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
-        add.execute()
-            .await
-            .with_context(|| format!("adding {ip}/{prefix} to eth0"))?;
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(eth0).up().build())
-            .execute()
-            .await
-            .context("eth0 up")?;
-        if let Some(gw) = params.gateway {
-            let route = match gw {
-                std::net::IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                    .gateway(v4)
-                    .output_interface(eth0)
-                    .build(),
-                std::net::IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                    .gateway(v6)
-                    .output_interface(eth0)
-                    .build(),
-            };
-            handle
-                .route()
-                .add(route)
-                .execute()
-                .await
-                .with_context(|| format!("default route via {gw}"))?;
+        if let Some(pod) = &params.pod {
+            up_with(&handle, &pod.iface, pod.ip, pod.gateway, pod.mtu).await?;
         }
         Ok(())
     }

@@ -7,8 +7,13 @@ use std::time::{Duration, Instant};
 
 use crate::pods::free_port;
 
+/// The upstream crictl: `$AURAE_CRICTL` (the QEMU test host has its own
+/// copy), else `../shared/cri/crictl`.
 pub fn crictl_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri/crictl")
+    match std::env::var_os("AURAE_CRICTL") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri/crictl"),
+    }
 }
 
 /// A `docker-registry` on loopback, removed with the test.
@@ -121,7 +126,7 @@ impl Crictl {
                 "--image-endpoint",
                 &endpoint,
             ])
-            .args(["--timeout", "60s"])
+            .args(["--timeout", "300s"])
             .args(args)
             .output()
             .expect("crictl")

@@ -73,6 +73,10 @@ pub struct VmConfig {
     /// Existing TAP interfaces, one virtio-net device each: eth0, eth1...
     /// in the guest, in this order.
     pub taps: Vec<String>,
+    /// The guest's MAC on some of those TAPs (a pod's CNI device's
+    /// address, which its network knows the pod by); the others derive
+    /// theirs from the TAP's name ([`crate::devices::virtio::net::guest_mac`]).
+    pub macs: Vec<(String, [u8; 6])>,
     pub disks: Vec<DiskConfig>,
     pub console: Console,
     /// Pass the SVM/VMX CPUID bits through so the guest can run KVM.
@@ -101,6 +105,7 @@ impl Default for VmConfig {
             mem_mib: 256,
             vcpus: 1,
             taps: vec![],
+            macs: vec![],
             disks: vec![],
             console: Console::None,
             nested: false,
@@ -226,6 +231,14 @@ impl VmConfig {
             // another's).
             if nix::net::if_::if_nametoindex(tap.as_str()).is_err() {
                 return Err(bad("tap", format!("{tap} does not exist")));
+            }
+        }
+        for (tap, mac) in &self.macs {
+            if !self.taps.contains(tap) {
+                return Err(bad("mac", format!("{tap} is not one of the TAPs")));
+            }
+            if mac[0] & 1 == 1 || mac == &[0; 6] {
+                return Err(bad("mac", format!("{tap}: not a unicast address")));
             }
         }
         if let Some(v) = &self.vsock {

@@ -30,6 +30,10 @@ struct Cli {
     /// eth1... in the guest). Each guest MAC is derived from its TAP's name.
     #[arg(long)]
     tap: Vec<String>,
+    /// The guest's MAC on one of the TAPs, as TAP=XX:XX:XX:XX:XX:XX
+    /// (unicast); repeatable.
+    #[arg(long, value_parser = parse_mac)]
+    mac: Vec<(String, [u8; 6])>,
     /// A raw disk image; append ":ro" for read-only. Repeatable.
     #[arg(long)]
     disk: Vec<String>,
@@ -121,6 +125,7 @@ fn main() {
         mem_mib: cli.mem,
         vcpus: cli.vcpus,
         taps: cli.tap,
+        macs: cli.mac,
         disks,
         console,
         nested: cli.nested,
@@ -251,4 +256,20 @@ fn main() {
         ExitReason::DebugExit(v) => i32::from(v),
         ExitReason::Error(_) => 1,
     });
+}
+
+/// `TAP=XX:XX:XX:XX:XX:XX`.
+fn parse_mac(s: &str) -> Result<(String, [u8; 6]), String> {
+    let (tap, mac) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected TAP=XX:XX:XX:XX:XX:XX"))?;
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{mac:?} is not a MAC address"))?;
+    let mac: [u8; 6] = bytes
+        .try_into()
+        .map_err(|_| format!("{mac:?} is not six bytes"))?;
+    Ok((tap.to_string(), mac))
 }

@@ -259,8 +259,13 @@ impl Vm {
         let salt = crate::devices::virtio::net::host_salt();
         for tap in &config.taps {
             let t = Tap::open(tap).map_err(VmmError::input("tap", tap))?;
-            let d = Net::new(t, crate::devices::virtio::net::guest_mac(tap, &salt))
-                .map_err(device_err("net"))?;
+            let mac = config
+                .macs
+                .iter()
+                .find(|(t, _)| t == tap)
+                .map(|(_, m)| *m)
+                .unwrap_or_else(|| crate::devices::virtio::net::guest_mac(tap, &salt));
+            let d = Net::new(t, mac).map_err(device_err("net"))?;
             watch_faults.push(d.watch_fault.clone());
             let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));

@@ -129,6 +129,13 @@ fn each_bad_option_is_named_and_nothing_leaks() {
             },
         ),
         (
+            "mac",
+            VmConfig {
+                macs: vec![("not-a-tap-of-it".into(), [2, 0, 0, 0, 0, 1])],
+                ..base.clone()
+            },
+        ),
+        (
             "disk",
             VmConfig {
                 disks: vec![DiskConfig {

@@ -131,11 +131,18 @@ fn main() -> anyhow::Result<()> {
             let runs = if tests.is_empty() {
                 testhost::default_runs()
             } else {
+                // A test of the default runs keeps its programs and
+                // environment.
+                let defaults = testhost::default_runs();
                 tests
                     .into_iter()
-                    .map(|t| testhost::TestRun {
-                        test: t,
-                        ..Default::default()
+                    .map(|t| {
+                        defaults.iter().find(|r| r.test == t).cloned().unwrap_or(
+                            testhost::TestRun {
+                                test: t,
+                                ..Default::default()
+                            },
+                        )
                     })
                     .collect()
             };

@@ -56,6 +56,9 @@ pub struct TestRun {
     /// Use release builds of auraed and aer (benchmarks compare them with
     /// optimized peers; aurae-vmm is always a static release build).
     pub release: bool,
+    /// Programs of this machine the test runs there (their path there, and
+    /// here), with their shared libraries (and skopeo's policy file with it).
+    pub programs: Vec<(String, PathBuf)>,
 }
 
 /// What came back from the test host.
@@ -80,6 +83,7 @@ pub fn bench(test: &str, runs: usize, env: Vec<(String, String)>) -> anyhow::Res
         env,
         needs_qemu: true,
         release: true,
+        ..Default::default()
     };
     let outcome = run(&img.bzimage, Some(&img.dir), &[bench])?;
     if !outcome.passed {
@@ -115,6 +119,28 @@ pub fn default_runs() -> Vec<TestRun> {
         },
         TestRun {
             test: "vm_linux".into(),
+            ..Default::default()
+        },
+        TestRun {
+            test: "cri_microvm".into(),
+            env: vec![
+                ("AURAE_CRICTL".into(), "/usr/bin/crictl".into()),
+                ("TMPDIR".into(), "/tmp".into()),
+            ],
+            programs: [
+                (
+                    "usr/bin/crictl",
+                    deps::workspace_root().join("../shared/cri/crictl"),
+                ),
+                ("usr/bin/docker-registry", "/usr/bin/docker-registry".into()),
+                ("usr/bin/skopeo", "/usr/bin/skopeo".into()),
+                // The CNI plugins of the pod network test.
+                ("usr/lib/cni/bridge", "/usr/lib/cni/bridge".into()),
+                ("usr/lib/cni/host-local", "/usr/lib/cni/host-local".into()),
+            ]
+            .into_iter()
+            .map(|(at, p)| (at.to_string(), p))
+            .collect(),
             ..Default::default()
         },
     ]
@@ -245,6 +271,31 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         }
     }
     payload.extend(binaries.into_iter().map(|(n, p)| (format!("tests/{n}"), p)));
+    let programs: Vec<&(String, PathBuf)> = runs.iter().flat_map(|r| &r.programs).collect();
+    if !programs.is_empty() {
+        deps::ensure(&[
+            "docker-registry",
+            "skopeo",
+            "containernetworking-plugins",
+            "ca-certificates",
+        ])?;
+    }
+    for (at, p) in programs {
+        let name = p
+            .file_name()
+            .with_context(|| format!("{} has no file name", p.display()))?;
+        payload.push((at.clone(), p.clone()));
+        if name == "skopeo" {
+            let policy = Path::new("/etc/containers/policy.json");
+            m.file("etc/containers/policy.json", policy, 0o644)?;
+        }
+        if name == "docker-registry" {
+            // auraed's registry client (reqwest) needs CA certificates,
+            // even for the plain-HTTP registry of the test.
+            let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
+            m.file("etc/ssl/certs/ca-certificates.crt", certs, 0o644)?;
+        }
+    }
     if runs.iter().any(|r| r.needs_qemu) {
         let qemu = PathBuf::from("/usr/bin/qemu-system-x86_64");
         payload.push(("usr/bin/qemu-system-x86_64".into(), qemu));
@@ -325,8 +376,9 @@ fn boot(kernel: &Path, initrd: &Path, append: &str, dir: &Path) -> anyhow::Resul
         .args(["-M", "pc,accel=tcg", "-cpu", TEST_HOST_CPU])
         // The initramfs (debug test binaries, auraed, QEMU) unpacks into a
         // rootfs of at most half the memory: 2 GiB stopped being enough
-        // ("Initramfs unpacking failed: write error") once it passed 1 GiB.
-        .args(["-smp", "2", "-m", "3072"])
+        // ("Initramfs unpacking failed: write error") once it passed 1 GiB;
+        // 3 GiB once the CRI test brought crictl, a registry and skopeo.
+        .args(["-smp", "2", "-m", "4096"])
         .args([
             "-nographic",
             "-nodefaults",

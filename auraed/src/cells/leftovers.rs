@@ -39,6 +39,9 @@ pub fn clean_leftovers(
     for partial in crate::oci::cache::clean_partial(&state_dir.join("images")) {
         removed.push(format!("partial image unpack {}", partial.display()));
     }
+    for partial in crate::oci::import::clean_partial(&state_dir.join("imports")) {
+        removed.push(format!("partial image import {}", partial.display()));
+    }
     if let Ok(entries) = std::fs::read_dir(state_dir.join("cells")) {
         for e in entries.filter_map(Result::ok) {
             match std::fs::remove_dir_all(e.path()) {

@@ -150,6 +150,10 @@ pub struct Attachment {
     /// reach it through `/proc/<auraed>/fd/<fd>`.
     netns: OwnedFd,
     pub ip: IpAddr,
+    /// The address's prefix length and gateway, as ADD gave them (unknown,
+    /// 0 and `None`, for an attachment taken back after a restart).
+    pub prefix: u8,
+    pub gateway: Option<IpAddr>,
 }
 
 /// What plugins run with.
@@ -198,6 +202,8 @@ pub async fn reattach(
         args: saved.args,
         netns,
         ip,
+        prefix: 0,
+        gateway: None,
     })
 }
 
@@ -330,6 +336,8 @@ pub async fn add(
         ),
         netns,
         ip: IpAddr::from([0, 0, 0, 0]),
+        prefix: 0,
+        gateway: None,
     };
     let env = env(&attachment);
     let mut result = Value::Null;
@@ -349,15 +357,19 @@ pub async fn add(
             }
         }
     }
-    // The first address of the result ("10.88.0.5/16").
-    let ip = result["ips"]
+    // The first address of the result ("10.88.0.5/16"), its gateway.
+    let first = result["ips"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|i| i["address"].as_str())
-        .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
-        .next();
-    let Some(ip) = ip else {
+        .find_map(|i| {
+            let (ip, prefix) = i["address"].as_str()?.split_once('/')?;
+            let ip: IpAddr = ip.parse().ok()?;
+            let prefix: u8 = prefix.parse().ok()?;
+            let gateway = i["gateway"].as_str().and_then(|g| g.parse().ok());
+            Some((ip, prefix, gateway))
+        });
+    let Some((ip, prefix, gateway)) = first else {
         if let Err(undo) = del(&attachment, how.bin_dirs).await {
             tracing::error!("CNI: deleting {}: {undo}", how.container_id);
         }
@@ -365,7 +377,12 @@ pub async fn add(
             network: network.name.clone(),
         });
     };
-    Ok(Attachment { ip, ..attachment })
+    Ok(Attachment {
+        ip,
+        prefix,
+        gateway,
+        ..attachment
+    })
 }
 
 /// Detaches: every plugin's `DEL`, in reverse order (each one runs even

@@ -11,6 +11,7 @@
 //! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]   # where the plugins are
 //! stream_address = "127.0.0.1:0"      # Exec/PortForward URLs (port 0: any free one)
 //! pod_restart = "keep"                # pods outlive auraed (cell backend); or "remove"
+//! sandbox_ready_timeout_s = 60        # how long a pod's instance may take to be ready
 //!
 //! # Registry mirrors, as containerd's hosts.toml: the registry's own name,
 //! # or "*" for every registry without an entry of its own.
@@ -79,6 +80,14 @@ pub struct CriSection {
     pub stream_address: std::net::SocketAddr,
     #[serde(default)]
     pub pod_restart: PodRestart,
+    /// How long a pod sandbox's instance may take to be ready (a microVM
+    /// boots; a slow machine may need more), in seconds.
+    #[serde(default = "default_sandbox_ready_timeout_s")]
+    pub sandbox_ready_timeout_s: u64,
+}
+
+fn default_sandbox_ready_timeout_s() -> u64 {
+    60
 }
 
 fn default_stream_address() -> std::net::SocketAddr {
@@ -122,6 +131,7 @@ impl Default for CriSection {
             cni_bin_dirs: default_cni_bin_dirs(),
             stream_address: default_stream_address(),
             pod_restart: PodRestart::default(),
+            sandbox_ready_timeout_s: default_sandbox_ready_timeout_s(),
         }
     }
 }
@@ -170,6 +180,15 @@ impl CriSection {
                     reason: format!("{} is not an absolute path", root.display()),
                 });
             }
+        }
+        if !(1..=3600).contains(&self.sandbox_ready_timeout_s) {
+            return Err(ConfigError::Invalid {
+                field: "cri.sandbox_ready_timeout_s",
+                reason: format!(
+                    "{} is not between 1 and 3600 seconds",
+                    self.sandbox_ready_timeout_s
+                ),
+            });
         }
         for (registry, hosts) in &self.registries {
             for m in &hosts.mirrors {

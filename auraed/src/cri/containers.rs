@@ -1,6 +1,8 @@
-//! Containers: each a cell in its pod's instance, rooted in its image (the
-//! unpacked, verified entry of this auraed's image cache, bound read-only
-//! into the running instance) and sharing the instance's network.
+//! Containers: each a cell in its pod's instance, rooted in its image and
+//! sharing the instance's network. A cell-backed instance has the image
+//! bound in read-only (the unpacked, verified entry of this auraed's image
+//! cache; see [`super::container_binds`]); a microVM gets it over its link
+//! (`PutImage`), checking every blob.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,11 +14,9 @@ use tonic::Status;
 use super::container_config::{executable_of, refuse_unbuilt, sc_of, seccomp_of, volumes};
 use super::state::{new_id, now_ns, Container, Run, Sandbox};
 use super::Cri;
+use crate::instances::backend::Backend;
 use crate::instances::Instance;
 use crate::registry::Workload;
-
-/// Where a pod's instance sees its containers' volumes.
-const VOLUMES: &str = "/etc/aurae/volumes";
 
 const CREATED: i32 = cri::ContainerState::ContainerCreated as i32;
 const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
@@ -57,23 +57,39 @@ impl Cri {
         refuse_unbuilt(&config)?;
         executable_of(&config, None, &[])?;
         let seccomp = seccomp_of(&config).await?;
-        let mut volumes = volumes(&config).await?;
         let log_path = super::container_config::log_path(&sandbox.config, &config)?;
-        // The pod's resolv.conf, unless the container mounts its own.
-        if let Some(resolv) = &sandbox.resolv_conf {
-            if !volumes
-                .iter()
-                .any(|v| v.container_path == "/etc/resolv.conf")
-            {
-                volumes.push(super::container_config::Volume {
-                    host: resolv.clone(),
-                    container_path: "/etc/resolv.conf".into(),
-                    read_only: true,
-                    propagation: crate::cells::Propagation::Private,
-                });
-            }
-        }
         let instance = self.instance_of(&sandbox)?;
+        let microvm = instance.choice.backend == Backend::MicroVm;
+        let mut volumes = volumes(&config).await?;
+        if microvm && !volumes.is_empty() {
+            return Err(Status::unimplemented(format!(
+                "config.mounts: host paths in a microVM pod ({}) are not built yet (they reach \
+                 a VM through a shared file system, virtio-fs, which is not built)",
+                super::sandboxes::MICROVM_HANDLER
+            )));
+        }
+        // The pod's resolv.conf, unless the container mounts its own: in a
+        // microVM's own root (from its initrd), else bound into the
+        // instance with the volumes.
+        let mut mounts = Vec::new();
+        let own_resolv = volumes
+            .iter()
+            .any(|v| v.container_path == "/etc/resolv.conf");
+        match &sandbox.resolv_conf {
+            Some(_) if microvm => mounts.push(pb::CellMount {
+                source: super::sandboxes::GUEST_RESOLV.into(),
+                destination: "/etc/resolv.conf".into(),
+                read_only: true,
+                ..Default::default()
+            }),
+            Some(resolv) if !own_resolv => volumes.push(super::container_config::Volume {
+                host: resolv.clone(),
+                container_path: "/etc/resolv.conf".into(),
+                read_only: true,
+                propagation: crate::cells::Propagation::Private,
+            }),
+            _ => {}
+        }
         let image = self.find_image(&image_name).ok_or_else(|| {
             Status::not_found(format!(
                 "config.image.image: {} is not pulled here (PullImage first)",
@@ -136,54 +152,19 @@ impl Cri {
         })?;
         let id = new_id().map_err(|e| Status::internal(format!("a container id: {e}")))?;
         let cell = format!("c-{}", &id[..12]);
-        let inside = PathBuf::from(crate::pods::IMAGES).join(&cell);
-        let ns = instance.pidfd()?;
-        // The image, read-only, and each volume (writable unless asked
-        // otherwise) under the container's folder in the instance.
-        use crate::cells::Propagation as P;
-        use crate::sys::mount_inject::Inject;
-        let mut binds = vec![Inject {
-            host,
-            inside: inside.clone(),
-            writable: false,
-            propagation: P::Private,
-        }];
-        let mut mounts = Vec::new();
-        for (i, v) in volumes.into_iter().enumerate() {
-            let at = PathBuf::from(VOLUMES).join(format!("{cell}-{i}"));
-            mounts.push(pb::CellMount {
-                source: at.display().to_string(),
-                destination: v.container_path,
-                read_only: v.read_only,
-                propagation: match v.propagation {
-                    P::Private => pb::MountPropagation::Private,
-                    P::Slave => pb::MountPropagation::HostToCell,
-                    P::Shared => pb::MountPropagation::Bidirectional,
-                } as i32,
-            });
-            binds.push(Inject {
-                host: v.host,
-                inside: at,
-                writable: !v.read_only,
-                propagation: v.propagation,
-            });
-        }
-        // A bind that fails part-way takes back the ones made before it.
-        crate::blocking::run("binding an image into the pod", move || {
-            use crate::sys::mount_inject;
-            use std::os::fd::AsFd;
-            mount_inject::bind(ns.as_fd(), &binds).inspect_err(|_| {
-                let targets: Vec<PathBuf> = binds.iter().map(|b| b.inside.clone()).collect();
-                if let Err(e) = mount_inject::unbind(ns.as_fd(), &targets) {
-                    tracing::error!("unbinding after a failed bind: {}", crate::error::chain(&e));
-                }
-            })
-        })
-        .await?
-        .map_err(|source| crate::error::ApiError::Mount {
-            what: "binding the container's image and volumes into the pod".into(),
-            source,
-        })?;
+        let inside = if microvm {
+            // A microVM gets the image over its link, and checks it.
+            let channel = match &self.runtime.instances {
+                Some(i) => i.own_channel(&instance)?,
+                None => instance.channel(),
+            };
+            PathBuf::from(
+                crate::instances::put_image::put_image(channel, &layout, "config.image.image")
+                    .await?,
+            )
+        } else {
+            super::container_binds::bind_into(&instance, &cell, host, volumes, &mut mounts).await?
+        };
         let container = Arc::new(Container {
             id: id.clone(),
             sandbox_id: sandbox.id.clone(),
@@ -501,34 +482,6 @@ impl Cri {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&c.id);
-        Ok(())
-    }
-
-    /// Takes the container's image and volumes out of its pod's instance
-    /// (if it still runs: its mount namespace goes with it otherwise).
-    async fn unbind(&self, c: &Container) -> Result<(), Status> {
-        let Ok(sandbox) = self.state.sandbox("pod_sandbox_id", &c.sandbox_id) else {
-            return Ok(());
-        };
-        let Ok(instance) = self.instance_of(&sandbox) else {
-            return Ok(());
-        };
-        let ns = instance.pidfd()?;
-        let targets: Vec<PathBuf> = std::iter::once(c.image_inside.clone())
-            .chain(c.mounts.iter().map(|m| PathBuf::from(&m.source)))
-            .collect();
-        crate::blocking::run("unbinding a container's image and volumes", move || {
-            use std::os::fd::AsFd;
-            crate::sys::mount_inject::unbind(ns.as_fd(), &targets)
-        })
-        .await?
-        .map_err(|source| crate::error::ApiError::Mount {
-            what: format!(
-                "removing container {}: unbinding its image and volumes",
-                c.id
-            ),
-            source,
-        })?;
         Ok(())
     }
 

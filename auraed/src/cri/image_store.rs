@@ -59,10 +59,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Store
 
 /// The hex of a `sha256:<64 hex>` digest.
 pub fn sha256_hex(digest: &str) -> Result<&str, StoreError> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .ok_or_else(|| StoreError::Digest(digest.to_string()))
+    crate::oci::sha256_hex(digest).ok_or_else(|| StoreError::Digest(digest.to_string()))
 }
 
 /// A name of its own beside `path` for something being written there: two

@@ -18,6 +18,8 @@ mod authority;
 mod cni;
 pub mod config;
 #[cfg(feature = "cri")]
+mod container_binds;
+#[cfg(feature = "cri")]
 mod container_config;
 #[cfg(feature = "cri")]
 mod container_status;
@@ -40,15 +42,21 @@ mod image_service;
 #[cfg(feature = "cri")]
 pub mod image_store;
 #[cfg(feature = "cri")]
+mod microvm_net;
+#[cfg(feature = "cri")]
 pub mod pull;
 #[cfg(feature = "cri")]
 mod records;
+#[cfg(feature = "cri")]
+mod registry_client;
 #[cfg(feature = "cri")]
 mod resources;
 #[cfg(feature = "cri")]
 mod restore;
 #[cfg(feature = "cri")]
 mod runtime_service;
+#[cfg(feature = "cri")]
+mod sandbox_status;
 #[cfg(feature = "cri")]
 mod sandboxes;
 #[cfg(feature = "cri")]

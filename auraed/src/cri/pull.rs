@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -57,6 +56,8 @@ pub enum PullError {
     },
     #[error("writing the image's layout")]
     Task(#[source] crate::error::ApiError),
+    #[error("pulling")]
+    Client(#[from] super::registry_client::ClientError),
     /// Every host failed: each one's reason.
     #[error("pulling {reference}: {}", .tried.iter().map(|e| crate::error::chain(e)).collect::<Vec<_>>().join("; "))]
     AllFailed {
@@ -84,9 +85,10 @@ impl PullError {
                 _ => tonic::Code::DataLoss,
             },
             PullError::Verify { .. } => tonic::Code::DataLoss,
-            PullError::Store(_) | PullError::Io { .. } | PullError::Task(_) => {
-                tonic::Code::Internal
-            }
+            PullError::Store(_)
+            | PullError::Io { .. }
+            | PullError::Task(_)
+            | PullError::Client(_) => tonic::Code::Internal,
             // The most telling of the hosts' reasons: the last (the
             // registry itself, unless it is skipped).
             PullError::AllFailed { tried, .. } => tried
@@ -162,12 +164,7 @@ impl Puller {
             .filter(|h| h.plain_http)
             .map(|h| h.host.clone())
             .collect();
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..Default::default()
-        });
+        let client = super::registry_client::client(plain)?;
         let mut tried = Vec::new();
         for host in hosts {
             let mut r = reference.clone();

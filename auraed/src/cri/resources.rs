@@ -15,6 +15,56 @@ use tonic::Status;
 /// The kernel's default CFS period, the kubelet's too.
 const DEFAULT_PERIOD_US: u64 = 100_000;
 
+/// What a microVM pod's guest needs beside its containers: its kernel,
+/// its auraed, and the images put into its RAM-backed root.
+pub(super) const GUEST_BASE_MIB: u64 = 128;
+
+/// The size of a microVM pod's VM, from the pod's `linux.resources` (the
+/// sum of its containers' limits, as the kubelet gives it) and
+/// `linux.overhead`: their memory plus [`GUEST_BASE_MIB`], and their CPU
+/// quota in whole vCPUs, each at most what this host has. `(0, 0)`, the
+/// instance defaults, when the pod sets no limit; never below them.
+pub(super) fn vm_size(config: &cri::PodSandboxConfig) -> Result<(u32, u64), Status> {
+    let Some(linux) = config.linux.as_ref() else {
+        return Ok((0, 0));
+    };
+    let parts = [linux.resources.as_ref(), linux.overhead.as_ref()];
+    let memory: u64 = parts
+        .iter()
+        .flatten()
+        .map(|r| u64::try_from(r.memory_limit_in_bytes).unwrap_or(0))
+        .sum();
+    let cpu: f64 = parts
+        .iter()
+        .flatten()
+        .filter(|r| r.cpu_quota > 0)
+        .map(|r| {
+            let period = u64::try_from(r.cpu_period).ok().filter(|p| *p > 0);
+            r.cpu_quota as f64 / period.unwrap_or(DEFAULT_PERIOD_US) as f64
+        })
+        .sum();
+    let host_mib = crate::service::convert::host_memory_mib();
+    let memory_mib = match memory {
+        0 => 0,
+        m => (m.div_ceil(1 << 20) + GUEST_BASE_MIB).max(crate::instances::DEFAULT_MEM_MIB),
+    };
+    if memory_mib > host_mib {
+        return Err(Status::invalid_argument(format!(
+            "config.linux.resources.memory_limit_in_bytes: {memory_mib} MiB for the pod's VM, \
+             more than this host's {host_mib} MiB"
+        )));
+    }
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let vcpus = cpu.ceil() as u64;
+    if vcpus > host_cpus as u64 {
+        return Err(Status::invalid_argument(format!(
+            "config.linux.resources.cpu_quota: {vcpus} vCPUs for the pod's VM, more than this \
+             host's {host_cpus}"
+        )));
+    }
+    Ok((vcpus as u32, memory_mib))
+}
+
 /// The cell limits `r` asks for (`None`: none); `field` names `r` in
 /// errors (`config.linux.resources`, or `linux` of an update).
 pub(super) fn limits_of(
@@ -192,5 +242,60 @@ mod tests {
         let (code, m) = field(res(|r| r.unified = [("a".into(), "b".into())].into()));
         assert_eq!(code, tonic::Code::Unimplemented);
         assert!(m.starts_with("linux.unified"), "{m}");
+    }
+
+    #[test]
+    fn a_microvm_pod_is_sized_from_its_resources_and_overhead() {
+        let mib = |m: i64| m << 20;
+        let pod =
+            |resources: Option<cri::LinuxContainerResources>, overhead| cri::PodSandboxConfig {
+                linux: Some(cri::LinuxPodSandboxConfig {
+                    resources,
+                    overhead,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+        assert_eq!(
+            vm_size(&cri::PodSandboxConfig::default()).expect("none"),
+            (0, 0)
+        );
+        assert_eq!(vm_size(&pod(None, None)).expect("no limits"), (0, 0));
+        let r = cri::LinuxContainerResources {
+            memory_limit_in_bytes: mib(256),
+            cpu_quota: 100_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        };
+        let o = cri::LinuxContainerResources {
+            memory_limit_in_bytes: mib(64),
+            ..Default::default()
+        };
+        assert_eq!(
+            vm_size(&pod(Some(r.clone()), Some(o))).expect("sized"),
+            (1, 256 + 64 + GUEST_BASE_MIB)
+        );
+        // Never below the instance default.
+        let small = cri::LinuxContainerResources {
+            memory_limit_in_bytes: mib(16),
+            ..Default::default()
+        };
+        assert_eq!(
+            vm_size(&pod(Some(small), None)).expect("small"),
+            (0, crate::instances::DEFAULT_MEM_MIB)
+        );
+        // More than the host has: refused, naming the field.
+        let huge = cri::LinuxContainerResources {
+            memory_limit_in_bytes: i64::MAX,
+            cpu_quota: 1_000_000_000,
+            ..Default::default()
+        };
+        let e = vm_size(&pod(Some(huge), None)).expect_err("too big");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("config.linux.resources."),
+            "{}",
+            e.message()
+        );
     }
 }

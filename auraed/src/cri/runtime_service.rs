@@ -37,7 +37,15 @@ impl RuntimeService for CriService {
         &self,
         r: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Ok(Response::new(self.run_sandbox(r.into_inner()).await?))
+        // Run to the end even if the caller goes away (its deadline may be
+        // shorter than a microVM's boot): a set-up dropped halfway would
+        // skip its own rollback. A sandbox the kubelet never heard of is
+        // listed, and removed by its garbage collection.
+        let cri = self.0.clone();
+        let made = tokio::spawn(async move { cri.run_sandbox(r.into_inner()).await })
+            .await
+            .map_err(|e| Status::internal(format!("RunPodSandbox: its task failed: {e}")))?;
+        Ok(Response::new(made?))
     }
 
     async fn stop_pod_sandbox(

@@ -8,7 +8,7 @@ use aurae_proto::cri;
 use tonic::Status;
 
 use super::config::DefaultHandler;
-use super::state::{matches, new_id, now_ns, Sandbox};
+use super::state::{new_id, now_ns, Sandbox};
 use super::Cri;
 use crate::instances::backend::{Backend, Preference};
 use crate::instances::InstanceSpec;
@@ -17,8 +17,8 @@ use crate::instances::InstanceSpec;
 pub const CELL_HANDLER: &str = "aurae-cell";
 pub const MICROVM_HANDLER: &str = "aurae-microvm";
 
-/// How long a sandbox's instance may take to be ready.
-const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Where a microVM pod's resolv.conf is in its VM.
+pub const GUEST_RESOLV: &str = "/etc/aurae/pod/resolv.conf";
 
 /// The node's namespaces a pod asks for: `hostIPC`, `hostPID` and
 /// `hostNetwork` make the pod's instance share the host's.
@@ -150,7 +150,7 @@ impl Cri {
             preference,
             kernel: None,
             initramfs: None,
-            ready_timeout: READY_TIMEOUT,
+            ready_timeout: std::time::Duration::from_secs(self.cfg.sandbox_ready_timeout_s),
             read_only: Vec::new(),
             metadata: [
                 ("cri.sandbox".to_string(), id.clone()),
@@ -163,16 +163,55 @@ impl Cri {
             host_pid: host.pid,
             host_network: host.net,
             keep: self.cfg.pod_restart == super::config::PodRestart::Keep,
+            pod_network: None,
+            files: Vec::new(),
         };
         let choice = instances.choice_for(&spec).map_err(Status::from)?;
-        if choice.backend == Backend::MicroVm {
-            return Err(Status::unimplemented(format!(
-                "runtime_handler {:?}: a microVM pod sandbox is not built yet: containers \
-                 created after the sandbox can't reach its VM (images are attached as disks \
-                 at boot); use {CELL_HANDLER}",
-                r.runtime_handler
-            )));
+        let microvm = choice.backend == Backend::MicroVm;
+        if microvm {
+            self.refuse_in_microvm(&sysctls, host)?;
         }
+        // Only a cell-backed instance outlives this auraed.
+        let mut spec = spec;
+        spec.keep &= !microvm;
+        // A VM the size of the pod (a cell-backed pod's containers are
+        // limited one by one instead).
+        if microvm {
+            (spec.vcpus, spec.memory_mib) = super::resources::vm_size(&config)?;
+            // Its resolv.conf is in the VM's own root, from its initrd.
+            if let Some(text) = &resolv {
+                spec.files.push(crate::cells::SeedFile {
+                    path: GUEST_RESOLV.trim_start_matches('/').into(),
+                    contents: text.clone().into_bytes(),
+                    mode: 0o644,
+                });
+            }
+        }
+        // A microVM's VMM joins the pod's CNI network before its guest
+        // boots; the attachment is the sandbox's once it runs.
+        let cni_pod = match microvm {
+            true => super::cni::load(&self.cfg.cni_conf_dir)
+                .map_err(|e| {
+                    Status::internal(format!(
+                        "the pod's CNI network: {}",
+                        crate::error::chain(&e)
+                    ))
+                })?
+                .map(|network| {
+                    Arc::new(super::microvm_net::CniPod::new(
+                        network,
+                        self.cfg.cni_bin_dirs.clone(),
+                        id.clone(),
+                        meta.name.clone(),
+                        meta.namespace.clone(),
+                        self.sandboxes_dir.join(&id).join(super::cni::SAVED),
+                    ))
+                }),
+            false => None,
+        };
+        spec.pod_network = cni_pod
+            .clone()
+            .map(|p| crate::instances::pod_network::PodNetworkHook(p));
         // Host ports first: one that is taken fails before anything is made.
         let mut listeners = Vec::new();
         for (i, p) in config.port_mappings.iter().enumerate() {
@@ -228,6 +267,12 @@ impl Cri {
         let instance = match self.runtime.spawn(spec).await {
             Ok(i) => i,
             Err(e) => {
+                // A failure after the instance was ready (its record, its
+                // metadata) leaves its pod network attached: released.
+                if let Some(p) = &cni_pod {
+                    use crate::instances::pod_network::PodNetwork;
+                    p.detach().await;
+                }
                 remove_files(&dir);
                 return Err(e.into());
             }
@@ -254,6 +299,9 @@ impl Cri {
         // Its CNI network, if one is configured (not in the node's).
         let attached = if host.net {
             Ok(None)
+        } else if microvm {
+            // Recorded as ADD answered (see `microvm_net`).
+            Ok(cni_pod.as_ref().and_then(|p| p.take()))
         } else {
             self.attach_network(&id, meta, &instance).await
         };
@@ -310,6 +358,27 @@ impl Cri {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), sandbox);
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+    }
+
+    /// What a microVM pod sandbox can't have yet, refused before anything
+    /// is made: each answers UNIMPLEMENTED naming what is missing.
+    fn refuse_in_microvm(
+        &self,
+        sysctls: &[(String, String)],
+        host: NodeNamespaces,
+    ) -> Result<(), Status> {
+        if host.ipc || host.pid || host.net {
+            return Err(Status::invalid_argument(format!(
+                "config.linux.security_context.namespace_options: a microVM pod ({MICROVM_HANDLER}) \
+                 can't share the node's namespaces; use {CELL_HANDLER}"
+            )));
+        }
+        if !sysctls.is_empty() {
+            return Err(Status::unimplemented(
+                "config.linux.sysctls: sysctls in a microVM pod are not built yet",
+            ));
+        }
+        Ok(())
     }
 
     /// Takes back what a failed RunPodSandbox made: its CNI network, its
@@ -448,7 +517,22 @@ impl Cri {
         let a = super::cni::add(&network, &how, pidfd.as_fd())
             .await
             .map_err(cni_status)?;
-        // Kept while attached, for a DEL after a crash of this auraed.
+        tracing::info!(
+            "sandbox {id}: CNI network {} ({}) gave {}",
+            network.name,
+            network.file.display(),
+            a.ip
+        );
+        self.save_attachment(id, a).await.map(Some)
+    }
+
+    /// Keeps the record of `a` while it is attached, for a DEL after a
+    /// crash of this auraed; on failure, `a` is detached.
+    async fn save_attachment(
+        &self,
+        id: &str,
+        a: super::cni::Attachment,
+    ) -> Result<super::cni::Attachment, Status> {
         let record = self.sandboxes_dir.join(id).join(super::cni::SAVED);
         let saved = serde_json::to_vec(&a.saved())
             .map_err(std::io::Error::other)
@@ -465,100 +549,6 @@ impl Cri {
                 record.display()
             )));
         }
-        tracing::info!(
-            "sandbox {id}: CNI network {} ({}) gave {}",
-            network.name,
-            network.file.display(),
-            a.ip
-        );
-        Ok(Some(a))
-    }
-
-    fn sandbox_state(&self, s: &Sandbox) -> cri::PodSandboxState {
-        let running = match self.runtime.get(&s.instance, "id") {
-            Ok(crate::registry::Workload::Instance(i)) => i.running(),
-            _ => false,
-        };
-        if s.is_ready() && running {
-            cri::PodSandboxState::SandboxReady
-        } else {
-            cri::PodSandboxState::SandboxNotready
-        }
-    }
-
-    pub(super) fn sandbox_status(
-        &self,
-        r: cri::PodSandboxStatusRequest,
-    ) -> Result<cri::PodSandboxStatusResponse, Status> {
-        let s = self.state.sandbox("pod_sandbox_id", &r.pod_sandbox_id)?;
-        let state = self.sandbox_state(&s);
-        let namespace_options = s
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|c| c.namespace_options.clone());
-        let mut info = std::collections::HashMap::new();
-        if r.verbose {
-            info.insert(
-                "info".to_string(),
-                serde_json::json!({ "instance": s.instance, "handler": s.handler }).to_string(),
-            );
-        }
-        Ok(cri::PodSandboxStatusResponse {
-            status: Some(cri::PodSandboxStatus {
-                id: s.id.clone(),
-                metadata: s.metadata(),
-                state: state as i32,
-                created_at: s.created_at,
-                network: Some(cri::PodSandboxNetworkStatus {
-                    ip: if state == cri::PodSandboxState::SandboxReady {
-                        s.ip.clone()
-                    } else {
-                        String::new()
-                    },
-                    additional_ips: Vec::new(),
-                }),
-                linux: Some(cri::LinuxPodSandboxStatus {
-                    namespaces: Some(cri::Namespace {
-                        options: namespace_options,
-                    }),
-                }),
-                labels: s.config.labels.clone(),
-                annotations: s.config.annotations.clone(),
-                runtime_handler: s.handler.clone(),
-            }),
-            info,
-            containers_statuses: Vec::new(),
-            timestamp: now_ns(),
-        })
-    }
-
-    pub(super) fn list_sandboxes(
-        &self,
-        r: cri::ListPodSandboxRequest,
-    ) -> cri::ListPodSandboxResponse {
-        let filter = r.filter.unwrap_or_default();
-        let items = self
-            .state
-            .all_sandboxes()
-            .into_iter()
-            .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
-            .filter(|s| matches(&s.config.labels, &filter.label_selector))
-            .map(|s| {
-                let state = self.sandbox_state(&s);
-                cri::PodSandbox {
-                    id: s.id.clone(),
-                    metadata: s.metadata(),
-                    state: state as i32,
-                    created_at: s.created_at,
-                    labels: s.config.labels.clone(),
-                    annotations: s.config.annotations.clone(),
-                    runtime_handler: s.handler.clone(),
-                }
-            })
-            .filter(|p| filter.state.as_ref().is_none_or(|v| v.state == p.state))
-            .collect();
-        cri::ListPodSandboxResponse { items }
+        Ok(a)
     }
 }

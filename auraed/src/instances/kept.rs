@@ -406,5 +406,7 @@ pub fn spec_of(r: &InstanceRecord) -> super::InstanceSpec {
         host_pid: false,
         host_network: r.host_network,
         keep: true,
+        pod_network: None,
+        files: Vec::new(),
     }
 }

@@ -274,7 +274,14 @@ impl Instances {
         started: Instant,
     ) -> Result<Instance, ApiError> {
         let fail = self.cfg.fail_at;
-        let disks = disks(&spec.read_only, networks.len())?;
+        if spec.pod_network.is_some() && !networks.is_empty() {
+            return Err(ApiError::invalid(
+                "networks",
+                "a microVM on a pod network takes no devices on host bridges",
+            ));
+        }
+        let more_nets = networks.len() + usize::from(spec.pod_network.is_some());
+        let disks = disks(&spec.read_only, more_nets)?;
         let vcpus = u8::try_from(spec.vcpus.max(1))
             .map_err(|_| ApiError::invalid("vcpus", "a microVM has at most 255"))?;
         let mem_mib = if spec.memory_mib > 0 {
@@ -319,7 +326,8 @@ impl Instances {
                 image.push(("aurae-vmm".to_string(), self.cfg.vmm.clone()));
             }
         }
-        let seed = files::seed(&identity, &params);
+        let mut seed = files::seed(&identity, &params);
+        seed.extend(spec.files.iter().cloned());
         let (parent, d, i) = (self.cfg.instances_dir.clone(), dir.clone(), initrd.clone());
         undo.dir = Some(dir.clone());
         crate::blocking::run("writing the instance's initrd", move || {
@@ -329,21 +337,52 @@ impl Instances {
         })
         .await?
         .map_err(|e| ApiError::Internal(format!("instance {}: {}", spec.name, chain(&e))))?;
-        let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells, true);
+        // On a pod network, the VMM has a network namespace of its own.
+        let own_netns = spec.pod_network.is_some();
+        let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells, !own_netns);
         let cell = Cell::create(cell_spec, cells.clone()).await?;
         undo.cell = Some(cell.clone());
         injected(fail, FailAt::Cell)?;
 
-        // 6. The TAP on the bridge (named like the veths, after it).
-        let stem: String = self.cfg.bridge.chars().take(9).collect();
-        let tap_name = net::host_link_name(&format!("{stem}t"), index)?;
-        let tap = net::create_tap(&tap_name, &bridge.link()).await?;
-        undo.tap = Some(tap.clone());
-        self.make_taps(networks, index, &mut undo.networks).await?;
+        // 6. The TAP on the bridge (named like the veths, after it); on a
+        // pod network, an uplink to the bridge instead, and the pod's TAP.
+        let mut macs = Vec::new();
+        let (taps, pod_param) = match &spec.pod_network {
+            Some(hook) => {
+                let (host, peer, tap) = self.vm_link_names(index)?;
+                let (pidfd, _) = cell.namespaces();
+                let uplink = net::make_vm_link(
+                    pidfd,
+                    (&host, &peer),
+                    &bridge.link(),
+                    &tap,
+                    crate::metadata::imds::ADDR,
+                )
+                .await?;
+                undo.veth = Some(uplink);
+                let link = hook.0.attach(pidfd).await?;
+                undo.pod_network = Some(hook.clone());
+                let param = super::pod_network::boot_param(&link, "eth1");
+                // The guest answers as CNI's device: its network knows the
+                // pod by that address.
+                if let Some(mac) = link.mac {
+                    macs.push((link.tap.clone(), mac));
+                }
+                (vec![tap, link.tap], param)
+            }
+            None => {
+                let stem: String = self.cfg.bridge.chars().take(9).collect();
+                let tap_name = net::host_link_name(&format!("{stem}t"), index)?;
+                let tap = net::create_tap(&tap_name, &bridge.link()).await?;
+                undo.tap = Some(tap.clone());
+                self.make_taps(networks, index, &mut undo.networks).await?;
+                let taps: Vec<String> = std::iter::once(tap.name.clone())
+                    .chain(undo.networks.iter().map(|n| n.host.name().to_string()))
+                    .collect();
+                (taps, String::new())
+            }
+        };
         injected(fail, FailAt::Veth)?;
-        let taps: Vec<String> = std::iter::once(tap.name.clone())
-            .chain(undo.networks.iter().map(|n| n.host.name().to_string()))
-            .collect();
 
         // 7. The VMM.
         let process = vmm_process(&VmmArgs {
@@ -354,7 +393,8 @@ impl Instances {
             mem_mib,
             vcpus,
             taps: &taps,
-            cmdline: cmdline(&params, self.ula().bridge_addr()),
+            macs: &macs,
+            cmdline: cmdline(&params, self.ula().bridge_addr()) + &pod_param,
             nested: spec.nested,
             disks: &disks,
         })?;

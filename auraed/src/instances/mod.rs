@@ -14,7 +14,9 @@ mod microvm;
 pub mod networks;
 mod own;
 pub mod plain_vm;
+pub mod pod_network;
 mod pool;
+pub mod put_image;
 mod ready;
 pub mod root;
 mod spawn;
@@ -35,6 +37,7 @@ use crate::executables::Executable;
 use crate::net::{Bridge, Tap, Veth};
 use backend::{Backend, Choice, Preference};
 
+pub use microvm::DEFAULT_MEM_MIB;
 pub use spawn::FailAt;
 pub use vmm_process::Disk;
 
@@ -67,6 +70,11 @@ pub struct InstanceSpec {
     /// Outlives this auraed: a restarted auraed takes it back (cell
     /// backend only; see [`kept`]).
     pub keep: bool,
+    /// A pod network the VMM's own namespace joins (microVM backend only;
+    /// see [`pod_network`]).
+    pub pod_network: Option<pod_network::PodNetworkHook>,
+    /// Files the instance finds in its root (a pod's resolv.conf).
+    pub files: Vec<crate::cells::SeedFile>,
 }
 
 /// A host bridge an instance gets a network device on.

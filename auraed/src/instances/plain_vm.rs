@@ -344,6 +344,7 @@ impl Instances {
             mem_mib: spec.memory_mib,
             vcpus: spec.vcpus,
             taps: std::slice::from_ref(&tap),
+            macs: &[],
             cmdline: spec.cmdline.clone(),
             nested: false,
             disks: &spec.disks,
@@ -442,7 +443,7 @@ impl Instances {
     /// bridge) and temporary peer name, and its TAP (in its namespace;
     /// named like a microVM's, so that guest MACs, derived from the TAP's
     /// name, differ).
-    fn vm_link_names(&self, index: u32) -> Result<(String, String, String), ApiError> {
+    pub(super) fn vm_link_names(&self, index: u32) -> Result<(String, String, String), ApiError> {
         let stem: String = self.cfg.bridge.chars().take(9).collect();
         Ok((
             net::host_link_name(&format!("{stem}m"), index)?,

@@ -272,6 +272,8 @@ impl Instances {
                 host_pid: false,
                 host_network: false,
                 keep: false,
+                pod_network: None,
+                files: Vec::new(),
             };
             let started = match self.spawn_new(&spec, &cells, log_bytes).await {
                 // Its metadata endpoint's listener, made ahead too.

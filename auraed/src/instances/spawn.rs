@@ -151,6 +151,13 @@ impl Instances {
                  host's namespaces",
             ));
         }
+        if spec.pod_network.is_some() && choice.backend == Backend::Cell {
+            return Err(ApiError::Internal(format!(
+                "instance {}: a pod network hook is for a microVM's VMM; a cell-backed \
+                 instance's pod network is attached to its cell after it starts",
+                spec.name
+            )));
+        }
         injected(fail, FailAt::Backend)?;
         let networks = self.resolve_networks(&spec.networks).await?;
 
@@ -225,7 +232,10 @@ impl Instances {
             limits: limits(spec),
             prepared_root: Some(PreparedRoot {
                 lower,
-                files: files::seed(&identity, &params),
+                files: files::seed(&identity, &params)
+                    .into_iter()
+                    .chain(spec.files.iter().cloned())
+                    .collect(),
             }),
             security: Security {
                 all_caps: true,
@@ -355,6 +365,8 @@ impl Instances {
         let tap = undo.tap.take();
         let dir = undo.dir.take();
         let networks = std::mem::take(&mut undo.networks);
+        // The pod network is its owner's from here (a CRI sandbox's).
+        undo.pod_network = None;
         undo.init = None;
         undo.cell = None;
         undo.index = None;

@@ -23,6 +23,8 @@ pub(super) struct Undo {
     pub(super) init: Option<Arc<Executable>>,
     /// Devices on host bridges (a pod's `networks`).
     pub(super) networks: Vec<super::networks::Attached>,
+    /// A microVM's pod network, attached.
+    pub(super) pod_network: Option<super::pod_network::PodNetworkHook>,
     /// A plain VM's metadata record (by name) and its link-local endpoint.
     pub(super) metadata: Option<(String, tokio::task::JoinHandle<()>)>,
 }
@@ -32,6 +34,9 @@ impl Undo {
         if let Some((name, endpoint)) = self.metadata.take() {
             endpoint.abort();
             instances.forget_record(&name);
+        }
+        if let Some(hook) = self.pod_network.take() {
+            hook.0.detach().await;
         }
         if let Some(init) = self.init.take() {
             if let Err(e) = init

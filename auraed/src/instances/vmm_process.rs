@@ -20,6 +20,8 @@ pub(super) struct VmmArgs<'a> {
     pub(super) vcpus: u8,
     /// eth0's TAP first, then the instance's other networks'.
     pub(super) taps: &'a [String],
+    /// The guest's MAC on some of them (a pod's CNI device's).
+    pub(super) macs: &'a [(String, [u8; 6])],
     pub(super) cmdline: String,
     pub(super) nested: bool,
     /// Disks, in order: /dev/vda, /dev/vdb...
@@ -130,6 +132,11 @@ pub(super) fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
         "--cmdline".into(),
         a.cmdline.clone(),
     ];
+    for (tap, mac) in a.macs {
+        let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        command.push("--mac".into());
+        command.push(format!("{tap}={}", hex.join(":")));
+    }
     for tap in a.taps {
         command.push("--tap".into());
         command.push(tap.clone());

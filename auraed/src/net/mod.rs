@@ -29,6 +29,7 @@ mod bridge;
 mod host_address;
 mod metadata_link;
 mod netns;
+mod pod_tap;
 mod tap;
 mod tc;
 #[cfg(test)]
@@ -49,6 +50,7 @@ pub use addresses::Ipv6Prefix;
 pub use bridge::{ensure_bridge, find_bridge, Bridge, BridgeLink};
 pub use host_address::{add_host_address, free_tcp_port, remove_host_addresses, HostAddress};
 pub use metadata_link::metadata_listener;
+pub use pod_tap::{join_pod_tap, DeviceLink};
 pub use tap::{create_tap, remove_stale_taps, Tap};
 pub use ula::{Ula, INSTANCE_PREFIX_LEN, ULA_PREFIX_LEN};
 pub use veth::{create_veth, Veth};

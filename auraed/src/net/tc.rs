@@ -48,15 +48,9 @@ fn keep_local(off: i32, addr: Ipv4Addr) -> Vec<TcFilterU32Option> {
     ]
 }
 
-/// Joins `tap` and `uplink` (indexes, in the caller's namespace) as the
-/// module says; `local` is the metadata address kept in the namespace.
-pub async fn join_with_redirects(
-    handle: &Handle,
-    (tap, tap_name): (u32, &str),
-    (uplink, uplink_name): (u32, &str),
-    local: Ipv4Addr,
-) -> Result<(), NetError> {
-    for (index, name) in [(tap, tap_name), (uplink, uplink_name)] {
+/// Adds the ingress qdisc to each link (index, name).
+async fn add_ingress(handle: &Handle, links: [(u32, &str); 2]) -> Result<(), NetError> {
+    for (index, name) in links {
         handle
             .qdisc()
             .add(index as i32)
@@ -65,6 +59,18 @@ pub async fn join_with_redirects(
             .await
             .map_err(tc_err("adding the ingress qdisc", name))?;
     }
+    Ok(())
+}
+
+/// Joins `tap` and `uplink` (indexes, in the caller's namespace) as the
+/// module says; `local` is the metadata address kept in the namespace.
+pub async fn join_with_redirects(
+    handle: &Handle,
+    (tap, tap_name): (u32, &str),
+    (uplink, uplink_name): (u32, &str),
+    local: Ipv4Addr,
+) -> Result<(), NetError> {
+    add_ingress(handle, [(tap, tap_name), (uplink, uplink_name)]).await?;
     // From the guest: its metadata traffic stays, the rest goes out.
     for (prio, proto, off) in [(1, ETH_P_IP, IPV4_DST), (2, ETH_P_ARP, ARP_TARGET)] {
         handle
@@ -79,19 +85,39 @@ pub async fn join_with_redirects(
             .await
             .map_err(tc_err("adding a metadata match", tap_name))?;
     }
-    let redirects = [(tap, tap_name, uplink, 3), (uplink, uplink_name, tap, 1)];
-    for (from, name, to, prio) in redirects {
-        handle
-            .traffic_filter(from as i32)
-            .add()
-            .parent(INGRESS)
-            .priority(prio)
-            .protocol(ETH_P_ALL.to_be())
-            .redirect(to)
-            .map_err(tc_err("building a redirect", name))?
-            .execute()
-            .await
-            .map_err(tc_err("adding a redirect", name))?;
-    }
+    add_redirect(handle, (tap, tap_name), uplink, 3).await?;
+    add_redirect(handle, (uplink, uplink_name), tap, 1).await
+}
+
+/// Redirects everything arriving on `from` out of `to`, at `prio`.
+async fn add_redirect(
+    handle: &Handle,
+    (from, name): (u32, &str),
+    to: u32,
+    prio: u16,
+) -> Result<(), NetError> {
+    handle
+        .traffic_filter(from as i32)
+        .add()
+        .parent(INGRESS)
+        .priority(prio)
+        .protocol(ETH_P_ALL.to_be())
+        .redirect(to)
+        .map_err(tc_err("building a redirect", name))?
+        .execute()
+        .await
+        .map_err(tc_err("adding a redirect", name))?;
     Ok(())
+}
+
+/// Joins `a` and `b` (indexes, in the caller's namespace) by redirecting
+/// everything that arrives on one out of the other, both ways.
+pub async fn redirect_both(
+    handle: &Handle,
+    (a, a_name): (u32, &str),
+    (b, b_name): (u32, &str),
+) -> Result<(), NetError> {
+    add_ingress(handle, [(a, a_name), (b, b_name)]).await?;
+    add_redirect(handle, (a, a_name), b, 1).await?;
+    add_redirect(handle, (b, b_name), a, 1).await
 }

@@ -20,7 +20,7 @@ const BOUND: Duration = Duration::from_secs(30);
 
 /// A fresh network namespace, held by an fd. A short-lived thread makes it,
 /// so the caller's thread stays where it is.
-fn new_netns() -> std::io::Result<OwnedFd> {
+pub(super) fn new_netns() -> std::io::Result<OwnedFd> {
     std::thread::spawn(|| -> std::io::Result<OwnedFd> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
         Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
@@ -32,7 +32,7 @@ fn new_netns() -> std::io::Result<OwnedFd> {
 /// Runs `body` on a dedicated thread in a fresh network namespace with its
 /// own current-thread runtime, bounded by [`BOUND`]. Skips (returns false)
 /// if the namespace cannot be made.
-fn in_netns<F, Fut>(test: &str, body: F) -> bool
+pub(super) fn in_netns<F, Fut>(test: &str, body: F) -> bool
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -61,7 +61,7 @@ where
     }
 }
 
-fn ula() -> Ula {
+pub(super) fn ula() -> Ula {
     Ula::derive(b"spiffe://aurae.test/auraed/net-tests")
 }
 

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod import;
 pub mod layer;
 pub mod limits;
 pub mod minimal_dev;
@@ -16,6 +17,14 @@ use std::path::Path;
 
 pub use error::OciError;
 use limits::Budget;
+
+/// The hex of a `sha256:<64 lowercase hex digits>` digest, the only form
+/// a blob's file is named by here.
+pub fn sha256_hex(digest: &str) -> Option<&str> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
 
 /// What the image's config asks for when a process starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

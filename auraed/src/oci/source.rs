@@ -168,6 +168,37 @@ pub fn layout_manifest_digest(dir: &Path) -> Result<Option<String>, OciError> {
     Ok(Some(desc.digest().to_string()))
 }
 
+/// A blob of an image layout: its descriptor and file.
+#[derive(Debug, Clone)]
+pub struct LayoutBlob {
+    pub descriptor: Descriptor,
+    pub path: PathBuf,
+}
+
+/// The blobs of the image an OCI layout's index points to: its manifest
+/// first, then its config and layers, each once (a manifest may list a
+/// layer twice, as older images do the empty one).
+pub fn layout_blobs(dir: &Path) -> Result<Vec<LayoutBlob>, OciError> {
+    let index: ImageIndex = read_json("index.json", &dir.join("index.json"))?;
+    let desc = manifest_descriptor(dir, &index, 0)?;
+    let path = document_blob("manifest", dir, &desc)?;
+    let manifest: ImageManifest = read_json("manifest", &path)?;
+    let mut blobs = vec![LayoutBlob {
+        descriptor: desc,
+        path,
+    }];
+    for d in std::iter::once(manifest.config()).chain(manifest.layers()) {
+        if blobs.iter().any(|b| b.descriptor.digest() == d.digest()) {
+            continue;
+        }
+        blobs.push(LayoutBlob {
+            descriptor: d.clone(),
+            path: blob(dir, d)?,
+        });
+    }
+    Ok(blobs)
+}
+
 fn open_layout(dir: &Path) -> Result<Image, OciError> {
     let index: ImageIndex = read_json("index.json", &dir.join("index.json"))?;
     let manifest = find_manifest(dir, &index)?;

@@ -458,5 +458,7 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
         host_pid: false,
         host_network: false,
         keep: false,
+        pod_network: None,
+        files: Vec::new(),
     })
 }

@@ -6,6 +6,7 @@ mod cell_security;
 pub mod convert;
 mod input;
 pub mod pod_convert;
+mod put_image;
 pub mod runtime_service;
 pub mod vm_convert;
 

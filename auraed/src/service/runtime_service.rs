@@ -460,6 +460,15 @@ impl pb::runtime_server::Runtime for RuntimeService {
             .map(Response::new)
     }
 
+    async fn put_image(
+        &self,
+        request: Request<tonic::Streaming<pb::PutImageRequest>>,
+    ) -> Result<Response<pb::PutImageResponse>, Status> {
+        super::put_image::put_image(&self.runtime, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn thaw(
         &self,
         request: Request<pb::FreezeRequest>,

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use crate::cri::spdy::{self, Stream};
+use crate::cri::streaming::requests::PodPorts;
 use crate::cri::Cri;
 
 pub const PROTOCOL: &str = "portforward.k8s.io";
@@ -71,7 +72,7 @@ where
                 *slot = Some(stream);
                 if pair.error.is_some() && pair.data.is_some() {
                     if let Some(Pair { error: Some(error), data: Some(data), .. }) = pairs.remove(&request) {
-                        forwards.spawn(forward(cri.sandbox_netns(sandbox_id), data, error));
+                        forwards.spawn(forward(cri.sandbox_ports(sandbox_id), data, error));
                     }
                 }
             }
@@ -100,7 +101,7 @@ where
 
 /// Forwards one connection: `data` to and from the pod's `port`, a failure
 /// to `error`.
-async fn forward(netns: Result<std::os::fd::OwnedFd, tonic::Status>, data: Stream, error: Stream) {
+async fn forward(pod: Result<PodPorts, tonic::Status>, data: Stream, error: Stream) {
     let port_header = data.header("port").unwrap_or_default().to_string();
     let error = error.writer();
     let tcp = async {
@@ -109,19 +110,33 @@ async fn forward(netns: Result<std::os::fd::OwnedFd, tonic::Status>, data: Strea
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("port: {port_header:?} is not a port number"))?;
-        let netns = netns.map_err(|e| e.message().to_string())?;
-        use std::os::fd::AsFd;
-        let tcp = crate::net::connect_in(netns.as_fd(), port, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| {
-                format!(
-                    "an error occurred forwarding {port} -> {port}: {}",
-                    crate::error::chain(&e)
-                )
-            })?;
-        tcp.set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpStream::from_std(tcp))
-            .map_err(|e| format!("port {port}: {e}"))
+        let failed = |e: &dyn std::error::Error| {
+            format!(
+                "an error occurred forwarding {port} -> {port}: {}",
+                crate::error::chain(e)
+            )
+        };
+        match pod.map_err(|e| e.message().to_string())? {
+            PodPorts::Netns(netns) => {
+                use std::os::fd::AsFd;
+                let tcp = crate::net::connect_in(netns.as_fd(), port, CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                tcp.set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(tcp))
+                    .map_err(|e| format!("port {port}: {e}"))
+            }
+            PodPorts::Address(ip) => {
+                let to = std::net::SocketAddr::new(ip, port);
+                match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to))
+                    .await
+                {
+                    Ok(Ok(tcp)) => Ok(tcp),
+                    Ok(Err(e)) => Err(failed(&e)),
+                    Err(e) => Err(failed(&e)),
+                }
+            }
+        }
     }
     .await;
     let (mut inbound, out) = data.split();

@@ -120,13 +120,25 @@ impl Cri {
         })
     }
 
-    /// A pidfd of a process in the pod's network namespace (its instance's
-    /// auraed), while the pod is ready.
-    pub(in crate::cri) fn sandbox_netns(
-        &self,
-        sandbox_id: &str,
-    ) -> Result<std::os::fd::OwnedFd, Status> {
+    /// Where the pod's ports are, while the pod is ready: a cell-backed
+    /// pod's network namespace (a pidfd of its instance's auraed), or a
+    /// microVM's address on the instance bridge.
+    pub(in crate::cri) fn sandbox_ports(&self, sandbox_id: &str) -> Result<PodPorts, Status> {
         let s = self.state.sandbox("pod_sandbox_id", sandbox_id)?;
-        Ok(self.instance_of(&s)?.pidfd()?)
+        let instance = self.instance_of(&s)?;
+        if instance.choice.backend == crate::instances::backend::Backend::MicroVm {
+            // The pod's address: its CNI network's, else its instance's.
+            let ip = s.ip.parse().unwrap_or(instance.address.ip());
+            return Ok(PodPorts::Address(ip));
+        }
+        Ok(PodPorts::Netns(instance.pidfd()?))
     }
+}
+
+/// Where port-forward connects.
+pub(in crate::cri) enum PodPorts {
+    /// To localhost in this network namespace.
+    Netns(std::os::fd::OwnedFd),
+    /// To this address (a microVM's: its own localhost is out of reach).
+    Address(std::net::IpAddr),
 }

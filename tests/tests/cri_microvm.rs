@@ -1,0 +1,355 @@
+//! Tier 4 (e2e), inside the QEMU test host: a CRI pod sandbox on the
+//! microVM backend (RuntimeClass handler `aurae-microvm`), driven by the
+//! upstream crictl. The container's image, pulled through the registry
+//! mirror, reaches the booted VM over its link (`PutImage`), checked blob by
+//! blob; then its logs, exec (ExecSync and the streaming server), a host
+//! port and port-forward work, the container runs under the VM's kernel,
+//! and the clean-up leaves no instance, VMM, TAP or host port. What a
+//! microVM pod can't have yet is refused, naming it, leaving nothing; its
+//! DNS settings reach the container's /etc/resolv.conf.
+//! Twice: on auraed's bridge (no CNI configuration), and on a CNI network
+//! (Debian's bridge and host-local plugins), which the VMM's namespace joins
+//! before the guest boots: the pod's address is then CNI's, reached from
+//! the host directly, and released when the pod is removed.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aurae_tests::cri::{
+    daemon_options, page_through_port_forward, pod_ip, requirements, workloads, write_json, Crictl,
+    Registry, BUSYBOX,
+};
+use aurae_tests::guest::e2e_kvm;
+use aurae_tests::pods::{busybox_image, free_port, http_get};
+use aurae_tests::{report_skip, Daemon};
+
+const HANDLER: &str = "aurae-microvm";
+
+/// Waits until `crictl logs` of `cid` holds `text`.
+fn logs_with(crictl: &Crictl, cid: &str, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = crictl.run(&["logs", cid]);
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if log.contains(text) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "crictl logs {cid}: {log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The VMM processes running on this host.
+fn vmms() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "aurae-vmm")
+        })
+        .collect()
+}
+
+fn bridge_ports(bridge: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The CNI network of the second run: a bridge of its own with an IPv4
+/// subnet, inside the test host.
+const CNI_SUBNET: &str = "10.99.0.0/24";
+const CNI_BRIDGE: &str = "cni-vm0";
+
+/// What the CNI network's IPAM holds (host-local: a file per address).
+fn allocations(ipam: &Path) -> Vec<String> {
+    std::fs::read_dir(ipam.join("vmnet"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_microvm_pod_sandbox_runs_a_pulled_image_through_crictl_and_leaves_nothing() {
+    scenario(aurae_tests::function_name!(), false).await;
+}
+
+#[tokio::test]
+async fn a_microvm_pod_sandbox_on_a_cni_network_has_the_address_cni_gave() {
+    scenario(aurae_tests::function_name!(), true).await;
+}
+
+async fn scenario(name: &str, cni: bool) {
+    let Some((_, vmm)) = e2e_kvm(name) else {
+        return;
+    };
+    if let Some(why) = requirements() {
+        report_skip(name, why);
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start();
+    registry.push(
+        &busybox_image(work.path()),
+        "e2e-test-images/busybox:1.29-2",
+    );
+    let (mut options, crictl) = daemon_options(&registry, "keep");
+    // A microVM boots slowly under the test host's TCG.
+    options.extra_config =
+        options
+            .extra_config
+            .replacen("[cri]\n", "[cri]\nsandbox_ready_timeout_s = 600\n", 1);
+    options.vmm = Some(vmm);
+    let d = Daemon::start_with(options).await;
+    let ipam = work.path().join("ipam");
+    if cni {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "vmnet",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": CNI_BRIDGE,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": CNI_SUBNET}]],
+                    "dataDir": ipam.display().to_string(),
+                },
+            }],
+        });
+        let dir = aurae_tests::cri::cni_dir(&crictl.socket);
+        std::fs::create_dir_all(&dir).expect("net.d");
+        write_json(&dir, "10-vmnet.conflist", conf);
+    }
+    let pulled = crictl.run(&["pull", BUSYBOX]);
+    assert!(
+        pulled.status.success(),
+        "pull: {}\nauraed log:\n{}",
+        String::from_utf8_lossy(&pulled.stderr),
+        d.log_text()
+    );
+
+    let host_port = free_port();
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("logs");
+    let pod = write_json(
+        work.path(),
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "vm-pod", "namespace": "default", "uid": "vm-pod-uid"},
+            "log_directory": logs.display().to_string(),
+            "port_mappings": [{"container_port": 8080, "host_port": host_port}],
+            // The pod's resources, as a kubelet sums them: the VM's size.
+            "linux": {"resources": {"memory_limit_in_bytes": 256 << 20}},
+        }),
+    );
+    let asked = Instant::now();
+    let out = crictl.run(&["runp", "--runtime", HANDLER, &pod]);
+    assert!(
+        out.status.success(),
+        "runp: {}\nauraed log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log_text()
+    );
+    let pod_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    eprintln!(
+        "BENCH cri microvm: {:.1} s to RunPodSandbox's answer",
+        asked.elapsed().as_secs_f64()
+    );
+    let mut c = d.client().await;
+    let instances = workloads(&mut c).await;
+    let [instance] = instances.as_slice() else {
+        panic!("one instance: {instances:?}")
+    };
+    let vm = instance.instance.as_ref().expect("an instance");
+    // The VM is the pod's size: its limits plus the guest's 128 MiB.
+    let vmm_cmdline = std::fs::read(format!("/proc/{}/cmdline", instance.pid)).expect("cmdline");
+    let args: Vec<String> = vmm_cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mem = args
+        .iter()
+        .position(|a| a == "--mem")
+        .and_then(|i| args.get(i + 1));
+    assert_eq!(mem.map(String::as_str), Some("384"), "{args:?}");
+    assert_eq!(
+        vm.backend,
+        aurae_proto::runtime::SpawnBackend::Microvm as i32
+    );
+    let inspect = crictl.ok(&["inspectp", "-o", "json", &pod_id]);
+    assert!(inspect.contains(HANDLER), "{inspect}");
+    let ip = pod_ip(&crictl, &pod_id);
+    if cni {
+        assert!(ip.starts_with("10.99.0."), "the pod's IP is CNI's: {ip}");
+        assert_eq!(allocations(&ipam), vec![ip.clone()]);
+    } else {
+        let vm_ip = vm
+            .address
+            .rsplit_once(':')
+            .map(|(a, _)| a.trim_matches(['[', ']']));
+        assert_eq!(vm_ip, Some(ip.as_str()), "the pod's IP is its VM's");
+    }
+
+    // A host path can't reach the VM yet: refused, naming the field.
+    let with_volume = write_json(
+        work.path(),
+        "volume.json",
+        serde_json::json!({
+            "metadata": {"name": "vol"},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/busybox", "true"],
+            "mounts": [{"host_path": work.path().display().to_string(), "container_path": "/data"}],
+        }),
+    );
+    let refused = crictl.refused(&["create", &pod_id, &with_volume, &pod]);
+    assert!(refused.contains("config.mounts"), "{refused}");
+
+    let server = write_json(
+        work.path(),
+        "web.json",
+        serde_json::json!({
+            "metadata": {"name": "web"},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/busybox", "sh", "-c",
+                "echo hello-from-the-vm; mkdir -p /tmp/www && echo pod-says-hi > /tmp/www/index.html && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"],
+            "log_path": "web.log",
+        }),
+    );
+    let cid = crictl.ok(&["create", &pod_id, &server, &pod]);
+    crictl.ok(&["start", &cid]);
+    logs_with(&crictl, &cid, "hello-from-the-vm");
+    // Under the VM's kernel: another boot than the host's.
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot_id");
+    let vm_boot = crictl.ok(&[
+        "exec",
+        "-s",
+        &cid,
+        "/bin/busybox",
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
+    assert_eq!(vm_boot.len(), host_boot.trim().len(), "{vm_boot}");
+    assert_ne!(
+        vm_boot,
+        host_boot.trim(),
+        "the container runs under the host's kernel"
+    );
+    let streamed = crictl.ok(&["exec", &cid, "/bin/busybox", "echo", "streamed-exec"]);
+    assert!(streamed.contains("streamed-exec"), "{streamed}");
+    assert!(http_get(&format!("127.0.0.1:{host_port}")).contains("pod-says-hi"));
+    if cni {
+        // The guest answers at CNI's address, on the CNI bridge.
+        assert!(http_get(&format!("{ip}:8080")).contains("pod-says-hi"));
+        let routes = crictl.ok(&["exec", "-s", &cid, "/bin/busybox", "ip", "route"]);
+        assert!(routes.contains("default via 10.99.0.1"), "{routes}");
+        // A second pod on the same network: an address and a MAC (its CNI
+        // device's) of its own, and both answer.
+        let logs2 = work.path().join("logs2");
+        std::fs::create_dir_all(&logs2).expect("logs2");
+        let pod2 = write_json(
+            work.path(),
+            "pod2.json",
+            serde_json::json!({
+                "metadata": {"name": "vm-pod-2", "namespace": "default", "uid": "vm-pod-2-uid"},
+                "log_directory": logs2.display().to_string(),
+                // Its resolv.conf reaches the VM in its initrd.
+                "dns_config": {"servers": ["10.99.0.53"], "searches": ["pods.test"]},
+            }),
+        );
+        let pod2_id = crictl.ok(&["runp", "--runtime", HANDLER, &pod2]);
+        let cid2 = crictl.ok(&["create", &pod2_id, &server, &pod2]);
+        crictl.ok(&["start", &cid2]);
+        let ip2 = pod_ip(&crictl, &pod2_id);
+        assert_ne!(ip2, ip);
+        assert!(http_get(&format!("{ip2}:8080")).contains("pod-says-hi"));
+        assert!(http_get(&format!("{ip}:8080")).contains("pod-says-hi"));
+        let mac = |c: &str| {
+            crictl.ok(&[
+                "exec",
+                "-s",
+                c,
+                "/bin/busybox",
+                "cat",
+                "/sys/class/net/eth1/address",
+            ])
+        };
+        assert_ne!(mac(&cid), mac(&cid2), "each guest has its CNI device's MAC");
+        let resolv = crictl.ok(&[
+            "exec",
+            "-s",
+            &cid2,
+            "/bin/busybox",
+            "cat",
+            "/etc/resolv.conf",
+        ]);
+        assert!(
+            resolv.contains("nameserver 10.99.0.53") && resolv.contains("search pods.test"),
+            "{resolv}"
+        );
+        crictl.ok(&["stopp", &pod2_id]);
+        crictl.ok(&["rmp", &pod2_id]);
+    }
+    page_through_port_forward(&crictl, &pod_id, 8080);
+    let file_log = std::fs::read_to_string(logs.join("web.log")).expect("the CRI log file");
+    assert!(
+        file_log.contains(" stdout F hello-from-the-vm"),
+        "{file_log}"
+    );
+
+    crictl.ok(&["stop", "--timeout", "5", &cid]);
+    crictl.ok(&["rm", &cid]);
+    crictl.ok(&["stopp", &pod_id]);
+    crictl.ok(&["rmp", &pod_id]);
+    assert!(crictl.ok(&["pods", "-q"]).is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !vmms().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(vmms().is_empty(), "VMMs left: {:?}", vmms());
+    assert!(workloads(&mut c).await.is_empty());
+    assert!(
+        bridge_ports(&d.bridge()).is_empty(),
+        "{:?}",
+        bridge_ports(&d.bridge())
+    );
+    assert!(
+        bridge_ports(CNI_BRIDGE).is_empty(),
+        "{:?}",
+        bridge_ports(CNI_BRIDGE)
+    );
+    assert!(allocations(&ipam).is_empty(), "{:?}", allocations(&ipam));
+    assert!(
+        std::net::TcpListener::bind(("::", host_port)).is_ok(),
+        "the host port is free again"
+    );
+
+    // Sysctls, not built in a microVM pod, are refused before anything is
+    // made.
+    let with_sysctl = write_json(
+        work.path(),
+        "sysctl.json",
+        serde_json::json!({
+            "metadata": {"name": "sysctl-pod", "namespace": "default", "uid": "sysctl-uid"},
+            "linux": {"sysctls": {"net.ipv4.ip_forward": "1"}},
+        }),
+    );
+    let refused = crictl.refused(&["runp", "--runtime", HANDLER, &with_sysctl]);
+    assert!(refused.contains("config.linux.sysctls"), "{refused}");
+    assert!(workloads(&mut c).await.is_empty());
+    assert!(vmms().is_empty());
+}
