@@ -1,8 +1,8 @@
 //! guest-init: PID 1 of an aurae guest.
 //!
 //! As PID 1 it mounts the file systems (with a pure cgroup v2 hierarchy),
-//! sets the hostname, configures `lo` and `eth0` from the kernel command
-//! line, starts the guest auraed (`guest-init serve`, the auraed library in
+//! sets the hostname and a pod's sysctls, configures `lo` and `eth0` from
+//! the kernel command line, starts the guest auraed (`guest-init serve`, the auraed library in
 //! nested mode, on eth0 with mTLS), reaps orphans, and powers off or reboots
 //! cleanly when asked (SIGTERM, SIGINT, SIGPWR) or when auraed exits,
 //! printing the reason on the console.
@@ -119,6 +119,8 @@ fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
         .build()?;
     rt.block_on(network::configure(&params))?;
     drop(rt);
+    // After the network's own settings, so the pod's win.
+    pod_sysctls()?;
     // Signals for PID 1 are handled synchronously with sigwait.
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&pid1_signals()), None)?;
     let child = Command::new("/proc/self/exe")
@@ -131,6 +133,22 @@ fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
         params.port
     ));
     Ok((child, params))
+}
+
+/// Sets a microVM pod's sysctls, if its parent put them into the initrd: in
+/// the guest's own namespaces, which are the pod's. One the kernel refuses
+/// stops the boot, naming it on the console.
+fn pod_sysctls() -> anyhow::Result<()> {
+    use auraed::sys::ns_sysctl::{parse_file, write_here, POD_FILE};
+    let text = match std::fs::read_to_string(POD_FILE) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {POD_FILE}")),
+    };
+    let sysctls = parse_file(&text).with_context(|| format!("the pod's sysctls ({POD_FILE})"))?;
+    write_here(&sysctls).context("setting the pod's sysctls")?;
+    say(&format!("the pod's {} sysctls set", sysctls.len()));
+    Ok(())
 }
 
 /// The signals PID 1 waits for: children exiting, and shutdown requests.

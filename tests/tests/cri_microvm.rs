@@ -6,7 +6,8 @@
 //! port and port-forward work, the container runs under the VM's kernel,
 //! and the clean-up leaves no instance, VMM, TAP or host port. What a
 //! microVM pod can't have yet is refused, naming it, leaving nothing; its
-//! DNS settings reach the container's /etc/resolv.conf.
+//! DNS settings reach the container's /etc/resolv.conf, and its sysctls the
+//! VM's kernel (a sysctl that kernel lacks stops the boot, named).
 //! Twice: on auraed's bridge (no CNI configuration), and on a CNI network
 //! (Debian's bridge and host-local plugins), which the VMM's namespace joins
 //! before the guest boots: the pod's address is then CNI's, reached from
@@ -108,10 +109,14 @@ async fn scenario(name: &str, cni: bool) {
     );
     let (mut options, crictl) = daemon_options(&registry, "keep");
     // A microVM boots slowly under the test host's TCG.
-    options.extra_config =
-        options
-            .extra_config
-            .replacen("[cri]\n", "[cri]\nsandbox_ready_timeout_s = 600\n", 1);
+    options.extra_config = options.extra_config.replacen(
+        "[cri]\n",
+        &format!(
+            "[cri]\nsandbox_ready_timeout_s = {}\n",
+            aurae_tests::critest::TEST_HOST_READY_TIMEOUT_S
+        ),
+        1,
+    );
     options.vmm = Some(vmm);
     let d = Daemon::start_with(options).await;
     let ipam = work.path().join("ipam");
@@ -269,6 +274,11 @@ async fn scenario(name: &str, cni: bool) {
                 "log_directory": logs2.display().to_string(),
                 // Its resolv.conf reaches the VM in its initrd.
                 "dns_config": {"servers": ["10.99.0.53"], "searches": ["pods.test"]},
+                // Its sysctls are set in the VM by guest-init at boot.
+                "linux": {"sysctls": {
+                    "kernel.shm_rmid_forced": "1",
+                    "net.ipv4.ping_group_range": "0 2147483647",
+                }},
             }),
         );
         let pod2_id = crictl.ok(&["runp", "--runtime", HANDLER, &pod2]);
@@ -301,6 +311,22 @@ async fn scenario(name: &str, cni: bool) {
             resolv.contains("nameserver 10.99.0.53") && resolv.contains("search pods.test"),
             "{resolv}"
         );
+        let sysctl = |key: &str| {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            crictl.ok(&["exec", "-s", &cid2, "/bin/busybox", "cat", &path])
+        };
+        assert_eq!(sysctl("kernel.shm_rmid_forced"), "1");
+        assert_eq!(sysctl("net.ipv4.ping_group_range"), "0\t2147483647");
+        // The first pod asked for none: the guest kernel's defaults.
+        let first = crictl.ok(&[
+            "exec",
+            "-s",
+            &cid,
+            "/bin/busybox",
+            "cat",
+            "/proc/sys/kernel/shm_rmid_forced",
+        ]);
+        assert_eq!(first, "0");
         crictl.ok(&["stopp", &pod2_id]);
         crictl.ok(&["rmp", &pod2_id]);
     }
@@ -338,18 +364,35 @@ async fn scenario(name: &str, cni: bool) {
         "the host port is free again"
     );
 
-    // Sysctls, not built in a microVM pod, are refused before anything is
-    // made.
-    let with_sysctl = write_json(
-        work.path(),
-        "sysctl.json",
-        serde_json::json!({
-            "metadata": {"name": "sysctl-pod", "namespace": "default", "uid": "sysctl-uid"},
-            "linux": {"sysctls": {"net.ipv4.ip_forward": "1"}},
-        }),
-    );
-    let refused = crictl.refused(&["runp", "--runtime", HANDLER, &with_sysctl]);
-    assert!(refused.contains("config.linux.sysctls"), "{refused}");
-    assert!(workloads(&mut c).await.is_empty());
-    assert!(vmms().is_empty());
+    // A sysctl that isn't a pod's is refused before anything is made; one
+    // the guest's kernel doesn't have stops its boot, and the refusal names
+    // it.
+    for (key, expected) in [
+        ("kernel.panic", "config.linux.sysctls"),
+        ("net.ipv4.aurae_no_such", "aurae_no_such"),
+    ] {
+        let with_sysctl = write_json(
+            work.path(),
+            "sysctl.json",
+            serde_json::json!({
+                "metadata": {"name": "sysctl-pod", "namespace": "default", "uid": "sysctl-uid"},
+                "linux": {"sysctls": {key: "1"}},
+            }),
+        );
+        let refused = crictl.refused(&["runp", "--runtime", HANDLER, &with_sysctl]);
+        assert!(refused.contains(expected), "{key}: {refused}");
+        assert!(crictl.ok(&["pods", "-q"]).is_empty());
+        assert!(workloads(&mut c).await.is_empty());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !vmms().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(vmms().is_empty(), "{key}: VMMs left: {:?}", vmms());
+        assert!(allocations(&ipam).is_empty(), "{:?}", allocations(&ipam));
+        if !cni {
+            // The refused boot runs once: on the CNI network, whose
+            // address must come back too.
+            break;
+        }
+    }
 }

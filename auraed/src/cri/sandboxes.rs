@@ -169,7 +169,7 @@ impl Cri {
         let choice = instances.choice_for(&spec).map_err(Status::from)?;
         let microvm = choice.backend == Backend::MicroVm;
         if microvm {
-            self.refuse_in_microvm(&sysctls, host)?;
+            self.refuse_in_microvm(host)?;
         }
         // Only a cell-backed instance outlives this auraed.
         let mut spec = spec;
@@ -183,6 +183,18 @@ impl Cri {
                 spec.files.push(crate::cells::SeedFile {
                     path: GUEST_RESOLV.trim_start_matches('/').into(),
                     contents: text.clone().into_bytes(),
+                    mode: 0o644,
+                });
+            }
+            // Its sysctls are set by its guest-init at boot, in the VM's
+            // own namespaces (the pod's).
+            if !sysctls.is_empty() {
+                let text = crate::sys::ns_sysctl::file_text(&sysctls).map_err(sysctl_status)?;
+                spec.files.push(crate::cells::SeedFile {
+                    path: crate::sys::ns_sysctl::POD_FILE
+                        .trim_start_matches('/')
+                        .into(),
+                    contents: text.into_bytes(),
                     mode: 0o644,
                 });
             }
@@ -277,8 +289,9 @@ impl Cri {
                 return Err(e.into());
             }
         };
-        // The pod's sysctls, in its instance's IPC and network namespaces.
-        let applied = if sysctls.is_empty() {
+        // The pod's sysctls, in its instance's IPC and network namespaces
+        // (a microVM's guest-init has set them).
+        let applied = if sysctls.is_empty() || microvm {
             Ok(())
         } else {
             match instance.pidfd() {
@@ -360,23 +373,14 @@ impl Cri {
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
-    /// What a microVM pod sandbox can't have yet, refused before anything
-    /// is made: each answers UNIMPLEMENTED naming what is missing.
-    fn refuse_in_microvm(
-        &self,
-        sysctls: &[(String, String)],
-        host: NodeNamespaces,
-    ) -> Result<(), Status> {
+    /// What a microVM pod sandbox can't have, refused before anything is
+    /// made: the node's namespaces.
+    fn refuse_in_microvm(&self, host: NodeNamespaces) -> Result<(), Status> {
         if host.ipc || host.pid || host.net {
             return Err(Status::invalid_argument(format!(
                 "config.linux.security_context.namespace_options: a microVM pod ({MICROVM_HANDLER}) \
                  can't share the node's namespaces; use {CELL_HANDLER}"
             )));
-        }
-        if !sysctls.is_empty() {
-            return Err(Status::unimplemented(
-                "config.linux.sysctls: sysctls in a microVM pod are not built yet",
-            ));
         }
         Ok(())
     }

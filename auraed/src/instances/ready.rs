@@ -18,8 +18,16 @@ pub(super) async fn wait_ready(
     process: &str,
 ) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let failed = |why: String| {
+    // Not serving in time is a deadline; a guest that stopped before (a
+    // configuration its guest-init refused, say) is not one to wait out.
+    let late = |why: String| {
         ApiError::DeadlineExceeded(format!(
+            "instance {name}: {why}; its console ends with:\n{}",
+            console_tail(init, 20)
+        ))
+    };
+    let failed = |why: String| {
+        ApiError::FailedPrecondition(format!(
             "instance {name}: {why}; its console ends with:\n{}",
             console_tail(init, 20)
         ))
@@ -33,7 +41,7 @@ pub(super) async fn wait_ready(
             return Err(failed(format!("its {process} exited before serving")));
         };
         match tokio::time::timeout_at(deadline, live.recv()).await {
-            Err(_) => return Err(failed(format!("not serving within {timeout:?}"))),
+            Err(_) => return Err(late(format!("not serving within {timeout:?}"))),
             Ok(Ok(line)) => seen = serving(&line.data),
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
@@ -59,7 +67,7 @@ pub(super) async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(failed(format!(
+    Err(late(format!(
         "no healthy answer within {timeout:?} ({last})"
     )))
 }
