@@ -188,11 +188,25 @@ fn config(cmd: &[&str], user: Option<&str>) -> ImageConfig {
 /// Builds every image critest pulls (but the digest-pinned one) and
 /// pushes it to `registry`; `dir` holds the archives.
 pub fn push(registry: &Registry, dir: &Path, sources: &Sources) {
+    for (file, name) in build(dir, sources) {
+        registry.push(&file, &name);
+    }
+}
+
+/// The name of the index file [`build`] writes beside the archives: a line
+/// per image, its archive's file name and the image's name.
+pub const INDEX: &str = "index.txt";
+
+/// Builds every image critest pulls (but the digest-pinned one) as a
+/// `docker save` archive in `dir`, and the index of them ([`INDEX`]); the
+/// archives and the names to push them under.
+pub fn build(dir: &Path, sources: &Sources) -> Vec<(PathBuf, String)> {
     let busybox = busybox_layer(sources);
+    let built = std::cell::RefCell::new(Vec::new());
     let push = |name: &str, layers: &[Vec<u8>], cfg: ImageConfig| {
         let file = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
         write_docker_save(&file, layers, &cfg);
-        registry.push(&file, name);
+        built.borrow_mut().push((file, name.to_string()));
     };
     let sh = config(&["/bin/sh"], None);
     push(
@@ -286,6 +300,26 @@ pub fn push(registry: &Registry, dir: &Path, sources: &Sources) {
             &[busybox.clone(), users.clone()],
             config(&["/bin/sh"], Some(user)),
         );
+    }
+    let built = built.into_inner();
+    let index: String = built
+        .iter()
+        .map(|(file, name)| {
+            let file = file.file_name().unwrap_or_default().to_string_lossy();
+            format!("{file} {name}\n")
+        })
+        .collect();
+    std::fs::write(dir.join(INDEX), index).expect("the images' index");
+    built
+}
+
+/// Pushes the archives that [`build`] left in `dir` (after its index) to
+/// `registry`: how the QEMU test host gets critest's images, built outside.
+pub fn push_built(registry: &Registry, dir: &Path) {
+    let index = std::fs::read_to_string(dir.join(INDEX)).expect("the images' index");
+    for line in index.lines() {
+        let (file, name) = line.split_once(' ').expect("an index line");
+        registry.push(&dir.join(file), name);
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod bench;
 pub mod cri;
+pub mod cri_bench;
+pub mod critest;
 pub mod critest_images;
 pub mod daemon;
 pub mod guest;

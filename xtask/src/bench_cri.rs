@@ -7,26 +7,31 @@
 //! pre-started instance (`[instances] pool = 1`; each round waits until
 //! the pool is refilled, so the figure is a claim's) and without.
 //!
+//! Then the microVM backend (handler `aurae-microvm`) against containerd,
+//! both inside the QEMU test host (`tests/tests/bench_cri_microvm.rs`),
+//! at most 5 rounds (each pod there boots a VM under nested KVM); no
+//! target, measured and reported.
+//!
 //! Like the cri tier, the measurement runs in network and mount namespaces
 //! of its own (`unshare --net --mount`): the registry, both runtimes and
 //! the pods' CNI bridge network never reach the host's network, and
 //! containerd's mounts stay inside.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use aurae_tests::cri::{Crictl, Registry};
+use aurae_tests::cri_bench::{one_pod, Containerd, Steps, IMAGE};
 use aurae_tests::critest_images;
 use aurae_tests::{Daemon, DaemonOptions};
 
 use crate::deps;
-use crate::stats::{median, ms, report};
+use crate::stats::report;
 
-const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-const PAUSE: &str = "registry.k8s.io/pause:3.6";
-const LINE: &str = "hello-bench";
+/// How long a pod may take to its log line.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn run(runs: usize) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -62,6 +67,43 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         .status()
         .context("running unshare")?;
     anyhow::ensure!(status.success(), "the measurement failed");
+    println!("\n==> the microVM backend, inside the QEMU test host (nested KVM)");
+    let shared = deps::workspace_root().join("../shared/cri");
+    let programs = [
+        ("usr/bin/crictl", shared.join("crictl")),
+        ("usr/bin/containerd", "/usr/bin/containerd".into()),
+        (
+            "usr/bin/containerd-shim-runc-v2",
+            "/usr/bin/containerd-shim-runc-v2".into(),
+        ),
+        ("usr/sbin/runc", "/usr/sbin/runc".into()),
+        ("usr/bin/docker-registry", "/usr/bin/docker-registry".into()),
+        ("usr/bin/skopeo", "/usr/bin/skopeo".into()),
+        ("usr/lib/cni/bridge", "/usr/lib/cni/bridge".into()),
+        ("usr/lib/cni/host-local", "/usr/lib/cni/host-local".into()),
+        ("usr/lib/cni/loopback", "/usr/lib/cni/loopback".into()),
+    ]
+    .into_iter()
+    .map(|(at, p): (&str, PathBuf)| (at.to_string(), p))
+    .collect();
+    let microvm = crate::testhost::TestRun {
+        test: "bench_cri_microvm".into(),
+        env: vec![
+            ("AURAE_CRICTL".into(), "/usr/bin/crictl".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("PATH".into(), "/bin:/usr/bin:/usr/sbin".into()),
+        ],
+        programs,
+        ..Default::default()
+    };
+    let lines = crate::testhost::bench_run(microvm, runs.clamp(1, 5))?;
+    println!("\nmicroVM backend, inside the QEMU test host:");
+    if lines.is_empty() {
+        println!("  SKIPPED: the benchmark measured nothing there (its skip reason is above)");
+    }
+    for l in lines {
+        println!("  {l}");
+    }
     Ok(())
 }
 
@@ -69,139 +111,6 @@ fn env_path(name: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os(name)
         .map(PathBuf::from)
         .with_context(|| format!("{name} is not set (run `cargo xtask bench cri`)"))
-}
-
-/// containerd with its root, state, socket, CNI and registry mirror in
-/// `dir`; killed on drop.
-struct Containerd {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Containerd {
-    fn start(dir: &Path, cni: &Path, registry_port: u16) -> anyhow::Result<Containerd> {
-        let hosts = dir.join("certs.d/registry.k8s.io");
-        std::fs::create_dir_all(&hosts)?;
-        std::fs::write(
-            hosts.join("hosts.toml"),
-            format!(
-                "server = \"https://registry.k8s.io\"\n\
-                 [host.\"http://127.0.0.1:{registry_port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )?;
-        let socket = dir.join("containerd.sock");
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n[grpc]\n  address = {socket:?}\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {PAUSE:?}\n\
-                 restrict_oom_score_adj = true\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = {cni:?}\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {certs:?}\n",
-                root = dir.join("root").display().to_string(),
-                state = dir.join("state").display().to_string(),
-                socket = socket.display().to_string(),
-                cni = cni.display().to_string(),
-                certs = dir.join("certs.d").display().to_string(),
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting containerd")?;
-        let c = Containerd { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let crictl = Crictl {
-            socket: c.socket.clone(),
-        };
-        while !crictl.run(&["info"]).status.success() {
-            if Instant::now() > deadline {
-                bail!(
-                    "containerd did not answer within 30 s: {}",
-                    std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(c)
-    }
-}
-
-/// The time of each step of one pod, and in all.
-#[derive(Default)]
-struct Steps {
-    runp: Vec<Duration>,
-    create: Vec<Duration>,
-    start: Vec<Duration>,
-    line: Vec<Duration>,
-    total: Vec<Duration>,
-}
-
-/// One pod sandbox and container to its log line; removed after (not
-/// timed).
-fn one_pod(crictl: &Crictl, dir: &Path, round: &str, steps: &mut Steps) -> anyhow::Result<()> {
-    let logs = dir.join(format!("logs-{round}"));
-    std::fs::create_dir_all(&logs)?;
-    let pod = dir.join(format!("pod-{round}.json"));
-    std::fs::write(
-        &pod,
-        serde_json::json!({
-            "metadata": {"name": format!("bench-{round}"), "namespace": "bench",
-                         "uid": format!("uid-{round}"), "attempt": 0},
-            "log_directory": logs.display().to_string(),
-            "linux": {},
-        })
-        .to_string(),
-    )?;
-    let container = dir.join(format!("container-{round}.json"));
-    std::fs::write(
-        &container,
-        serde_json::json!({
-            "metadata": {"name": "main"},
-            "image": {"image": IMAGE},
-            "command": ["/bin/sh", "-c", format!("echo {LINE}; exec sleep 60")],
-            "log_path": "main.log",
-            "linux": {},
-        })
-        .to_string(),
-    )?;
-    let (pod, container) = (pod.display().to_string(), container.display().to_string());
-    let t0 = Instant::now();
-    let pod_id = crictl.ok(&["runp", &pod]);
-    let t1 = Instant::now();
-    let id = crictl.ok(&["create", &pod_id, &container, &pod]);
-    let t2 = Instant::now();
-    crictl.ok(&["start", &id]);
-    let t3 = Instant::now();
-    let log = logs.join("main.log");
-    let deadline = t0 + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(LINE)) {
-        if Instant::now() > deadline {
-            bail!("no {LINE:?} in {} within 30 s", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let t4 = Instant::now();
-    crictl.ok(&["stopp", &pod_id]);
-    crictl.ok(&["rmp", &pod_id]);
-    steps.runp.push(t1 - t0);
-    steps.create.push(t2 - t1);
-    steps.start.push(t3 - t2);
-    steps.line.push(t4 - t3);
-    steps.total.push(t4 - t0);
-    Ok(())
 }
 
 /// Waits (bounded) until `d` has pre-started `n` instances in all.
@@ -216,18 +125,9 @@ fn pool_refilled(d: &Daemon, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_steps(name: &str, s: Steps) -> Duration {
-    let m = |v: Vec<Duration>| ms(median(v));
-    let total = median(s.total.clone());
-    println!(
-        "  {name:<32} runp {:>7.1}  create {:>6.1}  start {:>6.1}  log line {:>6.1}  all {:>7.1} ms",
-        m(s.runp),
-        m(s.create),
-        m(s.start),
-        m(s.line),
-        ms(total)
-    );
-    total
+fn print_steps(name: &str, s: &Steps) -> Duration {
+    println!("  {name:<32} {}", s.medians());
+    s.total()
 }
 
 /// The measurement, inside its namespaces (`cargo xtask bench-cri-in-netns`).
@@ -258,7 +158,7 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
         "pause:3.6",
         &["/bin/sleep", "2147483647"],
     );
-    let cni = crate::cri_tier::cni_config(work.path())?;
+    let cni = aurae_tests::critest::cni_config(work.path())?;
     let containerd = Containerd::start(&work.path().join("containerd"), &cni, registry.port)?;
     let containerd_ctl = Crictl {
         socket: containerd.socket.clone(),
@@ -269,7 +169,7 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
         .build()?;
     let aurae = |pool: usize, name: &str| -> anyhow::Result<(Daemon, Crictl)> {
         let socket = work.path().join(format!("{name}.sock"));
-        let extra = crate::cri_tier::cri_section(&socket, &cni, registry.port, "keep");
+        let extra = aurae_tests::critest::cri_section(&socket, &cni, registry.port, "keep");
         let d = rt.block_on(Daemon::start_with(DaemonOptions {
             image_dir: Some(image_dir.clone()),
             extra_config: extra,
@@ -292,6 +192,8 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
             &pooled_ctl,
             work.path(),
             &format!("p{i}"),
+            None,
+            DEADLINE,
             if i > 0 { &mut p } else { &mut warm_up },
         )?;
         pool_refilled(&pooled, i + 2)?;
@@ -299,19 +201,23 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
             &cold_ctl,
             work.path(),
             &format!("c{i}"),
+            None,
+            DEADLINE,
             if i > 0 { &mut c } else { &mut warm_up },
         )?;
         one_pod(
             &containerd_ctl,
             work.path(),
             &format!("k{i}"),
+            None,
+            DEADLINE,
             if i > 0 { &mut k } else { &mut warm_up },
         )?;
     }
     println!("\nmedians of {runs} alternating rounds, steps driven by crictl (release auraed, cell backend):");
-    let pt = print_steps("auraed (pre-started instance)", p);
-    let ct = print_steps("auraed (instance started anew)", c);
-    let kt = print_steps("containerd 1.6 + runc", k);
+    let pt = print_steps("auraed (pre-started instance)", &p);
+    let ct = print_steps("auraed (instance started anew)", &c);
+    let kt = print_steps("containerd 1.6 + runc", &k);
     println!();
     report(
         "pod + container -> log line (pre-started)",

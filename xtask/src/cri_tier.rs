@@ -7,11 +7,9 @@
 //! packet to a pod or the registry leaves it; pods get IPv4 addresses there
 //! from a CNI bridge network (Debian's `containernetworking-plugins`).
 //!
-//! The specs in `tests/cri/passing.txt` must pass: a ratchet, which a spec
-//! joins once what it needs is built. The tier prints how many of the
-//! suite's specs that is. `AURAE_CRITEST_ALL=1` runs every spec instead
-//! (slow: a spec of something not built waits out its timeouts);
-//! `AURAE_CRITEST_FOCUS=<regex>` runs the specs it matches.
+//! Each spec in `tests/cri/passing.txt` must run and pass
+//! (`aurae_tests::critest` says how a run can take others). The tier prints how many of the
+//! suite's specs that is.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,13 +17,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use aurae_tests::cri::Registry;
-use aurae_tests::critest_images;
+use aurae_tests::{critest, critest_images};
 use aurae_tests::{Daemon, DaemonOptions};
 
 use crate::deps;
-
-/// The specs critest runs by default.
-const SUITE: usize = 80;
 
 pub enum Outcome {
     Passed,
@@ -35,30 +30,6 @@ pub enum Outcome {
 
 fn shared() -> PathBuf {
     deps::workspace_root().join("../shared/cri")
-}
-
-/// The specs that must pass, one per line (`#` starts a comment).
-fn passing_list(root: &Path) -> anyhow::Result<Vec<String>> {
-    let file = root.join("tests/cri/passing.txt");
-    let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
-}
-
-/// `name` as a regular expression matching itself.
-fn escaped(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 pub fn run() -> anyhow::Result<Outcome> {
@@ -123,55 +94,11 @@ fn env_path(name: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{name} is not set (run `cargo xtask test --tier cri`)"))
 }
 
-/// The pods' CNI network in the tier's namespace: a bridge with IPv4
-/// addresses from host-local, whose allocations stay in `dir`.
-pub(crate) fn cni_config(dir: &Path) -> anyhow::Result<PathBuf> {
-    let conf_dir = dir.join("net.d");
-    std::fs::create_dir_all(&conf_dir)?;
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "critest",
-        "plugins": [{
-            "type": "bridge",
-            "bridge": "cni0",
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": "10.88.0.0/16"}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": dir.join("ipam").display().to_string(),
-            },
-        }],
-    });
-    std::fs::write(conf_dir.join("10-critest.conflist"), conf.to_string())?;
-    Ok(conf_dir)
-}
-
-/// auraed's `[cri]` section: the socket, the CNI configuration folder
-/// (Debian's plugins), every registry through the local one, and what
-/// becomes of pods at a restart (`keep`, auraed's default, or `remove`).
-pub(crate) fn cri_section(
-    socket: &Path,
-    cni: &Path,
-    registry_port: u16,
-    pod_restart: &str,
-) -> String {
-    format!(
-        "\n[cri]\nenabled = true\nsocket = {:?}\ncni_conf_dir = {:?}\n\
-         cni_bin_dirs = [\"/usr/lib/cni\"]\npod_restart = {pod_restart:?}\n\
-         [cri.registries.\"*\"]\n\
-         mirrors = [\"http://127.0.0.1:{registry_port}\"]\nskip_upstream = true\n",
-        socket.display().to_string(),
-        cni.display().to_string(),
-    )
-}
-
 /// The tier inside its own network namespace (`cargo xtask
 /// cri-in-netns`, run by [`run`]): loopback up, the registry, the images,
 /// the CNI network, auraed and critest. Fails if critest does.
 pub fn run_in_netns() -> anyhow::Result<()> {
-    let critest = shared().join("critest");
+    let critest_bin = shared().join("critest");
     let lo = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status()
@@ -184,16 +111,16 @@ pub fn run_in_netns() -> anyhow::Result<()> {
     };
     let image_dir = env_path(ENV_IMAGE_DIR)?;
     let root = deps::workspace_root();
-    let specs = passing_list(&root)?;
-    let all = std::env::var_os("AURAE_CRITEST_ALL").is_some();
+    let specs = critest::passing_list(&root.join("tests/cri/passing.txt"))?;
+    let selection = critest::Selection::from_env(&specs);
 
     let work = tempfile::tempdir()?;
     println!("==> critest's images, pushed to a registry on loopback");
     let registry = Registry::start();
     critest_images::push(&registry, work.path(), &sources);
-    let cni = cni_config(work.path())?;
+    let cni = critest::cni_config(work.path())?;
     let socket = work.path().join("cri.sock");
-    let extra = cri_section(&socket, &cni, registry.port, "keep");
+    let extra = critest::cri_section(&socket, &cni, registry.port, "keep");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -205,40 +132,32 @@ pub fn run_in_netns() -> anyhow::Result<()> {
     let daemon = rt.block_on(Daemon::start_with(extra_options.clone()));
     let endpoint = format!("unix://{}", socket.display());
     let report = deps::target_dir().join("critest-report.json");
-    let mut cmd = Command::new(&critest);
-    cmd.args([
-        "--runtime-endpoint",
-        &endpoint,
-        "--image-endpoint",
-        &endpoint,
-    ])
-    .args(["--ginkgo.no-color", "--ginkgo.succinct"])
-    .arg(format!("--ginkgo.json-report={}", report.display()));
-    if let Some(focus) = std::env::var_os("AURAE_CRITEST_FOCUS") {
-        cmd.arg(format!("--ginkgo.focus={}", focus.to_string_lossy()));
-    } else if !all {
-        let focus: Vec<String> = specs.iter().map(|s| escaped(s)).collect();
-        cmd.arg(format!("--ginkgo.focus={}", focus.join("|")));
-    }
+    let mut cmd = critest::command(&critest_bin, &endpoint, None, &report, &selection);
     println!(
-        "==> critest: {} (of the suite's {SUITE} specs)",
-        if all {
-            "every spec".to_string()
-        } else {
-            format!("the {} specs of tests/cri/passing.txt", specs.len())
-        }
+        "==> critest: {} (of the suite's {} specs)",
+        selection.describe(),
+        critest::SUITE
     );
     let started = Instant::now();
     let status = cmd.current_dir(work.path()).status().context("critest")?;
     println!("==> critest took {:.1}s", started.elapsed().as_secs_f64());
-    if let Err(e) = summarize(&report, &specs) {
-        println!("(no summary: {e:#})");
-    }
+    let summary = critest::summarize(&report, &specs, "==> ");
+    // Each listed spec must have run and passed.
+    let listed = match (&selection, summary) {
+        (critest::Selection::Listed(_), Ok(s)) => critest::all_passed(&s, &specs),
+        (critest::Selection::Listed(_), Err(e)) => Err(e),
+        (_, Err(e)) => {
+            println!("(no summary: {e:#})");
+            Ok(())
+        }
+        (_, Ok(_)) => Ok(()),
+    };
     let kept = pod_kept_across_a_crash(work.path(), daemon, &rt, &extra_options);
     let leftover = pod_left_at_shutdown(work.path(), &rt, &image_dir, &cni, registry.port);
     let crashed = pod_left_by_a_crash(work.path(), &rt, &image_dir, &cni, registry.port);
     drop(rt);
     anyhow::ensure!(status.success(), "critest failed");
+    listed?;
     kept.and(leftover).and(crashed)
 }
 
@@ -319,7 +238,7 @@ fn pod_left_by_a_crash(
     let socket = work.join("crash.sock");
     let options = |reuse| DaemonOptions {
         image_dir: Some(image_dir.to_path_buf()),
-        extra_config: cri_section(&socket, cni, registry_port, "remove"),
+        extra_config: critest::cri_section(&socket, cni, registry_port, "remove"),
         reuse,
         ..Default::default()
     };
@@ -410,7 +329,7 @@ fn pod_left_at_shutdown(
     let socket = work.join("shutdown.sock");
     let mut daemon = rt.block_on(Daemon::start_with(DaemonOptions {
         image_dir: Some(image_dir.to_path_buf()),
-        extra_config: cri_section(&socket, cni, registry_port, "remove"),
+        extra_config: critest::cri_section(&socket, cni, registry_port, "remove"),
         ..Default::default()
     }));
     let before = pod_holding_an_address(work, &socket, "left", "left-at-shutdown")?;
@@ -442,50 +361,4 @@ pub(crate) fn nnp_program() -> anyhow::Result<PathBuf> {
         .context("running cc")?;
     anyhow::ensure!(status.success(), "cc {} failed", src.display());
     Ok(bin)
-}
-
-/// Prints which specs failed, and any that passed but aren't in the list
-/// yet (they should join it).
-fn summarize(report: &Path, listed: &[String]) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(report)?;
-    let suites: serde_json::Value = serde_json::from_str(&text)?;
-    let specs = suites[0]["SpecReports"]
-        .as_array()
-        .context("no SpecReports")?;
-    let mut passed = Vec::new();
-    let mut failed = Vec::new();
-    for s in specs {
-        let name = s["LeafNodeText"].as_str().unwrap_or_default().to_string();
-        match s["State"].as_str() {
-            Some("passed") if !name.is_empty() => passed.push(name),
-            Some("failed") | Some("panicked") | Some("timedout") => failed.push(name),
-            _ => {}
-        }
-    }
-    println!(
-        "==> critest: {} passed, {} failed; {} of the suite's {SUITE} specs are listed as passing",
-        passed.len(),
-        failed.len(),
-        listed.len()
-    );
-    for f in &failed {
-        println!("  failed: {f}");
-    }
-    for p in passed.iter().filter(|p| !listed.contains(p)) {
-        println!("  passed, not listed yet: {p}");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_spec_name_is_matched_literally() {
-        assert_eq!(
-            escaped("runtime should support execSync with timeout [Conformance]"),
-            "runtime should support execSync with timeout \\[Conformance\\]"
-        );
-    }
 }

@@ -15,6 +15,7 @@ mod kernel;
 mod stats;
 mod test_tiers;
 mod testhost;
+mod testhost_critest;
 mod testhost_watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -134,17 +135,20 @@ fn main() -> anyhow::Result<()> {
                 // A test of the default runs keeps its programs and
                 // environment.
                 let defaults = testhost::default_runs();
-                tests
-                    .into_iter()
-                    .map(|t| {
+                let mut runs = Vec::new();
+                for t in tests {
+                    runs.push(if t == testhost_critest::TEST {
+                        testhost_critest::run(testhost_critest::Specs::Passing)?
+                    } else {
                         defaults.iter().find(|r| r.test == t).cloned().unwrap_or(
                             testhost::TestRun {
                                 test: t,
                                 ..Default::default()
                             },
                         )
-                    })
-                    .collect()
+                    });
+                }
+                runs
             };
             if testhost::run(&img.bzimage, Some(&img.dir), &runs)?.passed {
                 Ok(())

@@ -152,6 +152,24 @@ fn e2e() -> anyhow::Result<Outcome> {
         &crate::testhost::default_runs(),
     )?
     .passed;
+    println!("\n==> the QEMU test host: critest on the microVM backend");
+    let critest_ok = match crate::testhost_critest::missing() {
+        Some(why) => {
+            println!("SKIPPED (critest on the microVM backend): {why}");
+            true
+        }
+        None => {
+            let run = crate::testhost_critest::run(crate::testhost_critest::Specs::Sample)
+                .and_then(|run| crate::testhost::run(&img.bzimage, Some(&img.dir), &[run]));
+            match run {
+                Ok(outcome) => outcome.passed,
+                Err(e) => {
+                    println!("critest on the microVM backend failed to run: {e:#}");
+                    false
+                }
+            }
+        }
+    };
     println!(
         "
 ==> our image booted by QEMU: the guest auraed over mTLS"
@@ -161,7 +179,7 @@ fn e2e() -> anyhow::Result<Outcome> {
         &["test", "-p", "aurae-tests", "--test", "guest_image"],
         &[("AURAE_E2E", "1"), ("AURAE_IMAGE_DIR", &dir)],
     )?;
-    Ok(pass_fail(config_ok && host_ok && guest_ok))
+    Ok(pass_fail(config_ok && host_ok && critest_ok && guest_ok))
 }
 
 fn integration() -> anyhow::Result<Outcome> {

@@ -59,6 +59,8 @@ pub struct TestRun {
     /// Programs of this machine the test runs there (their path there, and
     /// here), with their shared libraries (and skopeo's policy file with it).
     pub programs: Vec<(String, PathBuf)>,
+    /// Data files the test reads there (their path there, and here).
+    pub files: Vec<(String, PathBuf)>,
 }
 
 /// What came back from the test host.
@@ -73,18 +75,25 @@ pub struct Outcome {
 /// "BENCH " lines, without the prefix (per-run "BENCH-RUN" lines are
 /// printed as they come, not returned). Fails if the benchmark failed.
 pub fn bench(test: &str, runs: usize, env: Vec<(String, String)>) -> anyhow::Result<Vec<String>> {
-    let img = crate::image::build()?;
-    let mut env = env;
-    env.push(("AURAE_BENCH".into(), "1".into()));
-    env.push(("AURAE_BENCH_RUNS".into(), runs.to_string()));
-    let bench = TestRun {
+    let run = TestRun {
         test: test.into(),
-        filters: vec!["--nocapture".into()],
         env,
         needs_qemu: true,
-        release: true,
         ..Default::default()
     };
+    bench_run(run, runs)
+}
+
+/// [`bench`] of a run with programs or files of its own (release builds).
+pub fn bench_run(mut bench: TestRun, runs: usize) -> anyhow::Result<Vec<String>> {
+    let img = crate::image::build()?;
+    bench.env.push(("AURAE_BENCH".into(), "1".into()));
+    bench
+        .env
+        .push(("AURAE_BENCH_RUNS".into(), runs.to_string()));
+    bench.filters = vec!["--nocapture".into()];
+    bench.release = true;
+    let test = bench.test.clone();
     let outcome = run(&img.bzimage, Some(&img.dir), &[bench])?;
     if !outcome.passed {
         bail!("the benchmark {test} failed inside the test host");
@@ -218,7 +227,13 @@ fn init_script(runs: &[TestRun]) -> String {
          rc=0\n",
     );
     for r in runs {
-        let env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Single-quoted: a value (a regular expression, say) reaches the
+        // test as it is.
+        let env: Vec<String> = r
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}='{}'", v.replace('\'', "'\\''")))
+            .collect();
         s.push_str(&format!(
             "echo \"testhost: running {0} {1}\"\nenv {2} /tests/{0} --test-threads=1 {1} || rc=1\n",
             r.test,
@@ -271,7 +286,12 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         }
     }
     payload.extend(binaries.into_iter().map(|(n, p)| (format!("tests/{n}"), p)));
-    let programs: Vec<&(String, PathBuf)> = runs.iter().flat_map(|r| &r.programs).collect();
+    // Runs may carry the same program or file: each goes in once.
+    let programs: std::collections::BTreeMap<&String, &PathBuf> = runs
+        .iter()
+        .flat_map(|r| &r.programs)
+        .map(|(at, p)| (at, p))
+        .collect();
     if !programs.is_empty() {
         deps::ensure(&[
             "docker-registry",
@@ -284,7 +304,7 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         let name = p
             .file_name()
             .with_context(|| format!("{} has no file name", p.display()))?;
-        payload.push((at.clone(), p.clone()));
+        payload.push((at.to_string(), p.to_path_buf()));
         if name == "skopeo" {
             let policy = Path::new("/etc/containers/policy.json");
             m.file("etc/containers/policy.json", policy, 0o644)?;
@@ -295,6 +315,14 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
             let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
             m.file("etc/ssl/certs/ca-certificates.crt", certs, 0o644)?;
         }
+    }
+    let files: std::collections::BTreeMap<&String, &PathBuf> = runs
+        .iter()
+        .flat_map(|r| &r.files)
+        .map(|(at, p)| (at, p))
+        .collect();
+    for (at, p) in files {
+        m.file(at, p, 0o644)?;
     }
     if runs.iter().any(|r| r.needs_qemu) {
         let qemu = PathBuf::from("/usr/bin/qemu-system-x86_64");
@@ -409,7 +437,15 @@ fn boot(kernel: &Path, initrd: &Path, append: &str, dir: &Path) -> anyhow::Resul
             }
         }
     });
-    let deadline = started + Duration::from_secs(30 * 60);
+    // `AURAE_TESTHOST_MINUTES` lengthens it for a long run by hand
+    // (critest on the microVM backend with every spec, say).
+    let minutes: u64 = match std::env::var("AURAE_TESTHOST_MINUTES") {
+        Ok(m) => m
+            .parse()
+            .with_context(|| format!("AURAE_TESTHOST_MINUTES={m:?} is not a number"))?,
+        Err(_) => 30,
+    };
+    let deadline = started + Duration::from_secs(minutes * 60);
     let mut result = None;
     let mut bench_lines = Vec::new();
     loop {
@@ -432,7 +468,7 @@ fn boot(kernel: &Path, initrd: &Path, append: &str, dir: &Path) -> anyhow::Resul
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if Instant::now() >= deadline {
                     let _ = qemu.kill();
-                    bail!("the test host did not finish within 30 minutes");
+                    bail!("the test host did not finish within {minutes} minutes");
                 }
                 if let Ok(Some(_)) = qemu.try_wait() {
                     break;
