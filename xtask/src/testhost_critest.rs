@@ -6,10 +6,11 @@
 //!
 //! The specs of `tests/cri/passing_microvm.txt` pass there, and `cargo
 //! xtask testvm critest_microvm` runs them all. Each pod there is a VM
-//! booted under nested KVM inside TCG (25–30 s), so the e2e tier runs the
-//! sample of them in `tests/cri/ci_microvm.txt`, each of which must be in
-//! the full list. `AURAE_CRITEST_ALL` and `AURAE_CRITEST_FOCUS` pass
-//! through to the test host (`aurae_tests::critest`).
+//! booted under nested KVM inside TCG (about 20 s a spec), so the e2e tier
+//! runs the sample of them in `tests/cri/ci_microvm.txt`, each of which
+//! must be in the full list. For a run by hand (not the tier's sample),
+//! `AURAE_CRITEST_ALL` and `AURAE_CRITEST_FOCUS` pass through to the test
+//! host (`aurae_tests::critest`).
 
 use std::path::PathBuf;
 
