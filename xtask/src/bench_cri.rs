@@ -69,23 +69,15 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "the measurement failed");
     println!("\n==> the microVM backend, inside the QEMU test host (nested KVM)");
     let shared = deps::workspace_root().join("../shared/cri");
-    let programs = [
-        ("usr/bin/crictl", shared.join("crictl")),
-        ("usr/bin/containerd", "/usr/bin/containerd".into()),
-        (
-            "usr/bin/containerd-shim-runc-v2",
-            "/usr/bin/containerd-shim-runc-v2".into(),
-        ),
-        ("usr/sbin/runc", "/usr/sbin/runc".into()),
-        ("usr/bin/docker-registry", "/usr/bin/docker-registry".into()),
-        ("usr/bin/skopeo", "/usr/bin/skopeo".into()),
-        ("usr/lib/cni/bridge", "/usr/lib/cni/bridge".into()),
-        ("usr/lib/cni/host-local", "/usr/lib/cni/host-local".into()),
-        ("usr/lib/cni/loopback", "/usr/lib/cni/loopback".into()),
-    ]
-    .into_iter()
-    .map(|(at, p): (&str, PathBuf)| (at.to_string(), p))
-    .collect();
+    let mut same = vec![
+        "/usr/bin/containerd",
+        "/usr/bin/containerd-shim-runc-v2",
+        "/usr/sbin/runc",
+        "/usr/lib/cni/loopback",
+    ];
+    same.extend(crate::testhost::REGISTRY_AND_CNI);
+    let programs =
+        crate::testhost::with_programs(&[("usr/bin/crictl", shared.join("crictl"))], &same);
     let microvm = crate::testhost::TestRun {
         test: "bench_cri_microvm".into(),
         env: vec![

@@ -136,23 +136,38 @@ pub fn default_runs() -> Vec<TestRun> {
                 ("AURAE_CRICTL".into(), "/usr/bin/crictl".into()),
                 ("TMPDIR".into(), "/tmp".into()),
             ],
-            programs: [
-                (
+            programs: with_programs(
+                &[(
                     "usr/bin/crictl",
                     deps::workspace_root().join("../shared/cri/crictl"),
-                ),
-                ("usr/bin/docker-registry", "/usr/bin/docker-registry".into()),
-                ("usr/bin/skopeo", "/usr/bin/skopeo".into()),
-                // The CNI plugins of the pod network test.
-                ("usr/lib/cni/bridge", "/usr/lib/cni/bridge".into()),
-                ("usr/lib/cni/host-local", "/usr/lib/cni/host-local".into()),
-            ]
-            .into_iter()
-            .map(|(at, p)| (at.to_string(), p))
-            .collect(),
+                )],
+                REGISTRY_AND_CNI,
+            ),
             ..Default::default()
         },
     ]
+}
+
+/// What a CRI test in the test host needs beside its client, at the same
+/// paths there as here: a registry, skopeo, and the CNI plugins of a bridge
+/// network.
+pub const REGISTRY_AND_CNI: &[&str] = &[
+    "/usr/bin/docker-registry",
+    "/usr/bin/skopeo",
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+];
+
+/// A run's programs: `own` (their path there, and here), then `same`, at
+/// the same path there as here.
+pub fn with_programs(own: &[(&str, PathBuf)], same: &[&str]) -> Vec<(String, PathBuf)> {
+    own.iter()
+        .map(|(at, p)| (at.to_string(), p.clone()))
+        .chain(
+            same.iter()
+                .map(|p| (p.trim_start_matches('/').to_string(), PathBuf::from(p))),
+        )
+        .collect()
 }
 
 /// Builds the named integration test binaries and returns their paths.

@@ -115,16 +115,10 @@ pub fn run(specs: Specs) -> anyhow::Result<TestRun> {
             }
         }
     }
-    let programs = [
-        ("usr/bin/critest", critest),
-        ("usr/bin/docker-registry", "/usr/bin/docker-registry".into()),
-        ("usr/bin/skopeo", "/usr/bin/skopeo".into()),
-        ("usr/lib/cni/bridge", "/usr/lib/cni/bridge".into()),
-        ("usr/lib/cni/host-local", "/usr/lib/cni/host-local".into()),
-    ]
-    .into_iter()
-    .map(|(at, p)| (at.to_string(), p))
-    .collect();
+    let programs = crate::testhost::with_programs(
+        &[("usr/bin/critest", critest)],
+        crate::testhost::REGISTRY_AND_CNI,
+    );
     Ok(TestRun {
         test: TEST.into(),
         filters: vec!["--nocapture".into()],
