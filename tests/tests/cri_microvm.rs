@@ -11,7 +11,9 @@
 //! Twice: on auraed's bridge (no CNI configuration), and on a CNI network
 //! (Debian's bridge and host-local plugins), which the VMM's namespace joins
 //! before the guest boots: the pod's address is then CNI's, reached from
-//! the host directly, and released when the pod is removed.
+//! the host directly, and released when the pod is removed. There the pod
+//! also outlives a `kill -9` of auraed: its VM runs on, and the restarted
+//! auraed takes it back (its listing, log, exec and host port).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use aurae_tests::cri::{
 };
 use aurae_tests::guest::e2e_kvm;
 use aurae_tests::pods::{busybox_image, free_port, http_get};
-use aurae_tests::{report_skip, Daemon};
+use aurae_tests::{report_skip, Daemon, DaemonOptions};
 
 const HANDLER: &str = "aurae-microvm";
 
@@ -118,7 +120,7 @@ async fn scenario(name: &str, cni: bool) {
         1,
     );
     options.vmm = Some(vmm);
-    let d = Daemon::start_with(options).await;
+    let mut d = Daemon::start_with(options.clone()).await;
     let ipam = work.path().join("ipam");
     if cni {
         let conf = serde_json::json!({
@@ -231,7 +233,9 @@ async fn scenario(name: &str, cni: bool) {
             "metadata": {"name": "web"},
             "image": {"image": BUSYBOX},
             "command": ["/bin/busybox", "sh", "-c",
-                "echo hello-from-the-vm; mkdir -p /tmp/www && echo pod-says-hi > /tmp/www/index.html && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"],
+                "echo hello-from-the-vm; mkdir -p /tmp/www && echo pod-says-hi > /tmp/www/index.html; \
+                 (while :; do [ -f /tmp/say ] && cat /tmp/say && rm /tmp/say; sleep 0.2; done) & \
+                 exec /bin/busybox httpd -f -p 8080 -h /tmp/www"],
             "log_path": "web.log",
         }),
     );
@@ -329,6 +333,39 @@ async fn scenario(name: &str, cni: bool) {
         assert_eq!(first, "0");
         crictl.ok(&["stopp", &pod2_id]);
         crictl.ok(&["rmp", &pod2_id]);
+
+        // A crash of auraed: the VM runs on, and the restarted auraed lists
+        // the pod and its container again, follows the log on (no line
+        // twice), serves exec and relays the host port again.
+        let vmm_pid = instance.pid;
+        d.crash();
+        assert!(
+            vmms().contains(&vmm_pid),
+            "kill -9 of auraed ended the pod's VMM"
+        );
+        let dir = d.keep_dir();
+        drop(d);
+        d = Daemon::start_with(DaemonOptions {
+            reuse: Some(dir),
+            ..options.clone()
+        })
+        .await;
+        c = d.client().await;
+        let ready = crictl.ok(&["pods", "-q", "--state", "ready"]);
+        assert_eq!(ready, pod_id, "auraed's log:\n{}", d.log_text());
+        assert_eq!(crictl.ok(&["ps", "-q", "--state", "running"]), cid);
+        let script = "echo after-the-restart > /tmp/say";
+        crictl.ok(&["exec", "-s", &cid, "/bin/busybox", "sh", "-c", script]);
+        let log = logs_with(&crictl, &cid, "after-the-restart");
+        assert_eq!(log.matches("hello-from-the-vm").count(), 1, "{log}");
+        assert!(http_get(&format!("127.0.0.1:{host_port}")).contains("pod-says-hi"));
+        assert!(http_get(&format!("{ip}:8080")).contains("pod-says-hi"));
+        assert_eq!(allocations(&ipam), vec![ip.clone()]);
+        let log_text = d.log_text();
+        assert!(
+            log_text.contains("took back an instance left running"),
+            "{log_text}"
+        );
     }
     page_through_port_forward(&crictl, &pod_id, 8080);
     let file_log = std::fs::read_to_string(logs.join("web.log")).expect("the CRI log file");

@@ -64,7 +64,7 @@ async fn boot_and_check(
     .await;
     // Each step is bounded, so that a hang says where it was, with the
     // guest's console and the VMM's log.
-    let mut c = guest.client().await;
+    let mut c = bounded(&guest, "connecting to the guest's auraed", guest.client()).await;
     bounded(&guest, "executables and a cell in the guest", async {
         let nproc = first_line(&mut c, "nproc", &["nproc"]).await;
         assert_eq!(nproc, vcpus.to_string(), "the guest sees every vCPU");

@@ -171,9 +171,7 @@ impl Cri {
         if microvm {
             self.refuse_in_microvm(host)?;
         }
-        // Only a cell-backed instance outlives this auraed.
         let mut spec = spec;
-        spec.keep &= !microvm;
         // A VM the size of the pod (a cell-backed pod's containers are
         // limited one by one instead).
         if microvm {
@@ -224,6 +222,9 @@ impl Cri {
         spec.pod_network = cni_pod
             .clone()
             .map(|p| crate::instances::pod_network::PodNetworkHook(p));
+        // A microVM outlives this auraed on a pod network only (see
+        // `instances::kept`): without one, its TAP is on the bridge.
+        spec.keep &= !microvm || spec.pod_network.is_some();
         // Host ports first: one that is taken fails before anything is made.
         let mut listeners = Vec::new();
         for (i, p) in config.port_mappings.iter().enumerate() {

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 /// Where an instance runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     MicroVm,
     Cell,

@@ -1,6 +1,6 @@
-//! Instances that outlive their auraed: a cell-backed instance spawned with
-//! `keep` (a CRI pod's, as `[cri] pod_restart = "keep"` has it) runs on
-//! when auraed stops or crashes, and the next auraed takes it back.
+//! Instances that outlive their auraed: an instance spawned with `keep` (a
+//! CRI pod's, as `[cri] pod_restart = "keep"` has it) runs on when auraed
+//! stops or crashes, and the next auraed takes it back.
 //!
 //! Every cell-backed instance has a folder on disk (`kept_dir/<cell>`) with
 //! its auraed's output (`console`: pipes to auraed would break with it); a
@@ -8,6 +8,13 @@
 //! auraed needs: its name, SPIFFE ID, address index and port, its link on
 //! the bridge, and the pids and start times of its cell's init and of its
 //! auraed (so that a reused pid is never taken for them).
+//!
+//! A kept microVM instance (one on a pod network: its VMM's namespace holds
+//! the pod's CNI device and the uplink to the bridge) has the same folder
+//! and record; its process is its VMM, which writes the guest's serial
+//! console (`console`) and its own messages (`vmm`) there, and its link is
+//! the uplink's host end. Its initrd (which holds the instance's keys) is
+//! removed from the folder once the guest runs: the VMM loaded it at start.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,12 +38,18 @@ use crate::net::Veth;
 
 const RECORD: &str = "instance.json";
 const CONSOLE: &str = "console";
+/// A kept microVM's VMM's own messages (its standard error).
+const VMM_LOG: &str = "vmm";
 /// How an instance's console is followed: read every second (a quiet file,
 /// one per instance: an inotify instance each would run into the per-user
 /// limit with a hundred pods), emptied past 8 MiB (its auraed appends),
 /// and after a restart only its tail.
 const CONSOLE_POLL: Duration = Duration::from_secs(1);
 const CONSOLE_CAP: u64 = 8 << 20;
+/// A kept microVM's files are read more often: its spawn waits for the
+/// guest's "serving" line on its console (two reads every 100 ms per VM,
+/// still no inotify instance).
+const VM_CONSOLE_POLL: Duration = Duration::from_millis(100);
 
 /// What a restarted auraed needs to take an instance back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +78,13 @@ pub struct InstanceRecord {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub metadata: BTreeMap<String, String>,
+    /// A microVM's `init` is its VMM (a record without it is a cell's).
+    #[serde(default = "cell_backend")]
+    pub backend: Backend,
+}
+
+fn cell_backend() -> Backend {
+    Backend::Cell
 }
 
 /// An instance whose auraed still runs in its cell, found at start.
@@ -184,6 +204,36 @@ impl Instances {
         ))
     }
 
+    /// A kept microVM's folder (see the module).
+    pub(super) fn kept_vm_dir(&self, name: &str) -> PathBuf {
+        self.cfg.kept_dir.join(name)
+    }
+
+    /// A kept microVM's output files, made empty in its folder `dir`: the
+    /// guest's console (for `--console`) and the VMM's messages, both
+    /// followed into its logs.
+    pub(super) fn vm_console_files(dir: &Path) -> Result<(PathBuf, Output), ApiError> {
+        let (console, messages) = (dir.join(CONSOLE), dir.join(VMM_LOG));
+        for f in [&console, &messages] {
+            std::fs::File::create(f)
+                .map_err(|e| ApiError::io(format!("creating {}", f.display()), e))?;
+        }
+        Ok((
+            console.clone(),
+            Output::Files {
+                stderr: messages.clone(),
+                follow: vm_follow(dir),
+                // Not emptied: the VMM writes it at its own offset (not
+                // appending), and stops at its own limit (64 MiB).
+                opts: FollowOpts {
+                    poll: Some(VM_CONSOLE_POLL),
+                    tail: None,
+                    cap: None,
+                },
+            },
+        ))
+    }
+
     /// Writes what a restarted auraed takes `i` back by (see the module).
     pub fn keep(&self, i: &Instance, vcpus: u32, memory_mib: u64) -> Result<(), ApiError> {
         let refuse = |why: &str| {
@@ -192,8 +242,20 @@ impl Instances {
                 i.name
             )))
         };
-        if i.choice.backend != Backend::Cell {
-            return refuse("only a cell-backed instance outlives its auraed");
+        let microvm = i.choice.backend == Backend::MicroVm;
+        if microvm {
+            // A TAP on the bridge would be removed as left behind at the
+            // next start; an uplink goes only with its VMM's namespace.
+            if i.tap.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                return refuse("a microVM outlives its auraed only on a pod network");
+            }
+            if !i
+                .dir
+                .as_ref()
+                .is_some_and(|d| d.starts_with(&self.cfg.kept_dir))
+            {
+                return refuse("its folder is not in instances.kept_dir");
+            }
         }
         // Out of its own mount namespace, this auraed keeps cells' files on
         // disk, where the next one removes them as leftovers: a cell kept
@@ -248,9 +310,16 @@ impl Instances {
                 .get(&i.name)
                 .map(|r| r.metadata)
                 .unwrap_or_default(),
+            backend: i.choice.backend,
         };
         let json = serde_json::to_vec_pretty(&record)
             .map_err(|e| ApiError::Internal(format!("encoding the instance's record: {e}")))?;
+        if microvm {
+            // The VMM loaded it at start; the keys in it stay off the disk.
+            let initrd = dir.join(super::microvm::INITRD);
+            std::fs::remove_file(&initrd)
+                .map_err(|e| ApiError::io(format!("removing {}", initrd.display()), e))?;
+        }
         let tmp = dir.join(format!("{RECORD}.tmp"));
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::rename(&tmp, dir.join(RECORD)))
@@ -297,10 +366,13 @@ impl Instances {
         // auraed's own, as the auraed that made it had it.
         let bridge = self.ensure_bridge().await?;
         self.own_bridge().await;
+        let microvm = r.backend == Backend::MicroVm;
         let veth = match &r.veth {
             Some((host, index)) => {
                 let found = crate::net::link_index_of(host).await.ok().flatten();
-                if found != Some(*index) {
+                // A microVM's uplink is named as this auraed names them.
+                let named = !microvm || self.vm_link_names(r.index)?.0 == *host;
+                if found != Some(*index) || !named {
                     return Err(ApiError::FailedPrecondition(format!(
                         "instance {}: its link {host} is gone or is another link",
                         r.name
@@ -309,8 +381,14 @@ impl Instances {
                 Some(Veth {
                     host: host.clone(),
                     host_index: *index,
-                    peer: "eth0".into(),
+                    peer: if microvm { crate::net::UPLINK } else { "eth0" }.into(),
                 })
+            }
+            None if microvm => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "instance {}: its record names no uplink",
+                    r.name
+                )))
             }
             None => None,
         };
@@ -331,17 +409,23 @@ impl Instances {
                 })
             })
             .and_then(|channel| {
+                let (what, follow, poll, cap) = if microvm {
+                    ("vmm", vm_follow(&s.dir), VM_CONSOLE_POLL, None)
+                } else {
+                    let console = vec![(s.dir.join(CONSOLE), Stream::Stderr)];
+                    ("init", console, CONSOLE_POLL, Some(CONSOLE_CAP))
+                };
                 let init = Executable::adopt(
-                    format!("{}/init", r.name),
+                    format!("{}/{what}", r.name),
                     Some(r.cell.clone()),
                     r.command.clone(),
                     (pid, fd),
                     (
-                        vec![(s.dir.join(CONSOLE), Stream::Stderr)],
+                        follow,
                         FollowOpts {
-                            poll: Some(CONSOLE_POLL),
+                            poll: Some(poll),
                             tail: Some(log_bytes as u64),
-                            cap: Some(CONSOLE_CAP),
+                            cap,
                         },
                     ),
                     log_bytes,
@@ -360,7 +444,7 @@ impl Instances {
             spiffe_id: r.spiffe_id,
             address: addr,
             choice: Choice {
-                backend: Backend::Cell,
+                backend: r.backend,
                 reason: format!("{}; taken back after a restart", r.reason),
             },
             ready_after: Duration::from_millis(r.ready_after_ms),
@@ -388,6 +472,15 @@ impl Instances {
     }
 }
 
+/// What a kept microVM's logs follow: the guest's console and the VMM's
+/// messages, in its folder `dir`.
+fn vm_follow(dir: &Path) -> Vec<(PathBuf, Stream)> {
+    vec![
+        (dir.join(CONSOLE), Stream::Stdout),
+        (dir.join(VMM_LOG), Stream::Stderr),
+    ]
+}
+
 /// What [`Instances::remember`] needs of an adopted instance's spec.
 pub fn spec_of(r: &InstanceRecord) -> super::InstanceSpec {
     super::InstanceSpec {
@@ -395,7 +488,10 @@ pub fn spec_of(r: &InstanceRecord) -> super::InstanceSpec {
         vcpus: r.vcpus,
         memory_mib: r.memory_mib,
         nested: false,
-        preference: super::backend::Preference::Cell,
+        preference: match r.backend {
+            Backend::MicroVm => super::backend::Preference::MicroVm,
+            Backend::Cell => super::backend::Preference::Cell,
+        },
         kernel: None,
         initramfs: None,
         ready_timeout: Duration::ZERO,
@@ -408,5 +504,78 @@ pub fn spec_of(r: &InstanceRecord) -> super::InstanceSpec {
         keep: true,
         pod_network: None,
         files: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(backend: Backend) -> InstanceRecord {
+        InstanceRecord {
+            name: "cri-0123".into(),
+            cell: "cri-0123".into(),
+            spiffe_id: "spiffe://td/auraed/cri-0123".into(),
+            index: 3,
+            port: 8443,
+            host_network: false,
+            veth: Some(("aurae0v3".into(), 17)),
+            reason: "asked for".into(),
+            init_pid: 40,
+            init_start: 41,
+            command: vec!["aurae-vmm".into()],
+            cell_init_pid: 42,
+            cell_init_start: 43,
+            ns_flags: 0,
+            created_at_unix_ms: 1,
+            ready_after_ms: 2,
+            shared: Vec::new(),
+            vcpus: 1,
+            memory_mib: 384,
+            metadata: BTreeMap::new(),
+            backend,
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_its_backend_and_one_written_before_microvms_is_a_cells() {
+        let vm = record(Backend::MicroVm);
+        let json = serde_json::to_value(&vm).expect("json");
+        assert_eq!(json["backend"], "microvm");
+        let back: InstanceRecord = serde_json::from_value(json.clone()).expect("parse");
+        assert_eq!(back, vm);
+        let mut old = json;
+        old.as_object_mut().expect("object").remove("backend");
+        let back: InstanceRecord = serde_json::from_value(old).expect("parse");
+        assert_eq!(back.backend, Backend::Cell);
+        assert_eq!(
+            spec_of(&back).preference,
+            super::super::backend::Preference::Cell
+        );
+        assert_eq!(
+            spec_of(&vm).preference,
+            super::super::backend::Preference::MicroVm
+        );
+    }
+
+    #[test]
+    fn a_kept_microvm_follows_its_console_and_its_vmm_messages() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (console, output) = Instances::vm_console_files(t.path()).expect("files");
+        assert_eq!(console, t.path().join(CONSOLE));
+        assert!(console.is_file() && t.path().join(VMM_LOG).is_file());
+        let Output::Files {
+            stderr,
+            follow,
+            opts,
+        } = output
+        else {
+            panic!("files, not pipes");
+        };
+        assert_eq!(stderr, t.path().join(VMM_LOG));
+        assert_eq!(follow, vm_follow(t.path()));
+        assert_eq!(follow[0], (console, Stream::Stdout));
+        assert_eq!(opts.cap, None, "the VMM writes at its own offset");
+        assert_eq!(opts.poll, Some(VM_CONSOLE_POLL));
     }
 }

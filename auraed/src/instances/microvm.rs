@@ -14,7 +14,10 @@
 //! guest's serial console, so the instance's logs are the console.
 //!
 //! The instance's folder (its initrd, which holds its private keys) is on
-//! the cells' tmpfs and goes with the instance.
+//! the cells' tmpfs and goes with the instance. A kept one's (a CRI pod's,
+//! see [`super::kept`]) is in `instances.kept_dir`, with the guest's
+//! console and the VMM's messages as files: pipes to auraed would break
+//! with it.
 
 use std::io::Read;
 use std::net::Ipv6Addr;
@@ -39,6 +42,8 @@ use crate::net;
 pub const DEFAULT_MEM_MIB: u64 = 256;
 /// What the VMM itself may use beyond guest memory, in MiB.
 pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// The instance's initrd, in its folder.
+pub const INITRD: &str = "initrd";
 /// The line aurae-vmm prints when the guest's /init reports to its boot
 /// timer, followed by the milliseconds since launch.
 pub const BOOT_TIMER_LINE: &str = "aurae-vmm: boot timer: /init reported after ";
@@ -315,8 +320,13 @@ impl Instances {
             pre_started: false,
             ..self.params(spec, address)
         };
-        let dir = self.cfg.instances_dir.join(&spec.name);
-        let initrd = dir.join("initrd");
+        let (parent, dir) = if spec.keep {
+            (self.cfg.kept_dir.clone(), self.kept_vm_dir(&spec.name))
+        } else {
+            let dir = self.cfg.instances_dir.join(&spec.name);
+            (self.cfg.instances_dir.clone(), dir)
+        };
+        let initrd = dir.join(INITRD);
         // The guest's own children boot the same image: its initramfs
         // always (cells), its kernel and the VMM when it can run KVM.
         let mut image = vec![("initramfs.cpio.zst".to_string(), initramfs.clone())];
@@ -328,7 +338,7 @@ impl Instances {
         }
         let mut seed = files::seed(&identity, &params);
         seed.extend(spec.files.iter().cloned());
-        let (parent, d, i) = (self.cfg.instances_dir.clone(), dir.clone(), initrd.clone());
+        let (d, i) = (dir.clone(), initrd.clone());
         undo.dir = Some(dir.clone());
         crate::blocking::run("writing the instance's initrd", move || {
             make_dir(&parent, &d)?;
@@ -337,6 +347,14 @@ impl Instances {
         })
         .await?
         .map_err(|e| ApiError::Internal(format!("instance {}: {}", spec.name, chain(&e))))?;
+        // A kept one's output outlives this auraed, in its folder.
+        let (console, output) = match spec.keep {
+            true => {
+                let (console, output) = Self::vm_console_files(&dir)?;
+                (Some(console), output)
+            }
+            false => (None, crate::executables::Output::Pipes),
+        };
         // On a pod network, the VMM has a network namespace of its own.
         let own_netns = spec.pod_network.is_some();
         let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells, !own_netns);
@@ -388,7 +406,7 @@ impl Instances {
         let process = vmm_process(&VmmArgs {
             vmm: &self.cfg.vmm,
             kernel: &kernel,
-            console: None,
+            console: console.as_deref(),
             initrd: Some(&initrd),
             mem_mib,
             vcpus,
@@ -408,7 +426,7 @@ impl Instances {
                 index,
                 process: ("vmm", process),
                 cell,
-                output: crate::executables::Output::Pipes,
+                output,
                 started,
             },
             log_bytes,
