@@ -1,5 +1,5 @@
-//! Tier 4 (e2e), inside the QEMU test host (its own boot: `cargo xtask
-//! testvm critest_microvm`): the upstream CRI validation suite, critest,
+//! Tier 4 (e2e), inside the QEMU test host (last in the tier's boot, or
+//! `cargo xtask testvm critest_microvm`): the upstream CRI validation suite, critest,
 //! against auraed with every pod sandbox a microVM (`--runtime-handler
 //! aurae-microvm`). Its images, built outside by xtask, are pushed to a
 //! registry on the test host's loopback and reached through auraed's

@@ -1,6 +1,7 @@
 //! The upstream critest on the microVM backend, inside the QEMU test host
-//! (`tests/tests/critest_microvm.rs`): its own boot of the test host, with
-//! critest, the registry, skopeo, the CNI plugins, and critest's images
+//! (`tests/tests/critest_microvm.rs`): last in the e2e tier's boot of the
+//! test host (or a boot of its own, by hand), with critest, the registry,
+//! skopeo, the CNI plugins, and critest's images
 //! built here (from Debian's packages, as the `cri` tier builds them) and
 //! carried in as archives.
 //!

@@ -14,7 +14,8 @@
 //! and record; its process is its VMM, which writes the guest's serial
 //! console (`console`) and its own messages (`vmm`) there, and its link is
 //! the uplink's host end. Its initrd (which holds the instance's keys) is
-//! removed from the folder once the guest runs: the VMM loaded it at start.
+//! never in it: it stays on the cells' tmpfs, removed once the guest runs
+//! (the VMM loaded it at start).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -314,12 +315,6 @@ impl Instances {
         };
         let json = serde_json::to_vec_pretty(&record)
             .map_err(|e| ApiError::Internal(format!("encoding the instance's record: {e}")))?;
-        if microvm {
-            // The VMM loaded it at start; the keys in it stay off the disk.
-            let initrd = dir.join(super::microvm::INITRD);
-            std::fs::remove_file(&initrd)
-                .map_err(|e| ApiError::io(format!("removing {}", initrd.display()), e))?;
-        }
         let tmp = dir.join(format!("{RECORD}.tmp"));
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::rename(&tmp, dir.join(RECORD)))

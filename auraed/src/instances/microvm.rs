@@ -14,10 +14,11 @@
 //! guest's serial console, so the instance's logs are the console.
 //!
 //! The instance's folder (its initrd, which holds its private keys) is on
-//! the cells' tmpfs and goes with the instance. A kept one's (a CRI pod's,
-//! see [`super::kept`]) is in `instances.kept_dir`, with the guest's
-//! console and the VMM's messages as files: pipes to auraed would break
-//! with it.
+//! the cells' tmpfs and goes with the instance. A kept one (a CRI pod's,
+//! see [`super::kept`]) has a folder in `instances.kept_dir` too, with the
+//! guest's console and the VMM's messages as files (pipes to auraed would
+//! break with it); its initrd folder goes as soon as the guest runs (the
+//! VMM loaded it at start).
 
 use std::io::Read;
 use std::net::Ipv6Addr;
@@ -43,7 +44,7 @@ pub const DEFAULT_MEM_MIB: u64 = 256;
 /// What the VMM itself may use beyond guest memory, in MiB.
 pub const VMM_OVERHEAD_MIB: u64 = 64;
 /// The instance's initrd, in its folder.
-pub const INITRD: &str = "initrd";
+const INITRD: &str = "initrd";
 /// The line aurae-vmm prints when the guest's /init reports to its boot
 /// timer, followed by the milliseconds since launch.
 pub const BOOT_TIMER_LINE: &str = "aurae-vmm: boot timer: /init reported after ";
@@ -320,12 +321,7 @@ impl Instances {
             pre_started: false,
             ..self.params(spec, address)
         };
-        let (parent, dir) = if spec.keep {
-            (self.cfg.kept_dir.clone(), self.kept_vm_dir(&spec.name))
-        } else {
-            let dir = self.cfg.instances_dir.join(&spec.name);
-            (self.cfg.instances_dir.clone(), dir)
-        };
+        let dir = self.cfg.instances_dir.join(&spec.name);
         let initrd = dir.join(INITRD);
         // The guest's own children boot the same image: its initramfs
         // always (cells), its kernel and the VMM when it can run KVM.
@@ -338,7 +334,7 @@ impl Instances {
         }
         let mut seed = files::seed(&identity, &params);
         seed.extend(spec.files.iter().cloned());
-        let (d, i) = (dir.clone(), initrd.clone());
+        let (parent, d, i) = (self.cfg.instances_dir.clone(), dir.clone(), initrd.clone());
         undo.dir = Some(dir.clone());
         crate::blocking::run("writing the instance's initrd", move || {
             make_dir(&parent, &d)?;
@@ -347,10 +343,22 @@ impl Instances {
         })
         .await?
         .map_err(|e| ApiError::Internal(format!("instance {}: {}", spec.name, chain(&e))))?;
-        // A kept one's output outlives this auraed, in its folder.
+        // A kept one's output outlives this auraed, in a folder of its own
+        // on disk, which is its folder from here; the initrd's goes once
+        // the guest runs.
         let (console, output) = match spec.keep {
             true => {
-                let (console, output) = Self::vm_console_files(&dir)?;
+                let kept = self.kept_vm_dir(&spec.name);
+                let (parent, k) = (self.cfg.kept_dir.clone(), kept.clone());
+                undo.boot_dir = undo.dir.replace(kept.clone());
+                crate::blocking::run("making the instance's kept folder", move || {
+                    make_dir(&parent, &k)
+                })
+                .await?
+                .map_err(|e| {
+                    ApiError::Internal(format!("instance {}: {}", spec.name, chain(&e)))
+                })?;
+                let (console, output) = Self::vm_console_files(&kept)?;
                 (Some(console), output)
             }
             false => (None, crate::executables::Output::Pipes),
@@ -416,23 +424,31 @@ impl Instances {
             nested: spec.nested,
             disks: &disks,
         })?;
-        self.ready(
-            spec,
-            Started {
-                choice,
-                spiffe_id: identity.spiffe_id,
-                address,
-                port: self.cfg.port,
-                index,
-                process: ("vmm", process),
-                cell,
-                output,
-                started,
-            },
-            log_bytes,
-            undo,
-        )
-        .await
+        let instance = self
+            .ready(
+                spec,
+                Started {
+                    choice,
+                    spiffe_id: identity.spiffe_id,
+                    address,
+                    port: self.cfg.port,
+                    index,
+                    process: ("vmm", process),
+                    cell,
+                    output,
+                    started,
+                },
+                log_bytes,
+                undo,
+            )
+            .await?;
+        if let Some(boot) = undo.boot_dir.take() {
+            // The instance runs: a failure here is only logged.
+            if let Err(e) = remove_dir(&boot) {
+                tracing::error!("instance {}: its initrd: {e}", spec.name);
+            }
+        }
+        Ok(instance)
     }
 }
 

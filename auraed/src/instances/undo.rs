@@ -20,6 +20,9 @@ pub(super) struct Undo {
     pub(super) tap: Option<Tap>,
     /// Its folder (see [`super::Instance`]'s).
     pub(super) dir: Option<PathBuf>,
+    /// A kept microVM's initrd folder, on the cells' tmpfs (its folder is
+    /// on disk).
+    pub(super) boot_dir: Option<PathBuf>,
     pub(super) init: Option<Arc<Executable>>,
     /// Devices on host bridges (a pod's `networks`).
     pub(super) networks: Vec<super::networks::Attached>,
@@ -69,7 +72,10 @@ impl Undo {
         if let Err(e) = super::networks::remove_all(std::mem::take(&mut self.networks)).await {
             tracing::error!("rolling back a spawn: removing its network devices: {e}");
         }
-        if let Some(dir) = self.dir.take() {
+        for dir in [self.dir.take(), self.boot_dir.take()]
+            .into_iter()
+            .flatten()
+        {
             if let Err(e) = super::microvm::remove_dir(&dir) {
                 tracing::error!("rolling back a spawn: {e}");
             }
