@@ -12,8 +12,9 @@
 //! (Debian's bridge and host-local plugins), which the VMM's namespace joins
 //! before the guest boots: the pod's address is then CNI's, reached from
 //! the host directly, and released when the pod is removed. There the pod
-//! also outlives a `kill -9` of auraed: its VM runs on, and the restarted
-//! auraed takes it back (its listing, log, exec and host port).
+//! also outlives a `kill -9` and a SIGTERM of auraed: its VM runs on, and
+//! the restarted auraed takes it back (its listing, log, exec and host
+//! port); its keys are not left on disk.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -334,38 +335,69 @@ async fn scenario(name: &str, cni: bool) {
         crictl.ok(&["stopp", &pod2_id]);
         crictl.ok(&["rmp", &pod2_id]);
 
-        // A crash of auraed: the VM runs on, and the restarted auraed lists
-        // the pod and its container again, follows the log on (no line
-        // twice), serves exec and relays the host port again.
+        // Kept: its folder on disk has the VM's console, the VMM's messages
+        // and the record, but no initrd (its keys), whose folder on auraed's
+        // own tmpfs went once the guest ran.
+        let name = format!("cri-{}", &pod_id[..12]);
+        let folder = d.dir.join("state/instances").join(&name);
+        for f in ["console", "vmm", "instance.json"] {
+            assert!(folder.join(f).is_file(), "{}: no {f}", folder.display());
+        }
+        assert!(!folder.join("initrd").exists());
+        let boot = d.seen_by_auraed(&format!("state/cells/.instances/{name}"));
+        assert!(d.seen_by_auraed("state/cells/.instances").is_dir());
+        assert!(!boot.exists(), "{} is left", boot.display());
+        // A crash of auraed, then a graceful stop: each time the VM runs on,
+        // and the restarted auraed lists the pod and its container again,
+        // follows the log on (no line twice), serves exec and relays the
+        // host port again.
         let vmm_pid = instance.pid;
-        d.crash();
-        assert!(
-            vmms().contains(&vmm_pid),
-            "kill -9 of auraed ended the pod's VMM"
-        );
-        let dir = d.keep_dir();
-        drop(d);
-        d = Daemon::start_with(DaemonOptions {
-            reuse: Some(dir),
-            ..options.clone()
-        })
-        .await;
-        c = d.client().await;
-        let ready = crictl.ok(&["pods", "-q", "--state", "ready"]);
-        assert_eq!(ready, pod_id, "auraed's log:\n{}", d.log_text());
-        assert_eq!(crictl.ok(&["ps", "-q", "--state", "running"]), cid);
-        let script = "echo after-the-restart > /tmp/say";
-        crictl.ok(&["exec", "-s", &cid, "/bin/busybox", "sh", "-c", script]);
-        let log = logs_with(&crictl, &cid, "after-the-restart");
-        assert_eq!(log.matches("hello-from-the-vm").count(), 1, "{log}");
-        assert!(http_get(&format!("127.0.0.1:{host_port}")).contains("pod-says-hi"));
-        assert!(http_get(&format!("{ip}:8080")).contains("pod-says-hi"));
-        assert_eq!(allocations(&ipam), vec![ip.clone()]);
-        let log_text = d.log_text();
-        assert!(
-            log_text.contains("took back an instance left running"),
-            "{log_text}"
-        );
+        for (round, how) in ["kill -9", "SIGTERM"].into_iter().enumerate() {
+            if round == 0 {
+                d.crash();
+            } else {
+                d.stop();
+            }
+            assert!(
+                vmms().contains(&vmm_pid),
+                "{how} of auraed ended the pod's VMM"
+            );
+            let dir = d.keep_dir();
+            drop(d);
+            d = Daemon::start_with(DaemonOptions {
+                reuse: Some(dir),
+                ..options.clone()
+            })
+            .await;
+            c = d.client().await;
+            let ready = crictl.ok(&["pods", "-q", "--state", "ready"]);
+            assert_eq!(
+                ready,
+                pod_id,
+                "after {how}; auraed's log:\n{}",
+                d.log_text()
+            );
+            assert_eq!(crictl.ok(&["ps", "-q", "--state", "running"]), cid);
+            let word = format!("after-restart-{round}");
+            let script = format!("echo {word} > /tmp/say");
+            crictl.ok(&["exec", "-s", &cid, "/bin/busybox", "sh", "-c", &script]);
+            let log = logs_with(&crictl, &cid, &word);
+            assert_eq!(log.matches("hello-from-the-vm").count(), 1, "{log}");
+            let addrs = [format!("127.0.0.1:{host_port}"), format!("{ip}:8080")];
+            for addr in addrs {
+                assert!(
+                    http_get(&addr).contains("pod-says-hi"),
+                    "{addr} after {how}"
+                );
+            }
+            assert_eq!(allocations(&ipam), vec![ip.clone()]);
+            assert!(vmms().contains(&vmm_pid), "the same VMM after {how}");
+            let log_text = d.log_text();
+            assert!(
+                log_text.contains("took back an instance left running"),
+                "{log_text}"
+            );
+        }
     }
     page_through_port_forward(&crictl, &pod_id, 8080);
     let file_log = std::fs::read_to_string(logs.join("web.log")).expect("the CRI log file");

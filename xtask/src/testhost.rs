@@ -286,6 +286,8 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         m.dir(d, 0o755)?;
     }
     m.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+    // As any host has (containerd copies it into each pod's sandbox).
+    m.bytes("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644)?;
     m.char_device("dev/console", 0o600, 5, 1)?;
     let mut payload: Vec<(String, PathBuf)> = vec![
         // Tests make ext4 disks for VMs (`mke2fs -d`).
@@ -458,7 +460,9 @@ fn boot(kernel: &Path, initrd: &Path, append: &str, dir: &Path) -> anyhow::Resul
         Ok(m) => m
             .parse()
             .with_context(|| format!("AURAE_TESTHOST_MINUTES={m:?} is not a number"))?,
-        Err(_) => 30,
+        // The e2e tier's boot runs every default test and a critest
+        // sample: about 20 minutes.
+        Err(_) => 40,
     };
     let deadline = started + Duration::from_secs(minutes * 60);
     let mut result = None;

@@ -15,7 +15,7 @@
 //! driver takes the key; nothing reads the VT it goes to. A test host still
 //! idle over a long window despite that is reported as hung (with QEMU's
 //! view of its vCPUs and APICs), so the run is retried (or fails) in
-//! minutes instead of at the 30-minute deadline.
+//! minutes instead of at the 40-minute deadline.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};

@@ -47,9 +47,10 @@ const VMM_LOG: &str = "vmm";
 /// and after a restart only its tail.
 const CONSOLE_POLL: Duration = Duration::from_secs(1);
 const CONSOLE_CAP: u64 = 8 << 20;
-/// A kept microVM's files are read more often: its spawn waits for the
-/// guest's "serving" line on its console (two reads every 100 ms per VM,
-/// still no inotify instance).
+/// A spawned kept microVM's files are read more often when quiet (at most
+/// every 100 ms; often while they grow, see `log_files::follow`): its
+/// spawn waits for the guest's "serving" line on its console. Taken back
+/// after a restart, they are read as a cell-backed instance's console is.
 const VM_CONSOLE_POLL: Duration = Duration::from_millis(100);
 
 /// What a restarted auraed needs to take an instance back.
@@ -405,7 +406,7 @@ impl Instances {
             })
             .and_then(|channel| {
                 let (what, follow, poll, cap) = if microvm {
-                    ("vmm", vm_follow(&s.dir), VM_CONSOLE_POLL, None)
+                    ("vmm", vm_follow(&s.dir), CONSOLE_POLL, None)
                 } else {
                     let console = vec![(s.dir.join(CONSOLE), Stream::Stderr)];
                     ("init", console, CONSOLE_POLL, Some(CONSOLE_CAP))

@@ -280,6 +280,14 @@ impl Instances {
         started: Instant,
     ) -> Result<Instance, ApiError> {
         let fail = self.cfg.fail_at;
+        // A TAP on the bridge is cleared as left behind when auraed
+        // starts: only an instance on a pod network (an uplink) is kept.
+        if spec.keep && spec.pod_network.is_none() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "instance {}: a microVM outlives its auraed only on a pod network",
+                spec.name
+            )));
+        }
         if spec.pod_network.is_some() && !networks.is_empty() {
             return Err(ApiError::invalid(
                 "networks",
