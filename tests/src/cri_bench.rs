@@ -35,8 +35,15 @@ impl Drop for Containerd {
 
 impl Containerd {
     /// Starts `containerd` (from `PATH`) and waits (30 s at most) until it
-    /// answers crictl.
-    pub fn start(dir: &Path, cni: &Path, registry_port: u16) -> anyhow::Result<Containerd> {
+    /// answers crictl. `no_pivot_root`: runc enters a container's root
+    /// without pivot_root(2), which a root on an initramfs (the QEMU test
+    /// host's) refuses.
+    pub fn start(
+        dir: &Path,
+        cni: &Path,
+        registry_port: u16,
+        no_pivot_root: bool,
+    ) -> anyhow::Result<Containerd> {
         let hosts = dir.join("certs.d/registry.k8s.io");
         std::fs::create_dir_all(&hosts).with_context(|| format!("creating {}", hosts.display()))?;
         std::fs::write(
@@ -56,7 +63,15 @@ impl Containerd {
                  [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {PAUSE:?}\n\
                  restrict_oom_score_adj = true\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = {cni:?}\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {certs:?}\n",
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {certs:?}\n{runc}",
+                runc = if no_pivot_root {
+                    "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  \
+                     runtime_type = \"io.containerd.runc.v2\"\n\
+                     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  \
+                     NoPivotRoot = true\n"
+                } else {
+                    ""
+                },
                 root = dir.join("root").display().to_string(),
                 state = dir.join("state").display().to_string(),
                 socket = socket.display().to_string(),

@@ -62,7 +62,7 @@ fn bench_cri_microvm_against_containerd() {
     let registry = Registry::start();
     push_images(&registry, work.path());
     let cni = critest::cni_config(work.path()).expect("the CNI configuration");
-    let containerd = Containerd::start(&work.path().join("containerd"), &cni, registry.port)
+    let containerd = Containerd::start(&work.path().join("containerd"), &cni, registry.port, true)
         .expect("containerd");
     let containerd_ctl = Crictl {
         socket: containerd.socket.clone(),

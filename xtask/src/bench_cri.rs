@@ -151,7 +151,8 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
         &["/bin/sleep", "2147483647"],
     );
     let cni = aurae_tests::critest::cni_config(work.path())?;
-    let containerd = Containerd::start(&work.path().join("containerd"), &cni, registry.port)?;
+    let containerd =
+        Containerd::start(&work.path().join("containerd"), &cni, registry.port, false)?;
     let containerd_ctl = Crictl {
         socket: containerd.socket.clone(),
     };

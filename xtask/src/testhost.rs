@@ -286,8 +286,14 @@ pub fn run(kernel: &Path, image: Option<&Path>, runs: &[TestRun]) -> anyhow::Res
         m.dir(d, 0o755)?;
     }
     m.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
-    // As any host has (containerd copies it into each pod's sandbox).
+    // As any host has (containerd copies both into each pod's sandbox);
+    // no resolver: nothing in the test host asks one.
     m.bytes("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644)?;
+    m.bytes(
+        "etc/resolv.conf",
+        "# the test host has no resolver\n",
+        0o644,
+    )?;
     m.char_device("dev/console", 0o600, 5, 1)?;
     let mut payload: Vec<(String, PathBuf)> = vec![
         // Tests make ext4 disks for VMs (`mke2fs -d`).
