@@ -285,6 +285,18 @@ impl Daemon {
         }
     }
 
+    /// This daemon, once ended (`crash` or `stop`), started again on its
+    /// directory (PKI, state) with `options`.
+    pub async fn restart(mut self, options: &DaemonOptions) -> Daemon {
+        let dir = self.keep_dir();
+        drop(self);
+        Daemon::start_with(DaemonOptions {
+            reuse: Some(dir),
+            ..options.clone()
+        })
+        .await
+    }
+
     /// Keeps the directory (PKI, state) after this handle is dropped.
     pub fn keep_dir(&mut self) -> PathBuf {
         if let Some(t) = self._tmp.take() {

@@ -25,7 +25,7 @@ use aurae_tests::cri::{
 };
 use aurae_tests::guest::e2e_kvm;
 use aurae_tests::pods::{busybox_image, free_port, http_get};
-use aurae_tests::{report_skip, Daemon, DaemonOptions};
+use aurae_tests::{report_skip, Daemon};
 
 const HANDLER: &str = "aurae-microvm";
 
@@ -362,13 +362,7 @@ async fn scenario(name: &str, cni: bool) {
                 vmms().contains(&vmm_pid),
                 "{how} of auraed ended the pod's VMM"
             );
-            let dir = d.keep_dir();
-            drop(d);
-            d = Daemon::start_with(DaemonOptions {
-                reuse: Some(dir),
-                ..options.clone()
-            })
-            .await;
+            d = d.restart(&options).await;
             c = d.client().await;
             let ready = crictl.ok(&["pods", "-q", "--state", "ready"]);
             assert_eq!(

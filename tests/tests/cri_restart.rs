@@ -14,7 +14,7 @@ use aurae_tests::cri::{
     Registry, BUSYBOX,
 };
 use aurae_tests::pods::{busybox_image, free_port, http_get};
-use aurae_tests::{dead, report_skip, Daemon, DaemonOptions};
+use aurae_tests::{dead, report_skip, Daemon};
 
 /// Kills whatever is left in the daemon's cgroup root when the test ends,
 /// passed or failed: kept pods outlive the daemon by design.
@@ -202,13 +202,7 @@ async fn pods_outlive_a_restart_of_auraed_and_then_leave_nothing() {
         for pid in pids {
             assert!(!dead(pid), "{how} of auraed ended a pod's instance ({pid})");
         }
-        let dir = d.keep_dir();
-        drop(d);
-        d = Daemon::start_with(DaemonOptions {
-            reuse: Some(dir),
-            ..options.clone()
-        })
-        .await;
+        d = d.restart(&options).await;
         listed(&d, &crictl, &pod_id, &host_pod_id, &id);
         let not_ready = crictl.ok(&["pods", "-q", "--state", "notready"]);
         assert_eq!(not_ready, stopped_id, "after {how}");

@@ -49,9 +49,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         "gcc",
         "libc6-dev",
     ])?;
-    let busybox = deps::unpacked_deb("busybox")?;
-    let nginx = deps::unpacked_deb("nginx")?;
-    let nnp = crate::cri_tier::nnp_program()?;
+    let sources = crate::cri_tier::image_sources()?;
     deps::release_binaries()?;
     let initramfs = crate::image::build_initramfs()?;
     let image_dir = initramfs.parent().context("image dir")?.to_path_buf();
@@ -61,9 +59,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         .arg(format!("/proc/{}/exe", std::process::id()))
         .args(["bench-cri-in-netns", "--runs", &runs.to_string()])
         .env("AURAE_BENCH_IMAGE_DIR", &image_dir)
-        .env("AURAE_BENCH_BUSYBOX", &busybox)
-        .env("AURAE_BENCH_NGINX", &nginx)
-        .env("AURAE_BENCH_NNP", &nnp)
+        .env("AURAE_BENCH_BUSYBOX", &sources.busybox)
+        .env("AURAE_BENCH_NGINX", &sources.nginx)
+        .env("AURAE_BENCH_NNP", &sources.nnp)
         .status()
         .context("running unshare")?;
     anyhow::ensure!(status.success(), "the measurement failed");

@@ -56,11 +56,7 @@ pub fn run() -> anyhow::Result<Outcome> {
         "iproute2",
         "containernetworking-plugins",
     ])?;
-    let sources = critest_images::Sources {
-        busybox: deps::unpacked_deb("busybox")?,
-        nginx: deps::unpacked_deb("nginx")?,
-        nnp: nnp_program()?,
-    };
+    let sources = image_sources()?;
     println!("==> the image's initramfs, for the pods' instances");
     let initramfs = crate::image::build_initramfs()?;
     let image_dir = initramfs.parent().context("image dir")?.to_path_buf();
@@ -343,10 +339,20 @@ fn pod_left_at_shutdown(
     Ok(())
 }
 
+/// What critest's images are built from on this machine: Debian's
+/// busybox and nginx packages, unpacked, and [`nnp_program`].
+pub(crate) fn image_sources() -> anyhow::Result<critest_images::Sources> {
+    Ok(critest_images::Sources {
+        busybox: deps::unpacked_deb("busybox")?,
+        nginx: deps::unpacked_deb("nginx")?,
+        nnp: nnp_program()?,
+    })
+}
+
 /// The NoNewPrivs specs' program (upstream's `nnp`): setuid root, it
 /// prints the effective uid it runs with. Built static with the C
 /// compiler.
-pub(crate) fn nnp_program() -> anyhow::Result<PathBuf> {
+fn nnp_program() -> anyhow::Result<PathBuf> {
     const SOURCE: &str = "#include <stdio.h>\n#include <unistd.h>\n\
         int main(void) { printf(\"Effective uid: %d\\n\", (int)geteuid()); return 0; }\n";
     let dir = deps::target_dir().join("critest");

@@ -78,11 +78,7 @@ pub fn run(specs: Specs) -> anyhow::Result<TestRun> {
         "libc6-dev",
         "containernetworking-plugins",
     ])?;
-    let sources = critest_images::Sources {
-        busybox: deps::unpacked_deb("busybox")?,
-        nginx: deps::unpacked_deb("nginx")?,
-        nnp: crate::cri_tier::nnp_program()?,
-    };
+    let sources = crate::cri_tier::image_sources()?;
     let dir = deps::target_dir().join("critest-images");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
