@@ -86,7 +86,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         programs,
         ..Default::default()
     };
-    let lines = crate::testhost::bench_run(microvm, runs.clamp(1, 5))?;
+    // containerd's runc needs cgroup BPF in the test host's kernel.
+    let lines =
+        crate::testhost::bench_run(microvm, runs.clamp(1, 5), crate::kernel::Flavour::BenchHost)?;
     println!("\nmicroVM backend, inside the QEMU test host:");
     if lines.is_empty() {
         println!("  SKIPPED: the benchmark measured nothing there (its skip reason is above)");
@@ -224,6 +226,12 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
         kt,
         None,
     );
+    if let Some(dir) = std::env::var_os("AURAE_BENCH_LOGS") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("pooled.log"), pooled.log_text())?;
+        std::fs::write(dir.join("cold.log"), cold.log_text())?;
+    }
     drop(pooled);
     drop(cold);
     drop(rt);

@@ -1,6 +1,7 @@
 //! `cargo xtask kernel`: the guest kernel from the pinned Debian source,
 //! `make tinyconfig` plus `kernel-config/aurae.config`, cached by a hash of
-//! the source version and the fragment.
+//! the source version and the fragment. The bench host's kernel adds
+//! `kernel-config/bench-host.config` on top (see [`Flavour`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -22,6 +23,28 @@ pub struct Kernel {
     pub vmlinux: PathBuf,
     /// Wall time of the build that produced this cache entry.
     pub cold_build_secs: Option<f64>,
+}
+
+/// Which kernel to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The guest kernel: the image's, and the test host's for every test.
+    Guest,
+    /// The test host's kernel for benchmarks that run a peer runtime there:
+    /// the guest's plus what that peer needs (runc's device filter under
+    /// cgroup v2 is a cgroup BPF program). Only `cargo xtask bench` builds
+    /// it; the guests it boots keep the guest kernel.
+    BenchHost,
+}
+
+impl Flavour {
+    /// The fragments merged onto `tinyconfig`, in order.
+    fn fragments(self) -> &'static [&'static str] {
+        match self {
+            Flavour::Guest => &["aurae.config"],
+            Flavour::BenchHost => &["aurae.config", "bench-host.config"],
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -160,15 +183,16 @@ fn make_with_progress(src: &Path, build: &Path) -> anyhow::Result<()> {
 /// The fragment, the source package, and the cache directory of the kernel
 /// they describe (built or not).
 struct Inputs {
+    /// Every fragment's options merged, a later fragment's winning.
     fragment: BTreeMap<String, String>,
-    fragment_file: PathBuf,
+    fragment_files: Vec<PathBuf>,
     source: Source,
     /// The cache directory of the kernel these inputs describe.
     out: PathBuf,
     version: String,
 }
 
-fn inputs() -> anyhow::Result<Inputs> {
+fn inputs(flavour: Flavour) -> anyhow::Result<Inputs> {
     let root = deps::workspace_root().join("kernel-config");
     let source_file = root.join("source.toml");
     let source: Source = toml::from_str(
@@ -176,10 +200,17 @@ fn inputs() -> anyhow::Result<Inputs> {
             .with_context(|| format!("reading {}", source_file.display()))?,
     )
     .with_context(|| format!("parsing {}", source_file.display()))?;
-    let fragment_file = root.join("aurae.config");
-    let fragment_text = std::fs::read_to_string(&fragment_file)
-        .with_context(|| format!("reading {}", fragment_file.display()))?;
-    let fragment = parse_fragment(&fragment_text, &fragment_file.display().to_string())?;
+    let mut fragment = BTreeMap::new();
+    let mut fragment_files = Vec::new();
+    let mut fragment_texts = Vec::new();
+    for name in flavour.fragments() {
+        let file = root.join(name);
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        fragment.extend(parse_fragment(&text, &file.display().to_string())?);
+        fragment_files.push(file);
+        fragment_texts.push(text);
+    }
     deps::ensure(&[
         &source.package,
         "build-essential",
@@ -191,16 +222,18 @@ fn inputs() -> anyhow::Result<Inputs> {
         "xz-utils",
     ])?;
     let version = deps::package_version(&source.package)?;
-    let key = cache::key(&[
+    // The guest kernel's key is the one it always had: one fragment.
+    let mut parts = vec![
         RECIPE.as_bytes(),
         source.package.as_bytes(),
         version.as_bytes(),
-        fragment_text.as_bytes(),
-    ]);
+    ];
+    parts.extend(fragment_texts.iter().map(|t| t.as_bytes()));
+    let key = cache::key(&parts);
     let out = cache::root()?.join("kernel").join(&key);
     Ok(Inputs {
         fragment,
-        fragment_file,
+        fragment_files,
         source,
         out,
         version,
@@ -209,13 +242,23 @@ fn inputs() -> anyhow::Result<Inputs> {
 
 /// Builds (or finds in the cache) the guest kernel.
 pub fn build() -> anyhow::Result<Kernel> {
+    build_flavour(Flavour::Guest)
+}
+
+/// Builds (or finds in the cache) the kernel of `flavour`.
+pub fn build_flavour(flavour: Flavour) -> anyhow::Result<Kernel> {
     let Inputs {
         fragment,
-        fragment_file,
+        fragment_files,
         source,
         out,
         version,
-    } = inputs()?;
+    } = inputs(flavour)?;
+    let fragment_names = fragment_files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
     let cache = cache::root()?;
     let key = out
         .file_name()
@@ -269,10 +312,7 @@ pub fn build() -> anyhow::Result<Kernel> {
     }
     let build = cache.join("build").join(&key);
     std::fs::create_dir_all(&build)?;
-    println!(
-        "[kernel] configuring: tinyconfig + {}",
-        fragment_file.display()
-    );
+    println!("[kernel] configuring: tinyconfig + {fragment_names}");
     run(
         Command::new("make")
             .arg("-C")
@@ -286,7 +326,7 @@ pub fn build() -> anyhow::Result<Kernel> {
             .args(["-m", "-O"])
             .arg(&build)
             .arg(build.join(".config"))
-            .arg(&fragment_file)
+            .args(&fragment_files)
             .current_dir(&src),
         "merge_config.sh",
     )?;
@@ -303,7 +343,7 @@ pub fn build() -> anyhow::Result<Kernel> {
     if !dropped.is_empty() {
         bail!(
             "the kernel config dropped options of {} (unknown, or a dependency is missing):\n  {}",
-            fragment_file.display(),
+            fragment_names,
             dropped.join("\n  ")
         );
     }
@@ -383,7 +423,7 @@ mod tests {
             eprintln!("SKIP: needs root to check the kernel packages");
             return;
         }
-        let Inputs { fragment, out, .. } = inputs().expect("kernel inputs");
+        let Inputs { fragment, out, .. } = inputs(Flavour::Guest).expect("kernel inputs");
         let Ok(config) = std::fs::read_to_string(out.join("config")) else {
             assert!(
                 std::env::var_os("AURAE_REQUIRE_KERNEL").is_none(),

@@ -45,7 +45,12 @@ enum Command {
     /// The main job: start auraed and run workloads through it.
     Demo,
     /// Build the guest kernel (cached outside the clone).
-    Kernel,
+    Kernel {
+        /// The bench host's kernel instead (the guest's plus
+        /// kernel-config/bench-host.config).
+        #[arg(long)]
+        bench_host: bool,
+    },
     /// Build the guest image into target/aurae-image.
     Image,
     /// Boot the QEMU test host and run integration tests inside it
@@ -125,7 +130,12 @@ fn main() -> anyhow::Result<()> {
             target: BenchTarget::Cri,
             runs,
         } => bench_cri::run(runs),
-        Command::Kernel => kernel::build().map(|_| ()),
+        Command::Kernel { bench_host } => kernel::build_flavour(if bench_host {
+            kernel::Flavour::BenchHost
+        } else {
+            kernel::Flavour::Guest
+        })
+        .map(|_| ()),
         Command::Image => image::build().map(|_| ()),
         Command::Testvm { tests } => {
             let img = image::build()?;

@@ -81,12 +81,22 @@ pub fn bench(test: &str, runs: usize, env: Vec<(String, String)>) -> anyhow::Res
         needs_qemu: true,
         ..Default::default()
     };
-    bench_run(run, runs)
+    bench_run(run, runs, crate::kernel::Flavour::Guest)
 }
 
-/// [`bench`] of a run with programs or files of its own (release builds).
-pub fn bench_run(mut bench: TestRun, runs: usize) -> anyhow::Result<Vec<String>> {
+/// [`bench`] of a run with programs or files of its own (release builds),
+/// in a test host booted from the kernel of `host` (its guests boot the
+/// image's kernel whichever it is).
+pub fn bench_run(
+    mut bench: TestRun,
+    runs: usize,
+    host: crate::kernel::Flavour,
+) -> anyhow::Result<Vec<String>> {
     let img = crate::image::build()?;
+    let host_kernel = match host {
+        crate::kernel::Flavour::Guest => img.bzimage.clone(),
+        flavour => crate::kernel::build_flavour(flavour)?.bzimage,
+    };
     bench.env.push(("AURAE_BENCH".into(), "1".into()));
     bench
         .env
@@ -94,7 +104,7 @@ pub fn bench_run(mut bench: TestRun, runs: usize) -> anyhow::Result<Vec<String>>
     bench.filters = vec!["--nocapture".into()];
     bench.release = true;
     let test = bench.test.clone();
-    let outcome = run(&img.bzimage, Some(&img.dir), &[bench])?;
+    let outcome = run(&host_kernel, Some(&img.dir), &[bench])?;
     if !outcome.passed {
         bail!("the benchmark {test} failed inside the test host");
     }
