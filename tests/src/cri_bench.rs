@@ -136,6 +136,19 @@ impl Steps {
     }
 }
 
+/// crictl's own share of each step: the median of `rounds` runs of
+/// `crictl version` (start, connect, the one `Version` call every crictl
+/// command makes first, exit). Each pod takes three crictl calls.
+pub fn crictl_floor(crictl: &Crictl, rounds: usize) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let t = Instant::now();
+        call(crictl, &["version"])?;
+        times.push(t.elapsed());
+    }
+    Ok(median(times))
+}
+
 /// `crictl args`: its output, or an error with what crictl said.
 fn call(crictl: &Crictl, args: &[&str]) -> anyhow::Result<String> {
     let out = crictl.run(args);

@@ -117,6 +117,35 @@ fn pool_refilled(d: &Daemon, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What is left of each runtime's time without crictl's own: three crictl
+/// calls per pod, each at least a `crictl version` (start, connect,
+/// `Version`, exit) against that runtime.
+fn print_floor(
+    ours: Duration,
+    our_floor: Duration,
+    peer: Duration,
+    peer_floor: Duration,
+    n: usize,
+) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (a, k) = (
+        ms(ours) - 3.0 * ms(our_floor),
+        ms(peer) - 3.0 * ms(peer_floor),
+    );
+    println!(
+        "crictl's own share (`crictl version`, median of {n}): against auraed {:.1} ms, against \
+         containerd {:.1} ms; three per pod",
+        ms(our_floor),
+        ms(peer_floor)
+    );
+    println!(
+        "  without it: auraed (pre-started) {a:.1} ms, containerd {k:.1} ms, ratio {:.2}; \
+         the best ratio crictl leaves (auraed taking no time at all): {:.2}",
+        a / k.max(f64::MIN_POSITIVE),
+        3.0 * ms(our_floor) / ms(peer).max(f64::MIN_POSITIVE)
+    );
+}
+
 fn print_steps(name: &str, s: &Steps) -> Duration {
     println!("  {name:<32} {}", s.medians());
     s.total()
@@ -207,11 +236,16 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
             if i > 0 { &mut k } else { &mut warm_up },
         )?;
     }
+    // crictl's own share, measured against both runtimes after the pods.
+    let floor_rounds = (runs * 2).max(5);
+    let pf = aurae_tests::cri_bench::crictl_floor(&pooled_ctl, floor_rounds)?;
+    let kf = aurae_tests::cri_bench::crictl_floor(&containerd_ctl, floor_rounds)?;
     println!("\nmedians of {runs} alternating rounds, steps driven by crictl (release auraed, cell backend):");
     let pt = print_steps("auraed (pre-started instance)", &p);
     let ct = print_steps("auraed (instance started anew)", &c);
     let kt = print_steps("containerd 1.6 + runc", &k);
     println!();
+    print_floor(pt, pf, kt, kf, floor_rounds);
     report(
         "pod + container -> log line (pre-started)",
         pt,
