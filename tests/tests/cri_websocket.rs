@@ -3,9 +3,14 @@
 //! client (tokio-tungstenite) gets the URL from the CRI, upgrades with the
 //! sub-protocol, and reads each channel's messages: the first an empty one
 //! on stdout, then stdout and stderr apart, then the `Status` with the exit
-//! code; stdin goes in and is closed with v5's close message. A client
-//! offering no protocol of this server's, and port-forward over WebSocket,
-//! are refused; nothing is left behind.
+//! code; stdin goes in and is closed with v5's close message. Port-forward
+//! over WebSocket (`v4.channel.k8s.io`, `v4.base64.channel.k8s.io`, or no
+//! sub-protocol): each port's channels open with the port, a request on
+//! the data channel reaches the pod's web server and its answer comes
+//! back, a port with nothing listening gets its error on the error
+//! channel, and the session ends when the pod's connections have. A client
+//! offering no protocol of this server's, and a session without ports, are
+//! refused; nothing is left behind.
 
 use std::time::Duration;
 
@@ -68,6 +73,75 @@ async fn read_all(ws: &mut Ws) -> Vec<(u8, String)> {
     }
 }
 
+/// A port-forward session of `ports` ports on `url` offering `protocols`
+/// (none if empty): their opening messages are read, then an HTTP request
+/// goes to the first port; every message until the server closes, as
+/// (channel, data).
+async fn port_forward(
+    url: &str,
+    protocols: &str,
+    base64: bool,
+    ports: usize,
+) -> Vec<(u8, Vec<u8>)> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req = ws_url.as_str().into_client_request().expect("a request");
+    if !protocols.is_empty() {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse().expect("header"));
+    }
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|r| r.split('/').next())
+        .expect("host");
+    let tcp = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("upgraded");
+    let chosen = resp.headers().get("sec-websocket-protocol");
+    assert_eq!(
+        chosen.and_then(|v| v.to_str().ok()).unwrap_or(""),
+        protocols,
+        "the protocol chosen"
+    );
+    let request = b"GET /index.html HTTP/1.0\r\n\r\n";
+    let sent = if base64 {
+        Message::text(format!("0{}", engine.encode(request)))
+    } else {
+        let mut m = vec![0u8];
+        m.extend_from_slice(request);
+        Message::binary(m)
+    };
+    let mut got = Vec::new();
+    let mut sent = Some(sent);
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message within 20 s");
+        let (channel, data) = match next {
+            Some(Ok(Message::Binary(data))) if !base64 => {
+                let (ch, rest) = data.split_first().expect("a channel byte");
+                (*ch, rest.to_vec())
+            }
+            Some(Ok(Message::Text(text))) if base64 => {
+                let ch = text.as_bytes()[0] - b'0';
+                (ch, engine.decode(&text.as_bytes()[1..]).expect("base64"))
+            }
+            Some(Ok(Message::Close(_))) | None => return got,
+            Some(Ok(m)) => panic!("a message of the other kind: {m:?}"),
+            Some(Err(e)) => panic!("reading: {e}"),
+        };
+        got.push((channel, data));
+        // Every channel has opened: the request goes.
+        if got.len() == 2 * ports {
+            if let Some(m) = sent.take() {
+                ws.send(m).await.expect("the request");
+            }
+        }
+    }
+}
+
 /// The data of `channel`, joined.
 fn on(got: &[(u8, String)], channel: u8) -> String {
     got.iter()
@@ -103,7 +177,9 @@ async fn exec_and_attach_over_websocket_and_leave_nothing() {
             "metadata": {"name": "main"},
             "image": {"image": IMAGE},
             "command": ["/bin/busybox", "sh", "-c",
-                "while true; do echo tick; /bin/busybox sleep 0.2; done"],
+                "mkdir -p /tmp/www; echo pf-page > /tmp/www/index.html; \
+                 /bin/busybox httpd -p 8080 -h /tmp/www; \
+                 while true; do echo tick; /bin/busybox sleep 0.2; done"],
             "log_path": "main.log",
         }),
     );
@@ -207,23 +283,76 @@ async fn exec_and_attach_over_websocket_and_leave_nothing() {
     }
     drop(ws);
 
-    // No protocol of this server's: refused; port-forward over WebSocket
-    // is not built (SPDY only).
+    // No protocol of this server's: refused.
     let url = exec_url(&["/bin/busybox", "true"], false).await;
     assert_eq!(
         connect(&url, "base64.channel.k8s.io").await.err(),
         Some(403)
     );
-    let url = cri
-        .port_forward(cri::PortForwardRequest {
+
+    // Port-forward: the web server on 8080, and 9 with nothing on it.
+    let forward_url = |ports: Vec<i32>| {
+        let mut cri = cri.clone();
+        let r = cri::PortForwardRequest {
             pod_sandbox_id: pod_id.clone(),
-            port: vec![8080],
-        })
-        .await
-        .expect("PortForward")
-        .into_inner()
-        .url;
-    assert_eq!(connect(&url, "v4.channel.k8s.io").await.err(), Some(501));
+            port: ports,
+        };
+        async move {
+            cri.port_forward(r)
+                .await
+                .expect("PortForward")
+                .into_inner()
+                .url
+        }
+    };
+    for (protocol, base64) in [
+        ("v4.channel.k8s.io", false),
+        ("v4.base64.channel.k8s.io", true),
+        ("", false),
+    ] {
+        let url = forward_url(vec![8080, 9]).await;
+        let got = port_forward(&url, protocol, base64, 2).await;
+        // Each channel first carries its port, little-endian.
+        let opening: Vec<_> = got.iter().take(4).cloned().collect();
+        let expected = vec![
+            (0, 8080u16.to_le_bytes().to_vec()),
+            (1, 8080u16.to_le_bytes().to_vec()),
+            (2, 9u16.to_le_bytes().to_vec()),
+            (3, 9u16.to_le_bytes().to_vec()),
+        ];
+        assert_eq!(opening, expected, "{protocol:?}");
+        let channel = |c: u8| -> String {
+            got.iter()
+                .skip(4)
+                .filter(|(ch, _)| *ch == c)
+                .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+                .collect()
+        };
+        assert!(channel(0).contains("pf-page"), "{protocol:?}: {got:?}");
+        assert_eq!(channel(1), "", "{protocol:?}");
+        assert!(
+            channel(3).contains("an error occurred forwarding 9 -> 9"),
+            "{protocol:?}: {got:?}"
+        );
+    }
+    // The ports from the URL, the request having none; none at all, or a
+    // bad one, is refused naming `port`.
+    let url = forward_url(Vec::new()).await;
+    let got = port_forward(&format!("{url}?port=8080"), "v4.channel.k8s.io", false, 1).await;
+    assert!(
+        got.iter()
+            .any(|(c, d)| *c == 0 && String::from_utf8_lossy(d).contains("pf-page")),
+        "{got:?}"
+    );
+    let url = forward_url(Vec::new()).await;
+    assert_eq!(connect(&url, "v4.channel.k8s.io").await.err(), Some(400));
+    let url = forward_url(Vec::new()).await;
+    assert_eq!(
+        connect(&format!("{url}?port=0"), "v4.channel.k8s.io")
+            .await
+            .err(),
+        Some(400)
+    );
 
     crictl.ok(&["stop", "--timeout", "1", &id]);
     crictl.ok(&["rm", &id]);

@@ -14,7 +14,9 @@
 //! A claim that fails at any step discards the instance (nothing of it is
 //! left) and the request is served by a new spawn instead. Taken
 //! instances are replaced in the background once no claim has come for
-//! [`QUIET`], so that the next claim does not share the CPU with a spawn.
+//! [`QUIET`], so that neither the next claim nor the claimed pod's first
+//! containers (a kubelet creates and starts them right after the sandbox)
+//! share the CPU with a spawn.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,8 +30,11 @@ use super::{Instance, InstanceSpec, Instances};
 use crate::cells::CellContext;
 use crate::error::ApiError;
 
-/// No claim for this long counts as quiet: the refill may start.
-const QUIET: Duration = Duration::from_millis(50);
+/// No claim for this long counts as quiet: the refill may start. Longer
+/// than a pod's sandbox-create-start sequence through crictl here (about
+/// 130 ms; with 50 ms the refill ran during the container's start and
+/// added about 10 ms to it, `bench cri`).
+const QUIET: Duration = Duration::from_millis(300);
 /// The longest a needed refill waits for quiet.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 /// How long a pre-started instance has to start.

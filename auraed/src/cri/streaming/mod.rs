@@ -3,8 +3,10 @@
 //! client then connects over HTTP/1.1 and upgrades to SPDY/3.1 with the
 //! Kubernetes sub-protocol it offers (`v4.channel.k8s.io` for exec and
 //! attach, `portforward.k8s.io`), as the kubelet's and containerd's
-//! servers do, or, for exec and attach, to WebSocket with
-//! `v5.channel.k8s.io` or `v4.channel.k8s.io` (see [`websocket`]).
+//! servers do, or to WebSocket: exec and attach with `v5.channel.k8s.io`
+//! or `v4.channel.k8s.io` (see [`websocket`]), port-forward with
+//! `v4.channel.k8s.io` or `v4.base64.channel.k8s.io` (see
+//! [`portforward_ws`]).
 //!
 //! It listens on loopback by default (`[cri] stream_address`, as
 //! containerd's `stream_server_address`): the token is the only
@@ -15,6 +17,7 @@ mod attach;
 mod channels;
 mod exec;
 mod portforward;
+mod portforward_ws;
 mod requests;
 pub mod tokens;
 mod websocket;
@@ -51,6 +54,9 @@ pub enum Request {
     },
     PortForward {
         sandbox_id: String,
+        /// The request's ports (a WebSocket session's; over SPDY each
+        /// stream names its own).
+        ports: Vec<u16>,
     },
 }
 
@@ -167,8 +173,15 @@ pub async fn serve(cri: Arc<Cri>, shutdown: impl std::future::Future<Output = ()
 struct Upgrade {
     on: hyper::upgrade::OnUpgrade,
     request: Request,
-    /// The WebSocket sub-protocol, if the client upgraded to WebSocket.
-    websocket: Option<&'static str>,
+    transport: Transport,
+}
+
+/// What the connection was upgraded to.
+enum Transport {
+    Spdy,
+    /// WebSocket, with this sub-protocol (none: the client offered none,
+    /// which port-forward takes as binary).
+    WebSocket(Option<&'static str>),
 }
 
 /// Serves one connection: its HTTP request, then the session it upgraded
@@ -205,7 +218,7 @@ async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr)
             return;
         }
     };
-    if let Some(protocol) = upgrade.websocket {
+    if let Transport::WebSocket(protocol) = upgrade.transport {
         let (session, want) = match &upgrade.request {
             Request::Exec {
                 container_id,
@@ -215,9 +228,12 @@ async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr)
             Request::Attach { container_id, want } => {
                 (websocket::Session::Attach { container_id }, *want)
             }
-            // Refused at the upgrade.
-            Request::PortForward { .. } => return,
+            Request::PortForward { sandbox_id, ports } => {
+                return portforward_ws::serve(&cri, io, sandbox_id, ports, protocol).await;
+            }
         };
+        // Exec and attach always have one (see `websocket_upgrade`).
+        let Some(protocol) = protocol else { return };
         return websocket::serve(&cri, io, session, want, protocol).await;
     }
     match upgrade.request {
@@ -229,15 +245,15 @@ async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr)
         Request::Attach { container_id, want } => {
             attach::serve(&cri, io, &container_id, want).await
         }
-        Request::PortForward { sandbox_id } => portforward::serve(&cri, io, &sandbox_id).await,
+        Request::PortForward { sandbox_id, .. } => portforward::serve(&cri, io, &sandbox_id).await,
     }
 }
 
-/// A 101 switching to `upgrade`, naming the sub-protocol chosen in the
-/// header `protocol.0`.
+/// A 101 switching to `upgrade`, naming the sub-protocol chosen (if any)
+/// in the header `protocol.0`.
 fn switching(
     upgrade: &'static str,
-    protocol: (&'static str, &'static str),
+    protocol: Option<(&'static str, &'static str)>,
 ) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -247,7 +263,9 @@ fn switching(
         header::HeaderValue::from_static("Upgrade"),
     );
     h.insert(header::UPGRADE, header::HeaderValue::from_static(upgrade));
-    h.insert(protocol.0, header::HeaderValue::from_static(protocol.1));
+    if let Some((name, value)) = protocol {
+        h.insert(name, header::HeaderValue::from_static(value));
+    }
     r
 }
 
@@ -323,7 +341,7 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
     };
     let mut req = req;
     let on = hyper::upgrade::on(&mut req);
-    let r = switching("SPDY/3.1", ("x-stream-protocol-version", chosen));
+    let r = switching("SPDY/3.1", Some(("x-stream-protocol-version", chosen)));
     take(
         cri,
         &token,
@@ -332,7 +350,7 @@ fn handle(cri: &Cri, req: HttpRequest<Incoming>) -> (Response<Full<Bytes>>, Opti
             Some(Upgrade {
                 on,
                 request,
-                websocket: None,
+                transport: Transport::Spdy,
             }),
         ),
     )
@@ -354,18 +372,23 @@ fn take(
     answer_
 }
 
-/// Answers a WebSocket upgrade (RFC 6455) for exec or attach, with the
-/// first of [`websocket::PROTOCOLS`] the client offers.
+/// Answers a WebSocket upgrade (RFC 6455): exec or attach with the first
+/// of [`websocket::PROTOCOLS`] the client offers, port-forward with the
+/// first of [`portforward_ws::PROTOCOLS`] (binary if it offers none), its
+/// ports the request's or the URL's.
 fn websocket_upgrade(
     mut req: HttpRequest<Incoming>,
     request: Request,
 ) -> (Response<Full<Bytes>>, Option<Upgrade>) {
-    if matches!(request, Request::PortForward { .. }) {
-        return answer(
-            StatusCode::NOT_IMPLEMENTED,
-            "port-forward over WebSocket is not built yet: upgrade to SPDY/3.1".into(),
-        );
-    }
+    let request = match request {
+        Request::PortForward { sandbox_id, ports } => {
+            match portforward_ws::ports(&ports, req.uri().query()) {
+                Ok(ports) => Request::PortForward { sandbox_id, ports },
+                Err(why) => return answer(StatusCode::BAD_REQUEST, why),
+            }
+        }
+        other => other,
+    };
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -382,13 +405,20 @@ fn websocket_upgrade(
         );
     }
     let offered = values(&req, "sec-websocket-protocol");
-    let chosen = match negotiate(&offered, &websocket::PROTOCOLS) {
-        Ok(p) => p,
-        Err(why) => return answer(StatusCode::FORBIDDEN, why),
+    let chosen = match &request {
+        Request::PortForward { .. } if offered.is_empty() => None,
+        Request::PortForward { .. } => match negotiate(&offered, &portforward_ws::PROTOCOLS) {
+            Ok(p) => Some(p),
+            Err(why) => return answer(StatusCode::FORBIDDEN, why),
+        },
+        _ => match negotiate(&offered, &websocket::PROTOCOLS) {
+            Ok(p) => Some(p),
+            Err(why) => return answer(StatusCode::FORBIDDEN, why),
+        },
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on = hyper::upgrade::on(&mut req);
-    let mut r = switching("websocket", ("sec-websocket-protocol", chosen));
+    let mut r = switching("websocket", chosen.map(|p| ("sec-websocket-protocol", p)));
     match header::HeaderValue::from_str(&accept) {
         Ok(v) => {
             r.headers_mut().insert("sec-websocket-accept", v);
@@ -400,7 +430,7 @@ fn websocket_upgrade(
         Some(Upgrade {
             on,
             request,
-            websocket: Some(chosen),
+            transport: Transport::WebSocket(chosen),
         }),
     )
 }

@@ -99,46 +99,48 @@ where
     tracing::debug!("{what}: the client closed the session");
 }
 
+/// Connects to the pod's `port` (within [`CONNECT_TIMEOUT`]), or says why
+/// not, as the kubelet's server words it.
+pub(super) async fn connect(
+    pod: Result<PodPorts, tonic::Status>,
+    port: u16,
+) -> Result<tokio::net::TcpStream, String> {
+    let failed = |e: &dyn std::error::Error| {
+        format!(
+            "an error occurred forwarding {port} -> {port}: {}",
+            crate::error::chain(e)
+        )
+    };
+    match pod.map_err(|e| e.message().to_string())? {
+        PodPorts::Netns(netns) => {
+            use std::os::fd::AsFd;
+            let tcp = crate::net::connect_in(netns.as_fd(), port, CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| failed(&e))?;
+            tcp.set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(tcp))
+                .map_err(|e| format!("port {port}: {e}"))
+        }
+        PodPorts::Address(ip) => {
+            let to = std::net::SocketAddr::new(ip, port);
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to)).await {
+                Ok(Ok(tcp)) => Ok(tcp),
+                Ok(Err(e)) => Err(failed(&e)),
+                Err(e) => Err(failed(&e)),
+            }
+        }
+    }
+}
+
 /// Forwards one connection: `data` to and from the pod's `port`, a failure
 /// to `error`.
 async fn forward(pod: Result<PodPorts, tonic::Status>, data: Stream, error: Stream) {
     let port_header = data.header("port").unwrap_or_default().to_string();
     let error = error.writer();
-    let tcp = async {
-        let port: u16 = port_header
-            .parse()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("port: {port_header:?} is not a port number"))?;
-        let failed = |e: &dyn std::error::Error| {
-            format!(
-                "an error occurred forwarding {port} -> {port}: {}",
-                crate::error::chain(e)
-            )
-        };
-        match pod.map_err(|e| e.message().to_string())? {
-            PodPorts::Netns(netns) => {
-                use std::os::fd::AsFd;
-                let tcp = crate::net::connect_in(netns.as_fd(), port, CONNECT_TIMEOUT)
-                    .await
-                    .map_err(|e| failed(&e))?;
-                tcp.set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpStream::from_std(tcp))
-                    .map_err(|e| format!("port {port}: {e}"))
-            }
-            PodPorts::Address(ip) => {
-                let to = std::net::SocketAddr::new(ip, port);
-                match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to))
-                    .await
-                {
-                    Ok(Ok(tcp)) => Ok(tcp),
-                    Ok(Err(e)) => Err(failed(&e)),
-                    Err(e) => Err(failed(&e)),
-                }
-            }
-        }
-    }
-    .await;
+    let tcp = match port_header.parse::<u16>().ok().filter(|p| *p > 0) {
+        Some(port) => connect(pod, port).await,
+        None => Err(format!("port: {port_header:?} is not a port number")),
+    };
     let (mut inbound, out) = data.split();
     let tcp = match tcp {
         Ok(tcp) => tcp,

@@ -117,6 +117,8 @@ impl Cri {
         }
         self.streams.url_for(Request::PortForward {
             sandbox_id: s.id.clone(),
+            // Each checked above to be a port number.
+            ports: r.port.iter().map(|p| *p as u16).collect(),
         })
     }
 
