@@ -8,7 +8,9 @@
 //! sub-protocol): each port's channels open with the port, a request on
 //! the data channel reaches the pod's web server and its answer comes
 //! back, a port with nothing listening gets its error on the error
-//! channel, and the session ends when the pod's connections have. A client
+//! channel, and the session ends when the pod's connections have; 4 MiB
+//! go both ways at once through `cat`, and a client that leaves ends its
+//! session and the pod's connection. A client
 //! offering no protocol of this server's, and a session without ports, are
 //! refused; nothing is left behind.
 
@@ -142,6 +144,52 @@ async fn port_forward(
     }
 }
 
+/// Sends 4 MiB through the one port of the session at `url` (binary) in
+/// 64 KiB messages while reading what comes back, which must be the same
+/// bytes; then drops the connection without a close.
+async fn echo_through(url: &str) {
+    const CHUNK: usize = 64 << 10;
+    const CHUNKS: usize = 64;
+    let pattern = |i: usize| (i % 251) as u8;
+    let (ws, _) = connect(url, "v4.channel.k8s.io").await.expect("upgraded");
+    let (mut sink, mut stream) = ws.split();
+    for _ in 0..2 {
+        let opening = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the openings");
+        assert!(
+            matches!(opening, Some(Ok(Message::Binary(_)))),
+            "{opening:?}"
+        );
+    }
+    let sender = tokio::spawn(async move {
+        for k in 0..CHUNKS {
+            let mut m = vec![0u8];
+            m.extend((0..CHUNK).map(|j| pattern(k * CHUNK + j)));
+            sink.send(Message::binary(m)).await.expect("send");
+        }
+        sink
+    });
+    let mut got = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got < CHUNK * CHUNKS {
+        let m = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("the echo within 60 s ({got} bytes came)"));
+        let Some(Ok(Message::Binary(data))) = m else {
+            panic!("{m:?} after {got} bytes");
+        };
+        let (channel, bytes) = data.split_first().expect("a channel byte");
+        assert_eq!(*channel, 0, "{:?}", String::from_utf8_lossy(bytes));
+        for (j, b) in bytes.iter().enumerate() {
+            assert_eq!(*b, pattern(got + j), "byte {}", got + j);
+        }
+        got += bytes.len();
+    }
+    let sink = sender.await.expect("the sender");
+    drop((sink, stream));
+}
+
 /// The data of `channel`, joined.
 fn on(got: &[(u8, String)], channel: u8) -> String {
     got.iter()
@@ -179,6 +227,7 @@ async fn exec_and_attach_over_websocket_and_leave_nothing() {
             "command": ["/bin/busybox", "sh", "-c",
                 "mkdir -p /tmp/www; echo pf-page > /tmp/www/index.html; \
                  /bin/busybox httpd -p 8080 -h /tmp/www; \
+                 /bin/busybox nc -ll -p 8081 -e /bin/busybox cat & \
                  while true; do echo tick; /bin/busybox sleep 0.2; done"],
             "log_path": "main.log",
         }),
@@ -343,6 +392,19 @@ async fn exec_and_attach_over_websocket_and_leave_nothing() {
         got.iter()
             .any(|(c, d)| *c == 0 && String::from_utf8_lossy(d).contains("pf-page")),
         "{got:?}"
+    );
+    // Both ways at once, more than the sockets hold: 4 MiB echoed by `cat`
+    // while the client goes on sending. Then the client leaves with the
+    // pod's connection open: the session ends, and its connection to the
+    // pod with it (auraed holds what it held before).
+    let mid = Snapshot::settled(&d);
+    echo_through(&forward_url(vec![8081]).await).await;
+    assert_eq!(Snapshot::settled(&d), mid);
+    // base64 numbers channels with one character: 40 ports at most.
+    let url = forward_url(vec![8080; 41]).await;
+    assert_eq!(
+        connect(&url, "v4.base64.channel.k8s.io").await.err(),
+        Some(400)
     );
     let url = forward_url(Vec::new()).await;
     assert_eq!(connect(&url, "v4.channel.k8s.io").await.err(), Some(400));

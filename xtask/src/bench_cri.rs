@@ -117,6 +117,26 @@ fn pool_refilled(d: &Daemon, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With `AURAE_BENCH_LOGS=<dir>`, both auraed logs go there when dropped.
+struct KeepLogs<'a>([(&'static str, &'a Daemon); 2]);
+
+impl Drop for KeepLogs<'_> {
+    fn drop(&mut self) {
+        let Some(dir) = std::env::var_os("AURAE_BENCH_LOGS").map(PathBuf::from) else {
+            return;
+        };
+        for (name, d) in self.0 {
+            let file = dir.join(format!("{name}.log"));
+            let kept =
+                std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, d.log_text()));
+            match kept {
+                Ok(()) => println!("auraed's log ({name}): {}", file.display()),
+                Err(e) => eprintln!("warning: keeping auraed's log in {}: {e}", file.display()),
+            }
+        }
+    }
+}
+
 /// What is left of each runtime's time without crictl's own: three crictl
 /// calls per pod, each at least a `crictl version` (start, connect,
 /// `Version`, exit) against that runtime.
@@ -202,6 +222,8 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
     };
     let (pooled, pooled_ctl) = aurae(1, "pooled")?;
     let (cold, cold_ctl) = aurae(0, "cold")?;
+    // Kept however the measurement ends (a failure is when they matter).
+    let logs = KeepLogs([("pooled", &pooled), ("cold", &cold)]);
     for ctl in [&pooled_ctl, &cold_ctl, &containerd_ctl] {
         ctl.ok(&["pull", IMAGE]);
     }
@@ -260,12 +282,7 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
         kt,
         None,
     );
-    if let Some(dir) = std::env::var_os("AURAE_BENCH_LOGS") {
-        let dir = PathBuf::from(dir);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("pooled.log"), pooled.log_text())?;
-        std::fs::write(dir.join("cold.log"), cold.log_text())?;
-    }
+    drop(logs);
     drop(pooled);
     drop(cold);
     drop(rt);

@@ -10,6 +10,9 @@
 //! cni_conf_dir = "/etc/cni/net.d"     # pod networks: the first CNI config here
 //! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]   # where the plugins are
 //! stream_address = "127.0.0.1:0"      # Exec/PortForward URLs (port 0: any free one)
+//! stream_tls = true                   # https URLs (containerd's enable_tls_streaming)
+//! stream_tls_cert = "/etc/aurae/stream.crt"  # with _key; both unset: self-signed at start
+//! stream_tls_key = "/etc/aurae/stream.key"
 //! pod_restart = "keep"                # pods outlive auraed (cell backend); or "remove"
 //! sandbox_ready_timeout_s = 60        # how long a pod's instance may take to be ready
 //!
@@ -78,6 +81,14 @@ pub struct CriSection {
     /// on an address only the API server reaches.
     #[serde(default = "default_stream_address")]
     pub stream_address: std::net::SocketAddr,
+    /// The streaming server speaks HTTPS (TLS 1.2 or 1.3).
+    #[serde(default)]
+    pub stream_tls: bool,
+    /// Its certificate chain (PEM) and key; both unset with `stream_tls`:
+    /// a self-signed certificate made at start, for `localhost` and the
+    /// stream address.
+    pub stream_tls_cert: Option<PathBuf>,
+    pub stream_tls_key: Option<PathBuf>,
     #[serde(default)]
     pub pod_restart: PodRestart,
     /// How long a pod sandbox's instance may take to be ready (a microVM
@@ -130,6 +141,9 @@ impl Default for CriSection {
             cni_conf_dir: default_cni_conf_dir(),
             cni_bin_dirs: default_cni_bin_dirs(),
             stream_address: default_stream_address(),
+            stream_tls: false,
+            stream_tls_cert: None,
+            stream_tls_key: None,
             pod_restart: PodRestart::default(),
             sandbox_ready_timeout_s: default_sandbox_ready_timeout_s(),
         }
@@ -190,6 +204,27 @@ impl CriSection {
                 ),
             });
         }
+        match (&self.stream_tls_cert, &self.stream_tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    field: "cri.stream_tls_key",
+                    reason: "missing: stream_tls_cert is set, and needs its key".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    field: "cri.stream_tls_cert",
+                    reason: "missing: stream_tls_key is set, and needs its certificate".into(),
+                })
+            }
+            (Some(_), Some(_)) if !self.stream_tls => {
+                return Err(ConfigError::Invalid {
+                    field: "cri.stream_tls",
+                    reason: "false, but stream_tls_cert and stream_tls_key are set".into(),
+                })
+            }
+            _ => {}
+        }
         for (registry, hosts) in &self.registries {
             for m in &hosts.mirrors {
                 if Mirror::parse(m).is_none() {
@@ -234,6 +269,37 @@ impl CriSection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_tls_files_come_in_pairs() {
+        for (text, field) in [
+            (
+                "stream_tls = true\nstream_tls_cert = \"/c\"\n",
+                "cri.stream_tls_key",
+            ),
+            (
+                "stream_tls = true\nstream_tls_key = \"/k\"\n",
+                "cri.stream_tls_cert",
+            ),
+            (
+                "stream_tls_cert = \"/c\"\nstream_tls_key = \"/k\"\n",
+                "cri.stream_tls",
+            ),
+        ] {
+            let cfg: CriSection = toml::from_str(text).unwrap();
+            match cfg.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        for ok in [
+            "stream_tls = true\n",
+            "stream_tls = true\nstream_tls_cert = \"/c\"\nstream_tls_key = \"/k\"\n",
+        ] {
+            let cfg: CriSection = toml::from_str(ok).unwrap();
+            cfg.validate().expect(ok);
+        }
+    }
 
     #[test]
     fn mirrors_come_first_and_the_wildcard_covers_the_rest() {

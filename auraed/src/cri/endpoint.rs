@@ -54,6 +54,8 @@ pub enum CriServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("the CRI streaming server")]
     Streams(#[from] super::streaming::BindError),
+    #[error("the CRI streaming server's TLS")]
+    StreamTls(#[from] super::streaming::tls::StreamTlsError),
 }
 
 impl Cri {
@@ -65,7 +67,17 @@ impl Cri {
     ) -> Result<Self, CriServeError> {
         let root = cfg.root.clone().unwrap_or_else(|| state_dir.join("cri"));
         let store = Arc::new(image_store::ImageStore::open(&root.join("images"))?);
-        let streams = super::streaming::Streams::bind(cfg.stream_address)?;
+        let tls = cfg
+            .stream_tls
+            .then(|| {
+                super::streaming::tls::server_config(
+                    cfg.stream_tls_cert.as_deref(),
+                    cfg.stream_tls_key.as_deref(),
+                    cfg.stream_address,
+                )
+            })
+            .transpose()?;
+        let streams = super::streaming::Streams::bind(cfg.stream_address, tls)?;
         Ok(Self {
             puller: pull::Puller {
                 cfg: cfg.clone(),

@@ -11,7 +11,7 @@
 //! It listens on loopback by default (`[cri] stream_address`, as
 //! containerd's `stream_server_address`): the token is the only
 //! credential, so a wider address should only be one the API server alone
-//! reaches.
+//! reaches. With `[cri] stream_tls` it speaks HTTPS (see [`tls`]).
 
 mod attach;
 mod channels;
@@ -19,6 +19,7 @@ mod exec;
 mod portforward;
 mod portforward_ws;
 mod requests;
+pub mod tls;
 pub mod tokens;
 mod websocket;
 
@@ -92,19 +93,26 @@ pub struct Streams {
     pub tokens: tokens::Tokens<Request>,
     base: String,
     listener: Mutex<Option<std::net::TcpListener>>,
+    /// HTTPS, if configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Streams {
-    /// Binds `addr` (port 0: any free one).
-    pub fn bind(addr: SocketAddr) -> Result<Self, BindError> {
+    /// Binds `addr` (port 0: any free one); serves HTTPS with `tls`.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, BindError> {
         let bound = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(|l| l.local_addr().map(|a| (l, a)));
         let (listener, at) = bound.map_err(|source| BindError { addr, source })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(Self {
             tokens: Default::default(),
-            base: format!("http://{at}"),
+            base: format!("{scheme}://{at}"),
             listener: Mutex::new(Some(listener)),
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
         })
     }
 
@@ -155,7 +163,22 @@ pub async fn serve(cri: Arc<Cri>, shutdown: impl std::future::Future<Output = ()
             Ok((tcp, peer)) => {
                 let cri = cri.clone();
                 sessions.spawn(async move {
-                    connection(cri, tcp, peer).await;
+                    match cri.streams.tls.clone() {
+                        None => connection(cri, tcp, peer).await,
+                        // The handshake within the headers' deadline.
+                        Some(tls) => {
+                            match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
+                                Ok(Ok(tls)) => connection(cri, tls, peer).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!("CRI stream connection from {peer}: TLS: {e}")
+                                }
+                                Err(_) => tracing::debug!(
+                                    "CRI stream connection from {peer}: no TLS handshake within \
+                                 {HEADER_TIMEOUT:?}"
+                                ),
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -186,7 +209,10 @@ enum Transport {
 
 /// Serves one connection: its HTTP request, then the session it upgraded
 /// to.
-async fn connection(cri: Arc<Cri>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+async fn connection<IO>(cri: Arc<Cri>, tcp: IO, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = oneshot::channel::<Upgrade>();
     let tx = Arc::new(Mutex::new(Some(tx)));
     let handler_cri = cri.clone();
@@ -416,6 +442,11 @@ fn websocket_upgrade(
             Err(why) => return answer(StatusCode::FORBIDDEN, why),
         },
     };
+    if let Request::PortForward { ports, .. } = &request {
+        if let Err(why) = portforward_ws::check_count(ports.len(), chosen) {
+            return answer(StatusCode::BAD_REQUEST, why);
+        }
+    }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on = hyper::upgrade::on(&mut req);
     let mut r = switching("websocket", chosen.map(|p| ("sec-websocket-protocol", p)));

@@ -11,6 +11,8 @@
 //! when every port's connection has ended, or when the client leaves (its
 //! connections with it).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -110,39 +112,75 @@ fn decode(base64: bool, m: Message) -> Option<(u8, Bytes)> {
     }
 }
 
+/// What the client sent a port and its connection has not taken yet.
+/// The session reads the client all the time (a client leaving is seen at
+/// once, and a port that does not read holds up no other): past
+/// [`MAX_UNREAD`] for one port, that port's input is closed, with an error.
+struct Inbound {
+    tx: mpsc::UnboundedSender<Bytes>,
+    budget: Arc<Budget>,
+}
+
+/// A port's unread bytes, and whether they went past [`MAX_UNREAD`].
+#[derive(Default)]
+struct Budget {
+    unread: AtomicUsize,
+    overflowed: AtomicBool,
+}
+
+/// The most a port's connection may leave unread of what the client sent.
+const MAX_UNREAD: usize = 8 << 20;
+
 /// Serves a port-forward session on the upgraded connection `io`.
-/// `protocol`: one of [`PROTOCOLS`], or `None` (binary).
+/// `protocol`: one of [`PROTOCOLS`], or `None` (binary). `ports` were
+/// checked by [`ports`] and [`check_count`].
 pub async fn serve<IO>(cri: &Cri, io: IO, sandbox_id: &str, ports: &[u16], protocol: Option<&str>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let base64 = protocol == Some(BASE64);
+    if check_count(ports.len(), protocol).is_err() {
+        return;
+    }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (mut sink, mut stream) = ws.split();
-    // Each channel opens with its port.
+    // Room for every channel's opening, and 32 messages more.
+    let (out_tx, mut out) = mpsc::channel::<(u8, Bytes)>(32 + 2 * ports.len());
+    // Each channel opens with its port, before anything else is sent.
     for (i, port) in ports.iter().enumerate() {
-        let data = (2 * i) as u8;
-        for channel in [data, data + 1] {
-            if sink
-                .send(encode(base64, channel, &port.to_le_bytes()))
-                .await
-                .is_err()
-            {
+        for channel in [data_channel(i), data_channel(i) + 1] {
+            let opening = Bytes::copy_from_slice(&port.to_le_bytes());
+            if out_tx.try_send((channel, opening)).is_err() {
+                // Not reached: the queue has room for them all.
                 return;
             }
         }
     }
-    let (out_tx, mut out) = mpsc::channel::<(u8, Bytes)>(32);
+    // The writer: what the forwards send, to the client, until every
+    // forward has ended (their senders with them) or the client is gone.
+    let mut writer = tokio::spawn(async move {
+        while let Some((channel, data)) = out.recv().await {
+            if sink.send(encode(base64, channel, &data)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    });
     let mut to_pod = Vec::with_capacity(ports.len());
     let mut forwards = JoinSet::new();
     for (i, &port) in ports.iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<Bytes>(16);
-        to_pod.push(Some(tx));
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let budget = Arc::new(Budget::default());
+        to_pod.push(Some(Inbound {
+            tx,
+            budget: budget.clone(),
+        }));
         let pod = cri.sandbox_ports(sandbox_id);
-        forwards.spawn(forward(pod, port, rx, out_tx.clone(), (2 * i) as u8));
+        let from = Incoming { rx, budget };
+        forwards.spawn(forward(pod, port, from, out_tx.clone(), data_channel(i)));
     }
     // The outgoing queue ends once every forward has.
     drop(out_tx);
@@ -159,28 +197,66 @@ where
                     if channel % 2 != 0 {
                         continue;
                     }
-                    let Some(slot) = to_pod.get_mut(usize::from(channel / 2)) else { continue };
-                    if let Some(tx) = slot {
-                        if tx.send(data).await.is_err() {
-                            // That port's connection has ended.
-                            *slot = None;
-                        }
+                    let i = usize::from(channel / 2);
+                    let Some(slot) = to_pod.get_mut(i) else { continue };
+                    let Some(inbound) = slot else { continue };
+                    let len = data.len();
+                    let queued = inbound.budget.unread.fetch_add(len, Ordering::SeqCst) + len;
+                    if queued > MAX_UNREAD {
+                        // Dropped: the port's connection sees its input end,
+                        // and says why.
+                        inbound.budget.overflowed.store(true, Ordering::SeqCst);
+                        *slot = None;
+                    } else if inbound.tx.send(data).is_err() {
+                        // That port's connection has ended.
+                        *slot = None;
                     }
                 }
             },
-            o = out.recv() => match o {
-                Some((channel, data)) => {
-                    if sink.send(encode(base64, channel, &data)).await.is_err() {
-                        break;
-                    }
-                }
-                None => break,
-            },
+            // Every forward has ended and all was sent, or the client is
+            // gone.
+            _ = &mut writer => break,
         }
     }
     // The client is gone, or every connection has ended.
     forwards.shutdown().await;
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    drop(to_pod);
+    if !writer.is_finished() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await;
+        writer.abort();
+    }
+}
+
+/// Port `i`'s data channel (its error channel is the next).
+fn data_channel(i: usize) -> u8 {
+    // `check_count` keeps 2 * i + 1 below 128.
+    u8::try_from(2 * i).unwrap_or(u8::MAX - 1)
+}
+
+/// Refuses more ports than the protocol can number: [`MAX_PORTS`], and in
+/// base64 (whose channel is one ASCII digit from '0') 40.
+pub fn check_count(n: usize, protocol: Option<&str>) -> Result<(), String> {
+    let max = if protocol == Some(BASE64) {
+        MAX_BASE64_PORTS
+    } else {
+        MAX_PORTS
+    };
+    if n > max {
+        return Err(format!(
+            "port: {n} ports; a session of {} forwards {max} at most",
+            protocol.unwrap_or("the binary protocol")
+        ));
+    }
+    Ok(())
+}
+
+/// In base64 a channel is the character '0' + channel, ASCII up to 127.
+const MAX_BASE64_PORTS: usize = 40;
+
+/// A port's share of what the client sends.
+struct Incoming {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    budget: Arc<Budget>,
 }
 
 /// Forwards one port: `inbound` to the pod's `port`, what comes back to the
@@ -188,23 +264,38 @@ where
 async fn forward(
     pod: Result<super::requests::PodPorts, tonic::Status>,
     port: u16,
-    mut inbound: mpsc::Receiver<Bytes>,
+    mut inbound: Incoming,
     out: mpsc::Sender<(u8, Bytes)>,
     channel: u8,
 ) {
+    let error = |message: String| {
+        let out = out.clone();
+        async move {
+            // Fails only once the session is gone.
+            let _ = out.send((channel + 1, Bytes::from(message))).await;
+        }
+    };
     let tcp = match super::portforward::connect(pod, port).await {
         Ok(tcp) => tcp,
-        Err(message) => {
-            let _ = out.send((channel + 1, Bytes::from(message))).await;
-            return;
-        }
+        Err(message) => return error(message).await,
     };
     let (mut rd, mut wr) = tcp.into_split();
     let to_pod = async {
-        while let Some(chunk) = inbound.recv().await {
-            if wr.write_all(&chunk).await.is_err() {
-                break;
+        while let Some(chunk) = inbound.rx.recv().await {
+            if let Err(e) = wr.write_all(&chunk).await {
+                return error(format!("port {port}: writing to the pod: {e}")).await;
             }
+            inbound
+                .budget
+                .unread
+                .fetch_sub(chunk.len(), Ordering::SeqCst);
+        }
+        if inbound.budget.overflowed.load(Ordering::SeqCst) {
+            error(format!(
+                "port {port}: the pod left {MAX_UNREAD} bytes of the client's unread; its \
+                 input is closed"
+            ))
+            .await;
         }
         let _ = wr.shutdown().await;
     };
@@ -212,13 +303,14 @@ async fn forward(
         let mut buf = vec![0u8; 32 << 10];
         loop {
             match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(n) => {
                     let chunk = Bytes::copy_from_slice(&buf[..n]);
                     if out.send((channel, chunk)).await.is_err() {
                         return;
                     }
                 }
+                Err(e) => return error(format!("port {port}: reading from the pod: {e}")).await,
             }
         }
     };
@@ -254,6 +346,18 @@ mod tests {
         }
         let many = vec![1u16; MAX_PORTS + 1];
         assert!(ports(&many, None).unwrap_err().contains("at most"));
+        // base64 numbers channels with one ASCII character from '0'.
+        assert!(check_count(MAX_BASE64_PORTS, Some(BASE64)).is_ok());
+        let e = check_count(MAX_BASE64_PORTS + 1, Some(BASE64)).unwrap_err();
+        assert!(e.starts_with("port: ") && e.contains("40 at most"), "{e}");
+        assert!(check_count(MAX_PORTS, Some(BINARY)).is_ok());
+        assert!(check_count(MAX_PORTS, None).is_ok());
+        let last = data_channel(MAX_BASE64_PORTS - 1) + 1;
+        assert_eq!(
+            decode(true, encode(true, last, b"x")),
+            Some((last, Bytes::from_static(b"x")))
+        );
+        assert_eq!(data_channel(MAX_PORTS - 1) + 1, 127);
     }
 
     #[test]
