@@ -278,8 +278,20 @@ pub fn pod_ip(crictl: &Crictl, pod_id: &str) -> String {
 /// Fetches the page of the web server on `port` in pod `pod_id` through
 /// `crictl port-forward` from a free local port; panics without it.
 pub fn page_through_port_forward(crictl: &Crictl, pod_id: &str, port: u16) {
+    page_through_port_forward_with(crictl, pod_id, port, &[]);
+}
+
+/// [`page_through_port_forward`] with crictl given `envs` (such as
+/// `SSL_CERT_FILE`, the roots it verifies an https stream server with).
+pub fn page_through_port_forward_with(
+    crictl: &Crictl,
+    pod_id: &str,
+    port: u16,
+    envs: &[(&str, &Path)],
+) {
     let local = crate::pods::free_port();
     let mut forward = Command::new(crictl_bin())
+        .envs(envs.iter().copied())
         .arg("--runtime-endpoint")
         .arg(format!("unix://{}", crictl.socket.display()))
         .args(["port-forward", pod_id])

@@ -144,6 +144,22 @@ async fn port_forward(
     }
 }
 
+/// The daemon's holdings once the sessions before have all closed in the
+/// background (some take up to a second): two settled snapshots 1.5 s
+/// apart agree, within 15 s.
+fn quiet(d: &aurae_tests::Daemon) -> Snapshot {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut last = Snapshot::settled(d);
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = Snapshot::settled(d);
+        if now == last || std::time::Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Sends 4 MiB through the one port of the session at `url` (binary) in
 /// 64 KiB messages while reading what comes back, which must be the same
 /// bytes; then drops the connection without a close.
@@ -397,7 +413,7 @@ async fn exec_and_attach_over_websocket_and_leave_nothing() {
     // while the client goes on sending. Then the client leaves with the
     // pod's connection open: the session ends, and its connection to the
     // pod with it (auraed holds what it held before).
-    let mid = Snapshot::settled(&d);
+    let mid = quiet(&d);
     echo_through(&forward_url(vec![8081]).await).await;
     assert_eq!(Snapshot::settled(&d), mid);
     // base64 numbers channels with one character: 40 ports at most.

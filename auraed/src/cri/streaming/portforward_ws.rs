@@ -184,12 +184,12 @@ where
     }
     // The outgoing queue ends once every forward has.
     drop(out_tx);
-    loop {
+    let client_left = loop {
         tokio::select! {
             m = stream.next() => match m {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                     tracing::debug!("port forward to pod sandbox {sandbox_id}: the client left");
-                    break;
+                    break true;
                 }
                 Some(Ok(m)) => {
                     let Some((channel, data)) = decode(base64, m) else { continue };
@@ -213,16 +213,14 @@ where
                     }
                 }
             },
-            // Every forward has ended and all was sent, or the client is
-            // gone.
-            _ = &mut writer => break,
+            // Every forward has ended and all was sent (then closed), or
+            // the client is gone.
+            _ = &mut writer => break false,
         }
-    }
-    // The client is gone, or every connection has ended.
+    };
     forwards.shutdown().await;
-    drop(to_pod);
-    if !writer.is_finished() {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await;
+    // A client that left gets no close frame: nothing waits on it.
+    if client_left {
         writer.abort();
     }
 }
