@@ -156,10 +156,24 @@ async fn no_cell_names_or_joins_a_cgroup_outside_itself() {
     assert!(!escape.is_some_and(|e| e.exists()));
 }
 
+/// Where this test keeps host files a jailed cell must see: cargo's
+/// scratch folder, unless the clone is under a folder a jailed cell has of
+/// its own (/tmp, /run: a clone in /tmp), then /var/tmp/aurae-tests.
+fn host_scratch() -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    if ["/tmp", "/run"].iter().any(|own| target.starts_with(own)) {
+        let dir = PathBuf::from("/var/tmp/aurae-tests");
+        std::fs::create_dir_all(&dir).expect("/var/tmp/aurae-tests");
+        dir
+    } else {
+        target.to_path_buf()
+    }
+}
+
 /// A host folder a jailed cell may write to (not under /tmp, which a
 /// jailed cell has of its own).
 fn writable_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("jail-writable-{name}"));
+    let dir = host_scratch().join(format!("jail-writable-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("writable dir");
     std::fs::canonicalize(&dir).expect("canonical")
@@ -242,7 +256,7 @@ async fn a_jailed_cell_gets_no_device_unless_named() {
 
 /// The io_uring probe, built static once.
 fn io_uring_probe() -> Option<PathBuf> {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("io_uring_probe");
+    let out = host_scratch().join("io_uring_probe");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("probes/io_uring.c");
     let built = std::process::Command::new("gcc")
         .args(["-O2", "-static", "-o"])

@@ -9,8 +9,10 @@
 //! the data channel reaches the pod's web server and its answer comes
 //! back, a port with nothing listening gets its error on the error
 //! channel, and the session ends when the pod's connections have; 4 MiB
-//! go both ways at once through `cat`, and a client that leaves ends its
-//! session and the pod's connection. A client
+//! go both ways at once through `cat` and a close is answered; a pod that
+//! never reads gets its input closed with an error once the session holds
+//! 8 MiB for it, and a client that leaves ends its session and the pod's
+//! connection. A client
 //! offering no protocol of this server's, and a session without ports, are
 //! refused; nothing is left behind.
 
@@ -28,13 +30,15 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Connects to a streaming `url` as a WebSocket client offering
-/// `protocols`; the socket and the protocol the server chose, or the
+/// `protocols` (none if empty); the socket and the protocol the server chose, or the
 /// refusal's HTTP status.
 async fn connect(url: &str, protocols: &str) -> Result<(Ws, String), u16> {
     let ws_url = url.replacen("http://", "ws://", 1);
     let mut req = ws_url.as_str().into_client_request().expect("a request");
-    req.headers_mut()
-        .insert("sec-websocket-protocol", protocols.parse().expect("header"));
+    if !protocols.is_empty() {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse().expect("header"));
+    }
     let host = url
         .strip_prefix("http://")
         .and_then(|r| r.split('/').next())
@@ -87,26 +91,8 @@ async fn port_forward(
 ) -> Vec<(u8, Vec<u8>)> {
     use base64::Engine as _;
     let engine = base64::engine::general_purpose::STANDARD;
-    let ws_url = url.replacen("http://", "ws://", 1);
-    let mut req = ws_url.as_str().into_client_request().expect("a request");
-    if !protocols.is_empty() {
-        req.headers_mut()
-            .insert("sec-websocket-protocol", protocols.parse().expect("header"));
-    }
-    let host = url
-        .strip_prefix("http://")
-        .and_then(|r| r.split('/').next())
-        .expect("host");
-    let tcp = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .expect("upgraded");
-    let chosen = resp.headers().get("sec-websocket-protocol");
-    assert_eq!(
-        chosen.and_then(|v| v.to_str().ok()).unwrap_or(""),
-        protocols,
-        "the protocol chosen"
-    );
+    let (mut ws, chosen) = connect(url, protocols).await.expect("upgraded");
+    assert_eq!(chosen, protocols, "the protocol chosen");
     let request = b"GET /index.html HTTP/1.0\r\n\r\n";
     let sent = if base64 {
         Message::text(format!("0{}", engine.encode(request)))
@@ -153,16 +139,20 @@ fn quiet(d: &aurae_tests::Daemon) -> Snapshot {
     loop {
         std::thread::sleep(Duration::from_millis(1500));
         let now = Snapshot::settled(d);
-        if now == last || std::time::Instant::now() > deadline {
+        if now == last {
             return now;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "auraed's holdings did not settle within 15 s: {last:?}, then {now:?}"
+        );
         last = now;
     }
 }
 
 /// Sends 4 MiB through the one port of the session at `url` (binary) in
 /// 64 KiB messages while reading what comes back, which must be the same
-/// bytes; then drops the connection without a close.
+/// bytes; then closes the session, and the server answers the close.
 async fn echo_through(url: &str) {
     const CHUNK: usize = 64 << 10;
     const CHUNKS: usize = 64;
@@ -202,6 +192,61 @@ async fn echo_through(url: &str) {
         }
         got += bytes.len();
     }
+    // A close, answered with the server's.
+    let mut sink = sender.await.expect("the sender");
+    sink.close().await.expect("the close");
+    let reply = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the close reply within 10 s");
+    assert!(matches!(reply, Some(Ok(Message::Close(_)))), "{reply:?}");
+}
+
+/// Sends up to 64 MiB to the one port of the session at `url`, whose pod
+/// never reads, until its error channel says its input is closed (within
+/// 60 s); then drops the connection without a close.
+async fn overflow_through(url: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (ws, _) = connect(url, "v4.channel.k8s.io").await.expect("upgraded");
+    let (mut sink, mut stream) = ws.split();
+    for _ in 0..2 {
+        let opening = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the openings");
+        assert!(
+            matches!(opening, Some(Ok(Message::Binary(_)))),
+            "{opening:?}"
+        );
+    }
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let sender = tokio::spawn(async move {
+        let mut m = vec![0u8; (64 << 10) + 1];
+        m[1] = b'x';
+        for _ in 0..1024 {
+            if stopped.load(Ordering::SeqCst)
+                || sink.send(Message::binary(m.clone())).await.is_err()
+            {
+                break;
+            }
+        }
+        sink
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the port's error within 60 s");
+        match m {
+            Some(Ok(Message::Binary(data))) if data.first() == Some(&1) => {
+                let text = String::from_utf8_lossy(&data[1..]);
+                assert!(text.contains("input is closed"), "{text}");
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the session ended before the port's error: {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
     let sink = sender.await.expect("the sender");
     drop((sink, stream));
 }
@@ -244,6 +289,7 @@ async fn exec_and_attach_over_websocket_and_leave_nothing() {
                 "mkdir -p /tmp/www; echo pf-page > /tmp/www/index.html; \
                  /bin/busybox httpd -p 8080 -h /tmp/www; \
                  /bin/busybox nc -ll -p 8081 -e /bin/busybox cat & \
+                 /bin/busybox nc -ll -p 8082 -e /bin/busybox sleep 3600 & \
                  while true; do echo tick; /bin/busybox sleep 0.2; done"],
             "log_path": "main.log",
         }),
@@ -410,11 +456,14 @@ async fn exec_and_attach_over_websocket_and_leave_nothing() {
         "{got:?}"
     );
     // Both ways at once, more than the sockets hold: 4 MiB echoed by `cat`
-    // while the client goes on sending. Then the client leaves with the
-    // pod's connection open: the session ends, and its connection to the
-    // pod with it (auraed holds what it held before).
+    // while the client goes on sending, then a close, answered. And a pod
+    // that never reads: the port's input is closed with an error once the
+    // session holds 8 MiB of it, and the client then leaves with the pod's
+    // connection open. Each session ends, and its connection to the pod
+    // with it (auraed holds what it held before).
     let mid = quiet(&d);
     echo_through(&forward_url(vec![8081]).await).await;
+    overflow_through(&forward_url(vec![8082]).await).await;
     assert_eq!(Snapshot::settled(&d), mid);
     // base64 numbers channels with one character: 40 ports at most.
     let url = forward_url(vec![8080; 41]).await;

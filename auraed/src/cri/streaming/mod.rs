@@ -162,13 +162,17 @@ pub async fn serve(cri: Arc<Cri>, shutdown: impl std::future::Future<Output = ()
         match accepted {
             Ok((tcp, peer)) => {
                 let cri = cri.clone();
+                let accepted_at = std::time::Instant::now();
                 sessions.spawn(async move {
                     match cri.streams.tls.clone() {
-                        None => connection(cri, tcp, peer).await,
-                        // The handshake within the headers' deadline.
+                        None => connection(cri, tcp, peer, HEADER_TIMEOUT).await,
+                        // The handshake and the headers within one deadline.
                         Some(tls) => {
                             match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
-                                Ok(Ok(tls)) => connection(cri, tls, peer).await,
+                                Ok(Ok(tls)) => {
+                                    let left = HEADER_TIMEOUT.saturating_sub(accepted_at.elapsed());
+                                    connection(cri, tls, peer, left).await
+                                }
                                 Ok(Err(e)) => {
                                     tracing::debug!("CRI stream connection from {peer}: TLS: {e}")
                                 }
@@ -209,7 +213,7 @@ enum Transport {
 
 /// Serves one connection: its HTTP request, then the session it upgraded
 /// to.
-async fn connection<IO>(cri: Arc<Cri>, tcp: IO, peer: SocketAddr)
+async fn connection<IO>(cri: Arc<Cri>, tcp: IO, peer: SocketAddr, header_timeout: Duration)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -227,7 +231,7 @@ where
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades()
         .await;

@@ -11,7 +11,7 @@
 //! when every port's connection has ended, or when the client leaves (its
 //! connections with it).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -112,24 +112,38 @@ fn decode(base64: bool, m: Message) -> Option<(u8, Bytes)> {
     }
 }
 
-/// What the client sent a port and its connection has not taken yet.
-/// The session reads the client all the time (a client leaving is seen at
-/// once, and a port that does not read holds up no other): past
-/// [`MAX_UNREAD`] for one port, that port's input is closed, with an error.
+/// A port's end of what the client sends: the queue to its connection,
+/// and the signal that it went over the session's [`MAX_UNREAD`].
 struct Inbound {
     tx: mpsc::UnboundedSender<Bytes>,
-    budget: Arc<Budget>,
+    overflow: Arc<Notify>,
 }
 
-/// A port's unread bytes, and whether they went past [`MAX_UNREAD`].
-#[derive(Default)]
-struct Budget {
-    unread: AtomicUsize,
-    overflowed: AtomicBool,
-}
-
-/// The most a port's connection may leave unread of what the client sent.
+/// The most the session holds of what the client sent and the pods'
+/// connections have not taken yet. The session reads the client all the
+/// time (a client leaving is seen at once, and a port that does not read
+/// holds up no other); the port whose message would go past this has its
+/// input closed, with an error. (SPDY sessions hold as much.)
 const MAX_UNREAD: usize = 8 << 20;
+
+/// The writer task, ended with the session however it ends.
+struct Writer(tokio::task::JoinHandle<()>);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a session's reading ended.
+enum End {
+    /// Every forward ended and all was sent (then closed).
+    Done,
+    /// The client sent its close: it gets the close reply.
+    ClientClosed,
+    /// The client's connection ended or failed: nothing waits on it.
+    ClientGone,
+}
 
 /// Serves a port-forward session on the upgraded connection `io`.
 /// `protocol`: one of [`PROTOCOLS`], or `None` (binary). `ports` were
@@ -161,67 +175,75 @@ where
     }
     // The writer: what the forwards send, to the client, until every
     // forward has ended (their senders with them) or the client is gone.
-    let mut writer = tokio::spawn(async move {
+    let mut writer = Writer(tokio::spawn(async move {
         while let Some((channel, data)) = out.recv().await {
             if sink.send(encode(base64, channel, &data)).await.is_err() {
                 return;
             }
         }
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-    });
+    }));
+    let unread = Arc::new(AtomicUsize::new(0));
     let mut to_pod = Vec::with_capacity(ports.len());
     let mut forwards = JoinSet::new();
     for (i, &port) in ports.iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-        let budget = Arc::new(Budget::default());
+        let overflow = Arc::new(Notify::new());
         to_pod.push(Some(Inbound {
             tx,
-            budget: budget.clone(),
+            overflow: overflow.clone(),
         }));
         let pod = cri.sandbox_ports(sandbox_id);
-        let from = Incoming { rx, budget };
+        let from = Incoming {
+            rx,
+            overflow,
+            unread: unread.clone(),
+        };
         forwards.spawn(forward(pod, port, from, out_tx.clone(), data_channel(i)));
     }
     // The outgoing queue ends once every forward has.
     drop(out_tx);
-    let client_left = loop {
+    let end = loop {
         tokio::select! {
             m = stream.next() => match m {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                    tracing::debug!("port forward to pod sandbox {sandbox_id}: the client left");
-                    break true;
-                }
+                Some(Ok(Message::Close(_))) => break End::ClientClosed,
+                Some(Err(_)) | None => break End::ClientGone,
                 Some(Ok(m)) => {
                     let Some((channel, data)) = decode(base64, m) else { continue };
                     // Data channels only; the error channels are the server's.
                     if channel % 2 != 0 {
                         continue;
                     }
-                    let i = usize::from(channel / 2);
-                    let Some(slot) = to_pod.get_mut(i) else { continue };
+                    let Some(slot) = to_pod.get_mut(usize::from(channel / 2)) else { continue };
                     let Some(inbound) = slot else { continue };
                     let len = data.len();
-                    let queued = inbound.budget.unread.fetch_add(len, Ordering::SeqCst) + len;
-                    if queued > MAX_UNREAD {
-                        // Dropped: the port's connection sees its input end,
-                        // and says why.
-                        inbound.budget.overflowed.store(true, Ordering::SeqCst);
+                    if unread.fetch_add(len, Ordering::SeqCst) + len > MAX_UNREAD {
+                        unread.fetch_sub(len, Ordering::SeqCst);
+                        inbound.overflow.notify_one();
                         *slot = None;
                     } else if inbound.tx.send(data).is_err() {
                         // That port's connection has ended.
+                        unread.fetch_sub(len, Ordering::SeqCst);
                         *slot = None;
                     }
                 }
             },
-            // Every forward has ended and all was sent (then closed), or
-            // the client is gone.
-            _ = &mut writer => break false,
+            _ = &mut writer.0 => break End::Done,
         }
     };
+    tracing::debug!(
+        "port forward to pod sandbox {sandbox_id}: {}",
+        match end {
+            End::Done => "every connection ended",
+            End::ClientClosed => "the client closed the session",
+            End::ClientGone => "the client left",
+        }
+    );
     forwards.shutdown().await;
-    // A client that left gets no close frame: nothing waits on it.
-    if client_left {
-        writer.abort();
+    drop(to_pod);
+    if let End::ClientClosed = end {
+        // The writer drains what is left and sends the close reply.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer.0).await;
     }
 }
 
@@ -254,7 +276,9 @@ const MAX_BASE64_PORTS: usize = 40;
 /// A port's share of what the client sends.
 struct Incoming {
     rx: mpsc::UnboundedReceiver<Bytes>,
-    budget: Arc<Budget>,
+    overflow: Arc<Notify>,
+    /// The session's unread bytes.
+    unread: Arc<AtomicUsize>,
 }
 
 /// Forwards one port: `inbound` to the pod's `port`, what comes back to the
@@ -262,10 +286,15 @@ struct Incoming {
 async fn forward(
     pod: Result<super::requests::PodPorts, tonic::Status>,
     port: u16,
-    mut inbound: Incoming,
+    inbound: Incoming,
     out: mpsc::Sender<(u8, Bytes)>,
     channel: u8,
 ) {
+    let Incoming {
+        mut rx,
+        overflow,
+        unread,
+    } = inbound;
     let error = |message: String| {
         let out = out.clone();
         async move {
@@ -279,21 +308,29 @@ async fn forward(
     };
     let (mut rd, mut wr) = tcp.into_split();
     let to_pod = async {
-        while let Some(chunk) = inbound.rx.recv().await {
-            if let Err(e) = wr.write_all(&chunk).await {
-                return error(format!("port {port}: writing to the pod: {e}")).await;
+        let copy = async {
+            while let Some(chunk) = rx.recv().await {
+                unread.fetch_sub(chunk.len(), Ordering::SeqCst);
+                if let Err(e) = wr.write_all(&chunk).await {
+                    return Some(format!("port {port}: writing to the pod: {e}"));
+                }
             }
-            inbound
-                .budget
-                .unread
-                .fetch_sub(chunk.len(), Ordering::SeqCst);
+            None
+        };
+        let failed = tokio::select! {
+            failed = copy => failed,
+            () = overflow.notified() => Some(format!(
+                "port {port}: the pods left {MAX_UNREAD} bytes of what the client sent unread; \
+                 this port's input is closed"
+            )),
+        };
+        // What is queued for it goes, and no more comes.
+        rx.close();
+        while let Ok(chunk) = rx.try_recv() {
+            unread.fetch_sub(chunk.len(), Ordering::SeqCst);
         }
-        if inbound.budget.overflowed.load(Ordering::SeqCst) {
-            error(format!(
-                "port {port}: the pod left {MAX_UNREAD} bytes of the client's unread; its \
-                 input is closed"
-            ))
-            .await;
+        if let Some(message) = failed {
+            error(message).await;
         }
         let _ = wr.shutdown().await;
     };

@@ -1,9 +1,11 @@
 //! HTTPS for the streaming server (`[cri] stream_tls`, containerd's
 //! `enable_tls_streaming`): the configured certificate chain and key, or a
 //! self-signed certificate made at start for `localhost` and the stream
-//! address (as containerd makes one when no key pair is configured; clients
-//! such as crictl don't verify it). No ALPN: the server speaks HTTP/1.1
-//! only, upgraded to SPDY or WebSocket.
+//! address (unless it is unspecified, `0.0.0.0` or `::`), as containerd
+//! makes one when no key pair is configured. Only clients that don't verify
+//! the server take that one (crictl's exec; not its port-forward, nor a
+//! kubelet proxying the stream). No ALPN: the server speaks HTTP/1.1 only,
+//! upgraded to SPDY or WebSocket.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,8 +27,13 @@ pub enum StreamTlsError {
     NoCertificate { path: PathBuf },
     #[error("making the streaming server's self-signed certificate")]
     SelfSigned(#[source] rcgen::Error),
-    #[error("the streaming server's TLS configuration")]
-    Config(#[source] rustls::Error),
+    #[error("the streaming server's TLS versions")]
+    Versions(#[source] rustls::Error),
+    #[error(
+        "the streaming server's certificate and key (cri.stream_tls_cert, cri.stream_tls_key) \
+         are not a TLS identity"
+    )]
+    Identity(#[source] rustls::Error),
 }
 
 /// The server configuration: from `cert` and `key` (PEM files), or
@@ -44,10 +51,10 @@ pub fn server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(StreamTlsError::Config)?
+        .map_err(StreamTlsError::Versions)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(StreamTlsError::Config)?;
+        .map_err(StreamTlsError::Identity)?;
     Ok(Arc::new(config))
 }
 
@@ -114,6 +121,20 @@ mod tests {
         server_config(None, None, addr).expect("a server config");
     }
 
+    fn pem_cert(der: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
+    }
+
     #[test]
     fn bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -126,6 +147,14 @@ mod tests {
             matches!(e, StreamTlsError::NoCertificate { ref path } if *path == cert),
             "{e}"
         );
+        // A certificate with another's key.
+        let (chain, _) = self_signed(addr).expect("one");
+        let other = rcgen::KeyPair::generate().expect("a key");
+        std::fs::write(&cert, pem_cert(&chain[0])).unwrap();
+        std::fs::write(&key, other.serialize_pem()).unwrap();
+        let e = server_config(Some(&cert), Some(&key), addr).unwrap_err();
+        assert!(matches!(e, StreamTlsError::Identity(_)), "{e}");
+        assert!(e.to_string().contains("cri.stream_tls_key"), "{e}");
         let missing = dir.path().join("missing.pem");
         let e = server_config(Some(&missing), Some(&key), addr).unwrap_err();
         assert!(e.to_string().contains("cri.stream_tls_cert"), "{e}");
