@@ -275,6 +275,35 @@ pub fn pod_ip(crictl: &Crictl, pod_id: &str) -> String {
         .to_string()
 }
 
+/// A cell-backed pod sandbox `name` whose one container, `web`, runs the
+/// busybox web server of [`crate::pods::SERVER`] on 8080, started through
+/// crictl (its files in `work`); the pod's and the container's ids.
+pub fn web_pod(crictl: &Crictl, work: &Path, name: &str) -> (String, String) {
+    let pod = write_json(
+        work,
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("u-{name}"),
+                         "attempt": 0},
+            "log_directory": work.join("logs").display().to_string(),
+        }),
+    );
+    let container = write_json(
+        work,
+        "container.json",
+        serde_json::json!({
+            "metadata": {"name": "web"},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/busybox", "sh", "-c", crate::pods::SERVER],
+            "log_path": "web.log",
+        }),
+    );
+    let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
+    let id = crictl.ok(&["create", &pod_id, &container, &pod]);
+    crictl.ok(&["start", &id]);
+    (pod_id, id)
+}
+
 /// Fetches the page of the web server on `port` in pod `pod_id` through
 /// `crictl port-forward` from a free local port; panics without it.
 pub fn page_through_port_forward(crictl: &Crictl, pod_id: &str, port: u16) {

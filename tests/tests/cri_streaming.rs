@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use aurae_proto::cri;
 use aurae_tests::cri::{
-    cri_client, crictl_bin, daemon_with_busybox, page_through_port_forward, requirements,
-    workloads, write_json, BUSYBOX as IMAGE,
+    cri_client, crictl_bin, daemon_with_busybox, page_through_port_forward, requirements, web_pod,
+    workloads,
 };
 use aurae_tests::leaks::Snapshot;
-use aurae_tests::pods::SERVER;
 use aurae_tests::report_skip;
 
 /// POSTs to a streaming `url` with `headers`; the response's status code.
@@ -49,27 +48,7 @@ async fn crictl_exec_and_port_forward_stream_and_leave_nothing() {
     let mut cri = cri_client(&crictl.socket).await;
     let before = Snapshot::settled(&d);
 
-    let pod = write_json(
-        work.path(),
-        "pod.json",
-        serde_json::json!({
-            "metadata": {"name": "streams", "namespace": "default", "uid": "u-s", "attempt": 0},
-            "log_directory": work.path().join("logs").display().to_string(),
-        }),
-    );
-    let container = write_json(
-        work.path(),
-        "container.json",
-        serde_json::json!({
-            "metadata": {"name": "web"},
-            "image": {"image": IMAGE},
-            "command": ["/bin/busybox", "sh", "-c", SERVER],
-            "log_path": "web.log",
-        }),
-    );
-    let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
-    let id = crictl.ok(&["create", &pod_id, &container, &pod]);
-    crictl.ok(&["start", &id]);
+    let (pod_id, id) = web_pod(&crictl, work.path(), "streams");
 
     // A streamed exec: its two streams apart, and its exit code.
     let out = crictl.run(&[

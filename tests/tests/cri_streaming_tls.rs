@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use aurae_proto::cri;
 use aurae_tests::cri::{
-    cri_client, daemon_options, page_through_port_forward_with, requirements, workloads,
-    write_json, Registry, BUSYBOX as IMAGE,
+    cri_client, daemon_options, page_through_port_forward_with, requirements, web_pod, workloads,
+    Registry, BUSYBOX as IMAGE,
 };
 use aurae_tests::leaks::Snapshot;
-use aurae_tests::pods::SERVER;
 use aurae_tests::report_skip;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,27 +48,7 @@ async fn crictl_streams_over_https_and_leaves_nothing() {
     let mut cri = cri_client(&crictl.socket).await;
     let before = Snapshot::settled(&d);
 
-    let pod = write_json(
-        work.path(),
-        "pod.json",
-        serde_json::json!({
-            "metadata": {"name": "tls", "namespace": "default", "uid": "u-tls", "attempt": 0},
-            "log_directory": work.path().join("logs").display().to_string(),
-        }),
-    );
-    let container = write_json(
-        work.path(),
-        "container.json",
-        serde_json::json!({
-            "metadata": {"name": "web"},
-            "image": {"image": IMAGE},
-            "command": ["/bin/busybox", "sh", "-c", SERVER],
-            "log_path": "web.log",
-        }),
-    );
-    let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
-    let id = crictl.ok(&["create", &pod_id, &container, &pod]);
-    crictl.ok(&["start", &id]);
+    let (pod_id, id) = web_pod(&crictl, work.path(), "tls");
 
     // Every URL is an https one.
     let exec_url = cri
