@@ -136,6 +136,16 @@ impl Steps {
     }
 }
 
+/// The crictl calls each pod takes (`runp`, `create`, `start`).
+pub const CRICTL_CALLS: u32 = 3;
+
+/// What is left of a pod's `total` without crictl's own share, `floor`
+/// (see [`crictl_floor`]) per call, in seconds (negative if crictl's share
+/// was larger).
+pub fn without_crictl(total: Duration, floor: Duration) -> f64 {
+    total.as_secs_f64() - f64::from(CRICTL_CALLS) * floor.as_secs_f64()
+}
+
 /// crictl's own share of each step: the median of `rounds` runs of
 /// `crictl version` (start, connect, the one `Version` call every crictl
 /// command makes first, exit). Each pod takes three crictl calls.

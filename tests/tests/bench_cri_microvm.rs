@@ -122,12 +122,10 @@ fn bench_cri_microvm_against_containerd() {
         };
         println!("BENCH-RUN {i}: microVM pod {v:.2} s, containerd {k:.2} s");
     }
-    let floor = |ctl: &Crictl| {
-        aurae_tests::cri_bench::crictl_floor(ctl, 5)
-            .expect("crictl version")
-            .as_secs_f64()
-    };
-    let (vf, kf) = (floor(&aurae_ctl), floor(&containerd_ctl));
+    let floor =
+        |ctl: &Crictl| aurae_tests::cri_bench::crictl_floor(ctl, 5).expect("crictl version");
+    let (vfloor, kfloor) = (floor(&aurae_ctl), floor(&containerd_ctl));
+    let (vf, kf) = (vfloor.as_secs_f64(), kfloor.as_secs_f64());
     println!("BENCH cri, medians of {runs} alternating rounds, steps driven by crictl:");
     println!(
         "BENCH   auraed, microVM pod (aurae-microvm)  {}",
@@ -144,8 +142,8 @@ fn bench_cri_microvm_against_containerd() {
         vm.total().as_secs_f64() / peer.total().as_secs_f64().max(f64::MIN_POSITIVE)
     );
     let (v, k) = (
-        vm.total().as_secs_f64() - 3.0 * vf,
-        peer.total().as_secs_f64() - 3.0 * kf,
+        aurae_tests::cri_bench::without_crictl(vm.total(), vfloor),
+        aurae_tests::cri_bench::without_crictl(peer.total(), kfloor),
     );
     println!(
         "BENCH   crictl's own share (`crictl version`, median of 5): {vf:.3} s against auraed, \

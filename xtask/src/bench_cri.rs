@@ -147,10 +147,11 @@ fn print_floor(
     peer_floor: Duration,
     n: usize,
 ) {
+    use aurae_tests::cri_bench::{without_crictl, CRICTL_CALLS};
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (a, k) = (
-        ms(ours) - 3.0 * ms(our_floor),
-        ms(peer) - 3.0 * ms(peer_floor),
+        without_crictl(ours, our_floor) * 1000.0,
+        without_crictl(peer, peer_floor) * 1000.0,
     );
     println!(
         "crictl's own share (`crictl version`, median of {n}): against auraed {:.1} ms, against \
@@ -162,7 +163,7 @@ fn print_floor(
         "  without it: auraed (pre-started) {a:.1} ms, containerd {k:.1} ms, ratio {:.2}; \
          the best ratio crictl leaves (auraed taking no time at all): {:.2}",
         a / k.max(f64::MIN_POSITIVE),
-        3.0 * ms(our_floor) / ms(peer).max(f64::MIN_POSITIVE)
+        f64::from(CRICTL_CALLS) * ms(our_floor) / ms(peer).max(f64::MIN_POSITIVE)
     );
 }
 
