@@ -78,6 +78,8 @@ pub struct VmConfig {
     /// theirs from the TAP's name ([`crate::devices::virtio::net::guest_mac`]).
     pub macs: Vec<(String, [u8; 6])>,
     pub disks: Vec<DiskConfig>,
+    /// Host folders shared over virtio-fs, one device each.
+    pub shares: Vec<FsConfig>,
     pub console: Console,
     /// Pass the SVM/VMX CPUID bits through so the guest can run KVM.
     pub nested: bool,
@@ -107,6 +109,7 @@ impl Default for VmConfig {
             taps: vec![],
             macs: vec![],
             disks: vec![],
+            shares: vec![],
             console: Console::None,
             nested: false,
             huge_pages: false,
@@ -114,6 +117,34 @@ impl Default for VmConfig {
             vsock: None,
             flat_entry: None,
             debug_exit: false,
+        }
+    }
+}
+
+/// A host folder shared with the guest over virtio-fs, which the guest
+/// mounts by its tag (see [`crate::devices::virtio::fs`]).
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub tag: String,
+    pub path: PathBuf,
+}
+
+/// A `--fs` argument that is not `TAG=PATH`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not TAG=PATH")]
+pub struct FsArgError(String);
+
+impl std::str::FromStr for FsConfig {
+    type Err = FsArgError;
+
+    /// `TAG=PATH`, e.g. `volumes=/run/pod/volumes`.
+    fn from_str(s: &str) -> Result<Self, FsArgError> {
+        match s.split_once('=') {
+            Some((tag, path)) if !tag.is_empty() && !path.is_empty() => Ok(Self {
+                tag: tag.into(),
+                path: path.into(),
+            }),
+            _ => Err(FsArgError(s.into())),
         }
     }
 }
@@ -142,6 +173,30 @@ fn readable(option: &'static str, p: &Path) -> Result<(), VmmError> {
 }
 
 impl VmConfig {
+    /// Each share: a tag the device can carry, given once, and a folder.
+    fn validate_shares(&self) -> Result<(), VmmError> {
+        use crate::devices::virtio::fs::TAG_MAX;
+        for (i, s) in self.shares.iter().enumerate() {
+            if s.tag.is_empty() || s.tag.len() > TAG_MAX || s.tag.contains('\0') {
+                return Err(bad(
+                    "fs",
+                    format!("tag {:?}: 1 to {TAG_MAX} bytes, no NUL", s.tag),
+                ));
+            }
+            if self.shares[..i].iter().any(|o| o.tag == s.tag) {
+                return Err(bad("fs", format!("tag {:?} is given twice", s.tag)));
+            }
+            match std::fs::metadata(&s.path) {
+                Err(e) => return Err(VmmError::input("fs", s.path.display())(e)),
+                Ok(m) if !m.is_dir() => {
+                    return Err(bad("fs", format!("{} is not a folder", s.path.display())))
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Checks everything that can be checked without creating the VM.
     /// `max_vcpus` is KVM's limit.
     pub fn validate(&self, max_vcpus: usize) -> Result<(), VmmError> {
@@ -177,7 +232,11 @@ impl VmConfig {
                 format!("longer than {} bytes", crate::boot::CMDLINE_MAX - 1),
             ));
         }
-        let others = usize::from(self.rng) + self.taps.len() + usize::from(self.vsock.is_some());
+        self.validate_shares()?;
+        let others = usize::from(self.rng)
+            + self.taps.len()
+            + self.shares.len()
+            + usize::from(self.vsock.is_some());
         let max_disks = crate::boot::layout::MAX_VIRTIO_DEVICES
             .checked_sub(others)
             .ok_or_else(|| {

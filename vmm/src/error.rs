@@ -70,6 +70,8 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("sharing a folder over virtio-fs")]
+    FsSetup(#[source] crate::devices::virtio::fs::FsError),
     #[error("placing a device on the {bus} bus")]
     Bus {
         bus: &'static str,

@@ -53,6 +53,7 @@ pub fn start(
     mut faults: Vec<WatchFault>,
     state: Arc<VmState>,
     ram: Arc<GuestRam>,
+    filter: crate::seccomp::ThreadKind,
 ) -> Result<JoinHandle<()>, VmmError> {
     let mut em: EventManager<Subscriber> =
         EventManager::new().map_err(|source| VmmError::EventManager { source })?;
@@ -78,7 +79,7 @@ pub fn start(
                 state: state.clone(),
                 thread: "the device event loop".into(),
             };
-            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Events) {
+            if let Err(e) = crate::seccomp::apply(filter) {
                 state.exit(ExitReason::Error(chain(&e)));
             }
             // It sleeps until a device has work, or the VM stops.

@@ -19,7 +19,7 @@ pub mod state;
 pub mod vcpu;
 mod vm;
 
-pub use config::{Console, DiskConfig, VmConfig, VsockConfig};
+pub use config::{Console, DiskConfig, FsConfig, VmConfig, VsockConfig};
 pub use error::{chain as error_chain, KvmError, VcpuError, VmmError};
 pub use state::ExitReason;
 pub use vm::{StopHandle, Vm};

@@ -37,6 +37,10 @@ struct Cli {
     /// A raw disk image; append ":ro" for read-only. Repeatable.
     #[arg(long)]
     disk: Vec<String>,
+    /// A host folder shared over virtio-fs, as TAG=PATH; the guest mounts
+    /// it with `mount -t virtiofs TAG <dir>`. Repeatable.
+    #[arg(long)]
+    fs: Vec<vmm::FsConfig>,
     /// Serial console output: a file path, "stdout", or "none".
     #[arg(long, default_value = "stdout")]
     console: String,
@@ -127,6 +131,7 @@ fn main() {
         taps: cli.tap,
         macs: cli.mac,
         disks,
+        shares: cli.fs,
         console,
         nested: cli.nested,
         huge_pages: cli.huge_pages,

@@ -80,6 +80,45 @@ const EVENTS: &[libc::c_long] = &[
     libc::SYS_lseek,
 ];
 
+/// The event thread of a VM that shares folders (virtio-fs) also answers
+/// FUSE requests on them (fuse-backend-rs's passthrough file system): file
+/// system calls relative to the descriptors it holds, per-request
+/// credentials (setresuid and setresgid, on the calling thread only) and
+/// `CAP_FSETID`, which it drops around a write.
+const FILES: &[libc::c_long] = &[
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_fstatfs,
+    libc::SYS_getdents64,
+    libc::SYS_readlinkat,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat2,
+    libc::SYS_linkat,
+    libc::SYS_symlinkat,
+    libc::SYS_fchownat,
+    libc::SYS_fchown,
+    libc::SYS_fchmodat,
+    libc::SYS_fchmod,
+    libc::SYS_utimensat,
+    libc::SYS_fallocate,
+    libc::SYS_ftruncate,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_flock,
+    libc::SYS_umask,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_capget,
+    libc::SYS_capset,
+    libc::SYS_getuid,
+    libc::SYS_getgid,
+    libc::SYS_getpid,
+];
+
 /// A control thread once the VM runs: the thread that owns the `Vm` (it
 /// waits for the VM, kicks and joins its threads, reports, and drops the VM,
 /// which removes its socket file: keep `unlink`), a signal thread that stops
@@ -96,18 +135,25 @@ const CONTROL: &[libc::c_long] = &[
 pub enum ThreadKind {
     Vcpu,
     Events,
+    /// The event thread of a VM with a virtio-fs device.
+    EventsWithFiles,
     Control,
 }
 
 /// The compiled filter for a kind of thread.
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, VmmError> {
-    let extra = match kind {
-        ThreadKind::Vcpu => VCPU,
-        ThreadKind::Events => EVENTS,
-        ThreadKind::Control => CONTROL,
+    let (extra, files): (_, &[libc::c_long]) = match kind {
+        ThreadKind::Vcpu => (VCPU, &[]),
+        ThreadKind::Events => (EVENTS, &[]),
+        ThreadKind::EventsWithFiles => (EVENTS, FILES),
+        ThreadKind::Control => (CONTROL, &[]),
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        COMMON.iter().chain(extra).map(|s| (*s, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
+        .iter()
+        .chain(extra)
+        .chain(files)
+        .map(|s| (*s, vec![]))
+        .collect();
     let rule = |arg: u8, value: u64| -> Result<SeccompRule, VmmError> {
         let err = |source| VmmError::SeccompBuild {
             what: "an argument rule",
@@ -130,7 +176,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, VmmError> {
                 .collect::<Result<_, _>>()?;
             rules.insert(libc::SYS_ioctl, allowed);
         }
-        ThreadKind::Events => {
+        ThreadKind::Events | ThreadKind::EventsWithFiles => {
             rules.insert(libc::SYS_socket, vec![rule(0, libc::AF_UNIX as u64)?]);
         }
         ThreadKind::Control => {}
@@ -180,7 +226,12 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Events, ThreadKind::Control] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Events,
+            ThreadKind::EventsWithFiles,
+            ThreadKind::Control,
+        ] {
             assert!(!filter(kind).expect("filter").is_empty(), "{kind:?}");
         }
     }
@@ -239,6 +290,22 @@ mod tests {
         .expect("thread");
         drop(w);
         assert_eq!(refused, (-1, Some(libc::EPERM)));
+    }
+
+    #[test]
+    fn only_the_event_thread_of_a_vm_that_shares_folders_opens_files() {
+        let open = |kind| {
+            std::thread::spawn(move || {
+                apply(kind).expect("apply");
+                std::fs::File::open("/dev/null")
+                    .err()
+                    .and_then(|e| e.raw_os_error())
+            })
+            .join()
+            .expect("thread")
+        };
+        assert_eq!(open(ThreadKind::Events), Some(libc::EPERM));
+        assert_eq!(open(ThreadKind::EventsWithFiles), None);
     }
 
     #[test]

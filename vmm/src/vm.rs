@@ -20,8 +20,8 @@ use crate::bus::Bus;
 use crate::devices::event_loop::WatchFault;
 use crate::devices::virtio::mmio::{reg, MmioTransport, MMIO_LEN};
 use crate::devices::virtio::{
-    block::Block, net::tap::Tap, net::Net, rng::Rng, vsock::metrics::VsockMetrics, vsock::Vsock,
-    VirtioDevice,
+    block::Block, fs::Fs, net::tap::Tap, net::Net, rng::Rng, vsock::metrics::VsockMetrics,
+    vsock::Vsock, VirtioDevice,
 };
 use crate::devices::{boot_timer, debug_exit, i8042, serial, IrqTrigger};
 use crate::error::KvmError;
@@ -256,6 +256,12 @@ impl Vm {
             let d = Arc::new(Mutex::new(d));
             devices.push((d.clone(), d));
         }
+        for share in &config.shares {
+            let d = Fs::new(&share.tag, &share.path).map_err(VmmError::FsSetup)?;
+            watch_faults.push(d.watch_fault.clone());
+            let d = Arc::new(Mutex::new(d));
+            devices.push((d.clone(), d));
+        }
         let salt = crate::devices::virtio::net::host_salt();
         for tap in &config.taps {
             let t = Tap::open(tap).map_err(VmmError::input("tap", tap))?;
@@ -392,6 +398,10 @@ impl Vm {
             std::mem::take(&mut self.watch_faults),
             self.state.clone(),
             self.ram.clone(),
+            match self.config.shares.is_empty() {
+                true => crate::seccomp::ThreadKind::Events,
+                false => crate::seccomp::ThreadKind::EventsWithFiles,
+            },
         )?);
         let since = Instant::now();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {

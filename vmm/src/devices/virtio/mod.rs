@@ -4,6 +4,7 @@
 //! [`Interrupt`] when the driver activates it.
 
 pub mod block;
+pub mod fs;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod mmio;
@@ -26,6 +27,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// VIRTIO_F_VERSION_1: every device is a modern (virtio 1.x) device.
 pub const F_VERSION_1: u64 = 1 << 32;
