@@ -1,7 +1,8 @@
 //! Instance parameters from the kernel command line:
 //! `aurae.name=<hostname> aurae.ip=<addr>/<prefix> aurae.gw=<addr>
 //! aurae.port=<port> aurae.vsock=<port> aurae.exit=reboot|poweroff
-//! aurae.bootlog=0|1 aurae.pod=<iface>,<addr>/<prefix>[,<gateway>][,mtu=<n>]`.
+//! aurae.bootlog=0|1 aurae.pod=<iface>,<addr>/<prefix>[,<gateway>][,mtu=<n>]
+//! aurae.volumes=<virtio-fs tag>`.
 
 use std::net::IpAddr;
 
@@ -21,6 +22,8 @@ pub struct BootParams {
     pub bootlog: bool,
     /// A pod's network (a CRI pod's CNI address, on its own device).
     pub pod: Option<PodNet>,
+    /// The virtio-fs tag of the host's folder for a pod's volumes.
+    pub volumes: Option<String>,
 }
 
 /// A pod network device's address and its default gateway.
@@ -104,6 +107,7 @@ impl BootParams {
             poweroff: false,
             bootlog: false,
             pod: None,
+            volumes: None,
         };
         for word in cmdline.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -123,6 +127,13 @@ impl BootParams {
                 }
                 "aurae.ip" => p.ip = Some(cidr("aurae.ip", value)?),
                 "aurae.pod" => p.pod = Some(pod_net(value)?),
+                "aurae.volumes" => {
+                    // The device's tag field: 36 bytes.
+                    if value.is_empty() || value.len() > 36 {
+                        return Err(format!("aurae.volumes={value:?}: 1 to 36 bytes"));
+                    }
+                    p.volumes = Some(value.into());
+                }
                 "aurae.gw" => {
                     p.gateway = Some(
                         value
@@ -205,6 +216,13 @@ mod tests {
                 .expect("bootlog")
                 .bootlog
         );
+        assert_eq!(
+            BootParams::parse("aurae.volumes=aurae-volumes")
+                .expect("volumes")
+                .volumes
+                .as_deref(),
+            Some("aurae-volumes")
+        );
     }
 
     #[test]
@@ -226,6 +244,8 @@ mod tests {
             "aurae.pod=eth1,10.0.0.2/24,10.0.0.1,more",
             "aurae.pod=eth,10.0.0.2/24",
             "aurae.pod=eth1,10.0.0.2/24,mtu=9",
+            "aurae.volumes=",
+            "aurae.volumes=0123456789012345678901234567890123456",
         ] {
             let err = BootParams::parse(bad).unwrap_err();
             let key = bad.split('=').next().unwrap_or_default();

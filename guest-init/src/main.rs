@@ -110,6 +110,9 @@ fn boot(poweroff: &mut bool) -> anyhow::Result<(Child, BootParams)> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let params = BootParams::parse(&cmdline).map_err(anyhow::Error::msg)?;
     *poweroff = params.poweroff;
+    if let Some(tag) = &params.volumes {
+        mounts::volumes(tag)?;
+    }
     if params.bootlog {
         print_kernel_log();
     }

@@ -57,6 +57,21 @@ pub fn mount_all() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Mounts the host's folder for a pod's volumes (virtio-fs, by its `tag`)
+/// where auraed looks for them, nosuid and nodev.
+pub fn volumes(tag: &str) -> anyhow::Result<()> {
+    let at = auraed::instances::volumes::GUEST_DIR;
+    std::fs::create_dir_all(at).with_context(|| format!("creating {at}"))?;
+    mount(
+        Some(tag),
+        at,
+        Some("virtiofs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting the virtio-fs folder {tag} on {at}"))
+}
+
 /// Puts the root on a mount of its own. The initramfs is rootfs, the
 /// initial mount, where `pivot_root` is not allowed (it has no parent), so
 /// cells could not get a root of their own. A bind mount of it, moved onto

@@ -4,7 +4,9 @@
 //! mirror, reaches the booted VM over its link (`PutImage`), checked blob by
 //! blob; then its logs, exec (ExecSync and the streaming server), a host
 //! port and port-forward work, the container runs under the VM's kernel,
-//! and the clean-up leaves no instance, VMM, TAP or host port. What a
+//! and the clean-up leaves no instance, VMM, TAP or host port. A
+//! container's host paths reach it through the VMM's virtio-fs folder,
+//! both ways, read-only where asked, and go with the container. What a
 //! microVM pod can't have yet is refused, naming it, leaving nothing; its
 //! DNS settings reach the container's /etc/resolv.conf, and its sysctls the
 //! VM's kernel (a sysctl that kernel lacks stops the boot, named).
@@ -28,6 +30,84 @@ use aurae_tests::pods::{busybox_image, free_port, http_get};
 use aurae_tests::{report_skip, Daemon};
 
 const HANDLER: &str = "aurae-microvm";
+
+/// A container's host paths in a microVM pod, through the VMM's virtio-fs
+/// folder: a folder read and written both ways, a file read-only; bound in
+/// the VMM's mount namespace only, and taken out with the container (the
+/// host's files stay). Bidirectional propagation is refused, naming it.
+fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32) {
+    let shared = work.join("shared");
+    std::fs::create_dir_all(&shared).expect("shared");
+    std::fs::write(shared.join("from-host.txt"), "host-data\n").expect("file");
+    let config = work.join("app.conf");
+    std::fs::write(&config, "config-data\n").expect("config");
+    let mounts = serde_json::json!([
+        {"host_path": shared.display().to_string(), "container_path": "/data"},
+        {"host_path": config.display().to_string(), "container_path": "/etc/app.conf",
+         "readonly": true},
+    ]);
+    let vol = write_json(
+        work,
+        "volume.json",
+        serde_json::json!({
+            "metadata": {"name": "vol"},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/busybox", "sleep", "3600"],
+            "mounts": mounts,
+        }),
+    );
+    let cid = crictl.ok(&["create", pod_id, &vol, pod]);
+    crictl.ok(&["start", &cid]);
+    let sh = |script: &str| crictl.ok(&["exec", "-s", &cid, "/bin/busybox", "sh", "-c", script]);
+    assert_eq!(
+        sh("cat /data/from-host.txt /etc/app.conf"),
+        "host-data\nconfig-data"
+    );
+    sh("echo guest-data > /data/from-guest.txt && mkdir /data/d && echo x > /data/d/y");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-guest.txt"))
+            .ok()
+            .as_deref(),
+        Some("guest-data\n")
+    );
+    assert!(shared.join("d/y").is_file());
+    // The host changes a file: the guest sees it (its cache lasts 1 s).
+    std::fs::write(shared.join("from-host.txt"), "host-data-2\n").expect("rewrite");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sh("cat /data/from-host.txt"), "host-data-2");
+    assert_eq!(
+        sh("echo no > /etc/app.conf 2>/dev/null && echo wrote || echo refused"),
+        "refused"
+    );
+    // The binds are in the VMM's mount namespace, never in the host's.
+    let mountinfo = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/mountinfo"));
+    let bound = mountinfo(&vmm.to_string()).expect("the VMM's mountinfo");
+    let ours = |m: &str| m.lines().filter(|l| l.contains("/volumes/c-")).count();
+    assert_eq!(ours(&bound), 2, "{bound}");
+    assert_eq!(ours(&mountinfo("self").expect("mountinfo")), 0);
+    crictl.ok(&["stop", "-t", "0", &cid]);
+    crictl.ok(&["rm", &cid]);
+    let bound = mountinfo(&vmm.to_string()).expect("the VMM's mountinfo");
+    assert_eq!(ours(&bound), 0, "{bound}");
+    assert!(shared.join("from-guest.txt").is_file() && config.is_file());
+
+    let both_ways = write_json(
+        work,
+        "both-ways.json",
+        serde_json::json!({
+            "metadata": {"name": "both-ways"},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/busybox", "true"],
+            "linux": {"security_context": {"privileged": true}},
+            "mounts": [{"host_path": "/", "container_path": "/host", "propagation": 2}],
+        }),
+    );
+    let refused = crictl.refused(&["create", pod_id, &both_ways, pod]);
+    assert!(
+        refused.contains("config.mounts[0].propagation"),
+        "{refused}"
+    );
+}
 
 /// Waits until `crictl logs` of `cid` holds `text`.
 fn logs_with(crictl: &Crictl, cid: &str, text: &str) -> String {
@@ -213,19 +293,7 @@ async fn scenario(name: &str, cni: bool) {
         assert_eq!(vm_ip, Some(ip.as_str()), "the pod's IP is its VM's");
     }
 
-    // A host path can't reach the VM yet: refused, naming the field.
-    let with_volume = write_json(
-        work.path(),
-        "volume.json",
-        serde_json::json!({
-            "metadata": {"name": "vol"},
-            "image": {"image": BUSYBOX},
-            "command": ["/bin/busybox", "true"],
-            "mounts": [{"host_path": work.path().display().to_string(), "container_path": "/data"}],
-        }),
-    );
-    let refused = crictl.refused(&["create", &pod_id, &with_volume, &pod]);
-    assert!(refused.contains("config.mounts"), "{refused}");
+    volumes(&crictl, work.path(), &pod_id, &pod, instance.pid);
 
     let server = write_json(
         work.path(),

@@ -1,17 +1,19 @@
-//! How a cell-backed pod's instance sees a container's image and volumes:
-//! bound into its mount namespace under the container's folder, and taken
-//! out again when the container is removed. (A microVM gets the image over
-//! its link instead, and has no host paths.)
+//! How a pod's instance sees a container's image and volumes, taken out
+//! again when the container is removed. A cell-backed instance: bound into
+//! its mount namespace under the container's folder. A microVM gets the
+//! image over its link, and the volumes through its VMM: bound into the
+//! folder the VMM shares with the guest, in the VMM's mount namespace (see
+//! [`crate::instances::volumes`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aurae_proto::runtime as pb;
 use tonic::Status;
 
 use super::state::Container;
 use super::Cri;
-use crate::instances::backend::Backend;
 use crate::instances::Instance;
+use crate::sys::mount_inject::Inject;
 
 /// Where a pod's instance sees its containers' volumes.
 const VOLUMES: &str = "/etc/aurae/volumes";
@@ -32,17 +34,44 @@ pub(super) async fn bind_into(
     // The image, read-only, and each volume (writable unless asked
     // otherwise) under the container's folder in the instance.
     use crate::cells::Propagation as P;
-    use crate::sys::mount_inject::Inject;
     let mut binds = vec![Inject {
         host,
         inside: inside.clone(),
         writable: false,
         propagation: P::Private,
     }];
+    binds.extend(plan(
+        cell,
+        volumes,
+        Path::new(VOLUMES),
+        Path::new(VOLUMES),
+        mounts,
+    ));
+    inject(
+        ns,
+        binds,
+        "binding the container's image and volumes into the pod",
+    )
+    .await?;
+    Ok(inside)
+}
+
+/// Each volume's bind (at `<at>/<cell>-<i>` in the namespace it goes to)
+/// and its mount in the container (from `<seen>/<cell>-<i>`, where the
+/// instance sees it), appended to `mounts`.
+fn plan(
+    cell: &str,
+    volumes: Vec<super::container_config::Volume>,
+    at: &Path,
+    seen: &Path,
+    mounts: &mut Vec<pb::CellMount>,
+) -> Vec<Inject> {
+    use crate::cells::Propagation as P;
+    let mut binds = Vec::new();
     for (i, v) in volumes.into_iter().enumerate() {
-        let at = PathBuf::from(VOLUMES).join(format!("{cell}-{i}"));
+        let entry = format!("{cell}-{i}");
         mounts.push(pb::CellMount {
-            source: at.display().to_string(),
+            source: seen.join(&entry).display().to_string(),
             destination: v.container_path,
             read_only: v.read_only,
             propagation: match v.propagation {
@@ -53,13 +82,64 @@ pub(super) async fn bind_into(
         });
         binds.push(Inject {
             host: v.host,
-            inside: at,
+            inside: at.join(entry),
             writable: !v.read_only,
             propagation: v.propagation,
         });
     }
-    // A bind that fails part-way takes back the ones made before it.
-    crate::blocking::run("binding an image into the pod", move || {
+    binds
+}
+
+/// Refuses what a microVM pod's volumes can't do: a mount made in the
+/// guest does not reach the host (`Bidirectional`).
+pub(super) fn vm_propagation(volumes: &[super::container_config::Volume]) -> Result<(), Status> {
+    match volumes
+        .iter()
+        .position(|v| v.propagation == crate::cells::Propagation::Shared)
+    {
+        Some(i) => Err(Status::unimplemented(format!(
+            "config.mounts[{i}].propagation: bidirectional propagation in a microVM pod ({}) is \
+             not built (a mount made in the guest does not reach the host)",
+            super::sandboxes::MICROVM_HANDLER
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Binds each volume into the folder a microVM pod's VMM shares with its
+/// guest, in the VMM's mount namespace; appends where the guest sees them
+/// to `mounts`. A bind that fails part-way takes back the ones made
+/// before it.
+pub(super) async fn bind_into_vm(
+    instance: &Instance,
+    cell: &str,
+    volumes: Vec<super::container_config::Volume>,
+    mounts: &mut Vec<pb::CellMount>,
+) -> Result<(), Status> {
+    if volumes.is_empty() {
+        return Ok(());
+    }
+    let Some(folder) = instance.volumes_dir() else {
+        return Err(Status::internal(format!(
+            "instance {}: a microVM without a volumes folder",
+            instance.name
+        )));
+    };
+    let seen = Path::new(crate::instances::volumes::GUEST_DIR);
+    let binds = plan(cell, volumes, &folder, seen, mounts);
+    inject(
+        instance.pidfd()?,
+        binds,
+        "binding the container's volumes into its microVM",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Binds `binds` into the mount namespace of the process `ns`; a bind that
+/// fails part-way takes back the ones made before it.
+async fn inject(ns: std::os::fd::OwnedFd, binds: Vec<Inject>, what: &str) -> Result<(), Status> {
+    crate::blocking::run("binding into a pod", move || {
         use crate::sys::mount_inject;
         use std::os::fd::AsFd;
         mount_inject::bind(ns.as_fd(), &binds).inspect_err(|_| {
@@ -71,10 +151,10 @@ pub(super) async fn bind_into(
     })
     .await?
     .map_err(|source| crate::error::ApiError::Mount {
-        what: "binding the container's image and volumes into the pod".into(),
+        what: what.into(),
         source,
     })?;
-    Ok(inside)
+    Ok(())
 }
 
 impl Cri {
@@ -87,14 +167,27 @@ impl Cri {
         let Ok(instance) = self.instance_of(&sandbox) else {
             return Ok(());
         };
-        // A microVM's copy of the image goes with the VM.
-        if instance.choice.backend == Backend::MicroVm {
+        let ns = instance.pidfd()?;
+        let targets: Vec<PathBuf> = match instance.volumes_dir() {
+            // A microVM's copy of the image goes with the VM; its volumes
+            // are in the VMM's folder.
+            Some(folder) => c
+                .mounts
+                .iter()
+                .filter_map(|m| {
+                    let entry = Path::new(&m.source)
+                        .strip_prefix(crate::instances::volumes::GUEST_DIR)
+                        .ok()?;
+                    Some(folder.join(entry))
+                })
+                .collect(),
+            None => std::iter::once(c.image_inside.clone())
+                .chain(c.mounts.iter().map(|m| PathBuf::from(&m.source)))
+                .collect(),
+        };
+        if targets.is_empty() {
             return Ok(());
         }
-        let ns = instance.pidfd()?;
-        let targets: Vec<PathBuf> = std::iter::once(c.image_inside.clone())
-            .chain(c.mounts.iter().map(|m| PathBuf::from(&m.source)))
-            .collect();
         crate::blocking::run("unbinding a container's image and volumes", move || {
             use std::os::fd::AsFd;
             crate::sys::mount_inject::unbind(ns.as_fd(), &targets)

@@ -61,12 +61,8 @@ impl Cri {
         let instance = self.instance_of(&sandbox)?;
         let microvm = instance.choice.backend == Backend::MicroVm;
         let mut volumes = volumes(&config).await?;
-        if microvm && !volumes.is_empty() {
-            return Err(Status::unimplemented(format!(
-                "config.mounts: host paths in a microVM pod ({}) are not built yet (they reach \
-                 a VM through a shared file system, virtio-fs, which is not built)",
-                super::sandboxes::MICROVM_HANDLER
-            )));
+        if microvm {
+            super::container_binds::vm_propagation(&volumes)?;
         }
         // The pod's resolv.conf, unless the container mounts its own: in a
         // microVM's own root (from its initrd), else bound into the
@@ -76,7 +72,7 @@ impl Cri {
             .iter()
             .any(|v| v.container_path == "/etc/resolv.conf");
         match &sandbox.resolv_conf {
-            Some(_) if microvm => mounts.push(pb::CellMount {
+            Some(_) if microvm && !own_resolv => mounts.push(pb::CellMount {
                 source: super::sandboxes::GUEST_RESOLV.into(),
                 destination: "/etc/resolv.conf".into(),
                 read_only: true,
@@ -158,10 +154,12 @@ impl Cri {
                 Some(i) => i.own_channel(&instance)?,
                 None => instance.channel(),
             };
-            PathBuf::from(
+            let inside = PathBuf::from(
                 crate::instances::put_image::put_image(channel, &layout, "config.image.image")
                     .await?,
-            )
+            );
+            super::container_binds::bind_into_vm(&instance, &cell, volumes, &mut mounts).await?;
+            inside
         } else {
             super::container_binds::bind_into(&instance, &cell, host, volumes, &mut mounts).await?
         };

@@ -371,6 +371,12 @@ impl Instances {
             }
             false => (None, crate::executables::Output::Pipes),
         };
+        // The volumes folder, in the folder the instance keeps.
+        let lasting = undo.dir.clone().unwrap_or_else(|| dir.clone());
+        let volumes = crate::blocking::run("making the volumes folder", move || {
+            super::volumes::make(&lasting)
+        })
+        .await??;
         // On a pod network, the VMM has a network namespace of its own.
         let own_netns = spec.pod_network.is_some();
         let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells, !own_netns);
@@ -428,9 +434,12 @@ impl Instances {
             vcpus,
             taps: &taps,
             macs: &macs,
-            cmdline: cmdline(&params, self.ula().bridge_addr()) + &pod_param,
+            cmdline: cmdline(&params, self.ula().bridge_addr())
+                + &pod_param
+                + &super::volumes::boot_param(),
             nested: spec.nested,
             disks: &disks,
+            volumes: Some(&volumes),
         })?;
         let instance = self
             .ready(

@@ -22,13 +22,13 @@ pub mod root;
 mod spawn;
 mod undo;
 mod vmm_process;
+pub mod volumes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-
 use tonic::transport::Channel;
 
 use crate::cells::Cell;

@@ -348,6 +348,7 @@ impl Instances {
             cmdline: spec.cmdline.clone(),
             nested: false,
             disks: &spec.disks,
+            volumes: None,
         })?;
         let command = process.command.clone();
         let init = Executable::start_with(

@@ -26,6 +26,8 @@ pub(super) struct VmmArgs<'a> {
     pub(super) nested: bool,
     /// Disks, in order: /dev/vda, /dev/vdb...
     pub(super) disks: &'a [Disk],
+    /// The folder shared for a microVM's volumes (see [`super::volumes`]).
+    pub(super) volumes: Option<&'a Path>,
 }
 
 /// A disk of a VM.
@@ -152,6 +154,10 @@ pub(super) fn vmm_process(a: &VmmArgs) -> Result<ProcessSpec, ApiError> {
         command.push("--disk".into());
         let ro = if d.read_only { ":ro" } else { "" };
         command.push(format!("{}{ro}", path(&d.path)?));
+    }
+    if let Some(v) = a.volumes {
+        command.push("--fs".into());
+        command.push(format!("{}={}", super::volumes::TAG, path(v)?));
     }
     // Without --console, standard output: the instance's logs.
     if let Some(console) = a.console {
