@@ -58,7 +58,10 @@ pub fn mount_all() -> anyhow::Result<()> {
 }
 
 /// Mounts the host's folder for a pod's volumes (virtio-fs, by its `tag`)
-/// where auraed looks for them, nosuid and nodev.
+/// where auraed looks for them, nosuid and nodev; shared, so that a
+/// container may take a volume `HostToContainer` (a slave copy), as it may
+/// from a host's shared mount. (No mount of the guest's reaches the host:
+/// the host's mounts reach the guest through the VMM's file server.)
 pub fn volumes(tag: &str) -> anyhow::Result<()> {
     let at = auraed::instances::volumes::GUEST_DIR;
     std::fs::create_dir_all(at).with_context(|| format!("creating {at}"))?;
@@ -69,7 +72,15 @@ pub fn volumes(tag: &str) -> anyhow::Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .with_context(|| format!("mounting the virtio-fs folder {tag} on {at}"))
+    .with_context(|| format!("mounting the virtio-fs folder {tag} on {at}"))?;
+    mount(
+        None::<&str>,
+        at,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {at} a shared mount"))
 }
 
 /// Puts the root on a mount of its own. The initramfs is rootfs, the

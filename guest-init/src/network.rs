@@ -100,8 +100,15 @@ pub async fn configure(params: &BootParams) -> anyhow::Result<()> {
             .execute()
             .await
             .context("lo up")?;
+        // A pod's IPv6 network routes the guest's IPv6 traffic: eth0 then
+        // reaches only its own prefix (auraed's bridge, on-link).
+        let pod_v6 = params
+            .pod
+            .as_ref()
+            .is_some_and(|p| p.ip.0.is_ipv6() && p.gateway.is_some());
         if let Some((ip, prefix)) = params.ip {
-            up_with(&handle, "eth0", (ip, prefix), params.gateway, None).await?;
+            let gateway = params.gateway.filter(|g| !(pod_v6 && g.is_ipv6()));
+            up_with(&handle, "eth0", (ip, prefix), gateway, None).await?;
         }
         if let Some(pod) = &params.pod {
             up_with(&handle, &pod.iface, pod.ip, pod.gateway, pod.mtu).await?;

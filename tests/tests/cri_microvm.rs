@@ -13,7 +13,8 @@
 //! Twice: on auraed's bridge (no CNI configuration), and on a CNI network
 //! (Debian's bridge and host-local plugins), which the VMM's namespace joins
 //! before the guest boots: the pod's address is then CNI's, reached from
-//! the host directly, and released when the pod is removed. There the pod
+//! the host directly, and released when the pod is removed; a second pod
+//! there gets an IPv6 network's address (and its default route). There the pod
 //! also outlives a `kill -9` and a SIGTERM of auraed: its VM runs on, and
 //! the restarted auraed takes it back (its listing, log, exec and host
 //! port); its keys are not left on disk.
@@ -35,7 +36,7 @@ const HANDLER: &str = "aurae-microvm";
 /// folder: a folder read and written both ways, a file read-only; bound in
 /// the VMM's mount namespace only, and taken out with the container (the
 /// host's files stay). Bidirectional propagation is refused, naming it.
-fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32) {
+fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32, auraed: u32) {
     let shared = work.join("shared");
     std::fs::create_dir_all(&shared).expect("shared");
     std::fs::write(shared.join("from-host.txt"), "host-data\n").expect("file");
@@ -75,16 +76,19 @@ fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32) {
     std::fs::write(shared.join("from-host.txt"), "host-data-2\n").expect("rewrite");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sh("cat /data/from-host.txt"), "host-data-2");
-    assert_eq!(
-        sh("echo no > /etc/app.conf 2>/dev/null && echo wrote || echo refused"),
-        "refused"
+    let refused = sh("echo no > /etc/app.conf || echo refused");
+    assert!(
+        refused.contains("Read-only file system") && refused.lines().any(|l| l == "refused"),
+        "{refused}"
     );
     // The binds are in the VMM's mount namespace, never in the host's.
     let mountinfo = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/mountinfo"));
     let bound = mountinfo(&vmm.to_string()).expect("the VMM's mountinfo");
     let ours = |m: &str| m.lines().filter(|l| l.contains("/volumes/c-")).count();
     assert_eq!(ours(&bound), 2, "{bound}");
-    assert_eq!(ours(&mountinfo("self").expect("mountinfo")), 0);
+    for pid in ["self".to_string(), auraed.to_string()] {
+        assert_eq!(ours(&mountinfo(&pid).expect("mountinfo")), 0, "in {pid}'s");
+    }
     crictl.ok(&["stop", "-t", "0", &cid]);
     crictl.ok(&["rm", &cid]);
     let bound = mountinfo(&vmm.to_string()).expect("the VMM's mountinfo");
@@ -153,6 +157,8 @@ fn bridge_ports(bridge: &str) -> Vec<String> {
 /// The CNI network of the second run: a bridge of its own with an IPv4
 /// subnet, inside the test host.
 const CNI_SUBNET: &str = "10.99.0.0/24";
+/// The IPv6 network's (a ULA prefix of the test's).
+const CNI_SUBNET6: &str = "fd00:99::/64";
 const CNI_BRIDGE: &str = "cni-vm0";
 
 /// What the CNI network's IPAM holds (host-local: a file per address).
@@ -293,7 +299,7 @@ async fn scenario(name: &str, cni: bool) {
         assert_eq!(vm_ip, Some(ip.as_str()), "the pod's IP is its VM's");
     }
 
-    volumes(&crictl, work.path(), &pod_id, &pod, instance.pid);
+    volumes(&crictl, work.path(), &pod_id, &pod, instance.pid, d.pid());
 
     let server = write_json(
         work.path(),
@@ -335,8 +341,26 @@ async fn scenario(name: &str, cni: bool) {
         assert!(http_get(&format!("{ip}:8080")).contains("pod-says-hi"));
         let routes = crictl.ok(&["exec", "-s", &cid, "/bin/busybox", "ip", "route"]);
         assert!(routes.contains("default via 10.99.0.1"), "{routes}");
-        // A second pod on the same network: an address and a MAC (its CNI
-        // device's) of its own, and both answer.
+        // A second pod, on an IPv6 network of the same bridge (the first
+        // configuration by name is the network, read at each RunPodSandbox):
+        // an address and a MAC (its CNI device's) of its own, its default
+        // route CNI's gateway, and both answer.
+        let dir = aurae_tests::cri::cni_dir(&crictl.socket);
+        let v6 = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "vmnet6",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": CNI_BRIDGE,
+                "isGateway": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": CNI_SUBNET6}]],
+                    "dataDir": ipam.display().to_string(),
+                },
+            }],
+        });
+        let v6_conf = write_json(&dir, "05-vmnet6.conflist", v6);
         let logs2 = work.path().join("logs2");
         std::fs::create_dir_all(&logs2).expect("logs2");
         let pod2 = write_json(
@@ -355,11 +379,17 @@ async fn scenario(name: &str, cni: bool) {
             }),
         );
         let pod2_id = crictl.ok(&["runp", "--runtime", HANDLER, &pod2]);
+        std::fs::remove_file(&v6_conf).expect("the IPv6 network's configuration");
         let cid2 = crictl.ok(&["create", &pod2_id, &server, &pod2]);
         crictl.ok(&["start", &cid2]);
         let ip2 = pod_ip(&crictl, &pod2_id);
-        assert_ne!(ip2, ip);
-        assert!(http_get(&format!("{ip2}:8080")).contains("pod-says-hi"));
+        assert!(ip2.starts_with("fd00:99::"), "the pod's IP is CNI's: {ip2}");
+        assert!(http_get(&format!("[{ip2}]:8080")).contains("pod-says-hi"));
+        let routes = crictl.ok(&["exec", "-s", &cid2, "/bin/busybox", "ip", "-6", "route"]);
+        assert!(
+            routes.contains("default via fd00:99::1 dev eth1"),
+            "{routes}"
+        );
         assert!(http_get(&format!("{ip}:8080")).contains("pod-says-hi"));
         let mac = |c: &str| {
             crictl.ok(&[

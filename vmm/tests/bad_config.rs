@@ -5,10 +5,17 @@ mod guest;
 
 use std::path::PathBuf;
 
-use vmm::{Console, DiskConfig, Vm, VmConfig, VsockConfig};
+use vmm::{Console, DiskConfig, FsConfig, Vm, VmConfig, VsockConfig};
 
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn share(tag: &str, path: &str) -> FsConfig {
+    FsConfig {
+        tag: tag.into(),
+        path: path.into(),
+    }
 }
 
 fn option_of(cfg: VmConfig) -> (&'static str, String) {
@@ -152,6 +159,34 @@ fn each_bad_option_is_named_and_nothing_leaks() {
                     path: dir.path().to_path_buf(),
                     read_only: true,
                 }],
+                ..base.clone()
+            },
+        ),
+        (
+            "fs",
+            VmConfig {
+                shares: vec![share("volumes", "/no/such/folder")],
+                ..base.clone()
+            },
+        ),
+        (
+            "fs",
+            VmConfig {
+                shares: vec![share("volumes", &junk.display().to_string())],
+                ..base.clone()
+            },
+        ),
+        (
+            "fs",
+            VmConfig {
+                shares: vec![share(&"t".repeat(37), &dir.path().display().to_string())],
+                ..base.clone()
+            },
+        ),
+        (
+            "fs",
+            VmConfig {
+                shares: vec![share("volumes", &dir.path().display().to_string()); 2],
                 ..base.clone()
             },
         ),

@@ -86,16 +86,6 @@ impl CniPod {
             }
             remove_record(&self.record);
         };
-        // The guest's IPv6 default route is its link to this auraed.
-        if !a.ip.is_ipv4() {
-            let ip = a.ip;
-            undo(a).await;
-            return Err(ApiError::Unimplemented(format!(
-                "the pod's CNI network {} gave {ip}: an IPv6 pod address on a microVM is not \
-                 built yet",
-                self.network.name
-            )));
-        }
         if let Err(e) = save_record(&self.record, &a) {
             undo(a).await;
             return Err(e);
