@@ -193,8 +193,19 @@ pub fn cri_config(socket: &Path, registry: &Registry, pod_restart: &str) -> Stri
 pub async fn cri_client(
     socket: &Path,
 ) -> aurae_proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+    aurae_proto::cri::runtime_service_client::RuntimeServiceClient::new(cri_channel(socket).await)
+}
+
+/// A CRI image service client of the daemon's socket.
+pub async fn cri_image_client(
+    socket: &Path,
+) -> aurae_proto::cri::image_service_client::ImageServiceClient<tonic::transport::Channel> {
+    aurae_proto::cri::image_service_client::ImageServiceClient::new(cri_channel(socket).await)
+}
+
+async fn cri_channel(socket: &Path) -> tonic::transport::Channel {
     let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+    tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
@@ -203,8 +214,7 @@ pub async fn cri_client(
             }
         }))
         .await
-        .expect("the CRI socket");
-    aurae_proto::cri::runtime_service_client::RuntimeServiceClient::new(channel)
+        .expect("the CRI socket")
 }
 
 /// The daemon's CNI configuration folder (beside its CRI socket).

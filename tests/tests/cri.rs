@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use aurae_tests::cri::{
-    cni_dir, cri_client, daemon, requirements, workloads, write_json, Registry,
+    cni_dir, cri_client, cri_image_client, daemon, requirements, workloads, write_json, Registry,
 };
 use aurae_tests::leaks::Snapshot;
 use aurae_tests::pods::busybox_image;
@@ -116,6 +116,7 @@ async fn crictl_runs_a_pod_from_a_mirrored_registry_and_leaves_nothing() {
         Some("from-the-host"),
         "the container wrote through its volume"
     );
+    streamed_lists_are_the_lists(&crictl.socket).await;
     let logged = crictl.ok(&["logs", &id]);
     assert!(logged.contains("hello-cri"), "{logged}");
     let exec = crictl.ok(&["exec", "--sync", &id, "/bin/busybox", "echo", "from-exec"]);
@@ -507,4 +508,82 @@ async fn bad_cri_requests_name_the_field_and_leave_nothing() {
     let left = workloads(&mut client).await;
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(Snapshot::of(&d), before);
+}
+
+/// The `Stream*` lists (the kubelet's `CRIListStreaming`) hold what the
+/// `List*` calls answer, each item once.
+async fn streamed_lists_are_the_lists(socket: &std::path::Path) {
+    use aurae_proto::cri;
+    use futures::StreamExt;
+    async fn all<T, R>(s: tonic::Streaming<R>, items: impl Fn(R) -> Vec<T>) -> Vec<T> {
+        s.map(|page| {
+            let page = items(page.expect("a page"));
+            assert!(!page.is_empty(), "an empty page");
+            page
+        })
+        .concat()
+        .await
+    }
+    let mut c = cri_client(socket).await;
+    let listed = c
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await;
+    let ids: Vec<String> = listed
+        .expect("list")
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let s = c
+        .stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
+        .await;
+    let streamed = all(s.expect("stream").into_inner(), |r| r.pod_sandboxes).await;
+    assert_eq!(streamed.into_iter().map(|p| p.id).collect::<Vec<_>>(), ids);
+    let listed = c
+        .list_containers(cri::ListContainersRequest::default())
+        .await;
+    let ids: Vec<String> = listed
+        .expect("list")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let s = c
+        .stream_containers(cri::StreamContainersRequest::default())
+        .await;
+    let streamed = all(s.expect("stream").into_inner(), |r| r.containers).await;
+    assert_eq!(streamed.into_iter().map(|c| c.id).collect::<Vec<_>>(), ids);
+    let s = c
+        .stream_container_stats(cri::StreamContainerStatsRequest::default())
+        .await;
+    let stats = all(s.expect("stream").into_inner(), |r| r.container_stats).await;
+    let of = |s: &cri::ContainerStats| s.attributes.as_ref().map(|a| a.id.clone());
+    assert_eq!(stats.iter().filter_map(of).collect::<Vec<_>>(), ids);
+    let s = c
+        .stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest::default())
+        .await;
+    assert_eq!(
+        all(s.expect("stream").into_inner(), |r| r.pod_sandbox_stats)
+            .await
+            .len(),
+        1
+    );
+    let mut images = cri_image_client(socket).await;
+    let listed = images.list_images(cri::ListImagesRequest::default()).await;
+    let ids: Vec<String> = listed
+        .expect("list")
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert!(!ids.is_empty());
+    let s = images
+        .stream_images(cri::StreamImagesRequest::default())
+        .await;
+    let streamed = all(s.expect("stream").into_inner(), |r| r.images).await;
+    assert_eq!(streamed.into_iter().map(|i| i.id).collect::<Vec<_>>(), ids);
 }

@@ -84,11 +84,17 @@ impl ImageService for CriService {
 
     async fn stream_images(
         &self,
-        _r: Request<cri::StreamImagesRequest>,
+        r: Request<cri::StreamImagesRequest>,
     ) -> Result<Response<Self::StreamImagesStream>, Status> {
-        Err(Status::unimplemented(
-            "StreamImages: not built yet (ListImages answers the same)",
-        ))
+        let list = self
+            .list_images(Request::new(cri::ListImagesRequest {
+                filter: r.into_inner().filter,
+            }))
+            .await?
+            .into_inner();
+        Ok(Response::new(super::pages::pages(list.images, |images| {
+            cri::StreamImagesResponse { images }
+        })))
     }
 
     type StreamImagesStream = std::pin::Pin<

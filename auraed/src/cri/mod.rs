@@ -44,6 +44,8 @@ pub mod image_store;
 #[cfg(feature = "cri")]
 mod microvm_net;
 #[cfg(feature = "cri")]
+mod pages;
+#[cfg(feature = "cri")]
 pub mod pull;
 #[cfg(feature = "cri")]
 mod records;

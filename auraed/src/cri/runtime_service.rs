@@ -8,6 +8,7 @@ use aurae_proto::cri::runtime_service_server::RuntimeService;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::pages::pages;
 use super::{Cri, CriService};
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -17,7 +18,7 @@ pub fn not_yet(call: &str, what: &str) -> Status {
     Status::unimplemented(format!("{call}: {what} is not built yet"))
 }
 
-const STATS: &str = "streaming statistics, and metrics";
+const METRICS: &str = "pod and container metrics (ListPodSandboxStats and ListContainerStats answer their statistics)";
 
 #[tonic::async_trait]
 impl RuntimeService for CriService {
@@ -81,12 +82,14 @@ impl RuntimeService for CriService {
     type StreamPodSandboxesStream = Streamed<cri::StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(
         &self,
-        _r: Request<cri::StreamPodSandboxesRequest>,
+        r: Request<cri::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        Err(not_yet(
-            "StreamPodSandboxes",
-            "streaming the list (ListPodSandbox answers it)",
-        ))
+        let list = self.list_sandboxes(cri::ListPodSandboxRequest {
+            filter: r.into_inner().filter,
+        });
+        Ok(Response::new(pages(list.items, |pod_sandboxes| {
+            cri::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
     }
 
     async fn create_container(
@@ -133,12 +136,17 @@ impl RuntimeService for CriService {
     type StreamContainersStream = Streamed<cri::StreamContainersResponse>;
     async fn stream_containers(
         &self,
-        _r: Request<cri::StreamContainersRequest>,
+        r: Request<cri::StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        Err(not_yet(
-            "StreamContainers",
-            "streaming the list (ListContainers answers it)",
-        ))
+        let list = Cri::list_containers(
+            self,
+            cri::ListContainersRequest {
+                filter: r.into_inner().filter,
+            },
+        );
+        Ok(Response::new(pages(list.containers, |containers| {
+            cri::StreamContainersResponse { containers }
+        })))
     }
 
     async fn container_status(
@@ -216,9 +224,12 @@ impl RuntimeService for CriService {
     type StreamContainerStatsStream = Streamed<cri::StreamContainerStatsResponse>;
     async fn stream_container_stats(
         &self,
-        _r: Request<cri::StreamContainerStatsRequest>,
+        r: Request<cri::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        Err(not_yet("StreamContainerStats", STATS))
+        let stats = Cri::list_container_stats(self, r.into_inner().filter).await;
+        Ok(Response::new(pages(stats, |container_stats| {
+            cri::StreamContainerStatsResponse { container_stats }
+        })))
     }
 
     async fn pod_sandbox_stats(
@@ -249,9 +260,12 @@ impl RuntimeService for CriService {
     type StreamPodSandboxStatsStream = Streamed<cri::StreamPodSandboxStatsResponse>;
     async fn stream_pod_sandbox_stats(
         &self,
-        _r: Request<cri::StreamPodSandboxStatsRequest>,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        Err(not_yet("StreamPodSandboxStats", STATS))
+        let stats = self.list_pod_stats(r.into_inner().filter).await;
+        Ok(Response::new(pages(stats, |pod_sandbox_stats| {
+            cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        })))
     }
 
     async fn update_runtime_config(
@@ -362,14 +376,14 @@ impl RuntimeService for CriService {
         &self,
         _r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("ListMetricDescriptors", STATS))
+        Err(not_yet("ListMetricDescriptors", METRICS))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("ListPodSandboxMetrics", STATS))
+        Err(not_yet("ListPodSandboxMetrics", METRICS))
     }
 
     type StreamPodSandboxMetricsStream = Streamed<cri::StreamPodSandboxMetricsResponse>;
@@ -377,7 +391,7 @@ impl RuntimeService for CriService {
         &self,
         _r: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(not_yet("StreamPodSandboxMetrics", STATS))
+        Err(not_yet("StreamPodSandboxMetrics", METRICS))
     }
 
     async fn runtime_config(
