@@ -36,7 +36,8 @@ const HANDLER: &str = "aurae-microvm";
 /// folder: a folder read and written both ways, a file read-only; bound in
 /// the VMM's mount namespace only, and taken out with the container (the
 /// host's files stay). Bidirectional propagation is refused, naming it.
-fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32, auraed: u32) {
+/// Answers the container, stopped, for [`unbound_with_rm`].
+fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32, auraed: u32) -> String {
     let shared = work.join("shared");
     std::fs::create_dir_all(&shared).expect("shared");
     std::fs::write(shared.join("from-host.txt"), "host-data\n").expect("file");
@@ -82,18 +83,11 @@ fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32, aura
         "{refused}"
     );
     // The binds are in the VMM's mount namespace, never in the host's.
-    let mountinfo = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/mountinfo"));
-    let bound = mountinfo(&vmm.to_string()).expect("the VMM's mountinfo");
-    let ours = |m: &str| m.lines().filter(|l| l.contains("/volumes/c-")).count();
-    assert_eq!(ours(&bound), 2, "{bound}");
+    assert_eq!(binds_in(&vmm.to_string()), 2);
     for pid in ["self".to_string(), auraed.to_string()] {
-        assert_eq!(ours(&mountinfo(&pid).expect("mountinfo")), 0, "in {pid}'s");
+        assert_eq!(binds_in(&pid), 0, "in {pid}'s");
     }
     crictl.ok(&["stop", "-t", "0", &cid]);
-    crictl.ok(&["rm", &cid]);
-    let bound = mountinfo(&vmm.to_string()).expect("the VMM's mountinfo");
-    assert_eq!(ours(&bound), 0, "{bound}");
-    assert!(shared.join("from-guest.txt").is_file() && config.is_file());
 
     let both_ways = write_json(
         work,
@@ -111,6 +105,24 @@ fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32, aura
         refused.contains("config.mounts[0].propagation"),
         "{refused}"
     );
+    cid
+}
+
+/// The volume binds in the mount namespace of process `pid`.
+fn binds_in(pid: &str) -> usize {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    mountinfo
+        .lines()
+        .filter(|l| l.contains("/volumes/c-"))
+        .count()
+}
+
+/// Removing the container of [`volumes`] takes its binds out of the VMM's
+/// namespace; the host's files stay.
+fn unbound_with_rm(crictl: &Crictl, work: &Path, cid: &str, vmm: u32) {
+    crictl.ok(&["rm", cid]);
+    assert_eq!(binds_in(&vmm.to_string()), 0);
+    assert!(work.join("shared/from-guest.txt").is_file() && work.join("app.conf").is_file());
 }
 
 /// Waits until `crictl logs` of `cid` holds `text`.
@@ -299,7 +311,11 @@ async fn scenario(name: &str, cni: bool) {
         assert_eq!(vm_ip, Some(ip.as_str()), "the pod's IP is its VM's");
     }
 
-    volumes(&crictl, work.path(), &pod_id, &pod, instance.pid, d.pid());
+    let with_volumes = volumes(&crictl, work.path(), &pod_id, &pod, instance.pid, d.pid());
+    // A kept pod's is removed after auraed's restarts, below.
+    if !cni {
+        unbound_with_rm(&crictl, work.path(), &with_volumes, instance.pid);
+    }
 
     let server = write_json(
         work.path(),
@@ -490,6 +506,9 @@ async fn scenario(name: &str, cni: bool) {
                 "{log_text}"
             );
         }
+        // The restarted auraed unbinds a container's volumes, bound by the
+        // first.
+        unbound_with_rm(&crictl, work.path(), &with_volumes, vmm_pid);
     }
     page_through_port_forward(&crictl, &pod_id, 8080);
     let file_log = std::fs::read_to_string(logs.join("web.log")).expect("the CRI log file");
