@@ -165,6 +165,8 @@ impl Cri {
             keep: self.cfg.pod_restart == super::config::PodRestart::Keep,
             pod_network: None,
             files: Vec::new(),
+            // Its containers' host paths, on the microVM backend.
+            volumes: true,
         };
         let choice = instances.choice_for(&spec).map_err(Status::from)?;
         let microvm = choice.backend == Backend::MicroVm;

@@ -500,6 +500,7 @@ pub fn spec_of(r: &InstanceRecord) -> super::InstanceSpec {
         keep: true,
         pod_network: None,
         files: Vec::new(),
+        volumes: false,
     }
 }
 

@@ -371,12 +371,17 @@ impl Instances {
             }
             false => (None, crate::executables::Output::Pipes),
         };
-        // The volumes folder, in the folder the instance keeps.
-        let lasting = undo.dir.clone().unwrap_or_else(|| dir.clone());
-        let volumes = crate::blocking::run("making the volumes folder", move || {
-            super::volumes::make(&lasting)
-        })
-        .await??;
+        // A pod's volumes folder, in the folder the instance keeps.
+        let volumes = match spec.volumes {
+            true => {
+                let lasting = undo.dir.clone().unwrap_or_else(|| dir.clone());
+                let made = crate::blocking::run("making the volumes folder", move || {
+                    super::volumes::make(&lasting)
+                });
+                Some(made.await??)
+            }
+            false => None,
+        };
         // On a pod network, the VMM has a network namespace of its own.
         let own_netns = spec.pod_network.is_some();
         let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells, !own_netns);
@@ -436,10 +441,13 @@ impl Instances {
             macs: &macs,
             cmdline: cmdline(&params, self.ula().bridge_addr())
                 + &pod_param
-                + &super::volumes::boot_param(),
+                + &volumes
+                    .as_ref()
+                    .map(|_| super::volumes::boot_param())
+                    .unwrap_or_default(),
             nested: spec.nested,
             disks: &disks,
-            volumes: Some(&volumes),
+            volumes: volumes.as_deref(),
         })?;
         let instance = self
             .ready(

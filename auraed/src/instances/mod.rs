@@ -52,8 +52,7 @@ pub struct InstanceSpec {
     pub kernel: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
     pub ready_timeout: Duration,
-    /// Host files or folders the instance sees read-only. A pod's images
-    /// reach it this way.
+    /// Host files or folders the instance sees read-only (a pod's images).
     pub read_only: Vec<Shared>,
     /// What the instance's record holds for it (validated).
     pub metadata: std::collections::BTreeMap<String, String>,
@@ -70,11 +69,12 @@ pub struct InstanceSpec {
     /// Outlives this auraed: a restarted auraed takes it back (cell
     /// backend only; see [`kept`]).
     pub keep: bool,
-    /// A pod network the VMM's own namespace joins (microVM backend only;
-    /// see [`pod_network`]).
+    /// A pod network the VMM's own namespace joins (microVM; [`pod_network`]).
     pub pod_network: Option<pod_network::PodNetworkHook>,
     /// Files the instance finds in its root (a pod's resolv.conf).
     pub files: Vec<crate::cells::SeedFile>,
+    /// A folder its VMM shares for a pod's volumes (microVM; [`volumes`]).
+    pub volumes: bool,
 }
 
 /// A host bridge an instance gets a network device on.

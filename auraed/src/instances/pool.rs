@@ -279,6 +279,7 @@ impl Instances {
                 keep: false,
                 pod_network: None,
                 files: Vec::new(),
+                volumes: false,
             };
             let started = match self.spawn_new(&spec, &cells, log_bytes).await {
                 // Its metadata endpoint's listener, made ahead too.

@@ -1,6 +1,9 @@
-//! A microVM's volumes: a folder of the instance's, shared with the guest
-//! by the VMM's virtio-fs device (`aurae-vmm --fs`) and mounted by the
-//! guest's /init at [`GUEST_DIR`] (boot parameter `aurae.volumes`).
+//! A microVM pod's volumes: a folder of the instance's, shared with the
+//! guest by the VMM's virtio-fs device (`aurae-vmm --fs`) and mounted by
+//! the guest's /init at [`GUEST_DIR`] (boot parameter `aurae.volumes`).
+//! Only an instance spawned for a CRI pod has it (`InstanceSpec::volumes`):
+//! a VMM with a share answers FUSE requests on its event thread, whose
+//! seccomp filter then allows file system calls.
 //!
 //! The folder starts empty. A CRI container's host paths are bound into it
 //! in the VMM's own mount namespace only ([`crate::sys::mount_inject`]),
@@ -39,10 +42,16 @@ pub(super) fn make(dir: &Path) -> Result<PathBuf, ApiError> {
 }
 
 impl Instance {
-    /// The host's path of a microVM's volumes folder, as its VMM sees it.
+    /// The host's path of a microVM's volumes folder, as its VMM sees it,
+    /// if it was spawned with one (`InstanceSpec::volumes`; one taken back
+    /// after a restart has its folder still).
     pub fn volumes_dir(&self) -> Option<PathBuf> {
         match self.choice.backend {
-            Backend::MicroVm => self.dir.as_ref().map(|d| d.join(FOLDER)),
+            Backend::MicroVm => self
+                .dir
+                .as_ref()
+                .map(|d| d.join(FOLDER))
+                .filter(|f| f.is_dir()),
             Backend::Cell => None,
         }
     }

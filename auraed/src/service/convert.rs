@@ -460,5 +460,6 @@ pub fn spawn_spec(r: &pb::SpawnRequest) -> Result<InstanceSpec, ApiError> {
         keep: false,
         pod_network: None,
         files: Vec::new(),
+        volumes: false,
     })
 }
