@@ -173,6 +173,15 @@ fn readable(option: &'static str, p: &Path) -> Result<(), VmmError> {
 }
 
 impl VmConfig {
+    /// The seccomp filter of the VM's event thread: with file system calls
+    /// where a folder is shared (its file server runs there).
+    pub fn event_filter(&self) -> crate::seccomp::ThreadKind {
+        match self.shares.is_empty() {
+            true => crate::seccomp::ThreadKind::Events,
+            false => crate::seccomp::ThreadKind::EventsWithFiles,
+        }
+    }
+
     /// Each share: a tag the device can carry, given once, and a folder.
     fn validate_shares(&self) -> Result<(), VmmError> {
         use crate::devices::virtio::fs::TAG_MAX;
@@ -182,6 +191,9 @@ impl VmConfig {
                     "fs",
                     format!("tag {:?}: 1 to {TAG_MAX} bytes, no NUL", s.tag),
                 ));
+            }
+            if s.path.to_str().is_none() {
+                return Err(bad("fs", format!("{} is not UTF-8", s.path.display())));
             }
             if self.shares[..i].iter().any(|o| o.tag == s.tag) {
                 return Err(bad("fs", format!("tag {:?} is given twice", s.tag)));

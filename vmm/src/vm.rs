@@ -243,24 +243,25 @@ impl Vm {
         let mut subscribers: Vec<Subscriber> = Vec::new();
         let mut watch_faults = Vec::new();
         let mut devices: Vec<(Arc<Mutex<dyn VirtioDevice>>, Subscriber)> = Vec::new();
+        // Each device: its event-loop registration watched, then on the bus.
+        macro_rules! add {
+            ($d:expr) => {{
+                let d = $d;
+                watch_faults.push(d.watch_fault.clone());
+                let d = Arc::new(Mutex::new(d));
+                devices.push((d.clone(), d));
+            }};
+        }
         if config.rng {
-            let d = Rng::new().map_err(device_err("rng"))?;
-            watch_faults.push(d.watch_fault.clone());
-            let d = Arc::new(Mutex::new(d));
-            devices.push((d.clone(), d));
+            add!(Rng::new().map_err(device_err("rng"))?);
         }
         for disk in &config.disks {
             let d = Block::open(&disk.path, disk.read_only)
                 .map_err(VmmError::input("disk", disk.path.display()))?;
-            watch_faults.push(d.watch_fault.clone());
-            let d = Arc::new(Mutex::new(d));
-            devices.push((d.clone(), d));
+            add!(d);
         }
         for share in &config.shares {
-            let d = Fs::new(&share.tag, &share.path).map_err(VmmError::FsSetup)?;
-            watch_faults.push(d.watch_fault.clone());
-            let d = Arc::new(Mutex::new(d));
-            devices.push((d.clone(), d));
+            add!(Fs::new(&share.tag, &share.path).map_err(VmmError::FsSetup)?);
         }
         let salt = crate::devices::virtio::net::host_salt();
         for tap in &config.taps {
@@ -271,10 +272,7 @@ impl Vm {
                 .find(|(t, _)| t == tap)
                 .map(|(_, m)| *m)
                 .unwrap_or_else(|| crate::devices::virtio::net::guest_mac(tap, &salt));
-            let d = Net::new(t, mac).map_err(device_err("net"))?;
-            watch_faults.push(d.watch_fault.clone());
-            let d = Arc::new(Mutex::new(d));
-            devices.push((d.clone(), d));
+            add!(Net::new(t, mac).map_err(device_err("net"))?);
         }
         let mut vsock_socket = None;
         let mut vsock_metrics = None;
@@ -283,9 +281,7 @@ impl Vm {
                 .map_err(VmmError::input("vsock", v.uds_path.display()))?;
             vsock_socket = Some(SocketFile(v.uds_path.clone()));
             vsock_metrics = Some(d.metrics.clone());
-            watch_faults.push(d.watch_fault.clone());
-            let d = Arc::new(Mutex::new(d));
-            devices.push((d.clone(), d));
+            add!(d);
         }
         for (i, (device, subscriber)) in devices.into_iter().enumerate() {
             let base = layout::MMIO_BASE + i as u64 * MMIO_LEN;
@@ -398,10 +394,7 @@ impl Vm {
             std::mem::take(&mut self.watch_faults),
             self.state.clone(),
             self.ram.clone(),
-            match self.config.shares.is_empty() {
-                true => crate::seccomp::ThreadKind::Events,
-                false => crate::seccomp::ThreadKind::EventsWithFiles,
-            },
+            self.config.event_filter(),
         )?);
         let since = Instant::now();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {

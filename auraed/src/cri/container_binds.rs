@@ -12,6 +12,7 @@ use tonic::Status;
 
 use super::state::Container;
 use super::Cri;
+use crate::instances::backend::Backend;
 use crate::instances::Instance;
 use crate::sys::mount_inject::Inject;
 
@@ -108,8 +109,9 @@ pub(super) fn vm_propagation(volumes: &[super::container_config::Volume]) -> Res
 
 /// Binds each volume into the folder a microVM pod's VMM shares with its
 /// guest, in the VMM's mount namespace; appends where the guest sees them
-/// to `mounts`. A bind that fails part-way takes back the ones made
-/// before it.
+/// to `mounts`. The mount points are made in this auraed's namespace (the
+/// VMM sees the folder read-only). A bind that fails part-way takes back
+/// the ones made before it, and the mount points.
 pub(super) async fn bind_into_vm(
     instance: &Instance,
     cell: &str,
@@ -127,12 +129,39 @@ pub(super) async fn bind_into_vm(
     };
     let seen = Path::new(crate::instances::volumes::GUEST_DIR);
     let binds = plan(cell, volumes, &folder, seen, mounts);
-    inject(
-        instance.pidfd()?,
-        binds,
-        "binding the container's volumes into its microVM",
-    )
-    .await?;
+    let ns = instance.pidfd()?;
+    crate::blocking::run("binding volumes into a microVM", move || {
+        use crate::instances::volumes;
+        use crate::sys::mount_inject;
+        use std::os::fd::AsFd;
+        let points: Vec<(PathBuf, bool)> = binds
+            .iter()
+            .map(|b| {
+                (
+                    b.inside.clone(),
+                    std::fs::metadata(&b.host).is_ok_and(|m| !m.is_dir()),
+                )
+            })
+            .collect();
+        let targets: Vec<PathBuf> = points.iter().map(|(p, _)| p.clone()).collect();
+        let made =
+            volumes::mount_points(&points).map_err(|e| mount_inject::InjectError::MountPoint {
+                path: folder.clone(),
+                source: e,
+            });
+        made.and_then(|()| mount_inject::bind(ns.as_fd(), &binds))
+            .inspect_err(|_| {
+                if let Err(e) = mount_inject::unmount(ns.as_fd(), &targets) {
+                    tracing::error!("unbinding after a failed bind: {}", crate::error::chain(&e));
+                }
+                volumes::remove_points(&targets);
+            })
+    })
+    .await?
+    .map_err(|source| crate::error::ApiError::Mount {
+        what: "binding the container's volumes into its microVM".into(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -168,29 +197,46 @@ impl Cri {
             return Ok(());
         };
         let ns = instance.pidfd()?;
-        let targets: Vec<PathBuf> = match instance.volumes_dir() {
+        let (targets, in_vmm) = match instance.choice.backend {
             // A microVM's copy of the image goes with the VM; its volumes
-            // are in the VMM's folder.
-            Some(folder) => c
-                .mounts
-                .iter()
-                .filter_map(|m| {
-                    let entry = Path::new(&m.source)
-                        .strip_prefix(crate::instances::volumes::GUEST_DIR)
-                        .ok()?;
-                    Some(folder.join(entry))
-                })
-                .collect(),
-            None => std::iter::once(c.image_inside.clone())
-                .chain(c.mounts.iter().map(|m| PathBuf::from(&m.source)))
-                .collect(),
+            // are in the VMM's folder, if it has one.
+            Backend::MicroVm => {
+                let Some(folder) = instance.volumes_dir() else {
+                    return Ok(());
+                };
+                let targets: Vec<PathBuf> = c
+                    .mounts
+                    .iter()
+                    .filter_map(|m| {
+                        let entry = Path::new(&m.source)
+                            .strip_prefix(crate::instances::volumes::GUEST_DIR)
+                            .ok()?;
+                        Some(folder.join(entry))
+                    })
+                    .collect();
+                (targets, true)
+            }
+            Backend::Cell => {
+                let targets = std::iter::once(c.image_inside.clone())
+                    .chain(c.mounts.iter().map(|m| PathBuf::from(&m.source)))
+                    .collect();
+                (targets, false)
+            }
         };
         if targets.is_empty() {
             return Ok(());
         }
         crate::blocking::run("unbinding a container's image and volumes", move || {
+            use crate::sys::mount_inject;
             use std::os::fd::AsFd;
-            crate::sys::mount_inject::unbind(ns.as_fd(), &targets)
+            if !in_vmm {
+                return mount_inject::unbind(ns.as_fd(), &targets);
+            }
+            // The VMM sees its folder read-only: the mount points are
+            // removed in this auraed's namespace, as they were made.
+            mount_inject::unmount(ns.as_fd(), &targets)?;
+            crate::instances::volumes::remove_points(&targets);
+            Ok(())
         })
         .await?
         .map_err(|source| crate::error::ApiError::Mount {

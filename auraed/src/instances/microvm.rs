@@ -372,21 +372,14 @@ impl Instances {
             false => (None, crate::executables::Output::Pipes),
         };
         // A pod's volumes folder, in the folder the instance keeps.
-        let volumes = match spec.volumes {
-            true => {
-                let lasting = undo.dir.clone().unwrap_or_else(|| dir.clone());
-                let made = crate::blocking::run("making the volumes folder", move || {
-                    super::volumes::make(&lasting)
-                });
-                Some(made.await??)
-            }
-            false => None,
-        };
+        let lasting = undo.dir.clone().unwrap_or_else(|| dir.clone());
+        let volumes = super::volumes::prepare(spec.volumes, lasting).await?;
         // On a pod network, the VMM has a network namespace of its own.
         let own_netns = spec.pod_network.is_some();
         let cell_spec = vmm_cell_spec(&spec.name, mem_mib, cells, !own_netns);
         let cell = Cell::create(cell_spec, cells.clone()).await?;
         undo.cell = Some(cell.clone());
+        super::volumes::seal(&cell, volumes.as_deref()).await?;
         injected(fail, FailAt::Cell)?;
 
         // 6. The TAP on the bridge (named like the veths, after it); on a

@@ -5,18 +5,25 @@
 //! a VMM with a share answers FUSE requests on its event thread, whose
 //! seccomp filter then allows file system calls.
 //!
-//! The folder starts empty. A CRI container's host paths are bound into it
-//! in the VMM's own mount namespace only ([`crate::sys::mount_inject`]),
-//! one entry per volume: the VMM's file server, which serves nothing above
-//! the folder, sees them; the host's own tree has only their empty mount
-//! points, which go with the instance's folder. The guest binds each entry
-//! into its container.
+//! The folder starts empty, and the VMM sees it read-only (a read-only bind
+//! of it onto itself in the VMM's mount namespace, made before the VMM
+//! starts): the guest can't put anything in it. A CRI container's host
+//! paths are bound into it in the VMM's own mount namespace only
+//! ([`crate::sys::mount_inject`]), one entry per volume, writable unless
+//! asked otherwise: the VMM's file server, which serves nothing above the
+//! folder, sees them; the host's own tree has only their empty mount points,
+//! which this auraed makes and removes there (never following a link), and
+//! which go with the instance's folder. The guest binds each entry into its
+//! container.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use super::backend::Backend;
 use super::Instance;
+use crate::cells::Cell;
 use crate::error::ApiError;
+use crate::sys::mount_inject;
 
 /// The virtio-fs tag of the folder.
 pub const TAG: &str = "aurae-volumes";
@@ -30,9 +37,85 @@ pub fn boot_param() -> String {
     format!(" aurae.volumes={TAG}")
 }
 
+/// The folder of an instance whose spec asks for one (`wanted`), made in
+/// its lasting folder `dir`.
+pub(super) async fn prepare(wanted: bool, dir: PathBuf) -> Result<Option<PathBuf>, ApiError> {
+    if !wanted {
+        return Ok(None);
+    }
+    crate::blocking::run("making the volumes folder", move || make(&dir))
+        .await?
+        .map(Some)
+}
+
+/// Makes the folder read-only in the mount namespace of the VMM's `cell`,
+/// before the VMM starts in it.
+pub(super) async fn seal(cell: &Cell, folder: Option<&Path>) -> Result<(), ApiError> {
+    let Some(folder) = folder.map(Path::to_path_buf) else {
+        return Ok(());
+    };
+    let (pidfd, _) = cell.namespaces();
+    let ns = pidfd
+        .try_clone_to_owned()
+        .map_err(|e| ApiError::io("a pidfd of the VMM's cell", e))?;
+    crate::blocking::run("sealing the volumes folder", move || {
+        use std::os::fd::AsFd;
+        mount_inject::bind_read_only(ns.as_fd(), &[(folder.clone(), folder)])
+    })
+    .await?
+    .map_err(|source| ApiError::Mount {
+        what: "binding the volumes folder read-only for the VMM".into(),
+        source,
+    })
+}
+
+/// Makes each mount point (a file for a file, else a folder) in this
+/// auraed's own namespace, where the folder is writable; one there already
+/// (a retried bind) is taken if it is what it should be.
+pub fn mount_points(points: &[(PathBuf, bool)]) -> Result<(), std::io::Error> {
+    for (at, file) in points {
+        let made = match file {
+            true => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(at)
+                .map(drop),
+            false => std::fs::DirBuilder::new().mode(0o700).create(at),
+        };
+        match made {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let m = std::fs::symlink_metadata(at)?;
+                if m.is_file() != *file || m.is_dir() == *file {
+                    return Err(std::io::Error::other(format!(
+                        "{} is in the way of a mount point",
+                        at.display()
+                    )));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Removes mount points made by [`mount_points`] (a link is removed, not
+/// followed); one that is gone already is fine.
+pub fn remove_points(points: &[PathBuf]) {
+    for at in points {
+        let removed = std::fs::remove_dir(at).or_else(|_| std::fs::remove_file(at));
+        if let Err(e) = removed {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing the mount point {}: {e}", at.display());
+            }
+        }
+    }
+}
+
 /// Makes the folder in the instance's folder `dir`: root's only.
-pub(super) fn make(dir: &Path) -> Result<PathBuf, ApiError> {
-    use std::os::unix::fs::DirBuilderExt;
+fn make(dir: &Path) -> Result<PathBuf, ApiError> {
     let at = dir.join(FOLDER);
     std::fs::DirBuilder::new()
         .mode(0o700)

@@ -151,25 +151,35 @@ pub(super) fn set_tree_attr(tree: &OwnedFd, attr: &MountAttr) -> std::io::Result
 }
 
 /// In the calling thread (which has joined the cell's mount namespace):
-/// makes `target` (a file when `file`, else a folder) and moves `tree` onto
-/// it.
+/// makes `target` (a file when `file`, else a folder) unless it is one
+/// already, and moves `tree` onto it. Anything else in its place (a
+/// symbolic link) is refused, not followed.
 fn attach(tree: &OwnedFd, target: &Path, file: bool) -> Result<(), InjectError> {
     let point = |source| InjectError::MountPoint {
         path: target.to_path_buf(),
         source,
     };
-    if file {
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir).map_err(point)?;
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.is_file() == file && m.is_dir() != file => {}
+        Ok(_) => {
+            let kind = if file { "file" } else { "folder" };
+            return Err(point(std::io::Error::other(format!(
+                "something else than a {kind} is in its place"
+            ))));
         }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(target)
-            .map_err(point)?;
-    } else {
-        std::fs::create_dir_all(target).map_err(point)?;
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(point(e)),
+        Err(_) if file => {
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(point)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(target)
+                .map_err(point)?;
+        }
+        Err(_) => std::fs::create_dir_all(target).map_err(point)?,
     }
     let c_target = c_path(target)?;
     // SAFETY: `tree` is a detached mount fd we own, the paths are valid
@@ -260,6 +270,15 @@ pub fn bind(ns: BorrowedFd<'_>, binds: &[Inject]) -> Result<(), InjectError> {
 /// the process `ns` and removes its mount point. A target that isn't
 /// mounted (a bind that never happened) is only removed.
 pub fn unbind(ns: BorrowedFd<'_>, targets: &[PathBuf]) -> Result<(), InjectError> {
+    detach(ns, targets, true)
+}
+
+/// [`unbind`], leaving the mount points (which their maker removes).
+pub fn unmount(ns: BorrowedFd<'_>, targets: &[PathBuf]) -> Result<(), InjectError> {
+    detach(ns, targets, false)
+}
+
+fn detach(ns: BorrowedFd<'_>, targets: &[PathBuf], remove: bool) -> Result<(), InjectError> {
     let targets = targets.to_vec();
     let ns = ns.try_clone_to_owned().map_err(InjectError::Thread)?;
     let thread = std::thread::Builder::new()
@@ -268,7 +287,10 @@ pub fn unbind(ns: BorrowedFd<'_>, targets: &[PathBuf]) -> Result<(), InjectError
             unshare(CloneFlags::CLONE_FS).map_err(InjectError::Unshare)?;
             setns(&ns, CloneFlags::CLONE_NEWNS).map_err(InjectError::Setns)?;
             for t in &targets {
-                match nix::mount::umount2(t.as_path(), nix::mount::MntFlags::MNT_DETACH) {
+                // A symbolic link in its place is not followed.
+                let flags =
+                    nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+                match nix::mount::umount2(t.as_path(), flags) {
                     Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
                     Err(source) => {
                         return Err(InjectError::Unmount {
@@ -276,6 +298,9 @@ pub fn unbind(ns: BorrowedFd<'_>, targets: &[PathBuf]) -> Result<(), InjectError
                             source,
                         })
                     }
+                }
+                if !remove {
+                    continue;
                 }
                 let removed = std::fs::remove_dir(t).or_else(|_| std::fs::remove_file(t));
                 if let Err(e) = removed {

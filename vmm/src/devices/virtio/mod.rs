@@ -97,6 +97,8 @@ pub enum ActivateError {
     QueueCount { expected: usize, got: usize },
     #[error("a queue is not set up correctly")]
     InvalidQueue,
+    #[error("the fs device's view of guest memory and its queues")]
+    FsView(#[source] fs::ViewError),
 }
 
 /// A virtio device, independent of the transport.

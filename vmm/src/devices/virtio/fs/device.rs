@@ -50,10 +50,10 @@ pub enum FsError {
     EventFd(#[source] std::io::Error),
 }
 
+/// The device once the driver set it up: a view of guest memory (see
+/// [`memory::view`]) and its queues, which the server works on.
 pub(super) struct Active {
-    /// The view the server works on; `_vm_mem` keeps its mappings alive.
     mem: FsMemory,
-    _vm_mem: GuestMemoryMmap,
     queues: Vec<fs_queue::Queue>,
     interrupt: Arc<Interrupt>,
 }
@@ -219,16 +219,14 @@ impl VirtioDevice for Fs {
                 got: queues.len(),
             });
         }
-        let invalid = |_: ViewError| ActivateError::InvalidQueue;
-        let view = memory::view(&mem).map_err(invalid)?;
+        let view = memory::view(&mem).map_err(ActivateError::FsView)?;
         let queues = queues
             .iter()
             .map(memory::queue)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
+            .collect::<Result<Vec<_>, ViewError>>()
+            .map_err(ActivateError::FsView)?;
         self.active = Some(Active {
             mem: view,
-            _vm_mem: mem,
             queues,
             interrupt,
         });

@@ -24,9 +24,11 @@ pub enum ViewError {
     Queue(#[source] fs_queue::Error),
 }
 
-/// A view of `mem`'s regions. The caller keeps `mem` alive as long as the
-/// view: the view does not own the mappings, and they are unmapped when
-/// `mem`'s last clone goes.
+/// A view of `mem`'s regions. The view owns no mapping (nor does `mem`,
+/// itself a view of the VM's `GuestRam`): it is valid while the guest's
+/// memory is mapped, which is until the VM's `GuestRam` goes. The device
+/// uses it on the event thread only, which holds that `GuestRam` while it
+/// runs (see `event_thread`), as every device's memory relies on.
 pub fn view(mem: &vm_memory::GuestMemoryMmap) -> Result<FsMemory, ViewError> {
     let regions = mem
         .iter()
@@ -36,11 +38,11 @@ pub fn view(mem: &vm_memory::GuestMemoryMmap) -> Result<FsMemory, ViewError> {
                 .get_host_address(MemoryRegionAddress(0))
                 .map_err(|e| ViewError::HostAddress(start, e))?;
             let len = usize::try_from(r.len()).map_err(|_| ViewError::Overflow(start))?;
-            // SAFETY: `host..host + len` is one mapping of the VM's guest
-            // memory, readable and writable, which stays mapped while
-            // `mem` lives; the caller keeps `mem` for as long as the view
-            // (the device holds both in `Active`). The view does not own
-            // the mapping (`build_raw` regions are never unmapped by it).
+            // SAFETY: `host..host + len` is one region of the VM's guest
+            // memory, readable and writable, mapped until the VM's
+            // `GuestRam` goes; the view is used only on the event thread,
+            // which holds that `GuestRam` while it runs (see `view`). A
+            // `build_raw` region never unmaps what it views.
             let region = unsafe {
                 MmapRegion::build_raw(
                     host,

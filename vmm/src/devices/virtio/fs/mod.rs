@@ -13,3 +13,4 @@ pub mod metrics;
 mod tests;
 
 pub use device::{Fs, FsError, TAG_MAX};
+pub use memory::ViewError;
