@@ -136,12 +136,7 @@ pub(super) async fn bind_into_vm(
         use std::os::fd::AsFd;
         let points: Vec<(PathBuf, bool)> = binds
             .iter()
-            .map(|b| {
-                (
-                    b.inside.clone(),
-                    std::fs::metadata(&b.host).is_ok_and(|m| !m.is_dir()),
-                )
-            })
+            .map(|b| (b.inside.clone(), b.is_file()))
             .collect();
         let targets: Vec<PathBuf> = points.iter().map(|(p, _)| p.clone()).collect();
         let made =
@@ -154,7 +149,7 @@ pub(super) async fn bind_into_vm(
                 if let Err(e) = mount_inject::unmount(ns.as_fd(), &targets) {
                     tracing::error!("unbinding after a failed bind: {}", crate::error::chain(&e));
                 }
-                volumes::remove_points(&targets);
+                targets.iter().for_each(|t| mount_inject::remove_point(t));
             })
     })
     .await?
@@ -235,7 +230,7 @@ impl Cri {
             // The VMM sees its folder read-only: the mount points are
             // removed in this auraed's namespace, as they were made.
             mount_inject::unmount(ns.as_fd(), &targets)?;
-            crate::instances::volumes::remove_points(&targets);
+            targets.iter().for_each(|t| mount_inject::remove_point(t));
             Ok(())
         })
         .await?

@@ -87,8 +87,7 @@ pub fn mount_points(points: &[(PathBuf, bool)]) -> Result<(), std::io::Error> {
         match made {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let m = std::fs::symlink_metadata(at)?;
-                if m.is_file() != *file || m.is_dir() == *file {
+                if !mount_inject::is_point_of(&std::fs::symlink_metadata(at)?, *file) {
                     return Err(std::io::Error::other(format!(
                         "{} is in the way of a mount point",
                         at.display()
@@ -99,19 +98,6 @@ pub fn mount_points(points: &[(PathBuf, bool)]) -> Result<(), std::io::Error> {
         }
     }
     Ok(())
-}
-
-/// Removes mount points made by [`mount_points`] (a link is removed, not
-/// followed); one that is gone already is fine.
-pub fn remove_points(points: &[PathBuf]) {
-    for at in points {
-        let removed = std::fs::remove_dir(at).or_else(|_| std::fs::remove_file(at));
-        if let Err(e) = removed {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("removing the mount point {}: {e}", at.display());
-            }
-        }
-    }
 }
 
 /// Makes the folder in the instance's folder `dir`: root's only.

@@ -160,7 +160,7 @@ fn attach(tree: &OwnedFd, target: &Path, file: bool) -> Result<(), InjectError> 
         source,
     };
     match std::fs::symlink_metadata(target) {
-        Ok(m) if m.is_file() == file && m.is_dir() != file => {}
+        Ok(m) if is_point_of(&m, file) => {}
         Ok(_) => {
             let kind = if file { "file" } else { "folder" };
             return Err(point(std::io::Error::other(format!(
@@ -221,6 +221,23 @@ pub fn bind_read_only(ns: BorrowedFd<'_>, binds: &[(PathBuf, PathBuf)]) -> Resul
     bind(ns, &binds)
 }
 
+/// Whether `m` (not followed) is a mount point for a file (`file`) or a
+/// folder: a link or anything else in its place is not.
+pub fn is_point_of(m: &std::fs::Metadata, file: bool) -> bool {
+    m.is_file() == file && m.is_dir() != file
+}
+
+/// Removes a mount point (a link is removed, not followed); one that is
+/// gone already is fine, and a failure is logged.
+pub fn remove_point(at: &Path) {
+    let removed = std::fs::remove_dir(at).or_else(|_| std::fs::remove_file(at));
+    if let Err(e) = removed {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing the mount point {}: {e}", at.display());
+        }
+    }
+}
+
 /// A host file or folder to bind into another mount namespace.
 #[derive(Debug, Clone)]
 pub struct Inject {
@@ -232,6 +249,14 @@ pub struct Inject {
     pub propagation: crate::cells::Propagation,
 }
 
+impl Inject {
+    /// Whether its mount point is a file (the host's path, followed, is
+    /// not a folder).
+    pub fn is_file(&self) -> bool {
+        std::fs::metadata(&self.host).is_ok_and(|m| !m.is_dir())
+    }
+}
+
 /// Binds each of `binds` into the mount namespace of the process `ns` (a
 /// pidfd), nosuid and nodev, read-only unless asked otherwise, creating
 /// the mount points there (a file for a file). A failure part-way leaves
@@ -241,7 +266,7 @@ pub fn bind(ns: BorrowedFd<'_>, binds: &[Inject]) -> Result<(), InjectError> {
     let trees = binds
         .iter()
         .map(|b| {
-            let file = std::fs::metadata(&b.host).is_ok_and(|m| !m.is_dir());
+            let file = b.is_file();
             let tree = match b.propagation {
                 crate::cells::Propagation::Private => clone_tree(&b.host, b.writable)?,
                 p => super::mount_propagation::clone_in_host(&b.host, b.writable, p)?,
@@ -299,14 +324,8 @@ fn detach(ns: BorrowedFd<'_>, targets: &[PathBuf], remove: bool) -> Result<(), I
                         })
                     }
                 }
-                if !remove {
-                    continue;
-                }
-                let removed = std::fs::remove_dir(t).or_else(|_| std::fs::remove_file(t));
-                if let Err(e) = removed {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!("removing the mount point {}: {e}", t.display());
-                    }
+                if remove {
+                    remove_point(t);
                 }
             }
             Ok(())
