@@ -82,8 +82,20 @@ fn volumes(crictl: &Crictl, work: &Path, pod_id: &str, pod: &str, vmm: u32, aura
         refused.contains("Read-only file system") && refused.lines().any(|l| l == "refused"),
         "{refused}"
     );
-    // The binds are in the VMM's mount namespace, never in the host's.
+    // The binds are in the VMM's mount namespace, never in the host's; the
+    // folder they are in is read-only there (the guest can put nothing in
+    // it).
     assert_eq!(binds_in(&vmm.to_string()), 2);
+    let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).expect("mountinfo");
+    let folder = mountinfo.lines().find_map(|l| {
+        let mut fields = l.split(' ').skip(4);
+        let point = fields.next()?;
+        point.ends_with("/volumes").then(|| fields.next()).flatten()
+    });
+    assert!(
+        folder.is_some_and(|o| o.split(',').any(|o| o == "ro")),
+        "the VMM's volumes folder: {folder:?}"
+    );
     for pid in ["self".to_string(), auraed.to_string()] {
         assert_eq!(binds_in(&pid), 0, "in {pid}'s");
     }

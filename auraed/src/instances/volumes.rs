@@ -125,3 +125,32 @@ impl Instance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_made_once_and_nothing_else_is_taken_for_one() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (dir, file) = (t.path().join("c-0"), t.path().join("c-1"));
+        let points = [(dir.clone(), false), (file.clone(), true)];
+        mount_points(&points).expect("made");
+        assert!(dir.is_dir() && file.is_file());
+        // A retried bind takes them as they are.
+        mount_points(&points).expect("taken again");
+        // A link in a mount point's place is refused, not followed.
+        let target = t.path().join("elsewhere");
+        let link = t.path().join("c-2");
+        std::os::unix::fs::symlink(&target, &link).expect("link");
+        assert!(mount_points(&[(link.clone(), true)]).is_err());
+        assert!(!target.exists(), "the link was followed");
+        std::fs::create_dir(&target).expect("target");
+        assert!(mount_points(&[(link.clone(), false)]).is_err());
+        for p in [&dir, &file, &link] {
+            mount_inject::remove_point(p);
+            assert!(std::fs::symlink_metadata(p).is_err(), "{}", p.display());
+        }
+        assert!(target.is_dir(), "removing a link leaves its target");
+    }
+}
