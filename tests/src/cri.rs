@@ -114,9 +114,19 @@ pub fn have(program: &str) -> bool {
 
 pub struct Crictl {
     pub socket: PathBuf,
+    /// The test's folder of the socket, removed with this client.
+    _folder: Option<crate::KeptDir>,
 }
 
 impl Crictl {
+    /// A client of the CRI socket at `socket`.
+    pub fn new(socket: PathBuf) -> Crictl {
+        Crictl {
+            socket,
+            _folder: None,
+        }
+    }
+
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         let endpoint = format!("unix://{}", self.socket.display());
         Command::new(crictl_bin())
@@ -173,7 +183,11 @@ pub fn daemon_options(registry: &Registry, pod_restart: &str) -> (crate::DaemonO
         extra_config: cri_config(&socket, registry, pod_restart),
         ..Default::default()
     };
-    (options, Crictl { socket })
+    let crictl = Crictl {
+        socket,
+        _folder: Some(crate::KeptDir(sockets)),
+    };
+    (options, crictl)
 }
 
 /// The daemon's `[cri]` configuration: its socket, its (empty) CNI folder

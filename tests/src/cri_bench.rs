@@ -91,9 +91,7 @@ impl Containerd {
             .context("starting containerd")?;
         let c = Containerd { child, socket };
         let deadline = Instant::now() + Duration::from_secs(30);
-        let crictl = Crictl {
-            socket: c.socket.clone(),
-        };
+        let crictl = Crictl::new(c.socket.clone());
         while !crictl.run(&["info"]).status.success() {
             if Instant::now() > deadline {
                 bail!(

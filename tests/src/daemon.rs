@@ -14,7 +14,8 @@ pub struct DaemonOptions {
     /// Also listen on TCP (an ephemeral port on 127.0.0.1).
     pub tcp: bool,
     /// Reuse this directory (and its PKI and cgroup root) instead of a new
-    /// one, e.g. to restart after a crash.
+    /// one, e.g. to restart after a crash; the daemon then owns it (removes
+    /// it when dropped).
     pub reuse: Option<PathBuf>,
     /// `runtime.image_unpack_limit_bytes` (auraed's default when `None`).
     pub image_unpack_limit_bytes: Option<u64>,
@@ -39,7 +40,9 @@ pub struct DaemonOptions {
 
 pub struct Daemon {
     pub dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    /// Whether dropping this handle removes `dir`: a new directory, or one
+    /// handed over with `reuse`, unless `keep_dir` took it back.
+    owns_dir: bool,
     pub child: Option<Child>,
     pub socket: PathBuf,
     pub tcp: Option<String>,
@@ -75,16 +78,13 @@ impl Daemon {
     }
 
     pub async fn start_with(opts: DaemonOptions) -> Daemon {
-        let (tmp, dir) = match &opts.reuse {
-            Some(d) => (None, d.clone()),
-            None => {
-                let t = tempfile::Builder::new()
-                    .prefix("aurae")
-                    .tempdir()
-                    .expect("tempdir");
-                let d = t.path().to_path_buf();
-                (Some(t), d)
-            }
+        let dir = match &opts.reuse {
+            Some(d) => d.clone(),
+            None => tempfile::Builder::new()
+                .prefix("aurae")
+                .tempdir()
+                .expect("tempdir")
+                .keep(),
         };
         let socket = dir.join("aurae.sock");
         let pki = dir.join("pki");
@@ -165,7 +165,7 @@ impl Daemon {
         let d = Daemon {
             client_config: pki.join("config"),
             dir,
-            _tmp: tmp,
+            owns_dir: true,
             child: Some(child),
             socket,
             tcp,
@@ -297,11 +297,10 @@ impl Daemon {
         .await
     }
 
-    /// Keeps the directory (PKI, state) after this handle is dropped.
+    /// Keeps the directory (PKI, state) after this handle is dropped, for
+    /// a daemon started again on it (`reuse`), which then owns it.
     pub fn keep_dir(&mut self) -> PathBuf {
-        if let Some(t) = self._tmp.take() {
-            return t.keep();
-        }
+        self.owns_dir = false;
         self.dir.clone()
     }
 }
@@ -313,6 +312,9 @@ impl Drop for Daemon {
         // for a restarted one to clean up.
         if let Some(dir) = self.cgroup_dir() {
             let _ = std::fs::remove_dir(dir);
+        }
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

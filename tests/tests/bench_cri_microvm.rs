@@ -64,9 +64,7 @@ fn bench_cri_microvm_against_containerd() {
     let cni = critest::cni_config(work.path()).expect("the CNI configuration");
     let containerd = Containerd::start(&work.path().join("containerd"), &cni, registry.port, true)
         .expect("containerd");
-    let containerd_ctl = Crictl {
-        socket: containerd.socket.clone(),
-    };
+    let containerd_ctl = Crictl::new(containerd.socket.clone());
     let socket = work.path().join("cri.sock");
     let extra_config = critest::microvm_cri_section(&socket, &cni, registry.port);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -79,7 +77,7 @@ fn bench_cri_microvm_against_containerd() {
         extra_config,
         ..Default::default()
     }));
-    let aurae_ctl = Crictl { socket };
+    let aurae_ctl = Crictl::new(socket);
     for ctl in [&aurae_ctl, &containerd_ctl] {
         ctl.ok(&["pull", IMAGE]);
     }
