@@ -203,9 +203,7 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
     let cni = aurae_tests::critest::cni_config(work.path())?;
     let containerd =
         Containerd::start(&work.path().join("containerd"), &cni, registry.port, false)?;
-    let containerd_ctl = Crictl {
-        socket: containerd.socket.clone(),
-    };
+    let containerd_ctl = Crictl::new(containerd.socket.clone());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -219,7 +217,7 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
             pool,
             ..Default::default()
         }));
-        Ok((d, Crictl { socket }))
+        Ok((d, Crictl::new(socket)))
     };
     let (pooled, pooled_ctl) = aurae(1, "pooled")?;
     let (cold, cold_ctl) = aurae(0, "cold")?;

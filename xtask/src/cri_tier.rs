@@ -168,7 +168,7 @@ fn pod_kept_across_a_crash(
 ) -> anyhow::Result<()> {
     let socket = work.join("cri.sock");
     let before = pod_holding_an_address(work, &socket, "kept", "kept-across-a-crash")?;
-    let crictl = aurae_tests::cri::Crictl { socket };
+    let crictl = aurae_tests::cri::Crictl::new(socket);
     let id = crictl.ok(&["pods", "-q", "--name", "kept"]);
     let ip = crictl.ok(&[
         "inspectp",
@@ -291,9 +291,7 @@ fn pod_holding_an_address(
         })
         .to_string(),
     )?;
-    let crictl = aurae_tests::cri::Crictl {
-        socket: socket.to_path_buf(),
-    };
+    let crictl = aurae_tests::cri::Crictl::new(socket.to_path_buf());
     let out = crictl.run(&[
         "runp",
         "--runtime",
