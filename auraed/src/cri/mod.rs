@@ -42,6 +42,8 @@ mod image_service;
 #[cfg(feature = "cri")]
 pub mod image_store;
 #[cfg(feature = "cri")]
+mod metrics;
+#[cfg(feature = "cri")]
 mod microvm_net;
 #[cfg(feature = "cri")]
 mod pages;

@@ -18,8 +18,6 @@ pub fn not_yet(call: &str, what: &str) -> Status {
     Status::unimplemented(format!("{call}: {what} is not built yet"))
 }
 
-const METRICS: &str = "pod and container metrics (ListPodSandboxStats and ListContainerStats answer their statistics)";
-
 #[tonic::async_trait]
 impl RuntimeService for CriService {
     async fn version(
@@ -376,14 +374,18 @@ impl RuntimeService for CriService {
         &self,
         _r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("ListMetricDescriptors", METRICS))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: super::metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("ListPodSandboxMetrics", METRICS))
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: self.list_pod_metrics().await,
+        }))
     }
 
     type StreamPodSandboxMetricsStream = Streamed<cri::StreamPodSandboxMetricsResponse>;
@@ -391,7 +393,12 @@ impl RuntimeService for CriService {
         &self,
         _r: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(not_yet("StreamPodSandboxMetrics", METRICS))
+        let metrics = self.list_pod_metrics().await;
+        Ok(Response::new(pages(metrics, |pod_sandbox_metrics| {
+            cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            }
+        })))
     }
 
     async fn runtime_config(

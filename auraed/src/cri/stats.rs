@@ -19,12 +19,19 @@ fn value(v: u64) -> Option<cri::UInt64Value> {
 }
 
 /// `key`'s value in a flat-keyed cgroup file (`cpu.stat`, `memory.stat`).
-fn keyed(dir: &Path, file: &str, key: &str) -> Option<u64> {
+pub(super) fn keyed(dir: &Path, file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(dir.join(file)).ok()?;
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// The value of a single-value cgroup file (`memory.current`).
+pub(super) fn single(dir: &Path, file: &str) -> Option<u64> {
+    std::fs::read_to_string(dir.join(file))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 fn cpu(dir: Option<&Path>) -> cri::CpuUsage {
@@ -39,11 +46,7 @@ fn cpu(dir: Option<&Path>) -> cri::CpuUsage {
 }
 
 fn memory(dir: Option<&Path>) -> cri::MemoryUsage {
-    let current = dir.and_then(|d| {
-        std::fs::read_to_string(d.join("memory.current"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-    });
+    let current = dir.and_then(|d| single(d, "memory.current"));
     let inactive = dir.and_then(|d| keyed(d, "memory.stat", "inactive_file"));
     let stat = |key| dir.and_then(|d| keyed(d, "memory.stat", key));
     cri::MemoryUsage {
@@ -60,7 +63,7 @@ fn memory(dir: Option<&Path>) -> cri::MemoryUsage {
 
 impl Cri {
     /// Where a started container's cgroup is on this host.
-    async fn container_cgroup(&self, c: &Container) -> Option<PathBuf> {
+    pub(super) async fn container_cgroup(&self, c: &Container) -> Option<PathBuf> {
         if c.run().state != cri::ContainerState::ContainerRunning as i32 {
             return None;
         }
