@@ -245,3 +245,108 @@ pub fn one_pod(
     steps.total.push(t4 - t0);
     Ok(())
 }
+
+/// [`one_pod`] through the CRI directly (a gRPC client kept connected),
+/// not crictl: the runtime's own time for each step, without a process
+/// started per call.
+pub async fn one_pod_grpc(
+    socket: &Path,
+    dir: &Path,
+    round: &str,
+    deadline: Duration,
+    steps: &mut Steps,
+) -> anyhow::Result<()> {
+    use aurae_proto::cri;
+    let mut client = crate::cri::cri_client(socket).await;
+    let logs = dir.join(format!("logs-{round}"));
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: format!("bench-{round}"),
+            namespace: "bench".into(),
+            uid: format!("uid-{round}"),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(Default::default()),
+        ..Default::default()
+    };
+    let container = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "main".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("echo {LINE}; exec sleep 60"),
+        ],
+        log_path: "main.log".into(),
+        linux: Some(Default::default()),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let pod_id = client
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
+    let t1 = Instant::now();
+    let timed = async {
+        let id = client
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(container),
+                sandbox_config: Some(config),
+            })
+            .await
+            .context("CreateContainer")?
+            .into_inner()
+            .container_id;
+        let t2 = Instant::now();
+        client
+            .start_container(cri::StartContainerRequest { container_id: id })
+            .await
+            .context("StartContainer")?;
+        let t3 = Instant::now();
+        let log = logs.join("main.log");
+        while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(LINE)) {
+            if t0.elapsed() > deadline {
+                bail!("no {LINE:?} in {} within {deadline:?}", log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok::<_, anyhow::Error>([t2, t3, Instant::now()])
+    }
+    .await;
+    // The pod goes whatever happened to it.
+    let stopped = client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .context("StopPodSandbox");
+    let removed = client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .context("RemovePodSandbox");
+    let [t2, t3, t4] = timed?;
+    stopped?;
+    removed?;
+    steps.runp.push(t1 - t0);
+    steps.create.push(t2 - t1);
+    steps.start.push(t3 - t2);
+    steps.line.push(t4 - t3);
+    steps.total.push(t4 - t0);
+    Ok(())
+}

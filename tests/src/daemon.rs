@@ -14,8 +14,8 @@ pub struct DaemonOptions {
     /// Also listen on TCP (an ephemeral port on 127.0.0.1).
     pub tcp: bool,
     /// Reuse this directory (and its PKI and cgroup root) instead of a new
-    /// one, e.g. to restart after a crash; the daemon then owns it (removes
-    /// it when dropped).
+    /// one, e.g. to restart after a crash. The caller keeps it (see
+    /// `KeptDir`); `Daemon::restart` hands it over instead.
     pub reuse: Option<PathBuf>,
     /// `runtime.image_unpack_limit_bytes` (auraed's default when `None`).
     pub image_unpack_limit_bytes: Option<u64>,
@@ -41,7 +41,7 @@ pub struct DaemonOptions {
 pub struct Daemon {
     pub dir: PathBuf,
     /// Whether dropping this handle removes `dir`: a new directory, or one
-    /// handed over with `reuse`, unless `keep_dir` took it back.
+    /// handed over by `restart`, unless `keep_dir` took it back.
     owns_dir: bool,
     pub child: Option<Child>,
     pub socket: PathBuf,
@@ -164,8 +164,8 @@ impl Daemon {
             .expect("spawn auraed");
         let d = Daemon {
             client_config: pki.join("config"),
+            owns_dir: opts.reuse.is_none(),
             dir,
-            owns_dir: true,
             child: Some(child),
             socket,
             tcp,
@@ -290,15 +290,17 @@ impl Daemon {
     pub async fn restart(mut self, options: &DaemonOptions) -> Daemon {
         let dir = self.keep_dir();
         drop(self);
-        Daemon::start_with(DaemonOptions {
+        let mut again = Daemon::start_with(DaemonOptions {
             reuse: Some(dir),
             ..options.clone()
         })
-        .await
+        .await;
+        again.owns_dir = true;
+        again
     }
 
     /// Keeps the directory (PKI, state) after this handle is dropped, for
-    /// a daemon started again on it (`reuse`), which then owns it.
+    /// a daemon started again on it (`reuse`); the caller removes it.
     pub fn keep_dir(&mut self) -> PathBuf {
         self.owns_dir = false;
         self.dir.clone()

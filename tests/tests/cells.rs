@@ -382,10 +382,10 @@ async fn a_restarted_daemon_removes_cells_left_by_a_crash() {
     let cgroup = std::path::PathBuf::from(&status.cgroup);
     d.crash();
     assert!(cgroup.exists(), "the crash left the cell behind");
-    let dir = d.keep_dir();
+    let dir = aurae_tests::KeptDir(d.keep_dir());
     drop(d);
     let d2 = Daemon::start_with(DaemonOptions {
-        reuse: Some(dir.clone()),
+        reuse: Some(dir.0.clone()),
         ..Default::default()
     })
     .await;
@@ -403,7 +403,7 @@ async fn a_restarted_daemon_removes_cells_left_by_a_crash() {
         d2.log_text()
     );
     drop(d2);
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[tokio::test]

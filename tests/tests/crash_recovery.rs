@@ -71,10 +71,10 @@ async fn a_restart_after_kill_9_leaves_no_orphan() {
         !dead(exe.pid) && !dead(sleeper),
         "the crash left the executable running"
     );
-    let dir = d.keep_dir();
+    let dir = aurae_tests::KeptDir(d.keep_dir());
     drop(d);
     let d2 = Daemon::start_with(DaemonOptions {
-        reuse: Some(dir),
+        reuse: Some(dir.0.clone()),
         ..Default::default()
     })
     .await;

@@ -150,10 +150,10 @@ async fn the_address_a_crash_left_is_removed_at_the_restart() {
     assert!(host_addresses().contains(&held), "{ip}");
 
     d.crash();
-    let dir = d.keep_dir();
+    let dir = aurae_tests::KeptDir(d.keep_dir());
     assert!(host_addresses().contains(&held), "the crash left {ip}");
     let _again = Daemon::start_with(DaemonOptions {
-        reuse: Some(dir),
+        reuse: Some(dir.0.clone()),
         image_dir: aurae_tests::instances::image(),
         extra_config: cri_config(&crictl.socket, &registry, "remove"),
         ..Default::default()

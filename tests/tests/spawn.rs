@@ -399,10 +399,10 @@ async fn a_restart_after_kill_9_removes_instances_left_behind() {
         Path::new(&format!("/proc/{}", a.pid)).exists(),
         "the crash left a running"
     );
-    let dir = d.keep_dir();
+    let dir = aurae_tests::KeptDir(d.keep_dir());
     drop(d);
     let d2 = Daemon::start_with(DaemonOptions {
-        reuse: Some(dir),
+        reuse: Some(dir.0.clone()),
         image_dir: Some(image),
         ..Default::default()
     })

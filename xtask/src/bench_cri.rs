@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use aurae_tests::cri::{Crictl, Registry};
-use aurae_tests::cri_bench::{one_pod, Containerd, Steps, IMAGE};
+use aurae_tests::cri_bench::{one_pod, one_pod_grpc, Containerd, Steps, IMAGE};
 use aurae_tests::critest_images;
 use aurae_tests::{Daemon, DaemonOptions};
 
@@ -257,6 +257,25 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
             if i > 0 { &mut k } else { &mut warm_up },
         )?;
     }
+    // The same through the CRI directly: each runtime's own time.
+    let (mut pg, mut kg) = (Steps::default(), Steps::default());
+    for i in 0..=runs {
+        pool_refilled(&pooled, runs + i + 2)?;
+        rt.block_on(one_pod_grpc(
+            &pooled_ctl.socket,
+            work.path(),
+            &format!("pg{i}"),
+            DEADLINE,
+            if i > 0 { &mut pg } else { &mut warm_up },
+        ))?;
+        rt.block_on(one_pod_grpc(
+            &containerd_ctl.socket,
+            work.path(),
+            &format!("kg{i}"),
+            DEADLINE,
+            if i > 0 { &mut kg } else { &mut warm_up },
+        ))?;
+    }
     // crictl's own share, measured against both runtimes after the pods.
     let floor_rounds = (runs * 2).max(5);
     let pf = aurae_tests::cri_bench::crictl_floor(&pooled_ctl, floor_rounds)?;
@@ -267,6 +286,15 @@ pub fn run_in_netns(runs: usize) -> anyhow::Result<()> {
     let kt = print_steps("containerd 1.6 + runc", &k);
     println!();
     print_floor(pt, pf, kt, kf, floor_rounds);
+    println!(
+        "\nthe same through the CRI directly (one gRPC client, no crictl): each runtime's own time"
+    );
+    let pgt = print_steps("auraed (pre-started instance)", &pg);
+    let kgt = print_steps("containerd 1.6 + runc", &kg);
+    println!(
+        "  ratio {:.2}",
+        pgt.as_secs_f64() / kgt.as_secs_f64().max(f64::MIN_POSITIVE)
+    );
     report(
         "pod + container -> log line (pre-started)",
         pt,

@@ -179,12 +179,7 @@ fn pod_kept_across_a_crash(
         &id,
     ]);
     daemon.crash();
-    let dir = daemon.keep_dir();
-    drop(daemon);
-    let again = rt.block_on(Daemon::start_with(DaemonOptions {
-        reuse: Some(dir),
-        ..options.clone()
-    }));
+    let again = rt.block_on(daemon.restart(options));
     let state = crictl.ok(&[
         "inspectp",
         "-o",
@@ -232,18 +227,15 @@ fn pod_left_by_a_crash(
     registry_port: u16,
 ) -> anyhow::Result<()> {
     let socket = work.join("crash.sock");
-    let options = |reuse| DaemonOptions {
+    let options = DaemonOptions {
         image_dir: Some(image_dir.to_path_buf()),
         extra_config: critest::cri_section(&socket, cni, registry_port, "remove"),
-        reuse,
         ..Default::default()
     };
-    let mut daemon = rt.block_on(Daemon::start_with(options(None)));
+    let mut daemon = rt.block_on(Daemon::start_with(options.clone()));
     let before = pod_holding_an_address(work, &socket, "crashed", "left-by-a-crash")?;
     daemon.crash();
-    let dir = daemon.keep_dir();
-    drop(daemon);
-    let again = rt.block_on(Daemon::start_with(options(Some(dir))));
+    let again = rt.block_on(daemon.restart(&options));
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
     while allocations(work) != before {
         anyhow::ensure!(
