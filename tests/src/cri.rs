@@ -114,17 +114,12 @@ pub fn have(program: &str) -> bool {
 
 pub struct Crictl {
     pub socket: PathBuf,
-    /// The test's folder of the socket, removed with this client.
-    _folder: Option<crate::KeptDir>,
 }
 
 impl Crictl {
     /// A client of the CRI socket at `socket`.
     pub fn new(socket: PathBuf) -> Crictl {
-        Crictl {
-            socket,
-            _folder: None,
-        }
+        Crictl { socket }
     }
 
     pub fn run(&self, args: &[&str]) -> std::process::Output {
@@ -181,13 +176,10 @@ pub fn daemon_options(registry: &Registry, pod_restart: &str) -> (crate::DaemonO
     let options = crate::DaemonOptions {
         image_dir: Some(image),
         extra_config: cri_config(&socket, registry, pod_restart),
+        folder: Some(std::sync::Arc::new(crate::KeptDir(sockets))),
         ..Default::default()
     };
-    let crictl = Crictl {
-        socket,
-        _folder: Some(crate::KeptDir(sockets)),
-    };
-    (options, crictl)
+    (options, Crictl::new(socket))
 }
 
 /// The daemon's `[cri]` configuration: its socket, its (empty) CNI folder

@@ -246,9 +246,9 @@ pub fn one_pod(
     Ok(())
 }
 
-/// [`one_pod`] through the CRI directly (a gRPC client kept connected),
-/// not crictl: the runtime's own time for each step, without a process
-/// started per call.
+/// [`one_pod`] through the CRI directly (a gRPC client connected before
+/// the clock starts), not crictl: the runtime's own time for each step,
+/// without a process started per call.
 pub async fn one_pod_grpc(
     socket: &Path,
     dir: &Path,

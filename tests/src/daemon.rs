@@ -34,6 +34,9 @@ pub struct DaemonOptions {
     pub vm_restart: Option<&'static str>,
     /// `[instances] pool`: instances started ahead (none by default).
     pub pool: usize,
+    /// A folder of the test's that the daemon uses (its CRI socket's),
+    /// removed once every daemon started with it has stopped.
+    pub folder: Option<std::sync::Arc<crate::KeptDir>>,
     /// Appended to the configuration (whole sections, such as `[cri]`).
     pub extra_config: String,
 }
@@ -43,6 +46,8 @@ pub struct Daemon {
     /// Whether dropping this handle removes `dir`: a new directory, or one
     /// handed over by `restart`, unless `keep_dir` took it back.
     owns_dir: bool,
+    /// `DaemonOptions::folder`, dropped after the daemon stops.
+    _folder: Option<std::sync::Arc<crate::KeptDir>>,
     pub child: Option<Child>,
     pub socket: PathBuf,
     pub tcp: Option<String>,
@@ -78,13 +83,26 @@ impl Daemon {
     }
 
     pub async fn start_with(opts: DaemonOptions) -> Daemon {
-        let dir = match &opts.reuse {
-            Some(d) => d.clone(),
-            None => tempfile::Builder::new()
-                .prefix("aurae")
-                .tempdir()
-                .expect("tempdir")
-                .keep(),
+        let owns_dir = opts.reuse.is_none();
+        Self::start_owning(opts, owns_dir).await
+    }
+
+    /// [`Self::start_with`], the handle removing its directory when dropped
+    /// if `owns_dir` (a new one is removed also if the start panics).
+    async fn start_owning(opts: DaemonOptions, owns_dir: bool) -> Daemon {
+        let tmp = match &opts.reuse {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("aurae")
+                    .tempdir()
+                    .expect("tempdir"),
+            ),
+        };
+        let dir = match (&opts.reuse, &tmp) {
+            (Some(d), _) => d.clone(),
+            (None, Some(t)) => t.path().to_path_buf(),
+            (None, None) => unreachable!("a new directory was made above"),
         };
         let socket = dir.join("aurae.sock");
         let pki = dir.join("pki");
@@ -162,9 +180,14 @@ impl Daemon {
             .stderr(log_file)
             .spawn()
             .expect("spawn auraed");
+        // From here on the handle removes it (see `Drop`).
+        if let Some(t) = tmp {
+            assert_eq!(t.keep(), dir, "the directory kept is the daemon's");
+        }
         let d = Daemon {
             client_config: pki.join("config"),
-            owns_dir: opts.reuse.is_none(),
+            owns_dir,
+            _folder: opts.folder.clone(),
             dir,
             child: Some(child),
             socket,
@@ -287,16 +310,16 @@ impl Daemon {
 
     /// This daemon, once ended (`crash` or `stop`), started again on its
     /// directory (PKI, state) with `options`.
+    /// The new daemon owns the directory if this one did.
     pub async fn restart(mut self, options: &DaemonOptions) -> Daemon {
+        let owned = self.owns_dir;
         let dir = self.keep_dir();
         drop(self);
-        let mut again = Daemon::start_with(DaemonOptions {
+        let options = DaemonOptions {
             reuse: Some(dir),
             ..options.clone()
-        })
-        .await;
-        again.owns_dir = true;
-        again
+        };
+        Daemon::start_owning(options, owned).await
     }
 
     /// Keeps the directory (PKI, state) after this handle is dropped, for

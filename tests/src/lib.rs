@@ -173,10 +173,9 @@ pub fn sh(script: &str) -> aurae_proto::runtime::Executable {
     }
 }
 
-/// Whether process `pid` is gone, or a zombie waiting for whoever
-/// inherited it.
 /// A folder a test kept past its daemon (to restart on it), removed when
 /// this is dropped, pass or fail: it holds a CA and keys.
+#[derive(Debug)]
 pub struct KeptDir(pub std::path::PathBuf);
 
 impl Drop for KeptDir {
@@ -185,6 +184,8 @@ impl Drop for KeptDir {
     }
 }
 
+/// Whether process `pid` is gone, or a zombie waiting for whoever
+/// inherited it.
 pub fn dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,

@@ -41,20 +41,33 @@ async fn pod_and_container_metrics_are_their_cgroups_and_status() {
         "pod.json",
         serde_json::json!({
             "metadata": {"name": "measured", "namespace": "metrics", "uid": "u-m", "attempt": 0},
+            "log_directory": work.path().join("logs").display().to_string(),
         }),
     );
     let container = write_json(
         work.path(),
         "container.json",
         serde_json::json!({
-            "metadata": {"name": "sleeper"},
+            "metadata": {"name": "burner"},
             "image": {"image": BUSYBOX},
-            "command": ["/bin/busybox", "sleep", "60"],
+            // More than a second of CPU, then one process asleep.
+            "command": ["/bin/sh", "-c",
+                "end=$(($(date +%s) + 3)); while [ $(date +%s) -lt $end ]; do :; done; echo burnt; exec sleep 60"],
+            "log_path": "burner.log",
         }),
     );
     let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
     let id = crictl.ok(&["create", &pod_id, &container, &pod]);
     crictl.ok(&["start", &id]);
+    let log = work.path().join("logs/burner.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("burnt")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never burnt its CPU"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     let mut cri_api = cri_client(&crictl.socket).await;
     let descriptors = cri_api
@@ -104,7 +117,7 @@ async fn pod_and_container_metrics_are_their_cgroups_and_status() {
         value(&p.metrics, "container_start_time_seconds"),
         Some((status.created_at / 1_000_000_000) as u64)
     );
-    assert!(value(&p.metrics, "container_cpu_usage_seconds_total").is_some());
+    let pod_cpu = value(&p.metrics, "container_cpu_usage_seconds_total").expect("the pod's CPU");
     assert!(p
         .metrics
         .iter()
@@ -117,7 +130,7 @@ async fn pod_and_container_metrics_are_their_cgroups_and_status() {
     assert!(c
         .metrics
         .iter()
-        .all(|m| m.label_values == ["sleeper", id.as_str(), BUSYBOX, "metrics", "measured"]));
+        .all(|m| m.label_values == ["burner", id.as_str(), BUSYBOX, "metrics", "measured"]));
     let started = cri_api
         .container_status(cri::ContainerStatusRequest {
             container_id: id.clone(),
@@ -148,11 +161,18 @@ async fn pod_and_container_metrics_are_their_cgroups_and_status() {
         .and_then(|c| c.usage_core_nano_seconds)
         .expect("CPU time")
         .value;
-    // A sleeping container: the same cgroup file, read twice.
-    assert_eq!(
-        value(&c.metrics, "container_cpu_usage_seconds_total"),
-        Some(cpu_ns / 1_000_000_000)
+    // Asleep now: the same cgroup file, read twice; the pod's holds it.
+    let cpu = value(&c.metrics, "container_cpu_usage_seconds_total");
+    assert_eq!(cpu, Some(cpu_ns / 1_000_000_000));
+    assert!(cpu >= Some(1), "{cpu:?} s after burning CPU for up to 3 s");
+    assert!(
+        pod_cpu >= cpu.unwrap_or(0),
+        "the pod's {pod_cpu} s holds its container's"
     );
+    // One process (where the pids controller is).
+    if let Some(tasks) = value(&c.metrics, "container_threads") {
+        assert_eq!(tasks, 1);
+    }
     let working_set = stats
         .memory
         .and_then(|m| m.working_set_bytes)

@@ -6,7 +6,8 @@
 //! Read from the same cgroups as the stats (see `stats`). A value whose
 //! cgroup file is missing (a controller this host's cgroup v2 lacks, a
 //! container not running) is left out, never reported as zero. Counters in
-//! seconds are whole seconds: a metric's value is an integer.
+//! seconds are whole seconds: a metric's value is an integer, so a rate
+//! over a short window is coarse (the stats calls keep nanoseconds).
 
 use std::path::{Path, PathBuf};
 
@@ -120,8 +121,8 @@ const DEFS: &[Def] = &[
         read: |s| keyed(s.cgroup?, "memory.events", "oom_kill"),
     },
     Def {
-        name: "container_processes",
-        help: "Processes and threads (pids.current).",
+        name: "container_threads",
+        help: "Tasks: processes and their threads (pids.current).",
         kind: cri::MetricType::Gauge,
         read: |s| single(s.cgroup?, "pids.current"),
     },
