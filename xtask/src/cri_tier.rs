@@ -180,37 +180,43 @@ fn pod_kept_across_a_crash(
     ]);
     daemon.crash();
     let again = rt.block_on(daemon.restart(options));
-    let state = crictl.ok(&[
-        "inspectp",
-        "-o",
-        "go-template",
-        "--template",
-        "{{.status.state}} {{.status.network.ip}}",
-        &id,
-    ]);
-    anyhow::ensure!(
-        state == format!("SANDBOX_READY {ip}"),
-        "after the restart the pod is {state:?}, not ready on {ip}; auraed's log:\n{}",
-        again.log_text()
-    );
-    anyhow::ensure!(
-        allocations(work) == before + 1,
-        "the kept pod's CNI address was released"
-    );
-    crictl.ok(&["stopp", &id]);
-    crictl.ok(&["rmp", &id]);
-    anyhow::ensure!(
-        allocations(work) == before,
-        "the kept pod's CNI address is still held after rmp"
-    );
-    // Pods are kept when auraed stops: none may outlive the tier.
-    let left = crictl.ok(&["pods", "-q"]);
+    let checked = (|| {
+        let state = crictl.ok(&[
+            "inspectp",
+            "-o",
+            "go-template",
+            "--template",
+            "{{.status.state}} {{.status.network.ip}}",
+            &id,
+        ]);
+        anyhow::ensure!(
+            state == format!("SANDBOX_READY {ip}"),
+            "after the restart the pod is {state:?}, not ready on {ip}; auraed's log:\n{}",
+            again.log_text()
+        );
+        anyhow::ensure!(
+            allocations(work) == before + 1,
+            "the kept pod's CNI address was released"
+        );
+        crictl.ok(&["stopp", &id]);
+        crictl.ok(&["rmp", &id]);
+        anyhow::ensure!(
+            allocations(work) == before,
+            "the kept pod's CNI address is still held after rmp"
+        );
+        Ok(())
+    })();
+    // Pods are kept when auraed stops: none may outlive the tier, whatever
+    // the checks above found.
+    let left = crictl.run(&["pods", "-q"]);
+    let left = String::from_utf8_lossy(&left.stdout).trim().to_string();
     for id in left.split_whitespace() {
-        crictl.ok(&["stopp", id]);
-        crictl.ok(&["rmp", id]);
+        crictl.run(&["stopp", id]);
+        crictl.run(&["rmp", id]);
     }
-    anyhow::ensure!(left.is_empty(), "pods left running after critest: {left}");
     drop(again);
+    checked?;
+    anyhow::ensure!(left.is_empty(), "pods left running after critest: {left}");
     println!(
         "==> a pod kept across a crash (kill -9) was ready on its CNI address after the restart"
     );
