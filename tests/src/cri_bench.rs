@@ -132,6 +132,16 @@ impl Steps {
     pub fn total(&self) -> Duration {
         median(self.total.clone())
     }
+
+    /// One pod's instants: asked for, sandbox ready, container created,
+    /// started, its line logged.
+    fn record(&mut self, [t0, t1, t2, t3, t4]: [Instant; 5]) {
+        self.runp.push(t1 - t0);
+        self.create.push(t2 - t1);
+        self.start.push(t3 - t2);
+        self.line.push(t4 - t3);
+        self.total.push(t4 - t0);
+    }
 }
 
 /// The crictl calls each pod takes (`runp`, `create`, `start`).
@@ -238,11 +248,7 @@ pub fn one_pod(
     let [t1, t2, t3, t4] = result?;
     stopped?;
     removed?;
-    steps.runp.push(t1 - t0);
-    steps.create.push(t2 - t1);
-    steps.start.push(t3 - t2);
-    steps.line.push(t4 - t3);
-    steps.total.push(t4 - t0);
+    steps.record([t0, t1, t2, t3, t4]);
     Ok(())
 }
 
@@ -343,10 +349,6 @@ pub async fn one_pod_grpc(
     let [t2, t3, t4] = timed?;
     stopped?;
     removed?;
-    steps.runp.push(t1 - t0);
-    steps.create.push(t2 - t1);
-    steps.start.push(t3 - t2);
-    steps.line.push(t4 - t3);
-    steps.total.push(t4 - t0);
+    steps.record([t0, t1, t2, t3, t4]);
     Ok(())
 }
