@@ -257,6 +257,10 @@ impl Executable {
                     Some(c) => c.caps_keep,
                     None => None,
                 },
+                caps_ambient: match &cell_for_spawn {
+                    Some(c) if !c.jailed => c.caps_ambient,
+                    _ => 0,
+                },
                 no_new_privs: jail.is_some()
                     || cell_for_spawn.as_ref().is_some_and(|c| c.no_new_privs),
                 seccomp: jail

@@ -364,6 +364,35 @@ async fn thirty_malformed_requests_leak_nothing() {
         })
     );
     case!(
+        "ambient ALL",
+        InvalidArgument,
+        "cap_ambient[0]",
+        c.run_cell(pb::RunCellRequest {
+            cap_ambient: vec!["ALL".into()],
+            ..cell("ambient")
+        })
+    );
+    case!(
+        "ambient capability not kept",
+        InvalidArgument,
+        "cap_ambient",
+        c.run_cell(pb::RunCellRequest {
+            cap_drop: vec!["ALL".into()],
+            cap_ambient: vec!["NET_BIND_SERVICE".into()],
+            ..cell("ambient")
+        })
+    );
+    case!(
+        "ambient in a jail",
+        InvalidArgument,
+        "cap_ambient",
+        c.run_cell(pb::RunCellRequest {
+            jailed: true,
+            cap_ambient: vec!["CHOWN".into()],
+            ..cell("ambient")
+        })
+    );
+    case!(
         "stop unknown",
         NotFound,
         "id",

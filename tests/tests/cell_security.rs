@@ -130,6 +130,48 @@ async fn capabilities_hostname_and_no_new_privs_reach_the_cells_processes() {
     assert!(e.message().starts_with("cap_add[0]"), "{}", e.message());
 }
 
+/// `/proc/self/status`'s `CapAmb`, `CapPrm` and `CapEff` of a process run
+/// as uid 1000 in a cell asking for `ambient`.
+async fn caps_as_a_user(d: &Daemon, name: &str, ambient: &[&str]) -> [u64; 3] {
+    let mut c = d.client().await;
+    c.run_cell(pb::RunCellRequest {
+        name: name.into(),
+        cap_ambient: ambient.iter().map(|a| a.to_string()).collect(),
+        executable: Some(pb::Executable {
+            uid: Some(1000),
+            gid: Some(1000),
+            ..sh("grep -E '^Cap(Amb|Prm|Eff):' /proc/self/status | cut -f2")
+        }),
+        executable_name: format!("{name}-main"),
+        ..Default::default()
+    })
+    .await
+    .expect("run_cell");
+    let (st, out) = aurae_tests::exit_and_output(&mut c, &format!("{name}-main"), 30000).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    let v: Vec<u64> = out.lines().map(caps).collect();
+    // The file lists CapPrm, CapEff, then CapAmb.
+    match v[..] {
+        [prm, eff, amb] => [amb, prm, eff],
+        _ => panic!("three capability sets: {out}"),
+    }
+}
+
+#[tokio::test]
+async fn ambient_capabilities_outlive_execve_as_a_user() {
+    require_root!();
+    let d = Daemon::start().await;
+    // A user other than root has no capabilities...
+    assert_eq!(caps_as_a_user(&d, "user", &[]).await, [0, 0, 0]);
+    // ...but those raised in the ambient set (NET_BIND_SERVICE is in the
+    // default set).
+    let bind = 1 << 10;
+    assert_eq!(
+        caps_as_a_user(&d, "ambient", &["CAP_NET_BIND_SERVICE"]).await,
+        [bind, bind, bind]
+    );
+}
+
 #[tokio::test]
 async fn mounts_reach_an_image_cell_writable_or_read_only() {
     require_root!();

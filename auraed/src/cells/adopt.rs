@@ -87,6 +87,7 @@ impl Cell {
             jailed: false,
             privileged,
             caps_keep: None,
+            caps_ambient: 0,
             no_new_privs: false,
             seccomp: Vec::new(),
             image: None,

@@ -61,6 +61,8 @@ pub struct CapChange {
     pub drop_all: bool,
     pub add: u64,
     pub drop: u64,
+    /// Raised in the ambient set: kept across execve by a non-root user.
+    pub ambient: u64,
 }
 
 impl CapChange {
@@ -90,14 +92,22 @@ pub fn mask_of(name: &str) -> Option<u64> {
     parse_one(name).ok().flatten()
 }
 
-/// The request's `cap_add` and `cap_drop`, each name checked; a jailed cell
-/// keeps its own minimal set, and may not add to it.
-pub fn parse(add: &[String], drop: &[String], jailed: bool) -> Result<CapChange, ApiError> {
-    if jailed && !add.is_empty() {
-        return Err(ApiError::invalid(
-            "cap_add",
-            "a jailed cell keeps its own minimal set of capabilities",
-        ));
+/// The request's `cap_add`, `cap_drop` and `cap_ambient`, each name
+/// checked; a jailed cell keeps its own minimal set, and may not add to it
+/// nor raise any.
+pub fn parse(
+    add: &[String],
+    drop: &[String],
+    ambient: &[String],
+    jailed: bool,
+) -> Result<CapChange, ApiError> {
+    for (field, names) in [("cap_add", add), ("cap_ambient", ambient)] {
+        if jailed && !names.is_empty() {
+            return Err(ApiError::invalid(
+                field,
+                "a jailed cell keeps its own minimal set of capabilities",
+            ));
+        }
     }
     // (every one named, or ALL; the named ones' mask)
     let masks = |field: &str, names: &[String]| -> Result<(bool, u64), ApiError> {
@@ -115,12 +125,39 @@ pub fn parse(add: &[String], drop: &[String], jailed: bool) -> Result<CapChange,
     };
     let (add_all, add) = masks("cap_add", add)?;
     let (drop_all, drop) = masks("cap_drop", drop)?;
+    if let Some(i) = ambient.iter().position(|n| n.eq_ignore_ascii_case("ALL")) {
+        return Err(ApiError::invalid(
+            format!("cap_ambient[{i}]"),
+            "ALL is not an ambient capability: name each one",
+        ));
+    }
+    let (_, ambient) = masks("cap_ambient", ambient)?;
     Ok(CapChange {
         add_all,
         drop_all,
         add,
         drop,
+        ambient,
     })
+}
+
+/// Checks that every ambient capability of `change` is among those the
+/// cell keeps (`keep`, as [`keep`] gives it): one that isn't can't be
+/// raised.
+pub fn check_ambient(keep: Option<u64>, change: CapChange) -> Result<(), ApiError> {
+    let kept = keep.unwrap_or_else(own_permitted);
+    let missing = change.ambient & !kept;
+    if missing == 0 {
+        return Ok(());
+    }
+    let bit = missing.trailing_zeros() as usize;
+    Err(ApiError::invalid(
+        "cap_ambient",
+        format!(
+            "CAP_{} is not among the cell's capabilities (add it with cap_add)",
+            NAMES.get(bit).copied().unwrap_or("?")
+        ),
+    ))
 }
 
 /// What auraed itself may give: its permitted set.
@@ -160,16 +197,42 @@ mod tests {
         let c = parse(
             &["CAP_NET_ADMIN".into(), "sys_admin".into()],
             &["ALL".into()],
+            &["net_bind_service".into()],
             false,
         )
         .unwrap();
         assert_eq!(c.add, (1 << 12) | (1 << 21));
         assert!(c.drop_all && c.drop == 0);
-        let e = parse(&[], &["CAP_NOPE".into()], false)
+        assert_eq!(c.ambient, 1 << 10);
+        let e = parse(&[], &["CAP_NOPE".into()], &[], false)
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("cap_drop[0]"), "{e}");
-        assert!(parse(&["CHOWN".into()], &[], true).is_err());
+        assert!(parse(&["CHOWN".into()], &[], &[], true).is_err());
+        let e = parse(&[], &[], &["CHOWN".into()], true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cap_ambient"), "{e}");
+        let e = parse(&[], &[], &["CHOWN".into(), "all".into()], false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cap_ambient[1]"), "{e}");
+    }
+
+    #[test]
+    fn an_ambient_capability_must_be_kept() {
+        let change = CapChange {
+            drop_all: true,
+            add: 1 << 10,
+            ambient: 1 << 10,
+            ..Default::default()
+        };
+        assert!(check_ambient(Some(1 << 10), change).is_ok());
+        let e = check_ambient(Some(0), change).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cap_ambient") && e.contains("CAP_NET_BIND_SERVICE"),
+            "{e}"
+        );
     }
 
     #[test]

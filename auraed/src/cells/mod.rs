@@ -92,6 +92,8 @@ pub struct Cell {
     pub privileged: bool,
     /// The capabilities its processes keep (`None`: every one auraed has).
     pub caps_keep: Option<u64>,
+    /// Those of them raised in the ambient set.
+    pub caps_ambient: u64,
     /// Its processes run with no_new_privs.
     pub no_new_privs: bool,
     /// The seccomp programs its processes install (compiled for the
@@ -397,6 +399,7 @@ impl Cell {
     pub async fn create(spec: CellSpec, ctx: CellContext) -> Result<Arc<Cell>, ApiError> {
         let privileged = spec.security.privileged || spec.security.all_caps;
         let caps_keep = caps::keep(privileged, spec.security.caps);
+        caps::check_ambient(caps_keep, spec.security.caps)?;
         let seccomp = spec
             .security
             .seccomp
@@ -434,6 +437,7 @@ impl Cell {
             jailed: spec.jailed,
             privileged,
             caps_keep,
+            caps_ambient: spec.security.caps.ambient,
             no_new_privs: spec.security.no_new_privs,
             seccomp,
             image: parts.image,

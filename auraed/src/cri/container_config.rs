@@ -32,22 +32,28 @@ pub(super) fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
     let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
     if let Some(sc) = sc {
         if let Some(cap) = sc.capabilities.as_ref() {
-            crate::cells::caps::parse(&cap.add_capabilities, &cap.drop_capabilities, false)
-                .map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "config.linux.security_context.capabilities.{e}"
-                    ))
-                })?;
-        }
-        if sc
-            .capabilities
-            .as_ref()
-            .is_some_and(|cap| !cap.add_ambient_capabilities.is_empty())
-        {
-            return unbuilt(
-                "config.linux.security_context.capabilities.add_ambient_capabilities",
-                "ambient capabilities",
-            );
+            use crate::cells::caps;
+            // The cell's field names, as the CRI names them.
+            let named = |e: crate::error::ApiError| {
+                let e = e.to_string();
+                let e = [
+                    ("cap_add", "add_capabilities"),
+                    ("cap_drop", "drop_capabilities"),
+                    ("cap_ambient", "add_ambient_capabilities"),
+                ]
+                .into_iter()
+                .find_map(|(ours, cri)| e.strip_prefix(ours).map(|rest| format!("{cri}{rest}")))
+                .unwrap_or(e);
+                Status::invalid_argument(format!("config.linux.security_context.capabilities.{e}"))
+            };
+            let change = caps::parse(
+                &cap.add_capabilities,
+                &cap.drop_capabilities,
+                &cap.add_ambient_capabilities,
+                false,
+            )
+            .map_err(named)?;
+            caps::check_ambient(caps::keep(sc.privileged, change), change).map_err(named)?;
         }
     }
     Ok(())

@@ -276,6 +276,10 @@ impl Cri {
                     .and_then(|s| s.capabilities.as_ref())
                     .map(|c| c.drop_capabilities.clone())
                     .unwrap_or_default(),
+                cap_ambient: sc
+                    .and_then(|s| s.capabilities.as_ref())
+                    .map(|c| c.add_ambient_capabilities.clone())
+                    .unwrap_or_default(),
                 no_new_privs: sc.is_some_and(|s| s.no_new_privs),
                 mounts: c.mounts.clone(),
                 seccomp: c.seccomp.clone(),

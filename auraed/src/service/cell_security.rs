@@ -114,7 +114,7 @@ pub(super) fn security(
         net_sysctls: r.net_sysctls,
         all_caps: false,
         read_only_binds: Vec::new(),
-        caps: crate::cells::caps::parse(&r.cap_add, &r.cap_drop, r.jailed)?,
+        caps: crate::cells::caps::parse(&r.cap_add, &r.cap_drop, &r.cap_ambient, r.jailed)?,
         no_new_privs: r.no_new_privs,
         mounts: super::cell_mounts::binds(&r.mounts, has_image)?,
         seccomp: crate::seccomp::Seccomp::from_request(r.seccomp.as_ref(), "seccomp")?,

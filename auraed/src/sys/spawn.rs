@@ -48,6 +48,8 @@ pub struct SpawnSpec<'a> {
     /// Capabilities to keep (bit mask); all others are dropped from every set
     /// including the bounding set.
     pub caps_keep: Option<u64>,
+    /// Of those, the ones raised in the ambient set (with `caps_keep`).
+    pub caps_ambient: u64,
     pub no_new_privs: bool,
     /// Seccomp filters, installed in order right before exec.
     pub seccomp: Vec<Vec<libc::sock_filter>>,
@@ -188,6 +190,7 @@ struct Prepared<'a> {
     fds: &'a [(RawFd, RawFd)],
     controlling_terminal: bool,
     caps_keep: Option<u64>,
+    caps_ambient: u64,
     no_new_privs: bool,
     seccomp: Vec<libc::sock_fprog>,
     own_pid: Option<&'a [super::init_process::InitOp]>,
@@ -279,6 +282,7 @@ fn clone_workload(
         fds,
         controlling_terminal: spec.controlling_terminal,
         caps_keep: spec.caps_keep,
+        caps_ambient: spec.caps_ambient,
         no_new_privs: spec.no_new_privs,
         seccomp: spec
             .seccomp
@@ -498,6 +502,14 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
                 0,
                 0,
             );
+            // A user other than root keeps its permitted set through
+            // setresuid only so, for the ambient ones to be raised.
+            if p.caps_ambient != 0
+                && p.uid.unwrap_or(0) != 0
+                && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+            {
+                fail(report_fd, SpawnStage::Capabilities);
+            }
         }
         if let Some(uid) = p.uid {
             if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
@@ -505,7 +517,7 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
             }
         }
         if let Some(keep) = p.caps_keep {
-            if p.uid.unwrap_or(0) == 0 {
+            if p.uid.unwrap_or(0) == 0 || p.caps_ambient != 0 {
                 let header = CapHeader {
                     version: CAPS_VERSION_3,
                     pid: 0,
@@ -526,6 +538,12 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
                 ];
                 if libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) != 0
                 {
+                    fail(report_fd, SpawnStage::Capabilities);
+                }
+            }
+            // Permitted and inheritable now: raised, they outlive execve.
+            for cap in (0..64u64).filter(|c| p.caps_ambient & (1 << c) != 0) {
+                if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0 {
                     fail(report_fd, SpawnStage::Capabilities);
                 }
             }

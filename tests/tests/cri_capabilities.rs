@@ -1,0 +1,123 @@
+//! A container's ambient capabilities through the CRI: a container run as
+//! a user other than root keeps those it raises (and only those); a name
+//! that isn't a capability, `ALL`, or one the container doesn't keep is
+//! refused at create, naming the field, and nothing is left behind.
+
+use aurae_tests::cri::{daemon_with_busybox, requirements, workloads, write_json, BUSYBOX};
+use aurae_tests::leaks::Snapshot;
+use aurae_tests::report_skip;
+
+const FIELD: &str = "config.linux.security_context.capabilities.add_ambient_capabilities";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ambient_capabilities_reach_a_user_container_or_are_refused_by_name() {
+    if let Some(why) = requirements() {
+        report_skip(
+            "ambient_capabilities_reach_a_user_container_or_are_refused_by_name",
+            why,
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let (_registry, d, crictl) = daemon_with_busybox(work.path()).await;
+    let mut client = d.client().await;
+    let before = Snapshot::settled(&d);
+    let pod = write_json(
+        work.path(),
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "caps", "namespace": "default", "uid": "u-caps", "attempt": 0},
+            "log_directory": work.path().join("logs").display().to_string(),
+        }),
+    );
+    let container = |name: &str, capabilities: serde_json::Value| {
+        write_json(
+            work.path(),
+            &format!("{name}.json"),
+            serde_json::json!({
+                "metadata": {"name": name},
+                "image": {"image": BUSYBOX},
+                // Its own capability sets, in its log.
+                "command": ["/bin/sh", "-c",
+                    "grep -E '^Cap(Amb|Prm|Eff):' /proc/self/status; exec sleep 60"],
+                "log_path": format!("{name}.log"),
+                "linux": {"security_context": {
+                    "run_as_user": {"value": 1000},
+                    "capabilities": capabilities,
+                }},
+            }),
+        )
+    };
+    let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
+    // The capability sets of the container's first process, as it logged
+    // them.
+    let sets = |id: &str| -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = crictl.ok(&["logs", id]);
+            if out.lines().count() >= 3 {
+                return out;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no capabilities logged: {out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+
+    let user = crictl.ok(&[
+        "create",
+        &pod_id,
+        &container("user", serde_json::json!({})),
+        &pod,
+    ]);
+    crictl.ok(&["start", &user]);
+    let plain = sets(&user);
+    assert!(
+        plain.contains("CapAmb:\t0000000000000000") && plain.contains("CapEff:\t0000000000000000"),
+        "{plain}"
+    );
+
+    let raised = container(
+        "raised",
+        serde_json::json!({"add_ambient_capabilities": ["CAP_NET_BIND_SERVICE"]}),
+    );
+    let id = crictl.ok(&["create", &pod_id, &raised, &pod]);
+    crictl.ok(&["start", &id]);
+    let out = sets(&id);
+    for set in ["CapAmb", "CapPrm", "CapEff"] {
+        assert!(
+            out.contains(&format!("{set}:\t0000000000000400")),
+            "{set}: {out}"
+        );
+    }
+
+    for (name, caps, field) in [
+        (
+            "nope",
+            serde_json::json!({"add_ambient_capabilities": ["CAP_NOPE"]}),
+            format!("{FIELD}[0]"),
+        ),
+        (
+            "all",
+            serde_json::json!({"add_ambient_capabilities": ["CHOWN", "ALL"]}),
+            format!("{FIELD}[1]"),
+        ),
+        (
+            "unkept",
+            serde_json::json!({"drop_capabilities": ["ALL"], "add_ambient_capabilities": ["NET_BIND_SERVICE"]}),
+            FIELD.to_string(),
+        ),
+    ] {
+        let e = crictl.refused(&["create", &pod_id, &container(name, caps), &pod]);
+        assert!(e.contains(&field), "{name}: {e}");
+    }
+
+    crictl.ok(&["rm", "-f", &id, &user]);
+    crictl.ok(&["stopp", &pod_id]);
+    crictl.ok(&["rmp", &pod_id]);
+    let left = workloads(&mut client).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(Snapshot::settled(&d), before);
+}
