@@ -130,17 +130,23 @@ async fn capabilities_hostname_and_no_new_privs_reach_the_cells_processes() {
     assert!(e.message().starts_with("cap_add[0]"), "{}", e.message());
 }
 
-/// `/proc/self/status`'s `CapAmb`, `CapPrm` and `CapEff` of a process run
-/// as uid 1000 in a cell asking for `ambient`.
-async fn caps_as_a_user(d: &Daemon, name: &str, ambient: &[&str]) -> [u64; 3] {
+/// `/proc/self/status`'s capability sets (`CapInh`, `CapPrm`, `CapEff`,
+/// `CapAmb`, by name) of a process run as `uid` in a cell asking for
+/// `ambient`.
+async fn caps_as(
+    d: &Daemon,
+    name: &str,
+    uid: u32,
+    ambient: &[&str],
+) -> std::collections::BTreeMap<String, u64> {
     let mut c = d.client().await;
     c.run_cell(pb::RunCellRequest {
         name: name.into(),
         cap_ambient: ambient.iter().map(|a| a.to_string()).collect(),
         executable: Some(pb::Executable {
-            uid: Some(1000),
-            gid: Some(1000),
-            ..sh("grep -E '^Cap(Amb|Prm|Eff):' /proc/self/status | cut -f2")
+            uid: Some(uid),
+            gid: Some(uid),
+            ..sh("grep -E '^Cap(Inh|Prm|Eff|Amb):' /proc/self/status")
         }),
         executable_name: format!("{name}-main"),
         ..Default::default()
@@ -149,27 +155,32 @@ async fn caps_as_a_user(d: &Daemon, name: &str, ambient: &[&str]) -> [u64; 3] {
     .expect("run_cell");
     let (st, out) = aurae_tests::exit_and_output(&mut c, &format!("{name}-main"), 30000).await;
     assert_eq!(st.exit_code, Some(0), "{out}");
-    let v: Vec<u64> = out.lines().map(caps).collect();
-    // The file lists CapPrm, CapEff, then CapAmb.
-    match v[..] {
-        [prm, eff, amb] => [amb, prm, eff],
-        _ => panic!("three capability sets: {out}"),
-    }
+    out.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), caps(v)))
+        .collect()
 }
 
 #[tokio::test]
 async fn ambient_capabilities_outlive_execve_as_a_user() {
     require_root!();
     let d = Daemon::start().await;
+    let sets = |m: &std::collections::BTreeMap<String, u64>| {
+        ["CapInh", "CapPrm", "CapEff", "CapAmb"].map(|k| m.get(k).copied().unwrap_or(u64::MAX))
+    };
     // A user other than root has no capabilities...
-    assert_eq!(caps_as_a_user(&d, "user", &[]).await, [0, 0, 0]);
+    assert_eq!(sets(&caps_as(&d, "user", 1000, &[]).await), [0; 4]);
     // ...but those raised in the ambient set (NET_BIND_SERVICE is in the
-    // default set).
+    // default set), and nothing else inheritable.
     let bind = 1 << 10;
     assert_eq!(
-        caps_as_a_user(&d, "ambient", &["CAP_NET_BIND_SERVICE"]).await,
-        [bind, bind, bind]
+        sets(&caps_as(&d, "ambient", 1000, &["CAP_NET_BIND_SERVICE"]).await),
+        [bind; 4]
     );
+    // Root keeps the cell's set; only the ambient ones are inheritable.
+    let root = sets(&caps_as(&d, "root", 0, &["NET_BIND_SERVICE"]).await);
+    assert_eq!([root[0], root[3]], [bind, bind], "{root:x?}");
+    assert_ne!(root[2] & (1 << 5), 0, "root keeps CAP_KILL: {root:x?}");
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ async fn ambient_capabilities_reach_a_user_container_or_are_refused_by_name() {
                 "image": {"image": BUSYBOX},
                 // Its own capability sets, in its log.
                 "command": ["/bin/sh", "-c",
-                    "grep -E '^Cap(Amb|Prm|Eff):' /proc/self/status; exec sleep 60"],
+                    "grep -E '^Cap(Inh|Amb|Prm|Eff):' /proc/self/status; exec sleep 60"],
                 "log_path": format!("{name}.log"),
                 "linux": {"security_context": {
                     "run_as_user": {"value": 1000},
@@ -55,7 +55,7 @@ async fn ambient_capabilities_reach_a_user_container_or_are_refused_by_name() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let out = crictl.ok(&["logs", id]);
-            if out.lines().count() >= 3 {
+            if out.lines().count() >= 4 {
                 return out;
             }
             assert!(
@@ -75,7 +75,9 @@ async fn ambient_capabilities_reach_a_user_container_or_are_refused_by_name() {
     crictl.ok(&["start", &user]);
     let plain = sets(&user);
     assert!(
-        plain.contains("CapAmb:\t0000000000000000") && plain.contains("CapEff:\t0000000000000000"),
+        ["CapInh", "CapAmb", "CapEff"]
+            .iter()
+            .all(|set| plain.contains(&format!("{set}:\t0000000000000000"))),
         "{plain}"
     );
 
@@ -86,7 +88,7 @@ async fn ambient_capabilities_reach_a_user_container_or_are_refused_by_name() {
     let id = crictl.ok(&["create", &pod_id, &raised, &pod]);
     crictl.ok(&["start", &id]);
     let out = sets(&id);
-    for set in ["CapAmb", "CapPrm", "CapEff"] {
+    for set in ["CapInh", "CapAmb", "CapPrm", "CapEff"] {
         assert!(
             out.contains(&format!("{set}:\t0000000000000400")),
             "{set}: {out}"

@@ -125,7 +125,7 @@ pub fn parse(
     };
     let (add_all, add) = masks("cap_add", add)?;
     let (drop_all, drop) = masks("cap_drop", drop)?;
-    if let Some(i) = ambient.iter().position(|n| n.eq_ignore_ascii_case("ALL")) {
+    if let Some(i) = ambient.iter().position(|n| parse_one(n) == Ok(None)) {
         return Err(ApiError::invalid(
             format!("cap_ambient[{i}]"),
             "ALL is not an ambient capability: name each one",
@@ -173,7 +173,9 @@ pub fn own_permitted() -> u64 {
 }
 
 /// The mask a cell's processes keep: `None` for every capability auraed
-/// has (a privileged cell that changes nothing).
+/// has (a privileged cell that changes nothing; one that raises ambient
+/// capabilities gets every one auraed has, as a mask, since the ambient
+/// ones are raised from it).
 pub fn keep(privileged: bool, change: CapChange) -> Option<u64> {
     if privileged && change.is_empty() {
         return None;
@@ -213,10 +215,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("cap_ambient"), "{e}");
-        let e = parse(&[], &[], &["CHOWN".into(), "all".into()], false)
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("cap_ambient[1]"), "{e}");
+        for all in ["all", "CAP_ALL"] {
+            let e = parse(&[], &[], &["CHOWN".into(), all.into()], false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("cap_ambient[1]"), "{e}");
+        }
     }
 
     #[test]

@@ -34,17 +34,26 @@ pub(super) fn refuse_unbuilt(c: &cri::ContainerConfig) -> Result<(), Status> {
         if let Some(cap) = sc.capabilities.as_ref() {
             use crate::cells::caps;
             // The cell's field names, as the CRI names them.
-            let named = |e: crate::error::ApiError| {
-                let e = e.to_string();
-                let e = [
-                    ("cap_add", "add_capabilities"),
-                    ("cap_drop", "drop_capabilities"),
-                    ("cap_ambient", "add_ambient_capabilities"),
-                ]
-                .into_iter()
-                .find_map(|(ours, cri)| e.strip_prefix(ours).map(|rest| format!("{cri}{rest}")))
-                .unwrap_or(e);
-                Status::invalid_argument(format!("config.linux.security_context.capabilities.{e}"))
+            let named = |e: crate::error::ApiError| match e {
+                crate::error::ApiError::InvalidArgument { field, reason } => {
+                    let field = [
+                        ("cap_add", "add_capabilities"),
+                        ("cap_drop", "drop_capabilities"),
+                        ("cap_ambient", "add_ambient_capabilities"),
+                    ]
+                    .into_iter()
+                    .find_map(|(ours, cri)| {
+                        field
+                            .strip_prefix(ours)
+                            .map(|index| format!("{cri}{index}"))
+                    })
+                    .unwrap_or(field);
+                    let reason = reason.replace("cap_add", "add_capabilities");
+                    Status::invalid_argument(format!(
+                        "config.linux.security_context.capabilities.{field}: {reason}"
+                    ))
+                }
+                other => Status::from(other),
             };
             let change = caps::parse(
                 &cap.add_capabilities,

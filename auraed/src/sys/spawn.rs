@@ -522,18 +522,20 @@ fn child_exec(p: &Prepared<'_>, report_fd: RawFd) -> ! {
                     version: CAPS_VERSION_3,
                     pid: 0,
                 };
-                let lo = keep as u32;
-                let hi = (keep >> 32) as u32;
+                // Inheritable: the ambient ones only (raising needs them
+                // there), so no file's inheritable capabilities give more.
+                let (lo, hi) = (keep as u32, (keep >> 32) as u32);
+                let amb = p.caps_ambient;
                 let data = [
                     CapData {
                         effective: lo,
                         permitted: lo,
-                        inheritable: lo,
+                        inheritable: amb as u32,
                     },
                     CapData {
                         effective: hi,
                         permitted: hi,
-                        inheritable: hi,
+                        inheritable: (amb >> 32) as u32,
                     },
                 ];
                 if libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) != 0
