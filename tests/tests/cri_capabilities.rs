@@ -94,6 +94,21 @@ async fn ambient_capabilities_reach_a_user_container_or_are_refused_by_name() {
             "{set}: {out}"
         );
     }
+    // And so does a process exec'd in it, as its user.
+    let exec = crictl.ok(&[
+        "exec",
+        "--sync",
+        &id,
+        "/bin/busybox",
+        "grep",
+        "-E",
+        "^(Uid|CapAmb):",
+        "/proc/self/status",
+    ]);
+    assert!(
+        exec.contains("CapAmb:\t0000000000000400") && exec.contains("Uid:\t1000"),
+        "{exec}"
+    );
 
     for (name, caps, field) in [
         (
