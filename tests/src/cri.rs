@@ -350,3 +350,57 @@ pub fn page_through_port_forward_with(
     forward.wait().expect("wait crictl");
     assert!(page.is_ok(), "no page through the forwarded port");
 }
+
+/// A CRI test on busybox from a registry of its own: its folder, auraed,
+/// crictl, a client of auraed's API, and what auraed held before the test
+/// (for its leak check). Dropped daemon first, folder last.
+pub struct BusyboxCase {
+    pub daemon: crate::Daemon,
+    pub crictl: Crictl,
+    pub client: aurae_proto::runtime::runtime_client::RuntimeClient<tonic::transport::Channel>,
+    pub registry: Registry,
+    pub before: crate::leaks::Snapshot,
+    pub work: tempfile::TempDir,
+}
+
+impl BusyboxCase {
+    /// The case, or `None` (reported as a skip of `test`) without what a
+    /// CRI test needs here.
+    pub async fn start(test: &str) -> Option<BusyboxCase> {
+        if let Some(why) = requirements() {
+            crate::report_skip(test, why);
+            return None;
+        }
+        let work = tempfile::tempdir().expect("tempdir");
+        let (registry, daemon, crictl) = daemon_with_busybox(work.path()).await;
+        let client = daemon.client().await;
+        let before = crate::leaks::Snapshot::settled(&daemon);
+        Some(BusyboxCase {
+            daemon,
+            crictl,
+            client,
+            registry,
+            before,
+            work,
+        })
+    }
+
+    /// `pod.json`: pod `name` in `namespace`, its logs under `logs/`.
+    pub fn pod(&self, name: &str, namespace: &str, uid: &str) -> String {
+        write_json(
+            self.work.path(),
+            "pod.json",
+            serde_json::json!({
+                "metadata": {"name": name, "namespace": namespace, "uid": uid, "attempt": 0},
+                "log_directory": self.work.path().join("logs").display().to_string(),
+            }),
+        )
+    }
+
+    /// Nothing left: no workload in auraed, and what it holds as before.
+    pub async fn assert_nothing_left(&mut self) {
+        let left = workloads(&mut self.client).await;
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(crate::leaks::Snapshot::settled(&self.daemon), self.before);
+    }
+}

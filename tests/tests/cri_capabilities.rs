@@ -3,36 +3,23 @@
 //! that isn't a capability, `ALL`, or one the container doesn't keep is
 //! refused at create, naming the field, and nothing is left behind.
 
-use aurae_tests::cri::{daemon_with_busybox, requirements, workloads, write_json, BUSYBOX};
-use aurae_tests::leaks::Snapshot;
-use aurae_tests::report_skip;
+use aurae_tests::cri::{write_json, BusyboxCase, BUSYBOX};
 
 const FIELD: &str = "config.linux.security_context.capabilities.add_ambient_capabilities";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ambient_capabilities_reach_a_user_container_or_are_refused_by_name() {
-    if let Some(why) = requirements() {
-        report_skip(
-            "ambient_capabilities_reach_a_user_container_or_are_refused_by_name",
-            why,
-        );
+    let Some(mut case) =
+        BusyboxCase::start("ambient_capabilities_reach_a_user_container_or_are_refused_by_name")
+            .await
+    else {
         return;
-    }
-    let work = tempfile::tempdir().expect("tempdir");
-    let (_registry, d, crictl) = daemon_with_busybox(work.path()).await;
-    let mut client = d.client().await;
-    let before = Snapshot::settled(&d);
-    let pod = write_json(
-        work.path(),
-        "pod.json",
-        serde_json::json!({
-            "metadata": {"name": "caps", "namespace": "default", "uid": "u-caps", "attempt": 0},
-            "log_directory": work.path().join("logs").display().to_string(),
-        }),
-    );
+    };
+    let (work, crictl) = (case.work.path().to_path_buf(), &case.crictl);
+    let pod = case.pod("caps", "default", "u-caps");
     let container = |name: &str, capabilities: serde_json::Value| {
         write_json(
-            work.path(),
+            work.as_path(),
             &format!("{name}.json"),
             serde_json::json!({
                 "metadata": {"name": name},
@@ -134,7 +121,5 @@ async fn ambient_capabilities_reach_a_user_container_or_are_refused_by_name() {
     crictl.ok(&["rm", "-f", &id, &user]);
     crictl.ok(&["stopp", &pod_id]);
     crictl.ok(&["rmp", &pod_id]);
-    let left = workloads(&mut client).await;
-    assert!(left.is_empty(), "{left:?}");
-    assert_eq!(Snapshot::settled(&d), before);
+    case.assert_nothing_left().await;
 }

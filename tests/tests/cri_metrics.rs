@@ -7,11 +7,7 @@
 use std::collections::BTreeMap;
 
 use aurae_proto::cri;
-use aurae_tests::cri::{
-    cri_client, daemon_with_busybox, requirements, workloads, write_json, BUSYBOX,
-};
-use aurae_tests::leaks::Snapshot;
-use aurae_tests::report_skip;
+use aurae_tests::cri::{cri_client, write_json, BusyboxCase, BUSYBOX};
 use futures::StreamExt;
 
 /// `name`'s value among `metrics`.
@@ -25,27 +21,15 @@ fn value(metrics: &[cri::Metric], name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_and_container_metrics_are_their_cgroups_and_status() {
-    if let Some(why) = requirements() {
-        report_skip(
-            "pod_and_container_metrics_are_their_cgroups_and_status",
-            why,
-        );
+    let Some(mut case) =
+        BusyboxCase::start("pod_and_container_metrics_are_their_cgroups_and_status").await
+    else {
         return;
-    }
-    let work = tempfile::tempdir().expect("tempdir");
-    let (_registry, d, crictl) = daemon_with_busybox(work.path()).await;
-    let mut client = d.client().await;
-    let before = Snapshot::settled(&d);
-    let pod = write_json(
-        work.path(),
-        "pod.json",
-        serde_json::json!({
-            "metadata": {"name": "measured", "namespace": "metrics", "uid": "u-m", "attempt": 0},
-            "log_directory": work.path().join("logs").display().to_string(),
-        }),
-    );
+    };
+    let (work, crictl) = (case.work.path().to_path_buf(), &case.crictl);
+    let pod = case.pod("measured", "metrics", "u-m");
     let container = write_json(
-        work.path(),
+        work.as_path(),
         "container.json",
         serde_json::json!({
             "metadata": {"name": "burner"},
@@ -59,7 +43,7 @@ async fn pod_and_container_metrics_are_their_cgroups_and_status() {
     let pod_id = crictl.ok(&["runp", "--runtime", "aurae-cell", &pod]);
     let id = crictl.ok(&["create", &pod_id, &container, &pod]);
     crictl.ok(&["start", &id]);
-    let log = work.path().join("logs/burner.log");
+    let log = work.as_path().join("logs/burner.log");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("burnt")) {
         assert!(
@@ -211,7 +195,5 @@ async fn pod_and_container_metrics_are_their_cgroups_and_status() {
     assert!(pods.is_empty(), "{pods:?}");
     drop(cri_api);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let left = workloads(&mut client).await;
-    assert!(left.is_empty(), "{left:?}");
-    assert_eq!(Snapshot::settled(&d), before);
+    case.assert_nothing_left().await;
 }
